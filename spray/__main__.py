@@ -1,0 +1,3 @@
+from spray.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,95 @@
+"""The ``spray`` command (also ``python -m spray``).
+
+Exit codes: 0 ok / nothing flagged, 1 flagged classes (``check``), 2 bad input, configuration or
+store — reported as one paragraph naming the key, file or sample at fault, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from spray import __version__
+from spray.errors import SprayError
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="spray", description="Spectral Relevance Analysis at dataset scale")
+    p.add_argument("--version", action="version", version=f"spray {__version__}")
+    sub = p.add_subparsers(dest="command", required=True)
+    r = sub.add_parser("run", help="compute relevance maps and the analysis for a config")
+    r.add_argument("config")
+    r.add_argument("--scheduler", help="address of an existing Dask scheduler (tcp://HOST:PORT)")
+    r.add_argument("--output", help="run folder (overrides the config's 'output')")
+    r.add_argument("--overwrite", action="store_true", help="start over in an existing run folder")
+    r.add_argument("--quiet", action="store_true", help="no progress bar")
+    d = sub.add_parser("demo", help="train a Clever-Hans model on digits and analyse it")
+    d.add_argument("--output", default="runs/demo")
+    d.add_argument("--scheduler")
+    d.add_argument("--quiet", action="store_true")
+    rep = sub.add_parser("report", help="rebuild RUN_DIR/report from the store")
+    rep.add_argument("run_dir")
+    c = sub.add_parser("check", help="CI verdict: exit 1 when a class is flagged")
+    c.add_argument("run_dir")
+    c.add_argument("--junit", help="write a JUnit XML file (one test case per class)")
+    c.add_argument("--markdown", help="write a Markdown summary (e.g. $GITHUB_STEP_SUMMARY)")
+    return p
+
+
+def _run(args) -> int:
+    from spray.config import load_config
+    from spray.graph import run
+
+    cfg, base = load_config(args.config)
+    info = run(cfg, base, output=args.output, scheduler=args.scheduler,
+               overwrite=args.overwrite, quiet=args.quiet)
+    print(f"spray: report at {Path(info['run_dir']) / 'report' / 'index.html'}")
+    return 0
+
+
+def _demo(args) -> int:
+    from spray.config import load_config
+    from spray.demo import prepare
+    from spray.graph import run
+
+    out = Path(args.output).resolve()
+    cfg_path = prepare(out)
+    cfg, base = load_config(cfg_path)
+    info = run(cfg, base, output=str(out), scheduler=args.scheduler, overwrite=True,
+               quiet=args.quiet)
+    from spray.check import load_summary
+
+    summary = load_summary(out)
+    flagged = ", ".join(str(e["name"]) for e in summary["classes"] if e["flagged"]) or "none"
+    print(f"spray demo: flagged classes: {flagged} (planted: class 3; ground truth in "
+          f"{out / 'demo' / 'ground_truth.json'})")
+    print(f"spray demo: report at {Path(info['run_dir']) / 'report' / 'index.html'}")
+    return 0
+
+
+def _report(args) -> int:
+    from spray.report import write_report
+
+    print(f"spray: report at {write_report(args.run_dir)}")
+    return 0
+
+
+def _check(args) -> int:
+    from spray.check import check
+
+    return check(args.run_dir, junit_path=args.junit, markdown_path=args.markdown)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    handler = {"run": _run, "demo": _demo, "report": _report, "check": _check}[args.command]
+    try:
+        return handler(args)
+    except SprayError as err:
+        print(f"spray: error: {err}", file=sys.stderr)
+        return err.exit_code
+    except KeyboardInterrupt:
+        print("spray: interrupted; finished chunks are kept, rerun the same command to resume",
+              file=sys.stderr)
+        return 130
