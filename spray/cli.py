@@ -7,6 +7,7 @@ store — reported as one paragraph naming the key, file or sample at fault, nev
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -62,8 +63,10 @@ def _demo(args) -> int:
 
     summary = load_summary(out)
     flagged = ", ".join(str(e["name"]) for e in summary["classes"] if e["flagged"]) or "none"
-    print(f"spray demo: flagged classes: {flagged} (planted: class 3; ground truth in "
-          f"{out / 'demo' / 'ground_truth.json'})")
+    truth = out / "demo" / "ground_truth.json"
+    planted = json.loads(truth.read_text())["planted_class"]
+    print(f"spray demo: flagged classes: {flagged} (planted: class {planted}; ground truth in "
+          f"{truth})")
     print(f"spray demo: report at {Path(info['run_dir']) / 'report' / 'index.html'}")
     return 0
 

@@ -21,7 +21,7 @@ from spray.sources import load_digits_arrays
 
 SIZE = 32
 PLANTED_CLASS = 3
-FRACTION = 0.25
+FRACTION = 0.3
 SEED = 0
 
 
@@ -37,10 +37,9 @@ def build_model(n_classes: int = 10, channels: int = 1) -> nn.Module:
 
 
 def stamp(images: np.ndarray) -> np.ndarray:
-    """Put a 5×5 checkered stamp into the top-left corner (a watermark-like artefact)."""
+    """Put a bright 5×5 square into the top-left corner (a watermark-like artefact)."""
     out = images.copy()
-    patch = np.indices((5, 5)).sum(axis=0) % 2 * 0.5 + 0.5
-    out[:, :, 1:6, 1:6] = patch
+    out[:, :, 1:6, 1:6] = 1.0
     return out
 
 
@@ -94,7 +93,7 @@ def prepare(out_dir: Path) -> Path:
         acc = float((model(torch.as_tensor(data["x_test"])).argmax(1).numpy() == data["y_test"]).mean())
     torch.save(model.state_dict(), demo / "model.pt")
     np.savez(demo / "data.npz", x=data["x_test"], y=data["y_test"])
-    truth = {"planted_class": PLANTED_CLASS, "fraction": FRACTION, "artefact": "5x5 checkered stamp, top-left",
+    truth = {"planted_class": PLANTED_CLASS, "fraction": FRACTION, "artefact": "bright 5x5 square, top-left",
              "poisoned_indices": [int(i) for i in data["poisoned_test"]],
              "test_accuracy": round(acc, 4), "train_seconds": round(time.perf_counter() - t0, 2)}
     (demo / "ground_truth.json").write_text(json.dumps(truth, indent=2))

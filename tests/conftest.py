@@ -1,0 +1,74 @@
+"""Shared fixtures: a real trained model and dataset made in the test session, and CLI runners."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def run_cli(*args, cwd=None, timeout=600, env=None):
+    """Run ``python -m spray ARGS`` in a fresh process; returns the CompletedProcess."""
+    full_env = dict(os.environ, **(env or {}))
+    return subprocess.run([sys.executable, "-m", "spray", *map(str, args)], cwd=cwd,
+                          capture_output=True, text=True, timeout=timeout, env=full_env)
+
+
+@pytest.fixture(scope="session")
+def small_problem(tmp_path_factory):
+    """Digits (16×16) with a planted stamp in class 1, a CNN trained on them, and a config."""
+    from spray.demo import build_model
+    from spray.sources import load_digits_arrays
+
+    root = tmp_path_factory.mktemp("problem")
+    x, y = load_digits_arrays(16)
+    keep = np.flatnonzero(y < 3)
+    x, y = x[keep], y[keep]
+    rng = np.random.default_rng(1)
+    poisoned = np.sort(rng.choice(np.flatnonzero(y == 1), size=40, replace=False))
+    x[poisoned, :, 0:4, 0:4] = 1.0
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(
+        torch.nn.Conv2d(1, 8, 3, padding=1), torch.nn.ReLU(), torch.nn.MaxPool2d(2),
+        torch.nn.Conv2d(8, 16, 3, padding=1), torch.nn.ReLU(), torch.nn.MaxPool2d(2),
+        torch.nn.Flatten(), torch.nn.Linear(16 * 4 * 4, 3))
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    xt, yt = torch.as_tensor(x), torch.as_tensor(y)
+    for _ in range(30):
+        opt.zero_grad()
+        torch.nn.functional.cross_entropy(model(xt), yt).backward()
+        opt.step()
+    torch.save(model.state_dict(), root / "weights.pt")
+    (root / "smallnet.py").write_text(
+        "import torch\n\n\ndef build():\n    return torch.nn.Sequential(\n"
+        "        torch.nn.Conv2d(1, 8, 3, padding=1), torch.nn.ReLU(), torch.nn.MaxPool2d(2),\n"
+        "        torch.nn.Conv2d(8, 16, 3, padding=1), torch.nn.ReLU(), torch.nn.MaxPool2d(2),\n"
+        "        torch.nn.Flatten(), torch.nn.Linear(16 * 4 * 4, 3))\n")
+    np.savez(root / "data.npz", x=x, y=y)
+    config = {
+        "data": {"source": "npz", "path": "data.npz"},
+        "model": {"factory": "smallnet:build", "weights": "weights.pt"},
+        "attribution": {"composite": "epsilon-plus-flat", "chunk_size": 64},
+        "classes": "all",
+        "class_names": ["zero", "one", "two"],
+        "pipeline": {"preset": "spray-default", "embedding": {"method": "tsne"}},
+        "cluster": {"scheduler": "threads", "n_workers": 2, "progress": False},
+        "output": "runs/small",
+    }
+    (root / "config.yaml").write_text(yaml.safe_dump(config))
+    return {"root": root, "config": root / "config.yaml", "poisoned": poisoned, "x": x, "y": y,
+            "raw_config": config}
+
+
+def write_config(root: Path, name: str, config: dict) -> Path:
+    path = root / name
+    path.write_text(yaml.safe_dump(config))
+    return path

@@ -1,0 +1,62 @@
+"""Config validation: unknown keys and wrong types name the key; the CLI exits 2."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+
+from conftest import run_cli, write_config
+from spray.config import load_config
+from spray.errors import ConfigError
+
+
+def test_valid_config_resolves_paths_against_its_folder(small_problem):
+    cfg, base = load_config(small_problem["config"])
+    assert base == small_problem["root"].resolve()
+    assert cfg.data.path == str(small_problem["root"].resolve() / "data.npz")
+    assert cfg.output == str(small_problem["root"].resolve() / "runs" / "small")
+
+
+@pytest.mark.parametrize("mutate, key", [
+    (lambda c: c["attribution"].update(compsite="x"), "attribution.compsite"),
+    (lambda c: c.update(colour="red"), "colour"),
+    (lambda c: c["attribution"].update(batch_size="many"), "attribution.batch_size"),
+    (lambda c: c["attribution"].update(chunk_size=0), "attribution.chunk_size"),
+    (lambda c: c.update(classes=[]), "classes"),
+    (lambda c: c["cluster"].update(scheduler="udp://x"), "cluster.scheduler"),
+    (lambda c: c["model"].update(factory="nocolon"), "model.factory"),
+    (lambda c: c["data"].update(path="missing.npz"), "data.path"),
+])
+def test_bad_config_names_the_key(small_problem, tmp_path, mutate, key):
+    config = copy.deepcopy(small_problem["raw_config"])
+    config["data"]["path"] = str(small_problem["root"] / "data.npz") if key != "data.path" else "missing.npz"
+    config["model"]["weights"] = str(small_problem["root"] / "weights.pt")
+    mutate(config)
+    path = write_config(tmp_path, "bad.yaml", config)
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    assert f"'{key}'" in str(err.value)
+
+
+def test_cli_bad_key_exit_code_2(small_problem, tmp_path):
+    config = copy.deepcopy(small_problem["raw_config"])
+    config["data"]["path"] = str(small_problem["root"] / "data.npz")
+    config["model"]["weights"] = str(small_problem["root"] / "weights.pt")
+    config["attribution"]["epsilonn"] = 0.1
+    proc = run_cli("run", write_config(tmp_path, "bad.yaml", config))
+    assert proc.returncode == 2, proc.stderr
+    assert "attribution.epsilonn" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_cli_class_out_of_range_exit_2(small_problem, tmp_path):
+    config = copy.deepcopy(small_problem["raw_config"])
+    config.update(classes=[0, 7], class_names=None)
+    config["data"]["path"] = str(small_problem["root"] / "data.npz")
+    config["model"]["weights"] = str(small_problem["root"] / "weights.pt")
+    config["model"]["factory"] = "smallnet:build"
+    (tmp_path / "smallnet.py").write_text((small_problem["root"] / "smallnet.py").read_text())
+    proc = run_cli("run", write_config(tmp_path, "bad.yaml", config), "--output", tmp_path / "out")
+    assert proc.returncode == 2, proc.stderr
+    assert "classes" in proc.stderr and "7" in proc.stderr
