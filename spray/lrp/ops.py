@@ -1,0 +1,116 @@
+"""Affine operators (dense and convolution layers) with the helpers the rules need.
+
+A rule computes one or more modified forward passes of a layer and the matching transposed
+passes (the input gradient of the layer for a given output signal).  The helpers here let a rule
+run several weight variants as **one** stacked operator: weights are concatenated along the
+output units (per convolution group), the result is split back, and the transposed pass takes the
+concatenated output signals, so ``W1ᵀ s1 + W2ᵀ s2`` costs one call.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+_CONV_FUNCTIONS = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
+
+
+class AffineOp:
+    """A dense or convolution layer as a pure function of (input, weight, bias).
+
+    ``weight`` and ``bias`` are the (possibly BatchNorm-folded) parameters of the layer; the
+    rules derive their modified weights from them once, when the model is prepared.
+    """
+
+    def __init__(self, module: nn.Module, weight: torch.Tensor, bias: torch.Tensor | None):
+        self.module_type = type(module).__name__
+        self.weight = weight
+        self.bias = bias
+        self.is_conv = isinstance(module, nn.modules.conv._ConvNd)
+        if self.is_conv:
+            self.ndim = weight.ndim - 2
+            self.stride = tuple(module.stride)
+            self.padding = tuple(module.padding)
+            self.dilation = tuple(module.dilation)
+            self.groups = module.groups
+            self.out_units = weight.shape[0]
+            self._conv = _CONV_FUNCTIONS[self.ndim]
+        else:
+            self.groups = 1
+            self.out_units = weight.shape[0]
+
+    # -- plain operator -------------------------------------------------------------------
+    def apply(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None):
+        """Forward pass ``weight * x + bias``."""
+        if self.is_conv:
+            return self._conv(x, weight, bias, self.stride, self.padding, self.dilation, self.groups)
+        return F.linear(x, weight, bias)
+
+    def transpose(self, signal: torch.Tensor, weight: torch.Tensor, input_shape) -> torch.Tensor:
+        """Transposed pass ``weightᵀ signal``: the input gradient for output gradient ``signal``."""
+        if not self.is_conv:
+            return signal.matmul(weight)
+        dummy = signal.new_empty(1).expand(tuple(input_shape))
+        return torch.ops.aten.convolution_backward(
+            signal, dummy, weight, None, self.stride, self.padding, self.dilation,
+            False, [0] * self.ndim, self.groups, (True, False, False),
+        )[0]
+
+    # -- stacking along the output units --------------------------------------------------
+    def stack_weights(self, weights: list[torch.Tensor]) -> torch.Tensor:
+        """Concatenate weight variants along the output units (group-aware for convolutions)."""
+        if self.groups == 1:
+            return torch.cat(weights, dim=0)
+        parts = [w.reshape(self.groups, -1, *w.shape[1:]) for w in weights]
+        stacked = torch.cat(parts, dim=1)
+        return stacked.reshape(-1, *weights[0].shape[1:])
+
+    def stack_bias(self, biases: list[torch.Tensor]) -> torch.Tensor:
+        """Concatenate bias variants in the same order as :meth:`stack_weights`."""
+        if self.groups == 1:
+            return torch.cat(biases, dim=0)
+        parts = [b.reshape(self.groups, -1) for b in biases]
+        return torch.cat(parts, dim=1).reshape(-1)
+
+    def split_output(self, y: torch.Tensor, count: int) -> list[torch.Tensor]:
+        """Split the output of a stacked forward pass into its ``count`` variants."""
+        dim = 1 if self.is_conv else -1
+        if self.groups == 1:
+            return list(y.split(self.out_units, dim=dim))
+        shape = y.shape
+        grouped = y.reshape(shape[0], self.groups, count, self.out_units // self.groups, *shape[2:])
+        return [grouped[:, :, i].reshape(shape[0], self.out_units, *shape[2:]) for i in range(count)]
+
+    def join_signals(self, signals: list[torch.Tensor]) -> torch.Tensor:
+        """Concatenate output signals for one stacked transposed pass (inverse of the split)."""
+        dim = 1 if self.is_conv else -1
+        if self.groups == 1:
+            return torch.cat(signals, dim=dim)
+        shape = signals[0].shape
+        parts = [s.reshape(shape[0], self.groups, 1, -1, *shape[2:]) for s in signals]
+        return torch.cat(parts, dim=2).reshape(shape[0], -1, *shape[2:])
+
+    def bias_view(self, bias: torch.Tensor) -> torch.Tensor:
+        """Reshape a per-unit bias so that it broadcasts against the layer output."""
+        if self.is_conv:
+            return bias.reshape(1, -1, *([1] * self.ndim))
+        return bias
+
+
+def fold_batchnorm(weight: torch.Tensor, bias: torch.Tensor | None, bn: nn.Module):
+    """Fold an eval-mode BatchNorm that follows a dense/convolution layer into its parameters.
+
+    Returns the new ``(weight, bias)``; the BatchNorm then becomes the identity.
+    """
+    if bn.running_mean is None or bn.running_var is None:
+        return None
+    denominator = (bn.running_var + bn.eps) ** 0.5
+    scale = bn.weight / denominator if bn.weight is not None else 1.0 / denominator
+    shift = bn.bias if bn.bias is not None else torch.zeros_like(bn.running_mean)
+    if bias is None:
+        bias = torch.zeros_like(bn.running_mean)
+    index = (slice(None),) + (None,) * (weight.ndim - 1)
+    new_weight = weight * scale[index]
+    new_bias = (bias - bn.running_mean) * scale + shift
+    return new_weight.detach(), new_bias.detach()

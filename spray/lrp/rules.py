@@ -1,0 +1,403 @@
+"""LRP decomposition rules as modified forward/backward passes (thesis §2.2.6, §2.3.2).
+
+Every rule for a dense or convolution layer has three steps:
+
+``prepare(op)``
+    derive the modified weights from the (BatchNorm-folded) layer parameters, once per model;
+``forward(op, params, x)``
+    compute the layer output the network needs *and* the denominators the rule needs, usually
+    in one stacked operator call, and return what the backward step needs;
+``backward(op, params, saved, relevance)``
+    turn the relevance of the layer output into the relevance of its input with (stacked)
+    transposed passes.
+
+Definitions follow the LRP literature and, for identical names and defaults, Zennit, so that
+the same composite gives the same relevance maps:
+
+* ``Epsilon``: ``R_i = x_i Σ_j w_ij R_j / (z_j + ε·sign(z_j))`` (sign(0) = 1).
+* ``ZPlus`` (α1β0): positive contributions ``w⁺x⁺ + w⁻x⁻`` plus the *positive part of the bias*
+  in the denominator.
+* ``AlphaBeta``: ``α·(positive share) − β·(negative share)``, α − β = 1; the positive
+  (negative) denominator includes the positive (negative) part of the bias.
+* ``Gamma``: weights ``w + γw⁺`` for positive outputs and ``w + γw⁻`` for negative outputs.
+* ``Flat`` (b-rule): all inputs and weights 1, bias 0: relevance spread uniformly over the
+  receptive field.
+* ``WSquare``: inputs 1, weights ``w²`` (and squared bias, as in Zennit).
+* ``ZBox`` (z^B): bounded inputs ``low ≤ x ≤ high``.
+* ``Norm``: epsilon-like proportional split for parameter-free linear maps (average pooling,
+  sums of residual branches).
+* ``Pass``: relevance passes unchanged (activations, unfoldable normalisation).
+* ``Gradient``: the plain gradient (kept for completeness and for user mappings).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from spray.errors import ConfigError
+
+
+def stabilize(z: torch.Tensor, epsilon: float) -> torch.Tensor:
+    """Return ``z + ε·sign(z)`` with sign(0) = 1, so that the result is never zero."""
+    return z + ((z == 0).to(z.dtype) + z.sign()) * epsilon
+
+
+def _is_nonnegative(x: torch.Tensor) -> bool:
+    """True when the layer input has no negative entry (e.g. after a ReLU): x⁻ = 0."""
+    return bool(x.min() >= 0) if x.numel() else True
+
+
+def _bound_like(value, x: torch.Tensor) -> torch.Tensor:
+    """Broadcast an input bound (scalar, per-sample shape, or batch-shaped) against ``x``.
+
+    The result has batch size 1 (shared by all samples) or the batch size of ``x``.
+    """
+    tensor = torch.as_tensor(value, dtype=x.dtype, device=x.device)
+    if tensor.ndim == x.ndim and tensor.shape[0] > x.shape[0]:
+        tensor = tensor[: x.shape[0]]
+    if tensor.ndim < x.ndim:
+        tensor = tensor.unsqueeze(0) if tensor.ndim == x.ndim - 1 else tensor
+    try:
+        target = (tensor.shape[0] if tensor.ndim == x.ndim else 1,) + tuple(x.shape[1:])
+        return torch.broadcast_to(tensor, target)
+    except RuntimeError as exc:
+        raise ConfigError(
+            f"z^B bound of shape {tuple(tensor.shape)} does not broadcast to inputs of shape "
+            f"{tuple(x.shape)}") from exc
+
+
+class Rule:
+    """Base class of all rules."""
+
+    #: which layers a rule can apply to: "affine" (dense/conv), "any" (elementwise/pooling)
+    applies_to = "affine"
+
+    def key(self) -> tuple:
+        """A hashable description (rule name and parameters) used to cache prepared weights."""
+        return (type(self).__name__,) + tuple(sorted(
+            (k, _freeze(v)) for k, v in vars(self).items()))
+
+
+def _freeze(value):
+    """Hashable stand-in for a rule parameter (tensors by value when small)."""
+    if isinstance(value, torch.Tensor):
+        if value.numel() <= 4096:
+            return (tuple(value.shape), tuple(value.detach().cpu().reshape(-1).tolist()))
+        return ("tensor", id(value))
+    if isinstance(value, (list, tuple)):
+        return tuple(_freeze(v) for v in value)
+    return value
+
+
+# ---------------------------------------------------------------------------------------------
+# rules for dense and convolution layers
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Epsilon(Rule):
+    """LRP-ε: ``R_i = x_i Σ_j w_ij R_j / (z_j + ε·sign(z_j))``; ε = 0 gives LRP-0."""
+
+    epsilon: float = 1e-6
+
+    def prepare(self, op):
+        return {}
+
+    def forward(self, op, params, x):
+        z = op.apply(x, op.weight, op.bias)
+        return z, (x, stabilize(z, self.epsilon))
+
+    def backward(self, op, params, saved, relevance):
+        x, denominator = saved
+        return x * op.transpose(relevance / denominator, op.weight, x.shape)
+
+
+@dataclass
+class ZPlus(Rule):
+    """z⁺ (α1β0) as in Zennit: denominator ``w⁺x⁺ + w⁻x⁻ + b⁺``, stabilised by ``stabilizer``."""
+
+    stabilizer: float = 1e-6
+
+    def prepare(self, op):
+        w = op.weight
+        pos, neg = w.clamp(min=0), w.clamp(max=0)
+        bias_pos = op.bias.clamp(min=0) if op.bias is not None else None
+        return {"pos": pos, "neg": neg, "bias_pos": bias_pos,
+                "w_pos": op.stack_weights([w, pos])}
+
+    def forward(self, op, params, x):
+        if _is_nonnegative(x):
+            z, positive = op.split_output(op.apply(x, params["w_pos"]), 2)
+        else:
+            z = op.apply(x, op.weight)
+            positive = (op.apply(x.clamp(min=0), params["pos"])
+                        + op.apply(x.clamp(max=0), params["neg"]))
+        if op.bias is not None:
+            z = z + op.bias_view(op.bias)
+            positive = positive + op.bias_view(params["bias_pos"])
+        return z, (x, stabilize(positive, self.stabilizer))
+
+    def backward(self, op, params, saved, relevance):
+        x, denominator = saved
+        signal = relevance / denominator
+        if _is_nonnegative(x):
+            return x * op.transpose(signal, params["pos"], x.shape)
+        return (x.clamp(min=0) * op.transpose(signal, params["pos"], x.shape)
+                + x.clamp(max=0) * op.transpose(signal, params["neg"], x.shape))
+
+
+@dataclass
+class AlphaBeta(Rule):
+    """αβ-rule: ``α·z⁺_ij/z⁺_j − β·z⁻_ij/z⁻_j``, with α − β = 1 (α2β1 by default)."""
+
+    alpha: float = 2.0
+    beta: float = 1.0
+    stabilizer: float = 1e-6
+
+    def __post_init__(self):
+        if self.alpha < 0 or self.beta < 0 or abs(self.alpha - self.beta - 1.0) > 1e-12:
+            raise ConfigError(
+                f"alpha-beta rule needs alpha, beta >= 0 and alpha - beta = 1 "
+                f"(got alpha={self.alpha}, beta={self.beta})")
+
+    def prepare(self, op):
+        w = op.weight
+        pos, neg = w.clamp(min=0), w.clamp(max=0)
+        biases = (op.bias.clamp(min=0), op.bias.clamp(max=0)) if op.bias is not None else (None, None)
+        return {"pos": pos, "neg": neg, "bias_pos": biases[0], "bias_neg": biases[1],
+                "w_pos": op.stack_weights([w, pos]),
+                "w_back": op.stack_weights([pos, w])}
+
+    def forward(self, op, params, x):
+        nonneg = _is_nonnegative(x)
+        if nonneg:
+            z, positive = op.split_output(op.apply(x, params["w_pos"]), 2)
+            negative = z - positive
+        else:
+            xp, xn = x.clamp(min=0), x.clamp(max=0)
+            z = op.apply(x, op.weight)
+            positive = op.apply(xp, params["pos"]) + op.apply(xn, params["neg"])
+            negative = op.apply(xp, params["neg"]) + op.apply(xn, params["pos"])
+        if op.bias is not None:
+            z = z + op.bias_view(op.bias)
+            positive = positive + op.bias_view(params["bias_pos"])
+            negative = negative + op.bias_view(params["bias_neg"])
+        saved = (x, stabilize(positive, self.stabilizer), stabilize(negative, self.stabilizer))
+        return z, saved
+
+    def backward(self, op, params, saved, relevance):
+        x, den_pos, den_neg = saved
+        s_pos, s_neg = relevance / den_pos, relevance / den_neg
+        if _is_nonnegative(x):
+            # α W⁺ᵀ s⁺ − β W⁻ᵀ s⁻ = W⁺ᵀ(α s⁺ + β s⁻) − β Wᵀ s⁻, one stacked transposed pass
+            signal = op.join_signals([self.alpha * s_pos + self.beta * s_neg, -self.beta * s_neg])
+            return x * op.transpose(signal, params["w_back"], x.shape)
+        xp, xn = x.clamp(min=0), x.clamp(max=0)
+        pos_t = lambda s: op.transpose(s, params["pos"], x.shape)  # noqa: E731
+        neg_t = lambda s: op.transpose(s, params["neg"], x.shape)  # noqa: E731
+        return (self.alpha * (xp * pos_t(s_pos) + xn * neg_t(s_pos))
+                - self.beta * (xp * neg_t(s_neg) + xn * pos_t(s_neg)))
+
+
+@dataclass
+class Gamma(Rule):
+    """γ-rule (generalised as in Zennit): ``w + γw⁺`` for positive, ``w + γw⁻`` for negative outputs."""
+
+    gamma: float = 0.25
+    stabilizer: float = 1e-6
+
+    def prepare(self, op):
+        w, g = op.weight, self.gamma
+        pos, neg = w.clamp(min=0), w.clamp(max=0)
+        params = {"up": w + g * pos, "down": w + g * neg, "pos": pos,
+                  "w_pos": op.stack_weights([w, pos])}
+        if op.bias is not None:
+            b = op.bias
+            params["bias_up"] = b + g * b.clamp(min=0)
+            params["bias_down"] = b + g * b.clamp(max=0)
+        return params
+
+    def forward(self, op, params, x):
+        g = self.gamma
+        if _is_nonnegative(x):
+            z, positive = op.split_output(op.apply(x, params["w_pos"]), 2)
+            up = z + g * positive                 # (w + γw⁺) x
+            down = z + g * (z - positive)         # (w + γw⁻) x
+        else:
+            xp, xn = x.clamp(min=0), x.clamp(max=0)
+            z = op.apply(x, op.weight)
+            up = op.apply(xp, params["up"]) + op.apply(xn, params["down"])
+            down = op.apply(xp, params["down"]) + op.apply(xn, params["up"])
+        if op.bias is not None:
+            z = z + op.bias_view(op.bias)
+            up = up + op.bias_view(params["bias_up"])
+            down = down + op.bias_view(params["bias_down"])
+        s_up = (z > 0).to(z.dtype) / stabilize(up, self.stabilizer)
+        s_down = (z < 0).to(z.dtype) / stabilize(down, self.stabilizer)
+        return z, (x, s_up, s_down)
+
+    def backward(self, op, params, saved, relevance):
+        x, s_up, s_down = saved
+        a, b, g = relevance * s_up, relevance * s_down, self.gamma
+        if _is_nonnegative(x):
+            # (w+γw⁺)ᵀa + (w+γw⁻)ᵀb = wᵀ(a + (1+γ)b) + γ w⁺ᵀ(a − b)
+            signal = op.join_signals([a + (1 + g) * b, g * (a - b)])
+            return x * op.transpose(signal, params["w_pos"], x.shape)
+        xp, xn = x.clamp(min=0), x.clamp(max=0)
+        up_t = lambda s: op.transpose(s, params["up"], x.shape)  # noqa: E731
+        down_t = lambda s: op.transpose(s, params["down"], x.shape)  # noqa: E731
+        return xp * (up_t(a) + down_t(b)) + xn * (down_t(a) + up_t(b))
+
+
+class _ConstantDenominatorRule(Rule):
+    """Rules whose modified input is constant (ones): the denominator depends only on the shape."""
+
+    def _weight(self, op):
+        raise NotImplementedError
+
+    def _bias(self, op):
+        return None
+
+    def prepare(self, op):
+        return {"weight": self._weight(op), "bias": self._bias(op), "cache": {}}
+
+    def _denominator(self, op, params, x):
+        key = (tuple(x.shape[1:]), x.dtype, x.device)
+        cache = params["cache"]
+        if key not in cache:
+            ones = torch.ones((1,) + tuple(x.shape[1:]), dtype=x.dtype, device=x.device)
+            cache[key] = stabilize(op.apply(ones, params["weight"], params["bias"]), self.stabilizer)
+        return cache[key]
+
+    def forward(self, op, params, x):
+        z = op.apply(x, op.weight, op.bias)
+        return z, (x.shape, self._denominator(op, params, x))
+
+    def backward(self, op, params, saved, relevance):
+        shape, denominator = saved
+        return op.transpose(relevance / denominator, params["weight"], shape)
+
+
+@dataclass
+class Flat(_ConstantDenominatorRule):
+    """Flat / b-rule: relevance spread uniformly over each output's receptive field."""
+
+    stabilizer: float = 1e-6
+
+    def _weight(self, op):
+        return torch.ones_like(op.weight)
+
+
+@dataclass
+class WSquare(_ConstantDenominatorRule):
+    """w²-rule: shares proportional to squared weights (Zennit also squares the bias)."""
+
+    stabilizer: float = 1e-6
+
+    def _weight(self, op):
+        return op.weight ** 2
+
+    def _bias(self, op):
+        return op.bias ** 2 if op.bias is not None else None
+
+
+@dataclass
+class ZBox(Rule):
+    """z^B (bounded input) rule for an input layer with ``low ≤ x ≤ high`` (scalars or tensors)."""
+
+    low: object = None
+    high: object = None
+    stabilizer: float = 1e-6
+
+    def __post_init__(self):
+        if self.low is None or self.high is None:
+            raise ConfigError("the z^B (box) rule needs both `low` and `high` input bounds")
+
+    def prepare(self, op):
+        w = op.weight
+        return {"pos": w.clamp(min=0), "neg": w.clamp(max=0), "cache": {},
+                "bias_pos": op.bias.clamp(min=0) if op.bias is not None else None,
+                "bias_neg": op.bias.clamp(max=0) if op.bias is not None else None}
+
+    def _bounds(self, op, params, x):
+        key = (tuple(x.shape), x.dtype, x.device)
+        cache = params["cache"]
+        if key not in cache:
+            low, high = _bound_like(self.low, x), _bound_like(self.high, x)
+            offset = (op.apply(low, params["pos"], params["bias_pos"])
+                      + op.apply(high, params["neg"], params["bias_neg"]))
+            cache.clear()
+            cache[key] = (low, high, offset)
+        return cache[key]
+
+    def forward(self, op, params, x):
+        low, high, offset = self._bounds(op, params, x)
+        z = op.apply(x, op.weight, op.bias)
+        return z, (x, low, high, stabilize(z - offset, self.stabilizer))
+
+    def backward(self, op, params, saved, relevance):
+        x, low, high, denominator = saved
+        signal = relevance / denominator
+        return (x * op.transpose(signal, op.weight, x.shape)
+                - low * op.transpose(signal, params["pos"], x.shape)
+                - high * op.transpose(signal, params["neg"], x.shape))
+
+
+@dataclass
+class Gradient(Rule):
+    """The plain gradient of the layer (not an LRP rule; for user mappings and comparisons)."""
+
+    applies_to = "any"
+
+
+# ---------------------------------------------------------------------------------------------
+# rules for parameter-free layers
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Pass(Rule):
+    """Pass-through: the relevance of the output is the relevance of the input (elementwise layers)."""
+
+    applies_to = "any"
+
+
+@dataclass
+class Norm(Rule):
+    """Proportional split ``R_i = x_i ∂z_j/∂x_i · R_j / (z_j + ε·sign(z_j))`` for parameter-free
+    linear maps: average pooling, means and the sum of residual branches."""
+
+    stabilizer: float = 1e-6
+    applies_to = "any"
+
+
+RULES = {
+    "epsilon": Epsilon, "zplus": ZPlus, "z+": ZPlus, "alpha-beta": AlphaBeta,
+    "alphabeta": AlphaBeta, "gamma": Gamma, "flat": Flat, "b": Flat, "wsquare": WSquare,
+    "w2": WSquare, "zbox": ZBox, "zb": ZBox, "box": ZBox, "pass": Pass, "norm": Norm,
+    "gradient": Gradient,
+}
+
+
+def make_rule(spec) -> Rule:
+    """Turn a rule instance or a rule name (``"epsilon"``, ``"zplus"``, ...) into a rule."""
+    if isinstance(spec, Rule):
+        return spec
+    if isinstance(spec, str):
+        name = spec.lower().replace("_", "-").replace("²", "2")
+        if name in RULES:
+            return RULES[name]()
+        if name == "alpha1-beta0":
+            return ZPlus()
+        if name.startswith("alpha") and "-beta" in name:
+            alpha, beta = name[5:].split("-beta")
+            return AlphaBeta(alpha=float(alpha), beta=float(beta))
+    raise ConfigError(
+        f"unknown LRP rule {spec!r}; use a spray.lrp.rules.Rule instance or one of "
+        f"{sorted(set(RULES))}")
+
+
+__all__ = ["Rule", "Epsilon", "ZPlus", "AlphaBeta", "Gamma", "Flat", "WSquare", "ZBox",
+           "Gradient", "Pass", "Norm", "RULES", "make_rule", "stabilize"]
