@@ -23,20 +23,53 @@ class _Strict(BaseModel):
 
 
 class DataConfig(_Strict):
-    """Where the samples come from.
+    """Where the samples come from (see :mod:`spray.sources`).
 
     ``npz``: arrays ``x`` (N, C, H, W) or (N, H, W) and ``y`` (N,) in ``path``.
     ``digits``: scikit-learn's bundled 8×8 digits (optionally upsampled with ``size``).
-    ``idx``: MNIST-style IDX files (``path`` images, ``labels`` labels; gzip allowed).
+    ``idx``: MNIST/Fashion-MNIST IDX files (``path`` images, ``labels`` labels; gzip allowed).
+    ``hdf5`` / ``zarr``: datasets ``x_key`` and ``y_key`` in the file/store at ``path``.
+    ``imagefolder``: ImageNet-style ``path/<class>/<image>`` folders; ``mode``, ``resize``,
+    ``crop`` shape the decoded image; classes are the sorted folder names or ``class_list``.
+    ``factory``: ``module:function`` returning a ``torch.utils.data.Dataset`` of ``(x, y)``.
+    All sources: ``scale`` multiplies the samples; ``mean``/``std`` normalize them per channel
+    for the model (reports show the samples before normalization).
     """
 
-    source: Literal["npz", "digits", "idx"]
+    source: Literal["npz", "digits", "idx", "hdf5", "zarr", "imagefolder", "factory"]
     path: Optional[str] = None
     labels: Optional[str] = None
     x_key: str = "x"
     y_key: str = "y"
     scale: float = 1.0
     size: Optional[int] = Field(default=None, gt=0)
+    mean: Optional[list[float]] = None
+    std: Optional[list[float]] = None
+    mode: Literal["RGB", "L"] = "RGB"
+    resize: Optional[Union[int, list[int]]] = None
+    crop: Optional[Union[int, list[int]]] = None
+    extensions: list[str] = Field(default_factory=lambda: [
+        ".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp"])
+    class_list: Optional[str] = None
+    factory: Optional[str] = None
+    kwargs: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("resize", "crop")
+    @classmethod
+    def _size_form(cls, value):
+        if value is None:
+            return value
+        sizes = [value] if isinstance(value, int) else value
+        if len(sizes) not in (1, 2) or any(v <= 0 for v in sizes):
+            raise ValueError(f"must be a positive integer or [height, width], got {value!r}")
+        return value
+
+    @field_validator("std")
+    @classmethod
+    def _std_positive(cls, value):
+        if value is not None and any(v <= 0 for v in value):
+            raise ValueError(f"all entries must be > 0, got {value!r}")
+        return value
 
 
 class ModelConfig(_Strict):
@@ -66,30 +99,101 @@ class AttributionConfig(_Strict):
     params: dict[str, Any] = Field(default_factory=dict)
     store_dtype: Literal["float32", "float16"] = "float32"
     store_channels: bool = False
+    precomputed: Optional[str] = None  # attributions made elsewhere (see spray.precomputed)
+
+
+class SlurmConfig(_Strict):
+    """One SLURM job of Dask workers (passed to ``dask_jobqueue.SLURMCluster``).
+
+    ``cluster.n_workers`` workers are requested in total, ``processes`` per job; each job asks
+    for ``cores`` cores and ``memory``. ``job_extra_directives`` become extra ``#SBATCH`` lines
+    (e.g. ``--gres=gpu:1``), ``job_script_prologue`` shell lines run before the worker starts
+    (e.g. ``source /path/venv/bin/activate``).
+    """
+
+    queue: Optional[str] = None
+    account: Optional[str] = None
+    walltime: str = "01:00:00"
+    cores: int = Field(default=4, gt=0)
+    processes: int = Field(default=1, gt=0)
+    memory: str = "16GB"
+    job_name: str = "spray-worker"
+    job_extra_directives: list[str] = Field(default_factory=list)
+    job_script_prologue: list[str] = Field(default_factory=list)
+    worker_extra_args: list[str] = Field(default_factory=list)
+    local_directory: Optional[str] = None
+    log_directory: Optional[str] = None
+    interface: Optional[str] = None
+    python: Optional[str] = None
+    adapt: bool = False
+
+    @field_validator("walltime")
+    @classmethod
+    def _walltime_form(cls, value: str) -> str:
+        import re
+
+        if not re.fullmatch(r"(\d+-)?\d{1,3}(:\d{2}){0,2}", value):
+            raise ValueError(f"must look like 'HH:MM:SS' or 'D-HH:MM:SS', got {value!r}")
+        return value
 
 
 class ClusterConfig(_Strict):
-    """Where the Dask graph runs: ``local`` (LocalCluster), ``threads`` or ``tcp://HOST:PORT``."""
+    """Where the Dask graph runs.
+
+    ``scheduler``: ``local`` (an embedded ``distributed.LocalCluster`` of ``n_workers``
+    processes), ``threads`` (one process, ``n_workers`` threads), ``slurm`` (workers as SLURM jobs
+    through dask-jobqueue, settings in ``slurm``) or the address of a running scheduler
+    (``tcp://HOST:PORT``). ``torch_threads`` is the number of intra-op threads a task may use
+    (``auto``: the worker host's cores divided among the Dask threads on that host).
+    ``lrp_resources`` annotates LRP tasks (e.g. ``{GPU: 1}``) so only workers started with
+    ``--resources GPU=1`` run them; ``device`` is where those tasks put the model.
+    """
 
     scheduler: str = "local"
     n_workers: int = Field(default=2, gt=0)
     threads_per_worker: int = Field(default=1, gt=0)
     memory_limit: str = "auto"
     progress: bool = True
+    torch_threads: Union[int, Literal["auto"]] = "auto"
+    lrp_resources: Optional[dict[str, float]] = None
+    device: Literal["cpu", "cuda", "auto"] = "cpu"
+    retries: int = Field(default=2, ge=0)
+    connect_timeout: float = Field(default=20.0, gt=0)
+    worker_timeout: float = Field(default=600.0, gt=0)
+    slurm: SlurmConfig = Field(default_factory=SlurmConfig)
 
     @field_validator("scheduler")
     @classmethod
     def _scheduler_form(cls, value: str) -> str:
-        if value in ("local", "threads") or value.startswith("tcp://"):
-            return value
-        raise ValueError(f"must be 'local', 'threads' or 'tcp://HOST:PORT', got {value!r}")
+        return check_scheduler(value)
+
+    @field_validator("torch_threads")
+    @classmethod
+    def _threads_positive(cls, value):
+        if value != "auto" and value < 1:
+            raise ValueError(f"must be a positive integer or 'auto', got {value!r}")
+        return value
+
+
+SCHEDULER_KINDS = ("local", "threads", "slurm")
+
+
+def check_scheduler(value: str) -> str:
+    """Accept ``local``, ``threads``, ``slurm`` or a scheduler address ``PROTOCOL://HOST:PORT``."""
+    if value in SCHEDULER_KINDS:
+        return value
+    proto, sep, rest = value.partition("://")
+    if sep and proto in ("tcp", "tls", "ucx", "inproc", "ws", "wss") and rest:
+        return value
+    raise ValueError(f"must be 'local', 'threads', 'slurm' or a scheduler address like "
+                     f"'tcp://HOST:PORT', got {value!r}")
 
 
 class RunConfig(_Strict):
     """A whole run: dataset, model, attribution, classes, analysis pipeline, cluster, output."""
 
     data: DataConfig
-    model: ModelConfig
+    model: Optional[ModelConfig] = None  # required unless attribution.precomputed is set
     attribution: AttributionConfig = Field(default_factory=AttributionConfig)
     classes: Union[Literal["all"], list[int]] = "all"
     class_names: Optional[list[str]] = None
@@ -130,6 +234,26 @@ def _resolve(base: Path, value: Optional[str]) -> Optional[str]:
     return str(path if path.is_absolute() else (base / path).resolve())
 
 
+def _check_data(data: DataConfig, source: str) -> None:
+    """Cross-key checks of the ``data`` section that depend on ``data.source``."""
+    if data.source == "factory":
+        if not data.factory:
+            raise ConfigError(f"{source}: key 'data.factory' ('module:function' returning a "
+                              f"torch Dataset) is required for source 'factory'")
+        module, sep, func = data.factory.partition(":")
+        if not (module and sep and func):
+            raise ConfigError(f"{source}: key 'data.factory': must look like 'module:function', "
+                              f"got {data.factory!r}")
+    if data.source == "imagefolder" and data.path is not None and not Path(data.path).is_dir():
+        raise ConfigError(f"{source}: key 'data.path': source 'imagefolder' needs a folder with "
+                          f"one subfolder per class, got {data.path}")
+    if (data.mean is None) != (data.std is None):
+        raise ConfigError(f"{source}: keys 'data.mean' and 'data.std' go together; give both")
+    if data.mean is not None and len(data.mean) != len(data.std):
+        raise ConfigError(f"{source}: keys 'data.mean' and 'data.std' must have the same length "
+                          f"(one entry per channel), got {len(data.mean)} and {len(data.std)}")
+
+
 def validate_config(raw: Any, base_dir: Path, source: str = "config") -> RunConfig:
     """Validate a parsed YAML mapping and resolve its relative paths against ``base_dir``."""
     if not isinstance(raw, dict):
@@ -141,15 +265,24 @@ def validate_config(raw: Any, base_dir: Path, source: str = "config") -> RunConf
     base = Path(base_dir).resolve()
     cfg.data.path = _resolve(base, cfg.data.path)
     cfg.data.labels = _resolve(base, cfg.data.labels)
-    cfg.model.weights = _resolve(base, cfg.model.weights)
+    cfg.data.class_list = _resolve(base, cfg.data.class_list)
+    if cfg.model is not None:
+        cfg.model.weights = _resolve(base, cfg.model.weights)
+    cfg.attribution.precomputed = _resolve(base, cfg.attribution.precomputed)
     cfg.output = _resolve(base, cfg.output)
     if isinstance(cfg.pipeline, str) and cfg.pipeline.endswith((".yaml", ".yml")):
         cfg.pipeline = _resolve(base, cfg.pipeline)
     for key, path in (("data.path", cfg.data.path), ("data.labels", cfg.data.labels),
-                      ("model.weights", cfg.model.weights)):
+                      ("data.class_list", cfg.data.class_list),
+                      ("model.weights", cfg.model.weights if cfg.model else None),
+                      ("attribution.precomputed", cfg.attribution.precomputed)):
         if path is not None and not Path(path).exists():
             raise ConfigError(f"{source}: key '{key}': file not found: {path}")
-    if cfg.data.source in ("npz", "idx") and cfg.data.path is None:
+    _check_data(cfg.data, source)
+    if cfg.model is None and cfg.attribution.precomputed is None:
+        raise ConfigError(f"{source}: missing key 'model' (needed unless "
+                          f"'attribution.precomputed' names attributions made elsewhere)")
+    if cfg.data.source in ("npz", "idx", "hdf5", "zarr", "imagefolder") and cfg.data.path is None:
         raise ConfigError(f"{source}: key 'data.path' is required for source '{cfg.data.source}'")
     if cfg.data.source == "idx" and cfg.data.labels is None:
         raise ConfigError(f"{source}: key 'data.labels' is required for source 'idx'")
