@@ -7,7 +7,9 @@ straight into the Zarr store, so nothing but small status dicts travel through t
 
 from __future__ import annotations
 
+import os
 import time
+from urllib.parse import urlsplit
 
 import numpy as np
 import torch
@@ -18,62 +20,126 @@ from spray.sources import open_source
 from spray.store import open_class, write_array
 
 
-def _set_threads(n: int) -> None:
+def torch_threads_for(runtime) -> int:
+    """Intra-op threads for a task on this worker.
+
+    ``runtime`` is an int, or a dict with ``torch_threads`` (an int or ``"auto"``) and
+    ``host_threads`` (Dask threads per worker host, from the scheduler). ``auto`` divides the
+    cores this process may use among the Dask threads on its host, so workers sharing a machine
+    do not oversubscribe it.
+    """
+    if not isinstance(runtime, dict):
+        return max(1, int(runtime))
+    spec = runtime.get("torch_threads", "auto")
+    if spec != "auto":
+        return max(1, int(spec))
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cores = os.cpu_count() or 1
+    host_threads = None
+    try:
+        from distributed import get_worker
+
+        worker = get_worker()
+        host = urlsplit(worker.address).hostname
+        host_threads = (runtime.get("host_threads") or {}).get(host) or worker.state.nthreads
+    except (ImportError, ValueError, AttributeError):
+        pass
+    return max(1, cores // max(1, int(host_threads or 1)))
+
+
+def _set_threads(runtime) -> None:
+    n = torch_threads_for(runtime)
     if torch.get_num_threads() != n:
         torch.set_num_threads(n)
 
 
-def _targets(attr_cfg: dict, c: int, logits: torch.Tensor) -> torch.Tensor:
+def _device(runtime) -> torch.device:
+    want = runtime.get("device", "cpu") if isinstance(runtime, dict) else "cpu"
+    if want == "auto":
+        want = "cuda" if torch.cuda.is_available() else "cpu"
+    if want == "cuda" and not torch.cuda.is_available():
+        raise DataError("key 'cluster.device': 'cuda' requested but this worker has no CUDA "
+                        "device; start GPU workers with '--resources GPU=1' and set "
+                        "'cluster.lrp_resources: {GPU: 1}'")
+    return torch.device(want)
+
+
+def _target_spec(attr_cfg: dict, c: int):
     target = attr_cfg.get("target", "label")
-    n, n_out = logits.shape
     if target == "label":
-        return torch.full((n,), c, dtype=torch.long)
+        return int(c)
     if target == "prediction":
-        return logits.argmax(dim=1)
-    if not 0 <= int(target) < n_out:
-        raise DataError(f"key 'attribution.target': class {target} out of range "
-                        f"(the model has {n_out} outputs)")
-    return torch.full((n,), int(target), dtype=torch.long)
+        return "prediction"
+    return int(target)
 
 
-def relevance_for(model, x: np.ndarray, c: int, attr_cfg: dict) -> tuple[np.ndarray, np.ndarray]:
-    """Relevance maps ``(n, C, H, W)`` and logits ``(n, K)`` of a batch of samples."""
+def relevance_for(model, x: np.ndarray, c: int, attr_cfg: dict,
+                  device: torch.device | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Relevance maps ``(n, C, H, W)`` and logits ``(n, K)`` of a batch of samples.
+
+    One forward and one modified backward pass per batch of ``attribution.batch_size``; the
+    logits come from the same forward pass.
+    """
     from spray import lrp
 
     inputs = torch.as_tensor(x)
-    dtype = next(model.parameters()).dtype if any(True for _ in model.parameters()) else torch.float32
-    inputs = inputs.to(dtype)
+    if device is not None and device.type != "cpu":
+        inputs = inputs.to(device)
+    target = _target_spec(attr_cfg, c)
     maps, logits = [], []
     bs = int(attr_cfg.get("batch_size", 256))
     for start in range(0, len(inputs), bs):
         batch = inputs[start:start + bs]
-        out = model(batch).detach() if len(batch) else batch.new_zeros((0, 1))
-        targets = _targets(attr_cfg, c, out)
-        rel = lrp.attribute(model, batch, targets, composite=attr_cfg.get("composite",
-                            "epsilon-plus-flat"), **attr_cfg.get("params", {}))
-        maps.append(rel.detach().float().numpy())
-        logits.append(out.float().numpy())
+        rel, out = lrp.attribute(model, batch, target,
+                                 composite=attr_cfg.get("composite", "epsilon-plus-flat"),
+                                 return_logits=True, **attr_cfg.get("params", {}))
+        maps.append(rel.detach().float().cpu().numpy())
+        logits.append(out.detach().float().cpu().numpy())
     return np.concatenate(maps), np.concatenate(logits)
 
 
-def lrp_chunk(run_dir: str, c: int, chunk: int, data_cfg: dict, model_cfg: dict,
-              attr_cfg: dict, base_dir: str, threads: int = 1) -> dict:
-    """Compute the relevance maps of rows ``chunk`` of class ``c`` and write them to the store."""
-    t0 = time.perf_counter()
-    _set_threads(threads)
-    cg = open_class(run_dir, c, mode="a")
+def chunk_rows(cg, chunk: int) -> tuple[int, int]:
+    """Rows ``[start, stop)`` of chunk ``chunk`` of a class group."""
     size = int(cg.attrs["chunk_size"])
-    start, stop = chunk * size, min((chunk + 1) * size, int(cg.attrs["n_samples"]))
+    return chunk * size, min((chunk + 1) * size, int(cg.attrs["n_samples"]))
+
+
+def _where(c: int, start: int, stop: int, indices: np.ndarray) -> str:
+    span = (f"dataset indices {int(indices[0])}..{int(indices[-1])}" if len(indices)
+            else "no samples")
+    return f"class {c}, rows {start}..{stop - 1} ({span})"
+
+
+def lrp_chunk(run_dir: str, c: int, chunk: int, data_cfg: dict, model_cfg: dict,
+              attr_cfg: dict, base_dir: str, runtime=1) -> dict:
+    """Compute the relevance maps of rows ``chunk`` of class ``c`` and write them to the store.
+
+    The rows of a chunk are exactly one Zarr chunk of every array, written whole and only then
+    marked in ``done``: a task killed halfway leaves its chunk unmarked and a retry (or a rerun)
+    rewrites it completely. A chunk already marked is not computed again.
+    """
+    t0 = time.perf_counter()
+    cg = open_class(run_dir, c, mode="a")
+    start, stop = chunk_rows(cg, chunk)
+    if bool(cg["done"][chunk]):
+        return {"class": c, "chunk": chunk, "rows": 0, "seconds": 0.0, "reused": True}
     indices = cg["index"][start:stop]
     try:
-        x = open_source(data_cfg).load(indices)
+        _set_threads(runtime)
+        device = _device(runtime)
+        x = open_source(data_cfg, base_dir).load(indices)
         model = load_model(model_cfg, base_dir)
-        maps, logits = relevance_for(model, x, c, attr_cfg)
-    except SprayError:
-        raise
+        if device.type != "cpu":
+            model = model.to(device)
+        t1 = time.perf_counter()
+        maps, logits = relevance_for(model, x, c, attr_cfg, device)
+        t_lrp = time.perf_counter() - t1
+    except SprayError as err:
+        raise type(err)(f"{_where(c, start, stop, indices)}: {err}") from err
     except Exception as err:  # noqa: BLE001 - name the chunk that failed
-        raise DataError(f"class {c}, rows {start}..{stop - 1} (dataset indices "
-                        f"{int(indices[0])}..{int(indices[-1])}): LRP failed: "
+        raise DataError(f"{_where(c, start, stop, indices)}: LRP failed: "
                         f"{type(err).__name__}: {err}") from err
     cg["relevance"][start:stop] = maps.sum(axis=1)
     if "relevance_full" in cg:
@@ -81,41 +147,81 @@ def lrp_chunk(run_dir: str, c: int, chunk: int, data_cfg: dict, model_cfg: dict,
     cg["logits"][start:stop] = logits
     cg["prediction"][start:stop] = logits.argmax(axis=1)
     cg["done"][chunk] = True
-    return {"class": c, "chunk": chunk, "rows": stop - start, "seconds": time.perf_counter() - t0}
+    return {"class": c, "chunk": chunk, "rows": stop - start, "lrp_seconds": t_lrp,
+            "seconds": time.perf_counter() - t0}
 
 
-def _write_cluster_views(cg, maps: np.ndarray, inputs: np.ndarray, labels: np.ndarray,
+def _write_cluster_views(cg, source, indices: np.ndarray, labels: np.ndarray,
                          per_cluster: int = 8) -> None:
-    """Store what the report shows: mean relevance per cluster and a few example inputs."""
+    """Store what the report shows: mean relevance per cluster and a few example inputs.
+
+    The means are accumulated chunk by chunk, and only the example samples are loaded.
+    """
     ids = np.unique(labels)
-    write_array(cg, "cluster_mean_relevance",
-                np.stack([maps[labels == i].mean(axis=0) for i in ids]).astype(np.float32))
+    rel = cg["relevance"]
+    sums = np.zeros((len(ids),) + tuple(rel.shape[1:]), dtype=np.float64)
+    counts = np.array([(labels == i).sum() for i in ids], dtype=np.float64)
+    step = int(cg.attrs.get("chunk_size", 4096))
+    for start in range(0, len(labels), step):
+        maps = rel[start:start + step]
+        lab = labels[start:start + step]
+        for j, i in enumerate(ids):
+            sel = lab == i
+            if sel.any():
+                sums[j] += maps[sel].sum(axis=0, dtype=np.float64)
+    means = sums / np.maximum(counts, 1).reshape((-1,) + (1,) * (sums.ndim - 1))
+    write_array(cg, "cluster_mean_relevance", means.astype(np.float32))
     rows = np.concatenate([np.flatnonzero(labels == i)[:per_cluster] for i in ids])
     write_array(cg, "example_rows", rows.astype(np.int64))
-    write_array(cg, "example_inputs", inputs[rows].astype(np.float32))
+    write_array(cg, "example_inputs", source.load_display(indices[rows]).astype(np.float32))
+
+
+def class_features(cg, c: int, source, params: dict) -> tuple[np.ndarray, np.ndarray]:
+    """Preprocessed relevance and raw-input features of a class, read chunk by chunk.
+
+    Preprocessing works row by row, so the result equals preprocessing the whole class at once
+    while memory holds one chunk of maps and inputs (plus the small ``(n, d)`` features).
+    """
+    from spray.preprocess import nonfinite_rows, preprocess
+
+    indices = cg["index"][:]
+    rel = cg["relevance"]
+    step = int(cg.attrs.get("chunk_size", 4096))
+    feats, in_feats, bad = [], [], []
+    for start in range(0, len(indices), step):
+        maps = rel[start:start + step]
+        rows = nonfinite_rows(maps)
+        if len(rows):
+            bad.extend(int(indices[start + r]) for r in rows)
+            continue
+        if bad:
+            continue
+        feats.append(preprocess(maps, params))
+        in_feats.append(preprocess(source.load_display(indices[start:start + step]), params))
+    if bad:
+        shown = ", ".join(str(i) for i in bad[:10])
+        raise DataError(f"class {c}: relevance maps of {len(bad)} sample(s) hold NaN/Inf "
+                        f"(dataset indices {shown}{' ...' if len(bad) > 10 else ''})")
+    return np.concatenate(feats), np.concatenate(in_feats)
 
 
 def analyze_class(run_dir: str, c: int, pipeline: dict, data_cfg: dict, _deps=None,
-                  threads: int = 1) -> dict:
-    """Preprocess, analyse and score one class; write everything into its store group."""
+                  runtime=1) -> dict:
+    """Preprocess, analyse and score one class; write everything into its store group.
+
+    Reads the class's relevance maps and inputs one chunk at a time; the analysis itself works
+    on the ``(n, d)`` feature matrix.
+    """
     from spray.analysis import analyze
     from spray.flags import clever_hans_score
-    from spray.preprocess import nonfinite_rows, preprocess
 
     t0 = time.perf_counter()
-    _set_threads(threads)
+    _set_threads(runtime)
     cg = open_class(run_dir, c, mode="a")
-    maps = cg["relevance"][:]
     indices = cg["index"][:]
-    bad = nonfinite_rows(maps)
-    if len(bad):
-        shown = ", ".join(str(int(indices[i])) for i in bad[:10])
-        raise DataError(f"class {c}: relevance maps of {len(bad)} sample(s) hold NaN/Inf "
-                        f"(dataset indices {shown}{' ...' if len(bad) > 10 else ''})")
-    features = preprocess(maps, pipeline["preprocess"])
+    source = open_source(data_cfg)
+    features, input_features = class_features(cg, c, source, pipeline["preprocess"])
     write_array(cg, "features", features)
-    inputs = open_source(data_cfg).load(indices)
-    input_features = preprocess(inputs, pipeline["preprocess"])
     write_array(cg, "input_features", input_features)
     result = analyze(features, pipeline=pipeline, embed=pipeline["embedding"]["method"] != "none")
     write_array(cg, "eigenvalues", result.eigenvalues)
@@ -125,7 +231,7 @@ def analyze_class(run_dir: str, c: int, pipeline: dict, data_cfg: dict, _deps=No
     if result.embedding is not None:
         write_array(cg, "tsne", result.embedding.astype(np.float32))
     verdict = clever_hans_score(result, input_features, pipeline)
-    _write_cluster_views(cg, maps, inputs, result.labels)
+    _write_cluster_views(cg, source, indices, result.labels)
     info = {"n_clusters": int(result.n_clusters), "k": int(result.k),
             "warnings": list(result.warnings), "flags": verdict,
             "seconds": time.perf_counter() - t0}
