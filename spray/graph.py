@@ -11,15 +11,18 @@ from __future__ import annotations
 import contextlib
 import json
 import shutil
+import signal
 import sys
+import threading
 import time
+import uuid
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from spray import __version__
-from spray.config import RunConfig, config_hash, dump_config
+from spray.config import RunConfig, check_scheduler, config_hash, dump_config
 from spray.errors import ConfigError, DataError, SprayError, StoreError
 from spray.models import load_model, model_fingerprint
 from spray.pipeline import load_pipeline
@@ -30,19 +33,117 @@ from spray.tasks import analyze_class, lrp_chunk
 RUN_FILES = ("spray.zarr", "report", "run.json", "config.yaml")
 
 
+class RunInterrupted(KeyboardInterrupt):
+    """SIGINT/SIGTERM during a run: finished chunks stay in the store, a rerun resumes."""
+
+    def __init__(self, signum: int = signal.SIGINT):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+        self.exit_code = 128 + int(signum)
+
+
+@contextlib.contextmanager
+def interrupt_on_signals():
+    """Turn SIGTERM (and SIGINT) into :class:`RunInterrupted` so the run cleans up.
+
+    The Dask cluster is closed, the run lock released and finished chunks kept; a second
+    signal during that clean-up is ignored (SIGKILL still works).
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    signums = (signal.SIGTERM, signal.SIGINT)
+    previous = {s: signal.getsignal(s) for s in signums}
+
+    def handler(signum, frame):
+        for s in signums:
+            signal.signal(s, signal.SIG_IGN)
+        raise RunInterrupted(signum)
+
+    for s in signums:
+        signal.signal(s, handler)
+    try:
+        yield
+    finally:
+        for s, old in previous.items():
+            signal.signal(s, old)
+
+
+def slurm_cluster_kwargs(cluster_cfg: dict) -> dict:
+    """Keyword arguments of ``dask_jobqueue.SLURMCluster`` for a ``cluster`` config section."""
+    s = cluster_cfg["slurm"]
+    extra = list(s["worker_extra_args"])
+    if cluster_cfg.get("lrp_resources"):
+        extra += ["--resources", ",".join(f"{k}={v:g}" for k, v in
+                                          cluster_cfg["lrp_resources"].items())]
+    kwargs = {
+        "queue": s["queue"], "account": s["account"], "walltime": s["walltime"],
+        "cores": s["cores"], "processes": s["processes"], "memory": s["memory"],
+        "job_name": s["job_name"], "job_extra_directives": list(s["job_extra_directives"]),
+        "job_script_prologue": list(s["job_script_prologue"]), "worker_extra_args": extra,
+        "local_directory": s["local_directory"], "log_directory": s["log_directory"],
+        "interface": s["interface"], "python": s["python"] or sys.executable,
+    }
+    return {k: v for k, v in kwargs.items() if v is not None}
+
+
+def make_slurm_cluster(cluster_cfg: dict):
+    """A ``dask_jobqueue.SLURMCluster`` (the ``slurm`` extra) scaled to ``n_workers`` workers."""
+    try:
+        from dask_jobqueue import SLURMCluster
+    except ImportError:
+        raise ConfigError("key 'cluster.scheduler': 'slurm' needs dask-jobqueue; install it with "
+                          "pip install 'spray[slurm]'") from None
+    try:
+        cluster = SLURMCluster(**slurm_cluster_kwargs(cluster_cfg))
+    except (ValueError, TypeError) as err:
+        raise ConfigError(f"key 'cluster.slurm': {err}") from None
+    n = int(cluster_cfg["n_workers"])
+    if cluster_cfg["slurm"]["adapt"]:
+        cluster.adapt(minimum=1, maximum=n)
+    else:
+        cluster.scale(n=n)
+    return cluster
+
+
+def _wait_for_workers(client, address: str, timeout: float) -> None:
+    try:
+        client.wait_for_workers(1, timeout=timeout)
+    except (TimeoutError, OSError) as err:
+        raise ConfigError(f"key 'cluster.scheduler': the Dask scheduler at {address} has no "
+                          f"worker after {timeout:g} s (cluster.worker_timeout): "
+                          f"{type(err).__name__}") from None
+
+
 @contextlib.contextmanager
 def dask_client(cluster_cfg: dict, scheduler: str | None = None):
-    """Yield a ``distributed.Client`` for the configured cluster, closing what we started."""
+    """Yield a ``distributed.Client`` for the configured cluster, closing what we started.
+
+    ``local``: an embedded ``LocalCluster`` of ``n_workers`` processes; ``threads``: one process
+    with ``n_workers`` threads; ``slurm``: a dask-jobqueue ``SLURMCluster``; an address
+    (``tcp://HOST:PORT``): a running scheduler (its workers must see the run folder, the data
+    and the config folder at the same paths).
+    """
     from distributed import Client, LocalCluster
 
     address = scheduler or cluster_cfg["scheduler"]
-    if address.startswith("tcp://"):
+    try:
+        check_scheduler(address)
+    except ValueError as err:
+        raise ConfigError(f"--scheduler / key 'cluster.scheduler': {err}") from None
+    if "://" in address:
         try:
-            client = Client(address, timeout="20s")
-        except OSError as err:
+            client = Client(address, timeout=f"{cluster_cfg['connect_timeout']}s")
+        except (OSError, TimeoutError) as err:
             raise ConfigError(f"key 'cluster.scheduler': cannot reach the Dask scheduler at "
                               f"{address}: {err}") from None
         with client:
+            _wait_for_workers(client, address, cluster_cfg["worker_timeout"])
+            yield client
+        return
+    if address == "slurm":
+        with make_slurm_cluster(cluster_cfg) as cluster, Client(cluster) as client:
+            _wait_for_workers(client, "slurm", cluster_cfg["worker_timeout"])
             yield client
         return
     processes = address == "local"
@@ -51,9 +152,34 @@ def dask_client(cluster_cfg: dict, scheduler: str | None = None):
         threads_per_worker=cluster_cfg["threads_per_worker"] if processes else cluster_cfg["n_workers"],
         processes=processes, memory_limit=cluster_cfg["memory_limit"],
         dashboard_address=":0", host="127.0.0.1",
+        resources=cluster_cfg.get("lrp_resources") or None,
     )
     with cluster, Client(cluster) as client:
         yield client
+
+
+def dashboard_text(client) -> str:
+    import importlib.util
+
+    if importlib.util.find_spec("bokeh") is None:
+        return "no dashboard (pip install bokeh for the Dask dashboard)"
+    return f"Dask dashboard: {client.dashboard_link}"
+
+
+def runtime_settings(client, cluster_cfg: dict) -> dict:
+    """What each task needs to know about its worker: torch threads, device, host threads."""
+    from urllib.parse import urlsplit
+
+    host_threads: dict[str, int] = {}
+    try:
+        workers = client.scheduler_info(n_workers=-1)["workers"]
+    except TypeError:  # older distributed
+        workers = client.scheduler_info()["workers"]
+    for addr, info in workers.items():
+        host = urlsplit(addr).hostname
+        host_threads[host] = host_threads.get(host, 0) + int(info.get("nthreads", 1))
+    return {"torch_threads": cluster_cfg["torch_threads"], "device": cluster_cfg["device"],
+            "host_threads": host_threads}
 
 
 def _pipeline_spec(cfg: RunConfig):
@@ -63,8 +189,10 @@ def _pipeline_spec(cfg: RunConfig):
     return cfg.pipeline, None
 
 
-def _class_names(cfg: RunConfig, n_outputs: int) -> list[str]:
+def _class_names(cfg: RunConfig, n_outputs: int, source_names=None) -> list[str]:
     if cfg.class_names is None:
+        if source_names and len(source_names) == n_outputs:
+            return [str(n) for n in source_names]
         return [str(i) for i in range(n_outputs)]
     if len(cfg.class_names) != n_outputs:
         raise ConfigError(f"key 'class_names': {len(cfg.class_names)} names for a model with "
@@ -111,29 +239,46 @@ def _check_run_dir(run_dir: Path) -> None:
 
 def _submit(client, cfg: RunConfig, base_dir: Path, run_dir: Path, pipeline: dict, plan: dict):
     """Submit the LRP chunk tasks still missing and one analysis task per class."""
-    threads = cfg.cluster.threads_per_worker
+    runtime = runtime_settings(client, cfg.cluster.model_dump())
+    token = uuid.uuid4().hex[:8]  # keys unique per invocation on a shared scheduler
+    lrp_resources = cfg.cluster.lrp_resources or None
     data_cfg, model_cfg = cfg.data.model_dump(), cfg.model.model_dump()
     attr_cfg = cfg.attribution.model_dump()
+    data_cfg = {**data_cfg, "base_dir": str(base_dir)}
     chunk_futures, analysis_futures = {}, {}
     for c, todo in plan.items():
         futures = [client.submit(lrp_chunk, str(run_dir), c, chunk, data_cfg, model_cfg, attr_cfg,
-                                 str(base_dir), threads, key=f"lrp-c{c}-chunk{chunk}-{run_dir.name}",
-                                 retries=2, pure=False)
+                                 str(base_dir), runtime, key=f"lrp-c{c}-chunk{chunk}-{token}",
+                                 retries=cfg.cluster.retries, pure=False,
+                                 resources=lrp_resources)
                    for chunk in todo]
         chunk_futures[c] = futures
         analysis_futures[c] = client.submit(analyze_class, str(run_dir), c, pipeline, data_cfg,
-                                            futures, threads, key=f"analysis-c{c}-{run_dir.name}",
-                                            retries=1, pure=False)
+                                            futures, runtime, key=f"analysis-c{c}-{token}",
+                                            retries=min(1, cfg.cluster.retries), pure=False)
     return chunk_futures, analysis_futures
 
 
-def _show_progress(futures, enabled: bool) -> None:
+def _show_progress(futures, enabled: bool, every: float = 15.0) -> None:
+    """Wait for ``futures`` showing progress: Dask's progress bar on a terminal, one line per
+    10 % (or per ``every`` seconds) otherwise (batch jobs, CI logs)."""
     if not enabled or not futures:
         return
-    from distributed import progress
+    from distributed import as_completed, progress
 
-    progress(futures)
-    print(file=sys.stderr)
+    if sys.stderr.isatty():
+        progress(futures)  # distributed's text progress bar (stops early if a task fails)
+        print(file=sys.stderr)
+        return
+    total, finished, t0, last = len(futures), 0, time.monotonic(), time.monotonic()
+    step = max(1, total // 10)
+    for _ in as_completed(futures):
+        finished += 1
+        now = time.monotonic()
+        if finished == total or finished % step == 0 or now - last >= every:
+            last = now
+            print(f"spray: {finished}/{total} tasks finished ({now - t0:.0f} s)",
+                  file=sys.stderr, flush=True)
 
 
 def _collect(futures_by_class: dict) -> tuple[dict, dict]:
@@ -154,12 +299,12 @@ def run(cfg: RunConfig, base_dir: Path, output: str | None = None, scheduler: st
     run_dir = Path(output).resolve() if output else Path(cfg.output)
     t_start = time.perf_counter()
     pipeline = load_pipeline(*_pipeline_spec(cfg), base_dir=base_dir)
-    source = open_source(cfg.data.model_dump())
+    source = open_source(cfg.data.model_dump(), str(base_dir))
     model, n_outputs = _probe_model(cfg, base_dir, source)
-    names = _class_names(cfg, n_outputs)
+    names = _class_names(cfg, n_outputs, getattr(source, "class_names", None))
     parts = class_partitions(source.labels(), cfg.classes, n_outputs)
     _check_run_dir(run_dir)
-    with RunLock(run_dir):
+    with interrupt_on_signals(), RunLock(run_dir):
         if overwrite:
             _clear_run_dir(run_dir)
         fingerprints = {"model": model_fingerprint(model), "data": source.fingerprint(),
@@ -182,15 +327,26 @@ def run(cfg: RunConfig, base_dir: Path, output: str | None = None, scheduler: st
         chunks_todo = sum(len(v) for v in plan.values())
         t_graph = time.perf_counter()
         with dask_client(cfg.cluster.model_dump(), scheduler) as client:
+            n_workers = len(client.scheduler_info().get("workers", {}))
             if not quiet:
                 print(f"spray: {len(plan)} classes, {chunks_todo}/{chunks_total} LRP chunks to "
-                      f"compute; Dask dashboard: {client.dashboard_link}", file=sys.stderr)
+                      f"compute on {n_workers} Dask worker(s); {dashboard_text(client)}",
+                      file=sys.stderr, flush=True)
+            t_submit = time.time()
             chunk_futures, analysis_futures = _submit(client, cfg, base_dir, run_dir, pipeline, plan)
-            _show_progress([f for fs in chunk_futures.values() for f in fs]
-                           + list(analysis_futures.values()), cfg.cluster.progress and not quiet)
-            lrp_done, lrp_failed = _collect(chunk_futures)
-            analysis_done, analysis_failed = _collect(analysis_futures)
+            every = [f for fs in chunk_futures.values() for f in fs] + list(analysis_futures.values())
+            try:
+                _show_progress(every, cfg.cluster.progress and not quiet)
+                lrp_done, lrp_failed = _collect(chunk_futures)
+                analysis_done, analysis_failed = _collect(analysis_futures)
+            except BaseException:
+                with contextlib.suppress(Exception):
+                    client.cancel(every)  # do not leave our tasks running on a shared cluster
+                raise
         t_report = time.perf_counter()
+        computed = [r for v in lrp_done.values() for r in v if not r.get("reused")]
+        lrp_rows = sum(int(r.get("rows", 0)) for r in computed)
+        lrp_wall = max((r["t_end"] for r in computed if "t_end" in r), default=t_submit) - t_submit
         failures = {c: lrp_failed.get(c, []) + analysis_failed.get(c, [])
                     for c in set(lrp_failed) | set(analysis_failed)}
         group.attrs["failed"] = {str(c): msgs[0] for c, msgs in failures.items()}
@@ -202,13 +358,19 @@ def run(cfg: RunConfig, base_dir: Path, output: str | None = None, scheduler: st
             "run_dir": str(run_dir),
             "classes": sorted(parts),
             "chunks_total": chunks_total,
-            "chunks_computed": sum(len(v) for v in lrp_done.values()),
-            "chunks_reused": chunks_total - chunks_todo,
+            "chunks_computed": len(computed),
+            "chunks_reused": chunks_total - chunks_todo + (sum(len(v) for v in lrp_done.values())
+                                                           - len(computed)),
             "chunks_failed": sum(len(v) for v in lrp_failed.values()),
             "skipped": {str(c): why for c, why in skipped.items()},
             "failed": {str(c): msgs for c, msgs in failures.items()},
+            "scheduler": scheduler or cfg.cluster.scheduler,
+            "workers": n_workers,
+            "lrp_rows": lrp_rows,
+            "lrp_maps_per_second": round(lrp_rows / lrp_wall, 3) if lrp_rows and lrp_wall > 0 else None,
             "stage_seconds": {
                 "setup": round(t_graph - t_start, 3),
+                "lrp_wall": round(lrp_wall, 3),
                 "graph_wall": round(t_report - t_graph, 3),
                 "lrp_task_sum": round(sum(r["seconds"] for v in lrp_done.values() for r in v), 3),
                 "analysis_task_sum": round(sum(r["seconds"] for v in analysis_done.values() for r in v), 3),

@@ -148,7 +148,7 @@ def lrp_chunk(run_dir: str, c: int, chunk: int, data_cfg: dict, model_cfg: dict,
     cg["prediction"][start:stop] = logits.argmax(axis=1)
     cg["done"][chunk] = True
     return {"class": c, "chunk": chunk, "rows": stop - start, "lrp_seconds": t_lrp,
-            "seconds": time.perf_counter() - t0}
+            "seconds": time.perf_counter() - t0, "t_end": time.time()}
 
 
 def _write_cluster_views(cg, source, indices: np.ndarray, labels: np.ndarray,
