@@ -21,7 +21,11 @@ def _parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
     r = sub.add_parser("run", help="compute relevance maps and the analysis for a config")
     r.add_argument("config")
-    r.add_argument("--scheduler", help="address of an existing Dask scheduler (tcp://HOST:PORT)")
+    r.add_argument("--scheduler", help="where the Dask graph runs: local (embedded cluster), "
+                   "threads, slurm (dask-jobqueue) or a scheduler address tcp://HOST:PORT; "
+                   "overrides cluster.scheduler")
+    r.add_argument("--workers", type=int, metavar="N",
+                   help="number of Dask workers to start (overrides cluster.n_workers)")
     r.add_argument("--output", help="run folder (overrides the config's 'output')")
     r.add_argument("--overwrite", action="store_true", help="start over in an existing run folder")
     r.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -43,6 +47,10 @@ def _run(args) -> int:
     from spray.graph import run
 
     cfg, base = load_config(args.config)
+    if args.workers is not None:
+        if args.workers < 1:
+            raise SprayError(f"--workers must be at least 1, got {args.workers}")
+        cfg.cluster.n_workers = args.workers
     info = run(cfg, base, output=args.output, scheduler=args.scheduler,
                overwrite=args.overwrite, quiet=args.quiet)
     print(f"spray: report at {Path(info['run_dir']) / 'report' / 'index.html'}")
@@ -92,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
     except SprayError as err:
         print(f"spray: error: {err}", file=sys.stderr)
         return err.exit_code
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as err:  # Ctrl-C, or SIGTERM (spray.graph.RunInterrupted)
         print("spray: interrupted; finished chunks are kept, rerun the same command to resume",
               file=sys.stderr)
-        return 130
+        return getattr(err, "exit_code", 130)
