@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import time
+import warnings
 from urllib.parse import urlsplit
 
 import numpy as np
@@ -18,6 +19,10 @@ from spray.errors import DataError, SprayError
 from spray.models import load_model
 from spray.sources import open_source
 from spray.store import open_class, write_array
+
+# scikit-learn says it falls back to n_jobs=1 in daemonic Dask workers; that is intended here
+# (one Dask thread per core), so do not repeat it for every class.
+warnings.filterwarnings("ignore", message="Inside a Dask worker with daemon=True")
 
 
 def torch_threads_for(runtime) -> int:
