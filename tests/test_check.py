@@ -1,0 +1,165 @@
+"""`spray check`: table, exit codes, JUnit, Markdown, GitHub annotations and --baseline."""
+
+from __future__ import annotations
+
+import copy
+import json
+import xml.etree.ElementTree as ET
+
+import pytest
+
+from conftest import run_cli
+from spray import check as chk
+
+
+def _entry(c, score, flagged, members=None, size=None, status="ok", name=None):
+    clusters = [{"id": 0, "size": 80, "fraction": 0.8}]
+    if flagged or members:
+        members = members if members is not None else list(range(100 * c, 100 * c + 20))
+        clusters.append({"id": 1, "size": size or len(members), "fraction": 0.2,
+                         "conductance_relevance": 0.01, "conductance_input": 0.4,
+                         "score": score, "concentration": 0.5, "suspect": flagged,
+                         "members": members})
+    return {"class": c, "name": name or f"digit {c}", "n_samples": 100, "status": status,
+            "eigenvalues": [0.0, 0.01], "eigengaps": [0.01], "n_clusters": len(clusters),
+            "score": score, "threshold": 2.0, "flagged": flagged,
+            "suspect_cluster": 1 if flagged else None, "clusters": clusters}
+
+
+def _summary(entries):
+    return {"spray_version": "0.1.0", "config_hash": "abc", "created": "2026-01-01T00:00:00",
+            "classes": entries, "flagged": [e["class"] for e in entries if e["flagged"]]}
+
+
+def _write(tmp_path, name, summary):
+    run = tmp_path / name
+    (run / "report").mkdir(parents=True)
+    (run / "report" / "summary.json").write_text(json.dumps(summary))
+    return run
+
+
+@pytest.fixture
+def runs(tmp_path):
+    old = _summary([_entry(0, 0.3, False), _entry(1, 3.0, True), _entry(2, 2.5, True),
+                    _entry(4, 2.2, True)])
+    new = _summary([
+        _entry(0, 2.4, True),                                # new flag
+        _entry(1, 3.2, True),                                # accepted (same group, small rise)
+        _entry(2, 3.4, True),                                # worse (score rose by 0.9)
+        _entry(3, 0.1, False, status="failed"),              # analysis failed
+        _entry(4, 0.5, False),                               # resolved
+        _entry(5, 2.1, True, name="five <b>&|x"),            # not in the baseline: new
+    ])
+    new["classes"][3]["reason"] = "class 3, rows 0..9: LRP failed"
+    return _write(tmp_path, "old", old), _write(tmp_path, "new", new)
+
+
+def test_table_and_exit_code_without_baseline(runs, capsys):
+    _, new = runs
+    assert chk.check(new) == 1
+    out = capsys.readouterr().out
+    assert "FLAGGED" in out and "failed" in out
+    lines = [ln for ln in out.splitlines() if ln.startswith("digit 1 ")]
+    assert lines and lines[0].split()[-1] == "20"  # suspect cluster size column
+
+
+def test_clean_run_exits_0(tmp_path, capsys):
+    run = _write(tmp_path, "clean", _summary([_entry(0, 0.2, False), _entry(1, 1.9, False)]))
+    assert chk.check(run) == 0
+    assert "no class flagged" in capsys.readouterr().out
+
+
+def test_baseline_statuses(runs):
+    old, new = runs
+    summary = chk.load_summary(new)
+    counts = chk.compare(summary, chk.load_summary(old))
+    status = {e["class"]: e["baseline"] for e in summary["classes"]}
+    assert status == {0: "new", 1: "accepted", 2: "worse", 3: None, 4: "resolved", 5: "new"}
+    assert counts == {"new": 2, "worse": 1, "accepted": 1, "resolved": 1}
+    assert [e["class"] for e in chk.failing(summary)] == [0, 2, 5]
+
+
+def test_baseline_different_suspect_group_is_new(tmp_path):
+    old = _summary([_entry(1, 3.0, True, members=list(range(20)))])
+    new = _summary([_entry(1, 3.0, True, members=list(range(50, 70)))])
+    summary = copy.deepcopy(new)
+    chk.compare(summary, old)
+    assert summary["classes"][0]["baseline"] == "new"
+    assert "different suspect group" in summary["classes"][0]["baseline_reason"]
+
+
+def test_baseline_growth_is_worse():
+    old = _summary([_entry(1, 3.0, True, members=list(range(20)))])
+    new = _summary([_entry(1, 3.1, True, members=list(range(40)))])
+    chk.compare(new, old)
+    assert new["classes"][0]["baseline"] == "worse"
+
+
+def test_baseline_accepts_everything_known(tmp_path):
+    run = _write(tmp_path, "a", _summary([_entry(0, 0.1, False), _entry(1, 3.0, True)]))
+    assert chk.check(run) == 1
+    assert chk.check(run, baseline=str(run)) == 0
+    # the baseline may also be given as the summary.json file itself
+    assert chk.check(run, baseline=str(run / "report" / "summary.json")) == 0
+
+
+def test_junit_and_markdown_files(runs, tmp_path):
+    old, new = runs
+    junit, md = tmp_path / "j.xml", tmp_path / "s.md"
+    assert chk.check(new, junit_path=str(junit), markdown_path=str(md), baseline=str(old)) == 1
+    root = ET.parse(junit).getroot()
+    assert root.tag == "testsuite"
+    cases = root.findall("testcase")
+    assert len(cases) == 6 and root.get("tests") == "6"
+    failed = [c.get("name") for c in cases if c.find("failure") is not None]
+    assert failed == ["class digit 0 (0)", "class digit 2 (2)", "class five <b>&|x (5)"]
+    assert root.get("failures") == "3" and root.get("errors") == "1"
+    msg = cases[2].find("failure").get("message")
+    assert "score 3.40" in msg and "worse" in msg and "suspect cluster 1 of 20 samples" in msg
+    assert cases[3].find("error") is not None                  # failed analysis
+    assert cases[1].find("failure") is None and "accepted" in cases[1].find("system-out").text
+    text = md.read_text()
+    assert text.startswith("## spray: Clever-Hans check")
+    assert "2 new, 1 worse, 1 accepted, 1 resolved" in text
+    assert "five &lt;b&gt;&\\|x" in text and "<b>" not in text  # a cell cannot break the table
+    rows = [ln for ln in text.splitlines() if ln.startswith("| ")]
+    assert rows[0].startswith("| class |") and len(rows) == 7
+    assert all(ln.count(" | ") == rows[0].count(" | ") for ln in rows)
+    # ranked by score: digit 2 (3.4) first
+    assert rows[1].startswith("| digit 2 |") and "🚩" in rows[1]
+
+
+def test_markdown_appends_to_github_step_summary(runs, tmp_path, monkeypatch):
+    _, new = runs
+    step = tmp_path / "step.md"
+    step.write_text("earlier step\n")
+    monkeypatch.setenv("GITHUB_STEP_SUMMARY", str(step))
+    chk.check(new, markdown_path=str(step))
+    text = step.read_text()
+    assert text.startswith("earlier step\n") and "## spray: Clever-Hans check" in text
+
+
+def test_github_annotations(runs):
+    old, new = runs
+    proc = run_cli("check", new, "--baseline", old, env={"GITHUB_ACTIONS": "true"}, timeout=120)
+    assert proc.returncode == 1, proc.stderr
+    lines = proc.stdout.splitlines()
+    errors = [ln for ln in lines if ln.startswith("::error ")]
+    notices = [ln for ln in lines if ln.startswith("::notice ")]
+    warnings = [ln for ln in lines if ln.startswith("::warning ")]
+    assert len(errors) == 3 and len(notices) == 1 and len(warnings) == 1
+    assert all("\n" not in ln for ln in errors)
+    assert "title=spray: Clever-Hans candidate::class digit 0 (0): score 2.40" in errors[0]
+    no_gh = run_cli("check", new, env={"GITHUB_ACTIONS": ""}, timeout=120)
+    assert no_gh.returncode == 1 and "::error" not in no_gh.stdout
+
+
+def test_cli_baseline_exit_codes(tmp_path):
+    run = _write(tmp_path, "a", _summary([_entry(1, 3.0, True)]))
+    assert run_cli("check", run, timeout=120).returncode == 1
+    ok = run_cli("check", run, "--baseline", run, timeout=120)
+    assert ok.returncode == 0 and "1 accepted" in ok.stdout
+    worse = run_cli("check", run, "--baseline", run, "--baseline-margin", "-1", timeout=120)
+    assert worse.returncode == 1 and "WORSE" in worse.stdout
+    missing = run_cli("check", run, "--baseline", tmp_path / "nope", timeout=120)
+    assert missing.returncode == 2 and "no run summary found" in missing.stderr
