@@ -39,6 +39,11 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("run_dir")
     c.add_argument("--junit", help="write a JUnit XML file (one test case per class)")
     c.add_argument("--markdown", help="write a Markdown summary (e.g. $GITHUB_STEP_SUMMARY)")
+    c.add_argument("--baseline", metavar="OLD_RUN",
+                   help="accepted earlier run (folder or summary.json): fail only on flags that "
+                        "are new or worse than there")
+    c.add_argument("--baseline-margin", type=float, default=0.5, metavar="SCORE",
+                   help="score rise that makes an accepted flag 'worse' (default 0.5)")
     return p
 
 
@@ -89,7 +94,8 @@ def _report(args) -> int:
 def _check(args) -> int:
     from spray.check import check
 
-    return check(args.run_dir, junit_path=args.junit, markdown_path=args.markdown)
+    return check(args.run_dir, junit_path=args.junit, markdown_path=args.markdown,
+                 baseline=args.baseline, margin=args.baseline_margin)
 
 
 def main(argv: list[str] | None = None) -> int:
