@@ -1,17 +1,38 @@
 """Clever-Hans score of a class: does its relevance split into a group the inputs do not explain?
 
-Rule (``flags.score: input-contrast``): cluster the class on its relevance eigenvectors; for each
-cluster holding between ``min_cluster_fraction`` and ``max_cluster_fraction`` of the class,
-compute its *conductance* (weight of the edges leaving it over its volume) in the relevance kNN
-graph and in a kNN graph built the same way on the raw inputs of the class. A group that the
-model treats alike (low relevance conductance) although the inputs are not alike (high input
-conductance) is a strategy of the model, not of the data. The score is
+Rule ``input-contrast`` (the pipeline's ``flags`` section holds every threshold):
 
-    score = max over clusters of log(max(φ_input, floor) / max(φ_relevance, floor))
+1. **Candidates.** The class is clustered on its relevance eigenvectors (the analysis). Every
+   cluster holding between ``min_cluster_fraction`` and ``max_cluster_fraction`` of the class and
+   at least ``min_cluster_size`` samples is a candidate.
+2. **Contrast** (the evidence that matters most). For each candidate S, its *conductance*
+   φ(S) = (weight of the edges leaving S) / min(vol S, vol rest) is measured in the relevance
+   kNN graph and in a kNN graph built the same way (same preprocessing, same k) on the raw
+   inputs of the class::
 
-and the class is flagged when ``score >= threshold``; the arg-max cluster is the suspect.
-Natural sub-groups (e.g. bags with and without handles) are separated in the inputs too, so
-their ratio stays small. See README "Clever-Hans score" for the validation.
+       contrast(S) = log( max(φ_input(S), floor) / max(φ_relevance(S), floor) )
+
+   A group the model treats alike (low φ_relevance) although its inputs are not alike (high
+   φ_input) is a strategy of the model, not a structure of the data. Natural sub-groups (bags
+   with and without handles) are separated in the inputs too, so their contrast stays small.
+3. **Stability** (bootstrap, ``bootstrap`` resamples of ``bootstrap_fraction`` of the class):
+   both kNN graphs are rebuilt on each subsample and the contrast of S ∩ subsample recomputed;
+   the ``bootstrap_quantile`` quantile of these values is the *stable contrast*. A handful of
+   odd samples that happen to form a tight group in one graph does not survive resampling; a
+   real group does. Needs the relevance features (``features=``); without them, or with
+   ``bootstrap: 0``, the stable contrast is the plain contrast.
+4. **Size prior.** Artefact groups are usually a minority of a class; a split into two halves is
+   more often a natural sub-class. Above ``size_prior_knee`` the score is lowered linearly,
+   by ``size_prior_weight`` at a fraction of 0.5 (``size_penalty``).
+5. **Spatial concentration** (evidence and an optional gate). Δ = mean relevance features of S
+   minus those of the rest of the class, on the preprocessing grid; ``concentration`` is the
+   share of |Δ| held by the top ``concentration_area`` of the cells (0.1 = the top 10 %; a
+   uniform Δ gives 0.1, a single cell 1.0). ``peak`` is the grid cell (row, column) of the
+   largest |Δ|. Candidates below ``min_concentration`` are not scored (default 0: off).
+
+``score(S) = stable_contrast(S) − size_penalty(S)``; the class score is the maximum over the
+candidates and the class is flagged when ``score >= threshold``; the arg-max is the suspect
+cluster. Validation (planted artefacts, clean models): ``docs/verdict.md``.
 """
 
 from __future__ import annotations
@@ -21,48 +42,185 @@ import math
 import numpy as np
 import scipy.sparse as sp
 
+DEFAULTS = {
+    "score": "input-contrast",
+    "threshold": 2.0,
+    "min_cluster_fraction": 0.02,
+    "max_cluster_fraction": 0.5,
+    "min_cluster_size": 5,
+    "conductance_floor": 1e-3,
+    "bootstrap": 10,
+    "bootstrap_fraction": 0.8,
+    "bootstrap_quantile": 0.2,
+    "size_prior_knee": 0.35,
+    "size_prior_weight": 1.0,
+    "concentration_area": 0.1,
+    "min_concentration": 0.0,
+    "seed": 0,
+}
+
+
+def flag_params(pipeline: dict) -> dict:
+    """The ``flags`` section of a pipeline with defaults filled in."""
+    params = dict(DEFAULTS)
+    params.update({k: v for k, v in dict(pipeline.get("flags") or {}).items() if v is not None})
+    return params
+
 
 def conductance(W: sp.csr_matrix, members: np.ndarray) -> float:
     """Edge weight leaving ``members`` over the smaller of the two volumes (0 for a component)."""
     mask = np.zeros(W.shape[0], dtype=bool)
     mask[members] = True
-    degree = np.asarray(W.sum(axis=1)).ravel()
+    return _conductance_mask(sp.csr_matrix(W), np.asarray(W.sum(axis=1)).ravel(), mask)
+
+
+def _conductance_mask(W: sp.csr_matrix, degree: np.ndarray, mask: np.ndarray) -> float:
     vol_in, vol_out = degree[mask].sum(), degree[~mask].sum()
     if min(vol_in, vol_out) <= 0:
         return 0.0
-    cut = W[mask][:, ~mask].sum()
-    return float(cut / min(vol_in, vol_out))
+    internal = W[mask][:, mask].sum()
+    cut = vol_in - internal
+    return float(max(cut, 0.0) / min(vol_in, vol_out))
 
 
-def clever_hans_score(result, input_features: np.ndarray, pipeline: dict) -> dict:
-    """Score a class from its analysis result and the preprocessed raw inputs of its samples."""
+def _contrast(phi_in: float, phi_rel: float, floor: float) -> float:
+    return math.log(max(phi_in, floor) / max(phi_rel, floor))
+
+
+def concentration(features: np.ndarray, mask: np.ndarray, grid, area: float) -> dict:
+    """Spatial concentration of the mean-relevance difference between ``mask`` and the rest."""
+    X = np.asarray(features, dtype=np.float64)
+    delta = X[mask].mean(axis=0) - X[~mask].mean(axis=0)
+    mag = np.abs(delta)
+    total = mag.sum()
+    if total <= 0:
+        return {"concentration": 0.0, "peak": None}
+    top = max(1, int(math.ceil(area * mag.size)))
+    share = float(np.sort(mag)[::-1][:top].sum() / total)
+    peak = int(np.argmax(mag))
+    if grid is not None and int(grid[0]) * int(grid[1]) == mag.size:
+        peak_at = [peak // int(grid[1]), peak % int(grid[1])]
+    else:
+        peak_at = [peak]
+    return {"concentration": round(share, 4), "peak": peak_at,
+            "peak_sign": int(np.sign(delta[peak]))}
+
+
+def _bootstrap_contrasts(features, input_features, masks, pipeline, k, params) -> list[list[float]]:
+    """Contrast of every candidate mask on ``bootstrap`` subsamples (both graphs rebuilt)."""
     from spray.affinity import knn_affinity
 
-    params = pipeline.get("flags", {})
-    floor = float(params.get("conductance_floor", 1e-3))
-    lo, hi = float(params.get("min_cluster_fraction", 0.02)), float(params.get("max_cluster_fraction", 0.5))
-    threshold = float(params.get("threshold", 2.0))
+    n = len(features)
+    B = int(params["bootstrap"])
+    m = int(round(float(params["bootstrap_fraction"]) * n))
+    floor = float(params["conductance_floor"])
+    if B <= 0 or m < max(10, k + 2):
+        return [[] for _ in masks]
+    rng = np.random.default_rng(int(params["seed"]))
+    aff = dict(pipeline["affinity"])
+    aff["k"] = int(min(k, m - 2))
+    out = [[] for _ in masks]
+    for _ in range(B):
+        idx = np.sort(rng.choice(n, size=m, replace=False))
+        W_rel = sp.csr_matrix(knn_affinity(features[idx], aff))
+        W_in = sp.csr_matrix(knn_affinity(input_features[idx], aff))
+        d_rel = np.asarray(W_rel.sum(axis=1)).ravel()
+        d_in = np.asarray(W_in.sum(axis=1)).ravel()
+        for j, mask in enumerate(masks):
+            sub = mask[idx]
+            if sub.sum() < 2 or (~sub).sum() < 2:
+                continue
+            out[j].append(_contrast(_conductance_mask(W_in, d_in, sub),
+                                    _conductance_mask(W_rel, d_rel, sub), floor))
+    return out
+
+
+def size_penalty(fraction: float, params: dict) -> float:
+    """Linear penalty above the knee, equal to ``size_prior_weight`` at fraction 0.5."""
+    knee = float(params["size_prior_knee"])
+    weight = float(params["size_prior_weight"])
+    if fraction <= knee or weight <= 0 or knee >= 0.5:
+        return 0.0
+    return weight * (fraction - knee) / (0.5 - knee)
+
+
+def clever_hans_score(result, input_features: np.ndarray, pipeline: dict, features=None) -> dict:
+    """Score a class from its analysis result and the preprocessed raw inputs of its samples.
+
+    Args:
+        result: the class's :class:`spray.analysis.AnalysisResult` (``labels``, ``affinity``,
+            ``k``).
+        input_features: ``(n, d)`` raw inputs preprocessed like the relevance maps.
+        pipeline: the validated pipeline (its ``affinity``, ``preprocess`` and ``flags``).
+        features: ``(n, d)`` relevance features the analysis ran on; enables the bootstrap
+            stability and the spatial concentration.
+
+    Returns:
+        ``rule, score, threshold, flagged, suspect_cluster, candidate_cluster, clusters`` (each
+        cluster: ``id, size, fraction`` and, for candidates, ``conductance_relevance``,
+        ``conductance_input``, ``contrast``, ``contrast_stable``, ``size_penalty``,
+        ``concentration``, ``peak``, ``score``) plus ``params`` (the thresholds used).
+    """
+    from spray.affinity import knn_affinity
+
+    params = flag_params(pipeline)
+    if params["score"] != "input-contrast":
+        from spray.errors import ConfigError
+
+        raise ConfigError(f"pipeline key 'flags.score': unknown rule {params['score']!r} "
+                          f"(known: input-contrast)")
+    floor = float(params["conductance_floor"])
+    lo, hi = float(params["min_cluster_fraction"]), float(params["max_cluster_fraction"])
+    threshold = float(params["threshold"])
     labels = np.asarray(result.labels)
     n = len(labels)
     affinity_params = dict(pipeline["affinity"])
     affinity_params["k"] = int(result.k)
-    W_input = knn_affinity(input_features, affinity_params)
-    clusters = []
+    W_rel = sp.csr_matrix(result.affinity)
+    W_input = sp.csr_matrix(knn_affinity(input_features, affinity_params))
+    d_rel = np.asarray(W_rel.sum(axis=1)).ravel()
+    d_in = np.asarray(W_input.sum(axis=1)).ravel()
+    grid = (pipeline.get("preprocess") or {}).get("pool")
+    clusters, masks, cand = [], [], []
     for cid in np.unique(labels):
-        members = np.flatnonzero(labels == cid)
-        frac = len(members) / n
-        entry = {"id": int(cid), "size": int(len(members)), "fraction": round(frac, 4)}
-        if lo <= frac <= hi:
-            phi_rel = conductance(result.affinity, members)
-            phi_in = conductance(W_input, members)
+        mask = labels == cid
+        size = int(mask.sum())
+        frac = size / n
+        entry = {"id": int(cid), "size": size, "fraction": round(frac, 4)}
+        if lo <= frac <= hi and size >= int(params["min_cluster_size"]) and size < n:
+            phi_rel = _conductance_mask(W_rel, d_rel, mask)
+            phi_in = _conductance_mask(W_input, d_in, mask)
             entry.update({"conductance_relevance": round(phi_rel, 6),
                           "conductance_input": round(phi_in, 6),
-                          "score": round(math.log(max(phi_in, floor) / max(phi_rel, floor)), 4)})
+                          "contrast": round(_contrast(phi_in, phi_rel, floor), 4)})
+            if features is not None:
+                entry.update(concentration(features, mask, grid,
+                                           float(params["concentration_area"])))
+            masks.append(mask)
+            cand.append(entry)
         clusters.append(entry)
+    boots = (_bootstrap_contrasts(np.asarray(features, dtype=np.float32),
+                                  np.asarray(input_features, dtype=np.float32), masks, pipeline,
+                                  int(result.k), params)
+             if features is not None and cand else [[] for _ in cand])
+    for entry, values in zip(cand, boots):
+        if values:
+            stable = float(np.quantile(values, float(params["bootstrap_quantile"])))
+            entry["contrast_stable"] = round(min(stable, entry["contrast"]), 4)
+        else:
+            entry["contrast_stable"] = entry["contrast"]
+        entry["size_penalty"] = round(size_penalty(entry["fraction"], params), 4)
+        score = entry["contrast_stable"] - entry["size_penalty"]
+        gate = float(params["min_concentration"])
+        if gate > 0 and entry.get("concentration", 1.0) < gate:
+            entry["excluded"] = f"concentration {entry.get('concentration')} < {gate}"
+            continue
+        entry["score"] = round(score, 4)
     scored = [c for c in clusters if "score" in c]
     best = max(scored, key=lambda c: c["score"]) if scored else None
     score = best["score"] if best else 0.0
     flagged = bool(best is not None and score >= threshold)
     return {"rule": "input-contrast", "score": float(score), "threshold": threshold,
             "flagged": flagged, "suspect_cluster": best["id"] if flagged else None,
-            "candidate_cluster": best["id"] if best else None, "clusters": clusters}
+            "candidate_cluster": best["id"] if best else None, "clusters": clusters,
+            "params": {k: params[k] for k in DEFAULTS}}

@@ -235,7 +235,7 @@ def analyze_class(run_dir: str, c: int, pipeline: dict, data_cfg: dict, _deps=No
     write_array(cg, "labels", result.labels.astype(np.int64))
     if result.embedding is not None:
         write_array(cg, "tsne", result.embedding.astype(np.float32))
-    verdict = clever_hans_score(result, input_features, pipeline)
+    verdict = clever_hans_score(result, input_features, pipeline, features=features)
     _write_cluster_views(cg, source, indices, result.labels)
     info = {"n_clusters": int(result.n_clusters), "k": int(result.k),
             "warnings": list(result.warnings), "flags": verdict,

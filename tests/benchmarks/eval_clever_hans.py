@@ -1,0 +1,354 @@
+"""Evaluate the Clever-Hans score on planted artefacts (detection, false flags, suspect P/R).
+
+    python tests/benchmarks/eval_clever_hans.py --out runs/eval-clever-hans
+    python tests/benchmarks/eval_clever_hans.py --out runs/eval-clever-hans --rescore   # reuse models/maps
+    python tests/benchmarks/eval_clever_hans.py --out runs/eval-clever-hans --quick     # 1 poisoned + 1 clean per dataset
+
+For every setting the script builds a dataset, plants an artefact into a fraction ``p`` of one
+class (train and test alike), trains a model on the train split, explains the test split of every
+class with ``spray.lrp.attribute`` (true-class logit, ``epsilon-plus-flat``), and scores every
+class with spray's own analysis (``spray.preprocess.preprocess`` → ``spray.analysis.analyze`` →
+``spray.flags.clever_hans_score``) and the ``spray-default`` preset (``--pipeline`` to change it).
+Clean models (no artefact) measure false flags.
+
+* **Fashion-MNIST** (Debian ``dataset-fashion-mnist``): 28×28, ``--train-per-class`` training
+  images per class (default 1000), the first ``--test-per-class`` (default 1000) test images per
+  class; CNN with 3 conv + 2 dense layers, 2 epochs.
+* **digits** (scikit-learn): upsampled to 32×32, split 50/50 per class (≈ 90 test samples per
+  class); the demo CNN (with BatchNorm), 12 epochs.
+
+Artefacts: ``square`` (bright square, top-left corner), ``topline`` (1-px bright top row, like a
+padding border), ``checker`` (small checkerboard texture patch, top-right).
+
+Outputs in ``--out``: ``cache/<setting>.npz`` (relevance maps, inputs, ground truth: the slow
+part, reused by ``--rescore``), ``results.json`` (every class of every setting) and
+``table.md`` (the table of docs/verdict.md). On 2 cores the full run takes ~20–30 minutes,
+``--rescore`` about a minute.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
+FASHION_NAMES = ["T-shirt", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker",
+                 "Bag", "Ankle boot"]
+
+# (dataset, planted class, artefact, fraction, seed); artefact None = clean model
+SETTINGS = [
+    ("fashion", 6, "square", 0.05, 0), ("fashion", 6, "square", 0.1, 0),
+    ("fashion", 6, "square", 0.3, 0), ("fashion", 6, "topline", 0.1, 0),
+    ("fashion", 6, "topline", 0.2, 0), ("fashion", 6, "checker", 0.2, 0),
+    ("fashion", 6, "checker", 0.3, 0), ("fashion", 8, "square", 0.1, 0),
+    ("fashion", 1, "topline", 0.1, 0), ("fashion", 7, "checker", 0.3, 0),
+    ("fashion", 4, "square", 0.2, 0), ("fashion", 3, "topline", 0.05, 0),
+    ("fashion", None, None, 0.0, 0), ("fashion", None, None, 0.0, 1),
+    ("fashion", None, None, 0.0, 2),
+    ("digits", 3, "square", 0.3, 0), ("digits", 3, "square", 0.1, 0),
+    ("digits", 7, "topline", 0.1, 0), ("digits", 5, "checker", 0.2, 0),
+    ("digits", 0, "square", 0.05, 0), ("digits", 8, "topline", 0.3, 0),
+    ("digits", 2, "checker", 0.3, 0),
+    ("digits", None, None, 0.0, 0), ("digits", None, None, 0.0, 1),
+    ("digits", None, None, 0.0, 2),
+]
+QUICK = [("fashion", 6, "square", 0.1, 0), ("fashion", None, None, 0.0, 0),
+         ("digits", 3, "square", 0.3, 0), ("digits", None, None, 0.0, 0)]
+
+
+def setting_name(s) -> str:
+    ds, c, art, p, seed = s
+    return f"{ds}-clean-s{seed}" if art is None else f"{ds}-c{c}-{art}-{int(round(p * 100))}-s{seed}"
+
+
+# ------------------------------------------------------------------------------ data
+
+def plant(x: np.ndarray, kind: str) -> np.ndarray:
+    """Put an artefact into images ``(n, 1, H, W)`` in [0, 1] (returns a copy)."""
+    out = x.copy()
+    H, W = out.shape[-2:]
+    s = max(3, round(H / 7))
+    if kind == "square":
+        out[:, :, 1:1 + s, 1:1 + s] = 1.0
+    elif kind == "topline":
+        out[:, :, 0, :] = 1.0
+    elif kind == "checker":
+        size = s + 2
+        yy, xx = np.mgrid[0:size, 0:size]
+        pattern = ((yy + xx) % 2).astype(np.float32) * 0.6
+        region = out[:, :, 1:1 + size, W - 1 - size:W - 1]
+        out[:, :, 1:1 + size, W - 1 - size:W - 1] = np.maximum(region, pattern)
+    else:
+        raise ValueError(kind)
+    return out
+
+
+def load_fashion(train_per_class: int, test_per_class: int, rng):
+    from spray.sources import _read_idx
+
+    def part(kind, per_class):
+        x = _read_idx(str(FASHION_DIR / f"{kind}-images-idx3-ubyte.gz")).astype(np.float32) / 255.0
+        y = _read_idx(str(FASHION_DIR / f"{kind}-labels-idx1-ubyte.gz")).astype(np.int64)
+        keep = np.sort(np.concatenate([np.flatnonzero(y == c)[:per_class] for c in range(10)]))
+        return x[keep][:, None], y[keep]
+
+    x_tr, y_tr = part("train", train_per_class)
+    x_te, y_te = part("t10k", test_per_class)
+    return x_tr, y_tr, x_te, y_te
+
+
+def load_digits(rng):
+    from spray.sources import load_digits_arrays
+
+    x, y = load_digits_arrays(32)
+    train, test = [], []
+    for c in range(10):
+        idx = rng.permutation(np.flatnonzero(y == c))
+        train.append(idx[:len(idx) // 2])
+        test.append(idx[len(idx) // 2:])
+    train, test = np.sort(np.concatenate(train)), np.sort(np.concatenate(test))
+    return x[train], y[train], x[test], y[test]
+
+
+def fashion_model() -> nn.Module:
+    return nn.Sequential(
+        nn.Conv2d(1, 16, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(32, 32, 3, padding=1), nn.ReLU(),
+        nn.Flatten(), nn.Linear(32 * 7 * 7, 64), nn.ReLU(), nn.Linear(64, 10))
+
+
+def train(model: nn.Module, x: np.ndarray, y: np.ndarray, epochs: int, seed: int) -> nn.Module:
+    torch.manual_seed(seed)
+    opt = torch.optim.Adam(model.parameters(), lr=2e-3)
+    xt, yt = torch.as_tensor(x), torch.as_tensor(y)
+    gen = torch.Generator().manual_seed(seed)
+    model.train()
+    for _ in range(epochs):
+        for batch in torch.randperm(len(xt), generator=gen).split(64):
+            opt.zero_grad()
+            nn.functional.cross_entropy(model(xt[batch]), yt[batch]).backward()
+            opt.step()
+    return model.eval()
+
+
+def collect(setting, args) -> dict:
+    """Train the model of a setting and explain its test split: arrays for the cache."""
+    from spray.lrp import attribute
+
+    ds, planted, art, p, seed = setting
+    rng = np.random.default_rng(1000 + seed)
+    if ds == "fashion":
+        x_tr, y_tr, x_te, y_te = load_fashion(args.train_per_class, args.test_per_class, rng)
+        model, epochs = fashion_model(), 2
+    else:
+        from spray.demo import build_model
+
+        x_tr, y_tr, x_te, y_te = load_digits(rng)
+        model, epochs = build_model(), 12
+    poisoned = np.zeros(len(y_te), dtype=bool)
+    if art is not None:
+        for xs, ys, mark in ((x_tr, y_tr, None), (x_te, y_te, poisoned)):
+            members = np.flatnonzero(ys == planted)
+            chosen = np.sort(rng.choice(members, size=max(1, int(round(p * len(members)))),
+                                        replace=False))
+            xs[chosen] = plant(xs[chosen], art)
+            if mark is not None:
+                mark[chosen] = True
+    t0 = time.perf_counter()
+    model = train(model, x_tr, y_tr, epochs, seed)
+    t_train = time.perf_counter() - t0
+    rel, logits = [], []
+    t0 = time.perf_counter()
+    for start in range(0, len(x_te), 500):
+        xb = torch.as_tensor(x_te[start:start + 500])
+        yb = torch.as_tensor(y_te[start:start + 500])
+        with torch.no_grad():
+            logits.append(model(xb).numpy())
+        rel.append(attribute(model, xb, yb, composite=args.composite).detach().numpy()[:, 0])
+    t_lrp = time.perf_counter() - t0
+    pred = np.concatenate(logits).argmax(1)
+    return {"relevance": np.concatenate(rel).astype(np.float32), "inputs": x_te[:, 0],
+            "labels": y_te, "prediction": pred, "poisoned": poisoned,
+            "accuracy": float((pred == y_te).mean()), "train_seconds": t_train,
+            "lrp_seconds": t_lrp}
+
+
+# ------------------------------------------------------------------------------ scoring
+
+def score_setting(setting, data, pipe) -> list[dict]:
+    from spray.analysis import analyze
+    from spray.flags import clever_hans_score
+    from spray.preprocess import preprocess
+
+    ds, planted, art, p, seed = setting
+    rows = []
+    for c in range(10):
+        sel = np.flatnonzero(data["labels"] == c)
+        maps, inputs = data["relevance"][sel], data["inputs"][sel]
+        t0 = time.perf_counter()
+        feats = preprocess(maps, pipe["preprocess"])
+        in_feats = preprocess(inputs, pipe["preprocess"])
+        result = analyze(feats, pipeline=pipe, embed=False)
+        verdict = clever_hans_score(result, in_feats, pipe, features=feats)
+        seconds = time.perf_counter() - t0
+        truth = data["poisoned"][sel]
+        row = {"setting": setting_name(setting), "dataset": ds, "artefact": art, "fraction": p,
+               "seed": seed, "class": c, "planted": planted == c and art is not None,
+               "n": int(len(sel)), "n_poisoned": int(truth.sum()), "score": verdict["score"],
+               "flagged": verdict["flagged"], "n_clusters": int(result.n_clusters),
+               "seconds": round(seconds, 3),
+               "accuracy": float((data["prediction"][sel] == c).mean()),
+               "evidence": {k: verdict.get(k) for k in ("contrast", "null", "concentration",
+                                                        "size_prior") if k in verdict}}
+        cand = verdict.get("suspect_cluster")
+        if cand is None:
+            cand = verdict.get("candidate_cluster")
+        if cand is not None and truth.any():
+            members = result.labels == cand
+            hit = int((members & truth).sum())
+            row["precision"] = hit / max(1, int(members.sum()))
+            row["recall"] = hit / int(truth.sum())
+        row["clusters"] = [{k: v for k, v in cl.items() if k != "members"}
+                           for cl in verdict["clusters"]]
+        rows.append(row)
+    ranked = sorted(rows, key=lambda r: -r["score"])
+    for i, r in enumerate(ranked):
+        r["rank"] = i + 1
+    return rows
+
+
+def _fmt_range(values, digits=2):
+    values = [v for v in values if v is not None]
+    if not values:
+        return "—"
+    lo, hi = min(values), max(values)
+    return f"{lo:.{digits}f}" if abs(hi - lo) < 10 ** -digits else f"{lo:.{digits}f}–{hi:.{digits}f}"
+
+
+def table(rows: list[dict]) -> str:
+    out = ["| dataset | planted class | artefact | p | acc | score (thr.) | rank | flagged | "
+           "suspect precision / recall | other classes flagged |",
+           "|---|---|---|---|---|---|---|---|---|---|"]
+    by_setting: dict[str, list[dict]] = {}
+    for r in rows:
+        by_setting.setdefault(r["setting"], []).append(r)
+    for name, rs in by_setting.items():
+        r0 = rs[0]
+        names = FASHION_NAMES if r0["dataset"] == "fashion" else [str(i) for i in range(10)]
+        acc = sum(r["accuracy"] * r["n"] for r in rs) / sum(r["n"] for r in rs)
+        if r0["artefact"] is None:
+            flagged = [names[r["class"]] for r in rs if r["flagged"]]
+            top = max(rs, key=lambda r: r["score"])
+            out.append(f"| {r0['dataset']} | clean (seed {r0['seed']}) | — | — | {acc:.2f} | "
+                       f"max {top['score']:.2f} ({names[top['class']]}) | — | — | — | "
+                       f"{', '.join(flagged) or 'none'} |")
+            continue
+        pl = next(r for r in rs if r["planted"])
+        others = [names[r["class"]] for r in rs if r["flagged"] and not r["planted"]]
+        pr = (f"{pl['precision']:.2f} / {pl['recall']:.2f}" if "precision" in pl else "—")
+        out.append(f"| {r0['dataset']} | {names[pl['class']]} | {r0['artefact']} | "
+                   f"{r0['fraction']:.2f} | {acc:.2f} | {pl['score']:.2f} | {pl['rank']} | "
+                   f"{'yes' if pl['flagged'] else 'no'} | {pr} | {', '.join(others) or 'none'} |")
+    return "\n".join(out)
+
+
+def aggregate(rows: list[dict]) -> str:
+    planted = [r for r in rows if r["planted"]]
+    strong = [r for r in planted if r["fraction"] >= 0.1]
+    clean_checks = [r for r in rows if r["artefact"] is None]
+    other_checks = [r for r in rows if r["artefact"] is not None and not r["planted"]]
+
+    def rate(rs, key):
+        return f"{sum(bool(r[key]) for r in rs)}/{len(rs)}" if rs else "—"
+
+    det = [r for r in strong if r["flagged"]]
+    good = [r for r in det if r.get("precision", 0) >= 0.8 and r.get("recall", 0) >= 0.8]
+    lines = [
+        f"- detection (planted class flagged), all fractions: {rate(planted, 'flagged')}; "
+        f"fractions ≥ 0.1: {rate(strong, 'flagged')}",
+        f"- detected with suspect precision and recall ≥ 0.8 (p ≥ 0.1): {len(good)}/{len(strong)}",
+        f"- mean suspect precision / recall over detections: "
+        f"{np.mean([r['precision'] for r in planted if r['flagged']] or [np.nan]):.2f} / "
+        f"{np.mean([r['recall'] for r in planted if r['flagged']] or [np.nan]):.2f}",
+        f"- false flags, clean models: {rate(clean_checks, 'flagged')} class checks "
+        f"(max score {max([r['score'] for r in clean_checks] or [0]):.2f})",
+        f"- false flags, non-planted classes of poisoned models: {rate(other_checks, 'flagged')} "
+        f"(max score {max([r['score'] for r in other_checks] or [0]):.2f})",
+        f"- score time per class: median {np.median([r['seconds'] for r in rows]):.2f} s "
+        f"(preprocess + analysis without t-SNE + score)",
+    ]
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--out", default="runs/eval-clever-hans")
+    ap.add_argument("--rescore", action="store_true", help="only rescore cached settings")
+    ap.add_argument("--quick", action="store_true", help="4 settings instead of all")
+    ap.add_argument("--only", help="comma-separated substrings of setting names to run")
+    ap.add_argument("--pipeline", default="spray-default")
+    ap.add_argument("--composite", default="epsilon-plus-flat")
+    ap.add_argument("--train-per-class", type=int, default=1000)
+    ap.add_argument("--test-per-class", type=int, default=1000)
+    ap.add_argument("--threads", type=int, default=2)
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    from spray.pipeline import load_pipeline
+
+    pipe = load_pipeline(args.pipeline)
+    out = Path(args.out)
+    (out / "cache").mkdir(parents=True, exist_ok=True)
+    settings = QUICK if args.quick else SETTINGS
+    # cheap settings and one clean + one poisoned Fashion-MNIST model first
+    settings = sorted(settings, key=lambda s: (s[0] == "fashion" and setting_name(s) not in (
+        "fashion-clean-s0", "fashion-c6-square-10-s0"), s[0] == "fashion"))
+    if args.only:
+        keys = args.only.split(",")
+        settings = [s for s in settings if any(k in setting_name(s) for k in keys)]
+    if settings and any(s[0] == "fashion" for s in settings) and not FASHION_DIR.is_dir() \
+            and not args.rescore:
+        print(f"Fashion-MNIST not found in {FASHION_DIR} (apt-get install dataset-fashion-mnist)",
+              file=sys.stderr)
+        return 2
+    rows = []
+    for s in settings:
+        name = setting_name(s)
+        cache = out / "cache" / f"{name}.npz"
+        if cache.exists():
+            data = dict(np.load(cache))
+        elif args.rescore:
+            continue
+        else:
+            data = collect(s, args)
+            np.savez_compressed(cache, **{k: (v.astype(np.float16) if k in ("relevance", "inputs")
+                                              else v) for k, v in data.items()})
+            print(f"{name}: trained (acc {data['accuracy']:.3f}, {data['train_seconds']:.0f} s), "
+                  f"LRP {data['lrp_seconds']:.1f} s", flush=True)
+        data["relevance"] = data["relevance"].astype(np.float32)
+        data["inputs"] = data["inputs"].astype(np.float32)
+        rs = score_setting(s, data, pipe)
+        pl = next((r for r in rs if r["planted"]), None)
+        flagged = [r["class"] for r in rs if r["flagged"]]
+        print(f"{name}: flagged {flagged}"
+              + (f"; planted score {pl['score']:.2f} rank {pl['rank']} P/R "
+                 f"{pl.get('precision', 0):.2f}/{pl.get('recall', 0):.2f}" if pl else
+                 f"; max score {max(r['score'] for r in rs):.2f}"), flush=True)
+        rows.extend(rs)
+        (out / "results.json").write_text(json.dumps(rows, indent=1, default=float))
+    text = table(rows) + "\n\n" + aggregate(rows) + "\n"
+    (out / "table.md").write_text(text)
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
