@@ -44,6 +44,15 @@ def _parser() -> argparse.ArgumentParser:
                         "are new or worse than there")
     c.add_argument("--baseline-margin", type=float, default=0.5, metavar="SCORE",
                    help="score rise that makes an accepted flag 'worse' (default 0.5)")
+    ex = sub.add_parser("export", help="write a run in another tool's format")
+    ex_sub = ex.add_subparsers(dest="format", required=True)
+    vr = ex_sub.add_parser("virelay", help="a ViRelAy project (dataset, attribution and analysis "
+                                            "HDF5, label map, project YAML)")
+    vr.add_argument("run_dir")
+    vr.add_argument("out_dir")
+    vr.add_argument("--name", help="project name shown in ViRelAy")
+    vr.add_argument("--chunk-rows", type=int, default=256,
+                    help="samples read and written at a time (bounds the memory)")
     return p
 
 
@@ -91,6 +100,18 @@ def _report(args) -> int:
     return 0
 
 
+def _export(args) -> int:
+    from spray.export import export_virelay
+
+    info = export_virelay(args.run_dir, args.out_dir, name=args.name, chunk_rows=args.chunk_rows)
+    for c, why in info["skipped"].items():
+        print(f"spray: note: class {c} not fully exported: {why}", file=sys.stderr)
+    print(f"spray: ViRelAy project with {len(info['classes'])} analysed classes and "
+          f"{info['attributions']} attributions at {info['project']} "
+          f"(open it with: virelay {info['project']})")
+    return 0
+
+
 def _check(args) -> int:
     from spray.check import check
 
@@ -100,7 +121,8 @@ def _check(args) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    handler = {"run": _run, "demo": _demo, "report": _report, "check": _check}[args.command]
+    handler = {"run": _run, "demo": _demo, "report": _report, "check": _check,
+               "export": _export}[args.command]
     try:
         return handler(args)
     except SprayError as err:

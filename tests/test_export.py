@@ -1,0 +1,174 @@
+"""`spray export virelay`: a spray run written as a ViRelAy project and opened by ViRelAy itself."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+import yaml
+import zarr
+
+from conftest import run_cli, write_config
+from spray.config import load_config
+from spray.export import ANALYSIS_METHOD, SPRAY_CLUSTERING, export_virelay, pixel_range
+from spray.graph import run
+
+
+@pytest.fixture(scope="module")
+def exported_run(small_problem, tmp_path_factory):
+    """A small spray run (3 classes, t-SNE, threads) and its ViRelAy export."""
+    root = tmp_path_factory.mktemp("export")
+    cfg, base = load_config(small_problem["config"])
+    run(cfg, base, output=str(root / "run"), quiet=True)
+    info = export_virelay(root / "run", root / "virelay", chunk_rows=50)
+    return root / "run", root / "virelay", info
+
+
+def _store(run_dir: Path):
+    return zarr.open_group(str(run_dir / "spray.zarr"), mode="r")
+
+
+def test_files_follow_the_loader(exported_run, small_problem):
+    run_dir, out, info = exported_run
+    group = _store(run_dir)
+    classes = sorted(int(c) for c in group["classes"])
+    assert info["classes"] == classes and not info["skipped"]
+    project = yaml.safe_load((out / "project.yaml").read_text())["project"]
+    assert project["dataset"]["type"] == "hdf5"
+    assert "-" not in project["analyses"][0]["analysis_method"]
+    labels = json.loads((out / "label-map.json").read_text())
+    assert [e["word_net_id"] for e in labels] == ["0", "1", "2"]
+    assert [e["name"] for e in labels] == ["zero", "one", "two"]
+
+    x, y = small_problem["x"], small_problem["y"]
+    with h5py.File(out / "dataset.h5", "r") as fh:
+        assert fh["data"].dtype == np.uint8 and fh["data"].shape == (len(y), 3, 16, 16)
+        np.testing.assert_array_equal(fh["label"][:], y)
+        np.testing.assert_array_equal(fh["data"][5, 0], np.rint(x[5, 0] * 255).astype(np.uint8))
+        np.testing.assert_array_equal(fh["data"][5, 0], fh["data"][5, 2])
+
+    with h5py.File(out / "attribution.h5", "r") as fh:
+        att, index, lab = fh["attribution"], fh["index"][:], fh["label"][:]
+        assert att.dtype == np.float32 and att.ndim == 4 and att.shape[1] > 1
+        assert fh["prediction"].shape == (len(y), 3) and fh["prediction"].dtype == np.float32
+        assert sorted(index.tolist()) == list(range(len(y)))
+        for c in classes:
+            cg = group["classes"][str(c)]
+            rows = np.flatnonzero(lab == c)
+            np.testing.assert_array_equal(index[rows], cg["index"][:])
+            np.testing.assert_allclose(att[rows[0]:rows[-1] + 1].sum(axis=1), cg["relevance"][:],
+                                       rtol=1e-5, atol=1e-7)
+            np.testing.assert_array_equal(fh["prediction"][rows[0]:rows[-1] + 1], cg["logits"][:])
+
+    with h5py.File(out / "analysis.h5", "r") as fh:
+        assert sorted(fh.keys()) == [str(c) for c in classes]
+        for c in classes:
+            cg, grp = group["classes"][str(c)], fh[str(c)]
+            np.testing.assert_array_equal(grp["index"][:], cg["index"][:])
+            spectral = grp["embedding"]["spectral"]
+            lam = cg["eigenvalues"][:]
+            np.testing.assert_allclose(spectral.attrs["eigenvalue"], lam[::-1], rtol=1e-6)
+            np.testing.assert_allclose(spectral[:, -1], cg["eigenvectors"][:, 0], rtol=1e-6)
+            assert grp["embedding"]["tsne"].shape == (cg.attrs["n_samples"], 2)
+            np.testing.assert_array_equal(grp["cluster"][SPRAY_CLUSTERING][:], cg["labels"][:])
+            k = cg.attrs["analysis"]["n_clusters"]
+            assert f"kmeans-{max(k, 2)}" in grp["cluster"]
+        names = [sorted(fh[str(c)]["cluster"]) for c in classes]
+        assert all(n == names[0] for n in names), "every class needs the same clusterings"
+
+
+def test_chunk_size_does_not_change_the_files(exported_run, tmp_path):
+    run_dir, out, _ = exported_run
+    export_virelay(run_dir, tmp_path / "big", chunk_rows=10_000)
+    for name in ("dataset.h5", "attribution.h5"):
+        with h5py.File(out / name, "r") as a, h5py.File(tmp_path / "big" / name, "r") as b:
+            for key in a:
+                np.testing.assert_array_equal(a[key][...], b[key][...])
+
+
+def test_pixel_range():
+    assert pixel_range(0.0, 0.3) == (0.0, 1.0)
+    assert pixel_range(-0.8, 0.9) == (-1.0, 1.0)
+    assert pixel_range(0.0, 200.0) == (0.0, 255.0)
+    assert pixel_range(-2.1, 2.6) == (-2.1, 2.6)
+
+
+def test_cli_export_and_errors(exported_run, tmp_path):
+    run_dir, _, _ = exported_run
+    res = run_cli("export", "virelay", run_dir, tmp_path / "cli")
+    assert res.returncode == 0, res.stderr
+    assert (tmp_path / "cli" / "project.yaml").is_file()
+    assert "virelay" in res.stdout
+    res = run_cli("export", "virelay", tmp_path / "nothing", tmp_path / "out2")
+    assert res.returncode == 2 and "no spray store" in res.stderr
+    assert "Traceback" not in res.stderr
+    res = run_cli("export", "virelay", run_dir, run_dir / "spray.zarr" / "x")
+    assert res.returncode == 2 and "Traceback" not in res.stderr
+
+
+@pytest.mark.peers
+def test_virelay_opens_the_export(exported_run):
+    """ViRelAy's own loader and web API serve every class of the exported run."""
+    pytest.importorskip("virelay")
+    from virelay.model import Workspace
+    from virelay.server import Server
+
+    run_dir, out, _ = exported_run
+    group = _store(run_dir)
+    classes = sorted(int(c) for c in group["classes"])
+    workspace = Workspace()
+    workspace.add_project(str(out / "project.yaml"))
+    try:
+        project = workspace.projects[0]
+        assert project.get_analysis_methods() == [ANALYSIS_METHOD]
+        assert sorted(c.name for c in project.get_analysis_categories(ANALYSIS_METHOD)) == \
+            [str(c) for c in classes]
+        embeddings = project.get_analysis_embedding_names(ANALYSIS_METHOD)
+        assert set(embeddings) == {"spectral", "tsne"}
+        clusterings = project.get_analysis_clustering_names(ANALYSIS_METHOD)
+        assert SPRAY_CLUSTERING in clusterings
+
+        client = Server(workspace).app.test_client()
+        assert client.get("/api/projects").status_code == 200
+        res = client.get("/api/projects/0")
+        assert res.status_code == 200
+        method = res.get_json()["analysisMethods"][0]
+        assert {c["name"] for c in method["categories"]} == {str(c) for c in classes}
+        assert {c["humanReadableName"] for c in method["categories"]} == {"zero", "one", "two"}
+        for c in classes:
+            cg = group["classes"][str(c)]
+            index = cg["index"][:]
+            for i in (int(index[0]), int(index[-1])):
+                for url in (f"/api/projects/0/dataset/{i}", f"/api/projects/0/dataset/{i}/image",
+                            f"/api/projects/0/attributions/{i}?imageMode=overlay",
+                            f"/api/projects/0/attributions/{i}/heatmap?colorMap=black-fire-red",
+                            f"/api/projects/0/attributions/{i}/heatmap?colorMap=gray-red"
+                            f"&superimpose=true"):
+                    res = client.get(url)
+                    assert res.status_code == 200, (url, res.data[:300])
+                sample = client.get(f"/api/projects/0/dataset/{i}").get_json()
+                assert sample["labels"][0]["index"] == c
+                attribution = client.get(f"/api/projects/0/attributions/{i}").get_json()
+                assert attribution["labels"][0]["index"] == c
+            res = client.get(f"/api/projects/0/attributions?indices="
+                             f"{','.join(str(int(i)) for i in index[:5])}&imageMode=attribution")
+            assert res.status_code == 200 and len(res.get_json()) == 5
+            for embedding in embeddings:
+                for clustering in clusterings:
+                    url = (f"/api/projects/0/analyses/{ANALYSIS_METHOD.replace('_', '-')}"
+                           f"?category={c}&clustering={clustering}&embedding={embedding}")
+                    res = client.get(url)
+                    assert res.status_code == 200, (url, res.data[:300])
+            spectral = client.get(f"/api/projects/0/analyses/{ANALYSIS_METHOD.replace('_', '-')}"
+                                  f"?category={c}&clustering={SPRAY_CLUSTERING}"
+                                  f"&embedding=spectral").get_json()
+            np.testing.assert_allclose(spectral["eigenvalues"][::-1], cg["eigenvalues"][:],
+                                       rtol=1e-6, atol=1e-7)
+            points = spectral["embedding"]
+            assert [p["attributionIndex"] for p in points] == index.tolist()
+            assert [p["cluster"] for p in points] == cg["labels"][:].tolist()
+    finally:
+        workspace.close()
