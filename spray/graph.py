@@ -242,12 +242,15 @@ def _submit(client, cfg: RunConfig, base_dir: Path, run_dir: Path, pipeline: dic
     runtime = runtime_settings(client, cfg.cluster.model_dump())
     token = uuid.uuid4().hex[:8]  # keys unique per invocation on a shared scheduler
     lrp_resources = cfg.cluster.lrp_resources or None
-    data_cfg, model_cfg = cfg.data.model_dump(), cfg.model.model_dump()
+    data_cfg, model_cfg = cfg.data.model_dump(), cfg.model.model_dump() if cfg.model else None
     attr_cfg = cfg.attribution.model_dump()
     data_cfg = {**data_cfg, "base_dir": str(base_dir)}
+    chunk_task = lrp_chunk
+    if cfg.attribution.precomputed:  # attributions made elsewhere: copy them instead of LRP
+        from spray.precomputed import precomputed_chunk as chunk_task
     chunk_futures, analysis_futures = {}, {}
     for c, todo in plan.items():
-        futures = [client.submit(lrp_chunk, str(run_dir), c, chunk, data_cfg, model_cfg, attr_cfg,
+        futures = [client.submit(chunk_task, str(run_dir), c, chunk, data_cfg, model_cfg, attr_cfg,
                                  str(base_dir), runtime, key=f"lrp-c{c}-chunk{chunk}-{token}",
                                  retries=cfg.cluster.retries, pure=False,
                                  resources=lrp_resources)
@@ -300,14 +303,22 @@ def run(cfg: RunConfig, base_dir: Path, output: str | None = None, scheduler: st
     t_start = time.perf_counter()
     pipeline = load_pipeline(*_pipeline_spec(cfg), base_dir=base_dir)
     source = open_source(cfg.data.model_dump(), str(base_dir))
-    model, n_outputs = _probe_model(cfg, base_dir, source)
+    if cfg.attribution.precomputed:  # no model: classes and shapes come from the file
+        from spray.precomputed import plan_run
+
+        pre = plan_run(cfg, source, warn=None if quiet else sys.stderr)
+        n_outputs, parts, sample_shape = pre.n_outputs, pre.parts, pre.sample_shape
+        model_fp = pre.fingerprint
+    else:
+        model, n_outputs = _probe_model(cfg, base_dir, source)
+        parts = class_partitions(source.labels(), cfg.classes, n_outputs)
+        model_fp, sample_shape = model_fingerprint(model), source.sample_shape
     names = _class_names(cfg, n_outputs, getattr(source, "class_names", None))
-    parts = class_partitions(source.labels(), cfg.classes, n_outputs)
     _check_run_dir(run_dir)
     with interrupt_on_signals(), RunLock(run_dir):
         if overwrite:
             _clear_run_dir(run_dir)
-        fingerprints = {"model": model_fingerprint(model), "data": source.fingerprint(),
+        fingerprints = {"model": model_fp, "data": source.fingerprint(),
                         "attribution": config_hash_attr(cfg)}
         group = create_or_check_store(run_dir, fingerprints, config_hash(cfg), sorted(parts))
         plan, skipped, chunks_total = {}, {}, 0
@@ -316,7 +327,7 @@ def run(cfg: RunConfig, base_dir: Path, output: str | None = None, scheduler: st
                 skipped[c] = (f"class {c} ({names[c]}) has {len(idx)} sample(s); the analysis "
                               f"needs at least 3")
                 continue
-            cg = prepare_class(group, c, names[c], idx, source.sample_shape, n_outputs,
+            cg = prepare_class(group, c, names[c], idx, sample_shape, n_outputs,
                                cfg.attribution.chunk_size, cfg.attribution.store_dtype,
                                cfg.attribution.store_channels)
             done = cg["done"][:]

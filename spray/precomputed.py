@@ -365,7 +365,7 @@ def plan_run(cfg, source, warn=sys.stderr) -> PrecomputedPlan:
 
 
 def precomputed_chunk(run_dir: str, c: int, chunk: int, data_cfg: dict, model_cfg, attr_cfg: dict,
-                      base_dir: str, threads: int = 1) -> dict:
+                      base_dir: str, runtime=None) -> dict:
     """Fill rows ``chunk`` of class ``c`` from the attribution file (stands in for an LRP task)."""
     import time
 
