@@ -17,6 +17,15 @@ from spray.errors import ConfigError, DataError, ModelError
 from spray.lrp import Composite, Epsilon, Flat, Gamma, ZPlus
 from spray.lrp.composites import AFFINE
 
+@pytest.fixture(autouse=True, scope="module")
+def _single_thread():
+    """The test models are tiny: one thread avoids oversubscription on busy machines."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 # ---------------------------------------------------------------------------------------------
 # test models (random weights, realistic BatchNorm statistics)
 # ---------------------------------------------------------------------------------------------

@@ -30,7 +30,8 @@ from zennit.composites import (EpsilonAlpha2Beta1, EpsilonAlpha2Beta1Flat,  # no
                                SpecialFirstLayerMapComposite, layer_map_base)
 from zennit.layer import Sum  # noqa: E402
 
-from test_lrp import MODELS, Block, inputs_for, make_vgg, relative_error  # noqa: E402
+from test_lrp import (MODELS, Block, _single_thread, inputs_for, make_vgg,  # noqa: E402,F401
+                      relative_error)
 
 pytestmark = pytest.mark.peers
 

@@ -91,6 +91,28 @@ class AffineOp:
         parts = [s.reshape(shape[0], self.groups, 1, -1, *shape[2:]) for s in signals]
         return torch.cat(parts, dim=2).reshape(shape[0], -1, *shape[2:])
 
+    # -- stacking along the input units (inputs of both signs) -----------------------------
+    def stack_inputs(self, weights: list[torch.Tensor]):
+        """Concatenate weights along the input units, or ``None`` for grouped convolutions."""
+        if self.groups != 1:
+            return None
+        return torch.cat(weights, dim=1)
+
+    def join_inputs(self, inputs: list[torch.Tensor]) -> torch.Tensor:
+        """Concatenate inputs along the input units (channels or features)."""
+        return torch.cat(inputs, dim=1 if self.is_conv else -1)
+
+    def joined_input_shape(self, shape, count: int) -> tuple:
+        """Per-sample shape of ``count`` joined inputs of per-sample-shape ``shape[1:]``."""
+        if self.is_conv:
+            return (shape[1] * count,) + tuple(shape[2:])
+        return tuple(shape[1:-1]) + (shape[-1] * count,)
+
+    def split_inputs(self, grad: torch.Tensor, count: int) -> list[torch.Tensor]:
+        """Split a transposed pass over joined inputs back into ``count`` parts."""
+        dim = 1 if self.is_conv else -1
+        return list(grad.chunk(count, dim=dim))
+
     def bias_view(self, bias: torch.Tensor) -> torch.Tensor:
         """Reshape a per-unit bias so that it broadcasts against the layer output."""
         if self.is_conv:
