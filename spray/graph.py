@@ -151,7 +151,7 @@ def dask_client(cluster_cfg: dict, scheduler: str | None = None):
         n_workers=cluster_cfg["n_workers"] if processes else 1,
         threads_per_worker=cluster_cfg["threads_per_worker"] if processes else cluster_cfg["n_workers"],
         processes=processes, memory_limit=cluster_cfg["memory_limit"],
-        dashboard_address=":0", host="127.0.0.1",
+        dashboard_address=":0", host="127.0.0.1" if processes else None,  # inproc: no host
         resources=cluster_cfg.get("lrp_resources") or None,
     )
     with cluster, Client(cluster) as client:
