@@ -128,12 +128,7 @@ def test_same_eigenvalues_as_direct_analysis(zennit_h5, precomputed_run):
     assert group.attrs["fingerprints"]["model"].startswith("precomputed-")
 
 
-@pytest.mark.parametrize("kind", ["npz", "npy", "zarr", "h5-shuffled"])
-def test_other_containers_give_the_same_store(kind, small_problem, zennit_h5, precomputed_run,
-                                              tmp_path):
-    """.npz / .npy / Zarr, and an HDF5 with rows in another order plus an ``index``."""
-    _, arrays = zennit_h5
-    ref = zarr.open_group(str(precomputed_run[0] / "spray.zarr"), mode="r")
+def _write(kind: str, arrays: dict, tmp_path):
     att, lab, pred = arrays["attribution"], arrays["label"], arrays["prediction"]
     if kind == "npz":
         path = tmp_path / "att.npz"
@@ -141,33 +136,62 @@ def test_other_containers_give_the_same_store(kind, small_problem, zennit_h5, pr
     elif kind == "npy":
         path = tmp_path / "att.npy"
         np.save(path, att)
-    elif kind == "zarr":
+    else:
         path = tmp_path / "att.zarr"
         g = zarr.open_group(str(path), mode="w")
         for key, value in arrays.items():
             g.create_array(key, data=value)
-    else:
-        path = tmp_path / "shuffled.h5"
-        order = np.random.default_rng(0).permutation(len(lab))
-        with h5py.File(path, "w") as fh:
-            fh["attribution"] = att[order]
-            fh["prediction"] = pred[order]
-            fh["label"] = lab[order]
-            fh["index"] = order.astype(np.uint32)
+    return path
+
+
+@pytest.mark.parametrize("kind", ["npz", "npy", "zarr"])
+def test_other_containers_read_the_same(kind, small_problem, zennit_h5, tmp_path):
+    """.npz (3-D maps, other key names), a bare .npy, a Zarr group: same plan, same rows."""
+    from types import SimpleNamespace
+
+    from spray.precomputed import class_rows, plan_run
+    from spray.sources import open_source
+
+    path, arrays = zennit_h5
+    source = open_source({"source": "npz", "path": str(small_problem["root"] / "data.npz")})
+    ref = AttributionFile(str(path))
+    other = AttributionFile(str(_write(kind, arrays, tmp_path)))
+    cfg = SimpleNamespace(attribution=SimpleNamespace(precomputed=other.path), classes="all",
+                          class_names=["zero", "one", "two"])
+    plan = plan_run(cfg, source, warn=None)
+    assert plan.n_outputs == 3 and plan.sample_shape == (1, 16, 16)
+    labels = small_problem["y"]
+    for c in range(3):
+        np.testing.assert_array_equal(plan.parts[c], np.flatnonzero(labels == c))
+        rows = class_rows(other, c, labels)
+        np.testing.assert_array_equal(other.maps(rows), ref.maps(rows))
+        if kind != "npy":
+            np.testing.assert_array_equal(other.logits(rows, 3)[0], ref.logits(rows, 3)[0])
+    ref.close()
+    other.close()
+
+
+def test_rows_in_another_order_with_an_index(small_problem, zennit_h5, precomputed_run,
+                                             tmp_path):
+    """An HDF5 whose rows are shuffled and carry an ``index``: the same maps per sample."""
+    _, arrays = zennit_h5
+    ref = zarr.open_group(str(precomputed_run[0] / "spray.zarr"), mode="r")
+    path = tmp_path / "shuffled.h5"
+    order = np.random.default_rng(0).permutation(len(arrays["label"]))
+    with h5py.File(path, "w") as fh:
+        for key in ("attribution", "prediction", "label"):
+            fh[key] = arrays[key][order]
+        fh["index"] = order.astype(np.uint32)
     cfg, base = load_config(_config(small_problem, tmp_path, path))
     run(cfg, base, output=str(tmp_path / "run"), quiet=True)
     group = zarr.open_group(str(tmp_path / "run" / "spray.zarr"), mode="r")
     for c in range(3):
         cg, rg = group["classes"][str(c)], ref["classes"][str(c)]
-        if kind == "h5-shuffled":  # rows follow the file's order; compare as sets
-            order = np.argsort(cg["index"][:])
-            np.testing.assert_array_equal(cg["index"][:][order], rg["index"][:])
-            np.testing.assert_allclose(cg["relevance"][:][order], rg["relevance"][:], rtol=1e-6)
-            continue
-        np.testing.assert_array_equal(cg["index"][:], rg["index"][:])
-        np.testing.assert_allclose(cg["relevance"][:], rg["relevance"][:], rtol=1e-6)
-        np.testing.assert_allclose(cg["eigenvalues"][:], rg["eigenvalues"][:], rtol=1e-6,
-                                   atol=1e-9)
+        np.testing.assert_array_equal(cg["index"][:], order[arrays["label"][order] == c])
+        back = np.argsort(cg["index"][:])
+        np.testing.assert_array_equal(cg["index"][:][back], rg["index"][:])
+        np.testing.assert_allclose(cg["relevance"][:][back], rg["relevance"][:], rtol=1e-6)
+        assert cg.attrs["analysis"] is not None
 
 
 def test_group_form_and_one_hot_labels(zennit_h5, tmp_path):
