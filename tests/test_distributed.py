@@ -1,0 +1,61 @@
+"""A real Dask cluster: `dask scheduler` + two `dask worker` processes on 127.0.0.1.
+
+One worker is killed while LRP chunks run; the run must finish with the results of an
+uninterrupted single-process run.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from scale_support import (DaskCluster, assert_same_results, chunks_done, reference_run,
+                           run_info, scale_config, spray_process, stop, summary, wait_until)
+
+pytestmark = pytest.mark.distributed
+
+
+@pytest.fixture
+def dask_cluster(tmp_path):
+    # items load slowly on the workers (not in the client), so chunks take a while
+    cluster = DaskCluster(tmp_path / "cluster", n_workers=2, env={"SPRAY_TEST_DELAY": "0.02"})
+    try:
+        yield cluster.start()
+    finally:
+        cluster.close()
+
+
+@pytest.mark.slow
+def test_killed_worker_is_survived(small_problem, dask_cluster, tmp_path, tmp_path_factory):
+    config = scale_config(small_problem)
+    out = tmp_path / "on-cluster"
+    proc = spray_process("run", config, "--scheduler", dask_cluster.address, "--output", out)
+    try:
+        finished = wait_until(lambda: chunks_done(out)[0] >= 4 and chunks_done(out),
+                              timeout=120, what="4 finished LRP chunks")
+        assert finished[0] < finished[1], "the job finished before a worker could be killed"
+        dask_cluster.kill_worker(1)
+        stdout, stderr = proc.communicate(timeout=300)
+    finally:
+        stop(proc)
+    assert proc.returncode == 0, stderr + dask_cluster.logs()
+    assert dask_cluster.workers[1].returncode is not None  # really gone
+    info = run_info(out)
+    assert info["scheduler"] == dask_cluster.address
+    assert info["chunks_computed"] == info["chunks_total"] and not info["failed"]
+    reference = reference_run(small_problem, tmp_path_factory.getbasetemp())
+    assert_same_results(out, reference, atol=1e-6)
+    assert summary(out)["flagged"] == summary(reference)["flagged"]
+
+
+def test_unreachable_scheduler_is_a_clear_error(small_problem, tmp_path):
+    from scale_support import free_port
+
+    from conftest import run_cli
+
+    port = free_port()
+    config = scale_config(small_problem, connect_timeout=2)
+    proc = run_cli("run", config, "--scheduler", f"tcp://127.0.0.1:{port}",
+                   "--output", tmp_path / "out", timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    assert "cannot reach the Dask scheduler" in proc.stderr
+    assert "Traceback" not in proc.stderr
