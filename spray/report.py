@@ -1,10 +1,12 @@
 """Per-class eigengap reports and the run overview, built only from what is in the store.
 
-Writes ``RUN_DIR/report/summary.json`` (schema in the README), ``index.html`` (classes ranked
-by Clever-Hans score, all spectra side by side) and one page per class (spectrum with the chosen
-gap, cluster sizes, mean relevance per cluster next to example inputs with relevance overlays,
-t-SNE coloured by cluster with the suspect marked). PNGs lie beside the HTML, so the report works
-from a file or a CI artifact.
+Writes ``RUN_DIR/report/summary.json`` (schema in the README), ``index.html`` (what was run,
+when, on what; classes ranked by Clever-Hans score; the smallest eigenvalues of every class side
+by side) and one page per class (spectrum with the chosen gap, the flag and its evidence, each
+cluster's mean relevance next to example inputs with relevance overlays, the suspect's mean
+relevance against the rest of the class, t-SNE coloured by cluster with the suspect marked).
+PNGs lie beside the HTML and no script is used, so the report works from a file or a CI artifact.
+Every string that comes from the data or the config is HTML-escaped.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 import datetime as _dt
 import html
 import json
+import math
 from pathlib import Path
 
 import matplotlib
@@ -24,10 +27,26 @@ import yaml  # noqa: E402
 from spray.store import open_store  # noqa: E402
 
 MAX_MEMBERS = 100_000
+#: eigenvalues shown per class in the overview figure
+OVERVIEW_EIGENVALUES = 12
 
 
 def _esc(value) -> str:
     return html.escape(str(value), quote=True)
+
+
+def _fmt(value, digits: int = 3) -> str:
+    if value is None or value == "":
+        return ""
+    if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
+        return str(int(value))
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        return _esc(value)
+    if not math.isfinite(v):
+        return _esc(v)
+    return f"{v:.{digits}f}" if abs(v) >= 10 ** -digits or v == 0 else f"{v:.2e}"
 
 
 def _class_entry(cg, c: int) -> dict:
@@ -49,16 +68,21 @@ def _class_entry(cg, c: int) -> dict:
         if cl["id"] in suspicious:
             item["members"] = [int(i) for i in index[labels == cl["id"]][:MAX_MEMBERS]]
         item["suspect"] = cl["id"] == flags.get("suspect_cluster")
+        item["candidate"] = cl["id"] == flags.get("candidate_cluster")
         clusters.append(item)
     entry.update({
         "status": "ok", "eigenvalues": [float(v) for v in cg["eigenvalues"][:]],
         "eigengaps": [float(v) for v in cg["eigengaps"][:]],
         "n_clusters": int(analysis["n_clusters"]), "k": int(analysis["k"]),
+        "rule": flags.get("rule"),
         "score": float(flags["score"]), "threshold": float(flags["threshold"]),
         "flagged": bool(flags["flagged"]), "suspect_cluster": flags.get("suspect_cluster"),
+        "candidate_cluster": flags.get("candidate_cluster"),
         "clusters": clusters, "warnings": analysis.get("warnings", []),
         "accuracy": float(np.mean(cg["prediction"][:] == c)),
     })
+    if flags.get("params"):
+        entry["flag_params"] = dict(flags["params"])
     return entry
 
 
@@ -84,6 +108,8 @@ def build_summary(run_dir: Path) -> dict:
             "flagged": [e["class"] for e in entries if e["flagged"]]}
 
 
+# ------------------------------------------------------------------------------ figures
+
 def _save(fig, path: Path) -> str:
     fig.savefig(path, dpi=90, bbox_inches="tight")
     plt.close(fig)
@@ -92,29 +118,58 @@ def _save(fig, path: Path) -> str:
 
 def _plot_spectrum(entry: dict, path: Path) -> str:
     ev = np.asarray(entry["eigenvalues"])
-    fig, ax = plt.subplots(figsize=(5, 3))
+    fig, ax = plt.subplots(figsize=(5.5, 3))
     ax.plot(np.arange(1, len(ev) + 1), ev, "o-", ms=3)
     k = entry["n_clusters"]
     if 0 < k < len(ev):
-        ax.axvspan(k + 0.05, k + 0.95, color="tab:red", alpha=0.2, label=f"chosen gap: K = {k}")
-        ax.legend(loc="lower right")
+        ax.axvspan(k + 0.05, k + 0.95, color="tab:red", alpha=0.2,
+                   label=f"chosen gap λ{k}→λ{k + 1}: K = {k}")
+        ax.legend(loc="lower right", fontsize=8)
     ax.set_xlabel("index i")
     ax.set_ylabel("eigenvalue λ_i of L_sym")
-    ax.set_title(f"class {entry['name']}: smallest eigenvalues")
+    ax.set_title(f"{entry['name']}: smallest eigenvalues", fontsize=9)
     return _save(fig, path)
 
 
 def _plot_overview(entries: list[dict], path: Path) -> str:
-    fig, ax = plt.subplots(figsize=(8, 4))
-    for e in entries:
-        if e["eigenvalues"]:
-            ax.plot(np.arange(1, len(e["eigenvalues"]) + 1), e["eigenvalues"], "o-", ms=2,
-                    lw=2.5 if e["flagged"] else 1, label=str(e["name"]))
-    ax.set_xlabel("index i")
-    ax.set_ylabel("λ_i")
-    ax.set_title("smallest eigenvalues of every class")
-    ax.legend(fontsize=7, ncol=2)
+    """Small multiples: the smallest eigenvalues of every class, side by side, in rank order."""
+    n = len(entries)
+    cols = min(n, 5)
+    rows = int(math.ceil(n / cols))
+    top = max((max(e["eigenvalues"][:OVERVIEW_EIGENVALUES]) for e in entries if e["eigenvalues"]),
+              default=1.0)
+    fig, axes = plt.subplots(rows, cols, figsize=(2.2 * cols, 1.9 * rows), squeeze=False,
+                             sharey=True)
+    for ax, e in zip(axes.ravel(), entries):
+        ev = np.asarray(e["eigenvalues"][:OVERVIEW_EIGENVALUES])
+        colour = "tab:red" if e["flagged"] else "tab:blue"
+        ax.plot(np.arange(1, len(ev) + 1), ev, "o-", ms=2.5, color=colour)
+        k = e["n_clusters"]
+        if 0 < k < len(ev):
+            ax.axvspan(k + 0.05, k + 0.95, color=colour, alpha=0.15)
+        score = "" if e.get("score") is None else f" · {e['score']:.2f}"
+        ax.set_title(f"{str(e['name'])[:18]}{score}", fontsize=8,
+                     color=colour, fontweight="bold" if e["flagged"] else "normal")
+        ax.set_ylim(-0.02 * top, top * 1.05)
+        ax.tick_params(labelsize=6)
+    for ax in axes.ravel()[n:]:
+        ax.axis("off")
+    fig.suptitle(f"λ1..λ{OVERVIEW_EIGENVALUES} of L_sym per class, ranked by Clever-Hans score "
+                 "(red: flagged; shaded: chosen gap)", fontsize=9)
+    fig.tight_layout()
     return _save(fig, path)
+
+
+def _show_input(ax, img: np.ndarray) -> None:
+    img = np.asarray(img, dtype=np.float32)
+    if img.ndim == 3:
+        img = img[0] if img.shape[0] == 1 else np.moveaxis(img[:3], 0, -1)
+    if img.ndim == 3:
+        lo, hi = float(img.min()), float(img.max())
+        img = (img - lo) / (hi - lo) if hi > lo else np.zeros_like(img)
+        ax.imshow(img)
+    else:
+        ax.imshow(img, cmap="gray")
 
 
 def _plot_clusters(cg, entry: dict, path: Path) -> str:
@@ -123,24 +178,55 @@ def _plot_clusters(cg, entry: dict, path: Path) -> str:
     labels, maps = cg["labels"][:], cg["relevance"]
     ids = [cl["id"] for cl in entry["clusters"]]
     n_ex = max(1, max(int(np.sum(labels[rows] == i)) for i in ids))
-    fig, axes = plt.subplots(len(ids), n_ex + 1, figsize=(1.4 * (n_ex + 1), 1.5 * len(ids)),
+    fig, axes = plt.subplots(len(ids), n_ex + 1, figsize=(1.3 * (n_ex + 1), 1.45 * len(ids)),
                              squeeze=False)
+    row_list = list(rows)
     for r, cid in enumerate(ids):
-        m = means[r]
+        m = np.asarray(means[r], dtype=np.float32)
         lim = float(np.abs(m).max()) or 1.0
         axes[r, 0].imshow(m, cmap="bwr", vmin=-lim, vmax=lim)
-        mark = " (suspect)" if cid == entry.get("suspect_cluster") else ""
-        axes[r, 0].set_title(f"cluster {cid}{mark}\nn={np.sum(labels == cid)}", fontsize=7)
+        mark = " SUSPECT" if cid == entry.get("suspect_cluster") else ""
+        axes[r, 0].set_title(f"cluster {cid}{mark}\nmean relevance, n={int(np.sum(labels == cid))}",
+                             fontsize=6.5, color="tab:red" if mark else "black")
         for j, row in enumerate(rows[labels[rows] == cid]):
-            img = inputs[list(rows).index(row)]
-            img = img[0] if img.shape[0] == 1 else np.moveaxis(img[:3], 0, -1)
-            rel = maps[int(row)]
+            _show_input(axes[r, j + 1], inputs[row_list.index(row)])
+            rel = np.asarray(maps[int(row)], dtype=np.float32)
             lim_r = float(np.abs(rel).max()) or 1.0
-            axes[r, j + 1].imshow(img, cmap="gray")
             axes[r, j + 1].imshow(rel, cmap="bwr", vmin=-lim_r, vmax=lim_r, alpha=0.45)
     for ax in axes.ravel():
-        ax.axis("off")
-    fig.suptitle("mean relevance per cluster | example inputs with relevance overlay", fontsize=8)
+        ax.set_xticks([])
+        ax.set_yticks([])
+        for side in ax.spines.values():
+            side.set_visible(False)
+    fig.suptitle("left: mean relevance per cluster (red +, blue −) | right: example inputs with "
+                 "their relevance overlaid", fontsize=7)
+    return _save(fig, path)
+
+
+def _plot_suspect(cg, entry: dict, path: Path) -> str | None:
+    """Mean relevance of the suspect (or best candidate) vs. the rest of the class, and Δ."""
+    cid = entry.get("suspect_cluster")
+    if cid is None:
+        cid = entry.get("candidate_cluster")
+    if cid is None:
+        return None
+    ids = [cl["id"] for cl in entry["clusters"]]
+    sizes = np.array([cl["size"] for cl in entry["clusters"]], dtype=np.float64)
+    means = np.asarray(cg["cluster_mean_relevance"][:], dtype=np.float64)
+    if cid not in ids or len(ids) < 2 or len(means) != len(ids):
+        return None
+    j = ids.index(cid)
+    rest_w = np.delete(sizes, j)
+    rest = np.tensordot(rest_w / rest_w.sum(), np.delete(means, j, axis=0), axes=1)
+    panels = [(means[j], f"cluster {cid}: mean relevance"), (rest, "rest of the class"),
+              (means[j] - rest, "difference (cluster − rest)")]
+    fig, axes = plt.subplots(1, 3, figsize=(6.6, 2.4))
+    for ax, (img, title) in zip(axes, panels):
+        lim = float(np.abs(img).max()) or 1.0
+        ax.imshow(img, cmap="bwr", vmin=-lim, vmax=lim)
+        ax.set_title(title, fontsize=7)
+        ax.set_xticks([])
+        ax.set_yticks([])
     return _save(fig, path)
 
 
@@ -148,92 +234,214 @@ def _plot_tsne(cg, entry: dict, path: Path) -> str | None:
     if "tsne" not in cg:
         return None
     xy, labels = cg["tsne"][:], cg["labels"][:]
-    fig, ax = plt.subplots(figsize=(4.5, 4))
+    fig, ax = plt.subplots(figsize=(4.8, 4.2))
+    suspect = entry.get("suspect_cluster")
     for cid in np.unique(labels):
         sel = labels == cid
-        suspect = cid == entry.get("suspect_cluster")
-        ax.scatter(xy[sel, 0], xy[sel, 1], s=14 if suspect else 6, label=f"{cid}",
-                   edgecolors="k" if suspect else "none", linewidths=0.4)
-    ax.set_title(f"t-SNE, class {entry['name']} (coloured by cluster)")
-    ax.legend(fontsize=6, markerscale=1.5, title="cluster", title_fontsize=6)
+        is_s = cid == suspect
+        ax.scatter(xy[sel, 0], xy[sel, 1], s=16 if is_s else 6,
+                   label=f"{cid}{' (suspect)' if is_s else ''}",
+                   edgecolors="k" if is_s else "none", linewidths=0.5, zorder=3 if is_s else 2)
+    if suspect is not None and np.any(labels == suspect):
+        cx, cy = np.median(xy[labels == suspect], axis=0)
+        ax.annotate("suspect", (cx, cy), xytext=(10, 10), textcoords="offset points",
+                    fontsize=8, color="tab:red", fontweight="bold",
+                    arrowprops={"arrowstyle": "->", "color": "tab:red"}, zorder=4)
+    ax.set_title(f"t-SNE of the relevance, {entry['name']} (coloured by cluster)", fontsize=8)
+    ax.legend(fontsize=6, markerscale=1.5, title="cluster", title_fontsize=6, loc="upper right")
     ax.set_xticks([])
     ax.set_yticks([])
     return _save(fig, path)
 
 
+# ------------------------------------------------------------------------------ pages
+
 PAGE = """<!DOCTYPE html>
-<html lang="en"><head><meta charset="utf-8"><title>{title}</title>
-<style>body{{font-family:sans-serif;margin:1.5em;max-width:1100px}}
-table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;padding:3px 8px;text-align:right}}
-.flag{{background:#fdd}}img{{max-width:100%}}code{{background:#f4f4f4}}</style></head>
+<html lang="en"><head><meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>{title}</title>
+<style>body{{font-family:system-ui,sans-serif;margin:1.5em auto;max-width:1150px;padding:0 1em;
+color:#222}}table{{border-collapse:collapse;margin:.5em 0}}
+td,th{{border:1px solid #ccc;padding:3px 8px;text-align:right;font-size:.9em}}
+th{{background:#f3f3f3}}td.l,th.l{{text-align:left}}.flag{{background:#fdd}}
+.cand{{background:#fff6dd}}img{{max-width:100%}}code{{background:#f4f4f4;padding:0 .2em}}
+.verdict{{font-size:1.1em;padding:.5em .8em;border-left:5px solid #4a4}}
+.verdict.bad{{border-color:#c33;background:#fff3f3}}dl.run{{display:grid;
+grid-template-columns:max-content auto;gap:.15em 1em;font-size:.9em}}dl.run dt{{color:#666}}
+dl.run dd{{margin:0}}.note{{color:#555;font-size:.9em}}</style></head>
 <body>{body}</body></html>
 """
 
 
-def _run_header(run_dir: Path, summary: dict) -> str:
-    cfg_path = run_dir / "config.yaml"
-    cfg = yaml.safe_load(cfg_path.read_text()) if cfg_path.exists() else {}
-    data, model = cfg.get("data", {}), cfg.get("model", {})
-    attribution = cfg.get("attribution", {})
-    return (f"<p>spray {_esc(summary['spray_version'])} · report written {_esc(summary['created'])}"
-            f" · data: <code>{_esc(data.get('source'))} {_esc(data.get('path') or '')}</code>"
-            f" · model: <code>{_esc(model.get('factory'))}</code>"
-            f" · LRP composite: <code>{_esc(attribution.get('composite'))}</code>"
-            f" · pipeline: <code>{_esc((cfg.get('pipeline') or {}).get('preset', ''))}</code>"
-            f" · config hash <code>{_esc(summary['config_hash'])}</code></p>")
+def _load_config(run_dir: Path) -> dict:
+    try:
+        cfg = yaml.safe_load((run_dir / "config.yaml").read_text())
+    except (OSError, yaml.YAMLError):
+        return {}
+    return cfg if isinstance(cfg, dict) else {}
 
 
-def _class_page(run_dir: Path, out: Path, cg, entry: dict) -> None:
+def _run_header(run_dir: Path, summary: dict, cfg: dict) -> str:
+    """What was run, when, on what — as a definition list."""
+    data = cfg.get("data") or {}
+    model = cfg.get("model") or {}
+    attribution = cfg.get("attribution") or {}
+    pipeline = cfg.get("pipeline") or {}
+    pipe_name = pipeline.get("preset") or pipeline.get("name") if isinstance(pipeline, dict) \
+        else pipeline
+    pre = (pipeline.get("preprocess") or {}) if isinstance(pipeline, dict) else {}
+    flags = (pipeline.get("flags") or {}) if isinstance(pipeline, dict) else {}
+    ok = [e for e in summary["classes"] if e.get("status") == "ok"]
+    n_total = sum(int(e.get("n_samples") or 0) for e in summary["classes"])
+    fp = summary.get("fingerprints") or {}
+    items = [
+        ("data", f"<code>{_esc(data.get('source', '?'))}</code> "
+                 f"<code>{_esc(data.get('path') or data.get('size') or '')}</code>"
+                 + (f" (fingerprint <code>{_esc(fp['data'])}</code>)" if fp.get("data") else "")),
+        ("model", f"<code>{_esc(model.get('factory', '?'))}</code>"
+                  + (f", weights <code>{_esc(model.get('weights'))}</code>"
+                     if model.get("weights") else "")
+                  + (f" (fingerprint <code>{_esc(fp['model'])}</code>)" if fp.get("model") else "")),
+        ("relevance", f"LRP composite <code>{_esc(attribution.get('composite', '?'))}</code>, "
+                      f"target <code>{_esc(attribution.get('target', 'label'))}</code>"),
+        ("analysis", f"pipeline <code>{_esc(pipe_name or '?')}</code>"
+                     + (f", pooled to <code>{_esc(pre.get('pool'))}</code>, "
+                        f"normalize <code>{_esc(pre.get('normalize'))}</code>" if pre else "")),
+        ("verdict", f"rule <code>{_esc(flags.get('score', 'input-contrast'))}</code>, "
+                    f"threshold <code>{_esc(flags.get('threshold', ''))}</code>"),
+        ("classes", f"{len(ok)} analysed of {len(summary['classes'])}, {n_total} samples"),
+        ("run", f"<code>{_esc(run_dir.resolve())}</code>, config hash "
+                f"<code>{_esc(summary.get('config_hash'))}</code>"),
+        ("written", f"{_esc(summary.get('created'))} by spray {_esc(summary.get('spray_version'))}"),
+    ]
+    return "<dl class=run>" + "".join(f"<dt>{k}</dt><dd>{v}</dd>" for k, v in items) + "</dl>"
+
+
+def _cluster_rows(entry: dict) -> str:
+    rows = []
+    for cl in entry["clusters"]:
+        cls = " class=flag" if cl.get("suspect") else (" class=cand" if cl.get("candidate") else "")
+        peak = cl.get("peak")
+        rows.append(
+            f"<tr{cls}><td>{_esc(cl['id'])}{' (suspect)' if cl.get('suspect') else ''}</td>"
+            f"<td>{_fmt(cl['size'])}</td><td>{_fmt(cl['fraction'])}</td>"
+            f"<td>{_fmt(cl.get('conductance_relevance'), 4)}</td>"
+            f"<td>{_fmt(cl.get('conductance_input'), 4)}</td><td>{_fmt(cl.get('contrast'), 2)}</td>"
+            f"<td>{_fmt(cl.get('contrast_stable'), 2)}</td><td>{_fmt(cl.get('size_penalty'), 2)}</td>"
+            f"<td>{_fmt(cl.get('concentration'), 2)}</td>"
+            f"<td>{_esc(peak) if peak is not None else ''}</td>"
+            f"<td>{_fmt(cl.get('score'), 2)}{' ' + _esc(cl['excluded']) if cl.get('excluded') else ''}"
+            f"</td></tr>")
+    return "".join(rows)
+
+
+def _evidence(entry: dict) -> str:
+    cid = entry.get("suspect_cluster")
+    cid = entry.get("candidate_cluster") if cid is None else cid
+    cl = next((c for c in entry["clusters"] if c["id"] == cid), None)
+    if cl is None or "contrast" not in cl:
+        return "<p>No cluster is a candidate (none holds between the size limits of the rule).</p>"
+    what = "Suspect" if entry["flagged"] else "Strongest candidate"
+    params = entry.get("flag_params") or {}
+    area = float(params.get("concentration_area", 0.1))
+    parts = [f"<b>{what}: cluster {_esc(cid)}</b>, {_fmt(cl['size'])} samples "
+             f"({100 * float(cl['fraction']):.1f} % of the class).",
+             f"Its conductance is {_fmt(cl['conductance_relevance'], 4)} in the relevance graph "
+             f"and {_fmt(cl['conductance_input'], 4)} in the input graph: contrast "
+             f"log(φ_input/φ_relevance) = {_fmt(cl['contrast'], 2)}",
+             f"(bootstrap-stable value {_fmt(cl.get('contrast_stable'), 2)}, size penalty "
+             f"{_fmt(cl.get('size_penalty'), 2)}) → score {_fmt(cl.get('score'), 2)} against the "
+             f"threshold {_fmt(entry.get('threshold'), 2)}."]
+    if cl.get("concentration") is not None:
+        parts.append(f"{100 * float(cl['concentration']):.0f} % of the difference between its "
+                     f"mean relevance and the rest of the class lies in the top "
+                     f"{100 * area:.0f} % of the grid cells (uniform: {100 * area:.0f} %), peaking at "
+                     f"cell {_esc(cl.get('peak'))} (row, column of the preprocessing grid).")
+    if cl.get("members"):
+        shown = ", ".join(_esc(m) for m in cl["members"][:30])
+        more = f" … ({len(cl['members'])} in all, see summary.json)" if len(cl["members"]) > 30 else ""
+        parts.append(f"Members (dataset indices): {shown}{more}.")
+    return "<p>" + " ".join(parts) + "</p>"
+
+
+def _class_page(run_dir: Path, out: Path, cg, entry: dict, header: str) -> None:
     c = entry["class"]
     spectrum = _plot_spectrum(entry, out / f"class_{c}_spectrum.png")
     clusters = _plot_clusters(cg, entry, out / f"class_{c}_clusters.png")
+    suspect = _plot_suspect(cg, entry, out / f"class_{c}_suspect.png")
     tsne = _plot_tsne(cg, entry, out / f"class_{c}_tsne.png")
-    rows = "".join(
-        f"<tr{' class=flag' if cl.get('suspect') else ''}><td>{cl['id']}</td><td>{cl['size']}</td>"
-        f"<td>{cl['fraction']:.3f}</td><td>{cl.get('conductance_relevance', '')}</td>"
-        f"<td>{cl.get('conductance_input', '')}</td><td>{cl.get('score', '')}</td></tr>"
-        for cl in entry["clusters"])
     gaps = ", ".join(f"{g:.4f}" for g in entry["eigengaps"][:10])
-    verdict = "FLAGGED — Clever-Hans candidate" if entry["flagged"] else "not flagged"
-    warn = "".join(f"<p>warning: {_esc(w)}</p>" for w in entry.get("warnings", []))
-    body = (f"<p><a href='index.html'>← overview</a></p><h1>Class {_esc(entry['name'])} "
-            f"({c})</h1>{_run_header(run_dir, json.load(open(out / 'summary.json')))}"
-            f"<p><b>{verdict}</b>: score {entry['score']:.3f} (threshold {entry['threshold']}); "
-            f"{entry['n_samples']} samples, model accuracy on them {entry['accuracy']:.3f}, "
-            f"kNN k = {entry['k']}, eigengap suggests K = {entry['n_clusters']} clusters.</p>{warn}"
-            f"<h2>Spectrum</h2><img src='{spectrum}' alt='eigenvalues'><p>first gaps: {gaps}</p>"
-            f"<h2>Clusters</h2><table><tr><th>cluster</th><th>size</th><th>fraction</th>"
-            f"<th>conductance (relevance)</th><th>conductance (input)</th><th>score</th></tr>{rows}"
-            f"</table><img src='{clusters}' alt='cluster mean relevance and examples'>"
-            + (f"<h2>t-SNE</h2><img src='{tsne}' alt='t-SNE embedding'>" if tsne else ""))
-    (out / f"class_{c}.html").write_text(PAGE.format(title=_esc(f"spray: class {entry['name']}"),
-                                                     body=body))
+    flagged = entry["flagged"]
+    verdict = ("FLAGGED — Clever-Hans candidate" if flagged else "not flagged")
+    warn = "".join(f"<p class=note>warning: {_esc(w)}</p>" for w in entry.get("warnings", []))
+    body = (
+        f"<p><a href='index.html'>← overview</a></p><h1>Class {_esc(entry['name'])} "
+        f"({_esc(c)})</h1>{header}"
+        f"<p class='verdict{' bad' if flagged else ''}'><b>{verdict}</b>: score "
+        f"{_fmt(entry['score'], 2)} (threshold {_fmt(entry['threshold'], 2)}); "
+        f"{_fmt(entry['n_samples'])} samples, model accuracy on them {_fmt(entry['accuracy'])}, "
+        f"kNN k = {_fmt(entry['k'])}, eigengap K = {_fmt(entry['n_clusters'])} clusters.</p>{warn}"
+        f"<h2>Evidence</h2>{_evidence(entry)}"
+        + (f"<img src='{_esc(suspect)}' alt='mean relevance of the suspect cluster against the "
+           f"rest of the class'>" if suspect else "")
+        + f"<h2>Spectrum</h2><img src='{_esc(spectrum)}' alt='eigenvalues with the chosen gap'>"
+        f"<p class=note>first eigengaps λ<sub>i+1</sub> − λ<sub>i</sub>: {gaps}</p>"
+        f"<h2>Clusters</h2><table><tr><th>cluster</th><th>size</th><th>fraction</th>"
+        f"<th>φ relevance</th><th>φ input</th><th>contrast</th><th>stable contrast</th>"
+        f"<th>size penalty</th><th>concentration</th><th>peak cell</th><th>score</th></tr>"
+        f"{_cluster_rows(entry)}</table>"
+        f"<img src='{_esc(clusters)}' alt='cluster mean relevance and example inputs'>"
+        + (f"<h2>t-SNE</h2><img src='{_esc(tsne)}' alt='t-SNE embedding coloured by cluster'>"
+           if tsne else ""))
+    (out / f"class_{c}.html").write_text(
+        PAGE.format(title=_esc(f"spray: class {entry['name']}"), body=body), encoding="utf-8")
 
 
-def _index_page(run_dir: Path, out: Path, summary: dict) -> None:
-    ok = [e for e in summary["classes"] if e["status"] == "ok"]
+def _ranked(classes: list[dict]) -> list[dict]:
+    return sorted(classes, key=lambda e: (e["score"] is None, -(e["score"] or 0.0), e["class"]))
+
+
+def _index_page(run_dir: Path, out: Path, summary: dict, header: str) -> None:
+    ranked = _ranked(summary["classes"])
+    ok = [e for e in ranked if e["status"] == "ok"]
     overview = _plot_overview(ok, out / "overview_spectra.png") if ok else None
-    ranked = sorted(summary["classes"], key=lambda e: -(e["score"] if e["score"] is not None else -1e9))
     rows = []
-    for e in ranked:
+    for rank, e in enumerate(ranked, 1):
         if e["status"] != "ok":
-            rows.append(f"<tr><td>{_esc(e['name'])}</td><td colspan=6>{_esc(e['status'])}: "
+            rows.append(f"<tr><td>{rank}</td><td class=l>{_esc(e['name'])}</td>"
+                        f"<td colspan=8 class=l>{_esc(e['status'])}: "
                         f"{_esc(e.get('reason', ''))}</td></tr>")
             continue
-        suspect = next((cl for cl in e["clusters"] if cl.get("suspect")), None)
+        cid = e.get("suspect_cluster")
+        cid = e.get("candidate_cluster") if cid is None else cid
+        cl = next((x for x in e["clusters"] if x["id"] == cid), {})
         ev = ", ".join(f"{v:.3f}" for v in e["eigenvalues"][:5])
-        rows.append(f"<tr{' class=flag' if e['flagged'] else ''}><td><a href='class_{e['class']}.html'>"
-                    f"{_esc(e['name'])}</a></td><td>{e['n_samples']}</td><td>{e['score']:.3f}</td>"
-                    f"<td>{'FLAGGED' if e['flagged'] else 'ok'}</td>"
-                    f"<td>{suspect['size'] if suspect else ''}</td><td>{e['n_clusters']}</td>"
-                    f"<td>{ev}</td></tr>")
-    flagged = ", ".join(_esc(e["name"]) for e in summary["classes"] if e["flagged"]) or "none"
-    body = (f"<h1>spray report</h1>{_run_header(run_dir, summary)}<p><b>Flagged classes:</b> "
-            f"{flagged}</p><table><tr><th>class</th><th>n</th><th>score</th><th>verdict</th>"
-            f"<th>suspect size</th><th>K (eigengap)</th><th>λ1..λ5</th></tr>{''.join(rows)}</table>"
-            + (f"<h2>Spectra</h2><img src='{overview}' alt='eigenvalues of all classes'>"
-               if overview else ""))
-    (out / "index.html").write_text(PAGE.format(title="spray report", body=body))
+        rows.append(
+            f"<tr{' class=flag' if e['flagged'] else ''}><td>{rank}</td>"
+            f"<td class=l><a href='class_{_esc(e['class'])}.html'>{_esc(e['name'])}</a></td>"
+            f"<td>{_fmt(e['n_samples'])}</td><td>{_fmt(e['score'], 2)}</td>"
+            f"<td class=l>{'FLAGGED' if e['flagged'] else 'ok'}</td>"
+            f"<td>{_fmt(cl.get('size'))}</td><td>{_fmt(cl.get('contrast'), 2)}</td>"
+            f"<td>{_fmt(cl.get('concentration'), 2)}</td>"
+            f"<td>{_fmt(e['n_clusters'])}</td><td>{_fmt(e.get('accuracy'))}</td>"
+            f"<td class=l>{ev}</td></tr>")
+    flagged = ", ".join(f"<a href='class_{_esc(e['class'])}.html'>{_esc(e['name'])}</a>"
+                        for e in ranked if e["flagged"]) or "none"
+    body = (f"<h1>spray report</h1>{header}"
+            f"<p class='verdict{' bad' if summary['flagged'] else ''}'><b>Flagged classes:</b> "
+            f"{flagged}</p>"
+            f"<h2>Classes ranked by Clever-Hans score</h2>"
+            f"<table><tr><th>rank</th><th class=l>class</th><th>n</th><th>score</th>"
+            f"<th class=l>verdict</th><th>suspect / candidate size</th><th>contrast</th>"
+            f"<th>concentration</th><th>K (eigengap)</th><th>accuracy</th>"
+            f"<th class=l>λ1..λ5</th></tr>{''.join(rows)}</table>"
+            f"<p class=note>Score: bootstrap-stable log ratio of the cluster's conductance in the "
+            f"raw-input kNN graph over that in the relevance kNN graph, minus a size penalty for "
+            f"near-even splits; flagged at or above the threshold. Machine-readable: "
+            f"<a href='summary.json'>summary.json</a>.</p>"
+            + (f"<h2>Spectra</h2><img src='{_esc(overview)}' alt='smallest eigenvalues of every "
+               f"class side by side'>" if overview else ""))
+    (out / "index.html").write_text(PAGE.format(title="spray report", body=body), encoding="utf-8")
 
 
 def write_report(run_dir: str | Path) -> Path:
@@ -243,9 +451,10 @@ def write_report(run_dir: str | Path) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     summary = build_summary(run_dir)
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    header = _run_header(run_dir, summary, _load_config(run_dir))
     group = open_store(run_dir)
     for entry in summary["classes"]:
         if entry["status"] == "ok":
-            _class_page(run_dir, out, group["classes"][str(entry["class"])], entry)
-    _index_page(run_dir, out, summary)
+            _class_page(run_dir, out, group["classes"][str(entry["class"])], entry, header)
+    _index_page(run_dir, out, summary, header)
     return out / "index.html"

@@ -1,0 +1,248 @@
+"""The HTML report: content, escaping, ranking, and a real headless Chromium loading every page."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import select
+import shutil
+import subprocess
+import tempfile
+import time
+from html.parser import HTMLParser
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import write_config
+
+HOSTILE = "<img src=x onerror=alert(1)>one & \"two\""
+
+
+@pytest.fixture(scope="module")
+def report_run(small_problem, tmp_path_factory):
+    """The small planted problem run with a class name full of HTML."""
+    from spray.config import load_config
+    from spray.graph import run
+
+    raw = dict(small_problem["raw_config"])
+    raw["class_names"] = ["zero", HOSTILE, "two</td>"]
+    # every class with a candidate cluster is flagged, so every page shows a suspect
+    raw["pipeline"] = {"preset": "spray-default", "embedding": {"method": "tsne"},
+                       "flags": {"threshold": -100.0}}
+    raw["data"] = {**raw["data"], "path": str(small_problem["root"] / "data.npz")}
+    raw["model"] = {**raw["model"], "weights": str(small_problem["root"] / "weights.pt")}
+    root = tmp_path_factory.mktemp("report")
+    shutil.copy(small_problem["root"] / "smallnet.py", root / "smallnet.py")
+    cfg, base = load_config(write_config(root, "config.yaml", raw))
+    out = root / "run"
+    run(cfg, base, output=str(out), quiet=True)
+    return out
+
+
+class _Collect(HTMLParser):
+    def __init__(self):
+        super().__init__()
+        self.tags, self.imgs, self.links = [], [], []
+
+    def handle_starttag(self, tag, attrs):
+        a = dict(attrs)
+        self.tags.append((tag, a))
+        if tag == "img":
+            self.imgs.append(a.get("src"))
+        if tag == "a":
+            self.links.append(a.get("href"))
+
+
+def _parse(path: Path) -> _Collect:
+    p = _Collect()
+    p.feed(path.read_text(encoding="utf-8"))
+    return p
+
+
+def test_pages_images_links_and_ranking(report_run):
+    rep = report_run / "report"
+    summary = json.loads((rep / "summary.json").read_text())
+    index = _parse(rep / "index.html")
+    text = (rep / "index.html").read_text()
+    for src in index.imgs:
+        assert (rep / src).stat().st_size > 1000, src
+    assert "overview_spectra.png" in index.imgs
+    class_links = [h for h in index.links if h.startswith("class_")]
+    ranked = sorted(summary["classes"], key=lambda e: -e["score"])
+    assert class_links[:3] == [f"class_{e['class']}.html" for e in ranked]
+    assert summary["flagged"] == [0, 1, 2]
+    # what was run, when, on what
+    for word in ("data", "model", "relevance", "epsilon-plus-flat", "smallnet:build",
+                 "spray-default", "config hash", "written"):
+        assert word in text, word
+    for e in summary["classes"]:
+        page = rep / f"class_{e['class']}.html"
+        parsed = _parse(page)
+        for src in parsed.imgs:
+            assert (rep / src).is_file(), src
+        names = set(parsed.imgs)
+        assert {f"class_{e['class']}_spectrum.png", f"class_{e['class']}_clusters.png",
+                f"class_{e['class']}_tsne.png"} <= names
+    flagged = (rep / "class_1.html").read_text()
+    assert "FLAGGED" in flagged and "Suspect: cluster" in flagged and "contrast" in flagged
+    assert "class_1_suspect.png" in flagged
+
+
+def test_strings_from_data_are_escaped(report_run):
+    rep = report_run / "report"
+    for page in [rep / "index.html", *rep.glob("class_*.html")]:
+        parsed = _parse(page)
+        # the hostile name never becomes markup: every <img> is one of ours
+        assert all(src and src.endswith(".png") for src in parsed.imgs), (page, parsed.imgs)
+        assert not any(a.get("onerror") for _, a in parsed.tags)
+    text = (rep / "class_1.html").read_text()
+    assert "&lt;img src=x onerror=alert(1)&gt;one &amp; &quot;two&quot;" in text
+    assert "two&lt;/td&gt;" in (rep / "index.html").read_text()
+
+
+def test_summary_has_evidence(report_run):
+    summary = json.loads((report_run / "report" / "summary.json").read_text())
+    entry = summary["classes"][1]
+    assert entry["rule"] == "input-contrast" and entry["flag_params"]["threshold"] == -100.0
+    suspect = next(cl for cl in entry["clusters"] if cl["suspect"])
+    for key in ("conductance_relevance", "conductance_input", "contrast", "contrast_stable",
+                "size_penalty", "concentration", "peak", "score", "members"):
+        assert key in suspect, key
+    assert suspect["score"] == entry["score"] >= entry["threshold"]
+
+
+# ------------------------------------------------------------------------------ headless Chromium
+
+def _chromium() -> str | None:
+    for name in ("chromium", "chromium-browser", "google-chrome", "chrome"):
+        path = shutil.which(name)
+        if path:
+            return path
+    return None
+
+
+class _CDP:
+    """Minimal Chrome DevTools Protocol client over --remote-debugging-pipe (fds 3 and 4)."""
+
+    def __init__(self, binary: str):
+        self.tmp = tempfile.mkdtemp(prefix="spray-chromium-")
+        to_child_r, self.to_child = os.pipe()
+        self.from_child, from_child_w = os.pipe()
+
+        def fds():
+            a, b = os.dup(to_child_r), os.dup(from_child_w)
+            os.dup2(a, 3)
+            os.dup2(b, 4)
+
+        self.proc = subprocess.Popen(
+            [binary, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
+             "--no-first-run", "--disable-background-networking", "--disable-component-update",
+             "--disable-sync", "--disable-extensions", f"--user-data-dir={self.tmp}",
+             "--remote-debugging-pipe", "about:blank"],
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            preexec_fn=fds, close_fds=False)
+        os.close(to_child_r)
+        os.close(from_child_w)
+        self.buf, self.next_id, self.events = b"", 0, []
+
+    def _read(self, deadline: float) -> dict:
+        while b"\0" not in self.buf:
+            left = deadline - time.monotonic()
+            if left <= 0 or not select.select([self.from_child], [], [], left)[0]:
+                raise TimeoutError("no answer from Chromium")
+            chunk = os.read(self.from_child, 1 << 16)
+            if not chunk:
+                raise RuntimeError("Chromium closed the pipe")
+            self.buf += chunk
+        msg, self.buf = self.buf.split(b"\0", 1)
+        return json.loads(msg)
+
+    def send(self, method: str, params: dict | None = None, session: str | None = None,
+             timeout: float = 30.0) -> dict:
+        self.next_id += 1
+        msg = {"id": self.next_id, "method": method, "params": params or {}}
+        if session:
+            msg["sessionId"] = session
+        os.write(self.to_child, json.dumps(msg).encode() + b"\0")
+        deadline = time.monotonic() + timeout
+        while True:
+            reply = self._read(deadline)
+            if reply.get("id") == self.next_id:
+                if "error" in reply:
+                    raise RuntimeError(f"{method}: {reply['error']}")
+                return reply.get("result", {})
+            self.events.append(reply)
+
+    def wait_event(self, method: str, session: str, timeout: float = 30.0) -> dict:
+        deadline = time.monotonic() + timeout
+        for i, ev in enumerate(self.events):
+            if ev.get("method") == method and ev.get("sessionId") == session:
+                return self.events.pop(i)
+        while True:
+            ev = self._read(deadline)
+            if ev.get("method") == method and ev.get("sessionId") == session:
+                return ev
+            self.events.append(ev)
+
+    def close(self):
+        try:
+            self.send("Browser.close", timeout=5)
+        except Exception:  # noqa: BLE001 - the process is killed below anyway
+            pass
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        for fd in (self.to_child, self.from_child):
+            os.close(fd)
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+def _errors(events: list[dict], session: str) -> list[str]:
+    out = []
+    for ev in events:
+        if ev.get("sessionId") != session:
+            continue
+        p = ev.get("params", {})
+        if ev.get("method") == "Runtime.exceptionThrown":
+            out.append(str(p.get("exceptionDetails", {}).get("text")))
+        elif ev.get("method") == "Runtime.consoleAPICalled" and p.get("type") in ("error", "assert"):
+            out.append(json.dumps(p.get("args"))[:300])
+        elif ev.get("method") == "Log.entryAdded" and p.get("entry", {}).get("level") == "error":
+            out.append(f"{p['entry'].get('text')} {p['entry'].get('url', '')}")
+    return out
+
+
+def test_report_loads_in_headless_chromium(report_run):
+    binary = _chromium()
+    if binary is None:
+        pytest.skip("chromium is not installed (tests/run.sh installs it with apt-get)")
+    rep = (report_run / "report").resolve()
+    pages = [rep / "index.html"] + sorted(rep.glob("class_*.html"))
+    cdp = _CDP(binary)
+    try:
+        target = cdp.send("Target.createTarget", {"url": "about:blank"})["targetId"]
+        session = cdp.send("Target.attachToTarget", {"targetId": target, "flatten": True})["sessionId"]
+        for method in ("Runtime.enable", "Log.enable", "Page.enable"):
+            cdp.send(method, session=session)
+        for page in pages:
+            cdp.events = [e for e in cdp.events if e.get("sessionId") != session]
+            cdp.send("Page.navigate", {"url": page.as_uri()}, session=session)
+            cdp.wait_event("Page.loadEventFired", session)
+            res = cdp.send("Runtime.evaluate", {
+                "expression": "JSON.stringify({title: document.title, imgs: Array.from("
+                              "document.images).map(i => [i.getAttribute('src'), i.complete, "
+                              "i.naturalWidth])})", "returnByValue": True}, session=session)
+            info = json.loads(res["result"]["value"])
+            assert info["title"].startswith("spray"), page
+            assert info["imgs"], f"{page.name}: no images"
+            broken = [src for src, done, width in info["imgs"] if not done or width == 0]
+            assert not broken, f"{page.name}: images not loaded: {broken}"
+            errs = _errors(cdp.events, session)
+            assert not errs, f"{page.name}: console errors: {errs}"
+    finally:
+        cdp.close()
