@@ -59,42 +59,84 @@ def _dense(M: sp.csr_matrix, m: int):
     return mu[::-1][:m], vec[:, ::-1][:, :m]
 
 
-def _eigsh(M: sp.csr_matrix, m: int, tol: float, seed: int):
-    from scipy.sparse.linalg import eigsh
+def component_vectors(W, d: np.ndarray, max_vectors: int):
+    """Connected components and the orthonormal null vectors ``D^1/2 1_C / ||·||`` of L_sym.
+
+    Returns ``(n_components, labels, vectors (n, min(n_components, max_vectors)))``; the
+    vectors belong to the largest components.
+    """
+    from scipy.sparse.csgraph import connected_components
+
+    n_comp, comp = connected_components(W, directed=False)
+    sizes = np.bincount(comp, minlength=n_comp)
+    keep = np.argsort(-sizes, kind="stable")[:max_vectors]
+    sq = np.sqrt(d)
+    V = np.zeros((len(d), len(keep)))
+    for j, c in enumerate(keep):
+        members = comp == c
+        V[members, j] = sq[members] / np.linalg.norm(sq[members])
+    return n_comp, comp, V
+
+
+def _eigsh(M: sp.csr_matrix, m: int, tol: float, seed: int, null: np.ndarray | None = None):
+    """Largest algebraic eigenpairs of ``M`` with ARPACK; the known eigenvectors for μ = 1
+    (``null``, one per component) are deflated so that Lanczos never has to resolve that
+    multiple eigenvalue (it can silently miss copies of an exactly repeated eigenvalue)."""
+    from scipy.sparse.linalg import LinearOperator, eigsh
 
     n = M.shape[0]
     rng = np.random.default_rng(seed)
+    op = M
+    c = 0 if null is None else null.shape[1]
+    if c:
+        def matvec(x):
+            x = np.asarray(x).reshape(n, -1)
+            return M @ x - null @ (null.T @ x) * 2.0
+        op = LinearOperator((n, n), matvec=matvec, matmat=matvec, dtype=np.float64)
+    k = m - c
     v0 = rng.standard_normal(n)
-    ncv = min(n, max(2 * m + 1, m + 32))
-    mu, vec = eigsh(M, k=m, which="LA", tol=tol, v0=v0, ncv=ncv)
-    order = np.argsort(mu)[::-1]
+    if c:
+        v0 -= null @ (null.T @ v0)
+    ncv = min(n, max(2 * k + 1, k + 32))
+    mu, vec = eigsh(op, k=k, which="LA", tol=tol, v0=v0, ncv=ncv)
+    if c:
+        mu = np.concatenate([np.ones(c), mu])
+        vec = np.hstack([null, vec])
+    order = np.argsort(mu, kind="stable")[::-1]
     return mu[order], vec[:, order]
 
 
-def _lobpcg(M: sp.csr_matrix, d: np.ndarray, m: int, tol: float, seed: int):
-    """LOBPCG on ``L_sym`` (smallest), preconditioned with pyamg's smoothed aggregation if present."""
+def _lobpcg(M: sp.csr_matrix, d: np.ndarray, m: int, tol: float, seed: int,
+            null: np.ndarray | None = None):
+    """LOBPCG for the smallest eigenpairs of ``L_sym``, the component null vectors as
+    constraints; preconditioned with pyamg's smoothed aggregation when pyamg is installed,
+    with the Jacobi diagonal otherwise."""
     from scipy.sparse.linalg import LinearOperator, lobpcg
 
     n = M.shape[0]
     L = sp.csr_matrix(sp.identity(n, format="csr") - M)
+    c = 0 if null is None else null.shape[1]
     rng = np.random.default_rng(seed)
-    X = rng.standard_normal((n, m))
-    X[:, 0] = np.sqrt(d)  # the known null vector of a connected graph speeds convergence
-    precond = None
+    X = rng.standard_normal((n, m - c))
     try:
         import pyamg
 
-        ml = pyamg.smoothed_aggregation_solver(L + 1e-6 * sp.identity(n, format="csr"))
+        ml = pyamg.smoothed_aggregation_solver(L + 1e-4 * sp.identity(n, format="csr"))
         precond = ml.aspreconditioner()
     except ImportError:
         dinv = 1.0 / np.maximum(L.diagonal(), 1e-12)
-        precond = LinearOperator((n, n), matvec=lambda x: dinv[:, None] * x.reshape(n, -1),
-                                 dtype=np.float64)
+        precond = LinearOperator((n, n), matvec=lambda x: dinv * np.ravel(x),
+                                 matmat=lambda x: dinv[:, None] * x, dtype=np.float64)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        lam, vec = lobpcg(L, X, M=precond, largest=False, tol=tol or 1e-10, maxiter=500)
-    order = np.argsort(lam)
-    return 1.0 - lam[order], vec[:, order]
+        lam, vec = lobpcg(L, X, M=precond, Y=null if c else None, largest=False,
+                          tol=tol or 1e-9, maxiter=1000)
+    mu, vec = 1.0 - lam, vec
+    if c:
+        mu = np.concatenate([np.ones(c), mu])
+        vec = np.hstack([null, vec])
+    order = np.argsort(mu, kind="stable")[::-1]
+    return mu[order], vec[:, order]
 
 
 def smallest_eigenpairs(W, n_eigenvalues: int, solver: str = "eigsh", tol: float = 0.0,
@@ -123,10 +165,13 @@ def smallest_eigenpairs(W, n_eigenvalues: int, solver: str = "eigsh", tol: float
         mu, vec = _dense(M, m)
     else:
         m = min(m, n // 2 - 1 if n > 2000 else n - 1)
-        if solver == "lobpcg" and 5 * m < n:
-            mu, vec = _lobpcg(M, d, m, tol, seed)
+        n_comp, _, null = component_vectors(M, d, m)
+        if n_comp >= m:
+            mu, vec = np.ones(m), null[:, :m]
+        elif solver == "lobpcg" and 5 * m < n:
+            mu, vec = _lobpcg(M, d, m, tol, seed, null)
         else:
-            mu, vec = _eigsh(M, m, tol, seed)
+            mu, vec = _eigsh(M, m, tol, seed, null)
     lam = np.clip(1.0 - mu, 0.0, 2.0)
     order = np.argsort(lam, kind="stable")
     return lam[order], _fix_signs(vec[:, order])

@@ -1,0 +1,86 @@
+"""kNN affinity graph: symmetry, no self-loops, duplicates, weights, exact vs approximate."""
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+
+from spray.affinity import drop_self, exact_knn, knn_affinity, resolve_k
+from spray.errors import ConfigError, DataError
+from spray.spectral import smallest_eigenpairs, suggest_n_clusters
+
+
+def planted(n_per=(600, 300, 150, 100), dim=30, seed=0):
+    rng = np.random.default_rng(seed)
+    parts = [rng.standard_normal((m, dim)) + 6 * rng.standard_normal(dim) for m in n_per]
+    return np.vstack(parts).astype(np.float32)
+
+
+def test_resolve_k():
+    assert resolve_k(1000, "auto") == 7  # ceil(ln 1000)
+    assert resolve_k(5, 10) == 4
+    with pytest.raises(ConfigError, match="affinity.k"):
+        resolve_k(100, -1)
+
+
+@pytest.mark.parametrize("weighting", ["binary", "gaussian", "local-scaling"])
+@pytest.mark.parametrize("symmetrize", ["max", "mean"])
+def test_graph_is_symmetric_without_self_loops(weighting, symmetrize):
+    X = planted()
+    W = knn_affinity(X, {"k": 7, "weighting": weighting, "symmetrize": symmetrize})
+    assert sp.isspmatrix_csr(W) or isinstance(W, sp.csr_matrix)
+    assert abs(W - W.T).max() < 1e-12
+    assert W.diagonal().max() == 0
+    assert W.data.min() > 0 and W.data.max() <= 1.0
+    deg = np.diff(W.indptr)
+    assert deg.min() >= 7 if symmetrize == "max" else deg.min() >= 7
+    if weighting == "binary" and symmetrize == "max":
+        assert set(np.unique(W.data)) == {1.0}
+    if weighting == "binary" and symmetrize == "mean":
+        assert set(np.unique(W.data)) <= {0.5, 1.0}
+
+
+def test_duplicates_do_not_create_self_loops():
+    rng = np.random.default_rng(3)
+    base = rng.standard_normal((50, 5))
+    X = np.vstack([base, base, base])  # every point three times
+    W = knn_affinity(X, {"k": 4, "weighting": "local-scaling"})
+    assert W.diagonal().max() == 0
+    assert np.isfinite(W.data).all()
+    assert np.diff(W.indptr).min() >= 4
+
+
+def test_drop_self_handles_missing_self():
+    ind = np.array([[1, 0, 2], [1, 0, 2], [0, 1, 3]])
+    dist = np.array([[0.0, 0.0, 1.0], [0.0, 0.0, 1.0], [0.0, 0.0, 2.0]])
+    out, d = drop_self(ind, dist, 2)
+    np.testing.assert_array_equal(out, [[1, 2], [0, 2], [0, 1]])
+
+
+def test_exact_knn_matches_bruteforce():
+    X = planted(n_per=(200, 100))
+    ind, dist = exact_knn(X, 5)
+    D = ((X[:, None] - X[None]) ** 2).sum(-1)
+    np.fill_diagonal(D, np.inf)
+    expected = np.sort(np.sqrt(np.sort(D, axis=1)[:, :5]), axis=1)
+    np.testing.assert_allclose(np.sort(dist, axis=1), expected, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.slow  # pynndescent compiles its kernels with numba on first use (~1 min)
+def test_exact_and_approximate_agree_on_eigengap():
+    X = planted()
+    exact = knn_affinity(X, {"k": "auto", "approximate_above": 10 ** 9})
+    approx, info = knn_affinity(X, {"k": "auto", "approximate_above": 0}, return_info=True)
+    assert info["method"] == "pynndescent"
+    lam_e, _ = smallest_eigenpairs(exact, 12)
+    lam_a, _ = smallest_eigenpairs(approx, 12)
+    assert suggest_n_clusters(lam_e) == suggest_n_clusters(lam_a) == 4
+    np.testing.assert_allclose(lam_e[:4], lam_a[:4], atol=1e-6)
+    overlap = (exact.multiply(approx)).nnz / exact.nnz
+    assert overlap > 0.95
+
+
+def test_nan_features_named():
+    X = planted(n_per=(20, 20))
+    X[3, 0] = np.inf
+    with pytest.raises(DataError, match="rows 3"):
+        knn_affinity(X, {"k": 3})

@@ -1,0 +1,142 @@
+"""Spectral stage: L_sym eigenpairs against a dense reference, components, eigengaps."""
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+
+from spray.affinity import knn_affinity
+
+pytestmark = pytest.mark.usefixtures("one_blas_thread")
+
+
+@pytest.fixture(scope="module")
+def one_blas_thread():
+    """Dense reference solves are small; extra BLAS threads only add contention."""
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(1):
+        yield
+from spray.spectral import (eigengaps, laplacian_sym, relative_eigengaps, smallest_eigenpairs,
+                            suggest_n_clusters)
+
+
+def dense_reference(W, m):
+    """Smallest eigenvalues of the dense L_sym (same isolated-node convention)."""
+    from scipy.linalg import eigh
+
+    L = laplacian_sym(W).toarray()
+    return eigh(L, eigvals_only=True, subset_by_index=[0, min(m, L.shape[0]) - 1], driver="evr")
+
+
+def four_gaussians(sigma, per=100, seed=0):
+    """Von Luxburg's / the thesis' toy example: four Gaussians centred at 2, 4, 6, 8."""
+    rng = np.random.default_rng(seed)
+    centres = np.array([[2.0, 0.0], [4.0, 0.0], [6.0, 0.0], [8.0, 0.0]])
+    return np.vstack([c + sigma * rng.standard_normal((per, 2)) for c in centres])
+
+
+@pytest.mark.parametrize("n,k,weighting,symmetrize", [
+    (300, "auto", "binary", "max"),
+    (1200, 8, "gaussian", "mean"),
+    (2000, "auto", "local-scaling", "max"),
+])
+def test_eigenvalues_match_dense_eigh(n, k, weighting, symmetrize):
+    rng = np.random.default_rng(n)
+    X = np.vstack([rng.standard_normal((n // 3, 10)) + 4 * rng.standard_normal(10)
+                   for _ in range(3)])
+    W = knn_affinity(X, {"k": k, "weighting": weighting, "symmetrize": symmetrize})
+    lam, vec = smallest_eigenpairs(W, 32)
+    np.testing.assert_allclose(lam, dense_reference(W, 32), atol=1e-8)
+    # they are eigenpairs of L_sym, orthonormal
+    L = laplacian_sym(W)
+    np.testing.assert_allclose(L @ vec, vec * lam, atol=1e-7)
+    np.testing.assert_allclose(vec.T @ vec, np.eye(32), atol=1e-7)
+
+
+def test_eigenvalues_ascending_in_range():
+    rng = np.random.default_rng(1)
+    W = knn_affinity(rng.standard_normal((500, 5)), {"k": 3})
+    lam, _ = smallest_eigenpairs(W, 32)
+    assert np.all(np.diff(lam) >= 0) and lam[0] >= 0 and lam[-1] <= 2
+    assert abs(lam[0]) < 1e-10
+
+
+def test_bipartite_graph_la_not_lm():
+    """A bipartite graph has μ = −1 in D^-1/2 W D^-1/2; 'LA' must not report it as λ ≈ 2."""
+    n = 400
+    i = np.arange(n)
+    W = sp.csr_matrix((np.ones(n), (i, (i + 1) % n)), shape=(n, n))
+    W = W + W.T  # even cycle: bipartite
+    lam, _ = smallest_eigenpairs(W, 10)
+    np.testing.assert_allclose(lam, dense_reference(W, 10), atol=1e-8)
+    assert lam.max() < 0.05
+
+
+@pytest.mark.parametrize("sizes", [[300, 250, 200, 150, 100], [300] * 3 + [1, 1, 2]])
+def test_components_give_zero_eigenvalues(sizes):
+    rng = np.random.default_rng(2)
+    blocks = []
+    for s in sizes:
+        if s <= 2:
+            blocks.append(sp.csr_matrix((s, s)) if s == 1 else sp.csr_matrix(np.ones((2, 2)) - np.eye(2)))
+            continue
+        Ws = knn_affinity(rng.standard_normal((s, 4)), {"k": 5})
+        blocks.append(Ws)
+    W = sp.block_diag(blocks, format="csr")
+    lam, vec = smallest_eigenpairs(W, 12)
+    c = len(sizes)
+    assert np.all(np.abs(lam[:c]) < 1e-10)
+    assert lam[c] > 1e-4
+    np.testing.assert_allclose(lam, dense_reference(W, 12), atol=1e-8)
+    assert suggest_n_clusters(lam, max_clusters=10) == c
+
+
+@pytest.mark.parametrize("sigma", [0.2, 0.4])
+def test_von_luxburg_clear_gap_after_fourth(sigma):
+    for seed in range(3):
+        W = knn_affinity(four_gaussians(sigma, seed=seed), {"k": "auto"})
+        lam, _ = smallest_eigenpairs(W, 10)
+        gaps = eigengaps(lam)
+        assert np.all(lam[:4] < 0.01)
+        assert np.argmax(gaps) == 3, lam  # the largest gap follows λ4
+        assert relative_eigengaps(lam)[3] > 0.6
+    if sigma == 0.2:
+        assert np.all(lam[:4] < 1e-10)  # disjoint groups: exactly zero
+
+
+def test_von_luxburg_no_gap_when_overlapping():
+    for seed in range(3):
+        W = knn_affinity(four_gaussians(0.8, seed=seed), {"k": "auto"})
+        lam, _ = smallest_eigenpairs(W, 10)
+        gaps = eigengaps(lam)
+        assert np.argmax(gaps) != 3 or gaps[3] < 1.5 * np.delete(gaps, 3).max()
+        assert relative_eigengaps(lam)[3] < 0.5
+
+
+def test_relative_gap_and_suggestion():
+    lam = np.array([0.0, 0.004, 0.03, 0.05, 0.07, 0.09, 0.12])
+    # absolute gap would pick K = 6 (0.03); relative picks K = 2
+    assert suggest_n_clusters(lam, max_clusters=6) == 2
+    rg = relative_eigengaps([0.0, 0.0, 0.5, 0.6])
+    np.testing.assert_allclose(rg, [0.0, 1.0, 1 / 6])
+    assert suggest_n_clusters([0.0, 0.0, 0.0, 0.3, 0.4]) == 3
+    assert suggest_n_clusters([0.0, 0.5]) == 1
+    assert eigengaps([0.0]).shape == (0,)
+
+
+def test_isolated_nodes_are_components():
+    W = sp.csr_matrix((300, 300))
+    rng = np.random.default_rng(3)
+    inner = knn_affinity(rng.standard_normal((298, 3)), {"k": 4})
+    W = sp.block_diag([inner, sp.csr_matrix((2, 2))], format="csr")
+    lam, vec = smallest_eigenpairs(W, 6)
+    assert np.sum(lam < 1e-10) == 3
+
+
+def test_lobpcg_agrees_with_eigsh():
+    rng = np.random.default_rng(4)
+    X = np.vstack([rng.standard_normal((700, 6)) + 5 * rng.standard_normal(6) for _ in range(3)])
+    W = knn_affinity(X, {"k": "auto"})
+    a, _ = smallest_eigenpairs(W, 8, solver="eigsh")
+    b, _ = smallest_eigenpairs(W, 8, solver="lobpcg")
+    np.testing.assert_allclose(a, b, atol=1e-6)
