@@ -76,9 +76,12 @@ def slurm_cluster_kwargs(cluster_cfg: dict) -> dict:
     if cluster_cfg.get("lrp_resources"):
         extra += ["--resources", ",".join(f"{k}={v:g}" for k, v in
                                           cluster_cfg["lrp_resources"].items())]
+    # SLURM gets `slurm.cores` CPUs per job; Dask runs `threads_per_worker` threads in each of
+    # the job's `processes` workers, and torch uses the remaining cores inside each task.
     kwargs = {
         "queue": s["queue"], "account": s["account"], "walltime": s["walltime"],
-        "cores": s["cores"], "processes": s["processes"], "memory": s["memory"],
+        "cores": int(cluster_cfg["threads_per_worker"]) * int(s["processes"]),
+        "job_cpu": s["cores"], "processes": s["processes"], "memory": s["memory"],
         "job_name": s["job_name"], "job_extra_directives": list(s["job_extra_directives"]),
         "job_script_prologue": list(s["job_script_prologue"]), "worker_extra_args": extra,
         "local_directory": s["local_directory"], "log_directory": s["log_directory"],
