@@ -422,3 +422,34 @@ def test_no_warning_for_eval_models():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         lrp.attribute(model, inputs_for("resnet", n=2), 0)
+
+
+# ---------------------------------------------------------------------------------------------
+# property: conservation on random architectures
+# ---------------------------------------------------------------------------------------------
+
+hypothesis = pytest.importorskip("hypothesis")
+from hypothesis import given, settings, strategies as st  # noqa: E402
+
+
+@settings(max_examples=10, deadline=None)
+@given(widths=st.lists(st.integers(1, 12), min_size=1, max_size=4),
+       seed=st.integers(0, 2**16), classes=st.integers(1, 6))
+def test_conservation_on_random_bias_free_mlps(widths, seed, classes):
+    """z⁺ with flat input layer and ε → 0 conserve relevance on any bias-free ReLU MLP."""
+    torch.manual_seed(seed)
+    layers, previous = [], 7
+    for width in widths:
+        layers += [nn.Linear(previous, width, bias=False), nn.ReLU()]
+        previous = width
+    model = nn.Sequential(*layers, nn.Linear(previous, classes, bias=False)).double().eval()
+    x = torch.randn(5, 7, dtype=torch.float64)
+    composite = Composite(layer_map=[(AFFINE, ZPlus(1e-300))],
+                          first_map=[(AFFINE, Flat(1e-300))], stabilizer=1e-300)
+    relevance, logits = lrp.attribute(model, x, "prediction", composite, return_logits=True)
+    explained = logits.max(1).values
+    totals = relevance.sum(1)
+    # z⁺ conserves the positive part: a neuron with no positive input passes nothing on
+    assert torch.all(totals <= explained.clamp(min=0) * (1 + 1e-9) + 1e-12)
+    alive = (totals.abs() > 1e-12)
+    assert torch.allclose(totals[alive], explained[alive], rtol=1e-9)

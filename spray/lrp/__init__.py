@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import torch
 
-from spray.errors import ConfigError, DataError, ModelError
+from spray.errors import ConfigError, DataError
 from spray.lrp.composites import COMPOSITES, Composite
 from spray.lrp.engine import Program, prepare, run
 from spray.lrp.rules import (AlphaBeta, Epsilon, Flat, Gamma, Gradient, Norm, Pass, Rule,
@@ -140,6 +140,3 @@ def _slice_targets(targets, start, stop, total):
                         f"targets of shape {tuple(tensor.shape)}")
     return tensor[start:stop]
 
-
-# ModelError is part of this module's documented error surface
-_ = ModelError

@@ -290,7 +290,8 @@ class Program:
         kwargs.pop("inplace", None)
         target = node.target
         if is_method:
-            method = target.rstrip("_") if target.endswith("_") and target != "__iadd__" else target
+            in_place = target.endswith("_") and not target.endswith("__")
+            method = target[:-1] if in_place else target
 
             def fn(x):
                 return getattr(x, method)(*rest, **kwargs)

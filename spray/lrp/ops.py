@@ -91,6 +91,19 @@ class AffineOp:
         parts = [s.reshape(shape[0], self.groups, 1, -1, *shape[2:]) for s in signals]
         return torch.cat(parts, dim=2).reshape(shape[0], -1, *shape[2:])
 
+    def expand_signal(self, coefficients: torch.Tensor, relevance: torch.Tensor,
+                      count: int) -> torch.Tensor:
+        """``join_signals([c_1 ⊙ R, ..., c_k ⊙ R])`` in one pass, from joined coefficients."""
+        if self.is_conv:
+            n, c, spatial = relevance.shape[0], relevance.shape[1], relevance.shape[2:]
+            g = self.groups
+            coef = coefficients.view(n, g, count, c // g, *spatial)
+            signal = coef * relevance.reshape(n, g, 1, c // g, *spatial)
+            return signal.view(n, count * c, *spatial)
+        lead, c = relevance.shape[:-1], relevance.shape[-1]
+        signal = coefficients.view(*lead, count, c) * relevance.unsqueeze(-2)
+        return signal.view(*lead, count * c)
+
     # -- stacking along the input units (inputs of both signs) -----------------------------
     def stack_inputs(self, weights: list[torch.Tensor]):
         """Concatenate weights along the input units, or ``None`` for grouped convolutions."""

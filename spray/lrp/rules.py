@@ -206,17 +206,23 @@ class AlphaBeta(Rule):
                                      (params["pos"], params["neg"]))
             negative = _signed_apply(op, x, params["split_neg"], params["bias_neg"],
                                      (params["neg"], params["pos"]))
-        saved = (x, nonneg, stabilize(positive, self.stabilizer),
-                 stabilize(negative, self.stabilizer))
-        return z, saved
+        den_pos = stabilize(positive, self.stabilizer)
+        den_neg = stabilize(negative, self.stabilizer)
+        if not nonneg:
+            return z, (x, nonneg, den_pos, den_neg)
+        # α W⁺ᵀ(R/z⁺) − β W⁻ᵀ(R/z⁻) = W⁺ᵀ(R ⊙ (α/z⁺ + β/z⁻)) + Wᵀ(R ⊙ (−β/z⁻)):
+        # keep the two coefficient maps, so the backward is one product and one stacked pass
+        beta_neg = den_neg.reciprocal_().mul_(self.beta)
+        first = den_pos.reciprocal_().mul_(self.alpha).add_(beta_neg)
+        return z, (x, nonneg, op.join_signals([first, beta_neg.neg_()]))
 
     def backward(self, op, params, saved, relevance):
-        x, nonneg, den_pos, den_neg = saved
-        s_pos, s_neg = relevance / den_pos, relevance / den_neg
+        x, nonneg = saved[:2]
         if nonneg:
-            # α W⁺ᵀ s⁺ − β W⁻ᵀ s⁻ = W⁺ᵀ(α s⁺ + β s⁻) − β Wᵀ s⁻, one stacked transposed pass
-            signal = op.join_signals([self.alpha * s_pos + self.beta * s_neg, -self.beta * s_neg])
+            signal = op.expand_signal(saved[2], relevance, 2)
             return x * op.transpose(signal, params["w_back"], x.shape)
+        den_pos, den_neg = saved[2:]
+        s_pos, s_neg = relevance / den_pos, relevance / den_neg
         split_pos, split_neg = params["split_pos"], params["split_neg"]
         pairs_pos, pairs_neg = (params["pos"], params["neg"]), (params["neg"], params["pos"])
         return (self.alpha * _signed_transpose(op, x, s_pos, split_pos, pairs_pos)
@@ -259,17 +265,22 @@ class Gamma(Rule):
                                (params["up"], params["down"]))
             down = _signed_apply(op, x, params["split_down"], params["bias_down"],
                                  (params["down"], params["up"]))
-        s_up = (z > 0).to(z.dtype) / stabilize(up, self.stabilizer)
-        s_down = (z < 0).to(z.dtype) / stabilize(down, self.stabilizer)
-        return z, (x, nonneg, s_up, s_down)
+        s_up = (z > 0).to(z.dtype).div_(stabilize(up, self.stabilizer))
+        s_down = (z < 0).to(z.dtype).div_(stabilize(down, self.stabilizer))
+        if not nonneg:
+            return z, (x, nonneg, s_up, s_down)
+        # (w+γw⁺)ᵀ(R⊙s↑) + (w+γw⁻)ᵀ(R⊙s↓) = wᵀ(R⊙(s↑ + (1+γ)s↓)) + w⁺ᵀ(R⊙γ(s↑ − s↓))
+        first = s_down.mul(1 + g).add_(s_up)
+        second = s_up.sub_(s_down).mul_(g)
+        return z, (x, nonneg, op.join_signals([first, second]))
 
     def backward(self, op, params, saved, relevance):
-        x, nonneg, s_up, s_down = saved
-        a, b, g = relevance * s_up, relevance * s_down, self.gamma
+        x, nonneg = saved[:2]
         if nonneg:
-            # (w+γw⁺)ᵀa + (w+γw⁻)ᵀb = wᵀ(a + (1+γ)b) + γ w⁺ᵀ(a − b)
-            signal = op.join_signals([a + (1 + g) * b, g * (a - b)])
+            signal = op.expand_signal(saved[2], relevance, 2)
             return x * op.transpose(signal, params["w_pos"], x.shape)
+        s_up, s_down = saved[2:]
+        a, b = relevance * s_up, relevance * s_down
         pairs_up, pairs_down = (params["up"], params["down"]), (params["down"], params["up"])
         return (_signed_transpose(op, x, a, params["split_up"], pairs_up)
                 + _signed_transpose(op, x, b, params["split_down"], pairs_down))
@@ -289,11 +300,13 @@ class _ConstantDenominatorRule(Rule):
 
     def _denominator(self, op, params, x):
         key = (tuple(x.shape[1:]), x.dtype, x.device)
-        cache = params["cache"]
-        if key not in cache:
+        denominator = params["cache"].get(key)
+        if denominator is None:
             ones = torch.ones((1,) + tuple(x.shape[1:]), dtype=x.dtype, device=x.device)
-            cache[key] = stabilize(op.apply(ones, params["weight"], params["bias"]), self.stabilizer)
-        return cache[key]
+            denominator = stabilize(op.apply(ones, params["weight"], params["bias"]),
+                                    self.stabilizer)
+            params["cache"][key] = denominator
+        return denominator
 
     def forward(self, op, params, x):
         z = op.apply(x, op.weight, op.bias)
@@ -347,14 +360,16 @@ class ZBox(Rule):
 
     def _bounds(self, op, params, x):
         key = (tuple(x.shape), x.dtype, x.device)
-        cache = params["cache"]
-        if key not in cache:
+        bounds = params["cache"].get(key)
+        if bounds is None:
             low, high = _bound_like(self.low, x), _bound_like(self.high, x)
             offset = (op.apply(low, params["pos"], params["bias_pos"])
                       + op.apply(high, params["neg"], params["bias_neg"]))
-            cache.clear()
-            cache[key] = (low, high, offset)
-        return cache[key]
+            bounds = (low, high, offset)
+            if len(params["cache"]) > 8:  # a few batch shapes at most (e.g. the last batch)
+                params["cache"].clear()
+            params["cache"][key] = bounds
+        return bounds
 
     def forward(self, op, params, x):
         low, high, offset = self._bounds(op, params, x)
