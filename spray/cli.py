@@ -53,6 +53,9 @@ def _parser() -> argparse.ArgumentParser:
     vr.add_argument("--name", help="project name shown in ViRelAy")
     vr.add_argument("--chunk-rows", type=int, default=256,
                     help="samples read and written at a time (bounds the memory)")
+    vr.add_argument("--no-index", action="store_true",
+                    help="attribution row = dataset index, no 'index' dataset (faster lookups in "
+                         "ViRelAy for large runs)")
     return p
 
 
@@ -103,7 +106,8 @@ def _report(args) -> int:
 def _export(args) -> int:
     from spray.export import export_virelay
 
-    info = export_virelay(args.run_dir, args.out_dir, name=args.name, chunk_rows=args.chunk_rows)
+    info = export_virelay(args.run_dir, args.out_dir, name=args.name, chunk_rows=args.chunk_rows,
+                          with_index=not args.no_index)
     for c, why in info["skipped"].items():
         print(f"spray: note: class {c} not fully exported: {why}", file=sys.stderr)
     print(f"spray: ViRelAy project with {len(info['classes'])} analysed classes and "

@@ -184,32 +184,45 @@ def _write_dataset(path: Path, run: _Run, source, chunk_rows: int) -> tuple[int,
         for start in range(0, len(run_rows), chunk_rows):  # pass 2: write, chunk by chunk
             idx = run_rows[start:start + chunk_rows]
             rgb = to_uint8(_to_rgb(_display(source, idx)), value_range)
-            # runs of consecutive indices become one slice write
-            breaks = np.flatnonzero(np.diff(idx) != 1) + 1
-            for seg_rows, seg in zip(np.split(np.arange(len(idx)), breaks), np.split(idx, breaks)):
-                data[int(seg[0]):int(seg[-1]) + 1] = rgb[seg_rows]
+            for rows, part in _segments(idx):  # consecutive indices: one slice write
+                data[rows] = rgb[part]
     return height, width
 
 
-def _write_attribution(path: Path, run: _Run, chunk_rows: int) -> None:
+def _segments(positions: np.ndarray):
+    """Split ascending-or-not target rows into runs of consecutive values: (slice, part)."""
+    breaks = np.flatnonzero(np.diff(positions) != 1) + 1
+    for part in np.split(np.arange(len(positions)), breaks):
+        yield slice(int(positions[part[0]]), int(positions[part[-1]]) + 1), part
+
+
+def _write_attribution(path: Path, run: _Run, chunk_rows: int, dataset_labels: np.ndarray,
+                       with_index: bool = True) -> None:
+    """Rows class by class with an ``index`` dataset; or, without it, row = dataset index."""
     import h5py
 
-    total = sum(int(cg.attrs["n_samples"]) for cg in run.classes.values())
+    if with_index:
+        total = sum(int(cg.attrs["n_samples"]) for cg in run.classes.values())
+    else:
+        total = len(dataset_labels)
     height, width = run.map_shape
     channels = (run.classes[next(iter(run.classes))]["relevance_full"].shape[1]
                 if run.full else 3)
     k = run.n_outputs
-    top = max(max(run.classes) + 1, k)
+    top = max(max(run.classes) + 1, k, int(dataset_labels.max()) + 1)
     max_index = max(int(cg["index"][:].max()) for cg in run.classes.values())
     with h5py.File(path, "w") as fh:
         att = fh.create_dataset(
             "attribution", shape=(total, channels, height, width), dtype=np.float32,
             chunks=(_rows_per_chunk((channels, height, width), 4, total), channels, height, width),
-            compression="gzip", compression_opts=4)
+            compression="gzip", compression_opts=4, fillvalue=0.0)
         pred = fh.create_dataset("prediction", shape=(total, k), dtype=np.float32)
-        lab = fh.create_dataset("label", shape=(total,), dtype=_label_dtype(top))
-        ind = fh.create_dataset("index", shape=(total,),
-                                dtype=np.uint32 if max_index < 2 ** 32 else np.uint64)
+        if with_index:
+            lab = fh.create_dataset("label", shape=(total,), dtype=_label_dtype(top))
+            ind = fh.create_dataset("index", shape=(total,),
+                                    dtype=np.uint32 if max_index < 2 ** 32 else np.uint64)
+        else:  # rows outside the run keep the dataset's label and zero maps
+            lab = fh.create_dataset("label", data=dataset_labels.astype(_label_dtype(top)))
         fh.attrs["written_by"] = "spray"
         offset = 0
         for c, cg in run.classes.items():
@@ -220,11 +233,14 @@ def _write_attribution(path: Path, run: _Run, chunk_rows: int) -> None:
                     maps = np.asarray(cg["relevance_full"][start:stop], dtype=np.float32)
                 else:
                     maps = _spread_channels(np.asarray(cg["relevance"][start:stop], np.float32))
-                a, b = offset + start, offset + stop
-                att[a:b] = maps
-                pred[a:b] = np.asarray(cg["logits"][start:stop], dtype=np.float32)
-                lab[a:b] = c
-                ind[a:b] = cg["index"][start:stop]
+                logits = np.asarray(cg["logits"][start:stop], dtype=np.float32)
+                if with_index:
+                    rows = slice(offset + start, offset + stop)
+                    att[rows], pred[rows], lab[rows] = maps, logits, c
+                    ind[rows] = cg["index"][start:stop]
+                    continue
+                for rows, part in _segments(np.asarray(cg["index"][start:stop])):
+                    att[rows], pred[rows], lab[rows] = maps[part], logits[part], c
             offset += n
 
 
@@ -309,8 +325,12 @@ def _project_yaml(run: _Run, out: Path, name: str | None, height: int, width: in
 
 
 def export_virelay(run_dir: str | Path, out_dir: str | Path, name: str | None = None,
-                   chunk_rows: int = 256) -> dict:
+                   chunk_rows: int = 256, with_index: bool = True) -> dict:
     """Write a ViRelAy project for the run in ``run_dir`` into ``out_dir``.
+
+    ``with_index=False`` writes one attribution row per dataset sample (row = dataset index,
+    zeros outside the run, unallocated on disk) and no ``index`` dataset: ViRelAy then finds an
+    attribution in constant time instead of scanning ``index`` on every request.
 
     Returns a small summary: the project file, the classes written and any skipped.
     """
@@ -333,7 +353,8 @@ def export_virelay(run_dir: str | Path, out_dir: str | Path, name: str | None = 
     analysed = run.analysed()
     (out / FILES["label_map"]).write_text(json.dumps(_label_map(run, labels), indent=2))
     height, width = _write_dataset(out / FILES["dataset"], run, source, chunk_rows)
-    _write_attribution(out / FILES["attribution"], run, chunk_rows)
+    _write_attribution(out / FILES["attribution"], run, chunk_rows, np.asarray(labels),
+                       with_index=with_index)
     if analysed:
         _write_analysis(out / FILES["analysis"], run, analysed)
     elif (out / FILES["analysis"]).exists():

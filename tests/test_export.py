@@ -45,7 +45,7 @@ def test_files_follow_the_loader(exported_run, small_problem):
 
     x, y = small_problem["x"], small_problem["y"]
     with h5py.File(out / "dataset.h5", "r") as fh:
-        assert fh["data"].dtype == np.uint8 and fh["data"].shape == (len(y), 3, 16, 16)
+        assert fh["data"].dtype == np.uint8 and fh["data"].shape == (len(y), 3) + x.shape[2:]
         np.testing.assert_array_equal(fh["label"][:], y)
         np.testing.assert_array_equal(fh["data"][5, 0], np.rint(x[5, 0] * 255).astype(np.uint8))
         np.testing.assert_array_equal(fh["data"][5, 0], fh["data"][5, 2])
@@ -96,27 +96,50 @@ def test_pixel_range():
     assert pixel_range(-2.1, 2.6) == (-2.1, 2.6)
 
 
-def test_cli_export_and_errors(exported_run, tmp_path):
+def test_cli_export_and_errors(exported_run, tmp_path, capsys):
+    from spray.cli import main
+
     run_dir, _, _ = exported_run
     res = run_cli("export", "virelay", run_dir, tmp_path / "cli")
     assert res.returncode == 0, res.stderr
     assert (tmp_path / "cli" / "project.yaml").is_file()
     assert "virelay" in res.stdout
-    res = run_cli("export", "virelay", tmp_path / "nothing", tmp_path / "out2")
-    assert res.returncode == 2 and "no spray store" in res.stderr
-    assert "Traceback" not in res.stderr
-    res = run_cli("export", "virelay", run_dir, run_dir / "spray.zarr" / "x")
-    assert res.returncode == 2 and "Traceback" not in res.stderr
+    assert main(["export", "virelay", str(tmp_path / "nothing"), str(tmp_path / "out2")]) == 2
+    assert "no spray store" in capsys.readouterr().err
+    assert main(["export", "virelay", str(run_dir), str(run_dir / "spray.zarr" / "x")]) == 2
+    assert "choose another folder" in capsys.readouterr().err
 
 
 @pytest.mark.peers
 def test_virelay_opens_the_export(exported_run):
     """ViRelAy's own loader and web API serve every class of the exported run."""
     pytest.importorskip("virelay")
+    run_dir, out, _ = exported_run
+    _check_with_virelay(run_dir, out)
+
+
+@pytest.mark.peers
+def test_virelay_opens_the_export_without_index(exported_run, tmp_path):
+    """Rows aligned with dataset indices, no ``index``: ViRelAy's constant-time lookup path."""
+    pytest.importorskip("virelay")
+    run_dir, _, _ = exported_run
+    export_virelay(run_dir, tmp_path / "dense", with_index=False)
+    group = _store(run_dir)
+    with h5py.File(tmp_path / "dense" / "attribution.h5", "r") as fh:
+        assert "index" not in fh
+        for c in group["classes"]:
+            cg = group["classes"][c]
+            index = cg["index"][:]
+            np.testing.assert_allclose(fh["attribution"][index[:20]].sum(axis=1),
+                                       cg["relevance"][:20], rtol=1e-5, atol=1e-7)
+            np.testing.assert_array_equal(fh["label"][index], int(c))
+    _check_with_virelay(run_dir, tmp_path / "dense")
+
+
+def _check_with_virelay(run_dir: Path, out: Path):
     from virelay.model import Workspace
     from virelay.server import Server
 
-    run_dir, out, _ = exported_run
     group = _store(run_dir)
     classes = sorted(int(c) for c in group["classes"])
     workspace = Workspace()
