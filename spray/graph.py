@@ -28,7 +28,7 @@ from spray.models import load_model, model_fingerprint
 from spray.pipeline import load_pipeline
 from spray.sources import class_partitions, open_source
 from spray.store import RunLock, create_or_check_store, prepare_class, store_path
-from spray.tasks import analyze_class, lrp_chunk
+from spray.tasks import analyze_class, lrp_chunk, pipeline_hash
 
 RUN_FILES = ("spray.zarr", "report", "run.json", "config.yaml")
 
@@ -240,7 +240,8 @@ def _check_run_dir(run_dir: Path) -> None:
                              f"choose an empty or new folder")
 
 
-def _submit(client, cfg: RunConfig, base_dir: Path, run_dir: Path, pipeline: dict, plan: dict):
+def _submit(client, cfg: RunConfig, base_dir: Path, run_dir: Path, pipeline: dict, plan: dict,
+            reuse: frozenset = frozenset()):
     """Submit the LRP chunk tasks still missing and one analysis task per class."""
     runtime = runtime_settings(client, cfg.cluster.model_dump())
     token = uuid.uuid4().hex[:8]  # keys unique per invocation on a shared scheduler
@@ -259,6 +260,8 @@ def _submit(client, cfg: RunConfig, base_dir: Path, run_dir: Path, pipeline: dic
                                  resources=lrp_resources)
                    for chunk in todo]
         chunk_futures[c] = futures
+        if c in reuse:  # maps unchanged and analysed with this pipeline already: keep it
+            continue
         analysis_futures[c] = client.submit(analyze_class, str(run_dir), c, pipeline, data_cfg,
                                             futures, runtime, key=f"analysis-c{c}-{token}",
                                             retries=min(1, cfg.cluster.retries), pure=False)
@@ -325,6 +328,7 @@ def run(cfg: RunConfig, base_dir: Path, output: str | None = None, scheduler: st
                         "attribution": config_hash_attr(cfg)}
         group = create_or_check_store(run_dir, fingerprints, config_hash(cfg), sorted(parts))
         plan, skipped, chunks_total = {}, {}, 0
+        reuse: set[int] = set()
         for c, idx in sorted(parts.items()):
             if len(idx) < 3:
                 skipped[c] = (f"class {c} ({names[c]}) has {len(idx)} sample(s); the analysis "
@@ -336,6 +340,9 @@ def run(cfg: RunConfig, base_dir: Path, output: str | None = None, scheduler: st
             done = cg["done"][:]
             chunks_total += len(done)
             plan[c] = [i for i, ok in enumerate(done) if not ok]
+            previous = cg.attrs.get("analysis") or {}
+            if not plan[c] and previous.get("pipeline_hash") == pipeline_hash(pipeline):
+                reuse.add(c)
         group.attrs["skipped"] = {str(c): why for c, why in skipped.items()}
         (run_dir / "config.yaml").write_text(dump_config(cfg, base_dir, pipeline))
         chunks_todo = sum(len(v) for v in plan.values())
@@ -347,7 +354,8 @@ def run(cfg: RunConfig, base_dir: Path, output: str | None = None, scheduler: st
                       f"compute on {n_workers} Dask worker(s); {dashboard_text(client)}",
                       file=sys.stderr, flush=True)
             t_submit = time.time()
-            chunk_futures, analysis_futures = _submit(client, cfg, base_dir, run_dir, pipeline, plan)
+            chunk_futures, analysis_futures = _submit(client, cfg, base_dir, run_dir, pipeline, plan,
+                                                      frozenset(reuse))
             every = [f for fs in chunk_futures.values() for f in fs] + list(analysis_futures.values())
             try:
                 _show_progress(every, cfg.cluster.progress and not quiet)
@@ -376,6 +384,7 @@ def run(cfg: RunConfig, base_dir: Path, output: str | None = None, scheduler: st
             "chunks_reused": chunks_total - chunks_todo + (sum(len(v) for v in lrp_done.values())
                                                            - len(computed)),
             "chunks_failed": sum(len(v) for v in lrp_failed.values()),
+            "analyses_reused": len(reuse),
             "skipped": {str(c): why for c, why in skipped.items()},
             "failed": {str(c): msgs for c, msgs in failures.items()},
             "scheduler": scheduler or cfg.cluster.scheduler,

@@ -210,6 +210,15 @@ def class_features(cg, c: int, source, params: dict) -> tuple[np.ndarray, np.nda
     return np.concatenate(feats), np.concatenate(in_feats)
 
 
+def pipeline_hash(pipeline: dict) -> str:
+    """Hash of an analysis pipeline: a class analysed with the same one need not be redone."""
+    import hashlib
+    import json
+
+    payload = json.dumps(pipeline, sort_keys=True, default=str)
+    return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
 def analyze_class(run_dir: str, c: int, pipeline: dict, data_cfg: dict, _deps=None,
                   runtime=1) -> dict:
     """Preprocess, analyse and score one class; write everything into its store group.
@@ -238,6 +247,7 @@ def analyze_class(run_dir: str, c: int, pipeline: dict, data_cfg: dict, _deps=No
     verdict = clever_hans_score(result, input_features, pipeline, features=features)
     _write_cluster_views(cg, source, indices, result.labels)
     info = {"n_clusters": int(result.n_clusters), "k": int(result.k),
+            "pipeline_hash": pipeline_hash(pipeline),
             "warnings": list(result.warnings), "flags": verdict,
             "seconds": time.perf_counter() - t0}
     cg.attrs["analysis"] = info
