@@ -89,6 +89,28 @@ def test_chunk_size_does_not_change_the_files(exported_run, tmp_path):
                 np.testing.assert_array_equal(a[key][...], b[key][...])
 
 
+def test_round_trip_through_precomputed(exported_run, tmp_path):
+    """The exported files read back as a spray run (dataset.h5 as data, attribution.h5 as
+    precomputed attributions) give the original run's classes and eigenvalues."""
+    run_dir, out, _ = exported_run
+    config = {
+        "data": {"source": "hdf5", "path": str(out / "dataset.h5"), "x_key": "data",
+                 "y_key": "label", "scale": 1 / 255},
+        "attribution": {"precomputed": str(out / "attribution.h5"), "chunk_size": 64},
+        "class_names": ["zero", "one", "two"],
+        "pipeline": {"preset": "spray-default", "embedding": {"method": "none"}},
+        "cluster": {"scheduler": "threads", "n_workers": 2, "progress": False},
+    }
+    cfg, base = load_config(write_config(tmp_path, "back.yaml", config))
+    run(cfg, base, output=str(tmp_path / "back"), quiet=True)
+    original, back = _store(run_dir), _store(tmp_path / "back")
+    for c in original["classes"]:
+        a, b = original["classes"][c], back["classes"][c]
+        np.testing.assert_array_equal(a["index"][:], b["index"][:])
+        np.testing.assert_allclose(b["relevance"][:], a["relevance"][:], rtol=1e-5, atol=1e-7)
+        np.testing.assert_allclose(b["eigenvalues"][:], a["eigenvalues"][:], rtol=1e-4, atol=1e-7)
+
+
 def test_pixel_range():
     assert pixel_range(0.0, 0.3) == (0.0, 1.0)
     assert pixel_range(-0.8, 0.9) == (-1.0, 1.0)
