@@ -257,7 +257,7 @@ def _submit(client, cfg: RunConfig, base_dir: Path, run_dir: Path, pipeline: dic
         futures = [client.submit(chunk_task, str(run_dir), c, chunk, data_cfg, model_cfg, attr_cfg,
                                  str(base_dir), runtime, key=f"lrp-c{c}-chunk{chunk}-{token}",
                                  retries=cfg.cluster.retries, pure=False,
-                                 resources=lrp_resources)
+                                 resources=lrp_resources, priority=1)  # maps before analyses
                    for chunk in todo]
         chunk_futures[c] = futures
         if c in reuse:  # maps unchanged and analysed with this pipeline already: keep it
