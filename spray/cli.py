@@ -132,6 +132,12 @@ def main(argv: list[str] | None = None) -> int:
     except SprayError as err:
         print(f"spray: error: {err}", file=sys.stderr)
         return err.exit_code
+    except OSError as err:  # full disk, read-only or vanished folder, permissions
+        where = f" ({err.filename})" if getattr(err, "filename", None) else ""
+        print(f"spray: error: cannot read or write a file{where}: {err.strerror or err}. "
+              f"Finished chunks in the store are kept; free space or fix the folder and rerun.",
+              file=sys.stderr)
+        return 2
     except KeyboardInterrupt as err:  # Ctrl-C, or SIGTERM (spray.graph.RunInterrupted)
         print("spray: interrupted; finished chunks are kept, rerun the same command to resume",
               file=sys.stderr)

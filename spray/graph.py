@@ -217,7 +217,42 @@ def _probe_model(cfg: RunConfig, base_dir: Path, source) -> tuple[torch.nn.Modul
     if out.ndim != 2:
         raise DataError(f"the model must return logits of shape (batch, classes), got "
                         f"{tuple(out.shape)}")
+    _probe_lrp(cfg, model, x)
+    _check_labels(source.labels(), int(out.shape[1]), source.name)
     return model, int(out.shape[1])
+
+
+def _probe_lrp(cfg: RunConfig, model: torch.nn.Module, x: torch.Tensor) -> None:
+    """Explain one sample before anything is written: unknown composites, bad composite
+    parameters and unsupported layers fail here, with the key or layer named."""
+    from spray import lrp
+
+    try:
+        lrp.attribute(model, x, torch.zeros(1, dtype=torch.long),
+                      composite=cfg.attribution.composite, **cfg.attribution.params)
+    except ConfigError as err:
+        raise ConfigError(f"key 'attribution.composite' ({cfg.attribution.composite!r}): {err}") from None
+    except TypeError as err:
+        raise ConfigError(f"key 'attribution.params': {err}") from None
+
+
+def _check_k(pipeline: dict, parts: dict) -> None:
+    """An explicit kNN ``k`` must leave neighbours to choose from in every analysed class."""
+    k = pipeline["affinity"].get("k")
+    sizes = {c: len(idx) for c, idx in parts.items() if len(idx) >= 3}
+    if isinstance(k, int) and sizes and k >= min(sizes.values()):
+        c = min(sizes, key=sizes.get)
+        raise ConfigError(f"pipeline key 'affinity.k': k = {k} but class {c} has only "
+                          f"{sizes[c]} samples; choose k < {sizes[c]} or k: auto")
+
+
+def _check_labels(labels: np.ndarray, n_outputs: int, name: str) -> None:
+    """Every label must name one of the model's outputs."""
+    bad = np.flatnonzero((labels < 0) | (labels >= n_outputs))
+    if len(bad):
+        shown = ", ".join(f"{int(i)} (label {int(labels[i])})" for i in bad[:5])
+        raise DataError(f"{name}: {len(bad)} sample(s) have labels outside the model's "
+                        f"{n_outputs} outputs: dataset indices {shown}")
 
 
 def _clear_run_dir(run_dir: Path) -> None:
@@ -297,8 +332,9 @@ def _collect(futures_by_class: dict) -> tuple[dict, dict]:
             try:
                 done.setdefault(c, []).append(fut.result())
             except Exception as err:  # noqa: BLE001 - recorded and reported per class
-                failed.setdefault(c, []).append(str(err) if isinstance(err, SprayError)
-                                                else f"{type(err).__name__}: {err}")
+                msg = str(err) if isinstance(err, SprayError) else f"{type(err).__name__}: {err}"
+                failed.setdefault(c, []).append(msg if msg.startswith(f"class {c}")
+                                                else f"class {c}: {msg}")
     return done, failed
 
 
@@ -320,6 +356,7 @@ def run(cfg: RunConfig, base_dir: Path, output: str | None = None, scheduler: st
         parts = class_partitions(source.labels(), cfg.classes, n_outputs)
         model_fp, sample_shape = model_fingerprint(model), source.sample_shape
     names = _class_names(cfg, n_outputs, getattr(source, "class_names", None))
+    _check_k(pipeline, parts)
     _check_run_dir(run_dir)
     with interrupt_on_signals(), RunLock(run_dir):
         if overwrite:

@@ -117,6 +117,15 @@ def _where(c: int, start: int, stop: int, indices: np.ndarray) -> str:
     return f"class {c}, rows {start}..{stop - 1} ({span})"
 
 
+def _check_finite_inputs(x: np.ndarray, indices: np.ndarray) -> None:
+    """Refuse samples holding NaN/Inf, naming their dataset indices."""
+    bad = np.flatnonzero(~np.isfinite(x.reshape(len(x), -1)).all(axis=1))
+    if len(bad):
+        shown = ", ".join(str(int(indices[i])) for i in bad[:10])
+        raise DataError(f"input samples hold NaN or Inf: dataset indices {shown}"
+                        f"{' ...' if len(bad) > 10 else ''}")
+
+
 def lrp_chunk(run_dir: str, c: int, chunk: int, data_cfg: dict, model_cfg: dict,
               attr_cfg: dict, base_dir: str, runtime=1) -> dict:
     """Compute the relevance maps of rows ``chunk`` of class ``c`` and write them to the store.
@@ -135,6 +144,7 @@ def lrp_chunk(run_dir: str, c: int, chunk: int, data_cfg: dict, model_cfg: dict,
         _set_threads(runtime)
         device = _device(runtime)
         x = open_source(data_cfg, base_dir).load(indices)
+        _check_finite_inputs(x, indices)
         model = load_model(model_cfg, base_dir)
         if device.type != "cpu":
             model = model.to(device)

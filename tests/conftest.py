@@ -22,36 +22,44 @@ def run_cli(*args, cwd=None, timeout=600, env=None):
                           capture_output=True, text=True, timeout=timeout, env=full_env)
 
 
+SMALLNET = """import torch
+
+
+def build():
+    return torch.nn.Sequential(
+        torch.nn.Conv2d(1, 8, 3, padding=1), torch.nn.ReLU(), torch.nn.MaxPool2d(2),
+        torch.nn.Conv2d(8, 16, 3, padding=1), torch.nn.ReLU(), torch.nn.MaxPool2d(2),
+        torch.nn.Flatten(), torch.nn.Linear(16 * 8 * 8, 3))
+"""
+
+
 @pytest.fixture(scope="session")
 def small_problem(tmp_path_factory):
-    """Digits (16×16) with a planted stamp in class 1, a CNN trained on them, and a config."""
-    from spray.demo import build_model
+    """Digits (32×32) with a planted stamp in 30 % of class 2, a CNN trained on them, a config."""
     from spray.sources import load_digits_arrays
 
     root = tmp_path_factory.mktemp("problem")
-    x, y = load_digits_arrays(16)
+    x, y = load_digits_arrays(32)
     keep = np.flatnonzero(y < 3)
     x, y = x[keep], y[keep]
     rng = np.random.default_rng(1)
-    poisoned = np.sort(rng.choice(np.flatnonzero(y == 1), size=40, replace=False))
-    x[poisoned, :, 0:4, 0:4] = 1.0
+    members = np.flatnonzero(y == 2)
+    poisoned = np.sort(rng.choice(members, size=int(0.3 * len(members)), replace=False))
+    x[poisoned, :, 1:6, 1:6] = 1.0
+    (root / "smallnet.py").write_text(SMALLNET)
+    namespace: dict = {}
+    exec(SMALLNET, namespace)  # the same factory the config names
     torch.manual_seed(0)
-    model = torch.nn.Sequential(
-        torch.nn.Conv2d(1, 8, 3, padding=1), torch.nn.ReLU(), torch.nn.MaxPool2d(2),
-        torch.nn.Conv2d(8, 16, 3, padding=1), torch.nn.ReLU(), torch.nn.MaxPool2d(2),
-        torch.nn.Flatten(), torch.nn.Linear(16 * 4 * 4, 3))
+    model = namespace["build"]()
     opt = torch.optim.Adam(model.parameters(), lr=3e-3)
     xt, yt = torch.as_tensor(x), torch.as_tensor(y)
-    for _ in range(30):
-        opt.zero_grad()
-        torch.nn.functional.cross_entropy(model(xt), yt).backward()
-        opt.step()
-    torch.save(model.state_dict(), root / "weights.pt")
-    (root / "smallnet.py").write_text(
-        "import torch\n\n\ndef build():\n    return torch.nn.Sequential(\n"
-        "        torch.nn.Conv2d(1, 8, 3, padding=1), torch.nn.ReLU(), torch.nn.MaxPool2d(2),\n"
-        "        torch.nn.Conv2d(8, 16, 3, padding=1), torch.nn.ReLU(), torch.nn.MaxPool2d(2),\n"
-        "        torch.nn.Flatten(), torch.nn.Linear(16 * 4 * 4, 3))\n")
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(15):
+        for batch in torch.randperm(len(xt), generator=gen).split(64):
+            opt.zero_grad()
+            torch.nn.functional.cross_entropy(model(xt[batch]), yt[batch]).backward()
+            opt.step()
+    torch.save(model.eval().state_dict(), root / "weights.pt")
     np.savez(root / "data.npz", x=x, y=y)
     config = {
         "data": {"source": "npz", "path": "data.npz"},

@@ -34,7 +34,7 @@ def test_store_layout_and_summary(small_problem, small_run):
     for c in range(3):
         cg = group["classes"][str(c)]
         n = int((y == c).sum())
-        assert cg["relevance"].shape == (n, 16, 16)
+        assert cg["relevance"].shape == (n, 32, 32)
         assert np.array_equal(cg["index"][:], np.flatnonzero(y == c))
         assert cg["eigenvalues"].shape[0] >= 2
         assert np.all(np.diff(cg["eigenvalues"][:]) >= -1e-9)
@@ -69,8 +69,8 @@ def test_relevance_in_store_matches_lrp(small_problem, small_run):
 def test_planted_stamp_is_flagged(small_problem, small_run):
     out, _ = small_run
     summary = json.loads((out / "report" / "summary.json").read_text())
-    assert summary["flagged"] == [1], [(e["name"], e["score"]) for e in summary["classes"]]
-    entry = summary["classes"][1]
+    assert summary["flagged"] == [2], [(e["name"], e["score"]) for e in summary["classes"]]
+    entry = summary["classes"][2]
     suspect = next(cl for cl in entry["clusters"] if cl["suspect"])
     members = set(suspect["members"])
     truth = set(int(i) for i in small_problem["poisoned"])
