@@ -461,18 +461,53 @@ class DatasetSource(Source):
 
 # -- opening a source from its config -------------------------------------------------------------
 
+def _npz_memmap(path: str, key: str):
+    """Memory-map member ``key`` of an uncompressed ``.npz`` (``np.savez``); None if it is
+    compressed (``np.savez_compressed``) or not a plain array, so it must be read whole."""
+    import zipfile
+
+    with zipfile.ZipFile(path) as zf:
+        info = zf.getinfo(key + ".npy")
+        if info.compress_type != zipfile.ZIP_STORED:
+            return None
+    with open(path, "rb") as fh:
+        fh.seek(info.header_offset)
+        local = fh.read(30)
+        if local[:4] != b"PK\x03\x04":
+            return None
+        name_len = int.from_bytes(local[26:28], "little")
+        extra_len = int.from_bytes(local[28:30], "little")
+        fh.seek(info.header_offset + 30 + name_len + extra_len)
+        version = np.lib.format.read_magic(fh)
+        if version == (1, 0):
+            shape, fortran, dtype = np.lib.format.read_array_header_1_0(fh)
+        else:
+            shape, fortran, dtype = np.lib.format.read_array_header_2_0(fh)
+        if dtype.hasobject or fortran:
+            return None
+        return np.memmap(path, dtype=dtype, mode="r", offset=fh.tell(), shape=shape)
+
+
 def _open_npz(cfg: dict) -> ArraySource:
+    """An ``.npz`` file; samples of an uncompressed one are memory-mapped, not loaded, so a
+    worker's memory does not grow with the dataset (a compressed one is read whole)."""
     path = cfg["path"]
     try:
-        archive = np.load(path, mmap_mode="r", allow_pickle=False)
+        archive = np.load(path, allow_pickle=False)
     except Exception as err:  # noqa: BLE001 - any unreadable file is a user error
         raise DataError(f"{path}: cannot read as .npz: {err}") from None
-    for key in (cfg.get("x_key", "x"), cfg.get("y_key", "y")):
+    x_key, y_key = cfg.get("x_key", "x"), cfg.get("y_key", "y")
+    for key in (x_key, y_key):
         if key not in archive.files:
             raise ConfigError(f"{path}: array '{key}' not found (has {archive.files}); "
                               f"set data.x_key / data.y_key")
-    return ArraySource(archive[cfg.get("x_key", "x")], archive[cfg.get("y_key", "y")],
-                       name=path, **_norm(cfg))
+    try:
+        x = _npz_memmap(path, x_key)
+    except Exception:  # noqa: BLE001 - an unusual zip layout: read it the ordinary way
+        x = None
+    if x is None:
+        x = archive[x_key]
+    return ArraySource(x, archive[y_key], name=path, **_norm(cfg))
 
 
 def _open_hdf5(cfg: dict) -> ArraySource:

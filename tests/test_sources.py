@@ -190,3 +190,16 @@ def test_data_config_validation(tmp_path):
         validate_config({**base, "data": {"source": "imagefolder", "path": "file.txt"}}, tmp_path)
     cfg = validate_config({**base, "data": {"source": "hdf5", "path": "file.txt"}}, tmp_path)
     assert cfg.data.path == str(tmp_path / "file.txt")  # resolved against the config folder
+
+
+def test_uncompressed_npz_is_memory_mapped(tmp_path):
+    rng = np.random.default_rng(3)
+    x, y = rng.random((40, 1, 6, 6)).astype(np.float32), np.arange(40) % 4
+    np.savez(tmp_path / "plain.npz", x=x, y=y)
+    np.savez_compressed(tmp_path / "packed.npz", x=x, y=y)
+    plain = open_source({"source": "npz", "path": str(tmp_path / "plain.npz")})
+    packed = open_source({"source": "npz", "path": str(tmp_path / "packed.npz")})
+    assert isinstance(plain.x, np.memmap)  # workers do not hold the whole dataset
+    for src in (plain, packed):
+        np.testing.assert_array_equal(src.load([7, 0, 39]), x[[7, 0, 39]])
+    assert plain.fingerprint() == packed.fingerprint()
