@@ -1,0 +1,142 @@
+"""The Clever-Hans score on synthetic classes: artefact vs. natural sub-group, thresholds, evidence."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+
+from spray.analysis import analyze
+from spray.errors import ConfigError
+from spray.flags import clever_hans_score, conductance, size_penalty, flag_params
+from spray.pipeline import load_pipeline
+
+GRID = 10
+
+
+def _pipe(**flags):
+    return load_pipeline("spray-default", overrides={
+        "preprocess": {"pool": [GRID, GRID]}, "embedding": {"method": "none"},
+        "flags": flags or None})
+
+
+def _inputs(rng, n):
+    """Blurry random 'objects': smooth positive images, one population."""
+    centres = rng.uniform(3, 7, size=(n, 2))
+    yy, xx = np.mgrid[0:GRID, 0:GRID]
+    img = np.exp(-((yy[None] - centres[:, :1, None]) ** 2 + (xx[None] - centres[:, 1:, None]) ** 2)
+                 / (2 * 2.0 ** 2))
+    img += 0.05 * rng.random((n, GRID, GRID))
+    return img
+
+
+def _normalize(x):
+    flat = x.reshape(len(x), -1)
+    return flat / np.abs(flat).sum(axis=1, keepdims=True)
+
+
+@pytest.fixture(scope="module")
+def artefact_class():
+    """20 % of the class: relevance dominated by one corner cell the inputs barely show."""
+    rng = np.random.default_rng(0)
+    n = 300
+    x = _inputs(rng, n)
+    planted = np.zeros(n, dtype=bool)
+    planted[rng.choice(n, size=60, replace=False)] = True
+    x[planted, 0, 0] += 0.3                       # faint in the inputs
+    rel = x * (1 + 0.3 * rng.standard_normal(x.shape))
+    rel[planted] *= 0.3
+    rel[planted, 0, 0] = 6.0 + rng.random(planted.sum())   # dominant in the relevance
+    return _normalize(rel), _normalize(x), planted
+
+
+@pytest.fixture(scope="module")
+def natural_class():
+    """30 % of the class has an extra 'handle' in the inputs and the relevance follows it."""
+    rng = np.random.default_rng(1)
+    n = 300
+    x = _inputs(rng, n)
+    group = np.zeros(n, dtype=bool)
+    group[rng.choice(n, size=90, replace=False)] = True
+    x[group, 0:3, 3:7] += 1.5
+    rel = x * (1 + 0.3 * rng.standard_normal(x.shape))
+    return _normalize(rel), _normalize(x), group
+
+
+def _score(features, inputs, pipe):
+    result = analyze(features, pipeline=pipe, embed=False)
+    return result, clever_hans_score(result, inputs, pipe, features=features)
+
+
+def test_artefact_is_flagged_with_evidence(artefact_class):
+    feats, inputs, planted = artefact_class
+    result, v = _score(feats, inputs, _pipe())
+    assert v["flagged"] and v["score"] >= v["threshold"] == 2.0
+    for key in ("rule", "score", "threshold", "flagged", "suspect_cluster", "candidate_cluster",
+                "clusters", "params"):
+        assert key in v
+    members = result.labels == v["suspect_cluster"]
+    assert (members & planted).sum() / members.sum() >= 0.9
+    assert (members & planted).sum() / planted.sum() >= 0.9
+    cl = next(c for c in v["clusters"] if c["id"] == v["suspect_cluster"])
+    assert cl["conductance_relevance"] < cl["conductance_input"]
+    assert cl["contrast_stable"] <= cl["contrast"]
+    assert cl["score"] == pytest.approx(cl["contrast_stable"] - cl["size_penalty"])
+    assert cl["peak"] == [0, 0] and cl["concentration"] > 0.5
+    assert sum(c["size"] for c in v["clusters"]) == len(feats)
+
+
+def test_natural_subgroup_is_not_flagged(natural_class):
+    feats, inputs, group = natural_class
+    result, v = _score(feats, inputs, _pipe())
+    assert not v["flagged"] and v["suspect_cluster"] is None
+    assert v["score"] < 1.0
+    # the sub-group is found, it is just not a Clever-Hans candidate
+    assert result.n_clusters >= 2
+
+
+def test_thresholds_come_from_the_preset(artefact_class):
+    feats, inputs, _ = artefact_class
+    _, v = _score(feats, inputs, _pipe(threshold=50.0))
+    assert not v["flagged"] and v["candidate_cluster"] is not None
+    assert v["params"]["threshold"] == 50.0
+    _, v = _score(feats, inputs, _pipe(max_cluster_fraction=0.1))
+    assert not v["flagged"] and all("score" not in c for c in v["clusters"])
+    _, v = _score(feats, inputs, _pipe(min_concentration=0.99))
+    assert not v["flagged"] and any("excluded" in c for c in v["clusters"])
+    _, v = _score(feats, inputs, _pipe(bootstrap=0))
+    assert all(c["contrast_stable"] == c["contrast"] for c in v["clusters"] if "contrast" in c)
+
+
+def test_without_features_the_plain_contrast_is_used(artefact_class):
+    feats, inputs, _ = artefact_class
+    pipe = _pipe()
+    result = analyze(feats, pipeline=pipe, embed=False)
+    v = clever_hans_score(result, inputs, pipe)
+    cand = [c for c in v["clusters"] if "contrast" in c]
+    assert cand and all(c["contrast_stable"] == c["contrast"] and "concentration" not in c
+                        for c in cand)
+    assert v["flagged"]
+
+
+def test_unknown_rule_is_a_config_error(artefact_class):
+    feats, inputs, _ = artefact_class
+    pipe = _pipe(score="largest-gap")
+    result = analyze(feats, pipeline=pipe, embed=False)
+    with pytest.raises(ConfigError, match="flags.score"):
+        clever_hans_score(result, inputs, pipe, features=feats)
+
+
+def test_conductance_and_size_prior():
+    # two triangles joined by one edge: cut 1, volumes 7 and 7
+    edges = [(0, 1), (1, 2), (0, 2), (3, 4), (4, 5), (3, 5), (2, 3)]
+    W = sp.lil_matrix((6, 6))
+    for i, j in edges:
+        W[i, j] = W[j, i] = 1.0
+    W = W.tocsr()
+    assert conductance(W, np.array([0, 1, 2])) == pytest.approx(1 / 7)
+    assert conductance(W, np.arange(6)) == 0.0
+    params = flag_params({"flags": {"size_prior_knee": 0.3, "size_prior_weight": 2.0}})
+    assert size_penalty(0.2, params) == 0.0
+    assert size_penalty(0.4, params) == pytest.approx(1.0)
+    assert size_penalty(0.5, params) == pytest.approx(2.0)
