@@ -200,21 +200,17 @@ class AttributionFile:
         return raw
 
     def _read_prediction(self, arrays: dict, n: int):
+        """The predictions, read lazily by rows ((N, K) can be large)."""
         key = _first(arrays, PREDICTION_KEYS)
         if key is None:
             return None
-        raw = _Rows(arrays[key], f"{self.path}:{key}").all()
+        rows = _Rows(arrays[key], f"{self.path}:{key}")
         where = f"{self.path}:{key}"
-        if len(raw) != n or raw.ndim not in (1, 2):
+        if len(rows) != n or len(rows.shape) not in (1, 2) or \
+                not np.issubdtype(rows.dtype, np.number):
             raise DataError(f"{where}: predictions must have shape ({n}, K) (model outputs) or "
-                            f"({n},) (predicted classes), got {raw.shape}")
-        if raw.ndim == 1 and not np.issubdtype(raw.dtype, np.integer):
-            if np.all(np.mod(raw, 1) == 0):
-                raw = raw.astype(np.int64)
-            else:
-                raise DataError(f"{where}: 1-D predictions must be class indices, got "
-                                f"dtype {raw.dtype}")
-        return raw
+                            f"({n},) (predicted classes), got {rows.shape} {rows.dtype}")
+        return rows
 
     def _read_index(self, arrays: dict, n: int) -> np.ndarray:
         key = _first(arrays, INDEX_KEYS)
@@ -249,7 +245,7 @@ class AttributionFile:
 
     def n_outputs(self) -> int | None:
         """K when the file holds model outputs ``(N, K)``, else None."""
-        if self._prediction is not None and self._prediction.ndim == 2:
+        if self._prediction is not None and len(self._prediction.shape) == 2:
             return int(self._prediction.shape[1])
         return None
 
@@ -264,9 +260,12 @@ class AttributionFile:
         if self._prediction is None:
             return (np.full((len(rows), n_outputs), np.nan, dtype=np.float32),
                     np.full(len(rows), -1, dtype=np.int64))
-        pred = self._prediction[rows]
+        pred = self._prediction.take(rows)
         if pred.ndim == 2:
             return pred.astype(np.float32), pred.argmax(axis=1).astype(np.int64)
+        if not np.issubdtype(pred.dtype, np.integer) and np.any(np.mod(pred, 1) != 0):
+            raise DataError(f"{self._prediction.name}: 1-D predictions must be class indices, "
+                            f"got values like {float(pred[np.mod(pred, 1) != 0][0])}")
         classes = pred.astype(np.int64)
         logits = np.zeros((len(rows), n_outputs), dtype=np.float32)  # one-hot of the class
         ok = (classes >= 0) & (classes < n_outputs)
@@ -313,16 +312,14 @@ def row_labels(attr: AttributionFile, dataset_labels: np.ndarray) -> np.ndarray:
     return np.asarray(dataset_labels)[attr.index()]
 
 
-@lru_cache(maxsize=8)
-def _class_rows_cached(path: str, c: int, labels_key: bytes) -> np.ndarray:
-    labels = np.frombuffer(labels_key, dtype=np.int64)
-    return np.flatnonzero(labels == c)
-
-
-def class_rows(attr: AttributionFile, c: int, dataset_labels: np.ndarray) -> np.ndarray:
-    """File rows of class ``c`` (ascending), the order the store rows follow."""
-    labels = np.ascontiguousarray(row_labels(attr, dataset_labels), dtype=np.int64)
-    return _class_rows_cached(attr.path, int(c), labels.tobytes())
+def class_rows(attr: AttributionFile, c: int, dataset_labels: np.ndarray | None) -> np.ndarray:
+    """File rows of class ``c`` (ascending), the order the store rows follow (cached per file)."""
+    if not attr.has_labels():  # classes from the dataset: nothing file-bound to cache
+        return np.flatnonzero(row_labels(attr, dataset_labels) == int(c))
+    cache = attr.__dict__.setdefault("_class_rows", {})
+    if int(c) not in cache:
+        cache[int(c)] = np.flatnonzero(row_labels(attr, dataset_labels) == int(c))
+    return cache[int(c)]
 
 
 def plan_run(cfg, source, warn=sys.stderr) -> PrecomputedPlan:

@@ -204,10 +204,15 @@ def test_group_form_and_one_hot_labels(zennit_h5, tmp_path):
         for i in range(n):
             g[f"s{i:03d}"] = arrays["attribution"][i]
         fh["label"] = np.eye(3, dtype=bool)[arrays["label"][:n]]
+        fh["prediction"] = arrays["prediction"][:n].argmax(1).astype(np.uint16)  # class indices
     f = AttributionFile(str(path))
     assert f.n_rows == n and f.sample_shape == arrays["attribution"].shape[1:]
     np.testing.assert_array_equal(f.labels(), arrays["label"][:n])
     np.testing.assert_array_equal(f.maps(np.array([2, 5])), arrays["attribution"][[2, 5]])
+    assert f.n_outputs() is None
+    logits, prediction = f.logits(np.arange(n), 3)
+    np.testing.assert_array_equal(prediction, arrays["prediction"][:n].argmax(1))
+    np.testing.assert_array_equal(logits, np.eye(3, dtype=np.float32)[prediction])
     f.close()
 
 
