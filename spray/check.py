@@ -85,7 +85,8 @@ def _reason(entry: dict) -> str:
                   f"{cl.get('conductance_input', float('nan')):.3g}")
     if cl.get("concentration") is not None:
         ev.append(f"{100 * cl['concentration']:.0f} % of its relevance difference in "
-                  f"{100 * float(entry.get('concentration_area', 0.1)):.0f} % of the area")
+                  f"{100 * float((entry.get('flag_params') or {}).get('concentration_area', 0.1)):.0f}"
+                  f" % of the area")
     if cl.get("null_p") is not None:
         ev.append(f"null p = {cl['null_p']:.3g}")
     if ev:
