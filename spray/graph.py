@@ -169,16 +169,20 @@ def dashboard_text(client) -> str:
     return f"Dask dashboard: {client.dashboard_link}"
 
 
+def workers_info(client) -> dict:
+    """All workers the scheduler knows (newer ``distributed`` lists only a few by default)."""
+    try:
+        return client.scheduler_info(n_workers=-1)["workers"]
+    except TypeError:  # older distributed: no n_workers argument, lists all
+        return client.scheduler_info()["workers"]
+
+
 def runtime_settings(client, cluster_cfg: dict) -> dict:
     """What each task needs to know about its worker: torch threads, device, host threads."""
     from urllib.parse import urlsplit
 
     host_threads: dict[str, int] = {}
-    try:
-        workers = client.scheduler_info(n_workers=-1)["workers"]
-    except TypeError:  # older distributed
-        workers = client.scheduler_info()["workers"]
-    for addr, info in workers.items():
+    for addr, info in workers_info(client).items():
         host = urlsplit(addr).hostname
         host_threads[host] = host_threads.get(host, 0) + int(info.get("nthreads", 1))
     return {"torch_threads": cluster_cfg["torch_threads"], "device": cluster_cfg["device"],
@@ -385,7 +389,7 @@ def run(cfg: RunConfig, base_dir: Path, output: str | None = None, scheduler: st
         chunks_todo = sum(len(v) for v in plan.values())
         t_graph = time.perf_counter()
         with dask_client(cfg.cluster.model_dump(), scheduler) as client:
-            n_workers = len(client.scheduler_info().get("workers", {}))
+            n_workers = len(workers_info(client))
             if not quiet:
                 print(f"spray: {len(plan)} classes, {chunks_todo}/{chunks_total} LRP chunks to "
                       f"compute on {n_workers} Dask worker(s); {dashboard_text(client)}",
