@@ -97,34 +97,28 @@ def test_natural_subgroup_is_not_flagged(natural_class):
 
 def test_thresholds_come_from_the_preset(artefact_class):
     feats, inputs, _ = artefact_class
-    _, v = _score(feats, inputs, _pipe(threshold=50.0))
+    result = analyze(feats, pipeline=_pipe(), embed=False)
+
+    def score(**flags):
+        return clever_hans_score(result, inputs, _pipe(**flags), features=feats)
+
+    v = score(threshold=50.0)
     assert not v["flagged"] and v["candidate_cluster"] is not None
     assert v["params"]["threshold"] == 50.0
-    _, v = _score(feats, inputs, _pipe(max_cluster_fraction=0.1))
+    v = score(max_cluster_fraction=0.1)
     assert not v["flagged"] and all("score" not in c for c in v["clusters"])
-    _, v = _score(feats, inputs, _pipe(min_concentration=0.99))
+    v = score(min_concentration=0.99)
     assert not v["flagged"] and any("excluded" in c for c in v["clusters"])
-    _, v = _score(feats, inputs, _pipe(bootstrap=0))
+    v = score(bootstrap=0)
     assert all(c["contrast_stable"] == c["contrast"] for c in v["clusters"] if "contrast" in c)
-
-
-def test_without_features_the_plain_contrast_is_used(artefact_class):
-    feats, inputs, _ = artefact_class
-    pipe = _pipe()
-    result = analyze(feats, pipeline=pipe, embed=False)
-    v = clever_hans_score(result, inputs, pipe)
+    # without the relevance features: plain contrast, no concentration
+    v = clever_hans_score(result, inputs, _pipe())
     cand = [c for c in v["clusters"] if "contrast" in c]
     assert cand and all(c["contrast_stable"] == c["contrast"] and "concentration" not in c
                         for c in cand)
     assert v["flagged"]
-
-
-def test_unknown_rule_is_a_config_error(artefact_class):
-    feats, inputs, _ = artefact_class
-    pipe = _pipe(score="largest-gap")
-    result = analyze(feats, pipeline=pipe, embed=False)
     with pytest.raises(ConfigError, match="flags.score"):
-        clever_hans_score(result, inputs, pipe, features=feats)
+        clever_hans_score(result, inputs, _pipe(score="largest-gap"), features=feats)
 
 
 def test_conductance_and_size_prior():

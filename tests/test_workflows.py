@@ -101,6 +101,7 @@ def _run_steps(commands, env, cwd):
     return results
 
 
+@pytest.mark.slow
 def test_github_workflow_commands_run_on_the_demo(demo_config, tmp_path):
     root, config = demo_config
     env, steps = _github()
@@ -126,6 +127,7 @@ def test_github_workflow_commands_run_on_the_demo(demo_config, tmp_path):
         assert f"{len(flagged)} accepted" in again.stdout
 
 
+@pytest.mark.slow
 def test_gitlab_job_commands_run_on_the_demo(demo_config, tmp_path):
     root, config = demo_config
     variables, before, script = _gitlab()

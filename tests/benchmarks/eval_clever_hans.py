@@ -91,6 +91,15 @@ def plant(x: np.ndarray, kind: str) -> np.ndarray:
     return out
 
 
+def artefact_mask(kind: str, H: int, W: int) -> np.ndarray:
+    """Pixels an artefact of ``kind`` occupies (its bounding box) in an ``H × W`` image."""
+    probe = plant(np.zeros((1, 1, H, W), dtype=np.float32), kind)[0, 0] != 0
+    rows, cols = np.flatnonzero(probe.any(axis=1)), np.flatnonzero(probe.any(axis=0))
+    mask = np.zeros((H, W), dtype=bool)
+    mask[rows.min():rows.max() + 1, cols.min():cols.max() + 1] = True
+    return mask
+
+
 def load_fashion(train_per_class: int, test_per_class: int, rng):
     from spray.sources import _read_idx
 
@@ -209,6 +218,12 @@ def score_setting(setting, data, pipe) -> list[dict]:
                "accuracy": float((data["prediction"][sel] == c).mean()),
                "evidence": {k: verdict.get(k) for k in ("contrast", "null", "concentration",
                                                         "size_prior") if k in verdict}}
+        if art is not None and truth.any():
+            # how much the model attends to the artefact: share of |R| on it, poisoned maps
+            mask = artefact_mask(art, *maps.shape[-2:])
+            a = np.abs(maps[truth])
+            row["artefact_share"] = float(np.mean(a[:, mask].sum(1) / np.maximum(
+                a.reshape(len(a), -1).sum(1), 1e-12)))
         cand = verdict.get("suspect_cluster")
         if cand is None:
             cand = verdict.get("candidate_cluster")
@@ -235,9 +250,9 @@ def _fmt_range(values, digits=2):
 
 
 def table(rows: list[dict]) -> str:
-    out = ["| dataset | planted class | artefact | p | acc | score (thr.) | rank | flagged | "
-           "suspect precision / recall | other classes flagged |",
-           "|---|---|---|---|---|---|---|---|---|---|"]
+    out = ["| dataset | planted class | artefact | p | acc | artefact share of abs(R) | score | rank | "
+           "flagged | suspect precision / recall | other classes flagged |",
+           "|---|---|---|---|---|---|---|---|---|---|---|"]
     by_setting: dict[str, list[dict]] = {}
     for r in rows:
         by_setting.setdefault(r["setting"], []).append(r)
@@ -248,7 +263,7 @@ def table(rows: list[dict]) -> str:
         if r0["artefact"] is None:
             flagged = [names[r["class"]] for r in rs if r["flagged"]]
             top = max(rs, key=lambda r: r["score"])
-            out.append(f"| {r0['dataset']} | clean (seed {r0['seed']}) | — | — | {acc:.2f} | "
+            out.append(f"| {r0['dataset']} | clean (seed {r0['seed']}) | — | — | {acc:.2f} | — | "
                        f"max {top['score']:.2f} ({names[top['class']]}) | — | — | — | "
                        f"{', '.join(flagged) or 'none'} |")
             continue
@@ -256,7 +271,8 @@ def table(rows: list[dict]) -> str:
         others = [names[r["class"]] for r in rs if r["flagged"] and not r["planted"]]
         pr = (f"{pl['precision']:.2f} / {pl['recall']:.2f}" if "precision" in pl else "—")
         out.append(f"| {r0['dataset']} | {names[pl['class']]} | {r0['artefact']} | "
-                   f"{r0['fraction']:.2f} | {acc:.2f} | {pl['score']:.2f} | {pl['rank']} | "
+                   f"{r0['fraction']:.2f} | {acc:.2f} | {pl.get('artefact_share', 0):.2f} | "
+                   f"{pl['score']:.2f} | {pl['rank']} | "
                    f"{'yes' if pl['flagged'] else 'no'} | {pr} | {', '.join(others) or 'none'} |")
     return "\n".join(out)
 
