@@ -388,6 +388,31 @@ class Branchy(nn.Module):
         return -self.fc(x)
 
 
+class ShapeArithmetic(nn.Module):
+    """Older-style forward: ``view`` with sizes multiplied in Python."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(2, 3, 3, padding=1, bias=False)
+        self.fc = nn.Linear(3 * 4 * 4, 2, bias=False)
+
+    def forward(self, x):
+        x = torch.relu(self.conv(x))
+        return self.fc(x.view(-1, x.size(1) * x.size(2) * x.size(3)))
+
+
+def test_shape_arithmetic_in_forward_is_allowed():
+    torch.manual_seed(0)
+    model = ShapeArithmetic().eval()
+    x = torch.randn(3, 2, 4, 4, dtype=torch.float64)
+    model.double()
+    composite = Composite(layer_map=[(AFFINE, Epsilon(1e-300))], stabilizer=1e-300)
+    relevance = lrp.attribute(model, x, 1, composite)
+    xg = x.clone().requires_grad_(True)
+    (grad,) = torch.autograd.grad(model(xg)[:, 1].sum(), xg)
+    assert torch.allclose(relevance, grad * x, rtol=1e-9, atol=1e-12)
+
+
 def test_unsupported_operations_and_untraceable_models():
     with pytest.raises(ModelError, match="operation 'mul'"):
         lrp.attribute(Gated().eval(), torch.randn(2, 4), 0)

@@ -160,7 +160,25 @@ class _SumNode(nn.Module):
         self.stabilizer = stabilizer
 
     def forward(self, a, b):
-        return _SumFunction.apply(a, b, self.stabilizer)
+        if isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor):
+            return _SumFunction.apply(a, b, self.stabilizer)
+        return a + b  # shape arithmetic or a constant offset
+
+
+class _GuardNode(nn.Module):
+    """An operation without an LRP rule: computed when it works on shapes and numbers (e.g.
+    ``x.size(1) * x.size(2)``), refused when it combines tensors."""
+
+    def __init__(self, fn, description: str, scale_ok: bool):
+        super().__init__()
+        self.fn, self.description, self.scale_ok = fn, description, scale_ok
+
+    def forward(self, *args, **kwargs):
+        values = list(args) + list(kwargs.values())
+        tensors = sum(isinstance(v, torch.Tensor) for v in values)
+        if tensors and not (self.scale_ok and tensors == 1):
+            raise ModelError(self.description)
+        return self.fn(*args, **kwargs)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -197,7 +215,8 @@ class Program:
                 name = f"_lrp_{index}"
                 gm.add_submodule(name, replacement)
                 node.op, node.target = "call_module", name
-                node.kwargs = {}
+                if not isinstance(replacement, _GuardNode):
+                    node.kwargs = {}
         for bn_node, affine_node in folds.items():
             bn_node.replace_all_uses_with(affine_node)
             gm.graph.erase_node(bn_node)
@@ -271,13 +290,20 @@ class Program:
             return self._unary(node, lambda fn: _NormNode(fn, stabilizer), is_method)
         if (target in canon.GRADIENT_METHODS) if is_method else (target in canon.GRADIENT_FUNCTIONS):
             return None
-        if ((target in canon.SCALE_METHODS) if is_method else (target in canon.SCALE_FUNCTIONS)) \
-                and len(args) <= 1:
-            return None
-        raise ModelError(
-            f"spray.lrp does not support the operation '{name}' in the model's forward "
-            f"(graph node '{node.name}'); supported are dense/convolution layers, pooling, "
-            "BatchNorm, activations, residual additions, flatten/view/reshape and concatenation.")
+        scale = (target in canon.SCALE_METHODS) if is_method else (target in canon.SCALE_FUNCTIONS)
+        if scale and len(args) <= 1:
+            return None  # tensor times a constant number: plain gradient
+        description = (
+            f"spray.lrp does not support the operation '{name}' on tensors in the model's "
+            f"forward (graph node '{node.name}'); supported are dense/convolution layers, "
+            "pooling, BatchNorm, activations, residual additions, flatten/view/reshape, "
+            "concatenation and scaling by constants.")
+        if is_method:
+            def fn(obj, *rest, **kwargs):
+                return getattr(obj, target)(*rest, **kwargs)
+        else:
+            fn = target
+        return _GuardNode(fn, description, scale)
 
     @staticmethod
     def _unary(node, make, is_method):

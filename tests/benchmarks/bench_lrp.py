@@ -203,20 +203,22 @@ def main(argv=None):
     if args.threads:
         torch.set_num_threads(args.threads)
     zennit = have_zennit()
+    print(f"Machine: {machine()}; date: {datetime.date.today().isoformat()}; "
+          f"batches: CNN {args.cnn_batch}, VGG {args.vgg_batch}; best of {args.repeats} rounds "
+          f"(VGG: {max(1, args.repeats - 1)})", flush=True)
     torch.manual_seed(0)
     rows = benchmark("CNN 28×28", small_cnn().eval(), (1, 28, 28), args.cnn_batch,
                      args.repeats, zennit)
     batch_of = {"CNN 28×28": args.cnn_batch}
+    print(table(rows, batch_of), flush=True)
     if not args.quick:
         torch.manual_seed(0)
         vgg = randomise_batchnorm(vgg16_bn())
         rows += benchmark("VGG-16-BN 224×224", vgg, (3, 224, 224), args.vgg_batch,
                           max(1, args.repeats - 1), zennit)
         batch_of["VGG-16-BN 224×224"] = args.vgg_batch
-    print(f"Machine: {machine()}; date: {datetime.date.today().isoformat()}; "
-          f"batches: CNN {args.cnn_batch}, VGG {args.vgg_batch}; best of {args.repeats} rounds")
-    print()
-    print(table(rows, batch_of))
+        print(flush=True)
+        print(table(rows, batch_of), flush=True)
 
 
 if __name__ == "__main__":
