@@ -147,7 +147,7 @@ def analyze(features, pipeline="spray-default", embed: bool = True, **overrides)
         from spray.embedding import embed as tsne_embed, spectral_init
 
         t = time.perf_counter()
-        init = spectral_init(vec, W) if emb["init"] == "spectral" else None
+        init = spectral_init(vec, W, lam, seed=emb["seed"]) if emb["init"] == "spectral" else None
         Z = tsne_embed(W, X, emb, init=init)
         timings["embedding"] = time.perf_counter() - t
 

@@ -83,17 +83,34 @@ def graph_affinities(W, features=None, perplexity: float = 7.0) -> sp.csr_matrix
     return P
 
 
-def spectral_init(eigenvectors: np.ndarray, W) -> np.ndarray:
-    """Laplacian-eigenmap coordinates ``D^-1/2 u_2, D^-1/2 u_3`` (first non-trivial pair)."""
+def spectral_init(eigenvectors: np.ndarray, W, eigenvalues=None, seed: int = 0) -> np.ndarray:
+    """Laplacian-eigenmap start layout ``(n, 2)`` from the eigenvectors of ``L_sym``.
+
+    Connected graph: ``D^-1/2 u_2, D^-1/2 u_3``. With c ≥ 2 components (c zero eigenvalues),
+    the component indicators and the first non-trivial eigenvectors are projected onto their
+    two principal axes, so that components start apart and each keeps its internal layout.
+    A small seeded jitter (1 % of the spread) keeps samples with identical coordinates apart.
+    """
+    from spray.spectral import ZERO_TOL
+
     V = np.asarray(eigenvectors, dtype=np.float64)
+    n, m = V.shape
     d = np.asarray(sp.csr_matrix(W).sum(axis=1)).ravel()
     d = np.where(d > 0, d, 1.0)
-    cols = [c for c in (1, 2) if c < V.shape[1]]
-    Y = V[:, cols] / np.sqrt(d)[:, None] if cols else np.zeros((V.shape[0], 0))
+    c = int(np.sum(np.asarray(eigenvalues) <= ZERO_TOL)) if eigenvalues is not None else 1
+    cols = list(range(1, min(m, max(3, c + 2))))
+    rng = np.random.default_rng(seed)
+    if not cols:
+        return rng.standard_normal((n, 2))
+    Y = V[:, cols] / np.sqrt(d)[:, None]
+    Y = Y - Y.mean(axis=0)
+    if Y.shape[1] > 2:
+        _, _, vt = np.linalg.svd(Y, full_matrices=False)
+        Y = Y @ vt[:2].T
     if Y.shape[1] < 2:
-        rng = np.random.default_rng(0)
-        Y = np.hstack([Y, rng.standard_normal((V.shape[0], 2 - Y.shape[1])) * 1e-4])
-    return Y
+        Y = np.hstack([Y, np.zeros((n, 2 - Y.shape[1]))])
+    spread = float(np.std(Y)) or 1.0
+    return Y + 0.01 * spread * rng.standard_normal(Y.shape)
 
 
 def _rescale(Y: np.ndarray, target_std: float = 1e-4) -> np.ndarray:
@@ -111,8 +128,8 @@ def _initial_layout(W, features, params, init):
     if how == "spectral":
         from spray.spectral import smallest_eigenpairs
 
-        _, vec = smallest_eigenpairs(W, 3, seed=seed)
-        return _rescale(spectral_init(vec, W))
+        lam, vec = smallest_eigenpairs(W, 12, seed=seed)
+        return _rescale(spectral_init(vec, W, lam, seed=seed))
     if how == "pca" and features is not None:
         from openTSNE.initialization import pca
 
@@ -153,8 +170,8 @@ def embed(W, features, params: dict, init=None) -> np.ndarray:
     tsne = TSNE(
         n_components=2,
         early_exaggeration=float(params.get("early_exaggeration", 6.0)),
-        early_exaggeration_iter=int(params.get("early_exaggeration_iter", 125)),
-        n_iter=int(params.get("n_iter", 375)),
+        early_exaggeration_iter=int(params.get("early_exaggeration_iter", 100)),
+        n_iter=int(params.get("n_iter", 250)),
         exaggeration=params.get("exaggeration"),
         learning_rate=params.get("learning_rate", "auto"),
         n_jobs=int(params.get("n_jobs", -1)),

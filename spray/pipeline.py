@@ -154,8 +154,8 @@ class EmbeddingSection(_Section):
     method: Literal["tsne", "none"] = "tsne"
     perplexity: float = Field(default=7.0, gt=0)
     early_exaggeration: float = Field(default=6.0, gt=0)
-    early_exaggeration_iter: int = Field(default=125, ge=0)
-    n_iter: int = Field(default=375, ge=0)
+    early_exaggeration_iter: int = Field(default=100, ge=0)
+    n_iter: int = Field(default=250, ge=0)
     exaggeration: Optional[float] = Field(default=None, gt=0)
     init: Literal["spectral", "pca", "random"] = "spectral"
     affinity: Literal["graph", "features"] = "graph"

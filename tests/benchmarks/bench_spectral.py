@@ -1,0 +1,364 @@
+"""Benchmark of the spectral analysis stage: spray against CoRelAy on the same features.
+
+    # spray vs CoRelAy, full analysis (features -> eigenvalues, labels, t-SNE), d = 400
+    python tests/benchmarks/bench_spectral.py compare --sizes 1000 5000 10000 20000
+    # spectral part only (kNN -> eigenvalues, labels) at scale, with the recall of the kNN search
+    python tests/benchmarks/bench_spectral.py scale --sizes 100000 1000000
+
+(with ``PYTHONPATH=.`` from the repository root, or spray installed; CoRelAy comes with the
+``peers`` extra). Every (tool, n) runs in a fresh subprocess so that its peak memory is its own.
+Per stage we record the wall time and the peak resident memory above the stage's start
+(sampled every 5 ms). Results are appended as JSON lines to ``--out`` and printed as Markdown.
+
+Features: a planted mixture — 8 groups in a 16-dimensional latent space, mapped linearly to
+``d = 400`` dimensions plus isotropic noise — so that cluster recovery (adjusted Rand index
+against the planted groups) can be reported next to the timings. Embedding quality is the
+fraction of each sample's 10 exact nearest neighbours (in the 400-d features) found among its
+10 nearest neighbours in the 2-D map, on 1000 random samples.
+
+What is compared (CoRelAy's documented SpRAy pipeline, its own defaults):
+``SciPyPDist`` (dense n×n distances) → ``SparseKNN(n_neighbors=10)`` (argsort of every row) →
+``SymmetricNormalLaplacian`` → ``EigenDecomposition(n_eigval=32)`` (eigsh ``which='LM'``) →
+``KMeans`` on the eigenvectors → ``TSNEEmbedding`` (scikit-learn t-SNE on the features).
+spray runs its ``spray-default`` preset (exact kNN, k = ⌈ln n⌉, eigsh ``'LA'``, k-means on the
+first K row-normalized eigenvectors, openTSNE on the same kNN graph from the spectral layout).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import threading
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+
+
+# ---------------------------------------------------------------------------------------------
+# measurement helpers
+
+
+class PeakRSS:
+    """Samples the resident set size of this process in a background thread."""
+
+    def __init__(self, interval: float = 0.005):
+        import psutil
+
+        self.proc = psutil.Process()
+        self.interval = interval
+        self.peak = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self):
+        while not self._stop.is_set():
+            self.peak = max(self.peak, self.proc.memory_info().rss)
+            time.sleep(self.interval)
+
+    def rss(self) -> int:
+        return self.proc.memory_info().rss
+
+    def start(self):
+        self._thread.start()
+        return self
+
+    def stop(self):
+        self._stop.set()
+        self._thread.join()
+
+
+@contextmanager
+def stage(record: dict, name: str, sampler: PeakRSS):
+    """Time a stage and record its peak memory above the memory at its start (MiB)."""
+    base = sampler.rss()
+    sampler.peak = base
+    t = time.perf_counter()
+    yield
+    record[name] = {"seconds": round(time.perf_counter() - t, 3),
+                    "peak_mib": round(max(sampler.peak, sampler.rss()) / 2 ** 20 - base / 2 ** 20, 1)}
+
+
+def make_features(n: int, d: int = 400, seed: int = 0, latent: int = 16, groups: int = 8):
+    """Planted mixture features ``(n, d)`` float32 and their group labels."""
+    rng = np.random.default_rng(seed)
+    A = rng.standard_normal((latent, d)).astype(np.float32) / np.sqrt(latent)
+    centres = rng.standard_normal((groups, latent)).astype(np.float32) * 1.2
+    sizes = rng.dirichlet(np.full(groups, 3.0))
+    g = rng.choice(groups, size=n, p=sizes)
+    Z = centres[g] + rng.standard_normal((n, latent)).astype(np.float32)
+    X = Z @ A + 0.3 * rng.standard_normal((n, d)).astype(np.float32)
+    return X.astype(np.float32), g
+
+
+def query_sample(n: int, m: int = 1000, seed: int = 1) -> np.ndarray:
+    return np.sort(np.random.default_rng(seed).choice(n, size=min(m, n), replace=False))
+
+
+def exact_neighbours(X: np.ndarray, rows: np.ndarray, k: int) -> np.ndarray:
+    """Exact k nearest neighbours (self excluded) of ``X[rows]`` among all rows of X."""
+    out = []
+    sq = np.einsum("ij,ij->i", X, X)
+    for s in range(0, len(rows), 250):
+        r = rows[s:s + 250]
+        D = sq[r, None] - 2.0 * X[r] @ X.T + sq[None, :]
+        D[np.arange(len(r)), r] = np.inf
+        part = np.argpartition(D, k, axis=1)[:, :k]
+        order = np.argsort(np.take_along_axis(D, part, axis=1), axis=1)
+        out.append(np.take_along_axis(part, order, axis=1))
+    return np.vstack(out)
+
+
+def knn_recall(indices: np.ndarray, truth: np.ndarray, rows: np.ndarray) -> float:
+    """Mean recall@k of neighbour lists ``indices[rows]`` against exact ``truth``."""
+    k = truth.shape[1]
+    hits = [len(set(indices[r][:k].tolist()) & set(t.tolist())) for r, t in zip(rows, truth)]
+    return float(np.mean(hits) / k)
+
+
+def embedding_quality(X: np.ndarray, Y: np.ndarray, rows: np.ndarray, k: int = 10) -> float:
+    """Fraction of the k exact high-dimensional neighbours kept among the k 2-D neighbours."""
+    from sklearn.neighbors import NearestNeighbors
+
+    truth = exact_neighbours(X, rows, k)
+    nn = NearestNeighbors(n_neighbors=k + 1).fit(Y)
+    _, ind = nn.kneighbors(Y[rows])
+    ind2 = [[j for j in row if j != r][:k] for row, r in zip(ind, rows)]
+    return float(np.mean([len(set(a) & set(b.tolist())) / k for a, b in zip(ind2, truth)]))
+
+
+def ari(labels, truth) -> float:
+    from sklearn.metrics import adjusted_rand_score
+
+    return float(adjusted_rand_score(truth, labels))
+
+
+# ---------------------------------------------------------------------------------------------
+# the contestants
+
+
+def run_spray(X, truth, embed=True, pipeline="spray-default", overrides=None):
+    """spray's stages one by one (as in :func:`spray.analysis.analyze`), measured."""
+    from spray.affinity import graph_from_neighbors, knn_graph, resolve_k
+    from spray.cluster import cluster
+    from spray.embedding import embed as tsne, spectral_init
+    from spray.pipeline import load_pipeline
+    from spray.spectral import smallest_eigenpairs, suggest_n_clusters
+
+    pipe = load_pipeline(pipeline, overrides=overrides)
+    rec, info = {}, {}
+    sampler = PeakRSS().start()
+    n = X.shape[0]
+    k = resolve_k(n, pipe["affinity"]["k"])
+    with stage(rec, "knn", sampler):
+        ind, dist, method = knn_graph(X, k, pipe["affinity"])
+    info["knn_method"] = method
+    rows = query_sample(n)
+    info["knn_recall"] = round(knn_recall(ind, exact_neighbours(X, rows, k), rows), 4)
+    with stage(rec, "graph", sampler):
+        W = graph_from_neighbors(ind, dist, pipe["affinity"])
+    del ind, dist
+    with stage(rec, "eigen", sampler):
+        lam, vec = smallest_eigenpairs(W, pipe["spectral"]["n_eigenvalues"],
+                                       solver=pipe["spectral"]["solver"])
+    K = suggest_n_clusters(lam, pipe["clustering"]["max_clusters"])
+    with stage(rec, "cluster", sampler):
+        labels = cluster(vec, K, pipe["clustering"], affinity=W)
+    info.update(k=k, n_clusters=K, ari=round(ari(labels, truth), 3),
+                eigenvalues=[round(float(x), 6) for x in lam[:10]])
+    if embed:
+        with stage(rec, "tsne", sampler):
+            Z = tsne(W, X, pipe["embedding"], init=spectral_init(vec, W, lam))
+        info["tsne_quality"] = round(embedding_quality(X, Z, query_sample(n)), 3)
+    sampler.stop()
+    info["peak_rss_mib"] = round(sampler.peak / 2 ** 20, 1)
+    return rec, info
+
+
+def run_corelay(X, truth, embed=True, n_clusters=None):
+    """CoRelAy's SpRAy processors with their defaults, measured stage by stage."""
+    from corelay.processor.affinity import SparseKNN
+    from corelay.processor.clustering import KMeans
+    from corelay.processor.distance import SciPyPDist
+    from corelay.processor.embedding import EigenDecomposition, TSNEEmbedding
+    from corelay.processor.laplacian import SymmetricNormalLaplacian
+
+    rec, info = {}, {}
+    sampler = PeakRSS().start()
+    with stage(rec, "distance", sampler):
+        D = SciPyPDist(metric="euclidean")(X)
+    with stage(rec, "knn", sampler):
+        A = SparseKNN(n_neighbors=10, symmetric=True)(D)
+    del D
+    with stage(rec, "laplacian", sampler):
+        L = SymmetricNormalLaplacian()(A)
+    with stage(rec, "eigen", sampler):
+        lam, vec = EigenDecomposition(n_eigval=32)(L)
+    K = n_clusters or 8
+    with stage(rec, "cluster", sampler):
+        labels = KMeans(n_clusters=K, kwargs={"n_init": 10, "random_state": 0})(vec)
+    info.update(n_clusters=K, ari=round(ari(labels, truth), 3),
+                eigenvalues=[round(float(x), 6) for x in np.sort(lam)[:10]],
+                negative_mu=int(np.sum(lam > 1.5)))
+    if embed:
+        with stage(rec, "tsne", sampler):
+            Z = TSNEEmbedding(kwargs={"random_state": 0})(X)
+        info["tsne_quality"] = round(embedding_quality(X, Z, query_sample(X.shape[0])), 3)
+    sampler.stop()
+    info["peak_rss_mib"] = round(sampler.peak / 2 ** 20, 1)
+    return rec, info
+
+
+def warm_up():
+    """Compile pynndescent's numba kernels once (not part of the measured time)."""
+    from pynndescent import NNDescent
+
+    t = time.perf_counter()
+    X = np.random.default_rng(0).standard_normal((2000, 16)).astype(np.float32)
+    NNDescent(X, n_neighbors=10, random_state=0, low_memory=True, compressed=True).neighbor_graph
+    return round(time.perf_counter() - t, 1)
+
+
+def run_one(args):
+    """Child process: one tool at one size; prints one JSON line."""
+    from threadpoolctl import threadpool_info
+
+    X, truth = make_features(args.n, d=args.d)
+    overrides = json.loads(args.overrides) if args.overrides else None
+    jit = None
+    if args.tool == "spray":
+        if args.n > 50000 or (overrides or {}).get("affinity", {}).get("approximate_above") == 0:
+            jit = warm_up()
+        rec, info = run_spray(X, truth, embed=not args.no_embed, overrides=overrides)
+    else:
+        rec, info = run_corelay(X, truth, embed=not args.no_embed, n_clusters=8)
+    total = round(sum(v["seconds"] for v in rec.values()), 3)
+    out = {"tool": args.tool, "n": args.n, "d": args.d, "stages": rec, "total_seconds": total,
+           **info, "numba_jit_seconds": jit, "overrides": overrides,
+           "blas_threads": sum(p.get("num_threads", 0) for p in threadpool_info())}
+    print(json.dumps(out))
+
+
+def child(tool, n, d, no_embed=False, overrides=None, timeout=3600):
+    cmd = [sys.executable, __file__, "one", "--tool", tool, "--n", str(n), "--d", str(d)]
+    if no_embed:
+        cmd.append("--no-embed")
+    if overrides:
+        cmd += ["--overrides", json.dumps(overrides)]
+    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout)
+    line = [x for x in proc.stdout.splitlines() if x.startswith("{")]
+    if proc.returncode or not line:
+        return {"tool": tool, "n": n, "error": (proc.stderr or proc.stdout)[-600:]}
+    return json.loads(line[-1])
+
+
+def machine() -> str:
+    import psutil
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    return (f"{cpu}, {os.cpu_count()} cores, {psutil.virtual_memory().total / 2 ** 30:.0f} GiB, "
+            f"load average {load:.1f}, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
+
+
+def compare_table(rows) -> str:
+    by = {(r["tool"], r["n"]): r for r in rows}
+    sizes = sorted({r["n"] for r in rows})
+    head = ("| n | spray total s | CoRelAy total s | speed-up | spray kNN / eig / cluster / t-SNE s "
+            "| CoRelAy dist+kNN / eig / cluster / t-SNE s | spray peak MiB | CoRelAy peak MiB "
+            "| ARI spray / CoRelAy | t-SNE 10-NN kept spray / CoRelAy |")
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    for n in sizes:
+        s, c = by.get(("spray", n)), by.get(("corelay", n))
+        if not s or "error" in s:
+            continue
+        st = s["stages"]
+        sp_stages = " / ".join(f"{st[x]['seconds']:.2f}" if x in st else "-"
+                               for x in ("knn", "eigen", "cluster", "tsne"))
+        if c and "error" not in c:
+            ct = c["stages"]
+            c_stages = (f"{ct['distance']['seconds'] + ct['knn']['seconds']:.2f} / "
+                        + " / ".join(f"{ct[x]['seconds']:.2f}" if x in ct else "-"
+                                     for x in ("eigen", "cluster", "tsne")))
+            c_total, ratio = f"{c['total_seconds']:.1f}", f"{c['total_seconds'] / s['total_seconds']:.1f}×"
+            c_peak = f"{max(v['peak_mib'] for v in ct.values()):.0f}"
+            c_ari, c_q = c.get("ari", "-"), c.get("tsne_quality", "-")
+        else:
+            c_stages, c_total, ratio, c_peak, c_ari, c_q = ("n/a",) * 6
+        s_peak = f"{max(v['peak_mib'] for v in st.values()):.0f}"
+        lines.append(f"| {n} | {s['total_seconds']:.1f} | {c_total} | {ratio} | {sp_stages} | "
+                     f"{c_stages} | {s_peak} | {c_peak} | {s.get('ari')} / {c_ari} | "
+                     f"{s.get('tsne_quality', '-')} / {c_q} |")
+    return "\n".join(lines)
+
+
+def scale_table(rows) -> str:
+    head = ("| n | kNN method | kNN s | recall@k | graph s | eigen s | cluster s | spectral total s "
+            "| peak MiB above data | numba JIT s (once per process) | K / ARI |")
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    for r in rows:
+        if "error" in r:
+            lines.append(f"| {r['n']} | error: {r['error'][-120:]!r} |")
+            continue
+        st = r["stages"]
+        lines.append(f"| {r['n']} | {r['knn_method']} | {st['knn']['seconds']:.1f} | "
+                     f"{r['knn_recall']:.3f} | {st['graph']['seconds']:.1f} | "
+                     f"{st['eigen']['seconds']:.1f} | {st['cluster']['seconds']:.1f} | "
+                     f"{r['total_seconds']:.1f} | {max(v['peak_mib'] for v in st.values()):.0f} | "
+                     f"{r.get('numba_jit_seconds')} | {r['n_clusters']} / {r['ari']} |")
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    for name in ("compare", "scale"):
+        p = sub.add_parser(name)
+        p.add_argument("--sizes", type=int, nargs="+",
+                       default=[1000, 5000, 10000, 20000] if name == "compare" else [100000])
+        p.add_argument("--d", type=int, default=400)
+        p.add_argument("--out", default=str(ROOT / "tests" / "benchmarks" / f"spectral-{name}.jsonl"))
+        p.add_argument("--overrides", default=None, help="JSON pipeline overrides for spray")
+        p.add_argument("--no-corelay", action="store_true")
+    one = sub.add_parser("one")
+    one.add_argument("--tool", choices=["spray", "corelay"], required=True)
+    one.add_argument("--n", type=int, required=True)
+    one.add_argument("--d", type=int, default=400)
+    one.add_argument("--no-embed", action="store_true")
+    one.add_argument("--overrides", default=None)
+    args = ap.parse_args(argv)
+    if args.cmd == "one":
+        return run_one(args)
+    print(f"machine: {machine()}", flush=True)
+    rows = []
+    overrides = json.loads(args.overrides) if args.overrides else None
+    for n in args.sizes:
+        tools = ["spray"] if args.cmd == "scale" or args.no_corelay else ["spray", "corelay"]
+        for tool in tools:
+            r = child(tool, n, args.d, no_embed=args.cmd == "scale", overrides=overrides)
+            r["machine"] = machine()
+            rows.append(r)
+            with open(args.out, "a") as fh:
+                fh.write(json.dumps(r) + "\n")
+            print(json.dumps(r), flush=True)
+    print(compare_table(rows) if args.cmd == "compare" else scale_table(rows))
+
+
+if __name__ == "__main__":
+    main()
