@@ -280,11 +280,8 @@ def test_functional_forward_inplace_relu_and_view():
     model = FunctionalNet().eval()
     x = torch.randn(5, 1, 8, 8)
     composite = Composite(layer_map=[(AFFINE, Epsilon(1e-30))], stabilizer=1e-30)
-    relevance = lrp.attribute(model, x, 1, composite)
+    with_bias = lrp.attribute(model, x, 1, composite)
     xg = x.clone().requires_grad_(True)
-    (grad,) = torch.autograd.grad(model(xg)[:, 1].sum(), xg)
-    # biases absorb relevance, but the map must still be x-weighted and finite
-    assert torch.isfinite(relevance).all() and relevance.shape == x.shape
     # without biases LRP-0 is gradient × input
     with torch.no_grad():
         model.conv.bias.zero_()
@@ -292,6 +289,7 @@ def test_functional_forward_inplace_relu_and_view():
     relevance = lrp.attribute(model, x, 1, composite)
     (grad,) = torch.autograd.grad(model(xg)[:, 1].sum(), xg)
     assert torch.allclose(relevance, grad * x, rtol=1e-5, atol=1e-6)
+    assert not torch.allclose(with_bias, relevance, rtol=1e-3)
 
 
 def test_user_mapping_by_name_and_type():
@@ -434,12 +432,6 @@ def test_bad_composites():
         lrp.AlphaBeta(alpha=1.5, beta=1.0)
     with pytest.raises(ConfigError, match="unknown LRP rule"):
         lrp.attribute(model, x, 0, {nn.Linear: "banana"})
-
-
-def test_errors_are_user_errors():
-    """All errors raised above are SprayErrors (exit code 2 in the command line)."""
-    for error in (ConfigError, DataError, ModelError):
-        assert error("x").exit_code == 2
 
 
 def test_no_warning_for_eval_models():
