@@ -270,6 +270,8 @@ def _write_analysis(path: Path, run: _Run, analysed: dict) -> list[str]:
             lam = np.asarray(cg["eigenvalues"][:], dtype=np.float64)
             vec = np.asarray(cg["eigenvectors"][:], dtype=np.float32)
             labels = np.asarray(cg["labels"][:], dtype=np.int64)
+            if labels.min(initial=0) < 0:  # unassigned samples (noise): a cluster of their own
+                labels = np.where(labels < 0, labels.max(initial=0) + 1, labels)
             emb = grp.create_group("embedding")
             spectral = emb.create_dataset("spectral", data=vec[:, ::-1])
             spectral.attrs["eigenvalue"] = lam[::-1].astype(np.float32)
