@@ -41,7 +41,9 @@ def test_killed_worker_is_survived(small_problem, dask_cluster, tmp_path, tmp_pa
     assert dask_cluster.workers[1].returncode is not None  # really gone
     info = run_info(out)
     assert info["scheduler"] == dask_cluster.address
-    assert info["chunks_computed"] == info["chunks_total"] and not info["failed"]
+    # a chunk finished just before its worker died is found done when retried (reused)
+    assert info["chunks_computed"] + info["chunks_reused"] == info["chunks_total"]
+    assert info["chunks_computed"] >= info["chunks_total"] - 1 and not info["failed"]
     reference = reference_run(small_problem, tmp_path_factory.getbasetemp())
     assert_same_results(out, reference, atol=1e-6)
     assert summary(out)["flagged"] == summary(reference)["flagged"]
