@@ -174,7 +174,7 @@ def embed(W, features, params: dict, init=None) -> np.ndarray:
         n_iter=int(params.get("n_iter", 250)),
         exaggeration=params.get("exaggeration"),
         learning_rate=params.get("learning_rate", "auto"),
-        n_jobs=int(params.get("n_jobs", -1)),
+        n_jobs=int(params.get("n_jobs", 1)),
         random_state=seed,
         negative_gradient_method="fft" if n > 5000 else "bh",
     )

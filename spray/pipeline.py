@@ -160,7 +160,7 @@ class EmbeddingSection(_Section):
     init: Literal["spectral", "pca", "random"] = "spectral"
     affinity: Literal["graph", "features"] = "graph"
     learning_rate: Union[float, str] = "auto"
-    n_jobs: int = -1
+    n_jobs: int = 1
     seed: int = 0
 
     @field_validator("learning_rate", mode="before")
