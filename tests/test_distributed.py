@@ -61,3 +61,46 @@ def test_unreachable_scheduler_is_a_clear_error(small_problem, tmp_path):
     assert proc.returncode == 2, proc.stderr
     assert "cannot reach the Dask scheduler" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+class _RecordingClient:
+    """Stands in for a distributed.Client: records what would be submitted."""
+
+    def __init__(self):
+        self.calls = []
+
+    def submit(self, fn, *args, **kwargs):
+        self.calls.append((fn.__name__, args, kwargs))
+        return f"future-{len(self.calls)}"
+
+    def scheduler_info(self, n_workers=5):
+        return {"workers": {"tcp://10.0.0.5:4001": {"nthreads": 2},
+                            "tcp://10.0.0.5:4002": {"nthreads": 2},
+                            "tcp://10.0.0.6:4001": {"nthreads": 8}}}
+
+
+def test_lrp_tasks_carry_the_gpu_annotation_and_worker_settings(small_problem):
+    from spray.config import load_config
+    from spray.graph import _submit
+    from spray.tasks import torch_threads_for
+
+    cfg, base = load_config(scale_config(small_problem, lrp_resources={"GPU": 1},
+                                         device="cuda", retries=3))
+    client = _RecordingClient()
+    plan = {1: [0, 2], 2: [1]}
+    chunks, analyses = _submit(client, cfg, base, base / "runs" / "x", {"p": 1}, plan,
+                               reuse=frozenset({2}))
+    lrp = [c for c in client.calls if c[0] == "lrp_chunk"]
+    assert [(args[1], args[2]) for _, args, _ in lrp] == [(1, 0), (1, 2), (2, 1)]
+    for _, args, kwargs in lrp:
+        assert kwargs["resources"] == {"GPU": 1} and kwargs["retries"] == 3
+        assert kwargs["priority"] > 0  # maps before analyses
+        data_cfg, runtime = args[3], args[7]
+        assert data_cfg["base_dir"] == str(base)  # workers import the factory from there
+        assert runtime["device"] == "cuda"
+        assert runtime["host_threads"] == {"10.0.0.5": 4, "10.0.0.6": 8}
+    assert [c[0] for c in client.calls].count("analyze_class") == 1  # class 2 is reused
+    assert "resources" not in next(c for c in client.calls if c[0] == "analyze_class")[2]
+    assert list(analyses) == [1] and list(chunks) == [1, 2]
+    assert torch_threads_for({"torch_threads": 3}) == 3
+    assert torch_threads_for(2) == 2

@@ -11,7 +11,8 @@ and 1 torch thread each, so N workers use N cores); the benchmark connects ``run
 ``spray run --scheduler tcp://…`` and afterwards asks every worker for its peak resident memory
 (``ru_maxrss``: the high-water mark of the whole worker process over the run, imports and model
 included). LRP throughput is ``lrp_rows / lrp_wall`` from ``run.json``: maps written per second
-from submitting the graph to the last LRP chunk finishing (LRP chunks run before the analyses).
+from submitting the graph to the last LRP chunk finishing (here all tasks go to the workers at
+once, ``worker-saturation: inf``, so each worker runs its LRP chunks before the analyses).
 
 Writes ``bench_scale.json`` and a Markdown table (``bench_scale.md``) to ``--out``.
 """
@@ -78,12 +79,16 @@ def make_config(root: Path, data: Path, chunk: int, batch: int) -> Path:
 
 
 def bench_one(config: Path, out: Path, workers: int) -> dict:
+    import dask
     from distributed import Client, LocalCluster
 
     from spray.config import load_config
     from spray.graph import run
 
     cfg, base = load_config(config)
+    # send every task to the workers at once, so each worker's own priority order runs all LRP
+    # chunks (priority 1) before the class analyses and lrp_wall measures LRP alone
+    dask.config.set({"distributed.scheduler.worker-saturation": float("inf")})
     with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
                       memory_limit=0, dashboard_address=":0", host="127.0.0.1") as cluster, \
             Client(cluster) as client:
