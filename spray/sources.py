@@ -238,6 +238,16 @@ def load_digits_arrays(size: int | None = None) -> tuple[np.ndarray, np.ndarray]
 
 # -- image folders -------------------------------------------------------------------------------
 
+def _task_threads() -> int:
+    """Threads a task may use: torch's intra-op setting, which spray's tasks set per worker."""
+    try:
+        import torch
+
+        return max(1, torch.get_num_threads())
+    except ImportError:  # pragma: no cover - torch is a dependency
+        return 1
+
+
 def _pair(value) -> tuple[int, int] | None:
     if value is None:
         return None
@@ -339,9 +349,18 @@ class ImageFolderSource(Source):
         return self._shape
 
     def _raw(self, indices: np.ndarray) -> np.ndarray:
+        """Decode the images, in parallel threads (Pillow releases the GIL while decoding and
+        resizing): as many as the task's torch threads, i.e. its share of the worker's cores."""
         out = np.empty((len(indices),) + tuple(self.sample_shape), dtype=np.float32)
-        for row, i in enumerate(indices):
-            img = self._decode(int(i))
+        threads = min(len(indices), _task_threads())
+        if threads > 1:
+            from concurrent.futures import ThreadPoolExecutor
+
+            with ThreadPoolExecutor(threads) as pool:
+                images = list(pool.map(self._decode, (int(i) for i in indices)))
+        else:
+            images = (self._decode(int(i)) for i in indices)
+        for row, (i, img) in enumerate(zip(indices, images)):
             if img.shape != out.shape[1:]:
                 raise DataError(f"{self.root / self.files[int(i)]} (sample {int(i)}): decoded to "
                                 f"{img.shape}, other images to {out.shape[1:]}; set 'data.crop' "
