@@ -86,8 +86,12 @@ def pixel_range(lo: float, hi: float) -> tuple[float, float]:
 
 def to_uint8(batch: np.ndarray, value_range: tuple[float, float]) -> np.ndarray:
     a, b = value_range
-    scaled = (np.asarray(batch, dtype=np.float64) - a) * (255.0 / (b - a))
-    return np.clip(np.rint(scaled), 0, 255).astype(np.uint8)
+    scaled = np.array(batch, dtype=np.float32)  # one float32 copy, then in place
+    scaled -= np.float32(a)
+    scaled *= np.float32(255.0 / (b - a))
+    np.rint(scaled, out=scaled)
+    np.clip(scaled, 0, 255, out=scaled)
+    return scaled.astype(np.uint8)
 
 
 def _spread_channels(maps: np.ndarray, channels: int = 3) -> np.ndarray:
