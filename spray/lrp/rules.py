@@ -191,7 +191,7 @@ class AlphaBeta(Rule):
         return {"pos": pos, "neg": neg, "bias_pos": biases[0], "bias_neg": biases[1],
                 "w_pos": op.stack_weights([w, pos]),
                 "b_pos": op.stack_bias([op.bias, biases[0]]) if op.bias is not None else None,
-                "w_back": op.stack_weights([pos, w]),
+                "w_back": op.stack_weights([pos, neg]),
                 "split_pos": op.stack_inputs([pos, neg]), "split_neg": op.stack_inputs([neg, pos])}
 
     def forward(self, op, params, x):
@@ -210,11 +210,11 @@ class AlphaBeta(Rule):
         den_neg = stabilize(negative, self.stabilizer)
         if not nonneg:
             return z, (x, nonneg, den_pos, den_neg)
-        # α W⁺ᵀ(R/z⁺) − β W⁻ᵀ(R/z⁻) = W⁺ᵀ(R ⊙ (α/z⁺ + β/z⁻)) + Wᵀ(R ⊙ (−β/z⁻)):
-        # keep the two coefficient maps, so the backward is one product and one stacked pass
-        beta_neg = den_neg.reciprocal_().mul_(self.beta)
-        first = den_pos.reciprocal_().mul_(self.alpha).add_(beta_neg)
-        return z, (x, nonneg, op.join_signals([first, beta_neg.neg_()]))
+        # α W⁺ᵀ(R/z⁺) − β W⁻ᵀ(R/z⁻): keep the coefficient maps α/z⁺ and −β/z⁻, so the
+        # backward is one product and one stacked transposed pass over [W⁺; W⁻]
+        coef_pos = den_pos.reciprocal_().mul_(self.alpha)
+        coef_neg = den_neg.reciprocal_().mul_(-self.beta)
+        return z, (x, nonneg, op.join_signals([coef_pos, coef_neg]))
 
     def backward(self, op, params, saved, relevance):
         x, nonneg = saved[:2]
@@ -240,7 +240,8 @@ class Gamma(Rule):
         w, g = op.weight, self.gamma
         pos, neg = w.clamp(min=0), w.clamp(max=0)
         up, down = w + g * pos, w + g * neg
-        params = {"up": up, "down": down, "pos": pos, "w_pos": op.stack_weights([w, pos]),
+        params = {"up": up, "down": down, "w_pos": op.stack_weights([w, pos]),
+                  "w_back": op.stack_weights([up, down]),
                   "bias_up": None, "bias_down": None, "b_pos": None,
                   "split_up": op.stack_inputs([up, down]),
                   "split_down": op.stack_inputs([down, up])}
@@ -269,16 +270,14 @@ class Gamma(Rule):
         s_down = (z < 0).to(z.dtype).div_(stabilize(down, self.stabilizer))
         if not nonneg:
             return z, (x, nonneg, s_up, s_down)
-        # (w+γw⁺)ᵀ(R⊙s↑) + (w+γw⁻)ᵀ(R⊙s↓) = wᵀ(R⊙(s↑ + (1+γ)s↓)) + w⁺ᵀ(R⊙γ(s↑ − s↓))
-        first = s_down.mul(1 + g).add_(s_up)
-        second = s_up.sub_(s_down).mul_(g)
-        return z, (x, nonneg, op.join_signals([first, second]))
+        # (w+γw⁺)ᵀ(R⊙s↑) + (w+γw⁻)ᵀ(R⊙s↓): one stacked transposed pass over [w+γw⁺; w+γw⁻]
+        return z, (x, nonneg, op.join_signals([s_up, s_down]))
 
     def backward(self, op, params, saved, relevance):
         x, nonneg = saved[:2]
         if nonneg:
             signal = op.expand_signal(saved[2], relevance, 2)
-            return x * op.transpose(signal, params["w_pos"], x.shape)
+            return x * op.transpose(signal, params["w_back"], x.shape)
         s_up, s_down = saved[2:]
         a, b = relevance * s_up, relevance * s_down
         pairs_up, pairs_down = (params["up"], params["down"]), (params["down"], params["up"])
