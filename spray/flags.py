@@ -17,7 +17,8 @@ Rule ``input-contrast`` (the pipeline's ``flags`` section holds every threshold)
    with and without handles) are separated in the inputs too, so their contrast stays small.
 3. **Stability** (bootstrap, ``bootstrap`` resamples of ``bootstrap_fraction`` of the class):
    both kNN graphs are rebuilt on each subsample and the contrast of S ∩ subsample recomputed;
-   the ``bootstrap_quantile`` quantile of these values is the *stable contrast*. A handful of
+   the ``bootstrap_quantile`` quantile of these values is the *stable contrast* (subsamples are
+   capped at ``bootstrap_max_samples`` so that large classes stay cheap). A handful of
    odd samples that happen to form a tight group in one graph does not survive resampling; a
    real group does. Needs the relevance features (``features=``); without them, or with
    ``bootstrap: 0``, the stable contrast is the plain contrast.
@@ -52,6 +53,7 @@ DEFAULTS = {
     "bootstrap": 10,
     "bootstrap_fraction": 0.8,
     "bootstrap_quantile": 0.2,
+    "bootstrap_max_samples": 20000,
     "size_prior_knee": 0.35,
     "size_prior_weight": 1.0,
     "concentration_area": 0.1,
@@ -112,7 +114,8 @@ def _bootstrap_contrasts(features, input_features, masks, pipeline, k, params) -
 
     n = len(features)
     B = int(params["bootstrap"])
-    m = int(round(float(params["bootstrap_fraction"]) * n))
+    m = min(int(round(float(params["bootstrap_fraction"]) * n)),
+            int(params["bootstrap_max_samples"]))
     floor = float(params["conductance_floor"])
     if B <= 0 or m < max(10, k + 2):
         return [[] for _ in masks]
