@@ -128,6 +128,14 @@ def test_same_eigenvalues_as_direct_analysis(zennit_h5, precomputed_run):
     assert group.attrs["fingerprints"]["model"].startswith("precomputed-")
 
 
+def test_rerun_reuses_the_filled_chunks(small_problem, zennit_h5, precomputed_run):
+    path, _ = zennit_h5
+    run_dir, first = precomputed_run
+    cfg, base = load_config(_config(small_problem, run_dir.parent, path))
+    again = run(cfg, base, output=str(run_dir), quiet=True)
+    assert again["chunks_reused"] == first["chunks_total"] and again["chunks_computed"] == 0
+
+
 def _write(kind: str, arrays: dict, tmp_path):
     att, lab, pred = arrays["attribution"], arrays["label"], arrays["prediction"]
     if kind == "npz":
