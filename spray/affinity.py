@@ -68,12 +68,12 @@ def drop_self(indices: np.ndarray, distances: np.ndarray, k: int):
     return ind, dist
 
 
-def exact_knn(X: np.ndarray, k: int, n_jobs: int = -1):
+def exact_knn(X: np.ndarray, k: int, n_jobs: int = 1):
     """Exact ``k`` nearest neighbours (self excluded): ``(indices, distances)`` of shape (n, k)."""
     from sklearn.neighbors import NearestNeighbors
 
-    nn = NearestNeighbors(n_neighbors=k, algorithm="brute", metric="euclidean",
-                          n_jobs=n_jobs).fit(X)
+    # one joblib worker: the distance blocks are BLAS products, which are threaded already
+    nn = NearestNeighbors(n_neighbors=k, algorithm="brute", metric="euclidean").fit(X)
     dist, ind = nn.kneighbors()  # X=None: each sample is not its own neighbour
     return ind.astype(np.int64), dist.astype(np.float32)
 
@@ -138,7 +138,7 @@ def knn_graph(X: np.ndarray, k: int, params: dict, seed: int = 0):
     if n > limit and n > 2 * (k + 1):
         ind, dist = approximate_knn(X, k, params, seed=seed)
         return ind, dist, "pynndescent"
-    ind, dist = exact_knn(X, k, n_jobs=int(params.get("n_jobs", -1)))
+    ind, dist = exact_knn(X, k)
     return ind, dist, "exact"
 
 

@@ -17,6 +17,8 @@ runs and solvers.
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 
 from spray.errors import ConfigError
@@ -65,7 +67,9 @@ def _agglomerative(V, K, params, affinity):
         raise ConfigError("pipeline key 'clustering.method': agglomerative clustering of more "
                           "than 20000 samples needs the affinity graph as connectivity")
     model = AgglomerativeClustering(n_clusters=K, linkage=linkage, connectivity=connectivity)
-    return model.fit_predict(V)
+    with warnings.catch_warnings():  # a disconnected graph is completed by scikit-learn: fine
+        warnings.simplefilter("ignore", UserWarning)
+        return model.fit_predict(V)
 
 
 def _hdbscan(V, params):
@@ -76,7 +80,7 @@ def _hdbscan(V, params):
     if size == "auto":
         size = max(5, int(round(0.02 * n)))
     size = int(min(max(2, size), n))
-    labels = HDBSCAN(min_cluster_size=size).fit_predict(V)
+    labels = HDBSCAN(min_cluster_size=size, copy=True).fit_predict(V)
     noise = labels < 0
     if noise.all():
         return np.zeros(n, dtype=np.int64)

@@ -17,7 +17,7 @@ def blobs(n_per=150, centers=4, dim=20, spread=0.3, seed=0):
 
 
 def test_analyze_finds_planted_clusters():
-    X, y = blobs()
+    X, y = blobs(n_per=100)
     r = analyze(X)
     assert isinstance(r, AnalysisResult)
     assert r.n_clusters == 4
@@ -32,7 +32,7 @@ def test_analyze_finds_planted_clusters():
 
 
 def test_analyze_deterministic_and_no_embed():
-    X, _ = blobs(n_per=60)
+    X, _ = blobs(n_per=40)
     a, b = analyze(X), analyze(X)
     np.testing.assert_array_equal(a.labels, b.labels)
     np.testing.assert_allclose(a.embedding, b.embedding)
@@ -92,3 +92,26 @@ def test_pipeline_from_yaml_path(tmp_path):
     p = load_pipeline("mine.yaml", base_dir=tmp_path)
     assert p["affinity"]["k"] == 4 and p["spectral"]["n_eigenvalues"] == 32
     assert p["name"] == "mine"
+
+
+@pytest.mark.parametrize("method", ["agglomerative", "hdbscan"])
+def test_other_clustering_methods(method):
+    X, y = blobs(n_per=80)
+    r = analyze(X, clustering={"method": method}, embed=False)
+    assert r.labels.min() >= 0
+    for g in range(4):
+        assert len(np.unique(r.labels[y == g])) == 1
+
+
+@pytest.mark.parametrize("preset", ["spray-default", "lowpass", "fft", "abs", "corelay-compat"])
+def test_every_preset_runs_on_maps(preset):
+    from spray.preprocess import preprocess
+
+    rng = np.random.default_rng(5)
+    maps = rng.standard_normal((60, 1, 28, 28)).astype(np.float32)
+    maps[:20, :, :4, :4] += 5.0  # a planted corner artefact in a third of the maps
+    pipe = load_pipeline(preset)
+    feats = preprocess(maps, pipe["preprocess"])
+    r = analyze(feats, pipeline=pipe, embedding={"n_iter": 50, "early_exaggeration_iter": 25})
+    assert r.labels.shape == (60,) and r.embedding.shape == (60, 2)
+    assert np.all(np.diff(r.eigenvalues) >= 0)
