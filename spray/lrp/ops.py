@@ -91,17 +91,34 @@ class AffineOp:
         parts = [s.reshape(shape[0], self.groups, 1, -1, *shape[2:]) for s in signals]
         return torch.cat(parts, dim=2).reshape(shape[0], -1, *shape[2:])
 
-    def expand_signal(self, coefficients: torch.Tensor, relevance: torch.Tensor,
+    def empty_joined(self, like: torch.Tensor, count: int):
+        """An uninitialised joined buffer for ``count`` maps shaped like ``like`` and its views
+        (one per map), or ``None`` for grouped convolutions (use :meth:`join_signals`)."""
+        if self.groups != 1:
+            return None
+        dim = 1 if self.is_conv else like.ndim - 1
+        shape = list(like.shape)
+        shape[dim] *= count
+        buffer = like.new_empty(shape)
+        return buffer, list(buffer.split(like.shape[dim], dim=dim))
+
+    def divide_signal(self, relevance: torch.Tensor, denominators: torch.Tensor,
                       count: int) -> torch.Tensor:
-        """``join_signals([c_1 ⊙ R, ..., c_k ⊙ R])`` in one pass, from joined coefficients."""
+        """``join_signals([R / d_1, ..., R / d_k])`` in one pass, from joined denominators."""
+        return self.expand_signal(denominators, relevance, count, torch.div)
+
+    def expand_signal(self, coefficients: torch.Tensor, relevance: torch.Tensor, count: int,
+                      combine=torch.mul) -> torch.Tensor:
+        """``join_signals([R ⊙ c_1, ..., R ⊙ c_k])`` in one pass, from joined coefficients
+        (``combine=torch.div`` divides instead)."""
         if self.is_conv:
             n, c, spatial = relevance.shape[0], relevance.shape[1], relevance.shape[2:]
             g = self.groups
             coef = coefficients.view(n, g, count, c // g, *spatial)
-            signal = coef * relevance.reshape(n, g, 1, c // g, *spatial)
+            signal = combine(relevance.reshape(n, g, 1, c // g, *spatial), coef)
             return signal.view(n, count * c, *spatial)
         lead, c = relevance.shape[:-1], relevance.shape[-1]
-        signal = coefficients.view(*lead, count, c) * relevance.unsqueeze(-2)
+        signal = combine(relevance.unsqueeze(-2), coefficients.view(*lead, count, c))
         return signal.view(*lead, count * c)
 
     # -- stacking along the input units (inputs of both signs) -----------------------------

@@ -39,14 +39,27 @@ import torch
 from spray.errors import ConfigError
 
 
-def stabilize(z: torch.Tensor, epsilon: float) -> torch.Tensor:
-    """Return ``z + ε·sign(z)`` with sign(0) = 1 (also for -0), so that the result is never zero.
+def stabilize(z: torch.Tensor, epsilon: float, out: torch.Tensor | None = None) -> torch.Tensor:
+    """Return ``z + ε·sign(z)`` with sign(+0) = 1, so that the result is never zero.
 
-    ``copysign`` on ``z + 0`` (which turns -0 into +0) is several times faster than
-    ``torch.where`` or the sign arithmetic on CPU.
+    ``copysign`` is several times faster than ``torch.where`` or sign arithmetic on CPU; it
+    treats an exact -0 as negative, which only matters where all contributions vanish.
     """
     step = torch.tensor(epsilon, dtype=z.dtype, device=z.device)
-    return torch.copysign(step, z + 0.0).add_(z)
+    if out is None:
+        return torch.copysign(step, z).add_(z)
+    return torch.copysign(step, z, out=out).add_(z)
+
+
+def _joined_denominators(op, parts, epsilon):
+    """Stabilised denominators of ``parts`` written into one joined buffer (no concatenation)."""
+    joined = op.empty_joined(parts[0], len(parts))
+    if joined is None:
+        return op.join_signals([stabilize(p, epsilon) for p in parts])
+    buffer, views = joined
+    for part, view in zip(parts, views):
+        stabilize(part, epsilon, out=view)
+    return buffer
 
 
 def _is_nonnegative(x: torch.Tensor) -> bool:
@@ -191,7 +204,7 @@ class AlphaBeta(Rule):
         return {"pos": pos, "neg": neg, "bias_pos": biases[0], "bias_neg": biases[1],
                 "w_pos": op.stack_weights([w, pos]),
                 "b_pos": op.stack_bias([op.bias, biases[0]]) if op.bias is not None else None,
-                "w_back": op.stack_weights([pos, neg]),
+                "w_back": op.stack_weights([self.alpha * pos, -self.beta * neg]),
                 "split_pos": op.stack_inputs([pos, neg]), "split_neg": op.stack_inputs([neg, pos])}
 
     def forward(self, op, params, x):
@@ -206,20 +219,17 @@ class AlphaBeta(Rule):
                                      (params["pos"], params["neg"]))
             negative = _signed_apply(op, x, params["split_neg"], params["bias_neg"],
                                      (params["neg"], params["pos"]))
-        den_pos = stabilize(positive, self.stabilizer)
-        den_neg = stabilize(negative, self.stabilizer)
         if not nonneg:
-            return z, (x, nonneg, den_pos, den_neg)
-        # α W⁺ᵀ(R/z⁺) − β W⁻ᵀ(R/z⁻): keep the coefficient maps α/z⁺ and −β/z⁻, so the
-        # backward is one product and one stacked transposed pass over [W⁺; W⁻]
-        coef_pos = den_pos.reciprocal_().mul_(self.alpha)
-        coef_neg = den_neg.reciprocal_().mul_(-self.beta)
-        return z, (x, nonneg, op.join_signals([coef_pos, coef_neg]))
+            return z, (x, nonneg, stabilize(positive, self.stabilizer),
+                       stabilize(negative, self.stabilizer))
+        # α W⁺ᵀ(R/z⁺) − β W⁻ᵀ(R/z⁻): one division into the joined signal and one stacked
+        # transposed pass over [αW⁺; −βW⁻]
+        return z, (x, nonneg, _joined_denominators(op, [positive, negative], self.stabilizer))
 
     def backward(self, op, params, saved, relevance):
         x, nonneg = saved[:2]
         if nonneg:
-            signal = op.expand_signal(saved[2], relevance, 2)
+            signal = op.divide_signal(relevance, saved[2], 2)
             return x * op.transpose(signal, params["w_back"], x.shape)
         den_pos, den_neg = saved[2:]
         s_pos, s_neg = relevance / den_pos, relevance / den_neg
@@ -266,12 +276,15 @@ class Gamma(Rule):
                                (params["up"], params["down"]))
             down = _signed_apply(op, x, params["split_down"], params["bias_down"],
                                  (params["down"], params["up"]))
-        s_up = (z > 0).to(z.dtype).div_(stabilize(up, self.stabilizer))
-        s_down = (z < 0).to(z.dtype).div_(stabilize(down, self.stabilizer))
+        # s↑ = [z > 0] / (z↑ + ε), s↓ = [z < 0] / (z↓ − ε), written into one joined buffer:
+        # the backward (w+γw⁺)ᵀ(R⊙s↑) + (w+γw⁻)ᵀ(R⊙s↓) is one product and one stacked pass
+        joined = op.empty_joined(z, 2)
+        buffer, views = joined if joined is not None else (None, [None, None])
+        s_up = stabilize(up, self.stabilizer, out=views[0]).reciprocal_().mul_(z > 0)
+        s_down = stabilize(down, self.stabilizer, out=views[1]).reciprocal_().mul_(z < 0)
         if not nonneg:
             return z, (x, nonneg, s_up, s_down)
-        # (w+γw⁺)ᵀ(R⊙s↑) + (w+γw⁻)ᵀ(R⊙s↓): one stacked transposed pass over [w+γw⁺; w+γw⁻]
-        return z, (x, nonneg, op.join_signals([s_up, s_down]))
+        return z, (x, nonneg, buffer if buffer is not None else op.join_signals([s_up, s_down]))
 
     def backward(self, op, params, saved, relevance):
         x, nonneg = saved[:2]
