@@ -46,7 +46,9 @@ def _fmt(value, digits: int = 3) -> str:
         return _esc(value)
     if not math.isfinite(v):
         return _esc(v)
-    return f"{v:.{digits}f}" if abs(v) >= 10 ** -digits or v == 0 else f"{v:.2e}"
+    if digits >= 3 and v != 0 and abs(v) < 10 ** -digits:
+        return f"{v:.2e}"
+    return f"{v:.{digits}f}"
 
 
 def _class_entry(cg, c: int) -> dict:
