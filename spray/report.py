@@ -24,7 +24,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import yaml  # noqa: E402
 
-from spray.store import open_store  # noqa: E402
+from spray.errors import SprayError, StoreError  # noqa: E402
+from spray.store import open_store, store_path  # noqa: E402
 
 MAX_MEMBERS = 100_000
 #: eigenvalues shown per class in the overview figure
@@ -88,11 +89,24 @@ def _class_entry(cg, c: int) -> dict:
     return entry
 
 
+def _read_class_entry(run_dir: Path, classes, key: str) -> dict:
+    """The summary entry of one class; unreadable arrays are a clear store error."""
+    try:
+        return _class_entry(classes[key], int(key))
+    except SprayError:
+        raise
+    except Exception as err:  # noqa: BLE001 - codec/IO errors of a damaged store
+        raise StoreError(f"{store_path(run_dir)}/classes/{key}: an array cannot be read "
+                         f"({type(err).__name__}: {err}); the store is corrupt or truncated. "
+                         f"Other classes are untouched; rerun with --overwrite to recompute "
+                         f"everything, or delete that class folder to recompute only it") from None
+
+
 def build_summary(run_dir: Path) -> dict:
     """summary.json content: one entry per class plus the flagged list."""
     group = open_store(run_dir)
     classes = group["classes"] if "classes" in group else {}
-    entries = [_class_entry(classes[key], int(key)) for key in sorted(classes, key=int)]
+    entries = [_read_class_entry(run_dir, classes, key) for key in sorted(classes, key=int)]
     for c, why in dict(group.attrs.get("skipped", {})).items():
         entries.append({"class": int(c), "name": str(c), "n_samples": None, "status": "skipped",
                         "reason": why, "eigenvalues": [], "eigengaps": [], "n_clusters": 0,

@@ -232,11 +232,13 @@ def test_corrupt_store_is_reported_and_kept(project, capsys):
     code, msg = project.run(capsys)
     assert code == 0, msg
     store = project.path / "out" / "spray.zarr"
-    chunk = next(p for p in (store / "classes" / "1" / "relevance").rglob("*") if p.is_file()
-                 and p.name != "zarr.json")
-    chunk.write_bytes(chunk.read_bytes()[:7])  # truncated chunk
+    array = store / "classes" / "1" / "eigenvalues"
+    chunk = next(p for p in array.rglob("*") if p.is_file() and p.name != "zarr.json")
+    chunk.write_bytes(chunk.read_bytes()[:5])  # truncated chunk
+    kept = (store / "classes" / "0" / "relevance").stat().st_mtime_ns
     code, msg = project.run(capsys)
-    _expect(code, msg, "class 1")
+    _expect(code, msg, "classes/1", "corrupt")
+    assert (store / "classes" / "0" / "relevance").stat().st_mtime_ns == kept
     assert (store / "classes" / "0" / "eigenvalues").exists()
 
 
