@@ -28,6 +28,7 @@ partitions come from the file's labels (the dataset's labels when the file has n
 from __future__ import annotations
 
 import hashlib
+import os
 import sys
 from dataclasses import dataclass
 from functools import lru_cache
@@ -290,9 +291,24 @@ class AttributionFile:
 
 
 @lru_cache(maxsize=2)
-def open_attributions(path: str) -> AttributionFile:
-    """Open (or reuse, per process) an attribution file."""
+def _open_cached(path: str, stamp: tuple) -> AttributionFile:
     return AttributionFile(path)
+
+
+def open_attributions(path: str) -> AttributionFile:
+    """Open an attribution file; call :meth:`AttributionFile.close` when done.
+
+    HDF5 files are opened afresh each time and closed after use, so no handle (and no HDF5
+    file lock) outlives a task on a long-lived worker; NumPy and Zarr files are reused per
+    process while unchanged (a ``.npz`` is read whole, once).
+    """
+    try:
+        st = os.stat(path)
+    except OSError:
+        return AttributionFile(path)  # raises the error that names the key
+    if Path(path).suffix.lower() in HDF5_SUFFIXES:
+        return AttributionFile(path)
+    return _open_cached(str(path), (st.st_mtime_ns, st.st_size, st.st_ino))
 
 
 @dataclass
@@ -327,6 +343,13 @@ def plan_run(cfg, source, warn=sys.stderr) -> PrecomputedPlan:
     from spray.sources import class_partitions
 
     attr = open_attributions(cfg.attribution.precomputed)
+    try:
+        return _plan(attr, cfg, source, warn, class_partitions)
+    finally:
+        attr.close()
+
+
+def _plan(attr: AttributionFile, cfg, source, warn, class_partitions) -> PrecomputedPlan:
     data_labels = np.asarray(source.labels())
     n_data = len(data_labels)
     index = attr.index()
@@ -374,15 +397,18 @@ def precomputed_chunk(run_dir: str, c: int, chunk: int, data_cfg: dict, model_cf
     size = int(cg.attrs["chunk_size"])
     start, stop = chunk * size, min((chunk + 1) * size, int(cg.attrs["n_samples"]))
     attr = open_attributions(attr_cfg["precomputed"])
-    labels = None if attr.has_labels() else open_source(data_cfg).labels()
-    rows = class_rows(attr, c, labels)[start:stop]
-    expected = cg["index"][start:stop]
-    if len(rows) != stop - start or not np.array_equal(attr.index()[rows], expected):
-        raise StoreError(f"{attr.path} changed since the store was made (class {c}, rows "
-                         f"{start}..{stop - 1} no longer match); rerun with --overwrite")
-    maps = attr.maps(rows)
-    n_outputs = int(cg["logits"].shape[1])
-    logits, prediction = attr.logits(rows, n_outputs)
+    try:
+        labels = None if attr.has_labels() else open_source(data_cfg).labels()
+        rows = class_rows(attr, c, labels)[start:stop]
+        expected = cg["index"][start:stop]
+        if len(rows) != stop - start or not np.array_equal(attr.index()[rows], expected):
+            raise StoreError(f"{attr.path} changed since the store was made (class {c}, rows "
+                             f"{start}..{stop - 1} no longer match); rerun with --overwrite")
+        maps = attr.maps(rows)
+        n_outputs = int(cg["logits"].shape[1])
+        logits, prediction = attr.logits(rows, n_outputs)
+    finally:
+        attr.close()
     cg["relevance"][start:stop] = maps.sum(axis=1)
     if "relevance_full" in cg:
         cg["relevance_full"][start:stop] = maps
