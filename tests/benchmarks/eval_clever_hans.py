@@ -12,7 +12,7 @@ class with spray's own analysis (``spray.preprocess.preprocess`` → ``spray.ana
 Clean models (no artefact) measure false flags.
 
 * **Fashion-MNIST** (Debian ``dataset-fashion-mnist``): 28×28, ``--train-per-class`` training
-  images per class (default 1000), the first ``--test-per-class`` (default 1000) test images per
+  images per class (default 600), the first ``--test-per-class`` (default 1000) test images per
   class; CNN with 3 conv + 2 dense layers, 2 epochs.
 * **digits** (scikit-learn): upsampled to 32×32, split 50/50 per class (≈ 90 test samples per
   class); the demo CNN (with BatchNorm), 12 epochs.
@@ -23,7 +23,7 @@ padding border), ``checker`` (small checkerboard texture patch, top-right).
 Outputs in ``--out``: ``cache/<setting>.npz`` (relevance maps, inputs, ground truth: the slow
 part, reused by ``--rescore``), ``results.json`` (every class of every setting) and
 ``table.md`` (the table of docs/verdict.md). On 2 cores the full run takes ~20–30 minutes,
-``--rescore`` about a minute.
+``--rescore`` a few minutes.
 """
 
 from __future__ import annotations
@@ -45,20 +45,23 @@ FASHION_NAMES = ["T-shirt", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "S
 
 # (dataset, planted class, artefact, fraction, seed); artefact None = clean model
 SETTINGS = [
-    ("fashion", 6, "square", 0.05, 0), ("fashion", 6, "square", 0.1, 0),
-    ("fashion", 6, "square", 0.3, 0), ("fashion", 6, "topline", 0.1, 0),
-    ("fashion", 6, "topline", 0.2, 0), ("fashion", 6, "checker", 0.2, 0),
-    ("fashion", 6, "checker", 0.3, 0), ("fashion", 8, "square", 0.1, 0),
-    ("fashion", 1, "topline", 0.1, 0), ("fashion", 7, "checker", 0.3, 0),
-    ("fashion", 4, "square", 0.2, 0), ("fashion", 3, "topline", 0.05, 0),
-    ("fashion", None, None, 0.0, 0), ("fashion", None, None, 0.0, 1),
-    ("fashion", None, None, 0.0, 2),
+    ("fashion", None, None, 0.0, 0), ("fashion", 6, "square", 0.1, 0),
+    ("fashion", None, None, 0.0, 1), ("fashion", 6, "topline", 0.1, 0),
+    ("fashion", 8, "square", 0.1, 0), ("fashion", 6, "checker", 0.2, 0),
+    ("fashion", 6, "square", 0.3, 0), ("fashion", 1, "topline", 0.1, 0),
     ("digits", 3, "square", 0.3, 0), ("digits", 3, "square", 0.1, 0),
     ("digits", 7, "topline", 0.1, 0), ("digits", 5, "checker", 0.2, 0),
     ("digits", 0, "square", 0.05, 0), ("digits", 8, "topline", 0.3, 0),
     ("digits", 2, "checker", 0.3, 0),
     ("digits", None, None, 0.0, 0), ("digits", None, None, 0.0, 1),
     ("digits", None, None, 0.0, 2),
+]
+# more settings for --all (not in the committed table: they take another ~40 minutes)
+EXTRA = [
+    ("fashion", 4, "square", 0.2, 0), ("fashion", 6, "square", 0.05, 0),
+    ("fashion", None, None, 0.0, 2), ("fashion", 7, "checker", 0.3, 0),
+    ("fashion", 3, "topline", 0.05, 0), ("fashion", 6, "topline", 0.2, 0),
+    ("fashion", 6, "checker", 0.3, 0),
 ]
 QUICK = [("fashion", 6, "square", 0.1, 0), ("fashion", None, None, 0.0, 0),
          ("digits", 3, "square", 0.3, 0), ("digits", None, None, 0.0, 0)]
@@ -286,12 +289,16 @@ def aggregate(rows: list[dict]) -> str:
     def rate(rs, key):
         return f"{sum(bool(r[key]) for r in rs)}/{len(rs)}" if rs else "—"
 
+    attended = [r for r in planted if r.get("artefact_share", 0) >= 0.1]
     det = [r for r in strong if r["flagged"]]
     good = [r for r in det if r.get("precision", 0) >= 0.8 and r.get("recall", 0) >= 0.8]
     lines = [
         f"- detection (planted class flagged), all fractions: {rate(planted, 'flagged')}; "
         f"fractions ≥ 0.1: {rate(strong, 'flagged')}",
         f"- detected with suspect precision and recall ≥ 0.8 (p ≥ 0.1): {len(good)}/{len(strong)}",
+        f"- detection where the model attends to the artefact (artefact share ≥ 0.1): "
+        f"{rate(attended, 'flagged')}; where it does not: "
+        f"{rate([r for r in planted if r not in attended], 'flagged')}",
         f"- mean suspect precision / recall over detections: "
         f"{np.mean([r['precision'] for r in planted if r['flagged']] or [np.nan]):.2f} / "
         f"{np.mean([r['recall'] for r in planted if r['flagged']] or [np.nan]):.2f}",
@@ -310,10 +317,13 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default="runs/eval-clever-hans")
     ap.add_argument("--rescore", action="store_true", help="only rescore cached settings")
     ap.add_argument("--quick", action="store_true", help="4 settings instead of all")
+    ap.add_argument("--all", action="store_true", help="also the EXTRA settings")
+    ap.add_argument("--table-only", action="store_true",
+                    help="only print the table of an earlier results.json")
     ap.add_argument("--only", help="comma-separated substrings of setting names to run")
     ap.add_argument("--pipeline", default="spray-default")
     ap.add_argument("--composite", default="epsilon-plus-flat")
-    ap.add_argument("--train-per-class", type=int, default=1000)
+    ap.add_argument("--train-per-class", type=int, default=600)
     ap.add_argument("--test-per-class", type=int, default=1000)
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args(argv)
@@ -322,11 +332,13 @@ def main(argv=None) -> int:
 
     pipe = load_pipeline(args.pipeline)
     out = Path(args.out)
+    if args.table_only:
+        rows = json.loads((out / "results.json").read_text())
+        print(table(rows) + "\n\n" + aggregate(rows))
+        return 0
     (out / "cache").mkdir(parents=True, exist_ok=True)
-    settings = QUICK if args.quick else SETTINGS
-    # cheap settings and one clean + one poisoned Fashion-MNIST model first
-    settings = sorted(settings, key=lambda s: (s[0] == "fashion" and setting_name(s) not in (
-        "fashion-clean-s0", "fashion-c6-square-10-s0"), s[0] == "fashion"))
+    settings = QUICK if args.quick else SETTINGS + (EXTRA if args.all else [])
+    settings = sorted(settings, key=lambda s: s[0] == "fashion")  # cheap settings first
     if args.only:
         keys = args.only.split(",")
         settings = [s for s in settings if any(k in setting_name(s) for k in keys)]
