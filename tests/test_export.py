@@ -219,7 +219,7 @@ def _check_with_virelay(run_dir: Path, out: Path):
         workspace.close()
 
 
-def _synthetic_run(root: Path, n: int, size: int) -> Path:
+def _synthetic_run(root: Path, n: int, size: int, channels: int = 1) -> Path:
     """A run folder made directly through the store API: two classes of ``n // 2`` samples of
     ``size × size`` pixels (dataset in HDF5, read lazily), analysis arrays included."""
     from spray.store import create_or_check_store, prepare_class, write_array
@@ -227,21 +227,25 @@ def _synthetic_run(root: Path, n: int, size: int) -> Path:
     rng = np.random.default_rng(0)
     labels = np.arange(n) % 2
     with h5py.File(root / "data.h5", "w") as fh:
-        x = fh.create_dataset("x", shape=(n, 1, size, size), dtype=np.float32,
-                              chunks=(64, 1, size, size))
+        x = fh.create_dataset("x", shape=(n, channels, size, size), dtype=np.float32,
+                              chunks=(min(64, n), channels, size, size))
         for start in range(0, n, 256):
-            x[start:start + 256] = rng.random((min(256, n - start), 1, size, size), np.float32)
+            x[start:start + 256] = rng.random((min(256, n - start), channels, size, size),
+                                              np.float32)
         fh["y"] = labels
     run_dir = root / "run"
     group = create_or_check_store(run_dir, {"model": "m", "data": "d", "attribution": "a"},
                                   "h", [0, 1])
     for c in (0, 1):
         idx = np.flatnonzero(labels == c)
-        cg = prepare_class(group, c, f"class {c}", idx, (1, size, size), 2, 256)
+        cg = prepare_class(group, c, f"class {c}", idx, (channels, size, size), 2, 256,
+                           store_channels=channels > 1)
         for start in range(0, len(idx), 256):
             rows = min(256, len(idx) - start)
-            cg["relevance"][start:start + rows] = rng.standard_normal((rows, size, size),
-                                                                     np.float32)
+            full = rng.standard_normal((rows, channels, size, size), np.float32)
+            cg["relevance"][start:start + rows] = full.sum(axis=1)
+            if channels > 1:
+                cg["relevance_full"][start:start + rows] = full
         cg["logits"][:] = rng.standard_normal((len(idx), 2)).astype(np.float32)
         cg["done"][:] = True
         write_array(cg, "eigenvalues", np.linspace(0, 0.5, 8))
@@ -277,3 +281,18 @@ def test_export_memory_is_bounded_by_chunk_rows(tmp_path):
     with h5py.File(tmp_path / "2000" / "out" / "attribution.h5", "r") as fh:
         np.testing.assert_allclose(fh["attribution"][1000:1010].sum(axis=1),
                                    group["classes"]["1"]["relevance"][:10], rtol=1e-5, atol=1e-6)
+
+
+def test_rgb_run_with_stored_channels(tmp_path):
+    """RGB samples stay RGB; per-channel maps (store_channels) are exported as they are."""
+    run_dir = _synthetic_run(tmp_path, 40, 12, channels=3)
+    export_virelay(run_dir, tmp_path / "out", chunk_rows=7)
+    group = _store(run_dir)
+    with h5py.File(tmp_path / "data.h5", "r") as fh:
+        x = fh["x"][...]
+    with h5py.File(tmp_path / "out" / "dataset.h5", "r") as fh:
+        np.testing.assert_array_equal(fh["data"][...], np.rint(x * 255).astype(np.uint8))
+    with h5py.File(tmp_path / "out" / "attribution.h5", "r") as fh:
+        assert fh["attribution"].shape == (40, 3, 12, 12)
+        np.testing.assert_array_equal(fh["attribution"][:20], group["classes"]["0"]["relevance_full"][:])
+        np.testing.assert_array_equal(fh["index"][:20], group["classes"]["0"]["index"][:])
