@@ -240,6 +240,16 @@ def test_targets_prediction_label_and_any_class():
     assert torch.equal(lrp.attribute(model, x, [7] * 8), fixed)
 
 
+def test_channels_last_inputs_give_the_same_maps():
+    model = make_vgg()
+    x = inputs_for("vgg")
+    expected = lrp.attribute(model, x, 2, "epsilon-gamma-box", low=-3.0, high=3.0)
+    fast = lrp.attribute(model.to(memory_format=torch.channels_last),
+                         x.contiguous(memory_format=torch.channels_last), 2,
+                         "epsilon-gamma-box", low=-3.0, high=3.0)
+    assert relative_error(fast, expected).max() < 1e-5
+
+
 def test_output_relevance_is_logit_times_one_hot():
     """Scaling the last layer scales the maps: the explained quantity is the logit."""
     model = make_vgg()

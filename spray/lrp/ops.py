@@ -114,12 +114,12 @@ class AffineOp:
         if self.is_conv:
             n, c, spatial = relevance.shape[0], relevance.shape[1], relevance.shape[2:]
             g = self.groups
-            coef = coefficients.view(n, g, count, c // g, *spatial)
+            coef = coefficients.reshape(n, g, count, c // g, *spatial)
             signal = combine(relevance.reshape(n, g, 1, c // g, *spatial), coef)
-            return signal.view(n, count * c, *spatial)
+            return signal.reshape(n, count * c, *spatial)
         lead, c = relevance.shape[:-1], relevance.shape[-1]
-        signal = combine(relevance.unsqueeze(-2), coefficients.view(*lead, count, c))
-        return signal.view(*lead, count * c)
+        signal = combine(relevance.unsqueeze(-2), coefficients.reshape(*lead, count, c))
+        return signal.reshape(*lead, count * c)
 
     # -- stacking along the input units (inputs of both signs) -----------------------------
     def stack_inputs(self, weights: list[torch.Tensor]):

@@ -5,6 +5,7 @@ Run from the repository root (Zennit needed for its columns: ``pip install -e '.
     python tests/benchmarks/bench_lrp.py                 # both models, all composites
     python tests/benchmarks/bench_lrp.py --quick         # small CNN only, fewer repeats
     python tests/benchmarks/bench_lrp.py --threads 2 --vgg-batch 4 --repeats 3
+    python tests/benchmarks/bench_lrp.py --channels-last  # model and inputs channels-last
 
 For each model it measures, per sample: a plain forward pass (no autograd), gradient × input
 (forward + backward), and for each composite Zennit's and spray's relevance computation
@@ -145,9 +146,12 @@ def relative_difference(a, b) -> float:
     return float(((a - b).flatten(1).norm(dim=1) / b.flatten(1).norm(dim=1)).max())
 
 
-def benchmark(label, model, shape, batch, repeats, zennit):
+def benchmark(label, model, shape, batch, repeats, zennit, channels_last=False):
     torch.manual_seed(0)
     x = torch.randn((batch,) + shape).clamp(LOW, HIGH)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+        x = x.contiguous(memory_format=torch.channels_last)
     targets = torch.randint(0, 10, (batch,))
     methods = {"forward": forward_only, "gradient×input": gradient_times_input}
     for name, (params, zennit_class, zennit_params) in COMPOSITES.items():
@@ -199,23 +203,27 @@ def main(argv=None):
     parser.add_argument("--cnn-batch", type=int, default=256)
     parser.add_argument("--vgg-batch", type=int, default=4)
     parser.add_argument("--quick", action="store_true", help="small CNN only")
+    parser.add_argument("--channels-last", action="store_true",
+                        help="model and inputs in channels-last memory format (all methods)")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     zennit = have_zennit()
     print(f"Machine: {machine()}; date: {datetime.date.today().isoformat()}; "
           f"batches: CNN {args.cnn_batch}, VGG {args.vgg_batch}; best of {args.repeats} rounds "
-          f"(VGG: {max(1, args.repeats - 1)})", flush=True)
+          f"(VGG: {max(1, args.repeats - 1)}); "
+          f"memory format: {'channels-last' if args.channels_last else 'contiguous (NCHW)'}",
+          flush=True)
     torch.manual_seed(0)
     rows = benchmark("CNN 28×28", small_cnn().eval(), (1, 28, 28), args.cnn_batch,
-                     args.repeats, zennit)
+                     args.repeats, zennit, args.channels_last)
     batch_of = {"CNN 28×28": args.cnn_batch}
     print(table(rows, batch_of), flush=True)
     if not args.quick:
         torch.manual_seed(0)
         vgg = randomise_batchnorm(vgg16_bn())
         rows += benchmark("VGG-16-BN 224×224", vgg, (3, 224, 224), args.vgg_batch,
-                          max(1, args.repeats - 1), zennit)
+                          max(1, args.repeats - 1), zennit, args.channels_last)
         batch_of["VGG-16-BN 224×224"] = args.vgg_batch
         print(flush=True)
         print(table(rows, batch_of), flush=True)
