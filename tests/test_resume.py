@@ -61,7 +61,9 @@ def test_killed_run_resumes_with_the_missing_chunks_only(small_problem, referenc
 def test_sigterm_stops_cleanly_and_a_concurrent_run_is_refused(small_problem, tmp_path):
     config = scale_config(small_problem)
     out = tmp_path / "busy"
-    first = spray_process("run", config, "--output", out, env={"SPRAY_TEST_DELAY": "0.2"})
+    # the default embedded LocalCluster: worker processes must go away with the run
+    first = spray_process("run", config, "--output", out, "--scheduler", "local", "--workers", "2",
+                          env={"SPRAY_TEST_DELAY": "0.2"})
     try:
         wait_until(lambda: (out / LOCK_NAME).exists() or first.poll() is not None,
                    timeout=120, what="the first run to take the lock")
@@ -78,6 +80,15 @@ def test_sigterm_stops_cleanly_and_a_concurrent_run_is_refused(small_problem, tm
     assert first.returncode == 128 + signal.SIGTERM, stderr
     assert "interrupted" in stderr and "Traceback" not in stderr
     assert not (out / LOCK_NAME).exists(), "the lock must be released on SIGTERM"
+
+    def group_gone():
+        try:
+            os.killpg(first.pid, 0)
+        except ProcessLookupError:
+            return True
+        return False
+
+    wait_until(group_gone, timeout=30, what="the Dask worker processes to exit")
 
 
 def test_failing_chunk_is_reported_and_finished_chunks_stay(small_problem, reference, tmp_path,
