@@ -97,6 +97,12 @@ def make_slurm_cluster(cluster_cfg: dict):
     except ImportError:
         raise ConfigError("key 'cluster.scheduler': 'slurm' needs dask-jobqueue; install it with "
                           "pip install 'spray[slurm]'") from None
+    import shutil as _shutil
+
+    if _shutil.which("sbatch") is None:
+        raise ConfigError("key 'cluster.scheduler': 'slurm' submits worker jobs with sbatch, which "
+                          "is not on this machine's PATH; run spray on a SLURM login node or in "
+                          "a job (see workflows/slurm-run.sbatch)")
     try:
         cluster = SLURMCluster(**slurm_cluster_kwargs(cluster_cfg))
     except (ValueError, TypeError) as err:
