@@ -100,3 +100,12 @@ def test_sbatch_driver_runs_spray(small_problem, tmp_path, tmp_path_factory):
     info = run_info(out)
     assert info["chunks_computed"] == 0 and info["chunks_reused"] == info["chunks_total"]
     assert Path(out, "report", "summary.json").is_file()
+
+
+def test_slurm_without_sbatch_is_a_clear_error(monkeypatch, tmp_path):
+    pytest.importorskip("dask_jobqueue")
+    monkeypatch.setenv("PATH", str(tmp_path))  # no sbatch here
+    cfg = validate_config({"data": {"source": "digits"}, "model": {"factory": "m:f"},
+                           "cluster": {"scheduler": "slurm"}}, tmp_path)
+    with pytest.raises(ConfigError, match="sbatch"):
+        make_slurm_cluster(cfg.cluster.model_dump())
