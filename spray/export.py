@@ -150,7 +150,8 @@ def _open_source(run: _Run):
     try:
         return open_source(data_cfg)
     except (OSError, ValueError) as err:
-        raise DataError(f"the dataset of the run ({data_cfg.get('path') or data_cfg.get('source')}) "
+        where = data_cfg.get("path") or data_cfg.get("source")
+        raise DataError(f"the dataset of the run ({where}) "
                         f"cannot be opened for the export: {err}") from None
 
 

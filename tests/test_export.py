@@ -294,5 +294,6 @@ def test_rgb_run_with_stored_channels(tmp_path):
         np.testing.assert_array_equal(fh["data"][...], np.rint(x * 255).astype(np.uint8))
     with h5py.File(tmp_path / "out" / "attribution.h5", "r") as fh:
         assert fh["attribution"].shape == (40, 3, 12, 12)
-        np.testing.assert_array_equal(fh["attribution"][:20], group["classes"]["0"]["relevance_full"][:])
+        full = group["classes"]["0"]["relevance_full"][:]
+        np.testing.assert_array_equal(fh["attribution"][:20], full)
         np.testing.assert_array_equal(fh["index"][:20], group["classes"]["0"]["index"][:])

@@ -22,7 +22,8 @@ FAST_PIPELINE = {"preset": "spray-default", "embedding": {"method": "none"}}
 def _model(small_problem):
     import importlib.util
 
-    spec = importlib.util.spec_from_file_location("smallnet_pre", small_problem["root"] / "smallnet.py")
+    spec = importlib.util.spec_from_file_location("smallnet_pre",
+                                                  small_problem["root"] / "smallnet.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     model = module.build()
