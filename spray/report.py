@@ -425,7 +425,7 @@ def _index_page(run_dir: Path, out: Path, summary: dict, header: str) -> None:
     for rank, e in enumerate(ranked, 1):
         if e["status"] != "ok":
             rows.append(f"<tr><td>{rank}</td><td class=l>{_esc(e['name'])}</td>"
-                        f"<td colspan=8 class=l>{_esc(e['status'])}: "
+                        f"<td colspan=9 class=l>{_esc(e['status'])}: "
                         f"{_esc(e.get('reason', ''))}</td></tr>")
             continue
         cid = e.get("suspect_cluster")
