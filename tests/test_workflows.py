@@ -3,7 +3,7 @@
 The install steps (pip) are checked for presence but not executed (the test environment already
 has spray); every other command is run with bash exactly as written, with the template's own
 variables, except that ``SPRAY_CONFIG`` points at the demo's config (restricted to two classes,
-run on threads, with a model trained for fewer epochs to keep the test fast).
+run on threads, without t-SNE, with a model trained for fewer epochs to keep the test fast).
 """
 
 from __future__ import annotations
@@ -72,7 +72,7 @@ def demo_config(tmp_path_factory):
         "attribution": {"composite": "epsilon-plus-flat", "target": "label", "chunk_size": 128},
         "classes": [demo.PLANTED_CLASS, 5],
         "class_names": [f"digit {i}" for i in range(10)],
-        "pipeline": "spray-default",
+        "pipeline": {"preset": "spray-default", "embedding": {"method": "none"}},
         "cluster": {"scheduler": "threads", "n_workers": 2, "progress": False},
         "output": "runs/unused",
     }
@@ -131,15 +131,16 @@ def test_github_workflow_commands_run_on_the_demo(demo_config, tmp_path):
 def test_gitlab_job_commands_run_on_the_demo(demo_config, tmp_path):
     root, config = demo_config
     variables, before, script = _gitlab()
-    variables.update({"SPRAY_CONFIG": str(config), "SPRAY_RUN": str(tmp_path / "run")})
+    # the run folder of the GitHub test when it ran first: `spray run` then resumes it
+    variables.update({"SPRAY_CONFIG": str(config), "SPRAY_RUN": str(root / "runs" / "ci")})
     results = _run_steps(script, variables, tmp_path)
     (_, run_proc), (_, check_proc) = results
     assert run_proc.returncode == 0, run_proc.stderr
-    summary = json.loads((tmp_path / "run" / "report" / "summary.json").read_text())
+    summary = json.loads((root / "runs" / "ci" / "report" / "summary.json").read_text())
     assert check_proc.returncode == (1 if summary["flagged"] else 0), check_proc.stdout
     assert (tmp_path / "spray-junit.xml").is_file() and (tmp_path / "spray-summary.md").is_file()
     # artifact paths of the template exist after the job
     doc = yaml.safe_load((WORKFLOWS / "gitlab-ci.yml").read_text())["spray-clever-hans"]
     for path in doc["artifacts"]["paths"]:
-        resolved = path.replace("$SPRAY_RUN", variables["SPRAY_RUN"])
+        resolved = Path(path.replace("$SPRAY_RUN", variables["SPRAY_RUN"]))
         assert (tmp_path / resolved).exists(), resolved
