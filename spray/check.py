@@ -23,7 +23,7 @@ import os
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
-from spray.errors import StoreError
+from spray.errors import SprayError, StoreError
 
 #: score rise (in score units) above which an accepted flag counts as worse
 DEFAULT_MARGIN = 0.5
@@ -272,13 +272,21 @@ def check(run_dir: str | Path, junit_path: str | None = None, markdown_path: str
         compare(summary, load_summary(baseline, rebuild=False), margin=margin)
     print(table(summary))
     if junit_path:
-        junit(summary, Path(junit_path))
+        try:
+            junit(summary, Path(junit_path))
+        except OSError as err:
+            raise SprayError(f"--junit {junit_path}: cannot write the JUnit file: "
+                             f"{err.strerror or err}") from None
     if markdown_path:
         report = Path(run_dir) / "report" / "index.html"
         step_summary = os.environ.get("GITHUB_STEP_SUMMARY")
         mode = "a" if step_summary and Path(step_summary) == Path(markdown_path) else "w"
-        with open(markdown_path, mode, encoding="utf-8") as fh:  # the job summary is appended to
-            fh.write(markdown(summary, str(report) if report.is_file() else None))
+        try:
+            with open(markdown_path, mode, encoding="utf-8") as fh:  # job summaries are appended to
+                fh.write(markdown(summary, str(report) if report.is_file() else None))
+        except OSError as err:
+            raise SprayError(f"--markdown {markdown_path}: cannot write the Markdown summary: "
+                             f"{err.strerror or err}") from None
     if os.environ.get("GITHUB_ACTIONS") == "true":
         for line in github_annotations(summary):
             print(line)

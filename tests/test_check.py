@@ -163,3 +163,8 @@ def test_cli_baseline_exit_codes(tmp_path):
     assert worse.returncode == 1 and "WORSE" in worse.stdout
     missing = run_cli("check", run, "--baseline", tmp_path / "nope", timeout=120)
     assert missing.returncode == 2 and "no run summary found" in missing.stderr
+    bad_dir = run_cli("check", run, "--junit", tmp_path / "no" / "such" / "dir.xml", timeout=120)
+    assert bad_dir.returncode == 2 and "--junit" in bad_dir.stderr
+    assert "Traceback" not in bad_dir.stderr
+    not_a_run = run_cli("check", tmp_path / "nothing-here", timeout=120)
+    assert not_a_run.returncode == 2 and "Traceback" not in not_a_run.stderr

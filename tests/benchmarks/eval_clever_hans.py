@@ -257,7 +257,9 @@ def table(rows: list[dict]) -> str:
            "flagged | suspect precision / recall | other classes flagged |",
            "|---|---|---|---|---|---|---|---|---|---|---|"]
     by_setting: dict[str, list[dict]] = {}
-    for r in rows:
+    order = sorted(rows, key=lambda r: (r["dataset"] != "fashion", r["artefact"] is None,
+                                        r["setting"]))
+    for r in order:
         by_setting.setdefault(r["setting"], []).append(r)
     for name, rs in by_setting.items():
         r0 = rs[0]
@@ -318,6 +320,8 @@ def main(argv=None) -> int:
     ap.add_argument("--rescore", action="store_true", help="only rescore cached settings")
     ap.add_argument("--quick", action="store_true", help="4 settings instead of all")
     ap.add_argument("--all", action="store_true", help="also the EXTRA settings")
+    ap.add_argument("--merge", action="store_true",
+                    help="keep the rows of settings not run now from an earlier results.json")
     ap.add_argument("--table-only", action="store_true",
                     help="only print the table of an earlier results.json")
     ap.add_argument("--only", help="comma-separated substrings of setting names to run")
@@ -348,6 +352,9 @@ def main(argv=None) -> int:
               file=sys.stderr)
         return 2
     rows = []
+    if args.merge and (out / "results.json").is_file():
+        now = {setting_name(s) for s in settings}
+        rows = [r for r in json.loads((out / "results.json").read_text()) if r["setting"] not in now]
     for s in settings:
         name = setting_name(s)
         cache = out / "cache" / f"{name}.npz"
