@@ -1,8 +1,16 @@
 """Evaluate the Clever-Hans score on planted artefacts (detection, false flags, suspect P/R).
 
-    python tests/benchmarks/eval_clever_hans.py --out runs/eval-clever-hans
-    python tests/benchmarks/eval_clever_hans.py --out runs/eval-clever-hans --rescore   # reuse models/maps
-    python tests/benchmarks/eval_clever_hans.py --out runs/eval-clever-hans --quick     # 1 poisoned + 1 clean per dataset
+The table of docs/verdict.md and the README was made with (25 models; 20–60 min on 2 cores):
+
+    python tests/benchmarks/eval_clever_hans.py --out runs/eval-clever-hans --all
+
+Other uses:
+
+    ... --out DIR --rescore             # rescore the cached maps (after changing the rule)
+    ... --out DIR --rescore --pipeline my-flags.yaml   # e.g. other thresholds in flags:
+    ... --out DIR --all --merge --only NAME,...        # add settings to an earlier results.json
+    ... --out DIR --table-only          # print the table of DIR/results.json
+    ... --out DIR --quick               # 1 poisoned + 1 clean model per dataset
 
 For every setting the script builds a dataset, plants an artefact into a fraction ``p`` of one
 class (train and test alike), trains a model on the train split, explains the test split of every
@@ -22,8 +30,7 @@ padding border), ``checker`` (small checkerboard texture patch, top-right).
 
 Outputs in ``--out``: ``cache/<setting>.npz`` (relevance maps, inputs, ground truth: the slow
 part, reused by ``--rescore``), ``results.json`` (every class of every setting) and
-``table.md`` (the table of docs/verdict.md). On 2 cores the full run takes ~20–30 minutes,
-``--rescore`` a few minutes.
+``table.md`` (the table of docs/verdict.md). ``--rescore`` takes a few minutes.
 """
 
 from __future__ import annotations
