@@ -480,3 +480,31 @@ def test_conservation_on_random_bias_free_mlps(widths, seed, classes):
     assert torch.all(totals <= explained.clamp(min=0) * (1 + 1e-9) + 1e-12)
     alive = (totals.abs() > 1e-12)
     assert torch.allclose(totals[alive], explained[alive], rtol=1e-9)
+
+
+@pytest.mark.parametrize("stride,padding,dilation,groups,cin", [
+    (1, 1, 1, 1, 1), (1, 0, 1, 1, 3), (1, 2, 2, 1, 4), (1, 1, 1, 2, 4), (2, 1, 1, 1, 3),
+    (1, 3, 1, 1, 2)])
+def test_transposed_pass_matches_convolution_backward(stride, padding, dilation, groups, cin):
+    """The stride-1 shortcut (a convolution with the flipped kernel) is the input gradient."""
+    from spray.lrp.ops import AffineOp
+    torch.manual_seed(0)
+    conv = nn.Conv2d(cin, 6, 3, stride=stride, padding=padding, dilation=dilation,
+                     groups=groups).double()
+    op = AffineOp(conv, conv.weight.detach(), None)
+    x = torch.randn(2, cin, 9, 9, dtype=torch.float64, requires_grad=True)
+    out = conv(x)
+    signal = torch.randn_like(out)
+    (expected,) = torch.autograd.grad(out, x, signal)
+    assert torch.allclose(op.transpose(signal, op.weight, x.shape), expected, atol=1e-12)
+
+
+def test_nonnegative_inputs_are_known_from_the_graph():
+    """Layers after a ReLU (and pooling/flattening) skip the run-time sign check; the input
+    layer does not."""
+    model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(4, 4, 3),
+                          nn.Flatten(), nn.Linear(4, 2)).eval()
+    program = lrp.prepare(model, "epsilon-plus")
+    layers = [m.layer for m in program.gm.modules() if hasattr(m, "layer")]
+    hints = [bool(layer.params.get("nonnegative_input")) for layer in layers]
+    assert hints == [False, True, False]

@@ -17,6 +17,7 @@ import weakref
 
 import torch
 import torch.fx as fx
+import torch.nn.functional as F
 from torch import nn
 
 from spray.errors import ConfigError, DataError, ModelError
@@ -209,6 +210,7 @@ class Program:
                   for node in gm.graph.nodes if node.op == "call_module"
                   and node not in folds]
         rules = self.composite.assign(layers)
+        self.nonneg = _nonnegative_nodes(gm.graph)
         for index, node in enumerate(list(gm.graph.nodes)):
             replacement = self._replace(node, rules.get(node.name), folded_into.get(node), folds)
             if replacement is not None:
@@ -272,7 +274,11 @@ class Program:
             raise ConfigError(f"rule Pass cannot be applied to {where}")
         if isinstance(rule, Norm):
             return _NormNode(lambda x, op=op: op.apply(x, op.weight, op.bias), rule.stabilizer)
-        return _AffineNode(_PreparedAffine(rule, op))
+        layer = _PreparedAffine(rule, op)
+        source = node.args[0] if node.args else None
+        if source in self.nonneg:
+            layer.params["nonnegative_input"] = True
+        return _AffineNode(layer)
 
     def _replace_operation(self, node):
         target, is_method = node.target, node.op == "call_method"
@@ -328,6 +334,45 @@ class Program:
                 return function(x, *rest, **kwargs)
         node.args = (source,)
         return make(fn)
+
+
+_NONNEG_MODULES = (nn.ReLU, nn.ReLU6)
+_NONNEG_FUNCTIONS = {F.relu, torch.relu, torch.relu_, F.relu_, F.relu6}
+_NONNEG_METHODS = {"relu", "relu_"}
+# operations that keep a non-negative input non-negative (first argument)
+_KEEP_MODULES = (nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AdaptiveMaxPool1d,
+                 nn.AdaptiveMaxPool2d, nn.AdaptiveMaxPool3d, nn.Flatten, nn.Dropout, nn.Dropout1d,
+                 nn.Dropout2d, nn.Dropout3d, nn.Identity) + AVG_POOLS
+_KEEP_FUNCTIONS = {torch.flatten, F.max_pool1d, F.max_pool2d, F.max_pool3d,
+                   F.adaptive_max_pool1d, F.adaptive_max_pool2d, F.adaptive_max_pool3d,
+                   F.avg_pool1d, F.avg_pool2d, F.avg_pool3d, F.adaptive_avg_pool1d,
+                   F.adaptive_avg_pool2d, F.adaptive_avg_pool3d, F.dropout, torch.reshape}
+_KEEP_METHODS = {"view", "reshape", "flatten", "contiguous"}
+
+
+def _nonnegative_nodes(graph: fx.Graph) -> set:
+    """Nodes whose value is non-negative by construction (a ReLU, then pooling, flattening,
+    dropout or reshaping), so that the rules need not check their input's sign at run time."""
+    nonneg = set()
+    for node in graph.nodes:
+        source = node.args[0] if node.args else None
+        keeps = False
+        if node.op == "call_module":
+            module = canon.module_of(graph.owning_module, node)
+            if isinstance(module, _NONNEG_MODULES):
+                nonneg.add(node)
+            keeps = isinstance(module, _KEEP_MODULES)
+        elif node.op == "call_function":
+            if node.target in _NONNEG_FUNCTIONS:
+                nonneg.add(node)
+            keeps = node.target in _KEEP_FUNCTIONS
+        elif node.op == "call_method":
+            if node.target in _NONNEG_METHODS:
+                nonneg.add(node)
+            keeps = node.target in _KEEP_METHODS
+        if keeps and source in nonneg:
+            nonneg.add(node)
+    return nonneg
 
 
 def _model_dtype_device(model: nn.Module):

@@ -51,11 +51,41 @@ class AffineOp:
         """Transposed pass ``weightᵀ signal``: the input gradient for output gradient ``signal``."""
         if not self.is_conv:
             return signal.matmul(weight)
+        flipped = self._flipped(weight)
+        if flipped is not None:
+            # stride 1: the transposed convolution is a convolution with the flipped, transposed
+            # kernel; on CPU this is much faster than convolution_backward for few channels
+            out = self._conv(signal, flipped[1], None, 1, flipped[2], self.dilation, self.groups)
+            if tuple(out.shape) == tuple(input_shape):
+                return out
         dummy = signal.new_empty(1).expand(tuple(input_shape))
         return torch.ops.aten.convolution_backward(
             signal, dummy, weight, None, self.stride, self.padding, self.dilation,
             False, [0] * self.ndim, self.groups, (True, False, False),
         )[0]
+
+    def _flipped(self, weight: torch.Tensor):
+        """``(weight, flipped kernel, padding)`` for a stride-1 transposed pass, else ``None``
+        (cached per weight tensor; the rules' weights are prepared once)."""
+        if any(s != 1 for s in self.stride):
+            return None
+        cache = self.__dict__.setdefault("_flip_cache", {})
+        entry = cache.get(id(weight))
+        if entry is not None and entry[0] is weight:
+            return entry if entry[1] is not None else None
+        kernel = weight.shape[2:]
+        padding = tuple(d * (k - 1) - p for d, k, p in zip(self.dilation, kernel, self.padding))
+        flipped = None
+        if min(padding) >= 0:
+            g = self.groups
+            grouped = weight.reshape(g, weight.shape[0] // g, *weight.shape[1:])
+            flipped = grouped.transpose(1, 2).reshape(
+                weight.shape[1] * g, weight.shape[0] // g, *kernel)
+            flipped = flipped.flip(tuple(range(2, 2 + self.ndim))).contiguous()
+        if len(cache) > 16:
+            cache.clear()
+        entry = cache[id(weight)] = (weight, flipped, padding)
+        return entry if flipped is not None else None
 
     # -- stacking along the output units --------------------------------------------------
     def stack_weights(self, weights: list[torch.Tensor]) -> torch.Tensor:

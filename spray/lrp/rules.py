@@ -166,7 +166,7 @@ class ZPlus(Rule):
                 "split": op.stack_inputs([pos, neg])}
 
     def forward(self, op, params, x):
-        nonneg = _is_nonnegative(x)
+        nonneg = params.get("nonnegative_input") or _is_nonnegative(x)
         if nonneg:
             z, positive = op.split_output(op.apply(x, params["w_pos"], params["b_pos"]), 2)
         else:
@@ -208,7 +208,7 @@ class AlphaBeta(Rule):
                 "split_pos": op.stack_inputs([pos, neg]), "split_neg": op.stack_inputs([neg, pos])}
 
     def forward(self, op, params, x):
-        nonneg = _is_nonnegative(x)
+        nonneg = params.get("nonnegative_input") or _is_nonnegative(x)
         if nonneg:
             # one stacked pass: z = wx + b and z⁺ = w⁺x + b⁺; z⁻ = z − z⁺ = w⁻x + b⁻
             z, positive = op.split_output(op.apply(x, params["w_pos"], params["b_pos"]), 2)
@@ -264,7 +264,7 @@ class Gamma(Rule):
 
     def forward(self, op, params, x):
         g = self.gamma
-        nonneg = _is_nonnegative(x)
+        nonneg = params.get("nonnegative_input") or _is_nonnegative(x)
         if nonneg:
             # one stacked pass: z = wx + b and z⁺ = w⁺x + b⁺ (so z − z⁺ = w⁻x + b⁻)
             z, positive = op.split_output(op.apply(x, params["w_pos"], params["b_pos"]), 2)
@@ -338,6 +338,32 @@ class Flat(_ConstantDenominatorRule):
     def _weight(self, op):
         return torch.ones_like(op.weight)
 
+    # With all weights 1 and no bias, every output unit sees the same denominator (the size of
+    # its receptive field) and every input unit the same sum over output units: the transposed
+    # pass over all channels reduces to a channel sum and one single-channel pass.
+    def prepare(self, op):
+        params = super().prepare(op)
+        if op.is_conv and op.groups == 1:
+            params["box"] = op.weight.new_ones((1, 1) + tuple(op.weight.shape[2:]))
+        return params
+
+    def forward(self, op, params, x):
+        z, (shape, denominator) = super().forward(op, params, x)
+        if op.is_conv and op.groups != 1:
+            return z, (shape, denominator)
+        return z, (shape, denominator[:, :1] if op.is_conv else denominator[..., :1])
+
+    def backward(self, op, params, saved, relevance):
+        shape, denominator = saved
+        if op.is_conv and op.groups != 1:
+            return super().backward(op, params, saved, relevance)
+        if not op.is_conv:
+            total = relevance.sum(-1, keepdim=True).div_(denominator)
+            return total.expand(shape).contiguous()
+        total = relevance.sum(1, keepdim=True).div_(denominator)
+        single = op.transpose(total, params["box"], (shape[0], 1) + tuple(shape[2:]))
+        return single if shape[1] == 1 else single.expand(shape).contiguous()
+
 
 @dataclass
 class WSquare(_ConstantDenominatorRule):
@@ -366,7 +392,8 @@ class ZBox(Rule):
 
     def prepare(self, op):
         w = op.weight
-        return {"pos": w.clamp(min=0), "neg": w.clamp(max=0), "cache": {},
+        pos, neg = w.clamp(min=0), w.clamp(max=0)
+        return {"pos": pos, "neg": neg, "cache": {}, "stacked": op.stack_inputs([w, pos, neg]),
                 "bias_pos": op.bias.clamp(min=0) if op.bias is not None else None,
                 "bias_neg": op.bias.clamp(max=0) if op.bias is not None else None}
 
@@ -391,6 +418,12 @@ class ZBox(Rule):
     def backward(self, op, params, saved, relevance):
         x, low, high, denominator = saved
         signal = relevance / denominator
+        if params["stacked"] is not None:
+            # Wᵀs, W⁺ᵀs and W⁻ᵀs in one transposed pass over the weights joined along the inputs
+            shape = (x.shape[0],) + op.joined_input_shape(x.shape, 3)
+            grad, grad_pos, grad_neg = op.split_inputs(
+                op.transpose(signal, params["stacked"], shape), 3)
+            return x * grad - low * grad_pos - high * grad_neg
         return (x * op.transpose(signal, op.weight, x.shape)
                 - low * op.transpose(signal, params["pos"], x.shape)
                 - high * op.transpose(signal, params["neg"], x.shape))
