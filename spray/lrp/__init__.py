@@ -37,11 +37,11 @@ import torch
 
 from spray.errors import ConfigError, DataError
 from spray.lrp.composites import COMPOSITES, Composite
-from spray.lrp.engine import Program, prepare, run
+from spray.lrp.engine import Program, prepare, run, tune_allocator
 from spray.lrp.rules import (AlphaBeta, Epsilon, Flat, Gamma, Gradient, Norm, Pass, Rule,
                              WSquare, ZBox, ZPlus)
 
-__all__ = ["attribute", "prepare", "Program", "Composite", "COMPOSITES", "Rule", "Epsilon",
+__all__ = ["attribute", "prepare", "Program", "tune_allocator", "Composite", "COMPOSITES", "Rule", "Epsilon",
            "ZPlus", "AlphaBeta", "Gamma", "Flat", "WSquare", "ZBox", "Pass", "Norm", "Gradient"]
 
 

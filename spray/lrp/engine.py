@@ -421,6 +421,26 @@ def ensure_eval(model: nn.Module) -> None:
 # ---------------------------------------------------------------------------------------------
 
 
+def tune_allocator(keep_bytes: int = 1 << 30) -> bool:
+    """Let glibc keep freed large buffers for reuse instead of returning them to the system.
+
+    By default glibc serves every allocation above 32 MiB with a fresh ``mmap`` and unmaps it
+    when freed, so each large activation of a batch is page-faulted in again; on CPU this can
+    double the cost of the wide stacked convolutions.  This switches ``mmap`` allocation off and
+    raises the trim threshold to ``keep_bytes`` (glibc only; a process-wide setting, so it is
+    opt-in).  Returns ``True`` when the setting was applied.
+    """
+    import ctypes
+    import ctypes.util
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return False
+    m_trim_threshold, m_mmap_max = -1, -4
+    return bool(mallopt(m_mmap_max, 0)) and bool(mallopt(m_trim_threshold, int(keep_bytes)))
+
+
 def resolve_targets(targets, logits: torch.Tensor, offset: int = 0) -> torch.Tensor:
     """Class index per sample from ``targets`` (indices, one int, or "prediction")."""
     n, classes = logits.shape

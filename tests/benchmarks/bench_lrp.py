@@ -6,6 +6,7 @@ Run from the repository root (Zennit needed for its columns: ``pip install -e '.
     python tests/benchmarks/bench_lrp.py --quick         # small CNN only, fewer repeats
     python tests/benchmarks/bench_lrp.py --threads 2 --vgg-batch 4 --repeats 3
     python tests/benchmarks/bench_lrp.py --channels-last  # model and inputs channels-last
+    python tests/benchmarks/bench_lrp.py --tune-allocator # glibc keeps large buffers (all methods)
 
 For each model it measures, per sample: a plain forward pass (no autograd), gradient × input
 (forward + backward), and for each composite Zennit's and spray's relevance computation
@@ -205,14 +206,20 @@ def main(argv=None):
     parser.add_argument("--quick", action="store_true", help="small CNN only")
     parser.add_argument("--channels-last", action="store_true",
                         help="model and inputs in channels-last memory format (all methods)")
+    parser.add_argument("--tune-allocator", action="store_true",
+                        help="keep freed large buffers in the heap (spray.lrp.tune_allocator; "
+                             "process-wide, applies to all methods)")
     args = parser.parse_args(argv)
+    if args.tune_allocator and not lrp.tune_allocator():
+        print("warning: could not tune the allocator (not glibc?)", flush=True)
     if args.threads:
         torch.set_num_threads(args.threads)
     zennit = have_zennit()
     print(f"Machine: {machine()}; date: {datetime.date.today().isoformat()}; "
           f"batches: CNN {args.cnn_batch}, VGG {args.vgg_batch}; best of {args.repeats} rounds "
           f"(VGG: {max(1, args.repeats - 1)}); "
-          f"memory format: {'channels-last' if args.channels_last else 'contiguous (NCHW)'}",
+          f"memory format: {'channels-last' if args.channels_last else 'contiguous (NCHW)'}; "
+          f"allocator: {'tuned' if args.tune_allocator else 'default'}",
           flush=True)
     torch.manual_seed(0)
     rows = benchmark("CNN 28×28", small_cnn().eval(), (1, 28, 28), args.cnn_batch,
