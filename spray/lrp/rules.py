@@ -173,6 +173,10 @@ class ZPlus(Rule):
             z = op.apply(x, op.weight, op.bias)
             positive = _signed_apply(op, x, params["split"], params["bias_pos"],
                                      (params["pos"], params["neg"]))
+        if nonneg:
+            # w⁺x + b⁺ ≥ 0 for x ≥ 0: the stabilised denominator is z⁺ + ε (also for a −0, as in
+            # Zennit), written in place into the stacked output, which nothing else uses
+            return z, (x, nonneg, positive.add_(self.stabilizer))
         return z, (x, nonneg, stabilize(positive, self.stabilizer))
 
     def backward(self, op, params, saved, relevance):
