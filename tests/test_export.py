@@ -274,8 +274,11 @@ def test_export_memory_is_bounded_by_chunk_rows(tmp_path):
         finally:
             tracemalloc.stop()
         assert info["attributions"] == n and info["classes"] == [0, 1]
-    full = 2000 * 3 * 48 * 48 * 4
-    assert peaks[2000] < 1.5 * peaks[500], peaks
+    per_sample = 3 * 48 * 48 * 4
+    full = 2000 * per_sample
+    # per-class analysis arrays (eigenvectors, t-SNE, labels) are O(n) and small; the
+    # attributions themselves must not be held: growth per extra sample stays far below one map
+    assert (peaks[2000] - peaks[500]) / 1500 < 0.25 * per_sample, peaks
     assert peaks[2000] < full / 3, f"peak {peaks[2000] / 2**20:.1f} MiB"
     group = _store(run_dir)
     with h5py.File(tmp_path / "2000" / "out" / "attribution.h5", "r") as fh:
