@@ -11,7 +11,6 @@ import hashlib
 import importlib
 import sys
 from functools import lru_cache
-from pathlib import Path
 
 import torch
 
@@ -99,11 +98,3 @@ def model_fingerprint(model: torch.nn.Module) -> str:
         h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
     return h.hexdigest()[:16]
 
-
-def predict_logits(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
-    with torch.no_grad():
-        return model(x)
-
-
-def weights_path_ok(path: str | None) -> bool:
-    return path is None or Path(path).is_file()

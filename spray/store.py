@@ -22,7 +22,6 @@ so a killed task can simply be run again and a rerun skips finished chunks.
 
 from __future__ import annotations
 
-import json
 import os
 import socket
 from pathlib import Path
@@ -133,11 +132,6 @@ def write_array(cg: zarr.Group, name: str, data: np.ndarray) -> None:
                     chunks=data.shape if data.ndim else None)
     if data.size:
         cg[name][...] = data
-
-
-def read_json_attr(cg: zarr.Group, key: str, default=None):
-    value = cg.attrs.get(key, default)
-    return json.loads(json.dumps(value)) if value is not None else default
 
 
 class RunLock:
