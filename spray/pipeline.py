@@ -109,7 +109,7 @@ class SpectralSection(_Section):
     """Eigen-decomposition of L_sym (see :mod:`spray.spectral`)."""
 
     n_eigenvalues: int = Field(default=32, ge=1)
-    solver: Literal["eigsh", "lobpcg"] = "eigsh"
+    solver: Literal["auto", "eigsh", "chebyshev", "lobpcg"] = "auto"
     tol: float = Field(default=0.0, ge=0)
     seed: int = 0
 

@@ -140,3 +140,59 @@ def test_lobpcg_agrees_with_eigsh():
     a, _ = smallest_eigenpairs(W, 8, solver="eigsh")
     b, _ = smallest_eigenpairs(W, 8, solver="lobpcg")
     np.testing.assert_allclose(a, b, atol=1e-6)
+
+
+def planted_graph(n, seed, groups=3, d=8):
+    rng = np.random.default_rng(seed)
+    X = np.vstack([rng.standard_normal((n // groups, d)) + 4 * rng.standard_normal(d)
+                   for _ in range(groups)])
+    return knn_affinity(X, {"k": "auto"})
+
+
+@pytest.mark.parametrize("tol,vec_atol", [(0.0, 1e-6), (1e-10, 1e-9)])
+def test_chebyshev_matches_dense_eigh(tol, vec_atol):
+    W = planted_graph(3000, seed=5)
+    lam, vec = smallest_eigenpairs(W, 32, solver="chebyshev", tol=tol)
+    np.testing.assert_allclose(lam, dense_reference(W, 32), atol=1e-8)
+    L = laplacian_sym(W)
+    assert np.abs(L @ vec - vec * lam).max() < vec_atol
+    np.testing.assert_allclose(vec.T @ vec, np.eye(32), atol=1e-7)
+
+
+def test_chebyshev_components_and_isolated_nodes():
+    rng = np.random.default_rng(6)
+    blocks = [knn_affinity(rng.standard_normal((s, 4)), {"k": 5}) for s in (900, 700, 500)]
+    W = sp.block_diag(blocks + [sp.csr_matrix((2, 2))], format="csr")
+    lam, _ = smallest_eigenpairs(W, 12, solver="chebyshev")
+    assert np.sum(lam < 1e-10) == 5 and lam[5] > 1e-4
+    np.testing.assert_allclose(lam, dense_reference(W, 12), atol=1e-8)
+
+
+def test_auto_solver_is_chebyshev_at_scale_and_agrees_with_eigsh(monkeypatch):
+    import spray.spectral as spectral
+
+    assert spectral.choose_solver("auto", 1000, 32) == "eigsh"
+    assert spectral.choose_solver("auto", spectral.CHEBYSHEV_ABOVE, 32) == "chebyshev"
+    W = planted_graph(24000, seed=7, groups=6, d=12)
+    used = []
+    real = spectral._chebyshev
+    monkeypatch.setattr(spectral, "_chebyshev", lambda *a, **k: used.append(1) or real(*a, **k))
+    a, va = smallest_eigenpairs(W, 32)  # auto
+    b, vb = smallest_eigenpairs(W, 32, solver="eigsh")
+    assert used
+    np.testing.assert_allclose(a, b, atol=1e-9)
+    # same invariant subspace for the clustered (well separated) leading eigenvalues
+    overlap = np.linalg.svd(va[:, :6].T @ vb[:, :6], compute_uv=False)
+    assert overlap.min() > 1 - 1e-6
+
+
+def test_chebyshev_falls_back_to_eigsh_when_it_does_not_converge(monkeypatch):
+    import spray.spectral as spectral
+
+    W = planted_graph(2400, seed=8)
+    monkeypatch.setattr(spectral, "CHEBYSHEV_MAX_ITER", 1)
+    M, d = spectral.normalized_affinity(W)
+    _, _, null = spectral.component_vectors(M, d, 16)
+    assert spectral._chebyshev(M, 16, 1e-12, 0, null) is None
+    lam, _ = smallest_eigenpairs(W, 16, solver="chebyshev", tol=1e-12)
+    np.testing.assert_allclose(lam, dense_reference(W, 16), atol=1e-8)
