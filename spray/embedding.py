@@ -20,6 +20,10 @@ from __future__ import annotations
 import numpy as np
 import scipy.sparse as sp
 
+#: openTSNE's FFT-interpolated gradients above this many points, Barnes–Hut below (measured
+#: crossover on the benchmark features: BH 2.6 s vs FFT 6.5 s at 2 000, 6.2 s vs 5.6 s at 5 000)
+FFT_ABOVE = 3500
+
 
 def _calibrate(indptr: np.ndarray, sqdist: np.ndarray, perplexity: float,
                n_steps: int = 64) -> np.ndarray:
@@ -176,7 +180,7 @@ def embed(W, features, params: dict, init=None) -> np.ndarray:
         learning_rate=params.get("learning_rate", "auto"),
         n_jobs=int(params.get("n_jobs", 1)),
         random_state=seed,
-        negative_gradient_method="fft" if n > 5000 else "bh",
+        negative_gradient_method="fft" if n > FFT_ABOVE else "bh",
     )
     Z = tsne.fit(affinities=aff, initialization=Y0)
     return np.asarray(Z, dtype=np.float64)
