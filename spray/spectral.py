@@ -201,7 +201,8 @@ def _chebyshev(M: sp.csr_matrix, m: int, tol: float, seed: int, null: np.ndarray
     and rotated by Rayleigh–Ritz. The component null vectors are deflated after each filter.
     Converged leading vectors are locked (not filtered again). Filtering runs in float32
     until the residuals approach float32's floor, then in float64. Returns ``None`` when the
-    iteration cap is reached (the caller falls back to eigsh).
+    iteration cap is reached or the residual stalls for 10 iterations (the caller falls back to
+    eigsh).
     """
     import torch
 
@@ -216,7 +217,7 @@ def _chebyshev(M: sp.csr_matrix, m: int, tol: float, seed: int, null: np.ndarray
     A32 = _torch_csr(M, torch.float32)
     A = A32
     X = torch.randn(n, b, generator=gen, dtype=torch.float64)
-    cut, locked, worst = 0.5, 0, np.inf
+    cut, locked, worst, history = 0.5, 0, np.inf, []
     for _ in range(CHEBYSHEV_MAX_ITER):
         Xf = _chebyshev_filter(A, X[:, locked:].to(A.dtype), degree, cut).double()
         X = torch.cat([X[:, :locked], Xf], dim=1)
@@ -240,6 +241,9 @@ def _chebyshev(M: sp.csr_matrix, m: int, tol: float, seed: int, null: np.ndarray
         if A is A32 and (res.max() < 5 * max(tol, 1e-6) or res.max() > 0.5 * worst):
             A = A64  # near float32's floor (or stalled there): finish in float64
         worst = float(res.max())
+        history.append(worst)
+        if len(history) > 20 and worst > 0.5 * history[-11]:
+            return None  # stalled (e.g. no spectral gap below the block): leave it to eigsh
     else:
         return None
     if c:

@@ -196,3 +196,22 @@ def test_chebyshev_falls_back_to_eigsh_when_it_does_not_converge(monkeypatch):
     assert spectral._chebyshev(M, 16, 1e-12, 0, null) is None
     lam, _ = smallest_eigenpairs(W, 16, solver="chebyshev", tol=1e-12)
     np.testing.assert_allclose(lam, dense_reference(W, 16), atol=1e-8)
+
+
+def test_chebyshev_gives_up_on_a_gapless_spectrum_and_eigsh_finishes(monkeypatch):
+    """A long cycle has pairs of eigenvalues 1 − cos(2πj/n) packed ~1e-5 apart near 0: the
+    filter cannot separate them, the residual stalls, and eigsh takes over."""
+    import spray.spectral as spectral
+
+    n = 3000
+    i = np.arange(n)
+    W = sp.csr_matrix((np.ones(n), (i, (i + 1) % n)), shape=(n, n))
+    W = W + W.T
+    outcomes = []
+    real = spectral._chebyshev
+    monkeypatch.setattr(spectral, "_chebyshev",
+                        lambda *a, **k: outcomes.append(real(*a, **k)) or outcomes[-1])
+    lam, _ = smallest_eigenpairs(W, 10, solver="chebyshev")
+    assert outcomes == [None]
+    exact = np.sort(1 - np.cos(2 * np.pi * np.arange(n) / n))[:10]
+    np.testing.assert_allclose(lam, exact, atol=1e-10)
