@@ -141,6 +141,14 @@ class _Run:
         return str(c)
 
 
+def _config_dir(run_dir: Path) -> str | None:
+    """The folder of the config the run was made with (``factory`` modules live there)."""
+    try:
+        return json.loads((run_dir / "run.json").read_text()).get("config_dir")
+    except (OSError, ValueError):
+        return None
+
+
 def _open_source(run: _Run):
     from spray.sources import open_source
 
@@ -148,7 +156,7 @@ def _open_source(run: _Run):
     if not isinstance(data_cfg, dict):
         raise StoreError(f"{run.dir}/config.yaml has no 'data' section; cannot find the samples")
     try:
-        return open_source(data_cfg)
+        return open_source(data_cfg, _config_dir(run.dir))
     except (OSError, ValueError) as err:
         where = data_cfg.get("path") or data_cfg.get("source")
         raise DataError(f"the dataset of the run ({where}) "

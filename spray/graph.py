@@ -425,6 +425,7 @@ def run(cfg: RunConfig, base_dir: Path, output: str | None = None, scheduler: st
         info = {
             "spray_version": __version__,
             "run_dir": str(run_dir),
+            "config_dir": str(base_dir),  # factories are imported from there (export re-opens)
             "classes": sorted(parts),
             "chunks_total": chunks_total,
             "chunks_computed": len(computed),

@@ -82,11 +82,18 @@ def _class_entry(cg, c: int) -> dict:
         "flagged": bool(flags["flagged"]), "suspect_cluster": flags.get("suspect_cluster"),
         "candidate_cluster": flags.get("candidate_cluster"),
         "clusters": clusters, "warnings": analysis.get("warnings", []),
-        "accuracy": float(np.mean(cg["prediction"][:] == c)),
+        "accuracy": _accuracy(cg["prediction"][:], c),
     })
     if flags.get("params"):
         entry["flag_params"] = dict(flags["params"])
     return entry
+
+
+def _accuracy(prediction: np.ndarray, label: int):
+    """Share of the class predicted as the class, over the samples with a known prediction
+    (attribution files without predictions store −1); ``None`` when none is known."""
+    known = prediction >= 0
+    return float(np.mean(prediction[known] == label)) if known.any() else None
 
 
 def _read_class_entry(run_dir: Path, classes, key: str) -> dict:
@@ -395,7 +402,7 @@ def _class_page(run_dir: Path, out: Path, cg, entry: dict, header: str) -> None:
         f"({_esc(c)})</h1>{header}"
         f"<p class='verdict{' bad' if flagged else ''}'><b>{verdict}</b>: score "
         f"{_fmt(entry['score'], 2)} (threshold {_fmt(entry['threshold'], 2)}); "
-        f"{_fmt(entry['n_samples'])} samples, model accuracy on them {_fmt(entry['accuracy'])}, "
+        f"{_fmt(entry['n_samples'])} samples, model accuracy on them {_fmt(entry['accuracy']) or 'unknown (no predictions)'}, "
         f"kNN k = {_fmt(entry['k'])}, eigengap K = {_fmt(entry['n_clusters'])} clusters.</p>{warn}"
         f"<h2>Evidence</h2>{_evidence(entry)}"
         + (f"<img src='{_esc(suspect)}' alt='mean relevance of the suspect cluster against the "

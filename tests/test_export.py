@@ -300,3 +300,40 @@ def test_rgb_run_with_stored_channels(tmp_path):
         full = group["classes"]["0"]["relevance_full"][:]
         np.testing.assert_array_equal(fh["attribution"][:20], full)
         np.testing.assert_array_equal(fh["index"][:20], group["classes"]["0"]["index"][:])
+
+
+def test_export_reopens_a_factory_dataset_from_the_config_folder(small_problem, tmp_path):
+    """A ``factory`` data source lives next to the config; ``spray export`` run later, from
+    another directory in a fresh process, still finds it (run.json records the config folder)."""
+    import shutil
+
+    from conftest import run_cli
+    from scale_support import DATASET_MODULE
+
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "exportdata.py").write_text(DATASET_MODULE)
+    for name in ("smallnet.py", "weights.pt", "data.npz"):
+        shutil.copy(Path(small_problem["root"]) / name, project / name)
+    config = {
+        "data": {"source": "factory", "factory": "exportdata:build",
+                 "kwargs": {"path": str(project / "data.npz")}},
+        "model": {"factory": "smallnet:build", "weights": "weights.pt"},
+        "classes": [1],
+        "class_names": ["zero", "one", "two"],
+        "pipeline": {"preset": "spray-default", "embedding": {"method": "none"}},
+        "cluster": {"scheduler": "threads", "n_workers": 1, "progress": False},
+        "output": "run",
+    }
+    (project / "config.yaml").write_text(yaml.safe_dump(config))
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    done = run_cli("run", project / "config.yaml", "--output", project / "run", cwd=elsewhere)
+    assert done.returncode == 0, done.stderr
+    assert json.loads((project / "run" / "run.json").read_text())["config_dir"] == str(project)
+    done = run_cli("export", "virelay", project / "run", tmp_path / "virelay", cwd=elsewhere)
+    assert done.returncode == 0, done.stderr
+    x, y = small_problem["x"], small_problem["y"]
+    with h5py.File(tmp_path / "virelay" / "dataset.h5", "r") as fh:
+        np.testing.assert_array_equal(fh["data"][7, 0], np.rint(x[7, 0] * 255).astype(np.uint8))
+        np.testing.assert_array_equal(fh["label"][:], y)

@@ -129,6 +129,31 @@ def test_same_eigenvalues_as_direct_analysis(zennit_h5, precomputed_run):
     assert group.attrs["fingerprints"]["model"].startswith("precomputed-")
 
 
+def test_accuracy_in_the_report_with_and_without_predictions(small_problem, zennit_h5,
+                                                            precomputed_run, tmp_path):
+    """With predictions the report gives each class's accuracy; without, it says it is unknown
+    (not 0)."""
+    _, arrays = zennit_h5
+    run_dir, _ = precomputed_run
+    summary = json.loads((run_dir / "report" / "summary.json").read_text())
+    labels = arrays["label"].astype(np.int64)
+    predicted = arrays["prediction"].argmax(1)
+    for entry in summary["classes"]:
+        c = entry["class"]
+        assert entry["accuracy"] == pytest.approx(np.mean(predicted[labels == c] == c))
+    path = tmp_path / "no_prediction.h5"
+    with h5py.File(path, "w") as fh:
+        fh["attribution"] = arrays["attribution"]
+        fh["label"] = arrays["label"]
+    cfg, base = load_config(_config(small_problem, tmp_path, path, classes=[1],
+                                    class_names=["zero", "one", "two"]))
+    run(cfg, base, output=str(tmp_path / "run"), quiet=True)
+    summary = json.loads((tmp_path / "run" / "report" / "summary.json").read_text())
+    assert [e["accuracy"] for e in summary["classes"]] == [None]
+    page = next((tmp_path / "run" / "report").glob("class_*.html")).read_text()
+    assert "model accuracy on them unknown (no predictions)" in page
+
+
 def test_fingerprint_is_stable_and_follows_the_file(zennit_h5, tmp_path):
     """Resuming compares this fingerprint: same file, same hash; other maps, another hash."""
     path, arrays = zennit_h5
