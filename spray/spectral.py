@@ -29,6 +29,7 @@ eigenvectors of ``L_sym`` with a deterministic sign (largest-magnitude entry pos
 
 from __future__ import annotations
 
+import time
 import warnings
 
 import numpy as np
@@ -191,8 +192,45 @@ def _chebyshev_filter(A, X, degree: int, cut: float, low: float = -1.0):
     return torch.cat(out, dim=1)
 
 
+def _fastest_threads(A, X) -> int:
+    """torch threads for the block products: all of them, or one if that is faster right now.
+
+    Measured, not assumed: with other processes busy on the cores (parallel classes, other
+    workers), OpenMP's spinning threads made the products of a 100k-node graph several times
+    slower than one thread (eigenpairs in 14 s with 2 threads, 4 s with 1, on 2 busy cores),
+    while on idle cores 2 threads are ~1.8× faster. Three products per choice decide.
+    """
+    import torch
+
+    most = torch.get_num_threads()
+    if most <= 1:
+        return most
+    block = X[:, :CHEBYSHEV_BLOCK].to(A.dtype).contiguous()
+    timings = {}
+    for threads in (most, 1):
+        torch.set_num_threads(threads)
+        A @ block  # warm-up
+        start = time.perf_counter()
+        for _ in range(3):
+            A @ block
+        timings[threads] = time.perf_counter() - start
+    return min(timings, key=timings.get)
+
+
 def _chebyshev(M: sp.csr_matrix, m: int, tol: float, seed: int, null: np.ndarray | None = None,
                degree: int = CHEBYSHEV_DEGREE):
+    """:func:`_chebyshev_iterate` with the faster torch thread count (restored afterwards)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    try:
+        return _chebyshev_iterate(M, m, tol, seed, null, degree)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _chebyshev_iterate(M: sp.csr_matrix, m: int, tol: float, seed: int,
+                       null: np.ndarray | None = None, degree: int = CHEBYSHEV_DEGREE):
     """Largest algebraic eigenpairs of ``M`` by Chebyshev-filtered subspace iteration.
 
     A block of ``k + max(8, k/4)`` vectors (k wanted, the rest speed up convergence of the
@@ -217,6 +255,7 @@ def _chebyshev(M: sp.csr_matrix, m: int, tol: float, seed: int, null: np.ndarray
     A32 = _torch_csr(M, torch.float32)
     A = A32
     X = torch.randn(n, b, generator=gen, dtype=torch.float64)
+    torch.set_num_threads(_fastest_threads(A32, X))
     cut, locked, worst, history = 0.5, 0, np.inf, []
     for _ in range(CHEBYSHEV_MAX_ITER):
         Xf = _chebyshev_filter(A, X[:, locked:].to(A.dtype), degree, cut).double()
