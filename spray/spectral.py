@@ -29,6 +29,7 @@ eigenvectors of ``L_sym`` with a deterministic sign (largest-magnitude entry pos
 
 from __future__ import annotations
 
+import threading
 import time
 import warnings
 
@@ -192,6 +193,9 @@ def _chebyshev_filter(A, X, degree: int, cut: float, low: float = -1.0):
     return torch.cat(out, dim=1)
 
 
+_THREADS_LOCK = threading.Lock()
+
+
 def _fastest_threads(A, X) -> int:
     """torch threads for the block products: all of them, or one if that is faster right now.
 
@@ -219,14 +223,19 @@ def _fastest_threads(A, X) -> int:
 
 def _chebyshev(M: sp.csr_matrix, m: int, tol: float, seed: int, null: np.ndarray | None = None,
                degree: int = CHEBYSHEV_DEGREE):
-    """:func:`_chebyshev_iterate` with the faster torch thread count (restored afterwards)."""
+    """:func:`_chebyshev_iterate` with the faster torch thread count (restored afterwards).
+
+    torch's thread count is per process: solves in concurrent threads of one process (a
+    threaded Dask worker) take turns, so that each restores what it found.
+    """
     import torch
 
-    threads = torch.get_num_threads()
-    try:
-        return _chebyshev_iterate(M, m, tol, seed, null, degree)
-    finally:
-        torch.set_num_threads(threads)
+    with _THREADS_LOCK:
+        threads = torch.get_num_threads()
+        try:
+            return _chebyshev_iterate(M, m, tol, seed, null, degree)
+        finally:
+            torch.set_num_threads(threads)
 
 
 def _chebyshev_iterate(M: sp.csr_matrix, m: int, tol: float, seed: int,
