@@ -4,7 +4,12 @@ Rule ``input-contrast`` (the pipeline's ``flags`` section holds every threshold)
 
 1. **Candidates.** The class is clustered on its relevance eigenvectors (the analysis). Every
    cluster holding between ``min_cluster_fraction`` and ``max_cluster_fraction`` of the class and
-   at least ``min_cluster_size`` samples is a candidate.
+   at least ``min_cluster_size`` samples is a candidate. With ``candidates: all-k`` (the
+   default) the clusters of k-means on the first K eigenvectors for every other K from 2 to
+   ``clustering.max_clusters`` are candidates too (same method and settings as the analysis,
+   duplicates dropped): an artefact group that the eigengap's K merges with other samples, or
+   splits, is often isolated more cleanly at another K (see the end of this list for how it
+   is reported). ``candidates: analysis`` scores the analysis' clusters only.
 2. **Contrast** (the evidence that matters most). For each candidate S, its *conductance*
    φ(S) = (weight of the edges leaving S) / min(vol S, vol rest) is measured in the relevance
    kNN graph and in a kNN graph built the same way (same preprocessing, same k) on the raw
@@ -31,9 +36,14 @@ Rule ``input-contrast`` (the pipeline's ``flags`` section holds every threshold)
    uniform Δ gives 0.1, a single cell 1.0). ``peak`` is the grid cell (row, column) of the
    largest |Δ|. Candidates below ``min_concentration`` are not scored (default 0: off).
 
-``score(S) = stable_contrast(S) − size_penalty(S)``; the class score is the maximum over the
-candidates and the class is flagged when ``score >= threshold``; the arg-max is the suspect
-cluster. Validation (planted artefacts, clean models): ``docs/verdict.md``.
+``score(S) = stable_contrast(S) − size_penalty(S)``. The suspect is always one of the analysis'
+clusters (the ones the report shows): a candidate of another K lifts the score of an analysis
+candidate that it overlaps with Jaccard ≥ ``other_k_min_jaccard`` (0.5) to its own score (the
+cluster entry then names it in ``score_from_k``: its K, size, contrast, score, Jaccard); groups
+of other K without such a counterpart are listed in ``other_k`` (best ten) but not scored. The
+class score is the maximum over the analysis candidates and the class is flagged when
+``score >= threshold``; the arg-max is the suspect cluster. Validation (planted artefacts, clean
+models): ``docs/verdict.md``.
 """
 
 from __future__ import annotations
@@ -58,6 +68,8 @@ DEFAULTS = {
     "size_prior_weight": 1.0,
     "concentration_area": 0.1,
     "min_concentration": 0.0,
+    "candidates": "all-k",
+    "other_k_min_jaccard": 0.5,
     "seed": 0,
 }
 
@@ -138,6 +150,29 @@ def _bootstrap_contrasts(features, input_features, masks, pipeline, k, params) -
     return out
 
 
+def _other_k_groups(result, pipeline, seen):
+    """Clusters of k-means on the first K eigenvectors for every other K up to max_clusters."""
+    from spray.cluster import cluster
+
+    clus = dict(pipeline["clustering"])
+    vec = np.asarray(result.eigenvectors)
+    K_max = min(int(clus.get("max_clusters", 10)), vec.shape[1], vec.shape[0] - 1)
+    keys = {np.packbits(m).tobytes() for m in seen}
+    out = []
+    for K in range(2, K_max + 1):
+        if K == int(result.n_clusters):
+            continue
+        lab = cluster(vec, K, clus, affinity=result.affinity)
+        for cid in np.unique(lab):
+            mask = lab == cid
+            key = np.packbits(mask).tobytes()
+            if key in keys:
+                continue
+            keys.add(key)
+            out.append((int(cid), mask, K))
+    return out
+
+
 def size_penalty(fraction: float, params: dict) -> float:
     """Linear penalty above the knee, equal to ``size_prior_weight`` at fraction 0.5."""
     knee = float(params["size_prior_knee"])
@@ -184,12 +219,22 @@ def clever_hans_score(result, input_features: np.ndarray, pipeline: dict, featur
     d_rel = np.asarray(W_rel.sum(axis=1)).ravel()
     d_in = np.asarray(W_input.sum(axis=1)).ravel()
     grid = (pipeline.get("preprocess") or {}).get("pool")
-    clusters, masks, cand = [], [], []
-    for cid in np.unique(labels):
-        mask = labels == cid
+    if params["candidates"] not in ("analysis", "all-k"):
+        from spray.errors import ConfigError
+
+        raise ConfigError(f"pipeline key 'flags.candidates': {params['candidates']!r} "
+                          f"(known: analysis, all-k)")
+    groups = [(int(cid), labels == cid, None) for cid in np.unique(labels)]
+    if params["candidates"] == "all-k":
+        groups += _other_k_groups(result, pipeline, [g[1] for g in groups])
+    clusters, other_k, masks, cand = [], [], [], []
+    for cid, mask, K in groups:
         size = int(mask.sum())
         frac = size / n
         entry = {"id": int(cid), "size": size, "fraction": round(frac, 4)}
+        if K is not None:
+            entry = {"n_clusters": K, "cluster": int(cid), "size": size,
+                     "fraction": round(frac, 4)}
         if lo <= frac <= hi and size >= int(params["min_cluster_size"]) and size < n:
             phi_rel = _conductance_mask(W_rel, d_rel, mask)
             phi_in = _conductance_mask(W_input, d_in, mask)
@@ -201,7 +246,11 @@ def clever_hans_score(result, input_features: np.ndarray, pipeline: dict, featur
                                            float(params["concentration_area"])))
             masks.append(mask)
             cand.append(entry)
-        clusters.append(entry)
+        if K is None:
+            clusters.append(entry)
+        elif "contrast" in entry:
+            entry["_mask"] = mask
+            other_k.append(entry)
     boots = (_bootstrap_contrasts(np.asarray(features, dtype=np.float32),
                                   np.asarray(input_features, dtype=np.float32), masks, pipeline,
                                   int(result.k), params)
@@ -219,6 +268,22 @@ def clever_hans_score(result, input_features: np.ndarray, pipeline: dict, featur
             entry["excluded"] = f"concentration {entry.get('concentration')} < {gate}"
             continue
         entry["score"] = round(score, 4)
+    # a group isolated at another K lifts the score of the analysis cluster it matches
+    min_jac = float(params["other_k_min_jaccard"])
+    for c in clusters:
+        if "score" not in c:
+            continue
+        mask = labels == c["id"]
+        for o in other_k:
+            if "score" not in o or o["score"] <= c["score"]:
+                continue
+            jac = float((mask & o["_mask"]).sum() / (mask | o["_mask"]).sum())
+            if jac >= min_jac:
+                c["score"] = o["score"]
+                c["score_from_k"] = {k: v for k, v in o.items() if k != "_mask"}
+                c["score_from_k"]["jaccard"] = round(jac, 4)
+    for o in other_k:
+        o.pop("_mask", None)
     scored = [c for c in clusters if "score" in c]
     best = max(scored, key=lambda c: c["score"]) if scored else None
     score = best["score"] if best else 0.0
@@ -226,4 +291,5 @@ def clever_hans_score(result, input_features: np.ndarray, pipeline: dict, featur
     return {"rule": "input-contrast", "score": float(score), "threshold": threshold,
             "flagged": flagged, "suspect_cluster": best["id"] if flagged else None,
             "candidate_cluster": best["id"] if best else None, "clusters": clusters,
+            "other_k": sorted(other_k, key=lambda c: -c.get("score", -np.inf))[:10],
             "params": {k: params[k] for k in DEFAULTS}}

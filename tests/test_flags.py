@@ -106,6 +106,8 @@ def test_thresholds_come_from_the_preset(artefact_class):
     assert not v["flagged"] and v["candidate_cluster"] is not None
     assert v["params"]["threshold"] == 50.0
     v = score(max_cluster_fraction=0.1)
+    assert not v["flagged"] and all(c["fraction"] <= 0.1 for c in v["clusters"] if "score" in c)
+    v = score(max_cluster_fraction=0.1, candidates="analysis")
     assert not v["flagged"] and all("score" not in c for c in v["clusters"])
     v = score(min_concentration=0.99)
     assert not v["flagged"] and any("excluded" in c for c in v["clusters"])
@@ -119,6 +121,41 @@ def test_thresholds_come_from_the_preset(artefact_class):
     assert v["flagged"]
     with pytest.raises(ConfigError, match="flags.score"):
         clever_hans_score(result, inputs, _pipe(score="largest-gap"), features=feats)
+    with pytest.raises(ConfigError, match="flags.candidates"):
+        clever_hans_score(result, inputs, _pipe(candidates="every"), features=feats)
+
+
+def test_candidates_from_other_k(artefact_class):
+    """all-k also scores the clusters of every other K; the suspect stays an analysis cluster."""
+    feats, inputs, planted = artefact_class
+    result = analyze(feats, pipeline=_pipe(), embed=False)
+    only = clever_hans_score(result, inputs, _pipe(candidates="analysis"), features=feats)
+    allk = clever_hans_score(result, inputs, _pipe(candidates="all-k"), features=feats)
+    ids = set(np.unique(result.labels).tolist())
+    for v in (only, allk):
+        assert {c["id"] for c in v["clusters"]} == ids
+        assert v["suspect_cluster"] in ids
+    assert only["other_k"] == [] and not any("score_from_k" in c for c in only["clusters"])
+    assert allk["other_k"], "max_clusters 10 gives candidates at other K"
+    for c in allk["other_k"]:
+        assert 2 <= c["n_clusters"] <= 10 and c["n_clusters"] != result.n_clusters
+        assert "contrast" in c
+    scores = [c["score"] for c in allk["other_k"] if "score" in c]
+    assert scores == sorted(scores, reverse=True)
+    by_id = {c["id"]: c for c in only["clusters"]}
+    for c in allk["clusters"]:
+        if "score" not in c:
+            continue
+        own = by_id[c["id"]]["score"]
+        src = c.get("score_from_k")
+        if src is None:
+            assert c["score"] == own
+        else:   # lifted by a group of another K that overlaps it enough
+            assert c["score"] == src["score"] > own and src["jaccard"] >= 0.5
+    assert allk["score"] >= only["score"] and allk["flagged"] and only["flagged"]
+    # an impossible overlap requirement turns the other K off
+    strict = clever_hans_score(result, inputs, _pipe(other_k_min_jaccard=1.01), features=feats)
+    assert strict["score"] == only["score"]
 
 
 def test_conductance_and_size_prior():

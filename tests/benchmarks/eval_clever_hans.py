@@ -1,6 +1,7 @@
 """Evaluate the Clever-Hans score on planted artefacts (detection, false flags, suspect P/R).
 
-The table of docs/verdict.md and the README was made with (25 models; 20–60 min on 2 cores):
+The table of docs/verdict.md and the README was made with (25 models; 7–30 min on 2 cores,
+depending on what else runs):
 
     python tests/benchmarks/eval_clever_hans.py --out runs/eval-clever-hans --all
 
@@ -19,9 +20,11 @@ class with spray's own analysis (``spray.preprocess.preprocess`` → ``spray.ana
 ``spray.flags.clever_hans_score``) and the ``spray-default`` preset (``--pipeline`` to change it).
 Clean models (no artefact) measure false flags.
 
-* **Fashion-MNIST** (Debian ``dataset-fashion-mnist``): 28×28, ``--train-per-class`` training
-  images per class (default 600), the first ``--test-per-class`` (default 1000) test images per
-  class; CNN with 3 conv + 2 dense layers, 2 epochs.
+* **Fashion-MNIST** (Debian ``dataset-fashion-mnist``): 28×28, the first ``--train-per-class``
+  training images per class (default 2500) and the first ``--test-per-class`` (default 1000)
+  test images per class; CNN with 3 conv (with BatchNorm) + 2 dense layers, ``--fashion-epochs``
+  (3) epochs of Adam with a one-cycle learning rate (batches of 256): test accuracy ≈ 0.90, a
+  model that has learnt its task (and a shortcut, if the data offers one).
 * **digits** (scikit-learn): upsampled to 32×32, split 50/50 per class (≈ 90 test samples per
   class); the demo CNN (with BatchNorm), 12 epochs.
 
@@ -62,7 +65,7 @@ SETTINGS = [
     ("digits", None, None, 0.0, 0), ("digits", None, None, 0.0, 1),
     ("digits", None, None, 0.0, 2),
 ]
-# more settings for --all (not in the committed table: they take another ~40 minutes)
+# more settings for --all (part of the committed table)
 EXTRA = [
     ("fashion", 4, "square", 0.2, 0), ("fashion", 6, "square", 0.05, 0),
     ("fashion", None, None, 0.0, 2), ("fashion", 7, "checker", 0.3, 0),
@@ -137,10 +140,11 @@ def load_digits(rng):
 
 
 def fashion_model() -> nn.Module:
+    """3 conv (with BatchNorm) + 2 dense layers; ~0.90 test accuracy after 3 one-cycle epochs."""
     return nn.Sequential(
-        nn.Conv2d(1, 16, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-        nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-        nn.Conv2d(32, 32, 3, padding=1), nn.ReLU(),
+        nn.Conv2d(1, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(16, 32, 3, padding=1), nn.BatchNorm2d(32), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(32, 32, 3, padding=1), nn.BatchNorm2d(32), nn.ReLU(),
         nn.Flatten(), nn.Linear(32 * 7 * 7, 64), nn.ReLU(), nn.Linear(64, 10))
 
 
@@ -151,6 +155,25 @@ def train(model: nn.Module, x: np.ndarray, y: np.ndarray, epochs: int, seed: int
     return fit(model, x, y, epochs, seed)
 
 
+def train_one_cycle(model: nn.Module, x: np.ndarray, y: np.ndarray, epochs: int, seed: int,
+                    batch: int = 256, max_lr: float = 4e-3) -> nn.Module:
+    """Adam with a one-cycle learning rate (batches of 256): converges in a few epochs on CPU."""
+    torch.manual_seed(seed)
+    xt, yt = torch.as_tensor(x), torch.as_tensor(y)
+    gen = torch.Generator().manual_seed(seed)
+    opt = torch.optim.Adam(model.parameters(), lr=max_lr)
+    sched = torch.optim.lr_scheduler.OneCycleLR(
+        opt, max_lr=max_lr, total_steps=epochs * ((len(xt) + batch - 1) // batch))
+    model.train()
+    for _ in range(epochs):
+        for idx in torch.randperm(len(xt), generator=gen).split(batch):
+            opt.zero_grad()
+            nn.functional.cross_entropy(model(xt[idx]), yt[idx]).backward()
+            opt.step()
+            sched.step()
+    return model.eval()
+
+
 def collect(setting, args) -> dict:
     """Train the model of a setting and explain its test split: arrays for the cache."""
     from spray.lrp import attribute
@@ -159,12 +182,12 @@ def collect(setting, args) -> dict:
     rng = np.random.default_rng(1000 + seed)
     if ds == "fashion":
         x_tr, y_tr, x_te, y_te = load_fashion(args.train_per_class, args.test_per_class, rng)
-        model, epochs = fashion_model(), 2
+        model, epochs, fit = fashion_model(), args.fashion_epochs, train_one_cycle
     else:
         from spray.demo import build_model
 
         x_tr, y_tr, x_te, y_te = load_digits(rng)
-        model, epochs = build_model(), 12
+        model, epochs, fit = build_model(), 12, train
     poisoned = np.zeros(len(y_te), dtype=bool)
     if art is not None:
         for xs, ys, mark in ((x_tr, y_tr, None), (x_te, y_te, poisoned)):
@@ -175,7 +198,7 @@ def collect(setting, args) -> dict:
             if mark is not None:
                 mark[chosen] = True
     t0 = time.perf_counter()
-    model = train(model, x_tr, y_tr, epochs, seed)
+    model = fit(model, x_tr, y_tr, epochs, seed)
     t_train = time.perf_counter() - t0
     rel, logits = [], []
     t0 = time.perf_counter()
@@ -230,12 +253,15 @@ def score_setting(setting, data, pipe) -> list[dict]:
         if cand is None:
             cand = verdict.get("candidate_cluster")
         if cand is not None and truth.any():
-            members = result.labels == cand
+            members = result.labels == cand   # the reported cluster (what the user sees)
             hit = int((members & truth).sum())
             row["precision"] = hit / max(1, int(members.sum()))
             row["recall"] = hit / int(truth.sum())
         row["clusters"] = [{k: v for k, v in cl.items() if k != "members"}
                            for cl in verdict["clusters"]]
+        best = next((cl for cl in verdict["clusters"] if cl["id"] == cand), {})
+        if best.get("score_from_k"):
+            row["score_from_k"] = best["score_from_k"]["n_clusters"]
         rows.append(row)
     ranked = sorted(rows, key=lambda r: -r["score"])
     for i, r in enumerate(ranked):
@@ -326,7 +352,8 @@ def main(argv=None) -> int:
     ap.add_argument("--only", help="comma-separated substrings of setting names to run")
     ap.add_argument("--pipeline", default="spray-default")
     ap.add_argument("--composite", default="epsilon-plus-flat")
-    ap.add_argument("--train-per-class", type=int, default=600)
+    ap.add_argument("--train-per-class", type=int, default=2500)
+    ap.add_argument("--fashion-epochs", type=int, default=3)
     ap.add_argument("--test-per-class", type=int, default=1000)
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args(argv)
