@@ -4,12 +4,13 @@ Rule ``input-contrast`` (the pipeline's ``flags`` section holds every threshold)
 
 1. **Candidates.** The class is clustered on its relevance eigenvectors (the analysis). Every
    cluster holding between ``min_cluster_fraction`` and ``max_cluster_fraction`` of the class and
-   at least ``min_cluster_size`` samples is a candidate. With ``candidates: all-k`` (the
-   default) the clusters of k-means on the first K eigenvectors for every other K from 2 to
-   ``clustering.max_clusters`` are candidates too (same method and settings as the analysis,
-   duplicates dropped): an artefact group that the eigengap's K merges with other samples, or
-   splits, is often isolated more cleanly at another K (see the end of this list for how it
-   is reported). ``candidates: analysis`` scores the analysis' clusters only.
+   at least ``min_cluster_size`` samples is a candidate (``candidates: analysis``, the
+   default). With ``candidates: all-k`` the clusters of k-means on the first K eigenvectors
+   for every other K from 2 to ``clustering.max_clusters`` are candidates too (same method and
+   settings as the analysis, duplicates dropped): an artefact group that the eigengap's K
+   merges with other samples, or splits, is sometimes isolated more cleanly at another K (see
+   the end of this list for how it is reported). It is more sensitive but also lifts the
+   scores of clean classes (docs/verdict.md), so it is opt-in.
 2. **Contrast** (the evidence that matters most). For each candidate S, its *conductance*
    φ(S) = (weight of the edges leaving S) / min(vol S, vol rest) is measured in the relevance
    kNN graph and in a kNN graph built the same way (same preprocessing, same k) on the raw
@@ -68,7 +69,7 @@ DEFAULTS = {
     "size_prior_weight": 1.0,
     "concentration_area": 0.1,
     "min_concentration": 0.0,
-    "candidates": "all-k",
+    "candidates": "analysis",
     "other_k_min_jaccard": 0.5,
     "seed": 0,
 }
