@@ -97,7 +97,7 @@ def approximate_knn(X: np.ndarray, k: int, params: dict, seed: int = 0):
         dim = min(64 if pca == "auto" else int(pca), X.shape[1], n)
         Xs = PCA(n_components=dim, svd_solver="randomized", random_state=seed) \
             .fit_transform(X).astype(np.float32)
-    n_search = min(n - 1, max(k + 1, int(params.get("ann_neighbors", 30))))
+    n_search = min(n - 1, max(k + 1, int(params.get("ann_neighbors", 20))))
     kwargs = {}
     if params.get("ann_iters", "auto") != "auto":
         kwargs["n_iters"] = int(params["ann_iters"])

@@ -72,7 +72,7 @@ class AffinitySection(_Section):
     approximate_above: int = Field(default=50000, ge=0)
     sigma: Union[float, str] = "auto"
     scale_neighbor: int = Field(default=7, ge=1)
-    ann_neighbors: int = Field(default=30, ge=1)
+    ann_neighbors: int = Field(default=20, ge=1)
     ann_iters: Union[int, str] = "auto"
     ann_trees: Union[int, str] = "auto"
     ann_pca: Union[int, str, None] = None
