@@ -183,6 +183,8 @@ class FlagsSection(BaseModel):
     min_cluster_fraction: float = Field(default=0.02, ge=0, le=1)
     max_cluster_fraction: float = Field(default=0.5, ge=0, le=1)
     conductance_floor: float = Field(default=1e-3, gt=0)
+    candidates: Literal["analysis", "all-k"] = "analysis"
+    other_k_min_jaccard: float = Field(default=0.5, ge=0, le=1)
 
 
 class PipelineModel(_Section):

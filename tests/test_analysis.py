@@ -85,6 +85,12 @@ def test_config_errors_name_the_key():
     assert p["flags"]["extra_key"] == 3
     with pytest.raises(ConfigError, match="'flags.threshold'"):
         load_pipeline(overrides={"flags": {"threshold": "high"}})
+    with pytest.raises(ConfigError, match="'flags.candidates'"):
+        load_pipeline(overrides={"flags": {"candidates": "every"}})
+    with pytest.raises(ConfigError, match="'flags.other_k_min_jaccard'"):
+        load_pipeline(overrides={"flags": {"other_k_min_jaccard": 1.5}})
+    with pytest.raises(ConfigError, match="'spectral.solver'"):
+        load_pipeline(overrides={"spectral": {"solver": "arpack"}})
 
 
 def test_pipeline_from_yaml_path(tmp_path):
