@@ -123,6 +123,15 @@ def _check(args) -> int:
                  baseline=args.baseline, margin=args.baseline_margin)
 
 
+def _quiet_abandoned_writes() -> None:
+    """After a reported error, concurrent store writes that failed too (e.g. the same full disk)
+    leave futures whose exceptions nobody retrieved; asyncio would print each with a traceback
+    when they are collected. The one clear message above is the report."""
+    import logging
+
+    logging.getLogger("asyncio").setLevel(logging.CRITICAL)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     handler = {"run": _run, "demo": _demo, "report": _report, "check": _check,
@@ -130,9 +139,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return handler(args)
     except SprayError as err:
+        _quiet_abandoned_writes()
         print(f"spray: error: {err}", file=sys.stderr)
         return err.exit_code
     except OSError as err:  # full disk, read-only or vanished folder, permissions
+        _quiet_abandoned_writes()
         where = f" ({err.filename})" if getattr(err, "filename", None) else ""
         print(f"spray: error: cannot read or write a file{where}: {err.strerror or err}. "
               f"Finished chunks in the store are kept; free space or fix the folder and rerun.",

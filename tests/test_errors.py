@@ -355,3 +355,26 @@ def test_analysis_fuzz(n, d, dup, const, seed):
     assert np.all(ev >= -1e-8) and np.all(ev <= 2 + 1e-8)
     assert np.all(np.diff(ev) >= -1e-9)
     assert len(result.labels) == n
+
+
+@pytest.mark.parametrize("quiet", [False, True])
+def test_abandoned_store_writes_print_no_traceback_after_the_error(quiet):
+    """When a full disk fails several concurrent store writes, the first error is reported and
+    the others end as futures nobody retrieves; asyncio would print each with a traceback."""
+    code = ("import asyncio, gc\n"
+            "from spray.cli import _quiet_abandoned_writes\n"
+            + ("_quiet_abandoned_writes()\n" if quiet else "")
+            + "loop = asyncio.new_event_loop()\n"
+              "f = loop.create_future()\n"
+              "try:\n"
+              "    raise FileExistsError(17, 'File exists')\n"
+              "except OSError as err:\n"
+              "    f.set_exception(err)\n"
+              "    del err\n"
+              "del f\n"
+              "gc.collect()\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert ("never retrieved" in proc.stderr) is not quiet, proc.stderr
+    assert ("Traceback" in proc.stderr) is not quiet, proc.stderr
