@@ -64,17 +64,26 @@ def make_data(rng: np.random.Generator) -> dict:
             "poisoned_test": poisoned["test"]}
 
 
-def fit(model: nn.Module, x: np.ndarray, y: np.ndarray, epochs: int, seed: int) -> nn.Module:
-    """Train ``model`` with Adam (lr 2e-3, batches of 64, shuffled by ``seed``); eval mode after."""
-    opt = torch.optim.Adam(model.parameters(), lr=2e-3)
+def fit(model: nn.Module, x: np.ndarray, y: np.ndarray, epochs: int, seed: int,
+        batch: int = 64, lr: float = 2e-3, one_cycle: bool = False) -> nn.Module:
+    """Train ``model`` with Adam (batches shuffled by ``seed``); eval mode after.
+
+    ``one_cycle`` runs a one-cycle schedule peaking at ``lr`` (converges in a few epochs).
+    """
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
     xt, yt = torch.as_tensor(x), torch.as_tensor(y)
     gen = torch.Generator().manual_seed(seed)
+    sched = (torch.optim.lr_scheduler.OneCycleLR(
+        opt, max_lr=lr, total_steps=epochs * ((len(xt) + batch - 1) // batch))
+        if one_cycle else None)
     model.train()
     for _ in range(epochs):
-        for batch in torch.randperm(len(xt), generator=gen).split(64):
+        for idx in torch.randperm(len(xt), generator=gen).split(batch):
             opt.zero_grad()
-            nn.functional.cross_entropy(model(xt[batch]), yt[batch]).backward()
+            nn.functional.cross_entropy(model(xt[idx]), yt[idx]).backward()
             opt.step()
+            if sched is not None:
+                sched.step()
     return model.eval()
 
 

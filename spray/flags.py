@@ -220,11 +220,6 @@ def clever_hans_score(result, input_features: np.ndarray, pipeline: dict, featur
     d_rel = np.asarray(W_rel.sum(axis=1)).ravel()
     d_in = np.asarray(W_input.sum(axis=1)).ravel()
     grid = (pipeline.get("preprocess") or {}).get("pool")
-    if params["candidates"] not in ("analysis", "all-k"):
-        from spray.errors import ConfigError
-
-        raise ConfigError(f"pipeline key 'flags.candidates': {params['candidates']!r} "
-                          f"(known: analysis, all-k)")
     groups = [(int(cid), labels == cid, None) for cid in np.unique(labels)]
     if params["candidates"] == "all-k":
         groups += _other_k_groups(result, pipeline, [g[1] for g in groups])
@@ -232,10 +227,8 @@ def clever_hans_score(result, input_features: np.ndarray, pipeline: dict, featur
     for cid, mask, K in groups:
         size = int(mask.sum())
         frac = size / n
-        entry = {"id": int(cid), "size": size, "fraction": round(frac, 4)}
-        if K is not None:
-            entry = {"n_clusters": K, "cluster": int(cid), "size": size,
-                     "fraction": round(frac, 4)}
+        entry = {"id": int(cid)} if K is None else {"n_clusters": K, "cluster": int(cid)}
+        entry.update(size=size, fraction=round(frac, 4))
         if lo <= frac <= hi and size >= int(params["min_cluster_size"]) and size < n:
             phi_rel = _conductance_mask(W_rel, d_rel, mask)
             phi_in = _conductance_mask(W_input, d_in, mask)

@@ -41,8 +41,9 @@ from spray.lrp.engine import Program, prepare, run, tune_allocator
 from spray.lrp.rules import (AlphaBeta, Epsilon, Flat, Gamma, Gradient, Norm, Pass, Rule,
                              WSquare, ZBox, ZPlus)
 
-__all__ = ["attribute", "prepare", "Program", "tune_allocator", "Composite", "COMPOSITES", "Rule", "Epsilon",
-           "ZPlus", "AlphaBeta", "Gamma", "Flat", "WSquare", "ZBox", "Pass", "Norm", "Gradient"]
+__all__ = ["attribute", "prepare", "Program", "tune_allocator", "Composite", "COMPOSITES",
+           "Rule", "Epsilon", "ZPlus", "AlphaBeta", "Gamma", "Flat", "WSquare", "ZBox", "Pass",
+           "Norm", "Gradient"]
 
 
 def attribute(model, inputs, targets, composite="epsilon-plus-flat", *, batch_size=None,

@@ -169,14 +169,12 @@ class ZPlus(Rule):
         nonneg = params.get("nonnegative_input") or _is_nonnegative(x)
         if nonneg:
             z, positive = op.split_output(op.apply(x, params["w_pos"], params["b_pos"]), 2)
-        else:
-            z = op.apply(x, op.weight, op.bias)
-            positive = _signed_apply(op, x, params["split"], params["bias_pos"],
-                                     (params["pos"], params["neg"]))
-        if nonneg:
             # w⁺x + b⁺ ≥ 0 for x ≥ 0: the stabilised denominator is z⁺ + ε (also for a −0, as in
             # Zennit), written in place into the stacked output, which nothing else uses
             return z, (x, nonneg, positive.add_(self.stabilizer))
+        z = op.apply(x, op.weight, op.bias)
+        positive = _signed_apply(op, x, params["split"], params["bias_pos"],
+                                 (params["pos"], params["neg"]))
         return z, (x, nonneg, stabilize(positive, self.stabilizer))
 
     def backward(self, op, params, saved, relevance):

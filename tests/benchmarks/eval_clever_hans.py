@@ -148,30 +148,19 @@ def fashion_model() -> nn.Module:
         nn.Flatten(), nn.Linear(32 * 7 * 7, 64), nn.ReLU(), nn.Linear(64, 10))
 
 
-def train(model: nn.Module, x: np.ndarray, y: np.ndarray, epochs: int, seed: int) -> nn.Module:
+def train(model: nn.Module, x: np.ndarray, y: np.ndarray, epochs: int, seed: int,
+          **options) -> nn.Module:
+    """:func:`spray.demo.fit` after seeding the weights' initialization."""
     from spray.demo import fit
 
     torch.manual_seed(seed)
-    return fit(model, x, y, epochs, seed)
+    return fit(model, x, y, epochs, seed, **options)
 
 
-def train_one_cycle(model: nn.Module, x: np.ndarray, y: np.ndarray, epochs: int, seed: int,
-                    batch: int = 256, max_lr: float = 4e-3) -> nn.Module:
+def train_one_cycle(model: nn.Module, x: np.ndarray, y: np.ndarray, epochs: int,
+                    seed: int) -> nn.Module:
     """Adam with a one-cycle learning rate (batches of 256): converges in a few epochs on CPU."""
-    torch.manual_seed(seed)
-    xt, yt = torch.as_tensor(x), torch.as_tensor(y)
-    gen = torch.Generator().manual_seed(seed)
-    opt = torch.optim.Adam(model.parameters(), lr=max_lr)
-    sched = torch.optim.lr_scheduler.OneCycleLR(
-        opt, max_lr=max_lr, total_steps=epochs * ((len(xt) + batch - 1) // batch))
-    model.train()
-    for _ in range(epochs):
-        for idx in torch.randperm(len(xt), generator=gen).split(batch):
-            opt.zero_grad()
-            nn.functional.cross_entropy(model(xt[idx]), yt[idx]).backward()
-            opt.step()
-            sched.step()
-    return model.eval()
+    return train(model, x, y, epochs, seed, batch=256, lr=4e-3, one_cycle=True)
 
 
 def collect(setting, args) -> dict:
