@@ -12,13 +12,22 @@ Other uses:
     ... --out DIR --all --merge --only NAME,...        # add settings to an earlier results.json
     ... --out DIR --table-only          # print the table of DIR/results.json
     ... --out DIR --quick               # 1 poisoned + 1 clean model per dataset
+    ... --out DIR2 --all --replicate 3  # a replicate: every seed + 3 (data split, weights, batches)
 
 For every setting the script builds a dataset, plants an artefact into a fraction ``p`` of one
 class (train and test alike), trains a model on the train split, explains the test split of every
 class with ``spray.lrp.attribute`` (true-class logit, ``epsilon-plus-flat``), and scores every
 class with spray's own analysis (``spray.preprocess.preprocess`` → ``spray.analysis.analyze`` →
 ``spray.flags.clever_hans_score``) and the ``spray-default`` preset (``--pipeline`` to change it).
-Clean models (no artefact) measure false flags.
+Clean models (no artefact) measure false flags. Every model is a function of its setting alone
+(the seed fixes the data split, the weights' initialization and the batches; the thread count is
+fixed by ``--threads``), so a setting gives the same maps whether it runs alone or after others.
+
+**Reliance** (ground truth for "Clever Hans", measured without relevance): a planted artefact
+is a Clever Hans only if the model uses it. For every trained model and artefact kind the script
+stamps the artefact on the test images of the other classes and counts how many the model then
+predicts as the class (*flips*); the table puts the poisoned model's flips to the planted class
+next to the mean of the clean models' (same artefact, same class).
 
 * **Fashion-MNIST** (Debian ``dataset-fashion-mnist``): 28×28, the first ``--train-per-class``
   training images per class (default 2500) and the first ``--test-per-class`` (default 1000)
@@ -148,19 +157,48 @@ def fashion_model() -> nn.Module:
         nn.Flatten(), nn.Linear(32 * 7 * 7, 64), nn.ReLU(), nn.Linear(64, 10))
 
 
-def train(model: nn.Module, x: np.ndarray, y: np.ndarray, epochs: int, seed: int,
-          **options) -> nn.Module:
-    """:func:`spray.demo.fit` after seeding the weights' initialization."""
-    from spray.demo import fit
+def build(ds: str, seed: int) -> nn.Module:
+    """The untrained model of a dataset, its initialization seeded by ``seed`` (and nothing else:
+    a setting's model does not depend on which settings ran before it in the process)."""
+    from spray.demo import build_model
 
     torch.manual_seed(seed)
-    return fit(model, x, y, epochs, seed, **options)
+    return fashion_model() if ds == "fashion" else build_model()
 
 
-def train_one_cycle(model: nn.Module, x: np.ndarray, y: np.ndarray, epochs: int,
-                    seed: int) -> nn.Module:
-    """Adam with a one-cycle learning rate (batches of 256): converges in a few epochs on CPU."""
-    return train(model, x, y, epochs, seed, batch=256, lr=4e-3, one_cycle=True)
+def train(ds: str, x: np.ndarray, y: np.ndarray, seed: int, args) -> nn.Module:
+    """Fashion-MNIST: Adam with a one-cycle learning rate (batches of 256), converges in a few
+    epochs on CPU; digits: the demo's training (12 epochs). Both with :func:`spray.demo.fit`."""
+    from spray.demo import fit
+
+    model = build(ds, seed)
+    if ds == "fashion":
+        return fit(model, x, y, args.fashion_epochs, seed, batch=256, lr=4e-3, one_cycle=True)
+    return fit(model, x, y, 12, seed)
+
+
+ARTEFACTS = ("square", "topline", "checker")
+RELIANCE_MIN = 0.01   # flip rate above the clean models' from which a model relies on an artefact
+
+
+def flip_rates(model: nn.Module, x: np.ndarray, y: np.ndarray, kind: str) -> np.ndarray:
+    """Reliance on an artefact, measured by intervention (no relevance involved).
+
+    For every class c: the share of test images of the *other* classes, not predicted as c, that
+    the model predicts as c once the artefact ``kind`` is stamped on them. A model that learnt
+    "artefact ⇒ c" turns some of them; a model that ignores the artefact turns none.
+    """
+    with torch.no_grad():
+        before = np.concatenate([model(torch.as_tensor(x[i:i + 1000])).argmax(1).numpy()
+                                 for i in range(0, len(x), 1000)])
+        stamped = plant(x, kind)
+        after = np.concatenate([model(torch.as_tensor(stamped[i:i + 1000])).argmax(1).numpy()
+                                for i in range(0, len(x), 1000)])
+    rates = np.zeros(10)
+    for c in range(10):
+        pool = (y != c) & (before != c)
+        rates[c] = float((after[pool] == c).mean()) if pool.any() else 0.0
+    return rates
 
 
 def collect(setting, args) -> dict:
@@ -171,13 +209,10 @@ def collect(setting, args) -> dict:
     rng = np.random.default_rng(1000 + seed)
     if ds == "fashion":
         x_tr, y_tr, x_te, y_te = load_fashion(args.train_per_class, args.test_per_class, rng)
-        model, epochs, fit = fashion_model(), args.fashion_epochs, train_one_cycle
     else:
-        from spray.demo import build_model
-
         x_tr, y_tr, x_te, y_te = load_digits(rng)
-        model, epochs, fit = build_model(), 12, train
     poisoned = np.zeros(len(y_te), dtype=bool)
+    clean_te = x_te.copy()
     if art is not None:
         for xs, ys, mark in ((x_tr, y_tr, None), (x_te, y_te, poisoned)):
             members = np.flatnonzero(ys == planted)
@@ -187,7 +222,7 @@ def collect(setting, args) -> dict:
             if mark is not None:
                 mark[chosen] = True
     t0 = time.perf_counter()
-    model = fit(model, x_tr, y_tr, epochs, seed)
+    model = train(ds, x_tr, y_tr, seed, args)
     t_train = time.perf_counter() - t0
     rel, logits = [], []
     t0 = time.perf_counter()
@@ -199,7 +234,10 @@ def collect(setting, args) -> dict:
         rel.append(attribute(model, xb, yb, composite=args.composite).detach().numpy()[:, 0])
     t_lrp = time.perf_counter() - t0
     pred = np.concatenate(logits).argmax(1)
+    # reliance by intervention, on the test images as the model saw them without any artefact
+    flips = np.stack([flip_rates(model, clean_te, y_te, kind) for kind in ARTEFACTS])
     return {"relevance": np.concatenate(rel).astype(np.float32), "inputs": x_te[:, 0],
+            "flip_rates": flips,
             "labels": y_te, "prediction": pred, "poisoned": poisoned,
             "accuracy": float((pred == y_te).mean()), "train_seconds": t_train,
             "lrp_seconds": t_lrp}
@@ -232,6 +270,10 @@ def score_setting(setting, data, pipe) -> list[dict]:
                "accuracy": float((data["prediction"][sel] == c).mean()),
                "evidence": {k: verdict.get(k) for k in ("contrast", "null", "concentration",
                                                         "size_prior") if k in verdict}}
+        if "flip_rates" in data:
+            # reliance by intervention: other-class images turned to this class by each artefact
+            row["flip_rates"] = {kind: float(data["flip_rates"][i, c])
+                                 for i, kind in enumerate(ARTEFACTS)}
         if art is not None and truth.any():
             # how much the model attends to the artefact: share of |R| on it, poisoned maps
             mask = artefact_mask(art, *maps.shape[-2:])
@@ -266,10 +308,24 @@ def _fmt_range(values, digits=2):
     return f"{lo:.{digits}f}" if abs(hi - lo) < 10 ** -digits else f"{lo:.{digits}f}–{hi:.{digits}f}"
 
 
+def _flips(row, kind=None) -> float | None:
+    rates = row.get("flip_rates")
+    return None if rates is None else rates[kind or row["artefact"]]
+
+
+def clean_flips(rows: list[dict], dataset: str, kind: str, c: int) -> float | None:
+    """Mean flip rate of ``kind`` to class ``c`` over the clean models of ``dataset``."""
+    values = [_flips(r, kind) for r in rows if r["artefact"] is None and r["dataset"] == dataset
+              and r["class"] == c]
+    values = [v for v in values if v is not None]
+    return float(np.mean(values)) if values else None
+
+
 def table(rows: list[dict]) -> str:
-    out = ["| dataset | planted class | artefact | p | acc | artefact share of abs(R) | score | rank | "
-           "flagged | suspect precision / recall | other classes flagged |",
-           "|---|---|---|---|---|---|---|---|---|---|---|"]
+    out = ["| dataset | planted class | artefact | p | acc | artefact share of abs(R) | "
+           "flips to class (clean models) | score | rank | flagged | suspect precision / recall | "
+           "other classes flagged |",
+           "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     by_setting: dict[str, list[dict]] = {}
     order = sorted(rows, key=lambda r: (r["dataset"] != "fashion", r["artefact"] is None,
                                         r["setting"]))
@@ -282,18 +338,31 @@ def table(rows: list[dict]) -> str:
         if r0["artefact"] is None:
             flagged = [names[r["class"]] for r in rs if r["flagged"]]
             top = max(rs, key=lambda r: r["score"])
-            out.append(f"| {r0['dataset']} | clean (seed {r0['seed']}) | — | — | {acc:.2f} | — | "
+            out.append(f"| {r0['dataset']} | clean (seed {r0['seed']}) | — | — | {acc:.2f} | — | — | "
                        f"max {top['score']:.2f} ({names[top['class']]}) | — | — | — | "
                        f"{', '.join(flagged) or 'none'} |")
             continue
         pl = next(r for r in rs if r["planted"])
         others = [names[r["class"]] for r in rs if r["flagged"] and not r["planted"]]
         pr = (f"{pl['precision']:.2f} / {pl['recall']:.2f}" if "precision" in pl else "—")
+        flips, base = _flips(pl), clean_flips(rows, pl["dataset"], pl["artefact"], pl["class"])
+        flip_text = "—" if flips is None else (
+            f"{flips:.3f}" + ("" if base is None else f" ({base:.3f})"))
         out.append(f"| {r0['dataset']} | {names[pl['class']]} | {r0['artefact']} | "
                    f"{r0['fraction']:.2f} | {acc:.2f} | {pl.get('artefact_share', 0):.2f} | "
-                   f"{pl['score']:.2f} | {pl['rank']} | "
+                   f"{flip_text} | {pl['score']:.2f} | {pl['rank']} | "
                    f"{'yes' if pl['flagged'] else 'no'} | {pr} | {', '.join(others) or 'none'} |")
     return "\n".join(out)
+
+
+def _rank_corr(rows: list[dict], reliance) -> str:
+    from scipy.stats import spearmanr
+
+    pairs = [(r["score"], reliance(r)) for r in rows if reliance(r) is not None]
+    if len(pairs) < 3:
+        return "—"
+    rho = spearmanr([a for a, _ in pairs], [b for _, b in pairs]).statistic
+    return f"{rho:.2f} (n = {len(pairs)})"
 
 
 def aggregate(rows: list[dict]) -> str:
@@ -306,12 +375,28 @@ def aggregate(rows: list[dict]) -> str:
         return f"{sum(bool(r[key]) for r in rs)}/{len(rs)}" if rs else "—"
 
     attended = [r for r in planted if r.get("artefact_share", 0) >= 0.1]
+    def reliance(r):   # flip rate above that of the clean models (same artefact and class)
+        flips = _flips(r)
+        if flips is None:
+            return None
+        return flips - (clean_flips(rows, r["dataset"], r["artefact"], r["class"]) or 0.0)
+
+    relied = [r for r in strong if (reliance(r) or 0) >= RELIANCE_MIN]
+    ignored = [r["setting"] for r in strong if r not in relied and reliance(r) is not None]
+    relied_good = [r for r in relied if r["flagged"] and r.get("precision", 0) >= 0.8
+                   and r.get("recall", 0) >= 0.8]
     det = [r for r in strong if r["flagged"]]
     good = [r for r in det if r.get("precision", 0) >= 0.8 and r.get("recall", 0) >= 0.8]
     lines = [
         f"- detection (planted class flagged), all fractions: {rate(planted, 'flagged')}; "
         f"fractions ≥ 0.1: {rate(strong, 'flagged')}",
         f"- detected with suspect precision and recall ≥ 0.8 (p ≥ 0.1): {len(good)}/{len(strong)}",
+        f"- p ≥ 0.1 and the model relies on the artefact (stamping it turns ≥ {RELIANCE_MIN:.0%} "
+        f"more other-class images to the planted class than on the clean models): detected with P/R ≥ 0.8 in "
+        f"{len(relied_good)}/{len(relied)}; the model does not rely on it: "
+        f"{', '.join(ignored) or 'none'}",
+        f"- Spearman correlation of the planted class's score with the model's reliance on the "
+        f"artefact (all planted settings): {_rank_corr(planted, reliance)}",
         f"- detection where the model attends to the artefact (artefact share ≥ 0.1): "
         f"{rate(attended, 'flagged')}; where it does not: "
         f"{rate([r for r in planted if r not in attended], 'flagged')}",
@@ -345,6 +430,8 @@ def main(argv=None) -> int:
     ap.add_argument("--fashion-epochs", type=int, default=3)
     ap.add_argument("--test-per-class", type=int, default=1000)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--replicate", type=int, default=0,
+                    help="add this to every setting's seed: new data split, weights and batches")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     from spray.pipeline import load_pipeline
@@ -357,6 +444,7 @@ def main(argv=None) -> int:
         return 0
     (out / "cache").mkdir(parents=True, exist_ok=True)
     settings = QUICK if args.quick else SETTINGS + (EXTRA if args.all else [])
+    settings = [(ds, c, art, p, seed + args.replicate) for ds, c, art, p, seed in settings]
     settings = sorted(settings, key=lambda s: s[0] == "fashion")  # cheap settings first
     if args.only:
         keys = args.only.split(",")
