@@ -21,6 +21,13 @@ Rule ``input-contrast`` (the pipeline's ``flags`` section holds every threshold)
    A group the model treats alike (low φ_relevance) although its inputs are not alike (high
    φ_input) is a strategy of the model, not a structure of the data. Natural sub-groups (bags
    with and without handles) are separated in the inputs too, so their contrast stays small.
+   The input graph of S leaves out the ``input_mask_area`` share (10 %) of the feature cells
+   where S's mean relevance differs most from the rest's (set to 0 in every input, which is
+   then normalized again; ``input_mask_area: 0`` compares whole inputs). The question becomes:
+   *apart from where the model looks differently, are these inputs a group?* An artefact (a
+   stamp, a border row) is also visible in the inputs, but only where the relevance differs;
+   without those cells the inputs of S look like the rest's. A natural sub-group differs in
+   shape beyond those cells and stays separated.
 3. **Stability** (bootstrap, ``bootstrap`` resamples of ``bootstrap_fraction`` of the class):
    both kNN graphs are rebuilt on each subsample and the contrast of S ∩ subsample recomputed;
    the ``bootstrap_quantile`` quantile of these values is the *stable contrast* (subsamples are
@@ -69,6 +76,7 @@ DEFAULTS = {
     "size_prior_weight": 1.0,
     "concentration_area": 0.1,
     "min_concentration": 0.0,
+    "input_mask_area": 0.1,
     "candidates": "analysis",
     "other_k_min_jaccard": 0.5,
     "seed": 0,
@@ -102,16 +110,26 @@ def _contrast(phi_in: float, phi_rel: float, floor: float) -> float:
     return math.log(max(phi_in, floor) / max(phi_rel, floor))
 
 
+def _difference(features: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Mean features of ``mask`` minus those of the rest (float64)."""
+    X = np.asarray(features, dtype=np.float64)
+    return X[mask].mean(axis=0) - X[~mask].mean(axis=0)
+
+
+def _top_cells(magnitude: np.ndarray, area: float) -> np.ndarray:
+    """Indices of the ``area`` share of cells with the largest ``magnitude`` (at least one)."""
+    top = max(1, int(math.ceil(area * magnitude.size)))
+    return np.argsort(magnitude)[::-1][:top]
+
+
 def concentration(features: np.ndarray, mask: np.ndarray, grid, area: float) -> dict:
     """Spatial concentration of the mean-relevance difference between ``mask`` and the rest."""
-    X = np.asarray(features, dtype=np.float64)
-    delta = X[mask].mean(axis=0) - X[~mask].mean(axis=0)
+    delta = _difference(features, mask)
     mag = np.abs(delta)
     total = mag.sum()
     if total <= 0:
         return {"concentration": 0.0, "peak": None}
-    top = max(1, int(math.ceil(area * mag.size)))
-    share = float(np.sort(mag)[::-1][:top].sum() / total)
+    share = float(mag[_top_cells(mag, area)].sum() / total)
     peak = int(np.argmax(mag))
     if grid is not None and int(grid[0]) * int(grid[1]) == mag.size:
         peak_at = [peak // int(grid[1]), peak % int(grid[1])]
@@ -121,8 +139,28 @@ def concentration(features: np.ndarray, mask: np.ndarray, grid, area: float) -> 
             "peak_sign": int(np.sign(delta[peak]))}
 
 
-def _bootstrap_contrasts(features, input_features, masks, pipeline, k, params) -> list[list[float]]:
-    """Contrast of every candidate mask on ``bootstrap`` subsamples (both graphs rebuilt)."""
+def masked_inputs(input_features: np.ndarray, features: np.ndarray, mask: np.ndarray,
+                  area: float, normalize: str) -> np.ndarray:
+    """The inputs without the cells where the relevance of ``mask`` differs most from the rest.
+
+    The ``area`` share of feature cells with the largest |mean relevance of the group − mean
+    relevance of the rest| are set to 0 in every input, and each input is normalized again as
+    the preprocessing did (``l1``, ``l2`` or ``none``).
+    """
+    X = np.array(input_features, dtype=np.float32)
+    X[:, _top_cells(np.abs(_difference(features, mask)), area)] = 0.0
+    if normalize in ("l1", "l2"):
+        scale = (np.abs(X).sum(axis=1) if normalize == "l1" else np.linalg.norm(X, axis=1))
+        X /= np.where(scale > 0, scale, 1.0)[:, None]
+    return X
+
+
+def _bootstrap_contrasts(features, inputs, masks, pipeline, k, params) -> list[list[float]]:
+    """Contrast of every candidate mask on ``bootstrap`` subsamples (both graphs rebuilt).
+
+    ``inputs[j]`` are the input features candidate ``j`` is compared with (the same array for
+    several candidates is graphed once per subsample).
+    """
     from spray.affinity import knn_affinity
 
     n = len(features)
@@ -139,13 +177,16 @@ def _bootstrap_contrasts(features, input_features, masks, pipeline, k, params) -
     for _ in range(B):
         idx = np.sort(rng.choice(n, size=m, replace=False))
         W_rel = sp.csr_matrix(knn_affinity(features[idx], aff))
-        W_in = sp.csr_matrix(knn_affinity(input_features[idx], aff))
         d_rel = np.asarray(W_rel.sum(axis=1)).ravel()
-        d_in = np.asarray(W_in.sum(axis=1)).ravel()
+        graphs = {}
         for j, mask in enumerate(masks):
             sub = mask[idx]
             if sub.sum() < 2 or (~sub).sum() < 2:
                 continue
+            if id(inputs[j]) not in graphs:
+                W_in = sp.csr_matrix(knn_affinity(inputs[j][idx], aff))
+                graphs[id(inputs[j])] = (W_in, np.asarray(W_in.sum(axis=1)).ravel())
+            W_in, d_in = graphs[id(inputs[j])]
             out[j].append(_contrast(_conductance_mask(W_in, d_in, sub),
                                     _conductance_mask(W_rel, d_rel, sub), floor))
     return out
@@ -216,14 +257,21 @@ def clever_hans_score(result, input_features: np.ndarray, pipeline: dict, featur
     affinity_params = dict(pipeline["affinity"])
     affinity_params["k"] = int(result.k)
     W_rel = sp.csr_matrix(result.affinity)
-    W_input = sp.csr_matrix(knn_affinity(input_features, affinity_params))
     d_rel = np.asarray(W_rel.sum(axis=1)).ravel()
-    d_in = np.asarray(W_input.sum(axis=1)).ravel()
+    input_features = np.asarray(input_features, dtype=np.float32)
+    mask_area = float(params["input_mask_area"]) if features is not None else 0.0
+    normalize = (pipeline.get("preprocess") or {}).get("normalize", "l1")
+
+    def input_graph(X):
+        W = sp.csr_matrix(knn_affinity(X, affinity_params))
+        return W, np.asarray(W.sum(axis=1)).ravel()
+
+    whole_inputs = None if mask_area > 0 else input_graph(input_features)
     grid = (pipeline.get("preprocess") or {}).get("pool")
     groups = [(int(cid), labels == cid, None) for cid in np.unique(labels)]
     if params["candidates"] == "all-k":
         groups += _other_k_groups(result, pipeline, [g[1] for g in groups])
-    clusters, other_k, masks, cand = [], [], [], []
+    clusters, other_k, masks, cand, inputs = [], [], [], [], []
     for cid, mask, K in groups:
         size = int(mask.sum())
         frac = size / n
@@ -231,7 +279,12 @@ def clever_hans_score(result, input_features: np.ndarray, pipeline: dict, featur
         entry.update(size=size, fraction=round(frac, 4))
         if lo <= frac <= hi and size >= int(params["min_cluster_size"]) and size < n:
             phi_rel = _conductance_mask(W_rel, d_rel, mask)
-            phi_in = _conductance_mask(W_input, d_in, mask)
+            if mask_area > 0:
+                X_in = masked_inputs(input_features, features, mask, mask_area, normalize)
+                phi_in = _conductance_mask(*input_graph(X_in), mask)
+            else:
+                X_in = input_features
+                phi_in = _conductance_mask(*whole_inputs, mask)
             entry.update({"conductance_relevance": round(phi_rel, 6),
                           "conductance_input": round(phi_in, 6),
                           "contrast": round(_contrast(phi_in, phi_rel, floor), 4)})
@@ -239,15 +292,15 @@ def clever_hans_score(result, input_features: np.ndarray, pipeline: dict, featur
                 entry.update(concentration(features, mask, grid,
                                            float(params["concentration_area"])))
             masks.append(mask)
+            inputs.append(X_in)
             cand.append(entry)
         if K is None:
             clusters.append(entry)
         elif "contrast" in entry:
             entry["_mask"] = mask
             other_k.append(entry)
-    boots = (_bootstrap_contrasts(np.asarray(features, dtype=np.float32),
-                                  np.asarray(input_features, dtype=np.float32), masks, pipeline,
-                                  int(result.k), params)
+    boots = (_bootstrap_contrasts(np.asarray(features, dtype=np.float32), inputs, masks,
+                                  pipeline, int(result.k), params)
              if features is not None and cand else [[] for _ in cand])
     for entry, values in zip(cand, boots):
         if values:

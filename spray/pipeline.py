@@ -183,6 +183,7 @@ class FlagsSection(BaseModel):
     min_cluster_fraction: float = Field(default=0.02, ge=0, le=1)
     max_cluster_fraction: float = Field(default=0.5, ge=0, le=1)
     conductance_floor: float = Field(default=1e-3, gt=0)
+    input_mask_area: float = Field(default=0.1, ge=0, lt=1)
     candidates: Literal["analysis", "all-k"] = "analysis"
     other_k_min_jaccard: float = Field(default=0.5, ge=0, le=1)
 

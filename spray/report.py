@@ -367,10 +367,14 @@ def _evidence(entry: dict) -> str:
     what = "Suspect" if entry["flagged"] else "Strongest candidate"
     params = entry.get("flag_params") or {}
     area = float(params.get("concentration_area", 0.1))
+    mask_area = float(params.get("input_mask_area", 0.0))
+    graph = (f"the input graph (inputs without the {100 * mask_area:.0f} % of the cells where "
+             f"its mean relevance differs most from the rest's)" if mask_area > 0
+             else "the input graph")
     parts = [f"<b>{what}: cluster {_esc(cid)}</b>, {_fmt(cl['size'])} samples "
              f"({100 * float(cl['fraction']):.1f} % of the class).",
              f"Its conductance is {_fmt(cl['conductance_relevance'], 4)} in the relevance graph "
-             f"and {_fmt(cl['conductance_input'], 4)} in the input graph: contrast "
+             f"and {_fmt(cl['conductance_input'], 4)} in {graph}: contrast "
              f"log(φ_input/φ_relevance) = {_fmt(cl['contrast'], 2)}",
              f"(bootstrap-stable value {_fmt(cl.get('contrast_stable'), 2)}, size penalty "
              f"{_fmt(cl.get('size_penalty'), 2)}) → score {_fmt(cl.get('score'), 2)} against the "
@@ -460,7 +464,8 @@ def _index_page(run_dir: Path, out: Path, summary: dict, header: str) -> None:
             f"<th>concentration</th><th>K (eigengap)</th><th>accuracy</th>"
             f"<th class=l>λ1..λ5</th></tr>{''.join(rows)}</table>"
             f"<p class=note>Score: bootstrap-stable log ratio of the cluster's conductance in the "
-            f"raw-input kNN graph over that in the relevance kNN graph, minus a size penalty for "
+            f"raw-input kNN graph over that in the relevance kNN graph (details on the class "
+            f"pages), minus a size penalty for "
             f"near-even splits; flagged at or above the threshold. Machine-readable: "
             f"<a href='summary.json'>summary.json</a>.</p>"
             + (f"<h2>Spectra</h2><img src='{_esc(overview)}' alt='smallest eigenvalues of every "

@@ -8,7 +8,7 @@ import scipy.sparse as sp
 
 from spray.analysis import analyze
 from spray.errors import ConfigError
-from spray.flags import clever_hans_score, conductance, size_penalty, flag_params
+from spray.flags import clever_hans_score, conductance, flag_params, masked_inputs, size_penalty
 from spray.pipeline import load_pipeline
 
 GRID = 10
@@ -35,32 +35,53 @@ def _normalize(x):
     return flat / np.abs(flat).sum(axis=1, keepdims=True)
 
 
+def _class_with_group(seed: int, size: int, mark_inputs, mark_relevance=None, n: int = 300):
+    """A class of ``n`` blurry objects; ``size`` of them form a group marked in the inputs by
+    ``mark_inputs(x, group)`` and in the relevance (noisy copy of the inputs) by
+    ``mark_relevance(rel, group, rng)``. Returns (relevance, inputs, group), l1-normalized."""
+    rng = np.random.default_rng(seed)
+    x = _inputs(rng, n)
+    group = np.zeros(n, dtype=bool)
+    group[rng.choice(n, size=size, replace=False)] = True
+    mark_inputs(x, group)
+    rel = x * (1 + 0.3 * rng.standard_normal(x.shape))
+    if mark_relevance is not None:
+        mark_relevance(rel, group, rng)
+    return _normalize(rel), _normalize(x), group
+
+
 @pytest.fixture(scope="module")
 def artefact_class():
     """20 % of the class: relevance dominated by one corner cell the inputs barely show."""
-    rng = np.random.default_rng(0)
-    n = 300
-    x = _inputs(rng, n)
-    planted = np.zeros(n, dtype=bool)
-    planted[rng.choice(n, size=60, replace=False)] = True
-    x[planted, 0, 0] += 0.3                       # faint in the inputs
-    rel = x * (1 + 0.3 * rng.standard_normal(x.shape))
-    rel[planted] *= 0.3
-    rel[planted, 0, 0] = 6.0 + rng.random(planted.sum())   # dominant in the relevance
-    return _normalize(rel), _normalize(x), planted
+    def inputs(x, g):
+        x[g, 0, 0] += 0.3                                   # faint in the inputs
+
+    def relevance(rel, g, rng):
+        rel[g] *= 0.3
+        rel[g, 0, 0] = 6.0 + rng.random(g.sum())             # dominant in the relevance
+
+    return _class_with_group(0, 60, inputs, relevance)
 
 
 @pytest.fixture(scope="module")
 def natural_class():
     """30 % of the class has an extra 'handle' in the inputs and the relevance follows it."""
-    rng = np.random.default_rng(1)
-    n = 300
-    x = _inputs(rng, n)
-    group = np.zeros(n, dtype=bool)
-    group[rng.choice(n, size=90, replace=False)] = True
-    x[group, 0:3, 3:7] += 1.5
-    rel = x * (1 + 0.3 * rng.standard_normal(x.shape))
-    return _normalize(rel), _normalize(x), group
+    def inputs(x, g):
+        x[g, 0:3, 3:7] += 1.5
+
+    return _class_with_group(1, 90, inputs)
+
+
+@pytest.fixture(scope="module")
+def visible_artefact_class():
+    """15 % of the class: a bright top row that dominates the inputs as much as the relevance."""
+    def inputs(x, g):
+        x[g, 0, :] += 1.0
+
+    def relevance(rel, g, rng):
+        rel[g, 0, :] += 0.5
+
+    return _class_with_group(2, 45, inputs, relevance)
 
 
 def _score(features, inputs, pipe):
@@ -95,6 +116,40 @@ def test_natural_subgroup_is_not_flagged(natural_class):
     assert result.n_clusters >= 2
 
 
+def test_artefact_visible_in_the_inputs_needs_the_input_mask(visible_artefact_class):
+    """Whole inputs separate the group as well as the relevance does (contrast 0); without the
+    cells where the group's relevance differs, its inputs look like the rest's."""
+    feats, inputs, planted = visible_artefact_class
+    result = analyze(feats, pipeline=_pipe(), embed=False)
+    whole = clever_hans_score(result, inputs, _pipe(input_mask_area=0.0), features=feats)
+    masked = clever_hans_score(result, inputs, _pipe(), features=feats)
+    assert not whole["flagged"] and whole["score"] < 1.0
+    assert masked["flagged"] and masked["params"]["input_mask_area"] == 0.1
+    members = result.labels == masked["suspect_cluster"]
+    assert (members & planted).sum() / members.sum() >= 0.9
+    assert (members & planted).sum() / planted.sum() >= 0.9
+    cl = next(c for c in masked["clusters"] if c["id"] == masked["suspect_cluster"])
+    assert cl["conductance_input"] > 0.5 and cl["peak"][0] == 0
+
+
+def test_masked_inputs_drop_the_difference_cells():
+    rng = np.random.default_rng(3)
+    feats = rng.random((40, 20))
+    mask = np.arange(40) < 10
+    feats[mask, 3] += 5.0            # the group differs most in cells 3 and 7
+    feats[mask, 7] -= 2.0
+    inputs = _normalize(rng.random((40, 20)))
+    out = masked_inputs(inputs, feats, mask, area=0.1, normalize="l1")
+    assert np.all(out[:, [3, 7]] == 0) and np.count_nonzero(out == 0) == 80
+    np.testing.assert_allclose(np.abs(out).sum(axis=1), 1.0, rtol=1e-6)
+    out = masked_inputs(inputs, feats, mask, area=0.05, normalize="l2")
+    assert np.all(out[:, 3] == 0) and np.all(out[:, 7] != 0)
+    np.testing.assert_allclose(np.linalg.norm(out, axis=1), 1.0, rtol=1e-6)
+    raw = masked_inputs(inputs, feats, mask, area=0.1, normalize="none")
+    np.testing.assert_array_equal(np.delete(raw, [3, 7], axis=1),
+                                  np.delete(inputs, [3, 7], axis=1).astype(np.float32))
+
+
 def test_thresholds_come_from_the_preset(artefact_class):
     feats, inputs, _ = artefact_class
     result = analyze(feats, pipeline=_pipe(), embed=False)
@@ -123,6 +178,8 @@ def test_thresholds_come_from_the_preset(artefact_class):
         clever_hans_score(result, inputs, _pipe(score="largest-gap"), features=feats)
     with pytest.raises(ConfigError, match="flags.candidates"):
         clever_hans_score(result, inputs, _pipe(candidates="every"), features=feats)
+    with pytest.raises(ConfigError, match="flags.input_mask_area"):
+        _pipe(input_mask_area=1.5)
 
 
 def test_candidates_from_other_k(artefact_class):

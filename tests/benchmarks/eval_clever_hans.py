@@ -11,6 +11,7 @@ Other uses:
     ... --out DIR --rescore --pipeline my-flags.yaml   # e.g. other thresholds in flags:
     ... --out DIR --all --merge --only NAME,...        # add settings to an earlier results.json
     ... --out DIR --table-only          # print the table of DIR/results.json
+    ... --out DIR --table-only --also DIR2 DIR3   # one table and summary over several runs
     ... --out DIR --quick               # 1 poisoned + 1 clean model per dataset
     ... --out DIR2 --all --replicate 3  # a replicate: every seed + 3 (data split, weights, batches)
 
@@ -423,6 +424,8 @@ def main(argv=None) -> int:
                     help="keep the rows of settings not run now from an earlier results.json")
     ap.add_argument("--table-only", action="store_true",
                     help="only print the table of an earlier results.json")
+    ap.add_argument("--also", nargs="+", default=[], metavar="DIR",
+                    help="with --table-only: add the results of these runs (e.g. replicates)")
     ap.add_argument("--only", help="comma-separated substrings of setting names to run")
     ap.add_argument("--pipeline", default="spray-default")
     ap.add_argument("--composite", default="epsilon-plus-flat")
@@ -439,7 +442,8 @@ def main(argv=None) -> int:
     pipe = load_pipeline(args.pipeline)
     out = Path(args.out)
     if args.table_only:
-        rows = json.loads((out / "results.json").read_text())
+        rows = [r for d in [out, *map(Path, args.also)]
+                for r in json.loads((d / "results.json").read_text())]
         print(table(rows) + "\n\n" + aggregate(rows))
         return 0
     (out / "cache").mkdir(parents=True, exist_ok=True)
