@@ -34,7 +34,10 @@ Rule ``input-contrast`` (the pipeline's ``flags`` section holds every threshold)
    capped at ``bootstrap_max_samples`` so that large classes stay cheap). A handful of
    odd samples that happen to form a tight group in one graph does not survive resampling; a
    real group does. Needs the relevance features (``features=``); without them, or with
-   ``bootstrap: 0``, the stable contrast is the plain contrast.
+   ``bootstrap: 0``, the stable contrast is the plain contrast. Candidates are resampled from
+   the highest plain score down; one whose plain score (an upper bound of its stable score)
+   cannot beat the best stable score so far is skipped (``"resampled": False``, score = plain
+   score), which leaves the class score and the suspect unchanged (not with ``all-k``).
 4. **Size prior.** Artefact groups are usually a minority of a class; a split into two halves is
    more often a natural sub-class. Above ``size_prior_knee`` the score is lowered linearly,
    by ``size_prior_weight`` at a fraction of 0.5 (``size_penalty``).
@@ -155,41 +158,50 @@ def masked_inputs(input_features: np.ndarray, features: np.ndarray, mask: np.nda
     return X
 
 
-def _bootstrap_contrasts(features, inputs, masks, pipeline, k, params) -> list[list[float]]:
-    """Contrast of every candidate mask on ``bootstrap`` subsamples (both graphs rebuilt).
+class _Resamples:
+    """The bootstrap's subsamples of a class, their relevance graphs built once and shared.
 
-    ``inputs[j]`` are the input features candidate ``j`` is compared with (the same array for
-    several candidates is graphed once per subsample).
+    ``contrasts(inputs, mask)`` gives the contrast of ``mask`` on every subsample, with the input
+    graph of ``inputs`` rebuilt on the subsample (the same array for several candidates is
+    graphed once per subsample).
     """
-    from spray.affinity import knn_affinity
 
-    n = len(features)
-    B = int(params["bootstrap"])
-    m = min(int(round(float(params["bootstrap_fraction"]) * n)),
-            int(params["bootstrap_max_samples"]))
-    floor = float(params["conductance_floor"])
-    if B <= 0 or m < max(10, k + 2):
-        return [[] for _ in masks]
-    rng = np.random.default_rng(int(params["seed"]))
-    aff = dict(pipeline["affinity"])
-    aff["k"] = int(min(k, m - 2))
-    out = [[] for _ in masks]
-    for _ in range(B):
-        idx = np.sort(rng.choice(n, size=m, replace=False))
-        W_rel = sp.csr_matrix(knn_affinity(features[idx], aff))
-        d_rel = np.asarray(W_rel.sum(axis=1)).ravel()
-        graphs = {}
-        for j, mask in enumerate(masks):
+    def __init__(self, features, pipeline, k, params):
+        n = len(features)
+        B = int(params["bootstrap"])
+        m = min(int(round(float(params["bootstrap_fraction"]) * n)),
+                int(params["bootstrap_max_samples"]))
+        self.floor = float(params["conductance_floor"])
+        self.features = features
+        self.aff = dict(pipeline["affinity"])
+        self.aff["k"] = int(min(k, m - 2))
+        rng = np.random.default_rng(int(params["seed"]))
+        enough = B > 0 and m >= max(10, k + 2)
+        self.subsets = [np.sort(rng.choice(n, size=m, replace=False)) for _ in range(B)] \
+            if enough else []
+        self._relevance = {}
+        self._inputs = {}
+
+    def _graph(self, X, idx):
+        from spray.affinity import knn_affinity
+
+        W = sp.csr_matrix(knn_affinity(X[idx], self.aff))
+        return W, np.asarray(W.sum(axis=1)).ravel()
+
+    def contrasts(self, inputs, mask) -> list[float]:
+        out = []
+        for b, idx in enumerate(self.subsets):
             sub = mask[idx]
             if sub.sum() < 2 or (~sub).sum() < 2:
                 continue
-            if id(inputs[j]) not in graphs:
-                W_in = sp.csr_matrix(knn_affinity(inputs[j][idx], aff))
-                graphs[id(inputs[j])] = (W_in, np.asarray(W_in.sum(axis=1)).ravel())
-            W_in, d_in = graphs[id(inputs[j])]
-            out[j].append(_contrast(_conductance_mask(W_in, d_in, sub),
-                                    _conductance_mask(W_rel, d_rel, sub), floor))
-    return out
+            if b not in self._relevance:
+                self._relevance[b] = self._graph(self.features, idx)
+            key = (id(inputs), b)
+            if key not in self._inputs:
+                self._inputs[key] = self._graph(inputs, idx)
+            out.append(_contrast(_conductance_mask(*self._inputs[key], sub),
+                                 _conductance_mask(*self._relevance[b], sub), self.floor))
+        return out
 
 
 def _other_k_groups(result, pipeline, seen):
@@ -299,22 +311,39 @@ def clever_hans_score(result, input_features: np.ndarray, pipeline: dict, featur
         elif "contrast" in entry:
             entry["_mask"] = mask
             other_k.append(entry)
-    boots = (_bootstrap_contrasts(np.asarray(features, dtype=np.float32), inputs, masks,
-                                  pipeline, int(result.k), params)
-             if features is not None and cand else [[] for _ in cand])
-    for entry, values in zip(cand, boots):
+    # Resample the candidates from the highest plain score down. A stable contrast never exceeds
+    # the plain one, so once a candidate's plain score cannot beat the best stable score found,
+    # resampling it cannot change the class score or the suspect: it keeps its plain score (an
+    # upper bound, "resampled": false). With all-k every candidate is resampled (a group of
+    # another K can lift an analysis cluster).
+    resamples = (_Resamples(np.asarray(features, dtype=np.float32), pipeline, int(result.k),
+                            params) if features is not None and cand else None)
+    gate = float(params["min_concentration"])
+    prune = params["candidates"] == "analysis"
+    best = -math.inf
+    for entry in cand:
+        entry["size_penalty"] = round(size_penalty(entry["fraction"], params), 4)
+    order = sorted(range(len(cand)), key=lambda j: -(cand[j]["contrast"] - cand[j]["size_penalty"]))
+    for j in order:
+        entry = cand[j]
+        if gate > 0 and entry.get("concentration", 1.0) < gate:
+            entry["excluded"] = f"concentration {entry.get('concentration')} < {gate}"
+            continue
+        upper = entry["contrast"] - entry["size_penalty"]
+        values = []
+        if resamples is not None and resamples.subsets:
+            if prune and upper <= best:
+                entry["resampled"] = False
+                entry["score"] = round(upper, 4)
+                continue
+            values = resamples.contrasts(inputs[j], masks[j])
         if values:
             stable = float(np.quantile(values, float(params["bootstrap_quantile"])))
             entry["contrast_stable"] = round(min(stable, entry["contrast"]), 4)
         else:
             entry["contrast_stable"] = entry["contrast"]
-        entry["size_penalty"] = round(size_penalty(entry["fraction"], params), 4)
-        score = entry["contrast_stable"] - entry["size_penalty"]
-        gate = float(params["min_concentration"])
-        if gate > 0 and entry.get("concentration", 1.0) < gate:
-            entry["excluded"] = f"concentration {entry.get('concentration')} < {gate}"
-            continue
-        entry["score"] = round(score, 4)
+        entry["score"] = round(entry["contrast_stable"] - entry["size_penalty"], 4)
+        best = max(best, entry["score"])
     # a group isolated at another K lifts the score of the analysis cluster it matches
     min_jac = float(params["other_k_min_jaccard"])
     for c in clusters:

@@ -229,3 +229,28 @@ def test_conductance_and_size_prior():
     assert size_penalty(0.2, params) == 0.0
     assert size_penalty(0.4, params) == pytest.approx(1.0)
     assert size_penalty(0.5, params) == pytest.approx(2.0)
+
+
+def test_resampling_skips_only_candidates_that_cannot_win(natural_class):
+    """Candidates whose plain score is below the best stable score are not resampled; resampling
+    them anyway gives stable scores below the class score, so the verdict is the same."""
+    from spray.flags import _Resamples
+
+    feats, inputs, _ = natural_class
+    pipe = load_pipeline("spray-default", overrides={
+        "preprocess": {"pool": [GRID, GRID]}, "embedding": {"method": "none"},
+        "clustering": {"n_clusters": 8}})
+    result = analyze(feats, pipeline=pipe, embed=False)
+    v = clever_hans_score(result, inputs, pipe, features=feats)
+    cand = [c for c in v["clusters"] if "contrast" in c]
+    skipped = [c for c in cand if c.get("resampled") is False]
+    assert skipped and len(skipped) < len(cand)
+    params = flag_params(pipe)
+    resamples = _Resamples(feats.astype(np.float32), pipe, int(result.k), params)
+    for c in skipped:
+        mask = result.labels == c["id"]
+        assert c["score"] == pytest.approx(c["contrast"] - c["size_penalty"])
+        X = masked_inputs(inputs, feats, mask, params["input_mask_area"], "l1")
+        stable = min(np.quantile(resamples.contrasts(X, mask), params["bootstrap_quantile"]),
+                     c["contrast"])
+        assert stable - c["size_penalty"] <= v["score"] + 1e-9
