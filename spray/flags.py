@@ -36,7 +36,7 @@ Rule ``input-contrast`` (the pipeline's ``flags`` section holds every threshold)
    real group does. Needs the relevance features (``features=``); without them, or with
    ``bootstrap: 0``, the stable contrast is the plain contrast. Candidates are resampled from
    the highest plain score down; one whose plain score (an upper bound of its stable score)
-   cannot beat the best stable score so far is skipped (``"resampled": False``, score = plain
+   cannot reach the best stable score so far is skipped (``"resampled": False``, score = plain
    score), which leaves the class score and the suspect unchanged (not with ``all-k``).
 4. **Size prior.** Artefact groups are usually a minority of a class; a split into two halves is
    more often a natural sub-class. Above ``size_prior_knee`` the score is lowered linearly,
@@ -332,7 +332,7 @@ def clever_hans_score(result, input_features: np.ndarray, pipeline: dict, featur
         upper = entry["contrast"] - entry["size_penalty"]
         values = []
         if resamples is not None and resamples.subsets:
-            if prune and upper <= best:
+            if prune and upper < best:
                 entry["resampled"] = False
                 entry["score"] = round(upper, 4)
                 continue
