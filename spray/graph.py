@@ -42,12 +42,16 @@ class RunInterrupted(KeyboardInterrupt):
         self.exit_code = 128 + int(signum)
 
 
+_SIGNALS = {"defer": False, "pending": None}
+
+
 @contextlib.contextmanager
 def interrupt_on_signals():
     """Turn SIGTERM (and SIGINT) into :class:`RunInterrupted` so the run cleans up.
 
     The Dask cluster is closed, the run lock released and finished chunks kept; a second
-    signal during that clean-up is ignored (SIGKILL still works).
+    signal during that clean-up is ignored (SIGKILL still works). Inside
+    :func:`signals_deferred` a signal is held and raised by :func:`raise_pending`.
     """
     if threading.current_thread() is not threading.main_thread():
         yield
@@ -58,8 +62,12 @@ def interrupt_on_signals():
     def handler(signum, frame):
         for s in signums:
             signal.signal(s, signal.SIG_IGN)
+        if _SIGNALS["defer"]:
+            _SIGNALS["pending"] = signum
+            return
         raise RunInterrupted(signum)
 
+    _SIGNALS["pending"] = None
     for s in signums:
         signal.signal(s, handler)
     try:
@@ -67,6 +75,27 @@ def interrupt_on_signals():
     finally:
         for s, old in previous.items():
             signal.signal(s, old)
+        _SIGNALS["pending"] = None
+
+
+@contextlib.contextmanager
+def signals_deferred():
+    """Hold SIGTERM/SIGINT while a local cluster starts: an interrupt in the middle of its
+    start leaves worker processes that nobody can close cleanly (distributed's exit hook then
+    fails on them). Call :func:`raise_pending` once the cluster is in a ``with`` block."""
+    before = _SIGNALS["defer"]
+    _SIGNALS["defer"] = True
+    try:
+        yield
+    finally:
+        _SIGNALS["defer"] = before
+
+
+def raise_pending() -> None:
+    """Raise the :class:`RunInterrupted` of a signal held by :func:`signals_deferred`."""
+    signum, _SIGNALS["pending"] = _SIGNALS["pending"], None
+    if signum is not None:
+        raise RunInterrupted(signum)
 
 
 def slurm_cluster_kwargs(cluster_cfg: dict) -> dict:
@@ -156,15 +185,19 @@ def dask_client(cluster_cfg: dict, scheduler: str | None = None):
             yield client
         return
     processes = address == "local"
-    cluster = LocalCluster(
-        n_workers=cluster_cfg["n_workers"] if processes else 1,
-        threads_per_worker=cluster_cfg["threads_per_worker"] if processes else cluster_cfg["n_workers"],
-        processes=processes, memory_limit=cluster_cfg["memory_limit"],
-        dashboard_address=":0", host="127.0.0.1" if processes else None,  # inproc: no host
-        resources=cluster_cfg.get("lrp_resources") or None,
-    )
-    with cluster, Client(cluster) as client:
-        yield client
+    with signals_deferred():
+        cluster = LocalCluster(
+            n_workers=cluster_cfg["n_workers"] if processes else 1,
+            threads_per_worker=(cluster_cfg["threads_per_worker"] if processes
+                                else cluster_cfg["n_workers"]),
+            processes=processes, memory_limit=cluster_cfg["memory_limit"],
+            dashboard_address=":0", host="127.0.0.1" if processes else None,  # inproc: no host
+            resources=cluster_cfg.get("lrp_resources") or None,
+        )
+    with cluster:
+        raise_pending()
+        with Client(cluster) as client:
+            yield client
 
 
 def dashboard_text(client) -> str:
