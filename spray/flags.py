@@ -97,7 +97,7 @@ def conductance(W: sp.csr_matrix, members: np.ndarray) -> float:
     """Edge weight leaving ``members`` over the smaller of the two volumes (0 for a component)."""
     mask = np.zeros(W.shape[0], dtype=bool)
     mask[members] = True
-    return _conductance_mask(sp.csr_matrix(W), np.asarray(W.sum(axis=1)).ravel(), mask)
+    return _conductance_mask(*_with_degree(W), mask)
 
 
 def _conductance_mask(W: sp.csr_matrix, degree: np.ndarray, mask: np.ndarray) -> float:
@@ -107,6 +107,18 @@ def _conductance_mask(W: sp.csr_matrix, degree: np.ndarray, mask: np.ndarray) ->
     internal = W[mask][:, mask].sum()
     cut = vol_in - internal
     return float(max(cut, 0.0) / min(vol_in, vol_out))
+
+
+def _with_degree(W) -> tuple[sp.csr_matrix, np.ndarray]:
+    """A graph as CSR with its node degrees (what the conductances need)."""
+    W = sp.csr_matrix(W)
+    return W, np.asarray(W.sum(axis=1)).ravel()
+
+
+def _knn_graph(X: np.ndarray, affinity_params: dict) -> tuple[sp.csr_matrix, np.ndarray]:
+    from spray.affinity import knn_affinity
+
+    return _with_degree(knn_affinity(X, affinity_params))
 
 
 def _contrast(phi_in: float, phi_rel: float, floor: float) -> float:
@@ -182,12 +194,6 @@ class _Resamples:
         self._relevance = {}
         self._inputs = {}
 
-    def _graph(self, X, idx):
-        from spray.affinity import knn_affinity
-
-        W = sp.csr_matrix(knn_affinity(X[idx], self.aff))
-        return W, np.asarray(W.sum(axis=1)).ravel()
-
     def contrasts(self, inputs, mask) -> list[float]:
         out = []
         for b, idx in enumerate(self.subsets):
@@ -195,10 +201,10 @@ class _Resamples:
             if sub.sum() < 2 or (~sub).sum() < 2:
                 continue
             if b not in self._relevance:
-                self._relevance[b] = self._graph(self.features, idx)
+                self._relevance[b] = _knn_graph(self.features[idx], self.aff)
             key = (id(inputs), b)
             if key not in self._inputs:
-                self._inputs[key] = self._graph(inputs, idx)
+                self._inputs[key] = _knn_graph(inputs[idx], self.aff)
             out.append(_contrast(_conductance_mask(*self._inputs[key], sub),
                                  _conductance_mask(*self._relevance[b], sub), self.floor))
         return out
@@ -253,8 +259,6 @@ def clever_hans_score(result, input_features: np.ndarray, pipeline: dict, featur
         ``conductance_input``, ``contrast``, ``contrast_stable``, ``size_penalty``,
         ``concentration``, ``peak``, ``score``) plus ``params`` (the thresholds used).
     """
-    from spray.affinity import knn_affinity
-
     params = flag_params(pipeline)
     if params["score"] != "input-contrast":
         from spray.errors import ConfigError
@@ -268,17 +272,11 @@ def clever_hans_score(result, input_features: np.ndarray, pipeline: dict, featur
     n = len(labels)
     affinity_params = dict(pipeline["affinity"])
     affinity_params["k"] = int(result.k)
-    W_rel = sp.csr_matrix(result.affinity)
-    d_rel = np.asarray(W_rel.sum(axis=1)).ravel()
+    W_rel, d_rel = _with_degree(result.affinity)
     input_features = np.asarray(input_features, dtype=np.float32)
     mask_area = float(params["input_mask_area"]) if features is not None else 0.0
     normalize = (pipeline.get("preprocess") or {}).get("normalize", "l1")
-
-    def input_graph(X):
-        W = sp.csr_matrix(knn_affinity(X, affinity_params))
-        return W, np.asarray(W.sum(axis=1)).ravel()
-
-    whole_inputs = None if mask_area > 0 else input_graph(input_features)
+    whole_inputs = None if mask_area > 0 else _knn_graph(input_features, affinity_params)
     grid = (pipeline.get("preprocess") or {}).get("pool")
     groups = [(int(cid), labels == cid, None) for cid in np.unique(labels)]
     if params["candidates"] == "all-k":
@@ -293,7 +291,7 @@ def clever_hans_score(result, input_features: np.ndarray, pipeline: dict, featur
             phi_rel = _conductance_mask(W_rel, d_rel, mask)
             if mask_area > 0:
                 X_in = masked_inputs(input_features, features, mask, mask_area, normalize)
-                phi_in = _conductance_mask(*input_graph(X_in), mask)
+                phi_in = _conductance_mask(*_knn_graph(X_in, affinity_params), mask)
             else:
                 X_in = input_features
                 phi_in = _conductance_mask(*whole_inputs, mask)
@@ -320,21 +318,20 @@ def clever_hans_score(result, input_features: np.ndarray, pipeline: dict, featur
                             params) if features is not None and cand else None)
     gate = float(params["min_concentration"])
     prune = params["candidates"] == "analysis"
-    best = -math.inf
+    best_stable = -math.inf
     for entry in cand:
         entry["size_penalty"] = round(size_penalty(entry["fraction"], params), 4)
-    order = sorted(range(len(cand)), key=lambda j: -(cand[j]["contrast"] - cand[j]["size_penalty"]))
-    for j in order:
+    upper = [entry["contrast"] - entry["size_penalty"] for entry in cand]
+    for j in sorted(range(len(cand)), key=lambda j: -upper[j]):
         entry = cand[j]
         if gate > 0 and entry.get("concentration", 1.0) < gate:
             entry["excluded"] = f"concentration {entry.get('concentration')} < {gate}"
             continue
-        upper = entry["contrast"] - entry["size_penalty"]
         values = []
         if resamples is not None and resamples.subsets:
-            if prune and upper < best:
+            if prune and upper[j] < best_stable:
                 entry["resampled"] = False
-                entry["score"] = round(upper, 4)
+                entry["score"] = round(upper[j], 4)
                 continue
             values = resamples.contrasts(inputs[j], masks[j])
         if values:
@@ -343,7 +340,7 @@ def clever_hans_score(result, input_features: np.ndarray, pipeline: dict, featur
         else:
             entry["contrast_stable"] = entry["contrast"]
         entry["score"] = round(entry["contrast_stable"] - entry["size_penalty"], 4)
-        best = max(best, entry["score"])
+        best_stable = max(best_stable, entry["score"])
     # a group isolated at another K lifts the score of the analysis cluster it matches
     min_jac = float(params["other_k_min_jaccard"])
     for c in clusters:

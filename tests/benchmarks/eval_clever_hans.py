@@ -386,6 +386,8 @@ def aggregate(rows: list[dict]) -> str:
     ignored = [r["setting"] for r in strong if r not in relied and reliance(r) is not None]
     relied_good = [r for r in relied if r["flagged"] and r.get("precision", 0) >= 0.8
                    and r.get("recall", 0) >= 0.8]
+    cands = [c for r in rows for c in r.get("clusters", []) if "contrast" in c]
+    skipped = sum(c.get("resampled") is False for c in cands)
     det = [r for r in strong if r["flagged"]]
     good = [r for r in det if r.get("precision", 0) >= 0.8 and r.get("recall", 0) >= 0.8]
     lines = [
@@ -409,7 +411,8 @@ def aggregate(rows: list[dict]) -> str:
         f"- false flags, non-planted classes of poisoned models: {rate(other_checks, 'flagged')} "
         f"(max score {max([r['score'] for r in other_checks] or [0]):.2f})",
         f"- score time per class: median {np.median([r['seconds'] for r in rows]):.2f} s "
-        f"(preprocess + analysis without t-SNE + score)",
+        f"(preprocess + analysis without t-SNE + score); candidates not resampled (they could "
+        f"not change the class score): {skipped}/{len(cands)}",
     ]
     return "\n".join(lines)
 
