@@ -41,13 +41,22 @@ Rule ``input-contrast`` (the pipeline's ``flags`` section holds every threshold)
 4. **Size prior.** Artefact groups are usually a minority of a class; a split into two halves is
    more often a natural sub-class. Above ``size_prior_knee`` the score is lowered linearly,
    by ``size_prior_weight`` at a fraction of 0.5 (``size_penalty``).
+   **Input randomness.** An artefact is put on members of the class whatever they look like, so
+   once the few cells where the group's *inputs* differ most from the rest's are left out (the
+   same ``input_mask_area`` share), the group is a random subset of the class: its conductance
+   in that input graph is about that of a random subset, max(s, n − s)/(n − 1)
+   (``input_randomness`` ≈ 1). A style or sub-type of the class (crossed sevens, bags with a
+   handle) differs beyond a few cells and stays a group (randomness well below 1). Below
+   ``input_randomness_knee`` the score is lowered by ``input_randomness_weight`` per unit of
+   randomness (``randomness_penalty``). The contrast alone cannot see this: a sub-type the
+   model treats very alike gets a high contrast although its inputs are a group.
 5. **Spatial concentration** (evidence and an optional gate). Δ = mean relevance features of S
    minus those of the rest of the class, on the preprocessing grid; ``concentration`` is the
    share of |Δ| held by the top ``concentration_area`` of the cells (0.1 = the top 10 %; a
    uniform Δ gives 0.1, a single cell 1.0). ``peak`` is the grid cell (row, column) of the
    largest |Δ|. Candidates below ``min_concentration`` are not scored (default 0: off).
 
-``score(S) = stable_contrast(S) − size_penalty(S)``. The suspect is always one of the analysis'
+``score(S) = stable_contrast(S) − size_penalty(S) − randomness_penalty(S)``. The suspect is always one of the analysis'
 clusters (the ones the report shows): a candidate of another K lifts the score of an analysis
 candidate that it overlaps with Jaccard ≥ ``other_k_min_jaccard`` (0.5) to its own score (the
 cluster entry then names it in ``score_from_k``: its K, size, contrast, score, Jaccard); groups
@@ -80,6 +89,8 @@ DEFAULTS = {
     "concentration_area": 0.1,
     "min_concentration": 0.0,
     "input_mask_area": 0.1,
+    "input_randomness_knee": 0.9,
+    "input_randomness_weight": 10.0,
     "candidates": "analysis",
     "other_k_min_jaccard": 0.5,
     "seed": 0,
@@ -119,6 +130,40 @@ def _knn_graph(X: np.ndarray, affinity_params: dict) -> tuple[sp.csr_matrix, np.
     from spray.affinity import knn_affinity
 
     return _with_degree(knn_affinity(X, affinity_params))
+
+
+def random_conductance(size: int, n: int) -> float:
+    """Expected conductance of a random subset of ``size`` of ``n`` nodes: max(s, n − s)/(n − 1).
+
+    Each edge is cut with probability 2 s (n − s) / (n (n − 1)) and the volumes are shared in
+    proportion to the sizes, so E[cut] / min(E[vol S], E[vol rest]) = max(s, n − s) / (n − 1)
+    whatever the graph.
+    """
+    return max(size, n - size) / max(n - 1, 1)
+
+
+def _input_randomness(input_features, mask, area, normalize, affinity_params, whole_inputs):
+    """Conductance of ``mask`` in the kNN graph of the inputs without the ``area`` share of cells
+    where its *inputs* differ most from the rest's, over that of a random subset of its size.
+
+    About 1 when the group's inputs differ from the rest only locally (a stamp, a border row,
+    a patch on otherwise random members of the class); well below 1 when they stay a group
+    without those cells (a style or sub-type of the class: it differs in shape elsewhere too).
+    ``area`` 0 measures it on the whole inputs (``whole_inputs``, the graph already built).
+    """
+    if area > 0:
+        X = masked_inputs(input_features, input_features, mask, area, normalize)
+        graph = _knn_graph(X, affinity_params)
+    else:
+        graph = whole_inputs
+    return _conductance_mask(*graph, mask) / random_conductance(int(mask.sum()), len(mask))
+
+
+def randomness_penalty(randomness: float, params: dict) -> float:
+    """Linear penalty below the knee: ``input_randomness_weight`` per unit of randomness."""
+    knee = float(params["input_randomness_knee"])
+    weight = float(params["input_randomness_weight"])
+    return weight * max(0.0, knee - randomness) if weight > 0 else 0.0
 
 
 def _contrast(phi_in: float, phi_rel: float, floor: float) -> float:
@@ -242,6 +287,10 @@ def size_penalty(fraction: float, params: dict) -> float:
     return weight * (fraction - knee) / (0.5 - knee)
 
 
+def _penalty(entry: dict) -> float:
+    return entry["size_penalty"] + entry["randomness_penalty"]
+
+
 def clever_hans_score(result, input_features: np.ndarray, pipeline: dict, features=None) -> dict:
     """Score a class from its analysis result and the preprocessed raw inputs of its samples.
 
@@ -257,7 +306,8 @@ def clever_hans_score(result, input_features: np.ndarray, pipeline: dict, featur
         ``rule, score, threshold, flagged, suspect_cluster, candidate_cluster, clusters`` (each
         cluster: ``id, size, fraction`` and, for candidates, ``conductance_relevance``,
         ``conductance_input``, ``contrast``, ``contrast_stable``, ``size_penalty``,
-        ``concentration``, ``peak``, ``score``) plus ``params`` (the thresholds used).
+        ``input_randomness``, ``randomness_penalty``, ``concentration``, ``peak``, ``score``)
+        plus ``params`` (the thresholds used).
     """
     params = flag_params(pipeline)
     if params["score"] != "input-contrast":
@@ -295,9 +345,13 @@ def clever_hans_score(result, input_features: np.ndarray, pipeline: dict, featur
             else:
                 X_in = input_features
                 phi_in = _conductance_mask(*whole_inputs, mask)
+            randomness = _input_randomness(input_features, mask, mask_area, normalize,
+                                           affinity_params, whole_inputs)
             entry.update({"conductance_relevance": round(phi_rel, 6),
                           "conductance_input": round(phi_in, 6),
-                          "contrast": round(_contrast(phi_in, phi_rel, floor), 4)})
+                          "contrast": round(_contrast(phi_in, phi_rel, floor), 4),
+                          "input_randomness": round(randomness, 4),
+                          "randomness_penalty": round(randomness_penalty(randomness, params), 4)})
             if features is not None:
                 entry.update(concentration(features, mask, grid,
                                            float(params["concentration_area"])))
@@ -321,7 +375,7 @@ def clever_hans_score(result, input_features: np.ndarray, pipeline: dict, featur
     best_stable = -math.inf
     for entry in cand:
         entry["size_penalty"] = round(size_penalty(entry["fraction"], params), 4)
-    upper = [entry["contrast"] - entry["size_penalty"] for entry in cand]
+    upper = [entry["contrast"] - _penalty(entry) for entry in cand]
     for j in sorted(range(len(cand)), key=lambda j: -upper[j]):
         entry = cand[j]
         if gate > 0 and entry.get("concentration", 1.0) < gate:
@@ -339,7 +393,7 @@ def clever_hans_score(result, input_features: np.ndarray, pipeline: dict, featur
             entry["contrast_stable"] = round(min(stable, entry["contrast"]), 4)
         else:
             entry["contrast_stable"] = entry["contrast"]
-        entry["score"] = round(entry["contrast_stable"] - entry["size_penalty"], 4)
+        entry["score"] = round(entry["contrast_stable"] - _penalty(entry), 4)
         best_stable = max(best_stable, entry["score"])
     # a group isolated at another K lifts the score of the analysis cluster it matches
     min_jac = float(params["other_k_min_jaccard"])

@@ -184,6 +184,8 @@ class FlagsSection(BaseModel):
     max_cluster_fraction: float = Field(default=0.5, ge=0, le=1)
     conductance_floor: float = Field(default=1e-3, gt=0)
     input_mask_area: float = Field(default=0.1, ge=0, lt=1)
+    input_randomness_knee: float = Field(default=0.9, ge=0)
+    input_randomness_weight: float = Field(default=10.0, ge=0)
     candidates: Literal["analysis", "all-k"] = "analysis"
     other_k_min_jaccard: float = Field(default=0.5, ge=0, le=1)
 

@@ -352,6 +352,8 @@ def _cluster_rows(entry: dict) -> str:
             f"<td>{_fmt(cl.get('conductance_input'), 4)}</td><td>{_fmt(cl.get('contrast'), 2)}</td>"
             f"<td>{'not resampled' if cl.get('resampled') is False else _fmt(cl.get('contrast_stable'), 2)}"
             f"</td><td>{_fmt(cl.get('size_penalty'), 2)}</td>"
+            f"<td>{_fmt(cl.get('input_randomness'), 2)}</td>"
+            f"<td>{_fmt(cl.get('randomness_penalty'), 2)}</td>"
             f"<td>{_fmt(cl.get('concentration'), 2)}</td>"
             f"<td>{_esc(peak) if peak is not None else ''}</td>"
             f"<td>{_fmt(cl.get('score'), 2)}{' ' + _esc(cl['excluded']) if cl.get('excluded') else ''}"
@@ -378,8 +380,16 @@ def _evidence(entry: dict) -> str:
              f"and {_fmt(cl['conductance_input'], 4)} in {graph}: contrast "
              f"log(φ_input/φ_relevance) = {_fmt(cl['contrast'], 2)}",
              f"(bootstrap-stable value {_fmt(cl.get('contrast_stable'), 2)}, size penalty "
-             f"{_fmt(cl.get('size_penalty'), 2)}) → score {_fmt(cl.get('score'), 2)} against the "
-             f"threshold {_fmt(entry.get('threshold'), 2)}."]
+             f"{_fmt(cl.get('size_penalty'), 2)}, input-grouping penalty "
+             f"{_fmt(cl.get('randomness_penalty'), 2)}) → score {_fmt(cl.get('score'), 2)} "
+             f"against the threshold {_fmt(entry.get('threshold'), 2)}."]
+    if cl.get("input_randomness") is not None:
+        where = (f"without the {100 * mask_area:.0f} % of the cells where its inputs differ "
+                 f"most from the rest's" if mask_area > 0 else "as they are")
+        parts.append(f"Its inputs, {where}, have {_fmt(cl['input_randomness'], 2)} × the "
+                     f"conductance of a random subset of the same size (input randomness; about 1 "
+                     f"= no group apart from a local mark, as for an artefact stamped on random "
+                     f"members; well below 1 = a sub-group of the data).")
     if cl.get("concentration") is not None:
         parts.append(f"{100 * float(cl['concentration']):.0f} % of the difference between its "
                      f"mean relevance and the rest of the class lies in the top "
@@ -417,7 +427,8 @@ def _class_page(run_dir: Path, out: Path, cg, entry: dict, header: str) -> None:
         f"<p class=note>first eigengaps λ<sub>i+1</sub> − λ<sub>i</sub>: {gaps}</p>"
         f"<h2>Clusters</h2><table><tr><th>cluster</th><th>size</th><th>fraction</th>"
         f"<th>φ relevance</th><th>φ input</th><th>contrast</th><th>stable contrast</th>"
-        f"<th>size penalty</th><th>concentration</th><th>peak cell</th><th>score</th></tr>"
+        f"<th>size penalty</th><th>input randomness</th><th>grouping penalty</th>"
+        f"<th>concentration</th><th>peak cell</th><th>score</th></tr>"
         f"{_cluster_rows(entry)}</table>"
         f"<img src='{_esc(clusters)}' alt='cluster mean relevance and example inputs'>"
         + (f"<h2>t-SNE</h2><img src='{_esc(tsne)}' alt='t-SNE embedding coloured by cluster'>"
@@ -466,8 +477,9 @@ def _index_page(run_dir: Path, out: Path, summary: dict, header: str) -> None:
             f"<th class=l>λ1..λ5</th></tr>{''.join(rows)}</table>"
             f"<p class=note>Score: bootstrap-stable log ratio of the cluster's conductance in the "
             f"raw-input kNN graph over that in the relevance kNN graph (details on the class "
-            f"pages), minus a size penalty for "
-            f"near-even splits; flagged at or above the threshold. Machine-readable: "
+            f"pages), minus a size penalty for near-even splits and a grouping penalty for "
+            f"clusters whose inputs form a group of the data even without the cells where "
+            f"their relevance differs; flagged at or above the threshold. Machine-readable: "
             f"<a href='summary.json'>summary.json</a>.</p>"
             + (f"<h2>Spectra</h2><img src='{_esc(overview)}' alt='smallest eigenvalues of every "
                f"class side by side'>" if overview else ""))

@@ -102,7 +102,8 @@ def test_artefact_is_flagged_with_evidence(artefact_class):
     cl = next(c for c in v["clusters"] if c["id"] == v["suspect_cluster"])
     assert cl["conductance_relevance"] < cl["conductance_input"]
     assert cl["contrast_stable"] <= cl["contrast"]
-    assert cl["score"] == pytest.approx(cl["contrast_stable"] - cl["size_penalty"])
+    assert cl["score"] == pytest.approx(cl["contrast_stable"] - cl["size_penalty"]
+                                        - cl["randomness_penalty"])
     assert cl["peak"] == [0, 0] and cl["concentration"] > 0.5
     assert sum(c["size"] for c in v["clusters"]) == len(feats)
 
@@ -249,8 +250,69 @@ def test_resampling_skips_only_candidates_that_cannot_win(natural_class):
     resamples = _Resamples(feats.astype(np.float32), pipe, int(result.k), params)
     for c in skipped:
         mask = result.labels == c["id"]
-        assert c["score"] == pytest.approx(c["contrast"] - c["size_penalty"])
+        penalty = c["size_penalty"] + c["randomness_penalty"]
+        assert c["score"] == pytest.approx(c["contrast"] - penalty)
         X = masked_inputs(inputs, feats, mask, params["input_mask_area"], "l1")
         stable = min(np.quantile(resamples.contrasts(X, mask), params["bootstrap_quantile"]),
                      c["contrast"])
-        assert stable - c["size_penalty"] <= v["score"] + 1e-9
+        assert stable - penalty <= v["score"] + 1e-9
+
+
+def test_random_conductance_matches_random_subsets():
+    """Random subsets of a real kNN graph have the conductance max(s, n − s)/(n − 1) on average."""
+    from spray.affinity import knn_affinity
+    from spray.flags import random_conductance
+
+    rng = np.random.default_rng(5)
+    X = rng.standard_normal((400, 8))
+    X[:200] += 3.0                                           # two blobs: structure does not matter
+    W = knn_affinity(X, {**_pipe()["affinity"], "k": 6})
+    for size in (20, 80, 200, 320):
+        values = [conductance(W, rng.choice(400, size=size, replace=False)) for _ in range(200)]
+        assert np.mean(values) == pytest.approx(random_conductance(size, 400), rel=0.03)
+    # a blob is far from random
+    assert conductance(W, np.arange(200)) < 0.2 * random_conductance(200, 400)
+
+
+def _local_mark_class(shift: int):
+    """20 % of the class carry a local bar that the relevance amplifies; with ``shift`` > 0 the
+    same objects also sit ``shift`` cells lower (a style of the class, like a crossed 7), with 0
+    the bar is stamped on random objects (an artefact)."""
+    def inputs(x, g):
+        x[g] = np.roll(x[g], shift, axis=1)
+        x[g, 5, 3:7] += 0.3
+
+    def relevance(rel, g, rng):
+        rel[g, 5, 3:7] *= 3.0
+        rel += rng.standard_normal(rel.shape) * np.abs(rel).mean()
+
+    return _class_with_group(4, 60, inputs, relevance)
+
+
+def test_group_whose_inputs_are_grouped_beyond_the_mask_is_natural():
+    """The inputs of a natural sub-group stay grouped without the cells where its relevance
+    differs (input randomness well below 1); an artefact's look like a random subset (≈ 1)."""
+    weight = flag_params(_pipe())["input_randomness_weight"]
+    assert weight > 0
+    natural, artefact = _local_mark_class(2), _local_mark_class(0)
+    feats, inputs, group = natural
+    result = analyze(feats, pipeline=_pipe(), embed=False)
+    without = clever_hans_score(result, inputs, _pipe(input_randomness_weight=0.0), features=feats)
+    v = clever_hans_score(result, inputs, _pipe(), features=feats)
+    assert without["flagged"], "contrast alone takes the style for an artefact"
+    assert not v["flagged"] and v["score"] < 1.0
+    cl = next(c for c in v["clusters"] if c["id"] == v["candidate_cluster"])
+    members = result.labels == cl["id"]
+    assert (members & group).sum() / members.sum() >= 0.9
+    assert cl["input_randomness"] < 0.6
+    assert cl["randomness_penalty"] == pytest.approx(weight * (0.9 - cl["input_randomness"]),
+                                                     abs=1e-3)
+    assert cl["score"] == pytest.approx(cl["contrast_stable"] - cl["size_penalty"]
+                                        - cl["randomness_penalty"], abs=1e-3)
+    feats, inputs, group = artefact
+    result, v = _score(feats, inputs, _pipe())
+    assert v["flagged"]
+    cl = next(c for c in v["clusters"] if c["id"] == v["suspect_cluster"])
+    assert cl["input_randomness"] > 0.9 and cl["randomness_penalty"] == 0.0
+    members = result.labels == cl["id"]
+    assert (members & group).sum() / group.sum() >= 0.9

@@ -109,7 +109,8 @@ def test_summary_has_evidence(report_run):
     assert entry["rule"] == "input-contrast" and entry["flag_params"]["threshold"] == -100.0
     suspect = next(cl for cl in entry["clusters"] if cl["suspect"])
     for key in ("conductance_relevance", "conductance_input", "contrast", "contrast_stable",
-                "size_penalty", "concentration", "peak", "score", "members"):
+                "size_penalty", "input_randomness", "randomness_penalty", "concentration", "peak",
+                "score", "members"):
         assert key in suspect, key
     assert suspect["score"] == entry["score"] >= entry["threshold"]
 

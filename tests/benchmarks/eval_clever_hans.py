@@ -212,24 +212,32 @@ def collect(setting, args) -> dict:
         x_tr, y_tr, x_te, y_te = load_fashion(args.train_per_class, args.test_per_class, rng)
     else:
         x_tr, y_tr, x_te, y_te = load_digits(rng)
-    poisoned = np.zeros(len(y_te), dtype=bool)
+    poisoned_tr = np.zeros(len(y_tr), dtype=bool)
+    poisoned_te = np.zeros(len(y_te), dtype=bool)
     clean_te = x_te.copy()
     if art is not None:
-        for xs, ys, mark in ((x_tr, y_tr, None), (x_te, y_te, poisoned)):
+        for xs, ys, mark in ((x_tr, y_tr, poisoned_tr), (x_te, y_te, poisoned_te)):
             members = np.flatnonzero(ys == planted)
             chosen = np.sort(rng.choice(members, size=max(1, int(round(p * len(members)))),
                                         replace=False))
             xs[chosen] = plant(xs[chosen], art)
-            if mark is not None:
-                mark[chosen] = True
+            mark[chosen] = True
     t0 = time.perf_counter()
     model = train(ds, x_tr, y_tr, seed, args)
     t_train = time.perf_counter() - t0
+    # what is explained and scored: the test split, or (digits by default) the whole poisoned
+    # data set, training split included, as `spray run` analyses a data set
+    if ds == "digits" and args.digits_split == "all":
+        x_ex, y_ex = np.concatenate([x_tr, x_te]), np.concatenate([y_tr, y_te])
+        poisoned = np.concatenate([poisoned_tr, poisoned_te])
+    else:
+        x_ex, y_ex, poisoned = x_te, y_te, poisoned_te
+    is_test = np.arange(len(y_ex)) >= len(y_ex) - len(y_te)
     rel, logits = [], []
     t0 = time.perf_counter()
-    for start in range(0, len(x_te), 500):
-        xb = torch.as_tensor(x_te[start:start + 500])
-        yb = torch.as_tensor(y_te[start:start + 500])
+    for start in range(0, len(x_ex), 500):
+        xb = torch.as_tensor(x_ex[start:start + 500])
+        yb = torch.as_tensor(y_ex[start:start + 500])
         with torch.no_grad():
             logits.append(model(xb).numpy())
         rel.append(attribute(model, xb, yb, composite=args.composite).detach().numpy()[:, 0])
@@ -237,10 +245,10 @@ def collect(setting, args) -> dict:
     pred = np.concatenate(logits).argmax(1)
     # reliance by intervention, on the test images as the model saw them without any artefact
     flips = np.stack([flip_rates(model, clean_te, y_te, kind) for kind in ARTEFACTS])
-    return {"relevance": np.concatenate(rel).astype(np.float32), "inputs": x_te[:, 0],
+    return {"relevance": np.concatenate(rel).astype(np.float32), "inputs": x_ex[:, 0],
             "flip_rates": flips,
-            "labels": y_te, "prediction": pred, "poisoned": poisoned,
-            "accuracy": float((pred == y_te).mean()), "train_seconds": t_train,
+            "labels": y_ex, "prediction": pred, "poisoned": poisoned, "is_test": is_test,
+            "accuracy": float((pred[is_test] == y_te).mean()), "train_seconds": t_train,
             "lrp_seconds": t_lrp}
 
 
@@ -255,6 +263,7 @@ def score_setting(setting, data, pipe) -> list[dict]:
     rows = []
     for c in range(10):
         sel = np.flatnonzero(data["labels"] == c)
+        test = sel[data["is_test"][sel]] if "is_test" in data else sel   # accuracy: test split
         maps, inputs = data["relevance"][sel], data["inputs"][sel]
         t0 = time.perf_counter()
         feats = preprocess(maps, pipe["preprocess"])
@@ -268,7 +277,7 @@ def score_setting(setting, data, pipe) -> list[dict]:
                "n": int(len(sel)), "n_poisoned": int(truth.sum()), "score": verdict["score"],
                "flagged": verdict["flagged"], "n_clusters": int(result.n_clusters),
                "seconds": round(seconds, 3),
-               "accuracy": float((data["prediction"][sel] == c).mean()),
+               "accuracy": float((data["prediction"][test] == c).mean()),
                "evidence": {k: verdict.get(k) for k in ("contrast", "null", "concentration",
                                                         "size_prior") if k in verdict}}
         if "flip_rates" in data:
@@ -435,7 +444,11 @@ def main(argv=None) -> int:
     ap.add_argument("--train-per-class", type=int, default=2500)
     ap.add_argument("--fashion-epochs", type=int, default=3)
     ap.add_argument("--test-per-class", type=int, default=1000)
-    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--digits-split", choices=("all", "test"), default="all",
+                    help="digits: explain and score the whole data set (≈ 180 per class) or "
+                         "only its test half (≈ 90)")
+    ap.add_argument("--threads", type=int, default=1,
+                    help="torch threads; a setting's model depends on its seed and this (tables: 1)")
     ap.add_argument("--replicate", type=int, default=0,
                     help="add this to every setting's seed: new data split, weights and batches")
     args = ap.parse_args(argv)
