@@ -63,13 +63,26 @@ def load_summary(run_dir: str | Path, rebuild: bool = True) -> dict:
     return summary
 
 
+def _suspects(entry: dict) -> list[dict]:
+    """The suspect clusters of a class, the best (``suspect_cluster``) first."""
+    found = [cl for cl in entry.get("clusters", []) if cl.get("suspect")]
+    return sorted(found, key=lambda cl: cl.get("id") != entry.get("suspect_cluster"))
+
+
 def _suspect(entry: dict) -> dict | None:
-    return next((cl for cl in entry.get("clusters", []) if cl.get("suspect")), None)
+    found = _suspects(entry)
+    return found[0] if found else None
 
 
 def _suspect_size(entry: dict):
-    cl = _suspect(entry)
-    return None if cl is None else cl.get("size")
+    """Samples in all suspect clusters of the class (None without a suspect)."""
+    found = _suspects(entry)
+    return sum(cl.get("size") or 0 for cl in found) if found else None
+
+
+def _suspect_members(entry: dict) -> list | None:
+    found = [cl["members"] for cl in _suspects(entry) if cl.get("members") is not None]
+    return [m for members in found for m in members] if found else None
 
 
 def _reason(entry: dict) -> str:
@@ -93,6 +106,11 @@ def _reason(entry: dict) -> str:
         ev.append(f"null p = {cl['null_p']:.3g}")
     if ev:
         bits.append("(" + "; ".join(ev) + ")")
+    more = _suspects(entry)[1:]
+    if more:
+        bits.append("; also suspect: " + ", ".join(
+            f"cluster {m.get('id')} ({m.get('size')} samples, score {_num(m.get('score'))})"
+            for m in more))
     if entry.get("baseline"):
         bits.append(f"[baseline: {entry['baseline']}"
                     + (f" — {entry['baseline_reason']}" if entry.get("baseline_reason") else "")
@@ -124,10 +142,10 @@ def compare(summary: dict, baseline: dict, margin: float = DEFAULT_MARGIN) -> di
                 why = "not in the baseline" if prev is None else \
                     f"not flagged in the baseline (score there {_num(prev.get('score'))})"
             else:
-                cur_cl, old_cl = _suspect(e) or {}, _suspect(prev) or {}
-                jac = _jaccard(cur_cl.get("members"), old_cl.get("members"))
+                jac = _jaccard(_suspect_members(e), _suspect_members(prev))
+                cur_size, old_size = _suspect_size(e) or 0, _suspect_size(prev) or 0
                 rise = float(e["score"]) - float(prev.get("score") or 0.0)
-                grow = (cur_cl.get("size") or 0) / max(1, old_cl.get("size") or 0) - 1.0
+                grow = cur_size / max(1, old_size) - 1.0
                 if jac is not None and jac < SAME_SUSPECT_JACCARD:
                     status = "new"
                     why = (f"a different suspect group than the accepted one (member overlap "
@@ -135,9 +153,9 @@ def compare(summary: dict, baseline: dict, margin: float = DEFAULT_MARGIN) -> di
                 elif rise > margin:
                     status = "worse"
                     why = f"score {prev.get('score'):.2f} → {e['score']:.2f} (margin {margin})"
-                elif old_cl.get("size") and grow > GROWTH:
+                elif old_size and grow > GROWTH:
                     status = "worse"
-                    why = f"suspect cluster grew {old_cl.get('size')} → {cur_cl.get('size')}"
+                    why = f"suspect group grew {old_size} → {cur_size}"
                 else:
                     status = "accepted"
                     why = f"flagged in the baseline too (score {prev.get('score'):.2f})"

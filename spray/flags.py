@@ -62,8 +62,10 @@ candidate that it overlaps with Jaccard ≥ ``other_k_min_jaccard`` (0.5) to its
 cluster entry then names it in ``score_from_k``: its K, size, contrast, score, Jaccard); groups
 of other K without such a counterpart are listed in ``other_k`` (best ten) but not scored. The
 class score is the maximum over the analysis candidates and the class is flagged when
-``score >= threshold``; the arg-max is the suspect cluster. Validation (planted artefacts, clean
-models): ``docs/verdict.md``.
+``score >= threshold``; the arg-max is the suspect cluster, and every other cluster at or above
+the threshold is a suspect too (``suspect_clusters``, best first: an artefact on two sub-types of
+a class can come out as two clusters). Validation (planted artefacts, clean models):
+``docs/verdict.md``.
 """
 
 from __future__ import annotations
@@ -303,7 +305,8 @@ def clever_hans_score(result, input_features: np.ndarray, pipeline: dict, featur
             stability and the spatial concentration.
 
     Returns:
-        ``rule, score, threshold, flagged, suspect_cluster, candidate_cluster, clusters`` (each
+        ``rule, score, threshold, flagged, suspect_cluster, suspect_clusters,
+        candidate_cluster, clusters`` (each
         cluster: ``id, size, fraction`` and, for candidates, ``conductance_relevance``,
         ``conductance_input``, ``contrast``, ``contrast_stable``, ``size_penalty``,
         ``input_randomness``, ``randomness_penalty``, ``concentration``, ``peak``, ``score``)
@@ -411,12 +414,16 @@ def clever_hans_score(result, input_features: np.ndarray, pipeline: dict, featur
                 c["score_from_k"]["jaccard"] = round(jac, 4)
     for o in other_k:
         o.pop("_mask", None)
-    scored = [c for c in clusters if "score" in c]
-    best = max(scored, key=lambda c: c["score"]) if scored else None
+    scored = sorted((c for c in clusters if "score" in c), key=lambda c: -c["score"])
+    best = scored[0] if scored else None
     score = best["score"] if best else 0.0
     flagged = bool(best is not None and score >= threshold)
+    # every cluster at or above the threshold is a suspect (an artefact on two sub-types of a
+    # class can come out as two clusters), the best first
+    suspects = [c["id"] for c in scored if c["score"] >= threshold]
     return {"rule": "input-contrast", "score": float(score), "threshold": threshold,
             "flagged": flagged, "suspect_cluster": best["id"] if flagged else None,
+            "suspect_clusters": suspects,
             "candidate_cluster": best["id"] if best else None, "clusters": clusters,
             "other_k": sorted(other_k, key=lambda c: -c.get("score", -np.inf))[:10],
             "params": {k: params[k] for k in DEFAULTS}}

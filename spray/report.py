@@ -64,13 +64,16 @@ def _class_entry(cg, c: int) -> dict:
     flags = analysis["flags"]
     labels = cg["labels"][:]
     index = cg["index"][:]
-    suspicious = {flags.get("suspect_cluster"), flags.get("candidate_cluster")} - {None}
+    suspects = flags.get("suspect_clusters")
+    if suspects is None:   # stores written before several suspects were reported
+        suspects = [] if flags.get("suspect_cluster") is None else [flags["suspect_cluster"]]
+    suspicious = set(suspects) | ({flags.get("candidate_cluster")} - {None})
     clusters = []
     for cl in flags["clusters"]:
         item = dict(cl)
         if cl["id"] in suspicious:
             item["members"] = [int(i) for i in index[labels == cl["id"]][:MAX_MEMBERS]]
-        item["suspect"] = cl["id"] == flags.get("suspect_cluster")
+        item["suspect"] = cl["id"] in suspects
         item["candidate"] = cl["id"] == flags.get("candidate_cluster")
         clusters.append(item)
     entry.update({
@@ -80,6 +83,7 @@ def _class_entry(cg, c: int) -> dict:
         "rule": flags.get("rule"),
         "score": float(flags["score"]), "threshold": float(flags["threshold"]),
         "flagged": bool(flags["flagged"]), "suspect_cluster": flags.get("suspect_cluster"),
+        "suspect_clusters": suspects,
         "candidate_cluster": flags.get("candidate_cluster"),
         "clusters": clusters, "warnings": analysis.get("warnings", []),
         "accuracy": _accuracy(cg["prediction"][:], c),
@@ -208,7 +212,7 @@ def _plot_clusters(cg, entry: dict, path: Path) -> str:
         m = np.asarray(means[r], dtype=np.float32)
         lim = float(np.abs(m).max()) or 1.0
         axes[r, 0].imshow(m, cmap="bwr", vmin=-lim, vmax=lim)
-        mark = " SUSPECT" if cid == entry.get("suspect_cluster") else ""
+        mark = " SUSPECT" if cid in entry.get("suspect_clusters", []) else ""
         axes[r, 0].set_title(f"cluster {cid}{mark}\nmean relevance, n={int(np.sum(labels == cid))}",
                              fontsize=6.5, color="tab:red" if mark else "black")
         for j, row in enumerate(rows[labels[rows] == cid]):
@@ -258,18 +262,19 @@ def _plot_tsne(cg, entry: dict, path: Path) -> str | None:
         return None
     xy, labels = cg["tsne"][:], cg["labels"][:]
     fig, ax = plt.subplots(figsize=(4.8, 4.2))
-    suspect = entry.get("suspect_cluster")
+    suspects = entry.get("suspect_clusters", [])
     for cid in np.unique(labels):
         sel = labels == cid
-        is_s = cid == suspect
+        is_s = cid in suspects
         ax.scatter(xy[sel, 0], xy[sel, 1], s=16 if is_s else 6,
                    label=f"{cid}{' (suspect)' if is_s else ''}",
                    edgecolors="k" if is_s else "none", linewidths=0.5, zorder=3 if is_s else 2)
-    if suspect is not None and np.any(labels == suspect):
-        cx, cy = np.median(xy[labels == suspect], axis=0)
-        ax.annotate("suspect", (cx, cy), xytext=(10, 10), textcoords="offset points",
-                    fontsize=8, color="tab:red", fontweight="bold",
-                    arrowprops={"arrowstyle": "->", "color": "tab:red"}, zorder=4)
+    for cid in suspects:
+        if np.any(labels == cid):
+            cx, cy = np.median(xy[labels == cid], axis=0)
+            ax.annotate("suspect", (cx, cy), xytext=(10, 10), textcoords="offset points",
+                        fontsize=8, color="tab:red", fontweight="bold",
+                        arrowprops={"arrowstyle": "->", "color": "tab:red"}, zorder=4)
     ax.set_title(f"t-SNE of the relevance, {entry['name']} (coloured by cluster)", fontsize=8)
     ax.legend(fontsize=6, markerscale=1.5, title="cluster", title_fontsize=6, loc="upper right")
     ax.set_xticks([])

@@ -168,3 +168,31 @@ def test_cli_baseline_exit_codes(tmp_path):
     assert "Traceback" not in bad_dir.stderr
     not_a_run = run_cli("check", tmp_path / "nothing-here", timeout=120)
     assert not_a_run.returncode == 2 and "Traceback" not in not_a_run.stderr
+
+
+def test_two_suspect_clusters_are_one_suspect_group(tmp_path):
+    """An artefact split over two clusters: the reason names both, the size counts both, and the
+    baseline compares the union of their members."""
+    def two(score, first, second):
+        e = _entry(1, score, True, members=first)
+        e["clusters"][0]["size"] = 60
+        e["clusters"].append({"id": 2, "size": len(second), "fraction": 0.2, "score": score - 0.3,
+                              "suspect": True, "members": second})
+        e["suspect_clusters"] = [1, 2]
+        return e
+
+    a, b = list(range(20)), list(range(20, 40))
+    old = _summary([two(3.0, a, b)])
+    same = _summary([two(3.1, b, a)])                 # the same group, clusters swapped
+    split = _summary([_entry(1, 3.1, True, members=a)])
+    assert chk._suspect_size(old["classes"][0]) == 40
+    reason = chk._reason(old["classes"][0])
+    assert "suspect cluster 1 of 20 samples" in reason and "also suspect: cluster 2 (20" in reason
+    chk.compare(same, copy.deepcopy(old))
+    assert same["classes"][0]["baseline"] == "accepted"
+    chk.compare(split, copy.deepcopy(old))            # half of the accepted group: overlap 0.5
+    assert split["classes"][0]["baseline"] == "accepted"
+    other = _summary([two(3.1, list(range(50, 70)), list(range(70, 90)))])
+    chk.compare(other, copy.deepcopy(old))
+    assert other["classes"][0]["baseline"] == "new"
+    assert "different suspect group" in other["classes"][0]["baseline_reason"]

@@ -316,3 +316,20 @@ def test_group_whose_inputs_are_grouped_beyond_the_mask_is_natural():
     assert cl["input_randomness"] > 0.9 and cl["randomness_penalty"] == 0.0
     members = result.labels == cl["id"]
     assert (members & group).sum() / group.sum() >= 0.9
+
+
+def test_every_cluster_above_the_threshold_is_a_suspect(artefact_class):
+    feats, inputs, _ = artefact_class
+    result = analyze(feats, pipeline=_pipe(), embed=False)
+
+    def verdict(threshold):
+        return clever_hans_score(result, inputs, _pipe(threshold=threshold), features=feats)
+
+    v = verdict(2.0)
+    assert v["suspect_clusters"][0] == v["suspect_cluster"]
+    scores = {c["id"]: c["score"] for c in v["clusters"] if "score" in c}
+    assert all(scores[c] >= 2.0 for c in v["suspect_clusters"])
+    assert [c for c in scores if scores[c] >= 2.0] == sorted(v["suspect_clusters"])
+    low = verdict(-100.0)
+    assert low["suspect_clusters"] == sorted(scores, key=lambda c: -scores[c])
+    assert verdict(50.0)["suspect_clusters"] == [] and not verdict(50.0)["flagged"]

@@ -293,13 +293,16 @@ def score_setting(setting, data, pipe) -> list[dict]:
         cand = verdict.get("suspect_cluster")
         if cand is None:
             cand = verdict.get("candidate_cluster")
-        if cand is not None and truth.any():
-            members = result.labels == cand   # the reported cluster (what the user sees)
+        reported = verdict.get("suspect_clusters") or ([] if cand is None else [cand])
+        if reported and truth.any():
+            # the reported suspects (what the user sees), else the best candidate
+            members = np.isin(result.labels, reported)
             hit = int((members & truth).sum())
             row["precision"] = hit / max(1, int(members.sum()))
             row["recall"] = hit / int(truth.sum())
         row["clusters"] = [{k: v for k, v in cl.items() if k != "members"}
                            for cl in verdict["clusters"]]
+        row["n_suspects"] = len(verdict.get("suspect_clusters") or [])
         best = next((cl for cl in verdict["clusters"] if cl["id"] == cand), {})
         if best.get("score_from_k"):
             row["score_from_k"] = best["score_from_k"]["n_clusters"]
