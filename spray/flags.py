@@ -56,9 +56,10 @@ Rule ``input-contrast`` (the pipeline's ``flags`` section holds every threshold)
    uniform Δ gives 0.1, a single cell 1.0). ``peak`` is the grid cell (row, column) of the
    largest |Δ|. Candidates below ``min_concentration`` are not scored (default 0: off).
 
-``score(S) = stable_contrast(S) − size_penalty(S) − randomness_penalty(S)``. The suspect is always one of the analysis'
-clusters (the ones the report shows): a candidate of another K lifts the score of an analysis
-candidate that it overlaps with Jaccard ≥ ``other_k_min_jaccard`` (0.5) to its own score (the
+``score(S) = stable_contrast(S) − size_penalty(S) − randomness_penalty(S)``. The suspect is
+always one of the analysis' clusters (the ones the report shows): a candidate of another K
+lifts the score of an analysis candidate that it overlaps with Jaccard ≥
+``other_k_min_jaccard`` (0.5) to its own score (the
 cluster entry then names it in ``score_from_k``: its K, size, contrast, score, Jaccard); groups
 of other K without such a counterpart are listed in ``other_k`` (best ten) but not scored. The
 class score is the maximum over the analysis candidates and the class is flagged when

@@ -1,9 +1,12 @@
 """Evaluate the Clever-Hans score on planted artefacts (detection, false flags, suspect P/R).
 
-The table of docs/verdict.md and the README was made with (25 models; 7–30 min on 2 cores,
-depending on what else runs):
+The table of docs/verdict.md and the README was made with (25 models, one torch thread;
+about 20 min, fashion 15–18 of them; two replicates can run side by side on 2 cores):
 
     python tests/benchmarks/eval_clever_hans.py --out runs/eval-clever-hans --all
+
+(``--only fashion`` and ``--only digits`` split it into two processes with the same models;
+``--table-only --out DIR1 --also DIR2`` prints their joint table.)
 
 Other uses:
 
@@ -17,9 +20,9 @@ Other uses:
 
 For every setting the script builds a dataset, plants an artefact into a fraction ``p`` of one
 class (train and test alike), trains a model on the train split, explains the test split of every
-class with ``spray.lrp.attribute`` (true-class logit, ``epsilon-plus-flat``), and scores every
-class with spray's own analysis (``spray.preprocess.preprocess`` → ``spray.analysis.analyze`` →
-``spray.flags.clever_hans_score``) and the ``spray-default`` preset (``--pipeline`` to change it).
+class (digits: the whole data set) with ``spray.lrp.attribute`` (true-class logit,
+``epsilon-plus-flat``), and scores every class with spray's own analysis
+(``spray.preprocess.preprocess`` → ``spray.analysis.analyze`` → ``spray.flags.clever_hans_score``) and the ``spray-default`` preset (``--pipeline`` to change it).
 Clean models (no artefact) measure false flags. Every model is a function of its setting alone
 (the seed fixes the data split, the weights' initialization and the batches; the thread count is
 fixed by ``--threads``), so a setting gives the same maps whether it runs alone or after others.
@@ -35,8 +38,11 @@ next to the mean of the clean models' (same artefact, same class).
   test images per class; CNN with 3 conv (with BatchNorm) + 2 dense layers, ``--fashion-epochs``
   (3) epochs of Adam with a one-cycle learning rate (batches of 256): test accuracy ≈ 0.90, a
   model that has learnt its task (and a shortcut, if the data offers one).
-* **digits** (scikit-learn): upsampled to 32×32, split 50/50 per class (≈ 90 test samples per
-  class); the demo CNN (with BatchNorm), 12 epochs.
+* **digits** (scikit-learn): upsampled to 32×32, split 50/50 per class; the demo CNN (with
+  BatchNorm), 12 epochs, trained on one half. The whole poisoned data set is explained and
+  scored (≈ 180 samples per class, as ``spray run`` analyses a data set; ``--digits-split
+  test`` scores only the other half, ≈ 90 per class, too few for k = 5 kNN graphs to resolve
+  a group of 9); accuracy and reliance are measured on the test half.
 
 Artefacts: ``square`` (bright square, top-left corner), ``topline`` (1-px bright top row, like a
 padding border), ``checker`` (small checkerboard texture patch, top-right).
@@ -451,7 +457,7 @@ def main(argv=None) -> int:
                     help="digits: explain and score the whole data set (≈ 180 per class) or "
                          "only its test half (≈ 90)")
     ap.add_argument("--threads", type=int, default=1,
-                    help="torch threads; a setting's model depends on its seed and this (tables: 1)")
+                    help="torch threads; a model depends on its seed and this (tables: 1)")
     ap.add_argument("--replicate", type=int, default=0,
                     help="add this to every setting's seed: new data split, weights and batches")
     args = ap.parse_args(argv)
