@@ -22,7 +22,9 @@ For every setting the script builds a dataset, plants an artefact into a fractio
 class (train and test alike), trains a model on the train split, explains the test split of every
 class (digits: the whole data set) with ``spray.lrp.attribute`` (true-class logit,
 ``epsilon-plus-flat``), and scores every class with spray's own analysis
-(``spray.preprocess.preprocess`` → ``spray.analysis.analyze`` → ``spray.flags.clever_hans_score``) and the ``spray-default`` preset (``--pipeline`` to change it).
+(``spray.preprocess.preprocess`` → ``spray.analysis.analyze`` → ``spray.flags.clever_hans_score``)
+and the ``spray-default`` preset (``--pipeline`` to change it). The cache does not record
+``--digits-split``: use another ``--out`` for each.
 Clean models (no artefact) measure false flags. Every model is a function of its setting alone
 (the seed fixes the data split, the weights' initialization and the batches; the thread count is
 fixed by ``--threads``), so a setting gives the same maps whether it runs alone or after others.
