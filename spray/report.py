@@ -385,7 +385,7 @@ def _evidence(entry: dict) -> str:
              f"and {_fmt(cl['conductance_input'], 4)} in {graph}: contrast "
              f"log(φ_input/φ_relevance) = {_fmt(cl['contrast'], 2)}",
              f"(bootstrap-stable value {_fmt(cl.get('contrast_stable'), 2)}, size penalty "
-             f"{_fmt(cl.get('size_penalty'), 2)}, input-grouping penalty "
+             f"{_fmt(cl.get('size_penalty'), 2)}, randomness penalty "
              f"{_fmt(cl.get('randomness_penalty'), 2)}) → score {_fmt(cl.get('score'), 2)} "
              f"against the threshold {_fmt(entry.get('threshold'), 2)}."]
     if cl.get("input_randomness") is not None:
@@ -432,7 +432,7 @@ def _class_page(run_dir: Path, out: Path, cg, entry: dict, header: str) -> None:
         f"<p class=note>first eigengaps λ<sub>i+1</sub> − λ<sub>i</sub>: {gaps}</p>"
         f"<h2>Clusters</h2><table><tr><th>cluster</th><th>size</th><th>fraction</th>"
         f"<th>φ relevance</th><th>φ input</th><th>contrast</th><th>stable contrast</th>"
-        f"<th>size penalty</th><th>input randomness</th><th>grouping penalty</th>"
+        f"<th>size penalty</th><th>input randomness</th><th>randomness penalty</th>"
         f"<th>concentration</th><th>peak cell</th><th>score</th></tr>"
         f"{_cluster_rows(entry)}</table>"
         f"<img src='{_esc(clusters)}' alt='cluster mean relevance and example inputs'>"
@@ -482,9 +482,9 @@ def _index_page(run_dir: Path, out: Path, summary: dict, header: str) -> None:
             f"<th class=l>λ1..λ5</th></tr>{''.join(rows)}</table>"
             f"<p class=note>Score: bootstrap-stable log ratio of the cluster's conductance in the "
             f"raw-input kNN graph over that in the relevance kNN graph (details on the class "
-            f"pages), minus a size penalty for near-even splits and a grouping penalty for "
+            f"pages), minus a size penalty for near-even splits and a randomness penalty for "
             f"clusters whose inputs form a group of the data even without the cells where "
-            f"their relevance differs; flagged at or above the threshold. Machine-readable: "
+            f"they differ most; flagged at or above the threshold. Machine-readable: "
             f"<a href='summary.json'>summary.json</a>.</p>"
             + (f"<h2>Spectra</h2><img src='{_esc(overview)}' alt='smallest eigenvalues of every "
                f"class side by side'>" if overview else ""))
