@@ -166,7 +166,7 @@ def randomness_penalty(randomness: float, params: dict) -> float:
     """Linear penalty below the knee: ``input_randomness_weight`` per unit of randomness."""
     knee = float(params["input_randomness_knee"])
     weight = float(params["input_randomness_weight"])
-    return weight * max(0.0, knee - randomness) if weight > 0 else 0.0
+    return weight * max(0.0, knee - randomness)
 
 
 def _contrast(phi_in: float, phi_rel: float, floor: float) -> float:

@@ -290,8 +290,8 @@ def _local_mark_class(shift: int):
 
 
 def test_group_whose_inputs_are_grouped_beyond_the_mask_is_natural():
-    """The inputs of a natural sub-group stay grouped without the cells where its relevance
-    differs (input randomness well below 1); an artefact's look like a random subset (≈ 1)."""
+    """The inputs of a natural sub-group stay grouped without the cells where they differ most
+    (input randomness well below 1); an artefact's look like a random subset (≈ 1)."""
     weight = flag_params(_pipe())["input_randomness_weight"]
     assert weight > 0
     natural, artefact = _local_mark_class(2), _local_mark_class(0)
@@ -332,4 +332,5 @@ def test_every_cluster_above_the_threshold_is_a_suspect(artefact_class):
     assert [c for c in scores if scores[c] >= 2.0] == sorted(v["suspect_clusters"])
     low = verdict(-100.0)
     assert low["suspect_clusters"] == sorted(scores, key=lambda c: -scores[c])
-    assert verdict(50.0)["suspect_clusters"] == [] and not verdict(50.0)["flagged"]
+    high = verdict(50.0)
+    assert high["suspect_clusters"] == [] and not high["flagged"]

@@ -310,7 +310,6 @@ def score_setting(setting, data, pipe) -> list[dict]:
             row["recall"] = hit / int(truth.sum())
         row["clusters"] = [{k: v for k, v in cl.items() if k != "members"}
                            for cl in verdict["clusters"]]
-        row["n_suspects"] = len(verdict.get("suspect_clusters") or [])
         best = next((cl for cl in verdict["clusters"] if cl["id"] == cand), {})
         if best.get("score_from_k"):
             row["score_from_k"] = best["score_from_k"]["n_clusters"]
@@ -386,7 +385,15 @@ def _rank_corr(rows: list[dict], reliance) -> str:
     return f"{rho:.2f} (n = {len(pairs)})"
 
 
-def aggregate(rows: list[dict]) -> str:
+def _randomness_of_flagged(rows: list[dict], threshold: float) -> str:
+    """Input randomness of the suspect clusters (score ≥ threshold) of flagged rows."""
+    values = [c["input_randomness"] for r in rows if r["flagged"] for c in r.get("clusters", [])
+              if c.get("score") is not None and c["score"] >= threshold
+              and c.get("input_randomness") is not None]
+    return f"{_fmt_range(values)} ({len(values)} clusters)" if values else "—"
+
+
+def aggregate(rows: list[dict], threshold: float) -> str:
     planted = [r for r in rows if r["planted"]]
     strong = [r for r in planted if r["fraction"] >= 0.1]
     clean_checks = [r for r in rows if r["artefact"] is None]
@@ -430,6 +437,9 @@ def aggregate(rows: list[dict]) -> str:
         f"(max score {max([r['score'] for r in clean_checks] or [0]):.2f})",
         f"- false flags, non-planted classes of poisoned models: {rate(other_checks, 'flagged')} "
         f"(max score {max([r['score'] for r in other_checks] or [0]):.2f})",
+        f"- input randomness of the suspect clusters: planted classes "
+        f"{_randomness_of_flagged([r for r in rows if r['planted']], threshold)}, other classes "
+        f"{_randomness_of_flagged([r for r in rows if not r['planted']], threshold)}",
         f"- score time per class: median {np.median([r['seconds'] for r in rows]):.2f} s "
         f"(preprocess + analysis without t-SNE + score); candidates not resampled (they could "
         f"not change the class score): {skipped}/{len(cands)}",
@@ -467,11 +477,14 @@ def main(argv=None) -> int:
     from spray.pipeline import load_pipeline
 
     pipe = load_pipeline(args.pipeline)
+    from spray.flags import flag_params
+
+    threshold = float(flag_params(pipe)["threshold"])
     out = Path(args.out)
     if args.table_only:
         rows = [r for d in [out, *map(Path, args.also)]
                 for r in json.loads((d / "results.json").read_text())]
-        print(table(rows) + "\n\n" + aggregate(rows))
+        print(table(rows) + "\n\n" + aggregate(rows, threshold))
         return 0
     (out / "cache").mkdir(parents=True, exist_ok=True)
     settings = QUICK if args.quick else SETTINGS + (EXTRA if args.all else [])
@@ -513,7 +526,7 @@ def main(argv=None) -> int:
                  f"; max score {max(r['score'] for r in rs):.2f}"), flush=True)
         rows.extend(rs)
         (out / "results.json").write_text(json.dumps(rows, indent=1, default=float))
-    text = table(rows) + "\n\n" + aggregate(rows) + "\n"
+    text = table(rows) + "\n\n" + aggregate(rows, threshold) + "\n"
     (out / "table.md").write_text(text)
     print(text)
     return 0
