@@ -104,6 +104,8 @@ def _reason(entry: dict) -> str:
                   f" % of the area")
     if cl.get("null_p") is not None:
         ev.append(f"null p = {cl['null_p']:.3g}")
+    if cl.get("split_from") is not None:
+        ev.append(f"split off cluster {cl['split_from']} by its spectral bisection")
     if ev:
         bits.append("(" + "; ".join(ev) + ")")
     more = _suspects(entry)[1:]

@@ -294,14 +294,14 @@ def _write_analysis(path: Path, run: _Run, analysed: dict) -> list[str]:
             clu = grp.create_group("cluster")
             chosen = info["chosen"][c]
             for k in ks:
-                if k == chosen and info["method"] == "kmeans":
-                    lab = labels
+                if k == chosen and info["method"] == "kmeans" and len(np.unique(labels)) == k:
+                    lab = labels   # the analysis' own clusters (no suspect split off by the score)
                 else:
                     lab = cluster(vec.astype(np.float64), k, kmeans_params)
                 ds = clu.create_dataset(f"kmeans-{k}", data=lab.astype(np.uint32))
                 ds.attrs["n_clusters"] = int(len(np.unique(lab)))
             ds = clu.create_dataset(SPRAY_CLUSTERING, data=labels.astype(np.uint32))
-            ds.attrs["n_clusters"] = int(chosen)
+            ds.attrs["n_clusters"] = int(len(np.unique(labels)))
             ds.attrs["method"] = str(info["method"])
             names.append(str(c))
     return names

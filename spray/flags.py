@@ -11,6 +11,15 @@ Rule ``input-contrast`` (the pipeline's ``flags`` section holds every threshold)
    merges with other samples, or splits, is sometimes isolated more cleanly at another K (see
    the end of this list for how it is reported). It is more sensitive but also lifts the
    scores of clean classes (docs/verdict.md), so it is opt-in.
+   **Halves** (``bisect_clusters``, on by default): both sides of each cluster's own spectral
+   bisection (:func:`bisect`: the cut of least conductance along the Fiedler vector of the
+   cluster's subgraph) are candidates too, for clusters of at least 4 × ``min_cluster_size``.
+   The eigengap's K can merge an artefact group with a few samples the model treats similarly
+   (weak or misclassified members of the class); inside that cluster the two usually separate
+   clearly. A half counts only as a suspect: when it reaches the threshold and scores higher
+   than its whole cluster, it is split off as a new cluster (the next free id, ``split_from``
+   names the cluster; the cluster keeps its other side) and the returned ``labels`` hold the
+   split, which the store, the report and ``spray check`` then show.
 2. **Contrast** (the evidence that matters most). For each candidate S, its *conductance*
    φ(S) = (weight of the edges leaving S) / min(vol S, vol rest) is measured in the relevance
    kNN graph and in a kNN graph built the same way (same preprocessing, same k) on the raw
@@ -95,6 +104,7 @@ DEFAULTS = {
     "input_randomness_knee": 0.9,
     "input_randomness_weight": 10.0,
     "candidates": "analysis",
+    "bisect_clusters": True,
     "other_k_min_jaccard": 0.5,
     "seed": 0,
 }
@@ -281,6 +291,101 @@ def _other_k_groups(result, pipeline, seen):
     return out
 
 
+def bisect(W: sp.csr_matrix, members: np.ndarray, seed: int = 0) -> np.ndarray | None:
+    """One side of a cluster's own spectral bisection (Shi & Malik's 2-way normalized cut).
+
+    The cluster's subgraph is cut where its Fiedler vector (the second eigenvector of the
+    normalized Laplacian, scaled by D^-1/2) gives the smallest conductance: a sweep over the
+    nodes in Fiedler order, every prefix a candidate cut (Cheeger's sweep). A subgraph of several
+    connected components is cut between its largest component and the rest. Returns a boolean
+    mask over all nodes of the smaller side (the other side is ``members & ~side``), or None for
+    a cluster of fewer than 4 samples.
+    """
+    from scipy.sparse.csgraph import connected_components
+
+    from spray.spectral import smallest_eigenpairs
+
+    idx = np.flatnonzero(members)
+    if len(idx) < 4:
+        return None
+    sub = sp.csr_matrix(W[idx][:, idx])
+    n_comp, comp = connected_components(sub, directed=False)
+    if n_comp > 1:
+        side = comp != np.bincount(comp).argmax()
+    else:
+        _, vec = smallest_eigenpairs(sub, 2, seed=seed)
+        degree = np.asarray(sub.sum(axis=1)).ravel()
+        order = np.argsort(vec[:, 1] / np.sqrt(np.maximum(degree, 1e-12)), kind="stable")
+        side = np.zeros(len(idx), dtype=bool)
+        side[order[:_sweep_cut(sub, degree, order)]] = True
+    if side.sum() > len(idx) / 2:
+        side = ~side
+    out = np.zeros(len(members), dtype=bool)
+    out[idx[side]] = True
+    return out
+
+
+def _sweep_cut(W: sp.csr_matrix, degree: np.ndarray, order: np.ndarray) -> int:
+    """Length of the prefix of ``order`` with the smallest conductance (1 … n − 1)."""
+    n = len(order)
+    pos = np.empty(n, dtype=np.int64)
+    pos[order] = np.arange(n)
+    coo = sp.triu(W, k=1).tocoo()
+    lo, hi = np.minimum(pos[coo.row], pos[coo.col]), np.maximum(pos[coo.row], pos[coo.col])
+    # an edge is cut by every prefix that holds its earlier end but not its later one
+    diff = np.bincount(lo, coo.data, n + 1) - np.bincount(hi, coo.data, n + 1)
+    cut = np.cumsum(diff)[:n - 1]
+    vol = np.cumsum(degree[order])[:n - 1]
+    phi = cut / np.maximum(np.minimum(vol, degree.sum() - vol), 1e-12)
+    return int(np.argmin(phi)) + 1
+
+
+def _halves(W: sp.csr_matrix, clusters, min_size: int, seed: int):
+    """Both sides of the spectral bisection of every cluster of at least ``min_size`` samples."""
+    out = []
+    for cid, mask, _ in clusters:
+        if mask.sum() < min_size:
+            continue
+        side = bisect(W, mask, seed)
+        if side is not None:
+            out += [((cid, 0), side, "half"), ((cid, 1), mask & ~side, "half")]
+    return out
+
+
+def _split_suspect_halves(labels, clusters, halves, threshold):
+    """Split a cluster whose better half is a suspect that outscores the whole cluster.
+
+    The half becomes a new cluster (the next free id), the cluster keeps its other half, and
+    both take the entries (scores, evidence) measured on them. Returns the new labels, the
+    cluster entries and the splits made (``[{"cluster": new id, "from": old id}]``).
+    """
+    labels = np.array(labels)
+    next_id = int(labels.max()) + 1 if labels.size else 0
+    out, splits = [], []
+    for c in clusters:
+        sides = [h for h in halves if h["half_of"] == c["id"]]
+        best = max((h for h in sides if "score" in h), key=lambda h: h["score"], default=None)
+        if best is None or best["score"] < threshold or best["score"] <= c.get("score", -math.inf):
+            out.append(c)
+            continue
+        rest = next(h for h in sides if h is not best)
+        labels[best["_mask"]] = next_id
+        out.append(_as_cluster(rest, c["id"]))
+        out.append(_as_cluster(best, next_id))
+        out[-1]["split_from"] = c["id"]
+        splits.append({"cluster": next_id, "from": c["id"]})
+        next_id += 1
+    for h in halves:
+        h.pop("_mask", None)
+    return labels, sorted(out, key=lambda c: c["id"]), splits
+
+
+def _as_cluster(half: dict, cid: int) -> dict:
+    entry = {"id": int(cid)}
+    entry.update({k: v for k, v in half.items() if k not in ("half_of", "side", "_mask")})
+    return entry
+
+
 def size_penalty(fraction: float, params: dict) -> float:
     """Linear penalty above the knee, equal to ``size_prior_weight`` at fraction 0.5."""
     knee = float(params["size_prior_knee"])
@@ -307,7 +412,8 @@ def clever_hans_score(result, input_features: np.ndarray, pipeline: dict, featur
 
     Returns:
         ``rule, score, threshold, flagged, suspect_cluster, suspect_clusters,
-        candidate_cluster, clusters`` (each
+        candidate_cluster, splits, labels`` (the analysis' labels with any suspect half split
+        off; ``splits`` lists ``{"cluster": new id, "from": old id}``), ``clusters`` (each
         cluster: ``id, size, fraction`` and, for candidates, ``conductance_relevance``,
         ``conductance_input``, ``contrast``, ``contrast_stable``, ``size_penalty``,
         ``input_randomness``, ``randomness_penalty``, ``concentration``, ``peak``, ``score``)
@@ -332,14 +438,21 @@ def clever_hans_score(result, input_features: np.ndarray, pipeline: dict, featur
     normalize = (pipeline.get("preprocess") or {}).get("normalize", "l1")
     whole_inputs = None if mask_area > 0 else _knn_graph(input_features, affinity_params)
     grid = (pipeline.get("preprocess") or {}).get("pool")
-    groups = [(int(cid), labels == cid, None) for cid in np.unique(labels)]
+    groups = [(int(cid), labels == cid, None) for cid in np.unique(labels[labels >= 0])]
+    if params["bisect_clusters"]:
+        groups += _halves(W_rel, groups, 4 * int(params["min_cluster_size"]), int(params["seed"]))
     if params["candidates"] == "all-k":
         groups += _other_k_groups(result, pipeline, [g[1] for g in groups])
-    clusters, other_k, masks, cand, inputs = [], [], [], [], []
+    clusters, halves, other_k, masks, cand, inputs = [], [], [], [], [], []
     for cid, mask, K in groups:
         size = int(mask.sum())
         frac = size / n
-        entry = {"id": int(cid)} if K is None else {"n_clusters": K, "cluster": int(cid)}
+        if K is None:
+            entry = {"id": int(cid)}
+        elif K == "half":
+            entry = {"half_of": int(cid[0]), "side": int(cid[1])}
+        else:
+            entry = {"n_clusters": K, "cluster": int(cid)}
         entry.update(size=size, fraction=round(frac, 4))
         if lo <= frac <= hi and size >= int(params["min_cluster_size"]) and size < n:
             phi_rel = _conductance_mask(W_rel, d_rel, mask)
@@ -364,14 +477,18 @@ def clever_hans_score(result, input_features: np.ndarray, pipeline: dict, featur
             cand.append(entry)
         if K is None:
             clusters.append(entry)
+        elif K == "half":
+            entry["_mask"] = mask
+            halves.append(entry)
         elif "contrast" in entry:
             entry["_mask"] = mask
             other_k.append(entry)
     # Resample the candidates from the highest plain score down. A stable contrast never exceeds
-    # the plain one, so once a candidate's plain score cannot beat the best stable score found,
-    # resampling it cannot change the class score or the suspect: it keeps its plain score (an
-    # upper bound, "resampled": false). With all-k every candidate is resampled (a group of
-    # another K can lift an analysis cluster).
+    # the plain one, so once a cluster's plain score cannot beat the best stable score of the
+    # clusters found, nor reach the threshold, resampling it cannot change the class score or the
+    # suspects: it keeps its plain score (an upper bound, "resampled": false). A half counts only
+    # as a suspect, so it is resampled only if its plain score reaches the threshold. With all-k
+    # every candidate is resampled (a group of another K can lift an analysis cluster).
     resamples = (_Resamples(np.asarray(features, dtype=np.float32), pipeline, int(result.k),
                             params) if features is not None and cand else None)
     gate = float(params["min_concentration"])
@@ -387,7 +504,8 @@ def clever_hans_score(result, input_features: np.ndarray, pipeline: dict, featur
             continue
         values = []
         if resamples is not None and resamples.subsets:
-            if prune and upper[j] < best_stable:
+            half = "half_of" in entry
+            if prune and upper[j] < (threshold if half else min(best_stable, threshold)):
                 entry["resampled"] = False
                 entry["score"] = round(upper[j], 4)
                 continue
@@ -398,7 +516,8 @@ def clever_hans_score(result, input_features: np.ndarray, pipeline: dict, featur
         else:
             entry["contrast_stable"] = entry["contrast"]
         entry["score"] = round(entry["contrast_stable"] - _penalty(entry), 4)
-        best_stable = max(best_stable, entry["score"])
+        if "half_of" not in entry:
+            best_stable = max(best_stable, entry["score"])
     # a group isolated at another K lifts the score of the analysis cluster it matches
     min_jac = float(params["other_k_min_jaccard"])
     for c in clusters:
@@ -415,6 +534,7 @@ def clever_hans_score(result, input_features: np.ndarray, pipeline: dict, featur
                 c["score_from_k"]["jaccard"] = round(jac, 4)
     for o in other_k:
         o.pop("_mask", None)
+    labels, clusters, splits = _split_suspect_halves(labels, clusters, halves, threshold)
     scored = sorted((c for c in clusters if "score" in c), key=lambda c: -c["score"])
     best = scored[0] if scored else None
     score = best["score"] if best else 0.0
@@ -426,5 +546,6 @@ def clever_hans_score(result, input_features: np.ndarray, pipeline: dict, featur
             "flagged": flagged, "suspect_cluster": best["id"] if flagged else None,
             "suspect_clusters": suspects,
             "candidate_cluster": best["id"] if best else None, "clusters": clusters,
+            "splits": splits, "labels": labels,
             "other_k": sorted(other_k, key=lambda c: -c.get("score", -np.inf))[:10],
             "params": {k: params[k] for k in DEFAULTS}}

@@ -187,6 +187,7 @@ class FlagsSection(BaseModel):
     input_randomness_knee: float = Field(default=0.9, ge=0)
     input_randomness_weight: float = Field(default=10.0, ge=0)
     candidates: Literal["analysis", "all-k"] = "analysis"
+    bisect_clusters: bool = True
     other_k_min_jaccard: float = Field(default=0.5, ge=0, le=1)
 
 

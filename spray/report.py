@@ -85,6 +85,7 @@ def _class_entry(cg, c: int) -> dict:
         "flagged": bool(flags["flagged"]), "suspect_cluster": flags.get("suspect_cluster"),
         "suspect_clusters": suspects,
         "candidate_cluster": flags.get("candidate_cluster"),
+        "splits": flags.get("splits", []),
         "clusters": clusters, "warnings": analysis.get("warnings", []),
         "accuracy": _accuracy(cg["prediction"][:], c),
     })
@@ -345,13 +346,19 @@ def _run_header(run_dir: Path, summary: dict, cfg: dict) -> str:
     return "<dl class=run>" + "".join(f"<dt>{k}</dt><dd>{v}</dd>" for k, v in items) + "</dl>"
 
 
+def _split_note(cl: dict) -> str:
+    return (f" split off cluster {_esc(cl['split_from'])}" if cl.get("split_from") is not None
+            else "")
+
+
 def _cluster_rows(entry: dict) -> str:
     rows = []
     for cl in entry["clusters"]:
         cls = " class=flag" if cl.get("suspect") else (" class=cand" if cl.get("candidate") else "")
         peak = cl.get("peak")
         rows.append(
-            f"<tr{cls}><td>{_esc(cl['id'])}{' (suspect)' if cl.get('suspect') else ''}</td>"
+            f"<tr{cls}><td>{_esc(cl['id'])}{' (suspect)' if cl.get('suspect') else ''}"
+            f"{_split_note(cl)}</td>"
             f"<td>{_fmt(cl['size'])}</td><td>{_fmt(cl['fraction'])}</td>"
             f"<td>{_fmt(cl.get('conductance_relevance'), 4)}</td>"
             f"<td>{_fmt(cl.get('conductance_input'), 4)}</td><td>{_fmt(cl.get('contrast'), 2)}</td>"
@@ -388,6 +395,13 @@ def _evidence(entry: dict) -> str:
              f"{_fmt(cl.get('size_penalty'), 2)}, randomness penalty "
              f"{_fmt(cl.get('randomness_penalty'), 2)}) → score {_fmt(cl.get('score'), 2)} "
              f"against the threshold {_fmt(entry.get('threshold'), 2)}."]
+    if cl.get("split_from") is not None:
+        parent = next((c for c in entry["clusters"] if c["id"] == cl["split_from"]), {})
+        parts.append(f"The analysis had it in cluster {_esc(cl['split_from'])} together with "
+                     f"{_fmt(parent.get('size'))} other samples; the spectral bisection of that "
+                     f"cluster separates them, and this side scores higher than the whole "
+                     f"cluster, so it is shown as a cluster of its own (<code>bisect_clusters"
+                     f"</code>).")
     if cl.get("input_randomness") is not None:
         where = (f"without the {100 * mask_area:.0f} % of the cells where its inputs differ "
                  f"most from the rest's" if mask_area > 0 else "as they are")
@@ -407,6 +421,11 @@ def _evidence(entry: dict) -> str:
     return "<p>" + " ".join(parts) + "</p>"
 
 
+def _splits_note(entry: dict) -> str:
+    n = len(entry.get("splits") or [])
+    return f" (+ {n} split off by the score)" if n else ""
+
+
 def _class_page(run_dir: Path, out: Path, cg, entry: dict, header: str) -> None:
     c = entry["class"]
     spectrum = _plot_spectrum(entry, out / f"class_{c}_spectrum.png")
@@ -424,7 +443,8 @@ def _class_page(run_dir: Path, out: Path, cg, entry: dict, header: str) -> None:
         f"{_fmt(entry['score'], 2)} (threshold {_fmt(entry['threshold'], 2)}); "
         f"{_fmt(entry['n_samples'])} samples, model accuracy on them "
         f"{_fmt(entry['accuracy']) or 'unknown (no predictions)'}, "
-        f"kNN k = {_fmt(entry['k'])}, eigengap K = {_fmt(entry['n_clusters'])} clusters.</p>{warn}"
+        f"kNN k = {_fmt(entry['k'])}, eigengap K = {_fmt(entry['n_clusters'])} clusters"
+        f"{_splits_note(entry)}.</p>{warn}"
         f"<h2>Evidence</h2>{_evidence(entry)}"
         + (f"<img src='{_esc(suspect)}' alt='mean relevance of the suspect cluster against the "
            f"rest of the class'>" if suspect else "")

@@ -251,11 +251,13 @@ def analyze_class(run_dir: str, c: int, pipeline: dict, data_cfg: dict, _deps=No
     write_array(cg, "eigenvalues", result.eigenvalues)
     write_array(cg, "eigengaps", result.eigengaps)
     write_array(cg, "eigenvectors", result.eigenvectors.astype(np.float32))
-    write_array(cg, "labels", result.labels.astype(np.int64))
     if result.embedding is not None:
         write_array(cg, "tsne", result.embedding.astype(np.float32))
     verdict = clever_hans_score(result, input_features, pipeline, features=features)
-    _write_cluster_views(cg, source, indices, result.labels)
+    # the analysis' clusters, with any suspect half the score split off (verdict["splits"])
+    labels = np.asarray(verdict.pop("labels"), dtype=np.int64)
+    write_array(cg, "labels", labels)
+    _write_cluster_views(cg, source, indices, labels)
     info = {"n_clusters": int(result.n_clusters), "k": int(result.k),
             "pipeline_hash": pipeline_hash(pipeline),
             "warnings": list(result.warnings), "flags": verdict,

@@ -96,7 +96,7 @@ def test_artefact_is_flagged_with_evidence(artefact_class):
     for key in ("rule", "score", "threshold", "flagged", "suspect_cluster", "candidate_cluster",
                 "clusters", "params"):
         assert key in v
-    members = result.labels == v["suspect_cluster"]
+    members = v["labels"] == v["suspect_cluster"]
     assert (members & planted).sum() / members.sum() >= 0.9
     assert (members & planted).sum() / planted.sum() >= 0.9
     cl = next(c for c in v["clusters"] if c["id"] == v["suspect_cluster"])
@@ -126,7 +126,7 @@ def test_artefact_visible_in_the_inputs_needs_the_input_mask(visible_artefact_cl
     masked = clever_hans_score(result, inputs, _pipe(), features=feats)
     assert not whole["flagged"] and whole["score"] < 1.0
     assert masked["flagged"] and masked["params"]["input_mask_area"] == 0.1
-    members = result.labels == masked["suspect_cluster"]
+    members = masked["labels"] == masked["suspect_cluster"]
     assert (members & planted).sum() / members.sum() >= 0.9
     assert (members & planted).sum() / planted.sum() >= 0.9
     cl = next(c for c in masked["clusters"] if c["id"] == masked["suspect_cluster"])
@@ -189,8 +189,8 @@ def test_candidates_from_other_k(artefact_class):
     result = analyze(feats, pipeline=_pipe(), embed=False)
     only = clever_hans_score(result, inputs, _pipe(candidates="analysis"), features=feats)
     allk = clever_hans_score(result, inputs, _pipe(candidates="all-k"), features=feats)
-    ids = set(np.unique(result.labels).tolist())
     for v in (only, allk):
+        ids = set(np.unique(v["labels"]).tolist())
         assert {c["id"] for c in v["clusters"]} == ids
         assert v["suspect_cluster"] in ids
     assert only["other_k"] == [] and not any("score_from_k" in c for c in only["clusters"])
@@ -232,7 +232,8 @@ def test_conductance_and_size_prior():
     assert size_penalty(0.5, params) == pytest.approx(2.0)
 
 
-def test_resampling_skips_only_candidates_that_cannot_win(natural_class):
+@pytest.mark.parametrize("halves", [False, True])
+def test_resampling_skips_only_candidates_that_cannot_win(natural_class, halves):
     """Candidates whose plain score is below the best stable score are not resampled; resampling
     them anyway gives stable scores below the class score, so the verdict is the same."""
     from spray.flags import _Resamples
@@ -240,7 +241,7 @@ def test_resampling_skips_only_candidates_that_cannot_win(natural_class):
     feats, inputs, _ = natural_class
     pipe = load_pipeline("spray-default", overrides={
         "preprocess": {"pool": [GRID, GRID]}, "embedding": {"method": "none"},
-        "clustering": {"n_clusters": 8}})
+        "clustering": {"n_clusters": 8}, "flags": {"bisect_clusters": halves}})
     result = analyze(feats, pipeline=pipe, embed=False)
     v = clever_hans_score(result, inputs, pipe, features=feats)
     cand = [c for c in v["clusters"] if "contrast" in c]
@@ -249,7 +250,7 @@ def test_resampling_skips_only_candidates_that_cannot_win(natural_class):
     params = flag_params(pipe)
     resamples = _Resamples(feats.astype(np.float32), pipe, int(result.k), params)
     for c in skipped:
-        mask = result.labels == c["id"]
+        mask = v["labels"] == c["id"]
         penalty = c["size_penalty"] + c["randomness_penalty"]
         assert c["score"] == pytest.approx(c["contrast"] - penalty)
         X = masked_inputs(inputs, feats, mask, params["input_mask_area"], "l1")
@@ -302,7 +303,7 @@ def test_group_whose_inputs_are_grouped_beyond_the_mask_is_natural():
     assert without["flagged"], "contrast alone takes the style for an artefact"
     assert not v["flagged"] and v["score"] < 1.0
     cl = next(c for c in v["clusters"] if c["id"] == v["candidate_cluster"])
-    members = result.labels == cl["id"]
+    members = v["labels"] == cl["id"]
     assert (members & group).sum() / members.sum() >= 0.9
     assert cl["input_randomness"] < 0.6
     assert cl["randomness_penalty"] == pytest.approx(weight * (0.9 - cl["input_randomness"]),
@@ -314,7 +315,7 @@ def test_group_whose_inputs_are_grouped_beyond_the_mask_is_natural():
     assert v["flagged"]
     cl = next(c for c in v["clusters"] if c["id"] == v["suspect_cluster"])
     assert cl["input_randomness"] > 0.9 and cl["randomness_penalty"] == 0.0
-    members = result.labels == cl["id"]
+    members = v["labels"] == cl["id"]
     assert (members & group).sum() / group.sum() >= 0.9
 
 
@@ -330,7 +331,82 @@ def test_every_cluster_above_the_threshold_is_a_suspect(artefact_class):
     scores = {c["id"]: c["score"] for c in v["clusters"] if "score" in c}
     assert all(scores[c] >= 2.0 for c in v["suspect_clusters"])
     assert [c for c in scores if scores[c] >= 2.0] == sorted(v["suspect_clusters"])
-    low = verdict(-100.0)
-    assert low["suspect_clusters"] == sorted(scores, key=lambda c: -scores[c])
+    low = verdict(-100.0)      # every cluster a suspect (and split where a half beats it)
+    low_scores = {c["id"]: c["score"] for c in low["clusters"] if "score" in c}
+    assert low["suspect_clusters"] == sorted(low_scores, key=lambda c: -low_scores[c])
     high = verdict(50.0)
     assert high["suspect_clusters"] == [] and not high["flagged"]
+
+
+def test_bisect_splits_two_joined_blobs():
+    from spray.affinity import knn_affinity
+    from spray.flags import bisect
+
+    rng = np.random.default_rng(7)
+    X = np.concatenate([rng.standard_normal((60, 4)), rng.standard_normal((40, 4)) + 6.0])
+    W = knn_affinity(X, {**_pipe()["affinity"], "k": 5})
+    members = np.ones(100, dtype=bool)
+    members[:10] = False                          # bisect a cluster, not the whole graph
+    side = bisect(W, members)
+    assert side is not None and not side[:10].any()
+    blob = np.arange(100) >= 60
+    assert np.array_equal(side, blob) or np.array_equal(side, members & ~blob)
+    assert bisect(W, np.arange(100) < 3) is None   # too small to split
+
+
+def test_suspect_half_of_a_cluster_is_split_off(artefact_class):
+    """A cluster that holds the artefact group and samples from elsewhere (as when the eigengap's
+    K merges them): its spectral bisection gives the artefact half, which becomes the suspect
+    cluster under a new id; the cluster keeps its other half."""
+    from dataclasses import replace
+
+    feats, inputs, planted = artefact_class
+    result = analyze(feats, pipeline=_pipe(), embed=False)
+    art = np.bincount(result.labels[planted]).argmax()
+    merged = np.array(result.labels)
+    others = np.flatnonzero(merged != art)[:25]
+    merged[others] = art                          # 60 artefact samples + 25 from other clusters
+    result = replace(result, labels=merged)
+    split = clever_hans_score(result, inputs, _pipe(), features=feats)
+    whole = clever_hans_score(result, inputs, _pipe(bisect_clusters=False), features=feats)
+    new_id = int(merged.max()) + 1
+    assert split["splits"] == [{"cluster": new_id, "from": int(art)}]
+    assert split["flagged"] and split["suspect_cluster"] == new_id
+    assert split["score"] > whole["score"]
+    labels = split["labels"]
+    members = labels == new_id
+    assert (members & planted).sum() / members.sum() >= 0.95
+    assert (members & planted).sum() / planted.sum() >= 0.9
+    assert np.array_equal(labels == art, (merged == art) & ~members)     # it keeps the rest
+    assert np.array_equal(labels[merged != art], merged[merged != art])  # others untouched
+    entries = {c["id"]: c for c in split["clusters"]}
+    assert entries[new_id]["split_from"] == art and entries[new_id]["size"] == members.sum()
+    assert entries[art]["size"] == int((labels == art).sum())
+    assert sum(c["size"] for c in split["clusters"]) == len(feats)
+    # without the bisection the merged cluster is all there is: the labels stay the analysis'
+    assert whole["splits"] == [] and np.array_equal(whole["labels"], merged)
+    w = np.isin(whole["labels"], whole["suspect_clusters"])
+    assert not whole["flagged"] or (w & planted).sum() / w.sum() < 0.75
+
+
+def test_every_candidate_that_reaches_the_threshold_is_resampled(artefact_class):
+    feats, inputs, _ = artefact_class
+    result = analyze(feats, pipeline=_pipe(), embed=False)
+    v = clever_hans_score(result, inputs, _pipe(threshold=-100.0), features=feats)
+    assert len(v["suspect_clusters"]) >= 2
+    for c in v["clusters"]:
+        if "score" in c:
+            assert "contrast_stable" in c, "a suspect must carry its bootstrap score"
+
+
+def test_sweep_cut_is_the_prefix_of_least_conductance():
+    from spray.flags import _conductance_mask, _sweep_cut, _with_degree
+
+    rng = np.random.default_rng(8)
+    A = sp.random(40, 40, density=0.15, random_state=2)
+    W, degree = _with_degree(A + A.T)
+    for _ in range(5):
+        order = rng.permutation(40)
+        phi = [_conductance_mask(W, degree, np.isin(np.arange(40), order[:i]))
+               for i in range(1, 40)]
+        assert _sweep_cut(W, degree, order) == int(np.argmin(phi)) + 1

@@ -107,7 +107,8 @@ def test_summary_has_evidence(report_run):
     summary = json.loads((report_run / "report" / "summary.json").read_text())
     entry = summary["classes"][1]
     assert entry["rule"] == "input-contrast" and entry["flag_params"]["threshold"] == -100.0
-    suspect = next(cl for cl in entry["clusters"] if cl["suspect"])
+    suspect = next(cl for cl in entry["clusters"] if cl["id"] == entry["suspect_cluster"])
+    assert suspect["suspect"]
     for key in ("conductance_relevance", "conductance_input", "contrast", "contrast_stable",
                 "size_penalty", "input_randomness", "randomness_penalty", "concentration", "peak",
                 "score", "members"):
@@ -247,3 +248,25 @@ def test_report_loads_in_headless_chromium(report_run):
             assert not errs, f"{page.name}: console errors: {errs}"
     finally:
         cdp.close()
+
+
+def test_split_off_clusters_in_store_summary_and_page(report_run):
+    """With every candidate a suspect (threshold -100), a side of a cluster's bisection that
+    scores higher than the cluster is split off: the store's labels, the summary's clusters and
+    the class page agree on it."""
+    from spray.store import open_class
+
+    rep = report_run / "report"
+    summary = json.loads((rep / "summary.json").read_text())
+    splits = [(e, s) for e in summary["classes"] for s in e.get("splits", [])]
+    assert splits
+    for e, s in splits:
+        sizes = {cl["id"]: cl["size"] for cl in e["clusters"]}
+        assert s["cluster"] in sizes and s["from"] in sizes
+        labels = open_class(str(report_run), e["class"])["labels"][:]
+        assert {int(i) for i in set(labels)} == set(sizes)
+        assert all(int((labels == cid).sum()) == size for cid, size in sizes.items())
+        split = next(cl for cl in e["clusters"] if cl["id"] == s["cluster"])
+        assert split["split_from"] == s["from"] and split["suspect"] and split["members"]
+        page = (rep / f"class_{e['class']}.html").read_text()
+        assert f"split off cluster {s['from']}" in page

@@ -304,13 +304,15 @@ def score_setting(setting, data, pipe) -> list[dict]:
         reported = verdict.get("suspect_clusters") or ([] if cand is None else [cand])
         if reported and truth.any():
             # the reported suspects (what the user sees), else the best candidate
-            members = np.isin(result.labels, reported)
+            members = np.isin(verdict["labels"], reported)   # with any split-off half
             hit = int((members & truth).sum())
             row["precision"] = hit / max(1, int(members.sum()))
             row["recall"] = hit / int(truth.sum())
         row["clusters"] = [{k: v for k, v in cl.items() if k != "members"}
                            for cl in verdict["clusters"]]
         best = next((cl for cl in verdict["clusters"] if cl["id"] == cand), {})
+        if verdict.get("splits"):
+            row["splits"] = verdict["splits"]
         if best.get("score_from_k"):
             row["score_from_k"] = best["score_from_k"]["n_clusters"]
         rows.append(row)
@@ -393,6 +395,11 @@ def _randomness_of_flagged(rows: list[dict], threshold: float) -> str:
     return f"{_fmt_range(values)} ({len(values)} clusters)" if values else "—"
 
 
+def _split_count(rows: list[dict]) -> str:
+    flagged = [r for r in rows if r["flagged"]]
+    return f"{sum(bool(r.get('splits')) for r in flagged)}/{len(flagged)}"
+
+
 def aggregate(rows: list[dict], threshold: float) -> str:
     planted = [r for r in rows if r["planted"]]
     strong = [r for r in planted if r["fraction"] >= 0.1]
@@ -440,6 +447,9 @@ def aggregate(rows: list[dict], threshold: float) -> str:
         f"- input randomness of the suspect clusters: planted classes "
         f"{_randomness_of_flagged([r for r in rows if r['planted']], threshold)}, other classes "
         f"{_randomness_of_flagged([r for r in rows if not r['planted']], threshold)}",
+        f"- flagged classes whose suspect was split off an analysis cluster (bisect_clusters): "
+        f"planted {_split_count([r for r in rows if r['planted']])}, other classes "
+        f"{_split_count([r for r in rows if not r['planted']])}",
         f"- score time per class: median {np.median([r['seconds'] for r in rows]):.2f} s "
         f"(preprocess + analysis without t-SNE + score); candidates not resampled (they could "
         f"not change the class score): {skipped}/{len(cands)}",
