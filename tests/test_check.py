@@ -196,3 +196,14 @@ def test_two_suspect_clusters_are_one_suspect_group(tmp_path):
     chk.compare(other, copy.deepcopy(old))
     assert other["classes"][0]["baseline"] == "new"
     assert "different suspect group" in other["classes"][0]["baseline_reason"]
+
+
+def test_reason_names_a_suspect_split_off_its_cluster():
+    e = _entry(1, 3.0, True)
+    e["clusters"][1]["id"] = 2
+    e["clusters"][1]["split_from"] = 0
+    e["suspect_cluster"] = 2
+    reason = chk._reason(e)
+    assert "suspect cluster 2 of 20 samples" in reason
+    assert "split off cluster 0 by its spectral bisection" in reason
+    assert "split off" not in chk._reason(_entry(1, 3.0, True))
