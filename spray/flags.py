@@ -341,10 +341,11 @@ def _sweep_cut(W: sp.csr_matrix, degree: np.ndarray, order: np.ndarray) -> int:
 
 
 def _halves(W: sp.csr_matrix, clusters, min_size: int, seed: int):
-    """Both sides of the spectral bisection of every cluster of at least ``min_size`` samples."""
+    """Both sides of the spectral bisection of every cluster of at least ``min_size`` samples
+    (not of the unassigned samples, label −1)."""
     out = []
     for cid, mask, _ in clusters:
-        if mask.sum() < min_size:
+        if cid < 0 or mask.sum() < min_size:
             continue
         side = bisect(W, mask, seed)
         if side is not None:
@@ -438,7 +439,7 @@ def clever_hans_score(result, input_features: np.ndarray, pipeline: dict, featur
     normalize = (pipeline.get("preprocess") or {}).get("normalize", "l1")
     whole_inputs = None if mask_area > 0 else _knn_graph(input_features, affinity_params)
     grid = (pipeline.get("preprocess") or {}).get("pool")
-    groups = [(int(cid), labels == cid, None) for cid in np.unique(labels[labels >= 0])]
+    groups = [(int(cid), labels == cid, None) for cid in np.unique(labels)]
     if params["bisect_clusters"]:
         groups += _halves(W_rel, groups, 4 * int(params["min_cluster_size"]), int(params["seed"]))
     if params["candidates"] == "all-k":
@@ -454,8 +455,12 @@ def clever_hans_score(result, input_features: np.ndarray, pipeline: dict, featur
         else:
             entry = {"n_clusters": K, "cluster": int(cid)}
         entry.update(size=size, fraction=round(frac, 4))
-        if lo <= frac <= hi and size >= int(params["min_cluster_size"]) and size < n:
-            phi_rel = _conductance_mask(W_rel, d_rel, mask)
+        eligible = lo <= frac <= hi and size >= int(params["min_cluster_size"]) and size < n
+        phi_rel = _conductance_mask(W_rel, d_rel, mask) if eligible else 0.0
+        if eligible and K == "half" and (_contrast(1.0, phi_rel, floor)
+                                         - size_penalty(frac, params) < threshold):
+            eligible = False   # φ_input ≤ 1: it cannot reach the threshold (no input graphs)
+        if eligible:
             if mask_area > 0:
                 X_in = masked_inputs(input_features, features, mask, mask_area, normalize)
                 phi_in = _conductance_mask(*_knn_graph(X_in, affinity_params), mask)
@@ -487,13 +492,14 @@ def clever_hans_score(result, input_features: np.ndarray, pipeline: dict, featur
     # the plain one, so once a cluster's plain score cannot beat the best stable score of the
     # clusters found, nor reach the threshold, resampling it cannot change the class score or the
     # suspects: it keeps its plain score (an upper bound, "resampled": false). A half counts only
-    # as a suspect, so it is resampled only if its plain score reaches the threshold. With all-k
+    # as a suspect that outscores its cluster, so it is resampled only if its plain score reaches
+    # the threshold and exceeds its cluster's stable score (when known). With all-k
     # every candidate is resampled (a group of another K can lift an analysis cluster).
     resamples = (_Resamples(np.asarray(features, dtype=np.float32), pipeline, int(result.k),
                             params) if features is not None and cand else None)
     gate = float(params["min_concentration"])
     prune = params["candidates"] == "analysis"
-    best_stable = -math.inf
+    best_stable, stable_of = -math.inf, {}
     for entry in cand:
         entry["size_penalty"] = round(size_penalty(entry["fraction"], params), 4)
     upper = [entry["contrast"] - _penalty(entry) for entry in cand]
@@ -504,8 +510,11 @@ def clever_hans_score(result, input_features: np.ndarray, pipeline: dict, featur
             continue
         values = []
         if resamples is not None and resamples.subsets:
-            half = "half_of" in entry
-            if prune and upper[j] < (threshold if half else min(best_stable, threshold)):
+            if "half_of" in entry:   # it can only matter by outscoring its cluster as a suspect
+                bar = max(threshold, stable_of.get(entry["half_of"], -math.inf) + 1e-9)
+            else:
+                bar = min(best_stable, threshold)
+            if prune and upper[j] < bar:
                 entry["resampled"] = False
                 entry["score"] = round(upper[j], 4)
                 continue
@@ -518,6 +527,8 @@ def clever_hans_score(result, input_features: np.ndarray, pipeline: dict, featur
         entry["score"] = round(entry["contrast_stable"] - _penalty(entry), 4)
         if "half_of" not in entry:
             best_stable = max(best_stable, entry["score"])
+            if "id" in entry:
+                stable_of[entry["id"]] = entry["score"]
     # a group isolated at another K lifts the score of the analysis cluster it matches
     min_jac = float(params["other_k_min_jaccard"])
     for c in clusters:

@@ -410,3 +410,19 @@ def test_sweep_cut_is_the_prefix_of_least_conductance():
         phi = [_conductance_mask(W, degree, np.isin(np.arange(40), order[:i]))
                for i in range(1, 40)]
         assert _sweep_cut(W, degree, order) == int(np.argmin(phi)) + 1
+
+
+def test_unassigned_samples_are_not_bisected(artefact_class):
+    """Label −1 (unassigned, e.g. by hdbscan) stays one entry and is never split."""
+    from dataclasses import replace
+
+    feats, inputs, _ = artefact_class
+    result = analyze(feats, pipeline=_pipe(), embed=False)
+    labels = np.array(result.labels)
+    labels[np.flatnonzero(labels == 0)[:40]] = -1
+    v = clever_hans_score(replace(result, labels=labels), inputs, _pipe(threshold=-100.0),
+                          features=feats)
+    assert -1 in {c["id"] for c in v["clusters"]}
+    assert all(s["from"] != -1 for s in v["splits"])
+    assert np.array_equal(v["labels"] == -1, labels == -1)
+    assert sum(c["size"] for c in v["clusters"]) == len(feats)
