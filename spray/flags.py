@@ -381,6 +381,17 @@ def _split_suspect_halves(labels, clusters, halves, threshold):
     return labels, sorted(out, key=lambda c: c["id"]), splits
 
 
+def _set_stable(entry: dict, values: list, params: dict) -> None:
+    """Stable contrast (bootstrap quantile, capped by the plain contrast) and score of a
+    candidate from its resampled contrasts (none: the plain contrast)."""
+    if values:
+        stable = float(np.quantile(values, float(params["bootstrap_quantile"])))
+        entry["contrast_stable"] = round(min(stable, entry["contrast"]), 4)
+    else:
+        entry["contrast_stable"] = entry["contrast"]
+    entry["score"] = round(entry["contrast_stable"] - _penalty(entry), 4)
+
+
 def _as_cluster(half: dict, cid: int) -> dict:
     entry = {"id": int(cid)}
     entry.update({k: v for k, v in half.items() if k not in ("half_of", "side", "_mask")})
@@ -517,14 +528,10 @@ def clever_hans_score(result, input_features: np.ndarray, pipeline: dict, featur
             if prune and upper[j] < bar:
                 entry["resampled"] = False
                 entry["score"] = round(upper[j], 4)
+                entry["_j"] = j
                 continue
             values = resamples.contrasts(inputs[j], masks[j])
-        if values:
-            stable = float(np.quantile(values, float(params["bootstrap_quantile"])))
-            entry["contrast_stable"] = round(min(stable, entry["contrast"]), 4)
-        else:
-            entry["contrast_stable"] = entry["contrast"]
-        entry["score"] = round(entry["contrast_stable"] - _penalty(entry), 4)
+        _set_stable(entry, values, params)
         if "half_of" not in entry:
             best_stable = max(best_stable, entry["score"])
             if "id" in entry:
@@ -546,6 +553,11 @@ def clever_hans_score(result, input_features: np.ndarray, pipeline: dict, featur
     for o in other_k:
         o.pop("_mask", None)
     labels, clusters, splits = _split_suspect_halves(labels, clusters, halves, threshold)
+    for c in clusters:   # the other side of a split can be a suspect: verify its plain score
+        j = c.pop("_j", None)
+        if j is not None and c["score"] >= threshold:
+            del c["resampled"]
+            _set_stable(c, resamples.contrasts(inputs[j], masks[j]), params)
     scored = sorted((c for c in clusters if "score" in c), key=lambda c: -c["score"])
     best = scored[0] if scored else None
     score = best["score"] if best else 0.0

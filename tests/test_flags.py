@@ -389,11 +389,16 @@ def test_suspect_half_of_a_cluster_is_split_off(artefact_class):
     assert not whole["flagged"] or (w & planted).sum() / w.sum() < 0.75
 
 
-def test_every_candidate_that_reaches_the_threshold_is_resampled(artefact_class):
-    feats, inputs, _ = artefact_class
-    result = analyze(feats, pipeline=_pipe(), embed=False)
-    v = clever_hans_score(result, inputs, _pipe(threshold=-100.0), features=feats)
-    assert len(v["suspect_clusters"]) >= 2
+def test_every_candidate_that_reaches_the_threshold_is_resampled(natural_class):
+    """Candidates below the best stable score but at or above the threshold are suspects, so
+    they must carry a bootstrap score, not the plain upper bound."""
+    feats, inputs, _ = natural_class
+    pipe = load_pipeline("spray-default", overrides={
+        "preprocess": {"pool": [GRID, GRID]}, "embedding": {"method": "none"},
+        "clustering": {"n_clusters": 8}, "flags": {"threshold": -100.0}})
+    result = analyze(feats, pipeline=pipe, embed=False)
+    v = clever_hans_score(result, inputs, pipe, features=feats)
+    assert len(v["suspect_clusters"]) >= 4
     for c in v["clusters"]:
         if "score" in c:
             assert "contrast_stable" in c, "a suspect must carry its bootstrap score"
