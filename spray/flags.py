@@ -349,7 +349,7 @@ def _halves(W: sp.csr_matrix, clusters, min_size: int, seed: int):
             continue
         side = bisect(W, mask, seed)
         if side is not None:
-            out += [((cid, 0), side, "half"), ((cid, 1), mask & ~side, "half")]
+            out += [(cid, side, "half"), (cid, mask & ~side, "half")]
     return out
 
 
@@ -394,7 +394,7 @@ def _set_stable(entry: dict, values: list, params: dict) -> None:
 
 def _as_cluster(half: dict, cid: int) -> dict:
     entry = {"id": int(cid)}
-    entry.update({k: v for k, v in half.items() if k not in ("half_of", "side", "_mask")})
+    entry.update({k: v for k, v in half.items() if k not in ("half_of", "_mask")})
     return entry
 
 
@@ -462,7 +462,7 @@ def clever_hans_score(result, input_features: np.ndarray, pipeline: dict, featur
         if K is None:
             entry = {"id": int(cid)}
         elif K == "half":
-            entry = {"half_of": int(cid[0]), "side": int(cid[1])}
+            entry = {"half_of": int(cid)}
         else:
             entry = {"n_clusters": K, "cluster": int(cid)}
         entry.update(size=size, fraction=round(frac, 4))

@@ -431,3 +431,19 @@ def test_unassigned_samples_are_not_bisected(artefact_class):
     assert all(s["from"] != -1 for s in v["splits"])
     assert np.array_equal(v["labels"] == -1, labels == -1)
     assert sum(c["size"] for c in v["clusters"]) == len(feats)
+
+
+def test_bisect_cuts_a_connected_cluster_along_its_fiedler_vector():
+    """One connected cluster of two touching blobs: the sweep over the Fiedler order finds them."""
+    from scipy.sparse.csgraph import connected_components
+
+    from spray.affinity import knn_affinity
+    from spray.flags import bisect
+
+    rng = np.random.default_rng(9)
+    X = np.concatenate([rng.standard_normal((150, 2)), rng.standard_normal((100, 2)) + [4.0, 0]])
+    W = knn_affinity(X, {**_pipe()["affinity"], "k": 8})
+    assert connected_components(W, directed=False)[0] == 1
+    side = bisect(W, np.ones(250, dtype=bool))
+    blob = np.arange(250) >= 150
+    assert side.sum() <= 125 and (side == blob).mean() >= 0.95
