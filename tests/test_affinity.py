@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from spray.affinity import drop_self, exact_knn, knn_affinity, resolve_k
+from spray.analysis.knn import drop_self, exact_knn, knn_affinity, resolve_k
+from spray.analysis.spectral import smallest_eigenpairs, suggest_n_clusters
 from spray.errors import ConfigError, DataError
-from spray.spectral import smallest_eigenpairs, suggest_n_clusters
 
 
 def planted(n_per=(600, 300, 150, 100), dim=30, seed=0):

@@ -7,9 +7,9 @@ import json
 import xml.etree.ElementTree as ET
 
 import pytest
-
 from conftest import run_cli
-from spray import check as chk
+
+from spray.ci import check as chk
 
 
 def _entry(c, score, flagged, members=None, size=None, status="ok", name=None):

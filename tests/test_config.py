@@ -5,9 +5,9 @@ from __future__ import annotations
 import copy
 
 import pytest
-
 from conftest import run_cli, write_config
-from spray.config import load_config
+
+from spray.config.run_config import load_config
 from spray.errors import ConfigError
 
 

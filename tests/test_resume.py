@@ -16,14 +16,23 @@ import pytest
 import torch
 import yaml
 import zarr
-
 from conftest import run_cli
-from scale_support import (assert_same_results, chunks_done, reference_run, run_info,
-                           scale_config, spray_process, stop, summary, wait_until)
-from spray.config import load_config
+from scale_support import (
+    assert_same_results,
+    chunks_done,
+    reference_run,
+    run_info,
+    scale_config,
+    spray_process,
+    stop,
+    summary,
+    wait_until,
+)
+
+from spray.config.run_config import load_config
 from spray.errors import SprayError, StoreError
-from spray.graph import run
-from spray.store import LOCK_NAME, RunLock
+from spray.run.execute import run
+from spray.run.store import LOCK_NAME, RunLock
 
 
 @pytest.fixture(scope="module")
@@ -171,23 +180,26 @@ def test_stale_lock_of_a_dead_process_is_taken_over(tmp_path):
 def test_a_signal_while_the_cluster_starts_is_held_until_it_can_be_closed():
     """SIGTERM inside signals_deferred (the local cluster's start) is raised by raise_pending,
     not where it arrives; outside it is raised at once."""
-    from spray.graph import RunInterrupted, interrupt_on_signals, raise_pending, signals_deferred
+    from spray.run.signals import (
+        RunInterrupted,
+        interrupt_on_signals,
+        raise_pending,
+        signals_deferred,
+    )
 
     reached = []
-    with pytest.raises(RunInterrupted) as err:
-        with interrupt_on_signals():
-            with signals_deferred():
-                os.kill(os.getpid(), signal.SIGTERM)
-                reached.append("after the signal")
-            reached.append("after the deferred block")
-            raise_pending()
-            reached.append("never")
+    with pytest.raises(RunInterrupted) as err, interrupt_on_signals():
+        with signals_deferred():
+            os.kill(os.getpid(), signal.SIGTERM)
+            reached.append("after the signal")
+        reached.append("after the deferred block")
+        raise_pending()
+        reached.append("never")
     assert reached == ["after the signal", "after the deferred block"]
     assert err.value.exit_code == 128 + signal.SIGTERM
     raise_pending()   # nothing held any more
-    with pytest.raises(RunInterrupted):
-        with interrupt_on_signals():
-            os.kill(os.getpid(), signal.SIGTERM)
-            reached.append("never")
+    with pytest.raises(RunInterrupted), interrupt_on_signals():
+        os.kill(os.getpid(), signal.SIGTERM)
+        reached.append("never")
     assert reached[-1] != "never"
     assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL

@@ -11,12 +11,12 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from conftest import REPO
 from scale_support import reference_run, run_info, scale_config
-from spray.config import RunConfig, validate_config
+
+from spray.config.run_config import RunConfig, validate_config
 from spray.errors import ConfigError
-from spray.graph import make_slurm_cluster, slurm_cluster_kwargs
+from spray.run.dask_cluster import make_slurm_cluster, slurm_cluster_kwargs
 
 TEMPLATES = sorted((REPO / "configs").glob("imagenet-*.yaml"))
 SBATCH = REPO / "workflows" / "slurm-run.sbatch"

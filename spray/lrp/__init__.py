@@ -38,8 +38,19 @@ import torch
 from spray.errors import ConfigError, DataError
 from spray.lrp.composites import COMPOSITES, Composite
 from spray.lrp.engine import Program, prepare, run, tune_allocator
-from spray.lrp.rules import (AlphaBeta, Epsilon, Flat, Gamma, Gradient, Norm, Pass, Rule,
-                             WSquare, ZBox, ZPlus)
+from spray.lrp.rules import (
+    AlphaBeta,
+    Epsilon,
+    Flat,
+    Gamma,
+    Gradient,
+    Norm,
+    Pass,
+    Rule,
+    WSquare,
+    ZBox,
+    ZPlus,
+)
 
 __all__ = ["attribute", "prepare", "Program", "tune_allocator", "Composite", "COMPOSITES",
            "Rule", "Epsilon", "ZPlus", "AlphaBeta", "Gamma", "Flat", "WSquare", "ZBox", "Pass",

@@ -30,8 +30,18 @@ from dataclasses import dataclass, field
 from torch import nn
 
 from spray.errors import ConfigError
-from spray.lrp.rules import (AlphaBeta, Epsilon, Flat, Gamma, Norm, Pass, Rule, ZBox, ZPlus,
-                             make_rule)
+from spray.lrp.rules import (
+    AlphaBeta,
+    Epsilon,
+    Flat,
+    Gamma,
+    Norm,
+    Pass,
+    Rule,
+    ZBox,
+    ZPlus,
+    make_rule,
+)
 
 CONVOLUTIONS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 DENSE = (nn.Linear,)

@@ -388,7 +388,7 @@ def fingerprint(model: nn.Module) -> tuple:
                  for t in itertools.chain(model.parameters(), model.buffers()))
 
 
-_PROGRAMS: "weakref.WeakKeyDictionary[nn.Module, dict]" = weakref.WeakKeyDictionary()
+_PROGRAMS: weakref.WeakKeyDictionary[nn.Module, dict] = weakref.WeakKeyDictionary()
 
 
 def prepare(model: nn.Module, composite="epsilon-plus-flat", **kwargs) -> Program:

@@ -78,8 +78,8 @@ def attribute_zennit(model, name: str, canonizers=None, **kwargs):
             one_hot = torch.zeros_like(logits).scatter_(1, index[:, None], 1.0)
             return logits.detach() * one_hot
 
-        with torch.inference_mode(False), torch.enable_grad():
-            with zennit.attribution.Gradient(model=model, composite=composite) as attributor:
+        with torch.inference_mode(False), torch.enable_grad(), \
+                zennit.attribution.Gradient(model=model, composite=composite) as attributor:
                 try:
                     _, relevance = attributor(x, seed)
                 except RuntimeError as exc:

@@ -43,7 +43,7 @@ def _as_features(features) -> np.ndarray:
     X = np.ascontiguousarray(X, dtype=np.float32)
     bad = np.flatnonzero(~np.isfinite(X).all(axis=1))
     if len(bad):
-        from spray.preprocess import describe_rows
+        from spray.analysis.preprocess import describe_rows
 
         raise DataError(f"features of {describe_rows(bad)} hold NaN or Inf")
     return X

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any
 
 import numpy as np
 import scipy.sparse as sp
@@ -23,7 +23,7 @@ class AnalysisResult:
     Attributes:
         eigenvalues: smallest eigenvalues of L_sym, ascending, in [0, 2].
         eigengaps: ``λ_{i+1} − λ_i`` (absolute gaps, length m−1).
-        relative_eigengaps: ``(λ_{i+1} − λ_i) / λ_{i+1}`` (see :mod:`spray.spectral`).
+        relative_eigengaps: ``(λ_{i+1} − λ_i) / λ_{i+1}`` (see :mod:`spray.analysis.spectral`).
         eigenvectors: ``(n, m)`` eigenvectors of L_sym.
         labels: ``(n,)`` cluster labels (0 = largest cluster).
         n_clusters: number of clusters used for the labels.
@@ -43,7 +43,7 @@ class AnalysisResult:
     eigenvectors: np.ndarray
     labels: np.ndarray
     n_clusters: int
-    embedding: Optional[np.ndarray]
+    embedding: np.ndarray | None
     affinity: sp.csr_matrix
     k: int
     relative_eigengaps: np.ndarray = field(default_factory=lambda: np.zeros(0))
@@ -56,7 +56,7 @@ class AnalysisResult:
 
 
 def _resolve_pipeline(pipeline: Any, overrides: dict) -> dict:
-    from spray.pipeline import load_pipeline
+    from spray.config.presets import load_pipeline
 
     return load_pipeline(pipeline, overrides=overrides or None)
 
@@ -72,7 +72,7 @@ def _check_features(features) -> np.ndarray:
     X = np.ascontiguousarray(X, dtype=np.float32)
     bad = np.flatnonzero(~np.isfinite(X).all(axis=1))
     if len(bad):
-        from spray.preprocess import describe_rows
+        from spray.analysis.preprocess import describe_rows
 
         raise DataError(f"features of {describe_rows(bad)} hold NaN or Inf")
     return X
@@ -80,8 +80,9 @@ def _check_features(features) -> np.ndarray:
 
 def _choose_k(n: int, requested, notes: list) -> int:
     """k for n samples; reduced (with a note) when the class is too small for it."""
-    from spray.affinity import resolve_k
     import math
+
+    from spray.analysis.knn import resolve_k
 
     want = math.ceil(math.log(n)) if requested == "auto" else int(requested)
     k = resolve_k(n, requested)
@@ -95,7 +96,7 @@ def analyze(features, pipeline="spray-default", embed: bool = True, **overrides)
     """Run the SpRAy analysis on an ``(n, d)`` feature matrix.
 
     Args:
-        features: ``(n, d)`` preprocessed relevance (see :func:`spray.preprocess.preprocess`).
+        features: ``(n, d)`` preprocessed relevance (see :func:`spray.analysis.preprocess.preprocess`).
         pipeline: preset name, YAML path or pipeline dict (already loaded or partial).
         embed: compute the t-SNE map (also needs ``embedding.method != 'none'``).
         **overrides: section dicts merged into the pipeline, e.g. ``affinity={"k": 5}``.
@@ -104,10 +105,15 @@ def analyze(features, pipeline="spray-default", embed: bool = True, **overrides)
         DataError: fewer than 3 samples, wrong shape, NaN/Inf rows.
         ConfigError: invalid pipeline or overrides.
     """
-    from spray.affinity import graph_from_neighbors, knn_graph
-    from spray.cluster import cluster
-    from spray.spectral import (eigengaps, n_components, relative_eigengaps, smallest_eigenpairs,
-                                suggest_n_clusters)
+    from spray.analysis.clustering import cluster
+    from spray.analysis.knn import graph_from_neighbors, knn_graph
+    from spray.analysis.spectral import (
+        eigengaps,
+        n_components,
+        relative_eigengaps,
+        smallest_eigenpairs,
+        suggest_n_clusters,
+    )
 
     pipe = _resolve_pipeline(pipeline, overrides)
     X = _check_features(features)
@@ -136,7 +142,7 @@ def analyze(features, pipeline="spray-default", embed: bool = True, **overrides)
         K = suggested
     else:
         K = min(int(clus["n_clusters"]), n)
-        if K > vec.shape[1] and clus.get("eigenvectors", "n_clusters") == "n_clusters":
+        if vec.shape[1] < K and clus.get("eigenvectors", "n_clusters") == "n_clusters":
             notes.append(f"n_clusters {K} exceeds the {vec.shape[1]} eigenvectors computed")
     t = time.perf_counter()
     labels = cluster(vec, K, clus, affinity=W)
@@ -144,7 +150,8 @@ def analyze(features, pipeline="spray-default", embed: bool = True, **overrides)
 
     Z = None
     if embed and emb["method"] != "none":
-        from spray.embedding import embed as tsne_embed, spectral_init
+        from spray.analysis.embedding import embed as tsne_embed
+        from spray.analysis.embedding import spectral_init
 
         t = time.perf_counter()
         init = spectral_init(vec, W, lam, seed=emb["seed"]) if emb["init"] == "spectral" else None

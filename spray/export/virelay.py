@@ -103,7 +103,7 @@ class _Run:
     """What the export reads from a run folder."""
 
     def __init__(self, run_dir: Path):
-        from spray.store import open_store
+        from spray.run.store import open_store
 
         self.dir = run_dir
         self.group = open_store(run_dir)
@@ -112,7 +112,7 @@ class _Run:
             raise StoreError(f"{run_dir}: config.yaml is missing; the export needs the config the "
                              f"run was made with (its dataset in particular)")
         self.config = yaml.safe_load(cfg_path.read_text()) or {}
-        classes = self.group["classes"] if "classes" in self.group else {}
+        classes = self.group["classes"] if "classes" in self.group else {}  # noqa: SIM401 - a Zarr group
         self.classes = {}
         self.skipped = {}
         for key in sorted(classes, key=int):
@@ -150,7 +150,7 @@ def _config_dir(run_dir: Path) -> str | None:
 
 
 def _open_source(run: _Run):
-    from spray.sources import open_source
+    from spray.data.sources import open_source
 
     data_cfg = run.config.get("data")
     if not isinstance(data_cfg, dict):
@@ -269,7 +269,7 @@ def _clusterings(run: _Run, analysed: dict) -> tuple[list[int], dict]:
 def _write_analysis(path: Path, run: _Run, analysed: dict) -> list[str]:
     import h5py
 
-    from spray.cluster import cluster
+    from spray.analysis.clustering import cluster
 
     ks, info = _clusterings(run, analysed)
     kmeans_params = {**info["params"], "method": "kmeans"}

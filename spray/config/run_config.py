@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Any, Literal, Optional, Union
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -23,7 +23,7 @@ class _Strict(BaseModel):
 
 
 class DataConfig(_Strict):
-    """Where the samples come from (see :mod:`spray.sources`).
+    """Where the samples come from (see :mod:`spray.data.sources`).
 
     ``npz``: arrays ``x`` (N, C, H, W) or (N, H, W) and ``y`` (N,) in ``path``.
     ``digits``: scikit-learn's bundled 8×8 digits (optionally upsampled with ``size``).
@@ -37,21 +37,21 @@ class DataConfig(_Strict):
     """
 
     source: Literal["npz", "digits", "idx", "hdf5", "zarr", "imagefolder", "factory"]
-    path: Optional[str] = None
-    labels: Optional[str] = None
+    path: str | None = None
+    labels: str | None = None
     x_key: str = "x"
     y_key: str = "y"
     scale: float = 1.0
-    size: Optional[int] = Field(default=None, gt=0)
-    mean: Optional[list[float]] = None
-    std: Optional[list[float]] = None
+    size: int | None = Field(default=None, gt=0)
+    mean: list[float] | None = None
+    std: list[float] | None = None
     mode: Literal["RGB", "L"] = "RGB"
-    resize: Optional[Union[int, list[int]]] = None
-    crop: Optional[Union[int, list[int]]] = None
+    resize: int | list[int] | None = None
+    crop: int | list[int] | None = None
     extensions: list[str] = Field(default_factory=lambda: [
         ".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp"])
-    class_list: Optional[str] = None
-    factory: Optional[str] = None
+    class_list: str | None = None
+    factory: str | None = None
     kwargs: dict[str, Any] = Field(default_factory=dict)
 
     @field_validator("resize", "crop")
@@ -76,7 +76,7 @@ class ModelConfig(_Strict):
     """A Python factory ``module:function`` plus an optional weights file."""
 
     factory: str
-    weights: Optional[str] = None
+    weights: str | None = None
     trust_pickle: bool = False
     kwargs: dict[str, Any] = Field(default_factory=dict)
 
@@ -93,13 +93,13 @@ class AttributionConfig(_Strict):
     """How relevance maps are computed (see :mod:`spray.lrp`)."""
 
     composite: str = "epsilon-plus-flat"
-    target: Union[Literal["label", "prediction"], int] = "label"
+    target: Literal["label", "prediction"] | int = "label"
     batch_size: int = Field(default=256, gt=0)
     chunk_size: int = Field(default=512, gt=0)
     params: dict[str, Any] = Field(default_factory=dict)
     store_dtype: Literal["float32", "float16"] = "float32"
     store_channels: bool = False
-    precomputed: Optional[str] = None  # attributions made elsewhere (see spray.precomputed)
+    precomputed: str | None = None  # attributions made elsewhere (see spray.data.precomputed)
 
 
 class SlurmConfig(_Strict):
@@ -111,8 +111,8 @@ class SlurmConfig(_Strict):
     (e.g. ``source /path/venv/bin/activate``).
     """
 
-    queue: Optional[str] = None
-    account: Optional[str] = None
+    queue: str | None = None
+    account: str | None = None
     walltime: str = "01:00:00"
     cores: int = Field(default=4, gt=0)
     processes: int = Field(default=1, gt=0)
@@ -121,10 +121,10 @@ class SlurmConfig(_Strict):
     job_extra_directives: list[str] = Field(default_factory=list)
     job_script_prologue: list[str] = Field(default_factory=list)
     worker_extra_args: list[str] = Field(default_factory=list)
-    local_directory: Optional[str] = None
-    log_directory: Optional[str] = None
-    interface: Optional[str] = None
-    python: Optional[str] = None
+    local_directory: str | None = None
+    log_directory: str | None = None
+    interface: str | None = None
+    python: str | None = None
     adapt: bool = False
 
     @field_validator("walltime")
@@ -154,8 +154,8 @@ class ClusterConfig(_Strict):
     threads_per_worker: int = Field(default=1, gt=0)
     memory_limit: str = "auto"
     progress: bool = True
-    torch_threads: Union[int, Literal["auto"]] = "auto"
-    lrp_resources: Optional[dict[str, float]] = None
+    torch_threads: int | Literal["auto"] = "auto"
+    lrp_resources: dict[str, float] | None = None
     device: Literal["cpu", "cuda", "auto"] = "cpu"
     retries: int = Field(default=2, ge=0)
     connect_timeout: float = Field(default=20.0, gt=0)
@@ -193,11 +193,11 @@ class RunConfig(_Strict):
     """A whole run: dataset, model, attribution, classes, analysis pipeline, cluster, output."""
 
     data: DataConfig
-    model: Optional[ModelConfig] = None  # required unless attribution.precomputed is set
+    model: ModelConfig | None = None  # required unless attribution.precomputed is set
     attribution: AttributionConfig = Field(default_factory=AttributionConfig)
-    classes: Union[Literal["all"], list[int]] = "all"
-    class_names: Optional[list[str]] = None
-    pipeline: Union[str, dict[str, Any]] = "spray-default"
+    classes: Literal["all"] | list[int] = "all"
+    class_names: list[str] | None = None
+    pipeline: str | dict[str, Any] = "spray-default"
     cluster: ClusterConfig = Field(default_factory=ClusterConfig)
     output: str = "runs/spray"
 
@@ -227,7 +227,7 @@ def _format_errors(err: ValidationError, source: str) -> str:
     return f"{source}: invalid configuration: " + "; ".join(parts)
 
 
-def _resolve(base: Path, value: Optional[str]) -> Optional[str]:
+def _resolve(base: Path, value: str | None) -> str | None:
     if value is None:
         return None
     path = Path(value).expanduser()

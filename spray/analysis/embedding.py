@@ -74,7 +74,7 @@ def graph_affinities(W, features=None, perplexity: float = 7.0) -> sp.csr_matrix
     n = W.shape[0]
     rows = np.repeat(np.arange(n), np.diff(W.indptr))
     if features is not None:
-        from spray.affinity import edge_distances
+        from spray.analysis.knn import edge_distances
 
         X = np.ascontiguousarray(features, dtype=np.float32)
         sq = edge_distances(X, rows, W.indices).astype(np.float64) ** 2
@@ -95,7 +95,7 @@ def spectral_init(eigenvectors: np.ndarray, W, eigenvalues=None, seed: int = 0) 
     two principal axes, so that components start apart and each keeps its internal layout.
     A small seeded jitter (1 % of the spread) keeps samples with identical coordinates apart.
     """
-    from spray.spectral import ZERO_TOL
+    from spray.analysis.spectral import ZERO_TOL
 
     V = np.asarray(eigenvectors, dtype=np.float64)
     n, m = V.shape
@@ -130,7 +130,7 @@ def _initial_layout(W, features, params, init):
         return _rescale(init)
     how = params.get("init", "spectral")
     if how == "spectral":
-        from spray.spectral import smallest_eigenpairs
+        from spray.analysis.spectral import smallest_eigenpairs
 
         lam, vec = smallest_eigenpairs(W, 12, seed=seed)
         return _rescale(spectral_init(vec, W, lam, seed=seed))
@@ -145,7 +145,7 @@ def embed(W, features, params: dict, init=None) -> np.ndarray:
     """2-D t-SNE coordinates ``(n, 2)`` of the samples of the kNN graph ``W``.
 
     Args:
-        W: symmetric sparse affinity from :func:`spray.affinity.knn_affinity`.
+        W: symmetric sparse affinity from :func:`spray.analysis.knn.knn_affinity`.
         features: the ``(n, d)`` features the graph was built on (for edge distances), or None.
         params: the pipeline's ``embedding`` section.
         init: optional ``(n, 2)`` starting layout (e.g. :func:`spectral_init`), rescaled to

@@ -1,7 +1,7 @@
 """The Dask task graph of a run, and the run itself.
 
-Per class: chunks of samples → LRP (:func:`spray.tasks.lrp_chunk`, one task per Zarr chunk,
-retried on a lost worker) → analysis of the class (:func:`spray.tasks.analyze_class`, depends on
+Per class: chunks of samples → LRP (:func:`spray.run.tasks.lrp_chunk`, one task per Zarr chunk,
+retried on a lost worker) → analysis of the class (:func:`spray.run.tasks.analyze_class`, depends on
 that class's chunks) → report in the client. The cluster is an embedded
 ``distributed.LocalCluster`` (default), a single-process threaded one, or an existing scheduler.
 """
@@ -11,9 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import shutil
-import signal
 import sys
-import threading
 import time
 import uuid
 from pathlib import Path
@@ -22,210 +20,18 @@ import numpy as np
 import torch
 
 from spray import __version__
-from spray.config import RunConfig, check_scheduler, config_hash, dump_config
+from spray.config.presets import load_pipeline
+from spray.config.run_config import RunConfig, config_hash, dump_config
+from spray.data.models import load_model, model_fingerprint
+from spray.data.sources import class_partitions, open_source
 from spray.errors import ConfigError, DataError, SprayError, StoreError
-from spray.models import load_model, model_fingerprint
-from spray.pipeline import load_pipeline
-from spray.sources import class_partitions, open_source
-from spray.store import RunLock, create_or_check_store, prepare_class, store_path
-from spray.tasks import analyze_class, lrp_chunk, pipeline_hash
+from spray.run.dask_cluster import dashboard_text, dask_client, runtime_settings, workers_info
+from spray.run.signals import interrupt_on_signals
+from spray.run.store import RunLock, create_or_check_store, prepare_class, store_path
+from spray.run.tasks import analyze_class, lrp_chunk, pipeline_hash
 
 RUN_FILES = ("spray.zarr", "report", "run.json", "config.yaml")
 
-
-class RunInterrupted(KeyboardInterrupt):
-    """SIGINT/SIGTERM during a run: finished chunks stay in the store, a rerun resumes."""
-
-    def __init__(self, signum: int = signal.SIGINT):
-        super().__init__(signal.Signals(signum).name)
-        self.signum = signum
-        self.exit_code = 128 + int(signum)
-
-
-_SIGNALS = {"defer": False, "pending": None}
-
-
-@contextlib.contextmanager
-def interrupt_on_signals():
-    """Turn SIGTERM (and SIGINT) into :class:`RunInterrupted` so the run cleans up.
-
-    The Dask cluster is closed, the run lock released and finished chunks kept; a second
-    signal during that clean-up is ignored (SIGKILL still works). Inside
-    :func:`signals_deferred` a signal is held and raised by :func:`raise_pending`.
-    """
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    signums = (signal.SIGTERM, signal.SIGINT)
-    previous = {s: signal.getsignal(s) for s in signums}
-
-    def handler(signum, frame):
-        for s in signums:
-            signal.signal(s, signal.SIG_IGN)
-        if _SIGNALS["defer"]:
-            _SIGNALS["pending"] = signum
-            return
-        raise RunInterrupted(signum)
-
-    _SIGNALS["pending"] = None
-    for s in signums:
-        signal.signal(s, handler)
-    try:
-        yield
-    finally:
-        for s, old in previous.items():
-            signal.signal(s, old)
-        _SIGNALS["pending"] = None
-
-
-@contextlib.contextmanager
-def signals_deferred():
-    """Hold SIGTERM/SIGINT while a local cluster starts: an interrupt in the middle of its
-    start leaves worker processes that nobody can close cleanly (distributed's exit hook then
-    fails on them). Call :func:`raise_pending` once the cluster is in a ``with`` block."""
-    before = _SIGNALS["defer"]
-    _SIGNALS["defer"] = True
-    try:
-        yield
-    finally:
-        _SIGNALS["defer"] = before
-
-
-def raise_pending() -> None:
-    """Raise the :class:`RunInterrupted` of a signal held by :func:`signals_deferred`."""
-    signum, _SIGNALS["pending"] = _SIGNALS["pending"], None
-    if signum is not None:
-        raise RunInterrupted(signum)
-
-
-def slurm_cluster_kwargs(cluster_cfg: dict) -> dict:
-    """Keyword arguments of ``dask_jobqueue.SLURMCluster`` for a ``cluster`` config section."""
-    s = cluster_cfg["slurm"]
-    extra = list(s["worker_extra_args"])
-    if cluster_cfg.get("lrp_resources"):
-        extra += ["--resources", ",".join(f"{k}={v:g}" for k, v in
-                                          cluster_cfg["lrp_resources"].items())]
-    # SLURM gets `slurm.cores` CPUs per job; Dask runs `threads_per_worker` threads in each of
-    # the job's `processes` workers, and torch uses the remaining cores inside each task.
-    kwargs = {
-        "queue": s["queue"], "account": s["account"], "walltime": s["walltime"],
-        "cores": int(cluster_cfg["threads_per_worker"]) * int(s["processes"]),
-        "job_cpu": s["cores"], "processes": s["processes"], "memory": s["memory"],
-        "job_name": s["job_name"], "job_extra_directives": list(s["job_extra_directives"]),
-        "job_script_prologue": list(s["job_script_prologue"]), "worker_extra_args": extra,
-        "local_directory": s["local_directory"], "log_directory": s["log_directory"],
-        "interface": s["interface"], "python": s["python"] or sys.executable,
-    }
-    return {k: v for k, v in kwargs.items() if v is not None}
-
-
-def make_slurm_cluster(cluster_cfg: dict):
-    """A ``dask_jobqueue.SLURMCluster`` (the ``slurm`` extra) scaled to ``n_workers`` workers."""
-    try:
-        from dask_jobqueue import SLURMCluster
-    except ImportError:
-        raise ConfigError("key 'cluster.scheduler': 'slurm' needs dask-jobqueue; install it with "
-                          "pip install 'spray[slurm]'") from None
-    import shutil as _shutil
-
-    if _shutil.which("sbatch") is None:
-        raise ConfigError("key 'cluster.scheduler': 'slurm' submits worker jobs with sbatch, which "
-                          "is not on this machine's PATH; run spray on a SLURM login node or in "
-                          "a job (see workflows/slurm-run.sbatch)")
-    try:
-        cluster = SLURMCluster(**slurm_cluster_kwargs(cluster_cfg))
-    except (ValueError, TypeError) as err:
-        raise ConfigError(f"key 'cluster.slurm': {err}") from None
-    n = int(cluster_cfg["n_workers"])
-    if cluster_cfg["slurm"]["adapt"]:
-        cluster.adapt(minimum=1, maximum=n)
-    else:
-        cluster.scale(n=n)
-    return cluster
-
-
-def _wait_for_workers(client, address: str, timeout: float) -> None:
-    try:
-        client.wait_for_workers(1, timeout=timeout)
-    except (TimeoutError, OSError) as err:
-        raise ConfigError(f"key 'cluster.scheduler': the Dask scheduler at {address} has no "
-                          f"worker after {timeout:g} s (cluster.worker_timeout): "
-                          f"{type(err).__name__}") from None
-
-
-@contextlib.contextmanager
-def dask_client(cluster_cfg: dict, scheduler: str | None = None):
-    """Yield a ``distributed.Client`` for the configured cluster, closing what we started.
-
-    ``local``: an embedded ``LocalCluster`` of ``n_workers`` processes; ``threads``: one process
-    with ``n_workers`` threads; ``slurm``: a dask-jobqueue ``SLURMCluster``; an address
-    (``tcp://HOST:PORT``): a running scheduler (its workers must see the run folder, the data
-    and the config folder at the same paths).
-    """
-    from distributed import Client, LocalCluster
-
-    address = scheduler or cluster_cfg["scheduler"]
-    try:
-        check_scheduler(address)
-    except ValueError as err:
-        raise ConfigError(f"--scheduler / key 'cluster.scheduler': {err}") from None
-    if "://" in address:
-        try:
-            client = Client(address, timeout=f"{cluster_cfg['connect_timeout']}s")
-        except (OSError, TimeoutError) as err:
-            raise ConfigError(f"key 'cluster.scheduler': cannot reach the Dask scheduler at "
-                              f"{address}: {err}") from None
-        with client:
-            _wait_for_workers(client, address, cluster_cfg["worker_timeout"])
-            yield client
-        return
-    if address == "slurm":
-        with make_slurm_cluster(cluster_cfg) as cluster, Client(cluster) as client:
-            _wait_for_workers(client, "slurm", cluster_cfg["worker_timeout"])
-            yield client
-        return
-    processes = address == "local"
-    with signals_deferred():
-        cluster = LocalCluster(
-            n_workers=cluster_cfg["n_workers"] if processes else 1,
-            threads_per_worker=(cluster_cfg["threads_per_worker"] if processes
-                                else cluster_cfg["n_workers"]),
-            processes=processes, memory_limit=cluster_cfg["memory_limit"],
-            dashboard_address=":0", host="127.0.0.1" if processes else None,  # inproc: no host
-            resources=cluster_cfg.get("lrp_resources") or None,
-        )
-    with cluster:
-        raise_pending()
-        with Client(cluster) as client:
-            yield client
-
-
-def dashboard_text(client) -> str:
-    import importlib.util
-
-    if importlib.util.find_spec("bokeh") is None:
-        return "no dashboard (pip install bokeh for the Dask dashboard)"
-    return f"Dask dashboard: {client.dashboard_link}"
-
-
-def workers_info(client) -> dict:
-    """All workers the scheduler knows (newer ``distributed`` lists only a few by default)."""
-    try:
-        return client.scheduler_info(n_workers=-1)["workers"]
-    except TypeError:  # older distributed: no n_workers argument, lists all
-        return client.scheduler_info()["workers"]
-
-
-def runtime_settings(client, cluster_cfg: dict) -> dict:
-    """What each task needs to know about its worker: torch threads, device, host threads."""
-    from urllib.parse import urlsplit
-
-    host_threads: dict[str, int] = {}
-    for addr, info in workers_info(client).items():
-        host = urlsplit(addr).hostname
-        host_threads[host] = host_threads.get(host, 0) + int(info.get("nthreads", 1))
-    return {"torch_threads": cluster_cfg["torch_threads"], "device": cluster_cfg["device"],
-            "host_threads": host_threads}
 
 
 def _pipeline_spec(cfg: RunConfig):
@@ -314,7 +120,8 @@ def _check_run_dir(run_dir: Path) -> None:
         foreign = [p.name for p in run_dir.iterdir()
                    if p.name not in RUN_FILES + (".spray.lock", "demo")]
         if foreign and not store_path(run_dir).exists():
-            raise StoreError(f"output {run_dir} already holds other files ({', '.join(sorted(foreign)[:5])}); "
+            listed = ", ".join(sorted(foreign)[:5])
+            raise StoreError(f"output {run_dir} already holds other files ({listed}); "
                              f"choose an empty or new folder")
 
 
@@ -329,7 +136,7 @@ def _submit(client, cfg: RunConfig, base_dir: Path, run_dir: Path, pipeline: dic
     data_cfg = {**data_cfg, "base_dir": str(base_dir)}
     chunk_task = lrp_chunk
     if cfg.attribution.precomputed:  # attributions made elsewhere: copy them instead of LRP
-        from spray.precomputed import precomputed_chunk as chunk_task
+        from spray.run.tasks import precomputed_chunk as chunk_task
     chunk_futures, analysis_futures = {}, {}
     for c, todo in plan.items():
         futures = [client.submit(chunk_task, str(run_dir), c, chunk, data_cfg, model_cfg, attr_cfg,
@@ -357,10 +164,9 @@ def _show_progress(futures, enabled: bool, every: float = 15.0) -> None:
         progress(futures)  # distributed's text progress bar (stops early if a task fails)
         print(file=sys.stderr)
         return
-    total, finished, t0, last = len(futures), 0, time.monotonic(), time.monotonic()
+    total, t0, last = len(futures), time.monotonic(), time.monotonic()
     step = max(1, total // 10)
-    for _ in as_completed(futures):
-        finished += 1
+    for finished, _ in enumerate(as_completed(futures), start=1):
         now = time.monotonic()
         if finished == total or finished % step == 0 or now - last >= every:
             last = now
@@ -389,7 +195,7 @@ def run(cfg: RunConfig, base_dir: Path, output: str | None = None, scheduler: st
     pipeline = load_pipeline(*_pipeline_spec(cfg), base_dir=base_dir)
     source = open_source(cfg.data.model_dump(), str(base_dir))
     if cfg.attribution.precomputed:  # no model: classes and shapes come from the file
-        from spray.precomputed import plan_run
+        from spray.data.precomputed import plan_run
 
         pre = plan_run(cfg, source, warn=None if quiet else sys.stderr)
         n_outputs, parts, sample_shape = pre.n_outputs, pre.parts, pre.sample_shape
@@ -452,7 +258,7 @@ def run(cfg: RunConfig, base_dir: Path, output: str | None = None, scheduler: st
         failures = {c: lrp_failed.get(c, []) + analysis_failed.get(c, [])
                     for c in set(lrp_failed) | set(analysis_failed)}
         group.attrs["failed"] = {str(c): msgs[0] for c, msgs in failures.items()}
-        from spray.report import write_report
+        from spray.report.html import write_report
 
         write_report(run_dir)
         info = {

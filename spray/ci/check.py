@@ -51,9 +51,9 @@ def load_summary(run_dir: str | Path, rebuild: bool = True) -> dict:
         if not rebuild:
             raise StoreError(f"{run_dir}: no run summary found (expected {path}); give the "
                              f"folder of a finished run or its summary.json")
-        from spray.report import write_report
+        from spray.report.summary import write_summary
 
-        write_report(run_dir)  # rebuild from the store (raises StoreError if there is none)
+        write_summary(run_dir)  # rebuild from the store (raises StoreError if there is none)
     try:
         summary = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as err:
@@ -213,7 +213,7 @@ def junit(summary: dict, path: Path) -> None:
         ET.SubElement(props, "property", name=key, value=str(summary.get(key)))
     fail_ids = {id(e) for e in fails}
     for e in summary["classes"]:
-        case = ET.SubElement(suite, "testcase", classname="spray.check",
+        case = ET.SubElement(suite, "testcase", classname="spray.ci.check",
                              name=f"class {e['name']} ({e['class']})")
         if id(e) in fail_ids:
             ET.SubElement(case, "failure", message=_reason(e), type="CleverHans").text = \
@@ -237,7 +237,8 @@ def markdown(summary: dict, report_link: str | None = None) -> str:
     fails = failing(summary)
     with_baseline = "baseline_counts" in summary
     if fails:
-        head = f"**{len(fails)} class(es) flagged{' (new or worse than the baseline)' if with_baseline else ''}**"
+        why = " (new or worse than the baseline)" if with_baseline else ""
+        head = f"**{len(fails)} class(es) flagged{why}**"
     else:
         head = "**No class flagged**" if not summary.get("flagged") else \
             "**No new or worse flags** (all flags accepted in the baseline)"

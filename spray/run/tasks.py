@@ -1,7 +1,7 @@
 """The two kinds of Dask task: an LRP chunk and the analysis of one class.
 
 Both run on a worker, open the dataset and the model themselves (once per worker process, see
-:func:`spray.sources.open_source` and :func:`spray.models.load_model`) and write their results
+:func:`spray.data.sources.open_source` and :func:`spray.data.models.load_model`) and write their results
 straight into the Zarr store, so nothing but small status dicts travel through the scheduler.
 """
 
@@ -15,10 +15,10 @@ from urllib.parse import urlsplit
 import numpy as np
 import torch
 
-from spray.errors import DataError, SprayError
-from spray.models import load_model
-from spray.sources import open_source
-from spray.store import open_class, write_array
+from spray.data.models import load_model
+from spray.data.sources import open_source
+from spray.errors import DataError, SprayError, StoreError
+from spray.run.store import open_class, write_array
 
 # scikit-learn says it falls back to n_jobs=1 in daemonic Dask workers; that is intended here
 # (one Dask thread per core), so do not repeat it for every class.
@@ -197,7 +197,7 @@ def class_features(cg, c: int, source, params: dict) -> tuple[np.ndarray, np.nda
     Preprocessing works row by row, so the result equals preprocessing the whole class at once
     while memory holds one chunk of maps and inputs (plus the small ``(n, d)`` features).
     """
-    from spray.preprocess import nonfinite_rows, preprocess
+    from spray.analysis.preprocess import nonfinite_rows, preprocess
 
     indices = cg["index"][:]
     rel = cg["relevance"]
@@ -236,8 +236,8 @@ def analyze_class(run_dir: str, c: int, pipeline: dict, data_cfg: dict, _deps=No
     Reads the class's relevance maps and inputs one chunk at a time; the analysis itself works
     on the ``(n, d)`` feature matrix.
     """
-    from spray.analysis import analyze
-    from spray.flags import clever_hans_score
+    from spray.analysis.analyze import analyze
+    from spray.verdict.score import clever_hans_score
 
     t0 = time.perf_counter()
     _set_threads(runtime)
@@ -264,3 +264,34 @@ def analyze_class(run_dir: str, c: int, pipeline: dict, data_cfg: dict, _deps=No
             "seconds": time.perf_counter() - t0}
     cg.attrs["analysis"] = info
     return {"class": c, **info}
+
+
+def precomputed_chunk(run_dir: str, c: int, chunk: int, data_cfg: dict, model_cfg, attr_cfg: dict,
+                      base_dir: str, runtime=None) -> dict:
+    """Fill rows ``chunk`` of class ``c`` from the attribution file (stands in for an LRP task)."""
+    from spray.data.precomputed import class_rows, open_attributions
+
+    t0 = time.perf_counter()
+    cg = open_class(run_dir, c, mode="a")
+    size = int(cg.attrs["chunk_size"])
+    start, stop = chunk * size, min((chunk + 1) * size, int(cg.attrs["n_samples"]))
+    attr = open_attributions(attr_cfg["precomputed"])
+    try:
+        labels = None if attr.has_labels() else open_source(data_cfg).labels()
+        rows = class_rows(attr, c, labels)[start:stop]
+        expected = cg["index"][start:stop]
+        if len(rows) != stop - start or not np.array_equal(attr.index()[rows], expected):
+            raise StoreError(f"{attr.path} changed since the store was made (class {c}, rows "
+                             f"{start}..{stop - 1} no longer match); rerun with --overwrite")
+        maps = attr.maps(rows)
+        n_outputs = int(cg["logits"].shape[1])
+        logits, prediction = attr.logits(rows, n_outputs)
+    finally:
+        attr.close()
+    cg["relevance"][start:stop] = maps.sum(axis=1)
+    if "relevance_full" in cg:
+        cg["relevance_full"][start:stop] = maps
+    cg["logits"][start:stop] = logits
+    cg["prediction"][start:stop] = prediction
+    cg["done"][chunk] = True
+    return {"class": c, "chunk": chunk, "rows": stop - start, "seconds": time.perf_counter() - t0}

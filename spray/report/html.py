@@ -11,9 +11,7 @@ Every string that comes from the data or the config is HTML-escaped.
 
 from __future__ import annotations
 
-import datetime as _dt
 import html
-import json
 import math
 from pathlib import Path
 
@@ -24,10 +22,9 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import yaml  # noqa: E402
 
-from spray.errors import SprayError, StoreError  # noqa: E402
-from spray.store import open_store, store_path  # noqa: E402
+from spray.report.summary import write_summary  # noqa: E402
+from spray.run.store import open_store  # noqa: E402
 
-MAX_MEMBERS = 100_000
 #: eigenvalues shown per class in the overview figure
 OVERVIEW_EIGENVALUES = 12
 
@@ -50,90 +47,6 @@ def _fmt(value, digits: int = 3) -> str:
     if digits >= 3 and v != 0 and abs(v) < 10 ** -digits:
         return f"{v:.2e}"
     return f"{v:.{digits}f}"
-
-
-def _class_entry(cg, c: int) -> dict:
-    attrs = dict(cg.attrs)
-    analysis = attrs.get("analysis")
-    entry = {"class": int(c), "name": attrs.get("name", str(c)),
-             "n_samples": int(attrs.get("n_samples", 0))}
-    if analysis is None:
-        entry.update({"status": "incomplete", "eigenvalues": [], "eigengaps": [],
-                      "n_clusters": 0, "score": None, "flagged": False, "clusters": []})
-        return entry
-    flags = analysis["flags"]
-    labels = cg["labels"][:]
-    index = cg["index"][:]
-    suspects = flags.get("suspect_clusters")
-    if suspects is None:   # stores written before several suspects were reported
-        suspects = [] if flags.get("suspect_cluster") is None else [flags["suspect_cluster"]]
-    suspicious = set(suspects) | ({flags.get("candidate_cluster")} - {None})
-    clusters = []
-    for cl in flags["clusters"]:
-        item = dict(cl)
-        if cl["id"] in suspicious:
-            item["members"] = [int(i) for i in index[labels == cl["id"]][:MAX_MEMBERS]]
-        item["suspect"] = cl["id"] in suspects
-        item["candidate"] = cl["id"] == flags.get("candidate_cluster")
-        clusters.append(item)
-    entry.update({
-        "status": "ok", "eigenvalues": [float(v) for v in cg["eigenvalues"][:]],
-        "eigengaps": [float(v) for v in cg["eigengaps"][:]],
-        "n_clusters": int(analysis["n_clusters"]), "k": int(analysis["k"]),
-        "rule": flags.get("rule"),
-        "score": float(flags["score"]), "threshold": float(flags["threshold"]),
-        "flagged": bool(flags["flagged"]), "suspect_cluster": flags.get("suspect_cluster"),
-        "suspect_clusters": suspects,
-        "candidate_cluster": flags.get("candidate_cluster"),
-        "splits": flags.get("splits", []),
-        "clusters": clusters, "warnings": analysis.get("warnings", []),
-        "accuracy": _accuracy(cg["prediction"][:], c),
-    })
-    if flags.get("params"):
-        entry["flag_params"] = dict(flags["params"])
-    return entry
-
-
-def _accuracy(prediction: np.ndarray, label: int):
-    """Share of the class predicted as the class, over the samples with a known prediction
-    (attribution files without predictions store −1); ``None`` when none is known."""
-    known = prediction >= 0
-    return float(np.mean(prediction[known] == label)) if known.any() else None
-
-
-def _read_class_entry(run_dir: Path, classes, key: str) -> dict:
-    """The summary entry of one class; unreadable arrays are a clear store error."""
-    try:
-        return _class_entry(classes[key], int(key))
-    except SprayError:
-        raise
-    except Exception as err:  # noqa: BLE001 - codec/IO errors of a damaged store
-        raise StoreError(f"{store_path(run_dir)}/classes/{key}: an array cannot be read "
-                         f"({type(err).__name__}: {err}); the store is corrupt or truncated. "
-                         f"Other classes are untouched; rerun with --overwrite to recompute "
-                         f"everything, or delete that class folder to recompute only it") from None
-
-
-def build_summary(run_dir: Path) -> dict:
-    """summary.json content: one entry per class plus the flagged list."""
-    group = open_store(run_dir)
-    classes = group["classes"] if "classes" in group else {}
-    entries = [_read_class_entry(run_dir, classes, key) for key in sorted(classes, key=int)]
-    for c, why in dict(group.attrs.get("skipped", {})).items():
-        entries.append({"class": int(c), "name": str(c), "n_samples": None, "status": "skipped",
-                        "reason": why, "eigenvalues": [], "eigengaps": [], "n_clusters": 0,
-                        "score": None, "flagged": False, "clusters": []})
-    for entry in entries:
-        reason = dict(group.attrs.get("failed", {})).get(str(entry["class"]))
-        if reason:
-            entry.update({"status": "failed", "reason": reason, "flagged": False})
-    entries.sort(key=lambda e: e["class"])
-    return {"spray_version": group.attrs.get("spray_version"),
-            "config_hash": group.attrs.get("config_hash"),
-            "fingerprints": dict(group.attrs.get("fingerprints", {})),
-            "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-            "classes": entries,
-            "flagged": [e["class"] for e in entries if e["flagged"]]}
 
 
 # ------------------------------------------------------------------------------ figures
@@ -516,8 +429,7 @@ def write_report(run_dir: str | Path) -> Path:
     run_dir = Path(run_dir)
     out = run_dir / "report"
     out.mkdir(parents=True, exist_ok=True)
-    summary = build_summary(run_dir)
-    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    summary = write_summary(run_dir)
     header = _run_header(run_dir, summary, _load_config(run_dir))
     group = open_store(run_dir)
     for entry in summary["classes"]:

@@ -17,7 +17,7 @@ import torch
 import yaml
 from torch import nn
 
-from spray.sources import load_digits_arrays
+from spray.data.sources import load_digits_arrays
 
 SIZE = 32
 PLANTED_CLASS = 3
@@ -111,7 +111,7 @@ def prepare(out_dir: Path) -> Path:
     (demo / "ground_truth.json").write_text(json.dumps(truth, indent=2))
     config = {
         "data": {"source": "npz", "path": "data.npz"},
-        "model": {"factory": "spray.demo:build_model", "weights": "model.pt"},
+        "model": {"factory": "spray.cli.demo:build_model", "weights": "model.pt"},
         "attribution": {"composite": "epsilon-plus-flat", "target": "label", "batch_size": 256,
                         "chunk_size": 128},
         "classes": "all",

@@ -1,8 +1,8 @@
 """Attributions made elsewhere: ``attribution: {precomputed: PATH}`` in a run config.
 
 spray then runs no model: the class arrays of the store are filled from the file (one Dask task
-per store chunk, :func:`precomputed_chunk`, in place of the LRP tasks) and everything downstream
-(analysis, report, verdict, ViRelAy export) is the same as for a full run.
+per store chunk, :func:`spray.run.tasks.precomputed_chunk`, in place of the LRP tasks) and
+everything downstream (analysis, report, verdict, ViRelAy export) is the same as for a full run.
 
 Accepted files
 --------------
@@ -36,7 +36,7 @@ from pathlib import Path
 
 import numpy as np
 
-from spray.errors import ConfigError, DataError, StoreError
+from spray.errors import ConfigError, DataError
 
 ATTRIBUTION_KEYS = ("attribution", "attributions", "relevance", "heatmap")
 LABEL_KEYS = ("label", "labels", "y")
@@ -154,7 +154,7 @@ class AttributionFile:
                 self._handle = h5py.File(path, "r")
             except Exception as err:  # noqa: BLE001
                 raise DataError(f"{path}: cannot read as HDF5: {err}") from None
-            return {k: self._handle[k] for k in self._handle.keys()}
+            return {k: self._handle[k] for k in self._handle}
         if suffix == ".npy":
             try:
                 return {"attribution": np.load(path, mmap_mode="r", allow_pickle=False)}
@@ -340,7 +340,7 @@ def class_rows(attr: AttributionFile, c: int, dataset_labels: np.ndarray | None)
 
 def plan_run(cfg, source, warn=sys.stderr) -> PrecomputedPlan:
     """Check the attribution file against the dataset and derive the class partitions."""
-    from spray.sources import class_partitions
+    from spray.data.sources import class_partitions
 
     attr = open_attributions(cfg.attribution.precomputed)
     try:
@@ -382,37 +382,3 @@ def _plan(attr: AttributionFile, cfg, source, warn, class_partitions) -> Precomp
     parts = {c: index[r] for c, r in rows.items()}
     return PrecomputedPlan(n_outputs=n_outputs, parts=parts, sample_shape=tuple(attr.sample_shape),
                            fingerprint=attr.fingerprint())
-
-
-def precomputed_chunk(run_dir: str, c: int, chunk: int, data_cfg: dict, model_cfg, attr_cfg: dict,
-                      base_dir: str, runtime=None) -> dict:
-    """Fill rows ``chunk`` of class ``c`` from the attribution file (stands in for an LRP task)."""
-    import time
-
-    from spray.sources import open_source
-    from spray.store import open_class
-
-    t0 = time.perf_counter()
-    cg = open_class(run_dir, c, mode="a")
-    size = int(cg.attrs["chunk_size"])
-    start, stop = chunk * size, min((chunk + 1) * size, int(cg.attrs["n_samples"]))
-    attr = open_attributions(attr_cfg["precomputed"])
-    try:
-        labels = None if attr.has_labels() else open_source(data_cfg).labels()
-        rows = class_rows(attr, c, labels)[start:stop]
-        expected = cg["index"][start:stop]
-        if len(rows) != stop - start or not np.array_equal(attr.index()[rows], expected):
-            raise StoreError(f"{attr.path} changed since the store was made (class {c}, rows "
-                             f"{start}..{stop - 1} no longer match); rerun with --overwrite")
-        maps = attr.maps(rows)
-        n_outputs = int(cg["logits"].shape[1])
-        logits, prediction = attr.logits(rows, n_outputs)
-    finally:
-        attr.close()
-    cg["relevance"][start:stop] = maps.sum(axis=1)
-    if "relevance_full" in cg:
-        cg["relevance_full"][start:stop] = maps
-    cg["logits"][start:stop] = logits
-    cg["prediction"][start:stop] = prediction
-    cg["done"][chunk] = True
-    return {"class": c, "chunk": chunk, "rows": stop - start, "seconds": time.perf_counter() - t0}

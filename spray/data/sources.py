@@ -149,7 +149,7 @@ class ArraySource(Source):
             raise DataError(f"{name}: samples must have shape (N, C, H, W) or (N, H, W), "
                             f"got {tuple(x.shape)}")
         dtype = np.dtype(x.dtype)
-        if not (np.issubdtype(dtype, np.number) or dtype == bool):
+        if not (np.issubdtype(dtype, np.number) or dtype == np.bool_):
             raise DataError(f"{name}: samples must be numeric, got dtype {dtype}")
         self.y = _check_labels(y, x.shape[0], name)
         self.x, self.name = x, name
@@ -280,7 +280,7 @@ class ImageFolderSource(Source):
             missing = [n for n in names if not (self.root / n).is_dir()]
             if missing:
                 warnings.warn(f"{root}: {len(missing)} class folder(s) of {class_list} are "
-                              f"missing (e.g. {missing[0]}); those classes have no samples")
+                              f"missing (e.g. {missing[0]}); those classes have no samples", stacklevel=2)
         else:
             names = sorted(e.name for e in os.scandir(self.root) if e.is_dir()
                            and not e.name.startswith("."))
@@ -432,7 +432,7 @@ class DatasetSource(Source):
         if callable(getattr(ds, "get_labels", None)):
             return np.asarray(ds.get_labels())
         warnings.warn(f"{self.name}: the dataset has no 'targets' attribute; reading every item "
-                      f"once to get the labels (slow for image datasets)")
+                      f"once to get the labels (slow for image datasets)", stacklevel=2)
         return np.asarray([int(self._item(i)[1]) for i in range(len(ds))])
 
     def _item(self, i: int):

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import copy
 from pathlib import Path
-from typing import Any, Literal, Optional, Union
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -26,7 +26,7 @@ SECTIONS = ("preprocess", "affinity", "spectral", "clustering", "embedding", "fl
 _TOP_LEVEL = ("name", "description", "extends", "preset") + SECTIONS
 
 
-def _positive_int_or_auto(value: Any, minimum: int = 1) -> Union[int, str]:
+def _positive_int_or_auto(value: Any, minimum: int = 1) -> int | str:
     """Accept 'auto' or an integer >= ``minimum`` (bools and floats with a fraction refused)."""
     if value == "auto":
         return "auto"
@@ -42,12 +42,12 @@ class _Section(BaseModel):
 
 
 class PreprocessSection(_Section):
-    """Relevance maps -> feature vectors (see :mod:`spray.preprocess`)."""
+    """Relevance maps -> feature vectors (see :mod:`spray.analysis.preprocess`)."""
 
     channel_sum: bool = True
     transform: Literal["none", "abs", "lowpass", "fft"] = "none"
     lowpass_sigma: float = Field(default=1.0, gt=0)
-    pool: Optional[tuple[int, int]] = (20, 20)
+    pool: tuple[int, int] | None = (20, 20)
     normalize: Literal["l1", "l2", "none"] = "l1"
 
     @field_validator("pool", mode="before")
@@ -64,18 +64,18 @@ class PreprocessSection(_Section):
 
 
 class AffinitySection(_Section):
-    """kNN graph (see :mod:`spray.affinity`)."""
+    """kNN graph (see :mod:`spray.analysis.knn`)."""
 
-    k: Union[int, str] = "auto"
+    k: int | str = "auto"
     weighting: Literal["binary", "gaussian", "local-scaling"] = "binary"
     symmetrize: Literal["max", "mean"] = "max"
     approximate_above: int = Field(default=50000, ge=0)
-    sigma: Union[float, str] = "auto"
+    sigma: float | str = "auto"
     scale_neighbor: int = Field(default=7, ge=1)
     ann_neighbors: int = Field(default=20, ge=1)
-    ann_iters: Union[int, str] = "auto"
-    ann_trees: Union[int, str] = "auto"
-    ann_pca: Union[int, str, None] = None
+    ann_iters: int | str = "auto"
+    ann_trees: int | str = "auto"
+    ann_pca: int | str | None = None
     n_jobs: int = -1
 
     @field_validator("k", mode="before")
@@ -106,7 +106,7 @@ class AffinitySection(_Section):
 
 
 class SpectralSection(_Section):
-    """Eigen-decomposition of L_sym (see :mod:`spray.spectral`)."""
+    """Eigen-decomposition of L_sym (see :mod:`spray.analysis.spectral`)."""
 
     n_eigenvalues: int = Field(default=32, ge=1)
     solver: Literal["auto", "eigsh", "chebyshev", "lobpcg"] = "auto"
@@ -115,17 +115,17 @@ class SpectralSection(_Section):
 
 
 class ClusteringSection(_Section):
-    """Cluster assignment on the eigenvectors (see :mod:`spray.cluster`)."""
+    """Cluster assignment on the eigenvectors (see :mod:`spray.analysis.clustering`)."""
 
     method: Literal["kmeans", "agglomerative", "hdbscan"] = "kmeans"
-    n_clusters: Union[int, str] = "auto"
+    n_clusters: int | str = "auto"
     max_clusters: int = Field(default=10, ge=2)
     seed: int = 0
-    eigenvectors: Union[int, str] = "n_clusters"
+    eigenvectors: int | str = "n_clusters"
     normalize_rows: bool = True
     n_init: int = Field(default=10, ge=1)
     linkage: Literal["ward", "average", "complete", "single"] = "ward"
-    min_cluster_size: Union[int, str] = "auto"
+    min_cluster_size: int | str = "auto"
 
     @field_validator("n_clusters", mode="before")
     @classmethod
@@ -149,17 +149,17 @@ class ClusteringSection(_Section):
 
 
 class EmbeddingSection(_Section):
-    """2-D t-SNE map (see :mod:`spray.embedding`)."""
+    """2-D t-SNE map (see :mod:`spray.analysis.embedding`)."""
 
     method: Literal["tsne", "none"] = "tsne"
     perplexity: float = Field(default=7.0, gt=0)
     early_exaggeration: float = Field(default=6.0, gt=0)
     early_exaggeration_iter: int = Field(default=100, ge=0)
     n_iter: int = Field(default=250, ge=0)
-    exaggeration: Optional[float] = Field(default=None, gt=0)
+    exaggeration: float | None = Field(default=None, gt=0)
     init: Literal["spectral", "pca", "random"] = "spectral"
     affinity: Literal["graph", "features"] = "graph"
-    learning_rate: Union[float, str] = "auto"
+    learning_rate: float | str = "auto"
     n_jobs: int = 1
     seed: int = 0
 
@@ -174,7 +174,7 @@ class EmbeddingSection(_Section):
 
 
 class FlagsSection(BaseModel):
-    """Clever-Hans score parameters; owned by :mod:`spray.flags`, so extra keys are allowed."""
+    """Clever-Hans score parameters; owned by :mod:`spray.verdict.score`, so extra keys are allowed."""
 
     model_config = ConfigDict(extra="allow")
 
@@ -247,7 +247,7 @@ def _looks_like_path(spec: str) -> bool:
     return spec.endswith((".yaml", ".yml")) or "/" in spec or "\\" in spec
 
 
-def _load_raw(spec: Union[str, Path, dict], base_dir: Optional[Path], _seen: tuple = ()) -> dict:
+def _load_raw(spec: str | Path | dict, base_dir: Path | None, _seen: tuple = ()) -> dict:
     """Read ``spec`` into a raw nested dict, following ``extends``/``preset`` chains."""
     if isinstance(spec, dict):
         raw = copy.deepcopy(spec)
@@ -287,7 +287,7 @@ def _load_raw(spec: Union[str, Path, dict], base_dir: Optional[Path], _seen: tup
     return raw
 
 
-def merge(base: dict, overrides: Optional[dict]) -> dict:
+def merge(base: dict, overrides: dict | None) -> dict:
     """Deep-merge ``overrides`` into a copy of ``base`` (mappings merged key by key)."""
     out = copy.deepcopy(base)
     for key, value in (overrides or {}).items():
@@ -337,8 +337,8 @@ def validate(raw: dict) -> dict:
     return out
 
 
-def load_pipeline(spec: Union[str, Path, dict] = "spray-default", overrides: Optional[dict] = None,
-                  base_dir: Union[str, Path, None] = None) -> dict:
+def load_pipeline(spec: str | Path | dict = "spray-default", overrides: dict | None = None,
+                  base_dir: str | Path | None = None) -> dict:
     """Load, merge and validate an analysis pipeline.
 
     Args:

@@ -60,8 +60,8 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _run(args) -> int:
-    from spray.config import load_config
-    from spray.graph import run
+    from spray.config.run_config import load_config
+    from spray.run.execute import run
 
     cfg, base = load_config(args.config)
     if args.workers is not None:
@@ -75,16 +75,16 @@ def _run(args) -> int:
 
 
 def _demo(args) -> int:
-    from spray.config import load_config
-    from spray.demo import prepare
-    from spray.graph import run
+    from spray.cli.demo import prepare
+    from spray.config.run_config import load_config
+    from spray.run.execute import run
 
     out = Path(args.output).resolve()
     cfg_path = prepare(out)
     cfg, base = load_config(cfg_path)
     info = run(cfg, base, output=str(out), scheduler=args.scheduler, overwrite=True,
                quiet=args.quiet)
-    from spray.check import load_summary
+    from spray.ci.check import load_summary
 
     summary = load_summary(out)
     flagged = ", ".join(str(e["name"]) for e in summary["classes"] if e["flagged"]) or "none"
@@ -97,14 +97,14 @@ def _demo(args) -> int:
 
 
 def _report(args) -> int:
-    from spray.report import write_report
+    from spray.report.html import write_report
 
     print(f"spray: report at {write_report(args.run_dir)}")
     return 0
 
 
 def _export(args) -> int:
-    from spray.export import export_virelay
+    from spray.export.virelay import export_virelay
 
     info = export_virelay(args.run_dir, args.out_dir, name=args.name, chunk_rows=args.chunk_rows,
                           with_index=not args.no_index)
@@ -117,7 +117,7 @@ def _export(args) -> int:
 
 
 def _check(args) -> int:
-    from spray.check import check
+    from spray.ci.check import check
 
     return check(args.run_dir, junit_path=args.junit, markdown_path=args.markdown,
                  baseline=args.baseline, margin=args.baseline_margin)
@@ -149,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
               f"Finished chunks in the store are kept; free space or fix the folder and rerun.",
               file=sys.stderr)
         return 2
-    except KeyboardInterrupt as err:  # Ctrl-C, or SIGTERM (spray.graph.RunInterrupted)
+    except KeyboardInterrupt as err:  # Ctrl-C, or SIGTERM (spray.run.signals.RunInterrupted)
         print("spray: interrupted; finished chunks are kept, rerun the same command to resume",
               file=sys.stderr)
         return getattr(err, "exit_code", 130)
