@@ -1,4 +1,5 @@
-"""The Dask task graph of a run, and the run itself.
+"""A run in three steps: :func:`plan_run` (pure checks, no Dask), :func:`prepare_store`
+(Zarr arrays, missing chunks) and :func:`execute` (Dask tasks), recorded in ``run.json``.
 
 Per class: chunks of samples → LRP (:func:`spray.run.tasks.lrp_chunk`, one task per Zarr chunk,
 retried on a lost worker) → analysis of the class (:func:`spray.run.tasks.analyze_class`, depends on
@@ -14,6 +15,7 @@ import shutil
 import sys
 import time
 import uuid
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -27,7 +29,7 @@ from spray.data.sources import class_partitions, open_source
 from spray.errors import ConfigError, DataError, SprayError, StoreError
 from spray.run.dask_cluster import dashboard_text, dask_client, runtime_settings, workers_info
 from spray.run.signals import interrupt_on_signals
-from spray.run.store import RunLock, create_or_check_store, prepare_class, store_path
+from spray.run.store import RunLock, create_or_check_store, open_store, prepare_class, store_path
 from spray.run.tasks import analyze_class, lrp_chunk, pipeline_hash
 
 RUN_FILES = ("spray.zarr", "report", "run.json", "config.yaml")
@@ -187,17 +189,74 @@ def _collect(futures_by_class: dict) -> tuple[dict, dict]:
     return done, failed
 
 
-def run(cfg: RunConfig, base_dir: Path, output: str | None = None, scheduler: str | None = None,
-        overwrite: bool = False, quiet: bool = False) -> dict:
-    """Run the whole pipeline for a validated config; returns the run summary (``run.json``)."""
+@dataclass
+class RunPlan:
+    """What a run will do, decided before anything is written or any Dask worker starts.
+
+    Built by :func:`plan_run` from a validated config: the model has been probed on one sample
+    (unknown composites and unsupported layers fail here), the classes partitioned and named,
+    and the output folder checked.
+    """
+
+    cfg: RunConfig
+    base_dir: Path
+    run_dir: Path
+    pipeline: dict
+    source: object
+    parts: dict[int, np.ndarray]
+    names: list[str]
+    n_outputs: int
+    sample_shape: tuple
+    fingerprints: dict[str, str]
+    scheduler: str | None = None
+
+
+@dataclass
+class StorePlan:
+    """The store side of a run: the chunks still to compute per class and what is reused."""
+
+    todo: dict[int, list[int]]
+    skipped: dict[int, str]
+    chunks_total: int
+    reuse: frozenset
+
+    @property
+    def chunks_todo(self) -> int:
+        return sum(len(v) for v in self.todo.values())
+
+
+@dataclass
+class RunRecord:
+    """The run's record, written to ``RUN_DIR/run.json`` (schema in docs/outputs.md)."""
+
+    spray_version: str
+    run_dir: str
+    config_dir: str  # factories are imported from there (export re-opens)
+    classes: list[int]
+    chunks_total: int
+    chunks_computed: int
+    chunks_reused: int
+    chunks_failed: int
+    analyses_reused: int
+    skipped: dict[str, str]
+    failed: dict[str, list[str]]
+    scheduler: str
+    workers: int
+    lrp_rows: int
+    lrp_maps_per_second: float | None
+    stage_seconds: dict[str, float] = field(default_factory=dict)
+
+
+def plan_run(cfg: RunConfig, base_dir: Path, output: str | None = None,
+             scheduler: str | None = None, quiet: bool = False) -> RunPlan:
+    """Load the preset and the data, probe the model and partition the classes (no Dask)."""
     run_dir = Path(output).resolve() if output else Path(cfg.output)
-    t_start = time.perf_counter()
     pipeline = load_pipeline(*_pipeline_spec(cfg), base_dir=base_dir)
     source = open_source(cfg.data.model_dump(), str(base_dir))
     if cfg.attribution.precomputed:  # no model: classes and shapes come from the file
-        from spray.data.precomputed import plan_run
+        from spray.data.precomputed import plan_run as plan_precomputed
 
-        pre = plan_run(cfg, source, warn=None if quiet else sys.stderr)
+        pre = plan_precomputed(cfg, source, warn=None if quiet else sys.stderr)
         n_outputs, parts, sample_shape = pre.n_outputs, pre.parts, pre.sample_shape
         model_fp = pre.fingerprint
     else:
@@ -207,87 +266,120 @@ def run(cfg: RunConfig, base_dir: Path, output: str | None = None, scheduler: st
     names = _class_names(cfg, n_outputs, getattr(source, "class_names", None))
     _check_k(pipeline, parts)
     _check_run_dir(run_dir)
+    fingerprints = {"model": model_fp, "data": source.fingerprint(),
+                    "attribution": config_hash_attr(cfg)}
+    return RunPlan(cfg=cfg, base_dir=base_dir, run_dir=run_dir, pipeline=pipeline, source=source,
+                   parts=parts, names=names, n_outputs=n_outputs, sample_shape=sample_shape,
+                   fingerprints=fingerprints, scheduler=scheduler)
+
+
+def prepare_store(plan: RunPlan) -> StorePlan:
+    """Create (or check) the store and its class arrays; list the chunks still missing."""
+    cfg = plan.cfg
+    group = create_or_check_store(plan.run_dir, plan.fingerprints, config_hash(cfg),
+                                  sorted(plan.parts))
+    todo, skipped, chunks_total, reuse = {}, {}, 0, set()
+    for c, idx in sorted(plan.parts.items()):
+        if len(idx) < 3:
+            skipped[c] = (f"class {c} ({plan.names[c]}) has {len(idx)} sample(s); the analysis "
+                          f"needs at least 3")
+            continue
+        cg = prepare_class(group, c, plan.names[c], idx, plan.sample_shape, plan.n_outputs,
+                           cfg.attribution.chunk_size, cfg.attribution.store_dtype,
+                           cfg.attribution.store_channels)
+        done = cg["done"][:]
+        chunks_total += len(done)
+        todo[c] = [i for i, ok in enumerate(done) if not ok]
+        previous = cg.attrs.get("analysis") or {}
+        if not todo[c] and previous.get("pipeline_hash") == pipeline_hash(plan.pipeline):
+            reuse.add(c)
+    group.attrs["skipped"] = {str(c): why for c, why in skipped.items()}
+    (plan.run_dir / "config.yaml").write_text(dump_config(cfg, plan.base_dir, plan.pipeline))
+    return StorePlan(todo=todo, skipped=skipped, chunks_total=chunks_total,
+                     reuse=frozenset(reuse))
+
+
+def execute(plan: RunPlan, store: StorePlan, client, quiet: bool = False) -> dict:
+    """Submit the missing LRP chunks and the class analyses to ``client`` and wait for them.
+
+    Returns the finished and failed task results per stage, the submission time and the
+    number of workers.
+    """
+    n_workers = len(workers_info(client))
+    if not quiet:
+        print(f"spray: {len(store.todo)} classes, {store.chunks_todo}/{store.chunks_total} LRP "
+              f"chunks to compute on {n_workers} Dask worker(s); {dashboard_text(client)}",
+              file=sys.stderr, flush=True)
+    t_submit = time.time()
+    chunk_futures, analysis_futures = _submit(client, plan.cfg, plan.base_dir, plan.run_dir,
+                                              plan.pipeline, store.todo, store.reuse)
+    every = [f for fs in chunk_futures.values() for f in fs] + list(analysis_futures.values())
+    try:
+        _show_progress(every, plan.cfg.cluster.progress and not quiet)
+        lrp_done, lrp_failed = _collect(chunk_futures)
+        analysis_done, analysis_failed = _collect(analysis_futures)
+    except BaseException:
+        with contextlib.suppress(Exception):
+            client.cancel(every)  # do not leave our tasks running on a shared cluster
+        raise
+    return {"lrp_done": lrp_done, "lrp_failed": lrp_failed, "analysis_done": analysis_done,
+            "analysis_failed": analysis_failed, "t_submit": t_submit, "workers": n_workers}
+
+
+def _record(plan: RunPlan, store: StorePlan, results: dict, failures: dict,
+            times: dict) -> RunRecord:
+    lrp_done = results["lrp_done"]
+    computed = [r for v in lrp_done.values() for r in v if not r.get("reused")]
+    lrp_rows = sum(int(r.get("rows", 0)) for r in computed)
+    t_submit = results["t_submit"]
+    lrp_wall = max((r["t_end"] for r in computed if "t_end" in r), default=t_submit) - t_submit
+    finished = sum(len(v) for v in lrp_done.values())
+    task_sum = {stage: round(sum(r["seconds"] for v in results[key].values() for r in v), 3)
+                for stage, key in (("lrp_task_sum", "lrp_done"),
+                                   ("analysis_task_sum", "analysis_done"))}
+    return RunRecord(
+        spray_version=__version__, run_dir=str(plan.run_dir), config_dir=str(plan.base_dir),
+        classes=sorted(plan.parts), chunks_total=store.chunks_total,
+        chunks_computed=len(computed),
+        chunks_reused=store.chunks_total - store.chunks_todo + (finished - len(computed)),
+        chunks_failed=sum(len(v) for v in results["lrp_failed"].values()),
+        analyses_reused=len(store.reuse),
+        skipped={str(c): why for c, why in store.skipped.items()},
+        failed={str(c): msgs for c, msgs in failures.items()},
+        scheduler=plan.scheduler or plan.cfg.cluster.scheduler, workers=results["workers"],
+        lrp_rows=lrp_rows,
+        lrp_maps_per_second=round(lrp_rows / lrp_wall, 3) if lrp_rows and lrp_wall > 0 else None,
+        stage_seconds={"setup": round(times["graph"] - times["start"], 3),
+                       "lrp_wall": round(lrp_wall, 3),
+                       "graph_wall": round(times["report"] - times["graph"], 3),
+                       **task_sum,
+                       "report": round(times["end"] - times["report"], 3),
+                       "total": round(times["end"] - times["start"], 3)})
+
+
+def run(cfg: RunConfig, base_dir: Path, output: str | None = None, scheduler: str | None = None,
+        overwrite: bool = False, quiet: bool = False) -> dict:
+    """Run the whole pipeline for a validated config; returns the run record (``run.json``)."""
+    times = {"start": time.perf_counter()}
+    plan = plan_run(cfg, base_dir, output, scheduler, quiet)
+    run_dir = plan.run_dir
     with interrupt_on_signals(), RunLock(run_dir):
         if overwrite:
             _clear_run_dir(run_dir)
-        fingerprints = {"model": model_fp, "data": source.fingerprint(),
-                        "attribution": config_hash_attr(cfg)}
-        group = create_or_check_store(run_dir, fingerprints, config_hash(cfg), sorted(parts))
-        plan, skipped, chunks_total = {}, {}, 0
-        reuse: set[int] = set()
-        for c, idx in sorted(parts.items()):
-            if len(idx) < 3:
-                skipped[c] = (f"class {c} ({names[c]}) has {len(idx)} sample(s); the analysis "
-                              f"needs at least 3")
-                continue
-            cg = prepare_class(group, c, names[c], idx, sample_shape, n_outputs,
-                               cfg.attribution.chunk_size, cfg.attribution.store_dtype,
-                               cfg.attribution.store_channels)
-            done = cg["done"][:]
-            chunks_total += len(done)
-            plan[c] = [i for i, ok in enumerate(done) if not ok]
-            previous = cg.attrs.get("analysis") or {}
-            if not plan[c] and previous.get("pipeline_hash") == pipeline_hash(pipeline):
-                reuse.add(c)
-        group.attrs["skipped"] = {str(c): why for c, why in skipped.items()}
-        (run_dir / "config.yaml").write_text(dump_config(cfg, base_dir, pipeline))
-        chunks_todo = sum(len(v) for v in plan.values())
-        t_graph = time.perf_counter()
+        store = prepare_store(plan)
+        times["graph"] = time.perf_counter()
         with dask_client(cfg.cluster.model_dump(), scheduler) as client:
-            n_workers = len(workers_info(client))
-            if not quiet:
-                print(f"spray: {len(plan)} classes, {chunks_todo}/{chunks_total} LRP chunks to "
-                      f"compute on {n_workers} Dask worker(s); {dashboard_text(client)}",
-                      file=sys.stderr, flush=True)
-            t_submit = time.time()
-            chunk_futures, analysis_futures = _submit(client, cfg, base_dir, run_dir, pipeline, plan,
-                                                      frozenset(reuse))
-            every = [f for fs in chunk_futures.values() for f in fs] + list(analysis_futures.values())
-            try:
-                _show_progress(every, cfg.cluster.progress and not quiet)
-                lrp_done, lrp_failed = _collect(chunk_futures)
-                analysis_done, analysis_failed = _collect(analysis_futures)
-            except BaseException:
-                with contextlib.suppress(Exception):
-                    client.cancel(every)  # do not leave our tasks running on a shared cluster
-                raise
-        t_report = time.perf_counter()
-        computed = [r for v in lrp_done.values() for r in v if not r.get("reused")]
-        lrp_rows = sum(int(r.get("rows", 0)) for r in computed)
-        lrp_wall = max((r["t_end"] for r in computed if "t_end" in r), default=t_submit) - t_submit
-        failures = {c: lrp_failed.get(c, []) + analysis_failed.get(c, [])
-                    for c in set(lrp_failed) | set(analysis_failed)}
-        group.attrs["failed"] = {str(c): msgs[0] for c, msgs in failures.items()}
+            results = execute(plan, store, client, quiet)
+        times["report"] = time.perf_counter()
+        failures = {c: results["lrp_failed"].get(c, []) + results["analysis_failed"].get(c, [])
+                    for c in set(results["lrp_failed"]) | set(results["analysis_failed"])}
+        open_store(run_dir, mode="a").attrs["failed"] = {str(c): msgs[0]
+                                                         for c, msgs in failures.items()}
         from spray.report.html import write_report
 
         write_report(run_dir)
-        info = {
-            "spray_version": __version__,
-            "run_dir": str(run_dir),
-            "config_dir": str(base_dir),  # factories are imported from there (export re-opens)
-            "classes": sorted(parts),
-            "chunks_total": chunks_total,
-            "chunks_computed": len(computed),
-            "chunks_reused": chunks_total - chunks_todo + (sum(len(v) for v in lrp_done.values())
-                                                           - len(computed)),
-            "chunks_failed": sum(len(v) for v in lrp_failed.values()),
-            "analyses_reused": len(reuse),
-            "skipped": {str(c): why for c, why in skipped.items()},
-            "failed": {str(c): msgs for c, msgs in failures.items()},
-            "scheduler": scheduler or cfg.cluster.scheduler,
-            "workers": n_workers,
-            "lrp_rows": lrp_rows,
-            "lrp_maps_per_second": round(lrp_rows / lrp_wall, 3) if lrp_rows and lrp_wall > 0 else None,
-            "stage_seconds": {
-                "setup": round(t_graph - t_start, 3),
-                "lrp_wall": round(lrp_wall, 3),
-                "graph_wall": round(t_report - t_graph, 3),
-                "lrp_task_sum": round(sum(r["seconds"] for v in lrp_done.values() for r in v), 3),
-                "analysis_task_sum": round(sum(r["seconds"] for v in analysis_done.values() for r in v), 3),
-                "report": round(time.perf_counter() - t_report, 3),
-                "total": round(time.perf_counter() - t_start, 3),
-            },
-        }
+        times["end"] = time.perf_counter()
+        info = asdict(_record(plan, store, results, failures, times))
         (run_dir / "run.json").write_text(json.dumps(info, indent=2))
     if failures:
         lines = "; ".join(msgs[0] for msgs in failures.values())
