@@ -199,7 +199,7 @@ def test_other_containers_read_the_same(kind, small_problem, zennit_h5, tmp_path
     other = AttributionFile(str(_write(kind, arrays, tmp_path)))
     cfg = SimpleNamespace(attribution=SimpleNamespace(precomputed=other.path), classes="all",
                           class_names=["zero", "one", "two"])
-    plan = plan_run(cfg, source, warn=None)
+    plan = plan_run(cfg, source)
     assert plan.n_outputs == 3 and plan.sample_shape == small_problem["x"].shape[1:]
     labels = small_problem["y"]
     for c in range(3):

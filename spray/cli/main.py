@@ -18,6 +18,10 @@ from spray.errors import SprayError
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="spray", description="Spectral Relevance Analysis at dataset scale")
     p.add_argument("--version", action="version", version=f"spray {__version__}")
+    p.add_argument("-v", "--verbose", action="count", default=0,
+                   help="more log messages (-v: debug messages of spray)")
+    p.add_argument("-q", "--log-quiet", action="count", default=0,
+                   help="fewer log messages (-q: warnings and errors only)")
     sub = p.add_subparsers(dest="command", required=True)
     r = sub.add_parser("run", help="compute relevance maps and the analysis for a config")
     r.add_argument("config")
@@ -132,8 +136,24 @@ def _quiet_abandoned_writes() -> None:
     logging.getLogger("asyncio").setLevel(logging.CRITICAL)
 
 
+def _configure_logging(verbose: int, quiet: int) -> None:
+    """Messages of spray's library code go to stderr as ``spray: message`` lines."""
+    import logging
+
+    level = logging.INFO - 10 * (verbose - quiet)
+    logger = logging.getLogger("spray")
+    if not any(getattr(h, "spray_cli", False) for h in logger.handlers):
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("spray: %(message)s"))
+        handler.spray_cli = True
+        logger.addHandler(handler)
+    logger.setLevel(min(max(level, logging.DEBUG), logging.ERROR))
+    logger.propagate = False
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    _configure_logging(args.verbose, args.log_quiet + 2 * bool(getattr(args, "quiet", False)))
     handler = {"run": _run, "demo": _demo, "report": _report, "check": _check,
                "export": _export}[args.command]
     try:

@@ -28,8 +28,8 @@ partitions come from the file's labels (the dataset's labels when the file has n
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
-import sys
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -37,6 +37,8 @@ from pathlib import Path
 import numpy as np
 
 from spray.errors import ConfigError, DataError
+
+log = logging.getLogger(__name__)
 
 ATTRIBUTION_KEYS = ("attribution", "attributions", "relevance", "heatmap")
 LABEL_KEYS = ("label", "labels", "y")
@@ -338,18 +340,18 @@ def class_rows(attr: AttributionFile, c: int, dataset_labels: np.ndarray | None)
     return cache[int(c)]
 
 
-def plan_run(cfg, source, warn=sys.stderr) -> PrecomputedPlan:
+def plan_run(cfg, source) -> PrecomputedPlan:
     """Check the attribution file against the dataset and derive the class partitions."""
     from spray.data.sources import class_partitions
 
     attr = open_attributions(cfg.attribution.precomputed)
     try:
-        return _plan(attr, cfg, source, warn, class_partitions)
+        return _plan(attr, cfg, source, class_partitions)
     finally:
         attr.close()
 
 
-def _plan(attr: AttributionFile, cfg, source, warn, class_partitions) -> PrecomputedPlan:
+def _plan(attr: AttributionFile, cfg, source, class_partitions) -> PrecomputedPlan:
     data_labels = np.asarray(source.labels())
     n_data = len(data_labels)
     index = attr.index()
@@ -365,12 +367,12 @@ def _plan(attr: AttributionFile, cfg, source, warn, class_partitions) -> Precomp
                         f"{data_hw[0]}x{data_hw[1]}; attributions must have the inputs' height "
                         f"and width")
     labels = row_labels(attr, data_labels)
-    if attr.has_labels() and warn is not None:
+    if attr.has_labels():
         differ = int(np.sum(labels != data_labels[index]))
         if differ:
-            print(f"spray: note: {differ} of {len(labels)} rows of {attr.path} carry another "
-                  f"label than the dataset (attributions for another target, or rows in "
-                  f"another order?); the file's labels define the classes", file=warn)
+            log.warning("note: %d of %d rows of %s carry another label than the dataset "
+                        "(attributions for another target, or rows in another order?); the "
+                        "file's labels define the classes", differ, len(labels), attr.path)
     n_outputs = attr.n_outputs()
     top = int(labels.max()) + 1
     if n_outputs is None:

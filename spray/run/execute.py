@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import shutil
 import sys
 import time
@@ -31,6 +32,8 @@ from spray.run.dask_cluster import dashboard_text, dask_client, runtime_settings
 from spray.run.signals import interrupt_on_signals
 from spray.run.store import RunLock, create_or_check_store, open_store, prepare_class, store_path
 from spray.run.tasks import analyze_class, lrp_chunk, pipeline_hash
+
+log = logging.getLogger(__name__)
 
 RUN_FILES = ("spray.zarr", "report", "run.json", "config.yaml")
 
@@ -256,7 +259,7 @@ def plan_run(cfg: RunConfig, base_dir: Path, output: str | None = None,
     if cfg.attribution.precomputed:  # no model: classes and shapes come from the file
         from spray.data.precomputed import plan_run as plan_precomputed
 
-        pre = plan_precomputed(cfg, source, warn=None if quiet else sys.stderr)
+        pre = plan_precomputed(cfg, source)
         n_outputs, parts, sample_shape = pre.n_outputs, pre.parts, pre.sample_shape
         model_fp = pre.fingerprint
     else:
@@ -306,10 +309,9 @@ def execute(plan: RunPlan, store: StorePlan, client, quiet: bool = False) -> dic
     number of workers.
     """
     n_workers = len(workers_info(client))
-    if not quiet:
-        print(f"spray: {len(store.todo)} classes, {store.chunks_todo}/{store.chunks_total} LRP "
-              f"chunks to compute on {n_workers} Dask worker(s); {dashboard_text(client)}",
-              file=sys.stderr, flush=True)
+    log.info("%d classes, %d/%d LRP chunks to compute on %d Dask worker(s); %s",
+             len(store.todo), store.chunks_todo, store.chunks_total, n_workers,
+             dashboard_text(client))
     t_submit = time.time()
     chunk_futures, analysis_futures = _submit(client, plan.cfg, plan.base_dir, plan.run_dir,
                                               plan.pipeline, store.todo, store.reuse)
