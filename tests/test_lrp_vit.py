@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import spray.lrp as lrp
-from spray.errors import ModelError
+from spray.errors import DataError, ModelError
 from spray.lrp import Epsilon, Gamma
 from spray.lrp.composites import transformer_composite
 from spray.lrp.transformer import ExposedAttention, expose_attention
@@ -449,3 +449,54 @@ def test_default_stabilizer_against_lxt():
     default = transformer_composite(Epsilon(1e-6), projections=Epsilon(0.0), softmax="constant")
     error = relative_error(lrp.attribute(model, x, targets, default), reference)
     assert 1e-8 < error <= 1e-2
+
+
+# ---------------------------------------------------------------------------------------------
+# relevance health
+# ---------------------------------------------------------------------------------------------
+
+
+def test_health_of_a_conserving_explanation():
+    model = make_vit(biases=False)
+    x = inputs(6)
+    relevance, logits = lrp.attribute(model, x, "prediction", "cp-lrp", return_logits=True,
+                                      epsilon=1e-12, stabilizer=1e-12)
+    health = lrp.relevance_health(relevance, logits.max(dim=1).values)
+    assert health["conservation"] == pytest.approx([1.0] * 6, abs=1e-8)
+    assert abs(health["lost"]).max() < 1e-8
+    assert not health["nonfinite"].any() and not health["zero"].any()
+
+
+def test_health_sees_absorbed_relevance_and_summarises_per_class():
+    """Biases absorb relevance and AttnLRP's softmax rule does not conserve: the ratio moves
+    away from 1 in the figures, per class."""
+    model = make_vit()
+    x = inputs(8)
+    relevance, logits = lrp.attribute(model, x, "prediction", "attn-lrp", return_logits=True)
+    predicted = logits.argmax(dim=1)
+    health = lrp.relevance_health(relevance, logits.max(dim=1).values)
+    expected = relevance.flatten(1).sum(1) / logits.max(dim=1).values
+    assert health["conservation"] == pytest.approx(expected.numpy(), rel=1e-12)
+    assert abs(health["lost"]).max() > 1e-3
+    summary = lrp.summarize_health(health, predicted)
+    assert summary["all"]["samples"] == 8
+    assert set(summary["classes"]) == set(predicted.tolist())
+    assert sum(s["samples"] for s in summary["classes"].values()) == 8
+    assert summary["all"]["conservation_min"] <= summary["all"]["conservation_median"]
+
+
+def test_health_counts_nonfinite_and_zero_maps():
+    maps = torch.ones(4, 1, 3, 3)
+    maps[1, 0, 0, 0] = float("nan")
+    maps[1, 0, 1, 1] = float("inf")
+    maps[2] = 0.0
+    health = lrp.relevance_health(maps, torch.tensor([9.0, 9.0, 1.0, 0.0]))
+    assert health["nonfinite"].tolist() == [0, 2, 0, 0]
+    assert health["zero"].tolist() == [False, False, True, False]
+    assert health["conservation"][0] == 1.0 and health["conservation"][2] == 0.0
+    assert torch.isnan(torch.as_tensor(health["conservation"][[1, 3]])).all()
+    summary = lrp.summarize_health(health, [0, 0, 1, 1])["classes"]
+    assert summary[0]["nonfinite_samples"] == 1 and summary[0]["undefined"] == 1
+    assert summary[1]["zero_maps"] == 1 and summary[1]["undefined"] == 1
+    with pytest.raises(DataError, match="same samples"):
+        lrp.relevance_health(maps, torch.ones(3))
