@@ -7,6 +7,14 @@ Run from the repository root (Zennit needed for its columns: ``pip install -e '.
     python tests/benchmarks/bench_lrp.py --threads 2 --vgg-batch 4 --repeats 3
     python tests/benchmarks/bench_lrp.py --channels-last  # model and inputs channels-last
     python tests/benchmarks/bench_lrp.py --tune-allocator # glibc keeps large buffers (all methods)
+    python tests/benchmarks/bench_lrp.py --vit-only --json vit.json  # vision transformers only
+
+The ViT section (``--vit`` or ``--vit-only``; LXT needed for its columns:
+``pip install --no-deps lxt==2.1`` with ``transformers<5``) times spray's ``cp-lrp`` and
+``attn-lrp`` against LXT's CP-LRP (its torchvision-ViT path, Zennit rules on dense and
+convolution layers) on a small ViT (28×28, patch 7, 4 layers, width 64) and on ViT-B/16
+(224×224), both with random weights, with the same rules on both sides and the per-sample
+relative L2 difference of the maps.  ``--json PATH`` writes every row.
 
 For each model it measures, per sample: a plain forward pass (no autograd), gradient × input
 (forward + backward), and for each composite Zennit's and spray's relevance computation
@@ -173,6 +181,166 @@ def benchmark(label, model, shape, batch, repeats, zennit, channels_last=False):
     return rows
 
 
+# ---------------------------------------------------------------------------------------------
+# vision transformers: spray against LXT
+# ---------------------------------------------------------------------------------------------
+
+
+def small_vit() -> nn.Module:
+    """torchvision ViT on 28×28 inputs (patch 7, 4 layers, width 64), random weights."""
+    from torchvision.models import VisionTransformer
+
+    return _randomise_vit(VisionTransformer(image_size=28, patch_size=7, num_layers=4,
+                                            num_heads=4, hidden_dim=64, mlp_dim=128,
+                                            num_classes=10))
+
+
+def vit_b_16() -> nn.Module:
+    """torchvision ViT-B/16 (224×224), random weights (nothing is downloaded)."""
+    from torchvision.models import vit_b_16 as build
+
+    return _randomise_vit(build(weights=None))
+
+
+def _randomise_vit(model: nn.Module) -> nn.Module:
+    """torchvision zero-initialises the head, class token and biases: give them values."""
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "heads" in name or "class_token" in name or name.endswith("bias"):
+                param.normal_(0, 0.1)
+    return model.eval()
+
+
+def have_lxt() -> bool:
+    try:
+        import lxt.efficient  # noqa: F401
+        import zennit  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+class LxtPatched:
+    """LXT's torchvision-ViT and Zennit patches applied for one call, then undone (LXT patches
+    classes process-wide; the other methods must run unpatched)."""
+
+    def __enter__(self):
+        import zennit.core
+        from lxt.efficient import monkey_patch, monkey_patch_zennit
+        from torchvision.models import vision_transformer
+
+        classes = [nn.GELU, nn.LayerNorm, nn.MultiheadAttention, zennit.core.BasicHook]
+        self.saved = [(cls, dict(vars(cls))) for cls in classes]
+        import warnings
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            monkey_patch(vision_transformer)
+            monkey_patch_zennit()
+        return self
+
+    def __exit__(self, *exc):
+        for cls, attributes in self.saved:
+            for name in [n for n in vars(cls) if n not in attributes]:
+                delattr(cls, name)
+            for name in ("forward", "backward"):
+                if name in attributes:
+                    setattr(cls, name, attributes[name])
+        return False
+
+
+def lxt_method(rule, value):
+    def run(model, x, targets):
+        import zennit.rules
+        from zennit.composites import LayerMapComposite
+
+        make = getattr(zennit.rules, rule)
+        with LxtPatched():
+            composite = LayerMapComposite([(nn.Linear, make(value)), (nn.Conv2d, make(value))])
+            x = x.clone().requires_grad_(True)
+            with composite.context(model) as modified:
+                modified(x).gather(1, targets[:, None]).sum().backward()
+        return x * x.grad
+    return run
+
+
+def spray_lxt_rules(rule, value):
+    """spray with LXT's CP-LRP rules on the same layers (fused attention projections: LRP-0)."""
+    from spray.lrp.composites import transformer_composite
+
+    composite = transformer_composite(getattr(lrp, rule)(value), projections=lrp.Epsilon(0.0),
+                                      softmax="constant", stabilizer=1e-12,
+                                      name=f"lxt-{rule}-{value}")
+
+    def run(model, x, targets):
+        return lrp.attribute(model, x, targets, composite)
+    return run
+
+
+#: label: (spray method, LXT method or None)
+VIT_METHODS = {
+    "cp-lrp ε (LXT rules)": (lambda: spray_lxt_rules("Epsilon", 1e-6),
+                             lambda: lxt_method("Epsilon", 1e-6)),
+    "cp-lrp γ=0.25 (LXT rules)": (lambda: spray_lxt_rules("Gamma", 0.25),
+                                  lambda: lxt_method("Gamma", 0.25)),
+    "cp-lrp": (lambda: spray_method("cp-lrp", {}), None),
+    "attn-lrp": (lambda: spray_method("attn-lrp", {}), None),
+    "attn-lrp γ=0.25": (lambda: spray_method("attn-lrp", {"gamma": 0.25}), None),
+}
+
+
+def benchmark_vit(label, model, shape, batch, repeats, lxt):
+    torch.manual_seed(0)
+    x = torch.randn((batch,) + shape)
+    targets = torch.randint(0, 10, (batch,))
+    methods = {"forward": forward_only, "gradient×input": gradient_times_input}
+    for name, (ours, theirs) in VIT_METHODS.items():
+        methods[f"spray {name}"] = ours()
+        if lxt and theirs is not None:
+            methods[f"lxt {name}"] = theirs()
+    times = time_methods(methods, model, x, targets, repeats)
+    rows = []
+    for name in VIT_METHODS:
+        theirs = times.get(f"lxt {name}")
+        error = None
+        if theirs is not None:
+            error = relative_difference(methods[f"spray {name}"](model, x, targets).detach(),
+                                        methods[f"lxt {name}"](model, x, targets).detach())
+        rows.append((label, name, times["forward"], times["gradient×input"], theirs,
+                     times[f"spray {name}"], error))
+    return rows
+
+
+def run_vit(args, lxt) -> tuple[list, dict]:
+    torch.manual_seed(0)
+    rows = benchmark_vit("ViT 28×28 (4 layers, width 64)", small_vit(), (3, 28, 28),
+                         args.vit_batch, args.repeats, lxt)
+    batch_of = {"ViT 28×28 (4 layers, width 64)": args.vit_batch}
+    if not args.quick:
+        torch.manual_seed(0)
+        rows += benchmark_vit("ViT-B/16 224×224", vit_b_16(), (3, 224, 224), args.vitb_batch,
+                              max(1, args.repeats - 1), lxt)
+        batch_of["ViT-B/16 224×224"] = args.vitb_batch
+    return rows, batch_of
+
+
+def write_json(path, rows, batch_of, args) -> None:
+    import json
+
+    keys = ("model", "composite", "forward_s", "gradient_x_input_s", "peer_s", "spray_s",
+            "max_rel_l2_vs_peer")
+    records = []
+    for row in rows:
+        record = dict(zip(keys, row))
+        record["batch"] = batch_of[row[0]]
+        record["spray_over_forward"] = row[5] / row[2]
+        record["peer_over_spray"] = row[4] / row[5] if row[4] else None
+        records.append(record)
+    Path(path).write_text(json.dumps({"machine": machine(), "date": datetime.date.today()
+                                      .isoformat(), "repeats": args.repeats,
+                                      "threads": torch.get_num_threads(), "rows": records},
+                                     indent=2))
+
+
 def machine() -> str:
     try:
         out = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
@@ -183,10 +351,10 @@ def machine() -> str:
     return f"{model}, {torch.get_num_threads()} threads, torch {torch.__version__}"
 
 
-def table(rows, batch_of) -> str:
+def table(rows, batch_of, peer="Zennit") -> str:
     ms = lambda seconds, label: f"{1000 * seconds / batch_of[label]:.2f}"  # noqa: E731
-    lines = ["| model | composite | forward ms/sample | grad×input ms/sample | Zennit ms/sample "
-             "| spray ms/sample | spray/forward | Zennit/spray | max rel. L2 vs Zennit |",
+    lines = [f"| model | composite | forward ms/sample | grad×input ms/sample | {peer} ms/sample "
+             f"| spray ms/sample | spray/forward | {peer}/spray | max rel. L2 vs {peer} |",
              "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
     for label, name, forward, grad, theirs, ours, error in rows:
         lines.append(
@@ -203,7 +371,12 @@ def main(argv=None):
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--cnn-batch", type=int, default=256)
     parser.add_argument("--vgg-batch", type=int, default=4)
-    parser.add_argument("--quick", action="store_true", help="small CNN only")
+    parser.add_argument("--quick", action="store_true", help="small CNN (and small ViT) only")
+    parser.add_argument("--vit", action="store_true", help="also the vision transformers")
+    parser.add_argument("--vit-only", action="store_true", help="only the vision transformers")
+    parser.add_argument("--vit-batch", type=int, default=64)
+    parser.add_argument("--vitb-batch", type=int, default=2)
+    parser.add_argument("--json", default=None, help="write all rows to this JSON file")
     parser.add_argument("--channels-last", action="store_true",
                         help="model and inputs in channels-last memory format (all methods)")
     parser.add_argument("--tune-allocator", action="store_true",
@@ -221,19 +394,33 @@ def main(argv=None):
           f"memory format: {'channels-last' if args.channels_last else 'contiguous (NCHW)'}; "
           f"allocator: {'tuned' if args.tune_allocator else 'default'}",
           flush=True)
+    rows, batch_of = [], {}
+    if args.vit or args.vit_only:
+        lxt = have_lxt()
+        vit_rows, vit_batches = run_vit(args, lxt)
+        print(table(vit_rows, vit_batches, "LXT"), flush=True)
+        rows, batch_of = rows + vit_rows, {**batch_of, **vit_batches}
+    if args.vit_only:
+        if args.json:
+            write_json(args.json, rows, batch_of, args)
+        return
     torch.manual_seed(0)
-    rows = benchmark("CNN 28×28", small_cnn().eval(), (1, 28, 28), args.cnn_batch,
-                     args.repeats, zennit, args.channels_last)
-    batch_of = {"CNN 28×28": args.cnn_batch}
-    print(table(rows, batch_of), flush=True)
+    cnn_rows = benchmark("CNN 28×28", small_cnn().eval(), (1, 28, 28), args.cnn_batch,
+                         args.repeats, zennit, args.channels_last)
+    batch_of["CNN 28×28"] = args.cnn_batch
+    rows += cnn_rows
+    print(table(cnn_rows, batch_of), flush=True)
     if not args.quick:
         torch.manual_seed(0)
         vgg = randomise_batchnorm(vgg16_bn())
-        rows += benchmark("VGG-16-BN 224×224", vgg, (3, 224, 224), args.vgg_batch,
-                          max(1, args.repeats - 1), zennit, args.channels_last)
+        cnn_rows += benchmark("VGG-16-BN 224×224", vgg, (3, 224, 224), args.vgg_batch,
+                              max(1, args.repeats - 1), zennit, args.channels_last)
+        rows += cnn_rows[-len(COMPOSITES):]
         batch_of["VGG-16-BN 224×224"] = args.vgg_batch
         print(flush=True)
-        print(table(rows, batch_of), flush=True)
+        print(table(cnn_rows, batch_of), flush=True)
+    if args.json:
+        write_json(args.json, rows, batch_of, args)
 
 
 if __name__ == "__main__":
