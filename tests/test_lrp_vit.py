@@ -500,3 +500,19 @@ def test_health_counts_nonfinite_and_zero_maps():
     assert summary[1]["zero_maps"] == 1 and summary[1]["undefined"] == 1
     with pytest.raises(DataError, match="same samples"):
         lrp.relevance_health(maps, torch.ones(3))
+
+
+@pytest.mark.parametrize("size", [28, 30])
+def test_patch_embedding_transpose_is_the_input_gradient(size):
+    """The patch convolution's transposed pass (one matrix product) equals autograd's input
+    gradient, also when the image is not a whole number of patches."""
+    from spray.lrp.ops import AffineOp
+
+    conv = nn.Conv2d(3, 8, 7, stride=7).double()
+    op = AffineOp(conv, conv.weight.detach(), conv.bias.detach())
+    x = inputs(2, size=size).requires_grad_(True)
+    out = conv(x)
+    signal = torch.randn_like(out)
+    (expected,) = torch.autograd.grad(out, x, signal)
+    assert op._patchwise(op.weight)
+    assert torch.allclose(op.transpose(signal, op.weight, x.shape), expected, atol=1e-12)
