@@ -38,6 +38,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -341,6 +342,135 @@ def write_json(path, rows, batch_of, args) -> None:
                                      indent=2))
 
 
+# ---------------------------------------------------------------------------------------------
+# faithfulness: patch flipping on a ViT trained here
+# ---------------------------------------------------------------------------------------------
+
+
+def digits_vit(seconds_budget: float = 120.0):
+    """A ViT trained on scikit-learn's digits (upsampled to 32×32, 3 channels, patch 4);
+    returns ``(model, test images, test labels, accuracy)``."""
+    from sklearn.datasets import load_digits
+    from torchvision.models import VisionTransformer
+
+    digits = load_digits()
+    images = torch.as_tensor(digits.images / 16.0, dtype=torch.float32)[:, None]
+    images = nn.functional.interpolate(images, size=32, mode="bilinear", align_corners=False)
+    images = images.repeat(1, 3, 1, 1)
+    labels = torch.as_tensor(digits.target)
+    order = torch.as_tensor(np.random.default_rng(0).permutation(len(labels)))
+    train, test = order[:1400], order[1400:]
+    torch.manual_seed(0)
+    model = VisionTransformer(image_size=32, patch_size=4, num_layers=3, num_heads=4,
+                              hidden_dim=48, mlp_dim=96, num_classes=10)
+    optimiser = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=1e-4)
+    start = time.perf_counter()
+    model.train()
+    for _epoch in range(30):
+        for batch in train[torch.randperm(len(train))].split(64):
+            optimiser.zero_grad()
+            nn.functional.cross_entropy(model(images[batch]), labels[batch]).backward()
+            optimiser.step()
+        if time.perf_counter() - start > seconds_budget:
+            break
+    model.eval()
+    with torch.no_grad():
+        accuracy = float((model(images[test]).argmax(1) == labels[test]).float().mean())
+    return model, images[test], labels[test], accuracy
+
+
+def attention_rollout(model, x, targets):
+    """Attention rollout (Abnar & Zuidema 2020): head-averaged attention plus identity,
+    row-normalised and multiplied over the layers; class-token row spread over its patches."""
+    captured = []
+    hooks = [block.self_attention.register_forward_pre_hook(
+        lambda module, args: captured.append((module, args[0].detach())))
+        for block in model.encoder.layers]
+    try:
+        with torch.no_grad():
+            model(x)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    rollout = None
+    for module, tokens in captured:
+        e, h = module.embed_dim, module.num_heads
+        q, k, _ = nn.functional.linear(tokens, module.in_proj_weight,
+                                       module.in_proj_bias).split(e, dim=-1)
+        q = q.reshape(*q.shape[:2], h, e // h).transpose(1, 2)
+        k = k.reshape(*k.shape[:2], h, e // h).transpose(1, 2)
+        attention = torch.softmax(q @ k.transpose(-2, -1) * (e // h) ** -0.5, -1).mean(1)
+        attention = attention + torch.eye(attention.shape[-1])
+        attention = attention / attention.sum(-1, keepdim=True)
+        rollout = attention if rollout is None else attention @ rollout
+    scores = rollout[:, 0, 1:]
+    side = int(scores.shape[1] ** 0.5)
+    patch = model.patch_size
+    grid = scores.reshape(-1, 1, side, side).repeat_interleave(patch, 2).repeat_interleave(
+        patch, 3)
+    return grid.expand_as(x) / (3 * patch * patch)
+
+
+def patch_flipping(model, x, targets, relevance, patch, steps, rng):
+    """Target logit while patches are set to 0, most relevant first and in random order;
+    returns both curves ``(steps + 1,)`` averaged over the samples."""
+    n, _, height, width = x.shape
+    rows, cols = height // patch, width // patch
+    scores = relevance.sum(1).reshape(n, rows, patch, cols, patch).sum((2, 4)).reshape(n, -1)
+    orders = {"relevance": scores.argsort(dim=1, descending=True),
+              "random": torch.as_tensor(np.stack([rng.permutation(rows * cols)
+                                                  for _ in range(n)]))}
+    counts = np.linspace(0, rows * cols, steps + 1).round().astype(int)
+    curves = {}
+    for name, order in orders.items():
+        values = []
+        for count in counts:
+            mask = torch.ones(n, rows * cols)
+            mask.scatter_(1, order[:, :count], 0.0)
+            pixels = mask.reshape(n, 1, rows, 1, cols, 1).expand(n, 1, rows, patch, cols, patch)
+            flipped = x * pixels.reshape(n, 1, height, width)
+            with torch.no_grad():
+                values.append(model(flipped).gather(1, targets[:, None])[:, 0])
+        curves[name] = torch.stack(values, 1).mean(0)
+    return curves
+
+
+def run_faithfulness(args, lxt) -> list:
+    """Area between the random-order and the most-relevant-first curves (higher: the map
+    ranks the patches the model relies on first), per method."""
+    model, images, labels, accuracy = digits_vit(args.train_seconds)
+    x, targets = images[:args.flip_samples], labels[:args.flip_samples]
+    methods = {"spray attn-lrp": spray_method("attn-lrp", {}),
+               "spray attn-lrp γ=0.25": spray_method("attn-lrp", {"gamma": 0.25}),
+               "spray cp-lrp": spray_method("cp-lrp", {}),
+               "spray cp-lrp γ=0.25": spray_method("cp-lrp", {"gamma": 0.25}),
+               "gradient×input": gradient_times_input, "attention rollout": attention_rollout}
+    if lxt:
+        methods["LXT cp-lrp ε"] = lxt_method("Epsilon", 1e-6)
+        methods["LXT cp-lrp γ=0.25"] = lxt_method("Gamma", 0.25)
+    results = []
+    for name, method in methods.items():
+        relevance = method(model, x, targets).detach()
+        curves = patch_flipping(model, x, targets, relevance, model.patch_size, args.flip_steps,
+                                np.random.default_rng(0))
+        gap = float((curves["random"] - curves["relevance"]).mean())
+        results.append({"method": name, "area_between_curves": gap,
+                        "first_step_drop": float(curves["relevance"][0] - curves["relevance"][1]),
+                        "accuracy": accuracy, "samples": len(x)})
+    return results
+
+
+def faithfulness_table(results) -> str:
+    lines = [f"ViT (3 layers, width 48, patch 4) trained on digits 32×32: test accuracy "
+             f"{results[0]['accuracy']:.3f}; {results[0]['samples']} test samples, true class",
+             "", "| method | area between curves (random − relevance-first) ↑ | logit drop after "
+             "the first step |", "|---|---:|---:|"]
+    for row in sorted(results, key=lambda r: -r["area_between_curves"]):
+        lines.append(f"| {row['method']} | {row['area_between_curves']:.3f} | "
+                     f"{row['first_step_drop']:.3f} |")
+    return "\n".join(lines)
+
+
 def machine() -> str:
     try:
         out = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
@@ -377,6 +507,11 @@ def main(argv=None):
     parser.add_argument("--vit-batch", type=int, default=64)
     parser.add_argument("--vitb-batch", type=int, default=2)
     parser.add_argument("--json", default=None, help="write all rows to this JSON file")
+    parser.add_argument("--faithfulness", action="store_true",
+                        help="patch flipping on a ViT trained on digits (then exit)")
+    parser.add_argument("--train-seconds", type=float, default=120.0)
+    parser.add_argument("--flip-samples", type=int, default=200)
+    parser.add_argument("--flip-steps", type=int, default=16)
     parser.add_argument("--channels-last", action="store_true",
                         help="model and inputs in channels-last memory format (all methods)")
     parser.add_argument("--tune-allocator", action="store_true",
@@ -394,6 +529,14 @@ def main(argv=None):
           f"memory format: {'channels-last' if args.channels_last else 'contiguous (NCHW)'}; "
           f"allocator: {'tuned' if args.tune_allocator else 'default'}",
           flush=True)
+    if args.faithfulness:
+        results = run_faithfulness(args, have_lxt())
+        print(faithfulness_table(results), flush=True)
+        if args.json:
+            import json
+            Path(args.json).write_text(json.dumps({"machine": machine(), "faithfulness": results},
+                                                  indent=2))
+        return
     rows, batch_of = [], {}
     if args.vit or args.vit_only:
         lxt = have_lxt()
