@@ -320,12 +320,14 @@ def run_vit(args, lxt) -> tuple[list, dict]:
     rows = benchmark_vit("ViT 28×28 (4 layers, width 64)", small_vit(), (3, 28, 28),
                          args.vit_batch, args.repeats, lxt)
     batch_of = {"ViT 28×28 (4 layers, width 64)": args.vit_batch}
+    print(table(rows, batch_of, "LXT"), flush=True)
     if not args.quick:
-        print(table(rows, batch_of, "LXT"), flush=True)
         torch.manual_seed(0)
         rows += benchmark_vit("ViT-B/16 224×224", vit_b_16(), (3, 224, 224), args.vitb_batch,
                               max(1, args.repeats - 1), lxt, gamma=args.vitb_gamma)
         batch_of["ViT-B/16 224×224"] = args.vitb_batch
+        print(flush=True)
+        print(table(rows[-3 - 2 * args.vitb_gamma:], batch_of, "LXT"), flush=True)
     return rows, batch_of
 
 
@@ -548,7 +550,6 @@ def main(argv=None):
     if args.vit or args.vit_only:
         lxt = have_lxt()
         vit_rows, vit_batches = run_vit(args, lxt)
-        print(table(vit_rows, vit_batches, "LXT"), flush=True)
         rows, batch_of = rows + vit_rows, {**batch_of, **vit_batches}
     if args.vit_only:
         if args.json:
