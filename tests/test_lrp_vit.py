@@ -516,3 +516,8 @@ def test_patch_embedding_transpose_is_the_input_gradient(size):
     (expected,) = torch.autograd.grad(out, x, signal)
     assert op._patchwise(op.weight)
     assert torch.allclose(op.transpose(signal, op.weight, x.shape), expected, atol=1e-12)
+
+
+def test_wrong_image_size_is_a_data_error():
+    with pytest.raises(DataError, match=r"do not fit the model: Wrong image height"):
+        lrp.attribute(make_vit(), inputs(2, size=32), 0, "attn-lrp")

@@ -478,7 +478,7 @@ def run(program: Program, inputs: torch.Tensor, targets, offset: int = 0):
     with torch.inference_mode(False), torch.enable_grad():
         try:
             logits = program(x)
-        except RuntimeError as exc:
+        except (RuntimeError, AssertionError) as exc:  # torchvision's ViT asserts its size
             raise DataError(f"inputs of shape {tuple(inputs.shape)} do not fit the model: "
                             f"{str(exc).splitlines()[0]}") from exc
         if logits.ndim != 2:
