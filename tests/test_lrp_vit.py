@@ -521,3 +521,29 @@ def test_patch_embedding_transpose_is_the_input_gradient(size):
 def test_wrong_image_size_is_a_data_error():
     with pytest.raises(DataError, match=r"do not fit the model: Wrong image height"):
         lrp.attribute(make_vit(), inputs(2, size=32), 0, "attn-lrp")
+
+
+class ScaledNet(nn.Module):
+    """Constant scalings between layers (``x * c``, ``c * x``, ``x / c``, ``x.mul(c)``), as in
+    attention's ``1/√d`` or hand-written normalisations, plus shape arithmetic."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b, self.c = (nn.Linear(6, 6, bias=False), nn.Linear(6, 6, bias=False),
+                                  nn.Linear(6, 3, bias=False))
+
+    def forward(self, x):
+        x = torch.relu(self.a(x)) * 0.5
+        x = 3.0 * self.b(x) / 4.0
+        x = x.mul(2.0).view(-1, x.size(1) * 1)
+        return self.c(x)
+
+
+def test_scaling_by_a_constant_passes_relevance_unchanged():
+    torch.manual_seed(0)
+    model = ScaledNet().double().eval()
+    x = torch.randn(5, 6, dtype=torch.float64)
+    composite = lrp.Composite(layer_map=[(nn.Linear, Epsilon(1e-300))], stabilizer=1e-300)
+    relevance, logits = lrp.attribute(model, x, "prediction", composite, return_logits=True)
+    assert torch.allclose(logits, model(x))
+    assert torch.allclose(relevance.sum(1), logits.max(1).values, rtol=1e-10)
