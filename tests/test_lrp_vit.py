@@ -547,3 +547,40 @@ def test_scaling_by_a_constant_passes_relevance_unchanged():
     relevance, logits = lrp.attribute(model, x, "prediction", composite, return_logits=True)
     assert torch.allclose(logits, model(x))
     assert torch.allclose(relevance.sum(1), logits.max(1).values, rtol=1e-10)
+
+
+class CrossAttentionNet(nn.Module):
+    """Cross-attention with separate key/value widths (unpacked projection weights), RMSNorm
+    and SiLU: the less common paths of the exposure."""
+
+    def __init__(self):
+        super().__init__()
+        self.queries = nn.Linear(6, 8)
+        self.memory = nn.Linear(6, 5)
+        self.attention = nn.MultiheadAttention(8, 2, kdim=5, vdim=5, batch_first=True)
+        self.norm = nn.RMSNorm(8)
+        self.head = nn.Sequential(nn.SiLU(), nn.Linear(8, 3))
+
+    def forward(self, x):
+        attended, _ = self.attention(self.queries(x), self.memory(x), self.memory(x))
+        return self.head(self.norm(attended).mean(dim=1))
+
+
+def test_cross_attention_with_separate_projections():
+    torch.manual_seed(0)
+    model = CrossAttentionNet().double().eval()
+    x = torch.randn(3, 4, 6, dtype=torch.float64)
+    assert torch.allclose(expose_attention(model)(x), model(x), rtol=1e-10, atol=1e-12)
+    targets = model(x).argmax(1)
+    for softmax in ("attnlrp", "constant"):
+        composite = transformer_composite(Epsilon(0.0), softmax=softmax, stabilizer=1e-12)
+        relevance = lrp.attribute(model, x, targets, composite)
+        assert relevance.shape == x.shape and torch.isfinite(relevance).all()
+    # CP-LRP without biases conserves through RMSNorm (scale constant) and SiLU (identity)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if name.endswith("bias"):
+                param.zero_()
+    relevance, logits = lrp.attribute(model, x, "prediction", "cp-lrp", return_logits=True,
+                                      epsilon=1e-12, stabilizer=1e-12)
+    assert torch.allclose(relevance.flatten(1).sum(1), logits.max(1).values, rtol=1e-8)
