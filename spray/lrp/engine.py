@@ -93,7 +93,8 @@ class _SumFunction(torch.autograd.Function):
     def backward(ctx, relevance):
         (a, b, denominator), ctx.saved = ctx.saved, None
         signal = relevance / denominator
-        return _reduce_to(a * signal, a.shape), _reduce_to(b * signal, b.shape), None
+        share_b = _reduce_to(b * signal, b.shape)
+        return _reduce_to(signal.mul_(a), a.shape), share_b, None
 
 
 def _reduce_to(tensor: torch.Tensor, shape) -> torch.Tensor:

@@ -317,9 +317,9 @@ class _LayerNormFunction(torch.autograd.Function):
             scale = (x.pow(2).mean(dim=-1, keepdim=True) + eps).rsqrt()
         y = centre * scale
         if weight is not None:
-            y = y * weight
+            y.mul_(weight)
         if bias is not None:
-            y = y + bias
+            y.add_(bias)
         ctx.saved = (x, scale, weight, stabilize(y, stabilizer))
         ctx.centred = centred
         return y
