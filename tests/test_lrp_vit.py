@@ -584,3 +584,18 @@ def test_cross_attention_with_separate_projections():
     relevance, logits = lrp.attribute(model, x, "prediction", "cp-lrp", return_logits=True,
                                       epsilon=1e-12, stabilizer=1e-12)
     assert torch.allclose(relevance.flatten(1).sum(1), logits.max(1).values, rtol=1e-8)
+
+
+def test_per_layer_rules_by_module_name():
+    """A γ for one exposed projection and one MLP layer, named like the model's modules."""
+    model = make_vit()
+    x = inputs()
+    base = lrp.attribute(model, x, "prediction", transformer_composite(Epsilon(1e-6)))
+    for name in ("encoder.layers.encoder_layer_1.self_attention.v_proj",
+                 "encoder.layers.encoder_layer_0.mlp.0"):
+        composite = transformer_composite(Epsilon(1e-6))
+        composite.name_map[name] = Gamma(0.5)
+        program = lrp.prepare(model, composite)
+        assert any(getattr(getattr(m, "layer", None), "rule", None) == Gamma(0.5)
+                   for m in program.gm.modules())
+        assert relative_error(lrp.attribute(model, x, "prediction", composite), base) > 1e-3
