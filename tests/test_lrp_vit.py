@@ -599,3 +599,12 @@ def test_per_layer_rules_by_module_name():
         assert any(getattr(getattr(m, "layer", None), "rule", None) == Gamma(0.5)
                    for m in program.gm.modules())
         assert relative_error(lrp.attribute(model, x, "prediction", composite), base) > 1e-3
+
+
+@pytest.mark.parametrize("eps", [None, 1e-3])
+def test_rms_norm_output_matches_torch(eps):
+    """The rule node computes the normalisation exactly as torch does (default eps included)."""
+    model = nn.Sequential(nn.Linear(4, 8), nn.RMSNorm(8, eps=eps), nn.Linear(8, 2)).double().eval()
+    x = torch.randn(3, 4, dtype=torch.float64) * 1e-7
+    _, logits = lrp.attribute(model, x, 0, "attn-lrp", return_logits=True)
+    assert torch.allclose(logits, model(x), rtol=1e-12, atol=1e-15)

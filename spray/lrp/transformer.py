@@ -340,14 +340,15 @@ class _LayerNormNode(nn.Module):
     def __init__(self, module, stabilizer):
         super().__init__()
         self.centred = isinstance(module, nn.LayerNorm)
-        self.eps = module.eps if module.eps is not None else torch.finfo(torch.float32).eps
+        self.eps = module.eps  # None (RMSNorm): the machine epsilon of the input's dtype
         self.weight = module.weight.detach() if module.weight is not None else None
         bias = getattr(module, "bias", None)
         self.bias = bias.detach() if bias is not None else None
         self.stabilizer = stabilizer
 
     def forward(self, x):
-        return _LayerNormFunction.apply(x, self.weight, self.bias, self.eps, self.centred,
+        eps = self.eps if self.eps is not None else torch.finfo(x.dtype).eps
+        return _LayerNormFunction.apply(x, self.weight, self.bias, eps, self.centred,
                                         self.stabilizer)
 
 
