@@ -106,7 +106,7 @@ def analyze(features, pipeline="spray-default", embed: bool = True, **overrides)
         ConfigError: invalid pipeline or overrides.
     """
     from spray.analysis.clustering import cluster
-    from spray.analysis.knn import graph_from_neighbors, knn_graph
+    from spray.analysis.knn import graph_from_neighbors, knn_neighbors
     from spray.analysis.spectral import (
         eigengaps,
         n_components,
@@ -125,7 +125,7 @@ def analyze(features, pipeline="spray-default", embed: bool = True, **overrides)
 
     t = time.perf_counter()
     k = _choose_k(n, aff["k"], notes)
-    ind, dist, method = knn_graph(X, k, aff, seed=int(spec.get("seed", 0)))
+    ind, dist, method = knn_neighbors(X, k, aff, seed=spec["seed"])
     timings["knn"] = time.perf_counter() - t
     t = time.perf_counter()
     W = graph_from_neighbors(ind, dist, aff)
@@ -142,7 +142,7 @@ def analyze(features, pipeline="spray-default", embed: bool = True, **overrides)
         K = suggested
     else:
         K = min(int(clus["n_clusters"]), n)
-        if vec.shape[1] < K and clus.get("eigenvectors", "n_clusters") == "n_clusters":
+        if vec.shape[1] < K and clus["eigenvectors"] == "n_clusters":
             notes.append(f"n_clusters {K} exceeds the {vec.shape[1]} eigenvectors computed")
     t = time.perf_counter()
     labels = cluster(vec, K, clus, affinity=W)

@@ -38,7 +38,25 @@ def _positive_int_or_auto(value: Any, minimum: int = 1) -> int | str:
 
 
 class _Section(BaseModel):
+    """A preset section: every key and its default are defined once, in its class."""
+
     model_config = ConfigDict(extra="forbid")
+
+    @classmethod
+    def coerce(cls, params: _Section | dict | None) -> Any:
+        """The section itself, or a (partial) dict validated into it, defaults filled in.
+
+        Raises
+        ------
+        ConfigError
+            An unknown key or a wrong value, named as in a preset.
+        """
+        if isinstance(params, cls):
+            return params
+        try:
+            return cls.model_validate(dict(params or {}))
+        except ValidationError as exc:
+            raise ConfigError(_format_error(exc)) from None
 
 
 class PreprocessSection(_Section):
