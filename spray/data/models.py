@@ -14,6 +14,7 @@ from functools import lru_cache
 
 import torch
 
+from spray.data.files import file_stamp
 from spray.errors import ModelError
 
 
@@ -77,7 +78,7 @@ def build_model(model_cfg: dict, base_dir: str | None) -> torch.nn.Module:
 
 
 @lru_cache(maxsize=2)
-def _cached(key: tuple, base_dir: str | None) -> torch.nn.Module:
+def _cached(key: tuple, base_dir: str | None, weights_stamp: tuple | None) -> torch.nn.Module:
     cfg = dict(key)
     cfg["kwargs"] = dict(cfg.get("kwargs", ()))
     return build_model(cfg, base_dir)
@@ -87,7 +88,7 @@ def load_model(model_cfg: dict, base_dir: str | None) -> torch.nn.Module:
     """Build the model once per process and reuse it (Dask workers call this per task)."""
     key = tuple(sorted((k, tuple(sorted(v.items())) if isinstance(v, dict) else v)
                        for k, v in model_cfg.items()))
-    return _cached(key, base_dir)
+    return _cached(key, base_dir, file_stamp(model_cfg.get("weights"), base_dir))
 
 
 def model_fingerprint(model: torch.nn.Module) -> str:
