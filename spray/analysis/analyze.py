@@ -134,7 +134,7 @@ def analyze(features, pipeline="spray-default", embed: bool = True, **overrides)
 
     t = time.perf_counter()
     lam, vec = smallest_eigenpairs(W, spec["n_eigenvalues"], solver=spec["solver"],
-                                   tol=spec["tol"], seed=spec["seed"])
+                                   tol=spec["tol"], seed=spec["seed"], notes=notes)
     timings["eigen"] = time.perf_counter() - t
 
     suggested = suggest_n_clusters(lam, clus["max_clusters"])

@@ -29,6 +29,7 @@ eigenvectors of ``L_sym`` with a deterministic sign (largest-magnitude entry pos
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 import warnings
@@ -41,6 +42,8 @@ ZERO_TOL = 1e-9
 
 #: below this many nodes the eigenproblem is solved densely (cheap and exact)
 DENSE_BELOW = 200
+
+log = logging.getLogger(__name__)
 
 
 def normalized_affinity(W) -> tuple[sp.csr_matrix, np.ndarray]:
@@ -339,7 +342,7 @@ def _lobpcg(M: sp.csr_matrix, d: np.ndarray, m: int, tol: float, seed: int,
 
 
 def smallest_eigenpairs(W, n_eigenvalues: int, solver: str = "auto", tol: float = 0.0,
-                        seed: int = 0):
+                        seed: int = 0, notes: list | None = None):
     """Smallest eigenvalues (ascending) and eigenvectors of ``L_sym`` of the affinity ``W``.
 
     Args:
@@ -353,6 +356,8 @@ def smallest_eigenpairs(W, n_eigenvalues: int, solver: str = "auto", tol: float 
         tol: solver tolerance (0 = machine precision for ``eigsh``, a residual
             ``||M v − μ v||`` of :data:`CHEBYSHEV_TOL` for ``chebyshev``).
         seed: seed of the random start vector (results are deterministic).
+        notes: a list that receives a sentence when the requested solver did not run (too few
+            nodes for it, or a Chebyshev/LOBPCG stall answered by eigsh); also logged.
 
     Returns:
         ``(eigenvalues (m,), eigenvectors (n, m))``.
@@ -364,6 +369,8 @@ def smallest_eigenpairs(W, n_eigenvalues: int, solver: str = "auto", tol: float 
     m = int(max(1, n_eigenvalues))
     if n < DENSE_BELOW or (m >= n // 2 and n <= 2000):
         m = min(m, n)
+        if solver not in ("auto", "eigsh"):
+            _note(notes, f"solver {solver}: a graph of {n} nodes is solved densely (exact)")
         mu, vec = _dense(M, m)
     else:
         m = min(m, n // 2 - 1 if n > 2000 else n - 1)
@@ -380,10 +387,20 @@ def smallest_eigenpairs(W, n_eigenvalues: int, solver: str = "auto", tol: float 
                     found = _chebyshev(M, m, tol, seed, null)
             elif solver == "lobpcg" and 5 * m < n:
                 found = _lobpcg(M, d, m, tol, seed, null)
+            if found is None and solver in ("chebyshev", "lobpcg"):
+                why = ("it stalled" if (4 if solver == "chebyshev" else 5) * m < n
+                       else f"{m} eigenpairs of {n} nodes are too many for it")
+                _note(notes, f"solver {solver}: {why}; eigsh (Lanczos) computed the eigenpairs")
             mu, vec = found if found is not None else _eigsh(M, m, tol, seed, null)
     lam = np.clip(1.0 - mu, 0.0, 2.0)
     order = np.argsort(lam, kind="stable")
     return lam[order], _fix_signs(vec[:, order])
+
+
+def _note(notes: list | None, text: str) -> None:
+    log.info(text)
+    if notes is not None:
+        notes.append(text)
 
 
 def eigengaps(eigenvalues) -> np.ndarray:

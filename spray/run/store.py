@@ -102,7 +102,8 @@ def prepare_class(group: zarr.Group, c: int, name: str, indices: np.ndarray,
                 and np.array_equal(cg["index"][:], indices))
         if same:
             return cg
-        raise StoreError(f"{store_path('.')}: class {c} in the store has other samples or chunking "
+        where = getattr(group.store, "root", group.store)
+        raise StoreError(f"{where}: class {c} in the store has other samples or chunking "
                          f"than this run; pass --overwrite to start over")
     cg = classes.require_group(key)
     cg.attrs.update({"class": int(c), "name": name, "n_samples": int(n),
