@@ -250,7 +250,7 @@ def test_split_off_clusters_in_store_summary_and_page(report_run):
     """With every candidate a suspect (threshold -100), a side of a cluster's bisection that
     scores higher than the cluster is split off: the store's labels, the summary's clusters and
     the class page agree on it."""
-    from spray.run.store import open_class
+    from spray.store import open_class
 
     rep = report_run / "report"
     summary = json.loads((rep / "summary.json").read_text())

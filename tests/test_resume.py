@@ -32,7 +32,7 @@ from scale_support import (
 from spray.config.run_config import load_config
 from spray.errors import SprayError, StoreError
 from spray.run.execute import run
-from spray.run.store import LOCK_NAME, RunLock
+from spray.store import LOCK_NAME, RunLock
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from spray.errors import StoreError
-from spray.run.store import create_or_check_store, prepare_class
+from spray.store import create_or_check_store, prepare_class
 
 
 def test_a_class_with_other_samples_names_the_runs_own_store(tmp_path, monkeypatch):

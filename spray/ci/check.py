@@ -102,8 +102,6 @@ def _reason(entry: dict) -> str:
         ev.append(f"{100 * cl['concentration']:.0f} % of its relevance difference in "
                   f"{100 * float((entry.get('flag_params') or {}).get('concentration_area', 0.1)):.0f}"
                   f" % of the area")
-    if cl.get("null_p") is not None:
-        ev.append(f"null p = {cl['null_p']:.3g}")
     if cl.get("split_from") is not None:
         ev.append(f"split off cluster {cl['split_from']} by its spectral bisection")
     if ev:

@@ -302,10 +302,19 @@ def load_config(path: str | Path) -> tuple[RunConfig, Path]:
     return validate_config(raw, base, source=str(path)), base
 
 
+def json_hash(payload) -> str:
+    """16 hex digits of the SHA-256 of ``payload`` as canonical JSON (keys sorted)."""
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
 def config_hash(cfg: RunConfig) -> str:
     """A stable hash of everything that changes the results (the output folder excluded)."""
-    payload = cfg.model_dump(exclude={"output", "cluster"})
-    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    return json_hash(cfg.model_dump(exclude={"output", "cluster"}))
+
+
+def attribution_hash(cfg: RunConfig) -> str:
+    """Fingerprint of the attribution settings (a change means other relevance maps)."""
+    return json_hash(cfg.attribution.model_dump(exclude={"batch_size"}))
 
 
 def dump_config(cfg: RunConfig, base_dir: Path, pipeline: dict) -> str:

@@ -103,7 +103,7 @@ class _Run:
     """What the export reads from a run folder."""
 
     def __init__(self, run_dir: Path):
-        from spray.run.store import open_store
+        from spray.store import open_store
 
         self.dir = run_dir
         self.group = open_store(run_dir)

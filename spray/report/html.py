@@ -23,7 +23,7 @@ import numpy as np  # noqa: E402
 import yaml  # noqa: E402
 
 from spray.report.summary import write_summary  # noqa: E402
-from spray.run.store import open_store  # noqa: E402
+from spray.store import open_store  # noqa: E402
 
 #: eigenvalues shown per class in the overview figure
 OVERVIEW_EIGENVALUES = 12

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from spray.errors import SprayError, StoreError
-from spray.run.store import open_store, store_path
+from spray.store import open_store, store_path
 
 #: dataset indices listed per suspicious cluster at most
 MAX_MEMBERS = 100_000

@@ -24,14 +24,14 @@ import torch
 
 from spray import __version__
 from spray.config.presets import load_pipeline
-from spray.config.run_config import RunConfig, config_hash, dump_config
+from spray.config.run_config import RunConfig, attribution_hash, config_hash, dump_config
 from spray.data.models import load_model, model_fingerprint
 from spray.data.sources import class_partitions, open_source
 from spray.errors import ConfigError, DataError, SprayError, StoreError
 from spray.run.dask_cluster import dashboard_text, dask_client, runtime_settings, workers_info
 from spray.run.signals import interrupt_on_signals
-from spray.run.store import RunLock, create_or_check_store, open_store, prepare_class, store_path
 from spray.run.tasks import analyze_class, lrp_chunk, pipeline_hash
+from spray.store import RunLock, create_or_check_store, open_store, prepare_class, store_path
 
 log = logging.getLogger(__name__)
 
@@ -270,7 +270,7 @@ def plan_run(cfg: RunConfig, base_dir: Path, output: str | None = None,
     _check_k(pipeline, parts)
     _check_run_dir(run_dir)
     fingerprints = {"model": model_fp, "data": source.fingerprint(),
-                    "attribution": config_hash_attr(cfg)}
+                    "attribution": attribution_hash(cfg)}
     return RunPlan(cfg=cfg, base_dir=base_dir, run_dir=run_dir, pipeline=pipeline, source=source,
                    parts=parts, names=names, n_outputs=n_outputs, sample_shape=sample_shape,
                    fingerprints=fingerprints, scheduler=scheduler)
@@ -388,11 +388,3 @@ def run(cfg: RunConfig, base_dir: Path, output: str | None = None, scheduler: st
         raise SprayError(f"{len(failures)} class(es) failed, the others finished and are in "
                          f"{run_dir}: {lines}. Fix the cause and rerun: finished chunks are reused.")
     return info
-
-
-def config_hash_attr(cfg: RunConfig) -> str:
-    """Fingerprint of the attribution settings (a change means other relevance maps)."""
-    import hashlib
-
-    payload = json.dumps(cfg.attribution.model_dump(exclude={"batch_size"}), sort_keys=True)
-    return hashlib.sha256(payload.encode()).hexdigest()[:16]

@@ -18,7 +18,7 @@ import torch
 from spray.data.models import load_model
 from spray.data.sources import open_source
 from spray.errors import DataError, SprayError, StoreError
-from spray.run.store import open_class, write_array
+from spray.store import open_class, write_array
 
 # scikit-learn says it falls back to n_jobs=1 in daemonic Dask workers; that is intended here
 # (one Dask thread per core), so do not repeat it for every class.
@@ -222,11 +222,9 @@ def class_features(cg, c: int, source, params: dict) -> tuple[np.ndarray, np.nda
 
 def pipeline_hash(pipeline: dict) -> str:
     """Hash of an analysis pipeline: a class analysed with the same one need not be redone."""
-    import hashlib
-    import json
+    from spray.config.run_config import json_hash
 
-    payload = json.dumps(pipeline, sort_keys=True, default=str)
-    return hashlib.sha256(payload.encode()).hexdigest()[:16]
+    return json_hash(pipeline)
 
 
 def analyze_class(run_dir: str, c: int, pipeline: dict, data_cfg: dict, _deps=None,
