@@ -154,10 +154,11 @@ def edge_weights(ind: np.ndarray, dist: np.ndarray,
     d = dist.astype(np.float64)
     valid = ind >= 0
     if weighting == "gaussian":
-        sigma = params.sigma
-        if sigma == "auto":
+        if params.sigma == "auto":
             pos = d[valid & np.isfinite(d)]
             sigma = float(np.median(pos)) if pos.size else 1.0
+        else:
+            sigma = float(params.sigma)
         sigma = sigma if sigma > 0 else 1.0
         return np.exp(-(d ** 2) / (2.0 * sigma ** 2))
     if weighting == "local-scaling":

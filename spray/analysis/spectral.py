@@ -156,10 +156,10 @@ def _eigsh(M: sp.csr_matrix, m: int, tol: float, seed: int, null: np.ndarray | N
     # ARPACK works one vector at a time; idle BLAS threads spinning between its small dense
     # calls slowed it by a third on 2 cores, so BLAS runs single-threaded here
     with threadpool_limits(1, user_api="blas"):
-        mu, vec, res = run(degree) if degree > 1 else (None, None, np.inf)
-        if res > 1e-9:
-            mu, vec, res = run(1)
-    return _with_null(mu, vec, null)
+        found = run(degree) if degree > 1 else None
+        if found is None or found[2] > 1e-9:
+            found = run(1)
+    return _with_null(found[0], found[1], null)
 
 
 #: Chebyshev solver: polynomial degree per iteration, columns per sparse block product
@@ -218,7 +218,7 @@ def _fastest_threads(A, X) -> int:
     if most <= 1:
         return most
     block = X[:, :CHEBYSHEV_BLOCK].to(A.dtype).contiguous()
-    timings = {}
+    timings: dict[int, float] = {}
     for threads in (most, 1):
         torch.set_num_threads(threads)
         A @ block  # warm-up
@@ -226,7 +226,7 @@ def _fastest_threads(A, X) -> int:
         for _ in range(3):
             A @ block
         timings[threads] = time.perf_counter() - start
-    return min(timings, key=timings.get)
+    return min(timings, key=lambda t: timings[t])
 
 
 def _chebyshev(M: sp.csr_matrix, m: int, tol: float, seed: int, null: np.ndarray | None = None,
@@ -277,7 +277,7 @@ def _chebyshev_iterate(M: sp.csr_matrix, m: int, tol: float, seed: int,
     for _ in range(CHEBYSHEV_MAX_ITER):
         Xf = _chebyshev_filter(A, X[:, locked:].to(A.dtype), degree, cut).double()
         X = torch.cat([X[:, :locked], Xf], dim=1)
-        if c:
+        if N is not None:
             X = X - N @ (N.T @ X)
         Q, _ = torch.linalg.qr(X)
         AQ = (A @ Q.to(A.dtype)).double()

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import copy
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Self
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -43,7 +43,7 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     @classmethod
-    def coerce(cls, params: _Section | dict | None) -> Any:
+    def coerce(cls, params: _Section | dict | None) -> Self:
         """The section itself, or a (partial) dict validated into it, defaults filled in.
 
         Raises
@@ -52,7 +52,7 @@ class _Section(BaseModel):
             An unknown key or a wrong value, named as in a preset.
         """
         if isinstance(params, cls):
-            return params
+            return params  # type: ignore[return-value]
         try:
             return cls.model_validate(dict(params or {}))
         except ValidationError as exc:
