@@ -60,3 +60,14 @@ def test_cli_class_out_of_range_exit_2(small_problem, tmp_path):
     proc = run_cli("run", write_config(tmp_path, "bad.yaml", config), "--output", tmp_path / "out")
     assert proc.returncode == 2, proc.stderr
     assert "classes" in proc.stderr and "7" in proc.stderr
+
+
+def test_the_config_reference_in_the_docs_is_generated_from_the_code():
+    """docs/config.md's tables come from the pydantic models; regenerate them with
+    ``python -m spray.config.reference docs/config.md`` after changing a config model."""
+    from pathlib import Path
+
+    from spray.config.reference import render
+
+    path = Path(__file__).resolve().parent.parent / "docs" / "config.md"
+    assert path.read_text() == render(path), "docs/config.md is out of date"
