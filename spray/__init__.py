@@ -14,7 +14,7 @@ Dask cluster and tasks, execution) → ``ci`` (``spray check``: exit code, JUnit
 from importlib.metadata import PackageNotFoundError, version
 
 try:
-    __version__ = version("spray")
+    __version__ = version("spray-xai")
 except PackageNotFoundError:  # a source tree that was never installed
     __version__ = "0+unknown"
 

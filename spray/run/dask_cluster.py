@@ -40,7 +40,7 @@ def make_slurm_cluster(cluster_cfg: dict):
         from dask_jobqueue import SLURMCluster
     except ImportError:
         raise ConfigError("key 'cluster.scheduler': 'slurm' needs dask-jobqueue; install it with "
-                          "pip install 'spray[slurm]'") from None
+                          "pip install 'spray-xai[slurm]'") from None
     import shutil as _shutil
 
     if _shutil.which("sbatch") is None:
