@@ -20,22 +20,38 @@ from spray.errors import DataError
 class AnalysisResult:
     """Everything the analysis of one class produces.
 
-    Attributes:
-        eigenvalues: smallest eigenvalues of L_sym, ascending, in [0, 2].
-        eigengaps: ``λ_{i+1} − λ_i`` (absolute gaps, length m−1).
-        relative_eigengaps: ``(λ_{i+1} − λ_i) / λ_{i+1}`` (see :mod:`spray.analysis.spectral`).
-        eigenvectors: ``(n, m)`` eigenvectors of L_sym.
-        labels: ``(n,)`` cluster labels (0 = largest cluster).
-        n_clusters: number of clusters used for the labels.
-        suggested_n_clusters: K at the largest relative eigengap (whatever ``n_clusters`` says).
-        embedding: ``(n, 2)`` t-SNE coordinates, or None.
-        affinity: the symmetric sparse kNN affinity ``W`` (csr).
-        k: number of neighbours actually used.
-        knn_method: ``exact`` or ``pynndescent``.
-        n_components: number of zero eigenvalues (connected components seen in the spectrum).
-        warnings: what was adjusted (e.g. k reduced for a tiny class).
-        timings: seconds per stage.
-        pipeline: the validated pipeline that was run.
+    Attributes
+    ----------
+    eigenvalues
+        smallest eigenvalues of L_sym, ascending, in [0, 2].
+    eigengaps
+        ``λ_{i+1} − λ_i`` (absolute gaps, length m−1).
+    relative_eigengaps
+        ``(λ_{i+1} − λ_i) / λ_{i+1}`` (see :mod:`spray.analysis.spectral`).
+    eigenvectors
+        ``(n, m)`` eigenvectors of L_sym.
+    labels
+        ``(n,)`` cluster labels (0 = largest cluster).
+    n_clusters
+        number of clusters used for the labels.
+    suggested_n_clusters
+        K at the largest relative eigengap (whatever ``n_clusters`` says).
+    embedding
+        ``(n, 2)`` t-SNE coordinates, or None.
+    affinity
+        the symmetric sparse kNN affinity ``W`` (csr).
+    k
+        number of neighbours actually used.
+    knn_method
+        ``exact`` or ``pynndescent``.
+    n_components
+        number of zero eigenvalues (connected components seen in the spectrum).
+    warnings
+        what was adjusted (e.g. k reduced for a tiny class).
+    timings
+        seconds per stage.
+    pipeline
+        the validated pipeline that was run.
     """
 
     eigenvalues: np.ndarray
@@ -95,15 +111,23 @@ def _choose_k(n: int, requested, notes: list) -> int:
 def analyze(features, pipeline="spray-default", embed: bool = True, **overrides) -> AnalysisResult:
     """Run the SpRAy analysis on an ``(n, d)`` feature matrix.
 
-    Args:
-        features: ``(n, d)`` preprocessed relevance (see :func:`spray.analysis.preprocess.preprocess`).
-        pipeline: preset name, YAML path or pipeline dict (already loaded or partial).
-        embed: compute the t-SNE map (also needs ``embedding.method != 'none'``).
-        **overrides: section dicts merged into the pipeline, e.g. ``affinity={"k": 5}``.
+    Parameters
+    ----------
+    features
+        ``(n, d)`` preprocessed relevance (see :func:`spray.analysis.preprocess.preprocess`).
+    pipeline
+        preset name, YAML path or pipeline dict (already loaded or partial).
+    embed
+        compute the t-SNE map (also needs ``embedding.method != 'none'``).
+    **overrides
+        section dicts merged into the pipeline, e.g. ``affinity={"k": 5}``.
 
-    Raises:
-        DataError: fewer than 3 samples, wrong shape, NaN/Inf rows.
-        ConfigError: invalid pipeline or overrides.
+    Raises
+    ------
+    DataError
+        fewer than 3 samples, wrong shape, NaN/Inf rows.
+    ConfigError
+        invalid pipeline or overrides.
     """
     from spray.analysis.clustering import cluster
     from spray.analysis.knn import graph_from_neighbors, knn_neighbors

@@ -98,11 +98,16 @@ def cluster(eigenvectors: np.ndarray, n_clusters: int, params: ClusteringSection
             affinity=None) -> np.ndarray:
     """Cluster labels ``(n,)`` (int64, 0 = largest cluster) from the eigenvectors of ``L_sym``.
 
-    Args:
-        eigenvectors: ``(n, m)`` eigenvectors, ascending eigenvalues.
-        n_clusters: K (ignored by ``hdbscan``).
-        params: the pipeline's ``clustering`` section.
-        affinity: optional sparse affinity ``W``, the connectivity for ``agglomerative``.
+    Parameters
+    ----------
+    eigenvectors
+        ``(n, m)`` eigenvectors, ascending eigenvalues.
+    n_clusters
+        K (ignored by ``hdbscan``).
+    params
+        the pipeline's ``clustering`` section.
+    affinity
+        optional sparse affinity ``W``, the connectivity for ``agglomerative``.
     """
     V0 = np.asarray(eigenvectors)
     n = V0.shape[0]

@@ -146,12 +146,17 @@ def _initial_layout(W, features, params, init):
 def embed(W, features, params: EmbeddingSection | dict, init=None) -> np.ndarray:
     """2-D t-SNE coordinates ``(n, 2)`` of the samples of the kNN graph ``W``.
 
-    Args:
-        W: symmetric sparse affinity from :func:`spray.analysis.knn.knn_affinity`.
-        features: the ``(n, d)`` features the graph was built on (for edge distances), or None.
-        params: the pipeline's ``embedding`` section.
-        init: optional ``(n, 2)`` starting layout (e.g. :func:`spectral_init`), rescaled to
-            openTSNE's convention (standard deviation 1e-4).
+    Parameters
+    ----------
+    W
+        symmetric sparse affinity from :func:`spray.analysis.knn.knn_affinity`.
+    features
+        the ``(n, d)`` features the graph was built on (for edge distances), or None.
+    params
+        the pipeline's ``embedding`` section.
+    init
+        optional ``(n, 2)`` starting layout (e.g. :func:`spectral_init`), rescaled to
+        openTSNE's convention (standard deviation 1e-4).
     """
     from openTSNE import TSNE
 

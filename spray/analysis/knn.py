@@ -206,11 +206,16 @@ def knn_affinity(features, params: AffinitySection | dict, seed: int = 0,
                  return_info: bool = False):
     """Symmetric kNN affinity matrix ``W`` (csr, (n, n), no self-loops) of the feature rows.
 
-    Args:
-        features: ``(n, d)`` array.
-        params: the pipeline's ``affinity`` section.
-        seed: seed of the approximate search.
-        return_info: also return a dict with ``k``, ``method`` and the directed neighbour lists.
+    Parameters
+    ----------
+    features
+        ``(n, d)`` array.
+    params
+        the pipeline's ``affinity`` section.
+    seed
+        seed of the approximate search.
+    return_info
+        also return a dict with ``k``, ``method`` and the directed neighbour lists.
     """
     X = _as_features(features)
     n = X.shape[0]

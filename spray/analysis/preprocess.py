@@ -132,12 +132,17 @@ def _preprocess_chunk(maps: np.ndarray, params: PreprocessSection | dict) -> np.
 def preprocess(maps: np.ndarray, params: PreprocessSection | dict) -> np.ndarray:
     """Turn relevance maps into a float32 feature matrix ``(n, d)``.
 
-    Args:
-        maps: ``(n, H, W)`` or ``(n, C, H, W)`` relevance maps.
-        params: the pipeline's ``preprocess`` section.
+    Parameters
+    ----------
+    maps
+        ``(n, H, W)`` or ``(n, C, H, W)`` relevance maps.
+    params
+        the pipeline's ``preprocess`` section.
 
-    Raises:
-        DataError: wrong shape or dtype, or maps holding NaN/Inf (the rows are listed).
+    Raises
+    ------
+    DataError
+        wrong shape or dtype, or maps holding NaN/Inf (the rows are listed).
     """
     maps = _check_maps(maps)
     if maps.shape[0] == 0:

@@ -345,21 +345,29 @@ def smallest_eigenpairs(W, n_eigenvalues: int, solver: str = "auto", tol: float 
                         seed: int = 0, notes: list | None = None):
     """Smallest eigenvalues (ascending) and eigenvectors of ``L_sym`` of the affinity ``W``.
 
-    Args:
-        W: symmetric sparse affinity ``(n, n)`` with non-negative weights.
-        n_eigenvalues: how many eigenpairs; ``m = min(n_eigenvalues, n)`` are returned
-            (graphs below :data:`DENSE_BELOW` nodes, or asking for ≥ n/2 eigenpairs, are solved
-            densely, otherwise at most ``n − 1``).
-        solver: ``auto`` (:func:`choose_solver`), ``eigsh`` (ARPACK Lanczos, ``which='LA'`` on
-            ``D^-1/2 W D^-1/2``), ``chebyshev`` (filtered block subspace iteration) or
-            ``lobpcg``.
-        tol: solver tolerance (0 = machine precision for ``eigsh``, a residual
-            ``||M v − μ v||`` of :data:`CHEBYSHEV_TOL` for ``chebyshev``).
-        seed: seed of the random start vector (results are deterministic).
-        notes: a list that receives a sentence when the requested solver did not run (too few
-            nodes for it, or a Chebyshev/LOBPCG stall answered by eigsh); also logged.
+    Parameters
+    ----------
+    W
+        symmetric sparse affinity ``(n, n)`` with non-negative weights.
+    n_eigenvalues
+        how many eigenpairs; ``m = min(n_eigenvalues, n)`` are returned
+        (graphs below :data:`DENSE_BELOW` nodes, or asking for ≥ n/2 eigenpairs, are solved
+        densely, otherwise at most ``n − 1``).
+    solver
+        ``auto`` (:func:`choose_solver`), ``eigsh`` (ARPACK Lanczos, ``which='LA'`` on
+        ``D^-1/2 W D^-1/2``), ``chebyshev`` (filtered block subspace iteration) or
+        ``lobpcg``.
+    tol
+        solver tolerance (0 = machine precision for ``eigsh``, a residual
+        ``||M v − μ v||`` of :data:`CHEBYSHEV_TOL` for ``chebyshev``).
+    seed
+        seed of the random start vector (results are deterministic).
+    notes
+        a list that receives a sentence when the requested solver did not run (too few
+        nodes for it, or a Chebyshev/LOBPCG stall answered by eigsh); also logged.
 
-    Returns:
+    Returns
+    -------
         ``(eigenvalues (m,), eigenvectors (n, m))``.
     """
     M, d = normalized_affinity(W)

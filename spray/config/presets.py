@@ -359,19 +359,26 @@ def load_pipeline(spec: str | Path | dict = "spray-default", overrides: dict | N
                   base_dir: str | Path | None = None) -> dict:
     """Load, merge and validate an analysis pipeline.
 
-    Args:
-        spec: a preset name (``pipelines/<name>.yaml``), a path to a YAML file (relative paths
-            resolve against ``base_dir``) or a dict (its optional ``preset`` / ``extends`` key
-            names the preset it starts from, ``spray-default`` otherwise).
-        overrides: nested dict merged section by section, e.g. ``{"affinity": {"k": 5}}``.
-        base_dir: folder relative YAML paths resolve against.
+    Parameters
+    ----------
+    spec
+        a preset name (``pipelines/<name>.yaml``), a path to a YAML file (relative paths
+        resolve against ``base_dir``) or a dict (its optional ``preset`` / ``extends`` key
+        names the preset it starts from, ``spray-default`` otherwise).
+    overrides
+        nested dict merged section by section, e.g. ``{"affinity": {"k": 5}}``.
+    base_dir
+        folder relative YAML paths resolve against.
 
-    Returns:
+    Returns
+    -------
         A plain nested dict with the sections ``preprocess``, ``affinity``, ``spectral``,
         ``clustering``, ``embedding``, ``flags`` and the keys ``name``, ``description``.
 
-    Raises:
-        ConfigError: unknown preset, unreadable file, unknown key or wrong type (names the key).
+    Raises
+    ------
+    ConfigError
+        unknown preset, unreadable file, unknown key or wrong type (names the key).
     """
     base = Path(base_dir) if base_dir is not None else None
     raw = _load_raw(spec, base)
