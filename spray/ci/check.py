@@ -152,19 +152,23 @@ def gate_problems(summary: dict, run_dir: str | Path | None = None) -> list[str]
 
 
 def _store_attrs(run_dir) -> dict | None:
-    """Run state and id of the store next to a summary (None without one)."""
+    """Run state and id of the store the summary at ``run_dir`` belongs to (None without one).
+
+    ``run_dir`` is a run folder, its ``report/`` folder or a ``summary.json`` (of a run folder
+    when it lies in ``report/``).
+    """
     if run_dir is None:
         return None
     p = Path(run_dir)
-    for folder in (p, p.parent, p.parent.parent):
-        if (folder / "spray.zarr" / "zarr.json").is_file():
-            from spray.run.store import open_store
+    folder = p if p.is_dir() else p.parent
+    if folder.name == "report" and not (folder / "spray.zarr").exists():
+        folder = folder.parent
+    if not (folder / "spray.zarr").exists():
+        return None
+    from spray.run.store import open_store
 
-            attrs = open_store(folder).attrs
-            return {"run_id": attrs.get("run_id"), "run_state": attrs.get("run_state")}
-        if folder == p and p.is_dir():
-            break
-    return None
+    attrs = open_store(folder).attrs
+    return {"run_id": attrs.get("run_id"), "run_state": attrs.get("run_state")}
 
 
 def check_baseline(summary: dict, baseline: dict) -> None:

@@ -147,11 +147,9 @@ def _owned(run_dir: Path) -> set[str]:
 def _clear_run_dir(run_dir: Path) -> None:
     """``--overwrite``: delete what spray wrote there (only that; checked by :func:`_check_run_dir`)."""
     files = OwnedFiles(run_dir)
-    for name in RUN_FILES + ("demo",):
+    for name in RUN_FILES:
         if name == "spray.zarr" and (run_dir / name).is_dir() and name in _owned(run_dir):
-            files.claim_folder(name)
-        if name == "demo" and not (run_dir / name).exists():
-            continue
+            files.claim_store()
         files.remove(name)
 
 
@@ -305,6 +303,7 @@ def plan_run(cfg: RunConfig, base_dir: Path, output: str | None = None,
              scheduler: str | None = None, quiet: bool = False) -> RunPlan:
     """Load the preset and the data, probe the model and partition the classes (no Dask)."""
     run_dir = Path(output).resolve() if output else Path(cfg.output)
+    _check_run_dir(run_dir)
     pipeline = load_pipeline(*_pipeline_spec(cfg), base_dir=base_dir)
     check_finite(pipeline, "pipeline")
     source = open_source(cfg.data.model_dump(), str(base_dir))
@@ -320,7 +319,6 @@ def plan_run(cfg: RunConfig, base_dir: Path, output: str | None = None,
         model_fp, sample_shape = model_fingerprint(model, cfg.model.factory), source.sample_shape
     names = _class_names(cfg, n_outputs, getattr(source, "class_names", None))
     _check_k(pipeline, parts)
-    _check_run_dir(run_dir)
     fingerprints = {"model": model_fp, "data": source.fingerprint(),
                     "attribution": config_hash_attr(cfg), "spray": __version__,
                     **_identity_fingerprints(cfg, pipeline, source, names, parts,
@@ -352,7 +350,7 @@ def _identity_fingerprints(cfg: RunConfig, pipeline: dict, source, names: list[s
 def prepare_store(plan: RunPlan) -> StorePlan:
     """Create (or check) the store and its class arrays; list the chunk tasks to submit."""
     cfg = plan.cfg
-    OwnedFiles(plan.run_dir).claim_folder("spray.zarr")
+    OwnedFiles(plan.run_dir).claim_store()
     group = create_or_check_store(plan.run_dir, plan.fingerprints, config_hash(cfg),
                                   sorted(plan.parts))
     mark_run(group, "running")

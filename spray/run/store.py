@@ -50,6 +50,7 @@ FORMAT = "spray-store"
 FORMAT_VERSION = 1
 LOCK_NAME = ".spray.lock"
 MANIFEST_NAME = ".spray-files.json"
+FOLDER_MARKER = ".spray-folder"
 #: fingerprints a resumed run must share with the store (a change means other relevance maps)
 RESUME_FINGERPRINTS = ("model", "data", "attribution", "spray")
 HASH_BYTES = 32
@@ -250,8 +251,9 @@ class OwnedFiles:
     """The entries of a folder that spray wrote, listed in ``FOLDER/.spray-files.json``.
 
     A file is listed with the SHA-256 of the content spray wrote (a file changed since is not
-    spray's any more), a folder (the store, the report) as ``"folder"``. spray only overwrites or
-    deletes listed entries.
+    spray's any more), a folder (the report, the demo's files) as ``"folder:TOKEN"`` with the
+    token in its marker file :data:`FOLDER_MARKER`, the store as ``"store"``. spray only
+    overwrites or deletes listed entries.
     """
 
     def __init__(self, folder: str | Path):
@@ -275,8 +277,14 @@ class OwnedFiles:
         kind = self.entries().get(name)
         if kind is None or target.is_symlink():
             return False
-        if kind == "folder":
-            return target.is_dir()
+        if kind == "store":
+            return (target / "zarr.json").is_file()
+        if kind.startswith("folder:"):
+            try:
+                return target.is_dir() and \
+                    (target / FOLDER_MARKER).read_text() == kind.partition(":")[2]
+            except OSError:
+                return False
         try:
             return target.is_file() and _digest(target) == kind
         except OSError:
@@ -293,10 +301,27 @@ class OwnedFiles:
         os.replace(tmp, self.path)
 
     def claim_folder(self, name: str) -> None:
-        """Record ``name`` as a folder spray writes (before creating it)."""
+        """Record ``name`` as a folder spray writes (creating it, with a marker file inside that
+        tells it from a folder someone else put at the same path later)."""
         entries = self.entries()
-        if entries.get(name) != "folder":
-            entries[name] = "folder"
+        kind = entries.get(name, "")
+        target = self.folder / name
+        if kind.startswith("folder:") and self.owns(name) and target.is_dir():
+            return
+        if target.exists() or target.is_symlink():
+            raise StoreError(f"{target} exists and was not written by spray; refusing to write "
+                             f"into it. Move it away or choose another folder")
+        token = uuid.uuid4().hex
+        target.mkdir(parents=True, exist_ok=True)
+        (target / FOLDER_MARKER).write_text(token)
+        entries[name] = f"folder:{token}"
+        self._save(entries)
+
+    def claim_store(self) -> None:
+        """Record the Zarr store (its own ``format`` attribute marks it as spray's)."""
+        entries = self.entries()
+        if entries.get("spray.zarr") != "store":
+            entries["spray.zarr"] = "store"
             self._save(entries)
 
     def write_text(self, name: str, text: str) -> Path:
@@ -314,6 +339,12 @@ class OwnedFiles:
         self._save(entries)
         os.replace(tmp, target)
         return target
+
+    def record(self, name: str) -> None:
+        """Record a file spray has just written (by another writer, e.g. h5py) as its own."""
+        entries = self.entries()
+        entries[name] = _digest(self.folder / name)
+        self._save(entries)
 
     def remove(self, name: str) -> None:
         """Delete an entry spray wrote; refuse (and delete nothing) otherwise."""
