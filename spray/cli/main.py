@@ -113,9 +113,10 @@ def _parser() -> argparse.ArgumentParser:
 
 def _run(args) -> int:
     from spray.config.run_config import load_config
+
+    cfg, base = load_config(args.config)  # config mistakes are reported before torch is loaded
     from spray.run.execute import failure_message, run
 
-    cfg, base = load_config(args.config)
     if args.workers is not None:
         if args.workers < 1:
             raise SprayError(f"--workers must be at least 1, got {args.workers}")

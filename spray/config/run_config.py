@@ -22,6 +22,8 @@ from spray.errors import ConfigError
 #: largest config (YAML nodes after expanding aliases) accepted; a small file whose aliases
 #: expand to more (a "billion laughs" file) is refused before it is expanded
 MAX_CONFIG_NODES = 200_000
+#: smallest ``cluster.memory_limit`` accepted (below, workers are restarted over and over)
+MIN_WORKER_MEMORY = 256 * 2**20
 
 
 class _Strict(BaseModel):
@@ -31,8 +33,11 @@ class _Strict(BaseModel):
 
 
 def nonfinite_keys(value: Any, prefix: str = "") -> list[str]:
-    """Dotted keys of every NaN or infinite number in a nested mapping/list."""
+    """Dotted keys of every NaN or infinite number (or text with a NUL character) in a nested
+    mapping/list."""
     if isinstance(value, float) and not math.isfinite(value):
+        return [prefix or "<value>"]
+    if isinstance(value, str) and "\0" in value:
         return [prefix or "<value>"]
     if isinstance(value, dict):
         return [k for key, v in value.items()
@@ -47,8 +52,8 @@ def check_finite(value: Any, what: str, prefix: str = "") -> None:
     the key: a NaN threshold would make every comparison false and silently pass the gate."""
     bad = nonfinite_keys(value, prefix)
     if bad:
-        raise ConfigError(f"{what}: key '{bad[0]}' must be a finite number, got "
-                          f"{_at(value, bad[0], prefix)!r}"
+        raise ConfigError(f"{what}: key '{bad[0]}' must be a finite number (or text without NUL "
+                          f"characters), got {_at(value, bad[0], prefix)!r}"
                           + (f" (also {', '.join(bad[1:4])})" if len(bad) > 1 else ""))
 
 
@@ -208,6 +213,22 @@ class ClusterConfig(_Strict):
     @classmethod
     def _scheduler_form(cls, value: str) -> str:
         return check_scheduler(value)
+
+    @field_validator("memory_limit")
+    @classmethod
+    def _memory_form(cls, value: str) -> str:
+        if value == "auto":
+            return value
+        from dask.utils import parse_bytes
+
+        try:
+            size = parse_bytes(value)
+        except (ValueError, TypeError):
+            raise ValueError(f"must be 'auto' or a size like '4GB', got {value!r}") from None
+        if size < MIN_WORKER_MEMORY:
+            raise ValueError(f"{value!r} is too small for a Dask worker holding a model (at "
+                             f"least {MIN_WORKER_MEMORY // 2**20} MiB)")
+        return value
 
     @field_validator("torch_threads")
     @classmethod

@@ -35,6 +35,12 @@ def _import_factory(spec: str, base_dir: str | None):
 
 
 def _read_weights(path: str, trust_pickle: bool):
+    from pathlib import Path
+
+    if not Path(path).is_file():
+        kind = "a folder" if Path(path).is_dir() else "not a regular file"
+        raise ModelError(f"key 'model.weights': {path} is {kind}; give the weights file "
+                         f"(a state_dict saved with torch.save)")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001

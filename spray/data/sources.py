@@ -23,6 +23,7 @@ import gzip
 import hashlib
 import importlib
 import json
+import math
 import os
 import sys
 import warnings
@@ -217,13 +218,13 @@ def _read_idx(path: str) -> np.ndarray:
             shape = tuple(int.from_bytes(dims[4 * i:4 * i + 4], "big") for i in range(ndim))
             dtype = np.dtype(_IDX_TYPES[head[2]])
             offset = 4 + 4 * ndim
-            expected = int(np.prod(shape)) * dtype.itemsize
+            expected = math.prod(shape) * dtype.itemsize
             if gz:
                 raw = fh.read()
                 if len(raw) < expected:
                     raise DataError(f"{path}: truncated IDX file: header says {shape}, found "
                                     f"{len(raw) // dtype.itemsize} values")
-                return np.frombuffer(raw, dtype=dtype, count=int(np.prod(shape))).reshape(shape)
+                return np.frombuffer(raw, dtype=dtype, count=math.prod(shape)).reshape(shape)
     except (OSError, EOFError) as err:
         raise DataError(f"{path}: cannot read as IDX: {err}") from None
     size = os.path.getsize(path) - offset

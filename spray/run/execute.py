@@ -27,7 +27,14 @@ from spray.config.presets import load_pipeline
 from spray.config.run_config import RunConfig, check_finite, config_hash, dump_config
 from spray.data.models import load_model, model_code_fingerprint, model_fingerprint
 from spray.data.sources import class_partitions, open_source
-from spray.errors import ConfigError, DataError, IncompleteRunError, SprayError, StoreError
+from spray.errors import (
+    ConfigError,
+    DataError,
+    IncompleteRunError,
+    ModelError,
+    SprayError,
+    StoreError,
+)
 from spray.run.dask_cluster import dashboard_text, dask_client, runtime_settings, workers_info
 from spray.run.signals import interrupt_on_signals
 from spray.run.store import (
@@ -80,6 +87,10 @@ def _probe_model(cfg: RunConfig, base_dir: Path, source) -> tuple[torch.nn.Modul
     except Exception as err:  # noqa: BLE001
         raise DataError(f"the model cannot process a sample of shape {tuple(x.shape[1:])} from "
                         f"{source.name}: {type(err).__name__}: {err}") from None
+    if not isinstance(out, torch.Tensor):
+        raise ModelError(f"key 'model.factory': the model's forward returns "
+                         f"{type(out).__name__}; it must return one tensor of logits "
+                         f"(batch, classes) (wrap the model to pick the logits)")
     if out.ndim != 2:
         raise DataError(f"the model must return logits of shape (batch, classes), got "
                         f"{tuple(out.shape)}")
@@ -360,10 +371,18 @@ def prepare_store(plan: RunPlan) -> StorePlan:
             skipped[c] = (f"class {c} ({plan.names[c]}) has {len(idx)} sample(s); the analysis "
                           f"needs at least 3")
             continue
-        cg = prepare_class(group, c, plan.names[c], idx, plan.sample_shape, plan.n_outputs,
-                           cfg.attribution.chunk_size, cfg.attribution.store_dtype,
-                           cfg.attribution.store_channels)
-        done = cg["done"][:]
+        try:
+            cg = prepare_class(group, c, plan.names[c], idx, plan.sample_shape, plan.n_outputs,
+                               cfg.attribution.chunk_size, cfg.attribution.store_dtype,
+                               cfg.attribution.store_channels)
+            done = cg["done"][:]
+        except SprayError:
+            raise
+        except Exception as err:  # noqa: BLE001 - codec/JSON errors of a damaged store
+            raise StoreError(f"{store_path(plan.run_dir)}/classes/{c}: cannot be read "
+                             f"({type(err).__name__}: {err}); the store is corrupt or truncated. "
+                             f"Rerun with --overwrite to start over, or move that class folder "
+                             f"away to recompute only it") from None
         chunks_total += len(done)
         missing += int((~done).sum())
         if cfg.attribution.precomputed:  # copied, not computed from samples: resume by marker
