@@ -9,17 +9,63 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError, field_validator
 
 from spray.errors import ConfigError
 
+#: largest config (YAML nodes after expanding aliases) accepted; a small file whose aliases
+#: expand to more (a "billion laughs" file) is refused before it is expanded
+MAX_CONFIG_NODES = 200_000
+#: smallest ``cluster.memory_limit`` accepted (below, workers are restarted over and over)
+MIN_WORKER_MEMORY = 256 * 2**20
+
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    """Base of every config section: unknown keys refused, numbers finite."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+
+def nonfinite_keys(value: Any, prefix: str = "") -> list[str]:
+    """Dotted keys of every NaN or infinite number (or text with a NUL character) in a nested
+    mapping/list."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return [prefix or "<value>"]
+    if isinstance(value, str) and "\0" in value:
+        return [prefix or "<value>"]
+    if isinstance(value, dict):
+        return [k for key, v in value.items()
+                for k in nonfinite_keys(v, f"{prefix}.{key}" if prefix else str(key))]
+    if isinstance(value, (list, tuple)):
+        return [k for i, v in enumerate(value) for k in nonfinite_keys(v, f"{prefix}[{i}]")]
+    return []
+
+
+def check_finite(value: Any, what: str, prefix: str = "") -> None:
+    """Refuse NaN and infinite numbers anywhere in ``value`` (a config or a pipeline), naming
+    the key: a NaN threshold would make every comparison false and silently pass the gate."""
+    bad = nonfinite_keys(value, prefix)
+    if bad:
+        raise ConfigError(f"{what}: key '{bad[0]}' must be a finite number (or text without NUL "
+                          f"characters), got {_at(value, bad[0], prefix)!r}"
+                          + (f" (also {', '.join(bad[1:4])})" if len(bad) > 1 else ""))
+
+
+def _at(value: Any, dotted: str, prefix: str) -> Any:
+    import re
+
+    rest = dotted[len(prefix):].lstrip(".") if prefix and dotted.startswith(prefix) else dotted
+    for part in re.findall(r"[^.\[\]]+|\[\d+\]", rest):
+        try:
+            value = value[int(part[1:-1])] if part.startswith("[") else value[part]
+        except (KeyError, IndexError, TypeError, ValueError):
+            return None
+    return value
 
 
 class DataConfig(_Strict):
@@ -167,6 +213,22 @@ class ClusterConfig(_Strict):
     def _scheduler_form(cls, value: str) -> str:
         return check_scheduler(value)
 
+    @field_validator("memory_limit")
+    @classmethod
+    def _memory_form(cls, value: str) -> str:
+        if value == "auto":
+            return value
+        from dask.utils import parse_bytes
+
+        try:
+            size = parse_bytes(value)
+        except (ValueError, TypeError):
+            raise ValueError(f"must be 'auto' or a size like '4GB', got {value!r}") from None
+        if size < MIN_WORKER_MEMORY:
+            raise ValueError(f"{value!r} is too small for a Dask worker holding a model (at "
+                             f"least {MIN_WORKER_MEMORY // 2**20} MiB)")
+        return value
+
     @field_validator("torch_threads")
     @classmethod
     def _threads_positive(cls, value):
@@ -195,7 +257,7 @@ class RunConfig(_Strict):
     data: DataConfig
     model: ModelConfig | None = None  # required unless attribution.precomputed is set
     attribution: AttributionConfig = Field(default_factory=AttributionConfig)
-    classes: Literal["all"] | list[int] = "all"
+    classes: Literal["all"] | list[StrictInt] = "all"
     class_names: list[str] | None = None
     pipeline: str | dict[str, Any] = "spray-default"
     cluster: ClusterConfig = Field(default_factory=ClusterConfig)
@@ -258,6 +320,7 @@ def validate_config(raw: Any, base_dir: Path, source: str = "config") -> RunConf
     """Validate a parsed YAML mapping and resolve its relative paths against ``base_dir``."""
     if not isinstance(raw, dict):
         raise ConfigError(f"{source}: the config must be a YAML mapping, got {type(raw).__name__}")
+    check_finite(raw, f"{source}: invalid configuration")
     try:
         cfg = RunConfig.model_validate(raw)
     except ValidationError as err:
@@ -289,15 +352,55 @@ def validate_config(raw: Any, base_dir: Path, source: str = "config") -> RunConf
     return cfg
 
 
+def _expanded_size(node, memo: dict, limit: int) -> int:
+    """Number of YAML nodes once aliases are expanded (counted on the node graph, so nothing is
+    expanded), stopping at ``limit``."""
+    key = id(node)
+    if key in memo:
+        return memo[key]
+    memo[key] = limit  # a node reached again while counting it: an alias cycle
+    size = 1
+    if isinstance(node, yaml.SequenceNode):
+        children = node.value
+    elif isinstance(node, yaml.MappingNode):
+        children = [n for pair in node.value for n in pair]
+    else:
+        children = []
+    for child in children:
+        size += _expanded_size(child, memo, limit)
+        if size >= limit:
+            break
+    memo[key] = min(size, limit)
+    return memo[key]
+
+
+def read_yaml(path: Path, what: str = "config") -> Any:
+    """Parse a YAML file, refusing non-text files and alias bombs, with the file named."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"{path}: not a text file ({err.reason} at byte {err.start}); give the "
+                          f"YAML {what} file") from None
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        if node is not None and _expanded_size(node, {}, MAX_CONFIG_NODES) >= MAX_CONFIG_NODES:
+            raise ConfigError(f"{path}: the YAML expands to more than {MAX_CONFIG_NODES} values "
+                              f"(aliases repeated inside aliases); refusing to expand it")
+        return yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML: {err}") from None
+    except RecursionError:
+        raise ConfigError(f"{path}: the YAML is nested too deeply") from None
+
+
 def load_config(path: str | Path) -> tuple[RunConfig, Path]:
     """Read and validate a run config; returns it with the folder its paths resolve against."""
     path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"{path} is a folder; give the run config file (YAML) inside it")
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as err:
-        raise ConfigError(f"{path}: not valid YAML: {err}") from None
+    raw = read_yaml(path)
     base = path.resolve().parent
     return validate_config(raw, base, source=str(path)), base
 

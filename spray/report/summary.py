@@ -13,10 +13,13 @@ from pathlib import Path
 import numpy as np
 
 from spray.errors import SprayError, StoreError
-from spray.store import open_store, store_path
+from spray.store import class_samples_hash, open_store, store_path
 
 #: dataset indices listed per suspicious cluster at most
 MAX_MEMBERS = 100_000
+#: score margin below the threshold of the "watch" band, unless the flags section sets
+#: ``watch_margin``
+WATCH_MARGIN = 0.5
 
 
 def _class_entry(cg, c: int) -> dict:
@@ -24,7 +27,9 @@ def _class_entry(cg, c: int) -> dict:
     analysis = attrs.get("analysis")
     entry = {"class": int(c), "name": attrs.get("name", str(c)),
              "n_samples": int(attrs.get("n_samples", 0))}
-    if analysis is None:
+    stale = analysis is not None and analysis.get("samples_hash") not in (None,
+                                                                          class_samples_hash(cg))
+    if analysis is None or stale:  # no analysis, or one of maps recomputed since
         entry.update({"status": "incomplete", "eigenvalues": [], "eigengaps": [],
                       "n_clusters": 0, "score": None, "flagged": False, "clusters": []})
         return entry
@@ -95,12 +100,29 @@ def build_summary(run_dir: Path) -> dict:
         if reason:
             entry.update({"status": "failed", "reason": reason, "flagged": False})
     entries.sort(key=lambda e: e["class"])
-    return {"spray_version": group.attrs.get("spray_version"),
+    margin = mark_watch(entries)
+    return {"run_state": group.attrs.get("run_state"), "run_id": group.attrs.get("run_id"),
+            "watch_margin": margin, "watch": [e["class"] for e in entries if e.get("watch")],
+            "spray_version": group.attrs.get("spray_version"),
             "config_hash": group.attrs.get("config_hash"),
             "fingerprints": dict(group.attrs.get("fingerprints", {})),
             "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
             "classes": entries,
             "flagged": [e["class"] for e in entries if e["flagged"]]}
+
+
+def mark_watch(entries: list[dict]) -> float:
+    """Mark the classes whose score lies within the watch margin below their threshold (near
+    misses, listed but never failing); returns the margin."""
+    margin = WATCH_MARGIN
+    for e in entries:
+        params = e.get("flag_params") or {}
+        if isinstance(params.get("watch_margin"), (int, float)):
+            margin = float(params["watch_margin"])
+        e["watch"] = bool(e.get("status") == "ok" and not e.get("flagged")
+                          and e.get("score") is not None and e.get("threshold") is not None
+                          and e["score"] >= e["threshold"] - margin)
+    return margin
 
 
 def write_summary(run_dir: str | Path) -> dict:

@@ -16,9 +16,9 @@ import numpy as np
 import torch
 
 from spray.data.models import load_model
-from spray.data.sources import open_source
+from spray.data.sources import open_source, samples_digest
 from spray.errors import DataError, SprayError, StoreError
-from spray.store import open_class, write_array
+from spray.store import class_samples_hash, open_class, write_array
 
 # scikit-learn says it falls back to n_jobs=1 in daemonic Dask workers; that is intended here
 # (one Dask thread per core), so do not repeat it for every class.
@@ -126,24 +126,34 @@ def _check_finite_inputs(x: np.ndarray, indices: np.ndarray) -> None:
                         f"{' ...' if len(bad) > 10 else ''}")
 
 
+def _read_chunk(data_cfg: dict, base_dir: str, indices: np.ndarray) -> tuple[np.ndarray, bytes]:
+    """The samples of a chunk as the model sees them, and their hash (one pass, as read)."""
+    x = open_source(data_cfg, base_dir).load(indices)
+    return x, samples_digest(x, indices)
+
+
 def lrp_chunk(run_dir: str, c: int, chunk: int, data_cfg: dict, model_cfg: dict,
               attr_cfg: dict, base_dir: str, runtime=1) -> dict:
     """Compute the relevance maps of rows ``chunk`` of class ``c`` and write them to the store.
 
     The rows of a chunk are exactly one Zarr chunk of every array, written whole and only then
     marked in ``done``: a task killed halfway leaves its chunk unmarked and a retry (or a rerun)
-    rewrites it completely. A chunk already marked is not computed again.
+    rewrites it completely. The task hashes the samples it reads and stores the hash with the
+    chunk; a chunk already marked is read and hashed again and computed again only when its
+    samples changed.
     """
     t0 = time.perf_counter()
     cg = open_class(run_dir, c, mode="a")
     start, stop = chunk_rows(cg, chunk)
-    if bool(cg["done"][chunk]):
-        return {"class": c, "chunk": chunk, "rows": 0, "seconds": 0.0, "reused": True}
     indices = cg["index"][start:stop]
     try:
         _set_threads(runtime)
+        x, digest = _read_chunk(data_cfg, base_dir, indices)
+        stored = bytes(np.asarray(cg["sample_hash"][chunk], dtype=np.uint8))
+        if bool(cg["done"][chunk]) and stored == digest:
+            return {"class": c, "chunk": chunk, "rows": 0, "seconds": time.perf_counter() - t0,
+                    "reused": True}
         device = _device(runtime)
-        x = open_source(data_cfg, base_dir).load(indices)
         _check_finite_inputs(x, indices)
         model = load_model(model_cfg, base_dir)
         if device.type != "cpu":
@@ -156,11 +166,13 @@ def lrp_chunk(run_dir: str, c: int, chunk: int, data_cfg: dict, model_cfg: dict,
     except Exception as err:  # noqa: BLE001 - name the chunk that failed
         raise DataError(f"{_where(c, start, stop, indices)}: LRP failed: "
                         f"{type(err).__name__}: {err}") from err
+    cg["done"][chunk] = False  # samples changed: unmark before rewriting
     cg["relevance"][start:stop] = maps.sum(axis=1)
     if "relevance_full" in cg:
         cg["relevance_full"][start:stop] = maps
     cg["logits"][start:stop] = logits
     cg["prediction"][start:stop] = logits.argmax(axis=1)
+    cg["sample_hash"][chunk] = np.frombuffer(digest, dtype=np.uint8)
     cg["done"][chunk] = True
     return {"class": c, "chunk": chunk, "rows": stop - start, "lrp_seconds": t_lrp,
             "seconds": time.perf_counter() - t0, "t_end": time.time()}
@@ -240,6 +252,11 @@ def analyze_class(run_dir: str, c: int, pipeline: dict, data_cfg: dict, _deps=No
     t0 = time.perf_counter()
     _set_threads(runtime)
     cg = open_class(run_dir, c, mode="a")
+    samples = class_samples_hash(cg)
+    previous = cg.attrs.get("analysis") or {}
+    if (previous.get("pipeline_hash") == pipeline_hash(pipeline) and "labels" in cg
+            and previous.get("samples_hash") == samples):
+        return {"class": c, **previous, "reused": True}  # same maps, same pipeline: keep it
     indices = cg["index"][:]
     source = open_source(data_cfg)
     features, input_features = class_features(cg, c, source, pipeline["preprocess"])
@@ -257,7 +274,7 @@ def analyze_class(run_dir: str, c: int, pipeline: dict, data_cfg: dict, _deps=No
     write_array(cg, "labels", labels)
     _write_cluster_views(cg, source, indices, labels)
     info = {"n_clusters": int(result.n_clusters), "k": int(result.k),
-            "pipeline_hash": pipeline_hash(pipeline),
+            "pipeline_hash": pipeline_hash(pipeline), "samples_hash": samples,
             "warnings": list(result.warnings), "flags": verdict,
             "seconds": time.perf_counter() - t0}
     cg.attrs["analysis"] = info
