@@ -13,6 +13,7 @@ fi
 "$VENV/bin/python" -m pip install -q --upgrade pip
 "$VENV/bin/python" -m pip install -q -c tests/constraints.txt torch==2.14.1 torchvision==0.29.1
 "$VENV/bin/python" -m pip install -q -c tests/constraints.txt -e ".[test,peers,slurm]"
+"$VENV/bin/python" -m pip install -q -c tests/constraints.txt --no-deps lxt
 if ! command -v chromium >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
     (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
         || echo "chromium could not be installed; the browser test will be skipped"

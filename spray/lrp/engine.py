@@ -25,6 +25,7 @@ from spray.lrp import canonizers as canon
 from spray.lrp.composites import ACTIVATIONS, AFFINE, AVG_POOLS, BATCH_NORMS, Composite, resolve
 from spray.lrp.ops import AffineOp, fold_batchnorm
 from spray.lrp.rules import Gradient, Norm, Pass, Rule, stabilize
+from spray.lrp.transformer import ModuleRule
 
 # ---------------------------------------------------------------------------------------------
 # autograd functions: forward = layer, backward = rule
@@ -196,6 +197,7 @@ class Program:
         self.dtype, self.device = _model_dtype_device(model)
         self.gm = canon.trace(model)
         self.dropped_output = canon.drop_output_squasher(self.gm)
+        canon.check_attention(self.gm)
         self.first_affine = None
         self._build()
 
@@ -239,6 +241,8 @@ class Program:
         where = f"layer '{node.target}' ({type(module).__name__})"
         if isinstance(module, AFFINE):
             return self._affine_node(node, module, rule, bn, where)
+        if isinstance(rule, ModuleRule):
+            return rule.node(module, where)
         if rule is not None and not isinstance(rule, (Pass, Norm, Gradient)):
             raise ConfigError(f"rule {type(rule).__name__} cannot be applied to {where}: it needs "
                               "a dense or convolution layer")
@@ -253,7 +257,8 @@ class Program:
         raise ModelError(
             f"spray.lrp does not support {where}: no LRP rule is defined for "
             f"{type(module).__module__}.{type(module).__qualname__}. Supported layers: dense, "
-            "convolution, pooling, BatchNorm, activations, flatten, dropout; map the layer to "
+            "convolution, pooling, BatchNorm, LayerNorm, activations, flatten, dropout, "
+            "nn.MultiheadAttention; map the layer to "
             "a rule explicitly (composite={'" + str(node.target) + "': 'pass'}) if appropriate.")
 
     def _affine_node(self, node, module, rule, bn, where):
@@ -473,7 +478,7 @@ def run(program: Program, inputs: torch.Tensor, targets, offset: int = 0):
     with torch.inference_mode(False), torch.enable_grad():
         try:
             logits = program(x)
-        except RuntimeError as exc:
+        except (RuntimeError, AssertionError) as exc:  # torchvision's ViT asserts its size
             raise DataError(f"inputs of shape {tuple(inputs.shape)} do not fit the model: "
                             f"{str(exc).splitlines()[0]}") from exc
         if logits.ndim != 2:
