@@ -15,7 +15,7 @@ set -euo pipefail
 
 DIR=$(realpath -m "${1:-${SPRAY_SLURM_DIR:-/tmp/spray-slurm}}")
 CPUS=${SPRAY_SLURM_CPUS:-8}          # CPUs the node offers to jobs (more than the cores: jobs
-MEMORY=${SPRAY_SLURM_MEMORY:-16000}  # mostly wait on each other), and MB of memory
+MEMORY=${SPRAY_SLURM_MEMORY:-64000}  # mostly wait on each other), and MB of memory
 export SLURM_CONF=$DIR/slurm.conf
 say() { echo "slurm cluster: $*" >&2; }
 
