@@ -14,7 +14,15 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictInt,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from spray.errors import ConfigError
 
@@ -149,12 +157,19 @@ class AttributionConfig(_Strict):
 
 
 class SlurmConfig(_Strict):
-    """One SLURM job of Dask workers (passed to ``dask_jobqueue.SLURMCluster``).
+    """SLURM jobs of Dask workers (passed to ``dask_jobqueue.SLURMCluster``).
 
-    ``cluster.n_workers`` workers are requested in total, ``processes`` per job; each job asks
-    for ``cores`` cores and ``memory``. ``job_extra_directives`` become extra ``#SBATCH`` lines
-    (e.g. ``--gres=gpu:1``), ``job_script_prologue`` shell lines run before the worker starts
-    (e.g. ``source /path/venv/bin/activate``).
+    Each job asks for ``cores`` cores and ``memory`` and runs ``processes`` workers.
+    ``job_extra_directives`` become extra ``#SBATCH`` lines (e.g. ``--gres=gpu:1``),
+    ``job_script_prologue`` shell lines run before the worker starts (e.g.
+    ``source /path/venv/bin/activate``).
+
+    The cluster is adaptive (``adapt``): it keeps between ``minimum_jobs`` and ``maximum_jobs``
+    jobs (default for both: enough jobs for ``cluster.n_workers`` workers), so a job that dies,
+    is cancelled, preempted or reaches its walltime is replaced by a new one. Workers retire
+    gracefully ``lifetime_margin`` before the walltime (``--lifetime``, unless
+    ``worker_extra_args`` sets one), so their finished results move to the other workers before
+    SLURM ends the job. ``adapt: false`` submits a fixed set of jobs that are not replaced.
     """
 
     queue: str | None = None
@@ -171,7 +186,10 @@ class SlurmConfig(_Strict):
     log_directory: str | None = None
     interface: str | None = None
     python: str | None = None
-    adapt: bool = False
+    adapt: bool = True
+    minimum_jobs: int | None = Field(default=None, ge=0)
+    maximum_jobs: int | None = Field(default=None, gt=0)
+    lifetime_margin: str = "5m"
 
     @field_validator("walltime")
     @classmethod
@@ -181,6 +199,27 @@ class SlurmConfig(_Strict):
         if not re.fullmatch(r"(\d+-)?\d{1,3}(:\d{2}){0,2}", value):
             raise ValueError(f"must look like 'HH:MM:SS' or 'D-HH:MM:SS', got {value!r}")
         return value
+
+    @field_validator("lifetime_margin")
+    @classmethod
+    def _margin_form(cls, value: str) -> str:
+        from dask.utils import parse_timedelta
+
+        try:
+            seconds = parse_timedelta(value, default="s")
+        except (ValueError, KeyError, TypeError):
+            raise ValueError(f"must be a duration like '5m' or '30s', got {value!r}") from None
+        if seconds is None or seconds < 0:
+            raise ValueError(f"must be a duration >= 0 like '5m' or '30s', got {value!r}")
+        return value
+
+    @model_validator(mode="after")
+    def _jobs_order(self):
+        if (self.minimum_jobs is not None and self.maximum_jobs is not None
+                and self.minimum_jobs > self.maximum_jobs):
+            raise ValueError(f"minimum_jobs ({self.minimum_jobs}) is larger than maximum_jobs "
+                             f"({self.maximum_jobs})")
+        return self
 
 
 class ClusterConfig(_Strict):

@@ -13,10 +13,48 @@ from spray.errors import ConfigError
 from spray.run.signals import raise_pending, signals_deferred
 
 
+def _walltime_seconds(walltime: str) -> int:
+    """Seconds of a SLURM time limit ``[D-]HH:MM:SS`` / ``MM:SS`` / ``MM`` (as validated)."""
+    days, _, clock = walltime.rpartition("-")
+    parts = [int(p) for p in clock.split(":")]
+    if len(parts) == 1:  # minutes
+        parts = [0, parts[0], 0]
+    elif len(parts) == 2:  # minutes:seconds
+        parts = [0, *parts]
+    hours, minutes, seconds = parts
+    return ((int(days or 0) * 24 + hours) * 60 + minutes) * 60 + seconds
+
+
+def worker_lifetime(slurm_cfg: dict) -> int | None:
+    """Seconds a worker runs before it retires gracefully: ``lifetime_margin`` before the job's
+    walltime (at least half the walltime), or ``None`` if ``worker_extra_args`` sets one."""
+    from dask.utils import parse_timedelta
+
+    if any(a.startswith("--lifetime") and not a.startswith("--lifetime-")
+           for a in slurm_cfg["worker_extra_args"]):
+        return None
+    walltime = _walltime_seconds(slurm_cfg["walltime"])
+    margin = parse_timedelta(slurm_cfg["lifetime_margin"], default="s")
+    return max(walltime - int(margin), walltime // 2, 1)
+
+
+def slurm_jobs(cluster_cfg: dict) -> tuple[int, int]:
+    """(minimum, maximum) worker jobs: ``slurm.minimum_jobs`` / ``slurm.maximum_jobs``, by
+    default enough jobs for ``n_workers`` workers of ``slurm.processes`` each."""
+    s = cluster_cfg["slurm"]
+    needed = -(-int(cluster_cfg["n_workers"]) // int(s["processes"]))
+    low = needed if s["minimum_jobs"] is None else int(s["minimum_jobs"])
+    high = max(low, needed) if s["maximum_jobs"] is None else int(s["maximum_jobs"])
+    return low, high
+
+
 def slurm_cluster_kwargs(cluster_cfg: dict) -> dict:
     """Keyword arguments of ``dask_jobqueue.SLURMCluster`` for a ``cluster`` config section."""
     s = cluster_cfg["slurm"]
     extra = list(s["worker_extra_args"])
+    lifetime = worker_lifetime(s)
+    if lifetime is not None:  # retire before SLURM ends the job; adapt() starts a new one
+        extra += ["--lifetime", f"{lifetime}s"]
     if cluster_cfg.get("lrp_resources"):
         extra += ["--resources", ",".join(f"{k}={v:g}" for k, v in
                                           cluster_cfg["lrp_resources"].items())]
@@ -35,7 +73,11 @@ def slurm_cluster_kwargs(cluster_cfg: dict) -> dict:
 
 
 def make_slurm_cluster(cluster_cfg: dict):
-    """A ``dask_jobqueue.SLURMCluster`` (the ``slurm`` extra) scaled to ``n_workers`` workers."""
+    """A ``dask_jobqueue.SLURMCluster`` (the ``slurm`` extra) of worker jobs.
+
+    Adaptive by default: between ``slurm_jobs(cluster_cfg)`` jobs, so a job that is cancelled,
+    preempted, fails or reaches its walltime is replaced (``scale`` would not resubmit it).
+    """
     try:
         from dask_jobqueue import SLURMCluster
     except ImportError:
@@ -51,11 +93,16 @@ def make_slurm_cluster(cluster_cfg: dict):
         cluster = SLURMCluster(**slurm_cluster_kwargs(cluster_cfg))
     except (ValueError, TypeError) as err:
         raise ConfigError(f"key 'cluster.slurm': {err}") from None
-    n = int(cluster_cfg["n_workers"])
+    import logging
+
+    log = logging.getLogger(__name__)
+    low, high = slurm_jobs(cluster_cfg)
     if cluster_cfg["slurm"]["adapt"]:
-        cluster.adapt(minimum=1, maximum=n)
+        cluster.adapt(minimum_jobs=low, maximum_jobs=high)
+        log.info("SLURM worker jobs: adaptive, %d to %d jobs", low, high)
     else:
-        cluster.scale(n=n)
+        cluster.scale(jobs=high)
+        log.info("SLURM worker jobs: %d (not replaced when they end)", high)
     return cluster
 
 

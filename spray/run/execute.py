@@ -315,6 +315,8 @@ class RunRecord:
     lrp_rows: int
     lrp_maps_per_second: float | None
     stage_seconds: dict[str, float] = field(default_factory=dict)
+    # the SLURM jobs whose workers computed this run's LRP chunks and analyses (on SLURM only)
+    slurm_jobs: dict[str, list[str]] = field(default_factory=dict)
 
 
 def plan_run(cfg: RunConfig, base_dir: Path, output: str | None = None,
@@ -458,7 +460,16 @@ def _record(plan: RunPlan, store: StorePlan, results: dict, failures: dict,
                        "graph_wall": round(times["report"] - times["graph"], 3),
                        **task_sum,
                        "report": round(times["end"] - times["report"], 3),
-                       "total": round(times["end"] - times["start"], 3)})
+                       "total": round(times["end"] - times["start"], 3)},
+        slurm_jobs=_slurm_jobs(results))
+
+
+def _slurm_jobs(results: dict) -> dict[str, list[str]]:
+    """The SLURM job ids the finished LRP and analysis tasks ran in, per stage."""
+    jobs = {stage: sorted({str(r["slurm_job"]) for v in results[key].values() for r in v
+                           if r.get("slurm_job")}, key=lambda j: (len(j), j))
+            for stage, key in (("lrp", "lrp_done"), ("analysis", "analysis_done"))}
+    return {stage: ids for stage, ids in jobs.items() if ids}
 
 
 def _finish_store(run_dir: Path, failures: dict, incomplete: bool) -> None:

@@ -175,7 +175,8 @@ def lrp_chunk(run_dir: str, c: int, chunk: int, data_cfg: dict, model_cfg: dict,
     cg["sample_hash"][chunk] = np.frombuffer(digest, dtype=np.uint8)
     cg["done"][chunk] = True
     return {"class": c, "chunk": chunk, "rows": stop - start, "lrp_seconds": t_lrp,
-            "seconds": time.perf_counter() - t0, "t_end": time.time()}
+            "seconds": time.perf_counter() - t0, "t_end": time.time(),
+            "slurm_job": os.environ.get("SLURM_JOB_ID")}
 
 
 def _write_cluster_views(cg, source, indices: np.ndarray, labels: np.ndarray,
@@ -278,7 +279,7 @@ def analyze_class(run_dir: str, c: int, pipeline: dict, data_cfg: dict, _deps=No
             "warnings": list(result.warnings), "flags": verdict,
             "seconds": time.perf_counter() - t0}
     cg.attrs["analysis"] = info
-    return {"class": c, **info}
+    return {"class": c, **info, "slurm_job": os.environ.get("SLURM_JOB_ID")}
 
 
 def precomputed_chunk(run_dir: str, c: int, chunk: int, data_cfg: dict, model_cfg, attr_cfg: dict,
