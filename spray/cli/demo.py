@@ -9,7 +9,9 @@ trained on the train split in seconds, and ``spray run`` analyses the test split
 from __future__ import annotations
 
 import json
+import logging
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +20,12 @@ import yaml
 from torch import nn
 
 from spray.data.sources import load_digits_arrays
+from spray.errors import StoreError
+
+log = logging.getLogger(__name__)
+
+#: what the demo writes into its output folder (besides the run's own files)
+DEMO_FILES = ("model.pt", "data.npz", "ground_truth.json", "config.yaml")
 
 SIZE = 32
 PLANTED_CLASS = 3
@@ -65,10 +73,12 @@ def make_data(rng: np.random.Generator) -> dict:
 
 
 def fit(model: nn.Module, x: np.ndarray, y: np.ndarray, epochs: int, seed: int,
-        batch: int = 64, lr: float = 2e-3, one_cycle: bool = False) -> nn.Module:
+        batch: int = 64, lr: float = 2e-3, one_cycle: bool = False,
+        on_epoch: Callable[[int, float, float], None] | None = None) -> nn.Module:
     """Train ``model`` with Adam (batches shuffled by ``seed``); eval mode after.
 
     ``one_cycle`` runs a one-cycle schedule peaking at ``lr`` (converges in a few epochs).
+    ``on_epoch(epoch, mean loss, train accuracy)`` is called after each epoch.
     """
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     xt, yt = torch.as_tensor(x), torch.as_tensor(y)
@@ -77,24 +87,69 @@ def fit(model: nn.Module, x: np.ndarray, y: np.ndarray, epochs: int, seed: int,
         opt, max_lr=lr, total_steps=epochs * ((len(xt) + batch - 1) // batch))
         if one_cycle else None)
     model.train()
-    for _ in range(epochs):
+    for epoch in range(1, epochs + 1):
+        loss_sum, correct = 0.0, 0
         for idx in torch.randperm(len(xt), generator=gen).split(batch):
             opt.zero_grad()
-            nn.functional.cross_entropy(model(xt[idx]), yt[idx]).backward()
+            logits = model(xt[idx])
+            loss = nn.functional.cross_entropy(logits, yt[idx])
+            loss.backward()
             opt.step()
             if sched is not None:
                 sched.step()
+            loss_sum += float(loss) * len(idx)
+            correct += int((logits.argmax(1) == yt[idx]).sum())
+        if on_epoch is not None:
+            on_epoch(epoch, loss_sum / len(xt), correct / len(xt))
     return model.eval()
 
 
 def train_model(x: np.ndarray, y: np.ndarray, epochs: int = 12, seed: int = SEED) -> nn.Module:
-    """Train the demo CNN; a few seconds on two cores."""
+    """Train the demo CNN (a few seconds to a minute on two cores), showing each epoch."""
+    from spray.run.progress import StageProgress
+
     torch.manual_seed(seed)
-    return fit(build_model(), x, y, epochs, seed)
+    with StageProgress("training the demo CNN", epochs, "epochs",
+                       enabled=log.isEnabledFor(logging.INFO), every=0.0) as bar:
+        return fit(build_model(), x, y, epochs, seed,
+                   on_epoch=lambda e, loss, acc: bar.update(
+                       1, note=f"loss {loss:.3f}, train accuracy {acc:.3f}"))
+
+
+def check_output(out_dir: Path) -> None:
+    """Refuse an output folder the demo must not write into, before anything is trained.
+
+    Accepted: a new or empty folder, or the output of an earlier demo (its run files and
+    ``demo/`` with the demo's own files), which the demo replaces.
+    """
+    from spray.run.execute import RUN_FILES
+
+    if out_dir.exists() and not out_dir.is_dir():
+        raise StoreError(f"--output {out_dir} exists and is not a folder")
+    if not out_dir.is_dir():
+        return
+    demo = out_dir / "demo"
+    entries = sorted(p.name for p in out_dir.iterdir())
+    foreign = [n for n in entries if n not in RUN_FILES + (".spray.lock", "demo")]
+    if demo.is_dir():
+        foreign += sorted(f"demo/{p.name}" for p in demo.iterdir() if p.name not in DEMO_FILES)
+    elif demo.exists():
+        foreign.append("demo")
+    if (out_dir / "spray.zarr").exists() and not (demo / "ground_truth.json").is_file():
+        foreign = entries  # the output of another run, not of a demo
+    if foreign:
+        listed = ", ".join(foreign[:5]) + (" …" if len(foreign) > 5 else "")
+        raise StoreError(f"--output {out_dir} already holds files the demo did not write "
+                         f"({listed}); choose an empty or new folder. Nothing was written.")
 
 
 def prepare(out_dir: Path) -> Path:
-    """Write the demo's data, weights, config and ground truth; returns the config path."""
+    """Write the demo's data, weights, config and ground truth; returns the config path.
+
+    The output folder is checked first (:func:`check_output`): a refusal trains and writes
+    nothing.
+    """
+    check_output(out_dir)
     demo = out_dir / "demo"
     demo.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(SEED)

@@ -232,6 +232,9 @@ class ClusterConfig(_Strict):
     (``auto``: the worker host's cores divided among the Dask threads on that host).
     ``lrp_resources`` annotates LRP tasks (e.g. ``{GPU: 1}``) so only workers started with
     ``--resources GPU=1`` run them; ``device`` is where those tasks put the model.
+    ``host`` is the interface an embedded scheduler, its workers and the Dask dashboard listen
+    on (loopback by default, so a shared machine does not expose the run); ``dashboard: false``
+    starts no dashboard at all (CI).
     """
 
     scheduler: str = "local"
@@ -239,6 +242,8 @@ class ClusterConfig(_Strict):
     threads_per_worker: int = Field(default=1, gt=0)
     memory_limit: str = "auto"
     progress: bool = True
+    host: str = "127.0.0.1"
+    dashboard: bool = True
     torch_threads: int | Literal["auto"] = "auto"
     lrp_resources: dict[str, float] | None = None
     device: Literal["cpu", "cuda", "auto"] = "cpu"

@@ -1,11 +1,13 @@
 """The Dask cluster of a run: embedded local, threaded, an existing scheduler, or SLURM.
 
-Local schedulers and workers bind to 127.0.0.1; SLURM workers are dask-jobqueue jobs.
+Embedded schedulers, workers and dashboards bind to ``cluster.host`` (127.0.0.1 unless the config
+says otherwise); ``cluster.dashboard: false`` starts none. SLURM workers are dask-jobqueue jobs.
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import sys
 
 from spray.config.run_config import check_scheduler
@@ -146,27 +148,81 @@ def dask_client(cluster_cfg: dict, scheduler: str | None = None):
             _wait_for_workers(client, "slurm", cluster_cfg["worker_timeout"])
             yield client
         return
-    processes = address == "local"
     with signals_deferred():
-        cluster = LocalCluster(
-            n_workers=cluster_cfg["n_workers"] if processes else 1,
-            threads_per_worker=(cluster_cfg["threads_per_worker"] if processes
-                                else cluster_cfg["n_workers"]),
-            processes=processes, memory_limit=cluster_cfg["memory_limit"],
-            dashboard_address=":0", host="127.0.0.1" if processes else None,  # inproc: no host
-            resources=cluster_cfg.get("lrp_resources") or None,
-        )
-    with cluster:
+        cluster = LocalCluster(**local_cluster_kwargs(cluster_cfg, processes=address == "local"))
+    cluster.spray_dashboard = bool(cluster_cfg.get("dashboard", True))
+    with quiet_shutdown(), cluster:
         raise_pending()
         with Client(cluster) as client:
             yield client
 
 
+def local_cluster_kwargs(cluster_cfg: dict, processes: bool) -> dict:
+    """Keyword arguments of the embedded ``distributed.LocalCluster``.
+
+    The scheduler, the workers and every HTTP endpoint (dashboard, worker pages) listen on
+    ``cluster.host`` (loopback by default) at ports the system chooses, so concurrent runs never
+    collide and a shared machine does not expose the run; ``cluster.dashboard: false`` starts
+    no dashboard. The threaded cluster talks in-process and has no scheduler port at all.
+    """
+    host = cluster_cfg.get("host") or "127.0.0.1"
+    http = f"{host}:0"
+    return {
+        "n_workers": cluster_cfg["n_workers"] if processes else 1,
+        "threads_per_worker": (cluster_cfg["threads_per_worker"] if processes
+                               else cluster_cfg["n_workers"]),
+        "processes": processes, "memory_limit": cluster_cfg["memory_limit"],
+        "host": host if processes else None,  # in-process transport: no host to bind
+        "dashboard_address": http,
+        "scheduler_kwargs": {"dashboard": bool(cluster_cfg.get("dashboard", True))},
+        # in-process workers would otherwise serve their HTTP pages on every interface
+        "worker_dashboard_address": None if processes else http,
+        "resources": cluster_cfg.get("lrp_resources") or None,
+    }
+
+
+class _DropShutdownNoise(logging.Filter):
+    """Drop the messages ``distributed`` logs while a cluster we started is closed: the nanny
+    killing a worker process that is still tearing down, and tasks cancelled on Ctrl-C."""
+
+    NOISE = ("still alive after", "CancelledError", "Cancelled", "cancelled")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        text = record.getMessage()
+        if record.exc_info and record.exc_info[0] is not None:
+            text += record.exc_info[0].__name__
+        return not any(word in text for word in self.NOISE)
+
+
+@contextlib.contextmanager
+def quiet_shutdown():
+    """Filter shutdown noise from ``distributed``'s loggers while an embedded cluster runs."""
+    noise = _DropShutdownNoise()
+    loggers = [logging.getLogger(name) for name in
+               ("distributed.nanny", "distributed.worker", "distributed.scheduler",
+                "distributed.client", "distributed.core", "distributed.process",
+                "distributed.deploy.spec", "tornado.application", "asyncio")]
+    for logger in loggers:
+        logger.addFilter(noise)
+    try:
+        yield
+    finally:
+        for logger in loggers:
+            logger.removeFilter(noise)
+
+
 def dashboard_text(client) -> str:
+    """Where the Dask dashboard is, as a log line (``no dashboard`` when there is none)."""
     import importlib.util
 
+    cluster = getattr(client, "cluster", None)
+    if cluster is not None and not getattr(cluster, "spray_dashboard", True):
+        return "no dashboard (cluster.dashboard: false)"
     if importlib.util.find_spec("bokeh") is None:
         return "no dashboard (pip install bokeh for the Dask dashboard)"
+    server = getattr(getattr(cluster, "scheduler", None), "http_server", None)
+    if getattr(server, "address", None):  # embedded: the address it is bound to
+        return f"Dask dashboard: http://{server.address}:{server.port}/status"
     return f"Dask dashboard: {client.dashboard_link}"
 
 

@@ -13,7 +13,6 @@ import contextlib
 import hashlib
 import json
 import logging
-import sys
 import time
 import uuid
 from dataclasses import asdict, dataclass, field
@@ -220,25 +219,35 @@ def _submit(client, cfg: RunConfig, base_dir: Path, run_dir: Path, pipeline: dic
     return chunk_futures, analysis_futures
 
 
-def _show_progress(futures, enabled: bool, every: float = 15.0) -> None:
-    """Wait for ``futures`` showing progress: Dask's progress bar on a terminal, one line per
-    10 % (or per ``every`` seconds) otherwise (batch jobs, CI logs)."""
-    if not enabled or not futures:
+def _show_progress(chunk_futures: dict, analysis_futures: dict, rows_per_chunk: int,
+                   enabled: bool) -> None:
+    """Wait for the tasks showing each stage: LRP in maps (rate, ETA) and analyses in classes,
+    as bars on a terminal and as periodic plain lines in a log (:mod:`spray.run.progress`)."""
+    if not enabled:
         return
-    from distributed import as_completed, progress
+    from distributed import as_completed
 
-    if sys.stderr.isatty():
-        progress(futures)  # distributed's text progress bar (stops early if a task fails)
-        print(file=sys.stderr)
+    from spray.run.progress import StageProgress
+
+    lrp = [f for fs in chunk_futures.values() for f in fs]
+    kind = {f.key: "lrp" for f in lrp} | {f.key: "analysis" for f in analysis_futures.values()}
+    if not kind:
         return
-    total, t0, last = len(futures), time.monotonic(), time.monotonic()
-    step = max(1, total // 10)
-    for finished, _ in enumerate(as_completed(futures), start=1):
-        now = time.monotonic()
-        if finished == total or finished % step == 0 or now - last >= every:
-            last = now
-            print(f"spray: {finished}/{total} tasks finished ({now - t0:.0f} s)",
-                  file=sys.stderr, flush=True)
+    maps = StageProgress("LRP", rows_per_chunk * len(lrp), "maps", position=0)
+    classes = StageProgress("analyses", len(analysis_futures), "classes", position=1)
+    try:
+        for fut in as_completed(lrp + list(analysis_futures.values())):
+            if kind[fut.key] == "analysis":
+                classes.update()
+                continue
+            rows = rows_per_chunk
+            if fut.status == "finished":
+                rows = int(fut.result().get("rows", rows_per_chunk))
+            maps.add_total(rows - rows_per_chunk)  # the last chunk of a class is shorter
+            maps.update(rows)
+    finally:
+        maps.close()
+        classes.close()
 
 
 def _collect(futures_by_class: dict) -> tuple[dict, dict]:
@@ -419,7 +428,8 @@ def execute(plan: RunPlan, store: StorePlan, client, quiet: bool = False) -> dic
                                               plan.pipeline, store.todo, store.reuse)
     every = [f for fs in chunk_futures.values() for f in fs] + list(analysis_futures.values())
     try:
-        _show_progress(every, plan.cfg.cluster.progress and not quiet)
+        _show_progress(chunk_futures, analysis_futures, plan.cfg.attribution.chunk_size,
+                       plan.cfg.cluster.progress and not quiet)
         lrp_done, lrp_failed = _collect(chunk_futures)
         analysis_done, analysis_failed = _collect(analysis_futures)
     except BaseException:
