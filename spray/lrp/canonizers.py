@@ -103,7 +103,7 @@ def trace(model: nn.Module) -> fx.GraphModule:
 
 def module_of(gm: fx.GraphModule, node: fx.Node):
     """The module a ``call_module`` node calls (``None`` for other nodes)."""
-    return gm.get_submodule(node.target) if node.op == "call_module" else None
+    return gm.get_submodule(str(node.target)) if node.op == "call_module" else None
 
 
 def drop_output_squasher(gm: fx.GraphModule) -> str | None:

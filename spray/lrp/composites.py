@@ -35,6 +35,7 @@ All composites map LayerNorm/RMSNorm and the pieces of exposed ``nn.MultiheadAtt
 from __future__ import annotations
 
 import inspect
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from torch import nn
@@ -269,7 +270,7 @@ def cp_lrp(epsilon=1e-6, gamma=None, conv_gamma=None, stabilizer=1e-6):
                                  name="cp-lrp")
 
 
-COMPOSITES = {
+COMPOSITES: dict[str, Callable[..., Composite]] = {
     "attn-lrp": attn_lrp,
     "cp-lrp": cp_lrp,
     "epsilon-plus-flat": epsilon_plus_flat,

@@ -363,6 +363,7 @@ def _nonnegative_nodes(graph: fx.Graph) -> set:
         source = node.args[0] if node.args else None
         keeps = False
         if node.op == "call_module":
+            assert graph.owning_module is not None  # the graph of a traced GraphModule
             module = canon.module_of(graph.owning_module, node)
             if isinstance(module, _NONNEG_MODULES):
                 nonneg.add(node)
