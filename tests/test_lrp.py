@@ -15,7 +15,7 @@ from torch import nn
 import spray.lrp as lrp
 from spray.errors import ConfigError, DataError, ModelError
 from spray.lrp import Composite, Epsilon, Flat, Gamma, ZPlus
-from spray.lrp.composites import AFFINE
+from spray.lrp.layers import AFFINE
 
 
 @pytest.fixture(autouse=True, scope="module")

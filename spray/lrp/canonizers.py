@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from spray.errors import ModelError, SprayError
-from spray.lrp.composites import AFFINE, BATCH_NORMS
+from spray.lrp.layers import AFFINE, BATCH_NORMS
 from spray.lrp.transformer import (
     ATTENTION_FUNCTIONS,
     ATTENTION_METHODS,

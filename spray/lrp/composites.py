@@ -38,9 +38,8 @@ import inspect
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from torch import nn
-
 from spray.errors import ConfigError
+from spray.lrp.layers import ACTIVATIONS, AFFINE, AVG_POOLS, BATCH_NORMS, CONVOLUTIONS, DENSE
 from spray.lrp.rules import (
     AlphaBeta,
     Epsilon,
@@ -64,19 +63,6 @@ from spray.lrp.transformer import (
     QueryKeyProduct,
     SoftmaxRule,
 )
-
-CONVOLUTIONS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
-DENSE = (nn.Linear,)
-AFFINE = CONVOLUTIONS + DENSE
-ACTIVATIONS = (
-    nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.PReLU, nn.RReLU, nn.ELU, nn.SELU, nn.CELU, nn.GELU,
-    nn.SiLU, nn.Mish, nn.Sigmoid, nn.Tanh, nn.Softplus, nn.Softsign, nn.Hardtanh,
-    nn.Hardswish, nn.Hardsigmoid, nn.Hardshrink, nn.Softshrink, nn.Tanhshrink, nn.Threshold,
-    nn.LogSigmoid,
-)
-AVG_POOLS = (nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d,
-             nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d)
-BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 
 
 @dataclass

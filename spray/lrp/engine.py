@@ -22,7 +22,8 @@ from torch import nn
 
 from spray.errors import ConfigError, DataError, ModelError
 from spray.lrp import canonizers as canon
-from spray.lrp.composites import ACTIVATIONS, AFFINE, AVG_POOLS, BATCH_NORMS, Composite, resolve
+from spray.lrp.composites import Composite, resolve
+from spray.lrp.layers import ACTIVATIONS, AFFINE, AVG_POOLS, BATCH_NORMS
 from spray.lrp.ops import AffineOp, fold_batchnorm
 from spray.lrp.rules import Gradient, Norm, Pass, Rule, stabilize
 from spray.lrp.transformer import ModuleRule
