@@ -20,12 +20,10 @@ import yaml
 from torch import nn
 
 from spray.data.sources import load_digits_arrays
-from spray.errors import StoreError
 
 log = logging.getLogger(__name__)
 
 #: what the demo writes into its output folder (besides the run's own files)
-DEMO_FILES = ("model.pt", "data.npz", "ground_truth.json", "config.yaml")
 
 SIZE = 32
 PLANTED_CLASS = 3
@@ -116,40 +114,12 @@ def train_model(x: np.ndarray, y: np.ndarray, epochs: int = 12, seed: int = SEED
                        1, note=f"loss {loss:.3f}, train accuracy {acc:.3f}"))
 
 
-def check_output(out_dir: Path) -> None:
-    """Refuse an output folder the demo must not write into, before anything is trained.
-
-    Accepted: a new or empty folder, or the output of an earlier demo (its run files and
-    ``demo/`` with the demo's own files), which the demo replaces.
-    """
-    from spray.run.execute import RUN_FILES
-
-    if out_dir.exists() and not out_dir.is_dir():
-        raise StoreError(f"--output {out_dir} exists and is not a folder")
-    if not out_dir.is_dir():
-        return
-    demo = out_dir / "demo"
-    entries = sorted(p.name for p in out_dir.iterdir())
-    foreign = [n for n in entries if n not in RUN_FILES + (".spray.lock", "demo")]
-    if demo.is_dir():
-        foreign += sorted(f"demo/{p.name}" for p in demo.iterdir() if p.name not in DEMO_FILES)
-    elif demo.exists():
-        foreign.append("demo")
-    if (out_dir / "spray.zarr").exists() and not (demo / "ground_truth.json").is_file():
-        foreign = entries  # the output of another run, not of a demo
-    if foreign:
-        listed = ", ".join(foreign[:5]) + (" …" if len(foreign) > 5 else "")
-        raise StoreError(f"--output {out_dir} already holds files the demo did not write "
-                         f"({listed}); choose an empty or new folder. Nothing was written.")
-
-
 def prepare(out_dir: Path) -> Path:
     """Write the demo's data, weights, config and ground truth; returns the config path.
 
-    The output folder is checked first (:func:`check_output`): a refusal trains and writes
-    nothing.
+    The caller checks the output folder first (``spray demo`` refuses a folder holding files
+    spray did not write before anything is trained or written).
     """
-    check_output(out_dir)
     demo = out_dir / "demo"
     demo.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(SEED)

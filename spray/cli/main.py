@@ -173,7 +173,8 @@ def _demo_output(out: Path) -> bool:
         what = f"files spray did not write ({', '.join(others[:5])})" if others else \
             "a spray run that is not a demo"
         raise StoreError(f"--output {out} already holds {what}; the demo only writes into a new "
-                         f"or empty folder or an earlier demo's. Choose another --output")
+                         f"or empty folder or an earlier demo's. Choose another --output. "
+                         f"Nothing was written.")
     return True
 
 
