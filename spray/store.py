@@ -362,3 +362,11 @@ class OwnedFiles:
         entries = self.entries()
         entries.pop(name, None)
         self._save(entries)
+
+
+def damaged_class(run_dir: str | Path, c, err: Exception) -> StoreError:
+    """The error for a class folder whose arrays or attributes cannot be read."""
+    return StoreError(f"{store_path(run_dir)}/classes/{c}: cannot be read "
+                      f"({type(err).__name__}: {err}); the store is corrupt or truncated. Other "
+                      f"classes are untouched; rerun with --overwrite to start over, or move "
+                      f"that class folder away to recompute only it")

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
-from spray.errors import SprayError, StoreError
-from spray.store import class_samples_hash, open_store, store_path
+from spray.errors import SprayError
+from spray.store import class_samples_hash, damaged_class, open_store
 
 #: dataset indices listed per suspicious cluster at most
 MAX_MEMBERS = 100_000
@@ -80,10 +80,7 @@ def _read_class_entry(run_dir: Path, classes, key: str) -> dict:
     except SprayError:
         raise
     except Exception as err:  # noqa: BLE001 - codec/IO errors of a damaged store
-        raise StoreError(f"{store_path(run_dir)}/classes/{key}: an array cannot be read "
-                         f"({type(err).__name__}: {err}); the store is corrupt or truncated. "
-                         f"Other classes are untouched; rerun with --overwrite to recompute "
-                         f"everything, or delete that class folder to recompute only it") from None
+        raise damaged_class(run_dir, key, err) from None
 
 
 def build_summary(run_dir: Path) -> dict:

@@ -52,10 +52,10 @@ from spray.store import (
     RunLock,
     class_samples_hash,
     create_or_check_store,
+    damaged_class,
     mark_run,
     open_store,
     prepare_class,
-    store_path,
 )
 
 log = logging.getLogger(__name__)
@@ -393,10 +393,7 @@ def prepare_store(plan: RunPlan) -> StorePlan:
         except SprayError:
             raise
         except Exception as err:  # noqa: BLE001 - codec/JSON errors of a damaged store
-            raise StoreError(f"{store_path(plan.run_dir)}/classes/{c}: cannot be read "
-                             f"({type(err).__name__}: {err}); the store is corrupt or truncated. "
-                             f"Rerun with --overwrite to start over, or move that class folder "
-                             f"away to recompute only it") from None
+            raise damaged_class(plan.run_dir, c, err) from None
         chunks_total += len(done)
         missing += int((~done).sum())
         if cfg.attribution.precomputed:  # copied, not computed from samples: resume by marker
