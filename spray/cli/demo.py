@@ -95,7 +95,7 @@ def fit(model: nn.Module, x: np.ndarray, y: np.ndarray, epochs: int, seed: int,
             opt.step()
             if sched is not None:
                 sched.step()
-            loss_sum += float(loss) * len(idx)
+            loss_sum += loss.item() * len(idx)
             correct += int((logits.argmax(1) == yt[idx]).sum())
         if on_epoch is not None:
             on_epoch(epoch, loss_sum / len(xt), correct / len(xt))
