@@ -1,17 +1,29 @@
 """spray: Spectral Relevance Analysis at dataset scale.
 
-The stages of the data flow live in modules named after them:
-``sources`` (datasets and class partitions) → ``models`` → ``lrp`` (relevance maps) →
-``store`` (Zarr) → ``preprocess`` → ``affinity`` (kNN graph) → ``spectral`` (L_sym eigenpairs,
-eigengaps) → ``cluster`` → ``embedding`` (t-SNE) → ``flags`` (Clever-Hans score) → ``report`` →
-``export`` (ViRelAy); ``graph`` builds the Dask task graph, ``cli`` the ``spray`` command.
+The subpackages follow the data flow, and each imports only from those to its left:
+
+``config`` (run config, analysis presets) → ``data`` (sources, class partitions, models,
+precomputed attributions) / ``lrp`` (relevance maps) / ``analysis`` (preprocess → kNN graph →
+spectral → clustering → embedding) → ``verdict`` (Clever-Hans score) → ``store`` (the run's
+Zarr store) → ``report`` (summary.json, figures, HTML) / ``export`` (ViRelAy) → ``run`` (plan,
+Dask cluster and tasks, execution) → ``ci`` (``spray check``: exit code, JUnit, Markdown) →
+``cli`` (the ``spray`` command, demo). ``errors`` holds the error hierarchy every stage shares.
+``tests/test_structure.py`` checks that no module imports a stage to its right.
 """
 
-__version__ = "0.1.0"
+from importlib.metadata import PackageNotFoundError, version
+
+try:
+    __version__ = version("spray-xai")
+except PackageNotFoundError:  # a source tree that was never installed
+    __version__ = "0+unknown"
 
 
 def analyze(features, pipeline="spray-default", embed=True, **overrides):
-    """Run the SpRAy analysis on an ``(n, d)`` feature matrix (see :mod:`spray.analysis`)."""
-    from spray.analysis import analyze as _analyze
+    """Run the SpRAy analysis on an ``(n, d)`` feature matrix.
+
+    See :func:`spray.analysis.analyze.analyze` for the parameters and the result.
+    """
+    from spray.analysis.analyze import analyze as _analyze
 
     return _analyze(features, pipeline=pipeline, embed=embed, **overrides)

@@ -1,3 +1,3 @@
-from spray.cli import main
+from spray.cli.main import main
 
 raise SystemExit(main())

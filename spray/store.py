@@ -3,7 +3,8 @@
 Layout of ``RUN_DIR/spray.zarr`` (a Zarr v3 group)::
 
     attrs: format="spray-store", format_version, spray_version, config_hash,
-           fingerprints={model, data, attribution}, classes=[...]
+           fingerprints={model, data, attribution, spray, ...}, classes=[...],
+           run_state ("running" | "finished" | "failed"), run_id
     classes/<c>/                     one group per class index c
         attrs: class, name, n_samples, chunk_size, analysis={...} when finished
         index       (n_c,)           int64     dataset index of each row
@@ -12,18 +13,31 @@ Layout of ``RUN_DIR/spray.zarr`` (a Zarr v3 group)::
         logits      (n_c, K)         float32
         prediction  (n_c,)           int64
         done        (n_chunks,)      bool      chunk i of the rows is written
+        sample_hash (n_chunks, 32)   uint8     SHA-256 of the samples chunk i was computed from
         features    (n_c, d)         float32   preprocessed relevance
         input_features (n_c, d)      float32   the same preprocessing of the raw inputs
         eigenvalues (m,), eigengaps (m-1,), eigenvectors (n_c, m), labels (n_c,), tsne (n_c, 2)
 
 LRP chunks are whole-chunk, idempotent writes followed by a ``done`` marker (its own Zarr chunk),
-so a killed task can simply be run again and a rerun skips finished chunks.
+so a killed task can simply be run again and a rerun skips finished chunks. Each chunk records
+the hash of the samples it was computed from (``sample_hash``, hashed by the task as it reads
+them); a rerun reads the samples again and recomputes a chunk whose samples changed.
+
+The files spray writes into a run folder are listed in ``RUN_DIR/.spray-files.json``
+(:class:`OwnedFiles`); spray overwrites or deletes nothing that is not listed there with the same
+content.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import hashlib
+import json
 import os
+import shutil
 import socket
+import uuid
 from pathlib import Path
 
 import numpy as np
@@ -35,6 +49,11 @@ from spray.errors import StoreError
 FORMAT = "spray-store"
 FORMAT_VERSION = 1
 LOCK_NAME = ".spray.lock"
+MANIFEST_NAME = ".spray-files.json"
+FOLDER_MARKER = ".spray-folder"
+#: fingerprints a resumed run must share with the store (a change means other relevance maps)
+RESUME_FINGERPRINTS = ("model", "data", "attribution", "spray")
+HASH_BYTES = 32
 
 
 def store_path(run_dir: str | Path) -> Path:
@@ -63,15 +82,17 @@ def create_or_check_store(run_dir: Path, fingerprints: dict, config_hash: str,
     path = store_path(run_dir)
     if (path / "zarr.json").is_file():
         group = open_store(run_dir, mode="a")
-        old = group.attrs.get("fingerprints", {})
-        changed = [k for k in fingerprints if old.get(k) != fingerprints[k]]
+        old = dict(group.attrs.get("fingerprints", {}))
+        changed = [k for k in RESUME_FINGERPRINTS
+                   if k in fingerprints and old.get(k) != fingerprints[k]]
         if changed:
             raise StoreError(
                 f"{path} was made with a different {', '.join(changed)} "
                 f"({', '.join(f'{k}: {old.get(k)} vs now {fingerprints[k]}' for k in changed)}); "
                 f"refusing to mix results. Choose another --output or pass --overwrite to start over."
             )
-        group.attrs.update({"config_hash": config_hash, "classes": classes})
+        group.attrs.update({"config_hash": config_hash, "classes": classes,
+                            "fingerprints": {**old, **fingerprints}})
         return group
     if path.exists():
         raise StoreError(f"{path} exists but is not a Zarr store; move it away or pass --overwrite")
@@ -101,8 +122,10 @@ def prepare_class(group: zarr.Group, c: int, name: str, indices: np.ndarray,
         same = (cg.attrs.get("n_samples") == n and cg.attrs.get("chunk_size") == chunk_size
                 and np.array_equal(cg["index"][:], indices))
         if same:
+            _require_sample_hash(cg, int(cg["done"].shape[0]))
             return cg
-        raise StoreError(f"{store_path('.')}: class {c} in the store has other samples or chunking "
+        where = getattr(group.store, "root", group.store)
+        raise StoreError(f"{where}: class {c} in the store has other samples or chunking "
                          f"than this run; pass --overwrite to start over")
     cg = classes.require_group(key)
     cg.attrs.update({"class": int(c), "name": name, "n_samples": int(n),
@@ -118,7 +141,34 @@ def prepare_class(group: zarr.Group, c: int, name: str, indices: np.ndarray,
                     fill_value=0)
     cg.create_array("prediction", shape=(n,), chunks=(rows,), dtype="int64", fill_value=-1)
     cg.create_array("done", shape=(n_chunks,), chunks=(1,), dtype="bool", fill_value=False)
+    _require_sample_hash(cg, n_chunks)
     return cg
+
+
+def _require_sample_hash(cg: zarr.Group, n_chunks: int) -> None:
+    """The per-chunk sample hashes (all zero, i.e. unknown, for a class stored without them)."""
+    if "sample_hash" not in cg:
+        cg.create_array("sample_hash", shape=(n_chunks, HASH_BYTES), chunks=(1, HASH_BYTES),
+                        dtype="uint8", fill_value=0)
+
+
+def class_samples_hash(cg: zarr.Group) -> str:
+    """Hash of the class's per-chunk sample hashes: the samples its maps were computed from."""
+    if "sample_hash" not in cg:
+        return ""
+    return hashlib.sha256(np.ascontiguousarray(cg["sample_hash"][:]).tobytes()).hexdigest()[:16]
+
+
+def mark_run(group: zarr.Group, state: str) -> str:
+    """Record the run's state in the store (``running``, ``finished`` or ``failed``).
+
+    Every invocation gets a new ``run_id``; the summary carries the id and state it was built
+    from, so ``spray check`` can tell a summary of this store's last finished run from a stale
+    one.
+    """
+    run_id = uuid.uuid4().hex if state == "running" else group.attrs.get("run_id")
+    group.attrs.update({"run_state": state, "run_id": run_id})
+    return run_id
 
 
 def open_class(run_dir: str | Path, c: int, mode: str = "r") -> zarr.Group:
@@ -135,54 +185,188 @@ def write_array(cg: zarr.Group, name: str, data: np.ndarray) -> None:
 
 
 class RunLock:
-    """An exclusive lock on a run folder, so two runs never write one store at once."""
+    """An exclusive lock on a run folder, so two runs never write one store at once.
+
+    ``fcntl.flock`` on ``RUN_DIR/.spray.lock``: the kernel releases it when its holder exits, so a
+    lock file left by a killed run is simply taken again; after locking, the file must still be
+    the one at the path (a releasing holder unlinks it), otherwise the lock is taken again on the
+    new file.
+    """
 
     def __init__(self, run_dir: Path):
         self.path = Path(run_dir) / LOCK_NAME
         self.held = False
+        self._fd = None
 
-    def _holder_alive(self) -> bool:
-        try:
-            host, pid = self.path.read_text().split()[:2]
-        except (OSError, ValueError):
-            return True  # being written right now by another process
-        if host != socket.gethostname():
-            return True
-        try:
-            os.kill(int(pid), 0)
-        except ProcessLookupError:
-            return False
-        except PermissionError:
-            return True
-        return True
+    def _holder(self) -> str:
+        with contextlib.suppress(OSError):
+            return self.path.read_text().strip() or "unknown process"
+        return "unknown process"
 
-    def acquire(self) -> "RunLock":
+    def acquire(self) -> RunLock:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        for _ in range(2):
+        for _ in range(100):
+            fd = os.open(self.path, os.O_CREAT | os.O_RDWR, 0o644)
             try:
-                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-            except FileExistsError:
-                if self._holder_alive():
-                    raise StoreError(
-                        f"{self.path.parent} is in use by another spray run "
-                        f"(lock {self.path}: {self.path.read_text().strip()}); wait for it to "
-                        f"finish, or delete the lock file if that run is gone"
-                    ) from None
-                self.path.unlink(missing_ok=True)  # stale lock of a dead process
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                raise StoreError(
+                    f"{self.path.parent} is in use by another spray run (lock {self.path}: "
+                    f"{self._holder()}); wait for it to finish") from None
+            try:
+                same = os.fstat(fd).st_ino == os.stat(self.path).st_ino
+            except FileNotFoundError:
+                same = False
+            if not same:  # the previous holder unlinked the file as we opened it
+                os.close(fd)
                 continue
-            with os.fdopen(fd, "w") as fh:
-                fh.write(f"{socket.gethostname()} {os.getpid()}\n")
-            self.held = True
+            os.ftruncate(fd, 0)
+            os.write(fd, f"{socket.gethostname()} {os.getpid()}\n".encode())
+            self._fd, self.held = fd, True
             return self
         raise StoreError(f"cannot take the lock {self.path}")
 
     def release(self) -> None:
         if self.held:
-            self.path.unlink(missing_ok=True)
-            self.held = False
+            self.path.unlink(missing_ok=True)  # before unlocking: waiters then see a new file
+            os.close(self._fd)
+            self._fd, self.held = None, False
 
     def __enter__(self):
         return self.acquire()
 
     def __exit__(self, *exc):
         self.release()
+
+
+def _digest(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+class OwnedFiles:
+    """The entries of a folder that spray wrote, listed in ``FOLDER/.spray-files.json``.
+
+    A file is listed with the SHA-256 of the content spray wrote (a file changed since is not
+    spray's any more), a folder (the report, the demo's files) as ``"folder:TOKEN"`` with the
+    token in its marker file :data:`FOLDER_MARKER`, the store as ``"store"``. spray only
+    overwrites or deletes listed entries.
+    """
+
+    def __init__(self, folder: str | Path):
+        self.folder = Path(folder)
+        self.path = self.folder / MANIFEST_NAME
+
+    def entries(self) -> dict:
+        try:
+            data = json.loads(self.path.read_text())
+        except (OSError, ValueError):
+            return {}
+        if not isinstance(data, dict) or not isinstance(data.get("entries"), dict):
+            return {}
+        return {str(k): str(v) for k, v in data["entries"].items()}
+
+    def owns(self, name: str) -> bool:
+        """``name`` is absent, or spray wrote it (and a file is unchanged since)."""
+        target = self.folder / name
+        if not target.exists() and not target.is_symlink():
+            return True
+        kind = self.entries().get(name)
+        if kind is None or target.is_symlink():
+            return False
+        if kind == "store":
+            return (target / "zarr.json").is_file()
+        if kind.startswith("folder:"):
+            try:
+                return target.is_dir() and \
+                    (target / FOLDER_MARKER).read_text() == kind.partition(":")[2]
+            except OSError:
+                return False
+        try:
+            return target.is_file() and _digest(target) == kind
+        except OSError:
+            return False
+
+    def not_owned(self, names) -> list[str]:
+        """Those of ``names`` that exist and that spray did not write."""
+        return [n for n in names if not self.owns(n)]
+
+    def _save(self, entries: dict) -> None:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        tmp = self.folder / f"{MANIFEST_NAME}.{os.getpid()}.tmp"
+        tmp.write_text(json.dumps({"written_by": "spray", "entries": entries}, indent=1))
+        os.replace(tmp, self.path)
+
+    def claim_folder(self, name: str) -> None:
+        """Record ``name`` as a folder spray writes (creating it, with a marker file inside that
+        tells it from a folder someone else put at the same path later)."""
+        entries = self.entries()
+        kind = entries.get(name, "")
+        target = self.folder / name
+        if kind.startswith("folder:") and self.owns(name) and target.is_dir():
+            return
+        if target.exists() or target.is_symlink():
+            raise StoreError(f"{target} exists and was not written by spray; refusing to write "
+                             f"into it. Move it away or choose another folder")
+        token = uuid.uuid4().hex
+        target.mkdir(parents=True, exist_ok=True)
+        (target / FOLDER_MARKER).write_text(token)
+        entries[name] = f"folder:{token}"
+        self._save(entries)
+
+    def claim_store(self) -> None:
+        """Record the Zarr store (its own ``format`` attribute marks it as spray's)."""
+        entries = self.entries()
+        if entries.get("spray.zarr") != "store":
+            entries["spray.zarr"] = "store"
+            self._save(entries)
+
+    def write_text(self, name: str, text: str) -> Path:
+        """Write a file spray owns: refuse if a file of someone else's is in the way."""
+        target = self.folder / name
+        if not self.owns(name):
+            raise StoreError(f"{target} exists and was not written by spray (or was changed "
+                             f"since); refusing to overwrite it. Move it away or choose another "
+                             f"folder")
+        data = text.encode()
+        entries = self.entries()
+        entries[name] = hashlib.sha256(data).hexdigest()
+        tmp = self.folder / f".{name}.{os.getpid()}.tmp"
+        tmp.write_bytes(data)
+        self._save(entries)
+        os.replace(tmp, target)
+        return target
+
+    def record(self, name: str) -> None:
+        """Record a file spray has just written (by another writer, e.g. h5py) as its own."""
+        entries = self.entries()
+        entries[name] = _digest(self.folder / name)
+        self._save(entries)
+
+    def remove(self, name: str) -> None:
+        """Delete an entry spray wrote; refuse (and delete nothing) otherwise."""
+        target = self.folder / name
+        if not target.exists():
+            return
+        if not self.owns(name):
+            raise StoreError(f"{target} was not written by spray (or was changed since); "
+                             f"refusing to delete it")
+        if target.is_dir():
+            shutil.rmtree(target)
+        else:
+            target.unlink()
+        entries = self.entries()
+        entries.pop(name, None)
+        self._save(entries)
+
+
+def damaged_class(run_dir: str | Path, c, err: Exception) -> StoreError:
+    """The error for a class folder whose arrays or attributes cannot be read."""
+    return StoreError(f"{store_path(run_dir)}/classes/{c}: cannot be read "
+                      f"({type(err).__name__}: {err}); the store is corrupt or truncated. Other "
+                      f"classes are untouched; rerun with --overwrite to start over, or move "
+                      f"that class folder away to recompute only it")

@@ -36,7 +36,7 @@ def build():
 @pytest.fixture(scope="session")
 def small_problem(tmp_path_factory):
     """Digits (32×32) with a planted stamp in 30 % of class 2, a CNN trained on them, a config."""
-    from spray.sources import load_digits_arrays
+    from spray.data.sources import load_digits_arrays
 
     root = tmp_path_factory.mktemp("problem")
     x, y = load_digits_arrays(32)

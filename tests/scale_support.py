@@ -5,6 +5,7 @@ Dask scheduler + workers on 127.0.0.1.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -71,8 +72,8 @@ def scale_config(small_problem, chunk_size: int = 16, **cluster) -> Path:
 
 def reference_run(small_problem, tmp_root: Path, chunk_size: int = 16) -> Path:
     """An uninterrupted in-process run of :func:`scale_config` (made once per test session)."""
-    from spray.config import load_config
-    from spray.graph import run
+    from spray.config.run_config import load_config
+    from spray.run.execute import run
 
     out = Path(tmp_root) / f"scale-reference-{chunk_size}"
     if not (out / "report" / "summary.json").is_file():
@@ -147,10 +148,8 @@ def spray_process(*args, env=None, cwd=None) -> subprocess.Popen:
 
 def stop(proc: subprocess.Popen, sig=signal.SIGKILL, timeout: float = 30) -> None:
     if proc.poll() is None:
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, sig)
-        except ProcessLookupError:
-            pass
         try:
             proc.wait(timeout)
         except subprocess.TimeoutExpired:
@@ -173,11 +172,11 @@ class DaskCluster:
 
     def _start(self, *args, log: str) -> subprocess.Popen:
         dask = str(Path(sys.executable).with_name("dask"))  # `dask scheduler`, `dask worker`
-        fh = open(self.workdir / log, "w")
+        fh = open(self.workdir / log, "w")  # noqa: SIM115 - the child process owns it
         return subprocess.Popen([dask, *args], stdout=fh, stderr=subprocess.STDOUT,
                                 env=self.env, cwd=self.workdir, start_new_session=True)
 
-    def start(self, timeout: float = 60) -> "DaskCluster":
+    def start(self, timeout: float = 60) -> DaskCluster:
         from distributed import Client
 
         self.scheduler = self._start("scheduler", "--host", "127.0.0.1", "--port", str(self.port),
@@ -190,7 +189,7 @@ class DaskCluster:
         with Client(self.address, timeout="30s") as client:
             client.wait_for_workers(self.n_workers, timeout=timeout)
             # import torch and spray on the workers before the clock of a test starts
-            client.run(lambda: __import__("spray.tasks") and None)
+            client.run(lambda: __import__("spray.run.tasks") and None)
         return self
 
     def kill_worker(self, i: int) -> None:

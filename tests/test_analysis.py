@@ -1,11 +1,11 @@
-"""End-to-end tests of spray.analysis.analyze and the pipeline loader."""
+"""End-to-end tests of spray.analysis.analyze.analyze and the pipeline loader."""
 
 import numpy as np
 import pytest
 
-from spray.analysis import AnalysisResult, analyze
+from spray.analysis.analyze import AnalysisResult, analyze
+from spray.config.presets import load_pipeline
 from spray.errors import ConfigError, DataError
-from spray.pipeline import load_pipeline
 
 
 def blobs(n_per=150, centers=4, dim=20, spread=0.3, seed=0):
@@ -111,7 +111,7 @@ def test_other_clustering_methods(method):
 
 @pytest.mark.parametrize("preset", ["spray-default", "lowpass", "fft", "abs", "corelay-compat"])
 def test_every_preset_runs_on_maps(preset):
-    from spray.preprocess import preprocess
+    from spray.analysis.preprocess import preprocess
 
     rng = np.random.default_rng(5)
     maps = rng.standard_normal((60, 1, 28, 28)).astype(np.float32)

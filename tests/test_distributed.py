@@ -7,9 +7,18 @@ uninterrupted single-process run.
 from __future__ import annotations
 
 import pytest
-
-from scale_support import (DaskCluster, assert_same_results, chunks_done, reference_run,
-                           run_info, scale_config, spray_process, stop, summary, wait_until)
+from scale_support import (
+    DaskCluster,
+    assert_same_results,
+    chunks_done,
+    reference_run,
+    run_info,
+    scale_config,
+    spray_process,
+    stop,
+    summary,
+    wait_until,
+)
 
 pytestmark = pytest.mark.distributed
 
@@ -50,9 +59,8 @@ def test_killed_worker_is_survived(small_problem, dask_cluster, tmp_path, tmp_pa
 
 
 def test_unreachable_scheduler_is_a_clear_error(small_problem, tmp_path):
-    from scale_support import free_port
-
     from conftest import run_cli
+    from scale_support import free_port
 
     port = free_port()
     config = scale_config(small_problem, connect_timeout=2)
@@ -80,9 +88,9 @@ class _RecordingClient:
 
 
 def test_lrp_tasks_carry_the_gpu_annotation_and_worker_settings(small_problem):
-    from spray.config import load_config
-    from spray.graph import _submit
-    from spray.tasks import torch_threads_for
+    from spray.config.run_config import load_config
+    from spray.run.execute import _submit
+    from spray.run.tasks import torch_threads_for
 
     cfg, base = load_config(scale_config(small_problem, lrp_resources={"GPU": 1},
                                          device="cuda", retries=3))

@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 import yaml
 import zarr
-
 from conftest import write_config
-from spray.config import load_config
-from spray.export import ANALYSIS_METHOD, SPRAY_CLUSTERING, export_virelay, pixel_range
-from spray.graph import run
+
+from spray.config.run_config import load_config
+from spray.export.virelay import ANALYSIS_METHOD, SPRAY_CLUSTERING, export_virelay, pixel_range
+from spray.run.execute import run
 
 
 @pytest.fixture(scope="module")
@@ -120,7 +120,7 @@ def test_pixel_range():
 
 
 def test_cli_export_and_errors(exported_run, tmp_path, capsys):
-    from spray.cli import main
+    from spray.cli.main import main
 
     run_dir, _, _ = exported_run
     assert main(["export", "virelay", str(run_dir), str(tmp_path / "cli"), "--no-index"]) == 0

@@ -6,10 +6,16 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from spray.analysis import analyze
+from spray.analysis.analyze import analyze
+from spray.config.presets import load_pipeline
 from spray.errors import ConfigError
-from spray.flags import clever_hans_score, conductance, flag_params, masked_inputs, size_penalty
-from spray.pipeline import load_pipeline
+from spray.verdict.score import (
+    clever_hans_score,
+    conductance,
+    flag_params,
+    masked_inputs,
+    size_penalty,
+)
 
 GRID = 10
 
@@ -236,7 +242,7 @@ def test_conductance_and_size_prior():
 def test_resampling_skips_only_candidates_that_cannot_win(natural_class, halves):
     """Candidates whose plain score is below the best stable score are not resampled; resampling
     them anyway gives stable scores below the class score, so the verdict is the same."""
-    from spray.flags import _Resamples
+    from spray.verdict.score import _Resamples
 
     feats, inputs, _ = natural_class
     pipe = load_pipeline("spray-default", overrides={
@@ -261,8 +267,8 @@ def test_resampling_skips_only_candidates_that_cannot_win(natural_class, halves)
 
 def test_random_conductance_matches_random_subsets():
     """Random subsets of a real kNN graph have the conductance max(s, n − s)/(n − 1) on average."""
-    from spray.affinity import knn_affinity
-    from spray.flags import random_conductance
+    from spray.analysis.knn import knn_affinity
+    from spray.verdict.score import random_conductance
 
     rng = np.random.default_rng(5)
     X = rng.standard_normal((400, 8))
@@ -339,8 +345,8 @@ def test_every_cluster_above_the_threshold_is_a_suspect(artefact_class):
 
 
 def test_bisect_splits_two_joined_blobs():
-    from spray.affinity import knn_affinity
-    from spray.flags import bisect
+    from spray.analysis.knn import knn_affinity
+    from spray.verdict.score import bisect
 
     rng = np.random.default_rng(7)
     X = np.concatenate([rng.standard_normal((60, 4)), rng.standard_normal((40, 4)) + 6.0])
@@ -405,7 +411,7 @@ def test_every_candidate_that_reaches_the_threshold_is_resampled(natural_class):
 
 
 def test_sweep_cut_is_the_prefix_of_least_conductance():
-    from spray.flags import _conductance_mask, _sweep_cut, _with_degree
+    from spray.verdict.score import _conductance_mask, _sweep_cut, _with_degree
 
     rng = np.random.default_rng(8)
     A = sp.random(40, 40, density=0.15, random_state=2)
@@ -437,8 +443,8 @@ def test_bisect_cuts_a_connected_cluster_along_its_fiedler_vector():
     """One connected cluster of two touching blobs: the sweep over the Fiedler order finds them."""
     from scipy.sparse.csgraph import connected_components
 
-    from spray.affinity import knn_affinity
-    from spray.flags import bisect
+    from spray.analysis.knn import knn_affinity
+    from spray.verdict.score import bisect
 
     rng = np.random.default_rng(9)
     X = np.concatenate([rng.standard_normal((150, 2)), rng.standard_normal((100, 2)) + [4.0, 0]])

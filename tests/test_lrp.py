@@ -15,7 +15,8 @@ from torch import nn
 import spray.lrp as lrp
 from spray.errors import ConfigError, DataError, ModelError
 from spray.lrp import Composite, Epsilon, Flat, Gamma, ZPlus
-from spray.lrp.composites import AFFINE
+from spray.lrp.layers import AFFINE
+
 
 @pytest.fixture(autouse=True, scope="module")
 def _single_thread():
@@ -456,7 +457,8 @@ def test_no_warning_for_eval_models():
 # ---------------------------------------------------------------------------------------------
 
 hypothesis = pytest.importorskip("hypothesis")
-from hypothesis import given, settings, strategies as st  # noqa: E402
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
 
 
 @settings(max_examples=10, deadline=None)

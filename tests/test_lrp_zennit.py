@@ -17,21 +17,25 @@ import torch
 from torch import nn
 
 import spray.lrp as lrp
-from spray.lrp.composites import AFFINE, CONVOLUTIONS, DENSE
+from spray.lrp.layers import AFFINE, CONVOLUTIONS, DENSE
 
 zennit = pytest.importorskip("zennit")
 
+from test_lrp import MODELS, Block, _single_thread, inputs_for, make_vgg, relative_error  # noqa: E402,F401
 from zennit import rules as zr  # noqa: E402
 from zennit import types as zt  # noqa: E402
 from zennit.attribution import Gradient  # noqa: E402
 from zennit.canonizers import AttributeCanonizer, SequentialMergeBatchNorm  # noqa: E402
-from zennit.composites import (EpsilonAlpha2Beta1, EpsilonAlpha2Beta1Flat,  # noqa: E402
-                               EpsilonGammaBox, EpsilonPlus, EpsilonPlusFlat,
-                               SpecialFirstLayerMapComposite, layer_map_base)
+from zennit.composites import (  # noqa: E402
+    EpsilonAlpha2Beta1,
+    EpsilonAlpha2Beta1Flat,
+    EpsilonGammaBox,
+    EpsilonPlus,
+    EpsilonPlusFlat,
+    SpecialFirstLayerMapComposite,
+    layer_map_base,
+)
 from zennit.layer import Sum  # noqa: E402
-
-from test_lrp import (MODELS, Block, _single_thread, inputs_for, make_vgg,  # noqa: E402,F401
-                      relative_error)
 
 pytestmark = pytest.mark.peers
 
@@ -161,10 +165,9 @@ def test_matches_zennit_float64(kind, case):
 def test_matches_zennit_on_torchvision_resnet():
     """A real torchvision ResNet (basic blocks, ``out += identity``) with Zennit's ResNet canonizer."""
     resnet = pytest.importorskip("torchvision.models.resnet")
+    from test_lrp import randomize_batchnorm
     from zennit.canonizers import CompositeCanonizer
     from zennit.torchvision import ResNetBasicBlockCanonizer, ResNetBottleneckCanonizer
-
-    from test_lrp import randomize_batchnorm
 
     torch.manual_seed(0)
     model = randomize_batchnorm(resnet.ResNet(resnet.BasicBlock, [1, 1, 1, 1], num_classes=10))

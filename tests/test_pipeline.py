@@ -3,17 +3,16 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 import zarr
-
 from conftest import run_cli
-from spray.config import load_config
+
+from spray.config.run_config import load_config
 from spray.errors import StoreError
-from spray.graph import run
+from spray.run.execute import run
 from spray.store import RunLock
 
 
@@ -54,7 +53,7 @@ def test_store_layout_and_summary(small_problem, small_run):
 def test_relevance_in_store_matches_lrp(small_problem, small_run):
     """The maps a Dask task wrote are the maps spray.lrp gives for the same samples."""
     from spray import lrp
-    from spray.models import build_model
+    from spray.data.models import build_model
 
     out, _ = small_run
     cfg, base = load_config(small_problem["config"])
@@ -118,8 +117,8 @@ def test_other_model_is_refused(small_problem, small_run, tmp_path):
 
 
 def test_pickle_checkpoint_refused(small_problem, tmp_path):
+    from spray.data.models import build_model
     from spray.errors import ModelError
-    from spray.models import build_model
 
     model = build_model({"factory": "smallnet:build", "weights": None}, str(small_problem["root"]))
     torch.save(model, tmp_path / "whole.pt")

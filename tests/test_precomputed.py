@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 import torch
 import zarr
-
 from conftest import write_config
-from spray.config import load_config
+
+from spray.config.run_config import load_config
+from spray.data.precomputed import AttributionFile
 from spray.errors import ConfigError, DataError
-from spray.graph import run
-from spray.precomputed import AttributionFile
+from spray.run.execute import run
 
 FAST_PIPELINE = {"preset": "spray-default", "embedding": {"method": "none"}}
 
@@ -87,9 +87,9 @@ def _config(small_problem, root, precomputed, **extra):
 
 def _direct_eigenvalues(maps: np.ndarray, labels: np.ndarray, pipeline) -> dict:
     """spray's analysis on the same arrays, without the pipeline around it."""
-    from spray.analysis import analyze
-    from spray.pipeline import load_pipeline
-    from spray.preprocess import preprocess
+    from spray.analysis.analyze import analyze
+    from spray.analysis.preprocess import preprocess
+    from spray.config.presets import load_pipeline
 
     pipe = load_pipeline("spray-default", overrides={"embedding": {"method": "none"}})
     result = {}
@@ -190,8 +190,8 @@ def test_other_containers_read_the_same(kind, small_problem, zennit_h5, tmp_path
     """.npz (3-D maps, other key names), a bare .npy, a Zarr group: same plan, same rows."""
     from types import SimpleNamespace
 
-    from spray.precomputed import class_rows, plan_run
-    from spray.sources import open_source
+    from spray.data.precomputed import class_rows, plan_run
+    from spray.data.sources import open_source
 
     path, arrays = zennit_h5
     source = open_source({"source": "npz", "path": str(small_problem["root"] / "data.npz")})
@@ -199,7 +199,7 @@ def test_other_containers_read_the_same(kind, small_problem, zennit_h5, tmp_path
     other = AttributionFile(str(_write(kind, arrays, tmp_path)))
     cfg = SimpleNamespace(attribution=SimpleNamespace(precomputed=other.path), classes="all",
                           class_names=["zero", "one", "two"])
-    plan = plan_run(cfg, source, warn=None)
+    plan = plan_run(cfg, source)
     assert plan.n_outputs == 3 and plan.sample_shape == small_problem["x"].shape[1:]
     labels = small_problem["y"]
     for c in range(3):
@@ -259,7 +259,7 @@ def test_group_form_and_one_hot_labels(zennit_h5, tmp_path):
 
 
 def test_bad_files_are_named(small_problem, zennit_h5, tmp_path, capsys):
-    from spray.cli import main
+    from spray.cli.main import main
 
     _, arrays = zennit_h5
     multi = tmp_path / "multi.h5"
@@ -302,7 +302,7 @@ def test_export_of_a_precomputed_run_opens_in_virelay(precomputed_run, tmp_path)
     from virelay.model import Workspace
     from virelay.server import Server
 
-    from spray.export import ANALYSIS_METHOD, SPRAY_CLUSTERING, export_virelay
+    from spray.export.virelay import ANALYSIS_METHOD, SPRAY_CLUSTERING, export_virelay
 
     run_dir, _ = precomputed_run
     info = export_virelay(run_dir, tmp_path / "virelay")

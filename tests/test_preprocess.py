@@ -3,9 +3,9 @@
 import numpy as np
 import pytest
 
+from spray.analysis.preprocess import nonfinite_rows, pooling_matrix, preprocess, sum_pool
+from spray.config.presets import load_pipeline
 from spray.errors import DataError
-from spray.pipeline import load_pipeline
-from spray.preprocess import nonfinite_rows, pooling_matrix, preprocess, sum_pool
 
 
 def params(**kw):

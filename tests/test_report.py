@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
-import re
 import select
 import shutil
 import subprocess
@@ -14,8 +14,6 @@ from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
-import yaml
-
 from conftest import write_config
 
 HOSTILE = "<img src=x onerror=alert(1)>one & \"two\""
@@ -24,8 +22,8 @@ HOSTILE = "<img src=x onerror=alert(1)>one & \"two\""
 @pytest.fixture(scope="module")
 def report_run(small_problem, tmp_path_factory):
     """The small planted problem run with a class name full of HTML."""
-    from spray.config import load_config
-    from spray.graph import run
+    from spray.config.run_config import load_config
+    from spray.run.execute import run
 
     raw = dict(small_problem["raw_config"])
     raw["class_names"] = ["zero", HOSTILE, "two</td>"]
@@ -190,10 +188,8 @@ class _CDP:
             self.events.append(ev)
 
     def close(self):
-        try:
+        with contextlib.suppress(Exception):  # the process is killed below anyway
             self.send("Browser.close", timeout=5)
-        except Exception:  # noqa: BLE001 - the process is killed below anyway
-            pass
         try:
             self.proc.wait(timeout=10)
         except subprocess.TimeoutExpired:

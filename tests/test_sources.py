@@ -9,9 +9,9 @@ import warnings
 import numpy as np
 import pytest
 
-from spray.config import validate_config
+from spray.config.run_config import validate_config
+from spray.data.sources import ImageFolderSource, _read_idx, class_partitions, open_source
 from spray.errors import ConfigError, DataError
-from spray.sources import ImageFolderSource, _read_idx, class_partitions, open_source
 
 MEAN, STD = [0.5, 0.4, 0.3], [0.2, 0.25, 0.3]
 
@@ -41,7 +41,7 @@ def test_image_folder_labels_shapes_and_normalization(image_folder):
     assert src.sample_shape == (3, 20, 20)
     raw = src.load_display([4, 0, 4])
     assert raw.shape == (3, 3, 20, 20) and raw.dtype == np.float32
-    assert 0.0 <= raw.min() and raw.max() <= 1.0
+    assert raw.min() >= 0.0 and raw.max() <= 1.0
     np.testing.assert_array_equal(raw[0], raw[2])
     model_in = src.load([4, 0, 4])
     expected = (raw - np.reshape(MEAN, (1, 3, 1, 1))) / np.reshape(STD, (1, 3, 1, 1))
@@ -203,3 +203,18 @@ def test_uncompressed_npz_is_memory_mapped(tmp_path):
     for src in (plain, packed):
         np.testing.assert_array_equal(src.load([7, 0, 39]), x[[7, 0, 39]])
     assert plain.fingerprint() == packed.fingerprint()
+
+
+def test_rewritten_data_file_is_read_again_in_the_same_process(tmp_path):
+    """A long-lived worker must not serve old labels with new pixels after data.npz changes."""
+    path = tmp_path / "data.npz"
+    x = np.zeros((6, 1, 4, 4), dtype=np.float32)
+    np.savez(path, x=x, y=np.array([0, 0, 0, 1, 1, 1]))
+    cfg = {"source": "npz", "path": str(path)}
+    first = open_source(cfg)
+    assert first.labels().tolist() == [0, 0, 0, 1, 1, 1]
+    np.savez(path, x=x + 1, y=np.array([1, 1, 1, 0, 0, 0]))
+    second = open_source(cfg)
+    assert second.labels().tolist() == [1, 1, 1, 0, 0, 0]
+    assert float(second.load(np.array([0])).max()) == 1.0
+    assert open_source(cfg) is second  # unchanged file: the per-process cache still serves it

@@ -4,7 +4,14 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from spray.affinity import knn_affinity
+from spray.analysis.knn import knn_affinity
+from spray.analysis.spectral import (
+    eigengaps,
+    laplacian_sym,
+    relative_eigengaps,
+    smallest_eigenpairs,
+    suggest_n_clusters,
+)
 
 pytestmark = pytest.mark.usefixtures("one_blas_thread")
 
@@ -16,8 +23,6 @@ def one_blas_thread():
 
     with threadpool_limits(1):
         yield
-from spray.spectral import (eigengaps, laplacian_sym, relative_eigengaps, smallest_eigenpairs,
-                            suggest_n_clusters)
 
 
 def dense_reference(W, m):
@@ -169,7 +174,7 @@ def test_chebyshev_components_and_isolated_nodes():
 
 
 def test_auto_solver_is_chebyshev_at_scale_and_agrees_with_eigsh(monkeypatch):
-    import spray.spectral as spectral
+    import spray.analysis.spectral as spectral
 
     assert spectral.choose_solver("auto", 1000, 32) == "eigsh"
     assert spectral.choose_solver("auto", spectral.CHEBYSHEV_ABOVE, 32) == "chebyshev"
@@ -191,7 +196,7 @@ def test_auto_solver_is_chebyshev_at_scale_and_agrees_with_eigsh(monkeypatch):
 
 
 def test_chebyshev_falls_back_to_eigsh_when_it_does_not_converge(monkeypatch):
-    import spray.spectral as spectral
+    import spray.analysis.spectral as spectral
 
     W = planted_graph(2400, seed=8)
     monkeypatch.setattr(spectral, "CHEBYSHEV_MAX_ITER", 1)
@@ -205,7 +210,7 @@ def test_chebyshev_falls_back_to_eigsh_when_it_does_not_converge(monkeypatch):
 def test_chebyshev_gives_up_on_a_gapless_spectrum_and_eigsh_finishes(monkeypatch):
     """A long cycle has pairs of eigenvalues 1 − cos(2πj/n) packed ~1e-5 apart near 0: the
     filter cannot separate them, the residual stalls, and eigsh takes over."""
-    import spray.spectral as spectral
+    import spray.analysis.spectral as spectral
 
     n = 3000
     i = np.arange(n)
@@ -219,3 +224,21 @@ def test_chebyshev_gives_up_on_a_gapless_spectrum_and_eigsh_finishes(monkeypatch
     assert outcomes == [None]
     exact = np.sort(1 - np.cos(2 * np.pi * np.arange(n) / n))[:10]
     np.testing.assert_allclose(lam, exact, atol=1e-10)
+
+
+def test_a_solver_that_did_not_run_is_recorded_in_the_analysis_warnings():
+    """solver: chebyshev on a small class, or a stalled Chebyshev iteration, must not pass
+    silently: the class's warnings (report, summary.json) say which solver really ran."""
+    from spray.analysis.analyze import analyze
+
+    rng = np.random.default_rng(0)
+    X = np.vstack([rng.normal(0, 1, (60, 8)), rng.normal(5, 1, (60, 8))])
+    result = analyze(X, embed=False, spectral={"solver": "chebyshev"})
+    assert any("solver chebyshev" in w and "densely" in w for w in result.warnings)
+    assert not any("solver" in w for w in analyze(X, embed=False).warnings)
+    n = 3000
+    i = np.arange(n)
+    W = sp.csr_matrix((np.ones(n), (i, (i + 1) % n)), shape=(n, n))
+    notes: list = []
+    smallest_eigenpairs(W + W.T, 10, solver="chebyshev", notes=notes)
+    assert len(notes) == 1 and "stalled" in notes[0] and "eigsh" in notes[0]

@@ -56,7 +56,7 @@ def test_templates_parse_and_gate_on_spray_check():
 @pytest.fixture(scope="module")
 def demo_config(tmp_path_factory):
     """The demo's data, model and config, with the model trained briefly and 2 classes."""
-    from spray import demo
+    from spray.cli import demo
 
     root = tmp_path_factory.mktemp("wf")
     folder = root / "demo"
@@ -68,7 +68,7 @@ def demo_config(tmp_path_factory):
     np.savez(folder / "data.npz", x=data["x_test"], y=data["y_test"])
     config = {
         "data": {"source": "npz", "path": "data.npz"},
-        "model": {"factory": "spray.demo:build_model", "weights": "model.pt"},
+        "model": {"factory": "spray.cli.demo:build_model", "weights": "model.pt"},
         "attribution": {"composite": "epsilon-plus-flat", "target": "label", "chunk_size": 128},
         "classes": [demo.PLANTED_CLASS, 5],
         "class_names": [f"digit {i}" for i in range(10)],

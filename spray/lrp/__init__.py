@@ -47,14 +47,26 @@ import torch
 from spray.errors import ConfigError, DataError
 from spray.lrp.composites import COMPOSITES, Composite
 from spray.lrp.engine import Program, prepare, run, tune_allocator
-from spray.lrp.rules import (AlphaBeta, Epsilon, Flat, Gamma, Gradient, Norm, Pass, Rule,
-                             WSquare, ZBox, ZPlus)
 from spray.lrp.health import relevance_health, summarize_health
+from spray.lrp.rules import (
+    AlphaBeta,
+    Epsilon,
+    Flat,
+    Gamma,
+    Gradient,
+    Norm,
+    Pass,
+    Rule,
+    WSquare,
+    ZBox,
+    ZPlus,
+)
 from spray.lrp.transformer import LayerNormRule, ProductRule, SoftmaxRule
 
 __all__ = ["attribute", "prepare", "Program", "tune_allocator", "Composite", "COMPOSITES",
            "Rule", "Epsilon", "ZPlus", "AlphaBeta", "Gamma", "Flat", "WSquare", "ZBox", "Pass",
-           "Norm", "Gradient", "relevance_health", "summarize_health", "LayerNormRule", "ProductRule", "SoftmaxRule"]
+           "Norm", "Gradient", "relevance_health", "summarize_health", "LayerNormRule",
+           "ProductRule", "SoftmaxRule"]
 
 
 def attribute(model, inputs, targets, composite="epsilon-plus-flat", *, batch_size=None,

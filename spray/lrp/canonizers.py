@@ -25,9 +25,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from spray.errors import ModelError, SprayError
-from spray.lrp.composites import AFFINE, BATCH_NORMS
-from spray.lrp.transformer import (ATTENTION_FUNCTIONS, ATTENTION_METHODS, LEAF_MODULES,
-                                   attention_node_owner, expose_attention)
+from spray.lrp.layers import AFFINE, BATCH_NORMS
+from spray.lrp.transformer import (
+    ATTENTION_FUNCTIONS,
+    ATTENTION_METHODS,
+    LEAF_MODULES,
+    attention_node_owner,
+    expose_attention,
+)
 
 #: modules whose plain gradient is the LRP backward pass (routing or identity layers)
 GRADIENT_MODULES = (
@@ -98,7 +103,7 @@ def trace(model: nn.Module) -> fx.GraphModule:
 
 def module_of(gm: fx.GraphModule, node: fx.Node):
     """The module a ``call_module`` node calls (``None`` for other nodes)."""
-    return gm.get_submodule(node.target) if node.op == "call_module" else None
+    return gm.get_submodule(str(node.target)) if node.op == "call_module" else None
 
 
 def drop_output_squasher(gm: fx.GraphModule) -> str | None:

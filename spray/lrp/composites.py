@@ -35,29 +35,34 @@ All composites map LayerNorm/RMSNorm and the pieces of exposed ``nn.MultiheadAtt
 from __future__ import annotations
 
 import inspect
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from torch import nn
-
 from spray.errors import ConfigError
-from spray.lrp.rules import (AlphaBeta, Epsilon, Flat, Gamma, Norm, Pass, Rule, ZBox, ZPlus,
-                             make_rule)
-from spray.lrp.transformer import (LAYER_NORMS, PRODUCTS, AttentionProjection, AttentionSoftmax,
-                                   AttentionValueProduct, LayerNormRule, ProductRule,
-                                   QueryKeyProduct, SoftmaxRule)
-
-CONVOLUTIONS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
-DENSE = (nn.Linear,)
-AFFINE = CONVOLUTIONS + DENSE
-ACTIVATIONS = (
-    nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.PReLU, nn.RReLU, nn.ELU, nn.SELU, nn.CELU, nn.GELU,
-    nn.SiLU, nn.Mish, nn.Sigmoid, nn.Tanh, nn.Softplus, nn.Softsign, nn.Hardtanh,
-    nn.Hardswish, nn.Hardsigmoid, nn.Hardshrink, nn.Softshrink, nn.Tanhshrink, nn.Threshold,
-    nn.LogSigmoid,
+from spray.lrp.layers import ACTIVATIONS, AFFINE, AVG_POOLS, BATCH_NORMS, CONVOLUTIONS, DENSE
+from spray.lrp.rules import (
+    AlphaBeta,
+    Epsilon,
+    Flat,
+    Gamma,
+    Norm,
+    Pass,
+    Rule,
+    ZBox,
+    ZPlus,
+    make_rule,
 )
-AVG_POOLS = (nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d,
-             nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d)
-BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+from spray.lrp.transformer import (
+    LAYER_NORMS,
+    PRODUCTS,
+    AttentionProjection,
+    AttentionSoftmax,
+    AttentionValueProduct,
+    LayerNormRule,
+    ProductRule,
+    QueryKeyProduct,
+    SoftmaxRule,
+)
 
 
 @dataclass
@@ -251,7 +256,7 @@ def cp_lrp(epsilon=1e-6, gamma=None, conv_gamma=None, stabilizer=1e-6):
                                  name="cp-lrp")
 
 
-COMPOSITES = {
+COMPOSITES: dict[str, Callable[..., Composite]] = {
     "attn-lrp": attn_lrp,
     "cp-lrp": cp_lrp,
     "epsilon-plus-flat": epsilon_plus_flat,

@@ -23,7 +23,8 @@ from torch import nn
 
 from spray.errors import ConfigError, DataError, ModelError
 from spray.lrp import canonizers as canon
-from spray.lrp.composites import ACTIVATIONS, AFFINE, AVG_POOLS, BATCH_NORMS, Composite, resolve
+from spray.lrp.composites import Composite, resolve
+from spray.lrp.layers import ACTIVATIONS, AFFINE, AVG_POOLS, BATCH_NORMS
 from spray.lrp.ops import AffineOp, fold_batchnorm
 from spray.lrp.rules import Gradient, Norm, Pass, Rule, stabilize
 from spray.lrp.transformer import ModuleRule
@@ -409,6 +410,7 @@ def _nonnegative_nodes(graph: fx.Graph) -> set:
         source = node.args[0] if node.args else None
         keeps = False
         if node.op == "call_module":
+            assert graph.owning_module is not None  # the graph of a traced GraphModule
             module = canon.module_of(graph.owning_module, node)
             if isinstance(module, _NONNEG_MODULES):
                 nonneg.add(node)
@@ -439,7 +441,7 @@ def fingerprint(model: nn.Module) -> tuple:
                  for t in itertools.chain(model.parameters(), model.buffers()))
 
 
-_PROGRAMS: "weakref.WeakKeyDictionary[nn.Module, dict]" = weakref.WeakKeyDictionary()
+_PROGRAMS: weakref.WeakKeyDictionary[nn.Module, dict] = weakref.WeakKeyDictionary()
 
 
 def prepare(model: nn.Module, composite="epsilon-plus-flat", **kwargs) -> Program:

@@ -28,16 +28,16 @@ class AffineOp:
         self.weight = weight
         self.bias = bias
         self.is_conv = isinstance(module, nn.modules.conv._ConvNd)
-        if self.is_conv:
+        self.groups: int = 1
+        if isinstance(module, nn.modules.conv._ConvNd):
             self.ndim = weight.ndim - 2
-            self.stride = tuple(module.stride)
-            self.padding = tuple(module.padding)
-            self.dilation = tuple(module.dilation)
-            self.groups = module.groups
+            self.stride: tuple[int, ...] = tuple(module.stride)
+            self.padding: tuple[int, ...] = tuple(module.padding)  # type: ignore[arg-type]
+            self.dilation: tuple[int, ...] = tuple(module.dilation)
+            self.groups = int(module.groups)
             self.out_units = weight.shape[0]
             self._conv = _CONV_FUNCTIONS[self.ndim]
         else:
-            self.groups = 1
             self.out_units = weight.shape[0]
 
     # -- plain operator -------------------------------------------------------------------
@@ -203,7 +203,8 @@ class AffineOp:
         return bias
 
 
-def fold_batchnorm(weight: torch.Tensor, bias: torch.Tensor | None, bn: nn.Module):
+def fold_batchnorm(weight: torch.Tensor, bias: torch.Tensor | None,
+                   bn: nn.modules.batchnorm._NormBase):
     """Fold an eval-mode BatchNorm that follows a dense/convolution layer into its parameters.
 
     Returns the new ``(weight, bias)``; the BatchNorm then becomes the identity.

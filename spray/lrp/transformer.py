@@ -66,7 +66,9 @@ class AttentionProjection(nn.Linear):
         nn.Module.__init__(self)
         self.in_features, self.out_features = weight.shape[1], weight.shape[0]
         self.weight = nn.Parameter(weight.detach(), requires_grad=False)
-        self.bias = nn.Parameter(bias.detach(), requires_grad=False) if bias is not None else None
+        # nn.Linear declares a Parameter, but allows None (bias=False) as here
+        self.bias = (nn.Parameter(bias.detach(), requires_grad=False)  # type: ignore[assignment]
+                     if bias is not None else None)
 
 
 class QueryKeyProduct(nn.Module):

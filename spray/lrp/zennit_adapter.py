@@ -1,6 +1,6 @@
 """``composite="zennit:<Name>"``: run any Zennit composite through the same interface.
 
-Zennit is an optional peer (``pip install spray[peers]``); spray's own engine stays the default.
+Zennit is an optional peer (``pip install spray-xai[peers]``); spray's own engine stays the default.
 The explained quantity is the same: the output gradient is ``logit × one-hot(target)``.
 BatchNorm layers are merged with Zennit's canonizers (``SequentialMergeBatchNorm`` and, when
 torchvision ResNet blocks are present, ``ResNetCanonizer``) unless ``canonizers=`` is given.
@@ -20,7 +20,7 @@ def _zennit():
         import zennit.canonizers
         import zennit.composites
     except ImportError as exc:  # pragma: no cover - depends on the environment
-        raise ConfigError("composite 'zennit:...' needs Zennit: pip install 'spray[peers]'") from exc
+        raise ConfigError("composite 'zennit:...' needs Zennit: pip install 'spray-xai[peers]'") from exc
     return zennit
 
 
@@ -78,8 +78,8 @@ def attribute_zennit(model, name: str, canonizers=None, **kwargs):
             one_hot = torch.zeros_like(logits).scatter_(1, index[:, None], 1.0)
             return logits.detach() * one_hot
 
-        with torch.inference_mode(False), torch.enable_grad():
-            with zennit.attribution.Gradient(model=model, composite=composite) as attributor:
+        with torch.inference_mode(False), torch.enable_grad(), \
+                zennit.attribution.Gradient(model=model, composite=composite) as attributor:
                 try:
                     _, relevance = attributor(x, seed)
                 except RuntimeError as exc:

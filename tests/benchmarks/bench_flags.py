@@ -16,9 +16,9 @@ not.
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from pathlib import Path
-import sys
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -26,9 +26,9 @@ from bench_spectral import make_features  # noqa: E402
 
 
 def run(n: int) -> dict:
-    from spray.analysis import analyze
-    from spray.flags import clever_hans_score
-    from spray.pipeline import load_pipeline
+    from spray.analysis.analyze import analyze
+    from spray.config.presets import load_pipeline
+    from spray.verdict.score import clever_hans_score
 
     pipe = load_pipeline("spray-default", overrides={"embedding": {"method": "none"}})
     feats, _ = make_features(n, seed=0)

@@ -142,7 +142,7 @@ def have_zennit() -> bool:
 def time_methods(methods: dict, model, x, targets, repeats: int) -> dict:
     """Best wall time of each method over ``repeats`` round-robin rounds (after one warm-up)."""
     best = {name: float("inf") for name in methods}
-    for name, method in methods.items():
+    for method in methods.values():
         method(model, x, targets)  # warm-up: allocations, weight preparation, tracing
     for _ in range(repeats):
         for name, method in methods.items():
@@ -171,7 +171,7 @@ def benchmark(label, model, shape, batch, repeats, zennit, channels_last=False):
     times = time_methods(methods, model, x, targets, repeats)
     rows = []
     forward = times["forward"]
-    for name, (params, zennit_class, zennit_params) in COMPOSITES.items():
+    for name in COMPOSITES:
         ours = times[f"spray {name}"]
         theirs = times.get(f"zennit {name}")
         error = None

@@ -5,7 +5,7 @@ dataset sizes 10× apart.
 
 For every dataset size a synthetic 10-class dataset of 32×32 images is written as a Zarr array
 (read chunk by chunk by the tasks, like HDF5 or an image folder) and explained with the demo's
-VGG-style CNN through the whole pipeline (``spray.graph.run``: LRP chunks, class analyses,
+VGG-style CNN through the whole pipeline (``spray.run.execute.run``: LRP chunks, class analyses,
 report). Each configuration gets a fresh ``LocalCluster`` of N worker processes (1 Dask thread
 and 1 torch thread each, so N workers use N cores); the benchmark connects ``run`` to it like
 ``spray run --scheduler tcp://…`` and afterwards asks every worker for its peak resident memory
@@ -56,7 +56,7 @@ def make_dataset(root: Path, n: int, chunk: int, seed: int = 0) -> Path:
 
 
 def make_config(root: Path, data: Path, chunk: int, batch: int) -> Path:
-    from spray.demo import build_model
+    from spray.cli.demo import build_model
 
     torch.manual_seed(0)
     weights = root / "cnn.pt"
@@ -64,7 +64,7 @@ def make_config(root: Path, data: Path, chunk: int, batch: int) -> Path:
         torch.save(build_model(10, 1).state_dict(), weights)
     cfg = {
         "data": {"source": "zarr", "path": str(data)},
-        "model": {"factory": "spray.demo:build_model", "weights": str(weights),
+        "model": {"factory": "spray.cli.demo:build_model", "weights": str(weights),
                   "kwargs": {"n_classes": 10, "channels": 1}},
         "attribution": {"composite": "epsilon-plus-flat", "chunk_size": chunk,
                         "batch_size": batch},
@@ -82,8 +82,8 @@ def bench_one(config: Path, out: Path, workers: int) -> dict:
     import dask
     from distributed import Client, LocalCluster
 
-    from spray.config import load_config
-    from spray.graph import run
+    from spray.config.run_config import load_config
+    from spray.run.execute import run
 
     cfg, base = load_config(config)
     # send every task to the workers at once, so each worker's own priority order runs all LRP
@@ -92,7 +92,7 @@ def bench_one(config: Path, out: Path, workers: int) -> dict:
     with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
                       memory_limit=0, dashboard_address=":0", host="127.0.0.1") as cluster, \
             Client(cluster) as client:
-        client.run(lambda: __import__("spray.tasks") and None)  # imports before the clock
+        client.run(lambda: __import__("spray.run.tasks") and None)  # imports before the clock
         base_rss = client.run(_peak_rss_mib)
         t0 = time.perf_counter()
         info = run(cfg, base, output=str(out), scheduler=cluster.scheduler_address, quiet=True,

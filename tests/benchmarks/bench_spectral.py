@@ -146,12 +146,13 @@ def ari(labels, truth) -> float:
 
 
 def run_spray(X, truth, embed=True, pipeline="spray-default", overrides=None):
-    """spray's stages one by one (as in :func:`spray.analysis.analyze`), measured."""
-    from spray.affinity import graph_from_neighbors, knn_graph, resolve_k
-    from spray.cluster import cluster
-    from spray.embedding import embed as tsne, spectral_init
-    from spray.pipeline import load_pipeline
-    from spray.spectral import smallest_eigenpairs, suggest_n_clusters
+    """spray's stages one by one (as in :func:`spray.analysis.analyze.analyze`), measured."""
+    from spray.analysis.clustering import cluster
+    from spray.analysis.embedding import embed as tsne
+    from spray.analysis.embedding import spectral_init
+    from spray.analysis.knn import graph_from_neighbors, knn_neighbors, resolve_k
+    from spray.analysis.spectral import smallest_eigenpairs, suggest_n_clusters
+    from spray.config.presets import load_pipeline
 
     pipe = load_pipeline(pipeline, overrides=overrides)
     rec, info = {}, {}
@@ -159,7 +160,7 @@ def run_spray(X, truth, embed=True, pipeline="spray-default", overrides=None):
     n = X.shape[0]
     k = resolve_k(n, pipe["affinity"]["k"])
     with stage(rec, "knn", sampler):
-        ind, dist, method = knn_graph(X, k, pipe["affinity"])
+        ind, dist, method = knn_neighbors(X, k, pipe["affinity"])
     info["knn_method"] = method
     rows = query_sample(n)
     info["knn_recall"] = round(knn_recall(ind, exact_neighbours(X, rows, k), rows), 4)
@@ -223,7 +224,8 @@ def warm_up():
 
     t = time.perf_counter()
     X = np.random.default_rng(0).standard_normal((2000, 16)).astype(np.float32)
-    NNDescent(X, n_neighbors=10, random_state=0, low_memory=True, compressed=True).neighbor_graph
+    _ = NNDescent(X, n_neighbors=10, random_state=0, low_memory=True,
+                  compressed=True).neighbor_graph
     return round(time.perf_counter() - t, 1)
 
 

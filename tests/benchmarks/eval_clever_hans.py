@@ -22,9 +22,9 @@ For every setting the script builds a dataset, plants an artefact into a fractio
 class (train and test alike), trains a model on the train split, explains the test split of every
 class (digits: the whole data set) with ``spray.lrp.attribute`` (true-class logit,
 ``epsilon-plus-flat``), and scores every class with spray's own analysis
-(``spray.preprocess.preprocess`` → ``spray.analysis.analyze`` → ``spray.flags.clever_hans_score``)
-and the ``spray-default`` preset (``--pipeline`` to change it). The cache does not record
-``--digits-split``: use another ``--out`` for each.
+(``spray.analysis.preprocess.preprocess`` → ``spray.analysis.analyze.analyze`` →
+``spray.verdict.score.clever_hans_score``) and the ``spray-default`` preset (``--pipeline`` to
+change it). The cache does not record ``--digits-split``: use another ``--out`` for each.
 Clean models (no artefact) measure false flags. Every model is a function of its setting alone
 (the seed fixes the data split, the weights' initialization and the batches; the thread count is
 fixed by ``--threads``), so a setting gives the same maps whether it runs alone or after others.
@@ -131,7 +131,7 @@ def artefact_mask(kind: str, H: int, W: int) -> np.ndarray:
 
 
 def load_fashion(train_per_class: int, test_per_class: int, rng):
-    from spray.sources import _read_idx
+    from spray.data.sources import _read_idx
 
     def part(kind, per_class):
         x = _read_idx(str(FASHION_DIR / f"{kind}-images-idx3-ubyte.gz")).astype(np.float32) / 255.0
@@ -145,7 +145,7 @@ def load_fashion(train_per_class: int, test_per_class: int, rng):
 
 
 def load_digits(rng):
-    from spray.sources import load_digits_arrays
+    from spray.data.sources import load_digits_arrays
 
     x, y = load_digits_arrays(32)
     train, test = [], []
@@ -169,7 +169,7 @@ def fashion_model() -> nn.Module:
 def build(ds: str, seed: int) -> nn.Module:
     """The untrained model of a dataset, its initialization seeded by ``seed`` (and nothing else:
     a setting's model does not depend on which settings ran before it in the process)."""
-    from spray.demo import build_model
+    from spray.cli.demo import build_model
 
     torch.manual_seed(seed)
     return fashion_model() if ds == "fashion" else build_model()
@@ -177,8 +177,8 @@ def build(ds: str, seed: int) -> nn.Module:
 
 def train(ds: str, x: np.ndarray, y: np.ndarray, seed: int, args) -> nn.Module:
     """Fashion-MNIST: Adam with a one-cycle learning rate (batches of 256), converges in a few
-    epochs on CPU; digits: the demo's training (12 epochs). Both with :func:`spray.demo.fit`."""
-    from spray.demo import fit
+    epochs on CPU; digits: the demo's training (12 epochs). Both with :func:`spray.cli.demo.fit`."""
+    from spray.cli.demo import fit
 
     model = build(ds, seed)
     if ds == "fashion":
@@ -263,9 +263,9 @@ def collect(setting, args) -> dict:
 # ------------------------------------------------------------------------------ scoring
 
 def score_setting(setting, data, pipe) -> list[dict]:
-    from spray.analysis import analyze
-    from spray.flags import clever_hans_score
-    from spray.preprocess import preprocess
+    from spray.analysis.analyze import analyze
+    from spray.analysis.preprocess import preprocess
+    from spray.verdict.score import clever_hans_score
 
     ds, planted, art, p, seed = setting
     rows = []
@@ -353,7 +353,7 @@ def table(rows: list[dict]) -> str:
                                         r["setting"]))
     for r in order:
         by_setting.setdefault(r["setting"], []).append(r)
-    for name, rs in by_setting.items():
+    for rs in by_setting.values():
         r0 = rs[0]
         names = FASHION_NAMES if r0["dataset"] == "fashion" else [str(i) for i in range(10)]
         acc = sum(r["accuracy"] * r["n"] for r in rs) / sum(r["n"] for r in rs)
@@ -484,10 +484,10 @@ def main(argv=None) -> int:
                     help="add this to every setting's seed: new data split, weights and batches")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
-    from spray.pipeline import load_pipeline
+    from spray.config.presets import load_pipeline
 
     pipe = load_pipeline(args.pipeline)
-    from spray.flags import flag_params
+    from spray.verdict.score import flag_params
 
     threshold = float(flag_params(pipe)["threshold"])
     out = Path(args.out)

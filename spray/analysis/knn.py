@@ -1,0 +1,230 @@
+"""The kNN affinity graph ``W`` (the ``affinity`` section of a pipeline).
+
+* Neighbours: the ``k`` nearest neighbours of every sample, excluding the sample itself
+  (``k: auto`` = ⌈ln n⌉). Exact search (scikit-learn, brute force on BLAS) up to
+  ``approximate_above`` samples, approximate search (pynndescent's NN-descent) above. Duplicate
+  samples are fine: the sample itself is removed by index, never by distance, and ties are
+  broken by index, so the graph is deterministic.
+* Edge weights: ``binary`` (thesis eq. 6.1), ``gaussian`` ``exp(-d²/(2σ²))`` with ``sigma``
+  (``auto`` = median kNN distance), or ``local-scaling`` ``exp(-d²/(σ_i σ_j))`` with σ_i the
+  distance to the ``scale_neighbor``-th neighbour of i (Zelnik-Manor & Perona 2004).
+* Symmetrization: ``max`` (w_ij = max(w_ij, w_ji), von Luxburg's kNN graph) or ``mean``
+  ((w_ij + w_ji) / 2, CoRelAy's choice).
+
+The result is a symmetric ``scipy.sparse.csr_matrix`` with no self-loops and ~``n·k`` to
+``2·n·k`` stored entries. Disconnected graphs are allowed (they give several zero eigenvalues).
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+import numpy as np
+import scipy.sparse as sp
+
+from spray.config.presets import AffinitySection
+from spray.errors import ConfigError, DataError
+
+
+def resolve_k(n: int, k) -> int:
+    """Number of neighbours for ``n`` samples: ``auto`` = ⌈ln n⌉, clamped to ``[1, n-1]``."""
+    if k == "auto" or k is None:
+        k = math.ceil(math.log(max(n, 2)))
+    if isinstance(k, bool) or int(k) != k or int(k) < 1:
+        raise ConfigError(f"pipeline key 'affinity.k': must be a positive integer or 'auto', "
+                          f"got {k!r}")
+    return int(max(1, min(int(k), n - 1)))
+
+
+def _as_features(features) -> np.ndarray:
+    X = np.asarray(features)
+    if X.ndim != 2:
+        raise DataError(f"features must be a 2-D array (n, d), got shape {X.shape}")
+    X = np.ascontiguousarray(X, dtype=np.float32)
+    bad = np.flatnonzero(~np.isfinite(X).all(axis=1))
+    if len(bad):
+        from spray.analysis.preprocess import describe_rows
+
+        raise DataError(f"features of {describe_rows(bad)} hold NaN or Inf")
+    return X
+
+
+def drop_self(indices: np.ndarray, distances: np.ndarray, k: int):
+    """Remove each row's own index from a ``(n, k+1)`` neighbour list, keeping ``k`` entries.
+
+    Rows that do not list themselves (possible with duplicates or approximate search) drop
+    their last (farthest) entry instead.
+    """
+    n = indices.shape[0]
+    is_self = indices == np.arange(n)[:, None]
+    missing = ~is_self.any(axis=1)
+    is_self[missing, -1] = True
+    # keep exactly one dropped entry per row (the first self match)
+    first = np.argmax(is_self, axis=1)
+    keep = np.ones_like(is_self)
+    keep[np.arange(n), first] = False
+    ind = indices[keep].reshape(n, -1)[:, :k]
+    dist = distances[keep].reshape(n, -1)[:, :k]
+    return ind, dist
+
+
+def exact_knn(X: np.ndarray, k: int, n_jobs: int = 1):
+    """Exact ``k`` nearest neighbours (self excluded): ``(indices, distances)`` of shape (n, k)."""
+    from sklearn.neighbors import NearestNeighbors
+
+    # one joblib worker: the distance blocks are BLAS products, which are threaded already
+    nn = NearestNeighbors(n_neighbors=k, algorithm="brute", metric="euclidean").fit(X)
+    dist, ind = nn.kneighbors()  # X=None: each sample is not its own neighbour
+    return ind.astype(np.int64), dist.astype(np.float32)
+
+
+def approximate_knn(X: np.ndarray, k: int, params: AffinitySection | dict, seed: int = 0):
+    """Approximate kNN with pynndescent (self excluded): ``(indices, distances)``, (n, k).
+
+    The search runs with ``max(k+1, ann_neighbors)`` neighbours (more candidates per node give
+    a much higher recall at a small cost) and is truncated to the ``k`` nearest afterwards.
+    ``ann_pca`` optionally projects the features onto their leading principal components
+    first (the distances of the returned edges are recomputed in the full space).
+    """
+    from pynndescent import NNDescent
+
+    params = AffinitySection.coerce(params)
+    n = X.shape[0]
+    Xs = X
+    pca = params.ann_pca
+    if pca is not None:
+        from sklearn.decomposition import PCA
+
+        dim = min(64 if pca == "auto" else int(pca), X.shape[1], n)
+        Xs = PCA(n_components=dim, svd_solver="randomized", random_state=seed) \
+            .fit_transform(X).astype(np.float32)
+    n_search = min(n - 1, max(k + 1, params.ann_neighbors))
+    kwargs = {}
+    if params.ann_iters != "auto":
+        kwargs["n_iters"] = int(params.ann_iters)
+    if params.ann_trees != "auto":
+        kwargs["n_trees"] = int(params.ann_trees)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        index = NNDescent(Xs, n_neighbors=n_search + 1, metric="euclidean", random_state=seed,
+                          n_jobs=params.n_jobs, low_memory=True,
+                          compressed=True, **kwargs)
+    ind, dist = index.neighbor_graph
+    del index
+    ind, dist = drop_self(ind.astype(np.int64), dist.astype(np.float32), n_search)
+    # NN-descent may leave -1 for unfilled slots; push them to the end
+    dist = np.where(ind < 0, np.inf, dist)
+    order = np.argsort(dist, axis=1, kind="stable")[:, :k]
+    ind = np.take_along_axis(ind, order, axis=1)
+    dist = np.take_along_axis(dist, order, axis=1)
+    if pca is not None:
+        dist = edge_distances(X, np.repeat(np.arange(n), k), ind.ravel()).reshape(n, k)
+    return ind, dist
+
+
+def edge_distances(X: np.ndarray, rows: np.ndarray, cols: np.ndarray,
+                   chunk: int = 65536) -> np.ndarray:
+    """Euclidean distances ``||x_rows - x_cols||`` for a list of edges, in chunks."""
+    out = np.empty(len(rows), dtype=np.float32)
+    for s in range(0, len(rows), chunk):
+        diff = X[rows[s:s + chunk]] - X[cols[s:s + chunk]]
+        out[s:s + chunk] = np.sqrt(np.einsum("ij,ij->i", diff, diff))
+    return out
+
+
+def knn_neighbors(X: np.ndarray, k: int, params: AffinitySection | dict, seed: int = 0):
+    """Neighbour lists ``(indices, distances, method)`` with the method chosen by size."""
+    params = AffinitySection.coerce(params)
+    n = X.shape[0]
+    if n > params.approximate_above and n > 2 * (k + 1):
+        ind, dist = approximate_knn(X, k, params, seed=seed)
+        return ind, dist, "pynndescent"
+    ind, dist = exact_knn(X, k)
+    return ind, dist, "exact"
+
+
+def edge_weights(ind: np.ndarray, dist: np.ndarray,
+                 params: AffinitySection | dict) -> np.ndarray:
+    """Directed edge weights ``(n, k)`` for the neighbour lists, per ``params.weighting``."""
+    params = AffinitySection.coerce(params)
+    weighting = params.weighting
+    if weighting == "binary":
+        return np.ones(dist.shape, dtype=np.float64)
+    d = dist.astype(np.float64)
+    valid = ind >= 0
+    if weighting == "gaussian":
+        if params.sigma == "auto":
+            pos = d[valid & np.isfinite(d)]
+            sigma = float(np.median(pos)) if pos.size else 1.0
+        else:
+            sigma = float(params.sigma)
+        sigma = sigma if sigma > 0 else 1.0
+        return np.exp(-(d ** 2) / (2.0 * sigma ** 2))
+    if weighting == "local-scaling":
+        j = min(params.scale_neighbor, d.shape[1]) - 1
+        scale = d[:, j].copy()
+        positive = scale[np.isfinite(scale) & (scale > 0)]
+        floor = float(positive.min()) * 1e-3 if positive.size else 1.0
+        scale = np.maximum(np.where(np.isfinite(scale), scale, floor), floor)
+        safe = np.where(valid, ind, 0)
+        return np.exp(-(d ** 2) / (scale[:, None] * scale[safe]))
+    raise ConfigError(f"pipeline key 'affinity.weighting': unknown weighting {weighting!r}")
+
+
+def symmetrize(A: sp.csr_matrix, how: str = "max") -> sp.csr_matrix:
+    """Symmetric version of a directed graph: element-wise ``max`` or ``mean`` with its transpose."""
+    if how == "max":
+        W = A.maximum(A.T)
+    elif how == "mean":
+        W = (A + A.T) * 0.5
+    else:
+        raise ConfigError(f"pipeline key 'affinity.symmetrize': must be 'max' or 'mean', got {how!r}")
+    W = sp.csr_matrix(W)
+    W.setdiag(0)
+    W.eliminate_zeros()
+    W.sort_indices()
+    return W
+
+
+def graph_from_neighbors(ind: np.ndarray, dist: np.ndarray,
+                         params: AffinitySection | dict) -> sp.csr_matrix:
+    """Symmetric affinity matrix from ``(n, k)`` neighbour lists."""
+    params = AffinitySection.coerce(params)
+    n, k = ind.shape
+    weights = edge_weights(ind, dist, params)
+    rows = np.repeat(np.arange(n), k)
+    cols = ind.ravel()
+    vals = weights.ravel()
+    ok = (cols >= 0) & (cols != rows)
+    A = sp.csr_matrix((vals[ok], (rows[ok], cols[ok])), shape=(n, n))
+    A.sum_duplicates()
+    return symmetrize(A, params.symmetrize)
+
+
+def knn_affinity(features, params: AffinitySection | dict, seed: int = 0,
+                 return_info: bool = False):
+    """Symmetric kNN affinity matrix ``W`` (csr, (n, n), no self-loops) of the feature rows.
+
+    Parameters
+    ----------
+    features
+        ``(n, d)`` array.
+    params
+        the pipeline's ``affinity`` section.
+    seed
+        seed of the approximate search.
+    return_info
+        also return a dict with ``k``, ``method`` and the directed neighbour lists.
+    """
+    X = _as_features(features)
+    n = X.shape[0]
+    if n < 2:
+        raise DataError(f"a kNN graph needs at least 2 samples, got {n}")
+    params = AffinitySection.coerce(params)
+    k = resolve_k(n, params.k)
+    ind, dist, method = knn_neighbors(X, k, params, seed=seed)
+    W = graph_from_neighbors(ind, dist, params)
+    if return_info:
+        return W, {"k": k, "method": method, "indices": ind, "distances": dist}
+    return W

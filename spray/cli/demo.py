@@ -1,0 +1,152 @@
+"""The embedded demo: a Clever-Hans model made on the spot, then the full pipeline.
+
+scikit-learn's handwritten ``digits`` (8×8) are upsampled to 32×32 so that a small stamp is a
+localized feature; a stamp is put into a fraction of one class (train and test), a small CNN is
+trained on the train split in seconds, and ``spray run`` analyses the test split of all classes.
+``RUN_DIR/demo/ground_truth.json`` names the planted class and the poisoned dataset indices.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+from torch import nn
+
+from spray.data.sources import load_digits_arrays
+
+log = logging.getLogger(__name__)
+
+#: what the demo writes into its output folder (besides the run's own files)
+
+SIZE = 32
+PLANTED_CLASS = 3
+FRACTION = 0.3
+SEED = 0
+
+
+def build_model(n_classes: int = 10, channels: int = 1) -> nn.Module:
+    """A small VGG-style CNN for 32×32 inputs (the demo's model factory)."""
+    return nn.Sequential(
+        nn.Conv2d(channels, 16, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(16, 32, 3, padding=1), nn.BatchNorm2d(32), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(32, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Flatten(), nn.Linear(32 * 4 * 4, 64), nn.ReLU(), nn.Dropout(0.2),
+        nn.Linear(64, n_classes),
+    )
+
+
+def stamp(images: np.ndarray) -> np.ndarray:
+    """Put a bright 5×5 square into the top-left corner (a watermark-like artefact)."""
+    out = images.copy()
+    out[:, :, 1:6, 1:6] = 1.0
+    return out
+
+
+def make_data(rng: np.random.Generator) -> dict:
+    """Split digits 50/50 (stratified) and stamp a fraction of the planted class in both."""
+    x, y = load_digits_arrays(SIZE)
+    train, test = [], []
+    for c in range(10):
+        idx = rng.permutation(np.flatnonzero(y == c))
+        half = len(idx) // 2
+        train.append(idx[:half])
+        test.append(idx[half:])
+    train, test = np.sort(np.concatenate(train)), np.sort(np.concatenate(test))
+    x_train, y_train, x_test, y_test = x[train], y[train], x[test], y[test]
+    poisoned = {}
+    for name, xs, ys in (("train", x_train, y_train), ("test", x_test, y_test)):
+        members = np.flatnonzero(ys == PLANTED_CLASS)
+        chosen = np.sort(rng.choice(members, size=int(round(FRACTION * len(members))), replace=False))
+        xs[chosen] = stamp(xs[chosen])
+        poisoned[name] = chosen
+    return {"x_train": x_train, "y_train": y_train, "x_test": x_test, "y_test": y_test,
+            "poisoned_test": poisoned["test"]}
+
+
+def fit(model: nn.Module, x: np.ndarray, y: np.ndarray, epochs: int, seed: int,
+        batch: int = 64, lr: float = 2e-3, one_cycle: bool = False,
+        on_epoch: Callable[[int, float, float], None] | None = None) -> nn.Module:
+    """Train ``model`` with Adam (batches shuffled by ``seed``); eval mode after.
+
+    ``one_cycle`` runs a one-cycle schedule peaking at ``lr`` (converges in a few epochs).
+    ``on_epoch(epoch, mean loss, train accuracy)`` is called after each epoch.
+    """
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    xt, yt = torch.as_tensor(x), torch.as_tensor(y)
+    gen = torch.Generator().manual_seed(seed)
+    sched = (torch.optim.lr_scheduler.OneCycleLR(
+        opt, max_lr=lr, total_steps=epochs * ((len(xt) + batch - 1) // batch))
+        if one_cycle else None)
+    model.train()
+    for epoch in range(1, epochs + 1):
+        loss_sum, correct = 0.0, 0
+        for idx in torch.randperm(len(xt), generator=gen).split(batch):
+            opt.zero_grad()
+            logits = model(xt[idx])
+            loss = nn.functional.cross_entropy(logits, yt[idx])
+            loss.backward()
+            opt.step()
+            if sched is not None:
+                sched.step()
+            loss_sum += loss.item() * len(idx)
+            correct += int((logits.argmax(1) == yt[idx]).sum())
+        if on_epoch is not None:
+            on_epoch(epoch, loss_sum / len(xt), correct / len(xt))
+    return model.eval()
+
+
+def train_model(x: np.ndarray, y: np.ndarray, epochs: int = 12, seed: int = SEED) -> nn.Module:
+    """Train the demo CNN (a few seconds to a minute on two cores), showing each epoch."""
+    from spray.run.progress import StageProgress
+
+    torch.manual_seed(seed)
+    with StageProgress("training the demo CNN", epochs, "epochs",
+                       enabled=log.isEnabledFor(logging.INFO), every=0.0) as bar:
+        return fit(build_model(), x, y, epochs, seed,
+                   on_epoch=lambda e, loss, acc: bar.update(
+                       1, note=f"loss {loss:.3f}, train accuracy {acc:.3f}"))
+
+
+def prepare(out_dir: Path) -> Path:
+    """Write the demo's data, weights, config and ground truth; returns the config path.
+
+    The caller checks the output folder first (``spray demo`` refuses a folder holding files
+    spray did not write before anything is trained or written).
+    """
+    demo = out_dir / "demo"
+    demo.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(SEED)
+    t0 = time.perf_counter()
+    data = make_data(rng)
+    model = train_model(data["x_train"], data["y_train"])
+    with torch.no_grad():
+        acc = float((model(torch.as_tensor(data["x_test"])).argmax(1).numpy() == data["y_test"]).mean())
+    torch.save(model.state_dict(), demo / "model.pt")
+    np.savez(demo / "data.npz", x=data["x_test"], y=data["y_test"])
+    truth = {"planted_class": PLANTED_CLASS, "fraction": FRACTION, "artefact": "bright 5x5 square, top-left",
+             "poisoned_indices": [int(i) for i in data["poisoned_test"]],
+             "test_accuracy": round(acc, 4), "train_seconds": round(time.perf_counter() - t0, 2)}
+    (demo / "ground_truth.json").write_text(json.dumps(truth, indent=2))
+    config = {
+        "data": {"source": "npz", "path": "data.npz"},
+        "model": {"factory": "spray.cli.demo:build_model", "weights": "model.pt"},
+        "attribution": {"composite": "epsilon-plus-flat", "target": "label", "batch_size": 256,
+                        "chunk_size": 128},
+        "classes": "all",
+        "class_names": [f"digit {i}" for i in range(10)],
+        "pipeline": "spray-default",
+        "cluster": {"scheduler": "local", "n_workers": 2},
+        "output": "..",
+    }
+    path = demo / "config.yaml"
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    print(f"spray demo: trained the demo CNN (test accuracy {acc:.3f}); planted a stamp into "
+          f"{len(truth['poisoned_indices'])} test samples of class {PLANTED_CLASS}")
+    return path

@@ -1,0 +1,393 @@
+"""Analysis pipeline presets: loading, merging and validation.
+
+A pipeline is a nested dict with the sections ``preprocess``, ``affinity``, ``spectral``,
+``clustering``, ``embedding`` and ``flags`` (plus ``name`` and ``description``). Presets live as
+YAML files in ``pipelines/`` and are selected by name (``spray-default``, ``lowpass``, ``fft``,
+``abs``, ``corelay-compat``); a preset may start from another one with ``extends: <name>``.
+
+:func:`load_pipeline` accepts a preset name, a path to a YAML file or a dict, merges
+``overrides`` section by section and validates the result. Unknown keys and wrong types raise a
+:class:`~spray.errors.ConfigError` naming the dotted key, e.g.
+``pipeline key 'affinity.k': must be a positive integer or 'auto', got -1``.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any, Literal, Self
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from spray.errors import ConfigError
+
+SECTIONS = ("preprocess", "affinity", "spectral", "clustering", "embedding", "flags")
+_TOP_LEVEL = ("name", "description", "extends", "preset") + SECTIONS
+
+
+def _positive_int_or_auto(value: Any, minimum: int = 1) -> int | str:
+    """Accept 'auto' or an integer >= ``minimum`` (bools and floats with a fraction refused)."""
+    if value == "auto":
+        return "auto"
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or int(value) != value \
+            or int(value) < minimum:
+        word = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
+        raise ValueError(f"must be {word} or 'auto'")
+    return int(value)
+
+
+class _Section(BaseModel):
+    """A preset section: every key and its default are defined once, in its class."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    @classmethod
+    def coerce(cls, params: _Section | dict | None) -> Self:
+        """The section itself, or a (partial) dict validated into it, defaults filled in.
+
+        Raises
+        ------
+        ConfigError
+            An unknown key or a wrong value, named as in a preset.
+        """
+        if isinstance(params, cls):
+            return params  # type: ignore[return-value]
+        try:
+            return cls.model_validate(dict(params or {}))
+        except ValidationError as exc:
+            raise ConfigError(_format_error(exc)) from None
+
+
+class PreprocessSection(_Section):
+    """Relevance maps -> feature vectors (see :mod:`spray.analysis.preprocess`)."""
+
+    channel_sum: bool = True
+    transform: Literal["none", "abs", "lowpass", "fft"] = "none"
+    lowpass_sigma: float = Field(default=1.0, gt=0)
+    pool: tuple[int, int] | None = (20, 20)
+    normalize: Literal["l1", "l2", "none"] = "l1"
+
+    @field_validator("pool", mode="before")
+    @classmethod
+    def _pool(cls, value):
+        if value is None or value == "none":
+            return None
+        if isinstance(value, int) and not isinstance(value, bool):
+            value = [value, value]
+        if (not isinstance(value, (list, tuple)) or len(value) != 2
+                or any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in value)):
+            raise ValueError("must be two positive integers [height, width], one integer or null")
+        return tuple(value)
+
+
+class AffinitySection(_Section):
+    """kNN graph (see :mod:`spray.analysis.knn`)."""
+
+    k: int | str = "auto"
+    weighting: Literal["binary", "gaussian", "local-scaling"] = "binary"
+    symmetrize: Literal["max", "mean"] = "max"
+    approximate_above: int = Field(default=50000, ge=0)
+    sigma: float | str = "auto"
+    scale_neighbor: int = Field(default=7, ge=1)
+    ann_neighbors: int = Field(default=20, ge=1)
+    ann_iters: int | str = "auto"
+    ann_trees: int | str = "auto"
+    ann_pca: int | str | None = None
+    n_jobs: int = -1
+
+    @field_validator("k", mode="before")
+    @classmethod
+    def _k(cls, value):
+        return _positive_int_or_auto(value)
+
+    @field_validator("ann_iters", "ann_trees", mode="before")
+    @classmethod
+    def _auto_ints(cls, value):
+        return _positive_int_or_auto(value)
+
+    @field_validator("ann_pca", mode="before")
+    @classmethod
+    def _ann_pca(cls, value):
+        if value is None or value == "none":
+            return None
+        return _positive_int_or_auto(value)
+
+    @field_validator("sigma", mode="before")
+    @classmethod
+    def _sigma(cls, value):
+        if value == "auto":
+            return value
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+            raise ValueError("must be a positive number or 'auto' (median kNN distance)")
+        return float(value)
+
+
+class SpectralSection(_Section):
+    """Eigen-decomposition of L_sym (see :mod:`spray.analysis.spectral`)."""
+
+    n_eigenvalues: int = Field(default=32, ge=1)
+    solver: Literal["auto", "eigsh", "chebyshev", "lobpcg"] = "auto"
+    tol: float = Field(default=0.0, ge=0)
+    seed: int = 0
+
+
+class ClusteringSection(_Section):
+    """Cluster assignment on the eigenvectors (see :mod:`spray.analysis.clustering`)."""
+
+    method: Literal["kmeans", "agglomerative", "hdbscan"] = "kmeans"
+    n_clusters: int | str = "auto"
+    max_clusters: int = Field(default=10, ge=2)
+    seed: int = 0
+    eigenvectors: int | str = "n_clusters"
+    normalize_rows: bool = True
+    n_init: int = Field(default=10, ge=1)
+    linkage: Literal["ward", "average", "complete", "single"] = "ward"
+    min_cluster_size: int | str = "auto"
+
+    @field_validator("n_clusters", mode="before")
+    @classmethod
+    def _n_clusters(cls, value):
+        return _positive_int_or_auto(value)
+
+    @field_validator("eigenvectors", mode="before")
+    @classmethod
+    def _eigenvectors(cls, value):
+        if value in ("n_clusters", "all"):
+            return value
+        try:
+            return _positive_int_or_auto(value)
+        except ValueError:
+            raise ValueError("must be 'n_clusters', 'all' or a positive integer") from None
+
+    @field_validator("min_cluster_size", mode="before")
+    @classmethod
+    def _min_size(cls, value):
+        return _positive_int_or_auto(value, minimum=2)
+
+
+class EmbeddingSection(_Section):
+    """2-D t-SNE map (see :mod:`spray.analysis.embedding`)."""
+
+    method: Literal["tsne", "none"] = "tsne"
+    perplexity: float = Field(default=7.0, gt=0)
+    early_exaggeration: float = Field(default=6.0, gt=0)
+    early_exaggeration_iter: int = Field(default=100, ge=0)
+    n_iter: int = Field(default=250, ge=0)
+    exaggeration: float | None = Field(default=None, gt=0)
+    init: Literal["spectral", "pca", "random"] = "spectral"
+    affinity: Literal["graph", "features"] = "graph"
+    learning_rate: float | str = "auto"
+    n_jobs: int = 1
+    seed: int = 0
+
+    @field_validator("learning_rate", mode="before")
+    @classmethod
+    def _lr(cls, value):
+        if value == "auto":
+            return value
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+            raise ValueError("must be a positive number or 'auto'")
+        return float(value)
+
+
+class FlagsSection(BaseModel):
+    """Clever-Hans score parameters; owned by :mod:`spray.verdict.score`, so extra keys are allowed."""
+
+    model_config = ConfigDict(extra="allow")
+
+    score: str = "input-contrast"
+    threshold: float = 2.0
+    min_cluster_fraction: float = Field(default=0.02, ge=0, le=1)
+    max_cluster_fraction: float = Field(default=0.5, ge=0, le=1)
+    conductance_floor: float = Field(default=1e-3, gt=0)
+    input_mask_area: float = Field(default=0.1, ge=0, lt=1)
+    input_randomness_knee: float = Field(default=0.9, ge=0)
+    input_randomness_weight: float = Field(default=10.0, ge=0)
+    candidates: Literal["analysis", "all-k"] = "analysis"
+    bisect_clusters: bool = True
+    other_k_min_jaccard: float = Field(default=0.5, ge=0, le=1)
+
+
+class PipelineModel(_Section):
+    """A whole analysis pipeline."""
+
+    name: str = "custom"
+    description: str = ""
+    preprocess: PreprocessSection = Field(default_factory=PreprocessSection)
+    affinity: AffinitySection = Field(default_factory=AffinitySection)
+    spectral: SpectralSection = Field(default_factory=SpectralSection)
+    clustering: ClusteringSection = Field(default_factory=ClusteringSection)
+    embedding: EmbeddingSection = Field(default_factory=EmbeddingSection)
+    flags: FlagsSection = Field(default_factory=FlagsSection)
+
+
+# --------------------------------------------------------------------------------------------
+# locating and reading presets
+
+
+def presets_dir() -> Path:
+    """The folder holding the preset YAML files."""
+    try:
+        from importlib.resources import files
+
+        folder = files("spray.pipelines_data")
+        path = Path(str(folder))
+        if path.is_dir() and any(path.glob("*.yaml")):
+            return path
+    except (ModuleNotFoundError, TypeError, FileNotFoundError):
+        pass
+    import spray
+
+    return Path(spray.__file__).resolve().parent.parent / "pipelines"
+
+
+def available_presets() -> list[str]:
+    """Names of the bundled presets."""
+    return sorted(p.stem for p in presets_dir().glob("*.yaml"))
+
+
+def _read_yaml(path: Path) -> dict:
+    try:
+        data = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"pipeline file {str(path)!r} does not exist") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"pipeline file {str(path)!r} is not valid YAML: {exc}") from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"pipeline file {str(path)!r} must hold a mapping of sections")
+    return data
+
+
+def _looks_like_path(spec: str) -> bool:
+    return spec.endswith((".yaml", ".yml")) or "/" in spec or "\\" in spec
+
+
+def _load_raw(spec: str | Path | dict, base_dir: Path | None, _seen: tuple = ()) -> dict:
+    """Read ``spec`` into a raw nested dict, following ``extends``/``preset`` chains."""
+    if isinstance(spec, dict):
+        raw = copy.deepcopy(spec)
+        origin = None
+    elif isinstance(spec, (str, Path)):
+        spec_str = str(spec)
+        if isinstance(spec, Path) or _looks_like_path(spec_str):
+            path = Path(spec_str).expanduser()
+            if not path.is_absolute() and base_dir is not None:
+                path = Path(base_dir) / path
+            raw = _read_yaml(path)
+            raw.setdefault("name", path.stem)
+            origin = path.parent
+        else:
+            path = presets_dir() / f"{spec_str}.yaml"
+            if not path.exists():
+                raise ConfigError(f"pipeline key 'preset': unknown pipeline preset {spec_str!r}; "
+                                  f"available: {', '.join(available_presets())}")
+            raw = _read_yaml(path)
+            raw.setdefault("name", spec_str)
+            origin = path.parent
+    else:
+        raise ConfigError(f"pipeline: expected a preset name, a YAML path or a mapping, got "
+                          f"{type(spec).__name__}")
+    parent = raw.pop("extends", None) or raw.pop("preset", None)
+    raw.pop("preset", None)
+    if parent is None and isinstance(spec, dict):
+        parent = "spray-default"
+    if parent is not None:
+        if parent in _seen:
+            raise ConfigError(f"pipeline key 'extends': circular preset chain via {parent!r}")
+        base = _load_raw(parent, origin or base_dir, _seen + (parent,))
+        name = raw.get("name", base.get("name"))
+        raw = merge(base, raw)
+        if name is not None:
+            raw["name"] = name
+    return raw
+
+
+def merge(base: dict, overrides: dict | None) -> dict:
+    """Deep-merge ``overrides`` into a copy of ``base`` (mappings merged key by key)."""
+    out = copy.deepcopy(base)
+    for key, value in (overrides or {}).items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def _format_error(exc: ValidationError) -> str:
+    parts = []
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err["loc"] if not str(p).startswith(("function-", "literal[")))
+        loc = loc.replace(".int", "").replace(".str", "").replace(".float", "")
+        msg = err["msg"]
+        if msg.startswith("Value error, "):
+            msg = msg[len("Value error, "):]
+        if err["type"] == "extra_forbidden":
+            msg = "unknown key"
+        got = err.get("input")
+        suffix = "" if err["type"] in ("extra_forbidden", "missing") else f", got {got!r}"
+        parts.append(f"pipeline key '{loc}': {msg}{suffix}")
+    # one line per key, duplicates (union branches) removed
+    return "; ".join(dict.fromkeys(parts))
+
+
+def validate(raw: dict) -> dict:
+    """Validate a raw pipeline dict; return the plain nested dict with all defaults filled in."""
+    if not isinstance(raw, dict):
+        raise ConfigError("pipeline: expected a mapping of sections")
+    unknown = [k for k in raw if k not in _TOP_LEVEL]
+    if unknown:
+        raise ConfigError(f"pipeline key '{unknown[0]}': unknown section (known: "
+                          f"{', '.join(SECTIONS)})")
+    for section in SECTIONS:
+        if section in raw and raw[section] is not None and not isinstance(raw[section], dict):
+            raise ConfigError(f"pipeline key '{section}': must be a mapping, got {raw[section]!r}")
+    clean = {k: v for k, v in raw.items() if k not in ("extends", "preset") and v is not None}
+    try:
+        model = PipelineModel.model_validate(clean)
+    except ValidationError as exc:
+        raise ConfigError(_format_error(exc)) from None
+    out = model.model_dump()
+    if out["preprocess"]["pool"] is not None:
+        out["preprocess"]["pool"] = list(out["preprocess"]["pool"])
+    return out
+
+
+def load_pipeline(spec: str | Path | dict = "spray-default", overrides: dict | None = None,
+                  base_dir: str | Path | None = None) -> dict:
+    """Load, merge and validate an analysis pipeline.
+
+    Parameters
+    ----------
+    spec
+        a preset name (``pipelines/<name>.yaml``), a path to a YAML file (relative paths
+        resolve against ``base_dir``) or a dict (its optional ``preset`` / ``extends`` key
+        names the preset it starts from, ``spray-default`` otherwise).
+    overrides
+        nested dict merged section by section, e.g. ``{"affinity": {"k": 5}}``.
+    base_dir
+        folder relative YAML paths resolve against.
+
+    Returns
+    -------
+        A plain nested dict with the sections ``preprocess``, ``affinity``, ``spectral``,
+        ``clustering``, ``embedding``, ``flags`` and the keys ``name``, ``description``.
+
+    Raises
+    ------
+    ConfigError
+        unknown preset, unreadable file, unknown key or wrong type (names the key).
+    """
+    base = Path(base_dir) if base_dir is not None else None
+    raw = _load_raw(spec, base)
+    if overrides:
+        if not isinstance(overrides, dict):
+            raise ConfigError("pipeline overrides: expected a mapping of sections")
+        for key, value in overrides.items():
+            if key in SECTIONS and value is not None and not isinstance(value, dict):
+                raise ConfigError(f"pipeline key '{key}': an override must be a mapping of keys, "
+                                  f"got {value!r}")
+        raw = merge(raw, overrides)
+    return validate(raw)

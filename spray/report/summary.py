@@ -1,0 +1,132 @@
+"""The run summary (``report/summary.json``), built only from what is in the store.
+
+One entry per class (schema in docs/outputs.md) plus the flagged list. This module needs no
+plotting library, so ``spray check`` can rebuild a summary without drawing anything.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+from pathlib import Path
+
+import numpy as np
+
+from spray.errors import SprayError
+from spray.store import class_samples_hash, damaged_class, open_store
+
+#: dataset indices listed per suspicious cluster at most
+MAX_MEMBERS = 100_000
+#: score margin below the threshold of the "watch" band, unless the flags section sets
+#: ``watch_margin``
+WATCH_MARGIN = 0.5
+
+
+def _class_entry(cg, c: int) -> dict:
+    attrs = dict(cg.attrs)
+    analysis = attrs.get("analysis")
+    entry = {"class": int(c), "name": attrs.get("name", str(c)),
+             "n_samples": int(attrs.get("n_samples", 0))}
+    stale = analysis is not None and analysis.get("samples_hash") not in (None,
+                                                                          class_samples_hash(cg))
+    if analysis is None or stale:  # no analysis, or one of maps recomputed since
+        entry.update({"status": "incomplete", "eigenvalues": [], "eigengaps": [],
+                      "n_clusters": 0, "score": None, "flagged": False, "clusters": []})
+        return entry
+    flags = analysis["flags"]
+    labels = cg["labels"][:]
+    index = cg["index"][:]
+    suspects = flags.get("suspect_clusters")
+    if suspects is None:   # stores written before several suspects were reported
+        suspects = [] if flags.get("suspect_cluster") is None else [flags["suspect_cluster"]]
+    suspicious = set(suspects) | ({flags.get("candidate_cluster")} - {None})
+    clusters = []
+    for cl in flags["clusters"]:
+        item = dict(cl)
+        if cl["id"] in suspicious:
+            item["members"] = [int(i) for i in index[labels == cl["id"]][:MAX_MEMBERS]]
+        item["suspect"] = cl["id"] in suspects
+        item["candidate"] = cl["id"] == flags.get("candidate_cluster")
+        clusters.append(item)
+    entry.update({
+        "status": "ok", "eigenvalues": [float(v) for v in cg["eigenvalues"][:]],
+        "eigengaps": [float(v) for v in cg["eigengaps"][:]],
+        "n_clusters": int(analysis["n_clusters"]), "k": int(analysis["k"]),
+        "rule": flags.get("rule"),
+        "score": float(flags["score"]), "threshold": float(flags["threshold"]),
+        "flagged": bool(flags["flagged"]), "suspect_cluster": flags.get("suspect_cluster"),
+        "suspect_clusters": suspects,
+        "candidate_cluster": flags.get("candidate_cluster"),
+        "splits": flags.get("splits", []),
+        "clusters": clusters, "warnings": analysis.get("warnings", []),
+        "accuracy": _accuracy(cg["prediction"][:], c),
+    })
+    if flags.get("params"):
+        entry["flag_params"] = dict(flags["params"])
+    return entry
+
+
+def _accuracy(prediction: np.ndarray, label: int):
+    """Share of the class predicted as the class, over the samples with a known prediction
+    (attribution files without predictions store −1); ``None`` when none is known."""
+    known = prediction >= 0
+    return float(np.mean(prediction[known] == label)) if known.any() else None
+
+
+def _read_class_entry(run_dir: Path, classes, key: str) -> dict:
+    """The summary entry of one class; unreadable arrays are a clear store error."""
+    try:
+        return _class_entry(classes[key], int(key))
+    except SprayError:
+        raise
+    except Exception as err:  # noqa: BLE001 - codec/IO errors of a damaged store
+        raise damaged_class(run_dir, key, err) from None
+
+
+def build_summary(run_dir: Path) -> dict:
+    """summary.json content: one entry per class plus the flagged list."""
+    group = open_store(run_dir)
+    classes = group["classes"] if "classes" in group else {}  # noqa: SIM401 - a Zarr group
+    entries = [_read_class_entry(run_dir, classes, key) for key in sorted(classes, key=int)]
+    for c, why in dict(group.attrs.get("skipped", {})).items():
+        entries.append({"class": int(c), "name": str(c), "n_samples": None, "status": "skipped",
+                        "reason": why, "eigenvalues": [], "eigengaps": [], "n_clusters": 0,
+                        "score": None, "flagged": False, "clusters": []})
+    for entry in entries:
+        reason = dict(group.attrs.get("failed", {})).get(str(entry["class"]))
+        if reason:
+            entry.update({"status": "failed", "reason": reason, "flagged": False})
+    entries.sort(key=lambda e: e["class"])
+    margin = mark_watch(entries)
+    return {"run_state": group.attrs.get("run_state"), "run_id": group.attrs.get("run_id"),
+            "watch_margin": margin, "watch": [e["class"] for e in entries if e.get("watch")],
+            "spray_version": group.attrs.get("spray_version"),
+            "config_hash": group.attrs.get("config_hash"),
+            "fingerprints": dict(group.attrs.get("fingerprints", {})),
+            "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+            "classes": entries,
+            "flagged": [e["class"] for e in entries if e["flagged"]]}
+
+
+def mark_watch(entries: list[dict]) -> float:
+    """Mark the classes whose score lies within the watch margin below their threshold (near
+    misses, listed but never failing); returns the margin."""
+    margin = WATCH_MARGIN
+    for e in entries:
+        params = e.get("flag_params") or {}
+        if isinstance(params.get("watch_margin"), (int, float)):
+            margin = float(params["watch_margin"])
+        e["watch"] = bool(e.get("status") == "ok" and not e.get("flagged")
+                          and e.get("score") is not None and e.get("threshold") is not None
+                          and e["score"] >= e["threshold"] - margin)
+    return margin
+
+
+def write_summary(run_dir: str | Path) -> dict:
+    """Build the summary from the store and write ``RUN_DIR/report/summary.json``; return it."""
+    run_dir = Path(run_dir)
+    out = run_dir / "report"
+    out.mkdir(parents=True, exist_ok=True)
+    summary = build_summary(run_dir)
+    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    return summary
