@@ -709,3 +709,18 @@ def test_timm_vit_matches_gradient_times_input_identities(rules, fused):
     composite = transformer_composite(Epsilon(0.0), softmax="attnlrp" if rules == "attn"
                                       else "constant", stabilizer=1e-12)
     assert relative_error(lrp.attribute(model, x, targets, composite), reference) <= 1e-6
+
+
+def test_product_with_a_parameter_is_not_taken_for_attention():
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.weight = nn.Parameter(torch.randn(4, 4))
+            self.values = nn.Linear(4, 4)
+            self.head = nn.Linear(4, 2)
+
+        def forward(self, x):
+            return self.head(torch.softmax(x @ self.weight, dim=-1) @ self.values(x))
+
+    with pytest.raises(ModelError, match=r"'matmul' computed in module '<model>'"):
+        lrp.prepare(Net().eval(), "attn-lrp")

@@ -550,9 +550,11 @@ def _is_softmax(node) -> bool:
 
 
 def _is_matmul(node) -> bool:
+    """A matrix product of two computed tensors (a product with a parameter is a dense layer
+    written as a function, which has no rule here: it stays refused)."""
     return ((node.op == "call_function" and node.target in _MATMUL_FUNCTIONS)
             or (node.op == "call_method" and node.target in ("matmul", "__matmul__"))) and len(
-        node.args) == 2 and all(isinstance(a, fx.Node) for a in node.args)
+        node.args) == 2 and all(isinstance(a, fx.Node) and a.op != "get_attr" for a in node.args)
 
 
 def _is_constant_scaling(node) -> bool:
