@@ -521,3 +521,90 @@ def test_patch_embedding_transpose_is_the_input_gradient(size):
 def test_wrong_image_size_is_a_data_error():
     with pytest.raises(DataError, match=r"do not fit the model: Wrong image height"):
         lrp.attribute(make_vit(), inputs(2, size=32), 0, "attn-lrp")
+
+
+class ScaledNet(nn.Module):
+    """Constant scalings between layers (``x * c``, ``c * x``, ``x / c``, ``x.mul(c)``), as in
+    attention's ``1/√d`` or hand-written normalisations, plus shape arithmetic."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b, self.c = (nn.Linear(6, 6, bias=False), nn.Linear(6, 6, bias=False),
+                                  nn.Linear(6, 3, bias=False))
+
+    def forward(self, x):
+        x = torch.relu(self.a(x)) * 0.5
+        x = 3.0 * self.b(x) / 4.0
+        x = x.mul(2.0).view(-1, x.size(1) * 1)
+        return self.c(x)
+
+
+def test_scaling_by_a_constant_passes_relevance_unchanged():
+    torch.manual_seed(0)
+    model = ScaledNet().double().eval()
+    x = torch.randn(5, 6, dtype=torch.float64)
+    composite = lrp.Composite(layer_map=[(nn.Linear, Epsilon(1e-300))], stabilizer=1e-300)
+    relevance, logits = lrp.attribute(model, x, "prediction", composite, return_logits=True)
+    assert torch.allclose(logits, model(x))
+    assert torch.allclose(relevance.sum(1), logits.max(1).values, rtol=1e-10)
+
+
+class CrossAttentionNet(nn.Module):
+    """Cross-attention with separate key/value widths (unpacked projection weights), RMSNorm
+    and SiLU: the less common paths of the exposure."""
+
+    def __init__(self):
+        super().__init__()
+        self.queries = nn.Linear(6, 8)
+        self.memory = nn.Linear(6, 5)
+        self.attention = nn.MultiheadAttention(8, 2, kdim=5, vdim=5, batch_first=True)
+        self.norm = nn.RMSNorm(8)
+        self.head = nn.Sequential(nn.SiLU(), nn.Linear(8, 3))
+
+    def forward(self, x):
+        attended, _ = self.attention(self.queries(x), self.memory(x), self.memory(x))
+        return self.head(self.norm(attended).mean(dim=1))
+
+
+def test_cross_attention_with_separate_projections():
+    torch.manual_seed(0)
+    model = CrossAttentionNet().double().eval()
+    x = torch.randn(3, 4, 6, dtype=torch.float64)
+    assert torch.allclose(expose_attention(model)(x), model(x), rtol=1e-10, atol=1e-12)
+    targets = model(x).argmax(1)
+    for softmax in ("attnlrp", "constant"):
+        composite = transformer_composite(Epsilon(0.0), softmax=softmax, stabilizer=1e-12)
+        relevance = lrp.attribute(model, x, targets, composite)
+        assert relevance.shape == x.shape and torch.isfinite(relevance).all()
+    # CP-LRP without biases conserves through RMSNorm (scale constant) and SiLU (identity)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if name.endswith("bias"):
+                param.zero_()
+    relevance, logits = lrp.attribute(model, x, "prediction", "cp-lrp", return_logits=True,
+                                      epsilon=1e-12, stabilizer=1e-12)
+    assert torch.allclose(relevance.flatten(1).sum(1), logits.max(1).values, rtol=1e-8)
+
+
+def test_per_layer_rules_by_module_name():
+    """A γ for one exposed projection and one MLP layer, named like the model's modules."""
+    model = make_vit()
+    x = inputs()
+    base = lrp.attribute(model, x, "prediction", transformer_composite(Epsilon(1e-6)))
+    for name in ("encoder.layers.encoder_layer_1.self_attention.v_proj",
+                 "encoder.layers.encoder_layer_0.mlp.0"):
+        composite = transformer_composite(Epsilon(1e-6))
+        composite.name_map[name] = Gamma(0.5)
+        program = lrp.prepare(model, composite)
+        assert any(getattr(getattr(m, "layer", None), "rule", None) == Gamma(0.5)
+                   for m in program.gm.modules())
+        assert relative_error(lrp.attribute(model, x, "prediction", composite), base) > 1e-3
+
+
+@pytest.mark.parametrize("eps", [None, 1e-3])
+def test_rms_norm_output_matches_torch(eps):
+    """The rule node computes the normalisation exactly as torch does (default eps included)."""
+    model = nn.Sequential(nn.Linear(4, 8), nn.RMSNorm(8, eps=eps), nn.Linear(8, 2)).double().eval()
+    x = torch.randn(3, 4, dtype=torch.float64) * 1e-7
+    _, logits = lrp.attribute(model, x, 0, "attn-lrp", return_logits=True)
+    assert torch.allclose(logits, model(x), rtol=1e-12, atol=1e-15)

@@ -12,6 +12,7 @@ rebuilt when a parameter or buffer of the model changes.
 from __future__ import annotations
 
 import itertools
+import operator
 import warnings
 import weakref
 
@@ -93,7 +94,8 @@ class _SumFunction(torch.autograd.Function):
     def backward(ctx, relevance):
         (a, b, denominator), ctx.saved = ctx.saved, None
         signal = relevance / denominator
-        return _reduce_to(a * signal, a.shape), _reduce_to(b * signal, b.shape), None
+        share_b = _reduce_to(b * signal, b.shape)
+        return _reduce_to(signal.mul_(a), a.shape), share_b, None
 
 
 def _reduce_to(tensor: torch.Tensor, shape) -> torch.Tensor:
@@ -168,6 +170,50 @@ class _SumNode(nn.Module):
         return a + b  # shape arithmetic or a constant offset
 
 
+class _ScaleNode(nn.Module):
+    """A tensor multiplied or divided by a constant number: a one-to-one linear map, so the
+    relevance passes unchanged (its gradient would scale the relevance by the constant).
+    Products of numbers (shape arithmetic) are computed as they are."""
+
+    def __init__(self, fn, position: int):
+        super().__init__()
+        self.fn, self.position = fn, position
+
+    def forward(self, *args, **kwargs):
+        value = args[self.position] if self.position < len(args) else None
+        others = [a for i, a in enumerate(args) if i != self.position]
+        if not isinstance(value, torch.Tensor) or any(isinstance(a, torch.Tensor) for a in others):
+            return self.fn(*args, **kwargs)
+
+        def scaled(tensor):
+            call = list(args)
+            call[self.position] = tensor
+            return self.fn(*call, **kwargs)
+
+        return _PassFunction.apply(value, scaled)
+
+
+def _scale_node(node, is_method: bool):
+    """The node of ``tensor * number`` / ``tensor / number`` (``None``: plain gradient when the
+    computed value is the divisor, which is not a scaling)."""
+    positions = [i for i, a in enumerate(node.args) if isinstance(a, fx.Node)]
+    if not positions:
+        return None
+    position = positions[0]
+    divides = node.target in ("div", "__truediv__", "div_", operator.truediv, torch.div)
+    if divides and position != 0:
+        return None
+    target = node.target
+    if is_method:
+        method = target[:-1] if target.endswith("_") and not target.endswith("__") else target
+
+        def fn(obj, *rest, **kwargs):
+            return getattr(obj, method)(*rest, **kwargs)
+    else:
+        fn = target
+    return _ScaleNode(fn, position)
+
+
 class _GuardNode(nn.Module):
     """An operation without an LRP rule: computed when it works on shapes and numbers (e.g.
     ``x.size(1) * x.size(2)``), refused when it combines tensors."""
@@ -220,7 +266,7 @@ class Program:
                 name = f"_lrp_{index}"
                 gm.add_submodule(name, replacement)
                 node.op, node.target = "call_module", name
-                if not isinstance(replacement, _GuardNode):
+                if not isinstance(replacement, (_GuardNode, _ScaleNode)):
                     node.kwargs = {}
         for bn_node, affine_node in folds.items():
             bn_node.replace_all_uses_with(affine_node)
@@ -304,7 +350,7 @@ class Program:
             return None
         scale = (target in canon.SCALE_METHODS) if is_method else (target in canon.SCALE_FUNCTIONS)
         if scale and len(args) <= 1:
-            return None  # tensor times a constant number: plain gradient
+            return _scale_node(node, is_method)
         description = (
             f"spray.lrp does not support the operation '{name}' on tensors in the model's "
             f"forward (graph node '{node.name}'); supported are dense/convolution layers, "

@@ -152,7 +152,8 @@ class Epsilon(Rule):
 
     def backward(self, op, params, saved, relevance):
         x, denominator = saved
-        return x * op.transpose(relevance / denominator, op.weight, x.shape)
+        # the transposed pass returns a fresh tensor: multiply by the input in place
+        return op.transpose(relevance / denominator, op.weight, x.shape).mul_(x)
 
 
 @dataclass

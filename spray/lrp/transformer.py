@@ -217,18 +217,18 @@ class _ProductFunction(torch.autograd.Function):
     def backward(ctx, relevance):
         (a, b, denominator), ctx.saved = ctx.saved, None
         signal = relevance / denominator
-        if ctx.scale != 1.0:
-            signal = signal * ctx.scale
         share_a, share_b = ctx.shares
         grad_a = grad_b = None
+        # the scale and the share multiply the (smaller) factor-shaped results, in place
         if share_a and ctx.needs_input_grad[0]:
             factor = b if ctx.transpose_b else b.transpose(-2, -1)
-            grad_a = a * torch.matmul(signal, factor) * share_a
+            grad_a = torch.matmul(signal, factor).mul_(a).mul_(share_a * ctx.scale)
         if share_b and ctx.needs_input_grad[1]:
             if ctx.transpose_b:   # z = a bᵀ: ∂z/∂b = signalᵀ a
-                grad_b = b * torch.matmul(signal.transpose(-2, -1), a) * share_b
+                grad_b = torch.matmul(signal.transpose(-2, -1), a)
             else:                 # z = a b: ∂z/∂b = aᵀ signal
-                grad_b = b * torch.matmul(a.transpose(-2, -1), signal) * share_b
+                grad_b = torch.matmul(a.transpose(-2, -1), signal)
+            grad_b = grad_b.mul_(b).mul_(share_b * ctx.scale)
         return grad_a, grad_b, None, None, None, None
 
 
@@ -319,9 +319,9 @@ class _LayerNormFunction(torch.autograd.Function):
             scale = (x.pow(2).mean(dim=-1, keepdim=True) + eps).rsqrt()
         y = centre * scale
         if weight is not None:
-            y = y * weight
+            y.mul_(weight)
         if bias is not None:
-            y = y + bias
+            y.add_(bias)
         ctx.saved = (x, scale, weight, stabilize(y, stabilizer))
         ctx.centred = centred
         return y
@@ -331,25 +331,26 @@ class _LayerNormFunction(torch.autograd.Function):
         (x, scale, weight, denominator), ctx.saved = ctx.saved, None
         signal = relevance / denominator
         if weight is not None:
-            signal = signal * weight
-        signal = signal * scale
+            signal.mul_(weight)
+        signal.mul_(scale)
         if ctx.centred:
-            signal = signal - signal.mean(dim=-1, keepdim=True)
-        return x * signal, None, None, None, None, None
+            signal.sub_(signal.mean(dim=-1, keepdim=True))
+        return signal.mul_(x), None, None, None, None, None
 
 
 class _LayerNormNode(nn.Module):
     def __init__(self, module, stabilizer):
         super().__init__()
         self.centred = isinstance(module, nn.LayerNorm)
-        self.eps = module.eps if module.eps is not None else torch.finfo(torch.float32).eps
+        self.eps = module.eps  # None (RMSNorm): the machine epsilon of the input's dtype
         self.weight = module.weight.detach() if module.weight is not None else None
         bias = getattr(module, "bias", None)
         self.bias = bias.detach() if bias is not None else None
         self.stabilizer = stabilizer
 
     def forward(self, x):
-        return _LayerNormFunction.apply(x, self.weight, self.bias, self.eps, self.centred,
+        eps = self.eps if self.eps is not None else torch.finfo(x.dtype).eps
+        return _LayerNormFunction.apply(x, self.weight, self.bias, eps, self.centred,
                                         self.stabilizer)
 
 

@@ -331,22 +331,38 @@ def run_vit(args, lxt) -> tuple[list, dict]:
     return rows, batch_of
 
 
+def environment(args) -> dict:
+    """Where and how a run was measured (shown under the generated tables)."""
+    import os
+
+    load = f"{os.getloadavg()[0]:.1f}" if hasattr(os, "getloadavg") else "unknown"
+    return {"machine": machine(), "date": datetime.date.today().isoformat(),
+            "load average": load, "repeats": args.repeats}
+
+
+COLUMNS = ["model", "composite", "batch", "forward ms/sample", "grad×input ms/sample", "peer",
+           "peer ms/sample", "spray ms/sample", "spray/forward", "peer/spray",
+           "max rel. L2 vs peer"]
+
+
 def write_json(path, rows, batch_of, args) -> None:
+    """All rows as JSON for ``tests/benchmarks/tables.py`` (docs/benchmarks/*.json)."""
     import json
 
-    keys = ("model", "composite", "forward_s", "gradient_x_input_s", "peer_s", "spray_s",
-            "max_rel_l2_vs_peer")
     records = []
-    for row in rows:
-        record = dict(zip(keys, row))
-        record["batch"] = batch_of[row[0]]
-        record["spray_over_forward"] = row[5] / row[2]
-        record["peer_over_spray"] = row[4] / row[5] if row[4] else None
-        records.append(record)
-    Path(path).write_text(json.dumps({"machine": machine(), "date": datetime.date.today()
-                                      .isoformat(), "repeats": args.repeats,
-                                      "threads": torch.get_num_threads(), "rows": records},
-                                     indent=2))
+    for label, name, forward, grad, theirs, ours, error in rows:
+        batch = batch_of[label]
+        peer = "LXT" if "ViT" in label else "Zennit"
+        records.append({
+            "model": label, "composite": name, "batch": batch,
+            "forward ms/sample": 1000 * forward / batch,
+            "grad×input ms/sample": 1000 * grad / batch, "peer": peer if theirs else None,
+            "peer ms/sample": 1000 * theirs / batch if theirs else None,
+            "spray ms/sample": 1000 * ours / batch, "spray/forward": ours / forward,
+            "peer/spray": theirs / ours if theirs else None, "max rel. L2 vs peer": error})
+    command = "python tests/benchmarks/bench_lrp.py " + " ".join(sys.argv[1:])
+    Path(path).write_text(json.dumps({"command": command, "env": environment(args),
+                                      "columns": COLUMNS, "rows": records}, indent=2) + "\n")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -543,8 +559,15 @@ def main(argv=None):
         print(faithfulness_table(results), flush=True)
         if args.json:
             import json
-            Path(args.json).write_text(json.dumps({"machine": machine(), "faithfulness": results},
-                                                  indent=2))
+            env = {**environment(args), "test accuracy": f"{results[0]['accuracy']:.3f}",
+                   "samples": results[0]["samples"]}
+            rows = [{"method": r["method"],
+                     "area between curves (random − relevance-first) ↑": r["area_between_curves"],
+                     "logit drop after the first step": r["first_step_drop"]}
+                    for r in sorted(results, key=lambda r: -r["area_between_curves"])]
+            command = "python tests/benchmarks/bench_lrp.py " + " ".join(sys.argv[1:])
+            Path(args.json).write_text(json.dumps({"command": command, "env": env, "rows": rows},
+                                                  indent=2) + "\n")
         return
     rows, batch_of = [], {}
     if args.vit or args.vit_only:
