@@ -94,6 +94,14 @@ QUICK = [("fashion", 6, "square", 0.1, 0), ("fashion", None, None, 0.0, 0),
          ("digits", 3, "square", 0.3, 0), ("digits", None, None, 0.0, 0)]
 
 
+def parse_setting(text: str) -> tuple:
+    """``DS:CLASS:ARTEFACT:P:SEED`` (``clean`` as artefact: a clean model) as a setting tuple."""
+    ds, c, art, p, seed = text.split(":")
+    if art == "clean":
+        return (ds, None, None, 0.0, int(seed))
+    return (ds, int(c), art, float(p), int(seed))
+
+
 def setting_name(s) -> str:
     ds, c, art, p, seed = s
     return f"{ds}-clean-s{seed}" if art is None else f"{ds}-c{c}-{art}-{int(round(p * 100))}-s{seed}"
@@ -470,6 +478,9 @@ def main(argv=None) -> int:
     ap.add_argument("--also", nargs="+", default=[], metavar="DIR",
                     help="with --table-only: add the results of these runs (e.g. replicates)")
     ap.add_argument("--only", help="comma-separated substrings of setting names to run")
+    ap.add_argument("--setting", action="append", default=[], metavar="DS:CLASS:ARTEFACT:P:SEED",
+                    help="run this setting instead of the lists (repeatable), e.g. "
+                         "fashion:4:square:0.1:0; 'clean' as ARTEFACT for a clean model")
     ap.add_argument("--pipeline", default="spray-default")
     ap.add_argument("--composite", default="epsilon-plus-flat")
     ap.add_argument("--train-per-class", type=int, default=2500)
@@ -489,7 +500,7 @@ def main(argv=None) -> int:
     pipe = load_pipeline(args.pipeline)
     from spray.verdict.score import flag_params
 
-    threshold = float(flag_params(pipe)["threshold"])
+    threshold = float(flag_params(pipe).threshold)
     out = Path(args.out)
     if args.table_only:
         rows = [r for d in [out, *map(Path, args.also)]
@@ -498,6 +509,8 @@ def main(argv=None) -> int:
         return 0
     (out / "cache").mkdir(parents=True, exist_ok=True)
     settings = QUICK if args.quick else SETTINGS + (EXTRA if args.all else [])
+    if args.setting:
+        settings = [parse_setting(text) for text in args.setting]
     settings = [(ds, c, art, p, seed + args.replicate) for ds, c, art, p, seed in settings]
     settings = sorted(settings, key=lambda s: s[0] == "fashion")  # cheap settings first
     if args.only:
