@@ -370,7 +370,8 @@ def test_suspect_half_of_a_cluster_is_split_off(artefact_class):
     merged[others] = art                          # 60 artefact samples + 25 from other clusters
     result = replace(result, labels=merged)
     split = clever_hans_score(result, inputs, _pipe(), features=feats)
-    whole = clever_hans_score(result, inputs, _pipe(bisect_clusters=False), features=feats)
+    whole = clever_hans_score(result, inputs, _pipe(bisect_clusters=False, sweep_eigenvectors=0),
+                              features=feats)
     new_id = int(merged.max()) + 1
     assert split["splits"] == [{"cluster": new_id, "from": int(art)}]
     assert split["flagged"] and split["suspect_cluster"] == new_id
@@ -472,3 +473,35 @@ def test_flags_defaults_have_one_home():
 
     assert _pipe()["flags"] == FlagsSection().model_dump()
     assert flag_params({}) == FlagsSection()
+
+
+def test_sweep_cut_finds_a_group_the_eigengap_merged_into_a_majority(artefact_class):
+    """K = 2 with the artefact group inside a cluster of more than half the class (no
+    candidate, halves off): a sweep cut along a leading eigenvector still isolates it, and it is
+    split off as a new cluster with its evidence; without sweeps it is missed."""
+    from dataclasses import replace
+
+    feats, inputs, planted = artefact_class
+    result = analyze(feats, pipeline=_pipe(), embed=False)
+    merged = np.where(planted, 0, 1)
+    merged[np.flatnonzero(~planted)[:120]] = 0        # 60 planted + 120 others: 60 % of 300
+    result = replace(result, labels=merged, n_clusters=2)
+    off = clever_hans_score(result, inputs, _pipe(bisect_clusters=False, sweep_eigenvectors=0),
+                            features=feats)
+    on = clever_hans_score(result, inputs, _pipe(bisect_clusters=False), features=feats)
+    assert not off["flagged"]
+    assert on["flagged"] and on["splits"] == [{"cluster": 2, "from": 0}]
+    members = on["labels"] == on["suspect_cluster"]
+    assert (members & planted).sum() / members.sum() >= 0.9
+    assert (members & planted).sum() / planted.sum() >= 0.9
+    entry = next(c for c in on["clusters"] if c["id"] == 2)
+    assert entry["split_from"] == 0 and entry["cut_along"] != 0 and "contrast_stable" in entry
+    assert sum(c["size"] for c in on["clusters"]) == len(feats)
+    rest = next(c for c in on["clusters"] if c["id"] == 0)
+    assert rest["size"] == int((on["labels"] == 0).sum())
+
+
+def test_sweep_cuts_leave_a_natural_subgroup_alone(natural_class):
+    feats, inputs, _ = natural_class
+    result, v = _score(feats, inputs, _pipe())
+    assert not v["flagged"] and v["splits"] == [] and v["score"] < 1.0

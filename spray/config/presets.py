@@ -196,6 +196,8 @@ class FlagsSection(_Section):
     candidates: Literal["analysis", "all-k"] = "analysis"
     bisect_clusters: bool = True
     other_k_min_jaccard: float = Field(default=0.5, ge=0, le=1)
+    sweep_eigenvectors: int = Field(default=10, ge=0)
+    sweep_min_jaccard: float = Field(default=0.9, ge=0, le=1)
     seed: int = 0
 
 

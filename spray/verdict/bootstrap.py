@@ -114,3 +114,18 @@ def verify(entry: ClusterEvidence, resamples: Resamples | None, params: FlagsSec
     if entry.resampled is False and entry.score >= params.threshold:
         entry.resampled = None
         set_stable(entry, resamples.contrasts(entry.inputs, entry.mask), params)
+
+
+def stabilize_cuts(cuts: list[ClusterEvidence], resamples: Resamples | None,
+                   params: FlagsSection, bar: float) -> None:
+    """Score sweep cuts that could become the suspect: resampled from the highest plain score
+    down while their plain score reaches ``bar`` (the threshold, or the best cluster score if
+    higher), which rises to each stable score found; the others keep their plain score."""
+    for entry in sorted(cuts, key=lambda e: -upper_score(e)):
+        if upper_score(entry) < bar:
+            entry.resampled = False
+            entry.score = round(upper_score(entry), 4)
+            continue
+        values = resamples.contrasts(entry.inputs, entry.mask) if resamples is not None else []
+        set_stable(entry, values, params)
+        bar = max(bar, entry.score + 1e-9)

@@ -63,3 +63,39 @@ def candidate_groups(result, pipeline: dict, params: FlagsSection,
     other = other_k_groups(result, pipeline, [g.mask for g in clusters + cut]) \
         if params.candidates == "all-k" else []
     return clusters, cut, other
+
+
+def sweep_cuts(W: sp.csr_matrix, degree: np.ndarray, eigenvectors: np.ndarray, count: int,
+               params: FlagsSection) -> list[ClusterEvidence]:
+    """Sweep cuts along the leading eigenvectors of the class graph, whatever K was chosen.
+
+    For each of the ``count`` eigenvectors after the first (scaled by D^-1/2, as the random-walk
+    Laplacian's), the nodes are ordered by their value and, from each end, the prefix of least
+    conductance among the sizes a candidate may have (``min_cluster_fraction`` …
+    ``max_cluster_fraction``, at least ``min_cluster_size``) is a candidate: a group the graph
+    separates along that direction (Cheeger's sweep). Identical groups are kept once.
+    """
+    n = W.shape[0]
+    lo = max(params.min_cluster_size, int(np.ceil(params.min_cluster_fraction * n)))
+    hi = min(int(np.floor(params.max_cluster_fraction * n)), n - 1)
+    vec = np.asarray(eigenvectors)
+    if hi < lo or vec.ndim != 2:
+        return []
+    from spray.verdict.graphs import sweep_profile
+
+    scale = 1.0 / np.sqrt(np.maximum(degree, 1e-12))
+    sizes = np.arange(lo, hi + 1)
+    out, keys = [], set()
+    for i in range(1, min(count + 1, vec.shape[1])):
+        order = np.argsort(vec[:, i] * scale, kind="stable")
+        phi = sweep_profile(W, degree, order)            # phi[s - 1]: prefix of length s
+        for sign, prefix in ((1, sizes - 1), (-1, n - sizes - 1)):
+            size = int(sizes[np.argmin(phi[prefix])])
+            members = order[:size] if sign > 0 else order[n - size:]
+            mask = np.zeros(n, dtype=bool)
+            mask[members] = True
+            key = np.packbits(mask).tobytes()
+            if key not in keys:
+                keys.add(key)
+                out.append(ClusterEvidence.of(mask, cut_along=sign * i))
+    return out

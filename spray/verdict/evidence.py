@@ -174,7 +174,7 @@ def measure(entry: ClusterEvidence, graphs: ClassGraphs) -> ClusterEvidence:
         return entry
     phi_rel = mask_conductance(graphs.W, graphs.degree, mask)
     floor = params.conductance_floor
-    if entry.half_of is not None and (contrast(1.0, phi_rel, floor)
+    if entry.split_only and (contrast(1.0, phi_rel, floor)
                                       - size_penalty(entry.size / graphs.n, params)
                                       < params.threshold):
         return entry       # φ_input ≤ 1: it cannot reach the threshold

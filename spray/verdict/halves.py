@@ -64,3 +64,39 @@ def lift_by_other_k(clusters: list[ClusterEvidence], other_k: list[ClusterEviden
             if jac >= min_jaccard:
                 c.score = o.score
                 c.score_from_k, c.jaccard = o, round(jac, 4)
+
+
+def split_off_sweep(labels: np.ndarray, clusters: list[ClusterEvidence],
+                    sweeps: list[ClusterEvidence], threshold: float, min_jaccard: float):
+    """Make the best sweep cut a cluster of its own when it is a suspect that outscores every
+    cluster and no cluster already holds it (Jaccard ≥ ``min_jaccard``).
+
+    Its members leave their clusters (which keep the rest and must be measured again: their
+    entries are returned in ``changed``) and take the next free id; ``split_from`` names the
+    cluster that held most of them.
+
+    Returns
+    -------
+    labels, clusters, splits, changed
+    """
+    best_cluster = max((c.score for c in clusters if c.score is not None), default=-math.inf)
+    best = max((s for s in sweeps if s.score is not None), key=lambda s: s.score, default=None)
+    if best is None or best.score < threshold or best.score <= best_cluster:
+        return labels, clusters, [], []
+    if any((c.mask & best.mask).sum() / (c.mask | best.mask).sum() >= min_jaccard
+           for c in clusters):
+        return labels, clusters, [], []
+    labels = np.array(labels)
+    new_id = int(labels.max()) + 1 if labels.size else 0
+    held = np.bincount(labels[best.mask] - labels.min())
+    parent = int(np.argmax(held) + labels.min())
+    labels[best.mask] = new_id
+    out, changed = [], []
+    for c in clusters:
+        if not (c.mask & best.mask).any():
+            out.append(c)
+        elif (c.mask & ~best.mask).any():
+            changed.append(ClusterEvidence.of(labels == c.id, id=c.id))
+            out.append(changed[-1])
+    out.append(replace(best, id=new_id, split_from=parent))
+    return labels, sorted(out, key=lambda c: c.id), [{"cluster": new_id, "from": parent}], changed

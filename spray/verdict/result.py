@@ -11,7 +11,7 @@ from dataclasses import dataclass, field, fields
 import numpy as np
 
 # the keys of a cluster entry, in the order they are written (None = not written)
-_EVIDENCE_KEYS = ("id", "half_of", "n_clusters", "cluster", "size", "fraction",
+_EVIDENCE_KEYS = ("id", "half_of", "cut_along", "n_clusters", "cluster", "size", "fraction",
                   "conductance_relevance", "conductance_input", "contrast", "input_randomness",
                   "randomness_penalty", "concentration", "peak", "peak_sign", "size_penalty",
                   "excluded", "resampled", "contrast_stable", "score", "split_from")
@@ -27,6 +27,8 @@ class ClusterEvidence:
     mask : boolean membership over the class's samples (not serialized).
     id : the cluster id (analysis clusters and split-off halves).
     half_of : for a half, the cluster it was cut from.
+    cut_along : for a sweep cut, the eigenvector of the class graph it was cut along (1 = the
+        Fiedler vector; negative: the cut from the other end).
     n_clusters, cluster : for a group of another K, that K and its cluster id there.
     size, fraction : members and their share of the class.
     conductance_relevance, conductance_input, contrast, input_randomness, randomness_penalty,
@@ -42,6 +44,7 @@ class ClusterEvidence:
     mask: np.ndarray = field(repr=False, compare=False)
     id: int | None = None
     half_of: int | None = None
+    cut_along: int | None = None
     n_clusters: int | None = None
     cluster: int | None = None
     size: int = 0
@@ -74,6 +77,11 @@ class ClusterEvidence:
     def measured(self) -> bool:
         """Whether it is a candidate whose evidence was measured."""
         return self.contrast is not None
+
+    @property
+    def split_only(self) -> bool:
+        """A half or a sweep cut: it counts only as a suspect that outscores the clusters."""
+        return self.half_of is not None or self.cut_along is not None
 
     @property
     def penalty(self) -> float:

@@ -13,10 +13,10 @@ from __future__ import annotations
 import numpy as np
 
 from spray.config.presets import FlagsSection
-from spray.verdict.bootstrap import Resamples, stabilize, verify
-from spray.verdict.candidates import candidate_groups
+from spray.verdict.bootstrap import Resamples, stabilize, stabilize_cuts, verify
+from spray.verdict.candidates import candidate_groups, sweep_cuts
 from spray.verdict.evidence import ClassGraphs, measure
-from spray.verdict.halves import lift_by_other_k, split_suspect_halves
+from spray.verdict.halves import lift_by_other_k, split_off_sweep, split_suspect_halves
 from spray.verdict.result import ClusterEvidence, Verdict
 
 
@@ -71,7 +71,27 @@ def score_class(result, input_features: np.ndarray, pipeline: dict,
                                                     params.threshold)
     for c in clusters:
         verify(c, resamples, params)
+    if params.sweep_eigenvectors and getattr(result, "eigenvectors", None) is not None:
+        if resamples is None and features is not None:
+            resamples = Resamples(features.astype(np.float32), pipeline, int(result.k), params)
+        labels, clusters, more = _split_off_sweep(result, graphs, labels, clusters, resamples)
+        splits = splits + more
     return _verdict(clusters, labels, splits, other_k, params)
+
+
+def _split_off_sweep(result, graphs: ClassGraphs, labels, clusters, resamples):
+    """Score the sweep cuts along the leading eigenvectors; the best one that outscores every
+    cluster and reaches the threshold becomes a cluster (the clusters it takes members from are
+    measured and scored again)."""
+    params = graphs.params
+    cuts = [e for e in sweep_cuts(graphs.W, graphs.degree, result.eigenvectors,
+                                  params.sweep_eigenvectors, params) if measure(e, graphs).measured]
+    best = max((c.score for c in clusters if c.score is not None), default=-np.inf)
+    stabilize_cuts(cuts, resamples, params, max(params.threshold, best + 1e-9))
+    labels, clusters, splits, changed = split_off_sweep(labels, clusters, cuts, params.threshold,
+                                                        params.sweep_min_jaccard)
+    stabilize([e for e in changed if measure(e, graphs).measured], resamples, params)
+    return labels, clusters, splits
 
 
 def _verdict(clusters: list[ClusterEvidence], labels, splits, other_k,
