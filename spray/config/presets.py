@@ -191,22 +191,32 @@ class EmbeddingSection(_Section):
         return float(value)
 
 
-class FlagsSection(BaseModel):
-    """Clever-Hans score parameters; owned by :mod:`spray.verdict.score`, so extra keys are allowed."""
+class FlagsSection(_Section):
+    """Clever-Hans score (see :mod:`spray.verdict` and docs/verdict.md, where the rule is described)."""
 
-    model_config = ConfigDict(extra="allow")
-
-    score: str = "input-contrast"
+    score: Literal["input-contrast"] = "input-contrast"
     threshold: float = 2.0
     min_cluster_fraction: float = Field(default=0.02, ge=0, le=1)
     max_cluster_fraction: float = Field(default=0.5, ge=0, le=1)
+    min_cluster_size: int = Field(default=5, ge=1)
     conductance_floor: float = Field(default=1e-3, gt=0)
+    bootstrap: int = Field(default=10, ge=0)
+    bootstrap_fraction: float = Field(default=0.8, gt=0, le=1)
+    bootstrap_quantile: float = Field(default=0.2, ge=0, le=1)
+    bootstrap_max_samples: int = Field(default=20000, ge=10)
+    size_prior_knee: float = Field(default=0.35, ge=0, le=1)
+    size_prior_weight: float = Field(default=1.0, ge=0)
+    concentration_area: float = Field(default=0.1, gt=0, le=1)
+    min_concentration: float = Field(default=0.0, ge=0, le=1)
     input_mask_area: float = Field(default=0.1, ge=0, lt=1)
     input_randomness_knee: float = Field(default=0.9, ge=0)
     input_randomness_weight: float = Field(default=10.0, ge=0)
     candidates: Literal["analysis", "all-k"] = "analysis"
     bisect_clusters: bool = True
     other_k_min_jaccard: float = Field(default=0.5, ge=0, le=1)
+    sweep_eigenvectors: int = Field(default=10, ge=0)
+    sweep_min_jaccard: float = Field(default=0.9, ge=0, le=1)
+    seed: int = 0
 
 
 class PipelineModel(_Section):
