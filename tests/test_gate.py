@@ -78,6 +78,9 @@ def test_one_changed_sample_recomputes_its_chunk_only(finished, tmp_path, capsys
     changed = int(rows[70])  # row 70 of class 1: chunk 1 (chunk_size 64)
     x[changed] = np.flip(x[changed], axis=-1)
     np.savez(root / "data.npz", x=x, y=y)
+    cfg = yaml.safe_load((root / "config.yaml").read_text())
+    cfg["class_names"] = ["nought", "one", "two"]  # names come from the current config
+    (root / "config.yaml").write_text(yaml.safe_dump(cfg))
     before = _summary(root / "out")
     code, msg = _run(root, capsys=capsys)
     assert code == 0, msg
@@ -89,6 +92,7 @@ def test_one_changed_sample_recomputes_its_chunk_only(finished, tmp_path, capsys
     assert not np.allclose(stored, zarr.open_group(str(finished / "out" / "spray.zarr"),
                                                    mode="r")["classes"]["1"]["relevance"][70])
     after = _summary(root / "out")
+    assert [e["name"] for e in after["classes"]] == ["nought", "one", "two"]
     assert after["fingerprints"]["samples"] != before["fingerprints"]["samples"]
     assert after["fingerprints"]["data"] == before["fingerprints"]["data"]  # same dataset
     assert chk.gate_problems(after, root / "out") == []
@@ -122,6 +126,18 @@ def test_changed_model_code_refuses_the_store(finished, tmp_path):
     assert "different model" in proc.stderr and "Traceback" not in proc.stderr
     g = zarr.open_group(str(root / "out" / "spray.zarr"), mode="r")
     assert g.attrs["run_state"] == "finished"  # the refused run touched nothing
+
+
+def test_classes_dropped_from_the_config_leave_the_summary(finished, tmp_path, capsys):
+    root = _copy(finished, tmp_path)
+    cfg = yaml.safe_load((root / "config.yaml").read_text())
+    cfg["classes"] = [0, 1]
+    (root / "config.yaml").write_text(yaml.safe_dump(cfg))
+    code, msg = _run(root, capsys=capsys)
+    assert code == 0, msg
+    assert [e["class"] for e in _summary(root / "out")["classes"]] == [0, 1]
+    assert main(["check", str(root / "out")]) == 0
+    assert "two" not in capsys.readouterr().out
 
 
 # ---------------------------------------------------------------- fail closed

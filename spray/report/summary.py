@@ -90,7 +90,9 @@ def build_summary(run_dir: Path) -> dict:
     """summary.json content: one entry per class plus the flagged list."""
     group = open_store(run_dir)
     classes = group["classes"] if "classes" in group else {}  # noqa: SIM401 - a Zarr group
-    entries = [_read_class_entry(run_dir, classes, key) for key in sorted(classes, key=int)]
+    current = group.attrs.get("classes")  # the classes of the last run's config
+    keys = [k for k in sorted(classes, key=int) if current is None or int(k) in current]
+    entries = [_read_class_entry(run_dir, classes, key) for key in keys]
     for c, why in dict(group.attrs.get("skipped", {})).items():
         entries.append({"class": int(c), "name": str(c), "n_samples": None, "status": "skipped",
                         "reason": why, "eigenvalues": [], "eigengaps": [], "n_clusters": 0,
