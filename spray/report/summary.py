@@ -87,7 +87,12 @@ def build_summary(run_dir: Path) -> dict:
     """summary.json content: one entry per class plus the flagged list."""
     group = open_store(run_dir)
     classes = group["classes"] if "classes" in group else {}  # noqa: SIM401 - a Zarr group
-    entries = [_read_class_entry(run_dir, classes, key) for key in sorted(classes, key=int)]
+    current = group.attrs.get("classes")  # the classes of the last run's config
+    folder = store_path(run_dir) / "classes"  # listed from disk: a damaged member is named below
+    stored = sorted((p.name for p in folder.iterdir() if p.name.isdigit()), key=int) \
+        if folder.is_dir() else []
+    keys = [k for k in stored if current is None or int(k) in current]
+    entries = [_read_class_entry(run_dir, classes, key) for key in keys]
     for c, why in dict(group.attrs.get("skipped", {})).items():
         entries.append({"class": int(c), "name": str(c), "n_samples": None, "status": "skipped",
                         "reason": why, "eigenvalues": [], "eigengaps": [], "n_clusters": 0,
