@@ -7,6 +7,7 @@ plotting library, so ``spray check`` can rebuild a summary without drawing anyth
 from __future__ import annotations
 
 import datetime as _dt
+import hashlib
 import json
 from pathlib import Path
 
@@ -81,11 +82,36 @@ def _read_class_entry(run_dir: Path, classes, key: str) -> dict:
                          f"everything, or delete that class folder to recompute only it") from None
 
 
-def build_summary(run_dir: Path) -> dict:
-    """summary.json content: one entry per class plus the flagged list."""
+def class_fingerprints(run_dir: str | Path) -> dict[str, str]:
+    """A hash of every class group's attributes (name, sizes, the analysis and its verdict),
+    read straight from the Zarr v3 metadata files: a few milliseconds for 1000 classes.
+
+    The analysis arrays of a class are written before its attributes, so an unchanged hash
+    means an unchanged summary entry (:func:`build_summary` reuses it).
+    """
+    root = store_path(run_dir) / "classes"
+    out = {}
+    if not root.is_dir():
+        return out
+    for path in root.iterdir():
+        meta = path / "zarr.json"
+        if path.name.isdigit() and meta.is_file():
+            out[path.name] = hashlib.sha256(meta.read_bytes()).hexdigest()[:20]
+    return out
+
+
+def build_summary(run_dir: Path, reuse: dict[str, dict] | None = None) -> dict:
+    """summary.json content: one entry per class plus the flagged list.
+
+    ``reuse`` maps class keys to entries known to be current (their class attributes are
+    unchanged, see :func:`class_fingerprints`); only the other classes' arrays are read.
+    """
     group = open_store(run_dir)
-    classes = group["classes"] if "classes" in group else {}  # noqa: SIM401 - a Zarr group
-    entries = [_read_class_entry(run_dir, classes, key) for key in sorted(classes, key=int)]
+    reuse = reuse or {}
+    keys = sorted(class_fingerprints(run_dir), key=int)
+    classes = group["classes"] if len(reuse) < len(keys) else {}
+    entries = [dict(reuse[key]) if key in reuse else _read_class_entry(run_dir, classes, key)
+               for key in keys]
     for c, why in dict(group.attrs.get("skipped", {})).items():
         entries.append({"class": int(c), "name": str(c), "n_samples": None, "status": "skipped",
                         "reason": why, "eigenvalues": [], "eigengaps": [], "n_clusters": 0,
@@ -103,11 +129,14 @@ def build_summary(run_dir: Path) -> dict:
             "flagged": [e["class"] for e in entries if e["flagged"]]}
 
 
-def write_summary(run_dir: str | Path) -> dict:
-    """Build the summary from the store and write ``RUN_DIR/report/summary.json``; return it."""
+def write_summary(run_dir: str | Path, reuse: dict[str, dict] | None = None) -> dict:
+    """Build the summary from the store and write ``RUN_DIR/report/summary.json``; return it.
+
+    ``reuse``: entries of unchanged classes (see :func:`build_summary`).
+    """
     run_dir = Path(run_dir)
     out = run_dir / "report"
     out.mkdir(parents=True, exist_ok=True)
-    summary = build_summary(run_dir)
+    summary = build_summary(run_dir, reuse)
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary
