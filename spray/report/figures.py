@@ -3,8 +3,9 @@
 Charts (spectra, t-SNE maps) are inline SVG: text stays text at any zoom, in the page's fonts
 (with the browser's fallbacks for CJK), and a chart costs microseconds instead of the tenths of
 a second of a Matplotlib figure, which is what lets a 1000-class report finish in a minute.
-Images (mean relevance, inputs, overlays) are PNG strips written with Pillow at twice their
-displayed size (nearest-neighbour scaling keeps each cell of a map crisp).
+Images (mean relevance, inputs, overlays) are PNG strips written with Pillow in their own
+pixels (up to twice their displayed size) and scaled up by the browser without smoothing, so
+each cell of a map stays a sharp square on any screen.
 """
 
 from __future__ import annotations
@@ -74,36 +75,44 @@ def overlay_rgb(img: np.ndarray, relevance: np.ndarray) -> np.ndarray:
     return (1.0 - alpha) * base + alpha * heat_rgb(rel, lim)
 
 
-def _tile(rgb: np.ndarray, px: int) -> np.ndarray:
-    """Nearest-neighbour upscale (integer factor) and pad to a ``px``-square uint8 tile."""
-    h, w = rgb.shape[:2]
-    f = max(1, px // max(h, w))
-    big = np.repeat(np.repeat(rgb, f, axis=0), f, axis=1)[:px, :px]
-    out = np.full((px, px, 3), 255, np.uint8)
-    out[:big.shape[0], :big.shape[1]] = np.clip(big * 255.0 + 0.5, 0, 255).astype(np.uint8)
-    h, w = min(px, big.shape[0]), min(px, big.shape[1])  # a grey frame shows the extent
-    out[[0, h - 1], :w] = 170
-    out[:h, [0, w - 1]] = 170
-    return out
+def to_uint8(rgb: np.ndarray, px: int) -> np.ndarray:
+    """An RGB tile in [0, 1] as uint8, reduced to ``px`` pixels on its long side if larger."""
+    img = np.clip(np.asarray(rgb) * 255.0 + 0.5, 0, 255).astype(np.uint8)
+    h, w = img.shape[:2]
+    if max(h, w) > px:
+        f = px / max(h, w)
+        img = np.asarray(Image.fromarray(img).resize((max(1, round(w * f)), max(1, round(h * f))),
+                                                     Image.Resampling.LANCZOS))
+    return img
 
 
-def png_strip(rows: list[list[np.ndarray | None]], path: Path, px: int = 2 * TILE_PX,
-              gap: int = 8) -> dict:
-    """Write rows of RGB tiles (``None``: empty cell) as one PNG at twice the displayed size.
+def png_strip(rows: list[list[np.ndarray | None]], path: Path, tile: int = TILE_PX) -> dict:
+    """Write rows of RGB tiles (``None``: empty cell) as one PNG, each tile shown ``tile`` CSS
+    pixels wide.
 
-    Returns the file name and the displayed width and height (CSS pixels) for the ``<img>``.
+    A tile keeps its own pixels when it has at most twice as many as it is shown with (the
+    page scales it up with ``image-rendering: pixelated``, so every cell of a map stays a sharp
+    square at any zoom or screen density); larger inputs are reduced to twice the shown size.
+    Tiles sit on a grey grid one pixel apart. Returns the file name and the shown size for the
+    ``<img>``.
     """
+    tiles = [[None if t is None else to_uint8(t, 2 * tile) for t in row] for row in rows]
+    size = max(max(t.shape[0], t.shape[1]) for row in tiles for t in row if t is not None)
     n_cols = max(len(r) for r in rows)
-    height = len(rows) * px + (len(rows) - 1) * gap
-    width = n_cols * px + (n_cols - 1) * gap
-    canvas = np.full((height, width, 3), 255, np.uint8)
-    for i, row in enumerate(rows):
-        for j, rgb in enumerate(row):
-            if rgb is not None:
-                y, x = i * (px + gap), j * (px + gap)
-                canvas[y:y + px, x:x + px] = _tile(rgb, px)
-    Image.fromarray(canvas).save(path, optimize=False, compress_level=1)
-    return {"src": path.name, "width": width // 2, "height": height // 2}
+    step = size + 1
+    canvas = np.full((len(rows) * step + 1, n_cols * step + 1, 3), 255, np.uint8)
+    for i, row in enumerate(tiles):
+        for j, t in enumerate(row):
+            y, x = i * step, j * step
+            if t is None:
+                continue
+            canvas[y:y + size + 2, x:x + size + 2] = 190  # the grid line around the tile
+            canvas[y + 1:y + 1 + size, x + 1:x + 1 + size] = 255
+            canvas[y + 1:y + 1 + t.shape[0], x + 1:x + 1 + t.shape[1]] = t
+    Image.fromarray(canvas).save(path, compress_level=6)
+    scale = tile / size
+    return {"src": path.name, "width": round(canvas.shape[1] * scale),
+            "height": round(canvas.shape[0] * scale)}
 
 
 def img_tag(strip: dict, alt: str) -> str:

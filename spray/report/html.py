@@ -310,7 +310,7 @@ def _cluster_figures(entry: dict, out: Path, ctx: dict) -> str:
         items.append(f"<li><b>cluster {_esc(cl['id'])}{mark}</b>, n = {_fmt(cl['size'])}</li>")
     if not rows:
         return ""
-    strip = png_strip(rows, out / f"class_{entry['class']}_clusters.png", px=128)
+    strip = png_strip(rows, out / f"class_{entry['class']}_clusters.png", tile=64)
     return (f"<figure>{img_tag(strip, 'mean relevance and examples per cluster')}<figcaption>"
             f"Two rows per cluster, top to bottom: <ul>{''.join(items)}</ul>"
             f"Left: the cluster's mean relevance (red +, blue −); right: example inputs, "
@@ -490,7 +490,7 @@ def _index_page(run_dir: Path, out: Path, summary: dict, header: str, headlines:
 # ------------------------------------------------------------------------------ driver
 
 def _page_hash(entry: dict, config_hash) -> str:
-    payload = json.dumps([RENDER_VERSION, config_hash, entry], sort_keys=True, default=str)
+    payload = json.dumps([RENDER_VERSION, config_hash, entry], default=str)
     return hashlib.sha256(payload.encode()).hexdigest()[:20]
 
 

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from spray.report.figures import PALETTE, heat_rgb, input_rgb
+from spray.report.figures import PALETTE, heat_rgb, input_rgb, to_uint8
 
 #: points above this count get no hover thumbnails (keeps pages of huge classes small)
 MAX_THUMBNAILS = 4000
@@ -90,12 +90,9 @@ def _template() -> str:
 
 
 def _data_uri(rgb: np.ndarray) -> str:
-    h, w = rgb.shape[:2]
-    f = max(1, THUMB_PX // max(h, w))
-    big = np.repeat(np.repeat(rgb, f, axis=0), f, axis=1)
+    """A thumbnail in its own pixels (the tooltip scales it up without smoothing)."""
     buf = io.BytesIO()
-    Image.fromarray(np.clip(big * 255 + 0.5, 0, 255).astype(np.uint8)).save(
-        buf, format="PNG", compress_level=1)
+    Image.fromarray(to_uint8(rgb, 2 * THUMB_PX)).save(buf, format="PNG", compress_level=6)
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
 
 
