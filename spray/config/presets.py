@@ -88,6 +88,9 @@ class AffinitySection(_Section):
     weighting: Literal["binary", "gaussian", "local-scaling"] = "binary"
     symmetrize: Literal["max", "mean"] = "max"
     approximate_above: int = Field(default=50000, ge=0)
+    search: Literal["auto", "exact", "approximate"] = "auto"
+    ann_max_lid: float = Field(default=40.0, gt=0)
+    min_recall: float = Field(default=0.95, ge=0, le=1)
     sigma: float | str = "auto"
     scale_neighbor: int = Field(default=7, ge=1)
     ann_neighbors: int = Field(default=20, ge=1)
