@@ -338,7 +338,9 @@ def _format_error(exc: ValidationError) -> str:
         if msg.startswith("Value error, "):
             msg = msg[len("Value error, "):]
         if err["type"] == "extra_forbidden":
-            msg = "unknown key"
+            from spray.config.hints import did_you_mean
+
+            msg = "unknown key" + did_you_mean(PipelineModel, tuple(err["loc"]))
         got = err.get("input")
         suffix = "" if err["type"] in ("extra_forbidden", "missing") else f", got {got!r}"
         parts.append(f"pipeline key '{loc}': {msg}{suffix}")
