@@ -123,6 +123,8 @@ def prepare_class(group: zarr.Group, c: int, name: str, indices: np.ndarray,
                 and np.array_equal(cg["index"][:], indices))
         if same:
             _require_sample_hash(cg, int(cg["done"].shape[0]))
+            if cg.attrs.get("name") != name:  # names come from the current config
+                cg.attrs["name"] = name
             return cg
         where = getattr(group.store, "root", group.store)
         raise StoreError(f"{where}: class {c} in the store has other samples or chunking "

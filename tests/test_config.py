@@ -110,3 +110,18 @@ def test_cluster_workers_auto_follow_the_machine(small_problem, tmp_path, cluste
     assert ("n_workers" in said) == ("n_workers" not in cluster)
     if cluster["scheduler"] == "local" and "n_workers" not in cluster:
         assert f"{len(os.sched_getaffinity(0))} cores" in said
+
+
+def test_unknown_keys_get_a_did_you_mean_hint(tmp_path):
+    from spray.config.presets import load_pipeline
+    from spray.config.run_config import validate_config
+
+    with pytest.raises(ConfigError, match=r"'attribution.chunk_sise' \(did you mean 'chunk_size'\?\)"):
+        validate_config({"data": {"source": "digits"}, "model": {"factory": "m:f"},
+                         "attribution": {"chunk_sise": 5}}, tmp_path)
+    with pytest.raises(ConfigError, match=r"'flags.threshhold': unknown key \(did you mean "
+                                          r"'threshold'\?\)"):
+        load_pipeline("spray-default", {"flags": {"threshhold": 3}})
+    with pytest.raises(ConfigError) as err:  # nothing close: no guess
+        load_pipeline("spray-default", {"affinity": {"zzzzzz": 1}})
+    assert "did you mean" not in str(err.value)

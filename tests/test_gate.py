@@ -78,6 +78,9 @@ def test_one_changed_sample_recomputes_its_chunk_only(finished, tmp_path, capsys
     changed = int(rows[70])  # row 70 of class 1: chunk 1 (chunk_size 64)
     x[changed] = np.flip(x[changed], axis=-1)
     np.savez(root / "data.npz", x=x, y=y)
+    cfg = yaml.safe_load((root / "config.yaml").read_text())
+    cfg["class_names"] = ["nought", "one", "two"]  # names come from the current config
+    (root / "config.yaml").write_text(yaml.safe_dump(cfg))
     before = _summary(root / "out")
     code, msg = _run(root, capsys=capsys)
     assert code == 0, msg
@@ -89,6 +92,7 @@ def test_one_changed_sample_recomputes_its_chunk_only(finished, tmp_path, capsys
     assert not np.allclose(stored, zarr.open_group(str(finished / "out" / "spray.zarr"),
                                                    mode="r")["classes"]["1"]["relevance"][70])
     after = _summary(root / "out")
+    assert [e["name"] for e in after["classes"]] == ["nought", "one", "two"]
     assert after["fingerprints"]["samples"] != before["fingerprints"]["samples"]
     assert after["fingerprints"]["data"] == before["fingerprints"]["data"]  # same dataset
     assert chk.gate_problems(after, root / "out") == []
@@ -124,6 +128,18 @@ def test_changed_model_code_refuses_the_store(finished, tmp_path):
     assert g.attrs["run_state"] == "finished"  # the refused run touched nothing
 
 
+def test_classes_dropped_from_the_config_leave_the_summary(finished, tmp_path, capsys):
+    root = _copy(finished, tmp_path)
+    cfg = yaml.safe_load((root / "config.yaml").read_text())
+    cfg["classes"] = [0, 1]
+    (root / "config.yaml").write_text(yaml.safe_dump(cfg))
+    code, msg = _run(root, capsys=capsys)
+    assert code == 0, msg
+    assert [e["class"] for e in _summary(root / "out")["classes"]] == [0, 1]
+    assert main(["check", str(root / "out")]) == 0
+    assert "two" not in capsys.readouterr().out
+
+
 # ---------------------------------------------------------------- fail closed
 
 
@@ -155,9 +171,13 @@ def test_a_summary_of_an_earlier_run_is_stale(finished, tmp_path):
     assert chk.gate_problems(summary, root / "out") == []
     from spray.store import mark_run, open_store
 
-    mark_run(open_store(root / "out", mode="a"), "running")  # what a started rerun records
+    group = open_store(root / "out", mode="a")
+    mark_run(group, "running")  # what a started rerun records
     problems = chk.gate_problems(summary, root / "out")
-    assert any("stale" in p for p in problems), problems
+    assert any("did not finish" in p for p in problems), problems
+    with pytest.raises(IncompleteRunError, match="did not finish"):
+        chk.check(root / "out")
+    mark_run(group, "finished")  # a later run of the store, not the one of this summary
     with pytest.raises(IncompleteRunError, match="stale"):
         chk.check(root / "out")
     bare = tmp_path / "summary.json"
@@ -404,3 +424,61 @@ def test_lock_race_with_many_processes(tmp_path):
         for ch in log:  # +/- pairs never overlap
             depth += 1 if ch == "+" else -1
             assert depth in (0, 1), log
+
+
+# ---------------------------------------------------------------- property tests
+
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+_yaml_text = st.one_of(
+    st.text(max_size=200),
+    st.lists(st.sampled_from(["data:", "  source: npz", "  path: data.npz", "model:",
+                              "  factory: smallnet:build", "classes: [0, 1]", "a: &a [1, 2]",
+                              "b: [*a, *a]", "  scale: .nan", "output: .", "- 1", "{", "]",
+                              "cluster: {n_workers: 0}", "attribution: {target: 9}",
+                              "\x00", "\ufeff", "key: !!python/object:os.system x"]),
+             max_size=8).map("\n".join))
+
+
+@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(body=_yaml_text)
+def test_any_yaml_gives_a_config_or_a_clear_error(tmp_path_factory, body):
+    from spray.config.run_config import load_config
+    from spray.errors import ConfigError
+
+    root = tmp_path_factory.mktemp("yaml")
+    (root / "data.npz").write_bytes(b"")
+    path = root / "config.yaml"
+    path.write_text(body, encoding="utf-8", errors="surrogatepass")
+    try:
+        load_config(path)
+    except ConfigError as err:
+        assert str(err)
+
+
+_READ_BY_SUMMARY = ["zarr.json", "index", "eigenvalues", "eigengaps", "labels", "prediction"]
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(c=st.sampled_from(["0", "1", "2"]), array=st.sampled_from(_READ_BY_SUMMARY),
+       keep=st.floats(0.0, 0.9))
+def test_any_truncated_chunk_names_its_class(finished, tmp_path_factory, c, array, keep):
+    """Truncating any file the summary reads: a clear error naming the class (or a summary
+    when the file still decodes); the other classes' files are untouched."""
+    from spray.report.summary import build_summary
+
+    out = tmp_path_factory.mktemp("trunc") / "out"
+    shutil.copytree(finished / "out", out)
+    cls = out / "spray.zarr" / "classes" / c
+    target = cls / array if array == "zarr.json" else \
+        next(f for f in sorted((cls / array).rglob("*")) if f.is_file() and f.name != "zarr.json")
+    others = {f: f.read_bytes() for f in (out / "spray.zarr" / "classes").rglob("*")
+              if f.is_file() and cls not in f.parents}
+    data = target.read_bytes()
+    target.write_bytes(data[: int(len(data) * keep)])
+    try:
+        build_summary(out)
+    except StoreError as err:
+        assert f"classes/{c}" in str(err), str(err)
+    assert all(f.read_bytes() == b for f, b in others.items())

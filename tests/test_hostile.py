@@ -585,11 +585,11 @@ def _spray(cwd: Path, *args) -> subprocess.CompletedProcess:
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
-def test_hostile(case: Case, project_files, finished_project, tmp_path):
+def test_hostile(case: Case, project_files, tmp_path, request):
     base = tmp_path / "work"
     base.mkdir()
     p = base / "project"
-    shutil.copytree(finished_project if case.run else project_files, p)
+    shutil.copytree(request.getfixturevalue("finished_project") if case.run else project_files, p)
     if case.setup is not None:
         case.setup(p)
     out = p / "out"

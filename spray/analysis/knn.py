@@ -2,7 +2,10 @@
 
 * Neighbours: the ``k`` nearest neighbours of every sample, excluding the sample itself
   (``k: auto`` = ⌈ln n⌉). Exact search (scikit-learn, brute force on BLAS) up to
-  ``approximate_above`` samples, approximate search (pynndescent's NN-descent) above. Duplicate
+  ``approximate_above`` samples; above, ``search`` decides: ``approximate`` (pynndescent's
+  NN-descent), ``exact`` (blocked bfloat16 products, :mod:`spray.analysis.knn_blocked`) or
+  ``auto`` (pynndescent where a probe finds low-dimensional neighbourhoods and its recall on
+  the probe rows reaches ``min_recall``, the exact search otherwise, see :func:`large_knn`). Duplicate
   samples are fine: the sample itself is removed by index, never by distance, and ties are
   broken by index, so the graph is deterministic.
 * Edge weights: ``binary`` (thesis eq. 6.1), ``gaussian`` ``exp(-d²/(2σ²))`` with ``sigma``
@@ -17,6 +20,7 @@ The result is a symmetric ``scipy.sparse.csr_matrix`` with no self-loops and ~``
 
 from __future__ import annotations
 
+import logging
 import math
 import warnings
 
@@ -26,6 +30,7 @@ import scipy.sparse as sp
 from spray.config.presets import AffinitySection
 from spray.errors import ConfigError, DataError
 
+log = logging.getLogger(__name__)
 
 def resolve_k(n: int, k) -> int:
     """Number of neighbours for ``n`` samples: ``auto`` = ⌈ln n⌉, clamped to ``[1, n-1]``."""
@@ -138,10 +143,89 @@ def knn_neighbors(X: np.ndarray, k: int, params: AffinitySection | dict, seed: i
     params = AffinitySection.coerce(params)
     n = X.shape[0]
     if n > params.approximate_above and n > 2 * (k + 1):
-        ind, dist = approximate_knn(X, k, params, seed=seed)
-        return ind, dist, "pynndescent"
+        return large_knn(X, k, params, seed=seed)
     ind, dist = exact_knn(X, k)
     return ind, dist, "exact"
+
+
+#: rows whose exact neighbours the ``search: auto`` probe computes
+PROBE_ROWS = 256
+
+
+def probe_neighbours(X: np.ndarray, k: int, seed: int = 0, m: int = PROBE_ROWS):
+    """Exact ``k`` nearest neighbours of ``m`` random rows among all rows, and their local
+    intrinsic dimension.
+
+    Returns ``(rows, indices (m, k), lid)``; ``lid`` is the median over the rows of the
+    maximum-likelihood estimate ``−1 / mean_j log(d_j / d_k)`` (Levina & Bickel 2004) of the
+    dimension the neighbourhoods fill: ~20 for features on a low-dimensional structure, in the
+    hundreds for isotropic noise, where every index-based search loses most neighbours.
+    """
+    n = X.shape[0]
+    rng = np.random.default_rng(seed)
+    rows = np.sort(rng.choice(n, size=min(m, n), replace=False))
+    sq = np.einsum("ij,ij->i", X, X, dtype=np.float64)
+    best = []
+    for s in range(0, len(rows), 64):
+        r = rows[s:s + 64]
+        D = sq[r, None] - 2.0 * (X[r] @ X.T).astype(np.float64) + sq[None, :]
+        D[np.arange(len(r)), r] = np.inf
+        part = np.argpartition(D, k - 1, axis=1)[:, :k]
+        dk = np.take_along_axis(D, part, axis=1)
+        order = np.argsort(dk, axis=1, kind="stable")
+        best.append((np.take_along_axis(part, order, axis=1),
+                     np.sqrt(np.maximum(np.take_along_axis(dk, order, axis=1), 0.0))))
+    ind = np.vstack([b[0] for b in best])
+    dist = np.vstack([b[1] for b in best])
+    with np.errstate(divide="ignore", invalid="ignore"):
+        logs = np.log(dist[:, :-1] / dist[:, -1:])
+        lid = -1.0 / np.mean(logs, axis=1)
+    lid = lid[np.isfinite(lid) & (lid > 0)]
+    return rows, ind, float(np.median(lid)) if lid.size else 0.0
+
+
+def probe_recall(indices: np.ndarray, rows: np.ndarray, truth: np.ndarray) -> float:
+    """Mean recall@k of the neighbour lists of ``rows`` against their exact ``truth``."""
+    k = truth.shape[1]
+    hits = [np.intersect1d(indices[r, :k], t).size for r, t in zip(rows, truth)]
+    return float(np.mean(hits)) / k
+
+
+def large_knn(X: np.ndarray, k: int, params: AffinitySection | dict, seed: int = 0):
+    """Neighbours of a class above ``approximate_above`` samples, per ``affinity.search``.
+
+    ``exact``: the blocked exact search (:mod:`spray.analysis.knn_blocked`). ``approximate``:
+    pynndescent. ``auto``: a probe (:func:`probe_neighbours`) estimates the intrinsic dimension
+    of the neighbourhoods; above ``ann_max_lid`` no index keeps its recall and the exact search
+    runs; otherwise pynndescent runs and its recall on the probe rows is checked: below
+    ``min_recall`` the exact search replaces it (fail closed, with a warning).
+    """
+    from spray.analysis.knn_blocked import blocked_knn
+
+    params = AffinitySection.coerce(params)
+    search, n_jobs = params.search, params.n_jobs
+    if search == "approximate":
+        return (*approximate_knn(X, k, params, seed=seed), "pynndescent")
+    if search == "auto":
+        rows, truth, lid = probe_neighbours(X, k, seed=seed)
+        max_lid = params.ann_max_lid
+        if lid <= max_lid:
+            ind, dist = approximate_knn(X, k, params, seed=seed)
+            recall = probe_recall(ind, rows, truth)
+            floor = params.min_recall
+            if recall >= floor:
+                log.debug("kNN: pynndescent, recall@%d %.3f on %d probe rows (intrinsic "
+                          "dimension %.0f)", k, recall, len(rows), lid)
+                return ind, dist, "pynndescent"
+            log.warning("kNN: pynndescent reached recall@%d %.3f < affinity.min_recall %.2f "
+                        "on %d probe rows; searching exactly instead", k, recall, floor,
+                        len(rows))
+        else:
+            log.info("kNN: %d samples of intrinsic dimension ~%.0f > affinity.ann_max_lid %g: "
+                     "exact blocked search (an index would lose most neighbours)", X.shape[0],
+                     lid, max_lid)
+    ind, dist = blocked_knn(X, k, n_jobs=n_jobs)
+    return ind, dist, "exact-blocked"
 
 
 def edge_weights(ind: np.ndarray, dist: np.ndarray,

@@ -131,19 +131,21 @@ def gate_problems(summary: dict, run_dir: str | Path | None = None) -> list[str]
     """
     problems = []
     state = summary.get("run_state")
-    if state is None:
+    store = _store_attrs(run_dir)
+    if store is not None and store.get("run_state") != "finished" and state == "finished":
+        problems.append(f"the run did not finish: the store was last written by a run in state "
+                        f"'{store.get('run_state')}' and the summary is older; rerun the same "
+                        f"command to resume it")
+    elif state is None:
         problems.append("the summary records no run state (made by an older spray, or not a "
                         "run summary); rerun 'spray run'")
     elif state != "finished":
         problems.append(f"the run did not finish (state '{state}'); rerun the same command to "
                         f"resume it")
-    store = _store_attrs(run_dir)
-    if store is not None and (store.get("run_id") != summary.get("run_id")
-                              or store.get("run_state") != state):
-        problems.append(f"the summary is stale: it belongs to run {summary.get('run_id')} "
-                        f"({state}) but the store was last written by run "
-                        f"{store.get('run_id')} ({store.get('run_state')}); rerun 'spray run' "
-                        f"(or 'spray report' to rebuild the summary)")
+    elif store is not None and store.get("run_id") != summary.get("run_id"):
+        problems.append(f"the summary is stale: it belongs to run {summary.get('run_id')} but "
+                        f"the store was last written by run {store.get('run_id')}; rebuild it "
+                        f"with 'spray report'")
     for e in summary["classes"]:
         if e.get("status") not in VOUCHED:
             why = f": {e['reason']}" if e.get("reason") else ""

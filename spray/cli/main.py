@@ -84,6 +84,10 @@ def _parser() -> argparse.ArgumentParser:
                    help="gate the run like 'spray check': exit 1 when a class is flagged, 3 when "
                         "the run did not finish every class")
     _gate_options(r)
+    v = sub.add_parser("validate", help="check a config and say what a run would do; writes "
+                                        "nothing")
+    v.add_argument("config", help="run config (YAML), as for 'spray run'")
+    v.add_argument("--output", help="run folder (overrides the config's 'output')")
     d = sub.add_parser("demo", help="train a Clever-Hans model on digits and analyse it")
     d.add_argument("--output", default="runs/demo",
                    help="run folder: new, empty or an earlier demo's (default runs/demo)")
@@ -99,8 +103,8 @@ def _parser() -> argparse.ArgumentParser:
     ex_sub = ex.add_subparsers(dest="format", required=True)
     vr = ex_sub.add_parser("virelay", help="a ViRelAy project (dataset, attribution and analysis "
                                             "HDF5, label map, project YAML)")
-    vr.add_argument("run_dir")
-    vr.add_argument("out_dir")
+    vr.add_argument("run_dir", help="the output folder of a finished 'spray run'")
+    vr.add_argument("out_dir", help="folder for the ViRelAy project (new or empty)")
     vr.add_argument("--name", help="project name shown in ViRelAy")
     vr.add_argument("--chunk-rows", type=_positive_int, default=256,
                     help="samples read and written at a time (bounds the memory)")
@@ -135,6 +139,17 @@ def _run(args) -> int:
     if info["failed"]:
         print(f"spray: error: {failure_message(info)}", file=sys.stderr)
         return 3
+    return 0
+
+
+def _validate(args) -> int:
+    from spray.config.run_config import load_config
+
+    cfg, base = load_config(args.config)
+    from spray.run.validate import validate_run
+
+    for line in validate_run(cfg, base, output=args.output).lines():
+        print(f"spray: {line}")
     return 0
 
 
@@ -268,7 +283,7 @@ def _configure_logging(verbose: int, quiet: int) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     _configure_logging(args.verbose, args.log_quiet + 2 * bool(getattr(args, "quiet", False)))
-    handler = {"run": _run, "demo": _demo, "report": _report, "check": _check,
+    handler = {"run": _run, "validate": _validate, "demo": _demo, "report": _report, "check": _check,
                "export": _export}[args.command]
     try:
         return handler(args)

@@ -88,6 +88,9 @@ class AffinitySection(_Section):
     weighting: Literal["binary", "gaussian", "local-scaling"] = "binary"
     symmetrize: Literal["max", "mean"] = "max"
     approximate_above: int = Field(default=50000, ge=0)
+    search: Literal["auto", "exact", "approximate"] = "auto"
+    ann_max_lid: float = Field(default=40.0, gt=0)
+    min_recall: float = Field(default=0.95, ge=0, le=1)
     sigma: float | str = "auto"
     scale_neighbor: int = Field(default=7, ge=1)
     ann_neighbors: int = Field(default=20, ge=1)
@@ -191,22 +194,32 @@ class EmbeddingSection(_Section):
         return float(value)
 
 
-class FlagsSection(BaseModel):
-    """Clever-Hans score parameters; owned by :mod:`spray.verdict.score`, so extra keys are allowed."""
+class FlagsSection(_Section):
+    """Clever-Hans score (see :mod:`spray.verdict` and docs/verdict.md, where the rule is described)."""
 
-    model_config = ConfigDict(extra="allow")
-
-    score: str = "input-contrast"
+    score: Literal["input-contrast"] = "input-contrast"
     threshold: float = 2.0
     min_cluster_fraction: float = Field(default=0.02, ge=0, le=1)
     max_cluster_fraction: float = Field(default=0.5, ge=0, le=1)
+    min_cluster_size: int = Field(default=5, ge=1)
     conductance_floor: float = Field(default=1e-3, gt=0)
+    bootstrap: int = Field(default=10, ge=0)
+    bootstrap_fraction: float = Field(default=0.8, gt=0, le=1)
+    bootstrap_quantile: float = Field(default=0.2, ge=0, le=1)
+    bootstrap_max_samples: int = Field(default=20000, ge=10)
+    size_prior_knee: float = Field(default=0.35, ge=0, le=1)
+    size_prior_weight: float = Field(default=1.0, ge=0)
+    concentration_area: float = Field(default=0.1, gt=0, le=1)
+    min_concentration: float = Field(default=0.0, ge=0, le=1)
     input_mask_area: float = Field(default=0.1, ge=0, lt=1)
     input_randomness_knee: float = Field(default=0.9, ge=0)
     input_randomness_weight: float = Field(default=10.0, ge=0)
     candidates: Literal["analysis", "all-k"] = "analysis"
     bisect_clusters: bool = True
     other_k_min_jaccard: float = Field(default=0.5, ge=0, le=1)
+    sweep_eigenvectors: int = Field(default=10, ge=0)
+    sweep_min_jaccard: float = Field(default=0.9, ge=0, le=1)
+    seed: int = 0
 
 
 class PipelineModel(_Section):
@@ -325,7 +338,9 @@ def _format_error(exc: ValidationError) -> str:
         if msg.startswith("Value error, "):
             msg = msg[len("Value error, "):]
         if err["type"] == "extra_forbidden":
-            msg = "unknown key"
+            from spray.config.hints import did_you_mean
+
+            msg = "unknown key" + did_you_mean(PipelineModel, tuple(err["loc"]))
         got = err.get("input")
         suffix = "" if err["type"] in ("extra_forbidden", "missing") else f", got {got!r}"
         parts.append(f"pipeline key '{loc}': {msg}{suffix}")

@@ -375,7 +375,9 @@ def _format_errors(err: ValidationError, source: str) -> str:
     for item in err.errors():
         key = ".".join(str(p) for p in item["loc"] if not str(p).startswith("function-"))
         if item["type"] == "extra_forbidden":
-            parts.append(f"unknown key '{key}'")
+            from spray.config.hints import did_you_mean
+
+            parts.append(f"unknown key '{key}'{did_you_mean(RunConfig, tuple(item['loc']))}")
         elif item["type"] == "missing":
             parts.append(f"missing key '{key}'")
         else:

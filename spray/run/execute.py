@@ -250,16 +250,27 @@ def _show_progress(chunk_futures: dict, analysis_futures: dict, rows_per_chunk: 
         classes.close()
 
 
+def _failure(c: int, msg: str) -> str:
+    return msg if msg.startswith(f"class {c}") else f"class {c}: {msg}"
+
+
 def _collect(futures_by_class: dict) -> tuple[dict, dict]:
+    """Results and failure messages per class; a task reports a data error as its result
+    (``{"error": ...}``), anything else by raising."""
     done, failed = {}, {}
     for c, futures in futures_by_class.items():
         for fut in futures if isinstance(futures, list) else [futures]:
             try:
-                done.setdefault(c, []).append(fut.result())
+                result = fut.result()
             except Exception as err:  # noqa: BLE001 - recorded and reported per class
                 msg = str(err) if isinstance(err, SprayError) else f"{type(err).__name__}: {err}"
-                failed.setdefault(c, []).append(msg if msg.startswith(f"class {c}")
-                                                else f"class {c}: {msg}")
+                failed.setdefault(c, []).append(_failure(c, msg))
+                continue
+            if isinstance(result, dict) and result.get("error"):
+                if not result.get("dependency"):  # reported by the chunk that failed
+                    failed.setdefault(c, []).append(_failure(c, result["error"]))
+                continue
+            done.setdefault(c, []).append(result)
     return done, failed
 
 
@@ -511,8 +522,9 @@ def run(cfg: RunConfig, base_dir: Path, output: str | None = None, scheduler: st
         with dask_client(cfg.cluster.model_dump(), scheduler) as client:
             results = execute(plan, store, client, quiet)
         times["report"] = time.perf_counter()
-        failures = {c: results["lrp_failed"].get(c, []) + results["analysis_failed"].get(c, [])
-                    for c in set(results["lrp_failed"]) | set(results["analysis_failed"])}
+        failures = {c: list(dict.fromkeys(results["lrp_failed"].get(c, [])
+                                          + results["analysis_failed"].get(c, [])))
+                    for c in sorted(set(results["lrp_failed"]) | set(results["analysis_failed"]))}
         _finish_store(run_dir, failures, incomplete=False)
         from spray.report.html import write_report
 

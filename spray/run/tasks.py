@@ -132,8 +132,25 @@ def _read_chunk(data_cfg: dict, base_dir: str, indices: np.ndarray) -> tuple[np.
     return x, samples_digest(x, indices)
 
 
+class DeterministicError(Exception):
+    """A data, config or model error inside a task: the same on every retry."""
+
+
 def lrp_chunk(run_dir: str, c: int, chunk: int, data_cfg: dict, model_cfg: dict,
               attr_cfg: dict, base_dir: str, runtime=1) -> dict:
+    """:func:`compute_chunk`; a data, config or model error (the same on every retry) is
+    returned as ``{"error": message}`` instead of raised, so Dask neither retries it nor logs
+    a traceback on the worker. Other errors (a lost file system, a killed worker) are raised and
+    retried."""
+    try:
+        return compute_chunk(run_dir, c, chunk, data_cfg, model_cfg, attr_cfg, base_dir, runtime)
+    except DeterministicError as err:
+        return {"class": c, "chunk": chunk, "error": str(err.__cause__ or err),
+                "error_type": type(err.__cause__ or err).__name__}
+
+
+def compute_chunk(run_dir: str, c: int, chunk: int, data_cfg: dict, model_cfg: dict,
+                  attr_cfg: dict, base_dir: str, runtime=1) -> dict:
     """Compute the relevance maps of rows ``chunk`` of class ``c`` and write them to the store.
 
     The rows of a chunk are exactly one Zarr chunk of every array, written whole and only then
@@ -162,7 +179,8 @@ def lrp_chunk(run_dir: str, c: int, chunk: int, data_cfg: dict, model_cfg: dict,
         maps, logits = relevance_for(model, x, c, attr_cfg, device)
         t_lrp = time.perf_counter() - t1
     except SprayError as err:
-        raise type(err)(f"{_where(c, start, stop, indices)}: {err}") from err
+        named = type(err)(f"{_where(c, start, stop, indices)}: {err}")
+        raise DeterministicError(str(named)) from named
     except Exception as err:  # noqa: BLE001 - name the chunk that failed
         raise DataError(f"{_where(c, start, stop, indices)}: LRP failed: "
                         f"{type(err).__name__}: {err}") from err
@@ -242,6 +260,22 @@ def pipeline_hash(pipeline: dict) -> str:
 
 def analyze_class(run_dir: str, c: int, pipeline: dict, data_cfg: dict, _deps=None,
                   runtime=1) -> dict:
+    """:func:`analyze_stored_class` once the class's LRP chunks (``_deps``) are all written.
+
+    A chunk that failed leaves the class unanalysed (``{"error": ..., "dependency": True}``);
+    a data error of the analysis itself is returned as ``{"error": message}`` (not retried).
+    """
+    failed = [d for d in (_deps or []) if isinstance(d, dict) and d.get("error")]
+    if failed:
+        return {"class": c, "error": failed[0]["error"], "dependency": True}
+    try:
+        return analyze_stored_class(run_dir, c, pipeline, data_cfg, runtime)
+    except SprayError as err:
+        return {"class": c, "error": str(err), "error_type": type(err).__name__}
+
+
+def analyze_stored_class(run_dir: str, c: int, pipeline: dict, data_cfg: dict,
+                         runtime=1) -> dict:
     """Preprocess, analyse and score one class; write everything into its store group.
 
     Reads the class's relevance maps and inputs one chunk at a time; the analysis itself works
