@@ -37,6 +37,11 @@ weights), a :class:`QueryKeyProduct`, an :class:`AttentionSoftmax` and an
 :class:`AttentionValueProduct`, each of which a composite maps to a rule.  Options the
 exposed form does not implement (attention masks, ``add_bias_kv``, ``add_zero_attn``) raise
 :class:`~spray.errors.ModelError` naming the module before any relevance is computed.
+
+Functional attention (timm, hand-written modules) is exposed after tracing by
+:func:`expose_functional_attention`: ``F.scaled_dot_product_attention`` without mask and the
+written-out ``softmax(c · (q @ kᵀ)) @ v`` become the same product and softmax modules, and
+``F.layer_norm`` an ``nn.LayerNorm``.
 """
 
 from __future__ import annotations
