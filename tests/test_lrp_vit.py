@@ -151,24 +151,36 @@ def test_attention_rules_differ_and_uniform_rule_halves_values():
     assert relative_error(attn, cp) > 1e-2
 
 
-def gradient_times_input_reference(model, x, targets, rules):
+class ScaleGradient(torch.autograd.Function):
+    """Identity whose gradient is divided by ``factor`` (the uniform rule as gradient × input)."""
+
+    @staticmethod
+    def forward(ctx, t, factor):
+        ctx.factor = factor
+        return t.view_as(t)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad / ctx.factor, None
+
+
+def rule_modified(q, k, v, rules):
+    """Queries, keys and values with the gradient × input form of the attention rules."""
+    if rules == "cp":
+        return q.detach(), k.detach(), v
+    return ScaleGradient.apply(q, 4.0), ScaleGradient.apply(k, 4.0), ScaleGradient.apply(v, 2.0)
+
+
+def reference_layer_norm(self, t):
+    centre = t - t.mean(-1, keepdim=True)
+    y = centre / (centre.pow(2).mean(-1, keepdim=True) + self.eps).sqrt().detach()
+    return y * self.weight + (self.bias if self.bias is not None else 0)
+
+
+def gradient_times_input_reference(model, x, targets, rules, extra=None):
     """An independent float64 reference: the AttnLRP / CP-LRP rules written as gradient ×
-    input identities on a plain autograd forward (stop-gradient and gradient scaling)."""
-
-    class Scale(torch.autograd.Function):
-        @staticmethod
-        def forward(ctx, t, factor):
-            ctx.factor = factor
-            return t.view_as(t)
-
-        @staticmethod
-        def backward(ctx, grad):
-            return grad / ctx.factor, None
-
-    def layer_norm(self, t):
-        centre = t - t.mean(-1, keepdim=True)
-        y = centre / (centre.pow(2).mean(-1, keepdim=True) + self.eps).sqrt().detach()
-        return y * self.weight + (self.bias if self.bias is not None else 0)
+    input identities on a plain autograd forward (stop-gradient and gradient scaling).
+    ``extra``: more ``{class: forward}`` patches (e.g. timm's attention)."""
 
     def attention(self, query, key, value, **kwargs):
         e, h = self.embed_dim, self.num_heads
@@ -181,27 +193,28 @@ def gradient_times_input_reference(model, x, targets, rules):
         def heads(t):
             return t.reshape(t.shape[0], t.shape[1], h, e // h).transpose(1, 2)
 
-        q, k, v = heads(F.linear(query, wq, bq)), heads(F.linear(key, wk, bk)), heads(
-            F.linear(value, wv, bv))
-        if rules == "cp":
-            q, k = q.detach(), k.detach()
-        else:
-            q, k, v = Scale.apply(q, 4.0), Scale.apply(k, 4.0), Scale.apply(v, 2.0)
+        q, k, v = rule_modified(heads(F.linear(query, wq, bq)), heads(F.linear(key, wk, bk)),
+                                heads(F.linear(value, wv, bv)), rules)
         a = torch.softmax(q @ k.transpose(-2, -1) * (e // h) ** -0.5, dim=-1)
         out = (a @ v).transpose(1, 2).reshape(q.shape[0], -1, e)
         out = F.linear(out, self.out_proj.weight, self.out_proj.bias)
         return (out if self.batch_first else out.transpose(0, 1)), None
 
-    saved = {cls: cls.forward for cls in (nn.LayerNorm, nn.MultiheadAttention, nn.GELU)}
-    nn.LayerNorm.forward, nn.MultiheadAttention.forward = layer_norm, attention
     gelu = nn.GELU.forward
-    nn.GELU.forward = lambda self, t: t * (gelu(self, t) / t).detach()
+    patches = {nn.LayerNorm: reference_layer_norm, nn.MultiheadAttention: attention,
+               nn.GELU: lambda self, t: t * (gelu(self, t) / t).detach(), **(extra or {})}
+    saved = {cls: cls.__dict__.get("forward") for cls in patches}
+    for cls, forward in patches.items():
+        cls.forward = forward
     try:
         x = x.clone().requires_grad_(True)
         model(x).gather(1, targets[:, None]).sum().backward()
     finally:
         for cls, forward in saved.items():
-            cls.forward = forward
+            if forward is None:
+                del cls.forward
+            else:
+                cls.forward = forward
     return (x * x.grad).detach()
 
 
@@ -235,20 +248,26 @@ def test_float32_agrees_with_float64():
 
 
 class HandMadeAttention(nn.Module):
-    def __init__(self, dim):
+    """Attention written out: ``softmax(q kᵀ / √d) @ v`` (supported), or with the scores from
+    ``torch.einsum`` (refused)."""
+
+    def __init__(self, dim, einsum=False):
         super().__init__()
         self.qkv = nn.Linear(dim, 3 * dim)
+        self.einsum = einsum
 
     def forward(self, x):
         q, k, v = self.qkv(x).chunk(3, dim=-1)
-        return torch.softmax(q @ k.transpose(-2, -1), dim=-1) @ v
+        scores = (torch.einsum("bqd,bkd->bqk", q, k) if self.einsum
+                  else q @ k.transpose(-2, -1) / 8 ** 0.5)
+        return torch.softmax(scores, dim=-1) @ v
 
 
 class HandMadeNet(nn.Module):
-    def __init__(self):
+    def __init__(self, einsum=False):
         super().__init__()
         self.embed = nn.Linear(4, 8)
-        self.block = HandMadeAttention(8)
+        self.block = HandMadeAttention(8, einsum)
         self.head = nn.Linear(8, 3)
 
     def forward(self, x):
@@ -256,14 +275,33 @@ class HandMadeNet(nn.Module):
 
 
 def test_custom_attention_is_refused_naming_module_and_type():
-    with pytest.raises(ModelError, match=r"'block' \(.*HandMadeAttention\)"):
-        lrp.prepare(HandMadeNet().eval(), "attn-lrp")
+    with pytest.raises(ModelError, match=r"'einsum' computed in module 'block' \(.*HandMadeAttention\)"):
+        lrp.prepare(HandMadeNet(einsum=True).eval(), "attn-lrp")
 
 
-def test_sdpa_is_refused():
+def test_written_out_attention_is_exposed():
+    """``softmax(q @ kᵀ / √d) @ v`` becomes scores, softmax and mix modules under the module's
+    path; CP-LRP then conserves the logit without biases."""
+    torch.manual_seed(0)
+    model = HandMadeNet().double().eval()
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if name.endswith("bias"):
+                param.zero_()
+    program = lrp.prepare(model, "cp-lrp")
+    assert {"block.scores", "block.softmax", "block.mix"} <= set(dict(program.gm.named_modules()))
+    x = torch.randn(3, 5, 4, dtype=torch.float64)
+    relevance, logits = lrp.attribute(model, x, "prediction", "cp-lrp", return_logits=True,
+                                      epsilon=1e-12, stabilizer=1e-12)
+    assert torch.allclose(logits, model(x))
+    assert torch.allclose(relevance.flatten(1).sum(1), logits.max(1).values, rtol=1e-8)
+
+
+def test_masked_sdpa_is_refused():
+    """``F.scaled_dot_product_attention`` is exposed without mask; a causal one is refused."""
     class SDPA(nn.Module):
         def forward(self, x):
-            return F.scaled_dot_product_attention(x, x, x)
+            return F.scaled_dot_product_attention(x, x, x, is_causal=True)
 
     model = nn.Sequential(nn.Linear(4, 4), SDPA(), nn.Flatten(), nn.Linear(12, 2)).eval()
     with pytest.raises(ModelError, match=r"'1' \(.*SDPA\)"):
@@ -608,3 +646,81 @@ def test_rms_norm_output_matches_torch(eps):
     x = torch.randn(3, 4, dtype=torch.float64) * 1e-7
     _, logits = lrp.attribute(model, x, 0, "attn-lrp", return_logits=True)
     assert torch.allclose(logits, model(x), rtol=1e-12, atol=1e-15)
+
+
+# ---------------------------------------------------------------------------------------------
+# timm vision transformers (architectures only, random weights)
+# ---------------------------------------------------------------------------------------------
+
+
+def make_timm_vit(fused, biases=True):
+    timm = pytest.importorskip("timm")
+    torch.manual_seed(0)
+    model = timm.models.vision_transformer.VisionTransformer(
+        img_size=28, patch_size=7, embed_dim=32, depth=2, num_heads=4, num_classes=10)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            absorbing = name.endswith("bias") or "cls_token" in name or "pos_embed" in name
+            if absorbing:
+                param.normal_(0, 0.3) if biases else param.zero_()
+    for block in model.blocks:
+        block.attn.fused_attn = fused
+    return model.eval().double()
+
+
+def timm_attention(rules):
+    def forward(self, x, attn_mask=None, is_causal=False):
+        n, tokens, _ = x.shape
+        qkv = self.qkv(x).reshape(n, tokens, 3, self.num_heads, self.head_dim).permute(
+            2, 0, 3, 1, 4)
+        q, k, v = rule_modified(*qkv.unbind(0), rules)
+        a = torch.softmax(self.q_norm(q) @ self.k_norm(k).transpose(-2, -1) * self.scale, -1)
+        out = (a @ v).transpose(1, 2).reshape(n, tokens, -1)
+        return self.proj(self.norm(out))
+    return forward
+
+
+@pytest.mark.parametrize("fused", [True, False], ids=["sdpa", "written-out"])
+def test_timm_vit_conserves_and_keeps_its_function(fused):
+    """timm's attention (``F.scaled_dot_product_attention`` or written out), its functional
+    LayerNorm and its mask helpers are exposed; CP-LRP conserves the logit without biases."""
+    model = make_timm_vit(fused, biases=False)
+    x = inputs()
+    relevance, logits = lrp.attribute(model, x, "prediction", "cp-lrp", return_logits=True,
+                                      epsilon=1e-12, stabilizer=1e-12)
+    assert torch.allclose(logits, model(x), rtol=1e-12, atol=1e-14)
+    assert torch.allclose(relevance.flatten(1).sum(1), logits.max(1).values, rtol=1e-8)
+    program = lrp.prepare(model, "attn-lrp")
+    assert {"blocks.0.attn.scores", "blocks.0.norm1"} <= set(dict(program.gm.named_modules()))
+
+
+@pytest.mark.parametrize("rules", ["attn", "cp"])
+@pytest.mark.parametrize("fused", [True, False], ids=["sdpa", "written-out"])
+def test_timm_vit_matches_gradient_times_input_identities(rules, fused):
+    import timm.layers.attention
+    import timm.layers.norm
+
+    model = make_timm_vit(fused)
+    x = inputs()
+    targets = model(x).argmax(1)
+    reference = gradient_times_input_reference(
+        model, x, targets, rules, {timm.layers.attention.Attention: timm_attention(rules),
+                                   timm.layers.norm.LayerNorm: reference_layer_norm})
+    composite = transformer_composite(Epsilon(0.0), softmax="attnlrp" if rules == "attn"
+                                      else "constant", stabilizer=1e-12)
+    assert relative_error(lrp.attribute(model, x, targets, composite), reference) <= 1e-6
+
+
+def test_product_with_a_parameter_is_not_taken_for_attention():
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.weight = nn.Parameter(torch.randn(4, 4))
+            self.values = nn.Linear(4, 4)
+            self.head = nn.Linear(4, 2)
+
+        def forward(self, x):
+            return self.head(torch.softmax(x @ self.weight, dim=-1) @ self.values(x))
+
+    with pytest.raises(ModelError, match=r"'matmul' computed in module '<model>'"):
+        lrp.prepare(Net().eval(), "attn-lrp")

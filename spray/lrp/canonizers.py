@@ -59,6 +59,7 @@ POOL_METHODS = {"mean"}
 GRADIENT_FUNCTIONS = {
     operator.getitem, getattr, torch.flatten, torch.reshape, torch.cat, torch.concat,
     torch.squeeze, torch.unsqueeze, torch.transpose, torch.permute, torch.chunk, torch.split,
+    torch.unbind,
     F.max_pool1d, F.max_pool2d, F.max_pool3d, F.adaptive_max_pool1d, F.adaptive_max_pool2d,
     F.adaptive_max_pool3d, F.dropout, F.dropout1d, F.dropout2d, F.dropout3d, F.pad,
     operator.floordiv,
@@ -66,7 +67,7 @@ GRADIENT_FUNCTIONS = {
 GRADIENT_METHODS = {
     "view", "reshape", "flatten", "size", "dim", "permute", "transpose", "contiguous",
     "squeeze", "unsqueeze", "chunk", "split", "expand", "expand_as", "view_as", "reshape_as",
-    "float", "double", "to", "type_as", "clone", "detach_", "max_pool2d",
+    "float", "double", "to", "type_as", "clone", "detach_", "max_pool2d", "unbind",
 }
 #: multiplication/division of a tensor by a constant number: plain gradient
 SCALE_FUNCTIONS = {operator.mul, operator.truediv, torch.mul, torch.div}
@@ -179,5 +180,6 @@ def check_attention(gm: fx.GraphModule) -> None:
         name = getattr(node.target, "__name__", str(node.target))
         raise ModelError(
             f"spray.lrp does not support the attention (or product) '{name}' computed in "
-            f"module '{path}' ({kind}): only torch.nn.MultiheadAttention is exposed to LRP "
-            "rules. Rewrite the module with nn.MultiheadAttention, or map it to a rule.")
+            f"module '{path}' ({kind}): LRP rules exist for torch.nn.MultiheadAttention "
+            "without masks, F.scaled_dot_product_attention without mask, dropout or causal "
+            "flag, and softmax(q @ k.transpose(-2, -1) * c, dim=-1) @ v written out.")

@@ -27,7 +27,7 @@ from spray.lrp.composites import Composite, resolve
 from spray.lrp.layers import ACTIVATIONS, AFFINE, AVG_POOLS, BATCH_NORMS
 from spray.lrp.ops import AffineOp, fold_batchnorm
 from spray.lrp.rules import Gradient, Norm, Pass, Rule, stabilize
-from spray.lrp.transformer import ModuleRule
+from spray.lrp.transformer import ModuleRule, expose_functional_attention
 
 # ---------------------------------------------------------------------------------------------
 # autograd functions: forward = layer, backward = rule
@@ -244,6 +244,7 @@ class Program:
         self.dtype, self.device = _model_dtype_device(model)
         self.gm = canon.trace(model)
         self.dropped_output = canon.drop_output_squasher(self.gm)
+        expose_functional_attention(self.gm)
         canon.check_attention(self.gm)
         self.first_affine = None
         self._build()
