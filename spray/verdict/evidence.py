@@ -166,8 +166,8 @@ def measure(entry: ClusterEvidence, graphs: ClassGraphs,
     """Fill in the evidence of a candidate (conductances, contrast, randomness, concentration).
 
     A half or a sweep cut whose score cannot reach ``bar`` (default: the threshold) even with
-    φ_input = 1 is left unmeasured (no input graphs are built for it). Returns ``entry``; ``entry.measured`` says whether it
-    is a candidate.
+    φ_input = 1 is left unmeasured (no input graphs are built for it). Returns ``entry``;
+    ``entry.measured`` says whether it is a candidate.
     """
     params = graphs.params
     mask = entry.mask
