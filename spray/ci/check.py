@@ -466,7 +466,8 @@ def verdict_lines(summary: dict, report_dir: Path | None = None, best: int = 3) 
     """The verdict in a few lines: flagged classes (score, suspect size, class page), the
     watch band and the next-best classes."""
     def page(e):
-        return f" — {report_dir / ('class_%d.html' % e['class'])}" if report_dir else ""
+        name = "class_{}.html".format(e["class"])
+        return f" — {report_dir / name}" if report_dir else ""
 
     flagged = [e for e in summary["classes"] if e.get("flagged")]
     lines = []

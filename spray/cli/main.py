@@ -17,7 +17,6 @@ from pathlib import Path
 from spray import __version__
 from spray.errors import SprayError
 
-
 INTERNAL_ERROR = 4
 
 

@@ -18,7 +18,6 @@ from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError, f
 
 from spray.errors import ConfigError
 
-
 #: largest config (YAML nodes after expanding aliases) accepted; a small file whose aliases
 #: expand to more (a "billion laughs" file) is refused before it is expanded
 MAX_CONFIG_NODES = 200_000

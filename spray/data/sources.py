@@ -35,7 +35,6 @@ import numpy as np
 from spray.errors import ConfigError, DataError
 
 
-
 def samples_digest(x: np.ndarray, indices: np.ndarray) -> bytes:
     """SHA-256 of a batch of samples and their dataset indices (32 bytes).
 

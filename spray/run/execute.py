@@ -38,9 +38,9 @@ from spray.errors import (
 from spray.run.dask_cluster import dashboard_text, dask_client, runtime_settings, workers_info
 from spray.run.signals import interrupt_on_signals
 from spray.run.store import (
+    FORMAT,
     LOCK_NAME,
     MANIFEST_NAME,
-    FORMAT,
     OwnedFiles,
     RunLock,
     class_samples_hash,
