@@ -59,9 +59,10 @@ def _summary_path(run_dir: str | Path) -> Path:
 def _rebuild(run_dir: Path) -> None:
     """Write ``RUN_DIR/report/summary.json`` from the store (nothing is written without one)."""
     from spray.report.summary import write_summary
-    from spray.run.store import OwnedFiles, open_store
+    from spray.run.store import OwnedFiles, adopt_legacy_run, open_store
 
     open_store(run_dir)  # a mistyped path is refused before anything is created
+    adopt_legacy_run(run_dir)
     files = OwnedFiles(run_dir)
     if not files.owns("report"):
         raise StoreError(f"{run_dir / 'report'} was not written by spray; refusing to write the "

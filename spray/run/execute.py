@@ -43,6 +43,7 @@ from spray.run.store import (
     MANIFEST_NAME,
     OwnedFiles,
     RunLock,
+    adopt_legacy_run,
     class_samples_hash,
     create_or_check_store,
     mark_run,
@@ -171,6 +172,7 @@ def _check_run_dir(run_dir: Path) -> None:
         raise StoreError(f"output {run_dir} exists and is not a folder")
     if not run_dir.is_dir():
         return
+    adopt_legacy_run(run_dir)
     owned = _owned(run_dir)
     present = {p.name for p in run_dir.iterdir()}
     clash = sorted(n for n in present & set(RUN_FILES) if n not in owned)
