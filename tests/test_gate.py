@@ -24,7 +24,7 @@ from spray.ci import check as chk
 from spray.cli.main import main
 from spray.data.models import model_code_fingerprint, model_fingerprint
 from spray.errors import IncompleteRunError, StoreError
-from spray.run.store import MANIFEST_NAME, OwnedFiles, RunLock
+from spray.store import MANIFEST_NAME, OwnedFiles, RunLock
 
 
 def _project(small_problem, root: Path) -> Path:
@@ -169,7 +169,7 @@ def test_a_summary_of_an_earlier_run_is_stale(finished, tmp_path):
     root = _copy(finished, tmp_path)
     summary = _summary(root / "out")
     assert chk.gate_problems(summary, root / "out") == []
-    from spray.run.store import mark_run, open_store
+    from spray.store import mark_run, open_store
 
     group = open_store(root / "out", mode="a")
     mark_run(group, "running")  # what a started rerun records

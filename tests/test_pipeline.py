@@ -13,7 +13,7 @@ from conftest import run_cli
 from spray.config.run_config import load_config
 from spray.errors import StoreError
 from spray.run.execute import run
-from spray.run.store import RunLock
+from spray.store import RunLock
 
 
 @pytest.fixture(scope="module")

@@ -17,6 +17,7 @@ import pytest
 from conftest import write_config
 
 HOSTILE = "<img src=x onerror=alert(1)>one & \"two\""
+CJK = "零 \x1b[31mzero\x07\u202e"  # CJK, an ANSI colour code, a bell, a bidi override
 
 
 @pytest.fixture(scope="module")
@@ -26,7 +27,7 @@ def report_run(small_problem, tmp_path_factory):
     from spray.run.execute import run
 
     raw = dict(small_problem["raw_config"])
-    raw["class_names"] = ["zero", HOSTILE, "two</td>"]
+    raw["class_names"] = [CJK, HOSTILE, "two</td>"]
     # every class with a candidate cluster is flagged, so every page shows a suspect
     raw["pipeline"] = {"preset": "spray-default", "embedding": {"method": "tsne"},
                        "flags": {"threshold": -100.0}}
@@ -38,6 +39,24 @@ def report_run(small_problem, tmp_path_factory):
     out = root / "run"
     run(cfg, base, output=str(out), quiet=True)
     return out
+
+
+def test_class_names_with_cjk_and_control_characters(report_run):
+    """Labels keep CJK text and lose control characters; rendering warns about nothing
+    (no plotting library draws text: the browser's fonts and their fallbacks do)."""
+    import warnings
+
+    from spray.report.html import write_report
+
+    rep = report_run / "report"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        (rep / "class_0.html").unlink()  # rendered again
+        write_report(report_run)
+    for page in [rep / "index.html", rep / "class_0.html", rep / "class_0_tsne.html"]:
+        text = page.read_text(encoding="utf-8")
+        assert "零 zero" in text, page
+        assert not any(ch in text for ch in "\x1b\x07\u202e"), page
 
 
 class _Collect(HTMLParser):
@@ -67,7 +86,7 @@ def test_pages_images_links_and_ranking(report_run):
     text = (rep / "index.html").read_text()
     for src in index.imgs:
         assert (rep / src).stat().st_size > 1000, src
-    assert "overview_spectra.png" in index.imgs
+    assert text.count("<svg") == 3  # the spectra of the three classes, side by side
     class_links = [h for h in index.links if h.startswith("class_")]
     ranked = sorted(summary["classes"], key=lambda e: -e["score"])
     assert class_links[:3] == [f"class_{e['class']}.html" for e in ranked]
@@ -82,8 +101,12 @@ def test_pages_images_links_and_ranking(report_run):
         for src in parsed.imgs:
             assert (rep / src).is_file(), src
         names = set(parsed.imgs)
-        assert {f"class_{e['class']}_spectrum.png", f"class_{e['class']}_clusters.png",
-                f"class_{e['class']}_tsne.png"} <= names
+        c = e["class"]
+        assert {f"class_{c}_clusters.png", f"class_{c}_suspect.png",
+                f"class_{c}_suspect_examples.png"} <= names
+        page_text = page.read_text()
+        assert page_text.count("<svg") == 2  # spectrum and t-SNE
+        assert f"class_{c}_tsne.html" in parsed.links
     flagged = (rep / "class_1.html").read_text()
     assert "FLAGGED" in flagged and "Suspect: cluster" in flagged and "contrast" in flagged
     assert "class_1_suspect.png" in flagged
@@ -220,7 +243,8 @@ def test_report_loads_in_headless_chromium(report_run):
     if binary is None:
         pytest.skip("chromium is not installed (tests/run.sh installs it with apt-get)")
     rep = (report_run / "report").resolve()
-    pages = [rep / "index.html"] + sorted(rep.glob("class_*.html"))
+    pages = [rep / "index.html"] + sorted(p for p in rep.glob("class_*.html")
+                                          if not p.name.endswith("_tsne.html"))
     cdp = _CDP(binary)
     try:
         target = cdp.send("Target.createTarget", {"url": "about:blank"})["targetId"]
@@ -234,10 +258,13 @@ def test_report_loads_in_headless_chromium(report_run):
             res = cdp.send("Runtime.evaluate", {
                 "expression": "JSON.stringify({title: document.title, imgs: Array.from("
                               "document.images).map(i => [i.getAttribute('src'), i.complete, "
-                              "i.naturalWidth])})", "returnByValue": True}, session=session)
+                              "i.naturalWidth]), charts: Array.from(document.querySelectorAll("
+                              "'svg.chart')).map(s => s.getBoundingClientRect().width)})",
+                "returnByValue": True}, session=session)
             info = json.loads(res["result"]["value"])
             assert info["title"].startswith("spray"), page
-            assert info["imgs"], f"{page.name}: no images"
+            assert info["charts"] and min(info["charts"]) > 100, f"{page.name}: {info}"
+            assert info["imgs"] or page.name == "index.html", f"{page.name}: no images"
             broken = [src for src, done, width in info["imgs"] if not done or width == 0]
             assert not broken, f"{page.name}: images not loaded: {broken}"
             errs = _errors(cdp.events, session)
@@ -250,7 +277,7 @@ def test_split_off_clusters_in_store_summary_and_page(report_run):
     """With every candidate a suspect (threshold -100), a side of a cluster's bisection that
     scores higher than the cluster is split off: the store's labels, the summary's clusters and
     the class page agree on it."""
-    from spray.run.store import open_class
+    from spray.store import open_class
 
     rep = report_run / "report"
     summary = json.loads((rep / "summary.json").read_text())
@@ -266,3 +293,87 @@ def test_split_off_clusters_in_store_summary_and_page(report_run):
         assert split["split_from"] == s["from"] and split["suspect"] and split["members"]
         page = (rep / f"class_{e['class']}.html").read_text()
         assert f"split off cluster {s['from']}" in page
+
+
+def _open_session(cdp: _CDP) -> str:
+    target = cdp.send("Target.createTarget", {"url": "about:blank"})["targetId"]
+    session = cdp.send("Target.attachToTarget", {"targetId": target, "flatten": True})["sessionId"]
+    for method in ("Runtime.enable", "Log.enable", "Page.enable", "Network.enable"):
+        cdp.send(method, session=session)
+    return session
+
+
+def _evaluate(cdp: _CDP, session: str, expression: str):
+    res = cdp.send("Runtime.evaluate", {"expression": expression, "returnByValue": True,
+                                        "awaitPromise": True}, session=session)
+    return res["result"].get("value")
+
+
+def _palette_pixels(png: bytes, colour: str) -> list[tuple[int, int]]:
+    """Pixels of a screenshot within reach of ``colour`` drawn at alpha 0.85 on white."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    img = np.asarray(Image.open(io.BytesIO(png)).convert("RGB"), dtype=np.float64)
+    rgb = np.array([int(colour[i:i + 2], 16) for i in (1, 3, 5)], dtype=np.float64)
+    target = 0.85 * rgb + 0.15 * 255
+    ys, xs = np.nonzero(np.abs(img - target).max(axis=-1) < 30)
+    return list(zip(xs.tolist(), ys.tolist()))
+
+
+def test_interactive_tsne_offline_in_headless_chromium(report_run):
+    """The interactive t-SNE pages load from files with no network request and no console
+    error, draw every point, and tapping a point lists the members of its cluster."""
+    import base64
+
+    from spray.report.figures import PALETTE
+
+    binary = _chromium()
+    if binary is None:
+        pytest.skip("chromium is not installed (tests/run.sh installs it with apt-get)")
+    rep = (report_run / "report").resolve()
+    summary = json.loads((rep / "summary.json").read_text())
+    cdp = _CDP(binary)
+    try:
+        session = _open_session(cdp)
+        cdp.send("Emulation.setDeviceMetricsOverride", {"width": 900, "height": 900,
+                                                         "deviceScaleFactor": 1,
+                                                         "mobile": False}, session=session)
+        for e in summary["classes"]:
+            page = rep / f"class_{e['class']}_tsne.html"
+            cdp.events = [ev for ev in cdp.events if ev.get("sessionId") != session]
+            cdp.send("Page.navigate", {"url": page.as_uri()}, session=session)
+            cdp.wait_event("Page.loadEventFired", session)
+            n = _evaluate(cdp, session, """new Promise(done => {
+                const t0 = Date.now();
+                (function poll() {
+                  const ok = window.Bokeh && Bokeh.documents.length > 0;
+                  if (ok || Date.now() - t0 > 15000) {
+                    setTimeout(() => done(ok ? Bokeh.documents[0].roots()[0].renderers[0]
+                                                 .data_source.data.x.length : -1), 1000);
+                  } else { setTimeout(poll, 100); }
+                })();
+            })""")
+            assert n == e["n_samples"], (page.name, n)
+            requests = [ev["params"]["request"]["url"] for ev in cdp.events
+                        if ev.get("sessionId") == session
+                        and ev.get("method") == "Network.requestWillBeSent"]
+            assert requests and all(u.startswith(("file:", "data:")) for u in requests), requests
+            errs = _errors(cdp.events, session)
+            assert not errs, f"{page.name}: console errors: {errs}"
+            shot = base64.b64decode(cdp.send("Page.captureScreenshot", {"format": "png"},
+                                             session=session)["data"])
+            points = _palette_pixels(shot, PALETTE[0])
+            assert len(points) > 50, f"{page.name}: the points are not drawn"
+            x, y = points[len(points) // 2]
+            for kind in ("mousePressed", "mouseReleased"):
+                cdp.send("Input.dispatchMouseEvent", {"type": kind, "x": x, "y": y,
+                                                      "button": "left", "clickCount": 1},
+                         session=session)
+            time.sleep(0.5)
+            members = _evaluate(cdp, session, "document.getElementById('members').textContent")
+            assert members.startswith("cluster ") and "dataset indices" in members, members
+    finally:
+        cdp.close()

@@ -32,7 +32,7 @@ from scale_support import (
 from spray.config.run_config import load_config
 from spray.errors import SprayError, StoreError
 from spray.run.execute import run
-from spray.run.store import LOCK_NAME, RunLock
+from spray.store import LOCK_NAME, RunLock
 
 
 @pytest.fixture(scope="module")
@@ -179,7 +179,7 @@ def test_stale_lock_of_a_dead_process_is_taken_over(tmp_path):
         pass
     holder = subprocess.Popen(  # a live holder in another process: refused
         [sys.executable, "-c", "import sys, time\nfrom pathlib import Path\n"
-         "from spray.run.store import RunLock\nRunLock(Path(sys.argv[1])).acquire()\n"
+         "from spray.store import RunLock\nRunLock(Path(sys.argv[1])).acquire()\n"
          "print('held', flush=True)\ntime.sleep(60)", str(tmp_path)],
         stdout=subprocess.PIPE, text=True)
     try:

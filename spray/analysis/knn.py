@@ -2,7 +2,10 @@
 
 * Neighbours: the ``k`` nearest neighbours of every sample, excluding the sample itself
   (``k: auto`` = ⌈ln n⌉). Exact search (scikit-learn, brute force on BLAS) up to
-  ``approximate_above`` samples, approximate search (pynndescent's NN-descent) above. Duplicate
+  ``approximate_above`` samples; above, ``search`` decides: ``approximate`` (pynndescent's
+  NN-descent), ``exact`` (blocked bfloat16 products, :mod:`spray.analysis.knn_blocked`) or
+  ``auto`` (pynndescent where a probe finds low-dimensional neighbourhoods and its recall on
+  the probe rows reaches ``min_recall``, the exact search otherwise, see :func:`large_knn`). Duplicate
   samples are fine: the sample itself is removed by index, never by distance, and ties are
   broken by index, so the graph is deterministic.
 * Edge weights: ``binary`` (thesis eq. 6.1), ``gaussian`` ``exp(-d²/(2σ²))`` with ``sigma``
@@ -17,14 +20,17 @@ The result is a symmetric ``scipy.sparse.csr_matrix`` with no self-loops and ~``
 
 from __future__ import annotations
 
+import logging
 import math
 import warnings
 
 import numpy as np
 import scipy.sparse as sp
 
+from spray.config.presets import AffinitySection
 from spray.errors import ConfigError, DataError
 
+log = logging.getLogger(__name__)
 
 def resolve_k(n: int, k) -> int:
     """Number of neighbours for ``n`` samples: ``auto`` = ⌈ln n⌉, clamped to ``[1, n-1]``."""
@@ -78,7 +84,7 @@ def exact_knn(X: np.ndarray, k: int, n_jobs: int = 1):
     return ind.astype(np.int64), dist.astype(np.float32)
 
 
-def approximate_knn(X: np.ndarray, k: int, params: dict, seed: int = 0):
+def approximate_knn(X: np.ndarray, k: int, params: AffinitySection | dict, seed: int = 0):
     """Approximate kNN with pynndescent (self excluded): ``(indices, distances)``, (n, k).
 
     The search runs with ``max(k+1, ann_neighbors)`` neighbours (more candidates per node give
@@ -88,25 +94,26 @@ def approximate_knn(X: np.ndarray, k: int, params: dict, seed: int = 0):
     """
     from pynndescent import NNDescent
 
+    params = AffinitySection.coerce(params)
     n = X.shape[0]
     Xs = X
-    pca = params.get("ann_pca")
+    pca = params.ann_pca
     if pca is not None:
         from sklearn.decomposition import PCA
 
         dim = min(64 if pca == "auto" else int(pca), X.shape[1], n)
         Xs = PCA(n_components=dim, svd_solver="randomized", random_state=seed) \
             .fit_transform(X).astype(np.float32)
-    n_search = min(n - 1, max(k + 1, int(params.get("ann_neighbors", 20))))
+    n_search = min(n - 1, max(k + 1, params.ann_neighbors))
     kwargs = {}
-    if params.get("ann_iters", "auto") != "auto":
-        kwargs["n_iters"] = int(params["ann_iters"])
-    if params.get("ann_trees", "auto") != "auto":
-        kwargs["n_trees"] = int(params["ann_trees"])
+    if params.ann_iters != "auto":
+        kwargs["n_iters"] = int(params.ann_iters)
+    if params.ann_trees != "auto":
+        kwargs["n_trees"] = int(params.ann_trees)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         index = NNDescent(Xs, n_neighbors=n_search + 1, metric="euclidean", random_state=seed,
-                          n_jobs=int(params.get("n_jobs", -1)), low_memory=True,
+                          n_jobs=params.n_jobs, low_memory=True,
                           compressed=True, **kwargs)
     ind, dist = index.neighbor_graph
     del index
@@ -131,33 +138,115 @@ def edge_distances(X: np.ndarray, rows: np.ndarray, cols: np.ndarray,
     return out
 
 
-def knn_graph(X: np.ndarray, k: int, params: dict, seed: int = 0):
+def knn_neighbors(X: np.ndarray, k: int, params: AffinitySection | dict, seed: int = 0):
     """Neighbour lists ``(indices, distances, method)`` with the method chosen by size."""
+    params = AffinitySection.coerce(params)
     n = X.shape[0]
-    limit = int(params.get("approximate_above", 50000))
-    if n > limit and n > 2 * (k + 1):
-        ind, dist = approximate_knn(X, k, params, seed=seed)
-        return ind, dist, "pynndescent"
+    if n > params.approximate_above and n > 2 * (k + 1):
+        return large_knn(X, k, params, seed=seed)
     ind, dist = exact_knn(X, k)
     return ind, dist, "exact"
 
 
-def edge_weights(ind: np.ndarray, dist: np.ndarray, params: dict) -> np.ndarray:
-    """Directed edge weights ``(n, k)`` for the neighbour lists, per ``params['weighting']``."""
-    weighting = params.get("weighting", "binary")
+#: rows whose exact neighbours the ``search: auto`` probe computes
+PROBE_ROWS = 256
+
+
+def probe_neighbours(X: np.ndarray, k: int, seed: int = 0, m: int = PROBE_ROWS):
+    """Exact ``k`` nearest neighbours of ``m`` random rows among all rows, and their local
+    intrinsic dimension.
+
+    Returns ``(rows, indices (m, k), lid)``; ``lid`` is the median over the rows of the
+    maximum-likelihood estimate ``−1 / mean_j log(d_j / d_k)`` (Levina & Bickel 2004) of the
+    dimension the neighbourhoods fill: ~20 for features on a low-dimensional structure, in the
+    hundreds for isotropic noise, where every index-based search loses most neighbours.
+    """
+    n = X.shape[0]
+    rng = np.random.default_rng(seed)
+    rows = np.sort(rng.choice(n, size=min(m, n), replace=False))
+    sq = np.einsum("ij,ij->i", X, X, dtype=np.float64)
+    best = []
+    for s in range(0, len(rows), 64):
+        r = rows[s:s + 64]
+        D = sq[r, None] - 2.0 * (X[r] @ X.T).astype(np.float64) + sq[None, :]
+        D[np.arange(len(r)), r] = np.inf
+        part = np.argpartition(D, k - 1, axis=1)[:, :k]
+        dk = np.take_along_axis(D, part, axis=1)
+        order = np.argsort(dk, axis=1, kind="stable")
+        best.append((np.take_along_axis(part, order, axis=1),
+                     np.sqrt(np.maximum(np.take_along_axis(dk, order, axis=1), 0.0))))
+    ind = np.vstack([b[0] for b in best])
+    dist = np.vstack([b[1] for b in best])
+    with np.errstate(divide="ignore", invalid="ignore"):
+        logs = np.log(dist[:, :-1] / dist[:, -1:])
+        lid = -1.0 / np.mean(logs, axis=1)
+    lid = lid[np.isfinite(lid) & (lid > 0)]
+    return rows, ind, float(np.median(lid)) if lid.size else 0.0
+
+
+def probe_recall(indices: np.ndarray, rows: np.ndarray, truth: np.ndarray) -> float:
+    """Mean recall@k of the neighbour lists of ``rows`` against their exact ``truth``."""
+    k = truth.shape[1]
+    hits = [np.intersect1d(indices[r, :k], t).size for r, t in zip(rows, truth)]
+    return float(np.mean(hits)) / k
+
+
+def large_knn(X: np.ndarray, k: int, params: AffinitySection | dict, seed: int = 0):
+    """Neighbours of a class above ``approximate_above`` samples, per ``affinity.search``.
+
+    ``exact``: the blocked exact search (:mod:`spray.analysis.knn_blocked`). ``approximate``:
+    pynndescent. ``auto``: a probe (:func:`probe_neighbours`) estimates the intrinsic dimension
+    of the neighbourhoods; above ``ann_max_lid`` no index keeps its recall and the exact search
+    runs; otherwise pynndescent runs and its recall on the probe rows is checked: below
+    ``min_recall`` the exact search replaces it (fail closed, with a warning).
+    """
+    from spray.analysis.knn_blocked import blocked_knn
+
+    params = AffinitySection.coerce(params)
+    search, n_jobs = params.search, params.n_jobs
+    if search == "approximate":
+        return (*approximate_knn(X, k, params, seed=seed), "pynndescent")
+    if search == "auto":
+        rows, truth, lid = probe_neighbours(X, k, seed=seed)
+        max_lid = params.ann_max_lid
+        if lid <= max_lid:
+            ind, dist = approximate_knn(X, k, params, seed=seed)
+            recall = probe_recall(ind, rows, truth)
+            floor = params.min_recall
+            if recall >= floor:
+                log.debug("kNN: pynndescent, recall@%d %.3f on %d probe rows (intrinsic "
+                          "dimension %.0f)", k, recall, len(rows), lid)
+                return ind, dist, "pynndescent"
+            log.warning("kNN: pynndescent reached recall@%d %.3f < affinity.min_recall %.2f "
+                        "on %d probe rows; searching exactly instead", k, recall, floor,
+                        len(rows))
+        else:
+            log.info("kNN: %d samples of intrinsic dimension ~%.0f > affinity.ann_max_lid %g: "
+                     "exact blocked search (an index would lose most neighbours)", X.shape[0],
+                     lid, max_lid)
+    ind, dist = blocked_knn(X, k, n_jobs=n_jobs)
+    return ind, dist, "exact-blocked"
+
+
+def edge_weights(ind: np.ndarray, dist: np.ndarray,
+                 params: AffinitySection | dict) -> np.ndarray:
+    """Directed edge weights ``(n, k)`` for the neighbour lists, per ``params.weighting``."""
+    params = AffinitySection.coerce(params)
+    weighting = params.weighting
     if weighting == "binary":
         return np.ones(dist.shape, dtype=np.float64)
     d = dist.astype(np.float64)
     valid = ind >= 0
     if weighting == "gaussian":
-        sigma = params.get("sigma", "auto")
-        if sigma == "auto":
+        if params.sigma == "auto":
             pos = d[valid & np.isfinite(d)]
             sigma = float(np.median(pos)) if pos.size else 1.0
+        else:
+            sigma = float(params.sigma)
         sigma = sigma if sigma > 0 else 1.0
         return np.exp(-(d ** 2) / (2.0 * sigma ** 2))
     if weighting == "local-scaling":
-        j = min(int(params.get("scale_neighbor", 7)), d.shape[1]) - 1
+        j = min(params.scale_neighbor, d.shape[1]) - 1
         scale = d[:, j].copy()
         positive = scale[np.isfinite(scale) & (scale > 0)]
         floor = float(positive.min()) * 1e-3 if positive.size else 1.0
@@ -182,8 +271,10 @@ def symmetrize(A: sp.csr_matrix, how: str = "max") -> sp.csr_matrix:
     return W
 
 
-def graph_from_neighbors(ind: np.ndarray, dist: np.ndarray, params: dict) -> sp.csr_matrix:
+def graph_from_neighbors(ind: np.ndarray, dist: np.ndarray,
+                         params: AffinitySection | dict) -> sp.csr_matrix:
     """Symmetric affinity matrix from ``(n, k)`` neighbour lists."""
+    params = AffinitySection.coerce(params)
     n, k = ind.shape
     weights = edge_weights(ind, dist, params)
     rows = np.repeat(np.arange(n), k)
@@ -192,24 +283,31 @@ def graph_from_neighbors(ind: np.ndarray, dist: np.ndarray, params: dict) -> sp.
     ok = (cols >= 0) & (cols != rows)
     A = sp.csr_matrix((vals[ok], (rows[ok], cols[ok])), shape=(n, n))
     A.sum_duplicates()
-    return symmetrize(A, params.get("symmetrize", "max"))
+    return symmetrize(A, params.symmetrize)
 
 
-def knn_affinity(features, params: dict, seed: int = 0, return_info: bool = False):
+def knn_affinity(features, params: AffinitySection | dict, seed: int = 0,
+                 return_info: bool = False):
     """Symmetric kNN affinity matrix ``W`` (csr, (n, n), no self-loops) of the feature rows.
 
-    Args:
-        features: ``(n, d)`` array.
-        params: the pipeline's ``affinity`` section.
-        seed: seed of the approximate search.
-        return_info: also return a dict with ``k``, ``method`` and the directed neighbour lists.
+    Parameters
+    ----------
+    features
+        ``(n, d)`` array.
+    params
+        the pipeline's ``affinity`` section.
+    seed
+        seed of the approximate search.
+    return_info
+        also return a dict with ``k``, ``method`` and the directed neighbour lists.
     """
     X = _as_features(features)
     n = X.shape[0]
     if n < 2:
         raise DataError(f"a kNN graph needs at least 2 samples, got {n}")
-    k = resolve_k(n, params.get("k", "auto"))
-    ind, dist, method = knn_graph(X, k, params, seed=seed)
+    params = AffinitySection.coerce(params)
+    k = resolve_k(n, params.k)
+    ind, dist, method = knn_neighbors(X, k, params, seed=seed)
     W = graph_from_neighbors(ind, dist, params)
     if return_info:
         return W, {"k": k, "method": method, "indices": ind, "distances": dist}

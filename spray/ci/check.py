@@ -59,7 +59,7 @@ def _summary_path(run_dir: str | Path) -> Path:
 def _rebuild(run_dir: Path) -> None:
     """Write ``RUN_DIR/report/summary.json`` from the store (nothing is written without one)."""
     from spray.report.summary import write_summary
-    from spray.run.store import OwnedFiles, adopt_legacy_run, open_store
+    from spray.store import OwnedFiles, adopt_legacy_run, open_store
 
     open_store(run_dir)  # a mistyped path is refused before anything is created
     adopt_legacy_run(run_dir)
@@ -168,7 +168,7 @@ def _store_attrs(run_dir) -> dict | None:
         folder = folder.parent
     if not (folder / "spray.zarr").exists():
         return None
-    from spray.run.store import open_store
+    from spray.store import open_store
 
     attrs = open_store(folder).attrs
     return {"run_id": attrs.get("run_id"), "run_state": attrs.get("run_state")}
@@ -227,8 +227,6 @@ def _reason(entry: dict) -> str:
         ev.append(f"{100 * cl['concentration']:.0f} % of its relevance difference in "
                   f"{100 * float((entry.get('flag_params') or {}).get('concentration_area', 0.1)):.0f}"
                   f" % of the area")
-    if cl.get("null_p") is not None:
-        ev.append(f"null p = {cl['null_p']:.3g}")
     if cl.get("split_from") is not None:
         ev.append(f"split off cluster {cl['split_from']} by its spectral bisection")
     if ev:
@@ -468,7 +466,7 @@ def verdict_lines(summary: dict, report_dir: Path | None = None, best: int = 3) 
     """The verdict in a few lines: flagged classes (score, suspect size, class page), the
     watch band and the next-best classes."""
     def page(e):
-        name = "class_{}.html".format(e["class"])
+        name = f"class_{e['class']}.html"
         return f" — {report_dir / name}" if report_dir else ""
 
     flagged = [e for e in summary["classes"] if e.get("flagged")]

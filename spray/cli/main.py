@@ -84,6 +84,10 @@ def _parser() -> argparse.ArgumentParser:
                    help="gate the run like 'spray check': exit 1 when a class is flagged, 3 when "
                         "the run did not finish every class")
     _gate_options(r)
+    v = sub.add_parser("validate", help="check a config and say what a run would do; writes "
+                                        "nothing")
+    v.add_argument("config", help="run config (YAML), as for 'spray run'")
+    v.add_argument("--output", help="run folder (overrides the config's 'output')")
     d = sub.add_parser("demo", help="train a Clever-Hans model on digits and analyse it")
     d.add_argument("--output", default="runs/demo",
                    help="run folder: new, empty or an earlier demo's (default runs/demo)")
@@ -99,8 +103,8 @@ def _parser() -> argparse.ArgumentParser:
     ex_sub = ex.add_subparsers(dest="format", required=True)
     vr = ex_sub.add_parser("virelay", help="a ViRelAy project (dataset, attribution and analysis "
                                             "HDF5, label map, project YAML)")
-    vr.add_argument("run_dir")
-    vr.add_argument("out_dir")
+    vr.add_argument("run_dir", help="the output folder of a finished 'spray run'")
+    vr.add_argument("out_dir", help="folder for the ViRelAy project (new or empty)")
     vr.add_argument("--name", help="project name shown in ViRelAy")
     vr.add_argument("--chunk-rows", type=_positive_int, default=256,
                     help="samples read and written at a time (bounds the memory)")
@@ -135,6 +139,17 @@ def _run(args) -> int:
     if info["failed"]:
         print(f"spray: error: {failure_message(info)}", file=sys.stderr)
         return 3
+    return 0
+
+
+def _validate(args) -> int:
+    from spray.config.run_config import load_config
+
+    cfg, base = load_config(args.config)
+    from spray.run.validate import validate_run
+
+    for line in validate_run(cfg, base, output=args.output).lines():
+        print(f"spray: {line}")
     return 0
 
 
@@ -173,7 +188,8 @@ def _demo_output(out: Path) -> bool:
         what = f"files spray did not write ({', '.join(others[:5])})" if others else \
             "a spray run that is not a demo"
         raise StoreError(f"--output {out} already holds {what}; the demo only writes into a new "
-                         f"or empty folder or an earlier demo's. Choose another --output")
+                         f"or empty folder or an earlier demo's. Choose another --output. "
+                         f"Nothing was written.")
     return True
 
 
@@ -181,7 +197,7 @@ def _demo(args) -> int:
     from spray.cli.demo import prepare
     from spray.config.run_config import load_config
     from spray.run.execute import run
-    from spray.run.store import OwnedFiles
+    from spray.store import OwnedFiles
 
     out = Path(args.output).resolve()
     again = _demo_output(out)
@@ -207,7 +223,7 @@ def _demo(args) -> int:
 def _report(args) -> int:
     from spray.errors import StoreError
     from spray.report.html import write_report
-    from spray.run.store import OwnedFiles, adopt_legacy_run, open_store
+    from spray.store import OwnedFiles, adopt_legacy_run, open_store
 
     open_store(args.run_dir)  # a mistyped path is refused before anything is created
     adopt_legacy_run(args.run_dir)
@@ -268,7 +284,7 @@ def _configure_logging(verbose: int, quiet: int) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     _configure_logging(args.verbose, args.log_quiet + 2 * bool(getattr(args, "quiet", False)))
-    handler = {"run": _run, "demo": _demo, "report": _report, "check": _check,
+    handler = {"run": _run, "validate": _validate, "demo": _demo, "report": _report, "check": _check,
                "export": _export}[args.command]
     try:
         return handler(args)

@@ -15,6 +15,7 @@ from functools import lru_cache
 
 import torch
 
+from spray.data.files import file_stamp
 from spray.errors import ModelError
 
 
@@ -34,6 +35,13 @@ def _import_factory(spec: str, base_dir: str | None):
     return factory
 
 
+def _pickled_objects(err: Exception) -> list[str]:
+    """The Python objects PyTorch's safe loader refused (``GLOBAL a.b.C`` in its message)."""
+    import re
+
+    return sorted(set(re.findall(r"GLOBAL ([\w.]+)", str(err))))
+
+
 def _read_weights(path: str, trust_pickle: bool):
     from pathlib import Path
 
@@ -45,11 +53,15 @@ def _read_weights(path: str, trust_pickle: bool):
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001
         if not trust_pickle:
+            objects = _pickled_objects(err)
+            what = (f"a pickled Python object ({', '.join(objects)})" if objects
+                    else "no plain tensor checkpoint (a pickle, or not a torch.save file)")
             raise ModelError(
-                f"key 'model.weights': {path} cannot be read as a plain tensor checkpoint "
-                f"(torch.load weights_only=True failed: {str(err).splitlines()[0]}). A pickled "
-                f"checkpoint can run arbitrary code when loaded, so it is refused; save a "
-                f"state_dict instead, or set 'model.trust_pickle: true' if you trust the file."
+                f"key 'model.weights': {path} holds {what}. Loading a pickle can run arbitrary "
+                f"code, so spray refuses it. Two ways out: save the weights as a state_dict "
+                f"(torch.save(model.state_dict(), PATH)) and point 'model.weights' at that "
+                f"file, or, if you trust the file, set 'model.trust_pickle: true' in the "
+                f"config."
             ) from None
     try:
         return torch.load(path, map_location="cpu", weights_only=False)
@@ -84,13 +96,14 @@ def build_model(model_cfg: dict, base_dir: str | None) -> torch.nn.Module:
 
 
 @lru_cache(maxsize=2)
-def _cached(key: str, base_dir: str | None) -> torch.nn.Module:
+def _cached(key: str, base_dir: str | None, weights_stamp: tuple | None) -> torch.nn.Module:
     return build_model(json.loads(key), base_dir)
 
 
 def load_model(model_cfg: dict, base_dir: str | None) -> torch.nn.Module:
     """Build the model once per process and reuse it (Dask workers call this per task)."""
-    return _cached(json.dumps(model_cfg, sort_keys=True), base_dir)
+    return _cached(json.dumps(model_cfg, sort_keys=True), base_dir,
+                   file_stamp(model_cfg.get("weights"), base_dir))
 
 
 def _source_of(module_name: str) -> bytes:

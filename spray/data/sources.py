@@ -32,6 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
+from spray.data.files import file_stamp
 from spray.errors import ConfigError, DataError
 
 
@@ -664,8 +665,12 @@ def _open(cfg: dict) -> Source:
     raise ConfigError(f"key 'data.source': unknown source {kind!r}")
 
 
+#: config keys that name files or folders a source reads (their stamps key the cache)
+_FILE_KEYS = ("path", "labels")
+
+
 @lru_cache(maxsize=4)
-def _open_cached(key: str) -> Source:
+def _open_cached(key: str, stamps: tuple) -> Source:
     return _open(json.loads(key))
 
 
@@ -678,7 +683,8 @@ def open_source(data_cfg: dict, base_dir: str | None = None) -> Source:
     cfg = dict(data_cfg)
     if base_dir is not None:
         cfg["base_dir"] = str(base_dir)
-    return _open_cached(json.dumps(cfg, sort_keys=True, default=str))
+    stamps = tuple(file_stamp(cfg.get(k), cfg.get("base_dir")) for k in _FILE_KEYS)
+    return _open_cached(json.dumps(cfg, sort_keys=True, default=str), stamps)
 
 
 def class_partitions(labels: np.ndarray, classes, n_classes: int | None = None) -> dict[int, np.ndarray]:

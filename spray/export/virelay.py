@@ -103,7 +103,7 @@ class _Run:
     """What the export reads from a run folder."""
 
     def __init__(self, run_dir: Path):
-        from spray.run.store import open_store
+        from spray.store import open_store
 
         self.dir = run_dir
         self.group = open_store(run_dir)
@@ -342,7 +342,7 @@ def _project_yaml(run: _Run, out: Path, name: str | None, height: int, width: in
 def _owned_output(out: Path):
     """The export's output folder; refuses (before writing anything) when a file the export
     writes is there and was not written by an earlier export (or was changed since)."""
-    from spray.run.store import OwnedFiles
+    from spray.store import OwnedFiles
 
     files = OwnedFiles(out)
     theirs = files.not_owned(FILES.values())

@@ -12,6 +12,7 @@ rebuilt when a parameter or buffer of the model changes.
 from __future__ import annotations
 
 import itertools
+import operator
 import warnings
 import weakref
 
@@ -22,9 +23,11 @@ from torch import nn
 
 from spray.errors import ConfigError, DataError, ModelError
 from spray.lrp import canonizers as canon
-from spray.lrp.composites import ACTIVATIONS, AFFINE, AVG_POOLS, BATCH_NORMS, Composite, resolve
+from spray.lrp.composites import Composite, resolve
+from spray.lrp.layers import ACTIVATIONS, AFFINE, AVG_POOLS, BATCH_NORMS
 from spray.lrp.ops import AffineOp, fold_batchnorm
 from spray.lrp.rules import Gradient, Norm, Pass, Rule, stabilize
+from spray.lrp.transformer import ModuleRule, expose_functional_attention
 
 # ---------------------------------------------------------------------------------------------
 # autograd functions: forward = layer, backward = rule
@@ -91,7 +94,8 @@ class _SumFunction(torch.autograd.Function):
     def backward(ctx, relevance):
         (a, b, denominator), ctx.saved = ctx.saved, None
         signal = relevance / denominator
-        return _reduce_to(a * signal, a.shape), _reduce_to(b * signal, b.shape), None
+        share_b = _reduce_to(b * signal, b.shape)
+        return _reduce_to(signal.mul_(a), a.shape), share_b, None
 
 
 def _reduce_to(tensor: torch.Tensor, shape) -> torch.Tensor:
@@ -166,6 +170,50 @@ class _SumNode(nn.Module):
         return a + b  # shape arithmetic or a constant offset
 
 
+class _ScaleNode(nn.Module):
+    """A tensor multiplied or divided by a constant number: a one-to-one linear map, so the
+    relevance passes unchanged (its gradient would scale the relevance by the constant).
+    Products of numbers (shape arithmetic) are computed as they are."""
+
+    def __init__(self, fn, position: int):
+        super().__init__()
+        self.fn, self.position = fn, position
+
+    def forward(self, *args, **kwargs):
+        value = args[self.position] if self.position < len(args) else None
+        others = [a for i, a in enumerate(args) if i != self.position]
+        if not isinstance(value, torch.Tensor) or any(isinstance(a, torch.Tensor) for a in others):
+            return self.fn(*args, **kwargs)
+
+        def scaled(tensor):
+            call = list(args)
+            call[self.position] = tensor
+            return self.fn(*call, **kwargs)
+
+        return _PassFunction.apply(value, scaled)
+
+
+def _scale_node(node, is_method: bool):
+    """The node of ``tensor * number`` / ``tensor / number`` (``None``: plain gradient when the
+    computed value is the divisor, which is not a scaling)."""
+    positions = [i for i, a in enumerate(node.args) if isinstance(a, fx.Node)]
+    if not positions:
+        return None
+    position = positions[0]
+    divides = node.target in ("div", "__truediv__", "div_", operator.truediv, torch.div)
+    if divides and position != 0:
+        return None
+    target = node.target
+    if is_method:
+        method = target[:-1] if target.endswith("_") and not target.endswith("__") else target
+
+        def fn(obj, *rest, **kwargs):
+            return getattr(obj, method)(*rest, **kwargs)
+    else:
+        fn = target
+    return _ScaleNode(fn, position)
+
+
 class _GuardNode(nn.Module):
     """An operation without an LRP rule: computed when it works on shapes and numbers (e.g.
     ``x.size(1) * x.size(2)``), refused when it combines tensors."""
@@ -196,6 +244,8 @@ class Program:
         self.dtype, self.device = _model_dtype_device(model)
         self.gm = canon.trace(model)
         self.dropped_output = canon.drop_output_squasher(self.gm)
+        expose_functional_attention(self.gm)
+        canon.check_attention(self.gm)
         self.first_affine = None
         self._build()
 
@@ -217,7 +267,7 @@ class Program:
                 name = f"_lrp_{index}"
                 gm.add_submodule(name, replacement)
                 node.op, node.target = "call_module", name
-                if not isinstance(replacement, _GuardNode):
+                if not isinstance(replacement, (_GuardNode, _ScaleNode)):
                     node.kwargs = {}
         for bn_node, affine_node in folds.items():
             bn_node.replace_all_uses_with(affine_node)
@@ -239,6 +289,8 @@ class Program:
         where = f"layer '{node.target}' ({type(module).__name__})"
         if isinstance(module, AFFINE):
             return self._affine_node(node, module, rule, bn, where)
+        if isinstance(rule, ModuleRule):
+            return rule.node(module, where)
         if rule is not None and not isinstance(rule, (Pass, Norm, Gradient)):
             raise ConfigError(f"rule {type(rule).__name__} cannot be applied to {where}: it needs "
                               "a dense or convolution layer")
@@ -253,7 +305,8 @@ class Program:
         raise ModelError(
             f"spray.lrp does not support {where}: no LRP rule is defined for "
             f"{type(module).__module__}.{type(module).__qualname__}. Supported layers: dense, "
-            "convolution, pooling, BatchNorm, activations, flatten, dropout; map the layer to "
+            "convolution, pooling, BatchNorm, LayerNorm, activations, flatten, dropout, "
+            "nn.MultiheadAttention; map the layer to "
             "a rule explicitly (composite={'" + str(node.target) + "': 'pass'}) if appropriate.")
 
     def _affine_node(self, node, module, rule, bn, where):
@@ -298,7 +351,7 @@ class Program:
             return None
         scale = (target in canon.SCALE_METHODS) if is_method else (target in canon.SCALE_FUNCTIONS)
         if scale and len(args) <= 1:
-            return None  # tensor times a constant number: plain gradient
+            return _scale_node(node, is_method)
         description = (
             f"spray.lrp does not support the operation '{name}' on tensors in the model's "
             f"forward (graph node '{node.name}'); supported are dense/convolution layers, "
@@ -358,6 +411,7 @@ def _nonnegative_nodes(graph: fx.Graph) -> set:
         source = node.args[0] if node.args else None
         keeps = False
         if node.op == "call_module":
+            assert graph.owning_module is not None  # the graph of a traced GraphModule
             module = canon.module_of(graph.owning_module, node)
             if isinstance(module, _NONNEG_MODULES):
                 nonneg.add(node)
@@ -473,7 +527,7 @@ def run(program: Program, inputs: torch.Tensor, targets, offset: int = 0):
     with torch.inference_mode(False), torch.enable_grad():
         try:
             logits = program(x)
-        except RuntimeError as exc:
+        except (RuntimeError, AssertionError) as exc:  # torchvision's ViT asserts its size
             raise DataError(f"inputs of shape {tuple(inputs.shape)} do not fit the model: "
                             f"{str(exc).splitlines()[0]}") from exc
         if logits.ndim != 2:

@@ -28,16 +28,16 @@ class AffineOp:
         self.weight = weight
         self.bias = bias
         self.is_conv = isinstance(module, nn.modules.conv._ConvNd)
-        if self.is_conv:
+        self.groups: int = 1
+        if isinstance(module, nn.modules.conv._ConvNd):
             self.ndim = weight.ndim - 2
-            self.stride = tuple(module.stride)
-            self.padding = tuple(module.padding)
-            self.dilation = tuple(module.dilation)
-            self.groups = module.groups
+            self.stride: tuple[int, ...] = tuple(module.stride)
+            self.padding: tuple[int, ...] = tuple(module.padding)  # type: ignore[arg-type]
+            self.dilation: tuple[int, ...] = tuple(module.dilation)
+            self.groups = int(module.groups)
             self.out_units = weight.shape[0]
             self._conv = _CONV_FUNCTIONS[self.ndim]
         else:
-            self.groups = 1
             self.out_units = weight.shape[0]
 
     # -- plain operator -------------------------------------------------------------------
@@ -51,6 +51,8 @@ class AffineOp:
         """Transposed pass ``weightᵀ signal``: the input gradient for output gradient ``signal``."""
         if not self.is_conv:
             return signal.matmul(weight)
+        if self._patchwise(weight):
+            return self._patch_transpose(signal, weight, input_shape)
         flipped = self._flipped(weight)
         if flipped is not None:
             # stride 1: the transposed convolution is a convolution with the flipped, transposed
@@ -63,6 +65,27 @@ class AffineOp:
             signal, dummy, weight, None, self.stride, self.padding, self.dilation,
             False, [0] * self.ndim, self.groups, (True, False, False),
         )[0]
+
+    def _patchwise(self, weight: torch.Tensor) -> bool:
+        """True for a 2-d patch embedding: non-overlapping kernels (stride = kernel size), no
+        padding, dilation or groups, whose transposed pass is one matrix product."""
+        return (self.ndim == 2 and self.groups == 1 and tuple(self.stride) == tuple(weight.shape[2:])
+                and not any(self.padding) and all(d == 1 for d in self.dilation))
+
+    @staticmethod
+    def _patch_transpose(signal: torch.Tensor, weight: torch.Tensor, input_shape) -> torch.Tensor:
+        """Transposed pass of a patch embedding: each output position spreads ``Wᵀ s`` over
+        its own patch; pixels beyond the last whole patch receive nothing."""
+        n, out_channels, rows, cols = signal.shape
+        channels, kh, kw = weight.shape[1:]
+        patches = signal.permute(0, 2, 3, 1).reshape(-1, out_channels).matmul(
+            weight.reshape(out_channels, -1))
+        image = patches.reshape(n, rows, cols, channels, kh, kw).permute(0, 3, 1, 4, 2, 5)
+        image = image.reshape(n, channels, rows * kh, cols * kw)
+        height, width = input_shape[2], input_shape[3]
+        if (height, width) != (rows * kh, cols * kw):
+            image = torch.nn.functional.pad(image, (0, width - cols * kw, 0, height - rows * kh))
+        return image
 
     def _flipped(self, weight: torch.Tensor):
         """``(weight, flipped kernel, padding)`` for a stride-1 transposed pass, else ``None``
@@ -180,7 +203,8 @@ class AffineOp:
         return bias
 
 
-def fold_batchnorm(weight: torch.Tensor, bias: torch.Tensor | None, bn: nn.Module):
+def fold_batchnorm(weight: torch.Tensor, bias: torch.Tensor | None,
+                   bn: nn.modules.batchnorm._NormBase):
     """Fold an eval-mode BatchNorm that follows a dense/convolution layer into its parameters.
 
     Returns the new ``(weight, bias)``; the BatchNorm then becomes the identity.

@@ -110,6 +110,11 @@ class Rule:
     #: which layers a rule can apply to: "affine" (dense/conv), "any" (elementwise/pooling)
     applies_to = "affine"
 
+    def prepare(self, op) -> object:
+        """Modified weights of an affine layer ``op``, computed once per model (affine rules)."""
+        raise NotImplementedError(f"{type(self).__name__} does not apply to dense or "
+                                  f"convolution layers")
+
     def key(self) -> tuple:
         """A hashable description (rule name and parameters) used to cache prepared weights."""
         return (type(self).__name__,) + tuple(sorted(
@@ -147,7 +152,8 @@ class Epsilon(Rule):
 
     def backward(self, op, params, saved, relevance):
         x, denominator = saved
-        return x * op.transpose(relevance / denominator, op.weight, x.shape)
+        # the transposed pass returns a fresh tensor: multiply by the input in place
+        return op.transpose(relevance / denominator, op.weight, x.shape).mul_(x)
 
 
 @dataclass

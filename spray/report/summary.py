@@ -7,13 +7,14 @@ plotting library, so ``spray check`` can rebuild a summary without drawing anyth
 from __future__ import annotations
 
 import datetime as _dt
+import hashlib
 import json
 from pathlib import Path
 
 import numpy as np
 
-from spray.errors import SprayError, StoreError
-from spray.run.store import class_samples_hash, open_store, store_path
+from spray.errors import SprayError
+from spray.store import class_samples_hash, damaged_class, open_store, store_path
 
 #: dataset indices listed per suspicious cluster at most
 MAX_MEMBERS = 100_000
@@ -80,22 +81,44 @@ def _read_class_entry(run_dir: Path, classes, key: str) -> dict:
     except SprayError:
         raise
     except Exception as err:  # noqa: BLE001 - codec/IO errors of a damaged store
-        raise StoreError(f"{store_path(run_dir)}/classes/{key}: an array cannot be read "
-                         f"({type(err).__name__}: {err}); the store is corrupt or truncated. "
-                         f"Other classes are untouched; rerun with --overwrite to recompute "
-                         f"everything, or delete that class folder to recompute only it") from None
+        raise damaged_class(run_dir, key, err) from None
 
 
-def build_summary(run_dir: Path) -> dict:
-    """summary.json content: one entry per class plus the flagged list."""
+def class_fingerprints(run_dir: str | Path) -> dict[str, str]:
+    """A hash of every class group's attributes (name, sizes, the analysis and its verdict),
+    read straight from the Zarr v3 metadata files: a few milliseconds for 1000 classes.
+
+    The analysis arrays of a class are written before its attributes, so an unchanged hash
+    means an unchanged summary entry (:func:`build_summary` reuses it).
+    """
+    root = store_path(run_dir) / "classes"
+    out = {}
+    if not root.is_dir():
+        return out
+    for path in root.iterdir():
+        meta = path / "zarr.json"
+        if path.name.isdigit() and meta.is_file():
+            out[path.name] = hashlib.sha256(meta.read_bytes()).hexdigest()[:20]
+    return out
+
+
+def build_summary(run_dir: Path, reuse: dict[str, dict] | None = None) -> dict:
+    """summary.json content: one entry per class plus the flagged list.
+
+    ``reuse`` maps class keys to entries known to be current (their class attributes are
+    unchanged, see :func:`class_fingerprints`); only the other classes' arrays are read.
+    """
     group = open_store(run_dir)
-    classes = group["classes"] if "classes" in group else {}  # noqa: SIM401 - a Zarr group
+    reuse = reuse or {}
     current = group.attrs.get("classes")  # the classes of the last run's config
     folder = store_path(run_dir) / "classes"  # listed from disk: a damaged member is named below
     stored = sorted((p.name for p in folder.iterdir() if p.name.isdigit()), key=int) \
         if folder.is_dir() else []
     keys = [k for k in stored if current is None or int(k) in current]
-    entries = [_read_class_entry(run_dir, classes, key) for key in keys]
+    classes = group["classes"] if "classes" in group and any(k not in reuse for k in keys) \
+        else {}
+    entries = [dict(reuse[key]) if key in reuse else _read_class_entry(run_dir, classes, key)
+               for key in keys]
     for c, why in dict(group.attrs.get("skipped", {})).items():
         entries.append({"class": int(c), "name": str(c), "n_samples": None, "status": "skipped",
                         "reason": why, "eigenvalues": [], "eigengaps": [], "n_clusters": 0,
@@ -130,11 +153,27 @@ def mark_watch(entries: list[dict]) -> float:
     return margin
 
 
-def write_summary(run_dir: str | Path) -> dict:
-    """Build the summary from the store and write ``RUN_DIR/report/summary.json``; return it."""
+def write_summary(run_dir: str | Path, reuse: dict[str, dict] | None = None) -> dict:
+    """Build the summary from the store and write ``RUN_DIR/report/summary.json``; return it.
+
+    ``reuse``: entries of unchanged classes (see :func:`build_summary`).
+    """
     run_dir = Path(run_dir)
     out = run_dir / "report"
     out.mkdir(parents=True, exist_ok=True)
-    summary = build_summary(run_dir)
-    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    summary = build_summary(run_dir, reuse)
+    (out / "summary.json").write_text(dumps_summary(summary))
     return summary
+
+
+def dumps_summary(summary: dict) -> str:
+    """summary.json text: top-level keys one per line, each class entry on a line of its own
+    (the C JSON encoder, ~10× faster than an indented dump at 1000 classes)."""
+    lines = []
+    for key, value in summary.items():
+        if key == "classes":
+            inner = ",\n    ".join(json.dumps(e) for e in value)
+            lines.append(f'  "classes": [\n    {inner}\n  ]' if value else '  "classes": []')
+        else:
+            lines.append(f"  {json.dumps(key)}: {json.dumps(value)}")
+    return "{\n" + ",\n".join(lines) + "\n}\n"

@@ -13,7 +13,6 @@ import contextlib
 import hashlib
 import json
 import logging
-import sys
 import time
 import uuid
 from dataclasses import asdict, dataclass, field
@@ -24,7 +23,14 @@ import torch
 
 from spray import __version__
 from spray.config.presets import load_pipeline
-from spray.config.run_config import RunConfig, check_finite, config_hash, dump_config
+from spray.config.run_config import (
+    RunConfig,
+    attribution_hash,
+    check_finite,
+    config_hash,
+    dump_config,
+    json_hash,
+)
 from spray.data.models import load_model, model_code_fingerprint, model_fingerprint
 from spray.data.sources import class_partitions, open_source
 from spray.errors import (
@@ -37,7 +43,8 @@ from spray.errors import (
 )
 from spray.run.dask_cluster import dashboard_text, dask_client, runtime_settings, workers_info
 from spray.run.signals import interrupt_on_signals
-from spray.run.store import (
+from spray.run.tasks import analyze_class, lrp_chunk, pipeline_hash
+from spray.store import (
     FORMAT,
     LOCK_NAME,
     MANIFEST_NAME,
@@ -46,12 +53,11 @@ from spray.run.store import (
     adopt_legacy_run,
     class_samples_hash,
     create_or_check_store,
+    damaged_class,
     mark_run,
     open_store,
     prepare_class,
-    store_path,
 )
-from spray.run.tasks import analyze_class, lrp_chunk, pipeline_hash
 
 log = logging.getLogger(__name__)
 
@@ -215,25 +221,35 @@ def _submit(client, cfg: RunConfig, base_dir: Path, run_dir: Path, pipeline: dic
     return chunk_futures, analysis_futures
 
 
-def _show_progress(futures, enabled: bool, every: float = 15.0) -> None:
-    """Wait for ``futures`` showing progress: Dask's progress bar on a terminal, one line per
-    10 % (or per ``every`` seconds) otherwise (batch jobs, CI logs)."""
-    if not enabled or not futures:
+def _show_progress(chunk_futures: dict, analysis_futures: dict, rows_per_chunk: int,
+                   enabled: bool) -> None:
+    """Wait for the tasks showing each stage: LRP in maps (rate, ETA) and analyses in classes,
+    as bars on a terminal and as periodic plain lines in a log (:mod:`spray.run.progress`)."""
+    if not enabled:
         return
-    from distributed import as_completed, progress
+    from distributed import as_completed
 
-    if sys.stderr.isatty():
-        progress(futures)  # distributed's text progress bar (stops early if a task fails)
-        print(file=sys.stderr)
+    from spray.run.progress import StageProgress
+
+    lrp = [f for fs in chunk_futures.values() for f in fs]
+    kind = {f.key: "lrp" for f in lrp} | {f.key: "analysis" for f in analysis_futures.values()}
+    if not kind:
         return
-    total, t0, last = len(futures), time.monotonic(), time.monotonic()
-    step = max(1, total // 10)
-    for finished, _ in enumerate(as_completed(futures), start=1):
-        now = time.monotonic()
-        if finished == total or finished % step == 0 or now - last >= every:
-            last = now
-            print(f"spray: {finished}/{total} tasks finished ({now - t0:.0f} s)",
-                  file=sys.stderr, flush=True)
+    maps = StageProgress("LRP", rows_per_chunk * len(lrp), "maps", position=0)
+    classes = StageProgress("analyses", len(analysis_futures), "classes", position=1)
+    try:
+        for fut in as_completed(lrp + list(analysis_futures.values())):
+            if kind[fut.key] == "analysis":
+                classes.update()
+                continue
+            rows = rows_per_chunk
+            if fut.status == "finished":
+                rows = int(fut.result().get("rows", rows_per_chunk))
+            maps.add_total(rows - rows_per_chunk)  # the last chunk of a class is shorter
+            maps.update(rows)
+    finally:
+        maps.close()
+        classes.close()
 
 
 def _failure(c: int, msg: str) -> str:
@@ -321,6 +337,8 @@ class RunRecord:
     lrp_rows: int
     lrp_maps_per_second: float | None
     stage_seconds: dict[str, float] = field(default_factory=dict)
+    # the SLURM jobs whose workers computed this run's LRP chunks and analyses (on SLURM only)
+    slurm_jobs: dict[str, list[str]] = field(default_factory=dict)
 
 
 def plan_run(cfg: RunConfig, base_dir: Path, output: str | None = None,
@@ -344,16 +362,12 @@ def plan_run(cfg: RunConfig, base_dir: Path, output: str | None = None,
     names = _class_names(cfg, n_outputs, getattr(source, "class_names", None))
     _check_k(pipeline, parts)
     fingerprints = {"model": model_fp, "data": source.fingerprint(),
-                    "attribution": config_hash_attr(cfg), "spray": __version__,
+                    "attribution": attribution_hash(cfg), "spray": __version__,
                     **_identity_fingerprints(cfg, pipeline, source, names, parts,
                                              None if cfg.attribution.precomputed else model)}
     return RunPlan(cfg=cfg, base_dir=base_dir, run_dir=run_dir, pipeline=pipeline, source=source,
                    parts=parts, names=names, n_outputs=n_outputs, sample_shape=sample_shape,
                    fingerprints=fingerprints, scheduler=scheduler)
-
-
-def _short_hash(payload) -> str:
-    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 def _identity_fingerprints(cfg: RunConfig, pipeline: dict, source, names: list[str], parts: dict,
@@ -362,12 +376,12 @@ def _identity_fingerprints(cfg: RunConfig, pipeline: dict, source, names: list[s
     code and architecture (not its weights), the kind and shape of the data (not its samples),
     the class list and the analysis pipeline."""
     code = (model_code_fingerprint(model, cfg.model.factory) if model is not None
-            else _short_hash(cfg.attribution.precomputed and Path(cfg.attribution.precomputed).name))
+            else json_hash(cfg.attribution.precomputed and Path(cfg.attribution.precomputed).name))
     return {"model_code": code,
-            "dataset": _short_hash([cfg.data.source, list(source.sample_shape),
+            "dataset": json_hash([cfg.data.source, list(source.sample_shape),
                                     sorted(int(c) for c in parts),
                                     cfg.data.scale, cfg.data.mean, cfg.data.std]),
-            "classes": _short_hash([[int(c), names[c]] for c in sorted(parts)]),
+            "classes": json_hash([[int(c), names[c]] for c in sorted(parts)]),
             "pipeline": pipeline_hash(pipeline)}
 
 
@@ -392,10 +406,7 @@ def prepare_store(plan: RunPlan) -> StorePlan:
         except SprayError:
             raise
         except Exception as err:  # noqa: BLE001 - codec/JSON errors of a damaged store
-            raise StoreError(f"{store_path(plan.run_dir)}/classes/{c}: cannot be read "
-                             f"({type(err).__name__}: {err}); the store is corrupt or truncated. "
-                             f"Rerun with --overwrite to start over, or move that class folder "
-                             f"away to recompute only it") from None
+            raise damaged_class(plan.run_dir, c, err) from None
         chunks_total += len(done)
         missing += int((~done).sum())
         if cfg.attribution.precomputed:  # copied, not computed from samples: resume by marker
@@ -427,7 +438,8 @@ def execute(plan: RunPlan, store: StorePlan, client, quiet: bool = False) -> dic
                                               plan.pipeline, store.todo, store.reuse)
     every = [f for fs in chunk_futures.values() for f in fs] + list(analysis_futures.values())
     try:
-        _show_progress(every, plan.cfg.cluster.progress and not quiet)
+        _show_progress(chunk_futures, analysis_futures, plan.cfg.attribution.chunk_size,
+                       plan.cfg.cluster.progress and not quiet)
         lrp_done, lrp_failed = _collect(chunk_futures)
         analysis_done, analysis_failed = _collect(analysis_futures)
     except BaseException:
@@ -468,7 +480,16 @@ def _record(plan: RunPlan, store: StorePlan, results: dict, failures: dict,
                        "graph_wall": round(times["report"] - times["graph"], 3),
                        **task_sum,
                        "report": round(times["end"] - times["report"], 3),
-                       "total": round(times["end"] - times["start"], 3)})
+                       "total": round(times["end"] - times["start"], 3)},
+        slurm_jobs=_slurm_jobs(results))
+
+
+def _slurm_jobs(results: dict) -> dict[str, list[str]]:
+    """The SLURM job ids the finished LRP and analysis tasks ran in, per stage."""
+    jobs = {stage: sorted({str(r["slurm_job"]) for v in results[key].values() for r in v
+                           if r.get("slurm_job")}, key=lambda j: (len(j), j))
+            for stage, key in (("lrp", "lrp_done"), ("analysis", "analysis_done"))}
+    return {stage: ids for stage, ids in jobs.items() if ids}
 
 
 def _finish_store(run_dir: Path, failures: dict, incomplete: bool) -> None:
@@ -525,8 +546,3 @@ def failure_message(info: dict) -> str:
     return (f"{len(info['failed'])} class(es) failed, the others finished and are in "
             f"{info['run_dir']}: {lines}. Fix the cause and rerun: finished chunks are reused.")
 
-
-def config_hash_attr(cfg: RunConfig) -> str:
-    """Fingerprint of the attribution settings (a change means other relevance maps)."""
-    payload = json.dumps(cfg.attribution.model_dump(exclude={"batch_size"}), sort_keys=True)
-    return hashlib.sha256(payload.encode()).hexdigest()[:16]

@@ -18,7 +18,7 @@ import torch
 from spray.data.models import load_model
 from spray.data.sources import open_source, samples_digest
 from spray.errors import DataError, SprayError, StoreError
-from spray.run.store import class_samples_hash, open_class, write_array
+from spray.store import class_samples_hash, open_class, write_array
 
 # scikit-learn says it falls back to n_jobs=1 in daemonic Dask workers; that is intended here
 # (one Dask thread per core), so do not repeat it for every class.
@@ -193,7 +193,8 @@ def compute_chunk(run_dir: str, c: int, chunk: int, data_cfg: dict, model_cfg: d
     cg["sample_hash"][chunk] = np.frombuffer(digest, dtype=np.uint8)
     cg["done"][chunk] = True
     return {"class": c, "chunk": chunk, "rows": stop - start, "lrp_seconds": t_lrp,
-            "seconds": time.perf_counter() - t0, "t_end": time.time()}
+            "seconds": time.perf_counter() - t0, "t_end": time.time(),
+            "slurm_job": os.environ.get("SLURM_JOB_ID")}
 
 
 def _write_cluster_views(cg, source, indices: np.ndarray, labels: np.ndarray,
@@ -252,11 +253,9 @@ def class_features(cg, c: int, source, params: dict) -> tuple[np.ndarray, np.nda
 
 def pipeline_hash(pipeline: dict) -> str:
     """Hash of an analysis pipeline: a class analysed with the same one need not be redone."""
-    import hashlib
-    import json
+    from spray.config.run_config import json_hash
 
-    payload = json.dumps(pipeline, sort_keys=True, default=str)
-    return hashlib.sha256(payload.encode()).hexdigest()[:16]
+    return json_hash(pipeline)
 
 
 def analyze_class(run_dir: str, c: int, pipeline: dict, data_cfg: dict, _deps=None,
@@ -314,7 +313,7 @@ def analyze_stored_class(run_dir: str, c: int, pipeline: dict, data_cfg: dict,
             "warnings": list(result.warnings), "flags": verdict,
             "seconds": time.perf_counter() - t0}
     cg.attrs["analysis"] = info
-    return {"class": c, **info}
+    return {"class": c, **info, "slurm_job": os.environ.get("SLURM_JOB_ID")}
 
 
 def precomputed_chunk(run_dir: str, c: int, chunk: int, data_cfg: dict, model_cfg, attr_cfg: dict,

@@ -150,7 +150,7 @@ def run_spray(X, truth, embed=True, pipeline="spray-default", overrides=None):
     from spray.analysis.clustering import cluster
     from spray.analysis.embedding import embed as tsne
     from spray.analysis.embedding import spectral_init
-    from spray.analysis.knn import graph_from_neighbors, knn_graph, resolve_k
+    from spray.analysis.knn import graph_from_neighbors, knn_neighbors, resolve_k
     from spray.analysis.spectral import smallest_eigenpairs, suggest_n_clusters
     from spray.config.presets import load_pipeline
 
@@ -160,7 +160,7 @@ def run_spray(X, truth, embed=True, pipeline="spray-default", overrides=None):
     n = X.shape[0]
     k = resolve_k(n, pipe["affinity"]["k"])
     with stage(rec, "knn", sampler):
-        ind, dist, method = knn_graph(X, k, pipe["affinity"])
+        ind, dist, method = knn_neighbors(X, k, pipe["affinity"])
     info["knn_method"] = method
     rows = query_sample(n)
     info["knn_recall"] = round(knn_recall(ind, exact_neighbours(X, rows, k), rows), 4)

@@ -126,7 +126,8 @@ def prepare_class(group: zarr.Group, c: int, name: str, indices: np.ndarray,
             if cg.attrs.get("name") != name:  # names come from the current config
                 cg.attrs["name"] = name
             return cg
-        raise StoreError(f"{store_path('.')}: class {c} in the store has other samples or chunking "
+        where = getattr(group.store, "root", group.store)
+        raise StoreError(f"{where}: class {c} in the store has other samples or chunking "
                          f"than this run; pass --overwrite to start over")
     cg = classes.require_group(key)
     cg.attrs.update({"class": int(c), "name": name, "n_samples": int(n),
@@ -386,3 +387,11 @@ def adopt_legacy_run(run_dir: str | Path) -> None:
         (report / FOLDER_MARKER).write_text(token)
         entries["report"] = f"folder:{token}"
     files._save(entries)
+
+
+def damaged_class(run_dir: str | Path, c, err: Exception) -> StoreError:
+    """The error for a class folder whose arrays or attributes cannot be read."""
+    return StoreError(f"{store_path(run_dir)}/classes/{c}: cannot be read "
+                      f"({type(err).__name__}: {err}); the store is corrupt or truncated. Other "
+                      f"classes are untouched; rerun with --overwrite to start over, or move "
+                      f"that class folder away to recompute only it")
