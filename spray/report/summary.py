@@ -9,6 +9,7 @@ from __future__ import annotations
 import datetime as _dt
 import hashlib
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -82,6 +83,13 @@ def _read_class_entry(run_dir: Path, classes, key: str) -> dict:
                          f"everything, or delete that class folder to recompute only it") from None
 
 
+def read_class_entries(run_dir: str | Path, keys: list[str]) -> list[dict]:
+    """The summary entries of the classes ``keys``, read from their arrays (any process)."""
+    group = open_store(run_dir)
+    classes = group["classes"]
+    return [_read_class_entry(Path(run_dir), classes, key) for key in keys]
+
+
 def class_fingerprints(run_dir: str | Path) -> dict[str, str]:
     """A hash of every class group's attributes (name, sizes, the analysis and its verdict),
     read straight from the Zarr v3 metadata files: a few milliseconds for 1000 classes.
@@ -93,22 +101,29 @@ def class_fingerprints(run_dir: str | Path) -> dict[str, str]:
     out = {}
     if not root.is_dir():
         return out
-    for path in root.iterdir():
-        meta = path / "zarr.json"
-        if path.name.isdigit() and meta.is_file():
-            out[path.name] = hashlib.sha256(meta.read_bytes()).hexdigest()[:20]
+    with os.scandir(root) as entries:
+        for item in entries:
+            if not item.name.isdigit():
+                continue
+            try:
+                with open(os.path.join(item.path, "zarr.json"), "rb") as fh:
+                    out[item.name] = hashlib.sha256(fh.read()).hexdigest()[:20]
+            except OSError:
+                continue  # not a group (yet)
     return out
 
 
-def build_summary(run_dir: Path, reuse: dict[str, dict] | None = None) -> dict:
+def build_summary(run_dir: Path, reuse: dict[str, dict] | None = None,
+                  fingerprints: dict[str, str] | None = None) -> dict:
     """summary.json content: one entry per class plus the flagged list.
 
     ``reuse`` maps class keys to entries known to be current (their class attributes are
-    unchanged, see :func:`class_fingerprints`); only the other classes' arrays are read.
+    unchanged, see :func:`class_fingerprints`, passed as ``fingerprints`` when known); only
+    the other classes' arrays are read.
     """
     group = open_store(run_dir)
     reuse = reuse or {}
-    keys = sorted(class_fingerprints(run_dir), key=int)
+    keys = sorted(class_fingerprints(run_dir) if fingerprints is None else fingerprints, key=int)
     classes = group["classes"] if len(reuse) < len(keys) else {}
     entries = [dict(reuse[key]) if key in reuse else _read_class_entry(run_dir, classes, key)
                for key in keys]
@@ -129,7 +144,8 @@ def build_summary(run_dir: Path, reuse: dict[str, dict] | None = None) -> dict:
             "flagged": [e["class"] for e in entries if e["flagged"]]}
 
 
-def write_summary(run_dir: str | Path, reuse: dict[str, dict] | None = None) -> dict:
+def write_summary(run_dir: str | Path, reuse: dict[str, dict] | None = None,
+                  fingerprints: dict[str, str] | None = None) -> dict:
     """Build the summary from the store and write ``RUN_DIR/report/summary.json``; return it.
 
     ``reuse``: entries of unchanged classes (see :func:`build_summary`).
@@ -137,7 +153,7 @@ def write_summary(run_dir: str | Path, reuse: dict[str, dict] | None = None) -> 
     run_dir = Path(run_dir)
     out = run_dir / "report"
     out.mkdir(parents=True, exist_ok=True)
-    summary = build_summary(run_dir, reuse)
+    summary = build_summary(run_dir, reuse, fingerprints)
     (out / "summary.json").write_text(dumps_summary(summary))
     return summary
 
