@@ -5,8 +5,8 @@ BatchNorm, assigns a rule to every layer and derives the modified weights.  Each
 node becomes a small :class:`torch.autograd.Function` (:mod:`spray.lrp.nodes`) whose forward
 computes the layer output and what the rule needs, and whose backward *is* the rule; every
 other node (max pooling, flatten, dropout, ...) keeps its ordinary gradient.  One forward and
-one ``torch.autograd.grad`` call then yield the relevance of the input.  Prepared programs are cached per model and composite and
-rebuilt when a parameter or buffer of the model changes.
+one ``torch.autograd.grad`` call then yield the relevance of the input.  Prepared programs are
+cached per model and composite and rebuilt when a parameter or buffer of the model changes.
 """
 
 from __future__ import annotations
