@@ -159,6 +159,23 @@ def slurm(tmp_path_factory):
             os.environ["SLURM_CONF"] = previous
 
 
+@pytest.mark.slurm
+def test_cluster_script_is_idempotent(slurm):
+    """Starting again reuses the running cluster and starts nothing more; it answers on
+    127.0.0.1 and runs a job."""
+    started = (slurm / "started").read_text()
+    proc = subprocess.run(["bash", str(START), str(slurm)], capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0 and "already running" in proc.stderr, proc.stderr
+    assert (slurm / "started").read_text() == started
+    conf = (slurm / "slurm.conf").read_text()
+    assert "NodeAddr=127.0.0.1" in conf and "(127.0.0.1)" in conf
+    job = subprocess.run(["sbatch", "--parsable", "--wait", "-o", str(slurm / "hello-%j.out"),
+                          "--wrap", "echo hello from $SLURM_JOB_ID"], capture_output=True,
+                         text=True, timeout=120, check=True).stdout.strip()
+    assert (slurm / f"hello-{job}.out").read_text().strip() == f"hello from {job}"
+
+
 def _jobs(name: str, states: str = "PD,R,CG,S") -> list[str]:
     """Ids of the SLURM jobs called ``name`` (``states``: squeue's --states; by default those
     not ended yet)."""
@@ -263,21 +280,22 @@ def test_cancelled_worker_job_is_replaced(slurm, small_problem, tmp_path, tmp_pa
 @pytest.mark.slurm
 def test_worker_jobs_reaching_their_walltime_are_replaced(slurm, small_problem, tmp_path,
                                                           tmp_path_factory):
-    """Jobs of one minute (SLURM's shortest time limit) whose workers retire after 50 s
-    (`lifetime_margin`), in a run whose LRP stage alone takes longer: new jobs take over and
-    the run completes."""
+    """Jobs of two minutes whose workers retire after 70 s (`lifetime_margin: 50s`; a fresh
+    worker needs time for its first class analysis), in a run whose LRP stage alone takes
+    longer: new jobs take over and the run completes."""
     name = "spray-t-walltime"
-    config = _slurm_config(small_problem, tmp_path, name, walltime="00:01:00",
-                           lifetime_margin="10s")
+    config = _slurm_config(small_problem, tmp_path, name, walltime="00:02:00",
+                           lifetime_margin="50s")
     out, logs = tmp_path / "run", tmp_path / "logs"
-    try:  # ~5 s per chunk, 12 chunks per worker
-        stderr = _finish(_spray(config, out, env={"SPRAY_TEST_DELAY": "0.3"}), logs)
+    try:  # ~6 s per chunk, 12 chunks per worker
+        stderr = _finish(_spray(config, out, env={"SPRAY_TEST_DELAY": "0.4"}), logs, 420)
     finally:
         _cancel(name)
     info = run_info(out)
     retired = [p.name for p in logs.glob("*.err") if "worker-lifetime-reached" in p.read_text()]
     assert retired, stderr  # workers ended by their lifetime, before SLURM's time limit
-    assert len(info["slurm_jobs"]["lrp"]) >= 3, (info["slurm_jobs"], stderr)
+    used = set(info["slurm_jobs"]["lrp"]) | set(info["slurm_jobs"].get("analysis", []))
+    assert len(used) >= 3, (info["slurm_jobs"], stderr)  # replacement jobs did part of the work
     assert info["chunks_computed"] + info["chunks_reused"] == info["chunks_total"]
     assert not info["failed"]
     _assert_like_reference(out, small_problem, tmp_path_factory)
