@@ -87,6 +87,33 @@ def test_slurm_settings_are_validated(tmp_path):
         validate_config(raw, tmp_path)
 
 
+def test_worker_jobs_and_lifetime_follow_the_config(tmp_path):
+    from spray.run.dask_cluster import slurm_jobs, worker_lifetime
+
+    def cluster(**slurm):
+        raw = {"data": {"source": "digits"}, "model": {"factory": "m:f"},
+               "cluster": {"scheduler": "slurm", "n_workers": 5, "slurm": slurm}}
+        return validate_config(raw, tmp_path).cluster.model_dump()
+
+    assert slurm_jobs(cluster()) == (5, 5)
+    assert slurm_jobs(cluster(processes=2)) == (3, 3)  # jobs for 5 workers, 2 per job
+    assert slurm_jobs(cluster(minimum_jobs=1, maximum_jobs=8)) == (1, 8)
+    assert slurm_jobs(cluster(minimum_jobs=7)) == (7, 7)
+    c = cluster(walltime="04:00:00")
+    assert worker_lifetime(c["slurm"]) == 4 * 3600 - 300  # 5 minutes before the walltime
+    assert "--lifetime" in slurm_cluster_kwargs(c)["worker_extra_args"]
+    assert worker_lifetime(cluster(walltime="1-00:00:00", lifetime_margin="1h")["slurm"]) \
+        == 23 * 3600
+    assert worker_lifetime(cluster(walltime="00:02:00", lifetime_margin="5m")["slurm"]) == 60
+    c = cluster(worker_extra_args=["--lifetime", "3h", "--lifetime-stagger", "4m"])
+    assert worker_lifetime(c["slurm"]) is None
+    assert slurm_cluster_kwargs(c)["worker_extra_args"].count("--lifetime") == 1
+    with pytest.raises(ConfigError, match="minimum_jobs"):
+        cluster(minimum_jobs=3, maximum_jobs=2)
+    with pytest.raises(ConfigError, match="lifetime_margin"):
+        cluster(lifetime_margin="soon")
+
+
 def test_slurm_without_dask_jobqueue_is_a_clear_error(monkeypatch, tmp_path):
     monkeypatch.setitem(sys.modules, "dask_jobqueue", None)
     cfg = validate_config({"data": {"source": "digits"}, "model": {"factory": "m:f"},
