@@ -304,19 +304,56 @@ def test_cancelled_worker_job_is_replaced(slurm, small_problem, tmp_path, tmp_pa
     _assert_like_reference(out, small_problem, tmp_path_factory)
 
 
+GATED_DATASET = '''"""The test arrays; each item waits the seconds written in $SPRAY_TEST_DELAY_FILE (read per
+item, so a test can slow the LRP stage down and then let the analyses load at full speed)."""
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+
+class Arrays(torch.utils.data.Dataset):
+    def __init__(self, path):
+        data = np.load(path)
+        self.x, self.targets = data["x"], data["y"]
+
+    def __len__(self):
+        return len(self.targets)
+
+    def __getitem__(self, i):
+        time.sleep(float(Path(os.environ["SPRAY_TEST_DELAY_FILE"]).read_text() or 0))
+        return torch.as_tensor(self.x[i]), int(self.targets[i])
+
+
+def build(path):
+    return Arrays(path)
+'''
+
+
 @pytest.mark.slurm
 def test_worker_jobs_reaching_their_walltime_are_replaced(slurm, small_problem, tmp_path,
                                                           tmp_path_factory):
-    """Jobs of two minutes whose workers retire after 70 s (`lifetime_margin: 50s`; a fresh
-    worker needs time for its first class analysis), in a run whose LRP stage alone takes
-    longer: new jobs take over and the run completes."""
+    """Jobs of two minutes whose workers retire after 70 s (`lifetime_margin: 50s`) in a run
+    whose LRP stage alone takes longer: new jobs take over and the run completes."""
     name = "spray-t-walltime"
+    (small_problem["root"] / "gateddata.py").write_text(GATED_DATASET)
     config = _slurm_config(small_problem, tmp_path, name, walltime="00:02:00",
                            lifetime_margin="50s")
-    out, logs = tmp_path / "run", tmp_path / "logs"
-    try:  # ~6 s per chunk, 12 chunks per worker
-        stderr = _finish(_spray(config, out, env={"SPRAY_TEST_DELAY": "0.4"}), logs, 420)
+    raw = yaml.safe_load(config.read_text())
+    raw["data"]["factory"] = "gateddata:build"
+    config.write_text(yaml.safe_dump(raw))
+    out, logs, delay = tmp_path / "run", tmp_path / "logs", tmp_path / "delay"
+    delay.write_text("0.4")  # ~6 s per chunk, 12 chunks per worker
+    proc = _spray(config, out, env={"SPRAY_TEST_DELAY_FILE": str(delay)})
+    try:
+        wait_until(lambda: (lambda d: d[1] and d[0] == d[1])(chunks_done(out)), timeout=400,
+                   interval=1, what="the LRP stage")
+        delay.write_text("0")  # the class analyses read their inputs at full speed
+        stderr = _finish(proc, logs)
     finally:
+        stop(proc)
         _cancel(name)
     info = run_info(out)
     retired = [p.name for p in logs.glob("*.err") if "worker-lifetime-reached" in p.read_text()]
