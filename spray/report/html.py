@@ -219,11 +219,16 @@ def _evidence(entry: dict) -> str:
              f"against the threshold {_fmt(entry.get('threshold'), 2)}."]
     if cl.get("split_from") is not None:
         parent = next((c for c in entry["clusters"] if c["id"] == cl["split_from"]), {})
+        if cl.get("cut_along") is not None:
+            how = (f"a sweep cut along eigenvector {_esc(cl['cut_along'])} separates them, and "
+                   f"the cut scores higher than the clusters it takes samples from, so it is "
+                   f"shown as a cluster of its own (<code>sweep_eigenvectors</code>).")
+        else:
+            how = ("the spectral bisection of that cluster separates them, and this side scores "
+                   "higher than the whole cluster, so it is shown as a cluster of its own "
+                   "(<code>bisect_clusters</code>).")
         parts.append(f"The analysis had it in cluster {_esc(cl['split_from'])} together with "
-                     f"{_fmt(parent.get('size'))} other samples; the spectral bisection of that "
-                     f"cluster separates them, and this side scores higher than the whole "
-                     f"cluster, so it is shown as a cluster of its own (<code>bisect_clusters"
-                     f"</code>).")
+                     f"{_fmt(parent.get('size'))} other samples; {how}")
     if cl.get("input_randomness") is not None:
         where = (f"without the {100 * mask_area:.0f} % of the cells where its inputs differ "
                  f"most from the rest's" if mask_area > 0 else "as they are")
