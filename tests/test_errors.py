@@ -201,11 +201,11 @@ def test_unsupported_layer_is_named(project, capsys):
     (project.path / "oddnet.py").write_text(
         "import torch\n\nclass Odd(torch.nn.Module):\n    def forward(self, x):\n"
         "        return x\n\ndef build():\n    return torch.nn.Sequential(torch.nn.Flatten(),\n"
-        "        torch.nn.Linear(1024, 3), torch.nn.Softplus(), torch.nn.LayerNorm(3))\n")
+        "        torch.nn.Linear(1024, 3), torch.nn.Softplus(), torch.nn.GroupNorm(1, 3))\n")
     cfg = copy.deepcopy(project.cfg)
     cfg["model"] = {"factory": "oddnet:build"}
     code, msg = project.run(capsys, cfg)
-    _expect(code, msg, "LayerNorm")
+    _expect(code, msg, "GroupNorm")
 
 
 # ---------------------------------------------------------------- store
