@@ -449,3 +449,30 @@ def test_pages_rendered_in_worker_processes_and_only_when_changed(report_run, mo
     assert changed == {"class_1.html", "class_1_tsne.html"}, changed
     cg.attrs["analysis"] = original
     report_html.write_report(report_run)
+
+
+def test_report_summary_equals_a_fresh_one_after_maps_change(report_run):
+    """Maps recomputed from other samples (a chunk's sample hash changed) without a new
+    analysis: the report's summary must not reuse the old entry; it equals a summary built
+    from the store from scratch (the class is incomplete, not 'ok')."""
+    import numpy as np
+
+    from spray.report import html as report_html
+    from spray.report.summary import build_summary
+    from spray.store import open_class
+
+    report_html.write_report(report_run)
+    cg = open_class(str(report_run), 0, mode="a")
+    original = cg["sample_hash"][0]
+    cg["sample_hash"][0] = np.full_like(original, 7)
+    try:
+        report_html.write_report(report_run)
+        written = json.loads((report_run / "report" / "summary.json").read_text())
+        fresh = build_summary(report_run)
+        assert written["classes"] == json.loads(json.dumps(fresh["classes"]))
+        assert written["classes"][0]["status"] == "incomplete"
+    finally:
+        cg["sample_hash"][0] = original
+        report_html.write_report(report_run)
+    assert json.loads((report_run / "report" / "summary.json").read_text())[
+        "classes"][0]["status"] == "ok"
