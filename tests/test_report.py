@@ -476,3 +476,28 @@ def test_report_summary_equals_a_fresh_one_after_maps_change(report_run):
         report_html.write_report(report_run)
     assert json.loads((report_run / "report" / "summary.json").read_text())[
         "classes"][0]["status"] == "ok"
+
+
+def test_watched_class_is_shown_with_its_headline(report_run):
+    """A class whose score lies just below its threshold: the overview lists it under Watch
+    with its headline, and its page says watch (never flagged)."""
+    from spray.report import html as report_html
+    from spray.store import open_class
+
+    cg = open_class(str(report_run), 2, mode="a")
+    original = dict(cg.attrs["analysis"])
+    flags = dict(original["flags"])
+    flags.update({"threshold": float(flags["score"]) + 0.2, "flagged": False})
+    cg.attrs["analysis"] = {**original, "flags": flags}
+    try:
+        report_html.write_report(report_run)
+        summary = json.loads((report_run / "report" / "summary.json").read_text())
+        assert summary["classes"][2]["watch"] and not summary["classes"][2]["flagged"]
+        index = (report_run / "report" / "index.html").read_text()
+        assert "<b>Watch</b>" in index and "<li><b>watch</b>" in index
+        page = (report_run / "report" / "class_2.html").read_text()
+        assert "watch — near the threshold" in page and "<p class=headline>" in page
+        assert "FLAGGED" not in page
+    finally:
+        cg.attrs["analysis"] = original
+        report_html.write_report(report_run)
