@@ -228,7 +228,9 @@ def _reason(entry: dict) -> str:
                   f"{100 * float((entry.get('flag_params') or {}).get('concentration_area', 0.1)):.0f}"
                   f" % of the area")
     if cl.get("split_from") is not None:
-        ev.append(f"split off cluster {cl['split_from']} by its spectral bisection")
+        how = (f"a sweep cut along eigenvector {cl['cut_along']}"
+               if cl.get("cut_along") is not None else "its spectral bisection")
+        ev.append(f"split off cluster {cl['split_from']} by {how}")
     if ev:
         bits.append("(" + "; ".join(ev) + ")")
     more = _suspects(entry)[1:]
