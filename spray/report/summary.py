@@ -14,14 +14,15 @@ from pathlib import Path
 
 import numpy as np
 
+from spray.config.presets import FlagsSection
 from spray.errors import SprayError
 from spray.store import class_samples_hash, damaged_class, open_store, store_path
 
 #: dataset indices listed per suspicious cluster at most
 MAX_MEMBERS = 100_000
-#: score margin below the threshold of the "watch" band, unless the flags section sets
-#: ``watch_margin``
-WATCH_MARGIN = 0.5
+#: score margin below the threshold of the "watch" band when a stored analysis does not say
+#: (its default is defined once, in the preset schema)
+WATCH_MARGIN = FlagsSection.model_fields["watch_margin"].default
 
 
 def _class_entry(cg, c: int) -> dict:
