@@ -4,16 +4,17 @@ The subpackages follow the data flow, and each imports only from those to its le
 
 ``config`` (run config, analysis presets) → ``data`` (sources, class partitions, models,
 precomputed attributions) / ``lrp`` (relevance maps) / ``analysis`` (preprocess → kNN graph →
-spectral → clustering → embedding) → ``verdict`` (Clever-Hans score) → ``run`` (plan, Dask
-execution, tasks, Zarr store) → ``report`` (summary.json, figures, HTML) / ``export`` (ViRelAy) →
-``ci`` (``spray check``: exit code, JUnit, Markdown) → ``cli`` (the ``spray`` command, demo).
-``errors`` holds the error hierarchy every stage shares.
+spectral → clustering → embedding) → ``verdict`` (Clever-Hans score) → ``store`` (the run's
+Zarr store) → ``report`` (summary.json, figures, HTML) / ``export`` (ViRelAy) → ``run`` (plan,
+Dask cluster and tasks, execution) → ``ci`` (``spray check``: exit code, JUnit, Markdown) →
+``cli`` (the ``spray`` command, demo). ``errors`` holds the error hierarchy every stage shares.
+``tests/test_structure.py`` checks that no module imports a stage to its right.
 """
 
 from importlib.metadata import PackageNotFoundError, version
 
 try:
-    __version__ = version("spray")
+    __version__ = version("spray-xai")
 except PackageNotFoundError:  # a source tree that was never installed
     __version__ = "0+unknown"
 

@@ -2,7 +2,10 @@
 
 Every mistake a user can make (a bad config, a broken dataset, a foreign store, a concurrent
 run) is raised as a :class:`SprayError`; the command line prints its one-paragraph message and
-exits with code 2 instead of showing a traceback.
+exits with its code instead of showing a traceback.
+
+Exit codes (docs/errors.md): 0 ok, 1 flagged classes, 2 bad input, configuration or store,
+3 a run the gate cannot vouch for (incomplete, failed or stale), 130 interrupted.
 """
 
 
@@ -26,3 +29,12 @@ class ModelError(SprayError):
 
 class StoreError(SprayError):
     """The output store is foreign, corrupt, locked by another run or not writable."""
+
+
+class IncompleteRunError(SprayError):
+    """The run did not finish, a class failed, or the summary does not match the store (exit 3).
+
+    ``spray check`` fails closed on such runs unless ``--allow-incomplete`` is given.
+    """
+
+    exit_code = 3

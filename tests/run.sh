@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Set up a test environment from scratch and run the whole test suite.
+# Set up a test environment from scratch, run the linters (ruff, mypy) and the whole test suite.
 #   bash tests/run.sh            (extra pytest arguments are passed on, e.g. -m "not slow")
 # Creates .venv-test with torch 2.14.1 + torchvision 0.29.1 (needed by the Zennit peer), spray with
 # its test and peers extras pinned by tests/constraints.txt, and headless Chromium for the
@@ -13,8 +13,12 @@ fi
 "$VENV/bin/python" -m pip install -q --upgrade pip
 "$VENV/bin/python" -m pip install -q -c tests/constraints.txt torch==2.14.1 torchvision==0.29.1
 "$VENV/bin/python" -m pip install -q -c tests/constraints.txt -e ".[test,peers,slurm]"
+"$VENV/bin/python" -m pip install -q -c tests/constraints.txt --no-deps lxt
 if ! command -v chromium >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
     (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
         || echo "chromium could not be installed; the browser test will be skipped"
 fi
+# the linters first: a finding fails the run before the (longer) test suite starts
+"$VENV/bin/ruff" check spray tests
+"$VENV/bin/mypy"
 exec "$VENV/bin/python" -m pytest -q "$@"

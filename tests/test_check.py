@@ -10,6 +10,7 @@ import pytest
 from conftest import run_cli
 
 from spray.ci import check as chk
+from spray.errors import IncompleteRunError
 
 
 def _entry(c, score, flagged, members=None, size=None, status="ok", name=None):
@@ -26,8 +27,14 @@ def _entry(c, score, flagged, members=None, size=None, status="ok", name=None):
             "suspect_cluster": 1 if flagged else None, "clusters": clusters}
 
 
-def _summary(entries):
+FINGERPRINTS = {"model": "m1", "data": "d1", "model_code": "mc", "dataset": "ds",
+                "classes": "cl", "pipeline": "pl"}
+
+
+def _summary(entries, **fingerprints):
     return {"spray_version": "0.1.0", "config_hash": "abc", "created": "2026-01-01T00:00:00",
+            "run_state": "finished", "run_id": "r1",
+            "fingerprints": {**FINGERPRINTS, **fingerprints},
             "classes": entries, "flagged": [e["class"] for e in entries if e["flagged"]]}
 
 
@@ -56,7 +63,9 @@ def runs(tmp_path):
 
 def test_table_and_exit_code_without_baseline(runs, capsys):
     _, new = runs
-    assert chk.check(new) == 1
+    with pytest.raises(IncompleteRunError, match="class digit 3 \\(3\\) is failed"):
+        chk.check(new)  # a failed class: the gate cannot vouch for the run
+    assert chk.check(new, allow_incomplete=True) == 1
     out = capsys.readouterr().out
     assert "FLAGGED" in out and "failed" in out
     lines = [ln for ln in out.splitlines() if ln.startswith("digit 1 ")]
@@ -106,7 +115,8 @@ def test_baseline_accepts_everything_known(tmp_path):
 def test_junit_and_markdown_files(runs, tmp_path):
     old, new = runs
     junit, md = tmp_path / "j.xml", tmp_path / "s.md"
-    assert chk.check(new, junit_path=str(junit), markdown_path=str(md), baseline=str(old)) == 1
+    assert chk.check(new, junit_path=str(junit), markdown_path=str(md), baseline=str(old),
+                     allow_incomplete=True) == 1
     root = ET.parse(junit).getroot()
     assert root.tag == "testsuite"
     cases = root.findall("testcase")
@@ -121,7 +131,8 @@ def test_junit_and_markdown_files(runs, tmp_path):
     text = md.read_text()
     assert text.startswith("## spray: Clever-Hans check")
     assert "2 new, 1 worse, 1 accepted, 1 resolved" in text
-    assert "five &lt;b&gt;&\\|x" in text and "<b>" not in text  # a cell cannot break the table
+    assert "five \\<b\\>\\&\\|x" in text and "<b>" not in text  # a cell cannot break the table
+    assert "&lt;" not in text and "&gt;" not in text and "&amp;" not in text
     rows = [ln for ln in text.splitlines() if ln.startswith("| ")]
     assert rows[0].startswith("| class |") and len(rows) == 7
     assert all(ln.count(" | ") == rows[0].count(" | ") for ln in rows)
@@ -134,14 +145,15 @@ def test_markdown_appends_to_github_step_summary(runs, tmp_path, monkeypatch):
     step = tmp_path / "step.md"
     step.write_text("earlier step\n")
     monkeypatch.setenv("GITHUB_STEP_SUMMARY", str(step))
-    chk.check(new, markdown_path=str(step))
+    chk.check(new, markdown_path=str(step), allow_incomplete=True)
     text = step.read_text()
     assert text.startswith("earlier step\n") and "## spray: Clever-Hans check" in text
 
 
 def test_github_annotations(runs):
     old, new = runs
-    proc = run_cli("check", new, "--baseline", old, env={"GITHUB_ACTIONS": "true"}, timeout=120)
+    proc = run_cli("check", new, "--baseline", old, "--allow-incomplete",
+                   env={"GITHUB_ACTIONS": "true"}, timeout=120)
     assert proc.returncode == 1, proc.stderr
     lines = proc.stdout.splitlines()
     errors = [ln for ln in lines if ln.startswith("::error ")]
@@ -150,7 +162,7 @@ def test_github_annotations(runs):
     assert len(errors) == 3 and len(notices) == 1 and len(warnings) == 1
     assert all("\n" not in ln for ln in errors)
     assert "title=spray: Clever-Hans candidate::class digit 0 (0): score 2.40" in errors[0]
-    no_gh = run_cli("check", new, env={"GITHUB_ACTIONS": ""}, timeout=120)
+    no_gh = run_cli("check", new, "--allow-incomplete", env={"GITHUB_ACTIONS": ""}, timeout=120)
     assert no_gh.returncode == 1 and "::error" not in no_gh.stdout
 
 
@@ -207,3 +219,26 @@ def test_reason_names_a_suspect_split_off_its_cluster():
     assert "suspect cluster 2 of 20 samples" in reason
     assert "split off cluster 0 by its spectral bisection" in reason
     assert "split off" not in chk._reason(_entry(1, 3.0, True))
+
+
+def test_incomplete_classes_are_errors_not_skips(tmp_path):
+    """A run killed before its analyses: the classes are 'incomplete'; the check exits 3 and the
+    JUnit file reports them as errors (it used to skip them and pass)."""
+    entries = [_entry(0, None, False, status="incomplete"), _entry(1, 0.2, False),
+               _entry(2, None, False, status="skipped")]
+    run = _write(tmp_path, "killed", _summary(entries))
+    junit = tmp_path / "j.xml"
+    with pytest.raises(IncompleteRunError, match=r"class digit 0 \(0\) is incomplete"):
+        chk.check(run, junit_path=str(junit))
+    root = ET.parse(junit).getroot()
+    assert root.get("errors") == "1" and root.get("skipped") == "1" and root.get("failures") == "0"
+    assert chk.check(run, allow_incomplete=True) == 0
+    proc = run_cli("check", run, timeout=120)
+    assert proc.returncode == 3 and "Traceback" not in proc.stderr
+
+
+def test_markdown_escapes_links_and_control_characters():
+    e = _entry(1, 3.0, True, name="[click](http://evil.example) \x1b[31m*bold*")
+    text = chk.markdown(_summary([e]))
+    assert "](http" not in text and "\\[click\\]\\(http" in text
+    assert "\x1b" not in text and "\\*bold\\*" in text

@@ -64,6 +64,15 @@ def test_cli_class_out_of_range_exit_2(small_problem, tmp_path):
     assert "classes" in proc.stderr and "7" in proc.stderr
 
 
+def test_the_config_reference_in_the_docs_is_generated_from_the_code():
+    """docs/config.md's tables come from the pydantic models; regenerate them with
+    ``python -m spray.config.reference docs/config.md`` after changing a config model."""
+    from pathlib import Path
+
+    from spray.config.reference import render
+
+    path = Path(__file__).resolve().parent.parent / "docs" / "config.md"
+    assert path.read_text() == render(path), "docs/config.md is out of date"
 class _Records(logging.Handler):
     def __init__(self):
         super().__init__(logging.INFO)
@@ -101,3 +110,18 @@ def test_cluster_workers_auto_follow_the_machine(small_problem, tmp_path, cluste
     assert ("n_workers" in said) == ("n_workers" not in cluster)
     if cluster["scheduler"] == "local" and "n_workers" not in cluster:
         assert f"{len(os.sched_getaffinity(0))} cores" in said
+
+
+def test_unknown_keys_get_a_did_you_mean_hint(tmp_path):
+    from spray.config.presets import load_pipeline
+    from spray.config.run_config import validate_config
+
+    with pytest.raises(ConfigError, match=r"'attribution.chunk_sise' \(did you mean 'chunk_size'\?\)"):
+        validate_config({"data": {"source": "digits"}, "model": {"factory": "m:f"},
+                         "attribution": {"chunk_sise": 5}}, tmp_path)
+    with pytest.raises(ConfigError, match=r"'flags.threshhold': unknown key \(did you mean "
+                                          r"'threshold'\?\)"):
+        load_pipeline("spray-default", {"flags": {"threshhold": 3}})
+    with pytest.raises(ConfigError) as err:  # nothing close: no guess
+        load_pipeline("spray-default", {"affinity": {"zzzzzz": 1}})
+    assert "did you mean" not in str(err.value)

@@ -12,8 +12,14 @@ from conftest import run_cli
 @pytest.mark.distributed
 def test_demo_end_to_end(tmp_path):
     out = tmp_path / "demo"
-    proc = run_cli("demo", "--output", out, "--quiet", timeout=900)
+    proc = run_cli("demo", "--output", out, timeout=900)
     assert proc.returncode == 0, proc.stdout + proc.stderr
+    # progress in a log (stderr is no terminal here): plain lines per stage, no bar drawing
+    log = proc.stderr
+    assert "training the demo CNN 12/12 epochs" in log and "train accuracy" in log, log
+    assert "LRP " in log and " maps/s" in log and "analyses 10/10 classes" in log, log
+    assert "report " in log and "\r" not in log and "\x1b" not in log, log
+    assert "still alive" not in log and "CancelledError" not in log, log
     truth = json.loads((out / "demo" / "ground_truth.json").read_text())
     summary = json.loads((out / "report" / "summary.json").read_text())
     assert summary["flagged"] == [truth["planted_class"]], [
@@ -29,5 +35,24 @@ def test_demo_end_to_end(tmp_path):
     html = (out / "report" / "index.html").read_text()
     assert "class_3.html" in html
     for e in summary["classes"]:
-        assert (out / "report" / f"class_{e['class']}_tsne.png").stat().st_size > 1000
+        assert (out / "report" / f"class_{e['class']}_tsne.html").stat().st_size > 1000
+        assert (out / "report" / f"class_{e['class']}_clusters.png").stat().st_size > 100
     assert run_cli("check", out).returncode == 1
+
+
+@pytest.mark.parametrize("content", ["notes.txt", "another-run"])
+def test_demo_refuses_a_used_folder_before_training(tmp_path, content):
+    """A folder holding files the demo did not write is refused at once: nothing trained,
+    nothing written (no ``demo/`` left behind)."""
+    out = tmp_path / "out"
+    out.mkdir()
+    if content == "notes.txt":
+        (out / "notes.txt").write_text("mine")
+    else:  # the output of a run that is not a demo
+        (out / "spray.zarr").mkdir()
+        (out / "spray.zarr" / "zarr.json").write_text("{}")
+    before = sorted(p.relative_to(out) for p in out.rglob("*"))
+    proc = run_cli("demo", "--output", out, timeout=120)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert "Nothing was written" in proc.stderr and "training" not in proc.stderr
+    assert sorted(p.relative_to(out) for p in out.rglob("*")) == before

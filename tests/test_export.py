@@ -222,7 +222,7 @@ def _check_with_virelay(run_dir: Path, out: Path):
 def _synthetic_run(root: Path, n: int, size: int, channels: int = 1) -> Path:
     """A run folder made directly through the store API: two classes of ``n // 2`` samples of
     ``size × size`` pixels (dataset in HDF5, read lazily), analysis arrays included."""
-    from spray.run.store import create_or_check_store, prepare_class, write_array
+    from spray.store import create_or_check_store, prepare_class, write_array
 
     rng = np.random.default_rng(0)
     labels = np.arange(n) % 2

@@ -9,13 +9,9 @@ import scipy.sparse as sp
 from spray.analysis.analyze import analyze
 from spray.config.presets import load_pipeline
 from spray.errors import ConfigError
-from spray.verdict.score import (
-    clever_hans_score,
-    conductance,
-    flag_params,
-    masked_inputs,
-    size_penalty,
-)
+from spray.verdict.evidence import masked_inputs, size_penalty
+from spray.verdict.graphs import conductance
+from spray.verdict.score import clever_hans_score, flag_params
 
 GRID = 10
 
@@ -242,7 +238,7 @@ def test_conductance_and_size_prior():
 def test_resampling_skips_only_candidates_that_cannot_win(natural_class, halves):
     """Candidates whose plain score is below the best stable score are not resampled; resampling
     them anyway gives stable scores below the class score, so the verdict is the same."""
-    from spray.verdict.score import _Resamples
+    from spray.verdict.bootstrap import Resamples
 
     feats, inputs, _ = natural_class
     pipe = load_pipeline("spray-default", overrides={
@@ -254,13 +250,13 @@ def test_resampling_skips_only_candidates_that_cannot_win(natural_class, halves)
     skipped = [c for c in cand if c.get("resampled") is False]
     assert skipped and len(skipped) < len(cand)
     params = flag_params(pipe)
-    resamples = _Resamples(feats.astype(np.float32), pipe, int(result.k), params)
+    resamples = Resamples(feats.astype(np.float32), pipe, int(result.k), params)
     for c in skipped:
         mask = v["labels"] == c["id"]
         penalty = c["size_penalty"] + c["randomness_penalty"]
         assert c["score"] == pytest.approx(c["contrast"] - penalty)
-        X = masked_inputs(inputs, feats, mask, params["input_mask_area"], "l1")
-        stable = min(np.quantile(resamples.contrasts(X, mask), params["bootstrap_quantile"]),
+        X = masked_inputs(inputs, feats, mask, params.input_mask_area, "l1")
+        stable = min(np.quantile(resamples.contrasts(X, mask), params.bootstrap_quantile),
                      c["contrast"])
         assert stable - penalty <= v["score"] + 1e-9
 
@@ -268,7 +264,7 @@ def test_resampling_skips_only_candidates_that_cannot_win(natural_class, halves)
 def test_random_conductance_matches_random_subsets():
     """Random subsets of a real kNN graph have the conductance max(s, n − s)/(n − 1) on average."""
     from spray.analysis.knn import knn_affinity
-    from spray.verdict.score import random_conductance
+    from spray.verdict.graphs import random_conductance
 
     rng = np.random.default_rng(5)
     X = rng.standard_normal((400, 8))
@@ -299,7 +295,7 @@ def _local_mark_class(shift: int):
 def test_group_whose_inputs_are_grouped_beyond_the_mask_is_natural():
     """The inputs of a natural sub-group stay grouped without the cells where they differ most
     (input randomness well below 1); an artefact's look like a random subset (≈ 1)."""
-    weight = flag_params(_pipe())["input_randomness_weight"]
+    weight = flag_params(_pipe()).input_randomness_weight
     assert weight > 0
     natural, artefact = _local_mark_class(2), _local_mark_class(0)
     feats, inputs, group = natural
@@ -346,7 +342,7 @@ def test_every_cluster_above_the_threshold_is_a_suspect(artefact_class):
 
 def test_bisect_splits_two_joined_blobs():
     from spray.analysis.knn import knn_affinity
-    from spray.verdict.score import bisect
+    from spray.verdict.graphs import bisect
 
     rng = np.random.default_rng(7)
     X = np.concatenate([rng.standard_normal((60, 4)), rng.standard_normal((40, 4)) + 6.0])
@@ -374,7 +370,8 @@ def test_suspect_half_of_a_cluster_is_split_off(artefact_class):
     merged[others] = art                          # 60 artefact samples + 25 from other clusters
     result = replace(result, labels=merged)
     split = clever_hans_score(result, inputs, _pipe(), features=feats)
-    whole = clever_hans_score(result, inputs, _pipe(bisect_clusters=False), features=feats)
+    whole = clever_hans_score(result, inputs, _pipe(bisect_clusters=False, sweep_eigenvectors=0),
+                              features=feats)
     new_id = int(merged.max()) + 1
     assert split["splits"] == [{"cluster": new_id, "from": int(art)}]
     assert split["flagged"] and split["suspect_cluster"] == new_id
@@ -411,16 +408,16 @@ def test_every_candidate_that_reaches_the_threshold_is_resampled(natural_class):
 
 
 def test_sweep_cut_is_the_prefix_of_least_conductance():
-    from spray.verdict.score import _conductance_mask, _sweep_cut, _with_degree
+    from spray.verdict.graphs import mask_conductance, sweep_cut, with_degree
 
     rng = np.random.default_rng(8)
     A = sp.random(40, 40, density=0.15, random_state=2)
-    W, degree = _with_degree(A + A.T)
+    W, degree = with_degree(A + A.T)
     for _ in range(5):
         order = rng.permutation(40)
-        phi = [_conductance_mask(W, degree, np.isin(np.arange(40), order[:i]))
+        phi = [mask_conductance(W, degree, np.isin(np.arange(40), order[:i]))
                for i in range(1, 40)]
-        assert _sweep_cut(W, degree, order) == int(np.argmin(phi)) + 1
+        assert sweep_cut(W, degree, order) == int(np.argmin(phi)) + 1
 
 
 def test_unassigned_samples_are_not_bisected(artefact_class):
@@ -444,7 +441,7 @@ def test_bisect_cuts_a_connected_cluster_along_its_fiedler_vector():
     from scipy.sparse.csgraph import connected_components
 
     from spray.analysis.knn import knn_affinity
-    from spray.verdict.score import bisect
+    from spray.verdict.graphs import bisect
 
     rng = np.random.default_rng(9)
     X = np.concatenate([rng.standard_normal((150, 2)), rng.standard_normal((100, 2)) + [4.0, 0]])
@@ -453,3 +450,74 @@ def test_bisect_cuts_a_connected_cluster_along_its_fiedler_vector():
     side = bisect(W, np.ones(250, dtype=bool))
     blob = np.arange(250) >= 150
     assert side.sum() <= 125 and (side == blob).mean() >= 0.95
+
+
+@pytest.mark.parametrize("flags, key", [
+    ({"bootstrp": 50}, "flags.bootstrp': unknown key"),
+    ({"score": "input-contrats"}, "flags.score'"),
+    ({"bootstrap_fraction": 7}, "flags.bootstrap_fraction'"),
+    ({"bootstrap": -1}, "flags.bootstrap'"),
+    ({"min_cluster_size": 0}, "flags.min_cluster_size'"),
+    ({"bootstrap_quantile": 1.5}, "flags.bootstrap_quantile'"),
+])
+def test_flags_section_is_validated_when_the_pipeline_loads(flags, key):
+    """A typo or an out-of-range value in ``flags:`` fails at load time, naming the key, not
+    per class on a worker after the LRP work."""
+    with pytest.raises(ConfigError, match=key):
+        _pipe(**flags)
+
+
+def test_flags_defaults_have_one_home():
+    """The preset does not repeat the defaults: the loaded section is the model's defaults."""
+    from spray.config.presets import FlagsSection
+
+    assert _pipe()["flags"] == FlagsSection().model_dump()
+    assert flag_params({}) == FlagsSection()
+
+
+def test_sweep_cut_finds_a_group_the_eigengap_merged_into_a_majority(artefact_class):
+    """K = 2 with the artefact group inside a cluster of more than half the class (no
+    candidate, halves off): a sweep cut along a leading eigenvector still isolates it, and it is
+    split off as a new cluster with its evidence; without sweeps it is missed."""
+    from dataclasses import replace
+
+    feats, inputs, planted = artefact_class
+    result = analyze(feats, pipeline=_pipe(), embed=False)
+    merged = np.where(planted, 0, 1)
+    merged[np.flatnonzero(~planted)[:120]] = 0        # 60 planted + 120 others: 60 % of 300
+    result = replace(result, labels=merged, n_clusters=2)
+    off = clever_hans_score(result, inputs, _pipe(bisect_clusters=False, sweep_eigenvectors=0),
+                            features=feats)
+    on = clever_hans_score(result, inputs, _pipe(bisect_clusters=False), features=feats)
+    assert not off["flagged"]
+    assert on["flagged"] and on["splits"] == [{"cluster": 2, "from": 0}]
+    members = on["labels"] == on["suspect_cluster"]
+    assert (members & planted).sum() / members.sum() >= 0.9
+    assert (members & planted).sum() / planted.sum() >= 0.9
+    entry = next(c for c in on["clusters"] if c["id"] == 2)
+    assert entry["split_from"] == 0 and entry["cut_along"] != 0 and "contrast_stable" in entry
+    assert sum(c["size"] for c in on["clusters"]) == len(feats)
+    rest = next(c for c in on["clusters"] if c["id"] == 0)
+    assert rest["size"] == int((on["labels"] == 0).sum())
+
+
+def test_sweep_cuts_leave_a_natural_subgroup_alone(natural_class):
+    feats, inputs, _ = natural_class
+    result, v = _score(feats, inputs, _pipe())
+    assert not v["flagged"] and v["splits"] == [] and v["score"] < 1.0
+
+
+def test_sweep_split_keeps_every_cluster(artefact_class):
+    """With every candidate a suspect, a sweep cut that would hold a whole cluster is not split
+    off: every split names a cluster that still exists, and labels and entries agree."""
+    feats, inputs, _ = artefact_class
+    pipe = load_pipeline("spray-default", overrides={
+        "preprocess": {"pool": [GRID, GRID]}, "embedding": {"method": "none"},
+        "clustering": {"n_clusters": 6}, "flags": {"threshold": -100.0}})
+    result = analyze(feats, pipeline=pipe, embed=False)
+    v = clever_hans_score(result, inputs, pipe, features=feats)
+    sizes = {c["id"]: c["size"] for c in v["clusters"]}
+    assert set(np.unique(v["labels"]).tolist()) == set(sizes)
+    assert all(int((v["labels"] == cid).sum()) == size for cid, size in sizes.items())
+    for s in v["splits"]:
+        assert s["cluster"] in sizes and s["from"] in sizes

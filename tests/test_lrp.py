@@ -15,7 +15,7 @@ from torch import nn
 import spray.lrp as lrp
 from spray.errors import ConfigError, DataError, ModelError
 from spray.lrp import Composite, Epsilon, Flat, Gamma, ZPlus
-from spray.lrp.composites import AFFINE
+from spray.lrp.layers import AFFINE
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -369,8 +369,8 @@ def test_input_shape_mismatch():
 
 
 def test_unsupported_layer_is_named():
-    model = nn.Sequential(nn.Linear(6, 6), nn.LayerNorm(6), nn.Linear(6, 2)).eval()
-    with pytest.raises(ModelError, match=r"layer '1' \(LayerNorm\)"):
+    model = nn.Sequential(nn.Linear(6, 6), nn.GroupNorm(2, 6), nn.Linear(6, 2)).eval()
+    with pytest.raises(ModelError, match=r"layer '1' \(GroupNorm\)"):
         lrp.attribute(model, torch.randn(2, 6), 0)
     # an explicit mapping makes it usable
     relevance = lrp.attribute(model, torch.randn(2, 6), 0, {"1": "pass", nn.Linear: "epsilon"})

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 import spray.lrp as lrp
-from spray.lrp.composites import AFFINE, CONVOLUTIONS, DENSE
+from spray.lrp.layers import AFFINE, CONVOLUTIONS, DENSE
 
 zennit = pytest.importorskip("zennit")
 

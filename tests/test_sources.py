@@ -203,3 +203,18 @@ def test_uncompressed_npz_is_memory_mapped(tmp_path):
     for src in (plain, packed):
         np.testing.assert_array_equal(src.load([7, 0, 39]), x[[7, 0, 39]])
     assert plain.fingerprint() == packed.fingerprint()
+
+
+def test_rewritten_data_file_is_read_again_in_the_same_process(tmp_path):
+    """A long-lived worker must not serve old labels with new pixels after data.npz changes."""
+    path = tmp_path / "data.npz"
+    x = np.zeros((6, 1, 4, 4), dtype=np.float32)
+    np.savez(path, x=x, y=np.array([0, 0, 0, 1, 1, 1]))
+    cfg = {"source": "npz", "path": str(path)}
+    first = open_source(cfg)
+    assert first.labels().tolist() == [0, 0, 0, 1, 1, 1]
+    np.savez(path, x=x + 1, y=np.array([1, 1, 1, 0, 0, 0]))
+    second = open_source(cfg)
+    assert second.labels().tolist() == [1, 1, 1, 0, 0, 0]
+    assert float(second.load(np.array([0])).max()) == 1.0
+    assert open_source(cfg) is second  # unchanged file: the per-process cache still serves it

@@ -224,3 +224,21 @@ def test_chebyshev_gives_up_on_a_gapless_spectrum_and_eigsh_finishes(monkeypatch
     assert outcomes == [None]
     exact = np.sort(1 - np.cos(2 * np.pi * np.arange(n) / n))[:10]
     np.testing.assert_allclose(lam, exact, atol=1e-10)
+
+
+def test_a_solver_that_did_not_run_is_recorded_in_the_analysis_warnings():
+    """solver: chebyshev on a small class, or a stalled Chebyshev iteration, must not pass
+    silently: the class's warnings (report, summary.json) say which solver really ran."""
+    from spray.analysis.analyze import analyze
+
+    rng = np.random.default_rng(0)
+    X = np.vstack([rng.normal(0, 1, (60, 8)), rng.normal(5, 1, (60, 8))])
+    result = analyze(X, embed=False, spectral={"solver": "chebyshev"})
+    assert any("solver chebyshev" in w and "densely" in w for w in result.warnings)
+    assert not any("solver" in w for w in analyze(X, embed=False).warnings)
+    n = 3000
+    i = np.arange(n)
+    W = sp.csr_matrix((np.ones(n), (i, (i + 1) % n)), shape=(n, n))
+    notes: list = []
+    smallest_eigenpairs(W + W.T, 10, solver="chebyshev", notes=notes)
+    assert len(notes) == 1 and "stalled" in notes[0] and "eigsh" in notes[0]

@@ -56,7 +56,7 @@ def test_templates_parse_and_gate_on_spray_check():
 @pytest.fixture(scope="module")
 def demo_config(tmp_path_factory):
     """The demo's data, model and config, with the model trained briefly and 2 classes."""
-    from spray.cli.main import demo
+    from spray.cli import demo
 
     root = tmp_path_factory.mktemp("wf")
     folder = root / "demo"

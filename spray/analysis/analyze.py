@@ -20,22 +20,38 @@ from spray.errors import DataError
 class AnalysisResult:
     """Everything the analysis of one class produces.
 
-    Attributes:
-        eigenvalues: smallest eigenvalues of L_sym, ascending, in [0, 2].
-        eigengaps: ``λ_{i+1} − λ_i`` (absolute gaps, length m−1).
-        relative_eigengaps: ``(λ_{i+1} − λ_i) / λ_{i+1}`` (see :mod:`spray.analysis.spectral`).
-        eigenvectors: ``(n, m)`` eigenvectors of L_sym.
-        labels: ``(n,)`` cluster labels (0 = largest cluster).
-        n_clusters: number of clusters used for the labels.
-        suggested_n_clusters: K at the largest relative eigengap (whatever ``n_clusters`` says).
-        embedding: ``(n, 2)`` t-SNE coordinates, or None.
-        affinity: the symmetric sparse kNN affinity ``W`` (csr).
-        k: number of neighbours actually used.
-        knn_method: ``exact`` or ``pynndescent``.
-        n_components: number of zero eigenvalues (connected components seen in the spectrum).
-        warnings: what was adjusted (e.g. k reduced for a tiny class).
-        timings: seconds per stage.
-        pipeline: the validated pipeline that was run.
+    Attributes
+    ----------
+    eigenvalues
+        smallest eigenvalues of L_sym, ascending, in [0, 2].
+    eigengaps
+        ``λ_{i+1} − λ_i`` (absolute gaps, length m−1).
+    relative_eigengaps
+        ``(λ_{i+1} − λ_i) / λ_{i+1}`` (see :mod:`spray.analysis.spectral`).
+    eigenvectors
+        ``(n, m)`` eigenvectors of L_sym.
+    labels
+        ``(n,)`` cluster labels (0 = largest cluster).
+    n_clusters
+        number of clusters used for the labels.
+    suggested_n_clusters
+        K at the largest relative eigengap (whatever ``n_clusters`` says).
+    embedding
+        ``(n, 2)`` t-SNE coordinates, or None.
+    affinity
+        the symmetric sparse kNN affinity ``W`` (csr).
+    k
+        number of neighbours actually used.
+    knn_method
+        ``exact`` or ``pynndescent``.
+    n_components
+        number of zero eigenvalues (connected components seen in the spectrum).
+    warnings
+        what was adjusted (e.g. k reduced for a tiny class).
+    timings
+        seconds per stage.
+    pipeline
+        the validated pipeline that was run.
     """
 
     eigenvalues: np.ndarray
@@ -95,18 +111,26 @@ def _choose_k(n: int, requested, notes: list) -> int:
 def analyze(features, pipeline="spray-default", embed: bool = True, **overrides) -> AnalysisResult:
     """Run the SpRAy analysis on an ``(n, d)`` feature matrix.
 
-    Args:
-        features: ``(n, d)`` preprocessed relevance (see :func:`spray.analysis.preprocess.preprocess`).
-        pipeline: preset name, YAML path or pipeline dict (already loaded or partial).
-        embed: compute the t-SNE map (also needs ``embedding.method != 'none'``).
-        **overrides: section dicts merged into the pipeline, e.g. ``affinity={"k": 5}``.
+    Parameters
+    ----------
+    features
+        ``(n, d)`` preprocessed relevance (see :func:`spray.analysis.preprocess.preprocess`).
+    pipeline
+        preset name, YAML path or pipeline dict (already loaded or partial).
+    embed
+        compute the t-SNE map (also needs ``embedding.method != 'none'``).
+    **overrides
+        section dicts merged into the pipeline, e.g. ``affinity={"k": 5}``.
 
-    Raises:
-        DataError: fewer than 3 samples, wrong shape, NaN/Inf rows.
-        ConfigError: invalid pipeline or overrides.
+    Raises
+    ------
+    DataError
+        fewer than 3 samples, wrong shape, NaN/Inf rows.
+    ConfigError
+        invalid pipeline or overrides.
     """
     from spray.analysis.clustering import cluster
-    from spray.analysis.knn import graph_from_neighbors, knn_graph
+    from spray.analysis.knn import graph_from_neighbors, knn_neighbors
     from spray.analysis.spectral import (
         eigengaps,
         n_components,
@@ -125,7 +149,7 @@ def analyze(features, pipeline="spray-default", embed: bool = True, **overrides)
 
     t = time.perf_counter()
     k = _choose_k(n, aff["k"], notes)
-    ind, dist, method = knn_graph(X, k, aff, seed=int(spec.get("seed", 0)))
+    ind, dist, method = knn_neighbors(X, k, aff, seed=spec["seed"])
     timings["knn"] = time.perf_counter() - t
     t = time.perf_counter()
     W = graph_from_neighbors(ind, dist, aff)
@@ -134,7 +158,7 @@ def analyze(features, pipeline="spray-default", embed: bool = True, **overrides)
 
     t = time.perf_counter()
     lam, vec = smallest_eigenpairs(W, spec["n_eigenvalues"], solver=spec["solver"],
-                                   tol=spec["tol"], seed=spec["seed"])
+                                   tol=spec["tol"], seed=spec["seed"], notes=notes)
     timings["eigen"] = time.perf_counter() - t
 
     suggested = suggest_n_clusters(lam, clus["max_clusters"])
@@ -142,7 +166,7 @@ def analyze(features, pipeline="spray-default", embed: bool = True, **overrides)
         K = suggested
     else:
         K = min(int(clus["n_clusters"]), n)
-        if vec.shape[1] < K and clus.get("eigenvectors", "n_clusters") == "n_clusters":
+        if vec.shape[1] < K and clus["eigenvectors"] == "n_clusters":
             notes.append(f"n_clusters {K} exceeds the {vec.shape[1]} eigenvectors computed")
     t = time.perf_counter()
     labels = cluster(vec, K, clus, affinity=W)

@@ -21,13 +21,16 @@ import warnings
 
 import numpy as np
 
+from spray.config.presets import ClusteringSection
 from spray.errors import ConfigError
 
 
-def spectral_features(eigenvectors: np.ndarray, n_clusters: int, params: dict) -> np.ndarray:
+def spectral_features(eigenvectors: np.ndarray, n_clusters: int,
+                      params: ClusteringSection | dict) -> np.ndarray:
     """The rows to cluster: the selected eigenvectors, row-normalized unless disabled."""
+    params = ClusteringSection.coerce(params)
     V = np.asarray(eigenvectors, dtype=np.float64)
-    choice = params.get("eigenvectors", "n_clusters")
+    choice = params.eigenvectors
     if choice == "all":
         m = V.shape[1]
     elif choice in ("n_clusters", "auto"):
@@ -35,7 +38,7 @@ def spectral_features(eigenvectors: np.ndarray, n_clusters: int, params: dict) -
     else:
         m = int(choice)
     V = V[:, :max(1, min(m, V.shape[1]))]
-    if params.get("normalize_rows", True):
+    if params.normalize_rows:
         norms = np.linalg.norm(V, axis=1, keepdims=True)
         V = V / np.where(norms > 0, norms, 1.0)
     return V
@@ -53,20 +56,17 @@ def relabel_by_size(labels: np.ndarray) -> np.ndarray:
 def _kmeans(V, K, params):
     from sklearn.cluster import KMeans
 
-    km = KMeans(n_clusters=K, n_init=int(params.get("n_init", 10)),
-                random_state=int(params.get("seed", 0)))
+    km = KMeans(n_clusters=K, n_init=params.n_init, random_state=params.seed)
     return km.fit_predict(V)
 
 
 def _agglomerative(V, K, params, affinity):
     from sklearn.cluster import AgglomerativeClustering
 
-    linkage = params.get("linkage", "ward")
-    connectivity = affinity if affinity is not None else None
-    if connectivity is None and V.shape[0] > 20000:
+    if affinity is None and V.shape[0] > 20000:
         raise ConfigError("pipeline key 'clustering.method': agglomerative clustering of more "
                           "than 20000 samples needs the affinity graph as connectivity")
-    model = AgglomerativeClustering(n_clusters=K, linkage=linkage, connectivity=connectivity)
+    model = AgglomerativeClustering(n_clusters=K, linkage=params.linkage, connectivity=affinity)
     with warnings.catch_warnings():  # a disconnected graph is completed by scikit-learn: fine
         warnings.simplefilter("ignore", UserWarning)
         return model.fit_predict(V)
@@ -76,7 +76,7 @@ def _hdbscan(V, params):
     from sklearn.cluster import HDBSCAN
 
     n = V.shape[0]
-    size = params.get("min_cluster_size", "auto")
+    size = params.min_cluster_size
     if size == "auto":
         size = max(5, int(round(0.02 * n)))
     size = int(min(max(2, size), n))
@@ -94,19 +94,26 @@ def _hdbscan(V, params):
     return labels
 
 
-def cluster(eigenvectors: np.ndarray, n_clusters: int, params: dict, affinity=None) -> np.ndarray:
+def cluster(eigenvectors: np.ndarray, n_clusters: int, params: ClusteringSection | dict,
+            affinity=None) -> np.ndarray:
     """Cluster labels ``(n,)`` (int64, 0 = largest cluster) from the eigenvectors of ``L_sym``.
 
-    Args:
-        eigenvectors: ``(n, m)`` eigenvectors, ascending eigenvalues.
-        n_clusters: K (ignored by ``hdbscan``).
-        params: the pipeline's ``clustering`` section.
-        affinity: optional sparse affinity ``W``, the connectivity for ``agglomerative``.
+    Parameters
+    ----------
+    eigenvectors
+        ``(n, m)`` eigenvectors, ascending eigenvalues.
+    n_clusters
+        K (ignored by ``hdbscan``).
+    params
+        the pipeline's ``clustering`` section.
+    affinity
+        optional sparse affinity ``W``, the connectivity for ``agglomerative``.
     """
     V0 = np.asarray(eigenvectors)
     n = V0.shape[0]
     K = int(max(1, min(int(n_clusters), n)))
-    method = params.get("method", "kmeans")
+    params = ClusteringSection.coerce(params)
+    method = params.method
     if n == 0:
         return np.zeros(0, dtype=np.int64)
     V = spectral_features(V0, K, params)

@@ -20,6 +20,8 @@ from __future__ import annotations
 import numpy as np
 import scipy.sparse as sp
 
+from spray.config.presets import EmbeddingSection
+
 #: openTSNE's FFT-interpolated gradients above this many points, Barnes–Hut below (measured
 #: crossover on the benchmark features: BH 2.6 s vs FFT 6.5 s at 2 000, 6.2 s vs 5.6 s at 5 000)
 FFT_ABOVE = 3500
@@ -125,10 +127,10 @@ def _rescale(Y: np.ndarray, target_std: float = 1e-4) -> np.ndarray:
 
 def _initial_layout(W, features, params, init):
     n = W.shape[0]
-    seed = int(params.get("seed", 0))
+    seed = params.seed
     if init is not None:
         return _rescale(init)
-    how = params.get("init", "spectral")
+    how = params.init
     if how == "spectral":
         from spray.analysis.spectral import smallest_eigenpairs
 
@@ -141,44 +143,49 @@ def _initial_layout(W, features, params, init):
     return _rescale(np.random.default_rng(seed).standard_normal((n, 2)))
 
 
-def embed(W, features, params: dict, init=None) -> np.ndarray:
+def embed(W, features, params: EmbeddingSection | dict, init=None) -> np.ndarray:
     """2-D t-SNE coordinates ``(n, 2)`` of the samples of the kNN graph ``W``.
 
-    Args:
-        W: symmetric sparse affinity from :func:`spray.analysis.knn.knn_affinity`.
-        features: the ``(n, d)`` features the graph was built on (for edge distances), or None.
-        params: the pipeline's ``embedding`` section.
-        init: optional ``(n, 2)`` starting layout (e.g. :func:`spectral_init`), rescaled to
-            openTSNE's convention (standard deviation 1e-4).
+    Parameters
+    ----------
+    W
+        symmetric sparse affinity from :func:`spray.analysis.knn.knn_affinity`.
+    features
+        the ``(n, d)`` features the graph was built on (for edge distances), or None.
+    params
+        the pipeline's ``embedding`` section.
+    init
+        optional ``(n, 2)`` starting layout (e.g. :func:`spectral_init`), rescaled to
+        openTSNE's convention (standard deviation 1e-4).
     """
     from openTSNE import TSNE
 
+    params = EmbeddingSection.coerce(params)
     n = W.shape[0]
     if n == 0:
         return np.zeros((0, 2))
     Y0 = _initial_layout(W, features, params, init)
     if n < 4:
         return Y0 / 1e-4  # too few points for t-SNE to mean anything
-    perplexity = float(params.get("perplexity", 7.0))
-    seed = int(params.get("seed", 0))
-    if params.get("affinity", "graph") == "features" and features is not None:
+    perplexity, seed = params.perplexity, params.seed
+    if params.affinity == "features" and features is not None:
         from openTSNE.affinity import PerplexityBasedNN
 
         aff = PerplexityBasedNN(np.asarray(features, dtype=np.float32),
                                 perplexity=min(perplexity, (n - 1) / 3), random_state=seed,
-                                n_jobs=int(params.get("n_jobs", -1)))
+                                n_jobs=params.n_jobs)
     else:
         from openTSNE.affinity import PrecomputedAffinities
 
         aff = PrecomputedAffinities(graph_affinities(W, features, perplexity), normalize=False)
     tsne = TSNE(
         n_components=2,
-        early_exaggeration=float(params.get("early_exaggeration", 6.0)),
-        early_exaggeration_iter=int(params.get("early_exaggeration_iter", 100)),
-        n_iter=int(params.get("n_iter", 250)),
-        exaggeration=params.get("exaggeration"),
-        learning_rate=params.get("learning_rate", "auto"),
-        n_jobs=int(params.get("n_jobs", 1)),
+        early_exaggeration=params.early_exaggeration,
+        early_exaggeration_iter=params.early_exaggeration_iter,
+        n_iter=params.n_iter,
+        exaggeration=params.exaggeration,
+        learning_rate=params.learning_rate,
+        n_jobs=params.n_jobs,
         random_state=seed,
         negative_gradient_method="fft" if n > FFT_ABOVE else "bh",
     )

@@ -20,14 +20,17 @@ The result is a symmetric ``scipy.sparse.csr_matrix`` with no self-loops and ~``
 
 from __future__ import annotations
 
+import logging
 import math
 import warnings
 
 import numpy as np
 import scipy.sparse as sp
 
+from spray.config.presets import AffinitySection
 from spray.errors import ConfigError, DataError
 
+log = logging.getLogger(__name__)
 
 def resolve_k(n: int, k) -> int:
     """Number of neighbours for ``n`` samples: ``auto`` = ⌈ln n⌉, clamped to ``[1, n-1]``."""
@@ -81,7 +84,7 @@ def exact_knn(X: np.ndarray, k: int, n_jobs: int = 1):
     return ind.astype(np.int64), dist.astype(np.float32)
 
 
-def approximate_knn(X: np.ndarray, k: int, params: dict, seed: int = 0):
+def approximate_knn(X: np.ndarray, k: int, params: AffinitySection | dict, seed: int = 0):
     """Approximate kNN with pynndescent (self excluded): ``(indices, distances)``, (n, k).
 
     The search runs with ``max(k+1, ann_neighbors)`` neighbours (more candidates per node give
@@ -91,25 +94,26 @@ def approximate_knn(X: np.ndarray, k: int, params: dict, seed: int = 0):
     """
     from pynndescent import NNDescent
 
+    params = AffinitySection.coerce(params)
     n = X.shape[0]
     Xs = X
-    pca = params.get("ann_pca")
+    pca = params.ann_pca
     if pca is not None:
         from sklearn.decomposition import PCA
 
         dim = min(64 if pca == "auto" else int(pca), X.shape[1], n)
         Xs = PCA(n_components=dim, svd_solver="randomized", random_state=seed) \
             .fit_transform(X).astype(np.float32)
-    n_search = min(n - 1, max(k + 1, int(params.get("ann_neighbors", 20))))
+    n_search = min(n - 1, max(k + 1, params.ann_neighbors))
     kwargs = {}
-    if params.get("ann_iters", "auto") != "auto":
-        kwargs["n_iters"] = int(params["ann_iters"])
-    if params.get("ann_trees", "auto") != "auto":
-        kwargs["n_trees"] = int(params["ann_trees"])
+    if params.ann_iters != "auto":
+        kwargs["n_iters"] = int(params.ann_iters)
+    if params.ann_trees != "auto":
+        kwargs["n_trees"] = int(params.ann_trees)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         index = NNDescent(Xs, n_neighbors=n_search + 1, metric="euclidean", random_state=seed,
-                          n_jobs=int(params.get("n_jobs", -1)), low_memory=True,
+                          n_jobs=params.n_jobs, low_memory=True,
                           compressed=True, **kwargs)
     ind, dist = index.neighbor_graph
     del index
@@ -134,11 +138,11 @@ def edge_distances(X: np.ndarray, rows: np.ndarray, cols: np.ndarray,
     return out
 
 
-def knn_graph(X: np.ndarray, k: int, params: dict, seed: int = 0):
+def knn_neighbors(X: np.ndarray, k: int, params: AffinitySection | dict, seed: int = 0):
     """Neighbour lists ``(indices, distances, method)`` with the method chosen by size."""
+    params = AffinitySection.coerce(params)
     n = X.shape[0]
-    limit = int(params.get("approximate_above", 50000))
-    if n > limit and n > 2 * (k + 1):
+    if n > params.approximate_above and n > 2 * (k + 1):
         return large_knn(X, k, params, seed=seed)
     ind, dist = exact_knn(X, k)
     return ind, dist, "exact"
@@ -187,7 +191,7 @@ def probe_recall(indices: np.ndarray, rows: np.ndarray, truth: np.ndarray) -> fl
     return float(np.mean(hits)) / k
 
 
-def large_knn(X: np.ndarray, k: int, params: dict, seed: int = 0):
+def large_knn(X: np.ndarray, k: int, params: AffinitySection | dict, seed: int = 0):
     """Neighbours of a class above ``approximate_above`` samples, per ``affinity.search``.
 
     ``exact``: the blocked exact search (:mod:`spray.analysis.knn_blocked`). ``approximate``:
@@ -196,22 +200,19 @@ def large_knn(X: np.ndarray, k: int, params: dict, seed: int = 0):
     runs; otherwise pynndescent runs and its recall on the probe rows is checked: below
     ``min_recall`` the exact search replaces it (fail closed, with a warning).
     """
-    import logging
-
     from spray.analysis.knn_blocked import blocked_knn
 
-    log = logging.getLogger(__name__)
-    search = params.get("search", "auto")
-    n_jobs = int(params.get("n_jobs", -1))
+    params = AffinitySection.coerce(params)
+    search, n_jobs = params.search, params.n_jobs
     if search == "approximate":
         return (*approximate_knn(X, k, params, seed=seed), "pynndescent")
     if search == "auto":
         rows, truth, lid = probe_neighbours(X, k, seed=seed)
-        max_lid = float(params.get("ann_max_lid", 40))
+        max_lid = params.ann_max_lid
         if lid <= max_lid:
             ind, dist = approximate_knn(X, k, params, seed=seed)
             recall = probe_recall(ind, rows, truth)
-            floor = float(params.get("min_recall", 0.95))
+            floor = params.min_recall
             if recall >= floor:
                 log.debug("kNN: pynndescent, recall@%d %.3f on %d probe rows (intrinsic "
                           "dimension %.0f)", k, recall, len(rows), lid)
@@ -227,22 +228,25 @@ def large_knn(X: np.ndarray, k: int, params: dict, seed: int = 0):
     return ind, dist, "exact-blocked"
 
 
-def edge_weights(ind: np.ndarray, dist: np.ndarray, params: dict) -> np.ndarray:
-    """Directed edge weights ``(n, k)`` for the neighbour lists, per ``params['weighting']``."""
-    weighting = params.get("weighting", "binary")
+def edge_weights(ind: np.ndarray, dist: np.ndarray,
+                 params: AffinitySection | dict) -> np.ndarray:
+    """Directed edge weights ``(n, k)`` for the neighbour lists, per ``params.weighting``."""
+    params = AffinitySection.coerce(params)
+    weighting = params.weighting
     if weighting == "binary":
         return np.ones(dist.shape, dtype=np.float64)
     d = dist.astype(np.float64)
     valid = ind >= 0
     if weighting == "gaussian":
-        sigma = params.get("sigma", "auto")
-        if sigma == "auto":
+        if params.sigma == "auto":
             pos = d[valid & np.isfinite(d)]
             sigma = float(np.median(pos)) if pos.size else 1.0
+        else:
+            sigma = float(params.sigma)
         sigma = sigma if sigma > 0 else 1.0
         return np.exp(-(d ** 2) / (2.0 * sigma ** 2))
     if weighting == "local-scaling":
-        j = min(int(params.get("scale_neighbor", 7)), d.shape[1]) - 1
+        j = min(params.scale_neighbor, d.shape[1]) - 1
         scale = d[:, j].copy()
         positive = scale[np.isfinite(scale) & (scale > 0)]
         floor = float(positive.min()) * 1e-3 if positive.size else 1.0
@@ -267,8 +271,10 @@ def symmetrize(A: sp.csr_matrix, how: str = "max") -> sp.csr_matrix:
     return W
 
 
-def graph_from_neighbors(ind: np.ndarray, dist: np.ndarray, params: dict) -> sp.csr_matrix:
+def graph_from_neighbors(ind: np.ndarray, dist: np.ndarray,
+                         params: AffinitySection | dict) -> sp.csr_matrix:
     """Symmetric affinity matrix from ``(n, k)`` neighbour lists."""
+    params = AffinitySection.coerce(params)
     n, k = ind.shape
     weights = edge_weights(ind, dist, params)
     rows = np.repeat(np.arange(n), k)
@@ -277,24 +283,31 @@ def graph_from_neighbors(ind: np.ndarray, dist: np.ndarray, params: dict) -> sp.
     ok = (cols >= 0) & (cols != rows)
     A = sp.csr_matrix((vals[ok], (rows[ok], cols[ok])), shape=(n, n))
     A.sum_duplicates()
-    return symmetrize(A, params.get("symmetrize", "max"))
+    return symmetrize(A, params.symmetrize)
 
 
-def knn_affinity(features, params: dict, seed: int = 0, return_info: bool = False):
+def knn_affinity(features, params: AffinitySection | dict, seed: int = 0,
+                 return_info: bool = False):
     """Symmetric kNN affinity matrix ``W`` (csr, (n, n), no self-loops) of the feature rows.
 
-    Args:
-        features: ``(n, d)`` array.
-        params: the pipeline's ``affinity`` section.
-        seed: seed of the approximate search.
-        return_info: also return a dict with ``k``, ``method`` and the directed neighbour lists.
+    Parameters
+    ----------
+    features
+        ``(n, d)`` array.
+    params
+        the pipeline's ``affinity`` section.
+    seed
+        seed of the approximate search.
+    return_info
+        also return a dict with ``k``, ``method`` and the directed neighbour lists.
     """
     X = _as_features(features)
     n = X.shape[0]
     if n < 2:
         raise DataError(f"a kNN graph needs at least 2 samples, got {n}")
-    k = resolve_k(n, params.get("k", "auto"))
-    ind, dist, method = knn_graph(X, k, params, seed=seed)
+    params = AffinitySection.coerce(params)
+    k = resolve_k(n, params.k)
+    ind, dist, method = knn_neighbors(X, k, params, seed=seed)
     W = graph_from_neighbors(ind, dist, params)
     if return_info:
         return W, {"k": k, "method": method, "indices": ind, "distances": dist}

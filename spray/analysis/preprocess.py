@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from spray.config.presets import PreprocessSection
 from spray.errors import DataError
 
 _CHUNK = 4096
@@ -98,17 +99,16 @@ def _check_maps(maps) -> np.ndarray:
     return maps
 
 
-def _preprocess_chunk(maps: np.ndarray, params: dict) -> np.ndarray:
+def _preprocess_chunk(maps: np.ndarray, params: PreprocessSection | dict) -> np.ndarray:
+    p = PreprocessSection.coerce(params)
     x = maps.astype(np.float32, copy=False)
-    if x.ndim == 4 and params.get("channel_sum", True):
+    if x.ndim == 4 and p.channel_sum:
         x = x.sum(axis=1)
-    transform = params.get("transform", "none")
-    grid = params.get("pool")
+    transform, grid, norm = p.transform, p.pool, p.normalize
     if transform == "abs":
         x = np.abs(x)
     elif transform == "lowpass":
-        x = _lowpass(x, float(params.get("lowpass_sigma", 1.0)))
-    norm = params.get("normalize", "l1")
+        x = _lowpass(x, p.lowpass_sigma)
     l1 = None
     if norm == "l1" and transform != "fft":
         l1 = np.abs(x).reshape(len(x), -1).sum(axis=1, dtype=np.float64)
@@ -129,19 +129,25 @@ def _preprocess_chunk(maps: np.ndarray, params: dict) -> np.ndarray:
     return feats.astype(np.float32)
 
 
-def preprocess(maps: np.ndarray, params: dict) -> np.ndarray:
+def preprocess(maps: np.ndarray, params: PreprocessSection | dict) -> np.ndarray:
     """Turn relevance maps into a float32 feature matrix ``(n, d)``.
 
-    Args:
-        maps: ``(n, H, W)`` or ``(n, C, H, W)`` relevance maps.
-        params: the pipeline's ``preprocess`` section.
+    Parameters
+    ----------
+    maps
+        ``(n, H, W)`` or ``(n, C, H, W)`` relevance maps.
+    params
+        the pipeline's ``preprocess`` section.
 
-    Raises:
-        DataError: wrong shape or dtype, or maps holding NaN/Inf (the rows are listed).
+    Raises
+    ------
+    DataError
+        wrong shape or dtype, or maps holding NaN/Inf (the rows are listed).
     """
     maps = _check_maps(maps)
     if maps.shape[0] == 0:
         probe = _preprocess_chunk(np.zeros((1,) + maps.shape[1:], dtype=np.float32), params)
         return np.zeros((0, probe.shape[1]), dtype=np.float32)
+    params = PreprocessSection.coerce(params)
     chunks = [_preprocess_chunk(maps[s:s + _CHUNK], params) for s in range(0, len(maps), _CHUNK)]
     return np.concatenate(chunks, axis=0)

@@ -29,6 +29,7 @@ eigenvectors of ``L_sym`` with a deterministic sign (largest-magnitude entry pos
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 import warnings
@@ -41,6 +42,8 @@ ZERO_TOL = 1e-9
 
 #: below this many nodes the eigenproblem is solved densely (cheap and exact)
 DENSE_BELOW = 200
+
+log = logging.getLogger(__name__)
 
 
 def normalized_affinity(W) -> tuple[sp.csr_matrix, np.ndarray]:
@@ -153,10 +156,10 @@ def _eigsh(M: sp.csr_matrix, m: int, tol: float, seed: int, null: np.ndarray | N
     # ARPACK works one vector at a time; idle BLAS threads spinning between its small dense
     # calls slowed it by a third on 2 cores, so BLAS runs single-threaded here
     with threadpool_limits(1, user_api="blas"):
-        mu, vec, res = run(degree) if degree > 1 else (None, None, np.inf)
-        if res > 1e-9:
-            mu, vec, res = run(1)
-    return _with_null(mu, vec, null)
+        found = run(degree) if degree > 1 else None
+        if found is None or found[2] > 1e-9:
+            found = run(1)
+    return _with_null(found[0], found[1], null)
 
 
 #: Chebyshev solver: polynomial degree per iteration, columns per sparse block product
@@ -215,7 +218,7 @@ def _fastest_threads(A, X) -> int:
     if most <= 1:
         return most
     block = X[:, :CHEBYSHEV_BLOCK].to(A.dtype).contiguous()
-    timings = {}
+    timings: dict[int, float] = {}
     for threads in (most, 1):
         torch.set_num_threads(threads)
         A @ block  # warm-up
@@ -223,7 +226,7 @@ def _fastest_threads(A, X) -> int:
         for _ in range(3):
             A @ block
         timings[threads] = time.perf_counter() - start
-    return min(timings, key=timings.get)
+    return min(timings, key=lambda t: timings[t])
 
 
 def _chebyshev(M: sp.csr_matrix, m: int, tol: float, seed: int, null: np.ndarray | None = None,
@@ -274,7 +277,7 @@ def _chebyshev_iterate(M: sp.csr_matrix, m: int, tol: float, seed: int,
     for _ in range(CHEBYSHEV_MAX_ITER):
         Xf = _chebyshev_filter(A, X[:, locked:].to(A.dtype), degree, cut).double()
         X = torch.cat([X[:, :locked], Xf], dim=1)
-        if c:
+        if N is not None:
             X = X - N @ (N.T @ X)
         Q, _ = torch.linalg.qr(X)
         AQ = (A @ Q.to(A.dtype)).double()
@@ -339,22 +342,32 @@ def _lobpcg(M: sp.csr_matrix, d: np.ndarray, m: int, tol: float, seed: int,
 
 
 def smallest_eigenpairs(W, n_eigenvalues: int, solver: str = "auto", tol: float = 0.0,
-                        seed: int = 0):
+                        seed: int = 0, notes: list | None = None):
     """Smallest eigenvalues (ascending) and eigenvectors of ``L_sym`` of the affinity ``W``.
 
-    Args:
-        W: symmetric sparse affinity ``(n, n)`` with non-negative weights.
-        n_eigenvalues: how many eigenpairs; ``m = min(n_eigenvalues, n)`` are returned
-            (graphs below :data:`DENSE_BELOW` nodes, or asking for ≥ n/2 eigenpairs, are solved
-            densely, otherwise at most ``n − 1``).
-        solver: ``auto`` (:func:`choose_solver`), ``eigsh`` (ARPACK Lanczos, ``which='LA'`` on
-            ``D^-1/2 W D^-1/2``), ``chebyshev`` (filtered block subspace iteration) or
-            ``lobpcg``.
-        tol: solver tolerance (0 = machine precision for ``eigsh``, a residual
-            ``||M v − μ v||`` of :data:`CHEBYSHEV_TOL` for ``chebyshev``).
-        seed: seed of the random start vector (results are deterministic).
+    Parameters
+    ----------
+    W
+        symmetric sparse affinity ``(n, n)`` with non-negative weights.
+    n_eigenvalues
+        how many eigenpairs; ``m = min(n_eigenvalues, n)`` are returned
+        (graphs below :data:`DENSE_BELOW` nodes, or asking for ≥ n/2 eigenpairs, are solved
+        densely, otherwise at most ``n − 1``).
+    solver
+        ``auto`` (:func:`choose_solver`), ``eigsh`` (ARPACK Lanczos, ``which='LA'`` on
+        ``D^-1/2 W D^-1/2``), ``chebyshev`` (filtered block subspace iteration) or
+        ``lobpcg``.
+    tol
+        solver tolerance (0 = machine precision for ``eigsh``, a residual
+        ``||M v − μ v||`` of :data:`CHEBYSHEV_TOL` for ``chebyshev``).
+    seed
+        seed of the random start vector (results are deterministic).
+    notes
+        a list that receives a sentence when the requested solver did not run (too few
+        nodes for it, or a Chebyshev/LOBPCG stall answered by eigsh); also logged.
 
-    Returns:
+    Returns
+    -------
         ``(eigenvalues (m,), eigenvectors (n, m))``.
     """
     M, d = normalized_affinity(W)
@@ -364,6 +377,8 @@ def smallest_eigenpairs(W, n_eigenvalues: int, solver: str = "auto", tol: float 
     m = int(max(1, n_eigenvalues))
     if n < DENSE_BELOW or (m >= n // 2 and n <= 2000):
         m = min(m, n)
+        if solver not in ("auto", "eigsh"):
+            _note(notes, f"solver {solver}: a graph of {n} nodes is solved densely (exact)")
         mu, vec = _dense(M, m)
     else:
         m = min(m, n // 2 - 1 if n > 2000 else n - 1)
@@ -380,10 +395,20 @@ def smallest_eigenpairs(W, n_eigenvalues: int, solver: str = "auto", tol: float 
                     found = _chebyshev(M, m, tol, seed, null)
             elif solver == "lobpcg" and 5 * m < n:
                 found = _lobpcg(M, d, m, tol, seed, null)
+            if found is None and solver in ("chebyshev", "lobpcg"):
+                why = ("it stalled" if (4 if solver == "chebyshev" else 5) * m < n
+                       else f"{m} eigenpairs of {n} nodes are too many for it")
+                _note(notes, f"solver {solver}: {why}; eigsh (Lanczos) computed the eigenpairs")
             mu, vec = found if found is not None else _eigsh(M, m, tol, seed, null)
     lam = np.clip(1.0 - mu, 0.0, 2.0)
     order = np.argsort(lam, kind="stable")
     return lam[order], _fix_signs(vec[:, order])
+
+
+def _note(notes: list | None, text: str) -> None:
+    log.info(text)
+    if notes is not None:
+        notes.append(text)
 
 
 def eigengaps(eigenvalues) -> np.ndarray:

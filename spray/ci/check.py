@@ -12,18 +12,26 @@ class fails only when it is
   :data:`GROWTH` (relative size).
 
 Otherwise it is ``accepted`` (known and no worse: reported, not failed). Classes flagged in the
-baseline but not any more are reported as ``resolved``. Classes whose analysis failed are shown
-as errors in the JUnit file and the table but do not change the exit code.
+baseline but not any more are reported as ``resolved``. A baseline must come from the same model
+code, kind of data, class list and analysis pipeline (:data:`BASELINE_FINGERPRINTS`); another is
+refused (exit 2) unless ``baseline_any``.
+
+The check fails closed: a run that did not finish, a class whose analysis failed or is missing,
+and a summary that is not the one of the store's last run exit with code 3
+(:class:`~spray.errors.IncompleteRunError`) unless ``allow_incomplete``. Classes within the watch
+margin below the threshold are listed as ``watch`` and never fail.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
+import re
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
-from spray.errors import SprayError, StoreError
+from spray.errors import IncompleteRunError, SprayError, StoreError
 
 #: score rise (in score units) above which an accepted flag counts as worse
 DEFAULT_MARGIN = 0.5
@@ -33,6 +41,10 @@ GROWTH = 0.5
 SAME_SUSPECT_JACCARD = 0.3
 
 FAILING = ("new", "worse")
+#: fingerprints a baseline run must share with the checked one (weights and samples may differ)
+BASELINE_FINGERPRINTS = ("model_code", "dataset", "classes", "pipeline")
+#: class statuses the gate accepts without ``allow_incomplete``
+VOUCHED = ("ok", "skipped")
 
 
 def _summary_path(run_dir: str | Path) -> Path:
@@ -44,23 +56,136 @@ def _summary_path(run_dir: str | Path) -> Path:
     return p / "report" / "summary.json"
 
 
+def _rebuild(run_dir: Path) -> None:
+    """Write ``RUN_DIR/report/summary.json`` from the store (nothing is written without one)."""
+    from spray.report.summary import write_summary
+    from spray.store import OwnedFiles, adopt_legacy_run, open_store
+
+    open_store(run_dir)  # a mistyped path is refused before anything is created
+    adopt_legacy_run(run_dir)
+    files = OwnedFiles(run_dir)
+    if not files.owns("report"):
+        raise StoreError(f"{run_dir / 'report'} was not written by spray; refusing to write the "
+                         f"run summary into it")
+    files.claim_folder("report")
+    write_summary(run_dir)
+
+
 def load_summary(run_dir: str | Path, rebuild: bool = True) -> dict:
     """The run's ``summary.json`` (rebuilt from the store when it is missing and ``rebuild``)."""
     path = _summary_path(run_dir)
     if not path.is_file():
-        if not rebuild:
+        if not rebuild or not Path(run_dir).is_dir():
             raise StoreError(f"{run_dir}: no run summary found (expected {path}); give the "
                              f"folder of a finished run or its summary.json")
-        from spray.report.summary import write_summary
-
-        write_summary(run_dir)  # rebuild from the store (raises StoreError if there is none)
+        _rebuild(Path(run_dir))
     try:
-        summary = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as err:
+        summary = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
         raise StoreError(f"{path}: cannot read the run summary: {err}") from None
+    _validate_summary(summary, path)
+    if "watch_margin" not in summary:
+        from spray.report.summary import mark_watch
+
+        summary["watch_margin"] = mark_watch(summary["classes"])
+        summary["watch"] = [e["class"] for e in summary["classes"] if e.get("watch")]
+    return summary
+
+
+def _finite(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _validate_summary(summary, path: Path) -> None:
+    """A summary the gate can read: every class entry with its number, name, status, a finite
+    score (or none) and a boolean flag."""
     if not isinstance(summary, dict) or not isinstance(summary.get("classes"), list):
         raise StoreError(f"{path}: not a spray run summary (no 'classes' list)")
-    return summary
+    for i, e in enumerate(summary["classes"]):
+        where = f"{path}: class entry {i}"
+        if not isinstance(e, dict) or not isinstance(e.get("class"), int) \
+                or isinstance(e.get("class"), bool):
+            raise StoreError(f"{where} has no class number; the summary is damaged or not "
+                             f"spray's (rebuild it with 'spray report')")
+        where = f"{path}: class {e['class']}"
+        for key, ok in (("name", lambda v: v is not None),
+                        ("status", lambda v: isinstance(v, str)),
+                        ("flagged", lambda v: isinstance(v, bool)),
+                        ("score", lambda v: v is None or _finite(v)),
+                        ("threshold", lambda v: v is None or _finite(v)),
+                        ("clusters", lambda v: isinstance(v, list))):
+            if key in ("threshold",) and key not in e:
+                continue
+            if key not in e or not ok(e[key]):
+                raise StoreError(f"{where}: key '{key}' is missing or invalid "
+                                 f"({e.get(key)!r}); the summary is damaged or not spray's")
+        if not all(isinstance(cl, dict) for cl in e["clusters"]):
+            raise StoreError(f"{where}: key 'clusters' holds a non-mapping entry")
+
+
+def gate_problems(summary: dict, run_dir: str | Path | None = None) -> list[str]:
+    """Why the gate cannot vouch for this run (empty when it can).
+
+    The run must have finished (``run_state``), its summary must be the one of the store's last
+    run (when the store is there to compare with), and every class must be analysed (or skipped
+    for having too few samples).
+    """
+    problems = []
+    state = summary.get("run_state")
+    store = _store_attrs(run_dir)
+    if store is not None and store.get("run_state") != "finished" and state == "finished":
+        problems.append(f"the run did not finish: the store was last written by a run in state "
+                        f"'{store.get('run_state')}' and the summary is older; rerun the same "
+                        f"command to resume it")
+    elif state is None:
+        problems.append("the summary records no run state (made by an older spray, or not a "
+                        "run summary); rerun 'spray run'")
+    elif state != "finished":
+        problems.append(f"the run did not finish (state '{state}'); rerun the same command to "
+                        f"resume it")
+    elif store is not None and store.get("run_id") != summary.get("run_id"):
+        problems.append(f"the summary is stale: it belongs to run {summary.get('run_id')} but "
+                        f"the store was last written by run {store.get('run_id')}; rebuild it "
+                        f"with 'spray report'")
+    for e in summary["classes"]:
+        if e.get("status") not in VOUCHED:
+            why = f": {e['reason']}" if e.get("reason") else ""
+            problems.append(f"class {_plain(e['name'])} ({e['class']}) is {e.get('status')}{why}")
+    return problems
+
+
+def _store_attrs(run_dir) -> dict | None:
+    """Run state and id of the store the summary at ``run_dir`` belongs to (None without one).
+
+    ``run_dir`` is a run folder, its ``report/`` folder or a ``summary.json`` (of a run folder
+    when it lies in ``report/``).
+    """
+    if run_dir is None:
+        return None
+    p = Path(run_dir)
+    folder = p if p.is_dir() else p.parent
+    if folder.name == "report" and not (folder / "spray.zarr").exists():
+        folder = folder.parent
+    if not (folder / "spray.zarr").exists():
+        return None
+    from spray.store import open_store
+
+    attrs = open_store(folder).attrs
+    return {"run_id": attrs.get("run_id"), "run_state": attrs.get("run_state")}
+
+
+def check_baseline(summary: dict, baseline: dict) -> None:
+    """Refuse a baseline of another model, dataset, class list or pipeline (names the
+    fingerprint that differs)."""
+    ours, theirs = summary.get("fingerprints") or {}, baseline.get("fingerprints") or {}
+    differ = [k for k in BASELINE_FINGERPRINTS
+              if ours.get(k) is None or theirs.get(k) is None or ours.get(k) != theirs.get(k)]
+    if differ:
+        shown = ", ".join(f"{k} ({theirs.get(k) or 'unknown'} in the baseline, "
+                          f"{ours.get(k) or 'unknown'} now)" for k in differ)
+        raise SprayError(f"the baseline is not comparable: its fingerprints differ: {shown}. "
+                         f"A baseline must come from the same model code, kind of data, class "
+                         f"list and pipeline; pass --baseline-any to compare anyway")
 
 
 def _suspects(entry: dict) -> list[dict]:
@@ -88,7 +213,7 @@ def _suspect_members(entry: dict) -> list | None:
 def _reason(entry: dict) -> str:
     cl = _suspect(entry) or {}
     size = cl.get("size")
-    bits = [f"class {entry['name']} ({entry['class']}): score {entry['score']:.2f} >= threshold "
+    bits = [f"class {_plain(entry['name'])} ({entry['class']}): score {entry['score']:.2f} ≥ threshold "
             f"{entry.get('threshold')}; suspect cluster {cl.get('id')} of {size} samples "
             f"({100 * float(cl.get('fraction', 0)):.0f} %) whose relevance is tightly grouped "
             f"although their inputs are not"]
@@ -102,10 +227,10 @@ def _reason(entry: dict) -> str:
         ev.append(f"{100 * cl['concentration']:.0f} % of its relevance difference in "
                   f"{100 * float((entry.get('flag_params') or {}).get('concentration_area', 0.1)):.0f}"
                   f" % of the area")
-    if cl.get("null_p") is not None:
-        ev.append(f"null p = {cl['null_p']:.3g}")
     if cl.get("split_from") is not None:
-        ev.append(f"split off cluster {cl['split_from']} by its spectral bisection")
+        how = (f"a sweep cut along eigenvector {cl['cut_along']}"
+               if cl.get("cut_along") is not None else "its spectral bisection")
+        ev.append(f"split off cluster {cl['split_from']} by {how}")
     if ev:
         bits.append("(" + "; ".join(ev) + ")")
     more = _suspects(entry)[1:]
@@ -182,6 +307,8 @@ def failing(summary: dict) -> list[dict]:
 
 
 def _verdict(e: dict) -> str:
+    if e.get("watch") and not e.get("flagged"):
+        return "watch"
     if e.get("flagged"):
         return {"accepted": "accepted", "new": "NEW", "worse": "WORSE"}.get(e.get("baseline"),
                                                                             "FLAGGED")
@@ -195,16 +322,24 @@ def table(summary: dict) -> str:
     for e in summary["classes"]:
         score = "" if e.get("score") is None else f"{e['score']:.3f}"
         size = _suspect_size(e) if e.get("flagged") else None
-        lines.append(f"{str(e['name'])[:20]:<20} {e.get('n_samples') or 0:>7} {score:>8} "
+        lines.append(f"{_plain(e['name'])[:20]:<20} {e.get('n_samples') or 0:>7} {score:>8} "
                      f"{_verdict(e):>9} {'' if size is None else size:>8}")
     return "\n".join(lines)
+
+
+_CONTROL = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f\ufffe\uffff\ud800-\udfff]")
+
+
+def _plain(text) -> str:
+    """Text without control characters (valid in XML, one line in a log)."""
+    return _CONTROL.sub("?", str(text)).replace("\n", " ").replace("\r", " ").replace("\t", " ")
 
 
 def junit(summary: dict, path: Path) -> None:
     """One test case per class: failure = flagged (new/worse with a baseline), error = failed."""
     fails = failing(summary)
-    errors = [e for e in summary["classes"] if e.get("status") == "failed"]
-    skipped = [e for e in summary["classes"] if e.get("status") not in ("ok", "failed")]
+    errors = [e for e in summary["classes"] if e.get("status") not in VOUCHED]
+    skipped = [e for e in summary["classes"] if e.get("status") == "skipped"]
     suite = ET.Element("testsuite", name="spray.clever-hans", tests=str(len(summary["classes"])),
                        failures=str(len(fails)), errors=str(len(errors)),
                        skipped=str(len(skipped)))
@@ -215,34 +350,60 @@ def junit(summary: dict, path: Path) -> None:
     for e in summary["classes"]:
         case = ET.SubElement(suite, "testcase", classname="spray.ci.check",
                              name=f"class {e['name']} ({e['class']})")
+        if e.get("watch"):
+            ET.SubElement(case, "system-out").text = (
+                f"watch: score {_num(e.get('score'))} within {summary.get('watch_margin')} of the "
+                f"threshold {e.get('threshold')}")
         if id(e) in fail_ids:
             ET.SubElement(case, "failure", message=_reason(e), type="CleverHans").text = \
                 json.dumps([cl for cl in e["clusters"] if cl.get("suspect")], indent=1)[:20000]
-        elif e.get("status") == "failed":
-            ET.SubElement(case, "error", message=f"analysis failed: {e.get('reason', '')}")
+        elif e.get("status") not in VOUCHED:  # failed, incomplete: the gate cannot vouch
+            ET.SubElement(case, "error", message=f"analysis {e.get('status')}: "
+                                                 f"{e.get('reason', '')}")
         elif e.get("status") != "ok":
             ET.SubElement(case, "skipped", message=f"{e.get('status')}: {e.get('reason', '')}")
         elif e.get("flagged"):
             ET.SubElement(case, "system-out").text = "accepted in the baseline: " + _reason(e)
+    for node in suite.iter():
+        node.attrib = {k: _plain(v) for k, v in node.attrib.items()}
+        if node.text:
+            node.text = _CONTROL.sub("?", node.text)
     ET.ElementTree(suite).write(path, encoding="utf-8", xml_declaration=True)
 
 
+_MD_SPECIAL = re.compile(r"([\\`*_{}\[\]()#+\-.!|<>&~])")
+
+
 def _md(text) -> str:
-    """Markdown table cell: escape pipes, drop newlines, neutralise HTML."""
-    return (str(text).replace("\\", "\\\\").replace("|", "\\|").replace("\n", " ")
-            .replace("<", "&lt;").replace(">", "&gt;"))
+    """Markdown table cell: plain text, Markdown punctuation backslash-escaped (no HTML entities,
+    no links or markup from class names), one line."""
+    return _MD_SPECIAL.sub(r"\\\1", _plain(text))
 
 
-def markdown(summary: dict, report_link: str | None = None) -> str:
+def ci_run_url(env=None) -> str | None:
+    """The URL of the CI job that runs the check (GitHub Actions, GitLab CI), if any."""
+    env = os.environ if env is None else env
+    if env.get("GITHUB_SERVER_URL") and env.get("GITHUB_REPOSITORY") and env.get("GITHUB_RUN_ID"):
+        return (f"{env['GITHUB_SERVER_URL'].rstrip('/')}/{env['GITHUB_REPOSITORY']}/actions/runs/"
+                f"{env['GITHUB_RUN_ID']}")
+    return env.get("CI_JOB_URL") or None
+
+
+def markdown(summary: dict, report_link: str | None = None, ci_url: str | None = None) -> str:
     fails = failing(summary)
     with_baseline = "baseline_counts" in summary
-    if fails:
+    problems = summary.get("gate_problems") or []
+    if problems:
+        head = f"**The run cannot be vouched for** ({len(problems)} problem(s))"
+    elif fails:
         why = " (new or worse than the baseline)" if with_baseline else ""
         head = f"**{len(fails)} class(es) flagged{why}**"
     else:
         head = "**No class flagged**" if not summary.get("flagged") else \
             "**No new or worse flags** (all flags accepted in the baseline)"
     lines = ["## spray: Clever-Hans check", "", head, ""]
+    if problems:
+        lines += [f"- {_md(p)}" for p in problems] + [""]
     if with_baseline:
         c = summary["baseline_counts"]
         lines += [f"Baseline: {c['new']} new, {c['worse']} worse, {c['accepted']} accepted, "
@@ -262,9 +423,25 @@ def markdown(summary: dict, report_link: str | None = None) -> str:
                      f"{'' if size is None else size} |")
     if fails:
         lines += ["", "### Why"] + [f"- {_md(_reason(e))}" for e in fails]
-    if report_link:
-        lines += ["", f"Report: {report_link}"]
+    watch = [e for e in summary["classes"] if e.get("watch")]
+    if watch:
+        lines += ["", f"### Watch (within {summary.get('watch_margin')} below the threshold)"]
+        lines += [f"- {_md(_watch_line(e))}" for e in watch]
+    if ci_url:
+        lines += ["", f"Report: in the artifacts of [this CI run]({ci_url})"
+                  + (f" (`{_plain(report_link)}`)" if report_link else "")]
+    elif report_link:
+        lines += ["", f"Report: `{_plain(report_link)}`"]
     return "\n".join(lines) + "\n"
+
+
+def _watch_line(e: dict) -> str:
+    best = max((cl for cl in e.get("clusters", []) if _finite(cl.get("score"))),
+               key=lambda cl: cl["score"], default=None)
+    shown = (f"; best candidate: cluster {best.get('id')} of {best.get('size')} samples"
+             if best else "")
+    return (f"class {_plain(e['name'])} ({e['class']}): score {_num(e.get('score'))}, threshold "
+            f"{e.get('threshold')}{shown}")
 
 
 def _gh_escape(text: str) -> str:
@@ -282,17 +459,53 @@ def github_annotations(summary: dict) -> list[str]:
         elif e.get("flagged"):
             out.append(f"::notice title=spray: accepted Clever-Hans flag::{_gh_escape(_reason(e))}")
         elif e.get("status") == "failed":
-            text = f"class {e['name']}: {e.get('reason', '')}"
+            text = f"class {_plain(e['name'])}: {e.get('reason', '')}"
             out.append(f"::warning title=spray: analysis failed::{_gh_escape(text)}")
     return out
 
 
+def verdict_lines(summary: dict, report_dir: Path | None = None, best: int = 3) -> list[str]:
+    """The verdict in a few lines: flagged classes (score, suspect size, class page), the
+    watch band and the next-best classes."""
+    def page(e):
+        name = f"class_{e['class']}.html"
+        return f" — {report_dir / name}" if report_dir else ""
+
+    flagged = [e for e in summary["classes"] if e.get("flagged")]
+    lines = []
+    for e in flagged:
+        lines.append(f"flagged: {_plain(e['name'])} ({e['class']}): score {_num(e['score'])} ≥ "
+                     f"{e.get('threshold')}, suspect group of {_suspect_size(e)} of "
+                     f"{e.get('n_samples')} samples{page(e)}")
+    for e in summary["classes"]:
+        if e.get("watch"):
+            lines.append(f"watch: {_watch_line(e)}{page(e)}")
+    rest = sorted((e for e in summary["classes"] if not e.get("flagged") and not e.get("watch")
+                   and e.get("score") is not None), key=lambda e: -e["score"])[:best]
+    if rest:
+        lines.append("next best: " + ", ".join(f"{_plain(e['name'])} {_num(e['score'])}"
+                                               for e in rest))
+    if not flagged:
+        lines.insert(0, "verdict: no class flagged")
+    return lines
+
+
 def check(run_dir: str | Path, junit_path: str | None = None, markdown_path: str | None = None,
-          baseline: str | None = None, margin: float = DEFAULT_MARGIN) -> int:
-    """Print the verdict table; write the requested CI files; return the exit code (1 = flags)."""
+          baseline: str | None = None, margin: float = DEFAULT_MARGIN,
+          allow_incomplete: bool = False, baseline_any: bool = False) -> int:
+    """Print the verdict table; write the requested CI files; return the exit code.
+
+    0: nothing (new) flagged; 1: flagged classes; 3: the run cannot be vouched for (did not
+    finish, failed or missing classes, stale summary) unless ``allow_incomplete``.
+    """
     summary = load_summary(run_dir)
     if baseline:
-        compare(summary, load_summary(baseline, rebuild=False), margin=margin)
+        old = load_summary(baseline, rebuild=False)
+        if not baseline_any:
+            check_baseline(summary, old)
+        compare(summary, old, margin=margin)
+    problems = gate_problems(summary, run_dir)
+    summary["gate_problems"] = [] if allow_incomplete else problems
     print(table(summary))
     if junit_path:
         try:
@@ -301,12 +514,13 @@ def check(run_dir: str | Path, junit_path: str | None = None, markdown_path: str
             raise SprayError(f"--junit {junit_path}: cannot write the JUnit file: "
                              f"{err.strerror or err}") from None
     if markdown_path:
-        report = Path(run_dir) / "report" / "index.html"
+        report = _summary_path(run_dir).parent / "index.html"
         step_summary = os.environ.get("GITHUB_STEP_SUMMARY")
         mode = "a" if step_summary and Path(step_summary) == Path(markdown_path) else "w"
         try:
             with open(markdown_path, mode, encoding="utf-8") as fh:  # job summaries are appended to
-                fh.write(markdown(summary, str(report) if report.is_file() else None))
+                fh.write(markdown(summary, str(report) if report.is_file() else None,
+                                  ci_run_url()))
         except OSError as err:
             raise SprayError(f"--markdown {markdown_path}: cannot write the Markdown summary: "
                              f"{err.strerror or err}") from None
@@ -318,8 +532,19 @@ def check(run_dir: str | Path, junit_path: str | None = None, markdown_path: str
         c = summary["baseline_counts"]
         print(f"baseline {baseline}: {c['new']} new, {c['worse']} worse, {c['accepted']} "
               f"accepted, {c['resolved']} resolved")
+    watch = [e for e in summary["classes"] if e.get("watch")]
+    if watch:
+        print(f"watch (within {summary.get('watch_margin')} below the threshold, not failing): "
+              f"{', '.join(_plain(e['name']) for e in watch)}")
     if fails:
-        print(f"flagged: {', '.join(str(e['name']) for e in fails)}")
+        print(f"flagged: {', '.join(_plain(e['name']) for e in fails)}")
+    if problems:
+        text = "; ".join(problems)
+        if not allow_incomplete:
+            raise IncompleteRunError(f"the gate cannot vouch for {run_dir}: {text}. Pass "
+                                     f"--allow-incomplete to check the finished classes only")
+        print(f"incomplete (allowed): {text}")
+    if fails:
         return 1
     print("no class flagged" if not summary.get("flagged") else
           "no new or worse flags than the baseline")

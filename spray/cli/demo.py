@@ -9,7 +9,9 @@ trained on the train split in seconds, and ``spray run`` analyses the test split
 from __future__ import annotations
 
 import json
+import logging
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +20,10 @@ import yaml
 from torch import nn
 
 from spray.data.sources import load_digits_arrays
+
+log = logging.getLogger(__name__)
+
+#: what the demo writes into its output folder (besides the run's own files)
 
 SIZE = 32
 PLANTED_CLASS = 3
@@ -65,10 +71,12 @@ def make_data(rng: np.random.Generator) -> dict:
 
 
 def fit(model: nn.Module, x: np.ndarray, y: np.ndarray, epochs: int, seed: int,
-        batch: int = 64, lr: float = 2e-3, one_cycle: bool = False) -> nn.Module:
+        batch: int = 64, lr: float = 2e-3, one_cycle: bool = False,
+        on_epoch: Callable[[int, float, float], None] | None = None) -> nn.Module:
     """Train ``model`` with Adam (batches shuffled by ``seed``); eval mode after.
 
     ``one_cycle`` runs a one-cycle schedule peaking at ``lr`` (converges in a few epochs).
+    ``on_epoch(epoch, mean loss, train accuracy)`` is called after each epoch.
     """
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     xt, yt = torch.as_tensor(x), torch.as_tensor(y)
@@ -77,24 +85,41 @@ def fit(model: nn.Module, x: np.ndarray, y: np.ndarray, epochs: int, seed: int,
         opt, max_lr=lr, total_steps=epochs * ((len(xt) + batch - 1) // batch))
         if one_cycle else None)
     model.train()
-    for _ in range(epochs):
+    for epoch in range(1, epochs + 1):
+        loss_sum, correct = 0.0, 0
         for idx in torch.randperm(len(xt), generator=gen).split(batch):
             opt.zero_grad()
-            nn.functional.cross_entropy(model(xt[idx]), yt[idx]).backward()
+            logits = model(xt[idx])
+            loss = nn.functional.cross_entropy(logits, yt[idx])
+            loss.backward()
             opt.step()
             if sched is not None:
                 sched.step()
+            loss_sum += loss.item() * len(idx)
+            correct += int((logits.argmax(1) == yt[idx]).sum())
+        if on_epoch is not None:
+            on_epoch(epoch, loss_sum / len(xt), correct / len(xt))
     return model.eval()
 
 
 def train_model(x: np.ndarray, y: np.ndarray, epochs: int = 12, seed: int = SEED) -> nn.Module:
-    """Train the demo CNN; a few seconds on two cores."""
+    """Train the demo CNN (a few seconds to a minute on two cores), showing each epoch."""
+    from spray.run.progress import StageProgress
+
     torch.manual_seed(seed)
-    return fit(build_model(), x, y, epochs, seed)
+    with StageProgress("training the demo CNN", epochs, "epochs",
+                       enabled=log.isEnabledFor(logging.INFO), every=0.0) as bar:
+        return fit(build_model(), x, y, epochs, seed,
+                   on_epoch=lambda e, loss, acc: bar.update(
+                       1, note=f"loss {loss:.3f}, train accuracy {acc:.3f}"))
 
 
 def prepare(out_dir: Path) -> Path:
-    """Write the demo's data, weights, config and ground truth; returns the config path."""
+    """Write the demo's data, weights, config and ground truth; returns the config path.
+
+    The caller checks the output folder first (``spray demo`` refuses a folder holding files
+    spray did not write before anything is trained or written).
+    """
     demo = out_dir / "demo"
     demo.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(SEED)

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import copy
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Self
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -38,7 +38,25 @@ def _positive_int_or_auto(value: Any, minimum: int = 1) -> int | str:
 
 
 class _Section(BaseModel):
+    """A preset section: every key and its default are defined once, in its class."""
+
     model_config = ConfigDict(extra="forbid")
+
+    @classmethod
+    def coerce(cls, params: _Section | dict | None) -> Self:
+        """The section itself, or a (partial) dict validated into it, defaults filled in.
+
+        Raises
+        ------
+        ConfigError
+            An unknown key or a wrong value, named as in a preset.
+        """
+        if isinstance(params, cls):
+            return params  # type: ignore[return-value]
+        try:
+            return cls.model_validate(dict(params or {}))
+        except ValidationError as exc:
+            raise ConfigError(_format_error(exc)) from None
 
 
 class PreprocessSection(_Section):
@@ -176,22 +194,35 @@ class EmbeddingSection(_Section):
         return float(value)
 
 
-class FlagsSection(BaseModel):
-    """Clever-Hans score parameters; owned by :mod:`spray.verdict.score`, so extra keys are allowed."""
+class FlagsSection(_Section):
+    """Clever-Hans score (see :mod:`spray.verdict` and docs/verdict.md, where the rule is described)."""
 
-    model_config = ConfigDict(extra="allow")
-
-    score: str = "input-contrast"
+    score: Literal["input-contrast"] = "input-contrast"
     threshold: float = 2.0
+    #: classes scoring within this margin below the threshold are listed as "watch" (never
+    #: failing): a near miss stays visible in the run's verdict, summary.json and the report
+    watch_margin: float = Field(default=0.5, ge=0)
     min_cluster_fraction: float = Field(default=0.02, ge=0, le=1)
     max_cluster_fraction: float = Field(default=0.5, ge=0, le=1)
+    min_cluster_size: int = Field(default=5, ge=1)
     conductance_floor: float = Field(default=1e-3, gt=0)
+    bootstrap: int = Field(default=10, ge=0)
+    bootstrap_fraction: float = Field(default=0.8, gt=0, le=1)
+    bootstrap_quantile: float = Field(default=0.2, ge=0, le=1)
+    bootstrap_max_samples: int = Field(default=20000, ge=10)
+    size_prior_knee: float = Field(default=0.35, ge=0, le=1)
+    size_prior_weight: float = Field(default=1.0, ge=0)
+    concentration_area: float = Field(default=0.1, gt=0, le=1)
+    min_concentration: float = Field(default=0.0, ge=0, le=1)
     input_mask_area: float = Field(default=0.1, ge=0, lt=1)
     input_randomness_knee: float = Field(default=0.9, ge=0)
     input_randomness_weight: float = Field(default=10.0, ge=0)
     candidates: Literal["analysis", "all-k"] = "analysis"
     bisect_clusters: bool = True
     other_k_min_jaccard: float = Field(default=0.5, ge=0, le=1)
+    sweep_eigenvectors: int = Field(default=10, ge=0)
+    sweep_min_jaccard: float = Field(default=0.9, ge=0, le=1)
+    seed: int = 0
 
 
 class PipelineModel(_Section):
@@ -310,7 +341,9 @@ def _format_error(exc: ValidationError) -> str:
         if msg.startswith("Value error, "):
             msg = msg[len("Value error, "):]
         if err["type"] == "extra_forbidden":
-            msg = "unknown key"
+            from spray.config.hints import did_you_mean
+
+            msg = "unknown key" + did_you_mean(PipelineModel, tuple(err["loc"]))
         got = err.get("input")
         suffix = "" if err["type"] in ("extra_forbidden", "missing") else f", got {got!r}"
         parts.append(f"pipeline key '{loc}': {msg}{suffix}")
@@ -344,19 +377,26 @@ def load_pipeline(spec: str | Path | dict = "spray-default", overrides: dict | N
                   base_dir: str | Path | None = None) -> dict:
     """Load, merge and validate an analysis pipeline.
 
-    Args:
-        spec: a preset name (``pipelines/<name>.yaml``), a path to a YAML file (relative paths
-            resolve against ``base_dir``) or a dict (its optional ``preset`` / ``extends`` key
-            names the preset it starts from, ``spray-default`` otherwise).
-        overrides: nested dict merged section by section, e.g. ``{"affinity": {"k": 5}}``.
-        base_dir: folder relative YAML paths resolve against.
+    Parameters
+    ----------
+    spec
+        a preset name (``pipelines/<name>.yaml``), a path to a YAML file (relative paths
+        resolve against ``base_dir``) or a dict (its optional ``preset`` / ``extends`` key
+        names the preset it starts from, ``spray-default`` otherwise).
+    overrides
+        nested dict merged section by section, e.g. ``{"affinity": {"k": 5}}``.
+    base_dir
+        folder relative YAML paths resolve against.
 
-    Returns:
+    Returns
+    -------
         A plain nested dict with the sections ``preprocess``, ``affinity``, ``spectral``,
         ``clustering``, ``embedding``, ``flags`` and the keys ``name``, ``description``.
 
-    Raises:
-        ConfigError: unknown preset, unreadable file, unknown key or wrong type (names the key).
+    Raises
+    ------
+    ConfigError
+        unknown preset, unreadable file, unknown key or wrong type (names the key).
     """
     base = Path(base_dir) if base_dir is not None else None
     raw = _load_raw(spec, base)

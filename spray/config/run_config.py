@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import os
 from pathlib import Path
 from typing import Any, Literal
@@ -19,6 +20,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    StrictInt,
     ValidationError,
     field_validator,
     model_validator,
@@ -26,11 +28,55 @@ from pydantic import (
 
 from spray.errors import ConfigError
 
+#: largest config (YAML nodes after expanding aliases) accepted; a small file whose aliases
+#: expand to more (a "billion laughs" file) is refused before it is expanded
+MAX_CONFIG_NODES = 200_000
+#: smallest ``cluster.memory_limit`` accepted (below, workers are restarted over and over)
+MIN_WORKER_MEMORY = 256 * 2**20
 logger = logging.getLogger(__name__)
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    """Base of every config section: unknown keys refused, numbers finite."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+
+def nonfinite_keys(value: Any, prefix: str = "") -> list[str]:
+    """Dotted keys of every NaN or infinite number (or text with a NUL character) in a nested
+    mapping/list."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return [prefix or "<value>"]
+    if isinstance(value, str) and "\0" in value:
+        return [prefix or "<value>"]
+    if isinstance(value, dict):
+        return [k for key, v in value.items()
+                for k in nonfinite_keys(v, f"{prefix}.{key}" if prefix else str(key))]
+    if isinstance(value, (list, tuple)):
+        return [k for i, v in enumerate(value) for k in nonfinite_keys(v, f"{prefix}[{i}]")]
+    return []
+
+
+def check_finite(value: Any, what: str, prefix: str = "") -> None:
+    """Refuse NaN and infinite numbers anywhere in ``value`` (a config or a pipeline), naming
+    the key: a NaN threshold would make every comparison false and silently pass the gate."""
+    bad = nonfinite_keys(value, prefix)
+    if bad:
+        raise ConfigError(f"{what}: key '{bad[0]}' must be a finite number (or text without NUL "
+                          f"characters), got {_at(value, bad[0], prefix)!r}"
+                          + (f" (also {', '.join(bad[1:4])})" if len(bad) > 1 else ""))
+
+
+def _at(value: Any, dotted: str, prefix: str) -> Any:
+    import re
+
+    rest = dotted[len(prefix):].lstrip(".") if prefix and dotted.startswith(prefix) else dotted
+    for part in re.findall(r"[^.\[\]]+|\[\d+\]", rest):
+        try:
+            value = value[int(part[1:-1])] if part.startswith("[") else value[part]
+        except (KeyError, IndexError, TypeError, ValueError):
+            return None
+    return value
 
 
 class DataConfig(_Strict):
@@ -114,12 +160,19 @@ class AttributionConfig(_Strict):
 
 
 class SlurmConfig(_Strict):
-    """One SLURM job of Dask workers (passed to ``dask_jobqueue.SLURMCluster``).
+    """SLURM jobs of Dask workers (passed to ``dask_jobqueue.SLURMCluster``).
 
-    ``cluster.n_workers`` workers are requested in total, ``processes`` per job; each job asks
-    for ``cores`` cores and ``memory``. ``job_extra_directives`` become extra ``#SBATCH`` lines
-    (e.g. ``--gres=gpu:1``), ``job_script_prologue`` shell lines run before the worker starts
-    (e.g. ``source /path/venv/bin/activate``).
+    Each job asks for ``cores`` cores and ``memory`` and runs ``processes`` workers.
+    ``job_extra_directives`` become extra ``#SBATCH`` lines (e.g. ``--gres=gpu:1``),
+    ``job_script_prologue`` shell lines run before the worker starts (e.g.
+    ``source /path/venv/bin/activate``).
+
+    The cluster is adaptive (``adapt``): it keeps between ``minimum_jobs`` and ``maximum_jobs``
+    jobs (default for both: enough jobs for ``cluster.n_workers`` workers), so a job that dies,
+    is cancelled, preempted or reaches its walltime is replaced by a new one. Workers retire
+    gracefully ``lifetime_margin`` before the walltime (``--lifetime``, unless
+    ``worker_extra_args`` sets one), so their finished results move to the other workers before
+    SLURM ends the job. ``adapt: false`` submits a fixed set of jobs that are not replaced.
     """
 
     queue: str | None = None
@@ -136,7 +189,10 @@ class SlurmConfig(_Strict):
     log_directory: str | None = None
     interface: str | None = None
     python: str | None = None
-    adapt: bool = False
+    adapt: bool = True
+    minimum_jobs: int | None = Field(default=None, ge=0)
+    maximum_jobs: int | None = Field(default=None, gt=0)
+    lifetime_margin: str = "5m"
 
     @field_validator("walltime")
     @classmethod
@@ -146,6 +202,27 @@ class SlurmConfig(_Strict):
         if not re.fullmatch(r"(\d+-)?\d{1,3}(:\d{2}){0,2}", value):
             raise ValueError(f"must look like 'HH:MM:SS' or 'D-HH:MM:SS', got {value!r}")
         return value
+
+    @field_validator("lifetime_margin")
+    @classmethod
+    def _margin_form(cls, value: str) -> str:
+        from dask.utils import parse_timedelta
+
+        try:
+            seconds = parse_timedelta(value, default="s")
+        except (ValueError, KeyError, TypeError):
+            raise ValueError(f"must be a duration like '5m' or '30s', got {value!r}") from None
+        if seconds is None or seconds < 0:
+            raise ValueError(f"must be a duration >= 0 like '5m' or '30s', got {value!r}")
+        return value
+
+    @model_validator(mode="after")
+    def _jobs_order(self):
+        if (self.minimum_jobs is not None and self.maximum_jobs is not None
+                and self.minimum_jobs > self.maximum_jobs):
+            raise ValueError(f"minimum_jobs ({self.minimum_jobs}) is larger than maximum_jobs "
+                             f"({self.maximum_jobs})")
+        return self
 
 
 class ClusterConfig(_Strict):
@@ -158,6 +235,9 @@ class ClusterConfig(_Strict):
     (``auto``: the worker host's cores divided among the Dask threads on that host).
     ``lrp_resources`` annotates LRP tasks (e.g. ``{GPU: 1}``) so only workers started with
     ``--resources GPU=1`` run them; ``device`` is where those tasks put the model.
+    ``host`` is the interface an embedded scheduler, its workers and the Dask dashboard listen
+    on (loopback by default, so a shared machine does not expose the run); ``dashboard: false``
+    starts no dashboard at all (CI).
     ``n_workers`` and ``threads_per_worker`` default to ``auto``, chosen from the machine by
     :func:`auto_workers` and logged.
     """
@@ -167,6 +247,8 @@ class ClusterConfig(_Strict):
     threads_per_worker: int | Literal["auto"] = "auto"
     memory_limit: str = "auto"
     progress: bool = True
+    host: str = "127.0.0.1"
+    dashboard: bool = True
     torch_threads: int | Literal["auto"] = "auto"
     lrp_resources: dict[str, float] | None = None
     device: Literal["cpu", "cuda", "auto"] = "cpu"
@@ -179,6 +261,22 @@ class ClusterConfig(_Strict):
     @classmethod
     def _scheduler_form(cls, value: str) -> str:
         return check_scheduler(value)
+
+    @field_validator("memory_limit")
+    @classmethod
+    def _memory_form(cls, value: str) -> str:
+        if value == "auto":
+            return value
+        from dask.utils import parse_bytes
+
+        try:
+            size = parse_bytes(value)
+        except (ValueError, TypeError):
+            raise ValueError(f"must be 'auto' or a size like '4GB', got {value!r}") from None
+        if size < MIN_WORKER_MEMORY:
+            raise ValueError(f"{value!r} is too small for a Dask worker holding a model (at "
+                             f"least {MIN_WORKER_MEMORY // 2**20} MiB)")
+        return value
 
     @field_validator("torch_threads", "n_workers", "threads_per_worker")
     @classmethod
@@ -253,7 +351,7 @@ class RunConfig(_Strict):
     data: DataConfig
     model: ModelConfig | None = None  # required unless attribution.precomputed is set
     attribution: AttributionConfig = Field(default_factory=AttributionConfig)
-    classes: Literal["all"] | list[int] = "all"
+    classes: Literal["all"] | list[StrictInt] = "all"
     class_names: list[str] | None = None
     pipeline: str | dict[str, Any] = "spray-default"
     cluster: ClusterConfig = Field(default_factory=ClusterConfig)
@@ -277,7 +375,9 @@ def _format_errors(err: ValidationError, source: str) -> str:
     for item in err.errors():
         key = ".".join(str(p) for p in item["loc"] if not str(p).startswith("function-"))
         if item["type"] == "extra_forbidden":
-            parts.append(f"unknown key '{key}'")
+            from spray.config.hints import did_you_mean
+
+            parts.append(f"unknown key '{key}'{did_you_mean(RunConfig, tuple(item['loc']))}")
         elif item["type"] == "missing":
             parts.append(f"missing key '{key}'")
         else:
@@ -316,6 +416,7 @@ def validate_config(raw: Any, base_dir: Path, source: str = "config") -> RunConf
     """Validate a parsed YAML mapping and resolve its relative paths against ``base_dir``."""
     if not isinstance(raw, dict):
         raise ConfigError(f"{source}: the config must be a YAML mapping, got {type(raw).__name__}")
+    check_finite(raw, f"{source}: invalid configuration")
     try:
         cfg = RunConfig.model_validate(raw)
     except ValidationError as err:
@@ -347,23 +448,72 @@ def validate_config(raw: Any, base_dir: Path, source: str = "config") -> RunConf
     return cfg
 
 
+def _expanded_size(node, memo: dict, limit: int) -> int:
+    """Number of YAML nodes once aliases are expanded (counted on the node graph, so nothing is
+    expanded), stopping at ``limit``."""
+    key = id(node)
+    if key in memo:
+        return memo[key]
+    memo[key] = limit  # a node reached again while counting it: an alias cycle
+    size = 1
+    if isinstance(node, yaml.SequenceNode):
+        children = node.value
+    elif isinstance(node, yaml.MappingNode):
+        children = [n for pair in node.value for n in pair]
+    else:
+        children = []
+    for child in children:
+        size += _expanded_size(child, memo, limit)
+        if size >= limit:
+            break
+    memo[key] = min(size, limit)
+    return memo[key]
+
+
+def read_yaml(path: Path, what: str = "config") -> Any:
+    """Parse a YAML file, refusing non-text files and alias bombs, with the file named."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"{path}: not a text file ({err.reason} at byte {err.start}); give the "
+                          f"YAML {what} file") from None
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        if node is not None and _expanded_size(node, {}, MAX_CONFIG_NODES) >= MAX_CONFIG_NODES:
+            raise ConfigError(f"{path}: the YAML expands to more than {MAX_CONFIG_NODES} values "
+                              f"(aliases repeated inside aliases); refusing to expand it")
+        return yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML: {err}") from None
+    except RecursionError:
+        raise ConfigError(f"{path}: the YAML is nested too deeply") from None
+
+
 def load_config(path: str | Path) -> tuple[RunConfig, Path]:
     """Read and validate a run config; returns it with the folder its paths resolve against."""
     path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"{path} is a folder; give the run config file (YAML) inside it")
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as err:
-        raise ConfigError(f"{path}: not valid YAML: {err}") from None
+    raw = read_yaml(path)
     base = path.resolve().parent
     return validate_config(raw, base, source=str(path)), base
 
 
+def json_hash(payload) -> str:
+    """16 hex digits of the SHA-256 of ``payload`` as canonical JSON (keys sorted)."""
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
 def config_hash(cfg: RunConfig) -> str:
     """A stable hash of everything that changes the results (the output folder excluded)."""
-    payload = cfg.model_dump(exclude={"output", "cluster"})
-    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    return json_hash(cfg.model_dump(exclude={"output", "cluster"}))
+
+
+def attribution_hash(cfg: RunConfig) -> str:
+    """Fingerprint of the attribution settings (a change means other relevance maps)."""
+    return json_hash(cfg.attribution.model_dump(exclude={"batch_size"}))
 
 
 def dump_config(cfg: RunConfig, base_dir: Path, pipeline: dict) -> str:

@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import hashlib
 import importlib
+import json
 import sys
 from functools import lru_cache
 
 import torch
 
+from spray.data.files import file_stamp
 from spray.errors import ModelError
 
 
@@ -33,16 +35,33 @@ def _import_factory(spec: str, base_dir: str | None):
     return factory
 
 
+def _pickled_objects(err: Exception) -> list[str]:
+    """The Python objects PyTorch's safe loader refused (``GLOBAL a.b.C`` in its message)."""
+    import re
+
+    return sorted(set(re.findall(r"GLOBAL ([\w.]+)", str(err))))
+
+
 def _read_weights(path: str, trust_pickle: bool):
+    from pathlib import Path
+
+    if not Path(path).is_file():
+        kind = "a folder" if Path(path).is_dir() else "not a regular file"
+        raise ModelError(f"key 'model.weights': {path} is {kind}; give the weights file "
+                         f"(a state_dict saved with torch.save)")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001
         if not trust_pickle:
+            objects = _pickled_objects(err)
+            what = (f"a pickled Python object ({', '.join(objects)})" if objects
+                    else "no plain tensor checkpoint (a pickle, or not a torch.save file)")
             raise ModelError(
-                f"key 'model.weights': {path} cannot be read as a plain tensor checkpoint "
-                f"(torch.load weights_only=True failed: {str(err).splitlines()[0]}). A pickled "
-                f"checkpoint can run arbitrary code when loaded, so it is refused; save a "
-                f"state_dict instead, or set 'model.trust_pickle: true' if you trust the file."
+                f"key 'model.weights': {path} holds {what}. Loading a pickle can run arbitrary "
+                f"code, so spray refuses it. Two ways out: save the weights as a state_dict "
+                f"(torch.save(model.state_dict(), PATH)) and point 'model.weights' at that "
+                f"file, or, if you trust the file, set 'model.trust_pickle: true' in the "
+                f"config."
             ) from None
     try:
         return torch.load(path, map_location="cpu", weights_only=False)
@@ -77,24 +96,56 @@ def build_model(model_cfg: dict, base_dir: str | None) -> torch.nn.Module:
 
 
 @lru_cache(maxsize=2)
-def _cached(key: tuple, base_dir: str | None) -> torch.nn.Module:
-    cfg = dict(key)
-    cfg["kwargs"] = dict(cfg.get("kwargs", ()))
-    return build_model(cfg, base_dir)
+def _cached(key: str, base_dir: str | None, weights_stamp: tuple | None) -> torch.nn.Module:
+    return build_model(json.loads(key), base_dir)
 
 
 def load_model(model_cfg: dict, base_dir: str | None) -> torch.nn.Module:
     """Build the model once per process and reuse it (Dask workers call this per task)."""
-    key = tuple(sorted((k, tuple(sorted(v.items())) if isinstance(v, dict) else v)
-                       for k, v in model_cfg.items()))
-    return _cached(key, base_dir)
+    return _cached(json.dumps(model_cfg, sort_keys=True), base_dir,
+                   file_stamp(model_cfg.get("weights"), base_dir))
 
 
-def model_fingerprint(model: torch.nn.Module) -> str:
-    """Hash of the model's parameters and buffers (what the relevance maps depend on)."""
+def _source_of(module_name: str) -> bytes:
+    """The source file of a module (empty when it has none, e.g. a built-in)."""
+    module = sys.modules.get(module_name)
+    path = getattr(module, "__file__", None)
+    if not path:
+        return b""
+    try:
+        with open(path, "rb") as fh:
+            return fh.read()
+    except OSError:
+        return b""
+
+
+def model_code_fingerprint(model: torch.nn.Module, factory: str | None = None) -> str:
+    """Hash of the model's code: its architecture (the module tree with every layer's settings),
+    the source of the factory's module and of every module defining one of its layer classes
+    outside torch (a change to a ``forward`` there changes the relevance maps)."""
     h = hashlib.sha256()
-    for name, tensor in sorted(model.state_dict().items()):
+    h.update(repr(model).encode())
+    modules = {factory.partition(":")[0]} if factory else set()
+    for layer in model.modules():
+        name = type(layer).__module__
+        if name.split(".")[0] not in ("torch", "torchvision"):
+            modules.add(name)
+    for name in sorted(modules):
         h.update(name.encode())
-        h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+        h.update(_source_of(name))
     return h.hexdigest()[:16]
 
+
+def model_fingerprint(model: torch.nn.Module, factory: str | None = None) -> str:
+    """Hash of everything the relevance maps depend on in the model: its parameters and buffers
+    (persistent or not) and its code (:func:`model_code_fingerprint`)."""
+    h = hashlib.sha256()
+    tensors = dict(model.named_parameters())
+    tensors.update({f"buffer:{k}": v for k, v in model.named_buffers()})
+    for name, tensor in sorted(tensors.items()):
+        h.update(name.encode())
+        h.update(str(tensor.dtype).encode())
+        h.update(str(tuple(tensor.shape)).encode())
+        h.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    h.update(model_code_fingerprint(model, factory).encode())
+    return h.hexdigest()[:16]

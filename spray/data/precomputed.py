@@ -36,6 +36,7 @@ from pathlib import Path
 
 import numpy as np
 
+from spray.data.files import file_stamp
 from spray.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
@@ -305,12 +306,12 @@ def open_attributions(path: str) -> AttributionFile:
     process while unchanged (a ``.npz`` is read whole, once).
     """
     try:
-        st = os.stat(path)
+        os.stat(path)
     except OSError:
         return AttributionFile(path)  # raises the error that names the key
     if Path(path).suffix.lower() in HDF5_SUFFIXES:
         return AttributionFile(path)
-    return _open_cached(str(path), (st.st_mtime_ns, st.st_size, st.st_ino))
+    return _open_cached(str(path), file_stamp(path))
 
 
 @dataclass

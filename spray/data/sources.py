@@ -23,6 +23,7 @@ import gzip
 import hashlib
 import importlib
 import json
+import math
 import os
 import sys
 import warnings
@@ -31,9 +32,21 @@ from pathlib import Path
 
 import numpy as np
 
+from spray.data.files import file_stamp
 from spray.errors import ConfigError, DataError
 
-FINGERPRINT_SAMPLES = 16
+
+def samples_digest(x: np.ndarray, indices: np.ndarray) -> bytes:
+    """SHA-256 of a batch of samples and their dataset indices (32 bytes).
+
+    LRP tasks hash the samples of their chunk as they read them; the store keeps the digest per
+    chunk, so a rerun recomputes exactly the chunks whose samples changed.
+    """
+    h = hashlib.sha256()
+    h.update(np.ascontiguousarray(indices, dtype=np.int64).tobytes())
+    h.update(str((x.dtype.str, x.shape)).encode())
+    h.update(np.ascontiguousarray(x).tobytes())
+    return h.digest()
 
 
 class Source:
@@ -106,7 +119,9 @@ class Source:
         return self.normalize(self.load_display(indices)).astype(np.float32, copy=False)
 
     def fingerprint(self) -> str:
-        """Hash of the labels, the source's identity and a few evenly spaced samples."""
+        """Hash of the dataset's identity: the labels, the source, the sample shape and the
+        normalization. The samples themselves are hashed chunk by chunk by the tasks reading
+        them (:func:`samples_digest`)."""
         y = np.ascontiguousarray(self.labels(), dtype=np.int64)
         h = hashlib.sha256()
         h.update(type(self).__name__.encode())
@@ -116,9 +131,6 @@ class Source:
         h.update(json.dumps({"scale": self.scale,
                              "mean": None if self.mean is None else self.mean.tolist(),
                              "std": None if self.std is None else self.std.tolist()}).encode())
-        if len(y):
-            probe = np.unique(np.linspace(0, len(y) - 1, FINGERPRINT_SAMPLES).astype(np.int64))
-            h.update(np.ascontiguousarray(self.load_display(probe)).tobytes())
         return h.hexdigest()[:16]
 
 
@@ -127,11 +139,16 @@ def _check_labels(y, n: int, name: str) -> np.ndarray:
     if y.ndim != 1 or len(y) != n:
         raise DataError(f"{name}: labels must have shape ({n},) to match the samples, "
                         f"got {tuple(y.shape)}")
-    if not np.issubdtype(y.dtype, np.integer):
-        if np.issubdtype(y.dtype, np.floating) and np.all(np.mod(y, 1) == 0):
-            y = y.astype(np.int64)
-        else:
+    if y.dtype == np.bool_ or not np.issubdtype(y.dtype, np.integer):
+        if not np.issubdtype(y.dtype, np.floating):
             raise DataError(f"{name}: labels must be integers, got dtype {y.dtype}")
+        with np.errstate(invalid="ignore"):
+            bad = np.flatnonzero(~np.isfinite(y) | (np.mod(y, 1) != 0) | (np.abs(y) > 2 ** 31))
+        if len(bad):
+            raise DataError(f"{name}: labels must be integers, sample {int(bad[0])} has label "
+                            f"{y[bad[0]]!r}" + (f" ({len(bad)} such samples)" if len(bad) > 1
+                                                else ""))
+        y = y.astype(np.int64)
     if len(y) and y.min() < 0:
         raise DataError(f"{name}: labels must be >= 0, sample {int(np.argmin(y))} "
                         f"has label {int(y.min())}")
@@ -149,8 +166,9 @@ class ArraySource(Source):
             raise DataError(f"{name}: samples must have shape (N, C, H, W) or (N, H, W), "
                             f"got {tuple(x.shape)}")
         dtype = np.dtype(x.dtype)
-        if not (np.issubdtype(dtype, np.number) or dtype == np.bool_):
-            raise DataError(f"{name}: samples must be numeric, got dtype {dtype}")
+        if not (np.issubdtype(dtype, np.number) or dtype == np.bool_) \
+                or np.issubdtype(dtype, np.complexfloating):
+            raise DataError(f"{name}: samples must be real numeric values, got dtype {dtype}")
         self.y = _check_labels(y, x.shape[0], name)
         self.x, self.name = x, name
 
@@ -200,13 +218,13 @@ def _read_idx(path: str) -> np.ndarray:
             shape = tuple(int.from_bytes(dims[4 * i:4 * i + 4], "big") for i in range(ndim))
             dtype = np.dtype(_IDX_TYPES[head[2]])
             offset = 4 + 4 * ndim
-            expected = int(np.prod(shape)) * dtype.itemsize
+            expected = math.prod(shape) * dtype.itemsize
             if gz:
                 raw = fh.read()
                 if len(raw) < expected:
                     raise DataError(f"{path}: truncated IDX file: header says {shape}, found "
                                     f"{len(raw) // dtype.itemsize} values")
-                return np.frombuffer(raw, dtype=dtype, count=int(np.prod(shape))).reshape(shape)
+                return np.frombuffer(raw, dtype=dtype, count=math.prod(shape)).reshape(shape)
     except (OSError, EOFError) as err:
         raise DataError(f"{path}: cannot read as IDX: {err}") from None
     size = os.path.getsize(path) - offset
@@ -524,9 +542,50 @@ def _open_npz(cfg: dict) -> ArraySource:
         x = _npz_memmap(path, x_key)
     except Exception:  # noqa: BLE001 - an unusual zip layout: read it the ordinary way
         x = None
-    if x is None:
-        x = archive[x_key]
-    return ArraySource(x, archive[y_key], name=path, **_norm(cfg))
+    try:
+        if x is None:
+            x = archive[x_key]
+        y = archive[y_key]
+    except ValueError as err:  # object arrays (pickles) are refused
+        raise DataError(f"{path}: cannot read its arrays: {err}") from None
+    return ArraySource(x, y, name=path, **_norm(cfg))
+
+
+def _hdf5_dataset(fh, path: str, key: str, name: str):
+    """Dataset ``name`` of an open HDF5 file; external links, external raw storage and virtual
+    datasets are refused (they read other files than the one the config names)."""
+    import h5py
+
+    link = fh.get(name, getlink=True)
+    if link is None or name not in fh:
+        raise ConfigError(f"key 'data.{key}': {path} has no dataset '{name}' "
+                          f"(has {sorted(fh.keys())[:10]})")
+    if isinstance(link, h5py.ExternalLink):
+        raise DataError(f"key 'data.{key}': '{name}' in {path} is an external link to another "
+                        f"file; refusing to follow it (copy the data into {path})")
+    ds = fh[name]
+    if not isinstance(ds, h5py.Dataset):
+        raise ConfigError(f"key 'data.{key}': '{name}' in {path} is a group, not a dataset")
+    if ds.is_virtual:
+        raise DataError(f"key 'data.{key}': '{name}' in {path} is a virtual dataset (its data "
+                        f"lives in other files); refusing to read it")
+    if ds.external:
+        raise DataError(f"key 'data.{key}': '{name}' in {path} keeps its data in external raw "
+                        f"files; refusing to read them")
+    return ds
+
+
+def _labels_of(array, path: str, key: str) -> np.ndarray:
+    """All labels of a dataset/array (a scalar or unreadable one named)."""
+    try:
+        y = np.asarray(array[...])
+    except Exception as err:  # noqa: BLE001 - codec or I/O errors of a damaged file
+        raise DataError(f"key 'data.{key}': cannot read the labels in {path}: "
+                        f"{type(err).__name__}: {err}") from None
+    if y.ndim != 1:
+        raise DataError(f"key 'data.{key}': the labels in {path} must be a 1-d array, got shape "
+                        f"{tuple(y.shape)}")
+    return y
 
 
 def _open_hdf5(cfg: dict) -> ArraySource:
@@ -537,14 +596,9 @@ def _open_hdf5(cfg: dict) -> ArraySource:
         fh = h5py.File(path, "r")
     except Exception as err:  # noqa: BLE001
         raise DataError(f"{path}: cannot open as HDF5: {err}") from None
-    arrays = {}
-    for key in ("x_key", "y_key"):
-        name = cfg.get(key, key[0])
-        if name not in fh or not isinstance(fh[name], h5py.Dataset):
-            raise ConfigError(f"key 'data.{key}': {path} has no dataset '{name}' "
-                              f"(has {sorted(fh.keys())[:10]})")
-        arrays[key] = fh[name]
-    return ArraySource(arrays["x_key"], arrays["y_key"][:], name=path, **_norm(cfg))
+    x = _hdf5_dataset(fh, path, "x_key", cfg.get("x_key", "x"))
+    y = _hdf5_dataset(fh, path, "y_key", cfg.get("y_key", "y"))
+    return ArraySource(x, _labels_of(y, path, "y_key"), name=path, **_norm(cfg))
 
 
 def _open_zarr(cfg: dict) -> ArraySource:
@@ -563,7 +617,13 @@ def _open_zarr(cfg: dict) -> ArraySource:
         except KeyError:
             raise ConfigError(f"key 'data.{key}': {path} has no array '{name}' "
                               f"(has {sorted(group.array_keys())[:10]})") from None
-    return ArraySource(arrays["x_key"], arrays["y_key"][:], name=path, **_norm(cfg))
+        except Exception as err:  # noqa: BLE001 - unknown codec, damaged metadata
+            raise DataError(f"key 'data.{key}': cannot open '{name}' in {path}: "
+                            f"{type(err).__name__}: {err}") from None
+        if not isinstance(arrays[key], zarr.Array):
+            raise ConfigError(f"key 'data.{key}': '{name}' in {path} is a group, not an array")
+    return ArraySource(arrays["x_key"], _labels_of(arrays["y_key"], path, "y_key"), name=path,
+                       **_norm(cfg))
 
 
 class _ScaledIdx(ArraySource):
@@ -605,8 +665,12 @@ def _open(cfg: dict) -> Source:
     raise ConfigError(f"key 'data.source': unknown source {kind!r}")
 
 
+#: config keys that name files or folders a source reads (their stamps key the cache)
+_FILE_KEYS = ("path", "labels")
+
+
 @lru_cache(maxsize=4)
-def _open_cached(key: str) -> Source:
+def _open_cached(key: str, stamps: tuple) -> Source:
     return _open(json.loads(key))
 
 
@@ -619,7 +683,8 @@ def open_source(data_cfg: dict, base_dir: str | None = None) -> Source:
     cfg = dict(data_cfg)
     if base_dir is not None:
         cfg["base_dir"] = str(base_dir)
-    return _open_cached(json.dumps(cfg, sort_keys=True, default=str))
+    stamps = tuple(file_stamp(cfg.get(k), cfg.get("base_dir")) for k in _FILE_KEYS)
+    return _open_cached(json.dumps(cfg, sort_keys=True, default=str), stamps)
 
 
 def class_partitions(labels: np.ndarray, classes, n_classes: int | None = None) -> dict[int, np.ndarray]:

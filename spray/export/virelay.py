@@ -46,7 +46,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from spray.errors import DataError, StoreError
+from spray.errors import DataError, SprayError, StoreError
 
 ANALYSIS_METHOD = "spectral_analysis"
 FILES = {"project": "project.yaml", "label_map": "label-map.json", "dataset": "dataset.h5",
@@ -103,7 +103,7 @@ class _Run:
     """What the export reads from a run folder."""
 
     def __init__(self, run_dir: Path):
-        from spray.run.store import open_store
+        from spray.store import open_store
 
         self.dir = run_dir
         self.group = open_store(run_dir)
@@ -339,6 +339,20 @@ def _project_yaml(run: _Run, out: Path, name: str | None, height: int, width: in
     return {"project": project}
 
 
+def _owned_output(out: Path):
+    """The export's output folder; refuses (before writing anything) when a file the export
+    writes is there and was not written by an earlier export (or was changed since)."""
+    from spray.store import OwnedFiles
+
+    files = OwnedFiles(out)
+    theirs = files.not_owned(FILES.values())
+    if theirs:
+        raise StoreError(f"output {out} already holds {', '.join(sorted(theirs))}, not written by "
+                         f"'spray export' (or changed since); refusing to overwrite. Choose an "
+                         f"empty or new folder")
+    return files
+
+
 def export_virelay(run_dir: str | Path, out_dir: str | Path, name: str | None = None,
                    chunk_rows: int = 256, with_index: bool = True) -> dict:
     """Write a ViRelAy project for the run in ``run_dir`` into ``out_dir``.
@@ -351,7 +365,7 @@ def export_virelay(run_dir: str | Path, out_dir: str | Path, name: str | None = 
     """
     run_dir, out = Path(run_dir).resolve(), Path(out_dir).resolve()
     if chunk_rows < 1:
-        raise ValueError("chunk_rows must be >= 1")
+        raise SprayError(f"--chunk-rows must be a positive integer, got {chunk_rows}")
     if out.exists() and not out.is_dir():
         raise StoreError(f"output {out} exists and is not a folder")
     own = (run_dir / "spray.zarr", run_dir / "report")
@@ -364,18 +378,22 @@ def export_virelay(run_dir: str | Path, out_dir: str | Path, name: str | None = 
     if tuple(source.sample_shape[-2:]) != run.map_shape:
         raise DataError(f"the run's relevance maps are {run.map_shape} but the samples of its "
                         f"dataset are {tuple(source.sample_shape[-2:])}; ViRelAy needs equal sizes")
+    files = _owned_output(out)
     out.mkdir(parents=True, exist_ok=True)
     analysed = run.analysed()
-    (out / FILES["label_map"]).write_text(json.dumps(_label_map(run, labels), indent=2))
+    files.write_text(FILES["label_map"], json.dumps(_label_map(run, labels), indent=2))
     height, width = _write_dataset(out / FILES["dataset"], run, source, chunk_rows)
+    files.record(FILES["dataset"])
     _write_attribution(out / FILES["attribution"], run, chunk_rows, np.asarray(labels),
                        with_index=with_index)
+    files.record(FILES["attribution"])
     if analysed:
         _write_analysis(out / FILES["analysis"], run, analysed)
-    elif (out / FILES["analysis"]).exists():
-        (out / FILES["analysis"]).unlink()
+        files.record(FILES["analysis"])
+    else:
+        files.remove(FILES["analysis"])
     project = _project_yaml(run, out, name, height, width, bool(analysed))
-    (out / FILES["project"]).write_text(yaml.safe_dump(project, sort_keys=False))
+    files.write_text(FILES["project"], yaml.safe_dump(project, sort_keys=False))
     skipped = dict(run.skipped)
     for c in run.classes:
         if c not in analysed:

@@ -25,6 +25,15 @@ Zennit on an MLP, a VGG-style CNN with BatchNorm and max pooling and a ResNet-st
 residual blocks (per-sample relative L2 error ≤ 1e-5 in float32), and ``tests/test_lrp.py``
 checks relevance conservation.  ``docs/lrp.md`` records speed and accuracy.
 
+Transformers
+------------
+``composite="attn-lrp"`` (AttnLRP) or ``"cp-lrp"`` (CP-LRP) explain vision transformers such as
+torchvision's ``VisionTransformer``: ``nn.MultiheadAttention`` is exposed as traceable
+projections, products and softmax (:mod:`spray.lrp.transformer`), LayerNorm keeps its scale
+constant, GELU passes relevance through, and the patch convolution takes the relevance back to
+the pixels, so the maps have the input's shape ``(n, C, H, W)`` as for CNNs.
+``tests/test_lrp_vit.py`` compares both with LXT, the reference implementation.
+
 Eval mode
 ---------
 LRP explains the function the model computes at inference.  A model in training mode is
@@ -38,6 +47,7 @@ import torch
 from spray.errors import ConfigError, DataError
 from spray.lrp.composites import COMPOSITES, Composite
 from spray.lrp.engine import Program, prepare, run, tune_allocator
+from spray.lrp.health import relevance_health, summarize_health
 from spray.lrp.rules import (
     AlphaBeta,
     Epsilon,
@@ -51,10 +61,12 @@ from spray.lrp.rules import (
     ZBox,
     ZPlus,
 )
+from spray.lrp.transformer import LayerNormRule, ProductRule, SoftmaxRule
 
 __all__ = ["attribute", "prepare", "Program", "tune_allocator", "Composite", "COMPOSITES",
            "Rule", "Epsilon", "ZPlus", "AlphaBeta", "Gamma", "Flat", "WSquare", "ZBox", "Pass",
-           "Norm", "Gradient"]
+           "Norm", "Gradient", "relevance_health", "summarize_health", "LayerNormRule",
+           "ProductRule", "SoftmaxRule"]
 
 
 def attribute(model, inputs, targets, composite="epsilon-plus-flat", *, batch_size=None,

@@ -24,8 +24,14 @@ import torch.fx as fx
 import torch.nn.functional as F
 from torch import nn
 
-from spray.errors import ModelError
-from spray.lrp.composites import AFFINE, BATCH_NORMS
+from spray.errors import ModelError, SprayError
+from spray.lrp.functional_attention import (
+    ATTENTION_FUNCTIONS,
+    ATTENTION_METHODS,
+    attention_node_owner,
+)
+from spray.lrp.layers import AFFINE, BATCH_NORMS
+from spray.lrp.transformer import LEAF_MODULES, expose_attention
 
 #: modules whose plain gradient is the LRP backward pass (routing or identity layers)
 GRADIENT_MODULES = (
@@ -52,6 +58,7 @@ POOL_METHODS = {"mean"}
 GRADIENT_FUNCTIONS = {
     operator.getitem, getattr, torch.flatten, torch.reshape, torch.cat, torch.concat,
     torch.squeeze, torch.unsqueeze, torch.transpose, torch.permute, torch.chunk, torch.split,
+    torch.unbind,
     F.max_pool1d, F.max_pool2d, F.max_pool3d, F.adaptive_max_pool1d, F.adaptive_max_pool2d,
     F.adaptive_max_pool3d, F.dropout, F.dropout1d, F.dropout2d, F.dropout3d, F.pad,
     operator.floordiv,
@@ -59,29 +66,44 @@ GRADIENT_FUNCTIONS = {
 GRADIENT_METHODS = {
     "view", "reshape", "flatten", "size", "dim", "permute", "transpose", "contiguous",
     "squeeze", "unsqueeze", "chunk", "split", "expand", "expand_as", "view_as", "reshape_as",
-    "float", "double", "to", "type_as", "clone", "detach_", "max_pool2d",
+    "float", "double", "to", "type_as", "clone", "detach_", "max_pool2d", "unbind",
 }
 #: multiplication/division of a tensor by a constant number: plain gradient
 SCALE_FUNCTIONS = {operator.mul, operator.truediv, torch.mul, torch.div}
 SCALE_METHODS = {"mul", "div", "__mul__", "__truediv__", "mul_", "div_"}
 
 
+class _Tracer(fx.Tracer):
+    """fx tracer that keeps spray's attention pieces as leaves (rule-carrying nodes)."""
+
+    def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
+        return isinstance(m, LEAF_MODULES) or super().is_leaf_module(m, module_qualified_name)
+
+
 def trace(model: nn.Module) -> fx.GraphModule:
-    """Trace ``model`` into an fx graph of leaf-module calls and tensor operations."""
+    """Trace ``model`` into an fx graph of leaf-module calls and tensor operations.
+
+    ``nn.MultiheadAttention`` modules are first exposed (:func:`spray.lrp.transformer.
+    expose_attention`) on a structural copy of the model, so that their projections, products
+    and softmax become nodes of the graph; the model itself is not modified.
+    """
+    root = expose_attention(model)
     try:
-        graph = fx.Tracer().trace(model)
+        graph = _Tracer().trace(root)
+    except SprayError:
+        raise
     except Exception as exc:  # noqa: BLE001 - any tracing failure is a model problem
         raise ModelError(
             f"spray.lrp cannot trace the forward of {type(model).__name__} with torch.fx "
             f"({type(exc).__name__}: {exc}). LRP needs a forward without data-dependent "
             "Python control flow; wrap such logic in a submodule or simplify the forward."
         ) from exc
-    return fx.GraphModule(model, graph, class_name=type(model).__name__)
+    return fx.GraphModule(root, graph, class_name=type(model).__name__)
 
 
 def module_of(gm: fx.GraphModule, node: fx.Node):
     """The module a ``call_module`` node calls (``None`` for other nodes)."""
-    return gm.get_submodule(node.target) if node.op == "call_module" else None
+    return gm.get_submodule(str(node.target)) if node.op == "call_module" else None
 
 
 def drop_output_squasher(gm: fx.GraphModule) -> str | None:
@@ -138,3 +160,25 @@ def _bn_matches(affine: nn.Module, bn: nn.Module) -> bool:
 def tensor_args(node: fx.Node) -> list:
     """The arguments of ``node`` that are graph values (tensors computed by the model)."""
     return [a for a in node.args if isinstance(a, fx.Node)]
+
+
+def check_attention(gm: fx.GraphModule) -> None:
+    """Refuse products of computed tensors and softmaxes outside the exposed attention modules.
+
+    Raises :class:`~spray.errors.ModelError` naming the module (path and type) whose forward
+    computes them: a custom attention spray cannot decompose is found when the model is
+    prepared, before any relevance is computed.
+    """
+    for node in gm.graph.nodes:
+        hit = ((node.op == "call_function" and node.target in ATTENTION_FUNCTIONS)
+               or (node.op == "call_method" and node.target in ATTENTION_METHODS)
+               or (node.op == "call_function" and node.target is operator.matmul))
+        if not hit:
+            continue
+        path, kind = attention_node_owner(node)
+        name = getattr(node.target, "__name__", str(node.target))
+        raise ModelError(
+            f"spray.lrp does not support the attention (or product) '{name}' computed in "
+            f"module '{path}' ({kind}): LRP rules exist for torch.nn.MultiheadAttention "
+            "without masks, F.scaled_dot_product_attention without mask, dropout or causal "
+            "flag, and softmax(q @ k.transpose(-2, -1) * c, dim=-1) @ v written out.")

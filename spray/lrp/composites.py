@@ -20,16 +20,26 @@ Named composites (parameters in brackets, defaults equal Zennit's):
 ``thesis-dnn`` (low=None, high=None, epsilon=0.01, alpha=2, beta=1, stabilizer=1e-6)
     the DNN setting of Lapuschkin (2019): αβ on convolutions, ε = 0.01 on dense layers and
     z^B on the input layer when bounds are given, the b-rule (flat) otherwise.
+``attn-lrp`` (epsilon=1e-6, gamma=None, conv_gamma=None, stabilizer=1e-6)
+    transformers (AttnLRP, Achtibat et al. 2024): uniform rule on the attention products,
+    AttnLRP's softmax rule, LayerNorm with a constant scale, identity on GELU; ε on dense
+    layers (γ when ``gamma`` is given), the dense rule or γ = ``conv_gamma`` on convolutions.
+``cp-lrp`` (epsilon=1e-6, gamma=None, conv_gamma=None, stabilizer=1e-6)
+    transformers (CP-LRP, Ali et al. 2022): as ``attn-lrp`` but the attention weights are
+    constants, so the values receive all relevance of ``A·V``.
+
+All composites map LayerNorm/RMSNorm and the pieces of exposed ``nn.MultiheadAttention`` (see
+:mod:`spray.lrp.transformer`) to AttnLRP's rules unless they map them otherwise.
 """
 
 from __future__ import annotations
 
 import inspect
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from torch import nn
-
 from spray.errors import ConfigError
+from spray.lrp.layers import ACTIVATIONS, AFFINE, AVG_POOLS, BATCH_NORMS, CONVOLUTIONS, DENSE
 from spray.lrp.rules import (
     AlphaBeta,
     Epsilon,
@@ -42,19 +52,17 @@ from spray.lrp.rules import (
     ZPlus,
     make_rule,
 )
-
-CONVOLUTIONS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
-DENSE = (nn.Linear,)
-AFFINE = CONVOLUTIONS + DENSE
-ACTIVATIONS = (
-    nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.PReLU, nn.RReLU, nn.ELU, nn.SELU, nn.CELU, nn.GELU,
-    nn.SiLU, nn.Mish, nn.Sigmoid, nn.Tanh, nn.Softplus, nn.Softsign, nn.Hardtanh,
-    nn.Hardswish, nn.Hardsigmoid, nn.Hardshrink, nn.Softshrink, nn.Tanhshrink, nn.Threshold,
-    nn.LogSigmoid,
+from spray.lrp.transformer import (
+    LAYER_NORMS,
+    PRODUCTS,
+    AttentionProjection,
+    AttentionSoftmax,
+    AttentionValueProduct,
+    LayerNormRule,
+    ProductRule,
+    QueryKeyProduct,
+    SoftmaxRule,
 )
-AVG_POOLS = (nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d,
-             nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d)
-BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 
 
 @dataclass
@@ -87,9 +95,12 @@ class Composite:
 
     @property
     def base_map(self) -> list:
-        """Rules shared by all composites for parameter-free layers."""
+        """Rules shared by all composites for parameter-free layers, normalisation and the
+        pieces of exposed attention (AttnLRP's rules unless a composite maps them)."""
         return [(ACTIVATIONS, Pass()), (AVG_POOLS, Norm(self.stabilizer)),
-                (BATCH_NORMS, Pass())]
+                (BATCH_NORMS, Pass()), (LAYER_NORMS, LayerNormRule(self.stabilizer)),
+                (PRODUCTS, ProductRule(0.5, 0.5, self.stabilizer)),
+                (AttentionSoftmax, SoftmaxRule("attnlrp"))]
 
     @property
     def sum_rule(self) -> Rule:
@@ -186,7 +197,68 @@ def thesis_dnn(low=None, high=None, epsilon=0.01, alpha=2.0, beta=1.0, stabilize
         first_map=[(AFFINE, first)], stabilizer=stabilizer, name="thesis-dnn")
 
 
-COMPOSITES = {
+def transformer_composite(linear, conv=None, projections=None, softmax="attnlrp",
+                          value_share=0.5, stabilizer=1e-6, name="transformer"):
+    """A composite for transformers (and mixed CNN + attention models).
+
+    Parameters
+    ----------
+    linear:
+        rule of the dense layers (MLP blocks, classification head).
+    conv:
+        rule of the convolutions (the patch embedding); default: ``linear``.
+    projections:
+        rule of the query/key/value/output projections of exposed attention modules
+        (:class:`~spray.lrp.transformer.AttentionProjection`); default: ``linear``.
+    softmax:
+        ``"attnlrp"`` (AttnLRP's softmax rule, uniform split of ``Q·Kᵀ``) or ``"constant"``
+        (CP-LRP: attention weights constant, nothing flows into the scores).
+    value_share:
+        share of the relevance of ``A·V`` given to the values; the rest goes to the attention
+        weights (``0.5``: AttnLRP's uniform rule).  Forced to 1 when ``softmax="constant"``.
+    stabilizer:
+        ε of the residual sums, products and LayerNorm.
+    """
+    linear = make_rule(linear)
+    constant = softmax == "constant"
+    share = 1.0 if constant else float(value_share)
+    layer_map = [
+        (AttentionProjection, make_rule(projections) if projections is not None else linear),
+        (DENSE, linear), (CONVOLUTIONS, make_rule(conv) if conv is not None else linear),
+        (LAYER_NORMS, LayerNormRule(stabilizer)),
+        (QueryKeyProduct, ProductRule(0.5, 0.5, stabilizer)),
+        (AttentionValueProduct, ProductRule(1.0 - share, share, stabilizer)),
+        (AttentionSoftmax, SoftmaxRule(softmax)),
+    ]
+    return Composite(layer_map=layer_map, stabilizer=stabilizer, name=name)
+
+
+def _linear_rule(epsilon, gamma, stabilizer):
+    return Gamma(gamma, stabilizer) if gamma is not None else Epsilon(epsilon)
+
+
+def attn_lrp(epsilon=1e-6, gamma=None, conv_gamma=None, stabilizer=1e-6):
+    """AttnLRP: uniform rule on ``Q·Kᵀ`` and ``A·V``, AttnLRP's softmax rule, LayerNorm with a
+    constant scale, identity on GELU; ε (or γ when ``gamma`` is given) on dense layers and
+    attention projections, γ = ``conv_gamma`` (else the dense rule) on the patch embedding."""
+    linear = _linear_rule(epsilon, gamma, stabilizer)
+    conv = Gamma(conv_gamma, stabilizer) if conv_gamma is not None else linear
+    return transformer_composite(linear, conv, softmax="attnlrp", stabilizer=stabilizer,
+                                 name="attn-lrp")
+
+
+def cp_lrp(epsilon=1e-6, gamma=None, conv_gamma=None, stabilizer=1e-6):
+    """CP-LRP: attention weights as constants (all relevance of ``A·V`` to the values, none to
+    queries and keys); otherwise as ``attn-lrp``."""
+    linear = _linear_rule(epsilon, gamma, stabilizer)
+    conv = Gamma(conv_gamma, stabilizer) if conv_gamma is not None else linear
+    return transformer_composite(linear, conv, softmax="constant", stabilizer=stabilizer,
+                                 name="cp-lrp")
+
+
+COMPOSITES: dict[str, Callable[..., Composite]] = {
+    "attn-lrp": attn_lrp,
+    "cp-lrp": cp_lrp,
     "epsilon-plus-flat": epsilon_plus_flat,
     "epsilon-plus": epsilon_plus,
     "epsilon-alpha2-beta1-flat": epsilon_alpha2_beta1_flat,

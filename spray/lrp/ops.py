@@ -13,6 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from spray.errors import ConfigError
+
 _CONV_FUNCTIONS = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
 
 
@@ -28,16 +30,16 @@ class AffineOp:
         self.weight = weight
         self.bias = bias
         self.is_conv = isinstance(module, nn.modules.conv._ConvNd)
-        if self.is_conv:
+        self.groups: int = 1
+        if isinstance(module, nn.modules.conv._ConvNd):
             self.ndim = weight.ndim - 2
-            self.stride = tuple(module.stride)
-            self.padding = tuple(module.padding)
-            self.dilation = tuple(module.dilation)
-            self.groups = module.groups
+            self.stride: tuple[int, ...] = tuple(module.stride)
+            self.padding: tuple[int, ...] = tuple(module.padding)  # type: ignore[arg-type]
+            self.dilation: tuple[int, ...] = tuple(module.dilation)
+            self.groups = int(module.groups)
             self.out_units = weight.shape[0]
             self._conv = _CONV_FUNCTIONS[self.ndim]
         else:
-            self.groups = 1
             self.out_units = weight.shape[0]
 
     # -- plain operator -------------------------------------------------------------------
@@ -51,6 +53,8 @@ class AffineOp:
         """Transposed pass ``weightᵀ signal``: the input gradient for output gradient ``signal``."""
         if not self.is_conv:
             return signal.matmul(weight)
+        if self._patchwise(weight):
+            return self._patch_transpose(signal, weight, input_shape)
         flipped = self._flipped(weight)
         if flipped is not None:
             # stride 1: the transposed convolution is a convolution with the flipped, transposed
@@ -63,6 +67,27 @@ class AffineOp:
             signal, dummy, weight, None, self.stride, self.padding, self.dilation,
             False, [0] * self.ndim, self.groups, (True, False, False),
         )[0]
+
+    def _patchwise(self, weight: torch.Tensor) -> bool:
+        """True for a 2-d patch embedding: non-overlapping kernels (stride = kernel size), no
+        padding, dilation or groups, whose transposed pass is one matrix product."""
+        return (self.ndim == 2 and self.groups == 1 and tuple(self.stride) == tuple(weight.shape[2:])
+                and not any(self.padding) and all(d == 1 for d in self.dilation))
+
+    @staticmethod
+    def _patch_transpose(signal: torch.Tensor, weight: torch.Tensor, input_shape) -> torch.Tensor:
+        """Transposed pass of a patch embedding: each output position spreads ``Wᵀ s`` over
+        its own patch; pixels beyond the last whole patch receive nothing."""
+        n, out_channels, rows, cols = signal.shape
+        channels, kh, kw = weight.shape[1:]
+        patches = signal.permute(0, 2, 3, 1).reshape(-1, out_channels).matmul(
+            weight.reshape(out_channels, -1))
+        image = patches.reshape(n, rows, cols, channels, kh, kw).permute(0, 3, 1, 4, 2, 5)
+        image = image.reshape(n, channels, rows * kh, cols * kw)
+        height, width = input_shape[2], input_shape[3]
+        if (height, width) != (rows * kh, cols * kw):
+            image = torch.nn.functional.pad(image, (0, width - cols * kw, 0, height - rows * kh))
+        return image
 
     def _flipped(self, weight: torch.Tensor):
         """``(weight, flipped kernel, padding)`` for a stride-1 transposed pass, else ``None``
@@ -180,7 +205,8 @@ class AffineOp:
         return bias
 
 
-def fold_batchnorm(weight: torch.Tensor, bias: torch.Tensor | None, bn: nn.Module):
+def fold_batchnorm(weight: torch.Tensor, bias: torch.Tensor | None,
+                   bn: nn.modules.batchnorm._NormBase):
     """Fold an eval-mode BatchNorm that follows a dense/convolution layer into its parameters.
 
     Returns the new ``(weight, bias)``; the BatchNorm then becomes the identity.
@@ -196,3 +222,73 @@ def fold_batchnorm(weight: torch.Tensor, bias: torch.Tensor | None, bn: nn.Modul
     new_weight = weight * scale[index]
     new_bias = (bias - bn.running_mean) * scale + shift
     return new_weight.detach(), new_bias.detach()
+
+
+# ---------------------------------------------------------------------------------------------
+# numeric helpers of the rules
+# ---------------------------------------------------------------------------------------------
+
+
+def stabilize(z: torch.Tensor, epsilon: float, out: torch.Tensor | None = None) -> torch.Tensor:
+    """Return ``z + ε·sign(z)`` with sign(+0) = 1, so that the result is never zero.
+
+    ``copysign`` is several times faster than ``torch.where`` or sign arithmetic on CPU; it
+    treats an exact -0 as negative, which only matters where all contributions vanish.
+    """
+    step = torch.tensor(epsilon, dtype=z.dtype, device=z.device)
+    if out is None:
+        return torch.copysign(step, z).add_(z)
+    return torch.copysign(step, z, out=out).add_(z)
+
+
+def joined_denominators(op, parts, epsilon):
+    """Stabilised denominators of ``parts`` written into one joined buffer (no concatenation)."""
+    joined = op.empty_joined(parts[0], len(parts))
+    if joined is None:
+        return op.join_signals([stabilize(p, epsilon) for p in parts])
+    buffer, views = joined
+    for part, view in zip(parts, views):
+        stabilize(part, epsilon, out=view)
+    return buffer
+
+
+def is_nonnegative(x: torch.Tensor) -> bool:
+    """True when the layer input has no negative entry (e.g. after a ReLU): x⁻ = 0."""
+    return bool(x.min() >= 0) if x.numel() else True
+
+
+def bound_like(value, x: torch.Tensor) -> torch.Tensor:
+    """Broadcast an input bound (scalar, per-sample shape, or batch-shaped) against ``x``.
+
+    The result has batch size 1 (shared by all samples) or the batch size of ``x``.
+    """
+    tensor = torch.as_tensor(value, dtype=x.dtype, device=x.device)
+    if tensor.ndim == x.ndim and tensor.shape[0] > x.shape[0]:
+        tensor = tensor[: x.shape[0]]
+    if tensor.ndim < x.ndim:
+        tensor = tensor.unsqueeze(0) if tensor.ndim == x.ndim - 1 else tensor
+    try:
+        target = (tensor.shape[0] if tensor.ndim == x.ndim else 1,) + tuple(x.shape[1:])
+        return torch.broadcast_to(tensor, target)
+    except RuntimeError as exc:
+        raise ConfigError(
+            f"z^B bound of shape {tuple(tensor.shape)} does not broadcast to inputs of shape "
+            f"{tuple(x.shape)}") from exc
+
+
+def signed_apply(op, x, stacked, bias, pair):
+    """``w_a x⁺ + w_b x⁻ + bias`` for inputs of both signs (one call when weights stack)."""
+    xp, xn = x.clamp(min=0), x.clamp(max=0)
+    if stacked is not None:
+        return op.apply(op.join_inputs([xp, xn]), stacked, bias)
+    return op.apply(xp, pair[0], bias) + op.apply(xn, pair[1])
+
+
+def signed_transpose(op, x, signal, stacked, pair):
+    """``x⁺ ⊙ w_aᵀ s + x⁻ ⊙ w_bᵀ s`` for inputs of both signs (one call when weights stack)."""
+    xp, xn = x.clamp(min=0), x.clamp(max=0)
+    if stacked is not None:
+        shape = (x.shape[0],) + op.joined_input_shape(x.shape, 2)
+        grad_pos, grad_neg = op.split_inputs(op.transpose(signal, stacked, shape), 2)
+        return xp * grad_pos + xn * grad_neg
+    return xp * op.transpose(signal, pair[0], x.shape) + xn * op.transpose(signal, pair[1], x.shape)

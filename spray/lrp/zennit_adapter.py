@@ -1,6 +1,6 @@
 """``composite="zennit:<Name>"``: run any Zennit composite through the same interface.
 
-Zennit is an optional peer (``pip install spray[peers]``); spray's own engine stays the default.
+Zennit is an optional peer (``pip install spray-xai[peers]``); spray's own engine stays the default.
 The explained quantity is the same: the output gradient is ``logit × one-hot(target)``.
 BatchNorm layers are merged with Zennit's canonizers (``SequentialMergeBatchNorm`` and, when
 torchvision ResNet blocks are present, ``ResNetCanonizer``) unless ``canonizers=`` is given.
@@ -20,7 +20,7 @@ def _zennit():
         import zennit.canonizers
         import zennit.composites
     except ImportError as exc:  # pragma: no cover - depends on the environment
-        raise ConfigError("composite 'zennit:...' needs Zennit: pip install 'spray[peers]'") from exc
+        raise ConfigError("composite 'zennit:...' needs Zennit: pip install 'spray-xai[peers]'") from exc
     return zennit
 
 

@@ -10,10 +10,9 @@ that class's chunks) → report in the client. The cluster is an embedded
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import logging
-import shutil
-import sys
 import time
 import uuid
 from dataclasses import asdict, dataclass, field
@@ -24,14 +23,41 @@ import torch
 
 from spray import __version__
 from spray.config.presets import load_pipeline
-from spray.config.run_config import RunConfig, config_hash, dump_config
-from spray.data.models import load_model, model_fingerprint
+from spray.config.run_config import (
+    RunConfig,
+    attribution_hash,
+    check_finite,
+    config_hash,
+    dump_config,
+    json_hash,
+)
+from spray.data.models import load_model, model_code_fingerprint, model_fingerprint
 from spray.data.sources import class_partitions, open_source
-from spray.errors import ConfigError, DataError, SprayError, StoreError
+from spray.errors import (
+    ConfigError,
+    DataError,
+    IncompleteRunError,
+    ModelError,
+    SprayError,
+    StoreError,
+)
 from spray.run.dask_cluster import dashboard_text, dask_client, runtime_settings, workers_info
 from spray.run.signals import interrupt_on_signals
-from spray.run.store import RunLock, create_or_check_store, open_store, prepare_class, store_path
 from spray.run.tasks import analyze_class, lrp_chunk, pipeline_hash
+from spray.store import (
+    FORMAT,
+    LOCK_NAME,
+    MANIFEST_NAME,
+    OwnedFiles,
+    RunLock,
+    adopt_legacy_run,
+    class_samples_hash,
+    create_or_check_store,
+    damaged_class,
+    mark_run,
+    open_store,
+    prepare_class,
+)
 
 log = logging.getLogger(__name__)
 
@@ -68,12 +94,26 @@ def _probe_model(cfg: RunConfig, base_dir: Path, source) -> tuple[torch.nn.Modul
     except Exception as err:  # noqa: BLE001
         raise DataError(f"the model cannot process a sample of shape {tuple(x.shape[1:])} from "
                         f"{source.name}: {type(err).__name__}: {err}") from None
+    if not isinstance(out, torch.Tensor):
+        raise ModelError(f"key 'model.factory': the model's forward returns "
+                         f"{type(out).__name__}; it must return one tensor of logits "
+                         f"(batch, classes) (wrap the model to pick the logits)")
     if out.ndim != 2:
         raise DataError(f"the model must return logits of shape (batch, classes), got "
                         f"{tuple(out.shape)}")
+    _check_target(cfg, int(out.shape[1]))
     _probe_lrp(cfg, model, x)
     _check_labels(source.labels(), int(out.shape[1]), source.name)
     return model, int(out.shape[1])
+
+
+def _check_target(cfg: RunConfig, n_outputs: int) -> None:
+    """A fixed ``attribution.target`` must name one of the model's outputs."""
+    target = cfg.attribution.target
+    if isinstance(target, int) and not 0 <= target < n_outputs:
+        raise ConfigError(f"key 'attribution.target': output {target} does not exist; the model "
+                          f"has {n_outputs} outputs (0..{n_outputs - 1}), or use 'label' or "
+                          f"'prediction'")
 
 
 def _probe_lrp(cfg: RunConfig, model: torch.nn.Module, x: torch.Tensor) -> None:
@@ -82,7 +122,8 @@ def _probe_lrp(cfg: RunConfig, model: torch.nn.Module, x: torch.Tensor) -> None:
     from spray import lrp
 
     try:
-        lrp.attribute(model, x, torch.zeros(1, dtype=torch.long),
+        target = cfg.attribution.target
+        lrp.attribute(model, x, torch.tensor([target if isinstance(target, int) else 0]),
                       composite=cfg.attribution.composite, **cfg.attribution.params)
     except ConfigError as err:
         raise ConfigError(f"key 'attribution.composite' ({cfg.attribution.composite!r}): {err}") from None
@@ -109,30 +150,52 @@ def _check_labels(labels: np.ndarray, n_outputs: int, name: str) -> None:
                         f"{n_outputs} outputs: dataset indices {shown}")
 
 
+def _owned(run_dir: Path) -> set[str]:
+    """Entries of ``run_dir`` spray wrote: listed in its manifest, plus a spray store."""
+    files = OwnedFiles(run_dir)
+    owned = {n for n in files.entries() if (run_dir / n).exists() and files.owns(n)}
+    try:
+        if open_store(run_dir).attrs.get("format") == FORMAT:
+            owned.add("spray.zarr")
+    except SprayError:
+        pass
+    return owned | {LOCK_NAME, MANIFEST_NAME}
+
+
 def _clear_run_dir(run_dir: Path) -> None:
+    """``--overwrite``: delete what spray wrote there (only that; checked by :func:`_check_run_dir`)."""
+    files = OwnedFiles(run_dir)
     for name in RUN_FILES:
-        target = run_dir / name
-        if target.is_dir():
-            shutil.rmtree(target)
-        elif target.exists():
-            target.unlink()
+        if name == "spray.zarr" and (run_dir / name).is_dir() and name in _owned(run_dir):
+            files.claim_store()
+        files.remove(name)
 
 
 def _check_run_dir(run_dir: Path) -> None:
+    """The output folder is new, empty or a spray run folder; nothing in it that spray would
+    overwrite is someone else's."""
     if run_dir.exists() and not run_dir.is_dir():
         raise StoreError(f"output {run_dir} exists and is not a folder")
-    if run_dir.is_dir():
-        foreign = [p.name for p in run_dir.iterdir()
-                   if p.name not in RUN_FILES + (".spray.lock", "demo")]
-        if foreign and not store_path(run_dir).exists():
-            listed = ", ".join(sorted(foreign)[:5])
-            raise StoreError(f"output {run_dir} already holds other files ({listed}); "
-                             f"choose an empty or new folder")
+    if not run_dir.is_dir():
+        return
+    adopt_legacy_run(run_dir)
+    owned = _owned(run_dir)
+    present = {p.name for p in run_dir.iterdir()}
+    clash = sorted(n for n in present & set(RUN_FILES) if n not in owned)
+    if clash:
+        raise StoreError(f"output {run_dir} holds {', '.join(clash)}, which spray did not write "
+                         f"(or which changed since); spray would overwrite it. Choose an empty or "
+                         f"new folder, or move those away")
+    foreign = sorted(present - owned)
+    if foreign and "spray.zarr" not in owned:
+        raise StoreError(f"output {run_dir} already holds other files ({', '.join(foreign[:5])});"
+                         f" choose an empty or new folder")
 
 
 def _submit(client, cfg: RunConfig, base_dir: Path, run_dir: Path, pipeline: dict, plan: dict,
             reuse: frozenset = frozenset()):
-    """Submit the LRP chunk tasks still missing and one analysis task per class."""
+    """Submit one task per LRP chunk (a finished chunk is only checked against its samples) and
+    one analysis task per class."""
     runtime = runtime_settings(client, cfg.cluster.model_dump())
     token = uuid.uuid4().hex[:8]  # keys unique per invocation on a shared scheduler
     lrp_resources = cfg.cluster.lrp_resources or None
@@ -158,37 +221,58 @@ def _submit(client, cfg: RunConfig, base_dir: Path, run_dir: Path, pipeline: dic
     return chunk_futures, analysis_futures
 
 
-def _show_progress(futures, enabled: bool, every: float = 15.0) -> None:
-    """Wait for ``futures`` showing progress: Dask's progress bar on a terminal, one line per
-    10 % (or per ``every`` seconds) otherwise (batch jobs, CI logs)."""
-    if not enabled or not futures:
+def _show_progress(chunk_futures: dict, analysis_futures: dict, rows_per_chunk: int,
+                   enabled: bool) -> None:
+    """Wait for the tasks showing each stage: LRP in maps (rate, ETA) and analyses in classes,
+    as bars on a terminal and as periodic plain lines in a log (:mod:`spray.run.progress`)."""
+    if not enabled:
         return
-    from distributed import as_completed, progress
+    from distributed import as_completed
 
-    if sys.stderr.isatty():
-        progress(futures)  # distributed's text progress bar (stops early if a task fails)
-        print(file=sys.stderr)
+    from spray.run.progress import StageProgress
+
+    lrp = [f for fs in chunk_futures.values() for f in fs]
+    kind = {f.key: "lrp" for f in lrp} | {f.key: "analysis" for f in analysis_futures.values()}
+    if not kind:
         return
-    total, t0, last = len(futures), time.monotonic(), time.monotonic()
-    step = max(1, total // 10)
-    for finished, _ in enumerate(as_completed(futures), start=1):
-        now = time.monotonic()
-        if finished == total or finished % step == 0 or now - last >= every:
-            last = now
-            print(f"spray: {finished}/{total} tasks finished ({now - t0:.0f} s)",
-                  file=sys.stderr, flush=True)
+    maps = StageProgress("LRP", rows_per_chunk * len(lrp), "maps", position=0)
+    classes = StageProgress("analyses", len(analysis_futures), "classes", position=1)
+    try:
+        for fut in as_completed(lrp + list(analysis_futures.values())):
+            if kind[fut.key] == "analysis":
+                classes.update()
+                continue
+            rows = rows_per_chunk
+            if fut.status == "finished":
+                rows = int(fut.result().get("rows", rows_per_chunk))
+            maps.add_total(rows - rows_per_chunk)  # the last chunk of a class is shorter
+            maps.update(rows)
+    finally:
+        maps.close()
+        classes.close()
+
+
+def _failure(c: int, msg: str) -> str:
+    return msg if msg.startswith(f"class {c}") else f"class {c}: {msg}"
 
 
 def _collect(futures_by_class: dict) -> tuple[dict, dict]:
+    """Results and failure messages per class; a task reports a data error as its result
+    (``{"error": ...}``), anything else by raising."""
     done, failed = {}, {}
     for c, futures in futures_by_class.items():
         for fut in futures if isinstance(futures, list) else [futures]:
             try:
-                done.setdefault(c, []).append(fut.result())
+                result = fut.result()
             except Exception as err:  # noqa: BLE001 - recorded and reported per class
                 msg = str(err) if isinstance(err, SprayError) else f"{type(err).__name__}: {err}"
-                failed.setdefault(c, []).append(msg if msg.startswith(f"class {c}")
-                                                else f"class {c}: {msg}")
+                failed.setdefault(c, []).append(_failure(c, msg))
+                continue
+            if isinstance(result, dict) and result.get("error"):
+                if not result.get("dependency"):  # reported by the chunk that failed
+                    failed.setdefault(c, []).append(_failure(c, result["error"]))
+                continue
+            done.setdefault(c, []).append(result)
     return done, failed
 
 
@@ -216,16 +300,21 @@ class RunPlan:
 
 @dataclass
 class StorePlan:
-    """The store side of a run: the chunks still to compute per class and what is reused."""
+    """The store side of a run: the chunk tasks to submit per class and what is reused.
+
+    LRP chunks already in the store are submitted too: their task reads the samples again and
+    recomputes the chunk only when their hash changed. ``missing`` counts chunks not in the store.
+    """
 
     todo: dict[int, list[int]]
     skipped: dict[int, str]
     chunks_total: int
     reuse: frozenset
+    missing: int = 0
 
     @property
     def chunks_todo(self) -> int:
-        return sum(len(v) for v in self.todo.values())
+        return self.missing
 
 
 @dataclass
@@ -248,13 +337,17 @@ class RunRecord:
     lrp_rows: int
     lrp_maps_per_second: float | None
     stage_seconds: dict[str, float] = field(default_factory=dict)
+    # the SLURM jobs whose workers computed this run's LRP chunks and analyses (on SLURM only)
+    slurm_jobs: dict[str, list[str]] = field(default_factory=dict)
 
 
 def plan_run(cfg: RunConfig, base_dir: Path, output: str | None = None,
              scheduler: str | None = None, quiet: bool = False) -> RunPlan:
     """Load the preset and the data, probe the model and partition the classes (no Dask)."""
     run_dir = Path(output).resolve() if output else Path(cfg.output)
+    _check_run_dir(run_dir)
     pipeline = load_pipeline(*_pipeline_spec(cfg), base_dir=base_dir)
+    check_finite(pipeline, "pipeline")
     source = open_source(cfg.data.model_dump(), str(base_dir))
     if cfg.attribution.precomputed:  # no model: classes and shapes come from the file
         from spray.data.precomputed import plan_run as plan_precomputed
@@ -265,41 +358,69 @@ def plan_run(cfg: RunConfig, base_dir: Path, output: str | None = None,
     else:
         model, n_outputs = _probe_model(cfg, base_dir, source)
         parts = class_partitions(source.labels(), cfg.classes, n_outputs)
-        model_fp, sample_shape = model_fingerprint(model), source.sample_shape
+        model_fp, sample_shape = model_fingerprint(model, cfg.model.factory), source.sample_shape
     names = _class_names(cfg, n_outputs, getattr(source, "class_names", None))
     _check_k(pipeline, parts)
-    _check_run_dir(run_dir)
     fingerprints = {"model": model_fp, "data": source.fingerprint(),
-                    "attribution": config_hash_attr(cfg)}
+                    "attribution": attribution_hash(cfg), "spray": __version__,
+                    **_identity_fingerprints(cfg, pipeline, source, names, parts,
+                                             None if cfg.attribution.precomputed else model)}
     return RunPlan(cfg=cfg, base_dir=base_dir, run_dir=run_dir, pipeline=pipeline, source=source,
                    parts=parts, names=names, n_outputs=n_outputs, sample_shape=sample_shape,
                    fingerprints=fingerprints, scheduler=scheduler)
 
 
+def _identity_fingerprints(cfg: RunConfig, pipeline: dict, source, names: list[str], parts: dict,
+                           model) -> dict[str, str]:
+    """What a baseline run must share with this one (``spray check --baseline``): the model's
+    code and architecture (not its weights), the kind and shape of the data (not its samples),
+    the class list and the analysis pipeline."""
+    code = (model_code_fingerprint(model, cfg.model.factory) if model is not None
+            else json_hash(cfg.attribution.precomputed and Path(cfg.attribution.precomputed).name))
+    return {"model_code": code,
+            "dataset": json_hash([cfg.data.source, list(source.sample_shape),
+                                    sorted(int(c) for c in parts),
+                                    cfg.data.scale, cfg.data.mean, cfg.data.std]),
+            "classes": json_hash([[int(c), names[c]] for c in sorted(parts)]),
+            "pipeline": pipeline_hash(pipeline)}
+
+
 def prepare_store(plan: RunPlan) -> StorePlan:
-    """Create (or check) the store and its class arrays; list the chunks still missing."""
+    """Create (or check) the store and its class arrays; list the chunk tasks to submit."""
     cfg = plan.cfg
+    OwnedFiles(plan.run_dir).claim_store()
     group = create_or_check_store(plan.run_dir, plan.fingerprints, config_hash(cfg),
                                   sorted(plan.parts))
-    todo, skipped, chunks_total, reuse = {}, {}, 0, set()
+    mark_run(group, "running")
+    todo, skipped, chunks_total, reuse, missing = {}, {}, 0, set(), 0
     for c, idx in sorted(plan.parts.items()):
         if len(idx) < 3:
             skipped[c] = (f"class {c} ({plan.names[c]}) has {len(idx)} sample(s); the analysis "
                           f"needs at least 3")
             continue
-        cg = prepare_class(group, c, plan.names[c], idx, plan.sample_shape, plan.n_outputs,
-                           cfg.attribution.chunk_size, cfg.attribution.store_dtype,
-                           cfg.attribution.store_channels)
-        done = cg["done"][:]
+        try:
+            cg = prepare_class(group, c, plan.names[c], idx, plan.sample_shape, plan.n_outputs,
+                               cfg.attribution.chunk_size, cfg.attribution.store_dtype,
+                               cfg.attribution.store_channels)
+            done = cg["done"][:]
+        except SprayError:
+            raise
+        except Exception as err:  # noqa: BLE001 - codec/JSON errors of a damaged store
+            raise damaged_class(plan.run_dir, c, err) from None
         chunks_total += len(done)
-        todo[c] = [i for i, ok in enumerate(done) if not ok]
-        previous = cg.attrs.get("analysis") or {}
-        if not todo[c] and previous.get("pipeline_hash") == pipeline_hash(plan.pipeline):
-            reuse.add(c)
+        missing += int((~done).sum())
+        if cfg.attribution.precomputed:  # copied, not computed from samples: resume by marker
+            todo[c] = [i for i, ok in enumerate(done) if not ok]
+            previous = cg.attrs.get("analysis") or {}
+            if not todo[c] and previous.get("pipeline_hash") == pipeline_hash(plan.pipeline):
+                reuse.add(c)
+        else:
+            todo[c] = list(range(len(done)))
     group.attrs["skipped"] = {str(c): why for c, why in skipped.items()}
-    (plan.run_dir / "config.yaml").write_text(dump_config(cfg, plan.base_dir, plan.pipeline))
+    OwnedFiles(plan.run_dir).write_text("config.yaml",
+                                        dump_config(cfg, plan.base_dir, plan.pipeline))
     return StorePlan(todo=todo, skipped=skipped, chunks_total=chunks_total,
-                     reuse=frozenset(reuse))
+                     reuse=frozenset(reuse), missing=missing)
 
 
 def execute(plan: RunPlan, store: StorePlan, client, quiet: bool = False) -> dict:
@@ -309,15 +430,16 @@ def execute(plan: RunPlan, store: StorePlan, client, quiet: bool = False) -> dic
     number of workers.
     """
     n_workers = len(workers_info(client))
-    log.info("%d classes, %d/%d LRP chunks to compute on %d Dask worker(s); %s",
-             len(store.todo), store.chunks_todo, store.chunks_total, n_workers,
-             dashboard_text(client))
+    log.info("%d classes, %d/%d LRP chunks to compute (finished ones are checked against their "
+             "samples) on %d Dask worker(s); %s", len(store.todo), store.chunks_todo,
+             store.chunks_total, n_workers, dashboard_text(client))
     t_submit = time.time()
     chunk_futures, analysis_futures = _submit(client, plan.cfg, plan.base_dir, plan.run_dir,
                                               plan.pipeline, store.todo, store.reuse)
     every = [f for fs in chunk_futures.values() for f in fs] + list(analysis_futures.values())
     try:
-        _show_progress(every, plan.cfg.cluster.progress and not quiet)
+        _show_progress(chunk_futures, analysis_futures, plan.cfg.attribution.chunk_size,
+                       plan.cfg.cluster.progress and not quiet)
         lrp_done, lrp_failed = _collect(chunk_futures)
         analysis_done, analysis_failed = _collect(analysis_futures)
     except BaseException:
@@ -343,9 +465,11 @@ def _record(plan: RunPlan, store: StorePlan, results: dict, failures: dict,
         spray_version=__version__, run_dir=str(plan.run_dir), config_dir=str(plan.base_dir),
         classes=sorted(plan.parts), chunks_total=store.chunks_total,
         chunks_computed=len(computed),
-        chunks_reused=store.chunks_total - store.chunks_todo + (finished - len(computed)),
+        chunks_reused=(store.chunks_total - sum(len(v) for v in store.todo.values())
+                       + (finished - len(computed))),
         chunks_failed=sum(len(v) for v in results["lrp_failed"].values()),
-        analyses_reused=len(store.reuse),
+        analyses_reused=len(store.reuse) + sum(bool(r.get("reused")) for v in
+                                               results["analysis_done"].values() for r in v),
         skipped={str(c): why for c, why in store.skipped.items()},
         failed={str(c): msgs for c, msgs in failures.items()},
         scheduler=plan.scheduler or plan.cfg.cluster.scheduler, workers=results["workers"],
@@ -356,12 +480,39 @@ def _record(plan: RunPlan, store: StorePlan, results: dict, failures: dict,
                        "graph_wall": round(times["report"] - times["graph"], 3),
                        **task_sum,
                        "report": round(times["end"] - times["report"], 3),
-                       "total": round(times["end"] - times["start"], 3)})
+                       "total": round(times["end"] - times["start"], 3)},
+        slurm_jobs=_slurm_jobs(results))
+
+
+def _slurm_jobs(results: dict) -> dict[str, list[str]]:
+    """The SLURM job ids the finished LRP and analysis tasks ran in, per stage."""
+    jobs = {stage: sorted({str(r["slurm_job"]) for v in results[key].values() for r in v
+                           if r.get("slurm_job")}, key=lambda j: (len(j), j))
+            for stage, key in (("lrp", "lrp_done"), ("analysis", "analysis_done"))}
+    return {stage: ids for stage, ids in jobs.items() if ids}
+
+
+def _finish_store(run_dir: Path, failures: dict, incomplete: bool) -> None:
+    """Record failures, the hash of every sample the maps come from and the run's end state."""
+    group = open_store(run_dir, mode="a")
+    group.attrs["failed"] = {str(c): msgs[0] for c, msgs in failures.items()}
+    classes = group["classes"] if "classes" in group else {}  # noqa: SIM401 - a Zarr group
+    samples = hashlib.sha256()
+    for key in sorted(classes, key=int):
+        samples.update(f"{key}:{class_samples_hash(classes[key])};".encode())
+    group.attrs["fingerprints"] = {**dict(group.attrs.get("fingerprints", {})),
+                                   "samples": samples.hexdigest()[:16]}
+    mark_run(group, "failed" if failures or incomplete else "finished")
 
 
 def run(cfg: RunConfig, base_dir: Path, output: str | None = None, scheduler: str | None = None,
-        overwrite: bool = False, quiet: bool = False) -> dict:
-    """Run the whole pipeline for a validated config; returns the run record (``run.json``)."""
+        overwrite: bool = False, quiet: bool = False, raise_failures: bool = True) -> dict:
+    """Run the whole pipeline for a validated config; returns the run record (``run.json``).
+
+    Classes that fail are recorded in the store, the summary and ``run.json``; with
+    ``raise_failures`` (the default) the run then raises an
+    :class:`~spray.errors.IncompleteRunError` naming them.
+    """
     times = {"start": time.perf_counter()}
     plan = plan_run(cfg, base_dir, output, scheduler, quiet)
     run_dir = plan.run_dir
@@ -373,26 +524,25 @@ def run(cfg: RunConfig, base_dir: Path, output: str | None = None, scheduler: st
         with dask_client(cfg.cluster.model_dump(), scheduler) as client:
             results = execute(plan, store, client, quiet)
         times["report"] = time.perf_counter()
-        failures = {c: results["lrp_failed"].get(c, []) + results["analysis_failed"].get(c, [])
-                    for c in set(results["lrp_failed"]) | set(results["analysis_failed"])}
-        open_store(run_dir, mode="a").attrs["failed"] = {str(c): msgs[0]
-                                                         for c, msgs in failures.items()}
+        failures = {c: list(dict.fromkeys(results["lrp_failed"].get(c, [])
+                                          + results["analysis_failed"].get(c, [])))
+                    for c in sorted(set(results["lrp_failed"]) | set(results["analysis_failed"]))}
+        _finish_store(run_dir, failures, incomplete=False)
         from spray.report.html import write_report
 
+        OwnedFiles(run_dir).claim_folder("report")
         write_report(run_dir)
         times["end"] = time.perf_counter()
         info = asdict(_record(plan, store, results, failures, times))
-        (run_dir / "run.json").write_text(json.dumps(info, indent=2))
-    if failures:
-        lines = "; ".join(msgs[0] for msgs in failures.values())
-        raise SprayError(f"{len(failures)} class(es) failed, the others finished and are in "
-                         f"{run_dir}: {lines}. Fix the cause and rerun: finished chunks are reused.")
+        OwnedFiles(run_dir).write_text("run.json", json.dumps(info, indent=2))
+    if failures and raise_failures:
+        raise IncompleteRunError(failure_message(info))
     return info
 
 
-def config_hash_attr(cfg: RunConfig) -> str:
-    """Fingerprint of the attribution settings (a change means other relevance maps)."""
-    import hashlib
+def failure_message(info: dict) -> str:
+    """One paragraph naming the classes of a run that failed, and what to do."""
+    lines = "; ".join(msgs[0] for msgs in info["failed"].values())
+    return (f"{len(info['failed'])} class(es) failed, the others finished and are in "
+            f"{info['run_dir']}: {lines}. Fix the cause and rerun: finished chunks are reused.")
 
-    payload = json.dumps(cfg.attribution.model_dump(exclude={"batch_size"}), sort_keys=True)
-    return hashlib.sha256(payload.encode()).hexdigest()[:16]

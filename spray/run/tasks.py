@@ -16,9 +16,9 @@ import numpy as np
 import torch
 
 from spray.data.models import load_model
-from spray.data.sources import open_source
+from spray.data.sources import open_source, samples_digest
 from spray.errors import DataError, SprayError, StoreError
-from spray.run.store import open_class, write_array
+from spray.store import class_samples_hash, open_class, write_array
 
 # scikit-learn says it falls back to n_jobs=1 in daemonic Dask workers; that is intended here
 # (one Dask thread per core), so do not repeat it for every class.
@@ -126,24 +126,51 @@ def _check_finite_inputs(x: np.ndarray, indices: np.ndarray) -> None:
                         f"{' ...' if len(bad) > 10 else ''}")
 
 
+def _read_chunk(data_cfg: dict, base_dir: str, indices: np.ndarray) -> tuple[np.ndarray, bytes]:
+    """The samples of a chunk as the model sees them, and their hash (one pass, as read)."""
+    x = open_source(data_cfg, base_dir).load(indices)
+    return x, samples_digest(x, indices)
+
+
+class DeterministicError(Exception):
+    """A data, config or model error inside a task: the same on every retry."""
+
+
 def lrp_chunk(run_dir: str, c: int, chunk: int, data_cfg: dict, model_cfg: dict,
               attr_cfg: dict, base_dir: str, runtime=1) -> dict:
+    """:func:`compute_chunk`; a data, config or model error (the same on every retry) is
+    returned as ``{"error": message}`` instead of raised, so Dask neither retries it nor logs
+    a traceback on the worker. Other errors (a lost file system, a killed worker) are raised and
+    retried."""
+    try:
+        return compute_chunk(run_dir, c, chunk, data_cfg, model_cfg, attr_cfg, base_dir, runtime)
+    except DeterministicError as err:
+        return {"class": c, "chunk": chunk, "error": str(err.__cause__ or err),
+                "error_type": type(err.__cause__ or err).__name__}
+
+
+def compute_chunk(run_dir: str, c: int, chunk: int, data_cfg: dict, model_cfg: dict,
+                  attr_cfg: dict, base_dir: str, runtime=1) -> dict:
     """Compute the relevance maps of rows ``chunk`` of class ``c`` and write them to the store.
 
     The rows of a chunk are exactly one Zarr chunk of every array, written whole and only then
     marked in ``done``: a task killed halfway leaves its chunk unmarked and a retry (or a rerun)
-    rewrites it completely. A chunk already marked is not computed again.
+    rewrites it completely. The task hashes the samples it reads and stores the hash with the
+    chunk; a chunk already marked is read and hashed again and computed again only when its
+    samples changed.
     """
     t0 = time.perf_counter()
     cg = open_class(run_dir, c, mode="a")
     start, stop = chunk_rows(cg, chunk)
-    if bool(cg["done"][chunk]):
-        return {"class": c, "chunk": chunk, "rows": 0, "seconds": 0.0, "reused": True}
     indices = cg["index"][start:stop]
     try:
         _set_threads(runtime)
+        x, digest = _read_chunk(data_cfg, base_dir, indices)
+        stored = bytes(np.asarray(cg["sample_hash"][chunk], dtype=np.uint8))
+        if bool(cg["done"][chunk]) and stored == digest:
+            return {"class": c, "chunk": chunk, "rows": 0, "seconds": time.perf_counter() - t0,
+                    "reused": True}
         device = _device(runtime)
-        x = open_source(data_cfg, base_dir).load(indices)
         _check_finite_inputs(x, indices)
         model = load_model(model_cfg, base_dir)
         if device.type != "cpu":
@@ -152,18 +179,22 @@ def lrp_chunk(run_dir: str, c: int, chunk: int, data_cfg: dict, model_cfg: dict,
         maps, logits = relevance_for(model, x, c, attr_cfg, device)
         t_lrp = time.perf_counter() - t1
     except SprayError as err:
-        raise type(err)(f"{_where(c, start, stop, indices)}: {err}") from err
+        named = type(err)(f"{_where(c, start, stop, indices)}: {err}")
+        raise DeterministicError(str(named)) from named
     except Exception as err:  # noqa: BLE001 - name the chunk that failed
         raise DataError(f"{_where(c, start, stop, indices)}: LRP failed: "
                         f"{type(err).__name__}: {err}") from err
+    cg["done"][chunk] = False  # samples changed: unmark before rewriting
     cg["relevance"][start:stop] = maps.sum(axis=1)
     if "relevance_full" in cg:
         cg["relevance_full"][start:stop] = maps
     cg["logits"][start:stop] = logits
     cg["prediction"][start:stop] = logits.argmax(axis=1)
+    cg["sample_hash"][chunk] = np.frombuffer(digest, dtype=np.uint8)
     cg["done"][chunk] = True
     return {"class": c, "chunk": chunk, "rows": stop - start, "lrp_seconds": t_lrp,
-            "seconds": time.perf_counter() - t0, "t_end": time.time()}
+            "seconds": time.perf_counter() - t0, "t_end": time.time(),
+            "slurm_job": os.environ.get("SLURM_JOB_ID")}
 
 
 def _write_cluster_views(cg, source, indices: np.ndarray, labels: np.ndarray,
@@ -222,15 +253,43 @@ def class_features(cg, c: int, source, params: dict) -> tuple[np.ndarray, np.nda
 
 def pipeline_hash(pipeline: dict) -> str:
     """Hash of an analysis pipeline: a class analysed with the same one need not be redone."""
-    import hashlib
-    import json
+    from spray.config.run_config import json_hash
 
-    payload = json.dumps(pipeline, sort_keys=True, default=str)
-    return hashlib.sha256(payload.encode()).hexdigest()[:16]
+    return json_hash(pipeline)
 
 
 def analyze_class(run_dir: str, c: int, pipeline: dict, data_cfg: dict, _deps=None,
                   runtime=1) -> dict:
+    """:func:`analyze_stored_class` once the class's LRP chunks (``_deps``) are all written.
+
+    A chunk that failed leaves the class unanalysed (``{"error": ..., "dependency": True}``);
+    a data error of the analysis itself is returned as ``{"error": message}`` (not retried).
+    """
+    failed = [d for d in (_deps or []) if isinstance(d, dict) and d.get("error")]
+    if failed:
+        return {"class": c, "error": failed[0]["error"], "dependency": True}
+    try:
+        return analyze_stored_class(run_dir, c, pipeline, data_cfg, runtime)
+    except SprayError as err:
+        return {"class": c, "error": str(err), "error_type": type(err).__name__}
+
+
+#: the analysis arrays a kept analysis must still be able to read (a damaged one is redone)
+ANALYSIS_ARRAYS = ("eigenvalues", "eigengaps", "eigenvectors", "labels")
+
+
+def _analysis_readable(cg) -> bool:
+    """The stored analysis arrays exist and decode (a truncated chunk means: analyse again)."""
+    try:
+        for name in ANALYSIS_ARRAYS:
+            np.asarray(cg[name][...])
+    except Exception:  # noqa: BLE001 - missing, truncated or undecodable
+        return False
+    return True
+
+
+def analyze_stored_class(run_dir: str, c: int, pipeline: dict, data_cfg: dict,
+                         runtime=1) -> dict:
     """Preprocess, analyse and score one class; write everything into its store group.
 
     Reads the class's relevance maps and inputs one chunk at a time; the analysis itself works
@@ -242,6 +301,11 @@ def analyze_class(run_dir: str, c: int, pipeline: dict, data_cfg: dict, _deps=No
     t0 = time.perf_counter()
     _set_threads(runtime)
     cg = open_class(run_dir, c, mode="a")
+    samples = class_samples_hash(cg)
+    previous = cg.attrs.get("analysis") or {}
+    if (previous.get("pipeline_hash") == pipeline_hash(pipeline)
+            and previous.get("samples_hash") == samples and _analysis_readable(cg)):
+        return {"class": c, **previous, "reused": True}  # same maps, same pipeline: keep it
     indices = cg["index"][:]
     source = open_source(data_cfg)
     features, input_features = class_features(cg, c, source, pipeline["preprocess"])
@@ -259,11 +323,11 @@ def analyze_class(run_dir: str, c: int, pipeline: dict, data_cfg: dict, _deps=No
     write_array(cg, "labels", labels)
     _write_cluster_views(cg, source, indices, labels)
     info = {"n_clusters": int(result.n_clusters), "k": int(result.k),
-            "pipeline_hash": pipeline_hash(pipeline),
+            "pipeline_hash": pipeline_hash(pipeline), "samples_hash": samples,
             "warnings": list(result.warnings), "flags": verdict,
             "seconds": time.perf_counter() - t0}
     cg.attrs["analysis"] = info
-    return {"class": c, **info}
+    return {"class": c, **info, "slurm_job": os.environ.get("SLURM_JOB_ID")}
 
 
 def precomputed_chunk(run_dir: str, c: int, chunk: int, data_cfg: dict, model_cfg, attr_cfg: dict,

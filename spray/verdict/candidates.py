@@ -1,0 +1,101 @@
+"""Candidate groups of a class: the analysis' clusters, halves of them, clusters of other K."""
+
+from __future__ import annotations
+
+import numpy as np
+import scipy.sparse as sp
+
+from spray.config.presets import FlagsSection
+from spray.verdict.graphs import bisect
+from spray.verdict.result import ClusterEvidence
+
+
+def analysis_clusters(labels: np.ndarray) -> list[ClusterEvidence]:
+    """One entry per cluster of the analysis (label −1, unassigned, included)."""
+    return [ClusterEvidence.of(labels == cid, id=int(cid)) for cid in np.unique(labels)]
+
+
+def halves(W: sp.csr_matrix, clusters: list[ClusterEvidence], min_size: int,
+           seed: int) -> list[ClusterEvidence]:
+    """Both sides of the spectral bisection of every cluster of at least ``min_size`` samples
+    (not of the unassigned samples, label −1)."""
+    out = []
+    for c in clusters:
+        if c.id < 0 or c.size < min_size:
+            continue
+        side = bisect(W, c.mask, seed)
+        if side is not None:
+            out += [ClusterEvidence.of(side, half_of=c.id),
+                    ClusterEvidence.of(c.mask & ~side, half_of=c.id)]
+    return out
+
+
+def other_k_groups(result, pipeline: dict, seen: list[np.ndarray]) -> list[ClusterEvidence]:
+    """Clusters of k-means on the first K eigenvectors for every other K up to max_clusters
+    (groups identical to one in ``seen``, or to an earlier one, dropped)."""
+    from spray.analysis.clustering import cluster
+
+    clus = dict(pipeline["clustering"])
+    vec = np.asarray(result.eigenvectors)
+    K_max = min(int(clus.get("max_clusters", 10)), vec.shape[1], vec.shape[0] - 1)
+    keys = {np.packbits(m).tobytes() for m in seen}
+    out = []
+    for K in range(2, K_max + 1):
+        if int(result.n_clusters) == K:
+            continue
+        lab = cluster(vec, K, clus, affinity=result.affinity)
+        for cid in np.unique(lab):
+            mask = lab == cid
+            key = np.packbits(mask).tobytes()
+            if key in keys:
+                continue
+            keys.add(key)
+            out.append(ClusterEvidence.of(mask, n_clusters=K, cluster=int(cid)))
+    return out
+
+
+def candidate_groups(result, pipeline: dict, params: FlagsSection,
+                     W: sp.csr_matrix) -> tuple[list, list, list]:
+    """The groups a class is scored on: ``(clusters, halves, other_k)``."""
+    clusters = analysis_clusters(np.asarray(result.labels))
+    cut = halves(W, clusters, 4 * params.min_cluster_size, params.seed) \
+        if params.bisect_clusters else []
+    other = other_k_groups(result, pipeline, [g.mask for g in clusters + cut]) \
+        if params.candidates == "all-k" else []
+    return clusters, cut, other
+
+
+def sweep_cuts(W: sp.csr_matrix, degree: np.ndarray, eigenvectors: np.ndarray, count: int,
+               params: FlagsSection) -> list[ClusterEvidence]:
+    """Sweep cuts along the leading eigenvectors of the class graph, whatever K was chosen.
+
+    For each of the ``count`` eigenvectors after the first (scaled by D^-1/2, as the random-walk
+    Laplacian's), the nodes are ordered by their value and, from each end, the prefix of least
+    conductance among the sizes a candidate may have (``min_cluster_fraction`` …
+    ``max_cluster_fraction``, at least ``min_cluster_size``) is a candidate: a group the graph
+    separates along that direction (Cheeger's sweep). Identical groups are kept once.
+    """
+    n = W.shape[0]
+    lo = max(params.min_cluster_size, int(np.ceil(params.min_cluster_fraction * n)))
+    hi = min(int(np.floor(params.max_cluster_fraction * n)), n - 1)
+    vec = np.asarray(eigenvectors)
+    if hi < lo or vec.ndim != 2:
+        return []
+    from spray.verdict.graphs import sweep_profile
+
+    scale = 1.0 / np.sqrt(np.maximum(degree, 1e-12))
+    sizes = np.arange(lo, hi + 1)
+    out, keys = [], set()
+    for i in range(1, min(count + 1, vec.shape[1])):
+        order = np.argsort(vec[:, i] * scale, kind="stable")
+        phi = sweep_profile(W, degree, order)            # phi[s - 1]: prefix of length s
+        for sign, prefix in ((1, sizes - 1), (-1, n - sizes - 1)):
+            size = int(sizes[np.argmin(phi[prefix])])
+            members = order[:size] if sign > 0 else order[n - size:]
+            mask = np.zeros(n, dtype=bool)
+            mask[members] = True
+            key = np.packbits(mask).tobytes()
+            if key not in keys:
+                keys.add(key)
+                out.append(ClusterEvidence.of(mask, cut_along=sign * i))
+    return out

@@ -1,0 +1,196 @@
+"""The evidence measured on one candidate group: contrast, input randomness, concentration.
+
+The rule that combines them is described once, in docs/verdict.md.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import scipy.sparse as sp
+
+from spray.config.presets import FlagsSection
+from spray.verdict.graphs import knn_graph, mask_conductance, random_conductance, with_degree
+from spray.verdict.result import ClusterEvidence
+
+
+def contrast(phi_in: float, phi_rel: float, floor: float) -> float:
+    """log(max(φ_input, floor) / max(φ_relevance, floor))."""
+    return math.log(max(phi_in, floor) / max(phi_rel, floor))
+
+
+def difference(features: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Mean features of ``mask`` minus those of the rest (float64)."""
+    X = np.asarray(features, dtype=np.float64)
+    return X[mask].mean(axis=0) - X[~mask].mean(axis=0)
+
+
+def top_cells(magnitude: np.ndarray, area: float) -> np.ndarray:
+    """Indices of the ``area`` share of cells with the largest ``magnitude`` (at least one)."""
+    top = max(1, int(math.ceil(area * magnitude.size)))
+    return np.argsort(magnitude)[::-1][:top]
+
+
+def concentration(features: np.ndarray, mask: np.ndarray, grid, area: float) -> dict:
+    """Spatial concentration of the mean-relevance difference between ``mask`` and the rest.
+
+    Returns ``concentration`` (share of |Δ| in the top ``area`` of the cells), ``peak`` (the
+    grid cell of the largest |Δ|, [row, column], or None when Δ is 0) and ``peak_sign``.
+    """
+    delta = difference(features, mask)
+    mag = np.abs(delta)
+    total = mag.sum()
+    if total <= 0:
+        return {"concentration": 0.0, "peak": None}
+    share = float(mag[top_cells(mag, area)].sum() / total)
+    peak = int(np.argmax(mag))
+    if grid is not None and int(grid[0]) * int(grid[1]) == mag.size:
+        peak_at = [peak // int(grid[1]), peak % int(grid[1])]
+    else:
+        peak_at = [peak]
+    return {"concentration": round(share, 4), "peak": peak_at,
+            "peak_sign": int(np.sign(delta[peak]))}
+
+
+def masked_inputs(input_features: np.ndarray, features: np.ndarray, mask: np.ndarray,
+                  area: float, normalize: str) -> np.ndarray:
+    """The inputs without the cells where the relevance of ``mask`` differs most from the rest.
+
+    The ``area`` share of feature cells with the largest |mean relevance of the group − mean
+    relevance of the rest| are set to 0 in every input, and each input is normalized again as
+    the preprocessing did (``l1``, ``l2`` or ``none``).
+    """
+    X = np.array(input_features, dtype=np.float32)
+    X[:, top_cells(np.abs(difference(features, mask)), area)] = 0.0
+    if normalize in ("l1", "l2"):
+        scale = (np.abs(X).sum(axis=1) if normalize == "l1" else np.linalg.norm(X, axis=1))
+        X /= np.where(scale > 0, scale, 1.0)[:, None]
+    return X
+
+
+def size_penalty(fraction: float, params: FlagsSection) -> float:
+    """Linear penalty above the knee, equal to ``size_prior_weight`` at fraction 0.5."""
+    knee, weight = params.size_prior_knee, params.size_prior_weight
+    if fraction <= knee or weight <= 0 or knee >= 0.5:
+        return 0.0
+    return weight * (fraction - knee) / (0.5 - knee)
+
+
+def randomness_penalty(randomness: float, params: FlagsSection) -> float:
+    """Linear penalty below the knee: ``input_randomness_weight`` per unit of randomness."""
+    return params.input_randomness_weight * max(0.0, params.input_randomness_knee - randomness)
+
+
+@dataclass
+class ClassGraphs:
+    """What the evidence of every candidate of one class is measured against.
+
+    Attributes
+    ----------
+    W, degree : the relevance kNN graph of the analysis and its degrees.
+    input_features : ``(n, d)`` raw inputs preprocessed like the relevance maps.
+    features : ``(n, d)`` relevance features, or None (then whole inputs, no concentration).
+    affinity : the affinity section with the analysis' ``k``.
+    params : the flags section.
+    normalize, grid : the preprocessing's normalization and pooling grid.
+    whole_inputs : the input graph on whole inputs (only built when ``mask_area`` is 0).
+    """
+
+    W: sp.csr_matrix
+    degree: np.ndarray
+    input_features: np.ndarray
+    features: np.ndarray | None
+    affinity: dict
+    params: FlagsSection
+    normalize: str
+    grid: object
+    whole_inputs: tuple | None = None
+
+    @classmethod
+    def build(cls, result, input_features, pipeline: dict, params: FlagsSection, features=None):
+        """The graphs of a class from its analysis result and its inputs."""
+        affinity = dict(pipeline["affinity"])
+        affinity["k"] = int(result.k)
+        W, degree = with_degree(result.affinity)
+        preprocess = pipeline.get("preprocess") or {}
+        graphs = cls(W, degree, np.asarray(input_features, dtype=np.float32), features,
+                     affinity, params, preprocess.get("normalize", "l1"), preprocess.get("pool"))
+        if graphs.mask_area == 0:
+            graphs.whole_inputs = knn_graph(graphs.input_features, affinity)
+        return graphs
+
+    @property
+    def n(self) -> int:
+        return self.W.shape[0]
+
+    @property
+    def mask_area(self) -> float:
+        """``input_mask_area``, or 0 without relevance features (whole inputs)."""
+        return float(self.params.input_mask_area) if self.features is not None else 0.0
+
+    def inputs_for(self, mask: np.ndarray) -> np.ndarray:
+        """The inputs the contrast of ``mask`` compares with (masked or whole)."""
+        if self.mask_area > 0:
+            return masked_inputs(self.input_features, self.features, mask, self.mask_area,
+                                 self.normalize)
+        return self.input_features
+
+    def input_conductance(self, X_in: np.ndarray, mask: np.ndarray) -> float:
+        graph = knn_graph(X_in, self.affinity) if self.mask_area > 0 else self.whole_inputs
+        return mask_conductance(*graph, mask)
+
+    def input_randomness(self, mask: np.ndarray) -> float:
+        """Conductance of ``mask`` in the kNN graph of the inputs without the ``input_mask_area``
+        share of cells where its *inputs* differ most from the rest's, over that of a random
+        subset of its size: about 1 when the group differs from the rest only locally (a stamp on
+        random members of the class), well below 1 for a style or sub-type of the class."""
+        if self.mask_area > 0:
+            X = masked_inputs(self.input_features, self.input_features, mask, self.mask_area,
+                              self.normalize)
+            graph = knn_graph(X, self.affinity)
+        else:
+            graph = self.whole_inputs
+        return mask_conductance(*graph, mask) / random_conductance(int(mask.sum()), len(mask))
+
+
+def eligible(entry: ClusterEvidence, n: int, params: FlagsSection) -> bool:
+    """Whether a group is a candidate by its size alone."""
+    return (params.min_cluster_fraction <= entry.size / n <= params.max_cluster_fraction
+            and entry.size >= params.min_cluster_size and entry.size < n)
+
+
+def measure(entry: ClusterEvidence, graphs: ClassGraphs,
+            bar: float | None = None) -> ClusterEvidence:
+    """Fill in the evidence of a candidate (conductances, contrast, randomness, concentration).
+
+    A half or a sweep cut whose score cannot reach ``bar`` (default: the threshold) even with
+    φ_input = 1 is left unmeasured (no input graphs are built for it). Returns ``entry``;
+    ``entry.measured`` says whether it is a candidate.
+    """
+    params = graphs.params
+    mask = entry.mask
+    if not eligible(entry, graphs.n, params):
+        return entry
+    phi_rel = mask_conductance(graphs.W, graphs.degree, mask)
+    floor = params.conductance_floor
+    if entry.split_only and (contrast(1.0, phi_rel, floor)
+                             - size_penalty(entry.size / graphs.n, params)
+                             < (params.threshold if bar is None else bar)):
+        return entry       # φ_input ≤ 1: it cannot reach the threshold
+    X_in = graphs.inputs_for(mask)
+    phi_in = graphs.input_conductance(X_in, mask)
+    randomness = graphs.input_randomness(mask)
+    entry.inputs = X_in
+    entry.conductance_relevance = round(phi_rel, 6)
+    entry.conductance_input = round(phi_in, 6)
+    entry.contrast = round(contrast(phi_in, phi_rel, floor), 4)
+    entry.input_randomness = round(randomness, 4)
+    entry.randomness_penalty = round(randomness_penalty(randomness, params), 4)
+    if graphs.features is not None:
+        c = concentration(graphs.features, mask, graphs.grid, params.concentration_area)
+        entry.concentration, entry.peak = c["concentration"], c["peak"]
+        entry.peak_sign = c.get("peak_sign")
+    entry.size_penalty = round(size_penalty(entry.fraction, params), 4)
+    return entry

@@ -1,0 +1,144 @@
+"""The verdict of a class as typed records: :class:`ClusterEvidence` and :class:`Verdict`.
+
+``Verdict.to_dict()`` is what the run stores in a class's ``analysis`` attribute and what
+``summary.json`` is read from (keys documented in docs/outputs.md).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+
+import numpy as np
+
+# the keys of a cluster entry, in the order they are written (None = not written)
+_EVIDENCE_KEYS = ("id", "half_of", "cut_along", "n_clusters", "cluster", "size", "fraction",
+                  "conductance_relevance", "conductance_input", "contrast", "input_randomness",
+                  "randomness_penalty", "concentration", "peak", "peak_sign", "size_penalty",
+                  "excluded", "resampled", "contrast_stable", "score", "split_from")
+
+
+@dataclass
+class ClusterEvidence:
+    """One group of a class (an analysis cluster, a half of one, or a cluster of another K) and
+    the evidence measured on it.
+
+    Attributes
+    ----------
+    mask : boolean membership over the class's samples (not serialized).
+    id : the cluster id (analysis clusters and split-off halves).
+    half_of : for a half, the cluster it was cut from.
+    cut_along : for a sweep cut, the eigenvector of the class graph it was cut along (1 = the
+        Fiedler vector; negative: the cut from the other end).
+    n_clusters, cluster : for a group of another K, that K and its cluster id there.
+    size, fraction : members and their share of the class.
+    conductance_relevance, conductance_input, contrast, input_randomness, randomness_penalty,
+    concentration, peak, peak_sign, size_penalty : the evidence (candidates only).
+    excluded : why a candidate was not scored (``min_concentration``).
+    resampled : False when the bootstrap was skipped because it could not change the verdict.
+    contrast_stable, score : the bootstrap's stable contrast and the candidate's score.
+    split_from : for a half split off as a new cluster, the cluster it came from.
+    score_from_k : the group of another K whose score this cluster took, with ``jaccard``.
+    inputs : the input features the contrast was measured on (not serialized).
+    """
+
+    mask: np.ndarray = field(repr=False, compare=False)
+    id: int | None = None
+    half_of: int | None = None
+    cut_along: int | None = None
+    n_clusters: int | None = None
+    cluster: int | None = None
+    size: int = 0
+    fraction: float = 0.0
+    conductance_relevance: float | None = None
+    conductance_input: float | None = None
+    contrast: float | None = None
+    input_randomness: float | None = None
+    randomness_penalty: float | None = None
+    concentration: float | None = None
+    peak: list | None = None
+    peak_sign: int | None = None
+    size_penalty: float | None = None
+    excluded: str | None = None
+    resampled: bool | None = None
+    contrast_stable: float | None = None
+    score: float | None = None
+    split_from: int | None = None
+    score_from_k: ClusterEvidence | None = field(default=None, repr=False)
+    jaccard: float | None = None
+    inputs: np.ndarray | None = field(default=None, repr=False, compare=False)
+
+    @classmethod
+    def of(cls, mask: np.ndarray, **ids) -> ClusterEvidence:
+        """An entry for the group ``mask`` (size and fraction filled in)."""
+        size = int(mask.sum())
+        return cls(mask=mask, size=size, fraction=round(size / len(mask), 4), **ids)
+
+    @property
+    def measured(self) -> bool:
+        """Whether it is a candidate whose evidence was measured."""
+        return self.contrast is not None
+
+    @property
+    def split_only(self) -> bool:
+        """A half or a sweep cut: it counts only as a suspect that outscores the clusters."""
+        return self.half_of is not None or self.cut_along is not None
+
+    @property
+    def penalty(self) -> float:
+        return self.size_penalty + self.randomness_penalty
+
+    def to_dict(self) -> dict:
+        """The JSON-ready entry: the keys that were measured, nothing private."""
+        out = {}
+        for key in _EVIDENCE_KEYS:
+            value = getattr(self, key)
+            if value is not None or (key == "peak" and self.concentration is not None):
+                out[key] = value
+        if self.score_from_k is not None:
+            out["score_from_k"] = {**self.score_from_k.to_dict(), "jaccard": self.jaccard}
+        return out
+
+
+@dataclass
+class Verdict:
+    """The Clever-Hans verdict of one class.
+
+    Attributes
+    ----------
+    score : the class score (best analysis candidate; 0 without candidates).
+    threshold, flagged : the threshold and whether ``score >= threshold``.
+    suspect_cluster : the best cluster when flagged; ``suspect_clusters`` every cluster at or
+        above the threshold, best first.
+    candidate_cluster : the best-scoring cluster, flagged or not.
+    clusters : one entry per cluster of ``labels``.
+    splits : halves split off as new clusters (``{"cluster": new id, "from": old id}``).
+    labels : the analysis' labels with those splits.
+    other_k : the best ten groups of other K (``candidates: all-k``).
+    params : the flags section used.
+    """
+
+    score: float
+    threshold: float
+    flagged: bool
+    suspect_cluster: int | None
+    suspect_clusters: list[int]
+    candidate_cluster: int | None
+    clusters: list[ClusterEvidence]
+    splits: list[dict]
+    labels: np.ndarray
+    other_k: list[ClusterEvidence]
+    params: dict
+    rule: str = "input-contrast"
+
+    def cluster(self, cid: int) -> ClusterEvidence:
+        """The entry of cluster ``cid``."""
+        return next(c for c in self.clusters if c.id == cid)
+
+    def to_dict(self) -> dict:
+        """The verdict as the run stores it (``labels`` stays an array; the run pops it)."""
+        out = {f.name: getattr(self, f.name) for f in fields(self)}
+        out["clusters"] = [c.to_dict() for c in self.clusters]
+        out["other_k"] = [c.to_dict() for c in self.other_k]
+        order = ("rule", "score", "threshold", "flagged", "suspect_cluster", "suspect_clusters",
+                 "candidate_cluster", "clusters", "splits", "labels", "other_k", "params")
+        return {k: out[k] for k in order}
