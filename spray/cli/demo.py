@@ -104,7 +104,7 @@ def fit(model: nn.Module, x: np.ndarray, y: np.ndarray, epochs: int, seed: int,
 
 def train_model(x: np.ndarray, y: np.ndarray, epochs: int = 12, seed: int = SEED) -> nn.Module:
     """Train the demo CNN (a few seconds to a minute on two cores), showing each epoch."""
-    from spray.run.progress import StageProgress
+    from spray.progress import StageProgress
 
     torch.manual_seed(seed)
     with StageProgress("training the demo CNN", epochs, "epochs",
