@@ -94,7 +94,7 @@ def test_cluster_workers_auto_follow_the_machine(small_problem, tmp_path, cluste
     config["model"]["weights"] = str(small_problem["root"] / "weights.pt")
     config["cluster"] = cluster
     records = _Records()
-    logger = logging.getLogger("spray.config.run_config")
+    logger = logging.getLogger("spray.config.cluster")
     logger.addHandler(records)
     old_level = logger.level
     logger.setLevel(logging.INFO)

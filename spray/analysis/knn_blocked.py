@@ -161,7 +161,7 @@ def rows_knn(X: np.ndarray, rows: np.ndarray, k: int, chunk: int = 256):
 
 
 def _threads(n_jobs: int) -> int:
-    from spray.config.run_config import available_cores
+    from spray.config.cluster import available_cores
 
     cores = available_cores()
     return cores if n_jobs is None or n_jobs < 1 else max(1, min(int(n_jobs), cores))

@@ -10,7 +10,7 @@ import contextlib
 import logging
 import sys
 
-from spray.config.run_config import check_scheduler
+from spray.config.cluster import check_scheduler
 from spray.errors import ConfigError
 from spray.run.signals import raise_pending, signals_deferred
 
