@@ -7,8 +7,8 @@ import math
 import numpy as np
 
 from spray.config.presets import FlagsSection
-from spray.verdict.evidence import contrast
-from spray.verdict.graphs import knn_graph, mask_conductance
+from spray.verdict.evidence import contrast, subsample_size
+from spray.verdict.graphs import GraphCache, extended_k, mask_conductance
 from spray.verdict.result import ClusterEvidence
 
 
@@ -17,17 +17,23 @@ class Resamples:
 
     ``contrasts(inputs, mask)`` gives the contrast of ``mask`` on every subsample, with the input
     graph of ``inputs`` rebuilt on the subsample (the same array for several candidates is
-    graphed once per subsample).
+    graphed once per subsample). The subsample graphs are taken from one neighbour search of
+    each array on the whole class (:class:`~spray.verdict.graphs.NeighbourLists`, the same
+    graphs as searching each subsample); ``cache`` shares those searches with the evidence.
     """
 
-    def __init__(self, features: np.ndarray, pipeline: dict, k: int, params: FlagsSection):
+    def __init__(self, features: np.ndarray, pipeline: dict, k: int, params: FlagsSection,
+                 cache: GraphCache | None = None):
         n = len(features)
         B = params.bootstrap
-        m = min(int(round(params.bootstrap_fraction * n)), params.bootstrap_max_samples)
+        m = subsample_size(n, params)
         self.floor = params.conductance_floor
         self.features = features
-        self.aff = dict(pipeline["affinity"])
-        self.aff["k"] = int(min(k, m - 2))
+        self.k = int(min(k, m - 2))
+        if cache is None:
+            aff = dict(pipeline["affinity"], k=int(k))
+            cache = GraphCache(aff, extended_k(k, n, m, B))
+        self.cache = cache
         rng = np.random.default_rng(params.seed)
         enough = B > 0 and m >= max(10, k + 2)
         self.subsets = [np.sort(rng.choice(n, size=m, replace=False)) for _ in range(B)] \
@@ -44,10 +50,10 @@ class Resamples:
             if sub.sum() < 2 or (~sub).sum() < 2:
                 continue
             if b not in self._relevance:
-                self._relevance[b] = knn_graph(self.features[idx], self.aff)
+                self._relevance[b] = self.cache.lists(self.features).subsample(idx, self.k)
             key = (id(inputs), b)
             if key not in self._inputs:
-                self._inputs[key] = knn_graph(inputs[idx], self.aff)
+                self._inputs[key] = self.cache.lists(inputs).subsample(idx, self.k)
             out.append(contrast(mask_conductance(*self._inputs[key], sub),
                                 mask_conductance(*self._relevance[b], sub), self.floor))
         return out

@@ -12,7 +12,8 @@ import numpy as np
 import scipy.sparse as sp
 
 from spray.config.presets import FlagsSection
-from spray.verdict.graphs import knn_graph, mask_conductance, random_conductance, with_degree
+from spray.verdict.graphs import (GraphCache, extended_k, knn_graph, mask_conductance,
+                                  random_conductance, with_degree)
 from spray.verdict.result import ClusterEvidence
 
 
@@ -96,6 +97,9 @@ class ClassGraphs:
     params : the flags section.
     normalize, grid : the preprocessing's normalization and pooling grid.
     whole_inputs : the input graph on whole inputs (only built when ``mask_area`` is 0).
+    cache : the neighbour lists of the arrays graphed (the contrast's inputs of every candidate,
+        the relevance features), shared with the resamples (:class:`~spray.verdict.bootstrap.
+        Resamples`), which take their graphs from them.
     """
 
     W: sp.csr_matrix
@@ -107,6 +111,7 @@ class ClassGraphs:
     normalize: str
     grid: object
     whole_inputs: tuple | None = None
+    cache: GraphCache | None = None
 
     @classmethod
     def build(cls, result, input_features, pipeline: dict, params: FlagsSection, features=None):
@@ -117,8 +122,12 @@ class ClassGraphs:
         preprocess = pipeline.get("preprocess") or {}
         graphs = cls(W, degree, np.asarray(input_features, dtype=np.float32), features,
                      affinity, params, preprocess.get("normalize", "l1"), preprocess.get("pool"))
+        n = len(graphs.input_features)
+        graphs.cache = GraphCache(affinity, extended_k(affinity["k"], n,
+                                                       subsample_size(n, params),
+                                                       params.bootstrap))
         if graphs.mask_area == 0:
-            graphs.whole_inputs = knn_graph(graphs.input_features, affinity)
+            graphs.whole_inputs = graphs.cache.lists(graphs.input_features).whole()
         return graphs
 
     @property
@@ -138,7 +147,7 @@ class ClassGraphs:
         return self.input_features
 
     def input_conductance(self, X_in: np.ndarray, mask: np.ndarray) -> float:
-        graph = knn_graph(X_in, self.affinity) if self.mask_area > 0 else self.whole_inputs
+        graph = self.cache.lists(X_in).whole() if self.mask_area > 0 else self.whole_inputs
         return mask_conductance(*graph, mask)
 
     def input_randomness(self, mask: np.ndarray) -> float:
@@ -153,6 +162,11 @@ class ClassGraphs:
         else:
             graph = self.whole_inputs
         return mask_conductance(*graph, mask) / random_conductance(int(mask.sum()), len(mask))
+
+
+def subsample_size(n: int, params: FlagsSection) -> int:
+    """Samples in each bootstrap resample of a class of ``n``."""
+    return min(int(round(params.bootstrap_fraction * n)), params.bootstrap_max_samples)
 
 
 def eligible(entry: ClusterEvidence, n: int, params: FlagsSection) -> bool:

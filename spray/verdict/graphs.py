@@ -6,6 +6,8 @@ Every graph is a symmetric sparse affinity ``W`` (csr) carried with its node deg
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import scipy.sparse as sp
 
@@ -105,3 +107,127 @@ def bisect(W: sp.csr_matrix, members: np.ndarray, seed: int = 0) -> np.ndarray |
     out = np.zeros(len(members), dtype=bool)
     out[idx[side]] = True
     return out
+
+
+class NeighbourLists:
+    """The kNN graphs of one array and of its subsamples, from one neighbour search.
+
+    Below the affinity's ``approximate_above`` the search is exact, so the ``k`` nearest
+    neighbours of a sample *within a subsample* are the first ``k`` of its longer list over the
+    whole array that the subsample keeps (same order, ties by index). One search of ``k_ext``
+    neighbours on the whole array therefore gives the graph of the array (its first ``k``
+    columns) and that of every subsample; the few rows of a subsample that keep fewer than
+    ``k`` listed neighbours are searched again exactly among the subsample. Above
+    ``approximate_above`` (or when ``k_ext`` is not above ``k``) every graph is built by its
+    own search, as :func:`knn_graph` does.
+
+    Parameters
+    ----------
+    X : numpy.ndarray
+        ``(n, d)`` rows.
+    affinity_params : dict
+        The affinity section with an integer ``k``.
+    k_ext : int
+        Length of the lists kept for the subsamples.
+    """
+
+    def __init__(self, X: np.ndarray, affinity_params: dict, k_ext: int):
+        from spray.analysis.knn import _as_features, knn_neighbors, resolve_k
+        from spray.config.presets import AffinitySection
+
+        self.X = _as_features(X)
+        self.affinity = dict(affinity_params)
+        n = len(self.X)
+        self.k = resolve_k(n, self.affinity["k"])
+        above = AffinitySection.coerce(self.affinity).approximate_above
+        k_ext = int(min(max(k_ext, self.k), n - 1))
+        self.exact = n <= above and k_ext > self.k
+        if self.exact:
+            self.indices, self.distances, _ = knn_neighbors(self.X, k_ext, self.affinity)
+        else:
+            self.indices = self.distances = None
+
+    def whole(self) -> tuple[sp.csr_matrix, np.ndarray]:
+        """The kNN graph of the whole array (as :func:`knn_graph` builds it)."""
+        from spray.analysis.knn import graph_from_neighbors
+
+        if not self.exact:
+            return knn_graph(self.X, self.affinity)
+        k = self.k
+        return with_degree(graph_from_neighbors(self.indices[:, :k], self.distances[:, :k],
+                                                self.affinity))
+
+    def subsample(self, idx: np.ndarray, k: int) -> tuple[sp.csr_matrix, np.ndarray]:
+        """The ``k``-NN graph of the rows ``idx`` (sorted, unique) among themselves."""
+        from spray.analysis.knn import graph_from_neighbors
+
+        aff = dict(self.affinity, k=int(k))
+        if not self.exact or k > self.k:
+            return knn_graph(self.X[idx], aff)
+        ind, dist = sub_neighbours(self.X, self.indices, self.distances, idx, k)
+        return with_degree(graph_from_neighbors(ind, dist, aff))
+
+
+def sub_neighbours(X: np.ndarray, indices: np.ndarray, distances: np.ndarray,
+                   idx: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The ``k`` nearest neighbours of the rows ``idx`` among themselves (positions in ``idx``),
+    taken from exact neighbour lists ``indices``/``distances`` over all rows of ``X``.
+
+    Rows whose list keeps fewer than ``k`` members of ``idx`` are searched exactly again.
+    """
+    n = len(X)
+    pos = np.full(n, -1, dtype=np.int64)
+    pos[idx] = np.arange(len(idx))
+    mapped = pos[indices[idx]]
+    kept = mapped >= 0
+    # the kept entries of each row first, in their order (stable sort of a boolean key)
+    order = np.argsort(~kept, axis=1, kind="stable")[:, :k]
+    ind = np.take_along_axis(mapped, order, axis=1)
+    dist = np.take_along_axis(distances[idx], order, axis=1)
+    short = np.flatnonzero(kept.sum(axis=1) < k)
+    if len(short):
+        ind[short], dist[short] = _exact_rows(X[idx], short, k)
+    return ind, dist
+
+
+def _exact_rows(Xs: np.ndarray, rows: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Exact ``k`` nearest neighbours of ``rows`` of ``Xs`` among all rows (self excluded,
+    ties by index)."""
+    from sklearn.neighbors import NearestNeighbors
+
+    nn = NearestNeighbors(n_neighbors=k + 1, algorithm="brute", metric="euclidean").fit(Xs)
+    dist, ind = nn.kneighbors(Xs[rows])
+    is_self = ind == rows[:, None]
+    keep = ~is_self
+    keep[~is_self.any(axis=1), -1] = False
+    out_i = np.stack([r[m][:k] for r, m in zip(ind, keep)])
+    out_d = np.stack([r[m][:k] for r, m in zip(dist, keep)])
+    return out_i.astype(np.int64), out_d.astype(np.float32)
+
+
+def extended_k(k: int, n: int, m: int, resamples: int) -> int:
+    """List length that lets subsamples of ``m`` of ``n`` rows take their ``k``-NN graphs from
+    one search (:class:`NeighbourLists`): ``k`` itself (every graph searched on its own) without
+    resamples or when a subsample keeps less than half of the rows (then ``resamples`` searches
+    of ``m`` rows cost less than one of ``n``); otherwise 1.5 k n / m + 5, so that the rare row
+    that keeps fewer than ``k`` of its listed neighbours is searched again."""
+    if resamples <= 0 or m < n / 2:
+        return int(k)
+    return int(math.ceil(1.5 * k * n / m)) + 5
+
+
+class GraphCache:
+    """:class:`NeighbourLists` per array (by identity; the array is kept alive with them)."""
+
+    def __init__(self, affinity_params: dict, k_ext: int):
+        self.affinity = dict(affinity_params)
+        self.k_ext = int(k_ext)
+        self._lists: dict[int, tuple[np.ndarray, NeighbourLists]] = {}
+
+    def lists(self, X: np.ndarray) -> NeighbourLists:
+        """The neighbour lists of ``X`` (searched once)."""
+        hit = self._lists.get(id(X))
+        if hit is None or hit[0] is not X:
+            hit = (X, NeighbourLists(X, self.affinity, self.k_ext))
+            self._lists[id(X)] = hit
+        return hit[1]
