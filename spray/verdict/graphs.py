@@ -129,9 +129,12 @@ class NeighbourLists:
         The affinity section with an integer ``k``.
     k_ext : int
         Length of the lists kept for the subsamples.
+    search : callable, optional
+        ``search(k_ext) -> (indices, distances)``: exact neighbour lists of ``X`` found another
+        way (:meth:`MaskedSearch.neighbours`) instead of the affinity's search.
     """
 
-    def __init__(self, X: np.ndarray, affinity_params: dict, k_ext: int):
+    def __init__(self, X: np.ndarray, affinity_params: dict, k_ext: int, search=None):
         from spray.analysis.knn import _as_features, knn_neighbors, resolve_k
         from spray.config.presets import AffinitySection
 
@@ -141,8 +144,10 @@ class NeighbourLists:
         self.k = resolve_k(n, self.affinity["k"])
         above = AffinitySection.coerce(self.affinity).approximate_above
         k_ext = int(min(max(k_ext, self.k), n - 1))
-        self.exact = n <= above and k_ext > self.k
-        if self.exact:
+        self.exact = search is not None or (n <= above and k_ext > self.k)
+        if search is not None:
+            self.indices, self.distances = search(k_ext)
+        elif self.exact:
             self.indices, self.distances, _ = knn_neighbors(self.X, k_ext, self.affinity)
         else:
             self.indices = self.distances = None
@@ -224,10 +229,96 @@ class GraphCache:
         self.k_ext = int(k_ext)
         self._lists: dict[int, tuple[np.ndarray, NeighbourLists]] = {}
 
-    def lists(self, X: np.ndarray) -> NeighbourLists:
-        """The neighbour lists of ``X`` (searched once)."""
+    def lists(self, X: np.ndarray, search=None, keep: bool = True) -> NeighbourLists:
+        """The neighbour lists of ``X`` (searched once; ``search`` as :class:`NeighbourLists`
+        takes it; ``keep=False``: not kept for later calls)."""
         hit = self._lists.get(id(X))
         if hit is None or hit[0] is not X:
-            hit = (X, NeighbourLists(X, self.affinity, self.k_ext))
-            self._lists[id(X)] = hit
+            hit = (X, NeighbourLists(X, self.affinity, self.k_ext, search))
+            if keep:
+                self._lists[id(X)] = hit
         return hit[1]
+
+
+#: classes up to this size keep the Gram matrix of their inputs (float32, n² · 4 bytes)
+GRAM_MAX_SAMPLES = 10_000
+
+
+class MaskedSearch:
+    """Exact nearest neighbours of an array with a few columns set to 0 and its rows rescaled,
+    for many such variants, from the array's Gram matrix computed once.
+
+    For ``X̃ = (X with the columns C set to 0) / s`` (``s`` per row), the products are
+    ``x̃_i·x̃_j = (G_ij − x_iC·x_jC) / (s_i s_j)``: a correction of rank |C| of the Gram matrix
+    ``G = X Xᵀ``. Row i's neighbours minimise ``s_i (||x̃_j||² − 2 x̃_i·x̃_j)`` over j (float32,
+    torch's top-k of ``k + MARGIN``, then sorted with ties by index). A row with two of its
+    ``k + 1`` nearest closer than float32 can order (``TOLERANCE``) is searched again exactly:
+    the lists of the exact search (:func:`spray.analysis.knn.exact_knn`) at a fraction of its
+    cost, since no product with all of X is formed again.
+    """
+
+    #: rows per block of the distance matrix
+    BLOCK = 512
+    #: shortlist beyond ``k`` (ties at the k-th neighbour)
+    MARGIN = 8
+    #: relative gap below which two neighbours' order is left to the exact search of the row
+    TOLERANCE = 1e-5
+
+    def __init__(self, X: np.ndarray):
+        self.X = np.ascontiguousarray(X, dtype=np.float32)
+        self._gram = None
+
+    @property
+    def gram(self):
+        """``X Xᵀ`` (a float32 torch tensor, made on first use)."""
+        import torch
+
+        if self._gram is None:
+            Xt = torch.from_numpy(self.X)
+            self._gram = Xt @ Xt.T
+        return self._gram
+
+    def neighbours(self, Xm: np.ndarray, cells: np.ndarray, scale: np.ndarray,
+                   k: int) -> tuple[np.ndarray, np.ndarray]:
+        """The ``k`` nearest neighbours (self excluded) of every row of ``Xm``, which is
+        ``X`` with the columns ``cells`` at 0, each row divided by ``scale``.
+
+        Returns ``(indices, distances)``, ``(n, k)`` int64 and float32, nearest first.
+        """
+        import torch
+
+        n = len(self.X)
+        k = int(min(k, n - 1))
+        short = int(min(n - 1, k + self.MARGIN))
+        G = self.gram
+        Xc = torch.from_numpy(np.ascontiguousarray(self.X[:, cells]))
+        XcT = Xc.T.contiguous()
+        s = torch.from_numpy(np.asarray(scale, dtype=np.float32))
+        q = torch.from_numpy(np.einsum("ij,ij->i", Xm, Xm, dtype=np.float64).astype(np.float32))
+        w = -2.0 / s
+        ind = np.empty((n, k), dtype=np.int64)
+        dist = np.empty((n, k), dtype=np.float32)
+        qi = q.numpy().astype(np.float64)
+        si = s.numpy().astype(np.float64)
+        qmax, redo = float(qi.max()), []
+        for a in range(0, n, self.BLOCK):
+            b = min(a + self.BLOCK, n)
+            R = torch.addmm(G[a:b], Xc[a:b], XcT, alpha=-1.0)    # x_i·x_j without C
+            R.mul_(w).addr_(s[a:b], q)                            # s_i (||x̃_j||² − 2 x̃_i·x̃_j)
+            R[torch.arange(b - a), torch.arange(a, b)] = float("inf")
+            top = torch.topk(R, short, dim=1, largest=False, sorted=False)
+            cand, val = top.indices.numpy(), top.values.numpy().astype(np.float64)
+            order = np.lexsort((cand, val), axis=-1)             # ties by index
+            val = np.take_along_axis(val, order, axis=1)
+            ind[a:b] = np.take_along_axis(cand, order[:, :k], axis=1)
+            d2 = val[:, :k] / si[a:b, None] + qi[a:b, None]
+            dist[a:b] = np.sqrt(np.maximum(d2, 0.0))
+            # rows whose order float32 cannot vouch for: two values closer than its rounding
+            tol = self.TOLERANCE * si[a:b] * (qi[a:b] + qmax)
+            close = np.diff(val[:, :k + 1], axis=1).min(axis=1, initial=np.inf) <= tol
+            redo.append(a + np.flatnonzero(close))
+        redo = np.concatenate(redo)
+        if len(redo):
+            ind[redo], dist[redo] = _exact_rows(Xm, redo, k)
+        return ind, dist
+
