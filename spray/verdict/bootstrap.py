@@ -8,7 +8,7 @@ import numpy as np
 
 from spray.config.presets import FlagsSection
 from spray.verdict.evidence import contrast, subsample_size
-from spray.verdict.graphs import GraphCache, extended_k, mask_conductance
+from spray.verdict.graphs import GraphCache, MaskedSearch, extended_k, mask_conductance
 from spray.verdict.result import ClusterEvidence
 
 
@@ -41,6 +41,10 @@ class Resamples:
         self._relevance = {}
         self._inputs = {}
 
+    def _relevance_lists(self):
+        """The relevance features' lists (searched once, as the masked inputs are)."""
+        return self.cache.lists(self.features, _unmasked_search(self.features))
+
     def contrasts(self, inputs: np.ndarray, mask: np.ndarray) -> list[float]:
         """The contrast of ``mask`` (inputs ``inputs``) on each subsample that keeps two
         members on either side."""
@@ -50,13 +54,21 @@ class Resamples:
             if sub.sum() < 2 or (~sub).sum() < 2:
                 continue
             if b not in self._relevance:
-                self._relevance[b] = self.cache.lists(self.features).subsample(idx, self.k)
+                self._relevance[b] = self._relevance_lists().subsample(idx, self.k)
             key = (id(inputs), b)
             if key not in self._inputs:
                 self._inputs[key] = self.cache.lists(inputs).subsample(idx, self.k)
             out.append(contrast(mask_conductance(*self._inputs[key], sub),
                                 mask_conductance(*self._relevance[b], sub), self.floor))
         return out
+
+
+def _unmasked_search(X: np.ndarray):
+    """``search(k)``: exact neighbour lists of ``X`` by :class:`MaskedSearch` without cells
+    (blocks of ``X Xᵀ``, not kept)."""
+    gram = MaskedSearch(X, keep_gram=False)
+    none = np.zeros(0, dtype=np.int64)
+    return lambda k: gram.neighbours(gram.X, none, np.ones(len(X), dtype=np.float32), k)
 
 
 def set_stable(entry: ClusterEvidence, values: list[float], params: FlagsSection) -> None:

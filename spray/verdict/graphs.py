@@ -118,8 +118,8 @@ class NeighbourLists:
     neighbours on the whole array therefore gives the graph of the array (its first ``k``
     columns) and that of every subsample; the few rows of a subsample that keep fewer than
     ``k`` listed neighbours are searched again exactly among the subsample. Above
-    ``approximate_above`` (or when ``k_ext`` is not above ``k``) every graph is built by its
-    own search, as :func:`knn_graph` does.
+    ``approximate_above`` every graph is built by its own search, as :func:`knn_graph` does;
+    with ``k_ext`` not above ``k``, every subsample's graph is.
 
     Parameters
     ----------
@@ -144,13 +144,14 @@ class NeighbourLists:
         self.k = resolve_k(n, self.affinity["k"])
         above = AffinitySection.coerce(self.affinity).approximate_above
         k_ext = int(min(max(k_ext, self.k), n - 1))
-        self.exact = search is not None or (n <= above and k_ext > self.k)
-        if search is not None:
+        self.exact = n <= above
+        self.indices = self.distances = None
+        if self.exact and search is not None:
             self.indices, self.distances = search(k_ext)
         elif self.exact:
             self.indices, self.distances, _ = knn_neighbors(self.X, k_ext, self.affinity)
-        else:
-            self.indices = self.distances = None
+        # lists no longer than k would leave most rows of a subsample short: searched anew
+        self.derive = self.exact and k_ext > self.k
 
     def whole(self) -> tuple[sp.csr_matrix, np.ndarray]:
         """The kNN graph of the whole array (as :func:`knn_graph` builds it)."""
@@ -167,7 +168,7 @@ class NeighbourLists:
         from spray.analysis.knn import graph_from_neighbors
 
         aff = dict(self.affinity, k=int(k))
-        if not self.exact or k > self.k:
+        if not self.derive or k > self.k:
             return knn_graph(self.X[idx], aff)
         ind, dist = sub_neighbours(self.X, self.indices, self.distances, idx, k)
         return with_degree(graph_from_neighbors(ind, dist, aff))
@@ -193,6 +194,16 @@ def sub_neighbours(X: np.ndarray, indices: np.ndarray, distances: np.ndarray,
     if len(short):
         ind[short], dist[short] = _exact_rows(X[idx], short, k)
     return ind, dist
+
+
+def _nearest_of(X: np.ndarray, row: int, cand: np.ndarray,
+                k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The ``k`` nearest of the rows ``cand`` to the row ``row`` of ``X`` (float64 distances,
+    ties by index)."""
+    diff = X[cand].astype(np.float64) - X[row].astype(np.float64)
+    d = np.sqrt(np.einsum("ij,ij->i", diff, diff))
+    order = np.lexsort((cand, d))[:k]
+    return cand[order], d[order].astype(np.float32)
 
 
 def _exact_rows(Xs: np.ndarray, rows: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -264,19 +275,22 @@ class MaskedSearch:
     #: relative gap below which two neighbours' order is left to the exact search of the row
     TOLERANCE = 1e-5
 
-    def __init__(self, X: np.ndarray):
+    def __init__(self, X: np.ndarray, keep_gram: bool = True):
         self.X = np.ascontiguousarray(X, dtype=np.float32)
+        self.keep_gram = keep_gram
         self._gram = None
 
-    @property
-    def gram(self):
-        """``X Xᵀ`` (a float32 torch tensor, made on first use)."""
+    def gram_rows(self, a: int, b: int):
+        """Rows ``a:b`` of ``X Xᵀ`` (float32 torch; the whole matrix is made on first use and
+        kept, or each block computed when asked with ``keep_gram=False``)."""
         import torch
 
+        Xt = torch.from_numpy(self.X)
+        if not self.keep_gram:
+            return Xt[a:b] @ Xt.T
         if self._gram is None:
-            Xt = torch.from_numpy(self.X)
             self._gram = Xt @ Xt.T
-        return self._gram
+        return self._gram[a:b]
 
     def neighbours(self, Xm: np.ndarray, cells: np.ndarray, scale: np.ndarray,
                    k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -290,7 +304,6 @@ class MaskedSearch:
         n = len(self.X)
         k = int(min(k, n - 1))
         short = int(min(n - 1, k + self.MARGIN))
-        G = self.gram
         Xc = torch.from_numpy(np.ascontiguousarray(self.X[:, cells]))
         XcT = Xc.T.contiguous()
         s = torch.from_numpy(np.asarray(scale, dtype=np.float32))
@@ -300,10 +313,10 @@ class MaskedSearch:
         dist = np.empty((n, k), dtype=np.float32)
         qi = q.numpy().astype(np.float64)
         si = s.numpy().astype(np.float64)
-        qmax, redo = float(qi.max()), []
+        qmax, search = float(qi.max()), []
         for a in range(0, n, self.BLOCK):
             b = min(a + self.BLOCK, n)
-            R = torch.addmm(G[a:b], Xc[a:b], XcT, alpha=-1.0)    # x_i·x_j without C
+            R = torch.addmm(self.gram_rows(a, b), Xc[a:b], XcT, alpha=-1.0)   # x_i·x_j without C
             R.mul_(w).addr_(s[a:b], q)                            # s_i (||x̃_j||² − 2 x̃_i·x̃_j)
             R[torch.arange(b - a), torch.arange(a, b)] = float("inf")
             top = torch.topk(R, short, dim=1, largest=False, sorted=False)
@@ -313,12 +326,17 @@ class MaskedSearch:
             ind[a:b] = np.take_along_axis(cand, order[:, :k], axis=1)
             d2 = val[:, :k] / si[a:b, None] + qi[a:b, None]
             dist[a:b] = np.sqrt(np.maximum(d2, 0.0))
-            # rows whose order float32 cannot vouch for: two values closer than its rounding
+            # rows whose order float32 cannot vouch for: two of the k + 1 nearest closer than
+            # its rounding (recomputed in float64), or the shortlist's edge as close (searched)
             tol = self.TOLERANCE * si[a:b] * (qi[a:b] + qmax)
             close = np.diff(val[:, :k + 1], axis=1).min(axis=1, initial=np.inf) <= tol
-            redo.append(a + np.flatnonzero(close))
-        redo = np.concatenate(redo)
-        if len(redo):
-            ind[redo], dist[redo] = _exact_rows(Xm, redo, k)
+            edge = (val[:, -1] - val[:, min(k, short - 1)] <= tol) & (short < n - 1)
+            cand = np.take_along_axis(cand, order, axis=1)
+            for r in np.flatnonzero(close & ~edge):
+                ind[a + r], dist[a + r] = _nearest_of(Xm, a + r, cand[r], k)
+            search.append(a + np.flatnonzero(edge))
+        search = np.concatenate(search)
+        if len(search):
+            ind[search], dist[search] = _exact_rows(Xm, search, k)
         return ind, dist
 
