@@ -327,9 +327,11 @@ class MaskedSearch:
             d2 = val[:, :k] / si[a:b, None] + qi[a:b, None]
             dist[a:b] = np.sqrt(np.maximum(d2, 0.0))
             # rows whose order float32 cannot vouch for: two of the k + 1 nearest closer than
-            # its rounding (recomputed in float64), or the shortlist's edge as close (searched)
+            # its rounding, or one as close to 0 (recomputed in float64), or the shortlist's
+            # edge as close (searched again)
             tol = self.TOLERANCE * si[a:b] * (qi[a:b] + qmax)
             close = np.diff(val[:, :k + 1], axis=1).min(axis=1, initial=np.inf) <= tol
+            close |= d2[:, 0] * si[a:b] <= tol           # a (near-)duplicate: its distance
             edge = (val[:, -1] - val[:, min(k, short - 1)] <= tol) & (short < n - 1)
             cand = np.take_along_axis(cand, order, axis=1)
             for r in np.flatnonzero(close & ~edge):
