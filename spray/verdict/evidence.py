@@ -187,12 +187,9 @@ class ClassGraphs:
             return self._masked(self.features, mask).X
         return self.input_features
 
-    def input_graph(self, X_in: np.ndarray) -> tuple:
-        """The kNN graph of the contrast's inputs ``X_in`` (with its degrees)."""
-        return self.cache.lists(X_in).whole() if self.mask_area > 0 else self.whole_inputs
-
     def input_conductance(self, X_in: np.ndarray, mask: np.ndarray) -> float:
-        return mask_conductance(*self.input_graph(X_in), mask)
+        graph = self.cache.lists(X_in).whole() if self.mask_area > 0 else self.whole_inputs
+        return mask_conductance(*graph, mask)
 
     def input_randomness(self, mask: np.ndarray) -> float:
         """Conductance of ``mask`` in the kNN graph of the inputs without the ``input_mask_area``
@@ -209,37 +206,6 @@ class ClassGraphs:
 def subsample_size(n: int, params: FlagsSection) -> int:
     """Samples in each bootstrap resample of a class of ``n``."""
     return min(int(round(params.bootstrap_fraction * n)), params.bootstrap_max_samples)
-
-
-#: random groups per candidate in :func:`null_contrast`
-NULL_DRAWS = 200
-
-
-def subset_conductances(W: sp.csr_matrix, degree: np.ndarray, members: np.ndarray) -> np.ndarray:
-    """Conductance of each column of the ``(n, r)`` 0/1 matrix ``members`` in ``W``."""
-    M = members.astype(np.float64)
-    vol_in = degree @ M
-    internal = np.einsum("ij,ij->j", M, np.asarray(W @ M))
-    small = np.minimum(vol_in, degree.sum() - vol_in)
-    return np.where(small > 0, np.maximum(vol_in - internal, 0.0) / np.where(small > 0, small, 1),
-                    0.0)
-
-
-def null_contrast(W_rel: sp.csr_matrix, degree_rel: np.ndarray, W_in: sp.csr_matrix,
-                  degree_in: np.ndarray, size: int, floor: float, draws: int,
-                  seed: int) -> tuple[float, float]:
-    """Mean and standard deviation of the contrast of ``draws`` random groups of ``size``
-    samples of the class, in its relevance graph and in an input graph (the null of a group
-    that neither graph separates)."""
-    n = len(degree_rel)
-    rng = np.random.default_rng([seed, size])
-    members = np.zeros((n, draws), dtype=bool)
-    pick = np.argpartition(rng.random((draws, n)), size - 1, axis=1)[:, :size]
-    members[pick.T, np.arange(draws)[None, :]] = True
-    phi_rel = np.maximum(subset_conductances(W_rel, degree_rel, members), floor)
-    phi_in = np.maximum(subset_conductances(W_in, degree_in, members), floor)
-    c = np.log(phi_in / phi_rel)
-    return round(float(c.mean()), 6), round(float(c.std(ddof=1)), 6)
 
 
 def eligible(entry: ClusterEvidence, n: int, params: FlagsSection) -> bool:
@@ -267,11 +233,7 @@ def measure(entry: ClusterEvidence, graphs: ClassGraphs,
                              < (params.threshold if bar is None else bar)):
         return entry       # φ_input ≤ 1: it cannot reach the threshold
     X_in = graphs.inputs_for(mask)
-    input_graph = graphs.input_graph(X_in)
-    phi_in = mask_conductance(*input_graph, mask)
-    entry.null_mean, entry.null_sd = null_contrast(graphs.W, graphs.degree, *input_graph,
-                                                   entry.size, params.conductance_floor,
-                                                   NULL_DRAWS, params.seed)
+    phi_in = graphs.input_conductance(X_in, mask)
     randomness = graphs.input_randomness(mask)
     entry.inputs = X_in
     entry.conductance_relevance = round(phi_rel, 6)

@@ -14,8 +14,7 @@ import numpy as np
 _EVIDENCE_KEYS = ("id", "half_of", "cut_along", "n_clusters", "cluster", "size", "fraction",
                   "conductance_relevance", "conductance_input", "contrast", "input_randomness",
                   "randomness_penalty", "concentration", "peak", "peak_sign", "size_penalty",
-                  "excluded", "resampled", "contrast_stable", "score", "null_mean", "null_sd",
-                  "split_from")
+                  "excluded", "resampled", "contrast_stable", "score", "split_from")
 
 
 @dataclass
@@ -37,8 +36,6 @@ class ClusterEvidence:
     excluded : why a candidate was not scored (``min_concentration``).
     resampled : False when the bootstrap was skipped because it could not change the verdict.
     contrast_stable, score : the bootstrap's stable contrast and the candidate's score.
-    null_mean, null_sd : mean and standard deviation of the contrast of random groups of the
-        same size in the same graphs (:func:`~spray.verdict.evidence.null_contrast`).
     split_from : for a half split off as a new cluster, the cluster it came from.
     score_from_k : the group of another K whose score this cluster took, with ``jaccard``.
     inputs : the input features the contrast was measured on (not serialized).
@@ -65,8 +62,6 @@ class ClusterEvidence:
     resampled: bool | None = None
     contrast_stable: float | None = None
     score: float | None = None
-    null_mean: float | None = None
-    null_sd: float | None = None
     split_from: int | None = None
     score_from_k: ClusterEvidence | None = field(default=None, repr=False)
     jaccard: float | None = None

@@ -318,15 +318,6 @@ def score_setting(setting, data, pipe) -> list[dict]:
             row["recall"] = hit / int(truth.sum())
         row["clusters"] = [{k: v for k, v in cl.items() if k != "members"}
                            for cl in verdict["clusters"]]
-        # every scored cluster with its null and, for a planted class, its P/R
-        row["cluster_scores"] = [
-            {"id": cl["id"], "score": cl["score"], "size": cl["size"],
-             "null_mean": cl.get("null_mean"), "null_sd": cl.get("null_sd"),
-             **({"precision": round(int((m & truth).sum()) / max(1, int(m.sum())), 4),
-                 "recall": round(int((m & truth).sum()) / int(truth.sum()), 4)}
-                if truth.any() else {})}
-            for cl in verdict["clusters"] if cl.get("score") is not None
-            for m in [np.asarray(verdict["labels"]) == cl["id"]]]
         best = next((cl for cl in verdict["clusters"] if cl["id"] == cand), {})
         if verdict.get("splits"):
             row["splits"] = verdict["splits"]
