@@ -8,7 +8,7 @@ import numpy as np
 
 from spray.config.presets import FlagsSection
 from spray.verdict.evidence import contrast, subsample_size
-from spray.verdict.graphs import GraphCache, MaskedSearch, extended_k, mask_conductance
+from spray.verdict.graphs import GraphCache, MaskedSearch, extended_k, knn_graph, mask_conductance
 from spray.verdict.result import ClusterEvidence
 
 
@@ -41,9 +41,13 @@ class Resamples:
         self._relevance = {}
         self._inputs = {}
 
-    def _relevance_lists(self):
-        """The relevance features' lists (searched once, as the masked inputs are)."""
-        return self.cache.lists(self.features, _unmasked_search(self.features))
+    def _relevance_graph(self, idx: np.ndarray) -> tuple:
+        """The relevance graph of the resample ``idx``: from the features' lists (searched once,
+        as the masked inputs are) when the lists are long enough, else its own search."""
+        if self.cache.k_ext <= int(self.cache.affinity["k"]):
+            return knn_graph(self.features[idx], dict(self.cache.affinity, k=self.k))
+        return self.cache.lists(self.features, _unmasked_search(self.features)).subsample(
+            idx, self.k)
 
     def contrasts(self, inputs: np.ndarray, mask: np.ndarray) -> list[float]:
         """The contrast of ``mask`` (inputs ``inputs``) on each subsample that keeps two
@@ -54,7 +58,7 @@ class Resamples:
             if sub.sum() < 2 or (~sub).sum() < 2:
                 continue
             if b not in self._relevance:
-                self._relevance[b] = self._relevance_lists().subsample(idx, self.k)
+                self._relevance[b] = self._relevance_graph(idx)
             key = (id(inputs), b)
             if key not in self._inputs:
                 self._inputs[key] = self.cache.lists(inputs).subsample(idx, self.k)

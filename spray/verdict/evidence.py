@@ -12,8 +12,16 @@ import numpy as np
 import scipy.sparse as sp
 
 from spray.config.presets import FlagsSection
-from spray.verdict.graphs import (GRAM_MAX_SAMPLES, GraphCache, MaskedSearch, NeighbourLists,
-                                  extended_k, mask_conductance, random_conductance, with_degree)
+from spray.verdict.graphs import (
+    GRAM_MAX_SAMPLES,
+    GraphCache,
+    MaskedSearch,
+    NeighbourLists,
+    extended_k,
+    mask_conductance,
+    random_conductance,
+    with_degree,
+)
 from spray.verdict.result import ClusterEvidence
 
 
