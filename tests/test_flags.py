@@ -521,3 +521,94 @@ def test_sweep_split_keeps_every_cluster(artefact_class):
     assert all(int((v["labels"] == cid).sum()) == size for cid, size in sizes.items())
     for s in v["splits"]:
         assert s["cluster"] in sizes and s["from"] in sizes
+
+
+def _tied_rows(seed: int, n: int, d: int) -> np.ndarray:
+    """Rows on a coarse lattice (many exactly equal distances) with a few duplicate rows,
+    normalized to unit sum."""
+    rng = np.random.default_rng(seed)
+    X = rng.integers(0, 4, size=(n, d)).astype(np.float32) + 0.25
+    X[n // 2:n // 2 + 5] = X[:5]
+    return X / X.sum(axis=1, keepdims=True)
+
+
+@pytest.mark.parametrize("weighting", ["binary", "gaussian", "local-scaling"])
+def test_subsample_graphs_from_one_search_equal_their_own_search(weighting):
+    """The kNN graph of a subsample taken from the whole array's longer lists is the graph a
+    search of the subsample builds, also with lists too short for some rows (searched again).
+    (Exact ties are not compared: scikit-learn's own order of tied neighbours changes with the
+    number of neighbours asked for.)"""
+    from spray.verdict.graphs import NeighbourLists, extended_k, knn_graph
+
+    X = np.random.default_rng(0).random((400, 12)).astype(np.float32)
+    aff = {**_pipe()["affinity"], "weighting": weighting, "k": 6}
+    rng = np.random.default_rng(1)
+    for k_ext, m in ((extended_k(6, 400, 320, 10), 320), (8, 220)):
+        lists = NeighbourLists(X, aff, k_ext)
+        assert lists.derive
+        assert abs(lists.whole()[0] - knn_graph(X, aff)[0]).max() == 0
+        for _ in range(3):
+            idx = np.sort(rng.choice(400, size=m, replace=False))
+            want, got = knn_graph(X[idx], aff)[0], lists.subsample(idx, 6)[0]
+            assert want.nnz == got.nnz and abs(want - got).max() < 1e-6
+
+
+def test_extended_k_searches_anew_when_lists_cannot_serve():
+    from spray.verdict.graphs import extended_k
+
+    assert extended_k(8, 1000, 800, 10) == 20
+    assert extended_k(8, 1000, 800, 0) == 8          # no resamples
+    assert extended_k(8, 100_000, 20_000, 10) == 8   # small subsamples: their own searches
+
+
+@pytest.mark.parametrize("normalize", ["l1", "l2", "none"])
+def test_masked_search_equals_the_exact_search(normalize):
+    """Neighbours of the inputs without some cells, from the Gram matrix, are the exact
+    search's (on rows with exact ties and duplicates: the same distances, the tied members
+    may differ)."""
+    from spray.analysis.knn import exact_knn
+    from spray.verdict.evidence import without_cells
+    from spray.verdict.graphs import MaskedSearch
+
+    rng = np.random.default_rng(2)
+    for tied, X in ((False, rng.random((500, 64)).astype(np.float32)),
+                    (True, _tied_rows(3, 500, 64))):
+        search = MaskedSearch(X)
+        for _ in range(2):
+            cells = rng.choice(64, size=7, replace=False)
+            Xm, scale = without_cells(X, cells, normalize)
+            assert np.array_equal(Xm, masked_inputs_of(X, cells, normalize))
+            want_i, want_d = exact_knn(Xm, 15)
+            got_i, got_d = search.neighbours(Xm, cells, scale, 15)
+            assert tied or np.array_equal(want_i, got_i)
+            assert np.allclose(want_d, got_d, atol=1e-5)
+
+
+def masked_inputs_of(X, cells, normalize):
+    """The inputs without ``cells`` as :func:`masked_inputs` makes them (its cells are the
+    largest relevance differences: a relevance that differs only there)."""
+    feats = np.zeros_like(X)
+    mask = np.zeros(len(X), dtype=bool)
+    mask[: len(X) // 3] = True
+    feats[np.ix_(mask, cells)] = 1.0 + np.arange(len(cells))
+    return masked_inputs(X, feats, mask, len(cells) / X.shape[1], normalize)
+
+
+def test_shared_searches_leave_the_verdict_unchanged(natural_class):
+    """The class's verdict with the bootstrap graphs taken from shared lists is the verdict
+    with every resample searched on its own."""
+    from spray.verdict.bootstrap import Resamples
+    from spray.verdict.graphs import GraphCache
+
+    feats, inputs, _ = natural_class
+    pipe = _pipe()
+    result = analyze(feats, pipeline=pipe, embed=False)
+    v = clever_hans_score(result, inputs, pipe, features=feats)
+    params = flag_params(pipe)
+    own = Resamples(feats.astype(np.float32), pipe, int(result.k), params,
+                    GraphCache({**pipe["affinity"], "k": int(result.k)}, int(result.k)))
+    shared = Resamples(feats.astype(np.float32), pipe, int(result.k), params)
+    for c in (c for c in v["clusters"] if "contrast" in c):
+        mask = v["labels"] == c["id"]
+        X = masked_inputs(inputs, feats, mask, params.input_mask_area, "l1")
+        assert shared.contrasts(X, mask) == pytest.approx(own.contrasts(X, mask), abs=1e-12)

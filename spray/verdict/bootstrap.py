@@ -7,8 +7,8 @@ import math
 import numpy as np
 
 from spray.config.presets import FlagsSection
-from spray.verdict.evidence import contrast
-from spray.verdict.graphs import knn_graph, mask_conductance
+from spray.verdict.evidence import contrast, subsample_size
+from spray.verdict.graphs import GraphCache, MaskedSearch, extended_k, knn_graph, mask_conductance
 from spray.verdict.result import ClusterEvidence
 
 
@@ -17,23 +17,37 @@ class Resamples:
 
     ``contrasts(inputs, mask)`` gives the contrast of ``mask`` on every subsample, with the input
     graph of ``inputs`` rebuilt on the subsample (the same array for several candidates is
-    graphed once per subsample).
+    graphed once per subsample). The subsample graphs are taken from one neighbour search of
+    each array on the whole class (:class:`~spray.verdict.graphs.NeighbourLists`, the same
+    graphs as searching each subsample); ``cache`` shares those searches with the evidence.
     """
 
-    def __init__(self, features: np.ndarray, pipeline: dict, k: int, params: FlagsSection):
+    def __init__(self, features: np.ndarray, pipeline: dict, k: int, params: FlagsSection,
+                 cache: GraphCache | None = None):
         n = len(features)
         B = params.bootstrap
-        m = min(int(round(params.bootstrap_fraction * n)), params.bootstrap_max_samples)
+        m = subsample_size(n, params)
         self.floor = params.conductance_floor
         self.features = features
-        self.aff = dict(pipeline["affinity"])
-        self.aff["k"] = int(min(k, m - 2))
+        self.k = int(min(k, m - 2))
+        if cache is None:
+            aff = dict(pipeline["affinity"], k=int(k))
+            cache = GraphCache(aff, extended_k(k, n, m, B))
+        self.cache = cache
         rng = np.random.default_rng(params.seed)
         enough = B > 0 and m >= max(10, k + 2)
         self.subsets = [np.sort(rng.choice(n, size=m, replace=False)) for _ in range(B)] \
             if enough else []
         self._relevance = {}
         self._inputs = {}
+
+    def _relevance_graph(self, idx: np.ndarray) -> tuple:
+        """The relevance graph of the resample ``idx``: from the features' lists (searched once,
+        as the masked inputs are) when the lists are long enough, else its own search."""
+        if self.cache.k_ext <= int(self.cache.affinity["k"]):
+            return knn_graph(self.features[idx], dict(self.cache.affinity, k=self.k))
+        return self.cache.lists(self.features, _unmasked_search(self.features)).subsample(
+            idx, self.k)
 
     def contrasts(self, inputs: np.ndarray, mask: np.ndarray) -> list[float]:
         """The contrast of ``mask`` (inputs ``inputs``) on each subsample that keeps two
@@ -44,13 +58,21 @@ class Resamples:
             if sub.sum() < 2 or (~sub).sum() < 2:
                 continue
             if b not in self._relevance:
-                self._relevance[b] = knn_graph(self.features[idx], self.aff)
+                self._relevance[b] = self._relevance_graph(idx)
             key = (id(inputs), b)
             if key not in self._inputs:
-                self._inputs[key] = knn_graph(inputs[idx], self.aff)
+                self._inputs[key] = self.cache.lists(inputs).subsample(idx, self.k)
             out.append(contrast(mask_conductance(*self._inputs[key], sub),
                                 mask_conductance(*self._relevance[b], sub), self.floor))
         return out
+
+
+def _unmasked_search(X: np.ndarray):
+    """``search(k)``: exact neighbour lists of ``X`` by :class:`MaskedSearch` without cells
+    (blocks of ``X Xᵀ``, not kept)."""
+    gram = MaskedSearch(X, keep_gram=False)
+    none = np.zeros(0, dtype=np.int64)
+    return lambda k: gram.neighbours(gram.X, none, np.ones(len(X), dtype=np.float32), k)
 
 
 def set_stable(entry: ClusterEvidence, values: list[float], params: FlagsSection) -> None:

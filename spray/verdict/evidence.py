@@ -12,7 +12,16 @@ import numpy as np
 import scipy.sparse as sp
 
 from spray.config.presets import FlagsSection
-from spray.verdict.graphs import knn_graph, mask_conductance, random_conductance, with_degree
+from spray.verdict.graphs import (
+    GRAM_MAX_SAMPLES,
+    GraphCache,
+    MaskedSearch,
+    NeighbourLists,
+    extended_k,
+    mask_conductance,
+    random_conductance,
+    with_degree,
+)
 from spray.verdict.result import ClusterEvidence
 
 
@@ -33,7 +42,8 @@ def top_cells(magnitude: np.ndarray, area: float) -> np.ndarray:
     return np.argsort(magnitude)[::-1][:top]
 
 
-def concentration(features: np.ndarray, mask: np.ndarray, grid, area: float) -> dict:
+def concentration(features: np.ndarray, mask: np.ndarray, grid, area: float,
+                  delta: np.ndarray | None = None) -> dict:
     """Spatial concentration of the mean-relevance difference between ``mask`` and the rest.
 
     Returns ``concentration`` (share of |Δ| in the top ``area`` of the cells), ``peak`` (the
@@ -62,12 +72,22 @@ def masked_inputs(input_features: np.ndarray, features: np.ndarray, mask: np.nda
     relevance of the rest| are set to 0 in every input, and each input is normalized again as
     the preprocessing did (``l1``, ``l2`` or ``none``).
     """
+    cells = top_cells(np.abs(difference(features, mask)), area)
+    return without_cells(input_features, cells, normalize)[0]
+
+
+def without_cells(input_features: np.ndarray, cells: np.ndarray,
+                  normalize: str) -> tuple[np.ndarray, np.ndarray]:
+    """The inputs with the columns ``cells`` set to 0 and normalized again (``l1``, ``l2`` or
+    ``none``), and the per-row divisor used (1 where a row is 0 or without normalization)."""
     X = np.array(input_features, dtype=np.float32)
-    X[:, top_cells(np.abs(difference(features, mask)), area)] = 0.0
+    X[:, cells] = 0.0
+    scale = np.ones(len(X), dtype=np.float32)
     if normalize in ("l1", "l2"):
         scale = (np.abs(X).sum(axis=1) if normalize == "l1" else np.linalg.norm(X, axis=1))
-        X /= np.where(scale > 0, scale, 1.0)[:, None]
-    return X
+        scale = np.where(scale > 0, scale, 1.0).astype(np.float32)
+        X /= scale[:, None]
+    return X, scale
 
 
 def size_penalty(fraction: float, params: FlagsSection) -> float:
@@ -96,6 +116,11 @@ class ClassGraphs:
     params : the flags section.
     normalize, grid : the preprocessing's normalization and pooling grid.
     whole_inputs : the input graph on whole inputs (only built when ``mask_area`` is 0).
+    cache : the neighbour lists of the arrays graphed (the contrast's inputs of every candidate,
+        the relevance features), shared with the resamples (:class:`~spray.verdict.bootstrap.
+        Resamples`), which take their graphs from them.
+    search : the masked inputs' exact search from the inputs' Gram matrix (classes up to
+        ``GRAM_MAX_SAMPLES``; above, every masked input array is searched on its own).
     """
 
     W: sp.csr_matrix
@@ -107,6 +132,9 @@ class ClassGraphs:
     normalize: str
     grid: object
     whole_inputs: tuple | None = None
+    cache: GraphCache | None = None
+    search: MaskedSearch | None = None
+    _float64: dict | None = None
 
     @classmethod
     def build(cls, result, input_features, pipeline: dict, params: FlagsSection, features=None):
@@ -117,9 +145,40 @@ class ClassGraphs:
         preprocess = pipeline.get("preprocess") or {}
         graphs = cls(W, degree, np.asarray(input_features, dtype=np.float32), features,
                      affinity, params, preprocess.get("normalize", "l1"), preprocess.get("pool"))
+        n = len(graphs.input_features)
+        graphs.cache = GraphCache(affinity, extended_k(affinity["k"], n,
+                                                       subsample_size(n, params),
+                                                       params.bootstrap))
         if graphs.mask_area == 0:
-            graphs.whole_inputs = knn_graph(graphs.input_features, affinity)
+            graphs.whole_inputs = graphs.cache.lists(graphs.input_features).whole()
+        elif n <= GRAM_MAX_SAMPLES:
+            graphs.search = MaskedSearch(graphs.input_features)
         return graphs
+
+    def difference(self, X: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        """:func:`difference` of ``X`` (the inputs or the relevance features) and ``mask``,
+        with ``X`` in float64 once per class."""
+        if self._float64 is None:
+            self._float64 = {}
+        hit = self._float64.get(id(X))
+        if hit is None or hit[0] is not X:
+            hit = (X, np.asarray(X, dtype=np.float64))
+            self._float64[id(X)] = hit
+        X64 = hit[1]
+        return X64[mask].mean(axis=0) - X64[~mask].mean(axis=0)
+
+    def _masked(self, source: np.ndarray, mask: np.ndarray, keep: bool = True) -> NeighbourLists:
+        """The inputs without the ``mask_area`` of cells where ``source`` (relevance or inputs)
+        of ``mask`` differs most from the rest's (:func:`masked_inputs`); their neighbour
+        lists (:class:`~spray.verdict.graphs.NeighbourLists`, kept for the resamples unless
+        ``keep`` is false) come from the Gram matrix when the class keeps one."""
+        cells = top_cells(np.abs(self.difference(source, mask)), self.mask_area)
+        X, scale = without_cells(self.input_features, cells, self.normalize)
+        search = None
+        if self.search is not None:
+            def search(k, gram=self.search):
+                return gram.neighbours(X, cells, scale, k)
+        return self.cache.lists(X, search, keep)
 
     @property
     def n(self) -> int:
@@ -133,12 +192,11 @@ class ClassGraphs:
     def inputs_for(self, mask: np.ndarray) -> np.ndarray:
         """The inputs the contrast of ``mask`` compares with (masked or whole)."""
         if self.mask_area > 0:
-            return masked_inputs(self.input_features, self.features, mask, self.mask_area,
-                                 self.normalize)
+            return self._masked(self.features, mask).X
         return self.input_features
 
     def input_conductance(self, X_in: np.ndarray, mask: np.ndarray) -> float:
-        graph = knn_graph(X_in, self.affinity) if self.mask_area > 0 else self.whole_inputs
+        graph = self.cache.lists(X_in).whole() if self.mask_area > 0 else self.whole_inputs
         return mask_conductance(*graph, mask)
 
     def input_randomness(self, mask: np.ndarray) -> float:
@@ -147,12 +205,15 @@ class ClassGraphs:
         subset of its size: about 1 when the group differs from the rest only locally (a stamp on
         random members of the class), well below 1 for a style or sub-type of the class."""
         if self.mask_area > 0:
-            X = masked_inputs(self.input_features, self.input_features, mask, self.mask_area,
-                              self.normalize)
-            graph = knn_graph(X, self.affinity)
+            graph = self._masked(self.input_features, mask, keep=False).whole()
         else:
             graph = self.whole_inputs
         return mask_conductance(*graph, mask) / random_conductance(int(mask.sum()), len(mask))
+
+
+def subsample_size(n: int, params: FlagsSection) -> int:
+    """Samples in each bootstrap resample of a class of ``n``."""
+    return min(int(round(params.bootstrap_fraction * n)), params.bootstrap_max_samples)
 
 
 def eligible(entry: ClusterEvidence, n: int, params: FlagsSection) -> bool:
@@ -189,7 +250,8 @@ def measure(entry: ClusterEvidence, graphs: ClassGraphs,
     entry.input_randomness = round(randomness, 4)
     entry.randomness_penalty = round(randomness_penalty(randomness, params), 4)
     if graphs.features is not None:
-        c = concentration(graphs.features, mask, graphs.grid, params.concentration_area)
+        c = concentration(graphs.features, mask, graphs.grid, params.concentration_area,
+                          graphs.difference(graphs.features, mask))
         entry.concentration, entry.peak = c["concentration"], c["peak"]
         entry.peak_sign = c.get("peak_sign")
     entry.size_penalty = round(size_penalty(entry.fraction, params), 4)

@@ -6,6 +6,8 @@ Every graph is a symmetric sparse affinity ``W`` (csr) carried with its node deg
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import scipy.sparse as sp
 
@@ -105,3 +107,238 @@ def bisect(W: sp.csr_matrix, members: np.ndarray, seed: int = 0) -> np.ndarray |
     out = np.zeros(len(members), dtype=bool)
     out[idx[side]] = True
     return out
+
+
+class NeighbourLists:
+    """The kNN graphs of one array and of its subsamples, from one neighbour search.
+
+    Below the affinity's ``approximate_above`` the search is exact, so the ``k`` nearest
+    neighbours of a sample *within a subsample* are the first ``k`` of its longer list over the
+    whole array that the subsample keeps (same order, ties by index). One search of ``k_ext``
+    neighbours on the whole array therefore gives the graph of the array (its first ``k``
+    columns) and that of every subsample; the few rows of a subsample that keep fewer than
+    ``k`` listed neighbours are searched again exactly among the subsample. Above
+    ``approximate_above`` every graph is built by its own search, as :func:`knn_graph` does;
+    with ``k_ext`` not above ``k``, every subsample's graph is.
+
+    Parameters
+    ----------
+    X : numpy.ndarray
+        ``(n, d)`` rows.
+    affinity_params : dict
+        The affinity section with an integer ``k``.
+    k_ext : int
+        Length of the lists kept for the subsamples.
+    search : callable, optional
+        ``search(k_ext) -> (indices, distances)``: exact neighbour lists of ``X`` found another
+        way (:meth:`MaskedSearch.neighbours`) instead of the affinity's search.
+    """
+
+    def __init__(self, X: np.ndarray, affinity_params: dict, k_ext: int, search=None):
+        from spray.analysis.knn import _as_features, knn_neighbors, resolve_k
+        from spray.config.presets import AffinitySection
+
+        self.X = _as_features(X)
+        self.affinity = dict(affinity_params)
+        n = len(self.X)
+        self.k = resolve_k(n, self.affinity["k"])
+        above = AffinitySection.coerce(self.affinity).approximate_above
+        k_ext = int(min(max(k_ext, self.k), n - 1))
+        self.exact = n <= above
+        self.indices = self.distances = None
+        if self.exact and search is not None:
+            self.indices, self.distances = search(k_ext)
+        elif self.exact:
+            self.indices, self.distances, _ = knn_neighbors(self.X, k_ext, self.affinity)
+        # lists no longer than k would leave most rows of a subsample short: searched anew
+        self.derive = self.exact and k_ext > self.k
+
+    def whole(self) -> tuple[sp.csr_matrix, np.ndarray]:
+        """The kNN graph of the whole array (as :func:`knn_graph` builds it)."""
+        from spray.analysis.knn import graph_from_neighbors
+
+        if not self.exact:
+            return knn_graph(self.X, self.affinity)
+        k = self.k
+        return with_degree(graph_from_neighbors(self.indices[:, :k], self.distances[:, :k],
+                                                self.affinity))
+
+    def subsample(self, idx: np.ndarray, k: int) -> tuple[sp.csr_matrix, np.ndarray]:
+        """The ``k``-NN graph of the rows ``idx`` (sorted, unique) among themselves."""
+        from spray.analysis.knn import graph_from_neighbors
+
+        aff = dict(self.affinity, k=int(k))
+        if not self.derive or k > self.k:
+            return knn_graph(self.X[idx], aff)
+        ind, dist = sub_neighbours(self.X, self.indices, self.distances, idx, k)
+        return with_degree(graph_from_neighbors(ind, dist, aff))
+
+
+def sub_neighbours(X: np.ndarray, indices: np.ndarray, distances: np.ndarray,
+                   idx: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The ``k`` nearest neighbours of the rows ``idx`` among themselves (positions in ``idx``),
+    taken from exact neighbour lists ``indices``/``distances`` over all rows of ``X``.
+
+    Rows whose list keeps fewer than ``k`` members of ``idx`` are searched exactly again.
+    """
+    n = len(X)
+    pos = np.full(n, -1, dtype=np.int64)
+    pos[idx] = np.arange(len(idx))
+    mapped = pos[indices[idx]]
+    kept = mapped >= 0
+    # the kept entries of each row first, in their order (stable sort of a boolean key)
+    order = np.argsort(~kept, axis=1, kind="stable")[:, :k]
+    ind = np.take_along_axis(mapped, order, axis=1)
+    dist = np.take_along_axis(distances[idx], order, axis=1)
+    short = np.flatnonzero(kept.sum(axis=1) < k)
+    if len(short):
+        ind[short], dist[short] = _exact_rows(X[idx], short, k)
+    return ind, dist
+
+
+def _nearest_of(X: np.ndarray, row: int, cand: np.ndarray,
+                k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The ``k`` nearest of the rows ``cand`` to the row ``row`` of ``X`` (float64 distances,
+    ties by index)."""
+    diff = X[cand].astype(np.float64) - X[row].astype(np.float64)
+    d = np.sqrt(np.einsum("ij,ij->i", diff, diff))
+    order = np.lexsort((cand, d))[:k]
+    return cand[order], d[order].astype(np.float32)
+
+
+def _exact_rows(Xs: np.ndarray, rows: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Exact ``k`` nearest neighbours of ``rows`` of ``Xs`` among all rows (self excluded,
+    ties by index)."""
+    from sklearn.neighbors import NearestNeighbors
+
+    nn = NearestNeighbors(n_neighbors=k + 1, algorithm="brute", metric="euclidean").fit(Xs)
+    dist, ind = nn.kneighbors(Xs[rows])
+    is_self = ind == rows[:, None]
+    keep = ~is_self
+    keep[~is_self.any(axis=1), -1] = False
+    out_i = np.stack([r[m][:k] for r, m in zip(ind, keep)])
+    out_d = np.stack([r[m][:k] for r, m in zip(dist, keep)])
+    return out_i.astype(np.int64), out_d.astype(np.float32)
+
+
+def extended_k(k: int, n: int, m: int, resamples: int) -> int:
+    """List length that lets subsamples of ``m`` of ``n`` rows take their ``k``-NN graphs from
+    one search (:class:`NeighbourLists`): ``k`` itself (every graph searched on its own) without
+    resamples or when a subsample keeps less than half of the rows (then ``resamples`` searches
+    of ``m`` rows cost less than one of ``n``); otherwise 1.5 k n / m + 5, so that the rare row
+    that keeps fewer than ``k`` of its listed neighbours is searched again."""
+    if resamples <= 0 or m < n / 2:
+        return int(k)
+    return int(math.ceil(1.5 * k * n / m)) + 5
+
+
+class GraphCache:
+    """:class:`NeighbourLists` per array (by identity; the array is kept alive with them)."""
+
+    def __init__(self, affinity_params: dict, k_ext: int):
+        self.affinity = dict(affinity_params)
+        self.k_ext = int(k_ext)
+        self._lists: dict[int, tuple[np.ndarray, NeighbourLists]] = {}
+
+    def lists(self, X: np.ndarray, search=None, keep: bool = True) -> NeighbourLists:
+        """The neighbour lists of ``X`` (searched once; ``search`` as :class:`NeighbourLists`
+        takes it; ``keep=False``: not kept for later calls)."""
+        hit = self._lists.get(id(X))
+        if hit is None or hit[0] is not X:
+            hit = (X, NeighbourLists(X, self.affinity, self.k_ext, search))
+            if keep:
+                self._lists[id(X)] = hit
+        return hit[1]
+
+
+#: classes up to this size keep the Gram matrix of their inputs (float32, n² · 4 bytes)
+GRAM_MAX_SAMPLES = 10_000
+
+
+class MaskedSearch:
+    """Exact nearest neighbours of an array with a few columns set to 0 and its rows rescaled,
+    for many such variants, from the array's Gram matrix computed once.
+
+    For ``X̃ = (X with the columns C set to 0) / s`` (``s`` per row), the products are
+    ``x̃_i·x̃_j = (G_ij − x_iC·x_jC) / (s_i s_j)``: a correction of rank |C| of the Gram matrix
+    ``G = X Xᵀ``. Row i's neighbours minimise ``s_i (||x̃_j||² − 2 x̃_i·x̃_j)`` over j (float32,
+    torch's top-k of ``k + MARGIN``, then sorted with ties by index). A row with two of its
+    ``k + 1`` nearest closer than float32 can order (``TOLERANCE``) is searched again exactly:
+    the lists of the exact search (:func:`spray.analysis.knn.exact_knn`) at a fraction of its
+    cost, since no product with all of X is formed again.
+    """
+
+    #: rows per block of the distance matrix
+    BLOCK = 512
+    #: shortlist beyond ``k`` (ties at the k-th neighbour)
+    MARGIN = 8
+    #: relative gap below which two neighbours' order is left to the exact search of the row
+    TOLERANCE = 1e-5
+
+    def __init__(self, X: np.ndarray, keep_gram: bool = True):
+        self.X = np.ascontiguousarray(X, dtype=np.float32)
+        self.keep_gram = keep_gram
+        self._gram = None
+
+    def gram_rows(self, a: int, b: int):
+        """Rows ``a:b`` of ``X Xᵀ`` (float32 torch; the whole matrix is made on first use and
+        kept, or each block computed when asked with ``keep_gram=False``)."""
+        import torch
+
+        Xt = torch.from_numpy(self.X)
+        if not self.keep_gram:
+            return Xt[a:b] @ Xt.T
+        if self._gram is None:
+            self._gram = Xt @ Xt.T
+        return self._gram[a:b]
+
+    def neighbours(self, Xm: np.ndarray, cells: np.ndarray, scale: np.ndarray,
+                   k: int) -> tuple[np.ndarray, np.ndarray]:
+        """The ``k`` nearest neighbours (self excluded) of every row of ``Xm``, which is
+        ``X`` with the columns ``cells`` at 0, each row divided by ``scale``.
+
+        Returns ``(indices, distances)``, ``(n, k)`` int64 and float32, nearest first.
+        """
+        import torch
+
+        n = len(self.X)
+        k = int(min(k, n - 1))
+        short = int(min(n - 1, k + self.MARGIN))
+        Xc = torch.from_numpy(np.ascontiguousarray(self.X[:, cells]))
+        XcT = Xc.T.contiguous()
+        s = torch.from_numpy(np.asarray(scale, dtype=np.float32))
+        q = torch.from_numpy(np.einsum("ij,ij->i", Xm, Xm, dtype=np.float64).astype(np.float32))
+        w = -2.0 / s
+        ind = np.empty((n, k), dtype=np.int64)
+        dist = np.empty((n, k), dtype=np.float32)
+        qi = q.numpy().astype(np.float64)
+        si = s.numpy().astype(np.float64)
+        qmax, search = float(qi.max()), []
+        for a in range(0, n, self.BLOCK):
+            b = min(a + self.BLOCK, n)
+            R = torch.addmm(self.gram_rows(a, b), Xc[a:b], XcT, alpha=-1.0)   # x_i·x_j without C
+            R.mul_(w).addr_(s[a:b], q)                            # s_i (||x̃_j||² − 2 x̃_i·x̃_j)
+            R[torch.arange(b - a), torch.arange(a, b)] = float("inf")
+            top = torch.topk(R, short, dim=1, largest=False, sorted=False)
+            cand, val = top.indices.numpy(), top.values.numpy().astype(np.float64)
+            order = np.lexsort((cand, val), axis=-1)             # ties by index
+            val = np.take_along_axis(val, order, axis=1)
+            ind[a:b] = np.take_along_axis(cand, order[:, :k], axis=1)
+            d2 = val[:, :k] / si[a:b, None] + qi[a:b, None]
+            dist[a:b] = np.sqrt(np.maximum(d2, 0.0))
+            # rows whose order float32 cannot vouch for: two of the k + 1 nearest closer than
+            # its rounding, or one as close to 0 (recomputed in float64), or the shortlist's
+            # edge as close (searched again)
+            tol = self.TOLERANCE * si[a:b] * (qi[a:b] + qmax)
+            close = np.diff(val[:, :k + 1], axis=1).min(axis=1, initial=np.inf) <= tol
+            close |= d2[:, 0] * si[a:b] <= tol           # a (near-)duplicate: its distance
+            edge = (val[:, -1] - val[:, min(k, short - 1)] <= tol) & (short < n - 1)
+            cand = np.take_along_axis(cand, order, axis=1)
+            for r in np.flatnonzero(close & ~edge):
+                ind[a + r], dist[a + r] = _nearest_of(Xm, a + r, cand[r], k)
+            search.append(a + np.flatnonzero(edge))
+        search = np.concatenate(search)
+        if len(search):
+            ind[search], dist[search] = _exact_rows(Xm, search, k)
+        return ind, dist
+

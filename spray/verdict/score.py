@@ -57,12 +57,13 @@ def score_class(result, input_features: np.ndarray, pipeline: dict,
     params = flag_params(pipeline)
     if features is not None:
         features = np.asarray(features)
+        relevance = np.ascontiguousarray(features, dtype=np.float32)   # what is graphed
     graphs = ClassGraphs.build(result, input_features, pipeline, params, features)
     clusters, halves, other_k = candidate_groups(result, pipeline, params, graphs.W)
     for entry in clusters + halves + other_k:
         measure(entry, graphs)
     candidates = [e for e in clusters + halves + other_k if e.measured]
-    resamples = (Resamples(features.astype(np.float32), pipeline, int(result.k), params)
+    resamples = (Resamples(relevance, pipeline, int(result.k), params, graphs.cache)
                  if features is not None and candidates else None)
     stabilize(candidates, resamples, params)
     other_k = [o for o in other_k if o.measured]
@@ -73,7 +74,8 @@ def score_class(result, input_features: np.ndarray, pipeline: dict,
         verify(c, resamples, params)
     if params.sweep_eigenvectors and getattr(result, "eigenvectors", None) is not None:
         if resamples is None and features is not None:
-            resamples = Resamples(features.astype(np.float32), pipeline, int(result.k), params)
+            resamples = Resamples(relevance, pipeline, int(result.k), params,
+                                  graphs.cache)
         labels, clusters, more = _split_off_sweep(result, graphs, labels, clusters, resamples)
         splits = splits + more
     return _verdict(clusters, labels, splits, other_k, params)

@@ -29,6 +29,8 @@ VARIANTS = {"default": {}, "whole": {"input_mask_area": 0.0},
 
 
 def run(n: int, variants: list[str]) -> dict:
+    import torch  # noqa: F401  (loaded in every spray run, for the model; not timed here)
+
     from spray.analysis.analyze import analyze
     from spray.config.presets import load_pipeline
     from spray.verdict.score import clever_hans_score
