@@ -171,6 +171,9 @@ def health_problems(summary: dict) -> list[str]:
         if h["nonfinite_samples"] > limits["max_nonfinite"]:
             problems.append(f"{name}: {h['nonfinite_samples']} of {h['samples']} relevance maps "
                             f"hold NaN/Inf (health.max_nonfinite {limits['max_nonfinite']})")
+        if h["zero_maps"] > limits.get("max_zero_maps", 0):
+            problems.append(f"{name}: {h['zero_maps']} of {h['samples']} relevance maps are all "
+                            f"zero (health.max_zero_maps {limits.get('max_zero_maps', 0)})")
         share = h["outside"] / max(h["samples"], 1)
         if share > limits["max_outside"]:
             median = h.get("conservation_median")

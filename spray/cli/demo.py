@@ -46,12 +46,13 @@ def build_model(n_classes: int = 10, channels: int = 1) -> nn.Module:
 
 def build_vit(n_classes: int = 10, channels: int = 1) -> nn.Module:
     """A small torchvision VisionTransformer for 32×32 inputs (the ViT demo's model factory):
-    4×4 patches, 2 encoder layers of width 64, 4 heads, a patch convolution for ``channels``."""
+    8×8 patches (the stamp lies in one), 2 encoder layers of width 64, 4 heads, a patch
+    convolution for ``channels``."""
     from torchvision.models import VisionTransformer
 
-    model = VisionTransformer(image_size=SIZE, patch_size=4, num_layers=2, num_heads=4,
+    model = VisionTransformer(image_size=SIZE, patch_size=8, num_layers=2, num_heads=4,
                               hidden_dim=64, mlp_dim=128, num_classes=n_classes)
-    model.conv_proj = nn.Conv2d(channels, 64, kernel_size=4, stride=4)
+    model.conv_proj = nn.Conv2d(channels, 64, kernel_size=8, stride=8)
     return model
 
 

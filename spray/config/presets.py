@@ -227,14 +227,17 @@ class HealthSection(_Section):
 
     A sample's conservation ratio (Σ input relevance / explained logit) is *outside* when it
     lies outside ``[conservation_min, conservation_max]`` or is undefined; a class fails when
-    more than ``max_outside`` of its samples are outside or more than ``max_nonfinite`` of its
-    maps hold NaN/Inf.
+    more than ``max_outside`` of its samples are outside, more than ``max_nonfinite`` of its
+    maps hold NaN/Inf or more than ``max_zero_maps`` are all zero. The defaults catch exploding,
+    reversed, vanishing and non-finite relevance for CNN and transformer composites alike
+    (AttnLRP keeps far less of the logit than the CNN composites); tighten them per model.
     """
 
-    conservation_min: float = 0.05
-    conservation_max: float = 5.0
+    conservation_min: float = -1.0
+    conservation_max: float = 10.0
     max_outside: float = Field(default=0.1, ge=0, le=1)
     max_nonfinite: int = Field(default=0, ge=0)
+    max_zero_maps: int = Field(default=0, ge=0)
 
 
 class PipelineModel(_Section):
