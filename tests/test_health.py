@@ -93,7 +93,8 @@ def test_check_fail_on_health_fails_when_conservation_crosses_the_preset(healthy
     shutil.copytree(healthy, root)
     summary = json.loads((root / "out" / "report" / "summary.json").read_text())
     top = max(e["health"]["conservation_max"] for e in summary["classes"])
-    _set_health(root, {"conservation_min": round(top + 0.01, 3), "conservation_max": 10.0})
+    low = round(top + 0.01, 3)
+    _set_health(root, {"conservation_min": low, "conservation_max": 10.0})
     assert main(["run", str(root / "config.yaml"), "--quiet"]) == 0
     run = json.loads((root / "out" / "run.json").read_text())
     assert run["chunks_computed"] == 0, run
@@ -106,7 +107,7 @@ def test_check_fail_on_health_fails_when_conservation_crosses_the_preset(healthy
     for e in summary["classes"]:
         n = e["n_samples"]
         assert (f"health: class {e['name']} ({e['class']}): conservation (relevance sum / "
-                f"explained logit) outside [{top + 0.01:g}, 10] for {n} of {n} samples") in out
+                f"explained logit) outside [{low:g}, 10] for {n} of {n} samples") in out
 
 
 def test_run_check_fail_on_health_fails_on_a_run_without_health_figures(healthy, tmp_path,
