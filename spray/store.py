@@ -404,6 +404,29 @@ class OwnedFiles:
         self._save(entries)
 
 
+def adopt_legacy_run(run_dir: str | Path) -> None:
+    """A run folder written before spray listed its files (a spray store, no manifest): list
+    the run's own entries (store, report, config.yaml, run.json) once, so they can be updated."""
+    run_dir = Path(run_dir)
+    files = OwnedFiles(run_dir)
+    if files.path.exists():
+        return
+    try:
+        open_store(run_dir)
+    except StoreError:
+        return
+    entries = {"spray.zarr": "store"}
+    for name in ("config.yaml", "run.json"):
+        if (run_dir / name).is_file() and not (run_dir / name).is_symlink():
+            entries[name] = _digest(run_dir / name)
+    report = run_dir / "report"
+    if report.is_dir() and not report.is_symlink() and (report / "summary.json").is_file():
+        token = uuid.uuid4().hex
+        (report / FOLDER_MARKER).write_text(token)
+        entries["report"] = f"folder:{token}"
+    files._save(entries)
+
+
 def damaged_class(run_dir: str | Path, c, err: Exception) -> StoreError:
     """The error for a class folder whose arrays or attributes cannot be read."""
     return StoreError(f"{store_path(run_dir)}/classes/{c}: cannot be read "

@@ -87,3 +87,56 @@ def test_nan_features_named():
     X[3, 0] = np.inf
     with pytest.raises(DataError, match="rows 3"):
         knn_affinity(X, {"k": 3})
+
+
+def isotropic(n=3000, d=200, seed=0):
+    """Noise without low-dimensional structure (an index-based search loses most neighbours)."""
+    return np.random.default_rng(seed).standard_normal((n, d)).astype(np.float32)
+
+
+@pytest.mark.parametrize("make", [planted, isotropic])
+def test_blocked_knn_is_exact(make):
+    from spray.analysis.knn_blocked import blocked_knn
+
+    X = make()
+    k = 9
+    ref_ind, ref_dist = exact_knn(X, k)
+    # blocks smaller than n: diagonal, row and column scans of several block pairs all run
+    ind, dist = blocked_knn(X, k, block=700)
+    assert ind.shape == (len(X), k)
+    assert not (ind == np.arange(len(X))[:, None]).any()
+    np.testing.assert_allclose(np.sort(dist, axis=1), np.sort(ref_dist, axis=1), rtol=1e-5)
+    assert np.mean(np.sort(ind, axis=1) == np.sort(ref_ind, axis=1)) > 0.999
+
+
+def test_blocked_knn_keeps_duplicates_and_excludes_self():
+    from spray.analysis.knn_blocked import blocked_knn
+
+    X = np.repeat(planted()[:200], 3, axis=0)  # every row three times
+    ind, dist = blocked_knn(X, 4, block=128)
+    assert not (ind == np.arange(len(X))[:, None]).any()
+    assert np.all(dist[:, :2] == 0)  # the two copies come first
+
+
+def test_search_auto_uses_the_exact_search_where_an_index_fails():
+    from spray.analysis.knn import knn_graph, probe_neighbours
+
+    X, Y = isotropic(), planted()
+    assert probe_neighbours(X, 8)[2] > 40 > probe_neighbours(Y, 8)[2]
+    ind, dist, method = knn_graph(X, 8, {"approximate_above": 0, "search": "auto"})
+    assert method == "exact-blocked"
+    ref, _ = exact_knn(X, 8)
+    assert np.mean(np.sort(ind, axis=1) == np.sort(ref, axis=1)) > 0.999
+    assert knn_graph(Y, 8, {"approximate_above": 0, "search": "auto"})[2] == "pynndescent"
+
+
+def test_search_auto_replaces_an_index_below_min_recall():
+    """Fail closed: an approximate graph that misses the recall floor on the probe is redone."""
+    from spray.analysis.knn import knn_graph
+
+    X = isotropic()
+    params = {"approximate_above": 0, "search": "auto", "ann_max_lid": 1e9,
+              "ann_neighbors": 9, "ann_iters": 1, "ann_trees": 1}
+    assert knn_graph(X, 8, dict(params, search="approximate"))[2] == "pynndescent"
+    _, _, method = knn_graph(X, 8, params)
+    assert method == "exact-blocked"

@@ -219,3 +219,26 @@ def test_reason_names_a_suspect_split_off_its_cluster():
     assert "suspect cluster 2 of 20 samples" in reason
     assert "split off cluster 0 by its spectral bisection" in reason
     assert "split off" not in chk._reason(_entry(1, 3.0, True))
+
+
+def test_incomplete_classes_are_errors_not_skips(tmp_path):
+    """A run killed before its analyses: the classes are 'incomplete'; the check exits 3 and the
+    JUnit file reports them as errors (it used to skip them and pass)."""
+    entries = [_entry(0, None, False, status="incomplete"), _entry(1, 0.2, False),
+               _entry(2, None, False, status="skipped")]
+    run = _write(tmp_path, "killed", _summary(entries))
+    junit = tmp_path / "j.xml"
+    with pytest.raises(IncompleteRunError, match=r"class digit 0 \(0\) is incomplete"):
+        chk.check(run, junit_path=str(junit))
+    root = ET.parse(junit).getroot()
+    assert root.get("errors") == "1" and root.get("skipped") == "1" and root.get("failures") == "0"
+    assert chk.check(run, allow_incomplete=True) == 0
+    proc = run_cli("check", run, timeout=120)
+    assert proc.returncode == 3 and "Traceback" not in proc.stderr
+
+
+def test_markdown_escapes_links_and_control_characters():
+    e = _entry(1, 3.0, True, name="[click](http://evil.example) \x1b[31m*bold*")
+    text = chk.markdown(_summary([e]))
+    assert "](http" not in text and "\\[click\\]\\(http" in text
+    assert "\x1b" not in text and "\\*bold\\*" in text

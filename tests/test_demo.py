@@ -35,7 +35,8 @@ def test_demo_end_to_end(tmp_path):
     html = (out / "report" / "index.html").read_text()
     assert "class_3.html" in html
     for e in summary["classes"]:
-        assert (out / "report" / f"class_{e['class']}_tsne.png").stat().st_size > 1000
+        assert (out / "report" / f"class_{e['class']}_tsne.html").stat().st_size > 1000
+        assert (out / "report" / f"class_{e['class']}_clusters.png").stat().st_size > 100
     assert run_cli("check", out).returncode == 1
 
 

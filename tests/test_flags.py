@@ -505,3 +505,19 @@ def test_sweep_cuts_leave_a_natural_subgroup_alone(natural_class):
     feats, inputs, _ = natural_class
     result, v = _score(feats, inputs, _pipe())
     assert not v["flagged"] and v["splits"] == [] and v["score"] < 1.0
+
+
+def test_sweep_split_keeps_every_cluster(artefact_class):
+    """With every candidate a suspect, a sweep cut that would hold a whole cluster is not split
+    off: every split names a cluster that still exists, and labels and entries agree."""
+    feats, inputs, _ = artefact_class
+    pipe = load_pipeline("spray-default", overrides={
+        "preprocess": {"pool": [GRID, GRID]}, "embedding": {"method": "none"},
+        "clustering": {"n_clusters": 6}, "flags": {"threshold": -100.0}})
+    result = analyze(feats, pipeline=pipe, embed=False)
+    v = clever_hans_score(result, inputs, pipe, features=feats)
+    sizes = {c["id"]: c["size"] for c in v["clusters"]}
+    assert set(np.unique(v["labels"]).tolist()) == set(sizes)
+    assert all(int((v["labels"] == cid).sum()) == size for cid, size in sizes.items())
+    for s in v["splits"]:
+        assert s["cluster"] in sizes and s["from"] in sizes

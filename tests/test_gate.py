@@ -364,6 +364,16 @@ def test_export_never_overwrites_a_users_project(finished, tmp_path, capsys):
     assert (fresh / "dataset.h5").read_bytes() == b"changed by the user"
 
 
+def test_a_run_folder_from_before_the_manifest_is_adopted(finished, tmp_path, capsys):
+    """A run folder written before spray listed its files: its report is rebuilt, not refused."""
+    out = tmp_path / "old"
+    shutil.copytree(finished / "out", out)
+    (out / MANIFEST_NAME).unlink()
+    (out / "report" / ".spray-folder").unlink()
+    assert main(["report", str(out)]) == 0, capsys.readouterr().err
+    assert OwnedFiles(out).owns("report") and OwnedFiles(out).owns("config.yaml")
+
+
 def test_owned_files_refuse_what_spray_did_not_write(tmp_path):
     files = OwnedFiles(tmp_path)
     (tmp_path / "theirs.txt").write_text("x")

@@ -621,57 +621,17 @@ def test_the_matrix_has_60_rows_and_is_documented():
 
 # ------------------------------------------------------------------------------ docs
 
-DOC_HEAD = """# Exit codes and the hostile-input matrix
-
-Every mistake ends in one paragraph on stderr that names the key, file, sample or module at
-fault, and an exit code — never a traceback:
-
-| code | meaning |
-|---|---|
-| 0 | ok: nothing flagged (`check`, `run --check`), or the command finished |
-| 1 | flagged classes (`check`, `run --check`: new or worse ones with `--baseline`) |
-| 2 | bad input, configuration or store; a baseline of another model code, kind of data, class list or pipeline (unless `--baseline-any`); a file spray did not write in the way |
-| 3 | a run the gate cannot vouch for: not finished, a class failed or not analysed, a summary that is not the store's last run, or one without a run state (`--allow-incomplete` judges the finished classes instead) |
-| 4 | an internal error (a bug in spray; rerun with `-v` for the traceback) |
-| 130, 143 | interrupted (Ctrl-C, SIGTERM); finished chunks are kept, rerun to resume |
-
-spray overwrites or deletes only what it wrote: the files it writes into a run folder (and an
-export folder) are listed with their content hash in `.spray-files.json`; folders carry a marker.
-A file changed by the user, or one that was there before, is refused, not overwritten.
-
-## What a result depends on (fingerprints)
-
-The store records fingerprints of everything its relevance maps depend on; `summary.json`
-carries them (`fingerprints`):
-
-| fingerprint | covers | when it changes |
-|---|---|---|
-| `model` | parameters and buffers (persistent or not) and the model's code: the module tree with every layer's settings, the factory's module source and the source of every module defining one of its layer classes outside torch | the store is refused (exit 2, naming the model): every map depends on it; `--overwrite` or another `--output` |
-| `data` | the dataset's identity: source kind, labels, sample shape and dtype, `scale`/`mean`/`std` | refused likewise |
-| per-chunk sample hashes | every sample, hashed by the LRP task as it reads the chunk (no extra pass: on a rerun the task reads its samples, hashes them and skips the LRP when they are unchanged) | exactly the chunks whose samples changed are recomputed, and the analysis of their classes redone; `samples` in the summary combines them |
-| `attribution` | composite, target, LRP parameters, chunking, stored dtype | refused |
-| `spray` | the spray version | refused |
-| `model_code`, `dataset`, `classes`, `pipeline` | model code without weights, kind and shape of the data without the samples, the class list with names, the analysis pipeline | a `--baseline` must share these four (weights and samples may differ: that is what a baseline compares); otherwise exit 2 naming them, unless `--baseline-any` |
-
-A run records its state in the store (`running`, `finished`, `failed`) with a new run id; the
-summary carries the state and id it was built from. `spray check` exits 3 when the run did not
-finish, a class failed or has no analysis, or the summary is not the one of the store's last run.
-Classes within `watch_margin` (default 0.5, a key of the `flags` section) below the threshold are
-listed as `watch` in `summary.json`, the run's verdict and `spray check`, and never fail.
-
-## The hostile-input matrix
-
-The table below is generated from `tests/test_hostile.py`, which runs every row through the real
-`spray` command in a subprocess and checks the exit code, the message, that no traceback is
-printed and that nothing outside the output folder is written or changed. Regenerate it with
-`python tests/test_hostile.py > docs/errors.md`.
-
-| case | situation | command | exit | the message names |
-|---|---|---|---|---|
-"""
+#: docs/errors.md: free text above this line, the generated table below it
+MARKER = "<!-- the rows below are generated from tests/test_hostile.py -->"
+TABLE_HEAD = ("| case | situation | command | exit | the message names |\n"
+              "|---|---|---|---|---|\n")
 
 
-def matrix_markdown() -> str:
+def matrix_markdown(doc: str | None = None) -> str:
+    """docs/errors.md with its table regenerated from :data:`CASES` (text above the marker
+    kept)."""
+    doc = (REPO / "docs" / "errors.md").read_text() if doc is None else doc
+    head = doc.split(MARKER)[0] + MARKER + "\n\n" + TABLE_HEAD
     rows = []
     for c in CASES:
         cmd = "spray " + " ".join(a.replace("{cfg}", "CONFIG").replace("{out}", "RUN")
@@ -679,7 +639,7 @@ def matrix_markdown() -> str:
         needles = ", ".join(f"`{n}`" for n in c.needles)
         what = c.what.replace("|", "\\|")
         rows.append(f"| {c.id} | {what} | `{cmd}` | {c.code} | {needles} |")
-    return DOC_HEAD + "\n".join(rows) + "\n"
+    return head + "\n".join(rows) + "\n"
 
 
 if __name__ == "__main__":

@@ -109,3 +109,39 @@ def test_pickled_checkpoint_gets_a_plain_message(tmp_path):
     assert "torch.nn.modules.container.Sequential" in msg
     assert "state_dict" in msg and "model.trust_pickle: true" in msg
     assert msg.rstrip().endswith(".")
+
+
+@pytest.mark.distributed
+def test_ctrl_c_prints_one_clean_message(small_problem, tmp_path):
+    """Ctrl-C during the LRP stage: the clean 'interrupted' message and exit code 130, without
+    CancelledError warnings or the nanny's 'still alive' lines before it."""
+    import signal
+
+    raw = dict(small_problem["raw_config"])
+    raw.update({"data": {**raw["data"], "path": str(small_problem["root"] / "data.npz")},
+                "model": {**raw["model"], "weights": str(small_problem["root"] / "weights.pt")},
+                "attribution": {**raw["attribution"], "chunk_size": 16, "batch_size": 4},
+                "cluster": {"scheduler": "local", "n_workers": 2, "progress": True},
+                "output": str(tmp_path / "run")})
+    (tmp_path / "smallnet.py").write_text((small_problem["root"] / "smallnet.py").read_text())
+    config = write_config(tmp_path, "config.yaml", raw)
+    proc = subprocess.Popen([sys.executable, "-m", "spray", "run", str(config)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=dict(os.environ))
+    lines = []
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        line = proc.stderr.readline()
+        if not line:
+            break
+        lines.append(line)
+        if "Dask worker(s)" in line:
+            time.sleep(3)
+            proc.send_signal(signal.SIGINT)
+            break
+    _, rest = proc.communicate(timeout=120)
+    err = "".join(lines) + rest
+    assert proc.returncode == 130, err
+    assert "interrupted" in err, err
+    for noise in ("CancelledError", "still alive", "Traceback"):
+        assert noise not in err, err

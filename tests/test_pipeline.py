@@ -28,7 +28,8 @@ def test_store_layout_and_summary(small_problem, small_run):
     out, info = small_run
     group = zarr.open_group(str(out / "spray.zarr"), mode="r")
     assert group.attrs["format"] == "spray-store"
-    assert set(group.attrs["fingerprints"]) == {"model", "data", "attribution"}
+    assert set(group.attrs["fingerprints"]) == {"model", "data", "attribution", "spray", "samples",
+                                                "model_code", "dataset", "classes", "pipeline"}
     y = small_problem["y"]
     for c in range(3):
         cg = group["classes"][str(c)]

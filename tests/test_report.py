@@ -377,3 +377,75 @@ def test_interactive_tsne_offline_in_headless_chromium(report_run):
             assert members.startswith("cluster ") and "dataset indices" in members, members
     finally:
         cdp.close()
+
+
+def test_headline_names_the_planted_patch(report_run, small_problem):
+    """The planted class's page opens with a sentence computed from the evidence: how many
+    images, a patch of about the stamp's size, where it is."""
+    import re
+
+    summary = json.loads((report_run / "report" / "summary.json").read_text())
+    entry = summary["classes"][2]
+    suspect = next(cl for cl in entry["clusters"] if cl["id"] == entry["suspect_cluster"])
+    text = (report_run / "report" / "class_2.html").read_text()
+    found = re.search(r"<p class=headline>(\d+) of (\d+) images of two&lt;/td&gt; get their "
+                      r"relevance from a (\d+)×(\d+) patch at the (top left)", text)
+    assert found, text[:3000]
+    assert (int(found[1]), int(found[2])) == (suspect["size"], entry["n_samples"])
+    assert all(3 <= int(v) <= 9 for v in found.groups()[2:4])  # the 5×5 stamp
+    index = (report_run / "report" / "index.html").read_text()
+    assert "images of two&lt;/td&gt; get their relevance" in index
+
+
+def test_suspect_label_stays_inside_the_frame():
+    """A suspect cluster at the right edge of the t-SNE map: its label is moved inside."""
+    import re
+
+    import numpy as np
+
+    from spray.report.figures import scatter_svg
+
+    xy = np.array([[0.0, 0.0], [0.1, 0.2], [0.2, 0.1], [10.0, 10.0], [9.9, 9.8], [9.8, 9.9]])
+    labels = np.array([0, 0, 0, 1, 1, 1])
+    svg = scatter_svg(xy, labels, [1], width=300, height=200)
+    x, y, text = re.search(r"<text x='([\d.]+)' y='([\d.]+)'[^>]*>([^<]+)</text>", svg).groups()
+    assert text == "suspect (cluster 1)"
+    assert float(x) >= 0 and float(x) + 7.2 * len(text) <= 300 and 13 <= float(y) <= 200
+
+
+def test_pages_rendered_in_worker_processes_and_only_when_changed(report_run, monkeypatch):
+    """Pages rendered by a process pool equal the in-process ones; a rerun over an unchanged
+    store rewrites no class page; a class whose analysis changed is the only one rendered."""
+    from spray.report import html as report_html
+    from spray.store import open_class
+
+    rep = report_run / "report"
+    pages = sorted(p for p in rep.glob("class_*.html"))
+    report_html.write_report(report_run)
+    before = {p.name: p.read_bytes() for p in pages}
+    (rep / report_html.STATE_FILE).unlink()
+    for p in pages:
+        p.unlink()
+    monkeypatch.setattr(report_html, "POOL_MIN_PAGES", 1)  # three pages: use the pool anyway
+    report_html.write_report(report_run, processes=2)
+    assert {p.name: p.read_bytes() for p in pages} == before
+    stamps = {p.name: p.stat().st_mtime_ns for p in pages}
+    report_html.write_report(report_run)
+    assert {p.name: p.stat().st_mtime_ns for p in pages} == stamps
+    cg = open_class(str(report_run), 1, mode="a")
+    original = dict(cg.attrs["analysis"])
+    analysis = dict(original)
+    analysis["seconds"] = float(analysis["seconds"]) + 1.0  # the class was analysed again
+    cg.attrs["analysis"] = analysis
+    time.sleep(0.01)
+    report_html.write_report(report_run)
+    changed = {p.name for p in pages if p.stat().st_mtime_ns != stamps[p.name]}
+    assert changed == set(), changed  # same summary entry: nothing to render again
+    flags = dict(analysis["flags"])
+    flags["score"] = float(flags["score"]) + 0.5  # a changed verdict
+    cg.attrs["analysis"] = {**analysis, "flags": flags}
+    report_html.write_report(report_run)
+    changed = {p.name for p in pages if p.stat().st_mtime_ns != stamps[p.name]}
+    assert changed == {"class_1.html", "class_1_tsne.html"}, changed
+    cg.attrs["analysis"] = original
+    report_html.write_report(report_run)

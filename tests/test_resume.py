@@ -174,9 +174,23 @@ def test_stale_lock_of_a_dead_process_is_taken_over(tmp_path):
     with RunLock(tmp_path):
         assert (tmp_path / LOCK_NAME).read_text().split()[1] == str(os.getpid())
     assert not (tmp_path / LOCK_NAME).exists()
-    (tmp_path / LOCK_NAME).write_text(f"{socket.gethostname()} {os.getppid()}\n")
-    with pytest.raises(StoreError, match="in use by another spray run"):
-        RunLock(tmp_path).acquire()
+    (tmp_path / LOCK_NAME).write_text("")  # an empty lock file is taken over too
+    with RunLock(tmp_path):
+        pass
+    holder = subprocess.Popen(  # a live holder in another process: refused
+        [sys.executable, "-c", "import sys, time\nfrom pathlib import Path\n"
+         "from spray.store import RunLock\nRunLock(Path(sys.argv[1])).acquire()\n"
+         "print('held', flush=True)\ntime.sleep(60)", str(tmp_path)],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(StoreError, match="in use by another spray run"):
+            RunLock(tmp_path).acquire()
+    finally:
+        holder.kill()
+        holder.wait()
+    with RunLock(tmp_path):  # released by the kernel when its holder died
+        pass
 
 
 def test_a_signal_while_the_cluster_starts_is_held_until_it_can_be_closed():

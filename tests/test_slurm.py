@@ -87,6 +87,33 @@ def test_slurm_settings_are_validated(tmp_path):
         validate_config(raw, tmp_path)
 
 
+def test_worker_jobs_and_lifetime_follow_the_config(tmp_path):
+    from spray.run.dask_cluster import slurm_jobs, worker_lifetime
+
+    def cluster(**slurm):
+        raw = {"data": {"source": "digits"}, "model": {"factory": "m:f"},
+               "cluster": {"scheduler": "slurm", "n_workers": 5, "slurm": slurm}}
+        return validate_config(raw, tmp_path).cluster.model_dump()
+
+    assert slurm_jobs(cluster()) == (5, 5)
+    assert slurm_jobs(cluster(processes=2)) == (3, 3)  # jobs for 5 workers, 2 per job
+    assert slurm_jobs(cluster(minimum_jobs=1, maximum_jobs=8)) == (1, 8)
+    assert slurm_jobs(cluster(minimum_jobs=7)) == (7, 7)
+    c = cluster(walltime="04:00:00")
+    assert worker_lifetime(c["slurm"]) == 4 * 3600 - 300  # 5 minutes before the walltime
+    assert "--lifetime" in slurm_cluster_kwargs(c)["worker_extra_args"]
+    assert worker_lifetime(cluster(walltime="1-00:00:00", lifetime_margin="1h")["slurm"]) \
+        == 23 * 3600
+    assert worker_lifetime(cluster(walltime="00:02:00", lifetime_margin="5m")["slurm"]) == 60
+    c = cluster(worker_extra_args=["--lifetime", "3h", "--lifetime-stagger", "4m"])
+    assert worker_lifetime(c["slurm"]) is None
+    assert slurm_cluster_kwargs(c)["worker_extra_args"].count("--lifetime") == 1
+    with pytest.raises(ConfigError, match="minimum_jobs"):
+        cluster(minimum_jobs=3, maximum_jobs=2)
+    with pytest.raises(ConfigError, match="lifetime_margin"):
+        cluster(lifetime_margin="soon")
+
+
 def test_slurm_without_dask_jobqueue_is_a_clear_error(monkeypatch, tmp_path):
     monkeypatch.setitem(sys.modules, "dask_jobqueue", None)
     cfg = validate_config({"data": {"source": "digits"}, "model": {"factory": "m:f"},
@@ -157,6 +184,23 @@ def slurm(tmp_path_factory):
             os.environ.pop("SLURM_CONF", None)
         else:
             os.environ["SLURM_CONF"] = previous
+
+
+@pytest.mark.slurm
+def test_cluster_script_is_idempotent(slurm):
+    """Starting again reuses the running cluster and starts nothing more; it answers on
+    127.0.0.1 and runs a job."""
+    started = (slurm / "started").read_text()
+    proc = subprocess.run(["bash", str(START), str(slurm)], capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0 and "already running" in proc.stderr, proc.stderr
+    assert (slurm / "started").read_text() == started
+    conf = (slurm / "slurm.conf").read_text()
+    assert "NodeAddr=127.0.0.1" in conf and "(127.0.0.1)" in conf
+    job = subprocess.run(["sbatch", "--parsable", "--wait", "-o", str(slurm / "hello-%j.out"),
+                          "--wrap", "echo hello from $SLURM_JOB_ID"], capture_output=True,
+                         text=True, timeout=120, check=True).stdout.strip()
+    assert (slurm / f"hello-{job}.out").read_text().strip() == f"hello from {job}"
 
 
 def _jobs(name: str, states: str = "PD,R,CG,S") -> list[str]:
@@ -260,24 +304,62 @@ def test_cancelled_worker_job_is_replaced(slurm, small_problem, tmp_path, tmp_pa
     _assert_like_reference(out, small_problem, tmp_path_factory)
 
 
+GATED_DATASET = '''"""The test arrays; each item waits the seconds written in $SPRAY_TEST_DELAY_FILE (read per
+item, so a test can slow the LRP stage down and then let the analyses load at full speed)."""
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+
+class Arrays(torch.utils.data.Dataset):
+    def __init__(self, path):
+        data = np.load(path)
+        self.x, self.targets = data["x"], data["y"]
+
+    def __len__(self):
+        return len(self.targets)
+
+    def __getitem__(self, i):
+        time.sleep(float(Path(os.environ["SPRAY_TEST_DELAY_FILE"]).read_text() or 0))
+        return torch.as_tensor(self.x[i]), int(self.targets[i])
+
+
+def build(path):
+    return Arrays(path)
+'''
+
+
 @pytest.mark.slurm
 def test_worker_jobs_reaching_their_walltime_are_replaced(slurm, small_problem, tmp_path,
                                                           tmp_path_factory):
-    """Jobs of one minute (SLURM's shortest time limit) whose workers retire after 50 s
-    (`lifetime_margin`), in a run whose LRP stage alone takes longer: new jobs take over and
-    the run completes."""
+    """Jobs of two minutes whose workers retire after 70 s (`lifetime_margin: 50s`) in a run
+    whose LRP stage alone takes longer: new jobs take over and the run completes."""
     name = "spray-t-walltime"
-    config = _slurm_config(small_problem, tmp_path, name, walltime="00:01:00",
-                           lifetime_margin="10s")
-    out, logs = tmp_path / "run", tmp_path / "logs"
-    try:  # ~5 s per chunk, 12 chunks per worker
-        stderr = _finish(_spray(config, out, env={"SPRAY_TEST_DELAY": "0.3"}), logs)
+    (small_problem["root"] / "gateddata.py").write_text(GATED_DATASET)
+    config = _slurm_config(small_problem, tmp_path, name, walltime="00:02:00",
+                           lifetime_margin="50s")
+    raw = yaml.safe_load(config.read_text())
+    raw["data"]["factory"] = "gateddata:build"
+    config.write_text(yaml.safe_dump(raw))
+    out, logs, delay = tmp_path / "run", tmp_path / "logs", tmp_path / "delay"
+    delay.write_text("0.4")  # ~6 s per chunk, 12 chunks per worker
+    proc = _spray(config, out, env={"SPRAY_TEST_DELAY_FILE": str(delay)})
+    try:
+        wait_until(lambda: (lambda d: d[1] and d[0] == d[1])(chunks_done(out)), timeout=400,
+                   interval=1, what="the LRP stage")
+        delay.write_text("0")  # the class analyses read their inputs at full speed
+        stderr = _finish(proc, logs)
     finally:
+        stop(proc)
         _cancel(name)
     info = run_info(out)
     retired = [p.name for p in logs.glob("*.err") if "worker-lifetime-reached" in p.read_text()]
     assert retired, stderr  # workers ended by their lifetime, before SLURM's time limit
-    assert len(info["slurm_jobs"]["lrp"]) >= 3, (info["slurm_jobs"], stderr)
+    used = set(info["slurm_jobs"]["lrp"]) | set(info["slurm_jobs"].get("analysis", []))
+    assert len(used) >= 3, (info["slurm_jobs"], stderr)  # replacement jobs did part of the work
     assert info["chunks_computed"] + info["chunks_reused"] == info["chunks_total"]
     assert not info["failed"]
     _assert_like_reference(out, small_problem, tmp_path_factory)

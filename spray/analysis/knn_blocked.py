@@ -14,9 +14,11 @@ that scikit-learn's brute force is slow:
   candidates by ``|x_j|² − 2 x_i·x_j`` (the same order as the distance) in a small sorted list;
   after the first blocks almost no entry beats the list's worst, so the scan is one compare
   per entry.
-* The candidates are re-ranked with exact float32 distances and cut to ``k``; the margin
-  absorbs the rounding of the bfloat16 products (relative 2⁻⁹), so the result is the exact kNN
-  up to candidates whose distances differ by less than that rounding.
+* The candidates are re-ranked with exact float32 distances and cut to ``k``. A row whose
+  exact k-th score is not clearly below its worst kept candidate's rounded score, by twice
+  the largest rounding error measured on all candidates (:func:`unsure_rows`), is searched
+  again in float32 (:func:`rows_knn`); data far from its mean has larger rounding errors and
+  gets more rows searched again.
 """
 
 from __future__ import annotations
@@ -86,13 +88,76 @@ def blocked_knn(X: np.ndarray, k: int, n_jobs: int = -1, block: int = BLOCK):
                 if b != a:
                     kern.scan_cols(G, sq[rows], a, b, best_d[cols], best_i[cols])
     # exact re-ranking of the candidates in float32, ties by index
-    cand = np.sort(best_i, axis=1)
-    valid = cand >= 0
-    dist = np.full(cand.shape, np.inf, dtype=np.float32)
+    valid = best_i >= 0
+    exact = np.full(best_i.shape, np.inf, dtype=np.float32)
     r = np.repeat(np.arange(n), kk).reshape(n, kk)
-    dist[valid] = edge_distances(X, r[valid], cand[valid])
+    exact[valid] = edge_distances(X, r[valid], best_i[valid])
+    slack = rounding_slack(Xc, best_i, best_d, exact)
+    by_index = np.argsort(best_i, axis=1, kind="stable")
+    cand = np.take_along_axis(best_i, by_index, axis=1)
+    dist = np.take_along_axis(exact, by_index, axis=1)
     order = np.argsort(dist, axis=1, kind="stable")[:, :k]
-    return np.take_along_axis(cand, order, axis=1), np.take_along_axis(dist, order, axis=1)
+    ind = np.take_along_axis(cand, order, axis=1)
+    dist = np.take_along_axis(dist, order, axis=1)
+    unsure = unsure_rows(Xc, dist[:, -1], best_d[:, -1], slack)
+    if unsure.size:
+        logger.debug("blocked kNN: %d of %d rows searched again in float32 (candidates within "
+                     "the bfloat16 rounding of the k-th distance)", unsure.size, n)
+        ind[unsure], dist[unsure] = rows_knn(X, unsure, k)
+    return ind, dist
+
+
+def _scores_exact(Xc: np.ndarray, ind: np.ndarray, dist: np.ndarray) -> np.ndarray:
+    """Exact scores ``|x_j|² − 2 x_i·x_j = d_ij² − |x_i|²`` in the centred frame."""
+    norms2 = np.einsum("ij,ij->i", Xc, Xc, dtype=np.float64)
+    return dist.astype(np.float64) ** 2 - norms2[:, None]
+
+
+def rounding_slack(Xc, best_i, best_d, exact) -> float:
+    """Twice the largest rounding error of a score seen among all ``n × (k + margin)``
+    candidates (their exact distances are known): the room a row's k-th score must leave."""
+    valid = (best_i >= 0) & np.isfinite(best_d)
+    if not valid.any():
+        return 0.0
+    err = np.abs(best_d.astype(np.float64) - _scores_exact(Xc, best_i, exact))[valid]
+    return 2.0 * float(err.max())
+
+
+def unsure_rows(Xc: np.ndarray, kth: np.ndarray, worst_score: np.ndarray,
+                slack: float) -> np.ndarray:
+    """Rows whose true ``k`` neighbours may not all be among their candidates.
+
+    A list misses a true neighbour only if that neighbour's rounded score exceeded the list's
+    worst rounded score ``w``; a row is sure when its exact k-th score stays below ``w`` by
+    more than ``slack`` (twice the largest rounding error measured on the candidates, which
+    are the pairs closest to the threshold). Rows with fewer candidates than the margin
+    (``w`` infinite) are sure.
+    """
+    kth_score = _scores_exact(Xc, np.zeros((len(kth), 1), dtype=np.int64), kth[:, None])[:, 0]
+    full = np.isfinite(worst_score)
+    return np.flatnonzero(full & ~(kth_score < worst_score.astype(np.float64) - slack))
+
+
+def rows_knn(X: np.ndarray, rows: np.ndarray, k: int, chunk: int = 256):
+    """Exact ``k`` nearest neighbours (self excluded, ties by index) of ``X[rows]``, float32."""
+    sq = np.einsum("ij,ij->i", X, X)
+    out_i = np.empty((len(rows), k), dtype=np.int64)
+    out_d = np.empty((len(rows), k), dtype=np.float32)
+    for s in range(0, len(rows), chunk):
+        r = rows[s:s + chunk]
+        D = sq[r, None] - 2.0 * (X[r] @ X.T) + sq[None, :]
+        D[np.arange(len(r)), r] = np.inf
+        part = np.argpartition(D, k, axis=1)[:, :k + 1]
+        part.sort(axis=1)  # ties by index after the stable sort below
+        d = np.sqrt(np.maximum(np.take_along_axis(D, part, axis=1), 0.0))
+        order = np.argsort(d, axis=1, kind="stable")[:, :k]
+        out_i[s:s + chunk] = np.take_along_axis(part, order, axis=1)
+        out_d[s:s + chunk] = np.take_along_axis(d, order, axis=1)
+    # distances of the chosen edges exactly as the re-ranking computes them
+    from spray.analysis.knn import edge_distances
+
+    out_d = edge_distances(X, np.repeat(rows, k), out_i.ravel()).reshape(len(rows), k)
+    return out_i, out_d
 
 
 def _threads(n_jobs: int) -> int:

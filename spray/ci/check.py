@@ -59,9 +59,10 @@ def _summary_path(run_dir: str | Path) -> Path:
 def _rebuild(run_dir: Path) -> None:
     """Write ``RUN_DIR/report/summary.json`` from the store (nothing is written without one)."""
     from spray.report.summary import write_summary
-    from spray.store import OwnedFiles, open_store
+    from spray.store import OwnedFiles, adopt_legacy_run, open_store
 
     open_store(run_dir)  # a mistyped path is refused before anything is created
+    adopt_legacy_run(run_dir)
     files = OwnedFiles(run_dir)
     if not files.owns("report"):
         raise StoreError(f"{run_dir / 'report'} was not written by spray; refusing to write the "
@@ -260,7 +261,9 @@ def _reason(entry: dict) -> str:
                   f"{100 * float((entry.get('flag_params') or {}).get('concentration_area', 0.1)):.0f}"
                   f" % of the area")
     if cl.get("split_from") is not None:
-        ev.append(f"split off cluster {cl['split_from']} by its spectral bisection")
+        how = (f"a sweep cut along eigenvector {cl['cut_along']}"
+               if cl.get("cut_along") is not None else "its spectral bisection")
+        ev.append(f"split off cluster {cl['split_from']} by {how}")
     if ev:
         bits.append("(" + "; ".join(ev) + ")")
     more = _suspects(entry)[1:]
@@ -368,8 +371,8 @@ def _plain(text) -> str:
 def junit(summary: dict, path: Path) -> None:
     """One test case per class: failure = flagged (new/worse with a baseline), error = failed."""
     fails = failing(summary)
-    errors = [e for e in summary["classes"] if e.get("status") == "failed"]
-    skipped = [e for e in summary["classes"] if e.get("status") not in ("ok", "failed")]
+    errors = [e for e in summary["classes"] if e.get("status") not in VOUCHED]
+    skipped = [e for e in summary["classes"] if e.get("status") == "skipped"]
     suite = ET.Element("testsuite", name="spray.clever-hans", tests=str(len(summary["classes"])),
                        failures=str(len(fails)), errors=str(len(errors)),
                        skipped=str(len(skipped)))
@@ -387,8 +390,9 @@ def junit(summary: dict, path: Path) -> None:
         if id(e) in fail_ids:
             ET.SubElement(case, "failure", message=_reason(e), type="CleverHans").text = \
                 json.dumps([cl for cl in e["clusters"] if cl.get("suspect")], indent=1)[:20000]
-        elif e.get("status") == "failed":
-            ET.SubElement(case, "error", message=f"analysis failed: {e.get('reason', '')}")
+        elif e.get("status") not in VOUCHED:  # failed, incomplete: the gate cannot vouch
+            ET.SubElement(case, "error", message=f"analysis {e.get('status')}: "
+                                                 f"{e.get('reason', '')}")
         elif e.get("status") != "ok":
             ET.SubElement(case, "skipped", message=f"{e.get('status')}: {e.get('reason', '')}")
         elif e.get("flagged"):

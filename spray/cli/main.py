@@ -230,9 +230,10 @@ def _demo(args) -> int:
 def _report(args) -> int:
     from spray.errors import StoreError
     from spray.report.html import write_report
-    from spray.store import OwnedFiles, open_store
+    from spray.store import OwnedFiles, adopt_legacy_run, open_store
 
     open_store(args.run_dir)  # a mistyped path is refused before anything is created
+    adopt_legacy_run(args.run_dir)
     files = OwnedFiles(args.run_dir)
     if not files.owns("report"):
         raise StoreError(f"{Path(args.run_dir) / 'report'} was not written by spray; refusing "

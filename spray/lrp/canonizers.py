@@ -25,14 +25,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from spray.errors import ModelError, SprayError
-from spray.lrp.layers import AFFINE, BATCH_NORMS
-from spray.lrp.transformer import (
+from spray.lrp.functional_attention import (
     ATTENTION_FUNCTIONS,
     ATTENTION_METHODS,
-    LEAF_MODULES,
     attention_node_owner,
-    expose_attention,
 )
+from spray.lrp.layers import AFFINE, BATCH_NORMS
+from spray.lrp.transformer import LEAF_MODULES, expose_attention
 
 #: modules whose plain gradient is the LRP backward pass (routing or identity layers)
 GRADIENT_MODULES = (

@@ -2,17 +2,16 @@
 
 ``prepare(model, composite)`` traces the model once (:mod:`spray.lrp.canonizers`), folds
 BatchNorm, assigns a rule to every layer and derives the modified weights.  Each rule-carrying
-node becomes a small :class:`torch.autograd.Function` whose forward computes the layer output and
-what the rule needs, and whose backward *is* the rule; every other node (max pooling, flatten,
-dropout, ...) keeps its ordinary gradient.  One forward and one ``torch.autograd.grad`` call then
-yield the relevance of the input.  Prepared programs are cached per model and composite and
-rebuilt when a parameter or buffer of the model changes.
+node becomes a small :class:`torch.autograd.Function` (:mod:`spray.lrp.nodes`) whose forward
+computes the layer output and what the rule needs, and whose backward *is* the rule; every
+other node (max pooling, flatten, dropout, ...) keeps its ordinary gradient.  One forward and
+one ``torch.autograd.grad`` call then yield the relevance of the input.  Prepared programs are
+cached per model and composite and rebuilt when a parameter or buffer of the model changes.
 """
 
 from __future__ import annotations
 
 import itertools
-import operator
 import warnings
 import weakref
 
@@ -24,211 +23,22 @@ from torch import nn
 from spray.errors import ConfigError, DataError, ModelError
 from spray.lrp import canonizers as canon
 from spray.lrp.composites import Composite, resolve
+from spray.lrp.functional_attention import expose_functional_attention
 from spray.lrp.layers import ACTIVATIONS, AFFINE, AVG_POOLS, BATCH_NORMS
+from spray.lrp.nodes import (
+    AffineNode,
+    GradientAffineNode,
+    GuardNode,
+    NormNode,
+    PassNode,
+    PreparedAffine,
+    ScaleNode,
+    SumNode,
+    scale_node,
+)
 from spray.lrp.ops import AffineOp, fold_batchnorm
-from spray.lrp.rules import Gradient, Norm, Pass, Rule, stabilize
-from spray.lrp.transformer import ModuleRule, expose_functional_attention
-
-# ---------------------------------------------------------------------------------------------
-# autograd functions: forward = layer, backward = rule
-# ---------------------------------------------------------------------------------------------
-
-
-class _AffineFunction(torch.autograd.Function):
-    """Dense/convolution layer whose backward pass is its LRP rule."""
-
-    @staticmethod
-    def forward(ctx, x, layer):
-        z, ctx.saved = layer.rule.forward(layer.op, layer.params, x)
-        ctx.layer = layer
-        return z
-
-    @staticmethod
-    def backward(ctx, relevance):
-        layer, saved = ctx.layer, ctx.saved
-        ctx.saved = None
-        return layer.rule.backward(layer.op, layer.params, saved, relevance), None
-
-
-class _PassFunction(torch.autograd.Function):
-    """Elementwise layer whose relevance passes through unchanged."""
-
-    @staticmethod
-    def forward(ctx, x, fn):
-        return fn(x)
-
-    @staticmethod
-    def backward(ctx, relevance):
-        return relevance, None
-
-
-class _NormFunction(torch.autograd.Function):
-    """Parameter-free linear map (average pooling, mean): proportional split of relevance."""
-
-    @staticmethod
-    def forward(ctx, x, fn, stabilizer):
-        z = fn(x)
-        ctx.fn, ctx.saved = fn, (x, stabilize(z, stabilizer))
-        return z
-
-    @staticmethod
-    def backward(ctx, relevance):
-        (x, denominator), ctx.saved = ctx.saved, None
-        with torch.enable_grad():
-            probe = torch.zeros_like(x, requires_grad=True)
-            out = ctx.fn(probe)
-        (grad,) = torch.autograd.grad(out, probe, relevance / denominator)
-        return x * grad, None, None
-
-
-class _SumFunction(torch.autograd.Function):
-    """Addition of two branches: relevance split in proportion to each branch's contribution."""
-
-    @staticmethod
-    def forward(ctx, a, b, stabilizer):
-        z = a + b
-        ctx.saved = (a, b, stabilize(z, stabilizer))
-        return z
-
-    @staticmethod
-    def backward(ctx, relevance):
-        (a, b, denominator), ctx.saved = ctx.saved, None
-        signal = relevance / denominator
-        share_b = _reduce_to(b * signal, b.shape)
-        return _reduce_to(signal.mul_(a), a.shape), share_b, None
-
-
-def _reduce_to(tensor: torch.Tensor, shape) -> torch.Tensor:
-    """Sum a broadcast result back to ``shape``."""
-    if tensor.shape == shape:
-        return tensor
-    lead = tensor.ndim - len(shape)
-    dims = tuple(range(lead)) + tuple(i + lead for i, s in enumerate(shape)
-                                      if s == 1 and tensor.shape[i + lead] != 1)
-    return tensor.sum(dim=dims, keepdim=True).reshape(shape)
-
-
-# ---------------------------------------------------------------------------------------------
-# graph nodes
-# ---------------------------------------------------------------------------------------------
-
-
-class _PreparedAffine:
-    """A dense/convolution layer with its rule and the rule's modified weights."""
-
-    def __init__(self, rule: Rule, op: AffineOp):
-        self.rule, self.op = rule, op
-        self.params = rule.prepare(op)
-
-
-class _AffineNode(nn.Module):
-    def __init__(self, layer: _PreparedAffine):
-        super().__init__()
-        self.layer = layer
-
-    def forward(self, x):
-        return _AffineFunction.apply(x, self.layer)
-
-
-class _GradientAffineNode(nn.Module):
-    """A dense/convolution layer (possibly BatchNorm-folded) with its plain gradient."""
-
-    def __init__(self, op: AffineOp):
-        super().__init__()
-        self.op = op
-
-    def forward(self, x):
-        return self.op.apply(x, self.op.weight, self.op.bias)
-
-
-class _PassNode(nn.Module):
-    def __init__(self, fn):
-        super().__init__()
-        self.fn = fn
-
-    def forward(self, x):
-        return _PassFunction.apply(x, self.fn)
-
-
-class _NormNode(nn.Module):
-    def __init__(self, fn, stabilizer: float):
-        super().__init__()
-        self.fn, self.stabilizer = fn, stabilizer
-
-    def forward(self, x):
-        return _NormFunction.apply(x, self.fn, self.stabilizer)
-
-
-class _SumNode(nn.Module):
-    def __init__(self, stabilizer: float):
-        super().__init__()
-        self.stabilizer = stabilizer
-
-    def forward(self, a, b):
-        if isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor):
-            return _SumFunction.apply(a, b, self.stabilizer)
-        return a + b  # shape arithmetic or a constant offset
-
-
-class _ScaleNode(nn.Module):
-    """A tensor multiplied or divided by a constant number: a one-to-one linear map, so the
-    relevance passes unchanged (its gradient would scale the relevance by the constant).
-    Products of numbers (shape arithmetic) are computed as they are."""
-
-    def __init__(self, fn, position: int):
-        super().__init__()
-        self.fn, self.position = fn, position
-
-    def forward(self, *args, **kwargs):
-        value = args[self.position] if self.position < len(args) else None
-        others = [a for i, a in enumerate(args) if i != self.position]
-        if not isinstance(value, torch.Tensor) or any(isinstance(a, torch.Tensor) for a in others):
-            return self.fn(*args, **kwargs)
-
-        def scaled(tensor):
-            call = list(args)
-            call[self.position] = tensor
-            return self.fn(*call, **kwargs)
-
-        return _PassFunction.apply(value, scaled)
-
-
-def _scale_node(node, is_method: bool):
-    """The node of ``tensor * number`` / ``tensor / number`` (``None``: plain gradient when the
-    computed value is the divisor, which is not a scaling)."""
-    positions = [i for i, a in enumerate(node.args) if isinstance(a, fx.Node)]
-    if not positions:
-        return None
-    position = positions[0]
-    divides = node.target in ("div", "__truediv__", "div_", operator.truediv, torch.div)
-    if divides and position != 0:
-        return None
-    target = node.target
-    if is_method:
-        method = target[:-1] if target.endswith("_") and not target.endswith("__") else target
-
-        def fn(obj, *rest, **kwargs):
-            return getattr(obj, method)(*rest, **kwargs)
-    else:
-        fn = target
-    return _ScaleNode(fn, position)
-
-
-class _GuardNode(nn.Module):
-    """An operation without an LRP rule: computed when it works on shapes and numbers (e.g.
-    ``x.size(1) * x.size(2)``), refused when it combines tensors."""
-
-    def __init__(self, fn, description: str, scale_ok: bool):
-        super().__init__()
-        self.fn, self.description, self.scale_ok = fn, description, scale_ok
-
-    def forward(self, *args, **kwargs):
-        values = list(args) + list(kwargs.values())
-        tensors = sum(isinstance(v, torch.Tensor) for v in values)
-        if tensors and not (self.scale_ok and tensors == 1):
-            raise ModelError(self.description)
-        return self.fn(*args, **kwargs)
-
+from spray.lrp.rules import Gradient, Norm, Pass
+from spray.lrp.transformer import ModuleRule
 
 # ---------------------------------------------------------------------------------------------
 # building the program
@@ -267,7 +77,7 @@ class Program:
                 name = f"_lrp_{index}"
                 gm.add_submodule(name, replacement)
                 node.op, node.target = "call_module", name
-                if not isinstance(replacement, (_GuardNode, _ScaleNode)):
+                if not isinstance(replacement, (GuardNode, ScaleNode)):
                     node.kwargs = {}
         for bn_node, affine_node in folds.items():
             bn_node.replace_all_uses_with(affine_node)
@@ -295,9 +105,9 @@ class Program:
             raise ConfigError(f"rule {type(rule).__name__} cannot be applied to {where}: it needs "
                               "a dense or convolution layer")
         if isinstance(rule, Pass):
-            return _PassNode(module)
+            return PassNode(module)
         if isinstance(rule, Norm):
-            return _NormNode(module, rule.stabilizer)
+            return NormNode(module, rule.stabilizer)
         if isinstance(rule, Gradient) or isinstance(module, canon.GRADIENT_MODULES):
             return None
         if isinstance(module, ACTIVATIONS + AVG_POOLS + BATCH_NORMS):
@@ -322,16 +132,16 @@ class Program:
         if self.first_affine is None:
             self.first_affine = module
         if rule is None or isinstance(rule, Gradient):
-            return _GradientAffineNode(op) if bn is not None else None
+            return GradientAffineNode(op) if bn is not None else None
         if isinstance(rule, Pass):
             raise ConfigError(f"rule Pass cannot be applied to {where}")
         if isinstance(rule, Norm):
-            return _NormNode(lambda x, op=op: op.apply(x, op.weight, op.bias), rule.stabilizer)
-        layer = _PreparedAffine(rule, op)
+            return NormNode(lambda x, op=op: op.apply(x, op.weight, op.bias), rule.stabilizer)
+        layer = PreparedAffine(rule, op)
         source = node.args[0] if node.args else None
         if source in self.nonneg:
             layer.params["nonnegative_input"] = True
-        return _AffineNode(layer)
+        return AffineNode(layer)
 
     def _replace_operation(self, node):
         target, is_method = node.target, node.op == "call_method"
@@ -340,18 +150,18 @@ class Program:
         if (target in canon.ADD_METHODS) if is_method else (target in canon.ADD_FUNCTIONS):
             if len(args) == 2 and not node.kwargs:
                 node.args = tuple(args)
-                return _SumNode(self.composite.sum_rule.stabilizer)
+                return SumNode(self.composite.sum_rule.stabilizer)
             return None  # adding a constant: plain gradient
         if (target in canon.RELU_METHODS) if is_method else (target in canon.RELU_FUNCTIONS):
-            return self._unary(node, _PassNode, is_method)
+            return self._unary(node, PassNode, is_method)
         if (target in canon.POOL_METHODS) if is_method else (target in canon.POOL_FUNCTIONS):
             stabilizer = self.composite.sum_rule.stabilizer
-            return self._unary(node, lambda fn: _NormNode(fn, stabilizer), is_method)
+            return self._unary(node, lambda fn: NormNode(fn, stabilizer), is_method)
         if (target in canon.GRADIENT_METHODS) if is_method else (target in canon.GRADIENT_FUNCTIONS):
             return None
         scale = (target in canon.SCALE_METHODS) if is_method else (target in canon.SCALE_FUNCTIONS)
         if scale and len(args) <= 1:
-            return _scale_node(node, is_method)
+            return scale_node(node, is_method)
         description = (
             f"spray.lrp does not support the operation '{name}' on tensors in the model's "
             f"forward (graph node '{node.name}'); supported are dense/convolution layers, "
@@ -362,7 +172,7 @@ class Program:
                 return getattr(obj, target)(*rest, **kwargs)
         else:
             fn = target
-        return _GuardNode(fn, description, scale)
+        return GuardNode(fn, description, scale)
 
     @staticmethod
     def _unary(node, make, is_method):

@@ -13,6 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from spray.errors import ConfigError
+
 _CONV_FUNCTIONS = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
 
 
@@ -220,3 +222,73 @@ def fold_batchnorm(weight: torch.Tensor, bias: torch.Tensor | None,
     new_weight = weight * scale[index]
     new_bias = (bias - bn.running_mean) * scale + shift
     return new_weight.detach(), new_bias.detach()
+
+
+# ---------------------------------------------------------------------------------------------
+# numeric helpers of the rules
+# ---------------------------------------------------------------------------------------------
+
+
+def stabilize(z: torch.Tensor, epsilon: float, out: torch.Tensor | None = None) -> torch.Tensor:
+    """Return ``z + ε·sign(z)`` with sign(+0) = 1, so that the result is never zero.
+
+    ``copysign`` is several times faster than ``torch.where`` or sign arithmetic on CPU; it
+    treats an exact -0 as negative, which only matters where all contributions vanish.
+    """
+    step = torch.tensor(epsilon, dtype=z.dtype, device=z.device)
+    if out is None:
+        return torch.copysign(step, z).add_(z)
+    return torch.copysign(step, z, out=out).add_(z)
+
+
+def joined_denominators(op, parts, epsilon):
+    """Stabilised denominators of ``parts`` written into one joined buffer (no concatenation)."""
+    joined = op.empty_joined(parts[0], len(parts))
+    if joined is None:
+        return op.join_signals([stabilize(p, epsilon) for p in parts])
+    buffer, views = joined
+    for part, view in zip(parts, views):
+        stabilize(part, epsilon, out=view)
+    return buffer
+
+
+def is_nonnegative(x: torch.Tensor) -> bool:
+    """True when the layer input has no negative entry (e.g. after a ReLU): x⁻ = 0."""
+    return bool(x.min() >= 0) if x.numel() else True
+
+
+def bound_like(value, x: torch.Tensor) -> torch.Tensor:
+    """Broadcast an input bound (scalar, per-sample shape, or batch-shaped) against ``x``.
+
+    The result has batch size 1 (shared by all samples) or the batch size of ``x``.
+    """
+    tensor = torch.as_tensor(value, dtype=x.dtype, device=x.device)
+    if tensor.ndim == x.ndim and tensor.shape[0] > x.shape[0]:
+        tensor = tensor[: x.shape[0]]
+    if tensor.ndim < x.ndim:
+        tensor = tensor.unsqueeze(0) if tensor.ndim == x.ndim - 1 else tensor
+    try:
+        target = (tensor.shape[0] if tensor.ndim == x.ndim else 1,) + tuple(x.shape[1:])
+        return torch.broadcast_to(tensor, target)
+    except RuntimeError as exc:
+        raise ConfigError(
+            f"z^B bound of shape {tuple(tensor.shape)} does not broadcast to inputs of shape "
+            f"{tuple(x.shape)}") from exc
+
+
+def signed_apply(op, x, stacked, bias, pair):
+    """``w_a x⁺ + w_b x⁻ + bias`` for inputs of both signs (one call when weights stack)."""
+    xp, xn = x.clamp(min=0), x.clamp(max=0)
+    if stacked is not None:
+        return op.apply(op.join_inputs([xp, xn]), stacked, bias)
+    return op.apply(xp, pair[0], bias) + op.apply(xn, pair[1])
+
+
+def signed_transpose(op, x, signal, stacked, pair):
+    """``x⁺ ⊙ w_aᵀ s + x⁻ ⊙ w_bᵀ s`` for inputs of both signs (one call when weights stack)."""
+    xp, xn = x.clamp(min=0), x.clamp(max=0)
+    if stacked is not None:
+        shape = (x.shape[0],) + op.joined_input_shape(x.shape, 2)
+        grad_pos, grad_neg = op.split_inputs(op.transpose(signal, stacked, shape), 2)
+        return xp * grad_pos + xn * grad_neg
+    return xp * op.transpose(signal, pair[0], x.shape) + xn * op.transpose(signal, pair[1], x.shape)

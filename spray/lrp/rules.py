@@ -37,71 +37,14 @@ from dataclasses import dataclass
 import torch
 
 from spray.errors import ConfigError
-
-
-def stabilize(z: torch.Tensor, epsilon: float, out: torch.Tensor | None = None) -> torch.Tensor:
-    """Return ``z + ε·sign(z)`` with sign(+0) = 1, so that the result is never zero.
-
-    ``copysign`` is several times faster than ``torch.where`` or sign arithmetic on CPU; it
-    treats an exact -0 as negative, which only matters where all contributions vanish.
-    """
-    step = torch.tensor(epsilon, dtype=z.dtype, device=z.device)
-    if out is None:
-        return torch.copysign(step, z).add_(z)
-    return torch.copysign(step, z, out=out).add_(z)
-
-
-def _joined_denominators(op, parts, epsilon):
-    """Stabilised denominators of ``parts`` written into one joined buffer (no concatenation)."""
-    joined = op.empty_joined(parts[0], len(parts))
-    if joined is None:
-        return op.join_signals([stabilize(p, epsilon) for p in parts])
-    buffer, views = joined
-    for part, view in zip(parts, views):
-        stabilize(part, epsilon, out=view)
-    return buffer
-
-
-def _is_nonnegative(x: torch.Tensor) -> bool:
-    """True when the layer input has no negative entry (e.g. after a ReLU): x⁻ = 0."""
-    return bool(x.min() >= 0) if x.numel() else True
-
-
-def _bound_like(value, x: torch.Tensor) -> torch.Tensor:
-    """Broadcast an input bound (scalar, per-sample shape, or batch-shaped) against ``x``.
-
-    The result has batch size 1 (shared by all samples) or the batch size of ``x``.
-    """
-    tensor = torch.as_tensor(value, dtype=x.dtype, device=x.device)
-    if tensor.ndim == x.ndim and tensor.shape[0] > x.shape[0]:
-        tensor = tensor[: x.shape[0]]
-    if tensor.ndim < x.ndim:
-        tensor = tensor.unsqueeze(0) if tensor.ndim == x.ndim - 1 else tensor
-    try:
-        target = (tensor.shape[0] if tensor.ndim == x.ndim else 1,) + tuple(x.shape[1:])
-        return torch.broadcast_to(tensor, target)
-    except RuntimeError as exc:
-        raise ConfigError(
-            f"z^B bound of shape {tuple(tensor.shape)} does not broadcast to inputs of shape "
-            f"{tuple(x.shape)}") from exc
-
-
-def _signed_apply(op, x, stacked, bias, pair):
-    """``w_a x⁺ + w_b x⁻ + bias`` for inputs of both signs (one call when weights stack)."""
-    xp, xn = x.clamp(min=0), x.clamp(max=0)
-    if stacked is not None:
-        return op.apply(op.join_inputs([xp, xn]), stacked, bias)
-    return op.apply(xp, pair[0], bias) + op.apply(xn, pair[1])
-
-
-def _signed_transpose(op, x, signal, stacked, pair):
-    """``x⁺ ⊙ w_aᵀ s + x⁻ ⊙ w_bᵀ s`` for inputs of both signs (one call when weights stack)."""
-    xp, xn = x.clamp(min=0), x.clamp(max=0)
-    if stacked is not None:
-        shape = (x.shape[0],) + op.joined_input_shape(x.shape, 2)
-        grad_pos, grad_neg = op.split_inputs(op.transpose(signal, stacked, shape), 2)
-        return xp * grad_pos + xn * grad_neg
-    return xp * op.transpose(signal, pair[0], x.shape) + xn * op.transpose(signal, pair[1], x.shape)
+from spray.lrp.ops import (
+    bound_like,
+    is_nonnegative,
+    joined_denominators,
+    signed_apply,
+    signed_transpose,
+    stabilize,
+)
 
 
 class Rule:
@@ -172,14 +115,14 @@ class ZPlus(Rule):
                 "split": op.stack_inputs([pos, neg])}
 
     def forward(self, op, params, x):
-        nonneg = params.get("nonnegative_input") or _is_nonnegative(x)
+        nonneg = params.get("nonnegative_input") or is_nonnegative(x)
         if nonneg:
             z, positive = op.split_output(op.apply(x, params["w_pos"], params["b_pos"]), 2)
             # w⁺x + b⁺ ≥ 0 for x ≥ 0: the stabilised denominator is z⁺ + ε (also for a −0, as in
             # Zennit), written in place into the stacked output, which nothing else uses
             return z, (x, nonneg, positive.add_(self.stabilizer))
         z = op.apply(x, op.weight, op.bias)
-        positive = _signed_apply(op, x, params["split"], params["bias_pos"],
+        positive = signed_apply(op, x, params["split"], params["bias_pos"],
                                  (params["pos"], params["neg"]))
         return z, (x, nonneg, stabilize(positive, self.stabilizer))
 
@@ -188,7 +131,7 @@ class ZPlus(Rule):
         signal = relevance / denominator
         if nonneg:
             return x * op.transpose(signal, params["pos"], x.shape)
-        return _signed_transpose(op, x, signal, params["split"], (params["pos"], params["neg"]))
+        return signed_transpose(op, x, signal, params["split"], (params["pos"], params["neg"]))
 
 
 @dataclass
@@ -216,23 +159,23 @@ class AlphaBeta(Rule):
                 "split_pos": op.stack_inputs([pos, neg]), "split_neg": op.stack_inputs([neg, pos])}
 
     def forward(self, op, params, x):
-        nonneg = params.get("nonnegative_input") or _is_nonnegative(x)
+        nonneg = params.get("nonnegative_input") or is_nonnegative(x)
         if nonneg:
             # one stacked pass: z = wx + b and z⁺ = w⁺x + b⁺; z⁻ = z − z⁺ = w⁻x + b⁻
             z, positive = op.split_output(op.apply(x, params["w_pos"], params["b_pos"]), 2)
             negative = z - positive
         else:
             z = op.apply(x, op.weight, op.bias)
-            positive = _signed_apply(op, x, params["split_pos"], params["bias_pos"],
+            positive = signed_apply(op, x, params["split_pos"], params["bias_pos"],
                                      (params["pos"], params["neg"]))
-            negative = _signed_apply(op, x, params["split_neg"], params["bias_neg"],
+            negative = signed_apply(op, x, params["split_neg"], params["bias_neg"],
                                      (params["neg"], params["pos"]))
         if not nonneg:
             return z, (x, nonneg, stabilize(positive, self.stabilizer),
                        stabilize(negative, self.stabilizer))
         # α W⁺ᵀ(R/z⁺) − β W⁻ᵀ(R/z⁻): one division into the joined signal and one stacked
         # transposed pass over [αW⁺; −βW⁻]
-        return z, (x, nonneg, _joined_denominators(op, [positive, negative], self.stabilizer))
+        return z, (x, nonneg, joined_denominators(op, [positive, negative], self.stabilizer))
 
     def backward(self, op, params, saved, relevance):
         x, nonneg = saved[:2]
@@ -243,8 +186,8 @@ class AlphaBeta(Rule):
         s_pos, s_neg = relevance / den_pos, relevance / den_neg
         split_pos, split_neg = params["split_pos"], params["split_neg"]
         pairs_pos, pairs_neg = (params["pos"], params["neg"]), (params["neg"], params["pos"])
-        return (self.alpha * _signed_transpose(op, x, s_pos, split_pos, pairs_pos)
-                - self.beta * _signed_transpose(op, x, s_neg, split_neg, pairs_neg))
+        return (self.alpha * signed_transpose(op, x, s_pos, split_pos, pairs_pos)
+                - self.beta * signed_transpose(op, x, s_neg, split_neg, pairs_neg))
 
 
 @dataclass
@@ -272,7 +215,7 @@ class Gamma(Rule):
 
     def forward(self, op, params, x):
         g = self.gamma
-        nonneg = params.get("nonnegative_input") or _is_nonnegative(x)
+        nonneg = params.get("nonnegative_input") or is_nonnegative(x)
         if nonneg:
             # one stacked pass: z = wx + b and z⁺ = w⁺x + b⁺ (so z − z⁺ = w⁻x + b⁻)
             z, positive = op.split_output(op.apply(x, params["w_pos"], params["b_pos"]), 2)
@@ -280,9 +223,9 @@ class Gamma(Rule):
             down = z + g * (z - positive)         # (w + γw⁻) x + b + γb⁻
         else:
             z = op.apply(x, op.weight, op.bias)
-            up = _signed_apply(op, x, params["split_up"], params["bias_up"],
+            up = signed_apply(op, x, params["split_up"], params["bias_up"],
                                (params["up"], params["down"]))
-            down = _signed_apply(op, x, params["split_down"], params["bias_down"],
+            down = signed_apply(op, x, params["split_down"], params["bias_down"],
                                  (params["down"], params["up"]))
         # s↑ = [z > 0] / (z↑ + ε), s↓ = [z < 0] / (z↓ − ε), written into one joined buffer:
         # the backward (w+γw⁺)ᵀ(R⊙s↑) + (w+γw⁻)ᵀ(R⊙s↓) is one product and one stacked pass
@@ -302,8 +245,8 @@ class Gamma(Rule):
         s_up, s_down = saved[2:]
         a, b = relevance * s_up, relevance * s_down
         pairs_up, pairs_down = (params["up"], params["down"]), (params["down"], params["up"])
-        return (_signed_transpose(op, x, a, params["split_up"], pairs_up)
-                + _signed_transpose(op, x, b, params["split_down"], pairs_down))
+        return (signed_transpose(op, x, a, params["split_up"], pairs_up)
+                + signed_transpose(op, x, b, params["split_down"], pairs_down))
 
 
 class _ConstantDenominatorRule(Rule):
@@ -409,7 +352,7 @@ class ZBox(Rule):
         key = (tuple(x.shape), x.dtype, x.device)
         bounds = params["cache"].get(key)
         if bounds is None:
-            low, high = _bound_like(self.low, x), _bound_like(self.high, x)
+            low, high = bound_like(self.low, x), bound_like(self.high, x)
             offset = (op.apply(low, params["pos"], params["bias_pos"])
                       + op.apply(high, params["neg"], params["bias_neg"]))
             bounds = (low, high, offset)

@@ -39,7 +39,7 @@ from spray.report.figures import (
     spectrum_svg,
 )
 from spray.report.headline import headline
-from spray.report.summary import class_fingerprints, write_summary
+from spray.report.summary import class_fingerprints, read_class_entries, write_summary
 from spray.store import open_class
 
 log = logging.getLogger(__name__)
@@ -48,6 +48,8 @@ log = logging.getLogger(__name__)
 OVERVIEW_EIGENVALUES = 12
 #: classes whose spectra the overview draws side by side (the top of the ranking)
 OVERVIEW_CLASSES = 30
+#: flagged and watched classes listed with their headline on the overview at most
+OVERVIEW_HEADLINES = 25
 #: bump when the pages change, so a new spray version re-renders every class once
 RENDER_VERSION = 2
 STATE_FILE = ".render-state.json"
@@ -217,11 +219,16 @@ def _evidence(entry: dict) -> str:
              f"against the threshold {_fmt(entry.get('threshold'), 2)}."]
     if cl.get("split_from") is not None:
         parent = next((c for c in entry["clusters"] if c["id"] == cl["split_from"]), {})
+        if cl.get("cut_along") is not None:
+            how = (f"a sweep cut along eigenvector {_esc(cl['cut_along'])} separates them, and "
+                   f"the cut scores higher than the clusters it takes samples from, so it is "
+                   f"shown as a cluster of its own (<code>sweep_eigenvectors</code>).")
+        else:
+            how = ("the spectral bisection of that cluster separates them, and this side scores "
+                   "higher than the whole cluster, so it is shown as a cluster of its own "
+                   "(<code>bisect_clusters</code>).")
         parts.append(f"The analysis had it in cluster {_esc(cl['split_from'])} together with "
-                     f"{_fmt(parent.get('size'))} other samples; the spectral bisection of that "
-                     f"cluster separates them, and this side scores higher than the whole "
-                     f"cluster, so it is shown as a cluster of its own (<code>bisect_clusters"
-                     f"</code>).")
+                     f"{_fmt(parent.get('size'))} other samples; {how}")
     if cl.get("input_randomness") is not None:
         where = (f"without the {100 * mask_area:.0f} % of the cells where its inputs differ "
                  f"most from the rest's" if mask_area > 0 else "as they are")
@@ -464,25 +471,32 @@ def _class_row(rank: int, e: dict) -> str:
 
 
 def _headlines(ranked: list[dict], headlines: dict) -> str:
+    shown = [e for e in ranked if str(e["class"]) in headlines]
     items = []
-    for e in ranked:
-        if e["status"] == "ok" and (e["flagged"] or e.get("watch")):
-            word = "FLAGGED" if e["flagged"] else "watch"
-            text = headlines.get(str(e["class"])) or ""
-            items.append(f"<li><b>{word}</b> <a href='class_{_esc(e['class'])}.html'>"
-                         f"{_name(e, 60)}</a> (score {_fmt(e['score'], 2)}): {_esc(text)}</li>")
-    return f"<ul>{''.join(items)}</ul>" if items else ""
+    for e in shown:
+        word = "FLAGGED" if e["flagged"] else "watch"
+        items.append(f"<li><b>{word}</b> <a href='class_{_esc(e['class'])}.html'>"
+                     f"{_name(e, 60)}</a> (score {_fmt(e['score'], 2)}): "
+                     f"{_esc(headlines[str(e['class'])])}</li>")
+    n_more = sum(1 for e in ranked if e["status"] == "ok" and (e["flagged"] or e.get("watch")))
+    more = (f"<p class=note>… and {n_more - len(shown)} more flagged or watched classes in the "
+            f"table below.</p>" if n_more > len(shown) else "")
+    return (f"<ul>{''.join(items)}</ul>{more}") if items else ""
+
+
+def _class_links(classes: list[dict], limit: int = 60) -> str:
+    links = ", ".join(f"<a href='class_{_esc(e['class'])}.html'>{_name(e, 40)}</a>"
+                      for e in classes[:limit])
+    return links + (f" … and {len(classes) - limit} more" if len(classes) > limit else "")
 
 
 def _index_page(run_dir: Path, out: Path, summary: dict, header: str, headlines: dict) -> None:
     ranked = _ranked(summary["classes"])
     ok = [e for e in ranked if e["status"] == "ok"]
-    flagged = ", ".join(f"<a href='class_{_esc(e['class'])}.html'>{_name(e, 40)}</a>"
-                        for e in ranked if e["flagged"]) or "none"
+    flagged = _class_links([e for e in ranked if e["flagged"]]) or "none"
     watch = [e for e in ranked if e.get("watch") and not e["flagged"]]
-    watch_line = ("<br><b>Watch</b> (near the threshold, never failing): " + ", ".join(
-        f"<a href='class_{_esc(e['class'])}.html'>{_name(e, 40)}</a>" for e in watch)
-        if watch else "")
+    watch_line = ("<br><b>Watch</b> (near the threshold, never failing): " + _class_links(watch)
+                  if watch else "")
     body = (f"<h1>spray report</h1>{header}"
             f"<p class='verdict{' bad' if summary['flagged'] else ''}'><b>Flagged classes:</b> "
             f"{flagged}{watch_line}</p>{_headlines(ranked, headlines)}"
@@ -539,32 +553,81 @@ def _headline_of(run_dir: str, entry: dict) -> str:
     return headline(entry, cl, diff, clean_label(entry["name"]))
 
 
-def _render(run_dir: Path, out: Path, todo: list[dict], processes: int | None,
-            progress: bool) -> None:
-    """Render the class pages of ``todo``: in a process pool when there are many."""
+class _Pool:
+    """A process pool started on first use (``spawn``: no fork of a process holding threads),
+    for work large enough to pay for its start; small work runs in this process."""
+
+    def __init__(self, processes: int | None):
+        cores = (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+                 else os.cpu_count())
+        self.workers = processes or min(cores or 1, 8)
+        self.pool = None
+
+    def map_batches(self, fn, run_dir: str, out: str, items: list, on_done=None) -> list:
+        """``fn(run_dir, out, batch)`` over batches of ``items``; results in item order."""
+        if self.workers <= 1 or len(items) < POOL_MIN_PAGES:
+            results = []
+            for item in items:
+                results.extend(fn(run_dir, out, [item]))
+                if on_done:
+                    on_done(1)
+            return results
+        if self.pool is None:
+            import multiprocessing
+
+            self.pool = ProcessPoolExecutor(max_workers=self.workers,
+                                            mp_context=multiprocessing.get_context("spawn"))
+        size = max(1, min(25, len(items) // (4 * self.workers)))
+        batches = [items[i:i + size] for i in range(0, len(items), size)]
+        futures = {self.pool.submit(fn, run_dir, out, b): i for i, b in enumerate(batches)}
+        parts = [None] * len(batches)
+        for fut in as_completed(futures):
+            parts[futures[fut]] = fut.result()
+            if on_done:
+                on_done(len(parts[futures[fut]]))
+        return [r for part in parts for r in part]
+
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.shutdown(cancel_futures=True)
+            self.pool = None
+
+
+def _read_batch(run_dir: str, out: str, keys: list[str]) -> list[dict]:
+    """Worker entry point: summary entries of a batch of classes."""
+    return read_class_entries(run_dir, keys)
+
+
+def _render(pool: _Pool, run_dir: Path, out: Path, todo: list[dict], progress: bool) -> None:
+    """Render the class pages of ``todo``, showing the report stage's progress."""
     from spray.run.progress import StageProgress
 
-    bar = StageProgress("report", len(todo), "pages",
-                        enabled=progress and log.isEnabledFor(logging.INFO))
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    workers = processes or min(cores or 1, 8)
-    try:
-        if workers <= 1 or len(todo) < POOL_MIN_PAGES:
-            for entry in todo:
-                _class_page(str(run_dir), out, entry)
-                bar.update()
-            return
-        import multiprocessing
+    with StageProgress("report", len(todo), "pages",
+                       enabled=progress and log.isEnabledFor(logging.INFO)) as bar:
+        pool.map_batches(_render_batch, str(run_dir), str(out), todo, bar.update)
 
-        size = max(1, min(25, len(todo) // (4 * workers)))
-        batches = [todo[i:i + size] for i in range(0, len(todo), size)]
-        ctx = multiprocessing.get_context("spawn")  # no fork of a process holding threads
-        with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
-            futures = [pool.submit(_render_batch, str(run_dir), str(out), b) for b in batches]
-            for fut in as_completed(futures):
-                bar.update(len(fut.result()))
-    finally:
-        bar.close()
+
+def _plan_pages(out: Path, summary: dict, state: dict) -> tuple[dict, list, dict]:
+    """Page hashes, the pages to render (entry changed or page missing) and the overview's
+    headlines (None: to compute)."""
+    config_hash = summary.get("config_hash")
+    pages, todo, existing = {}, [], set(os.listdir(out))
+    for entry in summary["classes"]:
+        if entry["status"] != "ok":
+            continue
+        key = str(entry["class"])
+        pages[key] = _page_hash(entry, config_hash)
+        if pages[key] != state["pages"].get(key) or f"class_{key}.html" not in existing:
+            todo.append({**entry, "_config_hash": config_hash})
+    headlines = {}
+    for entry in _ranked(summary["classes"]):
+        if len(headlines) == OVERVIEW_HEADLINES:
+            break
+        if entry["status"] == "ok" and (entry["flagged"] or entry.get("watch")):
+            key = str(entry["class"])
+            same = pages[key] == state["pages"].get(key)
+            headlines[key] = state["headlines"].get(key) if same else None
+    return pages, todo, headlines
 
 
 def write_report(run_dir: str | Path, processes: int | None = None,
@@ -581,25 +644,22 @@ def write_report(run_dir: str | Path, processes: int | None = None,
     attrs = class_fingerprints(run_dir)
     reuse = {k: e for k, e in state["entries"].items()
              if attrs.get(k) is not None and state["attrs"].get(k) == attrs[k]}
-    summary = write_summary(run_dir, reuse)
-    config_hash = summary.get("config_hash")
-    pages, headlines, todo = {}, {}, []
-    for entry in summary["classes"]:
-        if entry["status"] != "ok":
-            continue
-        key = str(entry["class"])
-        pages[key] = _page_hash(entry, config_hash)
-        page_ok = (out / f"class_{key}.html").is_file()
-        if pages[key] != state["pages"].get(key) or not page_ok:
-            todo.append({**entry, "_config_hash": config_hash})
-        if entry["flagged"] or entry.get("watch"):
-            same = pages[key] == state["pages"].get(key)
-            headlines[key] = (state["headlines"].get(key) if same else None) or \
-                _headline_of(str(run_dir), entry)
-    log.debug("report: %d of %d class pages to render", len(todo), len(pages))
-    # the state is cleared first: an interrupted render is redone in full next time
-    (out / STATE_FILE).unlink(missing_ok=True)
-    _render(run_dir, out, todo, processes, progress and bool(todo))
+    pool = _Pool(processes)
+    try:
+        stale = sorted((k for k in attrs if k not in reuse), key=int)
+        fresh = pool.map_batches(_read_batch, str(run_dir), str(out), stale)
+        reuse.update({str(e["class"]): e for e in fresh if e.get("status") == "ok"})
+        summary = write_summary(run_dir, reuse)
+        pages, todo, headlines = _plan_pages(out, summary, state)
+        # the state is cleared first: an interrupted render is redone in full next time
+        (out / STATE_FILE).unlink(missing_ok=True)
+        _render(pool, run_dir, out, todo, progress and bool(todo))
+    finally:
+        pool.close()
+    for key in headlines:
+        if headlines[key] is None:
+            entry = next(e for e in summary["classes"] if str(e["class"]) == key)
+            headlines[key] = _headline_of(str(run_dir), entry)
     _index_page(run_dir, out, summary, _run_header(run_dir, summary, _load_config(run_dir)),
                 headlines)
     (out / STATE_FILE).write_text(json.dumps({"version": RENDER_VERSION, "attrs": attrs,

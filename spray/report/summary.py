@@ -9,6 +9,7 @@ from __future__ import annotations
 import datetime as _dt
 import hashlib
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -106,6 +107,13 @@ def _read_class_entry(run_dir: Path, classes, key: str, limits: dict | None = No
         raise damaged_class(run_dir, key, err) from None
 
 
+def read_class_entries(run_dir: str | Path, keys: list[str]) -> list[dict]:
+    """The summary entries of the classes ``keys``, read from their arrays (any process)."""
+    group = open_store(run_dir)
+    classes = group["classes"]
+    return [_read_class_entry(Path(run_dir), classes, key) for key in keys]
+
+
 def class_fingerprints(run_dir: str | Path) -> dict[str, str]:
     """A hash of every class group's attributes (name, sizes, the analysis and its verdict),
     read straight from the Zarr v3 metadata files: a few milliseconds for 1000 classes.
@@ -117,10 +125,15 @@ def class_fingerprints(run_dir: str | Path) -> dict[str, str]:
     out = {}
     if not root.is_dir():
         return out
-    for path in root.iterdir():
-        meta = path / "zarr.json"
-        if path.name.isdigit() and meta.is_file():
-            out[path.name] = hashlib.sha256(meta.read_bytes()).hexdigest()[:20]
+    with os.scandir(root) as entries:
+        for item in entries:
+            if not item.name.isdigit():
+                continue
+            try:
+                with open(os.path.join(item.path, "zarr.json"), "rb") as fh:
+                    out[item.name] = hashlib.sha256(fh.read()).hexdigest()[:20]
+            except OSError:
+                continue  # not a group (yet)
     return out
 
 
@@ -128,7 +141,8 @@ def build_summary(run_dir: Path, reuse: dict[str, dict] | None = None) -> dict:
     """summary.json content: one entry per class plus the flagged list.
 
     ``reuse`` maps class keys to entries known to be current (their class attributes are
-    unchanged, see :func:`class_fingerprints`); only the other classes' arrays are read.
+    unchanged, see :func:`class_fingerprints`); only the other classes' arrays are read. The
+    classes are listed from the store's folders, so a damaged one is named, not skipped.
     """
     group = open_store(run_dir)
     limits = group.attrs.get("health_limits")

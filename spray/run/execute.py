@@ -50,6 +50,7 @@ from spray.store import (
     MANIFEST_NAME,
     OwnedFiles,
     RunLock,
+    adopt_legacy_run,
     class_samples_hash,
     create_or_check_store,
     damaged_class,
@@ -177,6 +178,7 @@ def _check_run_dir(run_dir: Path) -> None:
         raise StoreError(f"output {run_dir} exists and is not a folder")
     if not run_dir.is_dir():
         return
+    adopt_legacy_run(run_dir)
     owned = _owned(run_dir)
     present = {p.name for p in run_dir.iterdir()}
     clash = sorted(n for n in present & set(RUN_FILES) if n not in owned)

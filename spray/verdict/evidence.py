@@ -161,12 +161,13 @@ def eligible(entry: ClusterEvidence, n: int, params: FlagsSection) -> bool:
             and entry.size >= params.min_cluster_size and entry.size < n)
 
 
-def measure(entry: ClusterEvidence, graphs: ClassGraphs) -> ClusterEvidence:
+def measure(entry: ClusterEvidence, graphs: ClassGraphs,
+            bar: float | None = None) -> ClusterEvidence:
     """Fill in the evidence of a candidate (conductances, contrast, randomness, concentration).
 
-    A half whose contrast cannot reach the threshold even with φ_input = 1 is left unmeasured
-    (no input graphs are built for it). Returns ``entry``; ``entry.measured`` says whether it
-    is a candidate.
+    A half or a sweep cut whose score cannot reach ``bar`` (default: the threshold) even with
+    φ_input = 1 is left unmeasured (no input graphs are built for it). Returns ``entry``;
+    ``entry.measured`` says whether it is a candidate.
     """
     params = graphs.params
     mask = entry.mask
@@ -175,8 +176,8 @@ def measure(entry: ClusterEvidence, graphs: ClassGraphs) -> ClusterEvidence:
     phi_rel = mask_conductance(graphs.W, graphs.degree, mask)
     floor = params.conductance_floor
     if entry.split_only and (contrast(1.0, phi_rel, floor)
-                                      - size_penalty(entry.size / graphs.n, params)
-                                      < params.threshold):
+                             - size_penalty(entry.size / graphs.n, params)
+                             < (params.threshold if bar is None else bar)):
         return entry       # φ_input ≤ 1: it cannot reach the threshold
     X_in = graphs.inputs_for(mask)
     phi_in = graphs.input_conductance(X_in, mask)

@@ -96,7 +96,7 @@ def split_off_sweep(labels: np.ndarray, clusters: list[ClusterEvidence],
         if not (c.mask & best.mask).any():
             out.append(c)
         elif (c.mask & ~best.mask).any():
-            changed.append(ClusterEvidence.of(labels == c.id, id=c.id))
+            changed.append(ClusterEvidence.of(labels == c.id, id=c.id, split_from=c.split_from))
             out.append(changed[-1])
     out.append(replace(best, id=new_id, split_from=parent))
     return labels, sorted(out, key=lambda c: c.id), [{"cluster": new_id, "from": parent}], changed

@@ -82,12 +82,16 @@ def score_class(result, input_features: np.ndarray, pipeline: dict,
 def _split_off_sweep(result, graphs: ClassGraphs, labels, clusters, resamples):
     """Score the sweep cuts along the leading eigenvectors; the best one that outscores every
     cluster and reaches the threshold becomes a cluster (the clusters it takes members from are
-    measured and scored again)."""
+    measured and scored again). Cuts holding a whole cluster are left out."""
     params = graphs.params
-    cuts = [e for e in sweep_cuts(graphs.W, graphs.degree, result.eigenvectors,
-                                  params.sweep_eigenvectors, params) if measure(e, graphs).measured]
     best = max((c.score for c in clusters if c.score is not None), default=-np.inf)
-    stabilize_cuts(cuts, resamples, params, max(params.threshold, best + 1e-9))
+    bar = max(params.threshold, best + 1e-9)     # what a cut must reach to matter
+    # a cut that holds a whole cluster would remove it from the report: not a candidate
+    cuts = [e for e in sweep_cuts(graphs.W, graphs.degree, result.eigenvectors,
+                                  params.sweep_eigenvectors, params)
+            if not any(c.size and not (c.mask & ~e.mask).any() for c in clusters)
+            and measure(e, graphs, bar).measured]
+    stabilize_cuts(cuts, resamples, params, bar)
     labels, clusters, splits, changed = split_off_sweep(labels, clusters, cuts, params.threshold,
                                                         params.sweep_min_jaccard)
     stabilize([e for e in changed if measure(e, graphs).measured], resamples, params)

@@ -133,7 +133,8 @@ def main(argv=None) -> int:
         analysis["seconds"] = float(analysis.get("seconds", 0)) + 1.0
         cg.attrs["analysis"] = analysis
         one = _timed(run_dir)
-        pages = len(list((run_dir / "report").glob("class_*.html")))
+        pages = len([p for p in (run_dir / "report").glob("class_*.html")
+                     if p.stem.split("_")[1].isdigit() and p.stem.count("_") == 1])
         result = {"classes": args.classes, "samples_per_class": args.samples,
                   "cpu_count": os.cpu_count(), "setup_s": round(setup, 2),
                   "report_s": round(first, 2), "noop_rerun_s": round(noop, 3),

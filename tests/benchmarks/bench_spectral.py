@@ -3,16 +3,27 @@
     # spray vs CoRelAy, full analysis (features -> eigenvalues, labels, t-SNE), d = 400
     python tests/benchmarks/bench_spectral.py compare --sizes 1000 5000 10000 20000
     # spectral part only (kNN -> eigenvalues, labels) at scale, with the recall of the kNN search
-    python tests/benchmarks/bench_spectral.py scale --sizes 100000 1000000
+    python tests/benchmarks/bench_spectral.py scale --sizes 100000 1000000 --cases easy hard
+    # Markdown tables from the JSON lines of earlier runs
+    python tests/benchmarks/bench_spectral.py table tests/benchmarks/spectral-scale.jsonl
 
 (with ``PYTHONPATH=.`` from the repository root, or spray installed; CoRelAy comes with the
 ``peers`` extra). Every (tool, n) runs in a fresh subprocess so that its peak memory is its own.
 Per stage we record the wall time and the peak resident memory above the stage's start
 (sampled every 5 ms). Results are appended as JSON lines to ``--out`` and printed as Markdown.
 
-Features: a planted mixture — 8 groups in a 16-dimensional latent space, mapped linearly to
-``d = 400`` dimensions plus isotropic noise — so that cluster recovery (adjusted Rand index
-against the planted groups) can be reported next to the timings. Embedding quality is the
+``scale`` cases: ``easy`` is the planted mixture below; ``hard`` is isotropic Gaussian noise in
+``d = 400`` dimensions with one group of n/20 samples (5 000 at 100k) shifted by 0.5 in every
+coordinate — no low-dimensional structure, the worst case for any approximate index. Each
+(case, n) runs in a fresh process: *cold* is its first analysis (imports done, nothing
+warmed up; compiled kernels come from numba's on-disk cache, filled once per machine), *warm*
+the second one in the same process. *eigenvalue error* is measured on a random subsample of
+20 000 rows: the largest difference of the 32 eigenvalues between the kNN method used at full
+size (forced on the subsample) and scikit-learn's exact kNN.
+
+Features (``easy``, and ``compare``): a planted mixture — 8 groups in a 16-dimensional latent
+space, mapped linearly to ``d = 400`` dimensions plus isotropic noise — so that cluster recovery
+(adjusted Rand index against the planted groups) can be reported next to the timings. Embedding quality is the
 fraction of each sample's 10 exact nearest neighbours (in the 400-d features) found among its
 10 nearest neighbours in the 2-D map, on 1000 random samples.
 
@@ -78,12 +89,14 @@ class PeakRSS:
 
 @contextmanager
 def stage(record: dict, name: str, sampler: PeakRSS):
-    """Time a stage and record its peak memory above the memory at its start (MiB)."""
+    """Time a stage (wall and CPU seconds of the process) and record its peak memory above the
+    memory at its start (MiB)."""
     base = sampler.rss()
     sampler.peak = base
-    t = time.perf_counter()
+    t, cpu = time.perf_counter(), time.process_time()
     yield
     record[name] = {"seconds": round(time.perf_counter() - t, 3),
+                    "cpu_seconds": round(time.process_time() - cpu, 3),
                     "peak_mib": round(max(sampler.peak, sampler.rss()) / 2 ** 20 - base / 2 ** 20, 1)}
 
 
@@ -97,6 +110,22 @@ def make_features(n: int, d: int = 400, seed: int = 0, latent: int = 16, groups:
     Z = centres[g] + rng.standard_normal((n, latent)).astype(np.float32)
     X = Z @ A + 0.3 * rng.standard_normal((n, d)).astype(np.float32)
     return X.astype(np.float32), g
+
+
+def make_hard_features(n: int, d: int = 400, seed: int = 0, shift: float = 0.5):
+    """Isotropic noise ``(n, d)`` float32 with the first n/20 rows shifted by ``shift`` per
+    coordinate, and the group labels."""
+    rng = np.random.default_rng(seed)
+    X = rng.standard_normal((n, d), dtype=np.float32)
+    m = max(1, n // 20)
+    X[:m] += np.float32(shift)
+    g = np.zeros(n, dtype=np.int64)
+    g[:m] = 1
+    return X, g
+
+
+def make_case(case: str, n: int, d: int = 400):
+    return make_hard_features(n, d=d) if case == "hard" else make_features(n, d=d)
 
 
 def query_sample(n: int, m: int = 1000, seed: int = 1) -> np.ndarray:
@@ -218,50 +247,93 @@ def run_corelay(X, truth, embed=True, n_clusters=None):
     return rec, info
 
 
-def warm_up():
-    """Compile pynndescent's numba kernels once (not part of the measured time)."""
-    from pynndescent import NNDescent
+def eigenvalue_error(X, method: str, overrides=None, m: int = 20000, seed: int = 2) -> float:
+    """Largest eigenvalue difference on an ``m``-row subsample: ``method`` vs exact kNN."""
+    from spray.analysis.knn import exact_knn, graph_from_neighbors, knn_graph, resolve_k
+    from spray.analysis.spectral import smallest_eigenpairs
+    from spray.config.presets import load_pipeline
 
-    t = time.perf_counter()
-    X = np.random.default_rng(0).standard_normal((2000, 16)).astype(np.float32)
-    _ = NNDescent(X, n_neighbors=10, random_state=0, low_memory=True,
-                  compressed=True).neighbor_graph
-    return round(time.perf_counter() - t, 1)
+    pipe = load_pipeline("spray-default", overrides=overrides)
+    rows = np.sort(np.random.default_rng(seed).choice(X.shape[0], min(m, X.shape[0]),
+                                                      replace=False))
+    Xs = np.ascontiguousarray(X[rows])
+    k = resolve_k(len(rows), pipe["affinity"]["k"])
+    search = {"exact-blocked": "exact", "pynndescent": "approximate"}.get(method)
+    forced = dict(pipe["affinity"], approximate_above=0, search=search) if search else None
+    lams = []
+    for aff in (forced, None):
+        if aff is None:
+            ind, dist = exact_knn(Xs, k)
+        else:
+            ind, dist, _ = knn_graph(Xs, k, aff)
+        W = graph_from_neighbors(ind, dist, pipe["affinity"])
+        lams.append(smallest_eigenpairs(W, pipe["spectral"]["n_eigenvalues"],
+                                        solver=pipe["spectral"]["solver"])[0])
+    return float(np.max(np.abs(lams[0] - lams[1])))
 
 
 def run_one(args):
     """Child process: one tool at one size; prints one JSON line."""
     from threadpoolctl import threadpool_info
 
-    X, truth = make_features(args.n, d=args.d)
     overrides = json.loads(args.overrides) if args.overrides else None
-    jit = None
+    if args.case:
+        return run_scale_case(args, overrides)
+    X, truth = make_features(args.n, d=args.d)
     if args.tool == "spray":
         import torch  # noqa: F401  (loaded in every pipeline worker; not part of the timing)
 
-        if args.n > 50000 or (overrides or {}).get("affinity", {}).get("approximate_above") == 0:
-            jit = warm_up()
         rec, info = run_spray(X, truth, embed=not args.no_embed, overrides=overrides)
     else:
         rec, info = run_corelay(X, truth, embed=not args.no_embed, n_clusters=8)
     total = round(sum(v["seconds"] for v in rec.values()), 3)
     out = {"tool": args.tool, "n": args.n, "d": args.d, "stages": rec, "total_seconds": total,
-           **info, "numba_jit_seconds": jit, "overrides": overrides,
+           **info, "overrides": overrides,
            "blas_threads": sum(p.get("num_threads", 0) for p in threadpool_info())}
     print(json.dumps(out))
 
 
-def child(tool, n, d, no_embed=False, overrides=None, timeout=3600):
+def run_scale_case(args, overrides):
+    """Child process of ``scale``: the first (cold) and second (warm) analysis of one case."""
+    import resource
+
+    import torch  # noqa: F401  (imported by every pipeline worker before its first class)
+
+    import spray.analysis.knn  # noqa: F401
+
+    X, truth = make_case(args.case, args.n, d=args.d)
+    runs = {}
+    for name in ("cold", "warm"):
+        load = os.getloadavg()[0]
+        rec, info = run_spray(X, truth, embed=False, overrides=overrides)
+        runs[name] = {"stages": rec, "total_seconds": round(sum(v["seconds"] for v in rec.values()), 3),
+                      "knn_method": info["knn_method"], "load_average_before": round(load, 2)}
+    err = None
+    if not args.no_eigen_check:
+        err = eigenvalue_error(X, info["knn_method"], overrides)
+    out = {"tool": "spray", "case": args.case, "n": args.n, "d": args.d, **info,
+           "stages": runs["warm"]["stages"], "total_seconds": runs["warm"]["total_seconds"],
+           "cold_total_seconds": runs["cold"]["total_seconds"], "runs": runs,
+           "eigenvalue_error_20k": err, "overrides": overrides,
+           "max_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+           "features_mib": round(X.nbytes / 2 ** 20, 1), "load_average_after": os.getloadavg()[0]}
+    print(json.dumps(out))
+
+
+def child(tool, n, d, no_embed=False, overrides=None, timeout=7200, case=None,
+          eigen_check=True):
     cmd = [sys.executable, __file__, "one", "--tool", tool, "--n", str(n), "--d", str(d)]
     if no_embed:
         cmd.append("--no-embed")
+    if case:
+        cmd += ["--case", case] + ([] if eigen_check else ["--no-eigen-check"])
     if overrides:
         cmd += ["--overrides", json.dumps(overrides)]
     env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout)
     line = [x for x in proc.stdout.splitlines() if x.startswith("{")]
     if proc.returncode or not line:
-        return {"tool": tool, "n": n, "error": (proc.stderr or proc.stdout)[-600:]}
+        return {"tool": tool, "n": n, "case": case, "error": (proc.stderr or proc.stdout)[-600:]}
     return json.loads(line[-1])
 
 
@@ -313,20 +385,41 @@ def compare_table(rows) -> str:
 
 
 def scale_table(rows) -> str:
-    head = ("| n | kNN method | kNN s | recall@k | graph s | eigen s | cluster s | spectral total s "
-            "| peak MiB above data | numba JIT s (once per process) | K / ARI |")
+    """Markdown table of ``scale`` rows (JSON lines of :func:`run_scale_case`)."""
+    head = ("| case | n | kNN method | recall@k | eigenvalue error (20k) | warm s: kNN / graph / "
+            "eigen / cluster | **warm total s** | **cold total s** | peak MiB above data "
+            "| max RSS MiB | K / ARI | load avg |")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for r in rows:
+        case = r.get("case", "easy")
         if "error" in r:
-            lines.append(f"| {r['n']} | error: {r['error'][-120:]!r} |")
+            lines.append(f"| {case} | {r['n']} | error: {r['error'][-120:]!r} |")
             continue
         st = r["stages"]
-        lines.append(f"| {r['n']} | {r['knn_method']} | {st['knn']['seconds']:.1f} | "
-                     f"{r['knn_recall']:.3f} | {st['graph']['seconds']:.1f} | "
-                     f"{st['eigen']['seconds']:.1f} | {st['cluster']['seconds']:.1f} | "
-                     f"{r['total_seconds']:.1f} | {max(v['peak_mib'] for v in st.values()):.0f} | "
-                     f"{r.get('numba_jit_seconds')} | {r['n_clusters']} / {r['ari']} |")
+        parts = " / ".join(f"{st[x]['seconds']:.1f}" for x in ("knn", "graph", "eigen", "cluster"))
+        err = r.get("eigenvalue_error_20k")
+        err = "-" if err is None else f"{err:.1e}"
+        cold = r.get("cold_total_seconds")
+        cold = "-" if cold is None else f"{cold:.1f}"
+        load = r.get("runs", {}).get("warm", {}).get("load_average_before", "-")
+        lines.append(f"| {case} | {r['n']} | {r['knn_method']} | {r['knn_recall']:.3f} | {err} | "
+                     f"{parts} | **{r['total_seconds']:.1f}** | **{cold}** | "
+                     f"{max(v['peak_mib'] for v in st.values()):.0f} | {r.get('max_rss_mib', '-')} | "
+                     f"{r['n_clusters']} / {r['ari']} | {load} |")
     return "\n".join(lines)
+
+
+def tables(path) -> str:
+    """Markdown tables from a JSON-lines file of earlier ``compare`` / ``scale`` runs."""
+    rows = [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+    scale = [r for r in rows if "case" in r or "knn_recall" in r]
+    compare = [r for r in rows if r not in scale]
+    out = []
+    if compare:
+        out.append(compare_table(compare))
+    if scale:
+        out.append(scale_table(scale))
+    return "\n\n".join(out)
 
 
 def main(argv=None):
@@ -340,27 +433,42 @@ def main(argv=None):
         p.add_argument("--out", default=str(ROOT / "tests" / "benchmarks" / f"spectral-{name}.jsonl"))
         p.add_argument("--overrides", default=None, help="JSON pipeline overrides for spray")
         p.add_argument("--no-corelay", action="store_true")
+        if name == "scale":
+            p.add_argument("--cases", nargs="+", choices=["easy", "hard"], default=["easy", "hard"])
+            p.add_argument("--no-eigen-check", action="store_true",
+                           help="skip the eigenvalue error on the 20k subsample")
+    tab = sub.add_parser("table")
+    tab.add_argument("jsonl", help="JSON lines written by compare / scale (--out)")
     one = sub.add_parser("one")
     one.add_argument("--tool", choices=["spray", "corelay"], required=True)
     one.add_argument("--n", type=int, required=True)
     one.add_argument("--d", type=int, default=400)
     one.add_argument("--no-embed", action="store_true")
     one.add_argument("--overrides", default=None)
+    one.add_argument("--case", choices=["easy", "hard"], default=None)
+    one.add_argument("--no-eigen-check", action="store_true")
     args = ap.parse_args(argv)
     if args.cmd == "one":
         return run_one(args)
+    if args.cmd == "table":
+        print(tables(args.jsonl))
+        return None
     print(f"machine: {machine()}", flush=True)
     rows = []
     overrides = json.loads(args.overrides) if args.overrides else None
-    for n in args.sizes:
-        tools = ["spray"] if args.cmd == "scale" or args.no_corelay else ["spray", "corelay"]
-        for tool in tools:
-            r = child(tool, n, args.d, no_embed=args.cmd == "scale", overrides=overrides)
-            r["machine"] = machine()
-            rows.append(r)
-            with open(args.out, "a") as fh:
-                fh.write(json.dumps(r) + "\n")
-            print(json.dumps(r), flush=True)
+    if args.cmd == "scale":
+        jobs = [("spray", n, case) for case in args.cases for n in args.sizes]
+    else:
+        tools = ["spray"] if args.no_corelay else ["spray", "corelay"]
+        jobs = [(tool, n, None) for n in args.sizes for tool in tools]
+    for tool, n, case in jobs:
+        r = child(tool, n, args.d, no_embed=args.cmd == "scale", overrides=overrides,
+                  case=case, eigen_check=not getattr(args, "no_eigen_check", False))
+        r["machine"] = machine()
+        rows.append(r)
+        with open(args.out, "a") as fh:
+            fh.write(json.dumps(r) + "\n")
+        print(json.dumps(r), flush=True)
     print(compare_table(rows) if args.cmd == "compare" else scale_table(rows))
 
 

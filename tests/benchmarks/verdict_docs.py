@@ -25,7 +25,9 @@ from eval_clever_hans import draw_records  # noqa: E402
 ROOT = Path(__file__).resolve().parents[2]
 JSON = ROOT / "docs" / "verdict-draws.json"
 DOC = ROOT / "docs" / "verdict.md"
+BENCH = ROOT / "docs" / "verdict-bench.json"
 BEGIN, END = "<!-- draws-table:begin -->", "<!-- draws-table:end -->"
+BENCH_BEGIN, BENCH_END = "<!-- bench-table:begin -->", "<!-- bench-table:end -->"
 
 
 def records(dirs: list[str]) -> list[dict]:
@@ -78,23 +80,51 @@ def tables(data: dict) -> str:
     return "\n".join(out)
 
 
+def bench_table(bench: dict) -> str:
+    """The cost table from ``bench_flags.py --json`` rows."""
+    rows = bench["rows"]
+    cols = [k[len("score_s_"):] for k in rows[0] if k.startswith("score_s_")]
+    out = [f"`{bench['command']}` ({bench['note']}):", "",
+           "| n | analysis without t-SNE (s) | candidates | "
+           + " | ".join(f"score, {c} (s)" for c in cols) + " | score / analysis |",
+           "|---" * (4 + len(cols)) + "|"]
+    for r in rows:
+        out.append(f"| {r['n']} | {r['analysis_s']:.1f} | {r['candidates']} | "
+                   + " | ".join(f"{r['score_s_' + c]:.1f}" for c in cols)
+                   + f" | {r['score_s_default'] / r['analysis_s']:.1f} |")
+    return "\n".join(out) + "\n"
+
+
+def _replace(doc: str, begin: str, end: str, text: str) -> str:
+    head, rest = doc.split(begin, 1)
+    _, tail = rest.split(end, 1)
+    return f"{head}{begin}\n{text}\n{end}{tail}"
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--design", nargs="*", default=[])
     ap.add_argument("--heldout", nargs="*", default=[])
     ap.add_argument("--threshold", type=float, default=2.0)
     ap.add_argument("--draw-size", type=int, default=300)
+    ap.add_argument("--bench", help="rows of bench_flags.py --json to put in the cost table")
+    ap.add_argument("--bench-command", default="")
+    ap.add_argument("--bench-note", default="")
     args = ap.parse_args(argv)
     if args.design or args.heldout:
         data = {"threshold": args.threshold, "draw_size": args.draw_size,
                 "design": records(args.design), "heldout": records(args.heldout)}
         JSON.write_text(json.dumps(data, indent=1) + "\n")
-    data = json.loads(JSON.read_text())
+    if args.bench:
+        BENCH.write_text(json.dumps({"command": args.bench_command, "note": args.bench_note,
+                                     "rows": json.loads(Path(args.bench).read_text())},
+                                    indent=1) + "\n")
     doc = DOC.read_text()
-    head, rest = doc.split(BEGIN, 1)
-    _, tail = rest.split(END, 1)
-    DOC.write_text(f"{head}{BEGIN}\n{tables(data)}\n{END}{tail}")
-    print(tables(data))
+    if JSON.is_file():
+        doc = _replace(doc, BEGIN, END, tables(json.loads(JSON.read_text())))
+    if BENCH.is_file():
+        doc = _replace(doc, BENCH_BEGIN, BENCH_END, bench_table(json.loads(BENCH.read_text())))
+    DOC.write_text(doc)
     return 0
 
 
