@@ -66,7 +66,7 @@ def test_demo_vit_flags_the_planted_class_only(tmp_path):
     out = tmp_path / "demo"
     proc = run_cli("demo", "--model", "vit", "--output", out, timeout=1800)
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert "training the demo ViT 20/20 epochs" in proc.stderr, proc.stderr
+    assert "training the demo ViT 15/15 epochs" in proc.stderr, proc.stderr
     truth = json.loads((out / "demo" / "ground_truth.json").read_text())
     config = (out / "demo" / "config.yaml").read_text()
     assert truth["model"] == "vit" and "composite: attn-lrp" in config and "build_vit" in config

@@ -46,13 +46,12 @@ def build_model(n_classes: int = 10, channels: int = 1) -> nn.Module:
 
 def build_vit(n_classes: int = 10, channels: int = 1) -> nn.Module:
     """A small torchvision VisionTransformer for 32×32 inputs (the ViT demo's model factory):
-    8×8 patches (the stamp lies in one), 2 encoder layers of width 64, 4 heads, a patch
-    convolution for ``channels``."""
+    4×4 patches, 2 encoder layers of width 64, 4 heads, a patch convolution for ``channels``."""
     from torchvision.models import VisionTransformer
 
-    model = VisionTransformer(image_size=SIZE, patch_size=8, num_layers=2, num_heads=4,
+    model = VisionTransformer(image_size=SIZE, patch_size=4, num_layers=2, num_heads=4,
                               hidden_dim=64, mlp_dim=128, num_classes=n_classes)
-    model.conv_proj = nn.Conv2d(channels, 64, kernel_size=8, stride=8)
+    model.conv_proj = nn.Conv2d(channels, 64, kernel_size=4, stride=4)
     return model
 
 
@@ -60,7 +59,7 @@ def build_vit(n_classes: int = 10, channels: int = 1) -> nn.Module:
 MODELS = {
     "cnn": {"factory": "build_model", "epochs": 12, "lr": 2e-3, "one_cycle": False,
             "composite": "epsilon-plus-flat", "label": "CNN"},
-    "vit": {"factory": "build_vit", "epochs": 20, "lr": 5e-3, "one_cycle": True,
+    "vit": {"factory": "build_vit", "epochs": 15, "lr": 3e-3, "one_cycle": True,
             "composite": "attn-lrp", "label": "ViT"},
 }
 
