@@ -119,24 +119,24 @@ def test_blocked_knn_keeps_duplicates_and_excludes_self():
 
 
 def test_search_auto_uses_the_exact_search_where_an_index_fails():
-    from spray.analysis.knn import knn_graph, probe_neighbours
+    from spray.analysis.knn import knn_neighbors, probe_neighbours
 
     X, Y = isotropic(), planted()
     assert probe_neighbours(X, 8)[2] > 40 > probe_neighbours(Y, 8)[2]
-    ind, dist, method = knn_graph(X, 8, {"approximate_above": 0, "search": "auto"})
+    ind, dist, method = knn_neighbors(X, 8, {"approximate_above": 0, "search": "auto"})
     assert method == "exact-blocked"
     ref, _ = exact_knn(X, 8)
     assert np.mean(np.sort(ind, axis=1) == np.sort(ref, axis=1)) > 0.999
-    assert knn_graph(Y, 8, {"approximate_above": 0, "search": "auto"})[2] == "pynndescent"
+    assert knn_neighbors(Y, 8, {"approximate_above": 0, "search": "auto"})[2] == "pynndescent"
 
 
 def test_search_auto_replaces_an_index_below_min_recall():
     """Fail closed: an approximate graph that misses the recall floor on the probe is redone."""
-    from spray.analysis.knn import knn_graph
+    from spray.analysis.knn import knn_neighbors
 
     X = isotropic()
     params = {"approximate_above": 0, "search": "auto", "ann_max_lid": 1e9,
               "ann_neighbors": 9, "ann_iters": 1, "ann_trees": 1}
-    assert knn_graph(X, 8, dict(params, search="approximate"))[2] == "pynndescent"
-    _, _, method = knn_graph(X, 8, params)
+    assert knn_neighbors(X, 8, dict(params, search="approximate"))[2] == "pynndescent"
+    _, _, method = knn_neighbors(X, 8, params)
     assert method == "exact-blocked"

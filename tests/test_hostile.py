@@ -178,6 +178,11 @@ def _truncate(rel: str):
     return fn
 
 
+def _no_report(out: Path) -> None:
+    """Remove the report, so nothing of it is reused and every class is read again."""
+    shutil.rmtree(out / "report")
+
+
 def _summary_edit(fn):
     def setup(out: Path) -> None:
         path = out / "report" / "summary.json"
@@ -486,11 +491,11 @@ CASES = [
          2, ("classes/1", "corrupt"), run=True),
     Case("store/corrupt-done", "a corrupt 'done' chunk", in_run(_truncate(
         "spray.zarr/classes/1/done")), 2, ("classes/1",), run=True),
-    Case("store/corrupt-eigenvalues", "a corrupt analysis chunk (report)",
-         in_run(_truncate("spray.zarr/classes/1/eigenvalues")), 2, ("classes/1", "corrupt"),
-         argv=("report", "{out}"), run=True),
-    Case("store/corrupt-index", "a corrupt 'index' chunk (report)",
-         in_run(_truncate("spray.zarr/classes/0/index")), 2, ("classes/0",),
+    Case("store/corrupt-eigenvalues", "a corrupt analysis chunk (report rebuilt from the store)",
+         in_run(both(_truncate("spray.zarr/classes/1/eigenvalues"), _no_report)), 2,
+         ("classes/1", "corrupt"), argv=("report", "{out}"), run=True),
+    Case("store/corrupt-index", "a corrupt 'index' chunk (report rebuilt from the store)",
+         in_run(both(_truncate("spray.zarr/classes/0/index"), _no_report)), 2, ("classes/0",),
          argv=("report", "{out}"), run=True),
     # -- report and check ----------------------------------------------------------------------
     Case("report/no-store", "spray report on a mistyped path (nothing created)", None, 2,

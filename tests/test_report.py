@@ -449,3 +449,55 @@ def test_pages_rendered_in_worker_processes_and_only_when_changed(report_run, mo
     assert changed == {"class_1.html", "class_1_tsne.html"}, changed
     cg.attrs["analysis"] = original
     report_html.write_report(report_run)
+
+
+def test_report_summary_equals_a_fresh_one_after_maps_change(report_run):
+    """Maps recomputed from other samples (a chunk's sample hash changed) without a new
+    analysis: the report's summary must not reuse the old entry; it equals a summary built
+    from the store from scratch (the class is incomplete, not 'ok')."""
+    import numpy as np
+
+    from spray.report import html as report_html
+    from spray.report.summary import build_summary
+    from spray.store import open_class
+
+    report_html.write_report(report_run)
+    cg = open_class(str(report_run), 0, mode="a")
+    original = cg["sample_hash"][0]
+    cg["sample_hash"][0] = np.full_like(original, 7)
+    try:
+        report_html.write_report(report_run)
+        written = json.loads((report_run / "report" / "summary.json").read_text())
+        fresh = build_summary(report_run)
+        assert written["classes"] == json.loads(json.dumps(fresh["classes"]))
+        assert written["classes"][0]["status"] == "incomplete"
+    finally:
+        cg["sample_hash"][0] = original
+        report_html.write_report(report_run)
+    assert json.loads((report_run / "report" / "summary.json").read_text())[
+        "classes"][0]["status"] == "ok"
+
+
+def test_watched_class_is_shown_with_its_headline(report_run):
+    """A class whose score lies just below its threshold: the overview lists it under Watch
+    with its headline, and its page says watch (never flagged)."""
+    from spray.report import html as report_html
+    from spray.store import open_class
+
+    cg = open_class(str(report_run), 2, mode="a")
+    original = dict(cg.attrs["analysis"])
+    flags = dict(original["flags"])
+    flags.update({"threshold": float(flags["score"]) + 0.2, "flagged": False})
+    cg.attrs["analysis"] = {**original, "flags": flags}
+    try:
+        report_html.write_report(report_run)
+        summary = json.loads((report_run / "report" / "summary.json").read_text())
+        assert summary["classes"][2]["watch"] and not summary["classes"][2]["flagged"]
+        index = (report_run / "report" / "index.html").read_text()
+        assert "<b>Watch</b>" in index and "<li><b>watch</b>" in index
+        page = (report_run / "report" / "class_2.html").read_text()
+        assert "watch — near the threshold" in page and "<p class=headline>" in page
+        assert "FLAGGED" not in page
+    finally:
+        cg.attrs["analysis"] = original
+        report_html.write_report(report_run)

@@ -118,7 +118,7 @@ def test_slurm_without_dask_jobqueue_is_a_clear_error(monkeypatch, tmp_path):
     monkeypatch.setitem(sys.modules, "dask_jobqueue", None)
     cfg = validate_config({"data": {"source": "digits"}, "model": {"factory": "m:f"},
                            "cluster": {"scheduler": "slurm"}}, tmp_path)
-    with pytest.raises(ConfigError, match=r"spray\[slurm\]"):
+    with pytest.raises(ConfigError, match=r"spray-xai\[slurm\]"):
         make_slurm_cluster(cfg.cluster.model_dump())
 
 

@@ -199,6 +199,9 @@ class FlagsSection(_Section):
 
     score: Literal["input-contrast"] = "input-contrast"
     threshold: float = 2.0
+    #: classes scoring within this margin below the threshold are listed as "watch" (never
+    #: failing): a near miss stays visible in the run's verdict, summary.json and the report
+    watch_margin: float = Field(default=0.5, ge=0)
     min_cluster_fraction: float = Field(default=0.02, ge=0, le=1)
     max_cluster_fraction: float = Field(default=0.5, ge=0, le=1)
     min_cluster_size: int = Field(default=5, ge=1)

@@ -287,6 +287,20 @@ def analyze_class(run_dir: str, c: int, pipeline: dict, data_cfg: dict, _deps=No
         return {"class": c, "error": str(err), "error_type": type(err).__name__}
 
 
+#: the analysis arrays a kept analysis must still be able to read (a damaged one is redone)
+ANALYSIS_ARRAYS = ("eigenvalues", "eigengaps", "eigenvectors", "labels")
+
+
+def _analysis_readable(cg) -> bool:
+    """The stored analysis arrays exist and decode (a truncated chunk means: analyse again)."""
+    try:
+        for name in ANALYSIS_ARRAYS:
+            np.asarray(cg[name][...])
+    except Exception:  # noqa: BLE001 - missing, truncated or undecodable
+        return False
+    return True
+
+
 def analyze_stored_class(run_dir: str, c: int, pipeline: dict, data_cfg: dict,
                          runtime=1) -> dict:
     """Preprocess, analyse and score one class; write everything into its store group.
@@ -302,8 +316,8 @@ def analyze_stored_class(run_dir: str, c: int, pipeline: dict, data_cfg: dict,
     cg = open_class(run_dir, c, mode="a")
     samples = class_samples_hash(cg)
     previous = cg.attrs.get("analysis") or {}
-    if (previous.get("pipeline_hash") == pipeline_hash(pipeline) and "labels" in cg
-            and previous.get("samples_hash") == samples):
+    if (previous.get("pipeline_hash") == pipeline_hash(pipeline)
+            and previous.get("samples_hash") == samples and _analysis_readable(cg)):
         return {"class": c, **previous, "reused": True}  # same maps, same pipeline: keep it
     indices = cg["index"][:]
     source = open_source(data_cfg)

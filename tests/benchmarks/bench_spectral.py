@@ -249,7 +249,7 @@ def run_corelay(X, truth, embed=True, n_clusters=None):
 
 def eigenvalue_error(X, method: str, overrides=None, m: int = 20000, seed: int = 2) -> float:
     """Largest eigenvalue difference on an ``m``-row subsample: ``method`` vs exact kNN."""
-    from spray.analysis.knn import exact_knn, graph_from_neighbors, knn_graph, resolve_k
+    from spray.analysis.knn import exact_knn, graph_from_neighbors, knn_neighbors, resolve_k
     from spray.analysis.spectral import smallest_eigenpairs
     from spray.config.presets import load_pipeline
 
@@ -265,7 +265,7 @@ def eigenvalue_error(X, method: str, overrides=None, m: int = 20000, seed: int =
         if aff is None:
             ind, dist = exact_knn(Xs, k)
         else:
-            ind, dist, _ = knn_graph(Xs, k, aff)
+            ind, dist, _ = knn_neighbors(Xs, k, aff)
         W = graph_from_neighbors(ind, dist, pipe["affinity"])
         lams.append(smallest_eigenpairs(W, pipe["spectral"]["n_eigenvalues"],
                                         solver=pipe["spectral"]["solver"])[0])
