@@ -60,8 +60,8 @@ def test_demo_refuses_a_used_folder_before_training(tmp_path, content):
 
 @pytest.mark.slow
 @pytest.mark.distributed
-@pytest.mark.xfail(strict=True, reason="the planted class scores 0.8 (threshold 2): the demo ViT relies "
-                   "on the stamp only partly and attn-lrp gives it negative relevance")
+@pytest.mark.xfail(strict=True, reason="the planted class scores 0.8 (threshold 2): the demo "
+                   "ViT relies on the stamp only partly, attn-lrp gives it negative relevance")
 def test_demo_vit_flags_the_planted_class_only(tmp_path):
     """``spray demo --model vit``: a small VisionTransformer explained with attn-lrp; the planted
     class alone is flagged, its suspect cluster is the stamped samples, health is recorded."""

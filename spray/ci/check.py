@@ -187,6 +187,16 @@ def health_problems(summary: dict) -> list[str]:
     return problems
 
 
+def _print_health(summary: dict) -> list[str]:
+    """Print the :func:`health_problems` of the run (``--fail-on health``); return them."""
+    problems = health_problems(summary)
+    for line in problems:
+        print(f"health: {line}")
+    if problems:
+        print(f"relevance health fails for {len(problems)} check(s) (--fail-on health)")
+    return problems
+
+
 def _store_attrs(run_dir) -> dict | None:
     """Run state and id of the store the summary at ``run_dir`` belongs to (None without one).
 
@@ -580,13 +590,8 @@ def check(run_dir: str | Path, junit_path: str | None = None, markdown_path: str
             raise IncompleteRunError(f"the gate cannot vouch for {run_dir}: {text}. Pass "
                                      f"--allow-incomplete to check the finished classes only")
         print(f"incomplete (allowed): {text}")
-    unhealthy = health_problems(summary) if "health" in fail_on else []
-    for line in unhealthy:
-        print(f"health: {line}")
-    if fails:
-        return 1
-    if unhealthy:
-        print(f"relevance health fails for {len(unhealthy)} check(s) (--fail-on health)")
+    unhealthy = _print_health(summary) if "health" in fail_on else []
+    if fails or unhealthy:
         return 1
     print("no class flagged" if not summary.get("flagged") else
           "no new or worse flags than the baseline")

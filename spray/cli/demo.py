@@ -160,7 +160,8 @@ def prepare(out_dir: Path, model: str = "cnn") -> Path:
         acc = float((net(torch.as_tensor(data["x_test"])).argmax(1).numpy() == data["y_test"]).mean())
     torch.save(net.state_dict(), demo / "model.pt")
     np.savez(demo / "data.npz", x=data["x_test"], y=data["y_test"])
-    truth = {"model": model, "planted_class": PLANTED_CLASS, "fraction": FRACTION, "artefact": "bright 5x5 square, top-left",
+    truth = {"model": model, "planted_class": PLANTED_CLASS, "fraction": FRACTION,
+             "artefact": "bright 5x5 square, top-left",
              "poisoned_indices": [int(i) for i in data["poisoned_test"]],
              "test_accuracy": round(acc, 4), "train_seconds": round(time.perf_counter() - t0, 2)}
     (demo / "ground_truth.json").write_text(json.dumps(truth, indent=2))
