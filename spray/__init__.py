@@ -7,7 +7,8 @@ precomputed attributions) / ``lrp`` (relevance maps) / ``analysis`` (preprocess 
 spectral → clustering → embedding) → ``verdict`` (Clever-Hans score) → ``store`` (the run's
 Zarr store) → ``report`` (summary.json, figures, HTML) / ``export`` (ViRelAy) → ``run`` (plan,
 Dask cluster and tasks, execution) → ``ci`` (``spray check``: exit code, JUnit, Markdown) →
-``cli`` (the ``spray`` command, demo). ``errors`` holds the error hierarchy every stage shares.
+``cli`` (the ``spray`` command, demo). ``errors`` (the error hierarchy) and ``progress`` (stage
+progress on a terminal or in a log) are shared by every stage.
 ``tests/test_structure.py`` checks that no module imports a stage to its right.
 """
 

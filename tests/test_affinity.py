@@ -118,6 +118,7 @@ def test_blocked_knn_keeps_duplicates_and_excludes_self():
     assert np.all(dist[:, :2] == 0)  # the two copies come first
 
 
+@pytest.mark.slow  # pynndescent compiles its kernels with numba on first use
 def test_search_auto_uses_the_exact_search_where_an_index_fails():
     from spray.analysis.knn import knn_neighbors, probe_neighbours
 
@@ -130,6 +131,7 @@ def test_search_auto_uses_the_exact_search_where_an_index_fails():
     assert knn_neighbors(Y, 8, {"approximate_above": 0, "search": "auto"})[2] == "pynndescent"
 
 
+@pytest.mark.slow  # pynndescent compiles its kernels with numba on first use
 def test_search_auto_replaces_an_index_below_min_recall():
     """Fail closed: an approximate graph that misses the recall floor on the probe is redone."""
     from spray.analysis.knn import knn_neighbors

@@ -128,7 +128,7 @@ def train_model(x: np.ndarray, y: np.ndarray, epochs: int | None = None, seed: i
                 model: str = "cnn") -> nn.Module:
     """Train the demo's ``model`` (``cnn``: seconds to a minute on two cores, ``vit``: about a
     minute), showing each epoch."""
-    from spray.run.progress import StageProgress
+    from spray.progress import StageProgress
 
     spec = MODELS[model]
     epochs = spec["epochs"] if epochs is None else epochs

@@ -600,7 +600,7 @@ def _read_batch(run_dir: str, out: str, keys: list[str]) -> list[dict]:
 
 def _render(pool: _Pool, run_dir: Path, out: Path, todo: list[dict], progress: bool) -> None:
     """Render the class pages of ``todo``, showing the report stage's progress."""
-    from spray.run.progress import StageProgress
+    from spray.progress import StageProgress
 
     with StageProgress("report", len(todo), "pages",
                        enabled=progress and log.isEnabledFor(logging.INFO)) as bar:

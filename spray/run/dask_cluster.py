@@ -178,6 +178,8 @@ def local_cluster_kwargs(cluster_cfg: dict, processes: bool) -> dict:
         # in-process workers would otherwise serve their HTTP pages on every interface
         "worker_dashboard_address": None if processes else http,
         "resources": cluster_cfg.get("lrp_resources") or None,
+        # worker processes log on their own: the same shutdown filter is installed there
+        **({"preload": ["spray.run.worker_logging"]} if processes else {}),
     }
 
 
@@ -185,7 +187,8 @@ class _DropShutdownNoise(logging.Filter):
     """Drop the messages ``distributed`` logs while a cluster we started is closed: the nanny
     killing a worker process that is still tearing down, and tasks cancelled on Ctrl-C."""
 
-    NOISE = ("still alive after", "CancelledError", "Cancelled", "cancelled")
+    NOISE = ("still alive after", "CancelledError", "Cancelled", "cancelled",
+             "Failed to communicate with scheduler during heartbeat")
 
     def filter(self, record: logging.LogRecord) -> bool:
         text = record.getMessage()
@@ -194,21 +197,30 @@ class _DropShutdownNoise(logging.Filter):
         return not any(word in text for word in self.NOISE)
 
 
+#: the loggers of ``distributed`` (and what it runs on) that report a cluster's shutdown
+NOISY_LOGGERS = ("distributed.nanny", "distributed.worker", "distributed.worker.state_machine",
+                 "distributed.scheduler", "distributed.client", "distributed.core",
+                 "distributed.process", "distributed.deploy.spec", "tornado.application",
+                 "asyncio")
+
+
+def add_shutdown_filter() -> _DropShutdownNoise:
+    """Install the shutdown-noise filter on :data:`NOISY_LOGGERS`; returns it."""
+    noise = _DropShutdownNoise()
+    for name in NOISY_LOGGERS:
+        logging.getLogger(name).addFilter(noise)
+    return noise
+
+
 @contextlib.contextmanager
 def quiet_shutdown():
     """Filter shutdown noise from ``distributed``'s loggers while an embedded cluster runs."""
-    noise = _DropShutdownNoise()
-    loggers = [logging.getLogger(name) for name in
-               ("distributed.nanny", "distributed.worker", "distributed.scheduler",
-                "distributed.client", "distributed.core", "distributed.process",
-                "distributed.deploy.spec", "tornado.application", "asyncio")]
-    for logger in loggers:
-        logger.addFilter(noise)
+    noise = add_shutdown_filter()
     try:
         yield
     finally:
-        for logger in loggers:
-            logger.removeFilter(noise)
+        for name in NOISY_LOGGERS:
+            logging.getLogger(name).removeFilter(noise)
 
 
 def dashboard_text(client) -> str:

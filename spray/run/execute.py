@@ -224,12 +224,12 @@ def _submit(client, cfg: RunConfig, base_dir: Path, run_dir: Path, pipeline: dic
 def _show_progress(chunk_futures: dict, analysis_futures: dict, rows_per_chunk: int,
                    enabled: bool) -> None:
     """Wait for the tasks showing each stage: LRP in maps (rate, ETA) and analyses in classes,
-    as bars on a terminal and as periodic plain lines in a log (:mod:`spray.run.progress`)."""
+    as bars on a terminal and as periodic plain lines in a log (:mod:`spray.progress`)."""
     if not enabled:
         return
     from distributed import as_completed
 
-    from spray.run.progress import StageProgress
+    from spray.progress import StageProgress
 
     lrp = [f for fs in chunk_futures.values() for f in fs]
     kind = {f.key: "lrp" for f in lrp} | {f.key: "analysis" for f in analysis_futures.values()}

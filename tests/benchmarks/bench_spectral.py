@@ -387,7 +387,8 @@ def compare_table(rows) -> str:
 def scale_table(rows) -> str:
     """Markdown table of ``scale`` rows (JSON lines of :func:`run_scale_case`)."""
     head = ("| case | n | kNN method | recall@k | eigenvalue error (20k) | warm s: kNN / graph / "
-            "eigen / cluster | **warm total s** | **cold total s** | peak MiB above data "
+            "eigen / cluster | **warm total s** | **cold total s** | CPU s warm / cold "
+            "| peak MiB above data "
             "| max RSS MiB | K / ARI | load avg |")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for r in rows:
@@ -402,8 +403,11 @@ def scale_table(rows) -> str:
         cold = r.get("cold_total_seconds")
         cold = "-" if cold is None else f"{cold:.1f}"
         load = r.get("runs", {}).get("warm", {}).get("load_average_before", "-")
+        cpu = " / ".join(
+            f"{sum(v.get('cpu_seconds', 0) for v in run['stages'].values()):.1f}"
+            for run in (r.get("runs", {}).get(x) for x in ("warm", "cold")) if run) or "-"
         lines.append(f"| {case} | {r['n']} | {r['knn_method']} | {r['knn_recall']:.3f} | {err} | "
-                     f"{parts} | **{r['total_seconds']:.1f}** | **{cold}** | "
+                     f"{parts} | **{r['total_seconds']:.1f}** | **{cold}** | {cpu} | "
                      f"{max(v['peak_mib'] for v in st.values()):.0f} | {r.get('max_rss_mib', '-')} | "
                      f"{r['n_clusters']} / {r['ari']} | {load} |")
     return "\n".join(lines)
