@@ -13,6 +13,9 @@ Layout of ``RUN_DIR/spray.zarr`` (a Zarr v3 group)::
         logits      (n_c, K)         float32
         prediction  (n_c,)           int64
         done        (n_chunks,)      bool      chunk i of the rows is written
+        conservation (n_c,)          float64   relevance health: Σ relevance / explained logit
+        nonfinite   (n_c,)           int64     NaN/Inf entries of the map (−1: not recorded)
+        zero_map    (n_c,)           bool      the map is all zeros
         sample_hash (n_chunks, 32)   uint8     SHA-256 of the samples chunk i was computed from
         features    (n_c, d)         float32   preprocessed relevance
         input_features (n_c, d)      float32   the same preprocessing of the raw inputs
@@ -123,6 +126,7 @@ def prepare_class(group: zarr.Group, c: int, name: str, indices: np.ndarray,
                 and np.array_equal(cg["index"][:], indices))
         if same:
             _require_sample_hash(cg, int(cg["done"].shape[0]))
+            _require_health(cg, n, max(1, min(chunk_size, n)))
             if cg.attrs.get("name") != name:  # names come from the current config
                 cg.attrs["name"] = name
             return cg
@@ -144,6 +148,7 @@ def prepare_class(group: zarr.Group, c: int, name: str, indices: np.ndarray,
     cg.create_array("prediction", shape=(n,), chunks=(rows,), dtype="int64", fill_value=-1)
     cg.create_array("done", shape=(n_chunks,), chunks=(1,), dtype="bool", fill_value=False)
     _require_sample_hash(cg, n_chunks)
+    _require_health(cg, n, rows)
     return cg
 
 
@@ -152,6 +157,39 @@ def _require_sample_hash(cg: zarr.Group, n_chunks: int) -> None:
     if "sample_hash" not in cg:
         cg.create_array("sample_hash", shape=(n_chunks, HASH_BYTES), chunks=(1, HASH_BYTES),
                         dtype="uint8", fill_value=0)
+
+
+#: the relevance health arrays of a class (see :func:`spray.lrp.relevance_health`)
+HEALTH_ARRAYS = {"conservation": ("float64", np.nan), "nonfinite": ("int64", -1),
+                 "zero_map": ("bool", False)}
+
+
+def _require_health(cg: zarr.Group, n: int, rows: int) -> None:
+    """The per-sample relevance health arrays (``nonfinite`` −1, i.e. not recorded, for rows
+    of a class stored without them)."""
+    for name, (dtype, fill) in HEALTH_ARRAYS.items():
+        if name not in cg:
+            cg.create_array(name, shape=(n,), chunks=(max(1, rows),), dtype=dtype,
+                            fill_value=fill)
+
+
+def write_health(cg: zarr.Group, start: int, stop: int, health: dict) -> None:
+    """Store the :func:`spray.lrp.relevance_health` figures of rows ``[start, stop)``."""
+    cg["conservation"][start:stop] = health["conservation"]
+    cg["nonfinite"][start:stop] = health["nonfinite"]
+    cg["zero_map"][start:stop] = health["zero"]
+
+
+def read_health(cg: zarr.Group) -> dict | None:
+    """The class's health figures as :func:`spray.lrp.relevance_health` returns them, plus
+    ``recorded`` (bool per sample); None for a class stored without them."""
+    if any(name not in cg for name in HEALTH_ARRAYS):
+        return None
+    nonfinite = cg["nonfinite"][:]
+    conservation = cg["conservation"][:]
+    return {"conservation": conservation, "lost": 1.0 - conservation,
+            "nonfinite": np.maximum(nonfinite, 0), "zero": cg["zero_map"][:],
+            "recorded": nonfinite >= 0}
 
 
 def class_samples_hash(cg: zarr.Group) -> str:

@@ -154,6 +154,49 @@ def gate_problems(summary: dict, run_dir: str | Path | None = None) -> list[str]
     return problems
 
 
+def health_problems(summary: dict) -> list[str]:
+    """Classes whose relevance health crosses the preset's ``health`` limits (``--fail-on
+    health``); a class without health figures fails too (the gate cannot vouch for it)."""
+    problems = []
+    for e in summary["classes"]:
+        if e.get("status") != "ok":
+            continue  # not analysed: gate_problems names it
+        name, h = f"class {_plain(e['name'])} ({e['class']})", e.get("health")
+        limits = (h or {}).get("limits") or summary.get("health_limits")
+        if not h or h.get("unrecorded") or not limits or "outside" not in h:
+            missing = h.get("unrecorded") if h else None
+            problems.append(f"{name}: relevance health not recorded"
+                            f"{f' for {missing} samples' if missing else ''} (maps from an "
+                            f"older spray or an attribution file); rerun with --overwrite")
+            continue
+        if h["nonfinite_samples"] > limits["max_nonfinite"]:
+            problems.append(f"{name}: {h['nonfinite_samples']} of {h['samples']} relevance maps "
+                            f"hold NaN/Inf (health.max_nonfinite {limits['max_nonfinite']})")
+        if h["zero_maps"] > limits.get("max_zero_maps", 0):
+            problems.append(f"{name}: {h['zero_maps']} of {h['samples']} relevance maps are all "
+                            f"zero (health.max_zero_maps {limits.get('max_zero_maps', 0)})")
+        share = h["outside"] / max(h["samples"], 1)
+        if share > limits["max_outside"]:
+            median = h.get("conservation_median")
+            problems.append(
+                f"{name}: conservation (relevance sum / explained logit) outside "
+                f"[{limits['conservation_min']:g}, {limits['conservation_max']:g}] for "
+                f"{h['outside']} of {h['samples']} samples ({share:.0%} > health.max_outside "
+                f"{limits['max_outside']:.0%}; median "
+                f"{'undefined' if median is None else f'{median:.3g}'})")
+    return problems
+
+
+def _print_health(summary: dict) -> list[str]:
+    """Print the :func:`health_problems` of the run (``--fail-on health``); return them."""
+    problems = health_problems(summary)
+    for line in problems:
+        print(f"health: {line}")
+    if problems:
+        print(f"relevance health fails for {len(problems)} check(s) (--fail-on health)")
+    return problems
+
+
 def _store_attrs(run_dir) -> dict | None:
     """Run state and id of the store the summary at ``run_dir`` belongs to (None without one).
 
@@ -492,11 +535,14 @@ def verdict_lines(summary: dict, report_dir: Path | None = None, best: int = 3) 
 
 def check(run_dir: str | Path, junit_path: str | None = None, markdown_path: str | None = None,
           baseline: str | None = None, margin: float = DEFAULT_MARGIN,
-          allow_incomplete: bool = False, baseline_any: bool = False) -> int:
+          allow_incomplete: bool = False, baseline_any: bool = False,
+          fail_on: tuple[str, ...] = ()) -> int:
     """Print the verdict table; write the requested CI files; return the exit code.
 
-    0: nothing (new) flagged; 1: flagged classes; 3: the run cannot be vouched for (did not
-    finish, failed or missing classes, stale summary) unless ``allow_incomplete``.
+    0: nothing (new) flagged; 1: flagged classes, or (``"health" in fail_on``) classes whose
+    relevance health crosses the preset's limits (:func:`health_problems`); 3: the run cannot
+    be vouched for (did not finish, failed or missing classes, stale summary) unless
+    ``allow_incomplete``.
     """
     summary = load_summary(run_dir)
     if baseline:
@@ -544,7 +590,8 @@ def check(run_dir: str | Path, junit_path: str | None = None, markdown_path: str
             raise IncompleteRunError(f"the gate cannot vouch for {run_dir}: {text}. Pass "
                                      f"--allow-incomplete to check the finished classes only")
         print(f"incomplete (allowed): {text}")
-    if fails:
+    unhealthy = _print_health(summary) if "health" in fail_on else []
+    if fails or unhealthy:
         return 1
     print("no class flagged" if not summary.get("flagged") else
           "no new or worse flags than the baseline")

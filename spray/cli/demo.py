@@ -2,7 +2,9 @@
 
 scikit-learn's handwritten ``digits`` (8×8) are upsampled to 32×32 so that a small stamp is a
 localized feature; a stamp is put into a fraction of one class (train and test), a small CNN is
-trained on the train split in seconds, and ``spray run`` analyses the test split of all classes.
+trained on the train split in seconds (or, with ``model="vit"``, a small torchvision
+VisionTransformer in about a minute, explained with ``attn-lrp``), and ``spray run`` analyses the
+test split of all classes.
 ``RUN_DIR/demo/ground_truth.json`` names the planted class and the poisoned dataset indices.
 """
 
@@ -40,6 +42,26 @@ def build_model(n_classes: int = 10, channels: int = 1) -> nn.Module:
         nn.Flatten(), nn.Linear(32 * 4 * 4, 64), nn.ReLU(), nn.Dropout(0.2),
         nn.Linear(64, n_classes),
     )
+
+
+def build_vit(n_classes: int = 10, channels: int = 1) -> nn.Module:
+    """A small torchvision VisionTransformer for 32×32 inputs (the ViT demo's model factory):
+    4×4 patches, 2 encoder layers of width 64, 4 heads, a patch convolution for ``channels``."""
+    from torchvision.models import VisionTransformer
+
+    model = VisionTransformer(image_size=SIZE, patch_size=4, num_layers=2, num_heads=4,
+                              hidden_dim=64, mlp_dim=128, num_classes=n_classes)
+    model.conv_proj = nn.Conv2d(channels, 64, kernel_size=4, stride=4)
+    return model
+
+
+#: the demo's models: factory, training epochs, peak learning rate, composite
+MODELS = {
+    "cnn": {"factory": "build_model", "epochs": 12, "lr": 2e-3, "one_cycle": False,
+            "composite": "epsilon-plus-flat", "label": "CNN"},
+    "vit": {"factory": "build_vit", "epochs": 15, "lr": 3e-3, "one_cycle": True,
+            "composite": "attn-lrp", "label": "ViT"},
+}
 
 
 def stamp(images: np.ndarray) -> np.ndarray:
@@ -102,20 +124,27 @@ def fit(model: nn.Module, x: np.ndarray, y: np.ndarray, epochs: int, seed: int,
     return model.eval()
 
 
-def train_model(x: np.ndarray, y: np.ndarray, epochs: int = 12, seed: int = SEED) -> nn.Module:
-    """Train the demo CNN (a few seconds to a minute on two cores), showing each epoch."""
+def train_model(x: np.ndarray, y: np.ndarray, epochs: int | None = None, seed: int = SEED,
+                model: str = "cnn") -> nn.Module:
+    """Train the demo's ``model`` (``cnn``: seconds to a minute on two cores, ``vit``: about a
+    minute), showing each epoch."""
     from spray.progress import StageProgress
 
+    spec = MODELS[model]
+    epochs = spec["epochs"] if epochs is None else epochs
     torch.manual_seed(seed)
-    with StageProgress("training the demo CNN", epochs, "epochs",
+    with StageProgress(f"training the demo {spec['label']}", epochs, "epochs",
                        enabled=log.isEnabledFor(logging.INFO), every=0.0) as bar:
-        return fit(build_model(), x, y, epochs, seed,
+        return fit(globals()[spec["factory"]](), x, y, epochs, seed, lr=spec["lr"],
+                   one_cycle=spec["one_cycle"],
                    on_epoch=lambda e, loss, acc: bar.update(
                        1, note=f"loss {loss:.3f}, train accuracy {acc:.3f}"))
 
 
-def prepare(out_dir: Path) -> Path:
+def prepare(out_dir: Path, model: str = "cnn") -> Path:
     """Write the demo's data, weights, config and ground truth; returns the config path.
+
+    ``model``: ``cnn`` (the default) or ``vit`` (see :data:`MODELS`).
 
     The caller checks the output folder first (``spray demo`` refuses a folder holding files
     spray did not write before anything is trained or written).
@@ -125,19 +154,21 @@ def prepare(out_dir: Path) -> Path:
     rng = np.random.default_rng(SEED)
     t0 = time.perf_counter()
     data = make_data(rng)
-    model = train_model(data["x_train"], data["y_train"])
+    spec = MODELS[model]
+    net = train_model(data["x_train"], data["y_train"], model=model)
     with torch.no_grad():
-        acc = float((model(torch.as_tensor(data["x_test"])).argmax(1).numpy() == data["y_test"]).mean())
-    torch.save(model.state_dict(), demo / "model.pt")
+        acc = float((net(torch.as_tensor(data["x_test"])).argmax(1).numpy() == data["y_test"]).mean())
+    torch.save(net.state_dict(), demo / "model.pt")
     np.savez(demo / "data.npz", x=data["x_test"], y=data["y_test"])
-    truth = {"planted_class": PLANTED_CLASS, "fraction": FRACTION, "artefact": "bright 5x5 square, top-left",
+    truth = {"model": model, "planted_class": PLANTED_CLASS, "fraction": FRACTION,
+             "artefact": "bright 5x5 square, top-left",
              "poisoned_indices": [int(i) for i in data["poisoned_test"]],
              "test_accuracy": round(acc, 4), "train_seconds": round(time.perf_counter() - t0, 2)}
     (demo / "ground_truth.json").write_text(json.dumps(truth, indent=2))
     config = {
         "data": {"source": "npz", "path": "data.npz"},
-        "model": {"factory": "spray.cli.demo:build_model", "weights": "model.pt"},
-        "attribution": {"composite": "epsilon-plus-flat", "target": "label", "batch_size": 256,
+        "model": {"factory": f"spray.cli.demo:{spec['factory']}", "weights": "model.pt"},
+        "attribution": {"composite": spec["composite"], "target": "label", "batch_size": 256,
                         "chunk_size": 128},
         "classes": "all",
         "class_names": [f"digit {i}" for i in range(10)],
@@ -147,6 +178,6 @@ def prepare(out_dir: Path) -> Path:
     }
     path = demo / "config.yaml"
     path.write_text(yaml.safe_dump(config, sort_keys=False))
-    print(f"spray demo: trained the demo CNN (test accuracy {acc:.3f}); planted a stamp into "
+    print(f"spray demo: trained the demo {spec['label']} (test accuracy {acc:.3f}); planted a stamp into "
           f"{len(truth['poisoned_indices'])} test samples of class {PLANTED_CLASS}")
     return path

@@ -56,6 +56,9 @@ def _gate_options(p: argparse.ArgumentParser) -> None:
                    help="compare with a baseline even when its fingerprints differ")
     p.add_argument("--baseline-margin", type=_finite_float, default=0.5, metavar="SCORE",
                    help="score rise that makes an accepted flag 'worse' (default 0.5)")
+    p.add_argument("--fail-on", action="append", choices=["health"], default=[],
+                   help="also fail (exit 1) when a class's relevance health crosses the limits "
+                        "of the pipeline's 'health' section (NaN/Inf maps, conservation)")
     p.add_argument("--allow-incomplete", action="store_true",
                    help="judge the finished classes of a run that did not finish or has failed "
                         "classes, instead of failing with exit code 3")
@@ -91,6 +94,9 @@ def _parser() -> argparse.ArgumentParser:
     d = sub.add_parser("demo", help="train a Clever-Hans model on digits and analyse it")
     d.add_argument("--output", default="runs/demo",
                    help="run folder: new, empty or an earlier demo's (default runs/demo)")
+    d.add_argument("--model", choices=["cnn", "vit"], default="cnn",
+                   help="the model trained on the spot: a small CNN (default) or a small "
+                        "torchvision VisionTransformer explained with attn-lrp (about a minute)")
     d.add_argument("--scheduler", help="where the Dask graph runs (as for 'spray run')")
     d.add_argument("--quiet", action="store_true", help="no progress bar")
     rep = sub.add_parser("report", help="rebuild RUN_DIR/report from the store")
@@ -124,7 +130,7 @@ def _run(args) -> int:
         if args.workers < 1:
             raise SprayError(f"--workers must be at least 1, got {args.workers}")
         cfg.cluster.n_workers = args.workers
-    gate = args.check or any((args.junit, args.markdown, args.baseline))
+    gate = args.check or any((args.junit, args.markdown, args.baseline, args.fail_on))
     if gate and args.baseline:
         from spray.ci.check import load_summary
 
@@ -166,7 +172,8 @@ def _check_run(args, run_dir: Path) -> int:
 
     return check(run_dir, junit_path=args.junit, markdown_path=args.markdown,
                  baseline=args.baseline, margin=args.baseline_margin,
-                 allow_incomplete=args.allow_incomplete, baseline_any=args.baseline_any)
+                 allow_incomplete=args.allow_incomplete, baseline_any=args.baseline_any,
+                 fail_on=tuple(args.fail_on))
 
 
 def _demo_output(out: Path) -> bool:
@@ -204,7 +211,7 @@ def _demo(args) -> int:
     if again:
         OwnedFiles(out).remove("demo")
     OwnedFiles(out).claim_folder("demo")
-    cfg_path = prepare(out)
+    cfg_path = prepare(out, model=args.model)
     cfg, base = load_config(cfg_path)
     info = run(cfg, base, output=str(out), scheduler=args.scheduler, overwrite=again,
                quiet=args.quiet)
@@ -254,7 +261,8 @@ def _check(args) -> int:
 
     return check(args.run_dir, junit_path=args.junit, markdown_path=args.markdown,
                  baseline=args.baseline, margin=args.baseline_margin,
-                 allow_incomplete=args.allow_incomplete, baseline_any=args.baseline_any)
+                 allow_incomplete=args.allow_incomplete, baseline_any=args.baseline_any,
+                 fail_on=tuple(args.fail_on))
 
 
 def _quiet_abandoned_writes() -> None:

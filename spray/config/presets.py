@@ -1,7 +1,7 @@
 """Analysis pipeline presets: loading, merging and validation.
 
 A pipeline is a nested dict with the sections ``preprocess``, ``affinity``, ``spectral``,
-``clustering``, ``embedding`` and ``flags`` (plus ``name`` and ``description``). Presets live as
+``clustering``, ``embedding``, ``flags`` and ``health`` (plus ``name`` and ``description``). Presets live as
 YAML files in ``pipelines/`` and are selected by name (``spray-default``, ``lowpass``, ``fft``,
 ``abs``, ``corelay-compat``); a preset may start from another one with ``extends: <name>``.
 
@@ -22,7 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from spray.errors import ConfigError
 
-SECTIONS = ("preprocess", "affinity", "spectral", "clustering", "embedding", "flags")
+SECTIONS = ("preprocess", "affinity", "spectral", "clustering", "embedding", "flags", "health")
 _TOP_LEVEL = ("name", "description", "extends", "preset") + SECTIONS
 
 
@@ -225,6 +225,24 @@ class FlagsSection(_Section):
     seed: int = 0
 
 
+class HealthSection(_Section):
+    """Relevance health limits for ``spray check --fail-on health`` (see docs/lrp.md).
+
+    A sample's conservation ratio (Σ input relevance / explained logit) is *outside* when it
+    lies outside ``[conservation_min, conservation_max]`` or is undefined; a class fails when
+    more than ``max_outside`` of its samples are outside, more than ``max_nonfinite`` of its
+    maps hold NaN/Inf or more than ``max_zero_maps`` are all zero. The defaults catch exploding,
+    reversed, vanishing and non-finite relevance for CNN and transformer composites alike
+    (AttnLRP keeps far less of the logit than the CNN composites); tighten them per model.
+    """
+
+    conservation_min: float = -1.0
+    conservation_max: float = 10.0
+    max_outside: float = Field(default=0.1, ge=0, le=1)
+    max_nonfinite: int = Field(default=0, ge=0)
+    max_zero_maps: int = Field(default=0, ge=0)
+
+
 class PipelineModel(_Section):
     """A whole analysis pipeline."""
 
@@ -236,6 +254,7 @@ class PipelineModel(_Section):
     clustering: ClusteringSection = Field(default_factory=ClusteringSection)
     embedding: EmbeddingSection = Field(default_factory=EmbeddingSection)
     flags: FlagsSection = Field(default_factory=FlagsSection)
+    health: HealthSection = Field(default_factory=HealthSection)
 
 
 # --------------------------------------------------------------------------------------------
@@ -391,7 +410,8 @@ def load_pipeline(spec: str | Path | dict = "spray-default", overrides: dict | N
     Returns
     -------
         A plain nested dict with the sections ``preprocess``, ``affinity``, ``spectral``,
-        ``clustering``, ``embedding``, ``flags`` and the keys ``name``, ``description``.
+        ``clustering``, ``embedding``, ``flags``, ``health`` and the keys ``name``,
+        ``description``.
 
     Raises
     ------

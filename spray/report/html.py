@@ -261,6 +261,22 @@ def _watch_note(entry: dict) -> str:
             f"failing).")
 
 
+def _health_note(entry: dict) -> str:
+    """One line of relevance health: conservation ratio, NaN/Inf and all-zero maps."""
+    h = entry.get("health")
+    if not h:
+        return "<p class=note>Relevance health: not recorded for this class.</p>"
+    limits = h.get("limits") or {}
+    outside = (f", {_fmt(h['outside'])} outside [{limits['conservation_min']:g}, "
+               f"{limits['conservation_max']:g}]" if "outside" in h and limits else "")
+    unrecorded = f", {_fmt(h['unrecorded'])} not recorded" if h.get("unrecorded") else ""
+    return (f"<p class=note>Relevance health (Σ relevance / explained logit): median "
+            f"{_fmt(h['conservation_median'])} (5–95 %: {_fmt(h['conservation_p05'])} – "
+            f"{_fmt(h['conservation_p95'])}){outside}; maps with NaN/Inf "
+            f"{_fmt(h['nonfinite_samples'])}, all-zero {_fmt(h['zero_maps'])}, undefined ratio "
+            f"{_fmt(h['undefined'])}{unrecorded}.</p>")
+
+
 # ------------------------------------------------------------------------------ class page
 
 def _rest_mean(means: np.ndarray, sizes: np.ndarray, j: int) -> np.ndarray:
@@ -388,7 +404,7 @@ def _class_page(run_dir: str, out: Path, entry: dict) -> None:
         f"{_fmt(entry['n_samples'])} samples, model accuracy on them "
         f"{_fmt(entry['accuracy']) or 'unknown (no predictions)'}, "
         f"kNN k = {_fmt(entry['k'])}, eigengap K = {_fmt(entry['n_clusters'])} clusters"
-        f"{_splits_note(entry)}.{_watch_note(entry)}</p>{warn}"
+        f"{_splits_note(entry)}.{_watch_note(entry)}</p>{warn}{_health_note(entry)}"
         f"<h2>Evidence</h2>{_evidence(entry)}{suspect_html}"
         f"<h2>Spectrum</h2>{spectrum_svg(entry['eigenvalues'], entry['n_clusters'])}"
         f"<p class=note>first eigengaps λ<sub>i+1</sub> − λ<sub>i</sub>: {gaps}</p>"

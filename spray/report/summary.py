@@ -16,7 +16,7 @@ import numpy as np
 
 from spray.config.presets import FlagsSection
 from spray.errors import SprayError
-from spray.store import class_samples_hash, damaged_class, open_store, store_path
+from spray.store import class_samples_hash, damaged_class, open_store, read_health, store_path
 
 #: dataset indices listed per suspicious cluster at most
 MAX_MEMBERS = 100_000
@@ -25,11 +25,33 @@ MAX_MEMBERS = 100_000
 WATCH_MARGIN = FlagsSection.model_fields["watch_margin"].default
 
 
-def _class_entry(cg, c: int) -> dict:
+def health_entry(cg, limits: dict | None) -> dict | None:
+    """Relevance health of a class (:func:`spray.lrp.summarize_health` over its samples) with
+    the count of samples whose conservation lies outside the preset's ``health`` limits
+    (``outside``) and of samples without figures (``unrecorded``); None for a class stored
+    without health figures."""
+    from spray.lrp.health import summarize_health
+
+    health = read_health(cg)
+    if health is None:
+        return None
+    recorded = health.pop("recorded")
+    health = {k: v[recorded] for k, v in health.items()}
+    entry = summarize_health(health)["all"]
+    entry["unrecorded"] = int((~recorded).sum())
+    if limits:
+        ratio = health["conservation"]
+        with np.errstate(invalid="ignore"):
+            inside = (ratio >= limits["conservation_min"]) & (ratio <= limits["conservation_max"])
+        entry.update({"outside": int((~inside).sum()), "limits": dict(limits)})
+    return entry
+
+
+def _class_entry(cg, c: int, limits: dict | None = None) -> dict:
     attrs = dict(cg.attrs)
     analysis = attrs.get("analysis")
     entry = {"class": int(c), "name": attrs.get("name", str(c)),
-             "n_samples": int(attrs.get("n_samples", 0))}
+             "n_samples": int(attrs.get("n_samples", 0)), "health": health_entry(cg, limits)}
     stale = analysis is not None and analysis.get("samples_hash") not in (None,
                                                                           class_samples_hash(cg))
     if analysis is None or stale:  # no analysis, or one of maps recomputed since
@@ -76,10 +98,10 @@ def _accuracy(prediction: np.ndarray, label: int):
     return float(np.mean(prediction[known] == label)) if known.any() else None
 
 
-def _read_class_entry(run_dir: Path, classes, key: str) -> dict:
+def _read_class_entry(run_dir: Path, classes, key: str, limits: dict | None = None) -> dict:
     """The summary entry of one class; unreadable arrays are a clear store error."""
     try:
-        return _class_entry(classes[key], int(key))
+        return _class_entry(classes[key], int(key), limits)
     except SprayError:
         raise
     except Exception as err:  # noqa: BLE001 - codec/IO errors of a damaged store
@@ -143,7 +165,9 @@ def build_summary(run_dir: Path, reuse: dict[str, dict] | None = None) -> dict:
     classes are listed from the store's folders, so a damaged one is named, not skipped.
     """
     group = open_store(run_dir)
-    reuse = reuse or {}
+    limits = group.attrs.get("health_limits")
+    reuse = {k: e for k, e in (reuse or {}).items()  # health counted with the current limits
+             if (e.get("health") or {}).get("limits") == limits}
     current = group.attrs.get("classes")  # the classes of the last run's config
     folder = store_path(run_dir) / "classes"  # listed from disk: a damaged member is named below
     stored = sorted((p.name for p in folder.iterdir() if p.name.isdigit()), key=int) \
@@ -151,8 +175,8 @@ def build_summary(run_dir: Path, reuse: dict[str, dict] | None = None) -> dict:
     keys = [k for k in stored if current is None or int(k) in current]
     classes = group["classes"] if "classes" in group and any(k not in reuse for k in keys) \
         else {}
-    entries = [dict(reuse[key]) if key in reuse else _read_class_entry(run_dir, classes, key)
-               for key in keys]
+    entries = [dict(reuse[key]) if key in reuse
+               else _read_class_entry(run_dir, classes, key, limits) for key in keys]
     for c, why in dict(group.attrs.get("skipped", {})).items():
         entries.append({"class": int(c), "name": str(c), "n_samples": None, "status": "skipped",
                         "reason": why, "eigenvalues": [], "eigengaps": [], "n_clusters": 0,
@@ -165,6 +189,7 @@ def build_summary(run_dir: Path, reuse: dict[str, dict] | None = None) -> dict:
     margin = mark_watch(entries)
     return {"run_state": group.attrs.get("run_state"), "run_id": group.attrs.get("run_id"),
             "watch_margin": margin, "watch": [e["class"] for e in entries if e.get("watch")],
+            "health_limits": limits,
             "spray_version": group.attrs.get("spray_version"),
             "config_hash": group.attrs.get("config_hash"),
             "fingerprints": dict(group.attrs.get("fingerprints", {})),

@@ -417,6 +417,7 @@ def prepare_store(plan: RunPlan) -> StorePlan:
         else:
             todo[c] = list(range(len(done)))
     group.attrs["skipped"] = {str(c): why for c, why in skipped.items()}
+    group.attrs["health_limits"] = dict(plan.pipeline["health"])  # read by the gate
     OwnedFiles(plan.run_dir).write_text("config.yaml",
                                         dump_config(cfg, plan.base_dir, plan.pipeline))
     return StorePlan(todo=todo, skipped=skipped, chunks_total=chunks_total,

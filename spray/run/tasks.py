@@ -18,7 +18,7 @@ import torch
 from spray.data.models import load_model
 from spray.data.sources import open_source, samples_digest
 from spray.errors import DataError, SprayError, StoreError
-from spray.store import class_samples_hash, open_class, write_array
+from spray.store import class_samples_hash, open_class, write_array, write_health
 
 # scikit-learn says it falls back to n_jobs=1 in daemonic Dask workers; that is intended here
 # (one Dask thread per core), so do not repeat it for every class.
@@ -105,6 +105,13 @@ def relevance_for(model, x: np.ndarray, c: int, attr_cfg: dict,
     return np.concatenate(maps), np.concatenate(logits)
 
 
+def explained_logits(logits: np.ndarray, c: int, attr_cfg: dict) -> np.ndarray:
+    """The logit each map explains (the relevance put in at the output), per sample."""
+    target = _target_spec(attr_cfg, c)
+    column = logits.argmax(axis=1) if target == "prediction" else np.full(len(logits), target)
+    return logits[np.arange(len(logits)), column]
+
+
 def chunk_rows(cg, chunk: int) -> tuple[int, int]:
     """Rows ``[start, stop)`` of chunk ``chunk`` of a class group."""
     size = int(cg.attrs["chunk_size"])
@@ -178,6 +185,9 @@ def compute_chunk(run_dir: str, c: int, chunk: int, data_cfg: dict, model_cfg: d
         t1 = time.perf_counter()
         maps, logits = relevance_for(model, x, c, attr_cfg, device)
         t_lrp = time.perf_counter() - t1
+        from spray.lrp.health import relevance_health
+
+        health = relevance_health(maps, explained_logits(logits, c, attr_cfg))
     except SprayError as err:
         named = type(err)(f"{_where(c, start, stop, indices)}: {err}")
         raise DeterministicError(str(named)) from named
@@ -190,6 +200,7 @@ def compute_chunk(run_dir: str, c: int, chunk: int, data_cfg: dict, model_cfg: d
         cg["relevance_full"][start:stop] = maps
     cg["logits"][start:stop] = logits
     cg["prediction"][start:stop] = logits.argmax(axis=1)
+    write_health(cg, start, stop, health)
     cg["sample_hash"][chunk] = np.frombuffer(digest, dtype=np.uint8)
     cg["done"][chunk] = True
     return {"class": c, "chunk": chunk, "rows": stop - start, "lrp_seconds": t_lrp,
@@ -252,10 +263,12 @@ def class_features(cg, c: int, source, params: dict) -> tuple[np.ndarray, np.nda
 
 
 def pipeline_hash(pipeline: dict) -> str:
-    """Hash of an analysis pipeline: a class analysed with the same one need not be redone."""
+    """Hash of an analysis pipeline: a class analysed with the same one need not be redone.
+
+    The ``health`` limits are read by the gate only and do not enter the hash."""
     from spray.config.run_config import json_hash
 
-    return json_hash(pipeline)
+    return json_hash({k: v for k, v in pipeline.items() if k != "health"})
 
 
 def analyze_class(run_dir: str, c: int, pipeline: dict, data_cfg: dict, _deps=None,
