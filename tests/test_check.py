@@ -10,6 +10,7 @@ import pytest
 from conftest import run_cli
 
 from spray.ci import check as chk
+from spray.ci import evidence
 from spray.errors import IncompleteRunError
 
 
@@ -197,8 +198,8 @@ def test_two_suspect_clusters_are_one_suspect_group(tmp_path):
     old = _summary([two(3.0, a, b)])
     same = _summary([two(3.1, b, a)])                 # the same group, clusters swapped
     split = _summary([_entry(1, 3.1, True, members=a)])
-    assert chk._suspect_size(old["classes"][0]) == 40
-    reason = chk._reason(old["classes"][0])
+    assert evidence._suspect_size(old["classes"][0]) == 40
+    reason = evidence._reason(old["classes"][0])
     assert "suspect cluster 1 of 20 samples" in reason and "also suspect: cluster 2 (20" in reason
     chk.compare(same, copy.deepcopy(old))
     assert same["classes"][0]["baseline"] == "accepted"
@@ -215,10 +216,10 @@ def test_reason_names_a_suspect_split_off_its_cluster():
     e["clusters"][1]["id"] = 2
     e["clusters"][1]["split_from"] = 0
     e["suspect_cluster"] = 2
-    reason = chk._reason(e)
+    reason = evidence._reason(e)
     assert "suspect cluster 2 of 20 samples" in reason
     assert "split off cluster 0 by its spectral bisection" in reason
-    assert "split off" not in chk._reason(_entry(1, 3.0, True))
+    assert "split off" not in evidence._reason(_entry(1, 3.0, True))
 
 
 def test_incomplete_classes_are_errors_not_skips(tmp_path):

@@ -25,12 +25,25 @@ margin below the threshold are listed as ``watch`` and never fail.
 from __future__ import annotations
 
 import json
-import math
 import os
-import re
-import xml.etree.ElementTree as ET
 from pathlib import Path
 
+from spray.ci.evidence import (
+    VOUCHED,
+    _finite,
+    _num,
+    _plain,
+    _suspect_members,
+    _suspect_size,
+    failing,
+)
+from spray.ci.outputs import (
+    ci_run_url,
+    github_annotations,
+    junit,
+    markdown,
+    table,
+)
 from spray.errors import IncompleteRunError, SprayError, StoreError
 
 #: score rise (in score units) above which an accepted flag counts as worse
@@ -40,11 +53,8 @@ GROWTH = 0.5
 #: suspect clusters with a member Jaccard index below this are different findings
 SAME_SUSPECT_JACCARD = 0.3
 
-FAILING = ("new", "worse")
 #: fingerprints a baseline run must share with the checked one (weights and samples may differ)
 BASELINE_FINGERPRINTS = ("model_code", "dataset", "classes", "pipeline")
-#: class statuses the gate accepts without ``allow_incomplete``
-VOUCHED = ("ok", "skipped")
 
 
 def _summary_path(run_dir: str | Path) -> Path:
@@ -90,10 +100,6 @@ def load_summary(run_dir: str | Path, rebuild: bool = True) -> dict:
         summary["watch_margin"] = mark_watch(summary["classes"])
         summary["watch"] = [e["class"] for e in summary["classes"] if e.get("watch")]
     return summary
-
-
-def _finite(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def _validate_summary(summary, path: Path) -> None:
@@ -231,63 +237,6 @@ def check_baseline(summary: dict, baseline: dict) -> None:
                          f"list and pipeline; pass --baseline-any to compare anyway")
 
 
-def _suspects(entry: dict) -> list[dict]:
-    """The suspect clusters of a class, the best (``suspect_cluster``) first."""
-    found = [cl for cl in entry.get("clusters", []) if cl.get("suspect")]
-    return sorted(found, key=lambda cl: cl.get("id") != entry.get("suspect_cluster"))
-
-
-def _suspect(entry: dict) -> dict | None:
-    found = _suspects(entry)
-    return found[0] if found else None
-
-
-def _suspect_size(entry: dict):
-    """Samples in all suspect clusters of the class (None without a suspect)."""
-    found = _suspects(entry)
-    return sum(cl.get("size") or 0 for cl in found) if found else None
-
-
-def _suspect_members(entry: dict) -> list | None:
-    found = [cl["members"] for cl in _suspects(entry) if cl.get("members") is not None]
-    return [m for members in found for m in members] if found else None
-
-
-def _reason(entry: dict) -> str:
-    cl = _suspect(entry) or {}
-    size = cl.get("size")
-    bits = [f"class {_plain(entry['name'])} ({entry['class']}): score {entry['score']:.2f} ≥ threshold "
-            f"{entry.get('threshold')}; suspect cluster {cl.get('id')} of {size} samples "
-            f"({100 * float(cl.get('fraction', 0)):.0f} %) whose relevance is tightly grouped "
-            f"although their inputs are not"]
-    ev = []
-    if "conductance_relevance" in cl:
-        ev.append(f"conductance relevance {cl['conductance_relevance']:.3g} vs input "
-                  f"{cl.get('conductance_input', float('nan')):.3g}")
-    if cl.get("input_randomness") is not None:
-        ev.append(f"input conductance {cl['input_randomness']:.2f} x random")
-    if cl.get("concentration") is not None:
-        ev.append(f"{100 * cl['concentration']:.0f} % of its relevance difference in "
-                  f"{100 * float((entry.get('flag_params') or {}).get('concentration_area', 0.1)):.0f}"
-                  f" % of the area")
-    if cl.get("split_from") is not None:
-        how = (f"a sweep cut along eigenvector {cl['cut_along']}"
-               if cl.get("cut_along") is not None else "its spectral bisection")
-        ev.append(f"split off cluster {cl['split_from']} by {how}")
-    if ev:
-        bits.append("(" + "; ".join(ev) + ")")
-    more = _suspects(entry)[1:]
-    if more:
-        bits.append("; also suspect: " + ", ".join(
-            f"cluster {m.get('id')} ({m.get('size')} samples, score {_num(m.get('score'))})"
-            for m in more))
-    if entry.get("baseline"):
-        bits.append(f"[baseline: {entry['baseline']}"
-                    + (f" — {entry['baseline_reason']}" if entry.get("baseline_reason") else "")
-                    + "]")
-    return " ".join(bits)
-
-
 def _jaccard(a, b) -> float | None:
     if not a or not b:
         return None
@@ -336,201 +285,6 @@ def compare(summary: dict, baseline: dict, margin: float = DEFAULT_MARGIN) -> di
             counts[status] += 1
     summary["baseline_counts"] = counts
     return counts
-
-
-def _num(v) -> str:
-    return "—" if v is None else f"{float(v):.2f}"
-
-
-def failing(summary: dict) -> list[dict]:
-    """Entries that fail the check: flagged (and, with a baseline, new or worse)."""
-    with_baseline = "baseline_counts" in summary
-    return [e for e in summary["classes"] if e.get("flagged")
-            and (not with_baseline or e.get("baseline") in FAILING)]
-
-
-def _verdict(e: dict) -> str:
-    if e.get("watch") and not e.get("flagged"):
-        return "watch"
-    if e.get("flagged"):
-        return {"accepted": "accepted", "new": "NEW", "worse": "WORSE"}.get(e.get("baseline"),
-                                                                            "FLAGGED")
-    if e.get("status") == "ok":
-        return "resolved" if e.get("baseline") == "resolved" else "ok"
-    return str(e.get("status"))
-
-
-def table(summary: dict) -> str:
-    lines = [f"{'class':<20} {'n':>7} {'score':>8} {'verdict':>9} {'suspect':>8}"]
-    for e in summary["classes"]:
-        score = "" if e.get("score") is None else f"{e['score']:.3f}"
-        size = _suspect_size(e) if e.get("flagged") else None
-        lines.append(f"{_plain(e['name'])[:20]:<20} {e.get('n_samples') or 0:>7} {score:>8} "
-                     f"{_verdict(e):>9} {'' if size is None else size:>8}")
-    return "\n".join(lines)
-
-
-_CONTROL = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f\ufffe\uffff\ud800-\udfff]")
-
-
-def _plain(text) -> str:
-    """Text without control characters (valid in XML, one line in a log)."""
-    return _CONTROL.sub("?", str(text)).replace("\n", " ").replace("\r", " ").replace("\t", " ")
-
-
-def junit(summary: dict, path: Path) -> None:
-    """One test case per class: failure = flagged (new/worse with a baseline), error = failed."""
-    fails = failing(summary)
-    errors = [e for e in summary["classes"] if e.get("status") not in VOUCHED]
-    skipped = [e for e in summary["classes"] if e.get("status") == "skipped"]
-    suite = ET.Element("testsuite", name="spray.clever-hans", tests=str(len(summary["classes"])),
-                       failures=str(len(fails)), errors=str(len(errors)),
-                       skipped=str(len(skipped)))
-    props = ET.SubElement(suite, "properties")
-    for key in ("spray_version", "config_hash", "created"):
-        ET.SubElement(props, "property", name=key, value=str(summary.get(key)))
-    fail_ids = {id(e) for e in fails}
-    for e in summary["classes"]:
-        case = ET.SubElement(suite, "testcase", classname="spray.ci.check",
-                             name=f"class {e['name']} ({e['class']})")
-        if e.get("watch"):
-            ET.SubElement(case, "system-out").text = (
-                f"watch: score {_num(e.get('score'))} within {summary.get('watch_margin')} of the "
-                f"threshold {e.get('threshold')}")
-        if id(e) in fail_ids:
-            ET.SubElement(case, "failure", message=_reason(e), type="CleverHans").text = \
-                json.dumps([cl for cl in e["clusters"] if cl.get("suspect")], indent=1)[:20000]
-        elif e.get("status") not in VOUCHED:  # failed, incomplete: the gate cannot vouch
-            ET.SubElement(case, "error", message=f"analysis {e.get('status')}: "
-                                                 f"{e.get('reason', '')}")
-        elif e.get("status") != "ok":
-            ET.SubElement(case, "skipped", message=f"{e.get('status')}: {e.get('reason', '')}")
-        elif e.get("flagged"):
-            ET.SubElement(case, "system-out").text = "accepted in the baseline: " + _reason(e)
-    for node in suite.iter():
-        node.attrib = {k: _plain(v) for k, v in node.attrib.items()}
-        if node.text:
-            node.text = _CONTROL.sub("?", node.text)
-    ET.ElementTree(suite).write(path, encoding="utf-8", xml_declaration=True)
-
-
-_MD_SPECIAL = re.compile(r"([\\`*_{}\[\]()#+\-.!|<>&~])")
-
-
-def _md(text) -> str:
-    """Markdown table cell: plain text, Markdown punctuation backslash-escaped (no HTML entities,
-    no links or markup from class names), one line."""
-    return _MD_SPECIAL.sub(r"\\\1", _plain(text))
-
-
-def ci_run_url(env=None) -> str | None:
-    """The URL of the CI job that runs the check (GitHub Actions, GitLab CI), if any."""
-    env = os.environ if env is None else env
-    if env.get("GITHUB_SERVER_URL") and env.get("GITHUB_REPOSITORY") and env.get("GITHUB_RUN_ID"):
-        return (f"{env['GITHUB_SERVER_URL'].rstrip('/')}/{env['GITHUB_REPOSITORY']}/actions/runs/"
-                f"{env['GITHUB_RUN_ID']}")
-    return env.get("CI_JOB_URL") or None
-
-
-def markdown(summary: dict, report_link: str | None = None, ci_url: str | None = None) -> str:
-    fails = failing(summary)
-    with_baseline = "baseline_counts" in summary
-    problems = summary.get("gate_problems") or []
-    if problems:
-        head = f"**The run cannot be vouched for** ({len(problems)} problem(s))"
-    elif fails:
-        why = " (new or worse than the baseline)" if with_baseline else ""
-        head = f"**{len(fails)} class(es) flagged{why}**"
-    else:
-        head = "**No class flagged**" if not summary.get("flagged") else \
-            "**No new or worse flags** (all flags accepted in the baseline)"
-    lines = ["## spray: Clever-Hans check", "", head, ""]
-    if problems:
-        lines += [f"- {_md(p)}" for p in problems] + [""]
-    if with_baseline:
-        c = summary["baseline_counts"]
-        lines += [f"Baseline: {c['new']} new, {c['worse']} worse, {c['accepted']} accepted, "
-                  f"{c['resolved']} resolved.", ""]
-    lines += ["| class | n | score | threshold | verdict | suspect cluster size |",
-              "|---|---|---|---|---|---|"]
-    ranked = sorted(summary["classes"], key=lambda e: -(e.get("score") if e.get("score") is not None
-                                                         else -1e9))
-    for e in ranked:
-        score = "" if e.get("score") is None else f"{e['score']:.3f}"
-        verdict = _verdict(e)
-        if e in fails:
-            verdict = "🚩 " + verdict.lower()
-        size = _suspect_size(e) if e.get("flagged") else None
-        lines.append(f"| {_md(e['name'])} | {e.get('n_samples') or ''} | {score} | "
-                     f"{_md(e.get('threshold', ''))} | {_md(verdict)} | "
-                     f"{'' if size is None else size} |")
-    if fails:
-        lines += ["", "### Why"] + [f"- {_md(_reason(e))}" for e in fails]
-    watch = [e for e in summary["classes"] if e.get("watch")]
-    if watch:
-        lines += ["", f"### Watch (within {summary.get('watch_margin')} below the threshold)"]
-        lines += [f"- {_md(_watch_line(e))}" for e in watch]
-    if ci_url:
-        lines += ["", f"Report: in the artifacts of [this CI run]({ci_url})"
-                  + (f" (`{_plain(report_link)}`)" if report_link else "")]
-    elif report_link:
-        lines += ["", f"Report: `{_plain(report_link)}`"]
-    return "\n".join(lines) + "\n"
-
-
-def _watch_line(e: dict) -> str:
-    best = max((cl for cl in e.get("clusters", []) if _finite(cl.get("score"))),
-               key=lambda cl: cl["score"], default=None)
-    shown = (f"; best candidate: cluster {best.get('id')} of {best.get('size')} samples"
-             if best else "")
-    return (f"class {_plain(e['name'])} ({e['class']}): score {_num(e.get('score'))}, threshold "
-            f"{e.get('threshold')}{shown}")
-
-
-def _gh_escape(text: str) -> str:
-    return str(text).replace("%", "%25").replace("\r", "%0D").replace("\n", "%0A")
-
-
-def github_annotations(summary: dict) -> list[str]:
-    """GitHub Actions workflow commands: an error per failing class, a notice per accepted one."""
-    out = []
-    fail_ids = {id(e) for e in failing(summary)}
-    for e in summary["classes"]:
-        if id(e) in fail_ids:
-            out.append(f"::error title={_gh_escape('spray: Clever-Hans candidate')}::"
-                       f"{_gh_escape(_reason(e))}")
-        elif e.get("flagged"):
-            out.append(f"::notice title=spray: accepted Clever-Hans flag::{_gh_escape(_reason(e))}")
-        elif e.get("status") == "failed":
-            text = f"class {_plain(e['name'])}: {e.get('reason', '')}"
-            out.append(f"::warning title=spray: analysis failed::{_gh_escape(text)}")
-    return out
-
-
-def verdict_lines(summary: dict, report_dir: Path | None = None, best: int = 3) -> list[str]:
-    """The verdict in a few lines: flagged classes (score, suspect size, class page), the
-    watch band and the next-best classes."""
-    def page(e):
-        name = f"class_{e['class']}.html"
-        return f" — {report_dir / name}" if report_dir else ""
-
-    flagged = [e for e in summary["classes"] if e.get("flagged")]
-    lines = []
-    for e in flagged:
-        lines.append(f"flagged: {_plain(e['name'])} ({e['class']}): score {_num(e['score'])} ≥ "
-                     f"{e.get('threshold')}, suspect group of {_suspect_size(e)} of "
-                     f"{e.get('n_samples')} samples{page(e)}")
-    for e in summary["classes"]:
-        if e.get("watch"):
-            lines.append(f"watch: {_watch_line(e)}{page(e)}")
-    rest = sorted((e for e in summary["classes"] if not e.get("flagged") and not e.get("watch")
-                   and e.get("score") is not None), key=lambda e: -e["score"])[:best]
-    if rest:
-        lines.append("next best: " + ", ".join(f"{_plain(e['name'])} {_num(e['score'])}"
-                                               for e in rest))
-    if not flagged:
-        lines.insert(0, "verdict: no class flagged")
-    return lines
 
 
 def check(run_dir: str | Path, junit_path: str | None = None, markdown_path: str | None = None,

@@ -160,7 +160,8 @@ def _validate(args) -> int:
 
 
 def _print_verdict(run_dir: Path) -> None:
-    from spray.ci.check import load_summary, verdict_lines
+    from spray.ci.check import load_summary
+    from spray.ci.outputs import verdict_lines
 
     summary = load_summary(run_dir, rebuild=False)
     for line in verdict_lines(summary, run_dir / "report"):

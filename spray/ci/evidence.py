@@ -1,0 +1,91 @@
+"""A class's suspects and the one-line reason a flag is raised, as ``spray check`` states them."""
+
+from __future__ import annotations
+
+import math
+import re
+
+#: baseline outcomes that fail the check
+FAILING = ("new", "worse")
+#: class statuses the gate accepts without ``allow_incomplete``
+VOUCHED = ("ok", "skipped")
+
+
+def _finite(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+_CONTROL = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f\ufffe\uffff\ud800-\udfff]")
+
+
+def _plain(text) -> str:
+    """Text without control characters (valid in XML, one line in a log)."""
+    return _CONTROL.sub("?", str(text)).replace("\n", " ").replace("\r", " ").replace("\t", " ")
+
+
+def _num(v) -> str:
+    return "—" if v is None else f"{float(v):.2f}"
+
+
+def _suspects(entry: dict) -> list[dict]:
+    """The suspect clusters of a class, the best (``suspect_cluster``) first."""
+    found = [cl for cl in entry.get("clusters", []) if cl.get("suspect")]
+    return sorted(found, key=lambda cl: cl.get("id") != entry.get("suspect_cluster"))
+
+
+def _suspect(entry: dict) -> dict | None:
+    found = _suspects(entry)
+    return found[0] if found else None
+
+
+def _suspect_size(entry: dict):
+    """Samples in all suspect clusters of the class (None without a suspect)."""
+    found = _suspects(entry)
+    return sum(cl.get("size") or 0 for cl in found) if found else None
+
+
+def _suspect_members(entry: dict) -> list | None:
+    found = [cl["members"] for cl in _suspects(entry) if cl.get("members") is not None]
+    return [m for members in found for m in members] if found else None
+
+
+def _reason(entry: dict) -> str:
+    cl = _suspect(entry) or {}
+    size = cl.get("size")
+    bits = [f"class {_plain(entry['name'])} ({entry['class']}): score {entry['score']:.2f} ≥ threshold "
+            f"{entry.get('threshold')}; suspect cluster {cl.get('id')} of {size} samples "
+            f"({100 * float(cl.get('fraction', 0)):.0f} %) whose relevance is tightly grouped "
+            f"although their inputs are not"]
+    ev = []
+    if "conductance_relevance" in cl:
+        ev.append(f"conductance relevance {cl['conductance_relevance']:.3g} vs input "
+                  f"{cl.get('conductance_input', float('nan')):.3g}")
+    if cl.get("input_randomness") is not None:
+        ev.append(f"input conductance {cl['input_randomness']:.2f} x random")
+    if cl.get("concentration") is not None:
+        ev.append(f"{100 * cl['concentration']:.0f} % of its relevance difference in "
+                  f"{100 * float((entry.get('flag_params') or {}).get('concentration_area', 0.1)):.0f}"
+                  f" % of the area")
+    if cl.get("split_from") is not None:
+        how = (f"a sweep cut along eigenvector {cl['cut_along']}"
+               if cl.get("cut_along") is not None else "its spectral bisection")
+        ev.append(f"split off cluster {cl['split_from']} by {how}")
+    if ev:
+        bits.append("(" + "; ".join(ev) + ")")
+    more = _suspects(entry)[1:]
+    if more:
+        bits.append("; also suspect: " + ", ".join(
+            f"cluster {m.get('id')} ({m.get('size')} samples, score {_num(m.get('score'))})"
+            for m in more))
+    if entry.get("baseline"):
+        bits.append(f"[baseline: {entry['baseline']}"
+                    + (f" — {entry['baseline_reason']}" if entry.get("baseline_reason") else "")
+                    + "]")
+    return " ".join(bits)
+
+
+def failing(summary: dict) -> list[dict]:
+    """Entries that fail the check: flagged (and, with a baseline, new or worse)."""
+    with_baseline = "baseline_counts" in summary
+    return [e for e in summary["classes"] if e.get("flagged")
+            and (not with_baseline or e.get("baseline") in FAILING)]
