@@ -184,7 +184,7 @@ def _demo_output(out: Path) -> bool:
     demo's run (everything in it written by spray, with the demo's files) is refused.
     """
     from spray.errors import StoreError
-    from spray.run.execute import _owned
+    from spray.run.plan import _owned
 
     if out.exists() and not out.is_dir():
         raise StoreError(f"--output {out} exists and is not a folder")

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from spray.config.run_config import RunConfig
-from spray.run.execute import RunPlan, plan_run
+from spray.run.plan import RunPlan, plan_run
 
 
 @dataclass
