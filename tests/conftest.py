@@ -80,3 +80,14 @@ def write_config(root: Path, name: str, config: dict) -> Path:
     path = root / name
     path.write_text(yaml.safe_dump(config))
     return path
+
+
+@pytest.fixture(scope="module")
+def single_torch_thread():
+    """The test models are tiny: one torch thread avoids oversubscription on busy machines."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

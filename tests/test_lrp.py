@@ -17,14 +17,7 @@ from spray.errors import ConfigError, DataError, ModelError
 from spray.lrp import Composite, Epsilon, Flat, Gamma, ZPlus
 from spray.lrp.layers import AFFINE
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    """The test models are tiny: one thread avoids oversubscription on busy machines."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_torch_thread")
 
 
 # ---------------------------------------------------------------------------------------------

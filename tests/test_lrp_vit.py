@@ -24,13 +24,7 @@ from spray.lrp.transformer import ExposedAttention, expose_attention
 torchvision = pytest.importorskip("torchvision")
 from torchvision.models import VisionTransformer  # noqa: E402
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_torch_thread")
 
 
 # ---------------------------------------------------------------------------------------------
