@@ -21,7 +21,7 @@ from spray.lrp.layers import AFFINE, CONVOLUTIONS, DENSE
 
 zennit = pytest.importorskip("zennit")
 
-from test_lrp import MODELS, Block, _single_thread, inputs_for, make_vgg, relative_error  # noqa: E402,F401
+from test_lrp import MODELS, Block, inputs_for, make_vgg, relative_error  # noqa: E402
 from zennit import rules as zr  # noqa: E402
 from zennit import types as zt  # noqa: E402
 from zennit.attribution import Gradient  # noqa: E402
@@ -37,7 +37,7 @@ from zennit.composites import (  # noqa: E402
 )
 from zennit.layer import Sum  # noqa: E402
 
-pytestmark = pytest.mark.peers
+pytestmark = [pytest.mark.peers, pytest.mark.usefixtures("single_torch_thread")]
 
 LOW, HIGH = -3.0, 3.0
 
