@@ -217,6 +217,9 @@ class FlagsSection(_Section):
     input_mask_area: float = Field(default=0.1, ge=0, lt=1)
     input_randomness_knee: float = Field(default=0.9, ge=0)
     input_randomness_weight: float = Field(default=10.0, ge=0)
+    colocation_knee: float = Field(default=0.5, ge=0, le=1)
+    colocation_weight: float = Field(default=5.0, ge=0)
+    colocation_noise: float = Field(default=2.0, ge=0)
     candidates: Literal["analysis", "all-k"] = "analysis"
     bisect_clusters: bool = True
     other_k_min_jaccard: float = Field(default=0.5, ge=0, le=1)

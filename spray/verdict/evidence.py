@@ -90,6 +90,29 @@ def without_cells(input_features: np.ndarray, cells: np.ndarray,
     return X, scale
 
 
+def input_excess(X: np.ndarray, mask: np.ndarray, noise: float) -> np.ndarray:
+    """Per cell, how far the mean input of ``mask`` differs from the rest's beyond chance:
+    max(|t| − ``noise``, 0), t the difference of the means over its standard error (Welch's),
+    the error taken as at least a tenth of the median cell's (a cell constant on both sides
+    would otherwise outweigh every other). ``noise`` 0, or fewer than two samples on a side,
+    gives the |difference of the means| itself."""
+    X = np.asarray(X, dtype=np.float64)
+    a, b = X[mask], X[~mask]
+    delta = np.abs(a.mean(axis=0) - b.mean(axis=0))
+    if noise <= 0 or len(a) < 2 or len(b) < 2:
+        return delta
+    se = np.sqrt(a.var(axis=0, ddof=1) / len(a) + b.var(axis=0, ddof=1) / len(b))
+    floor = 0.1 * float(np.median(se))
+    if floor <= 0:
+        floor = 0.1 * float(se[se > 0].min()) if (se > 0).any() else 1.0
+    return np.maximum(delta / np.maximum(se, floor) - noise, 0.0)
+
+
+def colocation_penalty(colocation: float, params: FlagsSection) -> float:
+    """Linear penalty below the knee: ``colocation_weight`` per unit of colocation."""
+    return params.colocation_weight * max(0.0, params.colocation_knee - colocation)
+
+
 def size_penalty(fraction: float, params: FlagsSection) -> float:
     """Linear penalty above the knee, equal to ``size_prior_weight`` at fraction 0.5."""
     knee, weight = params.size_prior_knee, params.size_prior_weight
@@ -199,6 +222,18 @@ class ClassGraphs:
         graph = self.cache.lists(X_in).whole() if self.mask_area > 0 else self.whole_inputs
         return mask_conductance(*graph, mask)
 
+    def colocation(self, mask: np.ndarray) -> float:
+        """Share of how the inputs of ``mask`` differ from the rest's beyond chance
+        (:func:`input_excess`) that lies in the ``input_mask_area`` of cells where its relevance
+        differs most (the cells the contrast leaves out of the input graph): near 1 for an
+        artefact (the model looks differently where the inputs differ: the stamp), low for a
+        sub-group of the class that differs in its shape while the model looks differently
+        elsewhere. 1 when the inputs differ nowhere beyond chance."""
+        cells = top_cells(np.abs(self.difference(self.features, mask)), self.mask_area)
+        excess = input_excess(self.input_features, mask, self.params.colocation_noise)
+        total = excess.sum()
+        return float(excess[cells].sum() / total) if total > 0 else 1.0
+
     def input_randomness(self, mask: np.ndarray) -> float:
         """Conductance of ``mask`` in the kNN graph of the inputs without the ``input_mask_area``
         share of cells where its *inputs* differ most from the rest's, over that of a random
@@ -249,6 +284,10 @@ def measure(entry: ClusterEvidence, graphs: ClassGraphs,
     entry.contrast = round(contrast(phi_in, phi_rel, floor), 4)
     entry.input_randomness = round(randomness, 4)
     entry.randomness_penalty = round(randomness_penalty(randomness, params), 4)
+    if graphs.mask_area > 0:
+        co = graphs.colocation(mask)
+        entry.colocation = round(co, 4)
+        entry.colocation_penalty = round(colocation_penalty(co, params), 4)
     if graphs.features is not None:
         c = concentration(graphs.features, mask, graphs.grid, params.concentration_area,
                           graphs.difference(graphs.features, mask))

@@ -13,7 +13,8 @@ import numpy as np
 # the keys of a cluster entry, in the order they are written (None = not written)
 _EVIDENCE_KEYS = ("id", "half_of", "cut_along", "n_clusters", "cluster", "size", "fraction",
                   "conductance_relevance", "conductance_input", "contrast", "input_randomness",
-                  "randomness_penalty", "concentration", "peak", "peak_sign", "size_penalty",
+                  "randomness_penalty", "colocation", "colocation_penalty",
+                  "concentration", "peak", "peak_sign", "size_penalty",
                   "excluded", "resampled", "contrast_stable", "score", "split_from")
 
 
@@ -32,7 +33,7 @@ class ClusterEvidence:
     n_clusters, cluster : for a group of another K, that K and its cluster id there.
     size, fraction : members and their share of the class.
     conductance_relevance, conductance_input, contrast, input_randomness, randomness_penalty,
-    concentration, peak, peak_sign, size_penalty : the evidence (candidates only).
+    colocation, colocation_penalty, concentration, peak, peak_sign, size_penalty : the evidence (candidates only).
     excluded : why a candidate was not scored (``min_concentration``).
     resampled : False when the bootstrap was skipped because it could not change the verdict.
     contrast_stable, score : the bootstrap's stable contrast and the candidate's score.
@@ -54,6 +55,8 @@ class ClusterEvidence:
     contrast: float | None = None
     input_randomness: float | None = None
     randomness_penalty: float | None = None
+    colocation: float | None = None
+    colocation_penalty: float | None = None
     concentration: float | None = None
     peak: list | None = None
     peak_sign: int | None = None
@@ -85,7 +88,7 @@ class ClusterEvidence:
 
     @property
     def penalty(self) -> float:
-        return self.size_penalty + self.randomness_penalty
+        return self.size_penalty + self.randomness_penalty + (self.colocation_penalty or 0.0)
 
     def to_dict(self) -> dict:
         """The JSON-ready entry: the keys that were measured, nothing private."""
