@@ -105,7 +105,7 @@ def test_artefact_is_flagged_with_evidence(artefact_class):
     assert cl["conductance_relevance"] < cl["conductance_input"]
     assert cl["contrast_stable"] <= cl["contrast"]
     assert cl["score"] == pytest.approx(cl["contrast_stable"] - cl["size_penalty"]
-                                        - cl["randomness_penalty"])
+                                        - cl["randomness_penalty"] - cl["colocation_penalty"])
     assert cl["peak"] == [0, 0] and cl["concentration"] > 0.5
     assert sum(c["size"] for c in v["clusters"]) == len(feats)
 
@@ -253,7 +253,7 @@ def test_resampling_skips_only_candidates_that_cannot_win(natural_class, halves)
     resamples = Resamples(feats.astype(np.float32), pipe, int(result.k), params)
     for c in skipped:
         mask = v["labels"] == c["id"]
-        penalty = c["size_penalty"] + c["randomness_penalty"]
+        penalty = c["size_penalty"] + c["randomness_penalty"] + c["colocation_penalty"]
         assert c["score"] == pytest.approx(c["contrast"] - penalty)
         X = masked_inputs(inputs, feats, mask, params.input_mask_area, "l1")
         stable = min(np.quantile(resamples.contrasts(X, mask), params.bootstrap_quantile),
@@ -300,7 +300,8 @@ def test_group_whose_inputs_are_grouped_beyond_the_mask_is_natural():
     natural, artefact = _local_mark_class(2), _local_mark_class(0)
     feats, inputs, group = natural
     result = analyze(feats, pipeline=_pipe(), embed=False)
-    without = clever_hans_score(result, inputs, _pipe(input_randomness_weight=0.0), features=feats)
+    without = clever_hans_score(result, inputs, _pipe(input_randomness_weight=0.0,
+                                                      colocation_weight=0.0), features=feats)
     v = clever_hans_score(result, inputs, _pipe(), features=feats)
     assert without["flagged"], "contrast alone takes the style for an artefact"
     assert not v["flagged"] and v["score"] < 1.0
@@ -311,7 +312,8 @@ def test_group_whose_inputs_are_grouped_beyond_the_mask_is_natural():
     assert cl["randomness_penalty"] == pytest.approx(weight * (0.9 - cl["input_randomness"]),
                                                      abs=1e-3)
     assert cl["score"] == pytest.approx(cl["contrast_stable"] - cl["size_penalty"]
-                                        - cl["randomness_penalty"], abs=1e-3)
+                                        - cl["randomness_penalty"] - cl["colocation_penalty"],
+                                        abs=1e-3)
     feats, inputs, group = artefact
     result, v = _score(feats, inputs, _pipe())
     assert v["flagged"]
@@ -612,3 +614,53 @@ def test_shared_searches_leave_the_verdict_unchanged(natural_class):
         mask = v["labels"] == c["id"]
         X = masked_inputs(inputs, feats, mask, params.input_mask_area, "l1")
         assert shared.contrasts(X, mask) == pytest.approx(own.contrasts(X, mask), abs=1e-12)
+
+
+def _elsewhere_class():
+    """20 % of the class differ in their inputs at one place (a faint mark low on the object,
+    like a sleeve) while the model looks differently at another place (top right): a
+    sub-group the model treats apart, whose inputs do not differ where its relevance does."""
+    def inputs(x, g):
+        x[g, 8, 2:6] += 0.3
+
+    def relevance(rel, g, rng):
+        rel[g, 1, 6:9] = 3.0 + rng.random((g.sum(), 3))
+
+    return _class_with_group(5, 60, inputs, relevance)
+
+
+def test_colocation_separates_an_artefact_from_a_group_the_model_sees_elsewhere():
+    """An artefact's inputs differ where its relevance differs (colocation above the knee, no
+    penalty); a group whose inputs differ somewhere else is lowered by the colocation penalty."""
+    params = flag_params(_pipe())
+    assert params.colocation_weight > 0 and params.colocation_knee == 0.5
+    feats, inputs, group = _elsewhere_class()
+    result = analyze(feats, pipeline=_pipe(), embed=False)
+    without = clever_hans_score(result, inputs, _pipe(colocation_weight=0.0), features=feats)
+    v = clever_hans_score(result, inputs, _pipe(), features=feats)
+    cl = next(c for c in v["clusters"] if c["id"] == v["candidate_cluster"])
+    members = v["labels"] == cl["id"]
+    assert (members & group).sum() / members.sum() >= 0.9
+    assert cl["colocation"] < 0.3
+    assert cl["colocation_penalty"] == pytest.approx(
+        params.colocation_weight * (params.colocation_knee - cl["colocation"]), abs=1e-3)
+    assert v["score"] == pytest.approx(without["score"] - cl["colocation_penalty"], abs=1e-3)
+    feats, inputs, group = _local_mark_class(0)
+    result, v = _score(feats, inputs, _pipe())
+    cl = next(c for c in v["clusters"] if c["id"] == v["suspect_cluster"])
+    assert v["flagged"] and cl["colocation"] > 0.5 and cl["colocation_penalty"] == 0.0
+
+
+def test_input_excess_ignores_chance_differences():
+    """Cells where a random subset differs only by chance have no excess; a stamped cell has."""
+    from spray.verdict.evidence import input_excess
+
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((400, 50))
+    mask = np.zeros(400, dtype=bool)
+    mask[rng.choice(400, 40, replace=False)] = True
+    assert (input_excess(X, mask, 2.0) > 0).sum() <= 5
+    X[mask, 7] += 3.0
+    excess = input_excess(X, mask, 2.0)
+    assert np.argmax(excess) == 7 and excess[7] > 10 * np.delete(excess, 7).max(initial=0.1)
+    assert np.allclose(input_excess(X, mask, 0.0), np.abs(X[mask].mean(0) - X[~mask].mean(0)))

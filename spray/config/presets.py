@@ -208,7 +208,7 @@ class FlagsSection(_Section):
     conductance_floor: float = Field(default=1e-3, gt=0)
     bootstrap: int = Field(default=10, ge=0)
     bootstrap_fraction: float = Field(default=0.8, gt=0, le=1)
-    bootstrap_quantile: float = Field(default=0.2, ge=0, le=1)
+    bootstrap_quantile: float = Field(default=0.5, ge=0, le=1)
     bootstrap_max_samples: int = Field(default=20000, ge=10)
     size_prior_knee: float = Field(default=0.35, ge=0, le=1)
     size_prior_weight: float = Field(default=1.0, ge=0)
