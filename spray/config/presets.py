@@ -198,7 +198,7 @@ class FlagsSection(_Section):
     """Clever-Hans score (see :mod:`spray.verdict` and docs/verdict.md, where the rule is described)."""
 
     score: Literal["input-contrast"] = "input-contrast"
-    threshold: float = 2.0
+    threshold: float = 1.7
     #: classes scoring within this margin below the threshold are listed as "watch" (never
     #: failing): a near miss stays visible in the run's verdict, summary.json and the report
     watch_margin: float = Field(default=0.5, ge=0)
