@@ -90,18 +90,27 @@ def without_cells(input_features: np.ndarray, cells: np.ndarray,
     return X, scale
 
 
-def input_excess(X: np.ndarray, mask: np.ndarray, noise: float) -> np.ndarray:
+def input_excess(X: np.ndarray, mask: np.ndarray, noise: float,
+                 totals: tuple | None = None) -> np.ndarray:
     """Per cell, how far the mean input of ``mask`` differs from the rest's beyond chance:
     max(|t| − ``noise``, 0), t the difference of the means over its standard error (Welch's),
     the error taken as at least a tenth of the median cell's (a cell constant on both sides
     would otherwise outweigh every other). ``noise`` 0, or fewer than two samples on a side,
-    gives the |difference of the means| itself."""
-    X = np.asarray(X, dtype=np.float64)
-    a, b = X[mask], X[~mask]
-    delta = np.abs(a.mean(axis=0) - b.mean(axis=0))
-    if noise <= 0 or len(a) < 2 or len(b) < 2:
+    gives the |difference of the means| itself. ``totals`` (the per-cell sum and sum of squares
+    of ``X`` over all rows, float64) spare the copy of the rest's rows."""
+    a = np.asarray(X[mask], dtype=np.float64)
+    s, n = len(a), len(mask)
+    if totals is None:
+        X64 = np.asarray(X, dtype=np.float64)
+        totals = (X64.sum(axis=0), np.square(X64).sum(axis=0))
+    sum_a, sq_a = a.sum(axis=0), np.square(a).sum(axis=0)
+    sum_b, sq_b = totals[0] - sum_a, totals[1] - sq_a
+    delta = np.abs(sum_a / s - sum_b / (n - s))
+    if noise <= 0 or s < 2 or n - s < 2:
         return delta
-    se = np.sqrt(a.var(axis=0, ddof=1) / len(a) + b.var(axis=0, ddof=1) / len(b))
+    var_a = np.maximum(sq_a - sum_a ** 2 / s, 0.0) / (s - 1)
+    var_b = np.maximum(sq_b - sum_b ** 2 / (n - s), 0.0) / (n - s - 1)
+    se = np.sqrt(var_a / s + var_b / (n - s))
     floor = 0.1 * float(np.median(se))
     if floor <= 0:
         floor = 0.1 * float(se[se > 0].min()) if (se > 0).any() else 1.0
@@ -158,6 +167,7 @@ class ClassGraphs:
     cache: GraphCache | None = None
     search: MaskedSearch | None = None
     _float64: dict | None = None
+    _input_totals: tuple | None = None
 
     @classmethod
     def build(cls, result, input_features, pipeline: dict, params: FlagsSection, features=None):
@@ -230,7 +240,11 @@ class ClassGraphs:
         sub-group of the class that differs in its shape while the model looks differently
         elsewhere. 1 when the inputs differ nowhere beyond chance."""
         cells = top_cells(np.abs(self.difference(self.features, mask)), self.mask_area)
-        excess = input_excess(self.input_features, mask, self.params.colocation_noise)
+        if self._input_totals is None:
+            X64 = np.asarray(self.input_features, dtype=np.float64)
+            self._input_totals = (X64.sum(axis=0), np.einsum("ij,ij->j", X64, X64))
+        excess = input_excess(self.input_features, mask, self.params.colocation_noise,
+                              self._input_totals)
         total = excess.sum()
         return float(excess[cells].sum() / total) if total > 0 else 1.0
 
