@@ -131,10 +131,14 @@ def test_summary_has_evidence(report_run):
     suspect = next(cl for cl in entry["clusters"] if cl["id"] == entry["suspect_cluster"])
     assert suspect["suspect"]
     for key in ("conductance_relevance", "conductance_input", "contrast", "contrast_stable",
-                "size_penalty", "input_randomness", "randomness_penalty", "concentration", "peak",
-                "score", "members"):
+                "size_penalty", "input_randomness", "randomness_penalty", "colocation",
+                "colocation_penalty", "concentration", "peak", "score", "members"):
         assert key in suspect, key
     assert suspect["score"] == entry["score"] >= entry["threshold"]
+    # the page shows every penalty that the score subtracts, colocation included
+    page = (report_run / "report" / f"class_{entry['class']}.html").read_text()
+    assert f"colocation penalty {suspect['colocation_penalty']:.2f}" in page
+    assert "<th>colocation</th>" in page
 
 
 # ------------------------------------------------------------------------------ headless Chromium

@@ -45,6 +45,8 @@ def _cluster_rows(entry: dict) -> str:
             f"<td>{stable}</td><td>{_fmt(cl.get('size_penalty'), 2)}</td>"
             f"<td>{_fmt(cl.get('input_randomness'), 2)}</td>"
             f"<td>{_fmt(cl.get('randomness_penalty'), 2)}</td>"
+            f"<td>{_fmt(cl.get('colocation'), 2)}</td>"
+            f"<td>{_fmt(cl.get('colocation_penalty'), 2)}</td>"
             f"<td>{_fmt(cl.get('concentration'), 2)}</td>"
             f"<td>{_esc(peak) if peak is not None else ''}</td>"
             f"<td>{_fmt(cl.get('score'), 2)}{excluded}</td></tr>")
@@ -70,7 +72,8 @@ def _evidence(entry: dict) -> str:
              f"log(φ_input/φ_relevance) = {_fmt(cl['contrast'], 2)}",
              f"(bootstrap-stable value {_fmt(cl.get('contrast_stable'), 2)}, size penalty "
              f"{_fmt(cl.get('size_penalty'), 2)}, randomness penalty "
-             f"{_fmt(cl.get('randomness_penalty'), 2)}) → score {_fmt(cl.get('score'), 2)} "
+             f"{_fmt(cl.get('randomness_penalty'), 2)}, colocation penalty "
+             f"{_fmt(cl.get('colocation_penalty') or 0.0, 2)}) → score {_fmt(cl.get('score'), 2)} "
              f"against the threshold {_fmt(entry.get('threshold'), 2)}."]
     if cl.get("split_from") is not None:
         parent = next((c for c in entry["clusters"] if c["id"] == cl["split_from"]), {})
@@ -91,6 +94,11 @@ def _evidence(entry: dict) -> str:
                      f"conductance of a random subset of the same size (input randomness; about 1 "
                      f"= no group apart from a local mark, as for an artefact stamped on random "
                      f"members; well below 1 = a sub-group of the data).")
+    if cl.get("colocation") is not None:
+        parts.append(f"{100 * float(cl['colocation']):.0f} % of the cells' input difference beyond "
+                     f"chance (Welch t above the noise level) lies in the cells where its relevance "
+                     f"differs most (colocation; an artefact is seen where the model looks, a "
+                     f"natural sub-group differs elsewhere too).")
     if cl.get("concentration") is not None:
         parts.append(f"{100 * float(cl['concentration']):.0f} % of the difference between its "
                      f"mean relevance and the rest of the class lies in the top "
@@ -266,7 +274,8 @@ def _class_page(run_dir: str, out: Path, entry: dict) -> None:
         f"<h2>Clusters</h2><div class=scroll><table><tr><th>cluster</th><th>size</th>"
         f"<th>fraction</th><th>φ relevance</th><th>φ input</th><th>contrast</th>"
         f"<th>stable contrast</th><th>size penalty</th><th>input randomness</th>"
-        f"<th>randomness penalty</th><th>concentration</th><th>peak cell</th><th>score</th></tr>"
+        f"<th>randomness penalty</th><th>colocation</th><th>colocation penalty</th>"
+        f"<th>concentration</th><th>peak cell</th><th>score</th></tr>"
         f"{_cluster_rows(entry)}</table></div>{_cluster_figures(entry, out, ctx)}"
         f"{_tsne_section(entry, out, ctx)}"
         f"<p class=note>run config hash <code>{_esc(entry.get('_config_hash', ''))}</code></p>")

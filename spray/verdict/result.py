@@ -33,7 +33,8 @@ class ClusterEvidence:
     n_clusters, cluster : for a group of another K, that K and its cluster id there.
     size, fraction : members and their share of the class.
     conductance_relevance, conductance_input, contrast, input_randomness, randomness_penalty,
-    colocation, colocation_penalty, concentration, peak, peak_sign, size_penalty : the evidence (candidates only).
+    colocation, colocation_penalty, concentration, peak, peak_sign, size_penalty : the evidence
+        (candidates only).
     excluded : why a candidate was not scored (``min_concentration``).
     resampled : False when the bootstrap was skipped because it could not change the verdict.
     contrast_stable, score : the bootstrap's stable contrast and the candidate's score.
