@@ -7,18 +7,24 @@ that scikit-learn's brute force is slow:
 * The feature rows, centred, are split into blocks of :data:`BLOCK` rows. For every pair of
   blocks ``(I, J)`` with ``J ≥ I`` one product ``X_I X_Jᵀ`` is computed (so each distance once):
   in bfloat16 through PyTorch, which runs it on the CPU's matrix units (AMX) where the CPU has
-  them and on its vector units otherwise.
-* Each product block is scanned twice by compiled kernels (numba, ``cache=True``: compiled once
-  per machine, loaded from numba's on-disk cache afterwards): rows of ``I`` against the columns
-  of ``J`` and rows of ``J`` against the columns of ``I``. A row keeps its ``k + margin`` best
-  candidates by ``|x_j|² − 2 x_i·x_j`` (the same order as the distance) in a small sorted list;
-  after the first blocks almost no entry beats the list's worst, so the scan is one compare
-  per entry.
-* The candidates are re-ranked with exact float32 distances and cut to ``k``. A row whose
-  exact k-th score is not clearly below its worst kept candidate's rounded score, by twice
-  the largest rounding error measured on all candidates (:func:`unsure_rows`), is searched
-  again in float32 (:func:`rows_knn`); data far from its mean has larger rounding errors and
-  gets more rows searched again.
+  them and on its vector units otherwise. A block of 1024 × 1024 products (2 MiB) stays in
+  the core's cache between the product and its scan.
+* The pairs are grouped in rounds of pairs that share no block (:func:`block_rounds`, the
+  circle method of round-robin tournaments); the pairs of a round run in parallel threads,
+  each with a one-thread product and a single-threaded scan, so no list is written by two
+  threads and no thread waits for another inside a round.
+* Each product block is scanned once by a compiled kernel (numba, ``cache=True``: compiled
+  once per machine, loaded from numba's on-disk cache afterwards) that serves both
+  directions: rows of ``I`` against the columns of ``J`` and rows of ``J`` against the
+  columns of ``I``. A row keeps its ``k + margin`` best candidates by ``|x_j|² − 2 x_i·x_j``
+  (the same order as the distance) in a small sorted list; a vectorized pass per product row
+  flags the entries that beat the lists' worst, and only flagged entries are walked.
+* The candidates are re-ranked by their squared distances accumulated in float64 (a float32
+  sum misorders near ties, which moved the eigenvalues of a graph of noise by ~4e-5) and cut
+  to ``k``. A row whose exact k-th score is not clearly below its worst kept candidate's
+  rounded score, by twice the largest rounding error measured on all candidates
+  (:func:`unsure_rows`), is searched again (:func:`rows_knn`); data far from its mean has
+  larger rounding errors and gets more rows searched again.
 """
 
 from __future__ import annotations
