@@ -84,6 +84,8 @@ def blocked_knn(X: np.ndarray, k: int, n_jobs: int = -1, block: int = BLOCK):
         ``(indices (n, k) int64, distances (n, k) float32)``, each row sorted by distance
         (ranked in float64), ties broken by index.
     """
+    from spray.analysis.knn import squared_norms
+
     n = X.shape[0]
     kk = min(n - 1, k + candidate_margin(k))
     Xc = X - X.mean(axis=0, dtype=np.float64).astype(np.float32)
@@ -91,14 +93,15 @@ def blocked_knn(X: np.ndarray, k: int, n_jobs: int = -1, block: int = BLOCK):
     best_d, best_i = _candidates(Xc, kk, threads, block)
     # exact re-ranking of the candidates (squared distances in float64), ties by index
     exact = _pair_distances(X, np.arange(n), best_i, threads)
-    slack = rounding_slack(Xc, best_i, best_d, exact)
+    norms2 = squared_norms(Xc)
+    slack = rounding_slack(norms2, best_i, best_d, exact)
     by_index = np.argsort(best_i, axis=1, kind="stable")
     cand = np.take_along_axis(best_i, by_index, axis=1)
     dist2 = np.take_along_axis(exact, by_index, axis=1)
     order = np.argsort(dist2, axis=1, kind="stable")[:, :k]
     ind = np.take_along_axis(cand, order, axis=1)
     dist2 = np.take_along_axis(dist2, order, axis=1)
-    unsure = unsure_rows(Xc, dist2[:, -1], best_d[:, -1], slack)
+    unsure = unsure_rows(norms2, dist2[:, -1], best_d[:, -1], slack)
     if unsure.size:
         logger.debug("blocked kNN: %d of %d rows searched again in float32 (candidates within "
                      "the bfloat16 rounding of the k-th distance)", unsure.size, n)
@@ -152,36 +155,36 @@ def _pair_distances(X: np.ndarray, rows: np.ndarray, cand: np.ndarray, threads: 
     return out
 
 
-def _scores_exact(Xc: np.ndarray, rows: np.ndarray, dist2: np.ndarray) -> np.ndarray:
+def _scores_exact(norms2: np.ndarray, dist2: np.ndarray) -> np.ndarray:
     """Exact scores ``|x_j|² − 2 x_i·x_j = d_ij² − |x_i|²`` in the centred frame for the
-    squared distances ``dist2`` of the query rows ``rows``."""
-    norms2 = np.einsum("ij,ij->i", Xc[rows], Xc[rows], dtype=np.float64)
+    squared distances ``dist2`` (rows: queries) and the queries' squared norms ``norms2``."""
     return dist2 - norms2[:, None]
 
 
-def rounding_slack(Xc, best_i, best_d, exact) -> float:
+def rounding_slack(norms2, best_i, best_d, exact) -> float:
     """Twice the largest rounding error of a score seen among all ``n × (k + margin)``
     candidates (their exact squared distances ``exact`` are known): the room a row's k-th
     score must leave."""
     valid = (best_i >= 0) & np.isfinite(best_d)
     if not valid.any():
         return 0.0
-    scores = _scores_exact(Xc, np.arange(len(Xc)), np.where(valid, exact, 0.0))
+    scores = _scores_exact(norms2, np.where(valid, exact, 0.0))
     err = np.abs(best_d.astype(np.float64) - scores)[valid]
     return 2.0 * float(err.max())
 
 
-def unsure_rows(Xc: np.ndarray, kth2: np.ndarray, worst_score: np.ndarray,
+def unsure_rows(norms2: np.ndarray, kth2: np.ndarray, worst_score: np.ndarray,
                 slack: float) -> np.ndarray:
     """Rows whose true ``k`` neighbours may not all be among their candidates.
 
     A list misses a true neighbour only if that neighbour's rounded score exceeded the list's
     worst rounded score ``w``; a row is sure when its exact k-th score (from the squared
-    distance ``kth2``) stays below ``w`` by more than ``slack`` (twice the largest rounding
-    error measured on the candidates, which are the pairs closest to the threshold). Rows
-    with fewer candidates than the margin (``w`` infinite) are sure.
+    distance ``kth2`` and the row's centred squared norm ``norms2``) stays below ``w`` by
+    more than ``slack`` (twice the largest rounding error measured on the candidates, which
+    are the pairs closest to the threshold). Rows with fewer candidates than the margin
+    (``w`` infinite) are sure.
     """
-    kth_score = _scores_exact(Xc, np.arange(len(Xc)), kth2[:, None])[:, 0]
+    kth_score = _scores_exact(norms2, kth2[:, None])[:, 0]
     full = np.isfinite(worst_score)
     return np.flatnonzero(full & ~(kth_score < worst_score.astype(np.float64) - slack))
 
