@@ -406,7 +406,8 @@ def compare_table(rows) -> str:
 def scale_table(rows) -> str:
     """Markdown table of ``scale`` rows (JSON lines of :func:`run_scale_case`)."""
     head = ("| case | n | kNN method | recall@k | eigenvalue error (20k) | warm s: kNN / graph / "
-            "eigen / cluster | **warm total s** | **cold total s** | CPU s warm / cold "
+            "eigen / cluster | warm CPU s: kNN / graph / eigen / cluster "
+            "| **warm total s** | **cold total s** | CPU s warm / cold "
             "| peak MiB above data "
             "| max RSS MiB | K / ARI | load avg |")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
@@ -417,6 +418,8 @@ def scale_table(rows) -> str:
             continue
         st = r["stages"]
         parts = " / ".join(f"{st[x]['seconds']:.1f}" for x in ("knn", "graph", "eigen", "cluster"))
+        cpu_parts = " / ".join(f"{st[x].get('cpu_seconds', float('nan')):.1f}"
+                               for x in ("knn", "graph", "eigen", "cluster"))
         err = r.get("eigenvalue_error_20k")
         err = "-" if err is None else f"{err:.1e}"
         cold = r.get("cold_total_seconds")
@@ -426,7 +429,7 @@ def scale_table(rows) -> str:
             f"{sum(v.get('cpu_seconds', 0) for v in run['stages'].values()):.1f}"
             for run in (r.get("runs", {}).get(x) for x in ("warm", "cold")) if run) or "-"
         lines.append(f"| {case} | {r['n']} | {r['knn_method']} | {r['knn_recall']:.3f} | {err} | "
-                     f"{parts} | **{r['total_seconds']:.1f}** | **{cold}** | {cpu} | "
+                     f"{parts} | {cpu_parts} | **{r['total_seconds']:.1f}** | **{cold}** | {cpu} | "
                      f"{max(v['peak_mib'] for v in st.values()):.0f} | {r.get('max_rss_mib', '-')} | "
                      f"{r['n_clusters']} / {r['ari']} | {load} |")
     return "\n".join(lines)
