@@ -118,6 +118,41 @@ def test_blocked_knn_keeps_duplicates_and_excludes_self():
     assert np.all(dist[:, :2] == 0)  # the two copies come first
 
 
+@pytest.mark.parametrize("n_blocks", [1, 2, 5, 8])
+def test_block_rounds_cover_every_pair_once_and_share_no_block_within_a_round(n_blocks):
+    from spray.analysis.knn_blocked import block_rounds
+
+    rounds = block_rounds(n_blocks)
+    pairs = [p for r in rounds for p in r]
+    assert sorted(pairs) == [(i, j) for i in range(n_blocks) for j in range(i, n_blocks)]
+    for r in rounds:
+        used = [b for p in r for b in set(p)]
+        assert len(used) == len(set(used))
+
+
+def test_blocked_knn_ranks_near_ties_in_float64():
+    """Two candidates whose distances differ by one float32 ulp of a coordinate: a float32
+    sum of the 400 squares orders them wrongly (the blocked search re-ranked that way and
+    missed 2 edges of 20 000 rows of noise, moving the eigenvalues by 4e-5)."""
+    from spray.analysis.knn_blocked import blocked_knn
+
+    rng = np.random.default_rng(0)
+    for _ in range(100):
+        a = rng.standard_normal(400).astype(np.float32)
+        b = rng.permutation(a)
+        b[0] = np.nextafter(b[0], np.float32(np.inf))
+        exact = [np.sum(v.astype(np.float64) ** 2) for v in (a, b)]
+        single = [np.einsum("i,i->", v, v) for v in (a, b)]
+        if (exact[0] < exact[1]) != (single[0] < single[1]) and exact[0] != exact[1]:
+            break
+    else:
+        pytest.fail("no pair that float32 orders wrongly")
+    far = 50 + rng.standard_normal((20, 400)).astype(np.float32)
+    X = np.vstack([np.zeros((1, 400), np.float32), a, b, far])
+    ind, _ = blocked_knn(X, 1, block=8)
+    assert ind[0, 0] == 1 + int(np.argmin(exact))
+
+
 @pytest.mark.slow  # pynndescent compiles its kernels with numba on first use
 def test_search_auto_uses_the_exact_search_where_an_index_fails():
     from spray.analysis.knn import knn_neighbors, probe_neighbours

@@ -1,10 +1,13 @@
-"""Compiled scan kernels of :mod:`spray.analysis.knn_blocked` (numba, cached on disk).
+"""Compiled kernels of :mod:`spray.analysis.knn_blocked` (numba, cached on disk).
 
 A product block ``G`` holds bfloat16 values (passed as ``uint16``: the upper half of a float32).
 Each query row keeps its best candidates sorted ascending in ``best_d`` / ``best_i`` by the score
-``|x_cand|² − 2 x_query·x_cand``. Scores are computed and compared with the worst kept one in
-vectorized runs of :data:`RUN` entries; only a run that holds a better score is walked entry by
-entry (after the first blocks, few runs do).
+``|x_cand|² − 2 x_query·x_cand``. :func:`scan_pair` reads each row of a block once and serves
+both directions (the block's rows as queries against its columns, and its columns against its
+rows); scores are compared with the worst kept ones in one vectorized pass per row, and only
+the entries of a row that beat them are walked (after the first blocks, few rows have any).
+:func:`scan_pair` is single-threaded and releases the GIL: the caller runs blocks that share
+no rows in parallel threads.
 """
 
 from __future__ import annotations
@@ -12,9 +15,7 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-#: entries compared at once before any is inserted
-RUN = 32
-# reassociation lets LLVM vectorize the min / any reductions; no 'nnan'/'ninf': lists start at inf
+# reassociation lets LLVM vectorize the sums; no 'nnan'/'ninf': lists start at inf
 _FAST = {"reassoc", "nsz", "contract", "arcp"}
 
 
@@ -31,63 +32,78 @@ def _insert(best_d, best_i, q, score, j):
 
 
 @numba.njit(cache=True, nogil=True, fastmath=_FAST)
-def _scores(G, r, c0, c1, sq, out, bits):
-    """``out[c - c0] = sq[c - c0] - 2 G[r, c]`` for ``c`` in ``[c0, c1)``."""
-    m = c1 - c0
-    for c in range(m):
-        bits[c] = np.uint32(G[r, c0 + c]) << 16
+def scan_pair(G, sq_rows, sq_cols, row0, col0, rows_d, rows_i, cols_d, cols_i, both):
+    """Scan one product block ``G = X_I X_Jᵀ`` (rows global ``row0 + r``, columns ``col0 + c``).
+
+    The rows' lists (``rows_d`` / ``rows_i``) receive the columns; with ``both``, the columns'
+    lists (``cols_d`` / ``cols_i``) receive the rows (a block of distinct row and column sets).
+    A block on the diagonal (``row0 == col0``) skips each row's own column.
+
+    Per row of ``G``, one vectorized pass flags the entries that beat the current worst kept
+    score (of the row, or of each column) and counts them; only a row with flags is walked,
+    eight flags (one 64-bit word) at a time, and each flagged entry is compared again with
+    the worst as it is when the walk reaches it.
+    """
+    rb, cb = G.shape
+    kk = rows_d.shape[1]
+    width = (cb + 7) // 8 * 8
+    bits = np.empty(cb, dtype=np.uint32)
     g = bits.view(np.float32)
-    for c in range(m):
-        out[c] = sq[c] - 2.0 * g[c]
+    flag_r = np.zeros(width, dtype=np.uint8)
+    flag_c = np.zeros(width, dtype=np.uint8)
+    words_r = flag_r.view(np.uint64)
+    words_c = flag_c.view(np.uint64)
+    worst_c = cols_d[:, kk - 1].copy()
+    diag = row0 == col0
+    two = np.float32(2.0)
+    for r in range(rb):
+        for c in range(cb):
+            bits[c] = np.uint32(G[r, c]) << 16
+        worst_r = rows_d[r, kk - 1]
+        sq_r = sq_rows[r]
+        hits_r = np.int32(0)
+        hits_c = np.int32(0)
+        for c in range(cb):
+            v = two * g[c]
+            a = np.uint8(sq_cols[c] - v < worst_r)
+            b = np.uint8(sq_r - v < worst_c[c])
+            flag_r[c] = a
+            flag_c[c] = b
+            hits_r += np.int32(a)
+            hits_c += np.int32(b)
+        if hits_r:
+            for w in range(width // 8):
+                if words_r[w]:
+                    for c in range(8 * w, min(cb, 8 * w + 8)):
+                        score = sq_cols[c] - two * g[c]
+                        if flag_r[c] and score < worst_r and not (diag and c == r):
+                            _insert(rows_d, rows_i, r, score, col0 + c)
+                            worst_r = rows_d[r, kk - 1]
+        if both and hits_c:
+            for w in range(width // 8):
+                if words_c[w]:
+                    for c in range(8 * w, min(cb, 8 * w + 8)):
+                        score = sq_r - two * g[c]
+                        if flag_c[c] and score < worst_c[c]:
+                            _insert(cols_d, cols_i, c, score, row0 + r)
+                            worst_c[c] = cols_d[c, kk - 1]
 
 
 @numba.njit(cache=True, nogil=True, parallel=True, fastmath=_FAST)
-def scan_rows(G, sq_cols, row0, col0, best_d, best_i):
-    """Rows of the block as queries against its columns (global indices ``col0 + c``)."""
-    rb, cb = G.shape
-    kk = best_d.shape[1]
-    for r in numba.prange(rb):
-        bits = np.empty(cb, dtype=np.uint32)
-        score = np.empty(cb, dtype=np.float32)
-        _scores(G, r, 0, cb, sq_cols, score, bits)
-        worst = best_d[r, kk - 1]
-        me = row0 + r - col0
-        for s in range(0, cb, RUN):
-            e = min(cb, s + RUN)
-            hit = False
-            for c in range(s, e):
-                hit |= score[c] < worst
-            if hit:
-                for c in range(s, e):
-                    if score[c] < worst and c != me:
-                        _insert(best_d, best_i, r, score[c], col0 + c)
-                        worst = best_d[r, kk - 1]
-
-
-@numba.njit(cache=True, nogil=True, parallel=True, fastmath=_FAST)
-def scan_cols(G, sq_rows, row0, col0, best_d, best_i):
-    """Columns of the block as queries against its rows (global indices ``row0 + r``)."""
-    rb, cb = G.shape
-    kk = best_d.shape[1]
-    step = 512
-    for chunk in numba.prange((cb + step - 1) // step):
-        c0 = chunk * step
-        c1 = min(cb, c0 + step)
-        m = c1 - c0
-        worst = best_d[c0:c1, kk - 1].copy()
-        bits = np.empty(m, dtype=np.uint32)
-        score = np.empty(m, dtype=np.float32)
-        sq = np.empty(m, dtype=np.float32)
-        for r in range(rb):
-            sq[:] = sq_rows[r]
-            _scores(G, r, c0, c1, sq, score, bits)
-            for s in range(0, m, RUN):
-                e = min(m, s + RUN)
-                hit = False
-                for c in range(s, e):
-                    hit |= score[c] < worst[c]
-                if hit:
-                    for c in range(s, e):
-                        if score[c] < worst[c]:
-                            _insert(best_d, best_i, c0 + c, score[c], row0 + r)
-                            worst[c] = best_d[c0 + c, kk - 1]
+def pair_distances(X, rows, cand, out):
+    """``out[i, j] = ||x_rows[i] − x_cand[i, j]||²``, accumulated in float64 (``inf`` where the
+    candidate is ``-1``)."""
+    m, kk = cand.shape
+    d = X.shape[1]
+    for i in numba.prange(m):
+        q = rows[i]
+        for j in range(kk):
+            c = cand[i, j]
+            if c < 0:
+                out[i, j] = np.inf
+                continue
+            acc = 0.0
+            for t in range(d):
+                diff = np.float64(X[q, t]) - np.float64(X[c, t])
+                acc += diff * diff
+            out[i, j] = acc

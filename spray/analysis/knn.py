@@ -138,6 +138,16 @@ def edge_distances(X: np.ndarray, rows: np.ndarray, cols: np.ndarray,
     return out
 
 
+def squared_norms(X: np.ndarray, chunk: int = 8192) -> np.ndarray:
+    """``|x_i|²`` of every row, accumulated in float64 (in chunks: a float64 einsum over a
+    float32 array casts element by element and is several times slower)."""
+    out = np.empty(X.shape[0], dtype=np.float64)
+    for s in range(0, X.shape[0], chunk):
+        Y = X[s:s + chunk].astype(np.float64)
+        out[s:s + chunk] = np.einsum("ij,ij->i", Y, Y)
+    return out
+
+
 def knn_neighbors(X: np.ndarray, k: int, params: AffinitySection | dict, seed: int = 0):
     """Neighbour lists ``(indices, distances, method)`` with the method chosen by size."""
     params = AffinitySection.coerce(params)
@@ -164,7 +174,7 @@ def probe_neighbours(X: np.ndarray, k: int, seed: int = 0, m: int = PROBE_ROWS):
     n = X.shape[0]
     rng = np.random.default_rng(seed)
     rows = np.sort(rng.choice(n, size=min(m, n), replace=False))
-    sq = np.einsum("ij,ij->i", X, X, dtype=np.float64)
+    sq = squared_norms(X)
     best = []
     for s in range(0, len(rows), 64):
         r = rows[s:s + 64]

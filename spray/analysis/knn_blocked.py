@@ -7,18 +7,24 @@ that scikit-learn's brute force is slow:
 * The feature rows, centred, are split into blocks of :data:`BLOCK` rows. For every pair of
   blocks ``(I, J)`` with ``J ≥ I`` one product ``X_I X_Jᵀ`` is computed (so each distance once):
   in bfloat16 through PyTorch, which runs it on the CPU's matrix units (AMX) where the CPU has
-  them and on its vector units otherwise.
-* Each product block is scanned twice by compiled kernels (numba, ``cache=True``: compiled once
-  per machine, loaded from numba's on-disk cache afterwards): rows of ``I`` against the columns
-  of ``J`` and rows of ``J`` against the columns of ``I``. A row keeps its ``k + margin`` best
-  candidates by ``|x_j|² − 2 x_i·x_j`` (the same order as the distance) in a small sorted list;
-  after the first blocks almost no entry beats the list's worst, so the scan is one compare
-  per entry.
-* The candidates are re-ranked with exact float32 distances and cut to ``k``. A row whose
-  exact k-th score is not clearly below its worst kept candidate's rounded score, by twice
-  the largest rounding error measured on all candidates (:func:`unsure_rows`), is searched
-  again in float32 (:func:`rows_knn`); data far from its mean has larger rounding errors and
-  gets more rows searched again.
+  them and on its vector units otherwise. A block of 1024 × 1024 products (2 MiB) stays in
+  the core's cache between the product and its scan.
+* The pairs are grouped in rounds of pairs that share no block (:func:`block_rounds`, the
+  circle method of round-robin tournaments); the pairs of a round run in parallel threads,
+  each with a one-thread product and a single-threaded scan, so no list is written by two
+  threads and no thread waits for another inside a round.
+* Each product block is scanned once by a compiled kernel (numba, ``cache=True``: compiled
+  once per machine, loaded from numba's on-disk cache afterwards) that serves both
+  directions: rows of ``I`` against the columns of ``J`` and rows of ``J`` against the
+  columns of ``I``. A row keeps its ``k + margin`` best candidates by ``|x_j|² − 2 x_i·x_j``
+  (the same order as the distance) in a small sorted list; a vectorized pass per product row
+  flags the entries that beat the lists' worst, and only flagged entries are walked.
+* The candidates are re-ranked by their squared distances accumulated in float64 (a float32
+  sum misorders near ties, which moved the eigenvalues of a graph of noise by ~4e-5) and cut
+  to ``k``. A row whose exact k-th score is not clearly below its worst kept candidate's
+  rounded score, by twice the largest rounding error measured on all candidates
+  (:func:`unsure_rows`), is searched again (:func:`rows_knn`); data far from its mean has
+  larger rounding errors and gets more rows searched again.
 """
 
 from __future__ import annotations
@@ -31,7 +37,7 @@ import numpy as np
 logger = logging.getLogger(__name__)
 
 #: rows per block of the blocked product (a block pair's product is BLOCK² bfloat16 values)
-BLOCK = 4096
+BLOCK = 1024
 
 _LOCK = threading.Lock()  # numba's default threading layer allows one parallel caller at a time
 
@@ -48,6 +54,23 @@ def candidate_margin(k: int) -> int:
     return max(8, k)
 
 
+def block_rounds(n_blocks: int) -> list[list[tuple[int, int]]]:
+    """All block pairs ``(I, J)``, ``I ≤ J``, grouped in rounds of pairs that share no block.
+
+    The diagonal pairs form the first round; the others follow the circle method of
+    round-robin tournaments (``n_blocks − 1`` rounds for an even count, ``n_blocks`` for an odd
+    one), so that the pairs of a round can be scanned in parallel threads without locks.
+    """
+    rounds = [[(i, i) for i in range(n_blocks)]]
+    m = n_blocks + n_blocks % 2
+    ring = list(range(m))
+    for _ in range(m - 1):
+        pairs = [(ring[i], ring[m - 1 - i]) for i in range(m // 2)]
+        rounds.append([(min(p), max(p)) for p in pairs if max(p) < n_blocks])
+        ring = [ring[0], ring[-1], *ring[1:-1]]
+    return [r for r in rounds if r]
+
+
 def blocked_knn(X: np.ndarray, k: int, n_jobs: int = -1, block: int = BLOCK):
     """Exact ``k`` nearest neighbours (self excluded, by index) of every row of ``X``.
 
@@ -58,106 +81,137 @@ def blocked_knn(X: np.ndarray, k: int, n_jobs: int = -1, block: int = BLOCK):
         block: rows per block.
 
     Returns:
-        ``(indices (n, k) int64, distances (n, k) float32)``, each row sorted by distance,
-        ties broken by index.
+        ``(indices (n, k) int64, distances (n, k) float32)``, each row sorted by distance
+        (ranked in float64), ties broken by index.
     """
-    import torch
-
-    from spray.analysis.knn import edge_distances
+    from spray.analysis.knn import squared_norms
 
     n = X.shape[0]
     kk = min(n - 1, k + candidate_margin(k))
     Xc = X - X.mean(axis=0, dtype=np.float64).astype(np.float32)
+    threads = _threads(n_jobs)
+    best_d, best_i = _candidates(Xc, kk, threads, block)
+    # exact re-ranking of the candidates (squared distances in float64), ties by index
+    exact = _pair_distances(X, np.arange(n), best_i, threads)
+    norms2 = squared_norms(Xc)
+    slack = rounding_slack(norms2, best_i, best_d, exact)
+    by_index = np.argsort(best_i, axis=1, kind="stable")
+    cand = np.take_along_axis(best_i, by_index, axis=1)
+    dist2 = np.take_along_axis(exact, by_index, axis=1)
+    order = np.argsort(dist2, axis=1, kind="stable")[:, :k]
+    ind = np.take_along_axis(cand, order, axis=1)
+    dist2 = np.take_along_axis(dist2, order, axis=1)
+    unsure = unsure_rows(norms2, dist2[:, -1], best_d[:, -1], slack)
+    if unsure.size:
+        logger.debug("blocked kNN: %d of %d rows searched again in float32 (candidates within "
+                     "the bfloat16 rounding of the k-th distance)", unsure.size, n)
+        ind[unsure], dist2[unsure] = rows_knn(X, unsure, k, squared=True,
+                                                   threads=threads)
+    return ind, np.sqrt(dist2).astype(np.float32)
+
+
+def _candidates(Xc: np.ndarray, kk: int, threads: int, block: int):
+    """The ``kk`` best candidates of every row by bfloat16 score: ``(scores, indices)``."""
+    import torch
+
+    n = Xc.shape[0]
     Xb = torch.from_numpy(np.ascontiguousarray(Xc)).to(torch.bfloat16)
     sq = Xb.float().pow(2).sum(dim=1).numpy().astype(np.float32)  # norms of the rounded rows
     best_d = np.full((n, kk), np.inf, dtype=np.float32)
     best_i = np.full((n, kk), -1, dtype=np.int64)
     kern = _kernels()
-    threads = _threads(n_jobs)
     starts = list(range(0, n, block))
-    with _LOCK, _torch_threads(threads):
-        import numba
+    spans = [slice(a, min(a + block, n)) for a in starts]
 
+    def scan(pair):
+        rows, cols = spans[pair[0]], spans[pair[1]]
+        G = torch.mm(Xb[rows], Xb[cols].T).view(torch.int16).numpy().view(np.uint16)
+        kern.scan_pair(G, sq[rows], sq[cols], rows.start, cols.start, best_d[rows],
+                       best_i[rows], best_d[cols], best_i[cols], pair[0] != pair[1])
+
+    # one torch thread per product: the threads here run disjoint block pairs side by side
+    with _LOCK, _torch_threads(1):
+        if threads == 1:
+            for pairs in block_rounds(len(starts)):
+                for pair in pairs:
+                    scan(pair)
+        else:
+            from concurrent.futures import ThreadPoolExecutor
+
+            with ThreadPoolExecutor(threads) as pool:
+                for pairs in block_rounds(len(starts)):
+                    list(pool.map(scan, pairs))
+    return best_d, best_i
+
+
+def _pair_distances(X: np.ndarray, rows: np.ndarray, cand: np.ndarray, threads: int):
+    """Squared distances (float64) of ``X[rows[i]]`` to ``X[cand[i, j]]`` (``inf`` for -1)."""
+    import numba
+
+    out = np.empty(cand.shape, dtype=np.float64)
+    with _LOCK:
         numba.set_num_threads(threads)
-        for a in starts:
-            rows = slice(a, min(a + block, n))
-            for b in starts[starts.index(a):]:
-                cols = slice(b, min(b + block, n))
-                G = torch.mm(Xb[rows], Xb[cols].T).view(torch.int16).numpy().view(np.uint16)
-                kern.scan_rows(G, sq[cols], a, b, best_d[rows], best_i[rows])
-                if b != a:
-                    kern.scan_cols(G, sq[rows], a, b, best_d[cols], best_i[cols])
-    # exact re-ranking of the candidates in float32, ties by index
-    valid = best_i >= 0
-    exact = np.full(best_i.shape, np.inf, dtype=np.float32)
-    r = np.repeat(np.arange(n), kk).reshape(n, kk)
-    exact[valid] = edge_distances(X, r[valid], best_i[valid])
-    slack = rounding_slack(Xc, best_i, best_d, exact)
-    by_index = np.argsort(best_i, axis=1, kind="stable")
-    cand = np.take_along_axis(best_i, by_index, axis=1)
-    dist = np.take_along_axis(exact, by_index, axis=1)
-    order = np.argsort(dist, axis=1, kind="stable")[:, :k]
-    ind = np.take_along_axis(cand, order, axis=1)
-    dist = np.take_along_axis(dist, order, axis=1)
-    unsure = unsure_rows(Xc, dist[:, -1], best_d[:, -1], slack)
-    if unsure.size:
-        logger.debug("blocked kNN: %d of %d rows searched again in float32 (candidates within "
-                     "the bfloat16 rounding of the k-th distance)", unsure.size, n)
-        ind[unsure], dist[unsure] = rows_knn(X, unsure, k)
-    return ind, dist
+        _kernels().pair_distances(X, rows.astype(np.int64), np.ascontiguousarray(cand), out)
+    return out
 
 
-def _scores_exact(Xc: np.ndarray, ind: np.ndarray, dist: np.ndarray) -> np.ndarray:
-    """Exact scores ``|x_j|² − 2 x_i·x_j = d_ij² − |x_i|²`` in the centred frame."""
-    norms2 = np.einsum("ij,ij->i", Xc, Xc, dtype=np.float64)
-    return dist.astype(np.float64) ** 2 - norms2[:, None]
+def _scores_exact(norms2: np.ndarray, dist2: np.ndarray) -> np.ndarray:
+    """Exact scores ``|x_j|² − 2 x_i·x_j = d_ij² − |x_i|²`` in the centred frame for the
+    squared distances ``dist2`` (rows: queries) and the queries' squared norms ``norms2``."""
+    return dist2 - norms2[:, None]
 
 
-def rounding_slack(Xc, best_i, best_d, exact) -> float:
+def rounding_slack(norms2, best_i, best_d, exact) -> float:
     """Twice the largest rounding error of a score seen among all ``n × (k + margin)``
-    candidates (their exact distances are known): the room a row's k-th score must leave."""
+    candidates (their exact squared distances ``exact`` are known): the room a row's k-th
+    score must leave."""
     valid = (best_i >= 0) & np.isfinite(best_d)
     if not valid.any():
         return 0.0
-    err = np.abs(best_d.astype(np.float64) - _scores_exact(Xc, best_i, exact))[valid]
+    scores = _scores_exact(norms2, np.where(valid, exact, 0.0))
+    err = np.abs(best_d.astype(np.float64) - scores)[valid]
     return 2.0 * float(err.max())
 
 
-def unsure_rows(Xc: np.ndarray, kth: np.ndarray, worst_score: np.ndarray,
+def unsure_rows(norms2: np.ndarray, kth2: np.ndarray, worst_score: np.ndarray,
                 slack: float) -> np.ndarray:
     """Rows whose true ``k`` neighbours may not all be among their candidates.
 
     A list misses a true neighbour only if that neighbour's rounded score exceeded the list's
-    worst rounded score ``w``; a row is sure when its exact k-th score stays below ``w`` by
+    worst rounded score ``w``; a row is sure when its exact k-th score (from the squared
+    distance ``kth2`` and the row's centred squared norm ``norms2``) stays below ``w`` by
     more than ``slack`` (twice the largest rounding error measured on the candidates, which
     are the pairs closest to the threshold). Rows with fewer candidates than the margin
     (``w`` infinite) are sure.
     """
-    kth_score = _scores_exact(Xc, np.zeros((len(kth), 1), dtype=np.int64), kth[:, None])[:, 0]
+    kth_score = _scores_exact(norms2, kth2[:, None])[:, 0]
     full = np.isfinite(worst_score)
     return np.flatnonzero(full & ~(kth_score < worst_score.astype(np.float64) - slack))
 
 
-def rows_knn(X: np.ndarray, rows: np.ndarray, k: int, chunk: int = 256):
-    """Exact ``k`` nearest neighbours (self excluded, ties by index) of ``X[rows]``, float32."""
+def rows_knn(X: np.ndarray, rows: np.ndarray, k: int, chunk: int = 256, squared: bool = False,
+             threads: int = 1):
+    """Exact ``k`` nearest neighbours (self excluded, ties by index) of ``X[rows]``.
+
+    Candidates by float32 products (``k + margin`` per row), ranked by float64 distances.
+    Returns ``(indices, distances)`` (squared float64 distances with ``squared``, float32
+    distances otherwise).
+    """
+    n = X.shape[0]
+    kk = min(n - 1, k + candidate_margin(k))
     sq = np.einsum("ij,ij->i", X, X)
-    out_i = np.empty((len(rows), k), dtype=np.int64)
-    out_d = np.empty((len(rows), k), dtype=np.float32)
+    cand = np.empty((len(rows), kk), dtype=np.int64)
     for s in range(0, len(rows), chunk):
         r = rows[s:s + chunk]
         D = sq[r, None] - 2.0 * (X[r] @ X.T) + sq[None, :]
         D[np.arange(len(r)), r] = np.inf
-        part = np.argpartition(D, k, axis=1)[:, :k + 1]
-        part.sort(axis=1)  # ties by index after the stable sort below
-        d = np.sqrt(np.maximum(np.take_along_axis(D, part, axis=1), 0.0))
-        order = np.argsort(d, axis=1, kind="stable")[:, :k]
-        out_i[s:s + chunk] = np.take_along_axis(part, order, axis=1)
-        out_d[s:s + chunk] = np.take_along_axis(d, order, axis=1)
-    # distances of the chosen edges exactly as the re-ranking computes them
-    from spray.analysis.knn import edge_distances
-
-    out_d = edge_distances(X, np.repeat(rows, k), out_i.ravel()).reshape(len(rows), k)
-    return out_i, out_d
+        cand[s:s + chunk] = np.argpartition(D, kk - 1, axis=1)[:, :kk]
+    cand.sort(axis=1)  # ties by index after the stable sort below
+    dist2 = _pair_distances(X, rows, cand, threads)
+    order = np.argsort(dist2, axis=1, kind="stable")[:, :k]
+    out_i = np.take_along_axis(cand, order, axis=1)
+    out_d = np.take_along_axis(dist2, order, axis=1)
+    return (out_i, out_d) if squared else (out_i, np.sqrt(out_d).astype(np.float32))
 
 
 def _threads(n_jobs: int) -> int:

@@ -19,7 +19,7 @@ coordinate — no low-dimensional structure, the worst case for any approximate 
 warmed up; compiled kernels come from numba's on-disk cache, filled once per machine), *warm*
 the second one in the same process. *eigenvalue error* is measured on a random subsample of
 20 000 rows: the largest difference of the 32 eigenvalues between the kNN method used at full
-size (forced on the subsample) and scikit-learn's exact kNN.
+size (forced on the subsample) and an exact kNN ranked in float64 (:func:`float64_knn`).
 
 Features (``easy``, and ``compare``): a planted mixture — 8 groups in a 16-dimensional latent
 space, mapped linearly to ``d = 400`` dimensions plus isotropic noise — so that cluster recovery
@@ -247,9 +247,28 @@ def run_corelay(X, truth, embed=True, n_clusters=None):
     return rec, info
 
 
+def float64_knn(X: np.ndarray, k: int, extra: int = 16):
+    """Exact kNN ranked in float64 (self excluded, ties by index): scikit-learn's brute force
+    proposes ``k + extra`` candidates (its float32 ``|x|² + |y|² − 2x·y`` misorders near ties),
+    float64 distances of the differences rank them."""
+    from spray.analysis.knn import exact_knn
+
+    cand, _ = exact_knn(X, k + extra)
+    cand = np.sort(cand, axis=1)
+    X64 = X.astype(np.float64)
+    dist = np.empty(cand.shape)
+    for s in range(0, len(X), 1000):
+        diff = X64[s:s + 1000, None, :] - X64[cand[s:s + 1000]]
+        dist[s:s + 1000] = np.sqrt(np.einsum("ijk,ijk->ij", diff, diff))
+    order = np.argsort(dist, axis=1, kind="stable")[:, :k]
+    return (np.take_along_axis(cand, order, axis=1),
+            np.take_along_axis(dist, order, axis=1).astype(np.float32))
+
+
 def eigenvalue_error(X, method: str, overrides=None, m: int = 20000, seed: int = 2) -> float:
-    """Largest eigenvalue difference on an ``m``-row subsample: ``method`` vs exact kNN."""
-    from spray.analysis.knn import exact_knn, graph_from_neighbors, knn_neighbors, resolve_k
+    """Largest eigenvalue difference on an ``m``-row subsample: ``method`` vs exact kNN ranked
+    in float64 (:func:`float64_knn`)."""
+    from spray.analysis.knn import graph_from_neighbors, knn_neighbors, resolve_k
     from spray.analysis.spectral import smallest_eigenpairs
     from spray.config.presets import load_pipeline
 
@@ -263,7 +282,7 @@ def eigenvalue_error(X, method: str, overrides=None, m: int = 20000, seed: int =
     lams = []
     for aff in (forced, None):
         if aff is None:
-            ind, dist = exact_knn(Xs, k)
+            ind, dist = float64_knn(Xs, k)
         else:
             ind, dist, _ = knn_neighbors(Xs, k, aff)
         W = graph_from_neighbors(ind, dist, pipe["affinity"])
@@ -387,7 +406,8 @@ def compare_table(rows) -> str:
 def scale_table(rows) -> str:
     """Markdown table of ``scale`` rows (JSON lines of :func:`run_scale_case`)."""
     head = ("| case | n | kNN method | recall@k | eigenvalue error (20k) | warm s: kNN / graph / "
-            "eigen / cluster | **warm total s** | **cold total s** | CPU s warm / cold "
+            "eigen / cluster | warm CPU s: kNN / graph / eigen / cluster "
+            "| **warm total s** | **cold total s** | CPU s warm / cold "
             "| peak MiB above data "
             "| max RSS MiB | K / ARI | load avg |")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
@@ -398,6 +418,8 @@ def scale_table(rows) -> str:
             continue
         st = r["stages"]
         parts = " / ".join(f"{st[x]['seconds']:.1f}" for x in ("knn", "graph", "eigen", "cluster"))
+        cpu_parts = " / ".join(f"{st[x].get('cpu_seconds', float('nan')):.1f}"
+                               for x in ("knn", "graph", "eigen", "cluster"))
         err = r.get("eigenvalue_error_20k")
         err = "-" if err is None else f"{err:.1e}"
         cold = r.get("cold_total_seconds")
@@ -407,7 +429,7 @@ def scale_table(rows) -> str:
             f"{sum(v.get('cpu_seconds', 0) for v in run['stages'].values()):.1f}"
             for run in (r.get("runs", {}).get(x) for x in ("warm", "cold")) if run) or "-"
         lines.append(f"| {case} | {r['n']} | {r['knn_method']} | {r['knn_recall']:.3f} | {err} | "
-                     f"{parts} | **{r['total_seconds']:.1f}** | **{cold}** | {cpu} | "
+                     f"{parts} | {cpu_parts} | **{r['total_seconds']:.1f}** | **{cold}** | {cpu} | "
                      f"{max(v['peak_mib'] for v in st.values()):.0f} | {r.get('max_rss_mib', '-')} | "
                      f"{r['n_clusters']} / {r['ari']} | {load} |")
     return "\n".join(lines)
