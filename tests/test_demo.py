@@ -60,11 +60,10 @@ def test_demo_refuses_a_used_folder_before_training(tmp_path, content):
 
 @pytest.mark.slow
 @pytest.mark.distributed
-@pytest.mark.xfail(strict=True, reason="the planted class scores 0.8 (threshold 2): the demo "
-                   "ViT relies on the stamp only partly, attn-lrp gives it negative relevance")
 def test_demo_vit_flags_the_planted_class_only(tmp_path):
-    """``spray demo --model vit``: a small VisionTransformer explained with attn-lrp; the planted
-    class alone is flagged, its suspect cluster is the stamped samples, health is recorded."""
+    """``spray demo --model vit``: a small VisionTransformer explained with attn-lrp; the model
+    relies on the stamp, the planted class alone is flagged, its suspect cluster is the stamped
+    samples, health is recorded."""
     out = tmp_path / "demo"
     proc = run_cli("demo", "--model", "vit", "--output", out, timeout=1800)
     assert proc.returncode == 0, proc.stdout + proc.stderr
@@ -72,6 +71,8 @@ def test_demo_vit_flags_the_planted_class_only(tmp_path):
     truth = json.loads((out / "demo" / "ground_truth.json").read_text())
     config = (out / "demo" / "config.yaml").read_text()
     assert truth["model"] == "vit" and "composite: attn-lrp" in config and "build_vit" in config
+    # a Clever-Hans model: the stamp turns other digits into the planted class
+    assert truth["stamp_flip_rate"] >= 0.3 and truth["stamp_logit_gain"] > 0, truth
     summary = json.loads((out / "report" / "summary.json").read_text())
     assert summary["flagged"] == [truth["planted_class"]], [
         (e["name"], e["score"]) for e in summary["classes"]]
