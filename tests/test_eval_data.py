@@ -112,3 +112,23 @@ def test_training_is_seeded(scenes, recipe):
         assert torch.equal(p, q)
     c = em.train("cnn", recipe, x, y, seed=6, epochs=1)
     assert not all(torch.equal(p, q) for p, q in zip(a.parameters(), c.parameters()))
+
+
+def test_margin_summary_separates_settings_the_model_ignores():
+    import eval_summary as es
+
+    def row(setting, art, c, planted, score, flips, **extra):
+        return {"setting": setting, "dataset": "natf.cnn.adam", "artefact": art, "class": c,
+                "planted": planted, "score": score, "flip_rates": {"text": flips}, **extra}
+
+    rows = [row("clean", None, 4, False, 1.5, 0.02), row("clean", None, 3, False, 0.5, 0.01),
+            row("used", "text", 4, True, 2.5, 0.30, precision=0.95, recall=0.92),
+            row("used", "text", 3, False, 2.2, 0.0),
+            row("ignored", "text", 3, True, 0.1, 0.03)]
+    s = es.summarize(rows, threshold=2.0)
+    (g,) = s["groups"]
+    assert g["relied_settings"]["used"]["reliance"] == pytest.approx(0.28)
+    assert g["detected"] == 1 and g["planted_checks"] == 1
+    assert set(g["not_relied"]) == {"ignored"}           # 0.02 above the clean model
+    assert g["other_checks"] == 3 and g["highest_other"] == 2.2
+    assert "ignored (reliance 0.02" in es.margin_table(rows, 2.0)

@@ -558,8 +558,14 @@ def main(argv=None) -> int:
     threshold = float(flag_params(pipe).threshold)
     out = Path(args.out)
     if args.table_only:
-        rows = [r for d in [out, *map(Path, args.also)]
-                for r in json.loads((d / "results.json").read_text())]
+        dirs = [out, *map(Path, args.also)]
+        if all((d / "draws.json").is_file() for d in dirs):   # the margin over draws
+            from eval_summary import margin_table
+
+            rows = [r for d in dirs for r in json.loads((d / "draws.json").read_text())]
+            print(draws_summary(rows, threshold) + "\n\n" + margin_table(rows, threshold))
+            return 0
+        rows = [r for d in dirs for r in json.loads((d / "results.json").read_text())]
         print(table(rows) + "\n\n" + aggregate(rows, threshold))
         return 0
     (out / "cache").mkdir(parents=True, exist_ok=True)
