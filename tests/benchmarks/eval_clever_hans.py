@@ -491,9 +491,10 @@ def aggregate(rows: list[dict], threshold: float) -> str:
 
 def choose_settings(args, out: Path) -> list[tuple]:
     """The settings to run: ``--setting``/``--settings-file`` (a build lists them in
-    ``OUT/settings.txt``; ``--rescore`` without settings reads it), else the built-in lists."""
+    ``settings.txt`` next to its cache; ``--rescore`` without settings reads it), else the
+    built-in lists."""
     settings = QUICK if args.quick else SETTINGS + (EXTRA if args.all else [])
-    listed = out / "settings.txt"   # the settings built into this --out (one per line)
+    listed = out / "settings.txt"   # the settings built into this cache (one per line)
     if args.settings_file:
         args.setting += read_settings(Path(args.settings_file))
     elif args.rescore and not args.setting and listed.is_file():
@@ -530,6 +531,9 @@ def main(argv=None) -> int:
     ap.add_argument("--settings-file", metavar="FILE",
                     help="run the settings listed in FILE (one DS:CLASS:ARTEFACT:P:SEED a line, "
                          "'#' comments); --rescore without settings reads OUT/settings.txt")
+    ap.add_argument("--cache-from", metavar="DIR",
+                    help="read (and build) the cache and settings.txt in DIR instead of --out; "
+                         "results go to --out (e.g. one cache scored by several rules)")
     ap.add_argument("--build-only", action="store_true",
                     help="train, explain and cache the settings without scoring them")
     ap.add_argument("--draws", type=int, default=0,
@@ -568,8 +572,10 @@ def main(argv=None) -> int:
         rows = [r for d in dirs for r in json.loads((d / "results.json").read_text())]
         print(table(rows) + "\n\n" + aggregate(rows, threshold))
         return 0
-    (out / "cache").mkdir(parents=True, exist_ok=True)
-    settings = choose_settings(args, out)
+    store = Path(args.cache_from) if args.cache_from else out   # where cache/ lies
+    (store / "cache").mkdir(parents=True, exist_ok=True)
+    out.mkdir(parents=True, exist_ok=True)
+    settings = choose_settings(args, store)
     if settings and any(not s[0].startswith(("digits", "natd")) for s in settings) \
             and not FASHION_DIR.is_dir() \
             and not args.rescore:
@@ -582,7 +588,7 @@ def main(argv=None) -> int:
         rows = [r for r in json.loads((out / "results.json").read_text()) if r["setting"] not in now]
     for s in settings:
         name = setting_name(s)
-        cache = out / "cache" / f"{name}.npz"
+        cache = store / "cache" / f"{name}.npz"
         if cache.exists():
             data = dict(np.load(cache))
         elif args.rescore:
