@@ -102,15 +102,15 @@ def test_architectures_explain_rgb(arch):
     assert rel.shape == x.shape and torch.isfinite(rel).all()
 
 
-@pytest.mark.parametrize("recipe", ["adam", "sgd"])
-def test_training_is_seeded(scenes, recipe):
+@pytest.mark.parametrize(("arch", "recipe"), [("cnn", "adam"), ("resnet", "sgd")])
+def test_training_is_seeded(scenes, arch, recipe):
     torch.set_num_threads(1)
     x, y = scenes["x_train"], scenes["y_train"]
-    a = em.train("cnn", recipe, x, y, seed=5, epochs=1)
-    b = em.train("cnn", recipe, x, y, seed=5, epochs=1)
+    a = em.train(arch, recipe, x, y, seed=5, epochs=1)
+    b = em.train(arch, recipe, x, y, seed=5, epochs=1)
     for p, q in zip(a.parameters(), b.parameters()):
         assert torch.equal(p, q)
-    c = em.train("cnn", recipe, x, y, seed=6, epochs=1)
+    c = em.train(arch, recipe, x, y, seed=6, epochs=1)
     assert not all(torch.equal(p, q) for p, q in zip(a.parameters(), c.parameters()))
 
 

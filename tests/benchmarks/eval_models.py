@@ -25,9 +25,11 @@ import torch
 from torch import nn
 
 COMPOSITES = {"cnn": "epsilon-plus-flat", "resnet": "epsilon-plus-flat", "vit": "attn-lrp"}
-#: epochs and peak learning rate per (architecture, recipe)
+#: epochs and peak learning rate per (architecture, recipe). The plain CNN (no normalization,
+#: default initialization) does not learn the scenes with ``sgd`` in 10 epochs (test accuracy
+#: ≈ chance at peak rates 0.01, 0.05 and 0.15): it is trained with ``adam`` only.
 SCHEDULES = {
-    ("cnn", "adam"): (8, 3e-3), ("cnn", "sgd"): (10, 0.05),
+    ("cnn", "adam"): (8, 3e-3),
     ("resnet", "adam"): (6, 4e-3), ("resnet", "sgd"): (8, 0.1),
     ("vit", "adam"): (12, 2e-3), ("vit", "sgd"): (14, 0.03),
 }
@@ -113,6 +115,8 @@ def train(arch: str, recipe: str, x: np.ndarray, y: np.ndarray, seed: int,
     """Train ``arch`` with ``recipe`` on ``x (n, C, 32, 32)``, ``y``; eval mode after."""
     n_classes = int(y.max()) + 1
     model = build(arch, n_classes, x.shape[1], seed)
+    if (arch, recipe) not in SCHEDULES:
+        raise ValueError(f"no schedule for {arch!r} with {recipe!r}: {sorted(SCHEDULES)}")
     default_epochs, lr = SCHEDULES[(arch, recipe)]
     epochs = default_epochs if epochs is None else epochs
     if recipe == "adam":
