@@ -49,6 +49,13 @@ next to the mean of the clean models' (same artefact, same class).
 Artefacts: ``square`` (bright square, top-left corner), ``topline`` (1-px bright top row, like a
 padding border), ``checker`` (small checkerboard texture patch, top-right).
 
+* **RGB scenes** (``GEN.ARCH.RECIPE`` as dataset, e.g. ``natf.resnet.sgd:4:frame:0.1:0``):
+  objects on photographs, merged sub-population labels, the artefacts ``text``, ``frame``,
+  ``patch``, ``logo`` and ``stripes`` (``eval_data.py``), CNN, ResNet-style and ViT models with
+  two recipes (``eval_models.py``); docs/verdict-eval.md describes them and the held-out
+  protocol (``--settings-file``, ``--build-only``, ``--cache-from``; ``--draws`` also writes
+  ``margin.md``, ``eval_summary.py``).
+
 Outputs in ``--out``: ``cache/<setting>.npz`` (relevance maps, inputs, ground truth: the slow
 part, reused by ``--rescore``), ``results.json`` (every class of every setting) and
 ``table.md`` (the table of docs/verdict.md). ``--rescore`` takes a few minutes.
