@@ -49,6 +49,13 @@ next to the mean of the clean models' (same artefact, same class).
 Artefacts: ``square`` (bright square, top-left corner), ``topline`` (1-px bright top row, like a
 padding border), ``checker`` (small checkerboard texture patch, top-right).
 
+* **RGB scenes** (``GEN.ARCH.RECIPE`` as dataset, e.g. ``natf.resnet.sgd:4:frame:0.1:0``):
+  objects on photographs, merged sub-population labels, the artefacts ``text``, ``frame``,
+  ``patch``, ``logo`` and ``stripes`` (``eval_data.py``), CNN, ResNet-style and ViT models with
+  two recipes (``eval_models.py``); docs/verdict-eval.md describes them and the held-out
+  protocol (``--settings-file``, ``--build-only``, ``--cache-from``; ``--draws`` also writes
+  ``margin.md``, ``eval_summary.py``).
+
 Outputs in ``--out``: ``cache/<setting>.npz`` (relevance maps, inputs, ground truth: the slow
 part, reused by ``--rescore``), ``results.json`` (every class of every setting) and
 ``table.md`` (the table of docs/verdict.md). ``--rescore`` takes a few minutes.
@@ -66,9 +73,10 @@ import numpy as np
 import torch
 from torch import nn
 
-FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
-FASHION_NAMES = ["T-shirt", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker",
-                 "Bag", "Ankle boot"]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from eval_data import FASHION_DIR, class_names, load_digits, load_fashion  # noqa: E402
+from eval_data import grey_mask as artefact_mask
+from eval_data import plant_grey as plant
 
 # (dataset, planted class, artefact, fraction, seed); artefact None = clean model
 SETTINGS = [
@@ -102,68 +110,18 @@ def parse_setting(text: str) -> tuple:
     return (ds, int(c), art, float(p), int(seed))
 
 
+def read_settings(path: Path) -> list[str]:
+    """The settings listed in a file, one ``DS:CLASS:ARTEFACT:P:SEED`` a line."""
+    lines = (line.split("#")[0].strip() for line in path.read_text().splitlines())
+    return [line for line in lines if line]
+
+
 def setting_name(s) -> str:
     ds, c, art, p, seed = s
     return f"{ds}-clean-s{seed}" if art is None else f"{ds}-c{c}-{art}-{int(round(p * 100))}-s{seed}"
 
 
 # ------------------------------------------------------------------------------ data
-
-def plant(x: np.ndarray, kind: str) -> np.ndarray:
-    """Put an artefact into images ``(n, 1, H, W)`` in [0, 1] (returns a copy)."""
-    out = x.copy()
-    H, W = out.shape[-2:]
-    s = max(3, round(H / 7))
-    if kind == "square":
-        out[:, :, 1:1 + s, 1:1 + s] = 1.0
-    elif kind == "topline":
-        out[:, :, 0, :] = 1.0
-    elif kind == "checker":
-        size = s + 2
-        yy, xx = np.mgrid[0:size, 0:size]
-        pattern = ((yy + xx) % 2).astype(np.float32) * 0.6
-        region = out[:, :, 1:1 + size, W - 1 - size:W - 1]
-        out[:, :, 1:1 + size, W - 1 - size:W - 1] = np.maximum(region, pattern)
-    else:
-        raise ValueError(kind)
-    return out
-
-
-def artefact_mask(kind: str, H: int, W: int) -> np.ndarray:
-    """Pixels an artefact of ``kind`` occupies (its bounding box) in an ``H × W`` image."""
-    probe = plant(np.zeros((1, 1, H, W), dtype=np.float32), kind)[0, 0] != 0
-    rows, cols = np.flatnonzero(probe.any(axis=1)), np.flatnonzero(probe.any(axis=0))
-    mask = np.zeros((H, W), dtype=bool)
-    mask[rows.min():rows.max() + 1, cols.min():cols.max() + 1] = True
-    return mask
-
-
-def load_fashion(train_per_class: int, test_per_class: int, rng):
-    from spray.data.sources import _read_idx
-
-    def part(kind, per_class):
-        x = _read_idx(str(FASHION_DIR / f"{kind}-images-idx3-ubyte.gz")).astype(np.float32) / 255.0
-        y = _read_idx(str(FASHION_DIR / f"{kind}-labels-idx1-ubyte.gz")).astype(np.int64)
-        keep = np.sort(np.concatenate([np.flatnonzero(y == c)[:per_class] for c in range(10)]))
-        return x[keep][:, None], y[keep]
-
-    x_tr, y_tr = part("train", train_per_class)
-    x_te, y_te = part("t10k", test_per_class)
-    return x_tr, y_tr, x_te, y_te
-
-
-def load_digits(rng):
-    from spray.data.sources import load_digits_arrays
-
-    x, y = load_digits_arrays(32)
-    train, test = [], []
-    for c in range(10):
-        idx = rng.permutation(np.flatnonzero(y == c))
-        train.append(idx[:len(idx) // 2])
-        test.append(idx[len(idx) // 2:])
-    train, test = np.sort(np.concatenate(train)), np.sort(np.concatenate(test))
-    return x[train], y[train], x[test], y[test]
-
 
 def fashion_model() -> nn.Module:
     """3 conv (with BatchNorm) + 2 dense layers; ~0.90 test accuracy after 3 one-cycle epochs."""
@@ -211,8 +169,8 @@ def flip_rates(model: nn.Module, x: np.ndarray, y: np.ndarray, kind: str) -> np.
         stamped = plant(x, kind)
         after = np.concatenate([model(torch.as_tensor(stamped[i:i + 1000])).argmax(1).numpy()
                                 for i in range(0, len(x), 1000)])
-    rates = np.zeros(10)
-    for c in range(10):
+    rates = np.zeros(int(y.max()) + 1)
+    for c in range(len(rates)):
         pool = (y != c) & (before != c)
         rates[c] = float((after[pool] == c).mean()) if pool.any() else 0.0
     return rates
@@ -223,9 +181,13 @@ def collect(setting, args) -> dict:
     from spray.lrp import attribute
 
     ds, planted, art, p, seed = setting
+    if "." in ds:   # an RGB scene generator, an architecture and a recipe (eval_models)
+        from eval_models import collect_scenes
+
+        return collect_scenes(setting, args)
     rng = np.random.default_rng(1000 + seed)
     if ds == "fashion":
-        x_tr, y_tr, x_te, y_te = load_fashion(args.train_per_class, args.test_per_class, rng)
+        x_tr, y_tr, x_te, y_te = load_fashion(args.train_per_class, args.test_per_class)
     else:
         x_tr, y_tr, x_te, y_te = load_digits(rng)
     poisoned_tr = np.zeros(len(y_tr), dtype=bool)
@@ -262,7 +224,7 @@ def collect(setting, args) -> dict:
     # reliance by intervention, on the test images as the model saw them without any artefact
     flips = np.stack([flip_rates(model, clean_te, y_te, kind) for kind in ARTEFACTS])
     return {"relevance": np.concatenate(rel).astype(np.float32), "inputs": x_ex[:, 0],
-            "flip_rates": flips,
+            "flip_rates": flips, "flip_kinds": np.array(ARTEFACTS),
             "labels": y_ex, "prediction": pred, "poisoned": poisoned, "is_test": is_test,
             "accuracy": float((pred[is_test] == y_te).mean()), "train_seconds": t_train,
             "lrp_seconds": t_lrp}
@@ -277,7 +239,8 @@ def score_setting(setting, data, pipe) -> list[dict]:
 
     ds, planted, art, p, seed = setting
     rows = []
-    for c in range(10):
+    kinds = [str(k) for k in data.get("flip_kinds", ARTEFACTS)]
+    for c in np.unique(data["labels"]).tolist():
         sel = np.flatnonzero(data["labels"] == c)
         test = sel[data["is_test"][sel]] if "is_test" in data else sel   # accuracy: test split
         maps, inputs = data["relevance"][sel], data["inputs"][sel]
@@ -299,13 +262,16 @@ def score_setting(setting, data, pipe) -> list[dict]:
         if "flip_rates" in data:
             # reliance by intervention: other-class images turned to this class by each artefact
             row["flip_rates"] = {kind: float(data["flip_rates"][i, c])
-                                 for i, kind in enumerate(ARTEFACTS)}
+                                 for i, kind in enumerate(kinds)}
         if art is not None and truth.any():
             # how much the model attends to the artefact: share of |R| on it, poisoned maps
-            mask = artefact_mask(art, *maps.shape[-2:])
-            a = np.abs(maps[truth])
-            row["artefact_share"] = float(np.mean(a[:, mask].sum(1) / np.maximum(
-                a.reshape(len(a), -1).sum(1), 1e-12)))
+            a = np.abs(maps[truth]).reshape(int(truth.sum()), -1)
+            if "artefact_mask" in data:   # per sample (RGB scenes: the artefact's footprint)
+                mask = data["artefact_mask"][sel][truth].reshape(len(a), -1)
+            else:
+                mask = np.broadcast_to(artefact_mask(art, *maps.shape[-2:]).ravel(), a.shape)
+            row["artefact_share"] = float(np.mean((a * mask).sum(1) / np.maximum(
+                a.sum(1), 1e-12)))
         cand = verdict.get("suspect_cluster")
         if cand is None:
             cand = verdict.get("candidate_cluster")
@@ -330,7 +296,8 @@ def score_setting(setting, data, pipe) -> list[dict]:
     return rows
 
 
-PER_SAMPLE = ("relevance", "inputs", "labels", "prediction", "poisoned", "is_test")
+PER_SAMPLE = ("relevance", "inputs", "labels", "prediction", "poisoned", "is_test",
+              "artefact_mask", "types")
 
 
 def draw(data: dict, size: int, seed: int) -> dict:
@@ -427,7 +394,7 @@ def table(rows: list[dict]) -> str:
         by_setting.setdefault(r["setting"], []).append(r)
     for rs in by_setting.values():
         r0 = rs[0]
-        names = FASHION_NAMES if r0["dataset"] == "fashion" else [str(i) for i in range(10)]
+        names = class_names(r0["dataset"])
         acc = sum(r["accuracy"] * r["n"] for r in rs) / sum(r["n"] for r in rs)
         if r0["artefact"] is None:
             flagged = [names[r["class"]] for r in rs if r["flagged"]]
@@ -529,6 +496,29 @@ def aggregate(rows: list[dict], threshold: float) -> str:
     return "\n".join(lines)
 
 
+def choose_settings(args, out: Path) -> list[tuple]:
+    """The settings to run: ``--setting``/``--settings-file`` (a build lists them in
+    ``settings.txt`` next to its cache; ``--rescore`` without settings reads it), else the
+    built-in lists."""
+    settings = QUICK if args.quick else SETTINGS + (EXTRA if args.all else [])
+    listed = out / "settings.txt"   # the settings built into this cache (one per line)
+    if args.settings_file:
+        args.setting += read_settings(Path(args.settings_file))
+    elif args.rescore and not args.setting and listed.is_file():
+        args.setting = read_settings(listed)
+    if args.setting:
+        settings = [parse_setting(text) for text in args.setting]
+        if not args.rescore:
+            known = read_settings(listed) if listed.is_file() else []
+            listed.write_text("".join(f"{t}\n" for t in dict.fromkeys(known + args.setting)))
+    settings = [(ds, c, art, p, seed + args.replicate) for ds, c, art, p, seed in settings]
+    settings = sorted(settings, key=lambda s: s[0] == "fashion")  # cheap settings first
+    if args.only:
+        keys = args.only.split(",")
+        settings = [s for s in settings if any(k in setting_name(s) for k in keys)]
+    return settings
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", default="runs/eval-clever-hans")
@@ -545,6 +535,14 @@ def main(argv=None) -> int:
     ap.add_argument("--setting", action="append", default=[], metavar="DS:CLASS:ARTEFACT:P:SEED",
                     help="run this setting instead of the lists (repeatable), e.g. "
                          "fashion:4:square:0.1:0; 'clean' as ARTEFACT for a clean model")
+    ap.add_argument("--settings-file", metavar="FILE",
+                    help="run the settings listed in FILE (one DS:CLASS:ARTEFACT:P:SEED a line, "
+                         "'#' comments); --rescore without settings reads OUT/settings.txt")
+    ap.add_argument("--cache-from", metavar="DIR",
+                    help="read (and build) the cache and settings.txt in DIR instead of --out; "
+                         "results go to --out (e.g. one cache scored by several rules)")
+    ap.add_argument("--build-only", action="store_true",
+                    help="train, explain and cache the settings without scoring them")
     ap.add_argument("--draws", type=int, default=0,
                     help="score this many random draws of --draw-size samples per class of each "
                          "cached setting (the same model, other samples) instead of all samples")
@@ -571,20 +569,22 @@ def main(argv=None) -> int:
     threshold = float(flag_params(pipe).threshold)
     out = Path(args.out)
     if args.table_only:
-        rows = [r for d in [out, *map(Path, args.also)]
-                for r in json.loads((d / "results.json").read_text())]
+        dirs = [out, *map(Path, args.also)]
+        if all((d / "draws.json").is_file() for d in dirs):   # the margin over draws
+            from eval_summary import margin_table
+
+            rows = [r for d in dirs for r in json.loads((d / "draws.json").read_text())]
+            print(draws_summary(rows, threshold) + "\n\n" + margin_table(rows, threshold))
+            return 0
+        rows = [r for d in dirs for r in json.loads((d / "results.json").read_text())]
         print(table(rows) + "\n\n" + aggregate(rows, threshold))
         return 0
-    (out / "cache").mkdir(parents=True, exist_ok=True)
-    settings = QUICK if args.quick else SETTINGS + (EXTRA if args.all else [])
-    if args.setting:
-        settings = [parse_setting(text) for text in args.setting]
-    settings = [(ds, c, art, p, seed + args.replicate) for ds, c, art, p, seed in settings]
-    settings = sorted(settings, key=lambda s: s[0] == "fashion")  # cheap settings first
-    if args.only:
-        keys = args.only.split(",")
-        settings = [s for s in settings if any(k in setting_name(s) for k in keys)]
-    if settings and any(s[0] == "fashion" for s in settings) and not FASHION_DIR.is_dir() \
+    store = Path(args.cache_from) if args.cache_from else out   # where cache/ lies
+    (store / "cache").mkdir(parents=True, exist_ok=True)
+    out.mkdir(parents=True, exist_ok=True)
+    settings = choose_settings(args, store)
+    if settings and any(not s[0].startswith(("digits", "natd")) for s in settings) \
+            and not FASHION_DIR.is_dir() \
             and not args.rescore:
         print(f"Fashion-MNIST not found in {FASHION_DIR} (apt-get install dataset-fashion-mnist)",
               file=sys.stderr)
@@ -595,7 +595,7 @@ def main(argv=None) -> int:
         rows = [r for r in json.loads((out / "results.json").read_text()) if r["setting"] not in now]
     for s in settings:
         name = setting_name(s)
-        cache = out / "cache" / f"{name}.npz"
+        cache = store / "cache" / f"{name}.npz"
         if cache.exists():
             data = dict(np.load(cache))
         elif args.rescore:
@@ -606,6 +606,8 @@ def main(argv=None) -> int:
                                               else v) for k, v in data.items()})
             print(f"{name}: trained (acc {data['accuracy']:.3f}, {data['train_seconds']:.0f} s), "
                   f"LRP {data['lrp_seconds']:.1f} s", flush=True)
+        if args.build_only:
+            continue
         data["relevance"] = data["relevance"].astype(np.float32)
         data["inputs"] = data["inputs"].astype(np.float32)
         if args.draws:
@@ -621,11 +623,17 @@ def main(argv=None) -> int:
                  f"; max score {max(r['score'] for r in rs):.2f}"), flush=True)
         rows.extend(rs)
         (out / "results.json").write_text(json.dumps(rows, indent=1, default=float))
+    if args.build_only:
+        return 0
     if args.draws:
         (out / "draws_summary.json").write_text(json.dumps(
             {"threshold": threshold, "draw_size": args.draw_size, "pipeline": args.pipeline,
              "draws": draw_records(rows)}, indent=1))
-        print(draws_summary(rows, threshold))
+        from eval_summary import margin_table
+
+        margin = margin_table(rows, threshold)
+        (out / "margin.md").write_text(margin + "\n")
+        print(draws_summary(rows, threshold) + "\n\n" + margin)
         return 0
     text = table(rows) + "\n\n" + aggregate(rows, threshold) + "\n"
     (out / "table.md").write_text(text)

@@ -1,0 +1,112 @@
+"""Margin summary of the Clever-Hans evaluation's draws (``eval_clever_hans.py --draws N``).
+
+Per data generator and architecture: the planted settings the model relies on (stamping the
+artefact on other-class test images turns at least ``RELIED`` more of them to the planted class
+than on the clean models of the same generator, architecture and recipe), their detections
+(score at the threshold and suspect precision and recall ≥ 0.9) over the draws, the distribution
+of their planted scores (min, 10th percentile, median), the planted settings the model does not
+rely on (reported apart, not counted as misses) and the highest score over every clean-model and
+non-planted class check.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+RELIED = 0.05   # reliance (flip rate above the clean models') from which a setting counts
+
+
+def group_of(dataset: str) -> tuple[str, str]:
+    """(generator, architecture) of a setting's dataset: ``natf.cnn.adam`` → (natf, cnn)."""
+    parts = dataset.split(".")
+    return (parts[0], parts[1]) if len(parts) == 3 else (parts[0], "cnn")
+
+
+def reliance(rows: list[dict], row: dict) -> float | None:
+    """Flip rate of a planted row's artefact to its class, minus the mean over the clean models
+    of the same dataset string (generator, architecture, recipe); None without clean models."""
+    rates = row.get("flip_rates")
+    if rates is None or row["artefact"] not in rates:
+        return None
+    base = [r["flip_rates"][row["artefact"]] for r in rows
+            if r["artefact"] is None and r["dataset"] == row["dataset"]
+            and r["class"] == row["class"] and r.get("flip_rates")
+            and row["artefact"] in r["flip_rates"]]
+    return None if not base else rates[row["artefact"]] - float(np.mean(base))
+
+
+def _detected(row: dict, threshold: float) -> bool:
+    return (row["score"] >= threshold and row.get("precision", 0) >= 0.9
+            and row.get("recall", 0) >= 0.9)
+
+
+def _dist(values: list[float]) -> str:
+    if not values:
+        return "—"
+    v = np.asarray(values)
+    return f"{v.min():.2f} / {np.percentile(v, 10):.2f} / {np.median(v):.2f}"
+
+
+def summarize(rows: list[dict], threshold: float) -> dict:
+    """The numbers of :func:`margin_table` as a dict (groups and totals)."""
+    groups: dict[tuple[str, str], dict] = {}
+    for r in rows:
+        g = groups.setdefault(group_of(r["dataset"]), {
+            "relied": {}, "ignored": {}, "unknown": {}, "other_scores": []})
+        if not r["planted"]:
+            g["other_scores"].append(r["score"])
+            continue
+        rel = reliance(rows, r)
+        key = "unknown" if rel is None else ("relied" if rel >= RELIED else "ignored")
+        entry = g[key].setdefault(r["setting"], {"reliance": rel, "rows": []})
+        entry["rows"].append(r)
+    out = {"threshold": threshold, "relied_min": RELIED, "groups": []}
+    for (gen, arch), g in sorted(groups.items()):
+        relied_rows = [r for e in g["relied"].values() for r in e["rows"]]
+        out["groups"].append({
+            "generator": gen, "architecture": arch,
+            "relied_settings": {k: {"reliance": e["reliance"],
+                                    "detected": sum(_detected(r, threshold) for r in e["rows"]),
+                                    "draws": len(e["rows"]),
+                                    "scores": [r["score"] for r in e["rows"]]}
+                                for k, e in g["relied"].items()},
+            "not_relied": {k: {"reliance": e["reliance"],
+                               "scores": [r["score"] for r in e["rows"]]}
+                           for k, e in {**g["ignored"], **g["unknown"]}.items()},
+            "detected": sum(_detected(r, threshold) for r in relied_rows),
+            "planted_checks": len(relied_rows),
+            "planted_scores": [r["score"] for r in relied_rows],
+            "other_checks": len(g["other_scores"]),
+            "highest_other": max(g["other_scores"], default=None)})
+    return out
+
+
+def margin_table(rows: list[dict], threshold: float) -> str:
+    """Markdown: one line per (generator, architecture), then the settings not relied on."""
+    s = summarize(rows, threshold)
+    lines = [f"threshold {threshold:.2f}; relied on: reliance ≥ {RELIED:.0%} above the clean "
+             "models (same generator, architecture, recipe)", "",
+             "| generator | arch | relied settings (reliance) | detected, P/R ≥ 0.9 | planted "
+             "score min / p10 / median | clean + non-planted checks | highest of them |",
+             "|---|---|---|---|---|---|---|"]
+    for g in s["groups"]:
+        rel = ", ".join(f"{k} ({v['reliance']:.2f})" for k, v in g["relied_settings"].items())
+        hi = "—" if g["highest_other"] is None else f"{g['highest_other']:.2f}"
+        lines.append(f"| {g['generator']} | {g['architecture']} | {rel or '—'} | "
+                     f"{g['detected']}/{g['planted_checks']} | {_dist(g['planted_scores'])} | "
+                     f"{g['other_checks']} | {hi} |")
+    every = [v for g in s["groups"] for v in g["planted_scores"]]
+    others = [g["highest_other"] for g in s["groups"] if g["highest_other"] is not None]
+    lines += ["", f"all: detected {sum(g['detected'] for g in s['groups'])}/"
+              f"{sum(g['planted_checks'] for g in s['groups'])}; planted scores min / p10 / "
+              f"median {_dist(every)}; clean + non-planted checks "
+              f"{sum(g['other_checks'] for g in s['groups'])}, highest "
+              f"{max(others) if others else float('nan'):.2f}", "",
+              "not relied on (not counted as misses): " + (", ".join(
+                  f"{k} ({_reliance_text(v['reliance'])}, scores {_dist(v['scores'])})"
+                  for g in s["groups"] for k, v in g["not_relied"].items()) or "none")]
+    return "\n".join(lines)
+
+
+def _reliance_text(value: float | None) -> str:
+    return "reliance unknown" if value is None else f"reliance {value:.2f}"
