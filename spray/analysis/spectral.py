@@ -310,10 +310,11 @@ def _chebyshev_iterate(M: sp.csr_matrix, m: int, tol: float, seed: int,
     torch.set_num_threads(_fastest_threads(A32, X))
     cut, locked, worst, history, theta = 0.5, 0, np.inf, [], None
     for _ in range(CHEBYSHEV_MAX_ITER):
-        P = [N] if N is not None else []
+        parts = [N] if N is not None else []
         if locked and theta is not None:
-            P.append(X[:, _outliers(theta.numpy(), locked, cut, degree)])
-        P = torch.cat(P, dim=1).to(A.dtype) if P and sum(p.shape[1] for p in P) else None
+            parts.append(X[:, _outliers(theta.numpy(), locked, cut, degree)])
+        P = (torch.cat(parts, dim=1).to(A.dtype) if parts and sum(p.shape[1] for p in parts)
+             else None)
         Xf = _chebyshev_filter(A, X[:, locked:].to(A.dtype), degree, cut, P=P).double()
         X = torch.cat([X[:, :locked], Xf], dim=1)
         if N is not None:
