@@ -586,6 +586,45 @@ def test_masked_search_equals_the_exact_search(normalize):
             assert np.allclose(want_d, got_d, atol=1e-5)
 
 
+@pytest.mark.parametrize("normalize", ["l1", "none"])
+def test_guided_masked_search_equals_the_unguided_one(normalize):
+    """A search that selects each row's shortlist below the bound of an earlier search's
+    columns returns the very lists (indices and distances, ties included) of a search over
+    the whole rows."""
+    from spray.verdict.evidence import without_cells
+    from spray.verdict.graphs import MaskedSearch
+
+    rng = np.random.default_rng(5)
+    for X in (rng.random((700, 48)).astype(np.float32), _tied_rows(3, 700, 48)):
+        guided = MaskedSearch(X)
+        for i in range(4):
+            cells = rng.choice(48, size=5, replace=False)
+            Xm, scale = without_cells(X, cells, normalize)
+            got = guided.neighbours(Xm, cells, scale, 12)
+            assert guided._guide                    # the first search leaves its shortlists
+            want = MaskedSearch(X).neighbours(Xm, cells, scale, 12)
+            assert np.array_equal(got[0], want[0]) and np.array_equal(got[1], want[1])
+
+
+def test_candidates_with_the_same_cells_share_one_search(natural_class):
+    """Two groups whose relevance differs most in the same cells get the same masked inputs,
+    searched once."""
+    from spray.verdict.evidence import ClassGraphs, top_cells
+
+    feats, inputs, _ = natural_class
+    pipe = _pipe()
+    result = analyze(feats, pipeline=pipe, embed=False)
+    graphs = ClassGraphs.build(result, inputs, pipe, flag_params(pipe), feats)
+    mask = np.asarray(result.labels) == np.asarray(result.labels)[0]
+    fewer = mask.copy()
+    fewer[np.flatnonzero(mask)[0]] = False
+    cells = [top_cells(np.abs(graphs.difference(feats, m)), graphs.mask_area)
+             for m in (mask, fewer)]
+    assert np.array_equal(*cells)
+    assert graphs._masked(feats, mask) is graphs._masked(feats, fewer)
+    assert graphs.inputs_for(mask) is graphs.inputs_for(fewer)
+
+
 def masked_inputs_of(X, cells, normalize):
     """The inputs without ``cells`` as :func:`masked_inputs` makes them (its cells are the
     largest relevance differences: a relevance that differs only there)."""

@@ -168,6 +168,7 @@ class ClassGraphs:
     search: MaskedSearch | None = None
     _float64: dict | None = None
     _input_totals: tuple | None = None
+    _by_cells: dict | None = None
 
     @classmethod
     def build(cls, result, input_features, pipeline: dict, params: FlagsSection, features=None):
@@ -204,14 +205,37 @@ class ClassGraphs:
         """The inputs without the ``mask_area`` of cells where ``source`` (relevance or inputs)
         of ``mask`` differs most from the rest's (:func:`masked_inputs`); their neighbour
         lists (:class:`~spray.verdict.graphs.NeighbourLists`, kept for the resamples unless
-        ``keep`` is false) come from the Gram matrix when the class keeps one."""
+        ``keep`` is false) come from the Gram matrix when the class keeps one. Candidates
+        whose cells are the same (in the same order, so the same products) share one search."""
         cells = top_cells(np.abs(self.difference(source, mask)), self.mask_area)
+        key = cells.tobytes()
+        if self._by_cells is None:
+            self._by_cells = {}
+        hit = self._by_cells.get(key)
+        if isinstance(hit, NeighbourLists):
+            return hit
         X, scale = without_cells(self.input_features, cells, self.normalize)
         search = None
         if self.search is not None:
             def search(k, gram=self.search):
                 return gram.neighbours(X, cells, scale, k)
-        return self.cache.lists(X, search, keep)
+        lists = self.cache.lists(X, search, keep)
+        if keep:
+            self._by_cells[key] = lists
+        return lists
+
+    def _masked_graph(self, source: np.ndarray, mask: np.ndarray) -> tuple:
+        """The kNN graph of :meth:`_masked`'s inputs (not kept for the resamples: only the
+        graph is kept, for candidates with the same cells)."""
+        cells = top_cells(np.abs(self.difference(source, mask)), self.mask_area)
+        key = cells.tobytes()
+        hit = (self._by_cells or {}).get(key)
+        if isinstance(hit, NeighbourLists):
+            return hit.whole()
+        if hit is None:
+            hit = self._masked(source, mask, keep=False).whole()
+            self._by_cells[key] = hit
+        return hit
 
     @property
     def n(self) -> int:
@@ -254,7 +278,7 @@ class ClassGraphs:
         subset of its size: about 1 when the group differs from the rest only locally (a stamp on
         random members of the class), well below 1 for a style or sub-type of the class."""
         if self.mask_area > 0:
-            graph = self._masked(self.input_features, mask, keep=False).whole()
+            graph = self._masked_graph(self.input_features, mask)
         else:
             graph = self.whole_inputs
         return mask_conductance(*graph, mask) / random_conductance(int(mask.sum()), len(mask))

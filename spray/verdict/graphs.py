@@ -279,6 +279,7 @@ class MaskedSearch:
         self.X = np.ascontiguousarray(X, dtype=np.float32)
         self.keep_gram = keep_gram
         self._gram = None
+        self._guide: dict[int, np.ndarray] = {}
 
     def gram_rows(self, a: int, b: int):
         """Rows ``a:b`` of ``X Xᵀ`` (float32 torch; the whole matrix is made on first use and
@@ -314,13 +315,15 @@ class MaskedSearch:
         qi = q.numpy().astype(np.float64)
         si = s.numpy().astype(np.float64)
         qmax, search = float(qi.max()), []
+        guide = self._guide.get(short)
+        shortlists = None if guide is not None else np.empty((n, short), dtype=np.int64)
         for a in range(0, n, self.BLOCK):
             b = min(a + self.BLOCK, n)
             R = torch.addmm(self.gram_rows(a, b), Xc[a:b], XcT, alpha=-1.0)   # x_i·x_j without C
             R.mul_(w).addr_(s[a:b], q)                            # s_i (||x̃_j||² − 2 x̃_i·x̃_j)
             R[torch.arange(b - a), torch.arange(a, b)] = float("inf")
-            top = torch.topk(R, short, dim=1, largest=False, sorted=False)
-            cand, val = top.indices.numpy(), top.values.numpy().astype(np.float64)
+            cand, val = self._shortlist(R, short, a, b, guide)
+            val = val.astype(np.float64)
             order = np.lexsort((cand, val), axis=-1)             # ties by index
             val = np.take_along_axis(val, order, axis=1)
             ind[a:b] = np.take_along_axis(cand, order[:, :k], axis=1)
@@ -337,8 +340,47 @@ class MaskedSearch:
             for r in np.flatnonzero(close & ~edge):
                 ind[a + r], dist[a + r] = _nearest_of(Xm, a + r, cand[r], k)
             search.append(a + np.flatnonzero(edge))
+            if shortlists is not None:
+                shortlists[a:b] = cand
+        if shortlists is not None:
+            self._guide[short] = shortlists
         search = np.concatenate(search)
         if len(search):
             ind[search], dist[search] = _exact_rows(Xm, search, k)
         return ind, dist
+
+    @staticmethod
+    def _shortlist(R, short: int, a: int, b: int,
+                   guide: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+        """The ``short`` smallest entries of every row of ``R`` (rows ``a:b``): their columns
+        and values, in no particular order.
+
+        With ``guide`` (``short`` distinct columns per row other than the row itself: the
+        shortlists of an earlier search of the same class), the largest of ``R`` at those
+        columns bounds each row's ``short``-th smallest entry from above, so only the entries
+        up to that bound are selected from (the same values as a selection over the whole row;
+        rows of equal values at the edge may keep another of them, which the caller's edge
+        test sends to the exact search either way).
+        """
+        import torch
+
+        Rn = R.numpy()
+        if guide is not None:
+            bound = np.take_along_axis(Rn, guide[a:b], axis=1).max(axis=1, keepdims=True)
+            flat = np.flatnonzero(Rn <= bound)
+            rows = flat // Rn.shape[1]
+            counts = np.bincount(rows, minlength=b - a)
+            if counts.min() >= short:           # (not so only where R holds NaN)
+                slot = np.arange(len(flat)) - (np.cumsum(counts) - counts)[rows]
+                vals = np.full((b - a, int(counts.max())), np.inf, dtype=Rn.dtype)
+                cols = np.zeros(vals.shape, dtype=np.int64)
+                vals[rows, slot] = Rn.reshape(-1)[flat]
+                cols[rows, slot] = flat - rows * Rn.shape[1]
+                if vals.shape[1] > short:
+                    part = np.argpartition(vals, short - 1, axis=1)[:, :short]
+                    vals = np.take_along_axis(vals, part, axis=1)
+                    cols = np.take_along_axis(cols, part, axis=1)
+                return cols, vals
+        top = torch.topk(R, short, dim=1, largest=False, sorted=False)
+        return top.indices.numpy(), top.values.numpy()
 
