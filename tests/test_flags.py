@@ -703,3 +703,40 @@ def test_input_excess_ignores_chance_differences():
     excess = input_excess(X, mask, 2.0)
     assert np.argmax(excess) == 7 and excess[7] > 10 * np.delete(excess, 7).max(initial=0.1)
     assert np.allclose(input_excess(X, mask, 0.0), np.abs(X[mask].mean(0) - X[~mask].mean(0)))
+
+
+def _same_verdict(a: dict, b: dict) -> bool:
+    """Two verdict dicts equal key by key (arrays element by element)."""
+    if isinstance(a, dict):
+        return a.keys() == b.keys() and all(_same_verdict(a[k], b[k]) for k in a)
+    if isinstance(a, (list, tuple)):
+        return len(a) == len(b) and all(_same_verdict(x, y) for x, y in zip(a, b))
+    if isinstance(a, np.ndarray):
+        return np.array_equal(a, b)
+    return a == b and type(a) is type(b)
+
+
+def test_sweep_cuts_below_the_bar_skip_their_randomness_graph(artefact_class, natural_class,
+                                                              monkeypatch):
+    """A sweep cut whose score stays below the bar whatever its randomness gets no randomness
+    graph, and the verdict is the one with every cut measured in full."""
+    from dataclasses import replace
+
+    import spray.verdict.evidence as evidence
+
+    below = evidence._below
+    skipped = []
+    cases = []
+    for feats, inputs, planted in (artefact_class, natural_class):
+        result = analyze(feats, pipeline=_pipe(), embed=False)
+        cases.append((result, feats, inputs))
+        merged = np.where(planted, 0, 1)
+        merged[np.flatnonzero(~planted)[:120]] = 0
+        cases.append((replace(result, labels=merged, n_clusters=2), feats, inputs))
+    for result, feats, inputs in cases:
+        monkeypatch.setattr(evidence, "_below", lambda *a: skipped.append(below(*a)) or skipped[-1])
+        fast = clever_hans_score(result, inputs, _pipe(), features=feats)
+        monkeypatch.setattr(evidence, "_below", lambda *a: False)
+        full = clever_hans_score(result, inputs, _pipe(), features=feats)
+        assert _same_verdict(fast, full)
+    assert any(skipped) and not all(skipped), skipped

@@ -315,17 +315,22 @@ def measure(entry: ClusterEvidence, graphs: ClassGraphs,
         return entry       # φ_input ≤ 1: it cannot reach the threshold
     X_in = graphs.inputs_for(mask)
     phi_in = graphs.input_conductance(X_in, mask)
+    plain = round(contrast(phi_in, phi_rel, floor), 4)
+    co = graphs.colocation(mask) if graphs.mask_area > 0 else None
+    co_penalty = round(colocation_penalty(co, params), 4) if co is not None else None
+    if entry.cut_along is not None and bar is not None and _below(
+            plain, round(size_penalty(entry.fraction, params), 4), co_penalty, bar):
+        return entry       # its score stays below the bar whatever its randomness
     randomness = graphs.input_randomness(mask)
     entry.inputs = X_in
     entry.conductance_relevance = round(phi_rel, 6)
     entry.conductance_input = round(phi_in, 6)
-    entry.contrast = round(contrast(phi_in, phi_rel, floor), 4)
+    entry.contrast = plain
     entry.input_randomness = round(randomness, 4)
     entry.randomness_penalty = round(randomness_penalty(randomness, params), 4)
-    if graphs.mask_area > 0:
-        co = graphs.colocation(mask)
+    if co is not None:
         entry.colocation = round(co, 4)
-        entry.colocation_penalty = round(colocation_penalty(co, params), 4)
+        entry.colocation_penalty = co_penalty
     if graphs.features is not None:
         c = concentration(graphs.features, mask, graphs.grid, params.concentration_area,
                           graphs.difference(graphs.features, mask))
@@ -333,3 +338,13 @@ def measure(entry: ClusterEvidence, graphs: ClassGraphs,
         entry.peak_sign = c.get("peak_sign")
     entry.size_penalty = round(size_penalty(entry.fraction, params), 4)
     return entry
+
+
+def _below(plain: float, size: float, colocation: float | None, bar: float) -> bool:
+    """Whether a sweep cut's score stays below ``bar`` whatever its input randomness: its
+    plain score ``plain − (size + randomness penalty + colocation)`` is at most that with a
+    randomness penalty of 0 (the penalties are never negative); the margin keeps its score
+    rounded to four digits below ``bar`` too. Such a cut can neither be split off nor change
+    which cut is (:func:`~spray.verdict.halves.split_off_sweep` takes the best only when it
+    reaches ``bar``), so its randomness graph is not built."""
+    return plain - (size + 0.0 + (colocation or 0.0)) < bar - 1e-3
