@@ -196,14 +196,22 @@ def sub_neighbours(X: np.ndarray, indices: np.ndarray, distances: np.ndarray,
     return ind, dist
 
 
-def _nearest_of(X: np.ndarray, row: int, cand: np.ndarray,
-                k: int) -> tuple[np.ndarray, np.ndarray]:
-    """The ``k`` nearest of the rows ``cand`` to the row ``row`` of ``X`` (float64 distances,
-    ties by index)."""
-    diff = X[cand].astype(np.float64) - X[row].astype(np.float64)
-    d = np.sqrt(np.einsum("ij,ij->i", diff, diff))
-    order = np.lexsort((cand, d))[:k]
-    return cand[order], d[order].astype(np.float32)
+def _nearest_of_rows(X: np.ndarray, rows: np.ndarray, cand: np.ndarray,
+                     k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The ``k`` nearest of the candidates ``cand[i]`` to the row ``rows[i]`` of ``X``, for
+    every ``i`` (float64 distances, ties by index; chunks of a few MB)."""
+    ind = np.empty((len(rows), k), dtype=np.int64)
+    dist = np.empty((len(rows), k), dtype=np.float32)
+    step = max(1, (1 << 22) // max(1, cand.shape[1] * X.shape[1]))     # rows per chunk
+    for a in range(0, len(rows), step):
+        r, c = rows[a:a + step], cand[a:a + step]
+        diff = X[c].astype(np.float64) - X[r].astype(np.float64)[:, None, :]
+        flat = diff.reshape(-1, diff.shape[-1])
+        d = np.sqrt(np.einsum("ij,ij->i", flat, flat)).reshape(c.shape)
+        order = np.lexsort((c, d), axis=-1)[:, :k]
+        ind[a:a + step] = np.take_along_axis(c, order, axis=1)
+        dist[a:a + step] = np.take_along_axis(d, order, axis=1).astype(np.float32)
+    return ind, dist
 
 
 def _exact_rows(Xs: np.ndarray, rows: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -337,8 +345,9 @@ class MaskedSearch:
             close |= d2[:, 0] * si[a:b] <= tol           # a (near-)duplicate: its distance
             edge = (val[:, -1] - val[:, min(k, short - 1)] <= tol) & (short < n - 1)
             cand = np.take_along_axis(cand, order, axis=1)
-            for r in np.flatnonzero(close & ~edge):
-                ind[a + r], dist[a + r] = _nearest_of(Xm, a + r, cand[r], k)
+            redo = np.flatnonzero(close & ~edge)
+            if len(redo):
+                ind[a + redo], dist[a + redo] = _nearest_of_rows(Xm, a + redo, cand[redo], k)
             search.append(a + np.flatnonzero(edge))
             if shortlists is not None:
                 shortlists[a:b] = cand
