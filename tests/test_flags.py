@@ -597,7 +597,7 @@ def test_guided_masked_search_equals_the_unguided_one(normalize):
     rng = np.random.default_rng(5)
     for X in (rng.random((700, 48)).astype(np.float32), _tied_rows(3, 700, 48)):
         guided = MaskedSearch(X)
-        for i in range(4):
+        for _ in range(4):
             cells = rng.choice(48, size=5, replace=False)
             Xm, scale = without_cells(X, cells, normalize)
             got = guided.neighbours(Xm, cells, scale, 12)

@@ -277,10 +277,8 @@ class ClassGraphs:
         share of cells where its *inputs* differ most from the rest's, over that of a random
         subset of its size: about 1 when the group differs from the rest only locally (a stamp on
         random members of the class), well below 1 for a style or sub-type of the class."""
-        if self.mask_area > 0:
-            graph = self._masked_graph(self.input_features, mask)
-        else:
-            graph = self.whole_inputs
+        graph = (self._masked_graph(self.input_features, mask) if self.mask_area > 0
+                 else self.whole_inputs)
         return mask_conductance(*graph, mask) / random_conductance(int(mask.sum()), len(mask))
 
 
