@@ -586,6 +586,45 @@ def test_masked_search_equals_the_exact_search(normalize):
             assert np.allclose(want_d, got_d, atol=1e-5)
 
 
+@pytest.mark.parametrize("normalize", ["l1", "none"])
+def test_guided_masked_search_equals_the_unguided_one(normalize):
+    """A search that selects each row's shortlist below the bound of an earlier search's
+    columns returns the very lists (indices and distances, ties included) of a search over
+    the whole rows."""
+    from spray.verdict.evidence import without_cells
+    from spray.verdict.graphs import MaskedSearch
+
+    rng = np.random.default_rng(5)
+    for X in (rng.random((700, 48)).astype(np.float32), _tied_rows(3, 700, 48)):
+        guided = MaskedSearch(X)
+        for _ in range(4):
+            cells = rng.choice(48, size=5, replace=False)
+            Xm, scale = without_cells(X, cells, normalize)
+            got = guided.neighbours(Xm, cells, scale, 12)
+            assert guided._guide                    # the first search leaves its shortlists
+            want = MaskedSearch(X).neighbours(Xm, cells, scale, 12)
+            assert np.array_equal(got[0], want[0]) and np.array_equal(got[1], want[1])
+
+
+def test_candidates_with_the_same_cells_share_one_search(natural_class):
+    """Two groups whose relevance differs most in the same cells get the same masked inputs,
+    searched once."""
+    from spray.verdict.evidence import ClassGraphs, top_cells
+
+    feats, inputs, _ = natural_class
+    pipe = _pipe()
+    result = analyze(feats, pipeline=pipe, embed=False)
+    graphs = ClassGraphs.build(result, inputs, pipe, flag_params(pipe), feats)
+    mask = np.asarray(result.labels) == np.asarray(result.labels)[0]
+    fewer = mask.copy()
+    fewer[np.flatnonzero(mask)[0]] = False
+    cells = [top_cells(np.abs(graphs.difference(feats, m)), graphs.mask_area)
+             for m in (mask, fewer)]
+    assert np.array_equal(*cells)
+    assert graphs._masked(feats, mask) is graphs._masked(feats, fewer)
+    assert graphs.inputs_for(mask) is graphs.inputs_for(fewer)
+
+
 def masked_inputs_of(X, cells, normalize):
     """The inputs without ``cells`` as :func:`masked_inputs` makes them (its cells are the
     largest relevance differences: a relevance that differs only there)."""
@@ -664,3 +703,40 @@ def test_input_excess_ignores_chance_differences():
     excess = input_excess(X, mask, 2.0)
     assert np.argmax(excess) == 7 and excess[7] > 10 * np.delete(excess, 7).max(initial=0.1)
     assert np.allclose(input_excess(X, mask, 0.0), np.abs(X[mask].mean(0) - X[~mask].mean(0)))
+
+
+def _same_verdict(a: dict, b: dict) -> bool:
+    """Two verdict dicts equal key by key (arrays element by element)."""
+    if isinstance(a, dict):
+        return a.keys() == b.keys() and all(_same_verdict(a[k], b[k]) for k in a)
+    if isinstance(a, (list, tuple)):
+        return len(a) == len(b) and all(_same_verdict(x, y) for x, y in zip(a, b))
+    if isinstance(a, np.ndarray):
+        return np.array_equal(a, b)
+    return a == b and type(a) is type(b)
+
+
+def test_sweep_cuts_below_the_bar_skip_their_randomness_graph(artefact_class, natural_class,
+                                                              monkeypatch):
+    """A sweep cut whose score stays below the bar whatever its randomness gets no randomness
+    graph, and the verdict is the one with every cut measured in full."""
+    from dataclasses import replace
+
+    import spray.verdict.evidence as evidence
+
+    below = evidence._below
+    skipped = []
+    cases = []
+    for feats, inputs, planted in (artefact_class, natural_class):
+        result = analyze(feats, pipeline=_pipe(), embed=False)
+        cases.append((result, feats, inputs))
+        merged = np.where(planted, 0, 1)
+        merged[np.flatnonzero(~planted)[:120]] = 0
+        cases.append((replace(result, labels=merged, n_clusters=2), feats, inputs))
+    for result, feats, inputs in cases:
+        monkeypatch.setattr(evidence, "_below", lambda *a: skipped.append(below(*a)) or skipped[-1])
+        fast = clever_hans_score(result, inputs, _pipe(), features=feats)
+        monkeypatch.setattr(evidence, "_below", lambda *a: False)
+        full = clever_hans_score(result, inputs, _pipe(), features=feats)
+        assert _same_verdict(fast, full)
+    assert any(skipped) and not all(skipped), skipped

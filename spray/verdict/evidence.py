@@ -168,6 +168,7 @@ class ClassGraphs:
     search: MaskedSearch | None = None
     _float64: dict | None = None
     _input_totals: tuple | None = None
+    _by_cells: dict | None = None
 
     @classmethod
     def build(cls, result, input_features, pipeline: dict, params: FlagsSection, features=None):
@@ -204,14 +205,37 @@ class ClassGraphs:
         """The inputs without the ``mask_area`` of cells where ``source`` (relevance or inputs)
         of ``mask`` differs most from the rest's (:func:`masked_inputs`); their neighbour
         lists (:class:`~spray.verdict.graphs.NeighbourLists`, kept for the resamples unless
-        ``keep`` is false) come from the Gram matrix when the class keeps one."""
+        ``keep`` is false) come from the Gram matrix when the class keeps one. Candidates
+        whose cells are the same (in the same order, so the same products) share one search."""
         cells = top_cells(np.abs(self.difference(source, mask)), self.mask_area)
+        key = cells.tobytes()
+        if self._by_cells is None:
+            self._by_cells = {}
+        hit = self._by_cells.get(key)
+        if isinstance(hit, NeighbourLists):
+            return hit
         X, scale = without_cells(self.input_features, cells, self.normalize)
         search = None
         if self.search is not None:
             def search(k, gram=self.search):
                 return gram.neighbours(X, cells, scale, k)
-        return self.cache.lists(X, search, keep)
+        lists = self.cache.lists(X, search, keep)
+        if keep:
+            self._by_cells[key] = lists
+        return lists
+
+    def _masked_graph(self, source: np.ndarray, mask: np.ndarray) -> tuple:
+        """The kNN graph of :meth:`_masked`'s inputs (not kept for the resamples: only the
+        graph is kept, for candidates with the same cells)."""
+        cells = top_cells(np.abs(self.difference(source, mask)), self.mask_area)
+        key = cells.tobytes()
+        hit = (self._by_cells or {}).get(key)
+        if isinstance(hit, NeighbourLists):
+            return hit.whole()
+        if hit is None:
+            hit = self._masked(source, mask, keep=False).whole()
+            self._by_cells[key] = hit
+        return hit
 
     @property
     def n(self) -> int:
@@ -253,10 +277,8 @@ class ClassGraphs:
         share of cells where its *inputs* differ most from the rest's, over that of a random
         subset of its size: about 1 when the group differs from the rest only locally (a stamp on
         random members of the class), well below 1 for a style or sub-type of the class."""
-        if self.mask_area > 0:
-            graph = self._masked(self.input_features, mask, keep=False).whole()
-        else:
-            graph = self.whole_inputs
+        graph = (self._masked_graph(self.input_features, mask) if self.mask_area > 0
+                 else self.whole_inputs)
         return mask_conductance(*graph, mask) / random_conductance(int(mask.sum()), len(mask))
 
 
@@ -291,17 +313,22 @@ def measure(entry: ClusterEvidence, graphs: ClassGraphs,
         return entry       # φ_input ≤ 1: it cannot reach the threshold
     X_in = graphs.inputs_for(mask)
     phi_in = graphs.input_conductance(X_in, mask)
+    plain = round(contrast(phi_in, phi_rel, floor), 4)
+    co = graphs.colocation(mask) if graphs.mask_area > 0 else None
+    co_penalty = round(colocation_penalty(co, params), 4) if co is not None else None
+    if entry.cut_along is not None and bar is not None and _below(
+            plain, round(size_penalty(entry.fraction, params), 4), co_penalty, bar):
+        return entry       # its score stays below the bar whatever its randomness
     randomness = graphs.input_randomness(mask)
     entry.inputs = X_in
     entry.conductance_relevance = round(phi_rel, 6)
     entry.conductance_input = round(phi_in, 6)
-    entry.contrast = round(contrast(phi_in, phi_rel, floor), 4)
+    entry.contrast = plain
     entry.input_randomness = round(randomness, 4)
     entry.randomness_penalty = round(randomness_penalty(randomness, params), 4)
-    if graphs.mask_area > 0:
-        co = graphs.colocation(mask)
+    if co is not None:
         entry.colocation = round(co, 4)
-        entry.colocation_penalty = round(colocation_penalty(co, params), 4)
+        entry.colocation_penalty = co_penalty
     if graphs.features is not None:
         c = concentration(graphs.features, mask, graphs.grid, params.concentration_area,
                           graphs.difference(graphs.features, mask))
@@ -309,3 +336,13 @@ def measure(entry: ClusterEvidence, graphs: ClassGraphs,
         entry.peak_sign = c.get("peak_sign")
     entry.size_penalty = round(size_penalty(entry.fraction, params), 4)
     return entry
+
+
+def _below(plain: float, size: float, colocation: float | None, bar: float) -> bool:
+    """Whether a sweep cut's score stays below ``bar`` whatever its input randomness: its
+    plain score ``plain − (size + randomness penalty + colocation)`` is at most that with a
+    randomness penalty of 0 (the penalties are never negative); the margin keeps its score
+    rounded to four digits below ``bar`` too. Such a cut can neither be split off nor change
+    which cut is (:func:`~spray.verdict.halves.split_off_sweep` takes the best only when it
+    reaches ``bar``), so its randomness graph is not built."""
+    return plain - (size + 0.0 + (colocation or 0.0)) < bar - 1e-3

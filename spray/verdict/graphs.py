@@ -196,14 +196,22 @@ def sub_neighbours(X: np.ndarray, indices: np.ndarray, distances: np.ndarray,
     return ind, dist
 
 
-def _nearest_of(X: np.ndarray, row: int, cand: np.ndarray,
-                k: int) -> tuple[np.ndarray, np.ndarray]:
-    """The ``k`` nearest of the rows ``cand`` to the row ``row`` of ``X`` (float64 distances,
-    ties by index)."""
-    diff = X[cand].astype(np.float64) - X[row].astype(np.float64)
-    d = np.sqrt(np.einsum("ij,ij->i", diff, diff))
-    order = np.lexsort((cand, d))[:k]
-    return cand[order], d[order].astype(np.float32)
+def _nearest_of_rows(X: np.ndarray, rows: np.ndarray, cand: np.ndarray,
+                     k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The ``k`` nearest of the candidates ``cand[i]`` to the row ``rows[i]`` of ``X``, for
+    every ``i`` (float64 distances, ties by index; chunks of a few MB)."""
+    ind = np.empty((len(rows), k), dtype=np.int64)
+    dist = np.empty((len(rows), k), dtype=np.float32)
+    step = max(1, (1 << 22) // max(1, cand.shape[1] * X.shape[1]))     # rows per chunk
+    for a in range(0, len(rows), step):
+        r, c = rows[a:a + step], cand[a:a + step]
+        diff = X[c].astype(np.float64) - X[r].astype(np.float64)[:, None, :]
+        flat = diff.reshape(-1, diff.shape[-1])
+        d = np.sqrt(np.einsum("ij,ij->i", flat, flat)).reshape(c.shape)
+        order = np.lexsort((c, d), axis=-1)[:, :k]
+        ind[a:a + step] = np.take_along_axis(c, order, axis=1)
+        dist[a:a + step] = np.take_along_axis(d, order, axis=1).astype(np.float32)
+    return ind, dist
 
 
 def _exact_rows(Xs: np.ndarray, rows: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -279,6 +287,7 @@ class MaskedSearch:
         self.X = np.ascontiguousarray(X, dtype=np.float32)
         self.keep_gram = keep_gram
         self._gram = None
+        self._guide: dict[int, np.ndarray] = {}
 
     def gram_rows(self, a: int, b: int):
         """Rows ``a:b`` of ``X Xᵀ`` (float32 torch; the whole matrix is made on first use and
@@ -314,13 +323,15 @@ class MaskedSearch:
         qi = q.numpy().astype(np.float64)
         si = s.numpy().astype(np.float64)
         qmax, search = float(qi.max()), []
+        guide = self._guide.get(short)
+        shortlists = None if guide is not None else np.empty((n, short), dtype=np.int64)
         for a in range(0, n, self.BLOCK):
             b = min(a + self.BLOCK, n)
             R = torch.addmm(self.gram_rows(a, b), Xc[a:b], XcT, alpha=-1.0)   # x_i·x_j without C
             R.mul_(w).addr_(s[a:b], q)                            # s_i (||x̃_j||² − 2 x̃_i·x̃_j)
             R[torch.arange(b - a), torch.arange(a, b)] = float("inf")
-            top = torch.topk(R, short, dim=1, largest=False, sorted=False)
-            cand, val = top.indices.numpy(), top.values.numpy().astype(np.float64)
+            cand, val = self._shortlist(R, short, a, b, guide)
+            val = val.astype(np.float64)
             order = np.lexsort((cand, val), axis=-1)             # ties by index
             val = np.take_along_axis(val, order, axis=1)
             ind[a:b] = np.take_along_axis(cand, order[:, :k], axis=1)
@@ -334,11 +345,51 @@ class MaskedSearch:
             close |= d2[:, 0] * si[a:b] <= tol           # a (near-)duplicate: its distance
             edge = (val[:, -1] - val[:, min(k, short - 1)] <= tol) & (short < n - 1)
             cand = np.take_along_axis(cand, order, axis=1)
-            for r in np.flatnonzero(close & ~edge):
-                ind[a + r], dist[a + r] = _nearest_of(Xm, a + r, cand[r], k)
+            redo = np.flatnonzero(close & ~edge)
+            if len(redo):
+                ind[a + redo], dist[a + redo] = _nearest_of_rows(Xm, a + redo, cand[redo], k)
             search.append(a + np.flatnonzero(edge))
+            if shortlists is not None:
+                shortlists[a:b] = cand
+        if shortlists is not None:
+            self._guide[short] = shortlists
         search = np.concatenate(search)
         if len(search):
             ind[search], dist[search] = _exact_rows(Xm, search, k)
         return ind, dist
+
+    @staticmethod
+    def _shortlist(R, short: int, a: int, b: int,
+                   guide: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+        """The ``short`` smallest entries of every row of ``R`` (rows ``a:b``): their columns
+        and values, in no particular order.
+
+        With ``guide`` (``short`` distinct columns per row other than the row itself: the
+        shortlists of an earlier search of the same class), the largest of ``R`` at those
+        columns bounds each row's ``short``-th smallest entry from above, so only the entries
+        up to that bound are selected from (the same values as a selection over the whole row;
+        rows of equal values at the edge may keep another of them, which the caller's edge
+        test sends to the exact search either way).
+        """
+        import torch
+
+        Rn = R.numpy()
+        if guide is not None:
+            bound = np.take_along_axis(Rn, guide[a:b], axis=1).max(axis=1, keepdims=True)
+            flat = np.flatnonzero(Rn <= bound)
+            rows = flat // Rn.shape[1]
+            counts = np.bincount(rows, minlength=b - a)
+            if counts.min() >= short:           # (not so only where R holds NaN)
+                slot = np.arange(len(flat)) - (np.cumsum(counts) - counts)[rows]
+                vals = np.full((b - a, int(counts.max())), np.inf, dtype=Rn.dtype)
+                cols = np.zeros(vals.shape, dtype=np.int64)
+                vals[rows, slot] = Rn.reshape(-1)[flat]
+                cols[rows, slot] = flat - rows * Rn.shape[1]
+                if vals.shape[1] > short:
+                    part = np.argpartition(vals, short - 1, axis=1)[:, :short]
+                    vals = np.take_along_axis(vals, part, axis=1)
+                    cols = np.take_along_axis(cols, part, axis=1)
+                return cols, vals
+        top = torch.topk(R, short, dim=1, largest=False, sorted=False)
+        return top.indices.numpy(), top.values.numpy()
 
