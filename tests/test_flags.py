@@ -740,3 +740,67 @@ def test_sweep_cuts_below_the_bar_skip_their_randomness_graph(artefact_class, na
         full = clever_hans_score(result, inputs, _pipe(), features=feats)
         assert _same_verdict(fast, full)
     assert any(skipped) and not all(skipped), skipped
+
+
+def _edge_classes():
+    """Two classes whose relevance singles out 20 % of the samples at the top-left corner: in
+    the first the group's inputs carry a stamp there (a bright 2×2 block: new edges), in the
+    second its inputs are like the rest's (the model looks differently at objects that are not
+    marked at all). Returns, per class, (relevance, inputs, raw images, group)."""
+    out = []
+    for seed, stamp in ((11, True), (12, False)):
+        rng = np.random.default_rng(seed)
+        x = _inputs(rng, 300)
+        group = np.zeros(300, dtype=bool)
+        group[rng.choice(300, size=60, replace=False)] = True
+        if stamp:
+            x[group, 0:2, 0:2] += 1.0
+        rel = x * (1 + 0.3 * rng.standard_normal(x.shape))
+        rel[group] *= 0.3
+        rel[group, 0, 0] = 6.0 + rng.random(group.sum())
+        out.append((_normalize(rel), _normalize(x), x, group))
+    return out
+
+
+def test_edge_randomness_lowers_a_group_the_inputs_edges_do_not_tell_apart():
+    """Without the edge term both groups are flagged; with it the stamped group keeps its score
+    (its edges separate it: edge randomness well below the knee) and the unmarked group is
+    lowered by ``edge_randomness_weight`` per unit of edge randomness above the knee."""
+    from spray.analysis.preprocess import edge_energy, preprocess
+
+    params = flag_params(_pipe())
+    assert params.edge_randomness_knee == 0.6 and params.edge_randomness_weight == 10.0
+    (stamped, unmarked) = _edge_classes()
+    with_edges = _pipe()
+    for i, (feats, inputs, raw, group) in enumerate((stamped, unmarked)):
+        edges = preprocess(edge_energy(raw), with_edges["preprocess"])
+        result = analyze(feats, pipeline=_pipe(), embed=False)
+        off = clever_hans_score(result, inputs, _pipe(edge_randomness_weight=0.0),
+                                features=feats, edge_features=edges)
+        on = clever_hans_score(result, inputs, with_edges, features=feats, edge_features=edges)
+        assert off["flagged"]
+        assert all("edge_randomness" not in c for c in off["clusters"])   # weight 0: unmeasured
+        cl = next(c for c in on["clusters"] if c["id"] == on["candidate_cluster"])
+        members = on["labels"] == cl["id"]
+        assert (members & group).sum() / members.sum() >= 0.9
+        if i == 0:
+            assert on["flagged"] and cl["edge_randomness"] < 0.5 and cl["edge_penalty"] == 0.0
+            assert on["score"] == pytest.approx(off["score"], abs=1e-3)
+        else:
+            assert cl["edge_randomness"] > 0.85
+            assert cl["edge_penalty"] == pytest.approx(
+                10.0 * (cl["edge_randomness"] - 0.6), abs=1e-3)
+            assert on["score"] == pytest.approx(off["score"] - cl["edge_penalty"], abs=1e-3)
+
+
+def test_edge_energy_sums_the_channels_gradient_magnitudes():
+    from spray.analysis.preprocess import edge_energy
+
+    x = np.zeros((1, 3, 6, 6), dtype=np.float32)
+    x[0, 0, :, 3:] = 1.0              # a vertical edge in red
+    x[0, 2, 3:, :] = 2.0              # a horizontal edge in blue, twice as strong
+    e = edge_energy(x)
+    assert e.shape == (1, 6, 6)
+    assert e[0, 0, 2] == pytest.approx(0.5) and e[0, 0, 0] == 0.0
+    assert e[0, 2, 0] == pytest.approx(1.0) and e[0, 2, 2] == pytest.approx(1.5)
+    assert np.array_equal(edge_energy(x[:, 0]), edge_energy(x[:, :1]))

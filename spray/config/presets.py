@@ -220,6 +220,14 @@ class FlagsSection(_Section):
     colocation_knee: float = Field(default=0.5, ge=0, le=1)
     colocation_weight: float = Field(default=5.0, ge=0)
     colocation_noise: float = Field(default=2.0, ge=0)
+    #: edge randomness: the group's conductance in the kNN graph of the inputs' edge energy
+    #: (:func:`spray.analysis.preprocess.edge_energy`, preprocessed like the inputs) over a
+    #: random subset's; a stamp's edges separate its group (low), a group the edges do not
+    #: separate (high: e.g. objects at one side of the image) loses ``edge_randomness_weight``
+    #: per unit above the knee (docs/verdict-eval.md, "Edge energy"). Weight 0: not measured
+    #: (the callers pass no edge features).
+    edge_randomness_knee: float = Field(default=0.6, ge=0)
+    edge_randomness_weight: float = Field(default=10.0, ge=0)
     candidates: Literal["analysis", "all-k"] = "analysis"
     bisect_clusters: bool = True
     other_k_min_jaccard: float = Field(default=0.5, ge=0, le=1)

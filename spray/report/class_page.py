@@ -73,7 +73,11 @@ def _evidence(entry: dict) -> str:
              f"(bootstrap-stable value {_fmt(cl.get('contrast_stable'), 2)}, size penalty "
              f"{_fmt(cl.get('size_penalty'), 2)}, randomness penalty "
              f"{_fmt(cl.get('randomness_penalty'), 2)}, colocation penalty "
-             f"{_fmt(cl.get('colocation_penalty') or 0.0, 2)}) → score {_fmt(cl.get('score'), 2)} "
+             f"{_fmt(cl.get('colocation_penalty') or 0.0, 2)}"
+             + (f", edge randomness {_fmt(cl['edge_randomness'], 2)} and its penalty "
+                f"{_fmt(cl.get('edge_penalty'), 2)}" if cl.get("edge_randomness") is not None
+                else "")
+             + f") → score {_fmt(cl.get('score'), 2)} "
              f"against the threshold {_fmt(entry.get('threshold'), 2)}."]
     if cl.get("split_from") is not None:
         parent = next((c for c in entry["clusters"] if c["id"] == cl["split_from"]), {})

@@ -233,18 +233,21 @@ def _write_cluster_views(cg, source, indices: np.ndarray, labels: np.ndarray,
     write_array(cg, "example_inputs", source.load_display(indices[rows]).astype(np.float32))
 
 
-def class_features(cg, c: int, source, params: dict) -> tuple[np.ndarray, np.ndarray]:
-    """Preprocessed relevance and raw-input features of a class, read chunk by chunk.
+def class_features(cg, c: int, source, params: dict,
+                   edges: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """Preprocessed relevance and raw-input features of a class, read chunk by chunk, and with
+    ``edges`` the preprocessed edge energy of the inputs
+    (:func:`~spray.analysis.preprocess.edge_energy`; else None).
 
     Preprocessing works row by row, so the result equals preprocessing the whole class at once
     while memory holds one chunk of maps and inputs (plus the small ``(n, d)`` features).
     """
-    from spray.analysis.preprocess import nonfinite_rows, preprocess
+    from spray.analysis.preprocess import edge_energy, nonfinite_rows, preprocess
 
     indices = cg["index"][:]
     rel = cg["relevance"]
     step = int(cg.attrs.get("chunk_size", 4096))
-    feats, in_feats, bad = [], [], []
+    feats, in_feats, edge_feats, bad = [], [], [], []
     for start in range(0, len(indices), step):
         maps = rel[start:start + step]
         rows = nonfinite_rows(maps)
@@ -254,12 +257,16 @@ def class_features(cg, c: int, source, params: dict) -> tuple[np.ndarray, np.nda
         if bad:
             continue
         feats.append(preprocess(maps, params))
-        in_feats.append(preprocess(source.load_display(indices[start:start + step]), params))
+        inputs = source.load_display(indices[start:start + step])
+        in_feats.append(preprocess(inputs, params))
+        if edges:
+            edge_feats.append(preprocess(edge_energy(inputs), params))
     if bad:
         shown = ", ".join(str(i) for i in bad[:10])
         raise DataError(f"class {c}: relevance maps of {len(bad)} sample(s) hold NaN/Inf "
                         f"(dataset indices {shown}{' ...' if len(bad) > 10 else ''})")
-    return np.concatenate(feats), np.concatenate(in_feats)
+    return (np.concatenate(feats), np.concatenate(in_feats),
+            np.concatenate(edge_feats) if edges else None)
 
 
 def pipeline_hash(pipeline: dict) -> str:
@@ -321,7 +328,9 @@ def analyze_stored_class(run_dir: str, c: int, pipeline: dict, data_cfg: dict,
         return {"class": c, **previous, "reused": True}  # same maps, same pipeline: keep it
     indices = cg["index"][:]
     source = open_source(data_cfg)
-    features, input_features = class_features(cg, c, source, pipeline["preprocess"])
+    edges = bool((pipeline.get("flags") or {}).get("edge_randomness_weight"))
+    features, input_features, edge_features = class_features(cg, c, source,
+                                                             pipeline["preprocess"], edges)
     write_array(cg, "features", features)
     write_array(cg, "input_features", input_features)
     result = analyze(features, pipeline=pipeline, embed=pipeline["embedding"]["method"] != "none")
@@ -330,7 +339,8 @@ def analyze_stored_class(run_dir: str, c: int, pipeline: dict, data_cfg: dict,
     write_array(cg, "eigenvectors", result.eigenvectors.astype(np.float32))
     if result.embedding is not None:
         write_array(cg, "tsne", result.embedding.astype(np.float32))
-    verdict = clever_hans_score(result, input_features, pipeline, features=features)
+    verdict = clever_hans_score(result, input_features, pipeline, features=features,
+                                edge_features=edge_features)
     # the analysis' clusters, with any suspect half the score split off (verdict["splits"])
     labels = np.asarray(verdict.pop("labels"), dtype=np.int64)
     write_array(cg, "labels", labels)

@@ -130,6 +130,11 @@ def size_penalty(fraction: float, params: FlagsSection) -> float:
     return weight * (fraction - knee) / (0.5 - knee)
 
 
+def edge_penalty(edge_randomness: float, params: FlagsSection) -> float:
+    """Linear penalty above the knee: ``edge_randomness_weight`` per unit of edge randomness."""
+    return params.edge_randomness_weight * max(0.0, edge_randomness - params.edge_randomness_knee)
+
+
 def randomness_penalty(randomness: float, params: FlagsSection) -> float:
     """Linear penalty below the knee: ``input_randomness_weight`` per unit of randomness."""
     return params.input_randomness_weight * max(0.0, params.input_randomness_knee - randomness)
@@ -153,6 +158,8 @@ class ClassGraphs:
         Resamples`), which take their graphs from them.
     search : the masked inputs' exact search from the inputs' Gram matrix (classes up to
         ``GRAM_MAX_SAMPLES``; above, every masked input array is searched on its own).
+    edges : the kNN graph of the inputs' edge energy (``edge_features``), or None (not given,
+        or ``edge_randomness_weight`` 0).
     """
 
     W: sp.csr_matrix
@@ -166,13 +173,16 @@ class ClassGraphs:
     whole_inputs: tuple | None = None
     cache: GraphCache | None = None
     search: MaskedSearch | None = None
+    edges: tuple | None = None
     _float64: dict | None = None
     _input_totals: tuple | None = None
     _by_cells: dict | None = None
 
     @classmethod
-    def build(cls, result, input_features, pipeline: dict, params: FlagsSection, features=None):
-        """The graphs of a class from its analysis result and its inputs."""
+    def build(cls, result, input_features, pipeline: dict, params: FlagsSection, features=None,
+              edge_features=None):
+        """The graphs of a class from its analysis result and its inputs (and the edge energy
+        of its inputs, preprocessed like them, for ``edge_randomness``)."""
         affinity = dict(pipeline["affinity"])
         affinity["k"] = int(result.k)
         W, degree = with_degree(result.affinity)
@@ -187,6 +197,11 @@ class ClassGraphs:
             graphs.whole_inputs = graphs.cache.lists(graphs.input_features).whole()
         elif n <= GRAM_MAX_SAMPLES:
             graphs.search = MaskedSearch(graphs.input_features)
+        if edge_features is not None and params.edge_randomness_weight > 0:
+            edges = np.asarray(edge_features, dtype=np.float32)
+            if edges.shape[0] != n:
+                raise ValueError(f"edge_features has {edges.shape[0]} rows, the inputs {n}")
+            graphs.edges = graphs.cache.lists(edges).whole()
         return graphs
 
     def difference(self, X: np.ndarray, mask: np.ndarray) -> np.ndarray:
@@ -281,6 +296,16 @@ class ClassGraphs:
                  else self.whole_inputs)
         return mask_conductance(*graph, mask) / random_conductance(int(mask.sum()), len(mask))
 
+    def edge_randomness(self, mask: np.ndarray) -> float | None:
+        """Conductance of ``mask`` in the kNN graph of the inputs' edge energy over that of a
+        random subset of its size (None without that graph): well below 1 when the members
+        share edges the rest lacks (a stamp, whatever its surroundings), about 1 for a group the
+        edges do not tell apart (objects placed at one side of a textured background)."""
+        if self.edges is None:
+            return None
+        return mask_conductance(*self.edges, mask) / random_conductance(int(mask.sum()),
+                                                                        len(mask))
+
 
 def subsample_size(n: int, params: FlagsSection) -> int:
     """Samples in each bootstrap resample of a class of ``n``."""
@@ -335,6 +360,10 @@ def measure(entry: ClusterEvidence, graphs: ClassGraphs,
         entry.concentration, entry.peak = c["concentration"], c["peak"]
         entry.peak_sign = c.get("peak_sign")
     entry.size_penalty = round(size_penalty(entry.fraction, params), 4)
+    edge = graphs.edge_randomness(mask)
+    if edge is not None:
+        entry.edge_randomness = round(edge, 4)
+        entry.edge_penalty = round(edge_penalty(edge, params), 4)
     return entry
 
 

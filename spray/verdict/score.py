@@ -35,7 +35,7 @@ def flag_params(pipeline: dict) -> FlagsSection:
 
 
 def score_class(result, input_features: np.ndarray, pipeline: dict,
-                features=None) -> Verdict:
+                features=None, edge_features=None) -> Verdict:
     """Score a class from its analysis result and the preprocessed raw inputs of its samples.
 
     Parameters
@@ -49,6 +49,10 @@ def score_class(result, input_features: np.ndarray, pipeline: dict,
     features : numpy.ndarray, optional
         ``(n, d)`` relevance features the analysis ran on; enables the input mask, the
         bootstrap and the spatial concentration.
+    edge_features : numpy.ndarray, optional
+        ``(n, d)`` edge energy of the raw inputs
+        (:func:`spray.analysis.preprocess.edge_energy`) preprocessed like them; with
+        ``edge_randomness_weight`` above 0, the edge randomness of every candidate.
 
     Returns
     -------
@@ -58,7 +62,8 @@ def score_class(result, input_features: np.ndarray, pipeline: dict,
     if features is not None:
         features = np.asarray(features)
         relevance = np.ascontiguousarray(features, dtype=np.float32)   # what is graphed
-    graphs = ClassGraphs.build(result, input_features, pipeline, params, features)
+    graphs = ClassGraphs.build(result, input_features, pipeline, params, features,
+                               edge_features)
     clusters, halves, other_k = candidate_groups(result, pipeline, params, graphs.W)
     for entry in clusters + halves + other_k:
         measure(entry, graphs)
@@ -120,6 +125,6 @@ def _verdict(clusters: list[ClusterEvidence], labels, splits, other_k,
 
 
 def clever_hans_score(result, input_features: np.ndarray, pipeline: dict,
-                      features=None) -> dict:
+                      features=None, edge_features=None) -> dict:
     """:func:`score_class` as the dict the run stores (``Verdict.to_dict()``)."""
-    return score_class(result, input_features, pipeline, features).to_dict()
+    return score_class(result, input_features, pipeline, features, edge_features).to_dict()

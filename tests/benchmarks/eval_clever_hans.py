@@ -232,6 +232,15 @@ def collect(setting, args) -> dict:
 
 # ------------------------------------------------------------------------------ scoring
 
+def edge_features(inputs: np.ndarray, pipe: dict) -> np.ndarray | None:
+    """The inputs' edge energy preprocessed like them, when the rule weighs it (else None)."""
+    if not (pipe.get("flags") or {}).get("edge_randomness_weight"):
+        return None
+    from spray.analysis.preprocess import edge_energy, preprocess
+
+    return preprocess(edge_energy(inputs), pipe["preprocess"])
+
+
 def score_setting(setting, data, pipe) -> list[dict]:
     from spray.analysis.analyze import analyze
     from spray.analysis.preprocess import preprocess
@@ -247,8 +256,10 @@ def score_setting(setting, data, pipe) -> list[dict]:
         t0 = time.perf_counter()
         feats = preprocess(maps, pipe["preprocess"])
         in_feats = preprocess(inputs, pipe["preprocess"])
+        edges = edge_features(inputs, pipe)
         result = analyze(feats, pipeline=pipe, embed=False)
-        verdict = clever_hans_score(result, in_feats, pipe, features=feats)
+        more = {} if edges is None else {"edge_features": edges}
+        verdict = clever_hans_score(result, in_feats, pipe, features=feats, **more)
         seconds = time.perf_counter() - t0
         truth = data["poisoned"][sel]
         row = {"setting": setting_name(setting), "dataset": ds, "artefact": art, "fraction": p,
