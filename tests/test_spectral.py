@@ -262,7 +262,7 @@ def test_chebyshev_filter_in_float32_keeps_the_wanted_components_with_outliers_p
     X = torch.from_numpy(rng.standard_normal((M.shape[0], 8)))
     X = X - torch.from_numpy(null) @ (torch.from_numpy(null).T @ X)
     P64 = torch.from_numpy(null)
-    A64, A32 = (spectral._torch_csr(M, t) for t in (torch.float64, torch.float32))
+    A64, A32 = (spectral._RowBlocks(M, t, 2) for t in (torch.float64, torch.float32))
     mu = spectral._eigsh(M, 3, 0.0, 0, null)[0]
     cut = float(mu[-1]) - 0.02  # the bulk edge, as the iteration places it
     ref = spectral._chebyshev_filter(A64, X, 40, cut, P=P64)
