@@ -4,8 +4,9 @@
   (``k: auto`` = ⌈ln n⌉). Exact search (scikit-learn, brute force on BLAS) up to
   ``approximate_above`` samples; above, ``search`` decides: ``approximate`` (pynndescent's
   NN-descent), ``exact`` (blocked bfloat16 products, :mod:`spray.analysis.knn_blocked`) or
-  ``auto`` (pynndescent where a probe finds low-dimensional neighbourhoods and its recall on
-  the probe rows reaches ``min_recall``, the exact search otherwise, see :func:`large_knn`). Duplicate
+  ``auto`` (the exact search where its ``n²·d`` multiply-adds are at most ``exact_max_cost``;
+  above, pynndescent where a probe finds low-dimensional neighbourhoods and its recall on the
+  probe rows reaches ``min_recall``, the exact search otherwise, see :func:`large_knn`). Duplicate
   samples are fine: the sample itself is removed by index, never by distance, and ties are
   broken by index, so the graph is deterministic.
 * Edge weights: ``binary`` (thesis eq. 6.1), ``gaussian`` ``exp(-d²/(2σ²))`` with ``sigma``
@@ -201,14 +202,29 @@ def probe_recall(indices: np.ndarray, rows: np.ndarray, truth: np.ndarray) -> fl
     return float(np.mean(hits)) / k
 
 
+def exact_is_cheap(n: int, d: int, params: AffinitySection | dict) -> bool:
+    """Whether ``search: auto`` takes the exact search without a probe: its ``n²·d``
+    multiply-adds are at most ``exact_max_cost``.
+
+    pynndescent compiles part of its kernels in every new process (~17 s on 2 cores, more
+    than its search of 100 000 samples), while the exact search's kernels come from numba's
+    on-disk cache; the default 1.6·10¹³ (200 000 samples of 400 dimensions) is about where the
+    exact search's time (growing with n²) overtakes pynndescent's in a fresh process
+    (docs/scale.md). Above it pynndescent's n log n growth wins.
+    """
+    params = AffinitySection.coerce(params)
+    return float(n) * float(n) * float(d) <= params.exact_max_cost
+
+
 def large_knn(X: np.ndarray, k: int, params: AffinitySection | dict, seed: int = 0):
     """Neighbours of a class above ``approximate_above`` samples, per ``affinity.search``.
 
     ``exact``: the blocked exact search (:mod:`spray.analysis.knn_blocked`). ``approximate``:
-    pynndescent. ``auto``: a probe (:func:`probe_neighbours`) estimates the intrinsic dimension
-    of the neighbourhoods; above ``ann_max_lid`` no index keeps its recall and the exact search
-    runs; otherwise pynndescent runs and its recall on the probe rows is checked: below
-    ``min_recall`` the exact search replaces it (fail closed, with a warning).
+    pynndescent. ``auto``: the exact search when :func:`exact_is_cheap`; otherwise a probe
+    (:func:`probe_neighbours`) estimates the intrinsic dimension of the neighbourhoods; above
+    ``ann_max_lid`` no index keeps its recall and the exact search runs; otherwise pynndescent
+    runs and its recall on the probe rows is checked: below ``min_recall`` the exact search
+    replaces it (fail closed, with a warning).
     """
     from spray.analysis.knn_blocked import blocked_knn
 
@@ -216,7 +232,11 @@ def large_knn(X: np.ndarray, k: int, params: AffinitySection | dict, seed: int =
     search, n_jobs = params.search, params.n_jobs
     if search == "approximate":
         return (*approximate_knn(X, k, params, seed=seed), "pynndescent")
-    if search == "auto":
+    if search == "auto" and exact_is_cheap(X.shape[0], X.shape[1], params):
+        log.info("kNN: %d × %d features: exact blocked search (n²·d = %.2g ≤ "
+                 "affinity.exact_max_cost %.2g)", *X.shape, float(X.shape[0]) ** 2 * X.shape[1],
+                 params.exact_max_cost)
+    elif search == "auto":
         rows, truth, lid = probe_neighbours(X, k, seed=seed)
         max_lid = params.ann_max_lid
         if lid <= max_lid:
