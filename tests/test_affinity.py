@@ -72,7 +72,8 @@ def test_exact_knn_matches_bruteforce():
 def test_exact_and_approximate_agree_on_eigengap():
     X = planted()
     exact = knn_affinity(X, {"k": "auto", "approximate_above": 10 ** 9})
-    approx, info = knn_affinity(X, {"k": "auto", "approximate_above": 0}, return_info=True)
+    approx, info = knn_affinity(X, {"k": "auto", "approximate_above": 0, "exact_max_cost": 0},
+                                return_info=True)
     assert info["method"] == "pynndescent"
     lam_e, _ = smallest_eigenpairs(exact, 12)
     lam_a, _ = smallest_eigenpairs(approx, 12)
