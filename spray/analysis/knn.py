@@ -177,8 +177,9 @@ def probe_neighbours(X: np.ndarray, k: int, seed: int = 0, m: int = PROBE_ROWS):
     rows = np.sort(rng.choice(n, size=min(m, n), replace=False))
     sq = squared_norms(X)
     best = []
-    for s in range(0, len(rows), 64):
-        r = rows[s:s + 64]
+    step = max(1, min(64, 2 ** 25 // n))  # float64 distance blocks of at most ~256 MB
+    for s in range(0, len(rows), step):
+        r = rows[s:s + step]
         D = sq[r, None] - 2.0 * (X[r] @ X.T).astype(np.float64) + sq[None, :]
         D[np.arange(len(r)), r] = np.inf
         part = np.argpartition(D, k - 1, axis=1)[:, :k]
