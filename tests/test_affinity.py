@@ -183,14 +183,14 @@ def test_search_auto_replaces_an_index_below_min_recall():
 
 def test_search_auto_takes_the_exact_search_below_its_cost_bound(monkeypatch):
     """Below ``exact_max_cost`` (n²·d) ``search: auto`` runs the exact search without a probe
-    or pynndescent, whose compilation in every new process costs more than the exact search
-    of up to ~200 000 samples of 400 dimensions (docs/scale.md); above, the probe decides."""
+    or pynndescent (whose compilation in every new process can cost more than the search);
+    above it, and by default (0), the probe decides."""
     import spray.analysis.knn as knn
 
-    assert knn.exact_is_cheap(100_000, 400, {}) and knn.exact_is_cheap(200_000, 400, {})
-    assert not knn.exact_is_cheap(300_000, 400, {})
-    assert not knn.exact_is_cheap(1_000_000, 400, {})
-    assert not knn.exact_is_cheap(100_000, 400, {"exact_max_cost": 0})
+    bound = {"exact_max_cost": 1.6e13}
+    assert knn.exact_is_cheap(100_000, 400, bound) and knn.exact_is_cheap(200_000, 400, bound)
+    assert not knn.exact_is_cheap(300_000, 400, bound)
+    assert not knn.exact_is_cheap(60_000, 400, {})
 
     def no_probe(*args, **kwargs):
         raise AssertionError("probe or index used below the exact search's cost bound")
@@ -198,10 +198,10 @@ def test_search_auto_takes_the_exact_search_below_its_cost_bound(monkeypatch):
     monkeypatch.setattr(knn, "probe_neighbours", no_probe)
     monkeypatch.setattr(knn, "approximate_knn", no_probe)
     Y = planted()  # low-dimensional: the probe would have chosen pynndescent
-    ind, _, method = knn.knn_neighbors(Y, 8, {"approximate_above": 0, "search": "auto"})
+    params = {"approximate_above": 0, "search": "auto"}
+    ind, _, method = knn.knn_neighbors(Y, 8, dict(params, **bound))
     assert method == "exact-blocked"
     ref, _ = exact_knn(Y, 8)
     assert np.mean(np.sort(ind, axis=1) == np.sort(ref, axis=1)) > 0.999
     with pytest.raises(AssertionError, match="probe"):
-        knn.knn_neighbors(Y, 8, {"approximate_above": 0, "search": "auto",
-                                 "exact_max_cost": 0})
+        knn.knn_neighbors(Y, 8, params)

@@ -4,9 +4,10 @@
   (``k: auto`` = ⌈ln n⌉). Exact search (scikit-learn, brute force on BLAS) up to
   ``approximate_above`` samples; above, ``search`` decides: ``approximate`` (pynndescent's
   NN-descent), ``exact`` (blocked bfloat16 products, :mod:`spray.analysis.knn_blocked`) or
-  ``auto`` (the exact search where its ``n²·d`` multiply-adds are at most ``exact_max_cost``;
-  above, pynndescent where a probe finds low-dimensional neighbourhoods and its recall on the
-  probe rows reaches ``min_recall``, the exact search otherwise, see :func:`large_knn`). Duplicate
+  ``auto`` (the exact search where its ``n²·d`` multiply-adds are at most ``exact_max_cost``,
+  off by default; otherwise pynndescent where a probe finds low-dimensional neighbourhoods and
+  its recall on the probe rows reaches ``min_recall``, the exact search otherwise, see
+  :func:`large_knn`). Duplicate
   samples are fine: the sample itself is removed by index, never by distance, and ties are
   broken by index, so the graph is deterministic.
 * Edge weights: ``binary`` (thesis eq. 6.1), ``gaussian`` ``exp(-d²/(2σ²))`` with ``sigma``
@@ -205,13 +206,14 @@ def probe_recall(indices: np.ndarray, rows: np.ndarray, truth: np.ndarray) -> fl
 
 def exact_is_cheap(n: int, d: int, params: AffinitySection | dict) -> bool:
     """Whether ``search: auto`` takes the exact search without a probe: its ``n²·d``
-    multiply-adds are at most ``exact_max_cost``.
+    multiply-adds are at most ``exact_max_cost`` (0, the default, never).
 
     pynndescent compiles part of its kernels in every new process (~17 s on 2 cores, more
     than its search of 100 000 samples), while the exact search's kernels come from numba's
-    on-disk cache; the default 1.6·10¹³ (200 000 samples of 400 dimensions) is about where the
-    exact search's time (growing with n²) overtakes pynndescent's in a fresh process
-    (docs/scale.md). Above it pynndescent's n log n growth wins.
+    on-disk cache. But ``n²·d`` predicts the exact search only where few rows have to be
+    searched again: on features with low-dimensional clusters, bfloat16 rounding leaves many
+    rows unsure (a third of 50 000 samples of the 8-group benchmark features, 38 CPU s
+    against ~10 for 100 000 samples of noise; docs/scale.md), so the bound is off by default.
     """
     params = AffinitySection.coerce(params)
     return float(n) * float(n) * float(d) <= params.exact_max_cost
