@@ -191,14 +191,15 @@ def _torch_csr(M: sp.csr_matrix, dtype):
 class _RowBlocks:
     """``M`` as torch CSR row blocks of about equal non-zeros, multiplied side by side.
 
-    torch's CSR × dense product on the CPU does not share its work among its threads: with 2
-    threads on the 100k-node graph of noise both threads were busy for the whole product
-    (CPU time 1.5–2× that of one thread) and it took no less time, so
-    :func:`_fastest_threads` chose one thread and the eigenpairs ran on one core. Here each
-    row block runs torch's kernel with one thread, the blocks in parallel Python threads
-    (torch releases the GIL): the CPU time stays that of one thread and the wall time
-    divides. Every output row is computed by the same kernel as before, so the results are
-    the same to the bit whatever the number of threads.
+    torch's CSR × dense product with 2 OpenMP threads divides the work on idle cores, but its
+    threads keep the cores busy between products: on shared cores both stayed busy for the
+    whole solve (1.5–3× the CPU time of one thread, no shorter), and the timing of
+    :func:`_fastest_threads` chose one thread in the quiet benchmark run (the eigenpairs of
+    the hard 100k case on one core). Here each row block runs torch's kernel with one thread,
+    the blocks in parallel Python threads (torch releases the GIL): the CPU time stays that
+    of one thread whatever the load, and the wall time divides on idle cores. Every output
+    row is computed by the same kernel as with one thread, so the results are the same to the
+    bit whatever the number of threads.
     """
 
     def __init__(self, M: sp.csr_matrix, dtype, parts: int):
