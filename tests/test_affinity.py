@@ -72,7 +72,8 @@ def test_exact_knn_matches_bruteforce():
 def test_exact_and_approximate_agree_on_eigengap():
     X = planted()
     exact = knn_affinity(X, {"k": "auto", "approximate_above": 10 ** 9})
-    approx, info = knn_affinity(X, {"k": "auto", "approximate_above": 0}, return_info=True)
+    approx, info = knn_affinity(X, {"k": "auto", "approximate_above": 0, "exact_max_cost": 0},
+                                return_info=True)
     assert info["method"] == "pynndescent"
     lam_e, _ = smallest_eigenpairs(exact, 12)
     lam_a, _ = smallest_eigenpairs(approx, 12)
@@ -159,11 +160,12 @@ def test_search_auto_uses_the_exact_search_where_an_index_fails():
 
     X, Y = isotropic(), planted()
     assert probe_neighbours(X, 8)[2] > 40 > probe_neighbours(Y, 8)[2]
-    ind, dist, method = knn_neighbors(X, 8, {"approximate_above": 0, "search": "auto"})
+    params = {"approximate_above": 0, "search": "auto", "exact_max_cost": 0}  # probe decides
+    ind, dist, method = knn_neighbors(X, 8, params)
     assert method == "exact-blocked"
     ref, _ = exact_knn(X, 8)
     assert np.mean(np.sort(ind, axis=1) == np.sort(ref, axis=1)) > 0.999
-    assert knn_neighbors(Y, 8, {"approximate_above": 0, "search": "auto"})[2] == "pynndescent"
+    assert knn_neighbors(Y, 8, params)[2] == "pynndescent"
 
 
 @pytest.mark.slow  # pynndescent compiles its kernels with numba on first use
@@ -173,7 +175,33 @@ def test_search_auto_replaces_an_index_below_min_recall():
 
     X = isotropic()
     params = {"approximate_above": 0, "search": "auto", "ann_max_lid": 1e9,
-              "ann_neighbors": 9, "ann_iters": 1, "ann_trees": 1}
+              "exact_max_cost": 0, "ann_neighbors": 9, "ann_iters": 1, "ann_trees": 1}
     assert knn_neighbors(X, 8, dict(params, search="approximate"))[2] == "pynndescent"
     _, _, method = knn_neighbors(X, 8, params)
     assert method == "exact-blocked"
+
+
+def test_search_auto_takes_the_exact_search_below_its_cost_bound(monkeypatch):
+    """Below ``exact_max_cost`` (n²·d) ``search: auto`` runs the exact search without a probe
+    or pynndescent (whose compilation in every new process can cost more than the search);
+    above it, and by default (0), the probe decides."""
+    import spray.analysis.knn as knn
+
+    bound = {"exact_max_cost": 1.6e13}
+    assert knn.exact_is_cheap(100_000, 400, bound) and knn.exact_is_cheap(200_000, 400, bound)
+    assert not knn.exact_is_cheap(300_000, 400, bound)
+    assert not knn.exact_is_cheap(60_000, 400, {})
+
+    def no_probe(*args, **kwargs):
+        raise AssertionError("probe or index used below the exact search's cost bound")
+
+    monkeypatch.setattr(knn, "probe_neighbours", no_probe)
+    monkeypatch.setattr(knn, "approximate_knn", no_probe)
+    Y = planted()  # low-dimensional: the probe would have chosen pynndescent
+    params = {"approximate_above": 0, "search": "auto"}
+    ind, _, method = knn.knn_neighbors(Y, 8, dict(params, **bound))
+    assert method == "exact-blocked"
+    ref, _ = exact_knn(Y, 8)
+    assert np.mean(np.sort(ind, axis=1) == np.sort(ref, axis=1)) > 0.999
+    with pytest.raises(AssertionError, match="probe"):
+        knn.knn_neighbors(Y, 8, params)

@@ -262,7 +262,7 @@ def test_chebyshev_filter_in_float32_keeps_the_wanted_components_with_outliers_p
     X = torch.from_numpy(rng.standard_normal((M.shape[0], 8)))
     X = X - torch.from_numpy(null) @ (torch.from_numpy(null).T @ X)
     P64 = torch.from_numpy(null)
-    A64, A32 = (spectral._torch_csr(M, t) for t in (torch.float64, torch.float32))
+    A64, A32 = (spectral._RowBlocks(M, t, 2) for t in (torch.float64, torch.float32))
     mu = spectral._eigsh(M, 3, 0.0, 0, null)[0]
     cut = float(mu[-1]) - 0.02  # the bulk edge, as the iteration places it
     ref = spectral._chebyshev_filter(A64, X, 40, cut, P=P64)
@@ -284,3 +284,40 @@ def test_outliers_are_the_locked_vectors_the_filter_amplifies_far_more():
     theta = np.array([0.99, 0.42, 0.41, 0.40, 0.39])
     assert list(_outliers(theta, 3, 0.386, 24)) == [0]
     assert list(_outliers(theta, 0, 0.386, 24)) == []
+
+
+def test_chebyshev_row_blocks_in_threads_give_the_same_products_to_the_bit():
+    """torch's CSR product does not share its work among its own threads; the solver cuts
+    ``M`` into row blocks multiplied in parallel threads, one torch thread each. The result
+    must not depend on the number of blocks or threads, and torch's thread count is
+    restored after a solve."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import torch
+
+    import spray.analysis.spectral as spectral
+
+    rng = np.random.default_rng(4)
+    W = knn_affinity(rng.standard_normal((2000, 50)), {"k": 10})
+    M, _ = spectral.normalized_affinity(W)
+    x0, x1 = (torch.from_numpy(rng.standard_normal((2000, 24)).astype(np.float32))
+              for _ in range(2))
+    one = spectral._RowBlocks(M, torch.float32, 1)
+    three = spectral._RowBlocks(M, torch.float32, 3)
+    assert len(one.blocks) == 1 and len(three.blocks) == 3
+    assert [b[0] for b in three.blocks] == [0, three.blocks[0][1], three.blocks[1][1]]
+    ref = one.addmm(x0, x1, -1.0, 0.7, -0.3)
+    assert np.allclose(ref.numpy(), -x0.numpy() + 0.7 * (M @ x1.numpy()) - 0.3 * x1.numpy(),
+                       atol=1e-5)
+    with ThreadPoolExecutor(3) as pool:
+        three.pool = pool
+        assert torch.equal(three.addmm(x0, x1, -1.0, 0.7, -0.3), ref)
+        assert torch.equal(three @ x1, one @ x1)
+    before = torch.get_num_threads()
+    lam_one = smallest_eigenpairs(W, 12, solver="chebyshev")[0]
+    assert torch.get_num_threads() == before
+    torch.set_num_threads(1)
+    try:
+        assert np.array_equal(smallest_eigenpairs(W, 12, solver="chebyshev")[0], lam_one)
+    finally:
+        torch.set_num_threads(before)

@@ -4,8 +4,10 @@
   (``k: auto`` = ⌈ln n⌉). Exact search (scikit-learn, brute force on BLAS) up to
   ``approximate_above`` samples; above, ``search`` decides: ``approximate`` (pynndescent's
   NN-descent), ``exact`` (blocked bfloat16 products, :mod:`spray.analysis.knn_blocked`) or
-  ``auto`` (pynndescent where a probe finds low-dimensional neighbourhoods and its recall on
-  the probe rows reaches ``min_recall``, the exact search otherwise, see :func:`large_knn`). Duplicate
+  ``auto`` (the exact search where its ``n²·d`` multiply-adds are at most ``exact_max_cost``,
+  off by default; otherwise pynndescent where a probe finds low-dimensional neighbourhoods and
+  its recall on the probe rows reaches ``min_recall``, the exact search otherwise, see
+  :func:`large_knn`). Duplicate
   samples are fine: the sample itself is removed by index, never by distance, and ties are
   broken by index, so the graph is deterministic.
 * Edge weights: ``binary`` (thesis eq. 6.1), ``gaussian`` ``exp(-d²/(2σ²))`` with ``sigma``
@@ -176,8 +178,9 @@ def probe_neighbours(X: np.ndarray, k: int, seed: int = 0, m: int = PROBE_ROWS):
     rows = np.sort(rng.choice(n, size=min(m, n), replace=False))
     sq = squared_norms(X)
     best = []
-    for s in range(0, len(rows), 64):
-        r = rows[s:s + 64]
+    step = max(1, min(64, 2 ** 25 // n))  # float64 distance blocks of at most ~256 MB
+    for s in range(0, len(rows), step):
+        r = rows[s:s + step]
         D = sq[r, None] - 2.0 * (X[r] @ X.T).astype(np.float64) + sq[None, :]
         D[np.arange(len(r)), r] = np.inf
         part = np.argpartition(D, k - 1, axis=1)[:, :k]
@@ -201,14 +204,30 @@ def probe_recall(indices: np.ndarray, rows: np.ndarray, truth: np.ndarray) -> fl
     return float(np.mean(hits)) / k
 
 
+def exact_is_cheap(n: int, d: int, params: AffinitySection | dict) -> bool:
+    """Whether ``search: auto`` takes the exact search without a probe: its ``n²·d``
+    multiply-adds are at most ``exact_max_cost`` (0, the default, never).
+
+    pynndescent compiles part of its kernels in every new process (~17 s on 2 cores, more
+    than its search of 100 000 samples), while the exact search's kernels come from numba's
+    on-disk cache. But ``n²·d`` predicts the exact search only where few rows have to be
+    searched again: on features with low-dimensional clusters, bfloat16 rounding leaves many
+    rows unsure (a third of 50 000 samples of the 8-group benchmark features, 38 CPU s
+    against ~10 for 100 000 samples of noise; docs/scale.md), so the bound is off by default.
+    """
+    params = AffinitySection.coerce(params)
+    return float(n) * float(n) * float(d) <= params.exact_max_cost
+
+
 def large_knn(X: np.ndarray, k: int, params: AffinitySection | dict, seed: int = 0):
     """Neighbours of a class above ``approximate_above`` samples, per ``affinity.search``.
 
     ``exact``: the blocked exact search (:mod:`spray.analysis.knn_blocked`). ``approximate``:
-    pynndescent. ``auto``: a probe (:func:`probe_neighbours`) estimates the intrinsic dimension
-    of the neighbourhoods; above ``ann_max_lid`` no index keeps its recall and the exact search
-    runs; otherwise pynndescent runs and its recall on the probe rows is checked: below
-    ``min_recall`` the exact search replaces it (fail closed, with a warning).
+    pynndescent. ``auto``: the exact search when :func:`exact_is_cheap`; otherwise a probe
+    (:func:`probe_neighbours`) estimates the intrinsic dimension of the neighbourhoods; above
+    ``ann_max_lid`` no index keeps its recall and the exact search runs; otherwise pynndescent
+    runs and its recall on the probe rows is checked: below ``min_recall`` the exact search
+    replaces it (fail closed, with a warning).
     """
     from spray.analysis.knn_blocked import blocked_knn
 
@@ -216,7 +235,11 @@ def large_knn(X: np.ndarray, k: int, params: AffinitySection | dict, seed: int =
     search, n_jobs = params.search, params.n_jobs
     if search == "approximate":
         return (*approximate_knn(X, k, params, seed=seed), "pynndescent")
-    if search == "auto":
+    if search == "auto" and exact_is_cheap(X.shape[0], X.shape[1], params):
+        log.info("kNN: %d × %d features: exact blocked search (n²·d = %.2g ≤ "
+                 "affinity.exact_max_cost %.2g)", *X.shape, float(X.shape[0]) ** 2 * X.shape[1],
+                 params.exact_max_cost)
+    elif search == "auto":
         rows, truth, lid = probe_neighbours(X, k, seed=seed)
         max_lid = params.ann_max_lid
         if lid <= max_lid:

@@ -16,7 +16,8 @@ Two solvers for the largest μ (``solver: auto`` picks by size, see :func:`choos
   precision, one sparse matrix–vector product at a time.
 * ``chebyshev``: Chebyshev-filtered subspace iteration (Zhou & Saad 2007, :func:`_chebyshev`)
   on a block of vectors. Written here because no library offers it and because it turns the
-  work into sparse × dense *block* products, which PyTorch runs multithreaded and in float32 —
+  work into sparse × dense *block* products, which PyTorch runs in float32 (row blocks of the
+  matrix side by side on the cores, :class:`_RowBlocks`) —
   at n = 100 000 a float32 product with 16–24 columns costs ~0.3 ms per vector against ~2.3 ms for
   scipy's float64 single vector, so the eigenpairs take ~3 s instead of ~13 s. Known
   eigenvectors that the filter amplifies far more than the wanted ones (the component null
@@ -36,6 +37,7 @@ import logging
 import threading
 import time
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import scipy.sparse as sp
@@ -186,7 +188,53 @@ def _torch_csr(M: sp.csr_matrix, dtype):
                                        torch.from_numpy(M.data).to(dtype), size=M.shape)
 
 
-def _chebyshev_filter(A, X, degree: int, cut: float, low: float = -1.0, P=None):
+class _RowBlocks:
+    """``M`` as torch CSR row blocks of about equal non-zeros, multiplied side by side.
+
+    torch's CSR × dense product with 2 OpenMP threads divides the work on idle cores, but its
+    threads keep the cores busy between products: on shared cores both stayed busy for the
+    whole solve (1.5–3× the CPU time of one thread, no shorter), and the timing of
+    :func:`_fastest_threads` chose one thread in the quiet benchmark run (the eigenpairs of
+    the hard 100k case on one core). Here each row block runs torch's kernel with one thread,
+    the blocks in parallel Python threads (torch releases the GIL): the CPU time stays that
+    of one thread whatever the load, and the wall time divides on idle cores. Every output
+    row is computed by the same kernel as with one thread, so the results are the same to the
+    bit whatever the number of threads.
+    """
+
+    def __init__(self, M: sp.csr_matrix, dtype, parts: int):
+        cuts = np.searchsorted(M.indptr, np.linspace(0, M.nnz, parts + 1)[1:-1])
+        edges = [0, *sorted(set(int(c) for c in cuts) - {0, M.shape[0]}), M.shape[0]]
+        self.blocks = [(a, b, _torch_csr(M[a:b], dtype)) for a, b in zip(edges, edges[1:])]
+        self.dtype = dtype
+        # a ThreadPoolExecutor runs the blocks in parallel; None: one after another
+        self.pool: ThreadPoolExecutor | None = None
+
+    def addmm(self, x0, x1, beta: float, alpha: float, gamma: float = 0.0):
+        """``beta · x0 + alpha · M @ x1 + gamma · x1`` (a new tensor)."""
+        import torch
+
+        out = torch.empty_like(x1)
+
+        def run(block):
+            a, b, A = block
+            torch.addmm(x0[a:b], A, x1, beta=beta, alpha=alpha, out=out[a:b])
+            if gamma:
+                out[a:b].add_(x1[a:b], alpha=gamma)
+
+        if self.pool is None or len(self.blocks) == 1:
+            for block in self.blocks:
+                run(block)
+        else:
+            list(self.pool.map(run, self.blocks))
+        return out
+
+    def __matmul__(self, X):
+        X = X.to(self.dtype).contiguous()
+        return self.addmm(X, X, 0.0, 1.0)
+
+
+def _chebyshev_filter(A: _RowBlocks, X, degree: int, cut: float, low: float = -1.0, P=None):
     """``T_degree`` of ``M`` mapped so that ``[low, cut]`` is damped (|T| ≤ 1) and the
     eigenvalues above ``cut`` are amplified; three-term recurrence, column blocks.
 
@@ -206,14 +254,13 @@ def _chebyshev_filter(A, X, degree: int, cut: float, low: float = -1.0, P=None):
     e, c = (cut - low) / 2.0, (cut + low) / 2.0
     out = []
     for s in range(0, X.shape[1], CHEBYSHEV_BLOCK):
-        x0 = project(X[:, s:s + CHEBYSHEV_BLOCK].contiguous())
-        x1 = torch.sparse.addmm(x0, A, x0, beta=-c / e, alpha=1.0 / e)
+        x0 = project(X[:, s:s + CHEBYSHEV_BLOCK].contiguous()).contiguous()
+        x1 = A.addmm(x0, x0, beta=-c / e, alpha=1.0 / e)
         for step in range(2, degree + 1):
-            x2 = torch.sparse.addmm(x0, A, x1, beta=-1.0, alpha=2.0 / e)
-            x2.add_(x1, alpha=-2.0 * c / e)
+            x2 = A.addmm(x0, x1, beta=-1.0, alpha=2.0 / e, gamma=-2.0 * c / e)
             x0, x1 = x1, x2
             if step % PROJECT_EVERY == 0 or step == degree:
-                x0, x1 = project(x0), project(x1)
+                x0, x1 = project(x0).contiguous(), project(x1).contiguous()
         out.append(x1)
     return torch.cat(out, dim=1)
 
@@ -239,23 +286,21 @@ def _outliers(theta: np.ndarray, locked: int, cut: float, degree: int,
 _THREADS_LOCK = threading.Lock()
 
 
-def _fastest_threads(A, X) -> int:
-    """torch threads for the block products: all of them, or one if that is faster right now.
+def _fastest_threads(A: _RowBlocks, X, pool) -> int:
+    """Threads for the block products: one per row block of ``A`` (in ``pool``), or one
+    thread if that is faster right now.
 
     Measured, not assumed: with other processes busy on the cores (parallel classes, other
-    workers), OpenMP's spinning threads made the products of a 100k-node graph several times
-    slower than one thread (eigenpairs in 14 s with 2 threads, 4 s with 1, on 2 busy cores),
-    while on idle cores 2 threads are ~1.8× faster. Three products per choice decide.
+    workers), threads waiting for a core can make the products slower than one thread (with
+    torch's OpenMP threads the eigenpairs of a 100k-node graph took 14 s with 2 threads, 4 s
+    with 1, on 2 busy cores). Three products per choice decide.
     """
-    import torch
-
-    most = torch.get_num_threads()
-    if most <= 1:
-        return most
+    if len(A.blocks) <= 1:
+        return 1
     block = X[:, :CHEBYSHEV_BLOCK].to(A.dtype).contiguous()
     timings: dict[int, float] = {}
-    for threads in (most, 1):
-        torch.set_num_threads(threads)
+    for threads, use in ((len(A.blocks), pool), (1, None)):
+        A.pool = use
         A @ block  # warm-up
         start = time.perf_counter()
         for _ in range(3):
@@ -303,11 +348,24 @@ def _chebyshev_iterate(M: sp.csr_matrix, m: int, tol: float, seed: int,
     tol = tol if tol > 0 else CHEBYSHEV_TOL
     gen = torch.Generator().manual_seed(int(seed))
     N = torch.from_numpy(null) if c else None
-    A64 = _torch_csr(M, torch.float64)
-    A32 = _torch_csr(M, torch.float32)
-    A = A32
+    parts = torch.get_num_threads()
+    A64 = _RowBlocks(M, torch.float64, parts)
+    A32 = _RowBlocks(M, torch.float32, parts)
     X = torch.randn(n, b, generator=gen, dtype=torch.float64)
-    torch.set_num_threads(_fastest_threads(A32, X))
+    torch.set_num_threads(1)  # each row block's product runs on one thread (see _RowBlocks)
+    with ThreadPoolExecutor(len(A32.blocks)) as pool:
+        threads = _fastest_threads(A32, X, pool)
+        A32.pool = A64.pool = pool if threads > 1 else None
+        log.debug("chebyshev: products in %d thread(s)", threads)
+        return _chebyshev_loop(M, A32, A64, X, k, tol, null, N, degree)
+
+
+def _chebyshev_loop(M, A32: _RowBlocks, A64: _RowBlocks, X, k: int, tol: float, null, N,
+                    degree: int):
+    """The iterations of :func:`_chebyshev_iterate` (``None``: stalled or capped)."""
+    import torch
+
+    A = A32
     cut, locked, worst, history, theta = 0.5, 0, np.inf, [], None
     for _ in range(CHEBYSHEV_MAX_ITER):
         parts = [N] if N is not None else []

@@ -90,6 +90,7 @@ class AffinitySection(_Section):
     approximate_above: int = Field(default=50000, ge=0)
     search: Literal["auto", "exact", "approximate"] = "auto"
     ann_max_lid: float = Field(default=40.0, gt=0)
+    exact_max_cost: float = Field(default=0.0, ge=0)
     min_recall: float = Field(default=0.95, ge=0, le=1)
     sigma: float | str = "auto"
     scale_neighbor: int = Field(default=7, ge=1)

@@ -98,6 +98,8 @@ def stage(record: dict, name: str, sampler: PeakRSS):
     record[name] = {"seconds": round(time.perf_counter() - t, 3),
                     "cpu_seconds": round(time.process_time() - cpu, 3),
                     "peak_mib": round(max(sampler.peak, sampler.rss()) / 2 ** 20 - base / 2 ** 20, 1)}
+    # progress on stderr: a long run that is stopped still shows how far it got
+    print(f"stage {name}: {json.dumps(record[name])}", file=sys.stderr, flush=True)
 
 
 def make_features(n: int, d: int = 400, seed: int = 0, latent: int = 16, groups: int = 8):
@@ -322,7 +324,7 @@ def run_scale_case(args, overrides):
 
     X, truth = make_case(args.case, args.n, d=args.d)
     runs = {}
-    for name in ("cold", "warm"):
+    for name in ("cold",) if args.once else ("cold", "warm"):
         load = os.getloadavg()[0]
         rec, info = run_spray(X, truth, embed=False, overrides=overrides)
         runs[name] = {"stages": rec, "total_seconds": round(sum(v["seconds"] for v in rec.values()), 3),
@@ -330,8 +332,9 @@ def run_scale_case(args, overrides):
     err = None
     if not args.no_eigen_check:
         err = eigenvalue_error(X, info["knn_method"], overrides)
+    last = runs["cold" if args.once else "warm"]
     out = {"tool": "spray", "case": args.case, "n": args.n, "d": args.d, **info,
-           "stages": runs["warm"]["stages"], "total_seconds": runs["warm"]["total_seconds"],
+           "stages": last["stages"], "total_seconds": last["total_seconds"],
            "cold_total_seconds": runs["cold"]["total_seconds"], "runs": runs,
            "eigenvalue_error_20k": err, "overrides": overrides,
            "max_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
@@ -473,6 +476,8 @@ def main(argv=None):
     one.add_argument("--overrides", default=None)
     one.add_argument("--case", choices=["easy", "hard"], default=None)
     one.add_argument("--no-eigen-check", action="store_true")
+    one.add_argument("--once", action="store_true",
+                     help="with --case: only the first (cold) analysis, e.g. for 1M samples")
     args = ap.parse_args(argv)
     if args.cmd == "one":
         return run_one(args)
