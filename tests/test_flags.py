@@ -804,3 +804,78 @@ def test_edge_energy_sums_the_channels_gradient_magnitudes():
     assert e[0, 0, 2] == pytest.approx(0.5) and e[0, 0, 0] == 0.0
     assert e[0, 2, 0] == pytest.approx(1.0) and e[0, 2, 2] == pytest.approx(1.5)
     assert np.array_equal(edge_energy(x[:, 0]), edge_energy(x[:, :1]))
+
+
+@pytest.fixture(scope="module")
+def artefact_with_lookalikes():
+    """60 stamped samples as in ``artefact_class``, and 10 unstamped ones whose relevance falls
+    on the same cell (the model looks there for another reason): the relevance graph cannot
+    tell them apart, the inputs at the hot spot can."""
+    rng = np.random.default_rng(5)
+    lookalike = np.zeros(300, dtype=bool)
+
+    def inputs(x, g):
+        x[g, 0, 0] += 0.3
+
+    def relevance(rel, g, rng_):
+        lookalike[rng.choice(np.flatnonzero(~g), size=10, replace=False)] = True
+        both = g | lookalike
+        rel[both] *= 0.3
+        rel[both, 0, 0] = 6.0 + rng_.random(both.sum())
+
+    feats, x, planted = _class_with_group(0, 60, inputs, relevance)
+    return feats, x, planted, lookalike
+
+
+def test_suspect_keeps_the_members_that_carry_its_pattern(artefact_with_lookalikes):
+    """The suspect's members without the stamp at its hot spot leave it for another cluster;
+    the score does not change, and with ``trim_min_auc`` above 1 nobody moves."""
+    feats, inputs, planted, lookalike = artefact_with_lookalikes
+    result = analyze(feats, pipeline=_pipe(), embed=False)
+    on = clever_hans_score(result, inputs, _pipe(), features=feats)
+    off = clever_hans_score(result, inputs, _pipe(trim_min_auc=1.01), features=feats)
+    assert on["flagged"] and on["score"] == off["score"]
+    kept = np.isin(off["labels"], off["suspect_clusters"])
+    assert kept[lookalike].mean() >= 0.9                # the graph puts them in the suspect
+    members = np.isin(on["labels"], on["suspect_clusters"])
+    assert (members & planted).sum() / members.sum() >= 0.97
+    assert (members & planted).sum() / planted.sum() >= 0.97
+    assert not members[lookalike].any()
+    cl = next(c for c in on["clusters"] if c["id"] == on["suspect_cluster"])
+    assert cl["hot_spot_auc"] >= 0.9 and cl["trimmed"] == int(kept[~planted].sum())
+    assert sorted(c["size"] for c in on["clusters"]) == sorted(
+        np.bincount(on["labels"][on["labels"] >= 0]).tolist())
+    cl_off = next(c for c in off["clusters"] if c["id"] == off["suspect_cluster"])
+    assert cl_off["trimmed"] == 0 and cl_off["hot_spot_auc"] == cl["hot_spot_auc"]
+
+
+def test_suspect_without_a_pattern_at_its_hot_spot_is_kept_whole(artefact_class):
+    """A group whose inputs at the hot spot do not tell it from the rest (the relevance moves
+    there, the inputs do not) keeps every member."""
+    feats, inputs, planted = artefact_class
+    flat = inputs.copy()
+    flat[:, 0] = flat[:, 0].mean()          # cell (0, 0): the same in every input
+    result = analyze(feats, pipeline=_pipe(), embed=False)
+    v = clever_hans_score(result, flat, _pipe(), features=feats)
+    off = clever_hans_score(result, flat, _pipe(trim_min_auc=1.01), features=feats)
+    assert (v["labels"] == off["labels"]).all()
+    for c in v["clusters"]:
+        if c["id"] in v["suspect_clusters"]:
+            assert c["trimmed"] == 0 and c["hot_spot_auc"] < 0.9
+
+
+def test_auc_and_nearest_cluster():
+    from sklearn.metrics import roc_auc_score
+
+    from spray.verdict.members import _nearest_cluster, auc
+
+    rng = np.random.default_rng(0)
+    s, m = rng.integers(0, 5, 200).astype(float), rng.random(200) < 0.3
+    assert auc(s, m) == pytest.approx(roc_auc_score(m, s))
+    labels = np.array([0, 0, 1, 1, 1, 2, 2])
+    W = sp.csr_matrix(np.array([[0, 0, 0, 0, 0, 0, 0]] * 7, dtype=float))
+    W = sp.lil_matrix((7, 7))
+    W[5, 0], W[5, 2], W[5, 3] = 0.1, 0.3, 0.3      # row 5 weighs cluster 1 most
+    assert _nearest_cluster(W.tocsr(), np.array([5, 6]), labels, [0, 1]).tolist() == [1, 1]
+    W[5, 0] = 1.0
+    assert _nearest_cluster(W.tocsr(), np.array([5]), labels, [0, 1]).tolist() == [0]

@@ -229,6 +229,12 @@ class FlagsSection(_Section):
     #: (the callers pass no edge features).
     edge_randomness_knee: float = Field(default=0.6, ge=0)
     edge_randomness_weight: float = Field(default=10.0, ge=0)
+    #: suspect members: when a suspect's inputs at its relevance hot spot (the
+    #: ``input_mask_area`` of cells where its relevance differs most) tell it from the rest of
+    #: the class with ROC AUC at least this, the members that do not carry the group's pattern
+    #: there leave it (:mod:`spray.verdict.members`); scores and flags do not change. Above 1:
+    #: never.
+    trim_min_auc: float = Field(default=0.9, ge=0)
     candidates: Literal["analysis", "all-k"] = "analysis"
     bisect_clusters: bool = True
     other_k_min_jaccard: float = Field(default=0.5, ge=0, le=1)

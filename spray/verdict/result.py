@@ -16,7 +16,8 @@ _EVIDENCE_KEYS = ("id", "half_of", "cut_along", "n_clusters", "cluster", "size",
                   "randomness_penalty", "colocation", "colocation_penalty",
                   "edge_randomness", "edge_penalty",
                   "concentration", "peak", "peak_sign", "size_penalty",
-                  "excluded", "resampled", "contrast_stable", "score", "split_from")
+                  "excluded", "resampled", "contrast_stable", "score", "split_from",
+                  "hot_spot_auc", "trimmed")
 
 
 @dataclass
@@ -41,6 +42,9 @@ class ClusterEvidence:
     resampled : False when the bootstrap was skipped because it could not change the verdict.
     contrast_stable, score : the bootstrap's stable contrast and the candidate's score.
     split_from : for a half split off as a new cluster, the cluster it came from.
+    hot_spot_auc, trimmed : for a suspect, how well its inputs at its relevance hot spot tell
+        it from the rest (ROC AUC) and how many members left it for not carrying that pattern
+        (:mod:`~spray.verdict.members`; ``size`` counts the members that stayed).
     score_from_k : the group of another K whose score this cluster took, with ``jaccard``.
     inputs : the input features the contrast was measured on (not serialized).
     """
@@ -71,6 +75,8 @@ class ClusterEvidence:
     contrast_stable: float | None = None
     score: float | None = None
     split_from: int | None = None
+    hot_spot_auc: float | None = None
+    trimmed: int | None = None
     score_from_k: ClusterEvidence | None = field(default=None, repr=False)
     jaccard: float | None = None
     inputs: np.ndarray | None = field(default=None, repr=False, compare=False)

@@ -4,7 +4,8 @@ The rule (``input-contrast``) is described in docs/verdict.md; its parameters ar
 section of the pipeline (:class:`spray.config.presets.FlagsSection`). The steps live in their
 own modules: :mod:`~spray.verdict.candidates` (which groups are scored),
 :mod:`~spray.verdict.evidence` (what is measured on each), :mod:`~spray.verdict.bootstrap` (the
-stable contrast), :mod:`~spray.verdict.halves` (split-off halves, groups of other K) and
+stable contrast), :mod:`~spray.verdict.halves` (split-off halves, groups of other K),
+:mod:`~spray.verdict.members` (who of a suspect carries its pattern) and
 :mod:`~spray.verdict.result` (the typed verdict).
 """
 
@@ -17,6 +18,7 @@ from spray.verdict.bootstrap import Resamples, stabilize, stabilize_cuts, verify
 from spray.verdict.candidates import candidate_groups, sweep_cuts
 from spray.verdict.evidence import ClassGraphs, measure
 from spray.verdict.halves import lift_by_other_k, split_off_sweep, split_suspect_halves
+from spray.verdict.members import trim_suspects
 from spray.verdict.result import ClusterEvidence, Verdict
 
 
@@ -83,6 +85,9 @@ def score_class(result, input_features: np.ndarray, pipeline: dict,
                                   graphs.cache)
         labels, clusters, more = _split_off_sweep(result, graphs, labels, clusters, resamples)
         splits = splits + more
+    suspects = [c.id for c in clusters if c.score is not None and c.score >= params.threshold]
+    labels = trim_suspects(labels, clusters, suspects, graphs.W, graphs.input_features,
+                           graphs.features, graphs.mask_area, params.trim_min_auc)
     return _verdict(clusters, labels, splits, other_k, params)
 
 
