@@ -847,6 +847,10 @@ def test_suspect_keeps_the_members_that_carry_its_pattern(artefact_with_lookalik
         np.bincount(on["labels"][on["labels"] >= 0]).tolist())
     cl_off = next(c for c in off["clusters"] if c["id"] == off["suspect_cluster"])
     assert cl_off["trimmed"] == 0 and cl_off["hot_spot_auc"] == cl["hot_spot_auc"]
+    from spray.report.class_page import _evidence
+
+    assert f"{cl['trimmed']} samples the relevance graph put in this group" in _evidence(on)
+    assert "relevance graph put in this group" not in _evidence(off)
 
 
 def test_suspect_without_a_pattern_at_its_hot_spot_is_kept_whole(artefact_class):

@@ -91,6 +91,12 @@ def _evidence(entry: dict) -> str:
                    "(<code>bisect_clusters</code>).")
         parts.append(f"The analysis had it in cluster {_esc(cl['split_from'])} together with "
                      f"{_fmt(parent.get('size'))} other samples; {how}")
+    if cl.get("trimmed"):
+        parts.append(f"{_fmt(cl['trimmed'])} samples the relevance graph put in this group do "
+                     f"not carry its pattern at the hot spot (their inputs there are closer to "
+                     f"the rest of the class; AUC {_fmt(cl.get('hot_spot_auc'), 2)}) and were "
+                     f"moved to the cluster their graph edges weigh most: the {_fmt(cl['size'])} "
+                     f"shown are the members that carry it.")
     if cl.get("input_randomness") is not None:
         where = (f"without the {100 * mask_area:.0f} % of the cells where its inputs differ "
                  f"most from the rest's" if mask_area > 0 else "as they are")

@@ -75,6 +75,15 @@ def auc(scores: np.ndarray, mask: np.ndarray) -> float:
     return float((ranks[mask].sum() - pos * (pos + 1) / 2) / (pos * neg))
 
 
+def core_auc(side: np.ndarray, mask: np.ndarray, core: np.ndarray) -> float:
+    """How well ``side`` tells the ``core`` of the group ``mask`` from the rest of the class
+    (ROC AUC, rounded; 0 for an empty core)."""
+    if not core.any():
+        return 0.0
+    judged = core | ~mask
+    return round(auc(side[judged], core[judged]), 4)
+
+
 def trim_suspects(labels: np.ndarray, clusters: list[ClusterEvidence], suspects: list[int],
                   W: sp.csr_matrix, input_features: np.ndarray, features: np.ndarray | None,
                   area: float, min_auc: float) -> np.ndarray:
@@ -90,7 +99,7 @@ def trim_suspects(labels: np.ndarray, clusters: list[ClusterEvidence], suspects:
     numpy.ndarray
         The labels after the moves (a new array when anything moved).
     """
-    keep = [c.id for c in clusters if c.id not in suspects and c.size]
+    keep = [c.id for c in clusters if c.id is not None and c.id not in suspects and c.size]
     if features is None or area <= 0 or not keep:
         return labels
     labels = np.array(labels, copy=True)
@@ -102,11 +111,10 @@ def trim_suspects(labels: np.ndarray, clusters: list[ClusterEvidence], suspects:
         if side is None:
             continue
         core = mask & (side > 0)
-        entry.hot_spot_auc = round(auc(side[core | ~mask], core[core | ~mask]), 4) \
-            if core.any() else 0.0
-        out = np.flatnonzero(mask & ~core)
-        entry.trimmed = (int(len(out)) if entry.hot_spot_auc >= min_auc
-                         and 2 * core.sum() >= mask.sum() else 0)
+        entry.hot_spot_auc = core_auc(side, mask, core)
+        carried = entry.hot_spot_auc >= min_auc and 2 * core.sum() >= mask.sum()
+        out = np.flatnonzero(mask & ~core) if carried else np.empty(0, dtype=np.intp)
+        entry.trimmed = int(len(out))
         if entry.trimmed:
             labels[out] = _nearest_cluster(W, out, labels, keep)
     _resize(clusters, labels)
