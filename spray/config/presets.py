@@ -234,7 +234,7 @@ class FlagsSection(_Section):
     #: the class with ROC AUC at least this, the members that do not carry the group's pattern
     #: there leave it (:mod:`spray.verdict.members`); scores and flags do not change. Above 1:
     #: never.
-    trim_min_auc: float = Field(default=0.9, ge=0)
+    trim_min_auc: float = Field(default=0.99, ge=0)
     candidates: Literal["analysis", "all-k"] = "analysis"
     bisect_clusters: bool = True
     other_k_min_jaccard: float = Field(default=0.5, ge=0, le=1)
