@@ -12,8 +12,10 @@ contrast leaves out of the input graph). Each sample's inputs there, each cell s
 over the rest of the class, are projected onto the line from the rest's median to the group's
 median (0 halfway); the members on the group's side are
 its core. When the projection tells the core from the rest of the class (ROC AUC at least
-``trim_min_auc``) and the core holds at least half the group, the other members leave the
-suspect for the cluster their relevance-graph edges weigh most. Otherwise the group is kept as
+``trim_min_auc``) and the core holds at least half the group, the members outside the core that
+also lie far below it (under Tukey's far-out fence of the core, Q1 − 3 IQR: a member of a
+pattern that varies, like a stamp on objects of varied brightness, stays) leave the suspect for
+the cluster their relevance-graph edges weigh most. Otherwise the group is kept as
 the graph cut it (a pattern that moves, or a group the inputs there do not tell apart: a core
 drawn from noise is told from the rest with an AUC near 0.75). The
 score and the flag are not changed: only who is reported. Measured in docs/verdict-eval.md,
@@ -75,6 +77,12 @@ def auc(scores: np.ndarray, mask: np.ndarray) -> float:
     return float((ranks[mask].sum() - pos * (pos + 1) / 2) / (pos * neg))
 
 
+def lower_fence(values: np.ndarray, reach: float = 3.0) -> float:
+    """Tukey's far-out lower fence of ``values``: Q1 − ``reach`` × IQR."""
+    q1, q3 = np.percentile(values, [25, 75])
+    return float(q1 - reach * (q3 - q1))
+
+
 def core_auc(side: np.ndarray, mask: np.ndarray, core: np.ndarray) -> float:
     """How well ``side`` tells the ``core`` of the group ``mask`` from the rest of the class
     (ROC AUC, rounded; 0 for an empty core)."""
@@ -113,7 +121,8 @@ def trim_suspects(labels: np.ndarray, clusters: list[ClusterEvidence], suspects:
         core = mask & (side > 0)
         entry.hot_spot_auc = core_auc(side, mask, core)
         carried = entry.hot_spot_auc >= min_auc and 2 * core.sum() >= mask.sum()
-        out = np.flatnonzero(mask & ~core) if carried else np.empty(0, dtype=np.intp)
+        out = (np.flatnonzero(mask & ~core & (side < lower_fence(side[core])))
+               if carried else np.empty(0, dtype=np.intp))
         entry.trimmed = int(len(out))
         if entry.trimmed:
             labels[out] = _nearest_cluster(W, out, labels, keep)
