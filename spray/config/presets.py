@@ -235,6 +235,9 @@ class FlagsSection(_Section):
     #: there leave it (:mod:`spray.verdict.members`); scores and flags do not change. Above 1:
     #: never.
     trim_min_auc: float = Field(default=0.99, ge=0)
+    #: and of the members outside the core, only those below Q1 − ``trim_fence_iqr`` × IQR of
+    #: the core's projections leave (a stamp on objects of varied brightness keeps its members)
+    trim_fence_iqr: float = Field(default=1.0, ge=0)
     candidates: Literal["analysis", "all-k"] = "analysis"
     bisect_clusters: bool = True
     other_k_min_jaccard: float = Field(default=0.5, ge=0, le=1)

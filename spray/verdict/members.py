@@ -13,8 +13,9 @@ over the rest of the class, are projected onto the line from the rest's median t
 median (0 halfway); the members on the group's side are
 its core. When the projection tells the core from the rest of the class (ROC AUC at least
 ``trim_min_auc``) and the core holds at least half the group, the members outside the core that
-also lie far below it (under Tukey's far-out fence of the core, Q1 − 3 IQR: a member of a
-pattern that varies, like a stamp on objects of varied brightness, stays) leave the suspect for
+also lie below the core's lower fence (Q1 − ``trim_fence_iqr`` × IQR of the core's
+projections, 1 by default: a member of a pattern that varies, like a stamp on objects of varied
+brightness, stays) leave the suspect for
 the cluster their relevance-graph edges weigh most. Otherwise the group is kept as
 the graph cut it (a pattern that moves, or a group the inputs there do not tell apart: a core
 drawn from noise is told from the rest with an AUC near 0.75). The
@@ -77,8 +78,8 @@ def auc(scores: np.ndarray, mask: np.ndarray) -> float:
     return float((ranks[mask].sum() - pos * (pos + 1) / 2) / (pos * neg))
 
 
-def lower_fence(values: np.ndarray, reach: float = 3.0) -> float:
-    """Tukey's far-out lower fence of ``values``: Q1 − ``reach`` × IQR."""
+def lower_fence(values: np.ndarray, reach: float) -> float:
+    """The lower fence of ``values``: Q1 − ``reach`` × IQR (Tukey's fences use 1.5 and 3)."""
     q1, q3 = np.percentile(values, [25, 75])
     return float(q1 - reach * (q3 - q1))
 
@@ -94,7 +95,7 @@ def core_auc(side: np.ndarray, mask: np.ndarray, core: np.ndarray) -> float:
 
 def trim_suspects(labels: np.ndarray, clusters: list[ClusterEvidence], suspects: list[int],
                   W: sp.csr_matrix, input_features: np.ndarray, features: np.ndarray | None,
-                  area: float, min_auc: float) -> np.ndarray:
+                  area: float, min_auc: float, fence_iqr: float) -> np.ndarray:
     """Move the members of every suspect cluster that do not carry its hot-spot pattern to the
     non-suspect cluster their edges in ``W`` weigh most (the largest one without edges).
 
@@ -121,7 +122,7 @@ def trim_suspects(labels: np.ndarray, clusters: list[ClusterEvidence], suspects:
         core = mask & (side > 0)
         entry.hot_spot_auc = core_auc(side, mask, core)
         carried = entry.hot_spot_auc >= min_auc and 2 * core.sum() >= mask.sum()
-        out = (np.flatnonzero(mask & ~core & (side < lower_fence(side[core])))
+        out = (np.flatnonzero(mask & ~core & (side < lower_fence(side[core], fence_iqr)))
                if carried else np.empty(0, dtype=np.intp))
         entry.trimmed = int(len(out))
         if entry.trimmed:

@@ -87,7 +87,8 @@ def score_class(result, input_features: np.ndarray, pipeline: dict,
         splits = splits + more
     suspects = [c.id for c in clusters if c.score is not None and c.score >= params.threshold]
     labels = trim_suspects(labels, clusters, suspects, graphs.W, graphs.input_features,
-                           graphs.features, graphs.mask_area, params.trim_min_auc)
+                           graphs.features, graphs.mask_area, params.trim_min_auc,
+                           params.trim_fence_iqr)
     return _verdict(clusters, labels, splits, other_k, params)
 
 
