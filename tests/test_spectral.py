@@ -321,33 +321,3 @@ def test_chebyshev_row_blocks_in_threads_give_the_same_products_to_the_bit():
         assert np.array_equal(smallest_eigenpairs(W, 12, solver="chebyshev")[0], lam_one)
     finally:
         torch.set_num_threads(before)
-
-
-def test_chebyshev_dense_steps_get_the_threads_back_and_keep_the_result(monkeypatch):
-    """The row-block products run on one torch thread each; where they run in parallel, the
-    dense steps (projections, Rayleigh–Ritz) get the process's torch threads back, except the
-    QR factorization (its result depends on the thread count): the eigenpairs are the same
-    to the bit whatever the choice."""
-    import torch
-
-    import spray.analysis.spectral as spectral
-
-    W = planted_graph(3000, seed=5)
-    seen = []
-    real_eigh = torch.linalg.eigh
-    monkeypatch.setattr(torch.linalg, "eigh",
-                        lambda *a: seen.append(torch.get_num_threads()) or real_eigh(*a))
-    before = torch.get_num_threads()
-    torch.set_num_threads(2)
-    results = {}
-    try:
-        for chosen in (2, 1):
-            monkeypatch.setattr(spectral, "_fastest_threads", lambda A, X, pool, t=chosen: t)
-            seen.clear()
-            results[chosen] = smallest_eigenpairs(W, 32, solver="chebyshev")
-            assert seen and set(seen) == {chosen}
-            assert torch.get_num_threads() == 2
-    finally:
-        torch.set_num_threads(before)
-    assert np.array_equal(results[1][0], results[2][0])
-    assert np.array_equal(results[1][1], results[2][1])

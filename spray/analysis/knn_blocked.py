@@ -82,7 +82,7 @@ def product_kind(d: int = 400) -> str:
     A = torch.from_numpy(rng.integers(-127, 128, (BLOCK, d), dtype=np.int8))
     B = A.to(torch.bfloat16)
     try:
-        with torch_threads(1):
+        with _torch_threads(1):
             times = {kind: _best_time(mm, X, X.T)
                      for kind, mm, X in (("int8", torch._int_mm, A), ("bfloat16", torch.mm, B))}
     except (RuntimeError, AttributeError) as exc:  # no integer products in this build
@@ -232,7 +232,7 @@ def _candidates(Xb, kk: int, threads: int, block: int, scales=None):
             kern.scan_pair_int(G, scales[rows], scales[cols], sq[rows], sq[cols], *lists)
 
     # one torch thread per product: the threads here run disjoint block pairs side by side
-    with _LOCK, torch_threads(1):
+    with _LOCK, _torch_threads(1):
         if threads == 1:
             for pairs in block_rounds(len(starts)):
                 for pair in pairs:
@@ -324,7 +324,7 @@ def _threads(n_jobs: int) -> int:
     return cores if n_jobs is None or n_jobs < 1 else max(1, min(int(n_jobs), cores))
 
 
-class torch_threads:
+class _torch_threads:
     """Run torch with ``threads`` intra-op threads, restoring the previous count afterwards."""
 
     def __init__(self, threads: int):

@@ -234,17 +234,7 @@ class _RowBlocks:
         return self.addmm(X, X, 0.0, 1.0)
 
 
-def _inner(A, B):
-    """``Aᵀ B`` on one torch thread (a sum over the rows whose rounding depends on the number
-    of threads)."""
-    from spray.analysis.knn_blocked import torch_threads
-
-    with torch_threads(1):
-        return A.T @ B
-
-
-def _chebyshev_filter(A: _RowBlocks, X, degree: int, cut: float, low: float = -1.0, P=None,
-                      dense: int = 1):
+def _chebyshev_filter(A: _RowBlocks, X, degree: int, cut: float, low: float = -1.0, P=None):
     """``T_degree`` of ``M`` mapped so that ``[low, cut]`` is damped (|T| ≤ 1) and the
     eigenvalues above ``cut`` are amplified; three-term recurrence, column blocks.
 
@@ -254,18 +244,12 @@ def _chebyshev_filter(A: _RowBlocks, X, degree: int, cut: float, low: float = -1
     in float32 their rounding errors would then swamp the wanted components (the iteration
     stalled near a residual of 1e-4 on a 100k-node graph of noise). The terms of the
     recurrence act on each eigencomponent separately, so removing the components of ``P``
-    at any step leaves the others exactly as the polynomial makes them. The projections run
-    with ``dense`` torch threads.
+    at any step leaves the others exactly as the polynomial makes them.
     """
     import torch
 
-    from spray.analysis.knn_blocked import torch_threads
-
     def project(x):
-        if P is None:
-            return x
-        with torch_threads(dense):
-            return x - P @ _inner(P, x)
+        return x if P is None else x - P @ (P.T @ x)
 
     e, c = (cut - low) / 2.0, (cut + low) / 2.0
     out = []
@@ -373,24 +357,13 @@ def _chebyshev_iterate(M: sp.csr_matrix, m: int, tol: float, seed: int,
         threads = _fastest_threads(A32, X, pool)
         A32.pool = A64.pool = pool if threads > 1 else None
         log.debug("chebyshev: products in %d thread(s)", threads)
-        # the dense steps get the threads back where the products run in parallel
-        return _chebyshev_loop(M, A32, A64, X, k, tol, null, N, degree,
-                               dense=parts if threads > 1 else 1)
+        return _chebyshev_loop(M, A32, A64, X, k, tol, null, N, degree)
 
 
 def _chebyshev_loop(M, A32: _RowBlocks, A64: _RowBlocks, X, k: int, tol: float, null, N,
-                    degree: int, dense: int = 1):
-    """The iterations of :func:`_chebyshev_iterate` (``None``: stalled or capped).
-
-    The dense steps that work row by row (products with a small matrix on the right,
-    element-wise steps) run with ``dense`` torch threads; the QR factorization and the sums
-    over the ``n`` rows (:func:`_inner`, the residual norms) run on one thread, as their
-    results depend on the thread count (``Nᵀ X`` with three columns in ``N`` did, by a few
-    ulps): the eigenpairs are the same to the bit whatever the threads.
-    """
+                    degree: int):
+    """The iterations of :func:`_chebyshev_iterate` (``None``: stalled or capped)."""
     import torch
-
-    from spray.analysis.knn_blocked import torch_threads
 
     A = A32
     cut, locked, worst, history, theta = 0.5, 0, np.inf, [], None
@@ -400,21 +373,16 @@ def _chebyshev_loop(M, A32: _RowBlocks, A64: _RowBlocks, X, k: int, tol: float, 
             parts.append(X[:, _outliers(theta.numpy(), locked, cut, degree)])
         P = (torch.cat(parts, dim=1).to(A.dtype) if parts and sum(p.shape[1] for p in parts)
              else None)
-        Xf = _chebyshev_filter(A, X[:, locked:].to(A.dtype), degree, cut, P=P,
-                               dense=dense).double()
-        with torch_threads(dense):
-            X = torch.cat([X[:, :locked], Xf], dim=1)
-            if N is not None:
-                X = X - N @ _inner(N, X)
+        Xf = _chebyshev_filter(A, X[:, locked:].to(A.dtype), degree, cut, P=P).double()
+        X = torch.cat([X[:, :locked], Xf], dim=1)
+        if N is not None:
+            X = X - N @ (N.T @ X)
         Q, _ = torch.linalg.qr(X)
         AQ = (A @ Q.to(A.dtype)).double()
-        with torch_threads(dense):
-            theta, S = torch.linalg.eigh(0.5 * (_inner(Q, AQ) + _inner(AQ, Q)))
-            theta, S = theta.flip(0), S.flip(1)
-            X = Q @ S
-            R = AQ @ S - X * theta
-        with torch_threads(1):
-            res = torch.linalg.vector_norm(R, dim=0).numpy()[:k]
+        theta, S = torch.linalg.eigh(0.5 * (Q.T @ AQ + AQ.T @ Q))
+        theta, S = theta.flip(0), S.flip(1)
+        X = Q @ S
+        res = torch.linalg.vector_norm(AQ @ S - X * theta, dim=0).numpy()[:k]
         cut = float(theta[-1])
         done = res <= tol
         if done.all():
