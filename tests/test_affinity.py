@@ -95,28 +95,69 @@ def isotropic(n=3000, d=200, seed=0):
     return np.random.default_rng(seed).standard_normal((n, d)).astype(np.float32)
 
 
+@pytest.mark.parametrize("products", ["bfloat16", "int8"])
 @pytest.mark.parametrize("make", [planted, isotropic])
-def test_blocked_knn_is_exact(make):
+def test_blocked_knn_is_exact(make, products):
     from spray.analysis.knn_blocked import blocked_knn
 
     X = make()
     k = 9
     ref_ind, ref_dist = exact_knn(X, k)
     # blocks smaller than n: diagonal, row and column scans of several block pairs all run
-    ind, dist = blocked_knn(X, k, block=700)
+    ind, dist = blocked_knn(X, k, block=700, products=products)
     assert ind.shape == (len(X), k)
     assert not (ind == np.arange(len(X))[:, None]).any()
     np.testing.assert_allclose(np.sort(dist, axis=1), np.sort(ref_dist, axis=1), rtol=1e-5)
     assert np.mean(np.sort(ind, axis=1) == np.sort(ref_ind, axis=1)) > 0.999
 
 
-def test_blocked_knn_keeps_duplicates_and_excludes_self():
+@pytest.mark.parametrize("products", ["bfloat16", "int8"])
+def test_blocked_knn_keeps_duplicates_and_excludes_self(products):
     from spray.analysis.knn_blocked import blocked_knn
 
     X = np.repeat(planted()[:200], 3, axis=0)  # every row three times
-    ind, dist = blocked_knn(X, 4, block=128)
+    ind, dist = blocked_knn(X, 4, block=128, products=products)
     assert not (ind == np.arange(len(X))[:, None]).any()
     assert np.all(dist[:, :2] == 0)  # the two copies come first
+
+
+def test_blocked_knn_int8_candidates_are_the_exact_neighbours_of_the_rounded_rows():
+    """The int8 scan ranks by the products of the dequantized rows ``scale · q``: its
+    candidate lists are the exact nearest rows of those (checked before any re-ranking)."""
+    import torch
+
+    from spray.analysis import knn_blocked as kb
+
+    X = isotropic(n=900, d=64)
+    rows, scales, _ = kb._centred(X, X.mean(axis=0), "int8", chunk=256)
+    assert rows.dtype == torch.int8 and np.abs(rows.numpy()).max() == 127
+    R = rows.numpy().astype(np.float64) * scales[:, None]
+    np.testing.assert_allclose(R, X - X.mean(axis=0), atol=float(scales.max()) / 2 * 1.001)
+    kk = 12
+    best_d, best_i = kb._candidates(rows, kk, 2, 200, scales)
+    D = (R ** 2).sum(axis=1)[None, :] - 2 * R @ R.T
+    np.fill_diagonal(D, np.inf)
+    ref = np.argsort(D, axis=1, kind="stable")[:, :kk]
+    assert np.mean(np.sort(best_i, axis=1) == np.sort(ref, axis=1)) > 0.999
+    np.testing.assert_allclose(best_d, np.take_along_axis(D, best_i, axis=1), rtol=1e-5,
+                               atol=1e-2)
+
+
+def test_product_kind_falls_back_to_bfloat16_without_int8_products(monkeypatch):
+    import torch
+
+    from spray.analysis import knn_blocked as kb
+
+    def unsupported(*args):
+        raise RuntimeError("_int_mm: not supported on this device")
+
+    kb.product_kind.cache_clear()
+    monkeypatch.setattr(torch, "_int_mm", unsupported)
+    try:
+        assert kb.product_kind(400) == "bfloat16"
+    finally:
+        kb.product_kind.cache_clear()
+    assert kb.candidate_margin(12, "int8") > kb.candidate_margin(12, "bfloat16")
 
 
 @pytest.mark.parametrize("n_blocks", [1, 2, 5, 8])
@@ -150,8 +191,9 @@ def test_blocked_knn_ranks_near_ties_in_float64():
         pytest.fail("no pair that float32 orders wrongly")
     far = 50 + rng.standard_normal((20, 400)).astype(np.float32)
     X = np.vstack([np.zeros((1, 400), np.float32), a, b, far])
-    ind, _ = blocked_knn(X, 1, block=8)
-    assert ind[0, 0] == 1 + int(np.argmin(exact))
+    for products in ("bfloat16", "int8"):
+        ind, _ = blocked_knn(X, 1, block=8, products=products)
+        assert ind[0, 0] == 1 + int(np.argmin(exact))
 
 
 @pytest.mark.slow  # pynndescent compiles its kernels with numba on first use

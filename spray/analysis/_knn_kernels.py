@@ -31,6 +31,45 @@ def _insert(best_d, best_i, q, score, j):
     best_i[q, pos] = j
 
 
+@numba.njit(cache=True, nogil=True, fastmath=_FAST, inline="always")
+def _scan_row(g, r, sq_r, sq_cols, row0, col0, rows_d, rows_i, cols_d, cols_i, worst_c,
+              flag_r, flag_c, both, diag):
+    """Scan row ``r`` of a product block, its products ``g`` (float32) in hand (see
+    :func:`scan_pair`)."""
+    cb = g.shape[0]
+    kk = rows_d.shape[1]
+    words_r = flag_r.view(np.uint64)
+    words_c = flag_c.view(np.uint64)
+    two = np.float32(2.0)
+    worst_r = rows_d[r, kk - 1]
+    hits_r = np.int32(0)
+    hits_c = np.int32(0)
+    for c in range(cb):
+        v = two * g[c]
+        a = np.uint8(sq_cols[c] - v < worst_r)
+        b = np.uint8(sq_r - v < worst_c[c])
+        flag_r[c] = a
+        flag_c[c] = b
+        hits_r += np.int32(a)
+        hits_c += np.int32(b)
+    if hits_r:
+        for w in range(words_r.shape[0]):
+            if words_r[w]:
+                for c in range(8 * w, min(cb, 8 * w + 8)):
+                    score = sq_cols[c] - two * g[c]
+                    if flag_r[c] and score < worst_r and not (diag and c == r):
+                        _insert(rows_d, rows_i, r, score, col0 + c)
+                        worst_r = rows_d[r, kk - 1]
+    if both and hits_c:
+        for w in range(words_c.shape[0]):
+            if words_c[w]:
+                for c in range(8 * w, min(cb, 8 * w + 8)):
+                    score = sq_r - two * g[c]
+                    if flag_c[c] and score < worst_c[c]:
+                        _insert(cols_d, cols_i, c, score, row0 + r)
+                        worst_c[c] = cols_d[c, kk - 1]
+
+
 @numba.njit(cache=True, nogil=True, fastmath=_FAST)
 def scan_pair(G, sq_rows, sq_cols, row0, col0, rows_d, rows_i, cols_d, cols_i, both):
     """Scan one product block ``G = X_I X_Jᵀ`` (rows global ``row0 + r``, columns ``col0 + c``).
@@ -51,42 +90,34 @@ def scan_pair(G, sq_rows, sq_cols, row0, col0, rows_d, rows_i, cols_d, cols_i, b
     g = bits.view(np.float32)
     flag_r = np.zeros(width, dtype=np.uint8)
     flag_c = np.zeros(width, dtype=np.uint8)
-    words_r = flag_r.view(np.uint64)
-    words_c = flag_c.view(np.uint64)
     worst_c = cols_d[:, kk - 1].copy()
     diag = row0 == col0
-    two = np.float32(2.0)
     for r in range(rb):
         for c in range(cb):
             bits[c] = np.uint32(G[r, c]) << 16
-        worst_r = rows_d[r, kk - 1]
-        sq_r = sq_rows[r]
-        hits_r = np.int32(0)
-        hits_c = np.int32(0)
+        _scan_row(g, r, sq_rows[r], sq_cols, row0, col0, rows_d, rows_i, cols_d, cols_i,
+                  worst_c, flag_r, flag_c, both, diag)
+
+
+@numba.njit(cache=True, nogil=True, fastmath=_FAST)
+def scan_pair_int(G, scale_rows, scale_cols, sq_rows, sq_cols, row0, col0, rows_d, rows_i,
+                  cols_d, cols_i, both):
+    """:func:`scan_pair` for a block ``G`` of int32 products of int8 rows: the product of
+    rows ``r`` and ``c`` is ``scale_rows[r] · scale_cols[c] · G[r, c]``."""
+    rb, cb = G.shape
+    kk = rows_d.shape[1]
+    width = (cb + 7) // 8 * 8
+    g = np.empty(cb, dtype=np.float32)
+    flag_r = np.zeros(width, dtype=np.uint8)
+    flag_c = np.zeros(width, dtype=np.uint8)
+    worst_c = cols_d[:, kk - 1].copy()
+    diag = row0 == col0
+    for r in range(rb):
+        s = scale_rows[r]
         for c in range(cb):
-            v = two * g[c]
-            a = np.uint8(sq_cols[c] - v < worst_r)
-            b = np.uint8(sq_r - v < worst_c[c])
-            flag_r[c] = a
-            flag_c[c] = b
-            hits_r += np.int32(a)
-            hits_c += np.int32(b)
-        if hits_r:
-            for w in range(width // 8):
-                if words_r[w]:
-                    for c in range(8 * w, min(cb, 8 * w + 8)):
-                        score = sq_cols[c] - two * g[c]
-                        if flag_r[c] and score < worst_r and not (diag and c == r):
-                            _insert(rows_d, rows_i, r, score, col0 + c)
-                            worst_r = rows_d[r, kk - 1]
-        if both and hits_c:
-            for w in range(width // 8):
-                if words_c[w]:
-                    for c in range(8 * w, min(cb, 8 * w + 8)):
-                        score = sq_r - two * g[c]
-                        if flag_c[c] and score < worst_c[c]:
-                            _insert(cols_d, cols_i, c, score, row0 + r)
-                            worst_c[c] = cols_d[c, kk - 1]
+            g[c] = np.float32(G[r, c]) * (s * scale_cols[c])
+        _scan_row(g, r, sq_rows[r], sq_cols, row0, col0, rows_d, rows_i, cols_d, cols_i,
+                  worst_c, flag_r, flag_c, both, diag)
 
 
 @numba.njit(cache=True, nogil=True, parallel=True, fastmath=_FAST)

@@ -7,8 +7,12 @@ that scikit-learn's brute force is slow:
 * The feature rows, centred, are split into blocks of :data:`BLOCK` rows. For every pair of
   blocks ``(I, J)`` with ``J ≥ I`` one product ``X_I X_Jᵀ`` is computed (so each distance once):
   in bfloat16 through PyTorch, which runs it on the CPU's matrix units (AMX) where the CPU has
-  them and on its vector units otherwise. A block of 1024 × 1024 products (2 MiB) stays in
-  the core's cache between the product and its scan.
+  them and on its vector units otherwise; or, where this is clearly faster
+  (:func:`product_kind`: CPUs with int8 dot-product instructions and no AMX, 2× on an AMD
+  EPYC), in int8 (``torch._int_mm``, exact int32 sums) of the rows rounded to 127 steps of
+  their largest magnitude, the products scaled back per row and column in the scan, with more
+  candidates kept (:func:`candidate_margin`). A block of 1024 × 1024 products (2 or 4 MiB)
+  stays in the core's cache between the product and its scan.
 * The pairs are grouped in rounds of pairs that share no block (:func:`block_rounds`, the
   circle method of round-robin tournaments); the pairs of a round run in parallel threads,
   each with a one-thread product and a single-threaded scan, so no list is written by two
@@ -29,8 +33,10 @@ that scikit-learn's brute force is slow:
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
+import time
 
 import numpy as np
 
@@ -49,9 +55,55 @@ def _kernels():
     return _knn_kernels
 
 
-def candidate_margin(k: int) -> int:
-    """Extra candidates kept per row beyond ``k`` before the exact re-ranking."""
-    return max(8, k)
+def candidate_margin(k: int, products: str = "bfloat16") -> int:
+    """Extra candidates kept per row beyond ``k`` before the exact re-ranking.
+
+    int8 rows round coarser than bfloat16 (a score's largest error on 100k rows of noise:
+    5.1 against 3.1), so more candidates are kept: with ``k`` extra candidates, 6 407 rows of
+    those 100k were searched again, with ``2k`` 6 rows.
+    """
+    return max(16, 2 * k) if products == "int8" else max(8, k)
+
+
+#: the int8 products are used where they take at most this share of the bfloat16 ones' time
+INT8_FASTER = 0.8
+
+
+@functools.cache
+def product_kind(d: int = 400) -> str:
+    """``int8`` (integer products by ``torch._int_mm``, per-row scales) where this torch build
+    runs them on this CPU clearly faster than bfloat16 products (AVX-512 VNNI without AMX:
+    3.0 ms against 4.0 ms for a 1024 × 1024 × 400 block, the candidates' products of 100k
+    rows 10 CPU s against 19), else ``bfloat16``. Timed once per process on one block of
+    ``d`` columns (the products run in the calling thread: its CPU time is timed)."""
+    import torch
+
+    rng = np.random.default_rng(0)
+    A = torch.from_numpy(rng.integers(-127, 128, (BLOCK, d), dtype=np.int8))
+    B = A.to(torch.bfloat16)
+    try:
+        with _torch_threads(1):
+            times = {kind: _best_time(mm, X, X.T)
+                     for kind, mm, X in (("int8", torch._int_mm, A), ("bfloat16", torch.mm, B))}
+    except (RuntimeError, AttributeError) as exc:  # no integer products in this build
+        logger.debug("blocked kNN: no int8 products (%s)", exc)
+        return "bfloat16"
+    kind = "int8" if times["int8"] <= INT8_FASTER * times["bfloat16"] else "bfloat16"
+    logger.debug("blocked kNN: %s products (%s)", kind,
+                 ", ".join(f"{k} {1e3 * t:.1f} ms" for k, t in times.items()))
+    return kind
+
+
+def _best_time(run, *args, reps: int = 5) -> float:
+    """The shortest of ``reps`` timings of ``run(*args)`` (after one warm-up call), in CPU
+    time of the calling thread (``run`` computes in it): other processes do not count."""
+    run(*args)
+    times = []
+    for _ in range(reps):
+        start = time.thread_time()
+        run(*args)
+        times.append(time.thread_time() - start)
+    return min(times)
 
 
 def block_rounds(n_blocks: int) -> list[list[tuple[int, int]]]:
@@ -71,7 +123,8 @@ def block_rounds(n_blocks: int) -> list[list[tuple[int, int]]]:
     return [r for r in rounds if r]
 
 
-def blocked_knn(X: np.ndarray, k: int, n_jobs: int = -1, block: int = BLOCK):
+def blocked_knn(X: np.ndarray, k: int, n_jobs: int = -1, block: int = BLOCK,
+                products: str | None = None, margin: int | None = None):
     """Exact ``k`` nearest neighbours (self excluded, by index) of every row of ``X``.
 
     Args:
@@ -86,11 +139,13 @@ def blocked_knn(X: np.ndarray, k: int, n_jobs: int = -1, block: int = BLOCK):
     """
 
     n = X.shape[0]
-    kk = min(n - 1, k + candidate_margin(k))
+    products = products or product_kind(X.shape[1])
+    margin = candidate_margin(k, products) if margin is None else margin
+    kk = min(n - 1, k + margin)
     mean = X.mean(axis=0, dtype=np.float64).astype(np.float32)
     threads = _threads(n_jobs)
-    Xb, norms2 = _centred(X, mean)
-    best_d, best_i = _candidates(Xb, kk, threads, block)
+    Xb, scales, norms2 = _centred(X, mean, products)
+    best_d, best_i = _candidates(Xb, kk, threads, block, scales)
     del Xb
     # exact re-ranking of the candidates (squared distances in float64), ties by index
     exact = _pair_distances(X, np.arange(n), best_i, threads)
@@ -110,33 +165,55 @@ def blocked_knn(X: np.ndarray, k: int, n_jobs: int = -1, block: int = BLOCK):
     return ind, np.sqrt(dist2).astype(np.float32)
 
 
-def _centred(X: np.ndarray, mean: np.ndarray, chunk: int = 16384):
-    """The centred rows ``X − mean`` in bfloat16 (a torch tensor) and their squared norms in
-    float64, made chunk by chunk: a float32 centred copy of 1M × 400 features took 1.6 GB
-    next to the features themselves (the 1M run's RSS reached 5 GB in the search)."""
+def _centred(X: np.ndarray, mean: np.ndarray, products: str = "bfloat16", chunk: int = 16384):
+    """The centred rows ``X − mean`` rounded for the products, and their exact squared norms
+    in float64: ``(rows, scales, norms2)``.
+
+    ``products="bfloat16"``: ``rows`` is a bfloat16 tensor, ``scales`` is None.
+    ``products="int8"``: row ``i`` is ``scales[i] · rows[i]``, ``rows`` an int8 tensor,
+    ``scales`` (float32) the row's largest magnitude over 127.
+    Made chunk by chunk: a float32 centred copy of 1M × 400 features took 1.6 GB next to the
+    features themselves (the 1M run's RSS reached 5 GB in the search).
+    """
     import torch
 
     from spray.analysis.knn import squared_norms
 
     n = X.shape[0]
-    Xb = torch.empty(X.shape, dtype=torch.bfloat16)
+    rows = torch.empty(X.shape, dtype=torch.int8 if products == "int8" else torch.bfloat16)
+    scales = np.empty(n, dtype=np.float32) if products == "int8" else None
     norms2 = np.empty(n, dtype=np.float64)
     for s in range(0, n, chunk):
         Xc = X[s:s + chunk] - mean
-        Xb[s:s + chunk] = torch.from_numpy(Xc)
         norms2[s:s + chunk] = squared_norms(Xc)
-    return Xb, norms2
+        if scales is None:
+            rows[s:s + chunk] = torch.from_numpy(Xc)
+            continue
+        top = np.abs(Xc).max(axis=1) / np.float32(127)
+        top[top == 0] = 1
+        scales[s:s + chunk] = top
+        rows[s:s + chunk] = torch.from_numpy(np.rint(Xc / top[:, None]).astype(np.int8))
+    return rows, scales, norms2
 
 
-def _candidates(Xb, kk: int, threads: int, block: int):
-    """The ``kk`` best candidates of every row (``Xb``: centred, bfloat16) by bfloat16 score:
-    ``(scores, indices)``."""
+def _rounded_norms(rows, scales) -> np.ndarray:
+    """Squared norms (float32) of the rounded rows (``scales · rows`` for int8 rows)."""
+    n = rows.shape[0]
+    sq = np.empty(n, dtype=np.float32)  # in chunks: no float copy of all rows
+    for s in range(0, n, 16384):
+        sq[s:s + 16384] = rows[s:s + 16384].float().pow(2).sum(dim=1).numpy()
+    if scales is not None:
+        sq *= scales * scales
+    return sq
+
+
+def _candidates(Xb, kk: int, threads: int, block: int, scales=None):
+    """The ``kk`` best candidates of every row (``Xb``: centred, rounded by :func:`_centred`)
+    by their rounded score: ``(scores, indices)``."""
     import torch
 
     n = Xb.shape[0]
-    sq = np.empty(n, dtype=np.float32)  # norms of the rounded rows, in chunks (no float copy)
-    for s in range(0, n, 16384):
-        sq[s:s + 16384] = Xb[s:s + 16384].float().pow(2).sum(dim=1).numpy()
+    sq = _rounded_norms(Xb, scales)
     best_d = np.full((n, kk), np.inf, dtype=np.float32)
     best_i = np.full((n, kk), -1, dtype=np.int64)
     kern = _kernels()
@@ -145,9 +222,14 @@ def _candidates(Xb, kk: int, threads: int, block: int):
 
     def scan(pair):
         rows, cols = spans[pair[0]], spans[pair[1]]
-        G = torch.mm(Xb[rows], Xb[cols].T).view(torch.int16).numpy().view(np.uint16)
-        kern.scan_pair(G, sq[rows], sq[cols], rows.start, cols.start, best_d[rows],
-                       best_i[rows], best_d[cols], best_i[cols], pair[0] != pair[1])
+        lists = (rows.start, cols.start, best_d[rows], best_i[rows], best_d[cols], best_i[cols],
+                 pair[0] != pair[1])
+        if scales is None:
+            G = torch.mm(Xb[rows], Xb[cols].T).view(torch.int16).numpy().view(np.uint16)
+            kern.scan_pair(G, sq[rows], sq[cols], *lists)
+        else:
+            G = torch._int_mm(Xb[rows], Xb[cols].T).numpy()
+            kern.scan_pair_int(G, scales[rows], scales[cols], sq[rows], sq[cols], *lists)
 
     # one torch thread per product: the threads here run disjoint block pairs side by side
     with _LOCK, _torch_threads(1):
@@ -261,6 +343,8 @@ class _torch_threads:
 
 
 def warm_up() -> None:
-    """Compile (or load from the on-disk cache) the scan kernels on a tiny problem."""
+    """Compile (or load from the on-disk cache) the scan kernels on a tiny problem, and time
+    the products (:func:`product_kind`) for the usual feature width."""
     X = np.random.default_rng(0).standard_normal((64, 8)).astype(np.float32)
-    blocked_knn(X, 3, n_jobs=1, block=32)
+    for kind in dict.fromkeys(("bfloat16", product_kind())):
+        blocked_knn(X, 3, n_jobs=1, block=32, products=kind)
