@@ -793,6 +793,41 @@ def test_edge_randomness_lowers_a_group_the_inputs_edges_do_not_tell_apart():
             assert on["score"] == pytest.approx(off["score"] - cl["edge_penalty"], abs=1e-3)
 
 
+def test_sweep_cuts_pruned_by_their_edge_penalty_leave_the_verdict_unchanged(monkeypatch):
+    """With edge features, a sweep cut whose size, colocation and edge penalties keep it below
+    the bar even with φ_input = 1 gets no input graph at all, and the verdict is the one with
+    every cut measured in full; the edge graph from blocks of E Eᵀ is the affinity's graph."""
+    import spray.verdict.evidence as evidence
+    from spray.analysis.preprocess import edge_energy, preprocess
+    from spray.verdict.evidence import ClassGraphs
+    from spray.verdict.graphs import knn_graph
+
+    below, searched = evidence._below, []
+    inputs_for = ClassGraphs.inputs_for
+    monkeypatch.setattr(ClassGraphs, "inputs_for",
+                        lambda self, m: searched.append(1) or inputs_for(self, m))
+    pruned, counts = [], []
+    for feats, inputs, raw, _ in _edge_classes():
+        pipe = _pipe()
+        edges = preprocess(edge_energy(raw), pipe["preprocess"])
+        result = analyze(feats, pipeline=pipe, embed=False)
+        graphs = ClassGraphs.build(result, inputs, pipe, flag_params(pipe), feats, edges)
+        want = knn_graph(edges, {**pipe["affinity"], "k": int(result.k)})
+        assert (graphs.edges[0] != want[0]).nnz == 0
+        searched.clear()
+        monkeypatch.setattr(evidence, "_below",
+                            lambda *a: pruned.append(bool(a[-1]) and below(*a)) or below(*a))
+        fast = clever_hans_score(result, inputs, pipe, features=feats, edge_features=edges)
+        fast_searches = len(searched)
+        searched.clear()
+        monkeypatch.setattr(evidence, "_below", lambda *a: False)
+        full = clever_hans_score(result, inputs, pipe, features=feats, edge_features=edges)
+        assert _same_verdict(fast, full)
+        counts.append((fast_searches, len(searched)))
+    assert any(pruned)
+    assert all(f <= s for f, s in counts) and any(f < s for f, s in counts), counts
+
+
 def test_edge_energy_sums_the_channels_gradient_magnitudes():
     from spray.analysis.preprocess import edge_energy
 

@@ -8,7 +8,13 @@ import numpy as np
 
 from spray.config.presets import FlagsSection
 from spray.verdict.evidence import contrast, subsample_size
-from spray.verdict.graphs import GraphCache, MaskedSearch, extended_k, knn_graph, mask_conductance
+from spray.verdict.graphs import (
+    GraphCache,
+    extended_k,
+    knn_graph,
+    mask_conductance,
+    unmasked_search,
+)
 from spray.verdict.result import ClusterEvidence
 
 
@@ -46,7 +52,7 @@ class Resamples:
         as the masked inputs are) when the lists are long enough, else its own search."""
         if self.cache.k_ext <= int(self.cache.affinity["k"]):
             return knn_graph(self.features[idx], dict(self.cache.affinity, k=self.k))
-        return self.cache.lists(self.features, _unmasked_search(self.features)).subsample(
+        return self.cache.lists(self.features, unmasked_search(self.features)).subsample(
             idx, self.k)
 
     def contrasts(self, inputs: np.ndarray, mask: np.ndarray) -> list[float]:
@@ -65,14 +71,6 @@ class Resamples:
             out.append(contrast(mask_conductance(*self._inputs[key], sub),
                                 mask_conductance(*self._relevance[b], sub), self.floor))
         return out
-
-
-def _unmasked_search(X: np.ndarray):
-    """``search(k)``: exact neighbour lists of ``X`` by :class:`MaskedSearch` without cells
-    (blocks of ``X Xᵀ``, not kept)."""
-    gram = MaskedSearch(X, keep_gram=False)
-    none = np.zeros(0, dtype=np.int64)
-    return lambda k: gram.neighbours(gram.X, none, np.ones(len(X), dtype=np.float32), k)
 
 
 def set_stable(entry: ClusterEvidence, values: list[float], params: FlagsSection) -> None:

@@ -20,6 +20,7 @@ from spray.verdict.graphs import (
     extended_k,
     mask_conductance,
     random_conductance,
+    unmasked_search,
     with_degree,
 )
 from spray.verdict.result import ClusterEvidence
@@ -201,7 +202,9 @@ class ClassGraphs:
             edges = np.asarray(edge_features, dtype=np.float32)
             if edges.shape[0] != n:
                 raise ValueError(f"edge_features has {edges.shape[0]} rows, the inputs {n}")
-            graphs.edges = graphs.cache.lists(edges).whole()
+            # never subsampled: lists of k, from blocks of E Eᵀ (as the resamples' relevance)
+            graphs.edges = NeighbourLists(edges, affinity, affinity["k"],
+                                          unmasked_search(edges)).whole()
         return graphs
 
     def difference(self, X: np.ndarray, mask: np.ndarray) -> np.ndarray:
@@ -323,7 +326,9 @@ def measure(entry: ClusterEvidence, graphs: ClassGraphs,
     """Fill in the evidence of a candidate (conductances, contrast, randomness, concentration).
 
     A half or a sweep cut whose score cannot reach ``bar`` (default: the threshold) even with
-    φ_input = 1 is left unmeasured (no input graphs are built for it). Returns ``entry``;
+    φ_input = 1 is left unmeasured (no input graphs are built for it); a sweep cut also when
+    its size, colocation and edge penalties (measured first: they need no input graph) keep it
+    below ``bar`` with φ_input = 1 and a randomness penalty of 0. Returns ``entry``;
     ``entry.measured`` says whether it is a candidate.
     """
     params = graphs.params
@@ -332,17 +337,22 @@ def measure(entry: ClusterEvidence, graphs: ClassGraphs,
         return entry
     phi_rel = mask_conductance(graphs.W, graphs.degree, mask)
     floor = params.conductance_floor
+    bar = params.threshold if bar is None else bar
     if entry.split_only and (contrast(1.0, phi_rel, floor)
-                             - size_penalty(entry.size / graphs.n, params)
-                             < (params.threshold if bar is None else bar)):
+                             - size_penalty(entry.size / graphs.n, params) < bar):
         return entry       # φ_input ≤ 1: it cannot reach the threshold
+    co = graphs.colocation(mask) if graphs.mask_area > 0 else None
+    co_penalty = round(colocation_penalty(co, params), 4) if co is not None else None
+    edge = graphs.edge_randomness(mask)
+    edge_pen = round(edge_penalty(edge, params), 4) if edge is not None else None
+    size_pen = round(size_penalty(entry.fraction, params), 4)
+    if entry.cut_along is not None and _below(contrast(1.0, phi_rel, floor), size_pen,
+                                              co_penalty, bar, edge_pen):
+        return entry       # nor with the penalties that need no input graph
     X_in = graphs.inputs_for(mask)
     phi_in = graphs.input_conductance(X_in, mask)
     plain = round(contrast(phi_in, phi_rel, floor), 4)
-    co = graphs.colocation(mask) if graphs.mask_area > 0 else None
-    co_penalty = round(colocation_penalty(co, params), 4) if co is not None else None
-    if entry.cut_along is not None and bar is not None and _below(
-            plain, round(size_penalty(entry.fraction, params), 4), co_penalty, bar):
+    if entry.cut_along is not None and _below(plain, size_pen, co_penalty, bar, edge_pen):
         return entry       # its score stays below the bar whatever its randomness
     randomness = graphs.input_randomness(mask)
     entry.inputs = X_in
@@ -359,19 +369,22 @@ def measure(entry: ClusterEvidence, graphs: ClassGraphs,
                           graphs.difference(graphs.features, mask))
         entry.concentration, entry.peak = c["concentration"], c["peak"]
         entry.peak_sign = c.get("peak_sign")
-    entry.size_penalty = round(size_penalty(entry.fraction, params), 4)
-    edge = graphs.edge_randomness(mask)
+    entry.size_penalty = size_pen
     if edge is not None:
         entry.edge_randomness = round(edge, 4)
-        entry.edge_penalty = round(edge_penalty(edge, params), 4)
+        entry.edge_penalty = edge_pen
     return entry
 
 
-def _below(plain: float, size: float, colocation: float | None, bar: float) -> bool:
-    """Whether a sweep cut's score stays below ``bar`` whatever its input randomness: its
-    plain score ``plain − (size + randomness penalty + colocation)`` is at most that with a
-    randomness penalty of 0 (the penalties are never negative); the margin keeps its score
-    rounded to four digits below ``bar`` too. Such a cut can neither be split off nor change
-    which cut is (:func:`~spray.verdict.halves.split_off_sweep` takes the best only when it
-    reaches ``bar``), so its randomness graph is not built."""
-    return plain - (size + 0.0 + (colocation or 0.0)) < bar - 1e-3
+def _below(plain: float, size: float, colocation: float | None, bar: float,
+           edge: float | None = None) -> bool:
+    """Whether a sweep cut's score stays below ``bar`` whatever its input randomness.
+
+    Its score ``contrast − (size + randomness + colocation + edge penalty)`` is at most
+    ``plain`` (its plain contrast, or the contrast with φ_input = 1, an upper bound of it) less
+    the penalties with a randomness penalty of 0 (the penalties are never negative); the margin
+    keeps its score rounded to four digits below ``bar`` too. Such a cut can neither be split
+    off nor change which cut is (:func:`~spray.verdict.halves.split_off_sweep` takes the best
+    only when it reaches ``bar``), so its input graphs are not built.
+    """
+    return plain - (size + 0.0 + (colocation or 0.0) + (edge or 0.0)) < bar - 1e-3

@@ -393,3 +393,11 @@ class MaskedSearch:
         top = torch.topk(R, short, dim=1, largest=False, sorted=False)
         return top.indices.numpy(), top.values.numpy()
 
+
+
+def unmasked_search(X: np.ndarray):
+    """``search(k)``: exact neighbour lists of ``X`` by :class:`MaskedSearch` without cells
+    (blocks of ``X Xᵀ``, not kept), for :class:`NeighbourLists`."""
+    gram = MaskedSearch(X, keep_gram=False)
+    none = np.zeros(0, dtype=np.int64)
+    return lambda k: gram.neighbours(gram.X, none, np.ones(len(X), dtype=np.float32), k)

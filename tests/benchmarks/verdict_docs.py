@@ -81,17 +81,31 @@ def tables(data: dict) -> str:
 
 
 def bench_table(bench: dict) -> str:
-    """The cost table from ``bench_flags.py --json`` rows."""
+    """The cost table from ``bench_flags.py --json`` rows (a variant a row lacks: —; CPU
+    seconds and their ratio where the rows have them)."""
     rows = bench["rows"]
-    cols = [k[len("score_s_"):] for k in rows[0] if k.startswith("score_s_")]
-    out = [f"`{bench['command']}` ({bench['note']}):", "",
-           "| n | analysis without t-SNE (s) | candidates | "
-           + " | ".join(f"score, {c} (s)" for c in cols) + " | score / analysis |",
-           "|---" * (4 + len(cols)) + "|"]
+    cols = list(dict.fromkeys(k[len("score_s_"):] for r in rows for k in r
+                              if k.startswith("score_s_")))
+    cpu = all("analysis_cpu_s" in r for r in rows)
+
+    def cell(r, key):
+        return f"{r[key]:.1f}" if key in r else "—"
+
+    head = ["n", "analysis without t-SNE (s)", "candidates",
+            *(f"score, {c} (s)" for c in cols), "score / analysis"]
+    if cpu:
+        head += ["analysis, CPU (s)", *(f"score, {c}, CPU (s)" for c in cols),
+                 "score / analysis, CPU"]
+    out = [f"`{bench['command']}` ({bench['note']}):", "", "| " + " | ".join(head) + " |",
+           "|---" * len(head) + "|"]
     for r in rows:
-        out.append(f"| {r['n']} | {r['analysis_s']:.1f} | {r['candidates']} | "
-                   + " | ".join(f"{r['score_s_' + c]:.1f}" for c in cols)
-                   + f" | {r['score_s_default'] / r['analysis_s']:.1f} |")
+        cells = [str(r["n"]), f"{r['analysis_s']:.1f}", str(r["candidates"]),
+                 *(cell(r, "score_s_" + c) for c in cols),
+                 f"{r['score_s_default'] / r['analysis_s']:.1f}"]
+        if cpu:
+            cells += [f"{r['analysis_cpu_s']:.1f}", *(cell(r, "score_cpu_s_" + c) for c in cols),
+                      f"{r['score_cpu_s_default'] / r['analysis_cpu_s']:.1f}"]
+        out.append("| " + " | ".join(cells) + " |")
     return "\n".join(out) + "\n"
 
 
