@@ -8,19 +8,17 @@ it look alike there, and unlike the rest of the class.
 
 For every suspect (score at or above the threshold), the hot spot is the ``input_mask_area``
 share of cells where the group's mean relevance differs most from the rest's (the cells the
-contrast leaves out of the input graph). Each sample's inputs there, each cell scaled by its robust spread
-over the rest of the class, are projected onto the line from the rest's median to the group's
-median (0 halfway); the members on the group's side are
-its core. When the projection tells the core from the rest of the class (ROC AUC at least
-``trim_min_auc``) and the core holds at least half the group, the members outside the core that
-also lie below the core's lower fence (Q1 − ``trim_fence_iqr`` × IQR of the core's
-projections, 1 by default: a member of a pattern that varies, like a stamp on objects of varied
-brightness, stays) leave the suspect for
-the cluster their relevance-graph edges weigh most. Otherwise the group is kept as
-the graph cut it (a pattern that moves, or a group the inputs there do not tell apart: a core
-drawn from noise is told from the rest with an AUC near 0.75). The
-score and the flag are not changed: only who is reported. Measured in docs/verdict-eval.md,
-"Suspect members".
+contrast leaves out of the input graph). Each sample's inputs there, each cell scaled by its
+robust spread over the rest of the class, are projected onto the line from the rest's median to
+the group's median (0 halfway); the members on the group's side are its core. When the
+projection tells the core from the rest of the class (ROC AUC at least ``trim_min_auc``) and the
+core holds at least half the group, the members outside the core that also lie below the core's
+lower fence (Q1 − ``trim_fence_iqr`` × IQR of the core's projections, 1 by default: a member of
+a pattern that varies, like a stamp on objects of varied brightness, stays) leave the suspect
+for the cluster their relevance-graph edges weigh most. Otherwise the group is kept as the graph
+cut it (a pattern that moves, or a group the inputs there do not tell apart: in the test of a
+group whose hot spot is the same in every input, the core's AUC is 0.83). The score and the flag
+are not changed: only who is reported. Measured in docs/verdict-eval.md, "Suspect members".
 """
 
 from __future__ import annotations
