@@ -912,7 +912,6 @@ def test_auc_and_nearest_cluster():
     s, m = rng.integers(0, 5, 200).astype(float), rng.random(200) < 0.3
     assert auc(s, m) == pytest.approx(roc_auc_score(m, s))
     labels = np.array([0, 0, 1, 1, 1, 2, 2])
-    W = sp.csr_matrix(np.array([[0, 0, 0, 0, 0, 0, 0]] * 7, dtype=float))
     W = sp.lil_matrix((7, 7))
     W[5, 0], W[5, 2], W[5, 3] = 0.1, 0.3, 0.3      # row 5 weighs cluster 1 most
     assert _nearest_cluster(W.tocsr(), np.array([5, 6]), labels, [0, 1]).tolist() == [1, 1]

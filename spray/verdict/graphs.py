@@ -394,7 +394,6 @@ class MaskedSearch:
         return top.indices.numpy(), top.values.numpy()
 
 
-
 def unmasked_search(X: np.ndarray):
     """``search(k)``: exact neighbour lists of ``X`` by :class:`MaskedSearch` without cells
     (blocks of ``X Xᵀ``, not kept), for :class:`NeighbourLists`."""

@@ -27,7 +27,7 @@ import numpy as np
 import scipy.sparse as sp
 from scipy.stats import rankdata
 
-from spray.verdict.evidence import top_cells
+from spray.verdict.evidence import difference, top_cells
 from spray.verdict.result import ClusterEvidence
 
 
@@ -48,8 +48,7 @@ def hot_spot_side(input_features: np.ndarray, features: np.ndarray, mask: np.nda
     numpy.ndarray or None
         ``(n,)`` projections; None when the two medians coincide there.
     """
-    X = np.asarray(features, dtype=np.float64)
-    cells = top_cells(np.abs(X[mask].mean(axis=0) - X[~mask].mean(axis=0)), area)
+    cells = top_cells(np.abs(difference(features, mask)), area)
     V = np.asarray(input_features[:, cells], dtype=np.float64)
     V = V / _spread(V[~mask])
     group, rest = np.median(V[mask], axis=0), np.median(V[~mask], axis=0)
