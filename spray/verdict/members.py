@@ -28,7 +28,7 @@ import scipy.sparse as sp
 from scipy.stats import rankdata
 
 from spray.verdict.evidence import difference, top_cells
-from spray.verdict.result import ClusterEvidence
+from spray.verdict.result import ClusterEvidence, resize_entries
 
 
 def hot_spot_side(input_features: np.ndarray, features: np.ndarray, mask: np.ndarray,
@@ -124,7 +124,7 @@ def trim_suspects(labels: np.ndarray, clusters: list[ClusterEvidence], suspects:
         entry.trimmed = int(len(out))
         if entry.trimmed:
             labels[out] = _nearest_cluster(W, out, labels, keep)
-    _resize(clusters, labels)
+    resize_entries(clusters, labels)
     return labels
 
 
@@ -143,13 +143,3 @@ def _nearest_cluster(W: sp.csr_matrix, rows: np.ndarray, labels: np.ndarray,
     sizes = np.bincount(column[inside], minlength=len(order)).astype(np.float64)
     best = np.where(weight.max(axis=1) > 0, np.argmax(weight, axis=1), np.argmax(sizes))
     return order[best]
-
-
-def _resize(clusters: list[ClusterEvidence], labels: np.ndarray) -> None:
-    """Bring the ``size`` and ``fraction`` of every cluster entry in line with ``labels``."""
-    for entry in clusters:
-        if entry.id is None:
-            continue
-        size = int((labels == entry.id).sum())
-        if size != entry.size:
-            entry.size, entry.fraction = size, round(size / len(labels), 4)
