@@ -977,6 +977,10 @@ def test_large_class_is_scored_on_a_subsample(large_artefact_class):
     # the evidence is the subsample's: another relevance graph, other conductances
     best = next(c for c in part["clusters"] if c["id"] == part["suspect_cluster"])
     assert best["fraction"] == pytest.approx(best["size"] / len(feats), abs=1e-4)
+    from spray.report.class_page import _evidence
+
+    assert "stratified random subsample of 300 samples" in _evidence(part)
+    assert "subsample" not in _evidence(whole)
 
 
 def test_class_at_the_cap_is_scored_whole(large_artefact_class):
