@@ -944,7 +944,10 @@ def test_extended_labels_follow_the_nearest_drawn_members():
     rows = np.sort(rng.choice(600, size=150, replace=False))
     sub = labels[rows].copy()
     sub[(rows >= 200) & (rows < 400)] = 5
-    out = extend_labels(labels, rows, sub, features, k=5)
+    from sklearn.neighbors import kneighbors_graph
+
+    W = kneighbors_graph(features, 5, mode="connectivity")
+    out = extend_labels(labels, rows, sub, W.maximum(W.T))
     assert (out[:200] == 0).all() and (out[200:400] == 5).all() and (out[400:] == 1).all()
 
 

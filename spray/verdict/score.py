@@ -84,8 +84,8 @@ def _score_subsample(result, input_features, pipeline: dict, params: FlagsSectio
     edges = None if edge_features is None else np.asarray(edge_features)[rows]
     verdict = _score(sub, np.asarray(input_features)[rows], pipeline, params, features[rows],
                      edges)
-    verdict.labels = extend_labels(np.asarray(result.labels), rows, verdict.labels, features,
-                                   int(result.k))
+    verdict.labels = extend_labels(np.asarray(result.labels), rows, verdict.labels,
+                                   result.affinity)
     resize_entries(verdict.clusters, verdict.labels)
     verdict.scored_on = int(len(rows))
     log.info("class of %d samples scored on a subsample of %d (score_max_samples)",

@@ -14,9 +14,11 @@ proportion to its size (at least one member each; largest remainders first, seed
 a class of that size (its own ``k``); the eigenvectors are the whole class's, restricted to the
 subsample (the sweep cuts order the subsample along them). The verdict's labels are then
 extended to the samples that were not drawn: a sample keeps its analysis cluster unless the
-score split, trimmed or moved drawn members of that cluster, in which case it takes the label
-most common among its nearest drawn members of the same analysis cluster (relevance features,
-the analysis' ``k`` of them or as many as were drawn; ties: the nearest). Sizes and fractions
+score split, trimmed or moved drawn members of that cluster; then it takes the label its edges
+in the analysis' relevance graph weigh most among the labelled samples of the same analysis
+cluster (the drawn ones first, then outwards in rounds, as the suspect members that leave a
+group go to the cluster their edges weigh most; a sample without such a path: the label most
+common among the drawn members of its cluster). Sizes and fractions
 count the whole class; the conductances, contrasts and penalties are the subsample's, and the
 verdict says how many samples they were measured on (``scored_on``).
 """
@@ -27,6 +29,7 @@ import logging
 from dataclasses import dataclass
 
 import numpy as np
+import scipy.sparse as sp
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +83,7 @@ def restrict(result, rows: np.ndarray, features: np.ndarray, pipeline: dict) -> 
 
 
 def extend_labels(labels: np.ndarray, rows: np.ndarray, sub_labels: np.ndarray,
-                  features: np.ndarray, k: int) -> np.ndarray:
+                  W: sp.spmatrix) -> np.ndarray:
     """Whole-class labels from the subsample's verdict labels (see the module docstring).
 
     Parameters
@@ -88,33 +91,45 @@ def extend_labels(labels: np.ndarray, rows: np.ndarray, sub_labels: np.ndarray,
     labels : ``(n,)`` the analysis' labels of the whole class.
     rows : ``(m,)`` the drawn rows.
     sub_labels : ``(m,)`` the verdict's labels of the drawn rows.
-    features : ``(n, d)`` relevance features (the nearest drawn members are found in them).
-    k : how many nearest drawn members vote.
+    W : ``(n, n)`` the analysis' relevance kNN graph of the whole class.
     """
-    from sklearn.neighbors import NearestNeighbors
-
     labels = np.asarray(labels)
     out = labels.copy()
     out[rows] = sub_labels
-    drawn = np.zeros(len(labels), dtype=bool)
-    drawn[rows] = True
-    for c in np.unique(labels):
-        mine = rows[labels[rows] == c]
-        now = out[mine]
-        if (now == c).all():
-            continue
-        rest = np.flatnonzero((labels == c) & ~drawn)
-        if not len(rest):
-            continue
-        kk = min(int(k), len(mine))
-        nn = NearestNeighbors(n_neighbors=kk).fit(features[mine])
-        _, near = nn.kneighbors(features[rest])
-        out[rest] = [_vote(now[row]) for row in near]
+    known = np.zeros(len(labels), dtype=bool)
+    known[rows] = True
+    changed = [c for c in np.unique(labels) if (out[rows][labels[rows] == c] != c).any()]
+    todo = np.isin(labels, changed) & ~known
+    W = sp.csr_matrix(W)
+    while todo.any():
+        done = _propagate(W, np.flatnonzero(todo), labels, out, known)
+        if not len(done):
+            break
+        known[done] = True
+        todo[done] = False
+    for r in np.flatnonzero(todo):       # no path to a drawn member of their cluster
+        values, counts = np.unique(out[rows][labels[rows] == labels[r]], return_counts=True)
+        out[r] = values[counts.argmax()]
     return out
 
 
-def _vote(votes: np.ndarray):
-    """The most common label of ``votes`` (nearest first); ties go to the nearest."""
-    values, first, counts = np.unique(votes, return_index=True, return_counts=True)
-    best = counts == counts.max()
-    return values[best][np.argmin(first[best])]
+def _propagate(W: sp.csr_matrix, rows: np.ndarray, labels: np.ndarray, out: np.ndarray,
+               known: np.ndarray) -> np.ndarray:
+    """One round: each of ``rows`` with edges to labelled samples of its own analysis cluster
+    takes the label those edges weigh most (in place in ``out``); returns the rows labelled."""
+    edges = W[rows].tocoo()
+    src, dst, weight = rows[edges.row], edges.col, edges.data
+    ok = known[dst] & (labels[dst] == labels[src])
+    if not ok.any():
+        return np.empty(0, dtype=np.intp)
+    src, dst, weight = src[ok], dst[ok], weight[ok]
+    values, code = np.unique(out[dst], return_inverse=True)
+    pair, where = np.unique(src * len(values) + code, return_inverse=True)
+    total = np.bincount(where, weights=weight)
+    row_of, label_of = np.divmod(pair, len(values))
+    order = np.lexsort((-total, row_of))          # per row, the heaviest label first
+    first = np.ones(len(order), dtype=bool)
+    first[1:] = row_of[order][1:] != row_of[order][:-1]
+    best = order[first]
+    out[row_of[best]] = values[label_of[best]]
+    return row_of[best]
