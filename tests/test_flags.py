@@ -949,7 +949,7 @@ def test_hot_spot_separation_lowers_a_group_whose_inputs_there_are_no_group():
     object of varied brightness) are lowered by ``hot_spot_weight`` per unit of separation
     below the knee."""
     params = flag_params(_pipe())
-    assert params.hot_spot_knee == 0.8 and params.hot_spot_weight == 5.0
+    assert params.hot_spot_knee == 0.75 and params.hot_spot_weight == 10.0
     for i, (feats, inputs, group) in enumerate(_hot_spot_classes()):
         result = analyze(feats, pipeline=_pipe(), embed=False)
         off = clever_hans_score(result, inputs, _pipe(hot_spot_weight=0.0), features=feats)
@@ -966,7 +966,7 @@ def test_hot_spot_separation_lowers_a_group_whose_inputs_there_are_no_group():
         else:
             assert cl["hot_spot_separation"] < 0.7
             assert cl["hot_spot_penalty"] == pytest.approx(
-                5.0 * (0.8 - cl["hot_spot_separation"]), abs=1e-3)
+                10.0 * (0.75 - cl["hot_spot_separation"]), abs=1e-3)
             assert on["score"] == pytest.approx(off["score"] - cl["hot_spot_penalty"], abs=1e-3)
             assert on["score"] < off["score"] - 0.5
 
