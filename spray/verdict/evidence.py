@@ -136,6 +136,11 @@ def edge_penalty(edge_randomness: float, params: FlagsSection) -> float:
     return params.edge_randomness_weight * max(0.0, edge_randomness - params.edge_randomness_knee)
 
 
+def hot_spot_penalty(separation: float, params: FlagsSection) -> float:
+    """Linear penalty below the knee: ``hot_spot_weight`` per unit of hot-spot separation."""
+    return params.hot_spot_weight * max(0.0, params.hot_spot_knee - separation)
+
+
 def randomness_penalty(randomness: float, params: FlagsSection) -> float:
     """Linear penalty below the knee: ``input_randomness_weight`` per unit of randomness."""
     return params.input_randomness_weight * max(0.0, params.input_randomness_knee - randomness)
@@ -299,6 +304,23 @@ class ClassGraphs:
                  else self.whole_inputs)
         return mask_conductance(*graph, mask) / random_conductance(int(mask.sum()), len(mask))
 
+    def hot_spot_separation(self, mask: np.ndarray) -> float | None:
+        """ROC AUC with which the inputs at the hot spot of ``mask`` (the ``input_mask_area`` of
+        cells where its relevance differs most from the rest's), projected onto the line from
+        the rest's median to the group's (:func:`spray.verdict.members.hot_spot_side`), tell
+        the group from the rest of the class. Near 1 when the members carry a pattern of their
+        own where the model looks differently (a stamp); about that of a random subset
+        (0.5-0.65) when the inputs there are no more alike within the group than across the
+        class (an object on one side of varied photographs, in a random colour). None without
+        relevance features, with ``input_mask_area`` 0 or ``hot_spot_weight`` 0."""
+        if self.features is None or self.mask_area <= 0 or self.params.hot_spot_weight <= 0:
+            return None
+        # imported here: members imports this module
+        from spray.verdict.members import auc, hot_spot_side
+
+        side = hot_spot_side(self.input_features, self.features, mask, self.mask_area)
+        return 0.5 if side is None else auc(side, mask)
+
     def edge_randomness(self, mask: np.ndarray) -> float | None:
         """Conductance of ``mask`` in the kNN graph of the inputs' edge energy over that of a
         random subset of its size (None without that graph): well below 1 when the members
@@ -345,14 +367,17 @@ def measure(entry: ClusterEvidence, graphs: ClassGraphs,
     co_penalty = round(colocation_penalty(co, params), 4) if co is not None else None
     edge = graphs.edge_randomness(mask)
     edge_pen = round(edge_penalty(edge, params), 4) if edge is not None else None
+    spot = graphs.hot_spot_separation(mask)
+    spot_pen = round(hot_spot_penalty(spot, params), 4) if spot is not None else None
     size_pen = round(size_penalty(entry.fraction, params), 4)
+    free = (edge_pen or 0.0) + (spot_pen or 0.0)    # the other penalties without an input graph
     if entry.cut_along is not None and _below(contrast(1.0, phi_rel, floor), size_pen,
-                                              co_penalty, bar, edge_pen):
+                                              co_penalty, bar, free):
         return entry       # nor with the penalties that need no input graph
     X_in = graphs.inputs_for(mask)
     phi_in = graphs.input_conductance(X_in, mask)
     plain = round(contrast(phi_in, phi_rel, floor), 4)
-    if entry.cut_along is not None and _below(plain, size_pen, co_penalty, bar, edge_pen):
+    if entry.cut_along is not None and _below(plain, size_pen, co_penalty, bar, free):
         return entry       # its score stays below the bar whatever its randomness
     randomness = graphs.input_randomness(mask)
     entry.inputs = X_in
@@ -373,6 +398,9 @@ def measure(entry: ClusterEvidence, graphs: ClassGraphs,
     if edge is not None:
         entry.edge_randomness = round(edge, 4)
         entry.edge_penalty = edge_pen
+    if spot is not None:
+        entry.hot_spot_separation = round(spot, 4)
+        entry.hot_spot_penalty = spot_pen
     return entry
 
 
@@ -380,7 +408,9 @@ def _below(plain: float, size: float, colocation: float | None, bar: float,
            edge: float | None = None) -> bool:
     """Whether a sweep cut's score stays below ``bar`` whatever its input randomness.
 
-    Its score ``contrast − (size + randomness + colocation + edge penalty)`` is at most
+    ``edge`` is the sum of the penalties that need no input graph besides the size and
+    colocation penalties (edge randomness, hot-spot separation). Its score
+    ``contrast − (size + randomness + colocation + edge + hot-spot penalty)`` is at most
     ``plain`` (its plain contrast, or the contrast with φ_input = 1, an upper bound of it) less
     the penalties with a randomness penalty of 0 (the penalties are never negative); the margin
     keeps its score rounded to four digits below ``bar`` too. Such a cut can neither be split
