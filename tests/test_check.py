@@ -222,6 +222,14 @@ def test_reason_names_a_suspect_split_off_its_cluster():
     assert "split off" not in evidence._reason(_entry(1, 3.0, True))
 
 
+def test_reason_names_the_hot_spot_separation_when_measured():
+    e = _entry(1, 3.0, True)
+    suspect = next(c for c in e["clusters"] if c["id"] == e["suspect_cluster"])
+    assert "hot-spot separation" not in evidence._reason(e)
+    suspect["hot_spot_separation"] = 0.9712
+    assert "hot-spot separation 0.97" in evidence._reason(e)
+
+
 def test_incomplete_classes_are_errors_not_skips(tmp_path):
     """A run killed before its analyses: the classes are 'incomplete'; the check exits 3 and the
     JUnit file reports them as errors (it used to skip them and pass)."""

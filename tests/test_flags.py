@@ -993,3 +993,83 @@ def test_class_at_the_cap_is_scored_whole(large_artefact_class):
     b = clever_hans_score(result, inputs[:300], _pipe(score_max_samples=300), features=feats[:300])
     assert "scored_on" not in b and a["score"] == b["score"]
     assert (a["labels"] == b["labels"]).all()
+
+
+def _hot_spot_classes():
+    """Three classes whose relevance singles out 20 % of the samples at the top-left corner:
+    the group's inputs carry a stamp there (a bright 2×2 block), carry nothing there, or carry
+    an 'object' there whose brightness varies from member to member (scaled by 0.2–1.8, like an
+    object of random colour on varied photographs). Returns, per class, (relevance, inputs,
+    group)."""
+    out = []
+    for seed, kind in ((21, "stamp"), (22, "nothing"), (23, "varied")):
+        rng = np.random.default_rng(seed)
+        x = _inputs(rng, 300)
+        group = np.zeros(300, dtype=bool)
+        group[rng.choice(300, size=60, replace=False)] = True
+        if kind == "stamp":
+            x[group, 0:2, 0:2] += 1.0
+        elif kind == "varied":
+            x[group, 0:3, 0:3] *= rng.uniform(0.2, 1.8, size=(group.sum(), 1, 1))
+        rel = x * (1 + 0.3 * rng.standard_normal(x.shape))
+        rel[group] *= 0.3
+        rel[group, 0, 0] = 6.0 + rng.random(group.sum())
+        out.append((_normalize(rel), _normalize(x), group))
+    return out
+
+
+def test_hot_spot_separation_lowers_a_group_whose_inputs_there_are_no_group():
+    """All three groups are flagged without the hot-spot term. With it the stamped group keeps
+    its score (its inputs at the hot spot tell it from the rest: separation near 1), and the
+    groups whose inputs there are no more alike than a random subset's (nothing there, or an
+    object of varied brightness) are lowered by ``hot_spot_weight`` per unit of separation
+    below the knee."""
+    params = flag_params(_pipe())
+    assert params.hot_spot_knee == 0.75 and params.hot_spot_weight == 10.0
+    for i, (feats, inputs, group) in enumerate(_hot_spot_classes()):
+        result = analyze(feats, pipeline=_pipe(), embed=False)
+        off = clever_hans_score(result, inputs, _pipe(hot_spot_weight=0.0), features=feats)
+        on = clever_hans_score(result, inputs, _pipe(), features=feats)
+        assert off["flagged"]
+        assert all("hot_spot_separation" not in c for c in off["clusters"])   # weight 0
+        cl = next(c for c in on["clusters"] if c["id"] == on["candidate_cluster"])
+        members = on["labels"] == cl["id"]
+        assert (members & group).sum() / members.sum() >= 0.9
+        if i == 0:
+            assert on["flagged"] and cl["hot_spot_separation"] > 0.95
+            assert cl["hot_spot_penalty"] == 0.0
+            assert on["score"] == pytest.approx(off["score"], abs=1e-3)
+        else:
+            assert cl["hot_spot_separation"] < 0.7
+            assert cl["hot_spot_penalty"] == pytest.approx(
+                10.0 * (0.75 - cl["hot_spot_separation"]), abs=1e-3)
+            assert on["score"] == pytest.approx(off["score"] - cl["hot_spot_penalty"], abs=1e-3)
+            assert on["score"] < off["score"] - 0.5
+
+
+def test_hot_spot_separation_of_a_random_subset_is_chance():
+    """The separation of random subsets of a class with one population is near that of chance
+    (0.5; the projection's line is fitted to the group, so a little above it), and a stamp at
+    the hot spot gives 1."""
+    from spray.config.presets import FlagsSection
+    from spray.verdict.evidence import ClassGraphs
+
+    rng = np.random.default_rng(3)
+    x = _normalize(_inputs(rng, 300))
+    rel = _normalize(_inputs(rng, 300))
+    graphs = ClassGraphs(sp.csr_matrix((300, 300)), np.ones(300), x.astype(np.float32), rel,
+                         {}, FlagsSection(), "l1", [GRID, GRID])
+    values = []
+    for _ in range(20):
+        mask = np.zeros(300, dtype=bool)
+        mask[rng.choice(300, 60, replace=False)] = True
+        values.append(graphs.hot_spot_separation(mask))
+    assert 0.5 <= np.median(values) < 0.65 and max(values) < 0.75
+    stamped = x.reshape(300, GRID, GRID).copy()
+    stamped[mask, 0, 0] += 0.05
+    rel2 = rel.reshape(300, GRID, GRID).copy()
+    rel2[mask, 0, 0] += 1.0
+    graphs = ClassGraphs(sp.csr_matrix((300, 300)), np.ones(300),
+                         _normalize(stamped).astype(np.float32), _normalize(rel2), {},
+                         FlagsSection(), "l1", [GRID, GRID])
+    assert graphs.hot_spot_separation(mask) > 0.99

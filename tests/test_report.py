@@ -132,13 +132,16 @@ def test_summary_has_evidence(report_run):
     assert suspect["suspect"]
     for key in ("conductance_relevance", "conductance_input", "contrast", "contrast_stable",
                 "size_penalty", "input_randomness", "randomness_penalty", "colocation",
-                "colocation_penalty", "concentration", "peak", "score", "members"):
+                "colocation_penalty", "hot_spot_separation", "hot_spot_penalty",
+                "concentration", "peak", "score", "members"):
         assert key in suspect, key
     assert suspect["score"] == entry["score"] >= entry["threshold"]
     # the page shows every penalty that the score subtracts, colocation included
     page = (report_run / "report" / f"class_{entry['class']}.html").read_text()
     assert f"colocation penalty {suspect['colocation_penalty']:.2f}" in page
     assert "<th>colocation</th>" in page
+    assert (f"hot-spot separation {suspect['hot_spot_separation']:.2f} and its penalty "
+            f"{suspect['hot_spot_penalty']:.2f}") in page
 
 
 # ------------------------------------------------------------------------------ headless Chromium

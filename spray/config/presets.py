@@ -232,6 +232,14 @@ class FlagsSection(_Section):
     #: (the callers pass no edge features).
     edge_randomness_knee: float = Field(default=0.6, ge=0)
     edge_randomness_weight: float = Field(default=10.0, ge=0)
+    #: hot-spot separation: ROC AUC with which the group's inputs at its relevance hot spot (the
+    #: ``input_mask_area`` of cells where its relevance differs most) tell it from the rest of
+    #: the class; a stamp there separates its group (scenes 0.85-1, grey 0.78-1), a group whose
+    #: inputs there are no more alike than a random subset's (about 0.5-0.65: objects at one
+    #: side of a photograph) loses ``hot_spot_weight`` per unit below the knee
+    #: (docs/verdict.md, step 3). Weight 0: not measured.
+    hot_spot_knee: float = Field(default=0.75, ge=0, le=1)
+    hot_spot_weight: float = Field(default=10.0, ge=0)
     #: suspect members: when a suspect's inputs at its relevance hot spot (the
     #: ``input_mask_area`` of cells where its relevance differs most) tell it from the rest of
     #: the class with ROC AUC at least this, the members that do not carry the group's pattern

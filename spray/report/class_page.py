@@ -77,6 +77,9 @@ def _evidence(entry: dict) -> str:
              + (f", edge randomness {_fmt(cl['edge_randomness'], 2)} and its penalty "
                 f"{_fmt(cl.get('edge_penalty'), 2)}" if cl.get("edge_randomness") is not None
                 else "")
+             + (f", hot-spot separation {_fmt(cl['hot_spot_separation'], 2)} and its penalty "
+                f"{_fmt(cl.get('hot_spot_penalty'), 2)}"
+                if cl.get("hot_spot_separation") is not None else "")
              + f") → score {_fmt(cl.get('score'), 2)} "
              f"against the threshold {_fmt(entry.get('threshold'), 2)}."]
     if entry.get("scored_on") is not None:

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import scipy.sparse as sp
+from scipy.stats import rankdata
 
 from spray.config.presets import FlagsSection
 from spray.verdict.graphs import (
@@ -63,6 +64,50 @@ def concentration(features: np.ndarray, mask: np.ndarray, grid, area: float,
         peak_at = [peak]
     return {"concentration": round(share, 4), "peak": peak_at,
             "peak_sign": int(np.sign(delta[peak]))}
+
+
+def hot_spot_side(input_features: np.ndarray, features: np.ndarray, mask: np.ndarray,
+                  area: float) -> np.ndarray | None:
+    """Each sample's inputs at the hot spot of ``mask``, projected onto the line from the rest's
+    median to the group's (0 halfway, about +½ for a typical member, −½ for the rest).
+
+    Parameters
+    ----------
+    input_features : ``(n, d)`` inputs preprocessed like the relevance features.
+    features : ``(n, d)`` relevance features.
+    mask : ``(n,)`` boolean group membership (at least one member and one non-member).
+    area : share of the cells that is the hot spot.
+
+    Returns
+    -------
+    numpy.ndarray or None
+        ``(n,)`` projections; None when the two medians coincide there.
+    """
+    cells = top_cells(np.abs(difference(features, mask)), area)
+    V = np.asarray(input_features[:, cells], dtype=np.float64)
+    V = V / _spread(V[~mask])
+    group, rest = np.median(V[mask], axis=0), np.median(V[~mask], axis=0)
+    line = group - rest
+    norm = float(line @ line)
+    if norm <= 0:
+        return None
+    return (V - (group + rest) / 2) @ line / norm
+
+
+def _spread(V: np.ndarray) -> np.ndarray:
+    """Per column, a robust spread of ``V`` (1.4826 × MAD; the standard deviation where that is
+    0, and the largest spread of the columns where both are)."""
+    spread = 1.4826 * np.median(np.abs(V - np.median(V, axis=0)), axis=0)
+    spread = np.where(spread > 0, spread, V.std(axis=0))
+    top = float(spread.max())
+    return np.where(spread > 0, spread, top if top > 0 else 1.0)
+
+
+def auc(scores: np.ndarray, mask: np.ndarray) -> float:
+    """ROC AUC of ``scores`` for telling ``mask`` from the rest (ties count half)."""
+    ranks = rankdata(scores)
+    pos, neg = int(mask.sum()), int((~mask).sum())
+    return float((ranks[mask].sum() - pos * (pos + 1) / 2) / (pos * neg))
 
 
 def masked_inputs(input_features: np.ndarray, features: np.ndarray, mask: np.ndarray,
@@ -134,6 +179,11 @@ def size_penalty(fraction: float, params: FlagsSection) -> float:
 def edge_penalty(edge_randomness: float, params: FlagsSection) -> float:
     """Linear penalty above the knee: ``edge_randomness_weight`` per unit of edge randomness."""
     return params.edge_randomness_weight * max(0.0, edge_randomness - params.edge_randomness_knee)
+
+
+def hot_spot_penalty(separation: float, params: FlagsSection) -> float:
+    """Linear penalty below the knee: ``hot_spot_weight`` per unit of hot-spot separation."""
+    return params.hot_spot_weight * max(0.0, params.hot_spot_knee - separation)
 
 
 def randomness_penalty(randomness: float, params: FlagsSection) -> float:
@@ -299,6 +349,20 @@ class ClassGraphs:
                  else self.whole_inputs)
         return mask_conductance(*graph, mask) / random_conductance(int(mask.sum()), len(mask))
 
+    def hot_spot_separation(self, mask: np.ndarray) -> float | None:
+        """ROC AUC with which the inputs at the hot spot of ``mask`` (the ``input_mask_area`` of
+        cells where its relevance differs most from the rest's), projected onto the line from
+        the rest's median to the group's (:func:`hot_spot_side`), tell
+        the group from the rest of the class. Near 1 when the members carry a pattern of their
+        own where the model looks differently (a stamp); about that of a random subset
+        (0.5-0.65) when the inputs there are no more alike within the group than across the
+        class (an object on one side of varied photographs, in a random colour). None without
+        relevance features, with ``input_mask_area`` 0 or ``hot_spot_weight`` 0."""
+        if self.features is None or self.mask_area <= 0 or self.params.hot_spot_weight <= 0:
+            return None
+        side = hot_spot_side(self.input_features, self.features, mask, self.mask_area)
+        return 0.5 if side is None else auc(side, mask)
+
     def edge_randomness(self, mask: np.ndarray) -> float | None:
         """Conductance of ``mask`` in the kNN graph of the inputs' edge energy over that of a
         random subset of its size (None without that graph): well below 1 when the members
@@ -345,14 +409,17 @@ def measure(entry: ClusterEvidence, graphs: ClassGraphs,
     co_penalty = round(colocation_penalty(co, params), 4) if co is not None else None
     edge = graphs.edge_randomness(mask)
     edge_pen = round(edge_penalty(edge, params), 4) if edge is not None else None
+    spot = graphs.hot_spot_separation(mask)
+    spot_pen = round(hot_spot_penalty(spot, params), 4) if spot is not None else None
     size_pen = round(size_penalty(entry.fraction, params), 4)
+    free = (edge_pen or 0.0) + (spot_pen or 0.0)    # the other penalties without an input graph
     if entry.cut_along is not None and _below(contrast(1.0, phi_rel, floor), size_pen,
-                                              co_penalty, bar, edge_pen):
+                                              co_penalty, bar, free):
         return entry       # nor with the penalties that need no input graph
     X_in = graphs.inputs_for(mask)
     phi_in = graphs.input_conductance(X_in, mask)
     plain = round(contrast(phi_in, phi_rel, floor), 4)
-    if entry.cut_along is not None and _below(plain, size_pen, co_penalty, bar, edge_pen):
+    if entry.cut_along is not None and _below(plain, size_pen, co_penalty, bar, free):
         return entry       # its score stays below the bar whatever its randomness
     randomness = graphs.input_randomness(mask)
     entry.inputs = X_in
@@ -373,6 +440,9 @@ def measure(entry: ClusterEvidence, graphs: ClassGraphs,
     if edge is not None:
         entry.edge_randomness = round(edge, 4)
         entry.edge_penalty = edge_pen
+    if spot is not None:
+        entry.hot_spot_separation = round(spot, 4)
+        entry.hot_spot_penalty = spot_pen
     return entry
 
 
@@ -380,7 +450,9 @@ def _below(plain: float, size: float, colocation: float | None, bar: float,
            edge: float | None = None) -> bool:
     """Whether a sweep cut's score stays below ``bar`` whatever its input randomness.
 
-    Its score ``contrast − (size + randomness + colocation + edge penalty)`` is at most
+    ``edge`` is the sum of the penalties that need no input graph besides the size and
+    colocation penalties (edge randomness, hot-spot separation). Its score
+    ``contrast − (size + randomness + colocation + edge + hot-spot penalty)`` is at most
     ``plain`` (its plain contrast, or the contrast with φ_input = 1, an upper bound of it) less
     the penalties with a randomness penalty of 0 (the penalties are never negative); the margin
     keeps its score rounded to four digits below ``bar`` too. Such a cut can neither be split

@@ -14,7 +14,7 @@ import numpy as np
 _EVIDENCE_KEYS = ("id", "half_of", "cut_along", "n_clusters", "cluster", "size", "fraction",
                   "conductance_relevance", "conductance_input", "contrast", "input_randomness",
                   "randomness_penalty", "colocation", "colocation_penalty",
-                  "edge_randomness", "edge_penalty",
+                  "edge_randomness", "edge_penalty", "hot_spot_separation", "hot_spot_penalty",
                   "concentration", "peak", "peak_sign", "size_penalty",
                   "excluded", "resampled", "contrast_stable", "score", "split_from",
                   "hot_spot_auc", "trimmed")
@@ -35,9 +35,10 @@ class ClusterEvidence:
     n_clusters, cluster : for a group of another K, that K and its cluster id there.
     size, fraction : members and their share of the class.
     conductance_relevance, conductance_input, contrast, input_randomness, randomness_penalty,
-    colocation, colocation_penalty, edge_randomness, edge_penalty, concentration, peak,
-    peak_sign, size_penalty : the evidence (candidates only; the edge terms with edge
-        features and ``edge_randomness_weight`` above 0).
+    colocation, colocation_penalty, edge_randomness, edge_penalty, hot_spot_separation,
+    hot_spot_penalty, concentration, peak, peak_sign, size_penalty : the evidence (candidates
+        only; the edge terms with edge features and ``edge_randomness_weight`` above 0, the
+        hot-spot terms with relevance features and ``hot_spot_weight`` above 0).
     excluded : why a candidate was not scored (``min_concentration``).
     resampled : False when the bootstrap was skipped because it could not change the verdict.
     contrast_stable, score : the bootstrap's stable contrast and the candidate's score.
@@ -66,6 +67,8 @@ class ClusterEvidence:
     colocation_penalty: float | None = None
     edge_randomness: float | None = None
     edge_penalty: float | None = None
+    hot_spot_separation: float | None = None
+    hot_spot_penalty: float | None = None
     concentration: float | None = None
     peak: list | None = None
     peak_sign: int | None = None
@@ -100,7 +103,7 @@ class ClusterEvidence:
     @property
     def penalty(self) -> float:
         return (self.size_penalty + self.randomness_penalty + (self.colocation_penalty or 0.0)
-                + (self.edge_penalty or 0.0))
+                + (self.edge_penalty or 0.0) + (self.hot_spot_penalty or 0.0))
 
     def to_dict(self) -> dict:
         """The JSON-ready entry: the keys that were measured, nothing private."""
