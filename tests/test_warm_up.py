@@ -32,24 +32,22 @@ def test_warm_up_is_wanted_when_a_class_uses_the_large_class_search():
     assert wanted(True, pipeline, [10]) and not wanted(False, pipeline, [10**6])
 
 
-@pytest.mark.parametrize("setting, registered", [(True, True), ("auto", False)])
-def test_a_run_registers_the_warm_up_with_its_workers(small_problem, tmp_path, setting,
-                                                      registered):
+def test_a_run_registers_the_warm_up_with_its_workers(small_problem, tmp_path):
     from spray.config.run_config import load_config
     from spray.run.execute import execute, prepare_store
     from spray.run.plan import plan_run
 
-    cfg, base = load_config(scale_config(small_problem, **CLUSTER, warm_up=setting))
+    # classes of ~180 samples: only warm_up: true (not auto) warms up
+    cfg, base = load_config(scale_config(small_problem, **CLUSTER, warm_up=True))
     cfg.pipeline["affinity"] = {"search": "exact"}  # the warm-up only loads cached kernels
     plan = plan_run(cfg, base, str(tmp_path / "run"), quiet=True)
     store = prepare_store(plan)
     with dask_client(cfg.cluster.model_dump()) as client:
         execute(plan, store, client, quiet=True)
-        assert (TOPIC in client.cluster.scheduler.worker_plugins) is registered
-        if registered:  # classes of ~180 samples: 'auto' would not warm up
-            event = wait_until(lambda: _events(client), timeout=120, what="the warm-up event")
-            assert event[0]["state"] == "done" and "blocked_seconds" in event[0]
-            assert "pynndescent_seconds" not in event[0]  # search: exact never uses it
+        assert TOPIC in client.cluster.scheduler.worker_plugins
+        event = wait_until(lambda: _events(client), timeout=120, what="the warm-up event")
+        assert event[0]["state"] == "done" and "blocked_seconds" in event[0]
+        assert "pynndescent_seconds" not in event[0]  # search: exact never uses it
 
 
 def test_a_failed_warm_up_is_logged_and_the_worker_keeps_working(capfd):
@@ -119,3 +117,23 @@ def test_the_warm_up_leaves_numba_s_thread_count_alone():
     numba.set_num_threads(2)
     assert set(warm_up({"search": "exact"})) == {"blocked"}
     assert numba.get_num_threads() == 2
+
+
+def test_a_search_that_arrives_during_the_warm_up_waits_for_it():
+    # the first class must not compile the kernels a second time next to the warm-up
+    import threading
+
+    import numpy as np
+
+    from spray.analysis import knn
+
+    X = np.random.default_rng(0).standard_normal((300, 8)).astype(np.float32)
+    found = []
+    with knn._WARMING:  # a warm-up is running
+        search = threading.Thread(target=lambda: found.append(
+            knn.large_knn(X, 5, {"search": "exact", "n_jobs": 1})))
+        search.start()
+        search.join(timeout=1.0)
+        assert search.is_alive() and not found
+    search.join(timeout=120)
+    assert found and found[0][2] == "exact-blocked"
