@@ -24,6 +24,8 @@ from __future__ import annotations
 
 import logging
 import math
+import threading
+import time
 import warnings
 
 import numpy as np
@@ -232,6 +234,7 @@ def large_knn(X: np.ndarray, k: int, params: AffinitySection | dict, seed: int =
     from spray.analysis.knn_blocked import blocked_knn
 
     params = AffinitySection.coerce(params)
+    wait_for_warm_up()
     search, n_jobs = params.search, params.n_jobs
     if search == "approximate":
         return (*approximate_knn(X, k, params, seed=seed), "pynndescent")
@@ -345,3 +348,53 @@ def knn_affinity(features, params: AffinitySection | dict, seed: int = 0,
     if return_info:
         return W, {"k": k, "method": method, "indices": ind, "distances": dist}
     return W
+
+
+#: held while :func:`warm_up` runs; :func:`large_knn` waits for it instead of compiling the
+#: same kernels side by side with it
+_WARMING = threading.Lock()
+
+#: rows and columns of the warm-up's random features: the kernels' types do not depend on the
+#: size, and pynndescent takes the same code path as for a large class
+WARM_UP_SHAPE = (2000, 16)
+
+
+def wait_for_warm_up() -> float:
+    """Wait until a running :func:`warm_up` of this process has finished; returns the wait
+    in seconds (logged when it is noticeable)."""
+    start = time.perf_counter()
+    with _WARMING:
+        pass
+    waited = time.perf_counter() - start
+    if waited > 0.5:
+        log.info("kNN: waited %.1f s for this process's kNN warm-up to finish", waited)
+    return waited
+
+
+def warm_up(params: AffinitySection | dict | None = None) -> dict[str, float]:
+    """Compile the kernels of the large-class kNN search in this process, on random features.
+
+    pynndescent compiles its NN-descent (~30 s of one core) in every new process: it takes the
+    distance as a function argument, which numba cannot cache on disk. This runs
+    :func:`approximate_knn` with ``params`` (the same argument types, hence the same
+    specializations, as a class of any size) unless ``search: exact``, and the blocked
+    search's warm-up (kernels from numba's on-disk cache, the product timing) unless
+    ``search: approximate``. Searches of this process wait for it (:func:`wait_for_warm_up`).
+
+    Returns the wall seconds of each part (``pynndescent``, ``blocked``).
+    """
+    from spray.analysis.knn_blocked import warm_up as blocked_warm_up
+
+    params = AffinitySection.coerce(params or {})
+    seconds: dict[str, float] = {}
+    with _WARMING:
+        if params.search != "exact":
+            start = time.perf_counter()
+            X = np.random.default_rng(0).standard_normal(WARM_UP_SHAPE).astype(np.float32)
+            approximate_knn(X, resolve_k(len(X), params.k), params)
+            seconds["pynndescent"] = time.perf_counter() - start
+        if params.search != "approximate":
+            start = time.perf_counter()
+            blocked_warm_up()
+            seconds["blocked"] = time.perf_counter() - start
+    return seconds

@@ -252,8 +252,12 @@ def _pair_distances(X: np.ndarray, rows: np.ndarray, cand: np.ndarray, threads: 
 
     out = np.empty(cand.shape, dtype=np.float64)
     with _LOCK:
+        before = numba.get_num_threads()
         numba.set_num_threads(threads)
-        _kernels().pair_distances(X, rows.astype(np.int64), np.ascontiguousarray(cand), out)
+        try:
+            _kernels().pair_distances(X, rows.astype(np.int64), np.ascontiguousarray(cand), out)
+        finally:  # pynndescent's NN-descent, run next in this thread, depends on the count
+            numba.set_num_threads(before)
     return out
 
 

@@ -106,6 +106,10 @@ class ClusterConfig(_Strict):
     starts no dashboard at all (CI).
     ``n_workers`` and ``threads_per_worker`` default to ``auto``, chosen from the machine by
     :func:`auto_workers` and logged.
+    ``warm_up``: each worker compiles the large-class kNN kernels in a background thread when
+    it starts (pynndescent's take ~30 s of one core in every new process), so its first class
+    above ``affinity.approximate_above`` samples does not; ``auto`` when the run has such a
+    class (:mod:`spray.run.warm_up`).
     """
 
     scheduler: str = "local"
@@ -121,6 +125,7 @@ class ClusterConfig(_Strict):
     retries: int = Field(default=2, ge=0)
     connect_timeout: float = Field(default=20.0, gt=0)
     worker_timeout: float = Field(default=600.0, gt=0)
+    warm_up: bool | Literal["auto"] = "auto"
     slurm: SlurmConfig = Field(default_factory=SlurmConfig)
 
     @field_validator("scheduler")

@@ -28,6 +28,7 @@ from spray.errors import (
     IncompleteRunError,
     SprayError,
 )
+from spray.run import warm_up
 from spray.run.dask_cluster import dashboard_text, dask_client, runtime_settings, workers_info
 from spray.run.plan import RunPlan, _clear_run_dir, plan_run
 from spray.run.signals import interrupt_on_signals
@@ -221,6 +222,9 @@ def execute(plan: RunPlan, store: StorePlan, client, quiet: bool = False) -> dic
     log.info("%d classes, %d/%d LRP chunks to compute (finished ones are checked against their "
              "samples) on %d Dask worker(s); %s", len(store.todo), store.chunks_todo,
              store.chunks_total, n_workers, dashboard_text(client))
+    sizes = [len(plan.parts[c]) for c in store.todo if c not in store.reuse]
+    if warm_up.wanted(plan.cfg.cluster.warm_up, plan.pipeline, sizes):
+        warm_up.start(client, plan.pipeline)
     t_submit = time.time()
     chunk_futures, analysis_futures = _submit(client, plan.cfg, plan.base_dir, plan.run_dir,
                                               plan.pipeline, store.todo, store.reuse)
@@ -230,6 +234,7 @@ def execute(plan: RunPlan, store: StorePlan, client, quiet: bool = False) -> dic
                        plan.cfg.cluster.progress and not quiet)
         lrp_done, lrp_failed = _collect(chunk_futures)
         analysis_done, analysis_failed = _collect(analysis_futures)
+        warm_up.log_outcomes(client)
     except BaseException:
         with contextlib.suppress(Exception):
             client.cancel(every)  # do not leave our tasks running on a shared cluster

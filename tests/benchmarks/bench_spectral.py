@@ -17,7 +17,11 @@ Per stage we record the wall time and the peak resident memory above the stage's
 coordinate — no low-dimensional structure, the worst case for any approximate index. Each
 (case, n) runs in a fresh process: *cold* is its first analysis (imports done, nothing
 warmed up; compiled kernels come from numba's on-disk cache, filled once per machine), *warm*
-the second one in the same process. *eigenvalue error* is measured on a random subsample of
+the second one in the same process. *after warm-up* is the first analysis of a second fresh
+process that ran a Dask worker's kNN warm-up first (``cluster.warm_up``,
+:func:`spray.analysis.knn.warm_up`; its wall and CPU seconds are recorded too), i.e. a new
+worker's first class. ``knn_identical``: the three runs found the same neighbours.
+*eigenvalue error* is measured on a random subsample of
 20 000 rows: the largest difference of the 32 eigenvalues between the kNN method used at full
 size (forced on the subsample) and an exact kNN ranked in float64 (:func:`float64_knn`).
 
@@ -38,6 +42,7 @@ first K row-normalized eigenvectors, openTSNE on the same kNN graph from the spe
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import platform
@@ -193,6 +198,7 @@ def run_spray(X, truth, embed=True, pipeline="spray-default", overrides=None):
     with stage(rec, "knn", sampler):
         ind, dist, method = knn_neighbors(X, k, pipe["affinity"])
     info["knn_method"] = method
+    info["knn_sha1"] = hashlib.sha1(np.ascontiguousarray(ind).tobytes()).hexdigest()[:16]
     rows = query_sample(n)
     info["knn_recall"] = round(knn_recall(ind, exact_neighbours(X, rows, k), rows), 4)
     with stage(rec, "graph", sampler):
@@ -314,10 +320,43 @@ def run_one(args):
     print(json.dumps(out))
 
 
+def cpu_seconds() -> float:
+    """CPU seconds of this process so far (all its threads)."""
+    import resource
+
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def run_after_warm_up(args, overrides):
+    """Child process of ``scale``: a new worker's first analysis after the worker warm-up
+    (:class:`spray.run.warm_up.KnnWarmUp` runs :func:`spray.analysis.knn.warm_up`)."""
+    import torch  # noqa: F401  (imported by every pipeline worker before its first class)
+
+    from spray.analysis.knn import warm_up
+    from spray.config.presets import load_pipeline
+
+    X, truth = make_case(args.case, args.n, d=args.d)
+    affinity = load_pipeline("spray-default", overrides=overrides)["affinity"]
+    t, cpu = time.perf_counter(), cpu_seconds()
+    parts = warm_up(affinity)
+    warm = {"seconds": round(time.perf_counter() - t, 3), "cpu_seconds": round(cpu_seconds() - cpu, 3),
+            **{f"{k}_seconds": round(v, 3) for k, v in parts.items()},
+            "load_average_before": round(os.getloadavg()[0], 2)}
+    print(f"warm-up: {json.dumps(warm)}", file=sys.stderr, flush=True)
+    load = os.getloadavg()[0]
+    rec, info = run_spray(X, truth, embed=False, overrides=overrides)
+    print(json.dumps({"warm_up": warm, "stages": rec, "knn_method": info["knn_method"],
+                      "knn_sha1": info["knn_sha1"], "load_average_before": round(load, 2),
+                      "total_seconds": round(sum(v["seconds"] for v in rec.values()), 3)}))
+
+
 def run_scale_case(args, overrides):
     """Child process of ``scale``: the first (cold) and second (warm) analysis of one case."""
     import resource
 
+    if args.after_warm_up:
+        return run_after_warm_up(args, overrides)
     import torch  # noqa: F401  (imported by every pipeline worker before its first class)
 
     import spray.analysis.knn  # noqa: F401
@@ -328,7 +367,8 @@ def run_scale_case(args, overrides):
         load = os.getloadavg()[0]
         rec, info = run_spray(X, truth, embed=False, overrides=overrides)
         runs[name] = {"stages": rec, "total_seconds": round(sum(v["seconds"] for v in rec.values()), 3),
-                      "knn_method": info["knn_method"], "load_average_before": round(load, 2)}
+                      "knn_method": info["knn_method"], "knn_sha1": info["knn_sha1"],
+                      "load_average_before": round(load, 2)}
     err = None
     if not args.no_eigen_check:
         err = eigenvalue_error(X, info["knn_method"], overrides)
@@ -343,12 +383,14 @@ def run_scale_case(args, overrides):
 
 
 def child(tool, n, d, no_embed=False, overrides=None, timeout=7200, case=None,
-          eigen_check=True):
+          eigen_check=True, after_warm_up=False):
     cmd = [sys.executable, __file__, "one", "--tool", tool, "--n", str(n), "--d", str(d)]
     if no_embed:
         cmd.append("--no-embed")
     if case:
         cmd += ["--case", case] + ([] if eigen_check else ["--no-eigen-check"])
+    if after_warm_up:
+        cmd.append("--after-warm-up")
     if overrides:
         cmd += ["--overrides", json.dumps(overrides)]
     env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
@@ -357,6 +399,19 @@ def child(tool, n, d, no_embed=False, overrides=None, timeout=7200, case=None,
     if proc.returncode or not line:
         return {"tool": tool, "n": n, "case": case, "error": (proc.stderr or proc.stdout)[-600:]}
     return json.loads(line[-1])
+
+
+def add_warm_up_run(row: dict, warmed: dict) -> None:
+    """Add a fresh process's warm-up and first analysis (:func:`run_after_warm_up`) to a
+    ``scale`` row: ``runs["after_warm_up"]``, ``warm_up_seconds``, ``after_warm_up_total_seconds``."""
+    if "error" in warmed:
+        row["after_warm_up_error"] = warmed["error"]
+        return
+    row["runs"]["after_warm_up"] = warmed
+    row["warm_up_seconds"] = warmed["warm_up"]["seconds"]
+    row["warm_up_cpu_seconds"] = warmed["warm_up"]["cpu_seconds"]
+    row["after_warm_up_total_seconds"] = warmed["total_seconds"]
+    row["knn_identical"] = len({run["knn_sha1"] for run in row["runs"].values()}) == 1
 
 
 def machine() -> str:
@@ -410,7 +465,8 @@ def scale_table(rows) -> str:
     """Markdown table of ``scale`` rows (JSON lines of :func:`run_scale_case`)."""
     head = ("| case | n | kNN method | recall@k | eigenvalue error (20k) | warm s: kNN / graph / "
             "eigen / cluster | warm CPU s: kNN / graph / eigen / cluster "
-            "| **warm total s** | **cold total s** | CPU s warm / cold "
+            "| **warm total s** | **cold total s** | **after warm-up total s** "
+            "| warm-up s (CPU s) | CPU s warm / cold / after warm-up "
             "| peak MiB above data "
             "| max RSS MiB | K / ARI | load avg |")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
@@ -430,9 +486,15 @@ def scale_table(rows) -> str:
         load = r.get("runs", {}).get("warm", {}).get("load_average_before", "-")
         cpu = " / ".join(
             f"{sum(v.get('cpu_seconds', 0) for v in run['stages'].values()):.1f}"
-            for run in (r.get("runs", {}).get(x) for x in ("warm", "cold")) if run) or "-"
+            for run in (r.get("runs", {}).get(x) for x in ("warm", "cold", "after_warm_up"))
+            if run) or "-"
+        after = r.get("after_warm_up_total_seconds")
+        after = "-" if after is None else f"{after:.1f}"
+        warm_up = ("-" if r.get("warm_up_seconds") is None
+                   else f"{r['warm_up_seconds']:.1f} ({r['warm_up_cpu_seconds']:.1f})")
         lines.append(f"| {case} | {r['n']} | {r['knn_method']} | {r['knn_recall']:.3f} | {err} | "
-                     f"{parts} | {cpu_parts} | **{r['total_seconds']:.1f}** | **{cold}** | {cpu} | "
+                     f"{parts} | {cpu_parts} | **{r['total_seconds']:.1f}** | **{cold}** | "
+                     f"**{after}** | {warm_up} | {cpu} | "
                      f"{max(v['peak_mib'] for v in st.values()):.0f} | {r.get('max_rss_mib', '-')} | "
                      f"{r['n_clusters']} / {r['ari']} | {load} |")
     return "\n".join(lines)
@@ -466,6 +528,8 @@ def main(argv=None):
             p.add_argument("--cases", nargs="+", choices=["easy", "hard"], default=["easy", "hard"])
             p.add_argument("--no-eigen-check", action="store_true",
                            help="skip the eigenvalue error on the 20k subsample")
+            p.add_argument("--no-warm-up-run", action="store_true",
+                           help="skip the fresh process that warms up before its first analysis")
     tab = sub.add_parser("table")
     tab.add_argument("jsonl", help="JSON lines written by compare / scale (--out)")
     one = sub.add_parser("one")
@@ -478,6 +542,8 @@ def main(argv=None):
     one.add_argument("--no-eigen-check", action="store_true")
     one.add_argument("--once", action="store_true",
                      help="with --case: only the first (cold) analysis, e.g. for 1M samples")
+    one.add_argument("--after-warm-up", action="store_true",
+                     help="with --case: the worker warm-up, then one analysis")
     args = ap.parse_args(argv)
     if args.cmd == "one":
         return run_one(args)
@@ -495,6 +561,9 @@ def main(argv=None):
     for tool, n, case in jobs:
         r = child(tool, n, args.d, no_embed=args.cmd == "scale", overrides=overrides,
                   case=case, eigen_check=not getattr(args, "no_eigen_check", False))
+        if case and "error" not in r and not args.no_warm_up_run:
+            add_warm_up_run(r, child(tool, n, args.d, no_embed=True, overrides=overrides,
+                                     case=case, after_warm_up=True))
         r["machine"] = machine()
         rows.append(r)
         with open(args.out, "a") as fh:
