@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 import time
 from pathlib import Path
@@ -28,9 +29,8 @@ from eval_clever_hans import edge_features  # noqa: E402
 
 def _planted(name: str) -> int | None:
     """The planted class of a cached setting's file name (None for a clean model)."""
-    if "clean" in name or "-c" not in name:
-        return None
-    return int(name.split("-c")[-1].split("-")[0])
+    found = re.search(r"-c(\d+)-", name)
+    return None if "clean" in name or found is None else int(found.group(1))
 
 
 def score_both(path: Path, cap: int) -> list[dict]:
