@@ -28,10 +28,10 @@ Two solvers for the largest μ (``solver: auto`` picks by size, see :func:`choos
   Thirty float64 Lanczos steps before the iteration place the filter: its lower end at the
   bottom of the spectrum instead of −1, its first cut at the top 1 % of the spectrum, and
   the isolated eigenvectors they find far above the cut start the block (projected out of
-  the first filter). Against the fixed [−1, 0.5] start this needs 29 % fewer column
-  products on the hard 100k graph and 9 % fewer on the easy one (5 814 and 3 771 float32-
-  equivalent products, ``docs/scale.md``). Tested against a dense ``eigh`` and against
-  ``eigsh`` (``tests/test_spectral.py``).
+  the first filter). Against the fixed [−1, 0.5] start this needs a third fewer column
+  products on the hard 100k graph (8 160 → 5 463 float32-equivalent columns) and 11 % fewer
+  on the easy one (4 128 → 3 675), the same eigenvalues to ~4e-10 (``docs/scale.md``).
+  Tested against a dense ``eigh`` and against ``eigsh`` (``tests/test_spectral.py``).
 
 Eigenvalues are returned ascending and clipped to ``[0, 2]``; eigenvectors are orthonormal
 eigenvectors of ``L_sym`` with a deterministic sign (largest-magnitude entry positive).
@@ -399,7 +399,7 @@ def _lanczos_start(A: _RowBlocks, N, gen, b: int, steps: int = 0):
     * ``U``: Lanczos vectors above the cut that have converged to eigenvectors (residual
       bound ≤ :data:`CHEBYSHEV_OUTLIER_TOL`), or None. Isolated eigenvalues far above the
       cut (the shifted group of the hard case, μ = 0.986) converge in a few steps; the first
-      filter would amplify them ~10⁹× more than the bulk edge, beyond float32's precision,
+      filter would amplify them ~10¹⁰× more than the bulk edge, beyond float32's precision,
       so they start the block and are projected out of the first filter.
     """
     import torch
