@@ -321,3 +321,103 @@ def test_chebyshev_row_blocks_in_threads_give_the_same_products_to_the_bit():
         assert np.array_equal(smallest_eigenpairs(W, 12, solver="chebyshev")[0], lam_one)
     finally:
         torch.set_num_threads(before)
+
+
+def noise_with_a_group(n=1500, seed=9):
+    """Isotropic noise with one shifted group, the hard benchmark case in small: a bulk
+    without gaps and one isolated eigenvalue (μ ≈ 0.96) far above it."""
+    rng = np.random.default_rng(seed)
+    X = rng.standard_normal((n, 100))
+    X[:n // 20] += 0.8
+    return knn_affinity(X, {"k": 10})
+
+
+def test_lanczos_start_brackets_the_spectrum_and_finds_the_isolated_eigenvector():
+    """The Lanczos steps before the Chebyshev iteration place its first filter: the lower end
+    at, not above, the bottom of the spectrum (−1 damped an interval twice as wide), a first
+    cut with dozens of eigenvalues above it (the fixed cut 0.5 had 2 here: the first filter
+    was lost), and the eigenvector of the isolated eigenvalue, which the first filter would
+    amplify beyond float32's precision, as a start vector."""
+    import scipy.linalg
+    import torch
+
+    import spray.analysis.spectral as spectral
+
+    W = noise_with_a_group()
+    M, d = spectral.normalized_affinity(W)
+    _, _, null = spectral.component_vectors(M, d, 4)
+    assert null.shape[1] == 1
+    mu = scipy.linalg.eigvalsh(M.toarray())
+    A = spectral._RowBlocks(M, torch.float64, 1)
+    low, cut, U = spectral._lanczos_start(A, torch.from_numpy(null),
+                                          torch.Generator().manual_seed(0), 39)
+    assert mu[0] - 0.05 < low < mu[0] and low > -0.9
+    assert 20 <= np.sum(mu > cut) <= 0.1 * len(mu)
+    assert U is not None and U.shape[1] == 1
+    u = U.numpy()[:, 0]
+    rayleigh = u @ (M @ u)
+    assert abs(rayleigh - mu[-2]) < 1e-9 and mu[-2] - mu[-3] > 0.3
+    assert np.linalg.norm(M @ u - rayleigh * u) < 1e-6
+
+
+def test_chebyshev_products_counted_on_noise_with_a_group(monkeypatch):
+    """The sparse products are the solver's cost (memory-bound). Counted on this graph as
+    float32 column products + 3 × float64 ones: 5 613 with the first filter on [−1, 0.5] and
+    float64 iterations from a residual of 5e-6 on; now under 4 000, and no float64 products
+    but those of the Lanczos start (float32 reaches the tolerance, float64 only confirms it)."""
+    import torch
+
+    import spray.analysis.spectral as spectral
+
+    W = noise_with_a_group()
+    columns = {torch.float32: 0, torch.float64: 0}
+    real = spectral._RowBlocks.addmm
+
+    def counted(self, x0, x1, *args, **kwargs):
+        columns[self.dtype] += x1.shape[1]
+        return real(self, x0, x1, *args, **kwargs)
+
+    monkeypatch.setattr(spectral._RowBlocks, "addmm", counted)
+    lam, vec = smallest_eigenpairs(W, 32, solver="chebyshev")
+    np.testing.assert_allclose(lam, dense_reference(W, 32), atol=1e-8)
+    assert np.abs(laplacian_sym(W) @ vec - vec * lam).max() < 1e-6
+    # the Lanczos steps and the check of the one eigenvector they find above the first cut
+    assert columns[torch.float64] == spectral.CHEBYSHEV_LANCZOS_STEPS + 1
+    assert columns[torch.float32] + 3 * columns[torch.float64] < 4000
+
+
+def test_chebyshev_converges_with_a_lower_end_above_the_spectrum(monkeypatch):
+    """Should the Lanczos estimate of the lower end miss the bottom of the spectrum, the
+    eigenvalues below it are amplified too, but less than the wanted ones: the iteration
+    must still converge to the right eigenpairs (and not stall into the eigsh fallback)."""
+    import spray.analysis.spectral as spectral
+
+    W = noise_with_a_group()
+    M, d = spectral.normalized_affinity(W)
+    _, _, null = spectral.component_vectors(M, d, 16)
+    monkeypatch.setattr(spectral, "_lanczos_start", lambda *a, **k: (0.0, 0.5, None))
+    found = spectral._chebyshev(M, 16, 0.0, 0, null)
+    assert found is not None
+    np.testing.assert_allclose(np.clip(1 - found[0], 0, 2), dense_reference(W, 16), atol=1e-8)
+
+
+def test_lanczos_start_keeps_only_vectors_that_are_eigenvectors():
+    """Plain Lanczos loses orthogonality once an eigenvalue converges: after 120 steps on this
+    graph three more vectors had residual bounds below 1e-8 but residuals of 4e-3 to 2e-2
+    (copies of converged eigenvalues). Only true eigenvectors may start the block: they are
+    locked at once and projected out of the first filter."""
+    import torch
+
+    import spray.analysis.spectral as spectral
+
+    W = noise_with_a_group()
+    M, d = spectral.normalized_affinity(W)
+    _, _, null = spectral.component_vectors(M, d, 4)
+    A = spectral._RowBlocks(M, torch.float64, 1)
+    for steps in (30, 120):
+        _, _, U = spectral._lanczos_start(A, torch.from_numpy(null),
+                                          torch.Generator().manual_seed(0), 39, steps)
+        u = U.numpy()
+        rayleigh = np.einsum("ij,ij->j", u, M @ u)
+        assert np.linalg.norm(M @ u - u * rayleigh, axis=0).max() <= 1e-6
+        assert np.abs(rayleigh - 0.943).max() < 1e-3  # the shifted group's eigenvalue only
