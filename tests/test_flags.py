@@ -12,6 +12,7 @@ from spray.errors import ConfigError
 from spray.verdict.evidence import masked_inputs, size_penalty
 from spray.verdict.graphs import conductance
 from spray.verdict.score import clever_hans_score, flag_params
+from spray.verdict.subsample import extend_labels, stratified_sample
 
 GRID = 10
 
@@ -917,6 +918,81 @@ def test_auc_and_nearest_cluster():
     assert _nearest_cluster(W.tocsr(), np.array([5, 6]), labels, [0, 1]).tolist() == [1, 1]
     W[5, 0] = 1.0
     assert _nearest_cluster(W.tocsr(), np.array([5]), labels, [0, 1]).tolist() == [0]
+
+
+# --- the score of a large class on a stratified subsample (score_max_samples) ---
+
+
+def test_stratified_sample_keeps_every_cluster_in_proportion():
+    labels = np.repeat([0, 1, 2, 3], [700, 250, 48, 2])
+    rows = stratified_sample(labels, 100, seed=0)
+    assert len(rows) == 100 and (np.diff(rows) > 0).all()
+    counts = np.bincount(labels[rows], minlength=4)
+    assert counts.tolist() == [70, 25, 4, 1]                  # largest remainders, ≥ 1 each
+    assert (stratified_sample(labels, 100, seed=0) == rows).all()
+    assert not (stratified_sample(labels, 100, seed=1) == rows).all()
+    assert (stratified_sample(labels, 5000, seed=0) == np.arange(1000)).all()
+
+
+def test_extended_labels_follow_the_nearest_drawn_members():
+    rng = np.random.default_rng(0)
+    # one analysis cluster (label 0) of two blobs; the score split the drawn members of the
+    # second blob off as cluster 5; cluster 1 was left alone
+    a, b, c = (rng.normal(m, 0.1, size=(200, 3)) for m in (0.0, 3.0, -3.0))
+    features = np.vstack([a, b, c])
+    labels = np.repeat([0, 0, 1], 200)
+    rows = np.sort(rng.choice(600, size=150, replace=False))
+    sub = labels[rows].copy()
+    sub[(rows >= 200) & (rows < 400)] = 5
+    from sklearn.neighbors import kneighbors_graph
+
+    W = kneighbors_graph(features, 5, mode="connectivity")
+    out = extend_labels(labels, rows, sub, W.maximum(W.T))
+    assert (out[:200] == 0).all() and (out[200:400] == 5).all() and (out[400:] == 1).all()
+
+
+@pytest.fixture(scope="module")
+def large_artefact_class():
+    """900 samples, 15 % of them with relevance on a corner cell the inputs barely show."""
+    def inputs(x, g):
+        x[g, 0, 0] += 0.3
+
+    def relevance(rel, g, rng):
+        rel[g] *= 0.3
+        rel[g, 0, 0] = 6.0 + rng.random(g.sum())
+
+    return _class_with_group(5, 135, inputs, relevance, n=900)
+
+
+def test_large_class_is_scored_on_a_subsample(large_artefact_class):
+    feats, inputs, planted = large_artefact_class
+    result = analyze(feats, pipeline=_pipe(), embed=False)
+    whole = clever_hans_score(result, inputs, _pipe(), features=feats)
+    part = clever_hans_score(result, inputs, _pipe(score_max_samples=300), features=feats)
+    assert "scored_on" not in whole and part["scored_on"] == 300
+    assert whole["flagged"] and part["flagged"]
+    assert len(part["labels"]) == len(feats)
+    assert sum(c["size"] for c in part["clusters"]) == len(feats)
+    for v in (whole, part):
+        members = np.isin(v["labels"], v["suspect_clusters"])
+        assert (members & planted).sum() / members.sum() >= 0.9
+        assert (members & planted).sum() / planted.sum() >= 0.9
+    # the evidence is the subsample's: another relevance graph, other conductances
+    best = next(c for c in part["clusters"] if c["id"] == part["suspect_cluster"])
+    assert best["fraction"] == pytest.approx(best["size"] / len(feats), abs=1e-4)
+    from spray.report.class_page import _evidence
+
+    assert "stratified random subsample of 300 samples" in _evidence(part)
+    assert "subsample" not in _evidence(whole)
+
+
+def test_class_at_the_cap_is_scored_whole(large_artefact_class):
+    feats, inputs, _ = large_artefact_class
+    result = analyze(feats[:300], pipeline=_pipe(), embed=False)
+    a = clever_hans_score(result, inputs[:300], _pipe(), features=feats[:300])
+    b = clever_hans_score(result, inputs[:300], _pipe(score_max_samples=300), features=feats[:300])
+    assert "scored_on" not in b and a["score"] == b["score"]
+    assert (a["labels"] == b["labels"]).all()
 
 
 def _hot_spot_classes():

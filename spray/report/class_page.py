@@ -82,6 +82,11 @@ def _evidence(entry: dict) -> str:
                 if cl.get("hot_spot_separation") is not None else "")
              + f") → score {_fmt(cl.get('score'), 2)} "
              f"against the threshold {_fmt(entry.get('threshold'), 2)}."]
+    if entry.get("scored_on") is not None:
+        parts.append(f"The class is large: its evidence was measured on a stratified random "
+                     f"subsample of {_fmt(entry['scored_on'])} samples "
+                     f"(<code>score_max_samples</code>); sizes and members count the whole "
+                     f"class.")
     if cl.get("split_from") is not None:
         parent = next((c for c in entry["clusters"] if c["id"] == cl["split_from"]), {})
         if cl.get("cut_along") is not None:

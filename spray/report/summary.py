@@ -88,6 +88,8 @@ def _class_entry(cg, c: int, limits: dict | None = None) -> dict:
     })
     if flags.get("params"):
         entry["flag_params"] = dict(flags["params"])
+    if flags.get("scored_on") is not None:
+        entry["scored_on"] = int(flags["scored_on"])
     return entry
 
 

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import scipy.sparse as sp
+from scipy.stats import rankdata
 
 from spray.config.presets import FlagsSection
 from spray.verdict.graphs import (
@@ -63,6 +64,50 @@ def concentration(features: np.ndarray, mask: np.ndarray, grid, area: float,
         peak_at = [peak]
     return {"concentration": round(share, 4), "peak": peak_at,
             "peak_sign": int(np.sign(delta[peak]))}
+
+
+def hot_spot_side(input_features: np.ndarray, features: np.ndarray, mask: np.ndarray,
+                  area: float) -> np.ndarray | None:
+    """Each sample's inputs at the hot spot of ``mask``, projected onto the line from the rest's
+    median to the group's (0 halfway, about +½ for a typical member, −½ for the rest).
+
+    Parameters
+    ----------
+    input_features : ``(n, d)`` inputs preprocessed like the relevance features.
+    features : ``(n, d)`` relevance features.
+    mask : ``(n,)`` boolean group membership (at least one member and one non-member).
+    area : share of the cells that is the hot spot.
+
+    Returns
+    -------
+    numpy.ndarray or None
+        ``(n,)`` projections; None when the two medians coincide there.
+    """
+    cells = top_cells(np.abs(difference(features, mask)), area)
+    V = np.asarray(input_features[:, cells], dtype=np.float64)
+    V = V / _spread(V[~mask])
+    group, rest = np.median(V[mask], axis=0), np.median(V[~mask], axis=0)
+    line = group - rest
+    norm = float(line @ line)
+    if norm <= 0:
+        return None
+    return (V - (group + rest) / 2) @ line / norm
+
+
+def _spread(V: np.ndarray) -> np.ndarray:
+    """Per column, a robust spread of ``V`` (1.4826 × MAD; the standard deviation where that is
+    0, and the largest spread of the columns where both are)."""
+    spread = 1.4826 * np.median(np.abs(V - np.median(V, axis=0)), axis=0)
+    spread = np.where(spread > 0, spread, V.std(axis=0))
+    top = float(spread.max())
+    return np.where(spread > 0, spread, top if top > 0 else 1.0)
+
+
+def auc(scores: np.ndarray, mask: np.ndarray) -> float:
+    """ROC AUC of ``scores`` for telling ``mask`` from the rest (ties count half)."""
+    ranks = rankdata(scores)
+    pos, neg = int(mask.sum()), int((~mask).sum())
+    return float((ranks[mask].sum() - pos * (pos + 1) / 2) / (pos * neg))
 
 
 def masked_inputs(input_features: np.ndarray, features: np.ndarray, mask: np.ndarray,
@@ -307,7 +352,7 @@ class ClassGraphs:
     def hot_spot_separation(self, mask: np.ndarray) -> float | None:
         """ROC AUC with which the inputs at the hot spot of ``mask`` (the ``input_mask_area`` of
         cells where its relevance differs most from the rest's), projected onto the line from
-        the rest's median to the group's (:func:`spray.verdict.members.hot_spot_side`), tell
+        the rest's median to the group's (:func:`hot_spot_side`), tell
         the group from the rest of the class. Near 1 when the members carry a pattern of their
         own where the model looks differently (a stamp); about that of a random subset
         (0.5-0.65) when the inputs there are no more alike within the group than across the
@@ -315,9 +360,6 @@ class ClassGraphs:
         relevance features, with ``input_mask_area`` 0 or ``hot_spot_weight`` 0."""
         if self.features is None or self.mask_area <= 0 or self.params.hot_spot_weight <= 0:
             return None
-        # imported here: members imports this module
-        from spray.verdict.members import auc, hot_spot_side
-
         side = hot_spot_side(self.input_features, self.features, mask, self.mask_area)
         return 0.5 if side is None else auc(side, mask)
 

@@ -25,54 +25,9 @@ from __future__ import annotations
 
 import numpy as np
 import scipy.sparse as sp
-from scipy.stats import rankdata
 
-from spray.verdict.evidence import difference, top_cells
-from spray.verdict.result import ClusterEvidence
-
-
-def hot_spot_side(input_features: np.ndarray, features: np.ndarray, mask: np.ndarray,
-                  area: float) -> np.ndarray | None:
-    """Each sample's inputs at the hot spot of ``mask``, projected onto the line from the rest's
-    median to the group's (0 halfway, about +½ for a typical member, −½ for the rest).
-
-    Parameters
-    ----------
-    input_features : ``(n, d)`` inputs preprocessed like the relevance features.
-    features : ``(n, d)`` relevance features.
-    mask : ``(n,)`` boolean group membership (at least one member and one non-member).
-    area : share of the cells that is the hot spot.
-
-    Returns
-    -------
-    numpy.ndarray or None
-        ``(n,)`` projections; None when the two medians coincide there.
-    """
-    cells = top_cells(np.abs(difference(features, mask)), area)
-    V = np.asarray(input_features[:, cells], dtype=np.float64)
-    V = V / _spread(V[~mask])
-    group, rest = np.median(V[mask], axis=0), np.median(V[~mask], axis=0)
-    line = group - rest
-    norm = float(line @ line)
-    if norm <= 0:
-        return None
-    return (V - (group + rest) / 2) @ line / norm
-
-
-def _spread(V: np.ndarray) -> np.ndarray:
-    """Per column, a robust spread of ``V`` (1.4826 × MAD; the standard deviation where that is
-    0, and the largest spread of the columns where both are)."""
-    spread = 1.4826 * np.median(np.abs(V - np.median(V, axis=0)), axis=0)
-    spread = np.where(spread > 0, spread, V.std(axis=0))
-    top = float(spread.max())
-    return np.where(spread > 0, spread, top if top > 0 else 1.0)
-
-
-def auc(scores: np.ndarray, mask: np.ndarray) -> float:
-    """ROC AUC of ``scores`` for telling ``mask`` from the rest (ties count half)."""
-    ranks = rankdata(scores)
-    pos, neg = int(mask.sum()), int((~mask).sum())
-    return float((ranks[mask].sum() - pos * (pos + 1) / 2) / (pos * neg))
+from spray.verdict.evidence import auc, hot_spot_side
+from spray.verdict.result import ClusterEvidence, resize_entries
 
 
 def lower_fence(values: np.ndarray, reach: float) -> float:
@@ -124,7 +79,7 @@ def trim_suspects(labels: np.ndarray, clusters: list[ClusterEvidence], suspects:
         entry.trimmed = int(len(out))
         if entry.trimmed:
             labels[out] = _nearest_cluster(W, out, labels, keep)
-    _resize(clusters, labels)
+    resize_entries(clusters, labels)
     return labels
 
 
@@ -143,13 +98,3 @@ def _nearest_cluster(W: sp.csr_matrix, rows: np.ndarray, labels: np.ndarray,
     sizes = np.bincount(column[inside], minlength=len(order)).astype(np.float64)
     best = np.where(weight.max(axis=1) > 0, np.argmax(weight, axis=1), np.argmax(sizes))
     return order[best]
-
-
-def _resize(clusters: list[ClusterEvidence], labels: np.ndarray) -> None:
-    """Bring the ``size`` and ``fraction`` of every cluster entry in line with ``labels``."""
-    for entry in clusters:
-        if entry.id is None:
-            continue
-        size = int((labels == entry.id).sum())
-        if size != entry.size:
-            entry.size, entry.fraction = size, round(size / len(labels), 4)

@@ -133,6 +133,8 @@ class Verdict:
     labels : the analysis' labels with those splits.
     other_k : the best ten groups of other K (``candidates: all-k``).
     params : the flags section used.
+    scored_on : the number of samples the evidence was measured on, when the class was scored
+        on a subsample (``score_max_samples``); None: on all of them.
     """
 
     score: float
@@ -147,6 +149,7 @@ class Verdict:
     other_k: list[ClusterEvidence]
     params: dict
     rule: str = "input-contrast"
+    scored_on: int | None = None
 
     def cluster(self, cid: int) -> ClusterEvidence:
         """The entry of cluster ``cid``."""
@@ -159,4 +162,15 @@ class Verdict:
         out["other_k"] = [c.to_dict() for c in self.other_k]
         order = ("rule", "score", "threshold", "flagged", "suspect_cluster", "suspect_clusters",
                  "candidate_cluster", "clusters", "splits", "labels", "other_k", "params")
-        return {k: out[k] for k in order}
+        return {**{k: out[k] for k in order},
+                **({} if self.scored_on is None else {"scored_on": self.scored_on})}
+
+
+def resize_entries(clusters: list[ClusterEvidence], labels: np.ndarray) -> None:
+    """Bring the ``size`` and ``fraction`` of every cluster entry in line with ``labels``."""
+    for entry in clusters:
+        if entry.id is None:
+            continue
+        size = int((labels == entry.id).sum())
+        if size != entry.size or entry.fraction != round(size / len(labels), 4):
+            entry.size, entry.fraction = size, round(size / len(labels), 4)

@@ -5,11 +5,14 @@ section of the pipeline (:class:`spray.config.presets.FlagsSection`). The steps 
 own modules: :mod:`~spray.verdict.candidates` (which groups are scored),
 :mod:`~spray.verdict.evidence` (what is measured on each), :mod:`~spray.verdict.bootstrap` (the
 stable contrast), :mod:`~spray.verdict.halves` (split-off halves, groups of other K),
-:mod:`~spray.verdict.members` (who of a suspect carries its pattern) and
+:mod:`~spray.verdict.members` (who of a suspect carries its pattern),
+:mod:`~spray.verdict.subsample` (large classes) and
 :mod:`~spray.verdict.result` (the typed verdict).
 """
 
 from __future__ import annotations
+
+import logging
 
 import numpy as np
 
@@ -19,7 +22,10 @@ from spray.verdict.candidates import candidate_groups, sweep_cuts
 from spray.verdict.evidence import ClassGraphs, measure
 from spray.verdict.halves import lift_by_other_k, split_off_sweep, split_suspect_halves
 from spray.verdict.members import trim_suspects
-from spray.verdict.result import ClusterEvidence, Verdict
+from spray.verdict.result import ClusterEvidence, Verdict, resize_entries
+from spray.verdict.subsample import extend_labels, restrict, stratified_sample
+
+log = logging.getLogger(__name__)
 
 
 def flag_params(pipeline: dict) -> FlagsSection:
@@ -59,8 +65,37 @@ def score_class(result, input_features: np.ndarray, pipeline: dict,
     Returns
     -------
     Verdict
+        Measured on a stratified subsample of ``score_max_samples`` samples when the class has
+        more (:mod:`~spray.verdict.subsample`; ``scored_on`` says how many).
     """
     params = flag_params(pipeline)
+    n = len(np.asarray(result.labels))
+    if features is None or n <= params.score_max_samples:
+        return _score(result, input_features, pipeline, params, features, edge_features)
+    return _score_subsample(result, input_features, pipeline, params, features, edge_features)
+
+
+def _score_subsample(result, input_features, pipeline: dict, params: FlagsSection, features,
+                     edge_features) -> Verdict:
+    """:func:`_score` on a stratified subsample, its labels extended to the whole class."""
+    features = np.asarray(features)
+    rows = stratified_sample(np.asarray(result.labels), params.score_max_samples, params.seed)
+    sub = restrict(result, rows, features, pipeline)
+    edges = None if edge_features is None else np.asarray(edge_features)[rows]
+    verdict = _score(sub, np.asarray(input_features)[rows], pipeline, params, features[rows],
+                     edges)
+    verdict.labels = extend_labels(np.asarray(result.labels), rows, verdict.labels,
+                                   result.affinity)
+    resize_entries(verdict.clusters, verdict.labels)
+    verdict.scored_on = int(len(rows))
+    log.info("class of %d samples scored on a subsample of %d (score_max_samples)",
+             len(verdict.labels), len(rows))
+    return verdict
+
+
+def _score(result, input_features: np.ndarray, pipeline: dict, params: FlagsSection,
+           features=None, edge_features=None) -> Verdict:
+    """The rule on the samples of ``result`` (see :func:`score_class`)."""
     if features is not None:
         features = np.asarray(features)
         relevance = np.ascontiguousarray(features, dtype=np.float32)   # what is graphed

@@ -1,0 +1,102 @@
+"""Whole classes scored in full and on a capped subsample (``score_max_samples``).
+
+    python tests/benchmarks/eval_score_cap.py --cap 300 --out FILE CACHE/*.npz
+
+Each argument is a cached setting of ``eval_clever_hans.py`` (``OUT/cache/*.npz``). Every class
+is analysed once (``spray-default``, no t-SNE) and scored twice: with the preset as it is and
+with ``flags.score_max_samples`` set to ``--cap``, so that classes above the cap are scored on
+a stratified subsample of that many. Per class it prints and writes (``--out``, JSON) both
+scores, the CPU seconds of both scores and, where the class holds stamped samples and a
+suspect, the suspects' precision and recall over the whole class; at the end, how often the two
+flags agree and the highest score of the classes without a planted artefact.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from eval_clever_hans import edge_features  # noqa: E402
+
+
+def _planted(name: str) -> int | None:
+    """The planted class of a cached setting's file name (None for a clean model)."""
+    found = re.search(r"-c(\d+)-", name)
+    return None if "clean" in name or found is None else int(found.group(1))
+
+
+def score_both(path: Path, cap: int) -> list[dict]:
+    """Both scores of every class of one cached setting."""
+    from spray.analysis.analyze import analyze
+    from spray.analysis.preprocess import preprocess
+    from spray.config.presets import load_pipeline
+    from spray.verdict.score import score_class
+
+    pipe = load_pipeline("spray-default", overrides={"embedding": {"method": "none"}})
+    capped = load_pipeline("spray-default", overrides={"embedding": {"method": "none"},
+                                                       "flags": {"score_max_samples": cap}})
+    data = dict(np.load(path, allow_pickle=True))
+    planted = _planted(path.stem)
+    rows = []
+    for c in np.unique(data["labels"]).tolist():
+        sel = np.flatnonzero(data["labels"] == c)
+        maps = data["relevance"][sel].astype(np.float32)
+        inputs = data["inputs"][sel].astype(np.float32)
+        feats = preprocess(maps, pipe["preprocess"])
+        in_feats = preprocess(inputs, pipe["preprocess"])
+        edges = edge_features(inputs, pipe)
+        result = analyze(feats, pipeline=pipe, embed=False)
+        truth = data["poisoned"][sel]
+        row = {"setting": path.stem, "class": c, "n": int(len(sel)), "planted": planted == c}
+        for tag, p in (("full", pipe), ("cap", capped)):
+            t = time.process_time()
+            v = score_class(result, in_feats, p, features=feats, edge_features=edges)
+            row[f"{tag}_cpu_s"] = round(time.process_time() - t, 2)
+            row[tag] = round(v.score, 3)
+            members = np.isin(v.labels, v.suspect_clusters)
+            if truth.any() and members.any():
+                hit = int((members & truth).sum())
+                row[f"{tag}_precision"] = round(hit / int(members.sum()), 3)
+                row[f"{tag}_recall"] = round(hit / int(truth.sum()), 3)
+        print(json.dumps(row), flush=True)
+        rows.append(row)
+    return rows
+
+
+def summary(rows: list[dict], cap: int, threshold: float = 1.7) -> str:
+    """Flag agreement and the extremes of both scores."""
+    capped = [r for r in rows if r["n"] > cap]
+    agree = sum((r["full"] >= threshold) == (r["cap"] >= threshold) for r in capped)
+    other = [r for r in capped if not r["planted"]]
+    top = (max(r["full"] for r in other), max(r["cap"] for r in other)) if other else (None,) * 2
+    diff = np.mean([abs(r["full"] - r["cap"]) for r in capped]) if capped else float("nan")
+    return (f"{len(capped)} of {len(rows)} classes above the cap {cap}: flags agree in {agree}; "
+            f"mean |score difference| {diff:.2f}; highest score of the other classes "
+            f"{top[0]} whole, {top[1]} capped; CPU s of the scores "
+            f"{sum(r['full_cpu_s'] for r in rows):.1f} whole, "
+            f"{sum(r['cap_cpu_s'] for r in rows):.1f} capped")
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("caches", nargs="+", type=Path)
+    ap.add_argument("--cap", type=int, required=True)
+    ap.add_argument("--out", type=Path)
+    args = ap.parse_args(argv)
+    rows = [r for path in args.caches for r in score_both(path, args.cap)]
+    if args.out:
+        args.out.write_text(json.dumps(rows, indent=1) + "\n")
+    print(summary(rows, args.cap))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
