@@ -934,6 +934,33 @@ def test_stratified_sample_keeps_every_cluster_in_proportion():
     assert (stratified_sample(labels, 5000, seed=0) == np.arange(1000)).all()
 
 
+@pytest.mark.parametrize("counts, size", [([1000] + [1] * 150, 100), ([5000, 5000, 1], 10000),
+                                           ([700, 250, 48, 2], 999), ([3] * 300, 300)])
+def test_stratified_sample_has_exactly_its_size(counts, size):
+    labels = np.repeat(np.arange(len(counts)), counts)
+    rows = stratified_sample(labels, size, seed=0)
+    assert len(rows) == size == len(np.unique(rows))
+    drawn = np.bincount(labels[rows], minlength=len(counts))
+    assert (drawn <= np.asarray(counts)).all()
+    if size >= len(counts):
+        assert (drawn >= 1).all()
+
+
+def test_restricted_eigenvectors_keep_the_whole_class_sweep_order(large_artefact_class):
+    from spray.verdict.graphs import with_degree
+    from spray.verdict.subsample import restrict
+
+    feats, _, _ = large_artefact_class
+    result = analyze(feats, pipeline=_pipe(), embed=False)
+    rows = stratified_sample(result.labels, 300, seed=0)
+    sub = restrict(result, rows, feats, _pipe())
+    _, whole = with_degree(result.affinity)
+    _, part = with_degree(sub.affinity)
+    assert not np.allclose(whole[rows], part)          # another graph, other degrees
+    expect = (result.eigenvectors / np.sqrt(whole)[:, None])[rows]
+    assert np.allclose(sub.eigenvectors / np.sqrt(part)[:, None], expect)
+
+
 def test_extended_labels_follow_the_nearest_drawn_members():
     rng = np.random.default_rng(0)
     # one analysis cluster (label 0) of two blobs; the score split the drawn members of the
@@ -1073,3 +1100,31 @@ def test_hot_spot_separation_of_a_random_subset_is_chance():
                          _normalize(stamped).astype(np.float32), _normalize(rel2), {},
                          FlagsSection(), "l1", [GRID, GRID])
     assert graphs.hot_spot_separation(mask) > 0.99
+
+
+def test_suspect_members_of_a_large_class_are_decided_on_the_whole_class():
+    """Look-alikes leave the suspect of a class scored on a subsample as they do when it is
+    scored whole: the labels are extended before the members are decided."""
+    n, rng = 900, np.random.default_rng(5)
+    lookalike = np.zeros(n, dtype=bool)
+
+    def inputs(x, g):
+        x[g, 0, 0] += 0.3
+
+    def relevance(rel, g, rng_):
+        lookalike[rng.choice(np.flatnonzero(~g), size=30, replace=False)] = True
+        both = g | lookalike
+        rel[both] *= 0.3
+        rel[both, 0, 0] = 6.0 + rng_.random(both.sum())
+
+    feats, x, planted = _class_with_group(0, 180, inputs, relevance, n=n)
+    result = analyze(feats, pipeline=_pipe(), embed=False)
+    v = clever_hans_score(result, x, _pipe(score_max_samples=300), features=feats)
+    assert v["flagged"] and v["scored_on"] == 300
+    members = np.isin(v["labels"], v["suspect_clusters"])
+    assert members[lookalike].sum() <= 3
+    assert (members & planted).sum() / planted.sum() >= 0.97
+    cl = next(c for c in v["clusters"] if c["id"] == v["suspect_cluster"])
+    assert cl["size"] == int((v["labels"] == cl["id"]).sum())
+    assert cl["trimmed"] >= 27                     # counted over the whole class
+

@@ -74,6 +74,8 @@ def _reason(entry: dict) -> str:
         how = (f"a sweep cut along eigenvector {cl['cut_along']}"
                if cl.get("cut_along") is not None else "its spectral bisection")
         ev.append(f"split off cluster {cl['split_from']} by {how}")
+    if entry.get("scored_on") is not None:
+        ev.append(f"measured on a subsample of {entry['scored_on']} samples")
     if ev:
         bits.append("(" + "; ".join(ev) + ")")
     more = _suspects(entry)[1:]

@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 
 import numpy as np
+import scipy.sparse as sp
 
 from spray.config.presets import FlagsSection
 from spray.verdict.bootstrap import Resamples, stabilize, stabilize_cuts, verify
@@ -82,11 +83,17 @@ def _score_subsample(result, input_features, pipeline: dict, params: FlagsSectio
     rows = stratified_sample(np.asarray(result.labels), params.score_max_samples, params.seed)
     sub = restrict(result, rows, features, pipeline)
     edges = None if edge_features is None else np.asarray(edge_features)[rows]
-    verdict = _score(sub, np.asarray(input_features)[rows], pipeline, params, features[rows],
-                     edges)
-    verdict.labels = extend_labels(np.asarray(result.labels), rows, verdict.labels,
-                                   result.affinity)
-    resize_entries(verdict.clusters, verdict.labels)
+    inputs = np.asarray(input_features, dtype=np.float32)
+    verdict = _score(sub, inputs[rows], pipeline, params, features[rows], edges, trim=False)
+    labels = extend_labels(np.asarray(result.labels), rows, verdict.labels, result.affinity)
+    resize_entries(verdict.clusters, labels)
+    # who of a suspect carries its pattern is decided on the whole class: the samples that
+    # leave a suspect are near it in the relevance graph, so the labels must be extended first
+    area = float(params.input_mask_area)
+    verdict.labels = trim_suspects(labels, verdict.clusters, verdict.suspect_clusters,
+                                   sp.csr_matrix(result.affinity), inputs,
+                                   np.ascontiguousarray(features, dtype=np.float32), area,
+                                   params.trim_min_auc, params.trim_fence_iqr)
     verdict.scored_on = int(len(rows))
     log.info("class of %d samples scored on a subsample of %d (score_max_samples)",
              len(verdict.labels), len(rows))
@@ -94,8 +101,9 @@ def _score_subsample(result, input_features, pipeline: dict, params: FlagsSectio
 
 
 def _score(result, input_features: np.ndarray, pipeline: dict, params: FlagsSection,
-           features=None, edge_features=None) -> Verdict:
-    """The rule on the samples of ``result`` (see :func:`score_class`)."""
+           features=None, edge_features=None, trim: bool = True) -> Verdict:
+    """The rule on the samples of ``result`` (see :func:`score_class`); ``trim``: decide the
+    suspects' members (:func:`~spray.verdict.members.trim_suspects`)."""
     if features is not None:
         features = np.asarray(features)
         relevance = np.ascontiguousarray(features, dtype=np.float32)   # what is graphed
@@ -121,9 +129,10 @@ def _score(result, input_features: np.ndarray, pipeline: dict, params: FlagsSect
         labels, clusters, more = _split_off_sweep(result, graphs, labels, clusters, resamples)
         splits = splits + more
     suspects = [c.id for c in clusters if c.score is not None and c.score >= params.threshold]
-    labels = trim_suspects(labels, clusters, suspects, graphs.W, graphs.input_features,
-                           graphs.features, graphs.mask_area, params.trim_min_auc,
-                           params.trim_fence_iqr)
+    if trim:
+        labels = trim_suspects(labels, clusters, suspects, graphs.W, graphs.input_features,
+                               graphs.features, graphs.mask_area, params.trim_min_auc,
+                               params.trim_fence_iqr)
     return _verdict(clusters, labels, splits, other_k, params)
 
 

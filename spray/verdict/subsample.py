@@ -12,15 +12,18 @@ scored on that many of its samples, drawn without replacement within each analys
 proportion to its size (at least one member each; largest remainders first, seeded by the
 ``seed`` of the flags). The subsample's relevance graph is built as the analysis builds one for
 a class of that size (its own ``k``); the eigenvectors are the whole class's, restricted to the
-subsample (the sweep cuts order the subsample along them). The verdict's labels are then
-extended to the samples that were not drawn: a sample keeps its analysis cluster unless the
-score split, trimmed or moved drawn members of that cluster; then it takes the label its edges
-in the analysis' relevance graph weigh most among the labelled samples of the same analysis
-cluster (the drawn ones first, then outwards in rounds, as the suspect members that leave a
-group go to the cluster their edges weigh most; a sample without such a path: the label most
-common among the drawn members of its cluster). Sizes and fractions
-count the whole class; the conductances, contrasts and penalties are the subsample's, and the
-verdict says how many samples they were measured on (``scored_on``).
+subsample and rescaled so that the sweep cuts order the subsample as they would order the
+whole class (by each eigenvector over the square root of the whole graph's degree). The
+verdict's labels are then extended to the samples that were not drawn: a sample keeps its
+analysis cluster unless the score split or moved drawn members of that cluster; then it takes
+the label its edges in the analysis' relevance graph weigh most among the labelled samples of
+the same analysis cluster (the drawn ones first, then outwards in rounds; a sample without
+such a path: the label most common among the drawn members of its cluster). Who of a suspect
+carries its pattern (:mod:`spray.verdict.members`) is decided afterwards on the whole class:
+the members that leave a suspect are near it in the relevance graph, so propagating labels
+after that step would bring them back. Sizes, fractions and ``trimmed`` count the whole class;
+the conductances, contrasts and penalties are the subsample's, and the verdict says how many
+samples they were measured on (``scored_on``).
 """
 
 from __future__ import annotations
@@ -47,23 +50,45 @@ class SubsampleResult:
 
 def stratified_sample(labels: np.ndarray, size: int, seed: int) -> np.ndarray:
     """``size`` row indices (sorted), drawn without replacement within each label in proportion
-    to its count (largest remainders first, at least one row per label)."""
+    to its count (largest remainders first, at least one row per label while ``size`` allows;
+    all rows when ``size`` is at least their number)."""
     labels = np.asarray(labels)
     n = len(labels)
     if size >= n:
         return np.arange(n)
     ids, counts = np.unique(labels, return_counts=True)
-    exact = counts * size / n
-    quota = np.maximum(np.floor(exact).astype(int), 1)
-    extra = size - int(quota.sum())
-    if extra > 0:
-        order = np.argsort(-(exact - np.floor(exact)), kind="stable")
-        quota[order[:extra]] += 1
-    quota = np.minimum(quota, counts)
+    quota = _quotas(counts, size)
     rng = np.random.default_rng(seed)
     rows = [rng.choice(np.flatnonzero(labels == c), size=int(q), replace=False)
-            for c, q in zip(ids, quota)]
+            for c, q in zip(ids, quota) if q]
     return np.sort(np.concatenate(rows))
+
+
+def _quotas(counts: np.ndarray, size: int) -> np.ndarray:
+    """Rows per label summing to ``size`` (< counts.sum()): proportional, largest remainders
+    first, at least one per label while ``size`` allows (the smallest labels go without
+    first), never more than a label holds."""
+    exact = counts * size / counts.sum()
+    quota = np.floor(exact).astype(int)
+    order = np.argsort(-counts, kind="stable")
+    empty = order[quota[order] == 0]
+    give = min(len(empty), max(size - int(quota.sum()), 0))
+    quota[empty[:give]] = 1                      # at least one each, largest labels first
+    over = int(quota.sum()) - size
+    for i in order:                              # enough room: take any excess back from the
+        if over <= 0:                            # largest quotas
+            break
+        back = min(over, quota[i] - 1)
+        quota[i] -= back
+        over -= back
+    spare = np.argsort(-(exact - quota), kind="stable")
+    while int(quota.sum()) < size:               # the rest by largest remainder, where room is
+        for i in spare:
+            if quota.sum() >= size:
+                break
+            if quota[i] < counts[i]:
+                quota[i] += 1
+    return quota
 
 
 def restrict(result, rows: np.ndarray, features: np.ndarray, pipeline: dict) -> SubsampleResult:
@@ -74,11 +99,17 @@ def restrict(result, rows: np.ndarray, features: np.ndarray, pipeline: dict) -> 
 
     affinity = dict(pipeline["affinity"])
     affinity["k"] = resolve_k(len(rows), affinity.get("k", "auto"))
-    W, _ = knn_graph(np.ascontiguousarray(features[rows], dtype=np.float32), affinity)
+    W, degree = knn_graph(np.ascontiguousarray(features[rows], dtype=np.float32), affinity)
     vec = getattr(result, "eigenvectors", None)
+    if vec is not None:
+        # the sweep cuts order samples by vec / sqrt(degree) of the graph they are given: scale
+        # the restricted rows so that this is the whole class's ordering (k-means on the rows,
+        # normalized per row, is unchanged)
+        whole = np.asarray(sp.csr_matrix(result.affinity).sum(axis=1)).ravel()[rows]
+        vec = np.asarray(vec)[rows] * np.sqrt(np.maximum(degree, 1e-12)
+                                              / np.maximum(whole, 1e-12))[:, None]
     labels = np.asarray(result.labels)[rows]
-    return SubsampleResult(labels=labels, affinity=W, k=int(affinity["k"]),
-                           eigenvectors=None if vec is None else np.asarray(vec)[rows],
+    return SubsampleResult(labels=labels, affinity=W, k=int(affinity["k"]), eigenvectors=vec,
                            n_clusters=int(len(np.unique(labels))))
 
 
@@ -107,9 +138,9 @@ def extend_labels(labels: np.ndarray, rows: np.ndarray, sub_labels: np.ndarray,
             break
         known[done] = True
         todo[done] = False
-    for r in np.flatnonzero(todo):       # no path to a drawn member of their cluster
-        values, counts = np.unique(out[rows][labels[rows] == labels[r]], return_counts=True)
-        out[r] = values[counts.argmax()]
+    for c in np.unique(labels[todo]):    # no path to a drawn member of their cluster
+        values, counts = np.unique(out[rows][labels[rows] == c], return_counts=True)
+        out[todo & (labels == c)] = values[counts.argmax()]
     return out
 
 
