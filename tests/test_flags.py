@@ -842,25 +842,31 @@ def test_edge_energy_sums_the_channels_gradient_magnitudes():
     assert np.array_equal(edge_energy(x[:, 0]), edge_energy(x[:, :1]))
 
 
-@pytest.fixture(scope="module")
-def artefact_with_lookalikes():
-    """60 stamped samples as in ``artefact_class``, and 10 unstamped ones whose relevance falls
-    on the same cell (the model looks there for another reason): the relevance graph cannot
-    tell them apart, the inputs at the hot spot can."""
+def _class_with_lookalikes(n: int, stamped: int, lookalikes: int):
+    """``stamped`` samples as in ``artefact_class``, and ``lookalikes`` unstamped ones whose
+    relevance falls on the same cell (the model looks there for another reason): the relevance
+    graph cannot tell them apart, the inputs at the hot spot can. Returns (relevance, inputs,
+    stamped, look-alikes)."""
     rng = np.random.default_rng(5)
-    lookalike = np.zeros(300, dtype=bool)
+    lookalike = np.zeros(n, dtype=bool)
 
     def inputs(x, g):
         x[g, 0, 0] += 0.3
 
     def relevance(rel, g, rng_):
-        lookalike[rng.choice(np.flatnonzero(~g), size=10, replace=False)] = True
+        lookalike[rng.choice(np.flatnonzero(~g), size=lookalikes, replace=False)] = True
         both = g | lookalike
         rel[both] *= 0.3
         rel[both, 0, 0] = 6.0 + rng_.random(both.sum())
 
-    feats, x, planted = _class_with_group(0, 60, inputs, relevance)
+    feats, x, planted = _class_with_group(0, stamped, inputs, relevance, n=n)
     return feats, x, planted, lookalike
+
+
+@pytest.fixture(scope="module")
+def artefact_with_lookalikes():
+    """60 stamped samples and 10 look-alikes in a class of 300."""
+    return _class_with_lookalikes(300, 60, 10)
 
 
 def test_suspect_keeps_the_members_that_carry_its_pattern(artefact_with_lookalikes):
@@ -1105,19 +1111,7 @@ def test_hot_spot_separation_of_a_random_subset_is_chance():
 def test_suspect_members_of_a_large_class_are_decided_on_the_whole_class():
     """Look-alikes leave the suspect of a class scored on a subsample as they do when it is
     scored whole: the labels are extended before the members are decided."""
-    n, rng = 900, np.random.default_rng(5)
-    lookalike = np.zeros(n, dtype=bool)
-
-    def inputs(x, g):
-        x[g, 0, 0] += 0.3
-
-    def relevance(rel, g, rng_):
-        lookalike[rng.choice(np.flatnonzero(~g), size=30, replace=False)] = True
-        both = g | lookalike
-        rel[both] *= 0.3
-        rel[both, 0, 0] = 6.0 + rng_.random(both.sum())
-
-    feats, x, planted = _class_with_group(0, 180, inputs, relevance, n=n)
+    feats, x, planted, lookalike = _class_with_lookalikes(900, 180, 30)
     result = analyze(feats, pipeline=_pipe(), embed=False)
     v = clever_hans_score(result, x, _pipe(score_max_samples=300), features=feats)
     assert v["flagged"] and v["scored_on"] == 300
