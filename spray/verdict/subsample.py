@@ -74,13 +74,6 @@ def _quotas(counts: np.ndarray, size: int) -> np.ndarray:
     empty = order[quota[order] == 0]
     give = min(len(empty), max(size - int(quota.sum()), 0))
     quota[empty[:give]] = 1                      # at least one each, largest labels first
-    over = int(quota.sum()) - size
-    for i in order:                              # enough room: take any excess back from the
-        if over <= 0:                            # largest quotas
-            break
-        back = min(over, quota[i] - 1)
-        quota[i] -= back
-        over -= back
     spare = np.argsort(-(exact - quota), kind="stable")
     while int(quota.sum()) < size:               # the rest by largest remainder, where room is
         for i in spare:
