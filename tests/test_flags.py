@@ -1019,6 +1019,28 @@ def test_large_class_is_scored_on_a_subsample(large_artefact_class):
     assert "subsample" not in _evidence(whole)
 
 
+def test_class_above_the_default_cap_is_scored_on_a_subsample():
+    """A class of 2 400 samples is scored on a subsample by default (the cap is the largest
+    class the rule was designed on, so that the score costs less than the analysis), and its
+    planted group is still the suspect over the whole class."""
+    def inputs(x, g):
+        x[g, 0, 0] += 0.3
+
+    def relevance(rel, g, rng):
+        rel[g] *= 0.3
+        rel[g, 0, 0] = 6.0 + rng.random(g.sum())
+
+    feats, x, planted = _class_with_group(6, 360, inputs, relevance, n=2400)
+    result = analyze(feats, pipeline=_pipe(), embed=False)
+    v = clever_hans_score(result, x, _pipe(), features=feats)
+    cap = flag_params(_pipe()).score_max_samples
+    assert cap < len(feats) and v["scored_on"] == cap
+    assert v["flagged"] and len(v["labels"]) == len(feats)
+    members = np.isin(v["labels"], v["suspect_clusters"])
+    assert (members & planted).sum() / members.sum() >= 0.9
+    assert (members & planted).sum() / planted.sum() >= 0.9
+
+
 def test_class_at_the_cap_is_scored_whole(large_artefact_class):
     feats, inputs, _ = large_artefact_class
     result = analyze(feats[:300], pipeline=_pipe(), embed=False)

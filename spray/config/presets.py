@@ -212,8 +212,10 @@ class FlagsSection(_Section):
     bootstrap_quantile: float = Field(default=0.5, ge=0, le=1)
     bootstrap_max_samples: int = Field(default=20000, ge=10)
     #: a class of more samples is scored on a stratified random subsample of this many (its
-    #: candidates still come from the analysis of the whole class; :mod:`spray.verdict.subsample`)
-    score_max_samples: int = Field(default=10000, ge=100)
+    #: candidates still come from the analysis of the whole class; :mod:`spray.verdict.subsample`).
+    #: 2 000, the largest class the rule was designed on: the score of a larger class then costs
+    #: less than its analysis (docs/verdict.md, "Large classes")
+    score_max_samples: int = Field(default=2000, ge=100)
     size_prior_knee: float = Field(default=0.35, ge=0, le=1)
     size_prior_weight: float = Field(default=1.0, ge=0)
     concentration_area: float = Field(default=0.1, gt=0, le=1)
