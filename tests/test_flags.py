@@ -622,7 +622,7 @@ def test_candidates_with_the_same_cells_share_one_search(natural_class):
     cells = [top_cells(np.abs(graphs.difference(feats, m)), graphs.mask_area)
              for m in (mask, fewer)]
     assert np.array_equal(*cells)
-    assert graphs._masked(feats, mask) is graphs._masked(feats, fewer)
+    assert graphs._masked(graphs.hot_spot(mask)) is graphs._masked(graphs.hot_spot(fewer))
     assert graphs.inputs_for(mask) is graphs.inputs_for(fewer)
 
 
