@@ -1122,3 +1122,67 @@ def test_suspect_members_of_a_large_class_are_decided_on_the_whole_class():
     assert cl["size"] == int((v["labels"] == cl["id"]).sum())
     assert cl["trimmed"] >= 27                     # counted over the whole class
 
+
+
+def _frame_class(style: float):
+    """15 % of the class carry a faint frame on three sides (28 % of the cells, more than
+    ``input_mask_area``) and the model looks differently at its top side only; with ``style``
+    above 0 they are also brighter in the middle of the object (a natural difference beyond the
+    frame, fainter than it)."""
+    def inputs(x, g):
+        x[np.ix_(g, [0, GRID - 1], range(GRID))] += 0.2
+        x[np.ix_(g, range(1, GRID - 1), [0])] += 0.2
+        x[np.ix_(g, range(3, 7), range(3, 7))] += style
+
+    def relevance(rel, g, rng):
+        rel[np.ix_(g, [0], range(GRID))] += 1.0 + 0.2 * rng.random((g.sum(), 1, GRID))
+
+    return _class_with_group(7, 45, inputs, relevance)
+
+
+def test_artefact_larger_than_the_mask_is_flagged():
+    """A frame covers more cells than ``input_mask_area``: without only the 10 % of the cells
+    where the group's inputs differ most, the rest of the frame keeps it a group (randomness
+    0.3, the rule before: not flagged). Its input footprint (the cells within
+    ``input_mask_share`` of the largest difference, up to ``input_mask_max_area``) is the whole
+    frame: without it the group is a random subset, and the colocation counts the whole frame,
+    whose top side the model looks at. A group that also differs beyond the frame keeps a
+    randomness below 1."""
+    from spray.verdict.evidence import footprint, touched_regions
+
+    feats, inputs, planted = _frame_class(0.0)
+    pipe = _pipe()
+    params = flag_params(pipe)
+    assert params.input_mask_max_area >= 0.28 > params.input_mask_area
+    result = analyze(feats, pipeline=pipe, embed=False)
+    before = clever_hans_score(result, inputs, _pipe(input_mask_max_area=0.1,
+                                                     colocation_region_share=0.0),
+                               features=feats)
+    v = clever_hans_score(result, inputs, pipe, features=feats)
+    assert not before["flagged"]
+    old = next(c for c in before["clusters"] if c["id"] == before["candidate_cluster"])
+    assert old["input_randomness"] < 0.5 and old["colocation"] < 0.5
+    assert v["flagged"]
+    members = v["labels"] == v["suspect_cluster"]
+    assert (members & planted).sum() / members.sum() >= 0.9
+    assert (members & planted).sum() / planted.sum() >= 0.9
+    cl = next(c for c in v["clusters"] if c["id"] == v["suspect_cluster"])
+    assert cl["input_randomness"] >= 0.9 and cl["randomness_penalty"] == 0.0
+    assert cl["colocation"] > old["colocation"] and cl["colocation_penalty"] == 0.0
+    # the footprint holds the frame (28 cells); the hot spot (top row) touches all of it
+    diff = np.abs(inputs[planted].mean(0) - inputs[~planted].mean(0))
+    frame = np.zeros((GRID, GRID), dtype=bool)
+    frame[[0, -1], :] = frame[:, 0] = True
+    cells = footprint(diff, params.input_mask_share, 0.1, 0.3)
+    assert set(np.flatnonzero(frame)) <= set(cells) and len(cells) <= 30
+    assert set(np.flatnonzero(frame)) <= set(touched_regions(diff, np.arange(GRID),
+                                                             (GRID, GRID), 0.3))
+    assert len(footprint(diff, 0.5, 0.1, 0.1)) == 10          # max ≤ low: the old top 10 %
+    # a look-alike that differs beyond the frame too stays a group without its footprint
+    feats, inputs, planted = _frame_class(0.3)
+    result = analyze(feats, pipeline=pipe, embed=False)
+    v = clever_hans_score(result, inputs, pipe, features=feats)
+    cl = next(c for c in v["clusters"] if c["id"] == v["candidate_cluster"])
+    members = v["labels"] == cl["id"]
+    assert (members & planted).sum() / members.sum() >= 0.9
+    assert cl["input_randomness"] < 0.7 and not v["flagged"]

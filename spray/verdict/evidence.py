@@ -200,6 +200,17 @@ def colocation_penalty(colocation: float, params: FlagsSection) -> float:
     return params.colocation_weight * max(0.0, params.colocation_knee - colocation)
 
 
+def colocation_of(colocation: tuple[float, float], randomness: float,
+                  params: FlagsSection) -> float:
+    """The colocation that scores: with the regions its hot spot touches when the group is a
+    random subset of the class without its input footprint (``randomness`` at least
+    ``input_randomness_knee``: the region is a mark put on the group, a frame), else in the hot
+    spot alone (a group that stays a group is a sub-type of the class, and a region of its
+    input difference is part of its shape, which the model need not look at)."""
+    hot, regions = colocation
+    return regions if randomness >= params.input_randomness_knee else hot
+
+
 def size_penalty(fraction: float, params: FlagsSection) -> float:
     """Linear penalty above the knee, equal to ``size_prior_weight`` at fraction 0.5."""
     knee, weight = params.size_prior_knee, params.size_prior_weight
@@ -367,15 +378,17 @@ class ClassGraphs:
         graph = self.cache.lists(X_in).whole() if self.mask_area > 0 else self.whole_inputs
         return mask_conductance(*graph, mask)
 
-    def colocation(self, mask: np.ndarray) -> float:
+    def colocation(self, mask: np.ndarray) -> tuple[float, float]:
         """Share of how the inputs of ``mask`` differ from the rest's beyond chance
         (:func:`input_excess`) that lies in the ``input_mask_area`` of cells where its relevance
-        differs most (the cells the contrast leaves out of the input graph) or in a region of
-        the input difference those cells touch (:func:`touched_regions`; the model may look at
-        part of a pattern: the top side of a frame): near 1 for an artefact (the model looks
-        differently where the inputs differ: the stamp), low for a sub-group of the class that
-        differs in its shape while the model looks differently elsewhere. 1 when the inputs
-        differ nowhere beyond chance."""
+        differs most (the cells the contrast leaves out of the input graph): near 1 for an
+        artefact (the model looks differently where the inputs differ: the stamp), low for a
+        sub-group of the class that differs in its shape while the model looks differently
+        elsewhere; and the same share in those cells and in every region of the input
+        difference they touch (:func:`touched_regions`; the model may look at part of a
+        pattern: the top side of a frame), at least the first. Both 1 when the inputs differ
+        nowhere beyond chance. Which one scores depends on the input randomness
+        (:func:`colocation_of`)."""
         cells = self.hot_spot(mask)
         if self._input_totals is None:
             X64 = np.asarray(self.input_features, dtype=np.float64)
@@ -384,9 +397,9 @@ class ClassGraphs:
                               self._input_totals)
         total = excess.sum()
         if total <= 0:
-            return 1.0
-        cells = touched_regions(excess, cells, self.grid, self.params.colocation_region_share)
-        return float(excess[cells].sum() / total)
+            return 1.0, 1.0
+        regions = touched_regions(excess, cells, self.grid, self.params.colocation_region_share)
+        return float(excess[cells].sum() / total), float(excess[regions].sum() / total)
 
     def input_randomness(self, mask: np.ndarray) -> float:
         """Conductance of ``mask`` in the kNN graph of the inputs without the ``input_mask_area``
@@ -453,8 +466,9 @@ def measure(entry: ClusterEvidence, graphs: ClassGraphs,
     if entry.split_only and (contrast(1.0, phi_rel, floor)
                              - size_penalty(entry.size / graphs.n, params) < bar):
         return entry       # φ_input ≤ 1: it cannot reach the threshold
-    co = graphs.colocation(mask) if graphs.mask_area > 0 else None
-    co_penalty = round(colocation_penalty(co, params), 4) if co is not None else None
+    both = graphs.colocation(mask) if graphs.mask_area > 0 else None
+    # the least colocation penalty it can have (its randomness is not measured yet)
+    co_penalty = round(colocation_penalty(both[1], params), 4) if both is not None else None
     edge = graphs.edge_randomness(mask)
     edge_pen = round(edge_penalty(edge, params), 4) if edge is not None else None
     spot = graphs.hot_spot_separation(mask)
@@ -476,9 +490,10 @@ def measure(entry: ClusterEvidence, graphs: ClassGraphs,
     entry.contrast = plain
     entry.input_randomness = round(randomness, 4)
     entry.randomness_penalty = round(randomness_penalty(randomness, params), 4)
-    if co is not None:
+    if both is not None:
+        co = colocation_of(both, randomness, params)
         entry.colocation = round(co, 4)
-        entry.colocation_penalty = co_penalty
+        entry.colocation_penalty = round(colocation_penalty(co, params), 4)
     if graphs.features is not None:
         c = concentration(graphs.features, mask, graphs.grid, params.concentration_area,
                           graphs.difference(graphs.features, mask))
