@@ -164,9 +164,9 @@ def test_thresholds_come_from_the_preset(artefact_class):
     v = score(threshold=50.0)
     assert not v["flagged"] and v["candidate_cluster"] is not None
     assert v["params"]["threshold"] == 50.0
-    v = score(max_cluster_fraction=0.1)
-    assert not v["flagged"] and all(c["fraction"] <= 0.1 for c in v["clusters"] if "score" in c)
-    v = score(max_cluster_fraction=0.1, candidates="analysis")
+    v = score(max_cluster_fraction=0.1)     # a sweep cut of 17 stamped samples may remain
+    assert all(c["fraction"] <= 0.1 for c in v["clusters"] if c.get("score") is not None)
+    v = score(max_cluster_fraction=0.1, candidates="analysis", sweep_eigenvectors=0)
     assert not v["flagged"] and all("score" not in c for c in v["clusters"])
     v = score(min_concentration=0.99)
     assert not v["flagged"] and any("excluded" in c for c in v["clusters"])
@@ -776,10 +776,16 @@ def test_edge_randomness_lowers_a_group_the_inputs_edges_do_not_tell_apart():
     for i, (feats, inputs, raw, group) in enumerate((stamped, unmarked)):
         edges = preprocess(edge_energy(raw), with_edges["preprocess"])
         result = analyze(feats, pipeline=_pipe(), embed=False)
-        off = clever_hans_score(result, inputs, _pipe(edge_randomness_weight=0.0),
+        # without the edge term the colocation of the regions its hot spot touches lifts a
+        # half of the unmarked group (objects at the corner: random without their footprint)
+        # to 2.4; with it the class scores as with the hot spot alone
+        off = clever_hans_score(result, inputs, _pipe(edge_randomness_weight=0.0,
+                                                      colocation_region_share=0.0),
                                 features=feats, edge_features=edges)
+        alone = clever_hans_score(result, inputs, _pipe(colocation_region_share=0.0),
+                                  features=feats, edge_features=edges)
         on = clever_hans_score(result, inputs, with_edges, features=feats, edge_features=edges)
-        assert off["flagged"]
+        assert off["flagged"] and on["score"] == alone["score"]
         assert all("edge_randomness" not in c for c in off["clusters"])   # weight 0: unmeasured
         cl = next(c for c in on["clusters"] if c["id"] == on["candidate_cluster"])
         members = on["labels"] == cl["id"]
@@ -1147,7 +1153,7 @@ def test_artefact_larger_than_the_mask_is_flagged():
     ``input_mask_share`` of the largest difference, up to ``input_mask_max_area``) is the whole
     frame: without it the group is a random subset, and the colocation counts the whole frame,
     whose top side the model looks at. A group that also differs beyond the frame keeps a
-    randomness below 1."""
+    randomness below 1 and the colocation of its hot spot alone."""
     from spray.verdict.evidence import footprint, touched_regions
 
     feats, inputs, planted = _frame_class(0.0)
@@ -1186,3 +1192,17 @@ def test_artefact_larger_than_the_mask_is_flagged():
     members = v["labels"] == cl["id"]
     assert (members & planted).sum() / members.sum() >= 0.9
     assert cl["input_randomness"] < 0.7 and not v["flagged"]
+    # and the regions its hot spot touches are part of its shape: colocation in the hot spot
+    alone = clever_hans_score(result, inputs, _pipe(colocation_region_share=0.0),
+                              features=feats)
+    assert cl["colocation"] == next(c["colocation"] for c in alone["clusters"]
+                                    if c["id"] == cl["id"])
+
+
+def test_colocation_counts_touched_regions_only_for_a_random_group():
+    from spray.verdict.evidence import colocation_of
+
+    params = flag_params(_pipe())
+    knee = params.input_randomness_knee
+    assert colocation_of((0.2, 0.8), knee, params) == 0.8
+    assert colocation_of((0.2, 0.8), knee - 0.01, params) == 0.2

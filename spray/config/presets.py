@@ -231,6 +231,7 @@ class FlagsSection(_Section):
     colocation_knee: float = Field(default=0.5, ge=0, le=1)
     colocation_weight: float = Field(default=5.0, ge=0)
     colocation_noise: float = Field(default=2.0, ge=0)
+    #: for a group that is random without its input footprint (randomness at least the knee),
     #: the colocation counts, besides the relevance hot spot, every region of the input
     #: difference it touches: 8-connected cells whose excess is at least this share of the
     #: largest (a frame whose top side the model looks at counts whole). 0: the hot spot alone.
