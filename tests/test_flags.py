@@ -164,9 +164,9 @@ def test_thresholds_come_from_the_preset(artefact_class):
     v = score(threshold=50.0)
     assert not v["flagged"] and v["candidate_cluster"] is not None
     assert v["params"]["threshold"] == 50.0
-    v = score(max_cluster_fraction=0.1)
-    assert not v["flagged"] and all(c["fraction"] <= 0.1 for c in v["clusters"] if "score" in c)
-    v = score(max_cluster_fraction=0.1, candidates="analysis")
+    v = score(max_cluster_fraction=0.1)     # a sweep cut of 17 stamped samples may remain
+    assert all(c["fraction"] <= 0.1 for c in v["clusters"] if c.get("score") is not None)
+    v = score(max_cluster_fraction=0.1, candidates="analysis", sweep_eigenvectors=0)
     assert not v["flagged"] and all("score" not in c for c in v["clusters"])
     v = score(min_concentration=0.99)
     assert not v["flagged"] and any("excluded" in c for c in v["clusters"])
@@ -622,7 +622,7 @@ def test_candidates_with_the_same_cells_share_one_search(natural_class):
     cells = [top_cells(np.abs(graphs.difference(feats, m)), graphs.mask_area)
              for m in (mask, fewer)]
     assert np.array_equal(*cells)
-    assert graphs._masked(feats, mask) is graphs._masked(feats, fewer)
+    assert graphs._masked(graphs.hot_spot(mask)) is graphs._masked(graphs.hot_spot(fewer))
     assert graphs.inputs_for(mask) is graphs.inputs_for(fewer)
 
 
@@ -776,10 +776,16 @@ def test_edge_randomness_lowers_a_group_the_inputs_edges_do_not_tell_apart():
     for i, (feats, inputs, raw, group) in enumerate((stamped, unmarked)):
         edges = preprocess(edge_energy(raw), with_edges["preprocess"])
         result = analyze(feats, pipeline=_pipe(), embed=False)
-        off = clever_hans_score(result, inputs, _pipe(edge_randomness_weight=0.0),
+        # without the edge term the colocation of the regions its hot spot touches lifts a
+        # half of the unmarked group (objects at the corner: random without their footprint)
+        # to 2.4; with it the class scores as with the hot spot alone
+        off = clever_hans_score(result, inputs, _pipe(edge_randomness_weight=0.0,
+                                                      colocation_region_share=0.0),
                                 features=feats, edge_features=edges)
+        alone = clever_hans_score(result, inputs, _pipe(colocation_region_share=0.0),
+                                  features=feats, edge_features=edges)
         on = clever_hans_score(result, inputs, with_edges, features=feats, edge_features=edges)
-        assert off["flagged"]
+        assert off["flagged"] and on["score"] == alone["score"]
         assert all("edge_randomness" not in c for c in off["clusters"])   # weight 0: unmeasured
         cl = next(c for c in on["clusters"] if c["id"] == on["candidate_cluster"])
         members = on["labels"] == cl["id"]
@@ -1144,3 +1150,81 @@ def test_suspect_members_of_a_large_class_are_decided_on_the_whole_class():
     assert cl["size"] == int((v["labels"] == cl["id"]).sum())
     assert cl["trimmed"] >= 27                     # counted over the whole class
 
+
+
+def _frame_class(style: float):
+    """15 % of the class carry a faint frame on three sides (28 % of the cells, more than
+    ``input_mask_area``) and the model looks differently at its top side only; with ``style``
+    above 0 they are also brighter in the middle of the object (a natural difference beyond the
+    frame, fainter than it)."""
+    def inputs(x, g):
+        x[np.ix_(g, [0, GRID - 1], range(GRID))] += 0.2
+        x[np.ix_(g, range(1, GRID - 1), [0])] += 0.2
+        x[np.ix_(g, range(3, 7), range(3, 7))] += style
+
+    def relevance(rel, g, rng):
+        rel[np.ix_(g, [0], range(GRID))] += 1.0 + 0.2 * rng.random((g.sum(), 1, GRID))
+
+    return _class_with_group(7, 45, inputs, relevance)
+
+
+def test_artefact_larger_than_the_mask_is_flagged():
+    """A frame covers more cells than ``input_mask_area``: without only the 10 % of the cells
+    where the group's inputs differ most, the rest of the frame keeps it a group (randomness
+    0.3, the rule before: not flagged). Its input footprint (the cells within
+    ``input_mask_share`` of the largest difference, up to ``input_mask_max_area``) is the whole
+    frame: without it the group is a random subset, and the colocation counts the whole frame,
+    whose top side the model looks at. A group that also differs beyond the frame keeps a
+    randomness below 1 and the colocation of its hot spot alone."""
+    from spray.verdict.evidence import footprint, touched_regions
+
+    feats, inputs, planted = _frame_class(0.0)
+    pipe = _pipe()
+    params = flag_params(pipe)
+    assert params.input_mask_max_area >= 0.28 > params.input_mask_area
+    result = analyze(feats, pipeline=pipe, embed=False)
+    before = clever_hans_score(result, inputs, _pipe(input_mask_max_area=0.1,
+                                                     colocation_region_share=0.0),
+                               features=feats)
+    v = clever_hans_score(result, inputs, pipe, features=feats)
+    assert not before["flagged"]
+    old = next(c for c in before["clusters"] if c["id"] == before["candidate_cluster"])
+    assert old["input_randomness"] < 0.5 and old["colocation"] < 0.5
+    assert v["flagged"]
+    members = v["labels"] == v["suspect_cluster"]
+    assert (members & planted).sum() / members.sum() >= 0.9
+    assert (members & planted).sum() / planted.sum() >= 0.9
+    cl = next(c for c in v["clusters"] if c["id"] == v["suspect_cluster"])
+    assert cl["input_randomness"] >= 0.9 and cl["randomness_penalty"] == 0.0
+    assert cl["colocation"] > old["colocation"] and cl["colocation_penalty"] == 0.0
+    # the footprint holds the frame (28 cells); the hot spot (top row) touches all of it
+    diff = np.abs(inputs[planted].mean(0) - inputs[~planted].mean(0))
+    frame = np.zeros((GRID, GRID), dtype=bool)
+    frame[[0, -1], :] = frame[:, 0] = True
+    cells = footprint(diff, params.input_mask_share, 0.1, 0.3)
+    assert set(np.flatnonzero(frame)) <= set(cells) and len(cells) <= 30
+    assert set(np.flatnonzero(frame)) <= set(touched_regions(diff, np.arange(GRID),
+                                                             (GRID, GRID), 0.3))
+    assert len(footprint(diff, 0.5, 0.1, 0.1)) == 10          # max ≤ low: the old top 10 %
+    # a look-alike that differs beyond the frame too stays a group without its footprint
+    feats, inputs, planted = _frame_class(0.3)
+    result = analyze(feats, pipeline=pipe, embed=False)
+    v = clever_hans_score(result, inputs, pipe, features=feats)
+    cl = next(c for c in v["clusters"] if c["id"] == v["candidate_cluster"])
+    members = v["labels"] == cl["id"]
+    assert (members & planted).sum() / members.sum() >= 0.9
+    assert cl["input_randomness"] < 0.7 and not v["flagged"]
+    # and the regions its hot spot touches are part of its shape: colocation in the hot spot
+    alone = clever_hans_score(result, inputs, _pipe(colocation_region_share=0.0),
+                              features=feats)
+    assert cl["colocation"] == next(c["colocation"] for c in alone["clusters"]
+                                    if c["id"] == cl["id"])
+
+
+def test_colocation_counts_touched_regions_only_for_a_random_group():
+    from spray.verdict.evidence import colocation_of
+
+    params = flag_params(_pipe())
+    knee = params.input_randomness_knee
+    assert colocation_of((0.2, 0.8), knee, params) == 0.8
+    assert colocation_of((0.2, 0.8), knee - 0.01, params) == 0.2

@@ -221,11 +221,23 @@ class FlagsSection(_Section):
     concentration_area: float = Field(default=0.1, gt=0, le=1)
     min_concentration: float = Field(default=0.0, ge=0, le=1)
     input_mask_area: float = Field(default=0.1, ge=0, lt=1)
+    #: the input randomness leaves out the group's input footprint: the cells where its mean
+    #: input differs from the rest's by at least ``input_mask_share`` of the largest such
+    #: difference, at least ``input_mask_area`` and at most ``input_mask_max_area`` of the cells
+    #: (a stamp keeps the least; a 1-px frame covers about 19 % of a 20 x 20 grid).
+    #: ``input_mask_max_area`` at or below ``input_mask_area``: always ``input_mask_area``.
+    input_mask_share: float = Field(default=0.5, ge=0, le=1)
+    input_mask_max_area: float = Field(default=0.3, ge=0, lt=1)
     input_randomness_knee: float = Field(default=0.9, ge=0)
     input_randomness_weight: float = Field(default=10.0, ge=0)
     colocation_knee: float = Field(default=0.5, ge=0, le=1)
     colocation_weight: float = Field(default=5.0, ge=0)
     colocation_noise: float = Field(default=2.0, ge=0)
+    #: for a group that is random without its input footprint (randomness at least the knee),
+    #: the colocation counts, besides the relevance hot spot, every region of the input
+    #: difference it touches: 8-connected cells whose excess is at least this share of the
+    #: largest (a frame whose top side the model looks at counts whole). 0: the hot spot alone.
+    colocation_region_share: float = Field(default=0.3, ge=0, le=1)
     #: edge randomness: the group's conductance in the kNN graph of the inputs' edge energy
     #: (:func:`spray.analysis.preprocess.edge_energy`, preprocessed like the inputs) over a
     #: random subset's; a stamp's edges separate its group (low), a group the edges do not

@@ -106,8 +106,11 @@ def _evidence(entry: dict) -> str:
                      f"moved to the cluster their graph edges weigh most: the {_fmt(cl['size'])} "
                      f"shown are the members that carry it.")
     if cl.get("input_randomness") is not None:
-        where = (f"without the {100 * mask_area:.0f} % of the cells where its inputs differ "
-                 f"most from the rest's" if mask_area > 0 else "as they are")
+        top = max(mask_area, float(params.get("input_mask_max_area", mask_area)))
+        share = 100 * float(params.get("input_mask_share", 0.5))
+        where = (f"without the cells where they differ most from the rest's (the cells within "
+                 f"{share:.0f} % of the largest difference, {100 * mask_area:.0f}–"
+                 f"{100 * top:.0f} % of the grid)" if mask_area > 0 else "as they are")
         parts.append(f"Its inputs, {where}, have {_fmt(cl['input_randomness'], 2)} × the "
                      f"conductance of a random subset of the same size (input randomness; about 1 "
                      f"= no group apart from a local mark, as for an artefact stamped on random "
@@ -115,8 +118,9 @@ def _evidence(entry: dict) -> str:
     if cl.get("colocation") is not None:
         parts.append(f"{100 * float(cl['colocation']):.0f} % of the cells' input difference beyond "
                      f"chance (Welch t above the noise level) lies in the cells where its relevance "
-                     f"differs most (colocation; an artefact is seen where the model looks, a "
-                     f"natural sub-group differs elsewhere too).")
+                     f"differs most or in the regions of that difference they touch (colocation; "
+                     f"an artefact is seen where the model looks, a natural sub-group differs "
+                     f"elsewhere too).")
     if cl.get("concentration") is not None:
         parts.append(f"{100 * float(cl['concentration']):.0f} % of the difference between its "
                      f"mean relevance and the rest of the class lies in the top "

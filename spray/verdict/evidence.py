@@ -44,6 +44,38 @@ def top_cells(magnitude: np.ndarray, area: float) -> np.ndarray:
     return np.argsort(magnitude)[::-1][:top]
 
 
+def footprint(magnitude: np.ndarray, share: float, low: float, high: float) -> np.ndarray:
+    """Indices of the cells whose ``magnitude`` is at least ``share`` of the largest, largest
+    first: at least the ``low`` share of the cells and at most the ``high`` share (never fewer
+    than ``low``). With ``high`` ≤ ``low`` these are :func:`top_cells` of ``low``."""
+    order = np.argsort(magnitude)[::-1]
+    least = max(1, int(math.ceil(low * magnitude.size)))
+    most = max(least, int(math.ceil(high * magnitude.size)))
+    peak = float(magnitude[order[0]]) if magnitude.size else 0.0
+    count = int((magnitude >= share * peak).sum()) if peak > 0 else least
+    return order[:min(max(count, least), most)]
+
+
+def touched_regions(excess: np.ndarray, cells: np.ndarray, grid, share: float) -> np.ndarray:
+    """``cells`` and every region of the input difference they touch.
+
+    A region is a set of 8-connected grid cells whose ``excess`` is at least ``share`` of the
+    largest: one pattern of the inputs (a frame, a stamp, a stroke). A region that holds one of
+    ``cells`` is added whole. ``share`` 0, no excess, or a ``grid`` that does not match
+    ``excess``: ``cells`` alone.
+    """
+    from scipy.ndimage import label
+
+    peak = float(excess.max()) if excess.size else 0.0
+    shape = tuple(int(g) for g in grid) if grid is not None else ()
+    if share <= 0 or peak <= 0 or len(shape) != 2 or shape[0] * shape[1] != excess.size:
+        return cells
+    regions, _ = label((excess >= share * peak).reshape(shape), structure=np.ones((3, 3)))
+    regions = regions.ravel()
+    touched = np.setdiff1d(regions[cells], [0])
+    return np.union1d(cells, np.flatnonzero(np.isin(regions, touched)))
+
+
 def concentration(features: np.ndarray, mask: np.ndarray, grid, area: float,
                   delta: np.ndarray | None = None) -> dict:
     """Spatial concentration of the mean-relevance difference between ``mask`` and the rest.
@@ -168,6 +200,17 @@ def colocation_penalty(colocation: float, params: FlagsSection) -> float:
     return params.colocation_weight * max(0.0, params.colocation_knee - colocation)
 
 
+def colocation_of(colocation: tuple[float, float], randomness: float,
+                  params: FlagsSection) -> float:
+    """The colocation that scores: with the regions its hot spot touches when the group is a
+    random subset of the class without its input footprint (``randomness`` at least
+    ``input_randomness_knee``: the region is a mark put on the group, a frame), else in the hot
+    spot alone (a group that stays a group is a sub-type of the class, and a region of its
+    input difference is part of its shape, which the model need not look at)."""
+    hot, regions = colocation
+    return regions if randomness >= params.input_randomness_knee else hot
+
+
 def size_penalty(fraction: float, params: FlagsSection) -> float:
     """Linear penalty above the knee, equal to ``size_prior_weight`` at fraction 0.5."""
     knee, weight = params.size_prior_knee, params.size_prior_weight
@@ -269,13 +312,11 @@ class ClassGraphs:
         X64 = hit[1]
         return X64[mask].mean(axis=0) - X64[~mask].mean(axis=0)
 
-    def _masked(self, source: np.ndarray, mask: np.ndarray, keep: bool = True) -> NeighbourLists:
-        """The inputs without the ``mask_area`` of cells where ``source`` (relevance or inputs)
-        of ``mask`` differs most from the rest's (:func:`masked_inputs`); their neighbour
-        lists (:class:`~spray.verdict.graphs.NeighbourLists`, kept for the resamples unless
-        ``keep`` is false) come from the Gram matrix when the class keeps one. Candidates
-        whose cells are the same (in the same order, so the same products) share one search."""
-        cells = top_cells(np.abs(self.difference(source, mask)), self.mask_area)
+    def _masked(self, cells: np.ndarray, keep: bool = True) -> NeighbourLists:
+        """The inputs without ``cells`` (:func:`without_cells`); their neighbour lists
+        (:class:`~spray.verdict.graphs.NeighbourLists`, kept for the resamples unless ``keep``
+        is false) come from the Gram matrix when the class keeps one. Candidates whose cells
+        are the same (in the same order, so the same products) share one search."""
         key = cells.tobytes()
         if self._by_cells is None:
             self._by_cells = {}
@@ -292,18 +333,31 @@ class ClassGraphs:
             self._by_cells[key] = lists
         return lists
 
-    def _masked_graph(self, source: np.ndarray, mask: np.ndarray) -> tuple:
+    def _masked_graph(self, cells: np.ndarray) -> tuple:
         """The kNN graph of :meth:`_masked`'s inputs (not kept for the resamples: only the
         graph is kept, for candidates with the same cells)."""
-        cells = top_cells(np.abs(self.difference(source, mask)), self.mask_area)
         key = cells.tobytes()
         hit = (self._by_cells or {}).get(key)
         if isinstance(hit, NeighbourLists):
             return hit.whole()
         if hit is None:
-            hit = self._masked(source, mask, keep=False).whole()
+            hit = self._masked(cells, keep=False).whole()
             self._by_cells[key] = hit
         return hit
+
+    def hot_spot(self, mask: np.ndarray) -> np.ndarray:
+        """The ``input_mask_area`` of cells where the relevance of ``mask`` differs most from
+        the rest's (the cells the contrast leaves out of the input graph)."""
+        return top_cells(np.abs(self.difference(self.features, mask)), self.mask_area)
+
+    def input_footprint(self, mask: np.ndarray) -> np.ndarray:
+        """The cells where the mean input of ``mask`` differs most from the rest's: those whose
+        |difference| is at least ``input_mask_share`` of the largest, at least
+        ``input_mask_area`` and at most ``input_mask_max_area`` of the cells (a stamp keeps the
+        least, a frame covers more)."""
+        params = self.params
+        return footprint(np.abs(self.difference(self.input_features, mask)),
+                         params.input_mask_share, self.mask_area, params.input_mask_max_area)
 
     @property
     def n(self) -> int:
@@ -317,35 +371,42 @@ class ClassGraphs:
     def inputs_for(self, mask: np.ndarray) -> np.ndarray:
         """The inputs the contrast of ``mask`` compares with (masked or whole)."""
         if self.mask_area > 0:
-            return self._masked(self.features, mask).X
+            return self._masked(self.hot_spot(mask)).X
         return self.input_features
 
     def input_conductance(self, X_in: np.ndarray, mask: np.ndarray) -> float:
         graph = self.cache.lists(X_in).whole() if self.mask_area > 0 else self.whole_inputs
         return mask_conductance(*graph, mask)
 
-    def colocation(self, mask: np.ndarray) -> float:
+    def colocation(self, mask: np.ndarray) -> tuple[float, float]:
         """Share of how the inputs of ``mask`` differ from the rest's beyond chance
         (:func:`input_excess`) that lies in the ``input_mask_area`` of cells where its relevance
         differs most (the cells the contrast leaves out of the input graph): near 1 for an
         artefact (the model looks differently where the inputs differ: the stamp), low for a
         sub-group of the class that differs in its shape while the model looks differently
-        elsewhere. 1 when the inputs differ nowhere beyond chance."""
-        cells = top_cells(np.abs(self.difference(self.features, mask)), self.mask_area)
+        elsewhere; and the same share in those cells and in every region of the input
+        difference they touch (:func:`touched_regions`; the model may look at part of a
+        pattern: the top side of a frame), at least the first. Both 1 when the inputs differ
+        nowhere beyond chance. Which one scores depends on the input randomness
+        (:func:`colocation_of`)."""
+        cells = self.hot_spot(mask)
         if self._input_totals is None:
             X64 = np.asarray(self.input_features, dtype=np.float64)
             self._input_totals = (X64.sum(axis=0), np.einsum("ij,ij->j", X64, X64))
         excess = input_excess(self.input_features, mask, self.params.colocation_noise,
                               self._input_totals)
         total = excess.sum()
-        return float(excess[cells].sum() / total) if total > 0 else 1.0
+        if total <= 0:
+            return 1.0, 1.0
+        regions = touched_regions(excess, cells, self.grid, self.params.colocation_region_share)
+        return float(excess[cells].sum() / total), float(excess[regions].sum() / total)
 
     def input_randomness(self, mask: np.ndarray) -> float:
         """Conductance of ``mask`` in the kNN graph of the inputs without the ``input_mask_area``
         share of cells where its *inputs* differ most from the rest's, over that of a random
         subset of its size: about 1 when the group differs from the rest only locally (a stamp on
         random members of the class), well below 1 for a style or sub-type of the class."""
-        graph = (self._masked_graph(self.input_features, mask) if self.mask_area > 0
+        graph = (self._masked_graph(self.input_footprint(mask)) if self.mask_area > 0
                  else self.whole_inputs)
         return mask_conductance(*graph, mask) / random_conductance(int(mask.sum()), len(mask))
 
@@ -405,8 +466,9 @@ def measure(entry: ClusterEvidence, graphs: ClassGraphs,
     if entry.split_only and (contrast(1.0, phi_rel, floor)
                              - size_penalty(entry.size / graphs.n, params) < bar):
         return entry       # φ_input ≤ 1: it cannot reach the threshold
-    co = graphs.colocation(mask) if graphs.mask_area > 0 else None
-    co_penalty = round(colocation_penalty(co, params), 4) if co is not None else None
+    both = graphs.colocation(mask) if graphs.mask_area > 0 else None
+    # the least colocation penalty it can have (its randomness is not measured yet)
+    co_penalty = round(colocation_penalty(both[1], params), 4) if both is not None else None
     edge = graphs.edge_randomness(mask)
     edge_pen = round(edge_penalty(edge, params), 4) if edge is not None else None
     spot = graphs.hot_spot_separation(mask)
@@ -428,9 +490,10 @@ def measure(entry: ClusterEvidence, graphs: ClassGraphs,
     entry.contrast = plain
     entry.input_randomness = round(randomness, 4)
     entry.randomness_penalty = round(randomness_penalty(randomness, params), 4)
-    if co is not None:
+    if both is not None:
+        co = colocation_of(both, randomness, params)
         entry.colocation = round(co, 4)
-        entry.colocation_penalty = co_penalty
+        entry.colocation_penalty = round(colocation_penalty(co, params), 4)
     if graphs.features is not None:
         c = concentration(graphs.features, mask, graphs.grid, params.concentration_area,
                           graphs.difference(graphs.features, mask))
