@@ -96,8 +96,9 @@ def check(dirs: list[str], trust_tree: bool, path: Path = calibration.REFERENCE)
         k, n = int((held >= at).sum()), held.size
         lo = float(beta.ppf(0.025, k, n - k + 1)) if k else 0.0
         hi = float(beta.ppf(0.975, k + 1, n - k)) if k < n else 1.0
-        rows.append({"reference_rate": rate, "score": round(at, 3), "held_out": k, "of": n,
-                     "held_out_rate": k / n, "interval": [lo, hi]})
+        rows.append({"reference rate": rate, "score at that rate": round(at, 3),
+                     "held-out checks at or above": k, "of": n, "held-out rate": k / n,
+                     "95 % interval": f"{lo:.2g}–{hi:.2g}"})
         log.info("rate %.3g at score %.2f: held-out %d of %d (%.3g, 95 %% %.3g–%.3g)",
                  rate, at, k, n, k / n, lo, hi)
     top = float(held.max())
@@ -119,8 +120,10 @@ def main(argv=None) -> int:
         build(args.dirs, args.out or calibration.REFERENCE, args.trust_tree)
     else:
         rows = check(args.dirs, args.trust_tree)
-        if args.out:
-            args.out.write_text(json.dumps(rows, indent=1) + "\n")
+        if args.out:   # the shape of tests/benchmarks/tables.py
+            command = ("python tests/benchmarks/verdict_calibration.py check "
+                       + " ".join(Path(d).name for d in args.dirs))
+            args.out.write_text(json.dumps({"command": command, "rows": rows}, indent=1) + "\n")
     return 0
 
 
