@@ -119,3 +119,16 @@ def test_verdict_and_its_text_carry_the_clean_rate():
         "preprocess": {"pool": [grid, grid]}, "embedding": {"method": "none"},
         "flags": {"colocation_weight": 4.0}})
     assert "clean_rate" not in clever_hans_score(result, x, other, features=rel)
+
+
+def test_report_and_ci_reason_say_the_rate():
+    from spray.ci.evidence import _reason
+    from spray.report.class_page import _rate_note
+
+    rate = {"rate": 1.2e-5, "upper": 0.0012, "exceeded": 0, "of": 2480}
+    entry = {"name": "coat", "class": 4, "score": 3.1, "threshold": 1.7, "clean_rate": rate,
+             "clusters": [{"id": 1, "size": 30, "fraction": 0.1, "score": 3.1, "suspect": True}],
+             "suspect_cluster": 1, "suspect_clusters": [1]}
+    assert "rate of ~1.2e-05 per class check (0 of 2480 reference checks" in _reason(entry)
+    assert "Clean classes score this high" in _rate_note(entry)
+    assert _rate_note({k: v for k, v in entry.items() if k != "clean_rate"}) == ""
