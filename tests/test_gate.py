@@ -191,6 +191,8 @@ def test_a_summary_of_an_earlier_run_is_stale(finished, tmp_path):
     ({"classes": [{"class": 1, "name": "a", "status": "ok", "flagged": False, "score": "high",
                    "clusters": []}]}, "'score'"),
     ({"classes": "all"}, "no 'classes' list"),
+    ({"classes": [{"class": 1, "name": "a", "status": "ok", "flagged": True, "score": 3.0,
+                   "clusters": [], "clean_rate": {"rate": "low"}}]}, "'clean_rate'"),
 ])
 def test_damaged_summaries_are_named(tmp_path, summary, needle):
     path = tmp_path / "summary.json"

@@ -102,6 +102,12 @@ def load_summary(run_dir: str | Path, rebuild: bool = True) -> dict:
     return summary
 
 
+def _rate_ok(rate) -> bool:
+    """A ``clean_rate`` entry the reason can be written from."""
+    return isinstance(rate, dict) and all(_finite(rate.get(k)) for k in ("rate", "upper")) \
+        and all(isinstance(rate.get(k), int) for k in ("exceeded", "of"))
+
+
 def _validate_summary(summary, path: Path) -> None:
     """A summary the gate can read: every class entry with its number, name, status, a finite
     score (or none) and a boolean flag."""
@@ -119,8 +125,9 @@ def _validate_summary(summary, path: Path) -> None:
                         ("flagged", lambda v: isinstance(v, bool)),
                         ("score", lambda v: v is None or _finite(v)),
                         ("threshold", lambda v: v is None or _finite(v)),
-                        ("clusters", lambda v: isinstance(v, list))):
-            if key in ("threshold",) and key not in e:
+                        ("clusters", lambda v: isinstance(v, list)),
+                        ("clean_rate", _rate_ok)):
+            if key in ("threshold", "clean_rate") and key not in e:
                 continue
             if key not in e or not ok(e[key]):
                 raise StoreError(f"{where}: key '{key}' is missing or invalid "

@@ -5,6 +5,8 @@ from __future__ import annotations
 import math
 import re
 
+from spray.verdict.calibration import rate_text
+
 #: baseline outcomes that fail the check
 FAILING = ("new", "worse")
 #: class statuses the gate accepts without ``allow_incomplete``
@@ -76,6 +78,8 @@ def _reason(entry: dict) -> str:
         ev.append(f"split off cluster {cl['split_from']} by {how}")
     if entry.get("scored_on") is not None:
         ev.append(f"measured on a subsample of {entry['scored_on']} samples")
+    if entry.get("clean_rate") is not None:
+        ev.append(rate_text(entry["clean_rate"]))
     if ev:
         bits.append("(" + "; ".join(ev) + ")")
     more = _suspects(entry)[1:]

@@ -21,6 +21,7 @@ from spray.report.figures import (
 from spray.report.headline import headline
 from spray.report.markup import PAGE, STYLE, _esc, _fmt, _shown_cluster
 from spray.store import open_class
+from spray.verdict.calibration import rate_text
 
 
 def _split_note(cl: dict) -> str:
@@ -136,6 +137,13 @@ def _evidence(entry: dict) -> str:
 def _splits_note(entry: dict) -> str:
     n = len(entry.get("splits") or [])
     return f" (+ {n} split off by the score)" if n else ""
+
+
+def _rate_note(entry: dict) -> str:
+    """How unusual the score is among the evaluation's clean class checks (docs/verdict.md,
+    "Calibration"); nothing where the reference does not apply to the run's flags."""
+    rate = entry.get("clean_rate")
+    return "" if rate is None else f" {_esc(rate_text(rate)).capitalize()}."
 
 
 def _watch_note(entry: dict) -> str:
@@ -289,7 +297,8 @@ def _class_page(run_dir: str, out: Path, entry: dict) -> None:
         f"{_fmt(entry['n_samples'])} samples, model accuracy on them "
         f"{_fmt(entry['accuracy']) or 'unknown (no predictions)'}, "
         f"kNN k = {_fmt(entry['k'])}, eigengap K = {_fmt(entry['n_clusters'])} clusters"
-        f"{_splits_note(entry)}.{_watch_note(entry)}</p>{warn}{_health_note(entry)}"
+        f"{_splits_note(entry)}.{_watch_note(entry)}{_rate_note(entry)}</p>{warn}"
+        f"{_health_note(entry)}"
         f"<h2>Evidence</h2>{_evidence(entry)}{suspect_html}"
         f"<h2>Spectrum</h2>{spectrum_svg(entry['eigenvalues'], entry['n_clusters'])}"
         f"<p class=note>first eigengaps λ<sub>i+1</sub> − λ<sub>i</sub>: {gaps}</p>"

@@ -90,6 +90,8 @@ def _class_entry(cg, c: int, limits: dict | None = None) -> dict:
         entry["flag_params"] = dict(flags["params"])
     if flags.get("scored_on") is not None:
         entry["scored_on"] = int(flags["scored_on"])
+    if flags.get("clean_rate") is not None:
+        entry["clean_rate"] = dict(flags["clean_rate"])
     return entry
 
 

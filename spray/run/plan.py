@@ -42,6 +42,7 @@ from spray.store import (
     adopt_legacy_run,
     open_store,
 )
+from spray.verdict.score import flag_params
 
 log = logging.getLogger(__name__)
 
@@ -205,6 +206,7 @@ def plan_run(cfg: RunConfig, base_dir: Path, output: str | None = None,
     _check_run_dir(run_dir)
     pipeline = load_pipeline(*_pipeline_spec(cfg), base_dir=base_dir)
     check_finite(pipeline, "pipeline")
+    flag_params(pipeline)   # a false_flag_rate without its reference fails before any work
     source = open_source(cfg.data.model_dump(), str(base_dir))
     if cfg.attribution.precomputed:  # no model: classes and shapes come from the file
         from spray.data.precomputed import plan_run as plan_precomputed

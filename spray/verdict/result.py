@@ -135,6 +135,9 @@ class Verdict:
     params : the flags section used.
     scored_on : the number of samples the evidence was measured on, when the class was scored
         on a subsample (``score_max_samples``); None: on all of them.
+    clean_rate : how unusual the score is among the evaluation's clean class checks
+        (:func:`spray.verdict.calibration.clean_rate`); None where that reference does not
+        apply to ``params``.
     """
 
     score: float
@@ -150,6 +153,7 @@ class Verdict:
     params: dict
     rule: str = "input-contrast"
     scored_on: int | None = None
+    clean_rate: dict | None = None
 
     def cluster(self, cid: int) -> ClusterEvidence:
         """The entry of cluster ``cid``."""
@@ -162,8 +166,8 @@ class Verdict:
         out["other_k"] = [c.to_dict() for c in self.other_k]
         order = ("rule", "score", "threshold", "flagged", "suspect_cluster", "suspect_clusters",
                  "candidate_cluster", "clusters", "splits", "labels", "other_k", "params")
-        return {**{k: out[k] for k in order},
-                **({} if self.scored_on is None else {"scored_on": self.scored_on})}
+        optional = {k: out[k] for k in ("scored_on", "clean_rate") if out[k] is not None}
+        return {**{k: out[k] for k in order}, **optional}
 
 
 def resize_entries(clusters: list[ClusterEvidence], labels: np.ndarray) -> None:

@@ -19,6 +19,7 @@ import scipy.sparse as sp
 
 from spray.config.presets import FlagsSection
 from spray.verdict.bootstrap import Resamples, stabilize, stabilize_cuts, verify
+from spray.verdict.calibration import clean_rate, threshold_for
 from spray.verdict.candidates import candidate_groups, sweep_cuts
 from spray.verdict.evidence import ClassGraphs, measure
 from spray.verdict.halves import lift_by_other_k, split_off_sweep, split_suspect_halves
@@ -30,17 +31,23 @@ log = logging.getLogger(__name__)
 
 
 def flag_params(pipeline: dict) -> FlagsSection:
-    """The ``flags`` section of a pipeline, validated, with its defaults filled in."""
+    """The ``flags`` section of a pipeline, validated, with its defaults filled in (and with
+    ``false_flag_rate`` set, the threshold of that rate:
+    :func:`~spray.verdict.calibration.threshold_for`)."""
     from pydantic import ValidationError
 
     from spray.config.presets import _format_error
     from spray.errors import ConfigError
 
     try:
-        return FlagsSection.model_validate(dict(pipeline.get("flags") or {}))
+        params = FlagsSection.model_validate(dict(pipeline.get("flags") or {}))
     except ValidationError as exc:
         raise ConfigError(_format_error(exc).replace("pipeline key '", "pipeline key 'flags."))\
             from None
+    if params.false_flag_rate is None:
+        return params
+    threshold = threshold_for(params.false_flag_rate, params.model_dump())
+    return params.model_copy(update={"threshold": threshold})
 
 
 def score_class(result, input_features: np.ndarray, pipeline: dict,
@@ -171,7 +178,8 @@ def _verdict(clusters: list[ClusterEvidence], labels, splits, other_k,
                    splits=splits, labels=labels,
                    other_k=sorted(other_k, key=lambda c: -c.score if c.score is not None
                                   else np.inf)[:10],
-                   params=params.model_dump(), rule=params.score)
+                   params=params.model_dump(), rule=params.score,
+                   clean_rate=clean_rate(float(score), params.model_dump()))
 
 
 def clever_hans_score(result, input_features: np.ndarray, pipeline: dict,

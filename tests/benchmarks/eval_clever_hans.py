@@ -530,6 +530,19 @@ def choose_settings(args, out: Path) -> list[tuple]:
     return settings
 
 
+def _commit() -> str | None:
+    """The git commit of the spray that is imported (None outside a checkout)."""
+    import subprocess
+
+    import spray
+
+    try:
+        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
+                              check=True, cwd=Path(spray.__file__).parent).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", default="runs/eval-clever-hans")
@@ -594,6 +607,9 @@ def main(argv=None) -> int:
     (store / "cache").mkdir(parents=True, exist_ok=True)
     out.mkdir(parents=True, exist_ok=True)
     settings = choose_settings(args, store)
+    if not args.build_only:   # which rule scored these results (verdict_calibration.py)
+        (out / "rule.json").write_text(json.dumps(
+            {"params": flag_params(pipe).model_dump(), "commit": _commit()}, indent=1))
     if settings and any(not s[0].startswith(("digits", "natd")) for s in settings) \
             and not FASHION_DIR.is_dir() \
             and not args.rescore:
