@@ -12,123 +12,171 @@ from spray.config.presets import FlagsSection, load_pipeline
 from spray.errors import ConfigError
 from spray.verdict import calibration
 from spray.verdict.calibration import REFERENCE, clean_rate, rate_text, threshold_for
-from spray.verdict.score import clever_hans_score, flag_params
+from spray.verdict.score import _verdict, clever_hans_score, flag_params
+
+DEFAULTS = FlagsSection().model_dump()
+PIPE = load_pipeline("spray-default")
 
 
-def _reference(tmp_path, scores, **params):
-    """A reference file of ``scores`` measured with the default flags (changed by ``params``)."""
+def _reference(tmp_path, scores, sections=None, **params):
+    """A reference file of ``scores`` measured with the default flags (changed by ``params``)
+    and the default pipeline's sections (or ``sections``)."""
     path = tmp_path / "ref.json"
-    flags = calibration.scoring_params({**FlagsSection().model_dump(), **params})
-    path.write_text(json.dumps({"params": flags, "scores": list(map(float, scores))}))
-    calibration._load.cache_clear()
+    flags = calibration.scoring_params({**DEFAULTS, **params})
+    path.write_text(json.dumps({"params": flags, "scores": [float(s) for s in scores],
+                                "sections": sections or calibration.scoring_sections(PIPE)}))
     return path
 
 
 @pytest.fixture()
 def normal_reference(tmp_path):
-    return _reference(tmp_path, np.random.default_rng(0).standard_normal(4000))
+    return _reference(tmp_path, np.round(np.random.default_rng(0).standard_normal(4000), 3))
 
 
-def test_rate_is_the_empirical_share_where_the_reference_reaches(normal_reference):
-    defaults = FlagsSection().model_dump()
-    scores = np.sort(json.loads(normal_reference.read_text())["scores"])
-    for q in (0.5, 0.9, 0.99):
-        s = float(np.quantile(scores, q))
-        r = clean_rate(s, defaults, normal_reference)
+def test_rate_is_the_share_of_reference_checks_at_or_above(normal_reference):
+    scores = np.asarray(json.loads(normal_reference.read_text())["scores"])
+    for s in [*np.quantile(scores, [0.1, 0.5, 0.9, 0.99, 0.999]), scores.max()]:
+        r = clean_rate(float(s), DEFAULTS, PIPE, normal_reference)
+        share = (scores >= s).mean()
         assert r["exceeded"] == int((scores >= s).sum()) and r["of"] == 4000
-        assert r["upper"] > r["exceeded"] / 4000
-        if q < 0.95:      # below the tail: the share itself
-            assert r["rate"] == pytest.approx((scores >= s).mean(), rel=1e-3)
-        else:             # in the tail: the fitted model, near the share
-            assert r["rate"] == pytest.approx((scores >= s).mean(), rel=0.5)
+        assert r["rate"] == pytest.approx(share, rel=2e-3)
+        assert share <= r["upper"] <= 1
 
 
-def test_tail_extrapolates_monotonically_and_continuously(normal_reference):
-    ref = calibration.reference(FlagsSection().model_dump(), normal_reference)
-    u, scale, m = ref.tail
-    assert m == 200 and scale > 0                       # the top 5 % of 4 000
-    grid = np.linspace(-1, 6, 400)
-    rates = [ref.rate(s) for s in grid]
-    assert all(a >= b for a, b in zip(rates, rates[1:]))
-    assert abs(ref.rate(u) - m / ref.n) <= 1.001 / ref.n
-    assert ref.rate(u + 1e-9) == pytest.approx(m / ref.n)
-    # a standard normal's tail: P(Z ≥ 3.5) ≈ 2.3e-4; the exponential fit is within 10×
-    assert 2.3e-5 < ref.rate(3.5) < 2.3e-3
-    # the counts alone bound a score above every reference check by ~3 / n
-    assert ref.upper(10.0) == pytest.approx(1 - 0.05 ** (1 / 4000), rel=1e-3)
+def test_rate_above_every_reference_check_is_extrapolated_below_one_in_n(normal_reference):
+    ref = calibration.reference(DEFAULTS, PIPE, normal_reference)
+    top = float(ref.scores[0])
+    above = np.linspace(top + 1e-3, top + 5, 200)
+    rates = [ref.rate(s) for s in above]
+    assert all(a > b for a, b in zip(rates, rates[1:]))
+    assert rates[0] == pytest.approx(1 / ref.n, rel=1e-2) and rates[0] <= 1 / ref.n
+    assert ref.rate(top + ref.scale) == pytest.approx(np.exp(-1) / ref.n)
+    # the counts alone bound it by ~3 / n however high the score
+    assert ref.upper(top + 5) == pytest.approx(1 - 0.05 ** (1 / 4000), rel=1e-3)
+    r = clean_rate(top + 1, DEFAULTS, PIPE, normal_reference)
+    assert r["exceeded"] == 0 and "extrapolated" in rate_text(r)
 
 
-@pytest.mark.parametrize("rate", [0.2, 0.01, 1e-3, 1e-5])
-def test_threshold_for_a_rate_inverts_the_rate(normal_reference, rate):
-    t = threshold_for(rate, FlagsSection().model_dump(), normal_reference)
-    ref = calibration.reference(FlagsSection().model_dump(), normal_reference)
-    assert ref.rate(t) == pytest.approx(rate, rel=0.05, abs=2 / ref.n)
+def test_packaged_rate_never_exceeds_its_bound():
+    ref = calibration.reference(DEFAULTS, PIPE)
+    for s in np.unique(ref.scores):
+        assert ref.rate(s) <= ref.upper(s)
 
 
-def test_reference_of_other_flags_gives_no_rate(tmp_path):
-    path = _reference(tmp_path, np.arange(100.0), hot_spot_weight=0.0)
-    defaults = FlagsSection().model_dump()
-    assert clean_rate(1.0, defaults, path) is None
-    with pytest.raises(ConfigError, match="false_flag_rate"):
-        threshold_for(1e-3, defaults, path)
+@pytest.mark.parametrize("rate", [0.2, 0.01, 1e-3, 2e-4, 1e-5])
+def test_threshold_is_the_lowest_score_of_at_most_the_rate(normal_reference, rate):
+    t = threshold_for(rate, DEFAULTS, PIPE, normal_reference)
+    ref = calibration.reference(DEFAULTS, PIPE, normal_reference)
+    assert ref.rate(t) <= rate
+    assert ref.rate(t - 0.001) > rate           # lower by one step: above the rate
+    if rate * ref.n < 1:                        # beyond the reference: the tail's inverse
+        assert ref.rate(t) == pytest.approx(rate, rel=0.01)
+
+
+@pytest.mark.parametrize("scores", [[], [1.0] * 10, [0.0] * 100 + [float("nan")]])
+def test_unusable_reference_gives_no_rate(tmp_path, scores):
+    path = _reference(tmp_path, scores)
+    assert clean_rate(1.0, DEFAULTS, PIPE, path) is None
+    with pytest.raises(ConfigError, match="false_flag_rate cannot be used"):
+        threshold_for(1e-3, DEFAULTS, PIPE, path)
+    assert clean_rate(1.0, DEFAULTS, PIPE, tmp_path / "missing.json") is None
+
+
+def test_reference_of_other_flags_or_sections_gives_no_rate(tmp_path):
+    scores = np.arange(100.0)
+    path = _reference(tmp_path, scores, hot_spot_weight=0.0)
+    assert clean_rate(1.0, DEFAULTS, PIPE, path) is None
+    with pytest.raises(ConfigError, match="hot_spot_weight"):
+        threshold_for(1e-3, DEFAULTS, PIPE, path)
     # the threshold does not change scores: another threshold keeps the rate
-    assert clean_rate(1.0, {**defaults, "hot_spot_weight": 0.0, "threshold": 3.0},
+    assert clean_rate(1.0, {**DEFAULTS, "hot_spot_weight": 0.0, "threshold": 3.0}, PIPE,
                       path) is not None
+    pooled = load_pipeline("spray-default", overrides={"preprocess": {"pool": [10, 10]}})
+    path = _reference(tmp_path, scores)
+    assert clean_rate(1.0, DEFAULTS, pooled, path) is None
+    with pytest.raises(ConfigError, match="preprocess"):
+        threshold_for(1e-3, DEFAULTS, pooled, path)
 
 
-def test_false_flag_rate_sets_the_threshold_and_excludes_it():
-    params = flag_params({"flags": {"false_flag_rate": 1e-3}})
-    assert params.threshold == threshold_for(1e-3, FlagsSection().model_dump())
-    with pytest.raises(ConfigError, match="either threshold or false_flag_rate"):
-        flag_params({"flags": {"false_flag_rate": 1e-3, "threshold": 2.0}})
-    with pytest.raises(ConfigError, match="false_flag_rate"):
-        flag_params({"flags": {"false_flag_rate": 1e-3, "hot_spot_weight": 0.0}})
+def test_false_flag_rate_replaces_the_threshold_of_a_loaded_pipeline():
+    pipe = load_pipeline("spray-default", overrides={"flags": {"false_flag_rate": 1e-3}})
+    assert pipe["flags"]["threshold"] == 1.7                 # the preset's, still in the dict
+    params = flag_params(pipe)
+    assert params.threshold == threshold_for(1e-3, DEFAULTS, PIPE) != 1.7
+    assert FlagsSection.model_validate(params.model_dump()).threshold == params.threshold
+    other = load_pipeline("spray-default", overrides={
+        "flags": {"false_flag_rate": 1e-3, "hot_spot_weight": 0.0}})
+    with pytest.raises(ConfigError, match="false_flag_rate cannot be used"):
+        flag_params(other)
+
+
+def test_false_flag_rate_enters_the_pipeline_hash():
+    from spray.run.tasks import pipeline_hash
+
+    plain = load_pipeline("spray-default")
+    rated = load_pipeline("spray-default", overrides={"flags": {"false_flag_rate": 1e-3}})
+    key = {k: v for k, v in rated.items() if k != "health"}
+    from spray.config.run_config import json_hash
+
+    assert pipeline_hash(rated) == json_hash({**key, "clean_scores":
+                                              calibration.reference_digest()})
+    assert pipeline_hash(plain) == json_hash({k: v for k, v in plain.items() if k != "health"})
 
 
 def test_packaged_reference_is_the_rule_of_this_tree():
-    """Scored with the default flags of this tree: a change of a scoring flag's default must
-    come with a new reference (tests/benchmarks/verdict_calibration.py build)."""
+    """Scored with the default flags and sections of this tree: a change of a scoring flag's
+    default must come with a new reference (tests/benchmarks/verdict_calibration.py build)."""
     data = json.loads(REFERENCE.read_text())
-    assert data["params"] == calibration.scoring_params(FlagsSection().model_dump())
+    assert data["params"] == calibration.scoring_params(DEFAULTS)
+    assert data["sections"] == calibration.scoring_sections(PIPE)
     assert data["checks"] == len(data["scores"]) >= 2000
     assert sum(s["checks"] for s in data["sources"]) == data["checks"]
-    ref = calibration.reference(FlagsSection().model_dump())
-    # the default threshold is rare among clean checks
-    assert ref.rate(FlagsSection().threshold) < 1e-3
+    ref = calibration.reference(DEFAULTS, PIPE)
+    assert ref.rate(FlagsSection().threshold) < 1e-3   # the default threshold is rare
 
 
-def test_verdict_and_its_text_carry_the_clean_rate():
+def _artefact_class(grid: int = 20, n: int = 240):
     rng = np.random.default_rng(3)
-    n, grid = 240, 10
     x = rng.random((n, grid * grid)) + 0.5
     rel = x * (1 + 0.3 * rng.standard_normal(x.shape))
     rel[:40] *= 0.3
     rel[:40, 0] = 6.0 + rng.random(40)
     rel /= np.abs(rel).sum(axis=1, keepdims=True)
     x /= np.abs(x).sum(axis=1, keepdims=True)
-    pipe = load_pipeline("spray-default", overrides={
-        "preprocess": {"pool": [grid, grid]}, "embedding": {"method": "none"}})
+    return rel, x
+
+
+def test_verdict_carries_the_clean_rate():
+    rel, x = _artefact_class()
+    pipe = load_pipeline("spray-default", overrides={"embedding": {"method": "none"}})
     result = analyze(rel, pipeline=pipe, embed=False)
     v = clever_hans_score(result, x, pipe, features=rel)
-    ref = calibration.reference(FlagsSection().model_dump())
+    ref = calibration.reference(DEFAULTS, pipe)
+    assert v["flagged"]
     assert v["clean_rate"]["rate"] == pytest.approx(ref.rate(v["score"]), rel=1e-2)
-    assert v["clean_rate"]["of"] == ref.n
-    text = rate_text(v["clean_rate"])
-    assert f"of {ref.n} reference checks" in text
+    assert v["clean_rate"]["of"] == ref.n and v["clean_rate"]["reference"] == ref.digest
     other = load_pipeline("spray-default", overrides={
-        "preprocess": {"pool": [grid, grid]}, "embedding": {"method": "none"},
-        "flags": {"colocation_weight": 4.0}})
+        "embedding": {"method": "none"}, "flags": {"colocation_weight": 4.0}})
     assert "clean_rate" not in clever_hans_score(result, x, other, features=rel)
+
+
+def test_class_without_a_candidate_has_no_rate():
+    v = _verdict([], np.zeros(10, dtype=int), [], [], FlagsSection(), PIPE)
+    assert v.score == 0.0 and v.clean_rate is None
 
 
 def test_report_and_ci_reason_say_the_rate():
     from spray.ci.evidence import _reason
     from spray.report.class_page import _rate_note
+    from spray.report.html import _threshold_text
 
-    rate = {"rate": 1.2e-5, "upper": 0.0012, "exceeded": 0, "of": 2480}
+    rate = {"rate": 0.0012, "upper": 0.0025, "exceeded": 4, "of": 3440}
     entry = {"name": "coat", "class": 4, "score": 3.1, "threshold": 1.7, "clean_rate": rate,
              "clusters": [{"id": 1, "size": 30, "fraction": 0.1, "score": 3.1, "suspect": True}],
              "suspect_cluster": 1, "suspect_clusters": [1]}
-    assert "rate of ~1.2e-05 per class check (0 of 2480 reference checks" in _reason(entry)
+    assert "rate of 0.0012 per class check (4 of 3440 reference checks" in _reason(entry)
     assert "Clean classes score this high" in _rate_note(entry)
     assert _rate_note({k: v for k, v in entry.items() if k != "clean_rate"}) == ""
+    judged = _threshold_text({"threshold": 1.7, "false_flag_rate": 0.001},
+                             [{"threshold": 0.258}])
+    assert "<code>0.258</code>" in judged and "false_flag_rate" in judged

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Literal, Self
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from spray.errors import ConfigError
 
@@ -200,9 +200,9 @@ class FlagsSection(_Section):
 
     score: Literal["input-contrast"] = "input-contrast"
     threshold: float = 1.7
-    #: instead of ``threshold``: the false-flag rate per clean class check to set it to, read
-    #: from the clean-score reference of the evaluation (:mod:`spray.verdict.calibration`;
-    #: only for the flags that reference was scored with). Not set: ``threshold`` holds.
+    #: when set, it replaces ``threshold`` by the lowest score whose rate among the clean class
+    #: checks of the evaluation's reference is at most this (:mod:`spray.verdict.calibration`;
+    #: refused where the run's flags or analysis sections are not the reference's).
     false_flag_rate: float | None = Field(default=None, gt=0, lt=1)
     #: classes scoring within this margin below the threshold are listed as "watch" (never
     #: failing): a near miss stays visible in the run's verdict, summary.json and the report
@@ -273,12 +273,6 @@ class FlagsSection(_Section):
     sweep_eigenvectors: int = Field(default=10, ge=0)
     sweep_min_jaccard: float = Field(default=0.9, ge=0, le=1)
     seed: int = 0
-
-    @model_validator(mode="after")
-    def _one_threshold(self) -> Self:
-        if self.false_flag_rate is not None and "threshold" in self.model_fields_set:
-            raise ValueError("give either threshold or false_flag_rate, not both")
-        return self
 
 
 class HealthSection(_Section):

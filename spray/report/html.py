@@ -58,6 +58,18 @@ def _load_config(run_dir: Path) -> dict:
     return cfg if isinstance(cfg, dict) else {}
 
 
+def _threshold_text(flags: dict, ok: list[dict]) -> str:
+    """The threshold the classes were judged at (their entries'; with
+    ``flags.false_flag_rate``, the rate it came from)."""
+    used = sorted({e["threshold"] for e in ok if e.get("threshold") is not None})
+    shown = ", ".join(f"{t:g}" for t in used) if used else flags.get("threshold", "")
+    text = f"threshold <code>{_esc(shown)}</code>"
+    if flags.get("false_flag_rate") is not None:
+        text += (f" (from <code>false_flag_rate</code> {_esc(flags['false_flag_rate'])} of "
+                 f"the clean-score reference)")
+    return text
+
+
 def _run_header(run_dir: Path, summary: dict, cfg: dict) -> str:
     """What was run, when, on what — as a definition list."""
     data = cfg.get("data") or {}
@@ -85,7 +97,7 @@ def _run_header(run_dir: Path, summary: dict, cfg: dict) -> str:
                      + (f", pooled to <code>{_esc(pre.get('pool'))}</code>, "
                         f"normalize <code>{_esc(pre.get('normalize'))}</code>" if pre else "")),
         ("verdict", f"rule <code>{_esc(flags.get('score', 'input-contrast'))}</code>, "
-                    f"threshold <code>{_esc(flags.get('threshold', ''))}</code>"),
+                    f"{_threshold_text(flags, ok)}"),
         ("classes", f"{len(ok)} analysed of {len(summary['classes'])}, {n_total} samples"),
         ("run", f"<code>{_esc(run_dir.resolve())}</code>, config hash "
                 f"<code>{_esc(summary.get('config_hash'))}</code>"),

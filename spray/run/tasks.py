@@ -272,10 +272,16 @@ def class_features(cg, c: int, source, params: dict,
 def pipeline_hash(pipeline: dict) -> str:
     """Hash of an analysis pipeline: a class analysed with the same one need not be redone.
 
-    The ``health`` limits are read by the gate only and do not enter the hash."""
+    The ``health`` limits are read by the gate only and do not enter the hash. With
+    ``flags.false_flag_rate`` the threshold comes from the clean-score reference, so its
+    digest enters the hash (a resume after a new reference analyses the classes again)."""
     from spray.config.run_config import json_hash
+    from spray.verdict.calibration import reference_digest
 
-    return json_hash({k: v for k, v in pipeline.items() if k != "health"})
+    key = {k: v for k, v in pipeline.items() if k != "health"}
+    if (pipeline.get("flags") or {}).get("false_flag_rate") is not None:
+        key["clean_scores"] = reference_digest()
+    return json_hash(key)
 
 
 def analyze_class(run_dir: str, c: int, pipeline: dict, data_cfg: dict, _deps=None,

@@ -46,7 +46,9 @@ def flag_params(pipeline: dict) -> FlagsSection:
             from None
     if params.false_flag_rate is None:
         return params
-    threshold = threshold_for(params.false_flag_rate, params.model_dump())
+    threshold = threshold_for(params.false_flag_rate, params.model_dump(), pipeline)
+    log.debug("flags.false_flag_rate %g: threshold %g (replaces flags.threshold %g)",
+              params.false_flag_rate, threshold, params.threshold)
     return params.model_copy(update={"threshold": threshold})
 
 
@@ -140,7 +142,7 @@ def _score(result, input_features: np.ndarray, pipeline: dict, params: FlagsSect
         labels = trim_suspects(labels, clusters, suspects, graphs.W, graphs.input_features,
                                graphs.features, graphs.mask_area, params.trim_min_auc,
                                params.trim_fence_iqr)
-    return _verdict(clusters, labels, splits, other_k, params)
+    return _verdict(clusters, labels, splits, other_k, params, pipeline)
 
 
 def _split_off_sweep(result, graphs: ClassGraphs, labels, clusters, resamples):
@@ -163,9 +165,10 @@ def _split_off_sweep(result, graphs: ClassGraphs, labels, clusters, resamples):
 
 
 def _verdict(clusters: list[ClusterEvidence], labels, splits, other_k,
-             params: FlagsSection) -> Verdict:
+             params: FlagsSection, pipeline: dict) -> Verdict:
     """The class score is the best cluster's; every cluster at or above the threshold is a
-    suspect (an artefact on two sub-types of a class can come out as two clusters), best first."""
+    suspect (an artefact on two sub-types of a class can come out as two clusters), best first.
+    A class without a scored candidate has no clean rate (its 0 is no score)."""
     threshold = params.threshold
     scored = sorted((c for c in clusters if c.score is not None), key=lambda c: -c.score)
     best = scored[0] if scored else None
@@ -179,7 +182,8 @@ def _verdict(clusters: list[ClusterEvidence], labels, splits, other_k,
                    other_k=sorted(other_k, key=lambda c: -c.score if c.score is not None
                                   else np.inf)[:10],
                    params=params.model_dump(), rule=params.score,
-                   clean_rate=clean_rate(float(score), params.model_dump()))
+                   clean_rate=None if best is None else
+                   clean_rate(float(score), params.model_dump(), pipeline))
 
 
 def clever_hans_score(result, input_features: np.ndarray, pipeline: dict,

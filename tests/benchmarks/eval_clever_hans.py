@@ -588,6 +588,7 @@ def main(argv=None) -> int:
     from spray.config.presets import load_pipeline
 
     pipe = load_pipeline(args.pipeline)
+    from spray.verdict.calibration import scoring_sections
     from spray.verdict.score import flag_params
 
     threshold = float(flag_params(pipe).threshold)
@@ -609,7 +610,8 @@ def main(argv=None) -> int:
     settings = choose_settings(args, store)
     if not args.build_only:   # which rule scored these results (verdict_calibration.py)
         (out / "rule.json").write_text(json.dumps(
-            {"params": flag_params(pipe).model_dump(), "commit": _commit()}, indent=1))
+            {"params": flag_params(pipe).model_dump(), "sections": scoring_sections(pipe),
+             "commit": _commit()}, indent=1))
     if settings and any(not s[0].startswith(("digits", "natd")) for s in settings) \
             and not FASHION_DIR.is_dir() \
             and not args.rescore:

@@ -29,7 +29,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from spray.config.presets import FlagsSection  # noqa: E402
+from spray.config.presets import FlagsSection, load_pipeline  # noqa: E402
 from spray.verdict import calibration  # noqa: E402
 
 log = logging.getLogger("verdict_calibration")
@@ -38,18 +38,32 @@ log = logging.getLogger("verdict_calibration")
 RATES = (0.1, 0.03, 0.01, 0.003, 0.001)
 
 
+def _tree_rule() -> dict:
+    """The scoring flags and analysis sections of this tree's default pipeline."""
+    pipe = load_pipeline("spray-default")
+    return {**calibration.scoring_params(FlagsSection().model_dump()),
+            **calibration.scoring_sections(pipe)}
+
+
 def clean_checks(dirs: list[str], trust_tree: bool = False) -> tuple[list[float], list[dict]]:
     """The scores of every clean-model and non-planted class check of ``dirs`` and a count per
-    setting; refuses folders scored with other flags than this tree's, and repeated checks."""
-    mine = calibration.scoring_params(FlagsSection().model_dump())
+    setting; refuses folders scored with other flags or sections than this tree's defaults,
+    and repeated checks."""
+    mine = _tree_rule()
     scores, sources, seen = [], {}, set()
     for d in map(Path, dirs):
         rule = d / "rule.json"
         if rule.is_file():
-            theirs = calibration.scoring_params(json.loads(rule.read_text())["params"])
-            if theirs != mine:
-                differ = sorted(k for k in set(mine) | set(theirs) if mine.get(k) != theirs.get(k))
-                raise SystemExit(f"{d}: scored with other flags ({', '.join(differ)})")
+            stored = json.loads(rule.read_text())
+            if "sections" not in stored and not trust_tree:
+                raise SystemExit(f"{d}: rule.json names no pipeline sections (written before "
+                                 "they were); --trust-tree takes them to be this tree's")
+            theirs = {**calibration.scoring_params(stored["params"]),
+                      **stored.get("sections", calibration.scoring_sections(
+                          load_pipeline("spray-default")))}
+            differ = sorted(k for k in set(mine) | set(theirs) if mine.get(k) != theirs.get(k))
+            if differ:
+                raise SystemExit(f"{d}: scored with other flags or sections ({', '.join(differ)})")
         elif not trust_tree:
             raise SystemExit(f"{d}: no rule.json (scored before it was written); "
                              "--trust-tree takes its rule to be this tree's")
@@ -68,18 +82,21 @@ def clean_checks(dirs: list[str], trust_tree: bool = False) -> tuple[list[float]
 def build(dirs: list[str], out: Path, trust_tree: bool) -> dict:
     """Write the reference file from the clean checks of ``dirs``."""
     scores, sources = clean_checks(dirs, trust_tree)
+    commits = sorted({json.loads((Path(d) / "rule.json").read_text()).get("commit") or "?"
+                      for d in dirs if (Path(d) / "rule.json").is_file()})
     ref = {"rule": "input-contrast", "generated": datetime.date.today().isoformat(),
-           "command": "python tests/benchmarks/verdict_calibration.py build " + " ".join(
-               Path(d).name for d in dirs),
-           "checks": len(scores), "params": calibration.scoring_params(
-               FlagsSection().model_dump()),
+           "command": "python tests/benchmarks/verdict_calibration.py build "
+                      + " ".join(Path(d).name for d in dirs)
+                      + (" --trust-tree" if trust_tree else ""),
+           "commits": commits, "checks": len(scores),
+           "params": calibration.scoring_params(FlagsSection().model_dump()),
+           "sections": calibration.scoring_sections(load_pipeline("spray-default")),
            "sources": sources, "scores": sorted(scores, reverse=True)}
     out.write_text(json.dumps(ref, indent=1) + "\n")
-    r = calibration._load.__wrapped__(str(out))
-    u, scale, m = r.tail
-    log.info("%d reference checks; tail over the %d highest (u %.2f, scale %.3f); "
-             "threshold 1.7 → rate %.2g (counts: ≤ %.2g)", r.n, m, u, scale, r.rate(1.7),
-             r.upper(1.7))
+    r = calibration._load(out)
+    log.info("%d reference checks, highest %.3f; tail scale %.3f; threshold 1.7 → rate %.2g "
+             "(counts: ≤ %.2g); false_flag_rate 1e-3 → threshold %.3f", r.n, r.scores[0],
+             r.scale, r.rate(1.7), r.upper(1.7), r.threshold(1e-3))
     return ref
 
 
@@ -89,7 +106,7 @@ def check(dirs: list[str], trust_tree: bool, path: Path = calibration.REFERENCE)
 
     scores, _ = clean_checks(dirs, trust_tree)
     held = np.asarray(scores)
-    ref = calibration._load.__wrapped__(str(path))
+    ref = calibration._load(Path(path))
     rows = []
     for rate in RATES:
         at = ref.threshold(rate)
@@ -122,7 +139,8 @@ def main(argv=None) -> int:
         rows = check(args.dirs, args.trust_tree)
         if args.out:   # the shape of tests/benchmarks/tables.py
             command = ("python tests/benchmarks/verdict_calibration.py check "
-                       + " ".join(Path(d).name for d in args.dirs))
+                       + " ".join(Path(d).name for d in args.dirs)
+                       + (" --trust-tree" if args.trust_tree else ""))
             args.out.write_text(json.dumps({"command": command, "rows": rows}, indent=1) + "\n")
     return 0
 
