@@ -12,7 +12,7 @@ from spray.config.presets import FlagsSection, load_pipeline
 from spray.errors import ConfigError
 from spray.verdict import calibration
 from spray.verdict.calibration import REFERENCE, clean_rate, rate_text, threshold_for
-from spray.verdict.score import _verdict, clever_hans_score, flag_params
+from spray.verdict.score import _verdict, clever_hans_score, flag_params, flag_threshold
 
 DEFAULTS = FlagsSection().model_dump()
 PIPE = load_pipeline("spray-default")
@@ -88,9 +88,11 @@ def test_reference_of_other_flags_or_sections_gives_no_rate(tmp_path):
     assert clean_rate(1.0, DEFAULTS, PIPE, path) is None
     with pytest.raises(ConfigError, match="hot_spot_weight"):
         threshold_for(1e-3, DEFAULTS, PIPE, path)
-    # the threshold does not change scores: another threshold keeps the rate
-    assert clean_rate(1.0, {**DEFAULTS, "hot_spot_weight": 0.0, "threshold": 3.0}, PIPE,
+    # the watch margin does not change scores; the threshold does (the bar for split-offs)
+    assert clean_rate(1.0, {**DEFAULTS, "hot_spot_weight": 0.0, "watch_margin": 1.0}, PIPE,
                       path) is not None
+    assert clean_rate(1.0, {**DEFAULTS, "hot_spot_weight": 0.0, "threshold": 3.0}, PIPE,
+                      path) is None
     pooled = load_pipeline("spray-default", overrides={"preprocess": {"pool": [10, 10]}})
     path = _reference(tmp_path, scores)
     assert clean_rate(1.0, DEFAULTS, pooled, path) is None
@@ -98,16 +100,36 @@ def test_reference_of_other_flags_or_sections_gives_no_rate(tmp_path):
         threshold_for(1e-3, DEFAULTS, pooled, path)
 
 
-def test_false_flag_rate_replaces_the_threshold_of_a_loaded_pipeline():
+def test_false_flag_rate_sets_the_flag_threshold_of_a_loaded_pipeline():
     pipe = load_pipeline("spray-default", overrides={"flags": {"false_flag_rate": 1e-3}})
-    assert pipe["flags"]["threshold"] == 1.7                 # the preset's, still in the dict
     params = flag_params(pipe)
-    assert params.threshold == threshold_for(1e-3, DEFAULTS, PIPE) != 1.7
-    assert FlagsSection.model_validate(params.model_dump()).threshold == params.threshold
-    other = load_pipeline("spray-default", overrides={
-        "flags": {"false_flag_rate": 1e-3, "hot_spot_weight": 0.0}})
-    with pytest.raises(ConfigError, match="false_flag_rate cannot be used"):
-        flag_params(other)
+    assert params.threshold == 1.7                           # still the bar for split-offs
+    assert flag_threshold(params, pipe) == threshold_for(1e-3, DEFAULTS, PIPE) != 1.7
+    assert flag_threshold(FlagsSection(), PIPE) == 1.7
+    for flags in ({"hot_spot_weight": 0.0}, {"threshold": 2.0}):
+        other = load_pipeline("spray-default", overrides={
+            "flags": {"false_flag_rate": 1e-3, **flags}})
+        with pytest.raises(ConfigError, match="false_flag_rate cannot be used"):
+            flag_params(other)
+
+
+def test_false_flag_rate_moves_the_decision_only():
+    """The scores (and the split-offs) are those of the default threshold, which the reference
+    was scored with; the class is flagged at the rate's threshold."""
+    rel, x = _artefact_class()
+    plain = load_pipeline("spray-default", overrides={"embedding": {"method": "none"}})
+    rated = load_pipeline("spray-default", overrides={"embedding": {"method": "none"},
+                                                      "flags": {"false_flag_rate": 0.2}})
+    result = analyze(rel, pipeline=plain, embed=False)
+    a = clever_hans_score(result, x, plain, features=rel)
+    b = clever_hans_score(result, x, rated, features=rel)
+    t = threshold_for(0.2, DEFAULTS, PIPE)
+    assert b["threshold"] == t < a["threshold"] == 1.7
+    assert b["score"] == a["score"] and b["splits"] == a["splits"]
+    assert [c.get("score") for c in b["clusters"]] == [c.get("score") for c in a["clusters"]]
+    assert b["suspect_clusters"] == [c["id"] for c in sorted(
+        (c for c in b["clusters"] if c.get("score") is not None), key=lambda c: -c["score"])
+        if c["score"] >= t]
 
 
 def test_false_flag_rate_enters_the_pipeline_hash():
@@ -161,7 +183,7 @@ def test_verdict_carries_the_clean_rate():
 
 
 def test_class_without_a_candidate_has_no_rate():
-    v = _verdict([], np.zeros(10, dtype=int), [], [], FlagsSection(), PIPE)
+    v = _verdict([], np.zeros(10, dtype=int), [], [], FlagsSection(), PIPE, 1.7)
     assert v.score == 0.0 and v.clean_rate is None
 
 

@@ -200,9 +200,10 @@ class FlagsSection(_Section):
 
     score: Literal["input-contrast"] = "input-contrast"
     threshold: float = 1.7
-    #: when set, it replaces ``threshold`` by the lowest score whose rate among the clean class
-    #: checks of the evaluation's reference is at most this (:mod:`spray.verdict.calibration`;
-    #: refused where the run's flags or analysis sections are not the reference's).
+    #: when set, a class is flagged at the lowest score whose rate among the clean class checks
+    #: of the evaluation's reference is at most this, instead of at ``threshold``, which stays
+    #: the bar for split-offs while scoring (:mod:`spray.verdict.calibration`; refused where the
+    #: run's flags or analysis sections are not the reference's).
     false_flag_rate: float | None = Field(default=None, gt=0, lt=1)
     #: classes scoring within this margin below the threshold are listed as "watch" (never
     #: failing): a near miss stays visible in the run's verdict, summary.json and the report

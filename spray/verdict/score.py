@@ -31,9 +31,8 @@ log = logging.getLogger(__name__)
 
 
 def flag_params(pipeline: dict) -> FlagsSection:
-    """The ``flags`` section of a pipeline, validated, with its defaults filled in (and with
-    ``false_flag_rate`` set, the threshold of that rate:
-    :func:`~spray.verdict.calibration.threshold_for`)."""
+    """The ``flags`` section of a pipeline, validated, with its defaults filled in (a
+    ``false_flag_rate`` the clean-score reference cannot serve is refused here)."""
     from pydantic import ValidationError
 
     from spray.config.presets import _format_error
@@ -44,12 +43,22 @@ def flag_params(pipeline: dict) -> FlagsSection:
     except ValidationError as exc:
         raise ConfigError(_format_error(exc).replace("pipeline key '", "pipeline key 'flags."))\
             from None
+    flag_threshold(params, pipeline)     # a false_flag_rate without its reference fails here
+    return params
+
+
+def flag_threshold(params: FlagsSection, pipeline: dict) -> float:
+    """The score at or above which a class is flagged: ``threshold``, or with
+    ``false_flag_rate`` the threshold of that rate
+    (:func:`~spray.verdict.calibration.threshold_for`).
+
+    ``threshold`` itself stays the bar a split-off half or sweep cut must reach while the class
+    is scored, as it was when the reference was scored: a lower bar lets more groups split off
+    and raises clean scores the reference never saw (measured: docs/verdict.md,
+    "Calibration"). The rate moves the decision only."""
     if params.false_flag_rate is None:
-        return params
-    threshold = threshold_for(params.false_flag_rate, params.model_dump(), pipeline)
-    log.debug("flags.false_flag_rate %g: threshold %g (replaces flags.threshold %g)",
-              params.false_flag_rate, threshold, params.threshold)
-    return params.model_copy(update={"threshold": threshold})
+        return params.threshold
+    return threshold_for(params.false_flag_rate, params.model_dump(), pipeline)
 
 
 def score_class(result, input_features: np.ndarray, pipeline: dict,
@@ -137,12 +146,13 @@ def _score(result, input_features: np.ndarray, pipeline: dict, params: FlagsSect
                                   graphs.cache)
         labels, clusters, more = _split_off_sweep(result, graphs, labels, clusters, resamples)
         splits = splits + more
-    suspects = [c.id for c in clusters if c.score is not None and c.score >= params.threshold]
+    decide = flag_threshold(params, pipeline)
+    suspects = [c.id for c in clusters if c.score is not None and c.score >= decide]
     if trim:
         labels = trim_suspects(labels, clusters, suspects, graphs.W, graphs.input_features,
                                graphs.features, graphs.mask_area, params.trim_min_auc,
                                params.trim_fence_iqr)
-    return _verdict(clusters, labels, splits, other_k, params, pipeline)
+    return _verdict(clusters, labels, splits, other_k, params, pipeline, decide)
 
 
 def _split_off_sweep(result, graphs: ClassGraphs, labels, clusters, resamples):
@@ -165,11 +175,11 @@ def _split_off_sweep(result, graphs: ClassGraphs, labels, clusters, resamples):
 
 
 def _verdict(clusters: list[ClusterEvidence], labels, splits, other_k,
-             params: FlagsSection, pipeline: dict) -> Verdict:
+             params: FlagsSection, pipeline: dict, threshold: float) -> Verdict:
     """The class score is the best cluster's; every cluster at or above the threshold is a
-    suspect (an artefact on two sub-types of a class can come out as two clusters), best first.
-    A class without a scored candidate has no clean rate (its 0 is no score)."""
-    threshold = params.threshold
+    suspect (an artefact on two sub-types of a class can come out as two clusters), best first;
+    ``threshold`` is :func:`flag_threshold`'s. A class without a scored candidate has no clean
+    rate (its 0 is no score)."""
     scored = sorted((c for c in clusters if c.score is not None), key=lambda c: -c.score)
     best = scored[0] if scored else None
     score = best.score if best else 0.0

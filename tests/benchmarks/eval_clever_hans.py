@@ -589,9 +589,9 @@ def main(argv=None) -> int:
 
     pipe = load_pipeline(args.pipeline)
     from spray.verdict.calibration import scoring_sections
-    from spray.verdict.score import flag_params
+    from spray.verdict.score import flag_params, flag_threshold
 
-    threshold = float(flag_params(pipe).threshold)
+    threshold = float(flag_threshold(flag_params(pipe), pipe))
     out = Path(args.out)
     if args.table_only:
         dirs = [out, *map(Path, args.also)]
