@@ -9,7 +9,7 @@ import scipy.sparse as sp
 from spray.analysis.analyze import analyze
 from spray.config.presets import load_pipeline
 from spray.errors import ConfigError
-from spray.verdict.evidence import masked_inputs, size_penalty
+from spray.verdict.evidence import masked_inputs, size_penalty, touched_regions
 from spray.verdict.graphs import conductance
 from spray.verdict.score import clever_hans_score, flag_params
 from spray.verdict.subsample import extend_labels, stratified_sample
@@ -1228,3 +1228,39 @@ def test_colocation_counts_touched_regions_only_for_a_random_group():
     knee = params.input_randomness_knee
     assert colocation_of((0.2, 0.8), knee, params) == 0.8
     assert colocation_of((0.2, 0.8), knee - 0.01, params) == 0.2
+
+
+def test_touched_regions_are_8_connected_without_wrapping():
+    grid = (5, 20)
+    excess = np.zeros(100)
+    excess[[0, 21, 42]] = 1.0           # a diagonal chain from the corner: one region
+    excess[[79, 80]] = 1.0               # last of row 3 and first of row 4: not neighbours
+    got = set(touched_regions(excess, np.array([0]), grid, 0.3))
+    assert got == {0, 21, 42}
+    assert set(touched_regions(excess, np.array([79]), grid, 0.3)) == {79}
+    assert set(touched_regions(excess, np.array([80]), grid, 0.3)) == {80}
+    excess[60] = 1.0                     # above 80: joins it
+    assert set(touched_regions(excess, np.array([80]), grid, 0.3)) == {60, 80}
+    # a grid that does not match, no excess, or share 0: the cells alone
+    assert list(touched_regions(excess, np.array([0]), (10, 20), 0.3)) == [0]
+    assert list(touched_regions(np.zeros(100), np.array([0]), grid, 0.3)) == [0]
+    assert list(touched_regions(excess, np.array([0]), grid, 0.0)) == [0]
+
+
+def test_class_above_the_cap_by_one_is_scored_on_the_cap(large_artefact_class):
+    feats, inputs, _ = large_artefact_class
+    result = analyze(feats[:301], pipeline=_pipe(), embed=False)
+    v = clever_hans_score(result, inputs[:301], _pipe(score_max_samples=300),
+                          features=feats[:301])
+    assert v["scored_on"] == 300 and len(v["labels"]) == 301
+
+
+def test_class_page_says_the_regions_only_where_they_counted():
+    from spray.report.class_page import _regions_counted
+
+    params = {"input_randomness_knee": 0.9, "colocation_region_share": 0.3}
+    assert _regions_counted({"input_randomness": 0.95}, params)
+    assert not _regions_counted({"input_randomness": 0.5}, params)
+    assert not _regions_counted({"input_randomness": 0.95},
+                                {**params, "colocation_region_share": 0.0})
+    assert not _regions_counted({"input_randomness": 0.95}, {})    # a verdict of the rule before

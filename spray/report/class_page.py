@@ -107,19 +107,17 @@ def _evidence(entry: dict) -> str:
                      f"moved to the cluster their graph edges weigh most: the {_fmt(cl['size'])} "
                      f"shown are the members that carry it.")
     if cl.get("input_randomness") is not None:
-        top = max(mask_area, float(params.get("input_mask_max_area", mask_area)))
-        share = 100 * float(params.get("input_mask_share", 0.5))
-        where = (f"without the cells where they differ most from the rest's (the cells within "
-                 f"{share:.0f} % of the largest difference, {100 * mask_area:.0f}–"
-                 f"{100 * top:.0f} % of the grid)" if mask_area > 0 else "as they are")
+        where = _footprint_text(params, mask_area)
         parts.append(f"Its inputs, {where}, have {_fmt(cl['input_randomness'], 2)} × the "
                      f"conductance of a random subset of the same size (input randomness; about 1 "
                      f"= no group apart from a local mark, as for an artefact stamped on random "
                      f"members; well below 1 = a sub-group of the data).")
     if cl.get("colocation") is not None:
+        where = ("the cells where its relevance differs most or in the regions of that "
+                 "difference they touch" if _regions_counted(cl, params) else
+                 "the cells where its relevance differs most")
         parts.append(f"{100 * float(cl['colocation']):.0f} % of the cells' input difference beyond "
-                     f"chance (Welch t above the noise level) lies in the cells where its relevance "
-                     f"differs most or in the regions of that difference they touch (colocation; "
+                     f"chance (Welch t above the noise level) lies in {where} (colocation; "
                      f"an artefact is seen where the model looks, a natural sub-group differs "
                      f"elsewhere too).")
     if cl.get("concentration") is not None:
@@ -137,6 +135,30 @@ def _evidence(entry: dict) -> str:
 def _splits_note(entry: dict) -> str:
     n = len(entry.get("splits") or [])
     return f" (+ {n} split off by the score)" if n else ""
+
+
+def _footprint_text(params: dict, mask_area: float) -> str:
+    """Which input cells the input randomness leaves out, as the verdict's flags say (a verdict
+    stored before the footprint rule has no ``input_mask_max_area``: its fixed share)."""
+    if mask_area <= 0:
+        return "as they are"
+    if "input_mask_max_area" not in params or "input_mask_share" not in params:
+        return (f"without the {100 * mask_area:.0f} % of cells where they differ most from the "
+                f"rest's")
+    top = max(mask_area, float(params["input_mask_max_area"]))
+    return (f"without the cells where they differ most from the rest's (the cells within "
+            f"{100 * float(params['input_mask_share']):.0f} % of the largest difference, "
+            f"{100 * mask_area:.0f}–{100 * top:.0f} % of the grid)")
+
+
+def _regions_counted(cl: dict, params: dict) -> bool:
+    """Whether the colocation counted the input regions its hot spot touches
+    (:func:`spray.verdict.evidence.colocation_of`: only for a group at least as random as the
+    knee without its footprint)."""
+    knee = params.get("input_randomness_knee")
+    return (float(params.get("colocation_region_share") or 0) > 0 and knee is not None
+            and cl.get("input_randomness") is not None
+            and float(cl["input_randomness"]) >= float(knee))
 
 
 def _rate_note(entry: dict) -> str:

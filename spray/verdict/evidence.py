@@ -402,10 +402,12 @@ class ClassGraphs:
         return float(excess[cells].sum() / total), float(excess[regions].sum() / total)
 
     def input_randomness(self, mask: np.ndarray) -> float:
-        """Conductance of ``mask`` in the kNN graph of the inputs without the ``input_mask_area``
-        share of cells where its *inputs* differ most from the rest's, over that of a random
-        subset of its size: about 1 when the group differs from the rest only locally (a stamp on
-        random members of the class), well below 1 for a style or sub-type of the class."""
+        """Conductance of ``mask`` in the kNN graph of the inputs without its input footprint
+        (:meth:`input_footprint`: the cells within ``input_mask_share`` of the largest difference
+        of its *inputs* from the rest's, ``input_mask_area``–``input_mask_max_area`` of the
+        cells), over that of a random subset of its size: about 1 when the group differs from
+        the rest only locally (a stamp on random members of the class), well below 1 for a style
+        or sub-type of the class."""
         graph = (self._masked_graph(self.input_footprint(mask)) if self.mask_area > 0
                  else self.whole_inputs)
         return mask_conductance(*graph, mask) / random_conductance(int(mask.sum()), len(mask))

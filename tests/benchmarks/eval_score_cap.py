@@ -5,7 +5,7 @@
 
 Each argument is a cached setting of ``eval_clever_hans.py`` (``OUT/cache/*.npz``). Every class
 is analysed once (``spray-default``, no t-SNE) and scored once with ``flags.score_max_samples``
-at ``--whole`` (default: the preset's; a value above every class scores it whole) and once
+at ``--whole`` (default 10⁹: every class scored whole) and once
 with each ``--cap``, so that classes above the cap are scored on a stratified subsample of that
 many. ``--class-size N`` scores a random draw of N samples of each larger class (seeded by
 ``--seed``) instead of the whole class. Per class it prints and writes (``--out``, JSON) the
@@ -116,8 +116,8 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("caches", nargs="+", type=Path)
     ap.add_argument("--cap", type=int, nargs="+", required=True)
-    ap.add_argument("--whole", type=int, help="score_max_samples of the whole score "
-                                              "(default: the preset's)")
+    ap.add_argument("--whole", type=int, default=10**9,
+                    help="score_max_samples of the whole score (default: above every class)")
     ap.add_argument("--class-size", type=int, help="score a draw of this many per class")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", type=Path)
