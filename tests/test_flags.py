@@ -916,6 +916,51 @@ def test_suspect_without_a_pattern_at_its_hot_spot_is_kept_whole(artefact_class)
             assert c["trimmed"] == 0 and c["hot_spot_auc"] < 0.99
 
 
+def _split_suspect(planted: np.ndarray, outside: int):
+    """Labels with the suspect (cluster 1) holding all but ``outside`` of ``planted``, and
+    the entries of both clusters."""
+    from spray.verdict.result import ClusterEvidence
+
+    labels = planted.astype(int)
+    labels[np.flatnonzero(planted)[:outside]] = 0
+    return labels, [ClusterEvidence.of(labels == c, id=c) for c in (0, 1)]
+
+
+def test_samples_that_carry_the_pattern_and_its_relevance_join_the_suspect(artefact_class):
+    """Stamped samples the cut left outside join the suspect; unstamped ones whose relevance
+    falls there do not, nor stamped ones the model does not look at there; with
+    ``trim_min_auc`` above 1 nobody moves."""
+    from spray.verdict.members import join_suspects
+
+    feats, inputs, planted = artefact_class
+    labels, clusters = _split_suspect(planted, 15)
+    out = join_suspects(labels, clusters, [1], inputs, feats, 0.1, 0.99, 1.0)
+    assert ((out == 1) == planted).all() and clusters[1].joined == 15
+    assert clusters[1].size == int(planted.sum()) and clusters[0].size == int((~planted).sum())
+    left = np.flatnonzero(planted)[:15]
+    unstamped = inputs.copy()
+    unstamped[left] = inputs[~planted][:15]          # the relevance stays, the stamp goes
+    labels, clusters = _split_suspect(planted, 15)
+    out = join_suspects(labels, clusters, [1], unstamped, feats, 0.1, 0.99, 1.0)
+    assert (out == labels).all() and clusters[1].joined == 0
+    unseen = feats.copy()
+    unseen[left[:5]] = feats[~planted][:5]           # the stamp stays, the model looks elsewhere
+    labels, clusters = _split_suspect(planted, 15)
+    out = join_suspects(labels, clusters, [1], inputs, unseen, 0.1, 0.97, 1.0)
+    assert (out[left[5:]] == 1).all() and (out[left[:5]] == 0).all() and clusters[1].joined == 10
+    from spray.report.class_page import _evidence
+
+    verdict = clever_hans_score(analyze(feats, pipeline=_pipe(), embed=False), inputs, _pipe(),
+                                features=feats)
+    text = "samples the relevance graph put elsewhere carry its pattern"
+    assert verdict["flagged"] and text not in _evidence(verdict)
+    next(c for c in verdict["clusters"] if c["id"] == verdict["suspect_cluster"])["joined"] = 10
+    assert "10 " + text in _evidence(verdict)
+    labels, clusters = _split_suspect(planted, 15)
+    assert (join_suspects(labels, clusters, [1], inputs, feats, 0.1, 1.01, 1.0) == labels).all()
+    assert clusters[1].joined == 0
+
+
 def test_auc_and_nearest_cluster():
     from sklearn.metrics import roc_auc_score
 

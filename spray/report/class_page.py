@@ -106,6 +106,11 @@ def _evidence(entry: dict) -> str:
                      f"the rest of the class; AUC {_fmt(cl.get('hot_spot_auc'), 2)}) and were "
                      f"moved to the cluster their graph edges weigh most: the {_fmt(cl['size'])} "
                      f"shown are the members that carry it.")
+    if cl.get("joined"):
+        parts.append(f"{_fmt(cl['joined'])} samples the relevance graph put elsewhere carry its "
+                     f"pattern at the hot spot, and their relevance there is like its members' "
+                     f"(both above the lower fence of the members that carry it): they were "
+                     f"added to it.")
     if cl.get("input_randomness") is not None:
         where = _footprint_text(params, mask_area)
         parts.append(f"Its inputs, {where}, have {_fmt(cl['input_randomness'], 2)} × the "

@@ -19,6 +19,17 @@ for the cluster their relevance-graph edges weigh most. Otherwise the group is k
 cut it (a pattern that moves, or a group the inputs there do not tell apart: in the test of a
 group whose hot spot is the same in every input, the core's AUC is 0.83). The score and the flag
 are not changed: only who is reported. Measured in docs/verdict-eval.md, "Suspect members".
+
+The border errs the other way too: stamped samples whose relevance graph neighbours are
+elsewhere (a stamp the model weighs less next to a salient object) stay outside. The samples
+outside every suspect join it when both their inputs and their relevance at its hot spot lie on
+the group's side and at or above the core's lower fence (the relevance projected like the
+inputs, onto the line between the medians of the rest and the group): they carry the pattern
+and the model looks at it the way it does for the members. The same test guards it: the core
+holds at least half the group, and its inputs there tell it, with AUC at least
+``trim_min_auc``, from the samples outside whose relevance there is *not* like the members'
+(those that may join would lower the AUC for the wrong reason). ``joined`` counts them. Measured in
+docs/verdict-eval.md, "Members that join a suspect".
 """
 
 from __future__ import annotations
@@ -81,6 +92,64 @@ def trim_suspects(labels: np.ndarray, clusters: list[ClusterEvidence], suspects:
             labels[out] = _nearest_cluster(W, out, labels, keep)
     resize_entries(clusters, labels)
     return labels
+
+
+def decide_members(labels: np.ndarray, clusters: list[ClusterEvidence], suspects: list[int],
+                   W: sp.csr_matrix, input_features: np.ndarray, features: np.ndarray | None,
+                   area: float, min_auc: float, fence_iqr: float) -> np.ndarray:
+    """Who of the suspects is reported: :func:`trim_suspects`, then :func:`join_suspects`."""
+    labels = trim_suspects(labels, clusters, suspects, W, input_features, features, area,
+                           min_auc, fence_iqr)
+    return join_suspects(labels, clusters, suspects, input_features, features, area, min_auc,
+                         fence_iqr)
+
+
+def join_suspects(labels: np.ndarray, clusters: list[ClusterEvidence], suspects: list[int],
+                  input_features: np.ndarray, features: np.ndarray | None, area: float,
+                  min_auc: float, fence_iqr: float) -> np.ndarray:
+    """Move the samples outside every suspect that carry a suspect's hot-spot pattern, and
+    whose relevance there is like its members', into that suspect.
+
+    A sample joins when its inputs and its relevance at the hot spot, each projected onto the
+    line from the rest's median to the group's (:func:`~spray.verdict.evidence.hot_spot_side`),
+    are on the group's side and at or above the lower fence of the core's projections. Only
+    for a suspect whose core holds at least half the group and whose inputs tell the core from
+    the samples outside that the model does *not* look at that way with ROC AUC at least
+    ``min_auc`` (the samples that may join are left out of that test: they would lower it).
+    Fills in ``joined`` and updates sizes and fractions. Nothing moves without relevance
+    features or with ``area`` 0.
+
+    Returns
+    -------
+    numpy.ndarray
+        The labels after the moves (a new array when anything moved).
+    """
+    if features is None or area <= 0 or not suspects:
+        return labels
+    labels = np.array(labels, copy=True)
+    for entry in (c for c in clusters if c.id in suspects):
+        mask = labels == entry.id
+        if mask.all() or not mask.any():
+            continue
+        side = hot_spot_side(input_features, features, mask, area)
+        look = hot_spot_side(features, features, mask, area)
+        if side is None or look is None:
+            continue
+        core = mask & (side > 0)
+        alike = ~mask & _inside(look, core, fence_iqr)     # the model looks there the same way
+        if (core_auc(side, mask | alike, core) < min_auc or 2 * core.sum() < mask.sum()):
+            entry.joined = 0
+            continue
+        join = ~np.isin(labels, suspects) & alike & _inside(side, core, fence_iqr)
+        entry.joined = int(join.sum())
+        labels[join] = entry.id
+    resize_entries(clusters, labels)
+    return labels
+
+
+def _inside(side: np.ndarray, core: np.ndarray, reach: float) -> np.ndarray:
+    """On the group's side (above 0) and at or above the lower fence of the core's values."""
+    return (side > 0) & (side >= lower_fence(side[core], reach))
 
 
 def _nearest_cluster(W: sp.csr_matrix, rows: np.ndarray, labels: np.ndarray,

@@ -17,7 +17,7 @@ _EVIDENCE_KEYS = ("id", "half_of", "cut_along", "n_clusters", "cluster", "size",
                   "edge_randomness", "edge_penalty", "hot_spot_separation", "hot_spot_penalty",
                   "concentration", "peak", "peak_sign", "size_penalty",
                   "excluded", "resampled", "contrast_stable", "score", "split_from",
-                  "hot_spot_auc", "trimmed")
+                  "hot_spot_auc", "trimmed", "joined")
 
 
 @dataclass
@@ -45,7 +45,8 @@ class ClusterEvidence:
     split_from : for a half split off as a new cluster, the cluster it came from.
     hot_spot_auc, trimmed : for a suspect, how well its inputs at its relevance hot spot tell
         it from the rest (ROC AUC) and how many members left it for not carrying that pattern
-        (:mod:`~spray.verdict.members`; ``size`` counts the members that stayed).
+        (:mod:`~spray.verdict.members`; ``size`` counts the members reported).
+    joined : for a suspect, the samples from outside that carry its pattern and joined it.
     score_from_k : the group of another K whose score this cluster took, with ``jaccard``.
     inputs : the input features the contrast was measured on (not serialized).
     """
@@ -80,6 +81,7 @@ class ClusterEvidence:
     split_from: int | None = None
     hot_spot_auc: float | None = None
     trimmed: int | None = None
+    joined: int | None = None
     score_from_k: ClusterEvidence | None = field(default=None, repr=False)
     jaccard: float | None = None
     inputs: np.ndarray | None = field(default=None, repr=False, compare=False)

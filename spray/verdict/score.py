@@ -23,7 +23,7 @@ from spray.verdict.calibration import clean_rate, threshold_for
 from spray.verdict.candidates import candidate_groups, sweep_cuts
 from spray.verdict.evidence import ClassGraphs, measure
 from spray.verdict.halves import lift_by_other_k, split_off_sweep, split_suspect_halves
-from spray.verdict.members import trim_suspects
+from spray.verdict.members import decide_members
 from spray.verdict.result import ClusterEvidence, Verdict, resize_entries
 from spray.verdict.subsample import extend_labels, restrict, stratified_sample
 
@@ -108,7 +108,7 @@ def _score_subsample(result, input_features, pipeline: dict, params: FlagsSectio
     # who of a suspect carries its pattern is decided on the whole class: the samples that
     # leave a suspect are near it in the relevance graph, so the labels must be extended first
     area = float(params.input_mask_area)
-    verdict.labels = trim_suspects(labels, verdict.clusters, verdict.suspect_clusters,
+    verdict.labels = decide_members(labels, verdict.clusters, verdict.suspect_clusters,
                                    sp.csr_matrix(result.affinity), inputs,
                                    np.ascontiguousarray(features, dtype=np.float32), area,
                                    params.trim_min_auc, params.trim_fence_iqr)
@@ -121,7 +121,7 @@ def _score_subsample(result, input_features, pipeline: dict, params: FlagsSectio
 def _score(result, input_features: np.ndarray, pipeline: dict, params: FlagsSection,
            features=None, edge_features=None, trim: bool = True) -> Verdict:
     """The rule on the samples of ``result`` (see :func:`score_class`); ``trim``: decide the
-    suspects' members (:func:`~spray.verdict.members.trim_suspects`)."""
+    suspects' members (:func:`~spray.verdict.members.decide_members`)."""
     if features is not None:
         features = np.asarray(features)
         relevance = np.ascontiguousarray(features, dtype=np.float32)   # what is graphed
@@ -149,7 +149,7 @@ def _score(result, input_features: np.ndarray, pipeline: dict, params: FlagsSect
     decide = flag_threshold(params, pipeline)
     suspects = [c.id for c in clusters if c.score is not None and c.score >= decide]
     if trim:
-        labels = trim_suspects(labels, clusters, suspects, graphs.W, graphs.input_features,
+        labels = decide_members(labels, clusters, suspects, graphs.W, graphs.input_features,
                                graphs.features, graphs.mask_area, params.trim_min_auc,
                                params.trim_fence_iqr)
     return _verdict(clusters, labels, splits, other_k, params, pipeline, decide)
