@@ -164,8 +164,13 @@ def test_thresholds_come_from_the_preset(artefact_class):
     v = score(threshold=50.0)
     assert not v["flagged"] and v["candidate_cluster"] is not None
     assert v["params"]["threshold"] == 50.0
-    v = score(max_cluster_fraction=0.1)     # a sweep cut of 17 stamped samples may remain
+    # a sweep cut of 17 stamped samples may remain; as cut (nobody joins) it is within the limit
+    v = score(max_cluster_fraction=0.1, trim_min_auc=1.01)
     assert all(c["fraction"] <= 0.1 for c in v["clusters"] if c.get("score") is not None)
+    # the stamped samples the limit kept out of it join it
+    v = score(max_cluster_fraction=0.1)
+    assert v["suspect_clusters"] and all(c["joined"] > 0 for c in v["clusters"]
+                                        if c["id"] in v["suspect_clusters"])
     v = score(max_cluster_fraction=0.1, candidates="analysis", sweep_eigenvectors=0)
     assert not v["flagged"] and all("score" not in c for c in v["clusters"])
     v = score(min_concentration=0.99)
