@@ -966,6 +966,58 @@ def test_samples_that_carry_the_pattern_and_its_relevance_join_the_suspect(artef
     assert clusters[1].joined == 0
 
 
+def test_stamped_samples_outside_do_not_keep_look_alikes_in_the_suspect(
+        artefact_with_lookalikes):
+    """A few stamped samples the cut left outside lower the AUC that decides the trim: they join
+    first, so the look-alikes inside still leave."""
+    from spray.verdict.members import decide_members
+    from spray.verdict.result import ClusterEvidence
+
+    feats, inputs, planted, lookalike = artefact_with_lookalikes
+    labels = (planted | lookalike).astype(int)
+    labels[np.flatnonzero(planted)[:5]] = 0
+    clusters = [ClusterEvidence.of(labels == c, id=c) for c in (0, 1)]
+    W = sp.csr_matrix(analyze(feats, pipeline=_pipe(), embed=False).affinity)
+    out = decide_members(labels, clusters, [1], W, inputs, feats, 0.1, 0.99, 1.0)
+    assert ((out == 1) == planted).all()
+    assert clusters[1].joined == 5 and clusters[1].trimmed == int(lookalike.sum())
+
+
+def test_joining_edge_cases():
+    """No crash on an empty core, and no join when every sample outside is alike (no AUC)."""
+    from spray.verdict.members import join_suspects
+    from spray.verdict.result import ClusterEvidence
+
+    rng = np.random.default_rng(0)
+    feats = np.zeros((40, 3))
+    feats[:3] = 1.0
+    inputs = rng.normal(0, 1, (40, 3))
+    inputs[:3] = 5 * np.array([[1, 1, -10], [1, -10, 1], [-10, 1, 1]])   # every member below 0
+    labels = (np.arange(40) < 3).astype(int)
+    clusters = [ClusterEvidence.of(labels == c, id=c) for c in (0, 1)]
+    assert (join_suspects(labels, clusters, [1], inputs, feats, 1.0, 0.9, 1.0) == labels).all()
+    group = np.ones((10, 3)) + rng.normal(0, 0.05, (10, 3))
+    rest = np.array([[-1, -1, 10], [-1, 10, -1], [10, -1, -1]], float)  # all on its side
+    X, labels = np.vstack([group, rest]), np.array([1] * 10 + [0] * 3)
+    clusters = [ClusterEvidence.of(labels == c, id=c) for c in (0, 1)]
+    assert (join_suspects(labels, clusters, [1], X, X, 1.0, 0.99, 1.0) == labels).all()
+    assert clusters[1].joined == 0 and clusters[0].size == 3
+
+
+def test_a_suspect_does_not_take_the_members_of_another(artefact_class):
+    """Samples of another suspect that carry the pattern stay in it."""
+    from spray.verdict.members import join_suspects
+    from spray.verdict.result import ClusterEvidence
+
+    feats, inputs, planted = artefact_class
+    labels = planted.astype(int)
+    labels[np.flatnonzero(planted)[:15]] = 0
+    labels[np.flatnonzero(planted)[15:30]] = 2
+    clusters = [ClusterEvidence.of(labels == c, id=c) for c in (0, 1, 2)]
+    out = join_suspects(labels, clusters, [1, 2], inputs, feats, 0.1, 0.99, 1.0)
+    assert (out[labels == 2] == 2).all() and clusters[1].joined == 15
+
+
 def test_auc_and_nearest_cluster():
     from sklearn.metrics import roc_auc_score
 

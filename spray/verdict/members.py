@@ -28,8 +28,10 @@ inputs, onto the line between the medians of the rest and the group): they carry
 and the model looks at it the way it does for the members. The same test guards it: the core
 holds at least half the group, and its inputs there tell it, with AUC at least
 ``trim_min_auc``, from the samples outside whose relevance there is *not* like the members'
-(those that may join would lower the AUC for the wrong reason). ``joined`` counts them. Measured in
-docs/verdict-eval.md, "Members that join a suspect".
+(those that may join would lower the AUC for the wrong reason). ``joined`` counts them. Joining
+comes first and the trim after it: stamped samples outside would also lower the AUC that decides
+the trim, and keep look-alikes in the suspect. Measured in docs/verdict-eval.md, "Members that
+join a suspect".
 """
 
 from __future__ import annotations
@@ -49,8 +51,8 @@ def lower_fence(values: np.ndarray, reach: float) -> float:
 
 def core_auc(side: np.ndarray, mask: np.ndarray, core: np.ndarray) -> float:
     """How well ``side`` tells the ``core`` of the group ``mask`` from the rest of the class
-    (ROC AUC, rounded; 0 for an empty core)."""
-    if not core.any():
+    (ROC AUC, rounded; 0 for an empty core or when nothing is outside ``mask``)."""
+    if not core.any() or mask.all():
         return 0.0
     judged = core | ~mask
     return round(auc(side[judged], core[judged]), 4)
@@ -97,11 +99,12 @@ def trim_suspects(labels: np.ndarray, clusters: list[ClusterEvidence], suspects:
 def decide_members(labels: np.ndarray, clusters: list[ClusterEvidence], suspects: list[int],
                    W: sp.csr_matrix, input_features: np.ndarray, features: np.ndarray | None,
                    area: float, min_auc: float, fence_iqr: float) -> np.ndarray:
-    """Who of the suspects is reported: :func:`trim_suspects`, then :func:`join_suspects`."""
-    labels = trim_suspects(labels, clusters, suspects, W, input_features, features, area,
-                           min_auc, fence_iqr)
-    return join_suspects(labels, clusters, suspects, input_features, features, area, min_auc,
-                         fence_iqr)
+    """Who of the suspects is reported: :func:`join_suspects`, then :func:`trim_suspects` (the
+    samples outside that carry the pattern would lower the AUC that decides the trim)."""
+    labels = join_suspects(labels, clusters, suspects, input_features, features, area, min_auc,
+                           fence_iqr)
+    return trim_suspects(labels, clusters, suspects, W, input_features, features, area,
+                         min_auc, fence_iqr)
 
 
 def join_suspects(labels: np.ndarray, clusters: list[ClusterEvidence], suspects: list[int],
@@ -136,9 +139,11 @@ def join_suspects(labels: np.ndarray, clusters: list[ClusterEvidence], suspects:
         if side is None or look is None:
             continue
         core = mask & (side > 0)
+        entry.joined = 0
+        if 2 * core.sum() < mask.sum():
+            continue
         alike = ~mask & _inside(look, core, fence_iqr)     # the model looks there the same way
-        if (core_auc(side, mask | alike, core) < min_auc or 2 * core.sum() < mask.sum()):
-            entry.joined = 0
+        if core_auc(side, mask | alike, core) < min_auc:
             continue
         join = ~np.isin(labels, suspects) & alike & _inside(side, core, fence_iqr)
         entry.joined = int(join.sum())
