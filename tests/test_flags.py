@@ -1366,3 +1366,25 @@ def test_class_page_says_the_regions_only_where_they_counted():
     assert not _regions_counted({"input_randomness": 0.95},
                                 {**params, "colocation_region_share": 0.0})
     assert not _regions_counted({"input_randomness": 0.95}, {})    # a verdict of the rule before
+
+
+def test_cluster_views_have_a_row_per_verdict_cluster(tmp_path):
+    """The report indexes the mean relevance by the verdict's clusters: a cluster whose members
+    all joined a suspect keeps its (zero) row, so the rows after it stay with their clusters."""
+    import zarr
+
+    from spray.data.arrays import ArraySource
+    from spray.run.tasks import _write_cluster_views
+    from spray.store import write_array
+
+    rng = np.random.default_rng(0)
+    x = rng.random((6, 1, 2, 2)).astype(np.float32)
+    cg = zarr.open_group(str(tmp_path / "class.zarr"), mode="w")
+    write_array(cg, "relevance", x[:, 0])
+    labels = np.array([0, 0, 2, 2, 2, 0])                 # cluster 1 emptied by joining
+    _write_cluster_views(cg, ArraySource(x, np.zeros(6, int), "x"), np.arange(6), labels,
+                         [0, 1, 2])
+    means = np.asarray(cg["cluster_mean_relevance"][:])
+    assert means.shape[0] == 3 and not means[1].any()
+    assert np.allclose(means[2], x[[2, 3, 4], 0].mean(axis=0))
+    assert sorted(np.asarray(cg["example_rows"][:]).tolist()) == list(range(6))

@@ -56,8 +56,8 @@ def _reason(entry: dict) -> str:
     size = cl.get("size")
     bits = [f"class {_plain(entry['name'])} ({entry['class']}): score {entry['score']:.2f} ≥ threshold "
             f"{entry.get('threshold')}; suspect cluster {cl.get('id')} of {size} samples "
-            f"({100 * float(cl.get('fraction', 0)):.0f} %) whose relevance is tightly grouped "
-            f"although their inputs are not"]
+            f"({100 * float(cl.get('fraction', 0)):.0f} %) whose relevance groups them "
+            f"although their inputs do not"]
     ev = []
     if "conductance_relevance" in cl:
         ev.append(f"conductance relevance {cl['conductance_relevance']:.3g} vs input "

@@ -209,12 +209,15 @@ def compute_chunk(run_dir: str, c: int, chunk: int, data_cfg: dict, model_cfg: d
 
 
 def _write_cluster_views(cg, source, indices: np.ndarray, labels: np.ndarray,
-                         per_cluster: int = 8) -> None:
+                         ids=None, per_cluster: int = 8) -> None:
     """Store what the report shows: mean relevance per cluster and a few example inputs.
 
-    The means are accumulated chunk by chunk, and only the example samples are loaded.
+    ``ids``: the clusters in the order the report lists them (the verdict's), one mean row
+    each, a cluster left without members (they all joined a suspect) a row of zeros; without
+    them, the labels present. The means are accumulated chunk by chunk, and only the example samples
+    are loaded.
     """
-    ids = np.unique(labels)
+    ids = np.unique(labels) if ids is None or not len(ids) else np.asarray(ids)
     rel = cg["relevance"]
     sums = np.zeros((len(ids),) + tuple(rel.shape[1:]), dtype=np.float64)
     counts = np.array([(labels == i).sum() for i in ids], dtype=np.float64)
@@ -350,7 +353,7 @@ def analyze_stored_class(run_dir: str, c: int, pipeline: dict, data_cfg: dict,
     # the analysis' clusters, with any suspect half the score split off (verdict["splits"])
     labels = np.asarray(verdict.pop("labels"), dtype=np.int64)
     write_array(cg, "labels", labels)
-    _write_cluster_views(cg, source, indices, labels)
+    _write_cluster_views(cg, source, indices, labels, [c["id"] for c in verdict["clusters"]])
     info = {"n_clusters": int(result.n_clusters), "k": int(result.k),
             "pipeline_hash": pipeline_hash(pipeline), "samples_hash": samples,
             "warnings": list(result.warnings), "flags": verdict,

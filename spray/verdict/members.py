@@ -77,10 +77,7 @@ def trim_suspects(labels: np.ndarray, clusters: list[ClusterEvidence], suspects:
     if features is None or area <= 0 or not keep:
         return labels
     labels = np.array(labels, copy=True)
-    for entry in (c for c in clusters if c.id in suspects):
-        mask = labels == entry.id
-        if mask.all() or not mask.any():
-            continue
+    for entry, mask in _suspect_groups(labels, clusters, suspects):
         side = hot_spot_side(input_features, features, mask, area)
         if side is None:
             continue
@@ -130,10 +127,7 @@ def join_suspects(labels: np.ndarray, clusters: list[ClusterEvidence], suspects:
     if features is None or area <= 0 or not suspects:
         return labels
     labels = np.array(labels, copy=True)
-    for entry in (c for c in clusters if c.id in suspects):
-        mask = labels == entry.id
-        if mask.all() or not mask.any():
-            continue
+    for entry, mask in _suspect_groups(labels, clusters, suspects):
         side = hot_spot_side(input_features, features, mask, area)
         look = hot_spot_side(features, features, mask, area)
         if side is None or look is None:
@@ -150,6 +144,15 @@ def join_suspects(labels: np.ndarray, clusters: list[ClusterEvidence], suspects:
         labels[join] = entry.id
     resize_entries(clusters, labels)
     return labels
+
+
+def _suspect_groups(labels: np.ndarray, clusters: list[ClusterEvidence], suspects: list[int]):
+    """Each suspect's entry and members (read from ``labels`` as they are when it comes up),
+    leaving out a suspect with no members or with every sample of the class."""
+    for entry in (c for c in clusters if c.id in suspects):
+        mask = labels == entry.id
+        if mask.any() and not mask.all():
+            yield entry, mask
 
 
 def _inside(side: np.ndarray, core: np.ndarray, reach: float) -> np.ndarray:
