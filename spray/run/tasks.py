@@ -214,8 +214,8 @@ def _write_cluster_views(cg, source, indices: np.ndarray, labels: np.ndarray,
 
     ``ids``: the clusters in the order the report lists them (the verdict's), one mean row
     each, a cluster left without members (they all joined a suspect) a row of zeros; without
-    them, the labels present. The means are accumulated chunk by chunk, and only the example samples
-    are loaded.
+    them, the labels present. The means are accumulated chunk by chunk, and only the example
+    samples are loaded.
     """
     ids = np.unique(labels) if ids is None or not len(ids) else np.asarray(ids)
     rel = cg["relevance"]

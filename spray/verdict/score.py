@@ -109,9 +109,9 @@ def _score_subsample(result, input_features, pipeline: dict, params: FlagsSectio
     # leave a suspect are near it in the relevance graph, so the labels must be extended first
     area = float(params.input_mask_area)
     verdict.labels = decide_members(labels, verdict.clusters, verdict.suspect_clusters,
-                                   sp.csr_matrix(result.affinity), inputs,
-                                   np.ascontiguousarray(features, dtype=np.float32), area,
-                                   params.trim_min_auc, params.trim_fence_iqr)
+                                    sp.csr_matrix(result.affinity), inputs,
+                                    np.ascontiguousarray(features, dtype=np.float32), area,
+                                    params.trim_min_auc, params.trim_fence_iqr)
     verdict.scored_on = int(len(rows))
     log.info("class of %d samples scored on a subsample of %d (score_max_samples)",
              len(verdict.labels), len(rows))
@@ -150,8 +150,8 @@ def _score(result, input_features: np.ndarray, pipeline: dict, params: FlagsSect
     suspects = [c.id for c in clusters if c.score is not None and c.score >= decide]
     if trim:
         labels = decide_members(labels, clusters, suspects, graphs.W, graphs.input_features,
-                               graphs.features, graphs.mask_area, params.trim_min_auc,
-                               params.trim_fence_iqr)
+                                graphs.features, graphs.mask_area, params.trim_min_auc,
+                                params.trim_fence_iqr)
     return _verdict(clusters, labels, splits, other_k, params, pipeline, decide)
 
 
