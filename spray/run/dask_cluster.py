@@ -185,10 +185,15 @@ def local_cluster_kwargs(cluster_cfg: dict, processes: bool) -> dict:
 
 class _DropShutdownNoise(logging.Filter):
     """Drop the messages ``distributed`` logs while a cluster we started is closed: the nanny
-    killing a worker process that is still tearing down, and tasks cancelled on Ctrl-C."""
+    killing a worker process that is still tearing down, and tasks cancelled on Ctrl-C.
+
+    ``sync.<locals>.cancel`` is the callback ``distributed.utils.sync`` schedules on Ctrl-C to
+    cancel the call it waits for; when the interrupt arrives before that call has started, the
+    callback fails with a ``NameError`` (distributed 2026.8) that says nothing about the run.
+    """
 
     NOISE = ("still alive after", "CancelledError", "Cancelled", "cancelled",
-             "Failed to communicate with scheduler during heartbeat")
+             "Failed to communicate with scheduler during heartbeat", "sync.<locals>.cancel")
 
     def filter(self, record: logging.LogRecord) -> bool:
         text = record.getMessage()
