@@ -166,7 +166,7 @@ def _interrupt_sync_before_it_starts() -> None:
             sync(runner.loop, asyncio.sleep, 0)
     finally:
         busy.set()  # the loop now runs sync's call and its cancel callback
-        time.sleep(0.5)
+        sync(runner.loop, asyncio.sleep, 0)  # queued after them: returns once they have run
         runner.stop()
 
 
