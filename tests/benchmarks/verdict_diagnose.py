@@ -1,6 +1,7 @@
 """Why the verdict misses a planted group in a draw: is it separated, found, scored?
 
     python tests/benchmarks/verdict_diagnose.py OUT/cache/SETTING.npz CLASS DRAW [DRAW ...]
+    ... --pipeline pipelines/fft.yaml   # another preset or YAML (default spray-default)
 
 For each draw (the same draws as ``eval_clever_hans.py --draws``, 300 per class): the
 analysis' K and cluster sizes, how the planted samples fall into the clusters, the evidence
@@ -21,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from eval_clever_hans import draw  # noqa: E402
 
 
-def diagnose(data: dict, c: int, d: int, size: int) -> str:
+def diagnose(data: dict, c: int, d: int, size: int, pipeline: str = "spray-default") -> str:
     from spray.analysis.analyze import analyze
     from spray.analysis.preprocess import preprocess
     from spray.config.presets import load_pipeline
@@ -30,7 +31,7 @@ def diagnose(data: dict, c: int, d: int, size: int) -> str:
     from spray.verdict.result import ClusterEvidence
     from spray.verdict.score import flag_params, score_class
 
-    pipe = load_pipeline("spray-default")
+    pipe = load_pipeline(pipeline)
     params = flag_params(pipe)
     sub = draw(data, size, 10_000 + d)
     sel = np.flatnonzero(sub["labels"] == c)
@@ -60,10 +61,11 @@ def main(argv=None) -> int:
     ap.add_argument("cls", type=int)
     ap.add_argument("draws", type=int, nargs="+")
     ap.add_argument("--draw-size", type=int, default=300)
+    ap.add_argument("--pipeline", default="spray-default", help="preset name or YAML file")
     args = ap.parse_args(argv)
     data = dict(np.load(args.cache))
     for d in args.draws:
-        print(diagnose(data, args.cls, d, args.draw_size), flush=True)
+        print(diagnose(data, args.cls, d, args.draw_size, args.pipeline), flush=True)
     return 0
 
 
