@@ -41,6 +41,8 @@ def test_rate_is_the_share_of_reference_checks_at_or_above(normal_reference):
         assert r["exceeded"] == int((scores >= s).sum()) and r["of"] == 4000
         assert r["rate"] == pytest.approx(share, rel=2e-3)
         assert share <= r["upper"] <= 1
+        ref = calibration.reference(DEFAULTS, PIPE, normal_reference)
+        assert r["upper"] == float(f"{ref.upper(float(s)):.3g}")   # the counts' bound itself
 
 
 def test_rate_above_every_reference_check_is_extrapolated_below_one_in_n(normal_reference):
@@ -80,6 +82,27 @@ def test_unusable_reference_gives_no_rate(tmp_path, scores):
     with pytest.raises(ConfigError, match="false_flag_rate cannot be used"):
         threshold_for(1e-3, DEFAULTS, PIPE, path)
     assert clean_rate(1.0, DEFAULTS, PIPE, tmp_path / "missing.json") is None
+
+
+@pytest.mark.parametrize("content", ['[1, 2, 3]', json.dumps({"scores": list(range(40))}),
+                                     json.dumps({"params": [], "sections": {},
+                                                 "scores": list(range(40))}),
+                                     '{"params": {}, "scores": "high"}', '{"scores": ['])
+def test_malformed_reference_gives_no_rate(tmp_path, content):
+    """A reference file of another shape (not an object, keys missing, not JSON) fails closed:
+    no rate, and ``false_flag_rate`` is refused."""
+    path = tmp_path / "ref.json"
+    path.write_text(content)
+    assert clean_rate(1.0, DEFAULTS, PIPE, path) is None
+    with pytest.raises(ConfigError, match="false_flag_rate cannot be used"):
+        threshold_for(1e-3, DEFAULTS, PIPE, path)
+
+
+def test_reference_with_a_flag_this_run_lacks_gives_no_rate(tmp_path):
+    """A reference scored with a flag (or section) this version does not know is another
+    rule's: no rate."""
+    path = _reference(tmp_path, np.arange(100.0), new_flag=1.0)
+    assert clean_rate(1.0, DEFAULTS, PIPE, path) is None
 
 
 def test_reference_of_other_flags_or_sections_gives_no_rate(tmp_path):
