@@ -1004,6 +1004,59 @@ def test_joining_edge_cases():
     assert clusters[1].joined == 0 and clusters[0].size == 3
 
 
+def test_trim_takes_the_look_alikes_and_keeps_varied_stamps():
+    """One hot-spot cell: 20 stamped members (inputs 9–10 there), one stamped member of a
+    fainter stamp (6: in the core, below the core's fence) and 8 look-alikes (inputs like the
+    rest's). The look-alikes leave; the faint stamp stays. The fence is the core's: the
+    look-alikes (over a quarter of the group) would pull a fence of the whole group below
+    themselves."""
+    from spray.verdict.members import trim_suspects
+    from spray.verdict.result import ClusterEvidence
+
+    rng = np.random.default_rng(1)
+    n = 200
+    inputs = rng.normal(0, 1, (n, 4))
+    inputs[:20, 0] = rng.uniform(9, 10, 20)
+    inputs[20, 0] = 6.0
+    inputs[21:29, 0] = rng.normal(0, 0.3, 8)
+    feats = rng.normal(0, 0.01, (n, 4))
+    feats[:29, 0] += 1.0                      # the model looks at cell 0 in the whole group
+    labels = (np.arange(n) < 29).astype(int)
+    clusters = [ClusterEvidence.of(labels == c, id=c) for c in (0, 1)]
+    out = trim_suspects(labels, clusters, [1], sp.eye(n, format="csr"), inputs, feats, 0.01,
+                        0.99, 1.0)
+    assert clusters[1].hot_spot_auc == 1.0 and clusters[1].trimmed == 8
+    assert (out[:21] == 1).all() and (out[21:] == 0).all()
+    assert clusters[1].size == 21 and clusters[0].size == n - 21
+
+
+def test_fences_of_the_core():
+    """The fence follows its reach; a core of identical values takes a sample of that value
+    in; a fence below 0 does not take samples on the rest's side of the midpoint."""
+    from spray.verdict.members import _inside, lower_fence, trim_suspects
+    from spray.verdict.result import ClusterEvidence
+
+    values = np.arange(1.0, 6.0)                          # Q1 2, IQR 2
+    assert [lower_fence(values, r) for r in (0, 1, 2)] == [2.0, 0.0, -2.0]
+    core = np.array([True, True, True, False, False])
+    assert _inside(np.array([1.0, 1.0, 1.0, 1.0, 0.5]), core, 1.0).tolist() == [
+        True, True, True, True, False]
+    wide = np.array([1.0, 10.0, 0.5, 20.0, -0.2, 0.3])
+    assert lower_fence(wide[:4], 1.0) < -0.2
+    assert _inside(wide, np.array([True] * 4 + [False] * 2), 1.0).tolist() == [
+        True, True, True, True, False, True]
+    # an empty core (every member below the midpoint): an AUC of 0, nothing trimmed
+    feats, inputs = np.zeros((40, 3)), np.random.default_rng(0).normal(0, 1, (40, 3))
+    feats[:3] = 1.0
+    inputs[:3] = 5 * np.array([[1, 1, -10], [1, -10, 1], [-10, 1, 1]])
+    labels = (np.arange(40) < 3).astype(int)
+    clusters = [ClusterEvidence.of(labels == c, id=c) for c in (0, 1)]
+    out = trim_suspects(labels, clusters, [1], sp.eye(40, format="csr"), inputs, feats, 1.0,
+                        0.9, 1.0)
+    assert (out == labels).all()
+    assert clusters[1].hot_spot_auc == 0.0 and clusters[1].trimmed == 0
+
+
 def test_a_suspect_does_not_take_the_members_of_another(artefact_class):
     """Samples of another suspect that carry the pattern stay in it."""
     from spray.verdict.members import join_suspects
