@@ -1030,6 +1030,30 @@ def test_trim_takes_the_look_alikes_and_keeps_varied_stamps():
     assert clusters[1].size == 21 and clusters[0].size == n - 21
 
 
+def test_trim_keeps_a_group_whose_core_is_under_half():
+    """Two hot-spot cells, a group of two patterns (one cell bright and the other dark, or
+    the reverse) and one sample with both cells bright: only that one is on the group's side
+    of the line between the medians, so the core is under half the group and nothing is
+    trimmed, although the core is told from the rest perfectly."""
+    from spray.verdict.members import trim_suspects
+    from spray.verdict.result import ClusterEvidence
+
+    rng = np.random.default_rng(2)
+    n = 200
+    inputs = rng.normal(0, 1, (n, 4))
+    inputs[:10, :2] = [10.0, -10.0]
+    inputs[10:20, :2] = [-10.0, 10.0]
+    inputs[20, :2] = [10.0, 10.0]
+    feats = rng.normal(0, 0.01, (n, 4))
+    feats[:21, :2] += 1.0
+    labels = (np.arange(n) < 21).astype(int)
+    clusters = [ClusterEvidence.of(labels == c, id=c) for c in (0, 1)]
+    out = trim_suspects(labels, clusters, [1], sp.eye(n, format="csr"), inputs, feats, 0.5,
+                        0.99, 1.0)
+    assert clusters[1].hot_spot_auc == 1.0
+    assert (out == labels).all() and clusters[1].trimmed == 0
+
+
 def test_fences_of_the_core():
     """The fence follows its reach; a core of identical values takes a sample of that value
     in; a fence below 0 does not take samples on the rest's side of the midpoint."""
