@@ -983,18 +983,39 @@ def test_stamped_samples_outside_do_not_keep_look_alikes_in_the_suspect(
     assert clusters[1].joined == 5 and clusters[1].trimmed == int(lookalike.sum())
 
 
+def _empty_core_class():
+    """Relevance features, inputs, labels and entries of a class of 40 whose suspect (cluster
+    1, 3 members) has every member below the midpoint at its hot spot: an empty core."""
+    from spray.verdict.result import ClusterEvidence
+
+    feats = np.zeros((40, 3))
+    feats[:3] = 1.0
+    inputs = np.random.default_rng(0).normal(0, 1, (40, 3))
+    inputs[:3] = 5 * np.array([[1, 1, -10], [1, -10, 1], [-10, 1, 1]])   # every member below 0
+    labels = (np.arange(40) < 3).astype(int)
+    return feats, inputs, labels, [ClusterEvidence.of(labels == c, id=c) for c in (0, 1)]
+
+
+def _trim_first(inputs, feats, size: int, area: float):
+    """:func:`trim_suspects` on a class whose first ``size`` samples are the suspect (cluster
+    1; ``trim_min_auc`` 0.99, fence reach 1, no graph edges). Returns (labels, entries)."""
+    from spray.verdict.members import trim_suspects
+    from spray.verdict.result import ClusterEvidence
+
+    n = len(inputs)
+    labels = (np.arange(n) < size).astype(int)
+    clusters = [ClusterEvidence.of(labels == c, id=c) for c in (0, 1)]
+    return trim_suspects(labels, clusters, [1], sp.eye(n, format="csr"), inputs, feats, area,
+                         0.99, 1.0), clusters
+
+
 def test_joining_edge_cases():
     """No crash on an empty core, and no join when every sample outside is alike (no AUC)."""
     from spray.verdict.members import join_suspects
     from spray.verdict.result import ClusterEvidence
 
     rng = np.random.default_rng(0)
-    feats = np.zeros((40, 3))
-    feats[:3] = 1.0
-    inputs = rng.normal(0, 1, (40, 3))
-    inputs[:3] = 5 * np.array([[1, 1, -10], [1, -10, 1], [-10, 1, 1]])   # every member below 0
-    labels = (np.arange(40) < 3).astype(int)
-    clusters = [ClusterEvidence.of(labels == c, id=c) for c in (0, 1)]
+    feats, inputs, labels, clusters = _empty_core_class()
     assert (join_suspects(labels, clusters, [1], inputs, feats, 1.0, 0.9, 1.0) == labels).all()
     group = np.ones((10, 3)) + rng.normal(0, 0.05, (10, 3))
     rest = np.array([[-1, -1, 10], [-1, 10, -1], [10, -1, -1]], float)  # all on its side
@@ -1010,9 +1031,6 @@ def test_trim_takes_the_look_alikes_and_keeps_varied_stamps():
     rest's). The look-alikes leave; the faint stamp stays. The fence is the core's: the
     look-alikes (over a quarter of the group) would pull a fence of the whole group below
     themselves."""
-    from spray.verdict.members import trim_suspects
-    from spray.verdict.result import ClusterEvidence
-
     rng = np.random.default_rng(1)
     n = 200
     inputs = rng.normal(0, 1, (n, 4))
@@ -1021,10 +1039,7 @@ def test_trim_takes_the_look_alikes_and_keeps_varied_stamps():
     inputs[21:29, 0] = rng.normal(0, 0.3, 8)
     feats = rng.normal(0, 0.01, (n, 4))
     feats[:29, 0] += 1.0                      # the model looks at cell 0 in the whole group
-    labels = (np.arange(n) < 29).astype(int)
-    clusters = [ClusterEvidence.of(labels == c, id=c) for c in (0, 1)]
-    out = trim_suspects(labels, clusters, [1], sp.eye(n, format="csr"), inputs, feats, 0.01,
-                        0.99, 1.0)
+    out, clusters = _trim_first(inputs, feats, 29, 0.01)
     assert clusters[1].hot_spot_auc == 1.0 and clusters[1].trimmed == 8
     assert (out[:21] == 1).all() and (out[21:] == 0).all()
     assert clusters[1].size == 21 and clusters[0].size == n - 21
@@ -1035,9 +1050,6 @@ def test_trim_keeps_a_group_whose_core_is_under_half():
     the reverse) and one sample with both cells bright: only that one is on the group's side
     of the line between the medians, so the core is under half the group and nothing is
     trimmed, although the core is told from the rest perfectly."""
-    from spray.verdict.members import trim_suspects
-    from spray.verdict.result import ClusterEvidence
-
     rng = np.random.default_rng(2)
     n = 200
     inputs = rng.normal(0, 1, (n, 4))
@@ -1046,19 +1058,15 @@ def test_trim_keeps_a_group_whose_core_is_under_half():
     inputs[20, :2] = [10.0, 10.0]
     feats = rng.normal(0, 0.01, (n, 4))
     feats[:21, :2] += 1.0
-    labels = (np.arange(n) < 21).astype(int)
-    clusters = [ClusterEvidence.of(labels == c, id=c) for c in (0, 1)]
-    out = trim_suspects(labels, clusters, [1], sp.eye(n, format="csr"), inputs, feats, 0.5,
-                        0.99, 1.0)
+    out, clusters = _trim_first(inputs, feats, 21, 0.5)
     assert clusters[1].hot_spot_auc == 1.0
-    assert (out == labels).all() and clusters[1].trimmed == 0
+    assert (out == (np.arange(n) < 21)).all() and clusters[1].trimmed == 0
 
 
 def test_fences_of_the_core():
     """The fence follows its reach; a core of identical values takes a sample of that value
     in; a fence below 0 does not take samples on the rest's side of the midpoint."""
-    from spray.verdict.members import _inside, lower_fence, trim_suspects
-    from spray.verdict.result import ClusterEvidence
+    from spray.verdict.members import _inside, lower_fence
 
     values = np.arange(1.0, 6.0)                          # Q1 2, IQR 2
     assert [lower_fence(values, r) for r in (0, 1, 2)] == [2.0, 0.0, -2.0]
@@ -1070,13 +1078,8 @@ def test_fences_of_the_core():
     assert _inside(wide, np.array([True] * 4 + [False] * 2), 1.0).tolist() == [
         True, True, True, True, False, True]
     # an empty core (every member below the midpoint): an AUC of 0, nothing trimmed
-    feats, inputs = np.zeros((40, 3)), np.random.default_rng(0).normal(0, 1, (40, 3))
-    feats[:3] = 1.0
-    inputs[:3] = 5 * np.array([[1, 1, -10], [1, -10, 1], [-10, 1, 1]])
-    labels = (np.arange(40) < 3).astype(int)
-    clusters = [ClusterEvidence.of(labels == c, id=c) for c in (0, 1)]
-    out = trim_suspects(labels, clusters, [1], sp.eye(40, format="csr"), inputs, feats, 1.0,
-                        0.9, 1.0)
+    feats, inputs, labels, _ = _empty_core_class()
+    out, clusters = _trim_first(inputs, feats, 3, 1.0)
     assert (out == labels).all()
     assert clusters[1].hot_spot_auc == 0.0 and clusters[1].trimmed == 0
 
