@@ -171,8 +171,8 @@ def _interrupt_sync_before_it_starts() -> None:
 
 
 def test_ctrl_c_before_a_dask_call_starts_logs_nothing(caplog):
-    """The shutdown filter drops distributed's failing cancel callback on Ctrl-C, and only it:
-    without the filter the same sequence does log the error (so this test can fail)."""
+    """The shutdown filter drops distributed's failing cancel callback on Ctrl-C: without the
+    filter the same sequence does log the error (so this test can fail)."""
     import logging
 
     from spray.run.dask_cluster import quiet_shutdown
