@@ -68,6 +68,23 @@ def sum_pool(maps: np.ndarray, grid) -> np.ndarray:
     return np.matmul(np.matmul(ph, maps), pw.T)
 
 
+def cell_pixels(cells: np.ndarray, grid, H: int, W: int) -> np.ndarray:
+    """The pixels of an ``H × W`` map that lie at least half in the feature ``cells`` (flat
+    indices of the pooled ``grid``; without a grid the cells are the pixels).
+
+    Returns
+    -------
+    numpy.ndarray
+        ``(H, W)`` boolean.
+    """
+    grid = (H, W) if grid is None else (int(grid[0]), int(grid[1]))
+    chosen = np.zeros(grid[0] * grid[1])
+    chosen[np.asarray(cells, dtype=np.intp)] = 1.0
+    # the share of each pixel's area in the chosen cells (columns of the pooling matrices sum to 1)
+    share = pooling_matrix(H, grid[0]).T @ chosen.reshape(grid) @ pooling_matrix(W, grid[1])
+    return share >= 0.5
+
+
 def _lowpass(maps: np.ndarray, sigma: float) -> np.ndarray:
     from scipy.ndimage import gaussian_filter
 

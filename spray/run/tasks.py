@@ -325,6 +325,7 @@ def analyze_stored_class(run_dir: str, c: int, pipeline: dict, data_cfg: dict,
     on the ``(n, d)`` feature matrix.
     """
     from spray.analysis.analyze import analyze
+    from spray.verdict.patterns import InputPatterns
     from spray.verdict.score import clever_hans_score
 
     t0 = time.perf_counter()
@@ -348,8 +349,11 @@ def analyze_stored_class(run_dir: str, c: int, pipeline: dict, data_cfg: dict,
     write_array(cg, "eigenvectors", result.eigenvectors.astype(np.float32))
     if result.embedding is not None:
         write_array(cg, "tsne", result.embedding.astype(np.float32))
+    patterns = InputPatterns.for_pipeline(lambda rows: source.load_display(indices[rows]),
+                                          len(indices), pipeline["preprocess"],
+                                          int(cg.attrs.get("chunk_size", 4096)))
     verdict = clever_hans_score(result, input_features, pipeline, features=features,
-                                edge_features=edge_features)
+                                edge_features=edge_features, patterns=patterns)
     # the analysis' clusters, with any suspect half the score split off (verdict["splits"])
     labels = np.asarray(verdict.pop("labels"), dtype=np.int64)
     write_array(cg, "labels", labels)

@@ -39,7 +39,8 @@ from __future__ import annotations
 import numpy as np
 import scipy.sparse as sp
 
-from spray.verdict.evidence import auc, hot_spot_side
+from spray.verdict.evidence import auc, difference, hot_spot_side, top_cells
+from spray.verdict.patterns import InputPatterns
 from spray.verdict.result import ClusterEvidence, resize_entries
 
 
@@ -95,13 +96,50 @@ def trim_suspects(labels: np.ndarray, clusters: list[ClusterEvidence], suspects:
 
 def decide_members(labels: np.ndarray, clusters: list[ClusterEvidence], suspects: list[int],
                    W: sp.csr_matrix, input_features: np.ndarray, features: np.ndarray | None,
-                   area: float, min_auc: float, fence_iqr: float) -> np.ndarray:
+                   area: float, min_auc: float, fence_iqr: float,
+                   patterns: InputPatterns | None = None, max_template: int = 2000) -> np.ndarray:
     """Who of the suspects is reported: :func:`join_suspects`, then :func:`trim_suspects` (the
-    samples outside that carry the pattern would lower the AUC that decides the trim)."""
+    samples outside that carry the pattern would lower the AUC that decides the trim), then
+    with the raw inputs :func:`join_by_pattern` (from the members the trim kept)."""
     labels = join_suspects(labels, clusters, suspects, input_features, features, area, min_auc,
                            fence_iqr)
-    return trim_suspects(labels, clusters, suspects, W, input_features, features, area,
-                         min_auc, fence_iqr)
+    labels = trim_suspects(labels, clusters, suspects, W, input_features, features, area,
+                           min_auc, fence_iqr)
+    return join_by_pattern(labels, clusters, suspects, features, area, fence_iqr, patterns,
+                           max_template)
+
+
+def join_by_pattern(labels: np.ndarray, clusters: list[ClusterEvidence], suspects: list[int],
+                    features: np.ndarray | None, area: float, fence_iqr: float,
+                    patterns: InputPatterns | None, max_template: int) -> np.ndarray:
+    """Move the samples outside every suspect whose raw inputs at its hot spot carry its
+    members' pattern as closely as the members do into that suspect.
+
+    A sample joins when its pattern correlation
+    (:meth:`~spray.verdict.patterns.InputPatterns.correlation`, template from at most
+    ``max_template`` members) is above 0 and at or above the lower fence (Q1 − ``fence_iqr`` ×
+    IQR) of the members' correlations. Fills in ``pattern_joined`` and updates sizes and
+    fractions. Nothing moves without ``patterns``, relevance features or with ``area`` 0.
+
+    Returns
+    -------
+    numpy.ndarray
+        The labels after the moves (a new array when anything moved).
+    """
+    if patterns is None or features is None or area <= 0 or not suspects:
+        return labels
+    labels = np.array(labels, copy=True)
+    for entry, mask in _suspect_groups(labels, clusters, suspects):
+        cells = top_cells(np.abs(difference(features, mask)), area)
+        r = patterns.correlation(cells, mask, max_template)
+        entry.pattern_joined = 0
+        if r is None:
+            continue
+        join = ~np.isin(labels, suspects) & (r > 0) & (r >= lower_fence(r[mask], fence_iqr))
+        entry.pattern_joined = int(join.sum())
+        labels[join] = entry.id
+    resize_entries(clusters, labels)
+    return labels
 
 
 def join_suspects(labels: np.ndarray, clusters: list[ClusterEvidence], suspects: list[int],

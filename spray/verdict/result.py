@@ -17,7 +17,7 @@ _EVIDENCE_KEYS = ("id", "half_of", "cut_along", "n_clusters", "cluster", "size",
                   "edge_randomness", "edge_penalty", "hot_spot_separation", "hot_spot_penalty",
                   "concentration", "peak", "peak_sign", "size_penalty",
                   "excluded", "resampled", "contrast_stable", "score", "split_from",
-                  "hot_spot_auc", "trimmed", "joined")
+                  "hot_spot_auc", "trimmed", "joined", "pattern_joined")
 
 
 @dataclass
@@ -47,6 +47,8 @@ class ClusterEvidence:
         it from the rest (ROC AUC) and how many members left it for not carrying that pattern
         (:mod:`~spray.verdict.members`; ``size`` counts the members reported).
     joined : for a suspect, the samples from outside that carry its pattern and joined it.
+    pattern_joined : for a suspect, the samples from outside whose raw inputs at its hot spot
+        carry its members' pattern and joined it (with the raw inputs only).
     score_from_k : the group of another K whose score this cluster took, with ``jaccard``.
     inputs : the input features the contrast was measured on (not serialized).
     """
@@ -82,6 +84,7 @@ class ClusterEvidence:
     hot_spot_auc: float | None = None
     trimmed: int | None = None
     joined: int | None = None
+    pattern_joined: int | None = None
     score_from_k: ClusterEvidence | None = field(default=None, repr=False)
     jaccard: float | None = None
     inputs: np.ndarray | None = field(default=None, repr=False, compare=False)

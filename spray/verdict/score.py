@@ -24,6 +24,7 @@ from spray.verdict.candidates import candidate_groups, sweep_cuts
 from spray.verdict.evidence import ClassGraphs, measure
 from spray.verdict.halves import lift_by_other_k, split_off_sweep, split_suspect_halves
 from spray.verdict.members import decide_members
+from spray.verdict.patterns import InputPatterns
 from spray.verdict.result import ClusterEvidence, Verdict, resize_entries
 from spray.verdict.subsample import extend_labels, restrict, stratified_sample
 
@@ -62,7 +63,8 @@ def flag_threshold(params: FlagsSection, pipeline: dict) -> float:
 
 
 def score_class(result, input_features: np.ndarray, pipeline: dict,
-                features=None, edge_features=None) -> Verdict:
+                features=None, edge_features=None, patterns: InputPatterns | None = None
+                ) -> Verdict:
     """Score a class from its analysis result and the preprocessed raw inputs of its samples.
 
     Parameters
@@ -80,6 +82,11 @@ def score_class(result, input_features: np.ndarray, pipeline: dict,
         ``(n, d)`` edge energy of the raw inputs
         (:func:`spray.analysis.preprocess.edge_energy`) preprocessed like them; with
         ``edge_randomness_weight`` above 0, the edge randomness of every candidate.
+    patterns : spray.verdict.patterns.InputPatterns, optional
+        The class's raw inputs, read in chunks: the samples outside a suspect whose inputs at
+        its hot spot carry its members' pattern join it
+        (:func:`~spray.verdict.members.join_by_pattern`). Who is reported only; the score
+        and the flag do not use them.
 
     Returns
     -------
@@ -90,12 +97,14 @@ def score_class(result, input_features: np.ndarray, pipeline: dict,
     params = flag_params(pipeline)
     n = len(np.asarray(result.labels))
     if features is None or n <= params.score_max_samples:
-        return _score(result, input_features, pipeline, params, features, edge_features)
-    return _score_subsample(result, input_features, pipeline, params, features, edge_features)
+        return _score(result, input_features, pipeline, params, features, edge_features,
+                      patterns=patterns)
+    return _score_subsample(result, input_features, pipeline, params, features, edge_features,
+                            patterns)
 
 
 def _score_subsample(result, input_features, pipeline: dict, params: FlagsSection, features,
-                     edge_features) -> Verdict:
+                     edge_features, patterns: InputPatterns | None) -> Verdict:
     """:func:`_score` on a stratified subsample, its labels extended to the whole class."""
     features = np.asarray(features)
     rows = stratified_sample(np.asarray(result.labels), params.score_max_samples, params.seed)
@@ -111,7 +120,8 @@ def _score_subsample(result, input_features, pipeline: dict, params: FlagsSectio
     verdict.labels = decide_members(labels, verdict.clusters, verdict.suspect_clusters,
                                     sp.csr_matrix(result.affinity), inputs,
                                     np.ascontiguousarray(features, dtype=np.float32), area,
-                                    params.trim_min_auc, params.trim_fence_iqr)
+                                    params.trim_min_auc, params.trim_fence_iqr, patterns,
+                                    params.score_max_samples)
     verdict.scored_on = int(len(rows))
     log.info("class of %d samples scored on a subsample of %d (score_max_samples)",
              len(verdict.labels), len(rows))
@@ -119,7 +129,8 @@ def _score_subsample(result, input_features, pipeline: dict, params: FlagsSectio
 
 
 def _score(result, input_features: np.ndarray, pipeline: dict, params: FlagsSection,
-           features=None, edge_features=None, trim: bool = True) -> Verdict:
+           features=None, edge_features=None, trim: bool = True,
+           patterns: InputPatterns | None = None) -> Verdict:
     """The rule on the samples of ``result`` (see :func:`score_class`); ``trim``: decide the
     suspects' members (:func:`~spray.verdict.members.decide_members`)."""
     if features is not None:
@@ -151,7 +162,7 @@ def _score(result, input_features: np.ndarray, pipeline: dict, params: FlagsSect
     if trim:
         labels = decide_members(labels, clusters, suspects, graphs.W, graphs.input_features,
                                 graphs.features, graphs.mask_area, params.trim_min_auc,
-                                params.trim_fence_iqr)
+                                params.trim_fence_iqr, patterns, params.score_max_samples)
     return _verdict(clusters, labels, splits, other_k, params, pipeline, decide)
 
 
@@ -197,6 +208,8 @@ def _verdict(clusters: list[ClusterEvidence], labels, splits, other_k,
 
 
 def clever_hans_score(result, input_features: np.ndarray, pipeline: dict,
-                      features=None, edge_features=None) -> dict:
+                      features=None, edge_features=None,
+                      patterns: InputPatterns | None = None) -> dict:
     """:func:`score_class` as the dict the run stores (``Verdict.to_dict()``)."""
-    return score_class(result, input_features, pipeline, features, edge_features).to_dict()
+    return score_class(result, input_features, pipeline, features, edge_features,
+                       patterns).to_dict()

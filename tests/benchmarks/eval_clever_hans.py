@@ -244,6 +244,7 @@ def edge_features(inputs: np.ndarray, pipe: dict) -> np.ndarray | None:
 def score_setting(setting, data, pipe) -> list[dict]:
     from spray.analysis.analyze import analyze
     from spray.analysis.preprocess import preprocess
+    from spray.verdict.patterns import InputPatterns
     from spray.verdict.score import clever_hans_score
 
     ds, planted, art, p, seed = setting
@@ -259,7 +260,8 @@ def score_setting(setting, data, pipe) -> list[dict]:
         edges = edge_features(inputs, pipe)
         result = analyze(feats, pipeline=pipe, embed=False)
         more = {} if edges is None else {"edge_features": edges}
-        verdict = clever_hans_score(result, in_feats, pipe, features=feats, **more)
+        verdict = clever_hans_score(result, in_feats, pipe, features=feats, **more,
+                                    patterns=InputPatterns.of(inputs, pipe["preprocess"]))
         seconds = time.perf_counter() - t0
         truth = data["poisoned"][sel]
         row = {"setting": setting_name(setting), "dataset": ds, "artefact": art, "fraction": p,
