@@ -79,6 +79,17 @@ def test_planted_stamp_is_flagged(small_problem, small_run):
     assert precision >= 0.8 and recall >= 0.8, (precision, recall)
 
 
+def test_suspect_members_by_pattern_read_the_stored_inputs(small_run):
+    """The run gives the verdict the class's raw inputs (read chunk by chunk from the data
+    source): the suspect records how many joined it by their pattern."""
+    out, _ = small_run
+    cg = zarr.open_group(str(out / "spray.zarr" / "classes" / "2"), mode="r")
+    flags = cg.attrs["analysis"]["flags"]
+    suspect = next(c for c in flags["clusters"] if c["id"] == flags["suspect_cluster"])
+    assert isinstance(suspect.get("pattern_joined"), int), suspect
+    assert suspect["size"] == int((cg["labels"][:] == suspect["id"]).sum())
+
+
 def test_check_exit_codes_and_ci_files(small_run, tmp_path):
     out, _ = small_run
     proc = run_cli("check", out, "--junit", tmp_path / "j.xml", "--markdown", tmp_path / "s.md")

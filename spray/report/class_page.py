@@ -111,6 +111,10 @@ def _evidence(entry: dict) -> str:
                      f"pattern at the hot spot, and their relevance there is like its members' "
                      f"(both above the lower fence of the members that carry it): they were "
                      f"added to it.")
+    if cl.get("pattern_joined"):
+        parts.append(f"{_fmt(cl['pattern_joined'])} samples outside carry its members' pattern "
+                     f"in their own pixels at the hot spot (pattern correlation at or above the "
+                     f"lower fence of the members'): they were added to it.")
     if cl.get("input_randomness") is not None:
         where = _footprint_text(params, mask_area)
         parts.append(f"Its inputs, {where}, have {_fmt(cl['input_randomness'], 2)} × the "
