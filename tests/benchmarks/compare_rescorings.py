@@ -1,0 +1,107 @@
+"""Compare two rescorings of the same cached draws (a rule before and after a change).
+
+    python tests/benchmarks/compare_rescorings.py BEFORE AFTER [BEFORE2 AFTER2 ...] [--json F]
+
+Each BEFORE/AFTER is an ``--out`` directory of ``eval_clever_hans.py --cache-from CACHE
+--rescore --draws N`` run on the same cache by the two rules (e.g. two worktrees). Prints, and
+with ``--json`` writes: the class checks whose score or flag differ, and per planted setting the
+draws flagged, the draws detected (flagged, suspect precision and recall ≥ 0.9) before and
+after, the lowest precision and median recall of the flagged draws, and how many stamped and
+unstamped samples the suspects gained or lost (from each draw's precision, recall and planted
+count). A change to who is reported (``spray.verdict.members``) must leave every score alone.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+DETECT = 0.9
+
+
+def _load(out: Path) -> tuple[list[dict], list[dict], float]:
+    summary = json.loads((out / "draws_summary.json").read_text())
+    return json.loads((out / "draws.json").read_text()), summary["draws"], summary["threshold"]
+
+
+def _members(draw: dict) -> tuple[int, int]:
+    """(stamped, unstamped) samples in the suspects of a planted draw."""
+    hits = round(draw["recall"] * draw["n_planted"])
+    size = round(hits / draw["precision"]) if draw["precision"] else 0
+    return hits, size - hits
+
+
+def compare(before: Path, after: Path) -> dict:
+    """The comparison of one pair of rescorings (see the module docstring)."""
+    rows_a, draws_a, threshold = _load(before)
+    rows_b, draws_b, _ = _load(after)
+    key = lambda r: (r["setting"], r["draw"], r["class"])   # noqa: E731
+    a, b = {key(r): r for r in rows_a}, {key(r): r for r in rows_b}
+    if a.keys() != b.keys():
+        raise SystemExit(f"{before} and {after} hold different class checks")
+    changed = [k for k in a if a[k]["score"] != b[k]["score"] or a[k]["flagged"] != b[k]["flagged"]]
+    settings: dict[str, dict] = {}
+    for x, y in zip(draws_a, draws_b):
+        if (x["setting"], x["draw"]) != (y["setting"], y["draw"]):
+            raise SystemExit(f"{before} and {after} list their draws in another order")
+        if "precision" not in x:
+            continue
+        s = settings.setdefault(x["setting"], {"draws": 0, "flagged": 0, "detected": [0, 0],
+                                               "lowest_precision": [None, None],
+                                               "recalls": [[], []], "gained": [0, 0]})
+        s["draws"] += 1
+        if x["planted_score"] < threshold:
+            continue
+        s["flagged"] += 1
+        for i, d in enumerate((x, y)):
+            s["detected"][i] += d["precision"] >= DETECT and d["recall"] >= DETECT
+            low = s["lowest_precision"][i]
+            s["lowest_precision"][i] = d["precision"] if low is None else min(low, d["precision"])
+            s["recalls"][i].append(d["recall"])
+        (sa, ua), (sb, ub) = _members(x), _members(y)
+        s["gained"][0] += sb - sa
+        s["gained"][1] += ub - ua
+    for s in settings.values():
+        s["median_recall"] = [sorted(r)[len(r) // 2] if r else None for r in s.pop("recalls")]
+    return {"before": str(before), "after": str(after), "checks": len(a),
+            "score_or_flag_changed": len(changed), "settings": settings}
+
+
+def _fmt(v) -> str:
+    return "—" if v is None else f"{v:.2f}"
+
+
+def table(results: list[dict]) -> str:
+    """A Markdown table of :func:`compare` results."""
+    lines = ["| setting | flagged | detected before → after | lowest P | median R "
+             "| stamped / unstamped gained |", "|---|---|---|---|---|---|"]
+    for res in results:
+        for name, s in res["settings"].items():
+            lines.append(f"| {name} | {s['flagged']}/{s['draws']} | {s['detected'][0]} → "
+                         f"{s['detected'][1]} | {_fmt(s['lowest_precision'][0])} → "
+                         f"{_fmt(s['lowest_precision'][1])} | {_fmt(s['median_recall'][0])} → "
+                         f"{_fmt(s['median_recall'][1])} | {s['gained'][0]} / {s['gained'][1]} |")
+    checks = sum(r["checks"] for r in results)
+    changed = sum(r["score_or_flag_changed"] for r in results)
+    lines.append(f"\n{checks} class checks; score or flag changed in {changed}.")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("dirs", nargs="+", help="BEFORE AFTER pairs of rescoring --out directories")
+    ap.add_argument("--json", help="write the comparison here")
+    args = ap.parse_args(argv)
+    if len(args.dirs) % 2:
+        ap.error("give BEFORE AFTER pairs")
+    pairs = list(zip(args.dirs[::2], args.dirs[1::2]))
+    results = [compare(Path(a), Path(b)) for a, b in pairs]
+    print(table(results))
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=1) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
