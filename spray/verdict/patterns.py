@@ -6,12 +6,13 @@ colour channels, pooled to the feature grid, normalized). That is what the graph
 watermark of white text over photographs is then a brighter patch of a few cells: pooled
 luminance does not tell the letters from a bright sleeve at the same place (on the text
 watermarks of the evaluation, the samples outside a suspect that carry the text are told from
-those that do not with ROC AUC 0.97–0.98 there). In the pixels themselves the letters are a
+those that do not with ROC AUC 0.90–0.98 there). In the pixels themselves the letters are a
 shape. The *pattern correlation* of a sample is the cosine between its hot-spot pixels and the
 members' median pattern there, each channel of each sample centred on its mean over the hot
 spot first, so that a stamp blended over a light or a dark background, or a fixed shape in
 another colour balance, still correlates. On the same suspects it tells the stamped samples
-outside from the others with AUC 0.98–1.0 (docs/verdict-eval.md, "Members by their pattern").
+outside from the others with AUC 0.977–1.0 (docs/verdict-eval.md, "Members by their
+pattern").
 
 Inputs are read in chunks through a ``load(rows)`` function, so a class of any size costs two
 passes over the hot-spot pixels (the members' template from at most ``max_template`` of them,
@@ -81,10 +82,13 @@ class InputPatterns:
         members = np.flatnonzero(mask)
         if len(members) > max_template:
             members = members[np.linspace(0, len(members) - 1, max_template).astype(np.intp)]
-        V, pixels = self._pixels(members, None, cells)
-        if not pixels.any():
+        pixels, parts = None, []
+        for start in range(0, len(members), self.chunk):
+            V, pixels = self._pixels(members[start:start + self.chunk], pixels, cells)
+            parts.append(V)
+        if pixels is None or not pixels.any():
             return None
-        template = np.median(V, axis=0)
+        template = np.median(np.concatenate(parts), axis=0)
         norm = float(np.linalg.norm(template))
         if norm <= 0:
             return None

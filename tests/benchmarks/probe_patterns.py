@@ -1,7 +1,7 @@
 """Probe the inputs of flagged suspects: what tells the stamped samples outside a suspect from
 the other samples outside it (docs/verdict-eval.md, "Members by their pattern").
 
-    python tests/benchmarks/probe_patterns.py CACHE.npz CLASS DRAWS [--moved]
+    python tests/benchmarks/probe_patterns.py CACHE.npz CLASS DRAWS [--reach R] [--moved]
 
 ``CACHE.npz`` is a setting's cache of ``eval_clever_hans.py`` (relevance, inputs, ground
 truth), ``DRAWS`` comma-separated draw numbers (the draws of ``--draws``, 300 per class). For
@@ -16,7 +16,8 @@ suspect's hot spot:
 - ``pattern``: the pattern correlation (:class:`spray.verdict.patterns.InputPatterns`).
 
 and the stamped and unstamped samples outside above 0 and at or above the members' lower fence
-of each (for ``pattern``: the samples that join by their pattern).
+(Q1 − R × IQR, ``--reach``, 1 as the rule's ``trim_fence_iqr``) of each (for ``pattern``: the
+samples that join by their pattern), and their totals over the draws.
 
 With ``--moved``, a pattern that moves: the members' 7 × 7 raw window where their mean share of
 |relevance| is highest, aligned on each member's best match nearby, is matched at every place
@@ -122,10 +123,12 @@ def main(argv=None) -> int:
     ap.add_argument("cache")
     ap.add_argument("cls", type=int)
     ap.add_argument("draws")
+    ap.add_argument("--reach", type=float, default=1.0)
     ap.add_argument("--moved", action="store_true")
     args = ap.parse_args(argv)
     pipe = load_pipeline("spray-default")
     data = dict(np.load(args.cache))
+    totals: dict[str, list[int]] = {}
     for d in (int(t) for t in args.draws.split(",")):
         sub = draw(data, 300, 10_000 + d)
         sel = np.flatnonzero(sub["labels"] == args.cls)
@@ -141,13 +144,18 @@ def main(argv=None) -> int:
             out = ~suspects
             parts = []
             for name, m in measures(inputs, feats, in_feats, mask, pipe).items():
-                inside = out & (m > 0) & (m >= lower_fence(m[mask], 1.0))
+                inside = out & (m > 0) & (m >= lower_fence(m[mask], args.reach))
+                t = totals.setdefault(name, [0, 0])
+                t[0] += int((inside & truth).sum())
+                t[1] += int((inside & ~truth).sum())
                 a = auc(m[out], truth[out]) if truth[out].any() and (~truth[out]).any() else None
                 parts.append(f"{name} AUC {'—' if a is None else f'{a:.3f}'} fence "
                              f"{int((inside & truth).sum())}+{int((inside & ~truth).sum())}")
             print(f"  suspect {cid} ({int(mask.sum())} samples): " + "; ".join(parts))
             if args.moved:
                 print("\n".join(moved(maps, inputs, mask, truth, suspects)))
+    print("at or above the fence, stamped + unstamped: "
+          + "; ".join(f"{k} {a}+{b}" for k, (a, b) in totals.items()))
     return 0
 
 
