@@ -57,17 +57,24 @@ class InputPatterns:
     @classmethod
     def of(cls, inputs: np.ndarray, preprocess: dict, chunk: int = 4096) -> InputPatterns | None:
         """:meth:`for_pipeline` for inputs already in memory, ``(n, C, H, W)`` or ``(n, H, W)``."""
-        return cls.for_pipeline(lambda rows: inputs[rows], len(inputs), preprocess, chunk)
+        def load(rows: np.ndarray) -> np.ndarray:
+            # a run of consecutive rows is a view: no copy of whole images
+            if len(rows) and rows[-1] - rows[0] + 1 == len(rows):
+                return inputs[rows[0]:rows[-1] + 1]
+            return inputs[rows]
+
+        return cls.for_pipeline(load, len(inputs), preprocess, chunk)
 
     def _pixels(self, rows: np.ndarray, pixels: np.ndarray | None, cells: np.ndarray):
         """The centred hot-spot pixels of ``rows`` (``(len, C·P)`` float32) and the pixel mask
         (made from ``cells`` on the first read)."""
-        x = np.asarray(self.load(rows), dtype=np.float32)
+        x = np.asarray(self.load(rows))
         if x.ndim == 3:
             x = x[:, None]
         if pixels is None:
             pixels = cell_pixels(cells, self.grid, x.shape[-2], x.shape[-1])
-        v = x[:, :, pixels]
+        v = np.take(x.reshape(x.shape[0], x.shape[1], -1), np.flatnonzero(pixels), axis=2)
+        v = v.astype(np.float32)
         v = v - v.mean(axis=-1, keepdims=True)
         return v.reshape(len(rows), -1), pixels
 

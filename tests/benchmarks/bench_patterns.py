@@ -1,0 +1,59 @@
+"""Benchmark of the members by their pattern: the cost of one suspect's pattern correlation.
+
+    OMP_NUM_THREADS=1 python tests/benchmarks/bench_patterns.py --json bench_patterns.json
+
+(with ``PYTHONPATH=.`` from the repository root, or spray installed). For each case
+``N×SIDE`` (default 100000×32 and 10000×224): N random RGB images of SIDE × SIDE pixels in
+memory, a suspect of N/10 of them, a hot spot of 40 cells of the 20 × 20 feature grid (the
+``input_mask_area`` of 10 %), and
+:meth:`spray.verdict.patterns.InputPatterns.correlation` with the template from at most 2 000
+members, read in chunks of ``--chunk`` samples. The images are read twice (template, then every
+sample) and copied chunk by chunk, as a run reads them from its data source. Prints and writes
+CPU and wall seconds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+def measure(n: int, side: int, chunk: int) -> dict:
+    """CPU and wall seconds of one suspect's pattern correlation in a class of ``n`` images."""
+    from spray.verdict.patterns import InputPatterns
+
+    x = np.random.default_rng(0).random((n, 3, side, side), dtype=np.float32)
+    mask = np.zeros(n, dtype=bool)
+    mask[: n // 10] = True
+    patterns = InputPatterns.of(x, {"channel_sum": True, "transform": "none", "pool": [20, 20]},
+                                chunk)
+    cpu, wall = time.process_time(), time.perf_counter()
+    patterns.correlation(np.arange(40), mask, 2000)
+    return {"n": n, "side": side, "chunk": chunk,
+            "cpu_seconds": round(time.process_time() - cpu, 3),
+            "wall_seconds": round(time.perf_counter() - wall, 3)}
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--cases", nargs="+", default=["100000x32", "10000x224"], metavar="NxSIDE")
+    ap.add_argument("--chunk", type=int, default=1024)
+    ap.add_argument("--json")
+    args = ap.parse_args(argv)
+    rows = []
+    for case in args.cases:
+        n, side = (int(v) for v in case.split("x"))
+        rows.append(measure(n, side, args.chunk))
+        print(f"n = {n}, {side}×{side} RGB: {rows[-1]['cpu_seconds']:.2f} CPU s, "
+              f"{rows[-1]['wall_seconds']:.2f} s wall")
+    if args.json:
+        Path(args.json).write_text(json.dumps(rows, indent=1) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
