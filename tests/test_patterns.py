@@ -8,7 +8,7 @@ from scipy.ndimage import gaussian_filter
 
 from spray.analysis.preprocess import cell_pixels, preprocess
 from spray.verdict.evidence import difference, top_cells
-from spray.verdict.members import join_by_pattern, lower_fence
+from spray.verdict.members import join_by_pattern, lower_fence, upper_fence
 from spray.verdict.patterns import InputPatterns
 from spray.verdict.result import ClusterEvidence
 
@@ -22,11 +22,15 @@ BOX = (slice(10, 15), slice(2, 9))
 
 
 def _scene_class(seed: int = 0, n: int = 200, suspects: int = 30, outside: int = 12,
-                 lookalikes: int = 15):
+                 lookalikes: int = 15, sign: float = 1.0, stamp: bool = True,
+                 seen: int | None = None):
     """RGB 16 × 16 images of smooth colour fields. The first ``suspects`` carry the glyph in
     white at 75 % over the box and form cluster 1; the next ``outside`` carry it too but are in
     cluster 0; the next ``lookalikes`` have the box as bright as the glyph makes it on average,
-    without the glyph's shape. Relevance features (8 × 8) of the stamped samples sit on the box.
+    without the glyph's shape. Relevance features (8 × 8) of the stamped samples sit on the box
+    (``sign`` −1: the model's relevance there is negative). Without ``stamp`` nobody carries the
+    glyph, and the group is one the model looks at the box for. With ``seen``, only the first
+    ``seen`` stamped samples have their relevance there.
 
     Returns inputs ``(n, 3, 16, 16)``, features, labels, clusters, stamped, lookalike."""
     rng = np.random.default_rng(seed)
@@ -38,11 +42,13 @@ def _scene_class(seed: int = 0, n: int = 200, suspects: int = 30, outside: int =
     look = np.zeros(n, bool)
     look[suspects + outside:suspects + outside + lookalikes] = True
     box = x[:, :, BOX[0], BOX[1]]
-    alpha = 0.75 * GLYPH
+    alpha = 0.75 * GLYPH * stamp
     box[stamped] = box[stamped] * (1 - alpha) + alpha
     box[look] = box[look] * (1 - 0.75 * GLYPH.mean()) + 0.75 * GLYPH.mean()
-    rel = rng.uniform(0, 0.2, (n, 16, 16)).astype(np.float32)
-    rel[stamped, BOX[0], BOX[1]] += 2.0
+    rel = sign * rng.uniform(0, 0.2, (n, 16, 16)).astype(np.float32)
+    looked = stamped.copy()
+    looked[seen:] = False if seen is not None else looked[seen:]
+    rel[looked, BOX[0], BOX[1]] += sign * 2.0
     feats = preprocess(rel, PRE)
     labels = np.zeros(n, dtype=np.int64)
     labels[:suspects] = 1
@@ -59,6 +65,14 @@ def test_cell_pixels_takes_the_pixels_mostly_in_the_cells():
     assert both.sum() == 6
     plain = cell_pixels(np.array([0, 5]), None, 4, 4)     # no grid: the cells are pixels
     assert np.argwhere(plain).tolist() == [[0, 0], [1, 1]]
+    # a grid finer than the map: cells 0 and 1 hold exactly half of pixel (0, 0), cell 0 a quarter
+    assert cell_pixels(np.array([0, 1]), (4, 4), 2, 2).tolist() == [[True, False], [False, False]]
+    assert not cell_pixels(np.array([0]), (4, 4), 2, 2).any()
+    # a sixth of a pixel per cell: three cells are half of it, up to rounding
+    assert cell_pixels(np.array([0, 1, 2]), (1, 12), 1, 2).tolist() == [[True, False]]
+    # not square: 4 × 8 pixels onto 2 × 4 cells; cell 1 is row 0, column 1
+    wide = cell_pixels(np.array([1]), (2, 4), 4, 8)
+    assert np.argwhere(wide).tolist() == [[0, 2], [0, 3], [1, 2], [1, 3]]
 
 
 def _hot_spot(feats, mask):
@@ -80,6 +94,69 @@ def test_stamped_samples_outside_join_and_look_alikes_do_not():
     assert clusters[1].size == 30 + joins.sum() and clusters[0].size == len(labels) - 30 - joins.sum()
 
 
+@pytest.mark.parametrize("sign", [1.0, -1.0])
+def test_the_hot_spot_is_where_relevance_differs_either_way(sign):
+    x, feats, labels, clusters, stamped, _ = _scene_class(sign=sign)
+    out = join_by_pattern(labels, clusters, [1], feats, 0.1, 1.0, InputPatterns.of(x, PRE), 2000)
+    assert clusters[1].pattern_joined >= 10 and (out[labels == 0] == 1).sum() >= 10
+    assert ((out == 1) <= stamped).all()
+
+
+def test_correlation_is_the_cosine_with_the_median_centred_pattern():
+    x, feats, labels, *_ = _scene_class()
+    x[3, :, BOX[0], BOX[1]] *= 40.0                          # an outlier member: not in a median
+    cells = _hot_spot(feats, labels == 1)
+    pix = cell_pixels(cells, (8, 8), 16, 16)
+    V = x[:, :, pix].astype(np.float64)
+    V = (V - V.mean(axis=-1, keepdims=True)).reshape(len(x), -1)
+    t = np.median(V[labels == 1], axis=0)
+    expected = V @ t / np.linalg.norm(V, axis=1) / np.linalg.norm(t)
+    r = InputPatterns.of(x, PRE).correlation(cells, labels == 1, 2000)
+    np.testing.assert_allclose(r, expected, atol=1e-5)
+    assert np.abs(r).max() <= 1 + 1e-9
+
+
+def test_members_without_a_common_pattern_take_no_one_in():
+    """The model looks at the box for the group, but nothing is stamped there: the members'
+    correlations spread about 0, their lower fence falls below the rest's upper one."""
+    for seed in range(3):
+        x, feats, labels, clusters, *_ = _scene_class(seed=seed, stamp=False)
+        patterns = InputPatterns.of(x, PRE)
+        r = patterns.correlation(_hot_spot(feats, labels == 1), labels == 1, 2000)
+        assert lower_fence(r[labels == 1], 1.0) < upper_fence(r[labels == 0], 1.0)
+        assert (r[labels == 0] > 0).sum() > 40              # what the sign alone would take
+        out = join_by_pattern(labels, clusters, [1], feats, 0.1, 1.0, patterns, 2000)
+        assert (out == labels).all() and clusters[1].pattern_joined == 0
+
+
+def test_score_class_passes_the_patterns_on_and_keeps_every_score():
+    """Both paths of the score (the whole class, and a subsample of a large one) hand the raw
+    inputs to the members; the scores, flags and suspects are those without them. The graphs
+    see the inputs without the stamp (so the 45 samples the model looks at are flagged); the
+    raw inputs carry it, also on 20 samples the model does not look at there."""
+    from spray.analysis.analyze import analyze
+    from spray.config.presets import load_pipeline
+    from spray.verdict.score import score_class
+
+    x, feats, labels, _, stamped, _ = _scene_class(n=300, suspects=45, outside=20, seen=45)
+    unstamped = preprocess(_scene_class(n=300, suspects=45, outside=20, stamp=False)[0], PRE)
+    for flags in ({}, {"score_max_samples": 100}):
+        pipe = load_pipeline("spray-default", overrides={
+            "preprocess": PRE, "embedding": {"method": "none"}, "flags": flags})
+        result = analyze(feats, pipeline=pipe, embed=False)
+        plain = score_class(result, unstamped, pipe, features=feats)
+        seen = score_class(result, unstamped, pipe, features=feats,
+                           patterns=InputPatterns.of(x, PRE))
+        assert seen.flagged and (plain.score, plain.suspect_clusters, plain.clean_rate) == (
+            seen.score, seen.suspect_clusters, seen.clean_rate)
+        assert [c.score for c in plain.clusters] == [c.score for c in seen.clusters]
+        before = np.isin(plain.labels, plain.suspect_clusters)
+        after = np.isin(seen.labels, seen.suspect_clusters)
+        joined = sum(c.pattern_joined or 0 for c in seen.clusters)
+        assert joined >= 15 and (after & ~before).sum() == joined and (after >= before).all()
+        assert stamped[after & ~before].all(), flags
+
+
 def test_no_patterns_no_join():
     x, feats, labels, clusters, *_ = _scene_class()
     assert join_by_pattern(labels, clusters, [1], feats, 0.1, 1.0, None, 2000) is labels
@@ -88,20 +165,25 @@ def test_no_patterns_no_join():
                            2000) is labels
 
 
-def test_the_fence_and_the_sign_decide_who_joins():
-    """A wider fence takes in more, but never a sample that does not correlate at all."""
-    x, feats, labels, clusters, stamped, look = _scene_class(outside=0, lookalikes=0)
-    # half the members carry the glyph faintly over busy backgrounds: a wide spread
+@pytest.mark.parametrize("reach", [0.5, 1.0, 2.0])
+def test_the_members_fence_decides_who_joins(reach):
+    """Half the members carry the glyph under noise: a wide spread. Who joins is exactly who
+    lies at or above the members' lower fence of that reach, while that fence lies at or above
+    the upper fence of the samples outside (at reach 2 it does not: nobody joins)."""
+    x, feats, labels, clusters, stamped, _ = _scene_class(outside=20, lookalikes=0)
     rng = np.random.default_rng(1)
-    x[:15] = np.clip(x[:15] + rng.normal(0, 0.3, x[:15].shape), 0, 1)
+    x[:15] = np.clip(x[:15] + rng.normal(0, 0.2, x[:15].shape), 0, 1)
     patterns = InputPatterns.of(x, PRE)
     r = patterns.correlation(_hot_spot(feats, labels == 1), labels == 1, 2000)
-    tight = join_by_pattern(labels, clusters, [1], feats, 0.1, 1.0, patterns, 2000)
-    clusters = [ClusterEvidence.of(labels == c, id=c) for c in (0, 1)]
-    wide = join_by_pattern(labels, clusters, [1], feats, 0.1, 100.0, patterns, 2000)
-    joined_tight, joined_wide = (tight == 1) & (labels == 0), (wide == 1) & (labels == 0)
-    assert joined_tight.sum() < joined_wide.sum()
-    assert (r[joined_wide] > 0).all() and (r[(labels == 0) & ~joined_wide] <= 0).all()
+    out = join_by_pattern(labels, clusters, [1], feats, 0.1, reach, patterns, 2000)
+    fence = lower_fence(r[labels == 1], reach)
+    if reach == 2.0:
+        assert fence < upper_fence(r[labels == 0], reach)
+        assert (out == labels).all() and clusters[1].pattern_joined == 0
+        return
+    assert fence >= upper_fence(r[labels == 0], reach)
+    assert (((out == 1) & (labels == 0)) == ((labels == 0) & (r >= fence))).all()
+    assert ((out == 1) <= stamped).all() and clusters[1].pattern_joined >= 10
 
 
 def test_another_suspect_keeps_its_members():
@@ -152,3 +234,4 @@ def test_features_that_are_not_places_have_no_patterns(pre):
     x = np.zeros((4, 3, 16, 16), np.float32)
     assert InputPatterns.of(x, pre) is None
     assert InputPatterns.of(x, {**PRE, "pool": None}).grid is None
+    assert InputPatterns.of(x, {}).grid == (20, 20)          # the preset's defaults

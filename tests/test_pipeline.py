@@ -79,15 +79,26 @@ def test_planted_stamp_is_flagged(small_problem, small_run):
     assert precision >= 0.8 and recall >= 0.8, (precision, recall)
 
 
-def test_suspect_members_by_pattern_read_the_stored_inputs(small_run):
+def test_suspect_members_by_pattern_read_the_stored_inputs(small_problem, small_run):
     """The run gives the verdict the class's raw inputs (read chunk by chunk from the data
-    source): the suspect records how many joined it by their pattern."""
+    source): the suspect records how many joined it by their pattern, and position i of the
+    class reads the class's i-th dataset sample."""
     out, _ = small_run
     cg = zarr.open_group(str(out / "spray.zarr" / "classes" / "2"), mode="r")
     flags = cg.attrs["analysis"]["flags"]
     suspect = next(c for c in flags["clusters"] if c["id"] == flags["suspect_cluster"])
     assert isinstance(suspect.get("pattern_joined"), int), suspect
     assert suspect["size"] == int((cg["labels"][:] == suspect["id"]).sum())
+
+    from spray.data.sources import open_source
+    from spray.run.tasks import class_patterns
+
+    cfg, base = load_config(small_problem["config"])
+    index = cg["index"][:]
+    patterns = class_patterns(open_source(cfg.data.model_dump(), str(base)), index,
+                              {"channel_sum": True, "pool": [20, 20]}, 64)
+    rows = np.array([0, 5, len(index) - 1])
+    np.testing.assert_array_equal(patterns.load(rows), small_problem["x"][index[rows]])
 
 
 def test_check_exit_codes_and_ci_files(small_run, tmp_path):

@@ -82,7 +82,7 @@ def cell_pixels(cells: np.ndarray, grid, H: int, W: int) -> np.ndarray:
     chosen[np.asarray(cells, dtype=np.intp)] = 1.0
     # the share of each pixel's area in the chosen cells (columns of the pooling matrices sum to 1)
     share = pooling_matrix(H, grid[0]).T @ chosen.reshape(grid) @ pooling_matrix(W, grid[1])
-    return share >= 0.5
+    return share >= 0.5 - 1e-9      # exactly half, up to the rounding of the overlaps
 
 
 def _lowpass(maps: np.ndarray, sigma: float) -> np.ndarray:

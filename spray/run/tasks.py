@@ -272,6 +272,17 @@ def class_features(cg, c: int, source, params: dict,
             np.concatenate(edge_feats) if edges else None)
 
 
+def class_patterns(source, indices: np.ndarray, preprocess: dict, chunk: int):
+    """The raw inputs of a class for the members by their pattern
+    (:class:`~spray.verdict.patterns.InputPatterns`): position ``i`` of the class is the
+    dataset sample ``indices[i]``, read from ``source`` before normalization, ``chunk`` at a
+    time."""
+    from spray.verdict.patterns import InputPatterns
+
+    return InputPatterns.for_pipeline(lambda rows: source.load_display(indices[rows]),
+                                      len(indices), preprocess, chunk)
+
+
 def pipeline_hash(pipeline: dict) -> str:
     """Hash of an analysis pipeline: a class analysed with the same one need not be redone.
 
@@ -325,7 +336,6 @@ def analyze_stored_class(run_dir: str, c: int, pipeline: dict, data_cfg: dict,
     on the ``(n, d)`` feature matrix.
     """
     from spray.analysis.analyze import analyze
-    from spray.verdict.patterns import InputPatterns
     from spray.verdict.score import clever_hans_score
 
     t0 = time.perf_counter()
@@ -349,9 +359,8 @@ def analyze_stored_class(run_dir: str, c: int, pipeline: dict, data_cfg: dict,
     write_array(cg, "eigenvectors", result.eigenvectors.astype(np.float32))
     if result.embedding is not None:
         write_array(cg, "tsne", result.embedding.astype(np.float32))
-    patterns = InputPatterns.for_pipeline(lambda rows: source.load_display(indices[rows]),
-                                          len(indices), pipeline["preprocess"],
-                                          int(cg.attrs.get("chunk_size", 4096)))
+    patterns = class_patterns(source, indices, pipeline["preprocess"],
+                              int(cg.attrs.get("chunk_size", 4096)))
     verdict = clever_hans_score(result, input_features, pipeline, features=features,
                                 edge_features=edge_features, patterns=patterns)
     # the analysis' clusters, with any suspect half the score split off (verdict["splits"])

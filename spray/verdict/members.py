@@ -32,6 +32,14 @@ holds at least half the group, and its inputs there tell it, with AUC at least
 comes first and the trim after it: stamped samples outside would also lower the AUC that decides
 the trim, and keep look-alikes in the suspect. Measured in docs/verdict-eval.md, "Members that
 join a suspect".
+
+With the class's raw inputs (:mod:`spray.verdict.patterns`), a last step reads the pixels at
+each suspect's hot spot themselves, in colour: a sample outside every suspect joins it when its
+*pattern correlation* with the members' median pattern there is at or above the lower fence of
+the members' (``pattern_joined``). Its own guard: the members' lower fence lies at or above the
+upper fence of the samples outside (a suspect whose members share no pattern takes no one in).
+No relevance condition: a sample that carries the pattern belongs to the list a user cleans.
+Measured in docs/verdict-eval.md, "Members by their pattern".
 """
 
 from __future__ import annotations
@@ -48,6 +56,12 @@ def lower_fence(values: np.ndarray, reach: float) -> float:
     """The lower fence of ``values``: Q1 − ``reach`` × IQR (Tukey's fences use 1.5 and 3)."""
     q1, q3 = np.percentile(values, [25, 75])
     return float(q1 - reach * (q3 - q1))
+
+
+def upper_fence(values: np.ndarray, reach: float) -> float:
+    """The upper fence of ``values``: Q3 + ``reach`` × IQR."""
+    q1, q3 = np.percentile(values, [25, 75])
+    return float(q3 + reach * (q3 - q1))
 
 
 def core_auc(side: np.ndarray, mask: np.ndarray, core: np.ndarray) -> float:
@@ -117,9 +131,13 @@ def join_by_pattern(labels: np.ndarray, clusters: list[ClusterEvidence], suspect
 
     A sample joins when its pattern correlation
     (:meth:`~spray.verdict.patterns.InputPatterns.correlation`, template from at most
-    ``max_template`` members) is above 0 and at or above the lower fence (Q1 − ``fence_iqr`` ×
-    IQR) of the members' correlations. Fills in ``pattern_joined`` and updates sizes and
-    fractions. Nothing moves without ``patterns``, relevance features or with ``area`` 0.
+    ``max_template`` members) is at or above the lower fence (Q1 − ``fence_iqr`` × IQR) of the
+    members' correlations. Only for a suspect whose pattern sets its members apart:
+    that lower fence must lie at or above the upper fence (Q3 + ``fence_iqr`` × IQR) of the
+    correlations of the samples outside every suspect (members without a common pattern
+    correlate about as little as the rest, and their fence falls below 0). Fills in
+    ``pattern_joined`` and updates sizes and fractions. Nothing moves (and nothing is read)
+    without ``patterns``, relevance features, with ``area`` 0 or without samples outside.
 
     Returns
     -------
@@ -130,12 +148,18 @@ def join_by_pattern(labels: np.ndarray, clusters: list[ClusterEvidence], suspect
         return labels
     labels = np.array(labels, copy=True)
     for entry, mask in _suspect_groups(labels, clusters, suspects):
+        entry.pattern_joined = 0
+        outside = ~np.isin(labels, suspects)
+        if not outside.any():
+            continue
         cells = top_cells(np.abs(difference(features, mask)), area)
         r = patterns.correlation(cells, mask, max_template)
-        entry.pattern_joined = 0
         if r is None:
             continue
-        join = ~np.isin(labels, suspects) & (r > 0) & (r >= lower_fence(r[mask], fence_iqr))
+        fence = lower_fence(r[mask], fence_iqr)
+        if fence < upper_fence(r[outside], fence_iqr):
+            continue
+        join = outside & (r >= fence)
         entry.pattern_joined = int(join.sum())
         labels[join] = entry.id
     resize_entries(clusters, labels)

@@ -14,9 +14,9 @@ another colour balance, still correlates. On the same suspects it tells the stam
 outside from the others with AUC 0.977–1.0 (docs/verdict-eval.md, "Members by their
 pattern").
 
-Inputs are read in chunks through a ``load(rows)`` function, so a class of any size costs two
-passes over the hot-spot pixels (the members' template from at most ``max_template`` of them,
-then every sample's correlation) and memory for one chunk.
+Inputs are read in chunks through a ``load(rows)`` function: per suspect, one pass over at most
+``max_template`` members for the template, then one over the whole class; memory holds one
+chunk of whole inputs and the template's ``max_template`` × C·P hot-spot values.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from collections.abc import Callable
 import numpy as np
 
 from spray.analysis.preprocess import cell_pixels
+from spray.config.presets import PreprocessSection
 
 
 class InputPatterns:
@@ -49,10 +50,10 @@ class InputPatterns:
                      chunk: int = 4096) -> InputPatterns | None:
         """Patterns for relevance features made by the ``preprocess`` section, or None where
         a feature cell is not a place in the input (``transform: fft``; channels kept apart)."""
-        if preprocess.get("transform") == "fft" or not preprocess.get("channel_sum", True):
+        p = PreprocessSection.coerce(preprocess)
+        if p.transform == "fft" or not p.channel_sum:
             return None
-        pool = preprocess.get("pool")
-        return cls(load, n, None if pool is None else tuple(pool), chunk)
+        return cls(load, n, None if p.pool is None else tuple(p.pool), chunk)
 
     @classmethod
     def of(cls, inputs: np.ndarray, preprocess: dict, chunk: int = 4096) -> InputPatterns | None:
@@ -84,7 +85,7 @@ class InputPatterns:
 
         The template is the median centred pattern of at most ``max_template`` members (evenly
         spaced in their order). Returns ``(n,)`` cosines in [−1, 1], or None when the template
-        is flat (no pattern to carry) or the cells hold no whole pixel.
+        is flat (no pattern to carry) or no pixel lies at least half in the cells.
         """
         members = np.flatnonzero(mask)
         if len(members) > max_template:
