@@ -17,6 +17,8 @@ import argparse
 import json
 from pathlib import Path
 
+import numpy as np
+
 DETECT = 0.9
 
 
@@ -63,7 +65,7 @@ def compare(before: Path, after: Path) -> dict:
         s["gained"][0] += sb - sa
         s["gained"][1] += ub - ua
     for s in settings.values():
-        s["median_recall"] = [sorted(r)[len(r) // 2] if r else None for r in s.pop("recalls")]
+        s["median_recall"] = [float(np.median(r)) if r else None for r in s.pop("recalls")]
     return {"before": str(before), "after": str(after), "checks": len(a),
             "score_or_flag_changed": len(changed), "settings": settings}
 
