@@ -47,7 +47,8 @@ def _scene_class(seed: int = 0, n: int = 200, suspects: int = 30, outside: int =
     box[look] = box[look] * (1 - 0.75 * GLYPH.mean()) + 0.75 * GLYPH.mean()
     rel = sign * rng.uniform(0, 0.2, (n, 16, 16)).astype(np.float32)
     looked = stamped.copy()
-    looked[seen:] = False if seen is not None else looked[seen:]
+    if seen is not None:
+        looked[seen:] = False
     rel[looked, BOX[0], BOX[1]] += sign * 2.0
     feats = preprocess(rel, PRE)
     labels = np.zeros(n, dtype=np.int64)
