@@ -28,9 +28,10 @@ def _listening(proc: psutil.Process) -> set[tuple[str, int]]:
     return found
 
 
-def _serves_dashboard(port: int) -> bool:
-    """Whether ``port`` answers ``GET /status`` with 200. A Dask comm port speaks first (its
-    handshake) and is left alone, so the probe never feeds a scheduler bytes it cannot parse."""
+def _serves_dashboard(port: int) -> bool | None:
+    """Whether ``port`` answers ``GET /status`` with 200 (True), is a Dask comm port (False:
+    it speaks first, its handshake, and is left alone, so the probe never feeds a scheduler
+    bytes it cannot parse), or gave no answer yet (None: a server still starting)."""
     try:
         with socket.create_connection(("127.0.0.1", port), timeout=3) as sock:
             sock.settimeout(1.0)
@@ -41,9 +42,9 @@ def _serves_dashboard(port: int) -> bool:
                 pass
             sock.settimeout(5.0)
             sock.sendall(b"GET /status HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
-            return sock.recv(64).split(b"\r\n")[0].split()[1:2] == [b"200"]
+            return sock.recv(64).split(b"\r\n")[0].split()[1:2] == [b"200"] or None
     except (OSError, IndexError):
-        return False
+        return None
 
 
 def _watch_run(config, scheduler: str) -> tuple[set, set, str]:
@@ -52,15 +53,17 @@ def _watch_run(config, scheduler: str) -> tuple[set, set, str]:
     proc = subprocess.Popen([sys.executable, "-m", "spray", "run", str(config), "--scheduler",
                              scheduler], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, env=dict(os.environ))
-    ps, sockets, dashboards, probed = psutil.Process(proc.pid), set(), set(), set()
+    ps, sockets, dashboards, comms = psutil.Process(proc.pid), set(), set(), set()
     deadline = time.monotonic() + 600
     while proc.poll() is None and time.monotonic() < deadline:
         with_sockets = _listening(ps)
         sockets |= with_sockets
-        for _, port in with_sockets - probed:
-            if _serves_dashboard(port):
-                dashboards.add(port)
-        probed |= with_sockets
+        # a port is probed until it answers: a dashboard that listens before it serves is
+        # asked again on the next round
+        for port in {port for _, port in with_sockets} - dashboards - comms:
+            answer = _serves_dashboard(port)
+            if answer is not None:
+                (dashboards if answer else comms).add(port)
         time.sleep(0.2)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 0, err
