@@ -11,6 +11,7 @@ import resource
 import signal
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -246,6 +247,65 @@ def test_corrupt_analysis_array_is_analysed_again(project, capsys):
     info = json.loads((project.path / "out" / "run.json").read_text())
     assert info["analyses_reused"] == 2 and info["chunks_computed"] == 0
     assert (store / "classes" / "0" / "relevance").stat().st_mtime_ns == kept
+
+
+def test_analysis_by_other_code_is_analysed_again(project, capsys):
+    """An analysis stored by other analysis or verdict code (an older rule, before a result key
+    existed) is made again on resume; the classes analysed by this code are kept."""
+    import zarr
+
+    from spray.run.tasks import analysis_code
+
+    code, msg = project.run(capsys)
+    assert code == 0, msg
+    store = project.path / "out" / "spray.zarr"
+    group = zarr.open_group(str(store), mode="a")["classes"]
+    old = dict(group["1"].attrs["analysis"])
+    assert old["code"] == analysis_code()
+    group["1"].attrs["analysis"] = {**old, "code": "0" * 16, "flags": {**old["flags"],
+                                                                     "score": -99.0}}
+    legacy = dict(group["2"].attrs["analysis"])
+    del legacy["code"]  # written by a spray that recorded no code digest
+    group["2"].attrs["analysis"] = legacy
+    code, msg = project.run(capsys)
+    assert code == 0, msg
+    info = json.loads((project.path / "out" / "run.json").read_text())
+    assert info["analyses_reused"] == 1 and info["chunks_computed"] == 0
+    group = zarr.open_group(str(store), mode="r")["classes"]
+    for c in ("1", "2"):
+        assert group[c].attrs["analysis"]["code"] == analysis_code()
+    assert group["1"].attrs["analysis"]["flags"]["score"] == old["flags"]["score"]
+
+
+def test_code_digest_follows_every_analysis_file(tmp_path):
+    """The digest changes with a byte of any file below the parts, with a new file and with a
+    renamed one, and not with a file of another kind."""
+    import shutil
+
+    import spray
+    from spray.run.tasks import ANALYSIS_CODE, analysis_code, code_digest
+
+    root = tmp_path / "spray"
+    src = Path(spray.__file__).parent
+    for part in ("analysis", "verdict"):
+        shutil.copytree(src / part, root / part, ignore=shutil.ignore_patterns("__pycache__"))
+    (root / "run").mkdir()
+    shutil.copy(src / "run" / "tasks.py", root / "run" / "tasks.py")
+    first = code_digest(root)
+    assert first == analysis_code()
+    (root / "verdict" / "notes.txt").write_text("not code")
+    assert code_digest(root) == first
+    edits = [lambda: (root / "verdict" / "members.py").write_text(
+                 (root / "verdict" / "members.py").read_text() + "\n"),
+             lambda: (root / "analysis" / "extra.py").write_text(""),
+             lambda: (root / "analysis" / "extra.py").rename(root / "analysis" / "other.py"),
+             lambda: (root / "run" / "tasks.py").write_text("")]
+    seen = {first}
+    for edit in edits:
+        edit()
+        now = code_digest(root, ANALYSIS_CODE)
+        assert now not in seen
+        seen.add(now)
 
 
 def test_report_of_a_folder_without_store(tmp_path, capsys):

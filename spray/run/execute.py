@@ -32,7 +32,7 @@ from spray.run import warm_up
 from spray.run.dask_cluster import dashboard_text, dask_client, runtime_settings, workers_info
 from spray.run.plan import RunPlan, _clear_run_dir, plan_run
 from spray.run.signals import interrupt_on_signals
-from spray.run.tasks import analyze_class, lrp_chunk, pipeline_hash
+from spray.run.tasks import analysis_current, analyze_class, lrp_chunk
 from spray.store import (
     OwnedFiles,
     RunLock,
@@ -200,7 +200,7 @@ def prepare_store(plan: RunPlan) -> StorePlan:
         if cfg.attribution.precomputed:  # copied, not computed from samples: resume by marker
             todo[c] = [i for i, ok in enumerate(done) if not ok]
             previous = cg.attrs.get("analysis") or {}
-            if not todo[c] and previous.get("pipeline_hash") == pipeline_hash(plan.pipeline):
+            if not todo[c] and analysis_current(previous, plan.pipeline):
                 reuse.add(c)
         else:
             todo[c] = list(range(len(done)))

@@ -7,9 +7,12 @@ straight into the Zarr store, so nothing but small status dicts travel through t
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import os
 import time
 import warnings
+from pathlib import Path
 from urllib.parse import urlsplit
 
 import numpy as np
@@ -298,6 +301,40 @@ def pipeline_hash(pipeline: dict) -> str:
     return json_hash(key)
 
 
+#: the code that decides a class's analysis and verdict, relative to the spray package: a stored
+#: analysis written by other code (another rule, before a new result key) is analysed again
+ANALYSIS_CODE = ("analysis", "verdict", "run/tasks.py")
+
+
+def code_digest(root: Path, parts=ANALYSIS_CODE) -> str:
+    """16 hex digits of the SHA-256 over the path and bytes of every ``.py`` and ``.json`` file
+    below ``root / part`` (a folder, recursively, or one file), in sorted order."""
+    h = hashlib.sha256()
+    for part in parts:
+        top = root / part
+        files = [top] if top.is_file() else sorted(
+            p for p in top.rglob("*") if p.is_file() and p.suffix in (".py", ".json"))
+        for path in files:
+            h.update(path.relative_to(root).as_posix().encode() + b"\0")
+            h.update(path.read_bytes() + b"\0")
+    return h.hexdigest()[:16]
+
+
+@functools.cache
+def analysis_code() -> str:
+    """:func:`code_digest` of the installed spray's analysis and verdict code (once a process)."""
+    import spray
+
+    return code_digest(Path(spray.__file__).parent)
+
+
+def analysis_current(previous: dict, pipeline: dict) -> bool:
+    """A stored analysis (a class's ``analysis`` attribute) was made with this pipeline by this
+    analysis and verdict code; one without a code digest (an older spray) is not."""
+    return (previous.get("pipeline_hash") == pipeline_hash(pipeline)
+            and previous.get("code") == analysis_code())
+
+
 def analyze_class(run_dir: str, c: int, pipeline: dict, data_cfg: dict, _deps=None,
                   runtime=1) -> dict:
     """:func:`analyze_stored_class` once the class's LRP chunks (``_deps``) are all written.
@@ -343,9 +380,9 @@ def analyze_stored_class(run_dir: str, c: int, pipeline: dict, data_cfg: dict,
     cg = open_class(run_dir, c, mode="a")
     samples = class_samples_hash(cg)
     previous = cg.attrs.get("analysis") or {}
-    if (previous.get("pipeline_hash") == pipeline_hash(pipeline)
-            and previous.get("samples_hash") == samples and _analysis_readable(cg)):
-        return {"class": c, **previous, "reused": True}  # same maps, same pipeline: keep it
+    if (analysis_current(previous, pipeline) and previous.get("samples_hash") == samples
+            and _analysis_readable(cg)):
+        return {"class": c, **previous, "reused": True}  # same maps, pipeline and code: keep it
     indices = cg["index"][:]
     source = open_source(data_cfg)
     edges = bool((pipeline.get("flags") or {}).get("edge_randomness_weight"))
@@ -368,7 +405,8 @@ def analyze_stored_class(run_dir: str, c: int, pipeline: dict, data_cfg: dict,
     write_array(cg, "labels", labels)
     _write_cluster_views(cg, source, indices, labels, [c["id"] for c in verdict["clusters"]])
     info = {"n_clusters": int(result.n_clusters), "k": int(result.k),
-            "pipeline_hash": pipeline_hash(pipeline), "samples_hash": samples,
+            "pipeline_hash": pipeline_hash(pipeline), "code": analysis_code(),
+            "samples_hash": samples,
             "warnings": list(result.warnings), "flags": verdict,
             "seconds": time.perf_counter() - t0}
     cg.attrs["analysis"] = info
