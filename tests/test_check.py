@@ -6,12 +6,14 @@ import copy
 import json
 import xml.etree.ElementTree as ET
 
+import numpy as np
 import pytest
 from conftest import run_cli
 
 from spray.ci import check as chk
 from spray.ci import evidence
 from spray.errors import IncompleteRunError
+from spray.verdict.skill import chance_test
 
 
 def _entry(c, score, flagged, members=None, size=None, status="ok", name=None):
@@ -32,9 +34,14 @@ FINGERPRINTS = {"model": "m1", "data": "d1", "model_code": "mc", "dataset": "ds"
                 "classes": "cl", "pipeline": "pl"}
 
 
+#: six classes of 100 samples, 90 of each predicted right, the rest as the next class
+LEARNT = chance_test(np.repeat(np.arange(6), 100),
+                     np.concatenate([np.r_[[c] * 90, [(c + 1) % 6] * 10] for c in range(6)]))
+
+
 def _summary(entries, **fingerprints):
     return {"spray_version": "0.1.0", "config_hash": "abc", "created": "2026-01-01T00:00:00",
-            "run_state": "finished", "run_id": "r1",
+            "run_state": "finished", "run_id": "r1", "model_skill": LEARNT,
             "fingerprints": {**FINGERPRINTS, **fingerprints},
             "classes": entries, "flagged": [e["class"] for e in entries if e["flagged"]]}
 
@@ -251,3 +258,52 @@ def test_markdown_escapes_links_and_control_characters():
     text = chk.markdown(_summary([e]))
     assert "](http" not in text and "\\[click\\]\\(http" in text
     assert "\x1b" not in text and "\\*bold\\*" in text
+
+
+# ---------------------------------------------------------------- a model that learnt nothing
+
+
+def _at_chance(n=600, classes=6, seed=0):
+    """Predictions that ignore the label: drawn from the model's favourite three classes."""
+    rng = np.random.default_rng(seed)
+    labels = np.repeat(np.arange(classes), n // classes)
+    return chance_test(labels, rng.choice([1, 2, 4], size=len(labels), p=[0.5, 0.3, 0.2]))
+
+
+def test_a_model_at_chance_is_not_vouched_for(tmp_path, capsys):
+    """A clean-looking run of a model at chance exits 3 naming its accuracy and chance; the
+    same run of a model that learnt passes; --allow-incomplete checks the classes anyway."""
+    entries = [_entry(c, 0.3, False) for c in range(6)]
+    good = _write(tmp_path, "good", _summary(entries))
+    assert chk.check(good) == 0
+    bad = _summary(copy.deepcopy(entries))
+    bad["model_skill"] = _at_chance()
+    assert bad["model_skill"]["p_value"] > 0.01
+    run = _write(tmp_path, "bad", bad)
+    with pytest.raises(IncompleteRunError, match=r"has not learnt: accuracy 0\.\d+ on 600 "
+                                                 r"samples of 6 classes against chance"):
+        chk.check(run)
+    assert chk.check(run, allow_incomplete=True) == 0
+    assert "has not learnt" in capsys.readouterr().out
+    proc = run_cli("check", run)
+    assert proc.returncode == 3 and "has not learnt" in proc.stderr
+
+
+def test_the_chance_level_is_the_presets(tmp_path):
+    """``health.max_chance_p`` decides: a weak model passes at a lenient level and fails at a
+    strict one; a summary without a skill record (an older spray) fails closed."""
+    labels = np.repeat(np.arange(6), 100)
+    pred = np.where(np.arange(600) % 100 < 25, labels, (labels + 1) % 6)  # 25 % right
+    weak = chance_test(labels, pred)
+    assert 1e-9 < weak["p_value"] < 1e-3
+    summary = _summary([_entry(c, 0.3, False) for c in range(6)])
+    summary["model_skill"] = weak
+    for level, problems in ((1e-3, 0), (1e-9, 1)):
+        summary["health_limits"] = {"max_chance_p": level}
+        assert len(chk.skill_problems(summary)) == problems, level
+    del summary["model_skill"]
+    assert chk.skill_problems(summary) == [
+        "the summary records no model skill (made by an older spray); rerun 'spray run'"]
+    one_class = chance_test(np.zeros(50, int), np.zeros(50, int))
+    summary["model_skill"] = one_class  # one class: the question cannot be asked
+    assert one_class["p_value"] is None and chk.skill_problems(summary) == []

@@ -65,6 +65,44 @@ def _summary(run_dir: Path) -> dict:
     return json.loads((run_dir / "report" / "summary.json").read_text())
 
 
+# ---------------------------------------------------------------- a model that learnt nothing
+
+
+def test_a_model_trained_on_shuffled_labels_is_refused(finished, small_problem, tmp_path,
+                                                       capsys):
+    """The same network trained as long on labels shuffled across the data set learns nothing
+    about the classes: its run finishes, and the gate refuses it (exit 3) with its accuracy
+    against chance. The model trained on the true labels is vouched for."""
+    good = _summary(finished / "out")["model_skill"]
+    assert good["classes"] == 3 and good["p_value"] < 1e-30 and good["kappa"] > 0.9
+    assert chk.skill_problems(_summary(finished / "out")) == []
+    root = _project(small_problem, tmp_path / "shuffled")
+    x, y = small_problem["x"], small_problem["y"]
+    namespace: dict = {}
+    exec((root / "smallnet.py").read_text(), namespace)
+    torch.manual_seed(0)
+    model = namespace["build"]()
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    shuffled = np.random.default_rng(5).permutation(y)
+    xt, yt = torch.as_tensor(x), torch.as_tensor(shuffled)
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(15):
+        for batch in torch.randperm(len(xt), generator=gen).split(64):
+            opt.zero_grad()
+            torch.nn.functional.cross_entropy(model(xt[batch]), yt[batch]).backward()
+            opt.step()
+    torch.save(model.eval().state_dict(), root / "weights.pt")
+    code, out = _run(root, capsys=capsys)
+    assert code == 0, out  # the run itself finishes
+    skill = _summary(root / "out")["model_skill"]
+    assert skill["samples"] == len(y) and skill["p_value"] > 1e-3, skill
+    assert skill["kappa"] < 0.1, skill
+    assert "not above chance" in (root / "out" / "report" / "index.html").read_text()
+    proc = run_cli("check", root / "out")
+    assert proc.returncode == 3, proc.stdout + proc.stderr
+    assert "the model has not learnt: accuracy" in proc.stderr
+
+
 # ---------------------------------------------------------------- fingerprints
 
 

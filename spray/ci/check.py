@@ -17,7 +17,9 @@ code, kind of data, class list and analysis pipeline (:data:`BASELINE_FINGERPRIN
 refused (exit 2) unless ``baseline_any``.
 
 The check fails closed: a run that did not finish, a class whose analysis failed or is missing,
-and a summary that is not the one of the store's last run exit with code 3
+a model that does not beat chance on the analysed samples (``health.max_chance_p``,
+:mod:`spray.verdict.skill`) and a summary that is not the one of the store's last run exit with
+code 3
 (:class:`~spray.errors.IncompleteRunError`) unless ``allow_incomplete``. Classes within the watch
 margin below the threshold are listed as ``watch`` and never fail.
 """
@@ -45,6 +47,7 @@ from spray.ci.outputs import (
     table,
 )
 from spray.errors import IncompleteRunError, SprayError, StoreError
+from spray.verdict.skill import learnt, max_chance_p, skill_text
 
 #: score rise (in score units) above which an accepted flag counts as worse
 DEFAULT_MARGIN = 0.5
@@ -160,11 +163,26 @@ def gate_problems(summary: dict, run_dir: str | Path | None = None) -> list[str]
         problems.append(f"the summary is stale: it belongs to run {summary.get('run_id')} but "
                         f"the store was last written by run {store.get('run_id')}; rebuild it "
                         f"with 'spray report'")
+    problems += skill_problems(summary)
     for e in summary["classes"]:
         if e.get("status") not in VOUCHED:
             why = f": {e['reason']}" if e.get("reason") else ""
             problems.append(f"class {_plain(e['name'])} ({e['class']}) is {e.get('status')}{why}")
     return problems
+
+
+def skill_problems(summary: dict) -> list[str]:
+    """The model does not beat chance on the analysed samples (``health.max_chance_p``), or the
+    summary does not say (made by an older spray). None when it cannot be asked: fewer than
+    two classes with known predictions (:mod:`spray.verdict.skill`)."""
+    if "model_skill" not in summary:
+        return ["the summary records no model skill (made by an older spray); rerun 'spray run'"]
+    skill, max_p = summary["model_skill"], max_chance_p(summary.get("health_limits"))
+    if learnt(skill, max_p) is False:
+        return [f"the model has not learnt: {skill_text(skill)}, above health.max_chance_p "
+                f"{max_p:g}; relevance of a model at chance explains no decision, so no "
+                f"verdict on it can be vouched for"]
+    return []
 
 
 def health_problems(summary: dict) -> list[str]:

@@ -282,9 +282,11 @@ class HealthSection(_Section):
     A sample's conservation ratio (Σ input relevance / explained logit) is *outside* when it
     lies outside ``[conservation_min, conservation_max]`` or is undefined; a class fails when
     more than ``max_outside`` of its samples are outside, more than ``max_nonfinite`` of its
-    maps hold NaN/Inf or more than ``max_zero_maps`` are all zero. The defaults catch exploding,
-    reversed, vanishing and non-finite relevance for CNN and transformer composites alike
-    (AttnLRP keeps far less of the logit than the CNN composites); tighten them per model.
+    maps hold NaN/Inf or more than ``max_zero_maps`` are all zero. ``max_chance_p`` is read by
+    the gate always: a model at chance explains nothing, so no verdict on it is vouched for.
+    The defaults catch exploding, reversed, vanishing and non-finite relevance for CNN and
+    transformer composites alike (AttnLRP keeps far less of the logit than the CNN
+    composites); tighten them per model.
     """
 
     conservation_min: float = -1.0
@@ -292,6 +294,10 @@ class HealthSection(_Section):
     max_outside: float = Field(default=0.1, ge=0, le=1)
     max_nonfinite: int = Field(default=0, ge=0)
     max_zero_maps: int = Field(default=0, ge=0)
+    #: the gate refuses (exit 3) a run whose model does not beat chance on the analysed samples
+    #: at this one-sided binomial p-value (:mod:`spray.verdict.skill`); checked without
+    #: ``--fail-on``
+    max_chance_p: float = Field(default=1e-3, gt=0, le=1)
 
 
 class PipelineModel(_Section):

@@ -34,6 +34,7 @@ from spray.report.headline import headline
 from spray.report.markup import PAGE, STYLE, _esc, _fmt, _name, _shown_cluster, _verdict_word
 from spray.report.summary import class_fingerprints, read_class_entries, write_summary
 from spray.store import open_class
+from spray.verdict.skill import learnt, max_chance_p, skill_text
 
 log = logging.getLogger(__name__)
 
@@ -91,6 +92,7 @@ def _run_header(run_dir: Path, summary: dict, cfg: dict) -> str:
                   + (f", weights <code>{_esc(model.get('weights'))}</code>"
                      if model.get("weights") else "")
                   + (f" (fingerprint <code>{_esc(fp['model'])}</code>)" if fp.get("model") else "")),
+        ("model skill", _skill_html(summary)),
         ("relevance", f"LRP composite <code>{_esc(attribution.get('composite', '?'))}</code>, "
                       f"target <code>{_esc(attribution.get('target', 'label'))}</code>"),
         ("analysis", f"pipeline <code>{_esc(pipe_name or '?')}</code>"
@@ -104,6 +106,17 @@ def _run_header(run_dir: Path, summary: dict, cfg: dict) -> str:
         ("written", f"{_esc(summary.get('created'))} by spray {_esc(summary.get('spray_version'))}"),
     ]
     return "<dl class=run>" + "".join(f"<dt>{k}</dt><dd>{v}</dd>" for k, v in items) + "</dl>"
+
+
+def _skill_html(summary: dict) -> str:
+    """The model's accuracy on the analysed samples against chance, and whether the gate takes
+    it as learnt (:mod:`spray.verdict.skill`)."""
+    skill = summary.get("model_skill")
+    if not skill or skill.get("p_value") is None:
+        return "not measured (fewer than two classes with known predictions)"
+    refused = learnt(skill, max_chance_p(summary.get("health_limits"))) is False
+    return _esc(skill_text(skill)) + (" <b>— not above chance: the gate refuses this run</b>"
+                                      if refused else "")
 
 
 def _ranked(classes: list[dict]) -> list[dict]:

@@ -194,6 +194,7 @@ def build_summary(run_dir: Path, reuse: dict[str, dict] | None = None) -> dict:
     return {"run_state": group.attrs.get("run_state"), "run_id": group.attrs.get("run_id"),
             "watch_margin": margin, "watch": [e["class"] for e in entries if e.get("watch")],
             "health_limits": limits,
+            "model_skill": group.attrs.get("model_skill"),
             "spray_version": group.attrs.get("spray_version"),
             "config_hash": group.attrs.get("config_hash"),
             "fingerprints": dict(group.attrs.get("fingerprints", {})),

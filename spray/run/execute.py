@@ -18,6 +18,8 @@ import uuid
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import numpy as np
+
 from spray import __version__
 from spray.config.run_config import (
     RunConfig,
@@ -285,6 +287,26 @@ def _slurm_jobs(results: dict) -> dict[str, list[str]]:
     return {stage: ids for stage, ids in jobs.items() if ids}
 
 
+def model_skill(classes, current) -> dict:
+    """:func:`~spray.verdict.skill.chance_test` of the stored predictions of the run's classes
+    (``current``; all stored ones when None) whose LRP chunks are all written."""
+    from spray.verdict.skill import chance_test
+
+    labels, predictions = [], []
+    for key in sorted(classes, key=int):
+        if current is not None and int(key) not in current:
+            continue
+        cg = classes[key]
+        if "prediction" not in cg or not np.all(cg["done"][:]):
+            continue
+        pred = np.asarray(cg["prediction"][:])
+        labels.append(np.full(len(pred), int(key)))
+        predictions.append(pred)
+    if not labels:
+        return chance_test(np.zeros(0, np.int64), np.zeros(0, np.int64))
+    return chance_test(np.concatenate(labels), np.concatenate(predictions))
+
+
 def _finish_store(run_dir: Path, failures: dict, incomplete: bool) -> None:
     """Record failures, the hash of every sample the maps come from and the run's end state."""
     group = open_store(run_dir, mode="a")
@@ -295,6 +317,7 @@ def _finish_store(run_dir: Path, failures: dict, incomplete: bool) -> None:
         samples.update(f"{key}:{class_samples_hash(classes[key])};".encode())
     group.attrs["fingerprints"] = {**dict(group.attrs.get("fingerprints", {})),
                                    "samples": samples.hexdigest()[:16]}
+    group.attrs["model_skill"] = model_skill(classes, group.attrs.get("classes"))
     mark_run(group, "failed" if failures or incomplete else "finished")
 
 

@@ -246,10 +246,14 @@ def score_setting(setting, data, pipe) -> list[dict]:
     from spray.analysis.preprocess import preprocess
     from spray.verdict.patterns import InputPatterns
     from spray.verdict.score import clever_hans_score
+    from spray.verdict.skill import chance_test, learnt, max_chance_p
 
     ds, planted, art, p, seed = setting
     rows = []
     kinds = [str(k) for k in data.get("flip_kinds", ARTEFACTS)]
+    # what the gate asks first: does the model beat chance on the samples it analyses
+    skill = chance_test(data["labels"], data["prediction"])
+    refused = learnt(skill, max_chance_p(pipe.get("health"))) is False
     for c in np.unique(data["labels"]).tolist():
         sel = np.flatnonzero(data["labels"] == c)
         test = sel[data["is_test"][sel]] if "is_test" in data else sel   # accuracy: test split
@@ -270,6 +274,7 @@ def score_setting(setting, data, pipe) -> list[dict]:
                "flagged": verdict["flagged"], "n_clusters": int(result.n_clusters),
                "seconds": round(seconds, 3),
                "accuracy": float((data["prediction"][test] == c).mean()),
+               "model_kappa": skill["kappa"], "model_p": skill["p_value"], "refused": refused,
                "evidence": {k: verdict.get(k) for k in ("contrast", "null", "concentration",
                                                         "size_prior") if k in verdict}}
         if "flip_rates" in data:
@@ -335,7 +340,9 @@ def score_draws(setting, data: dict, pipe: dict, draws: int, size: int) -> list[
         print(f"{setting_name(setting)} draw {d}: "
               + (f"planted {pl['score']:.2f} P/R {pl.get('precision', 0):.2f}/"
                  f"{pl.get('recall', 0):.2f}; " if pl else "")
-              + f"highest other class {others:.2f}", flush=True)
+              + f"highest other class {others:.2f}"
+              + (f"; the gate refuses the run (model kappa {rs[0]['model_kappa']:.3f}, p "
+                 f"{rs[0]['model_p']:.2g})" if rs[0]["refused"] else ""), flush=True)
         rows.extend(rs)
     return rows
 
@@ -350,7 +357,8 @@ def draw_records(rows: list[dict]) -> list[dict]:
         top = max((r for r in rs if not r["planted"]), key=lambda r: r["score"])
         rec = {"setting": name, "draw": d, "highest_other": top["score"],
                "n_other": len(rs) - (pl is not None),
-               "highest_other_class": top["class"], "seconds": sum(r["seconds"] for r in rs)}
+               "highest_other_class": top["class"], "seconds": sum(r["seconds"] for r in rs),
+               "refused": bool(rs[0].get("refused")), "model_kappa": rs[0].get("model_kappa")}
         if pl is not None:
             rec.update(planted_score=pl["score"], precision=pl.get("precision"),
                        recall=pl.get("recall"), n_planted=pl["n_poisoned"], n_class=pl["n"])
