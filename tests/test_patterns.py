@@ -8,8 +8,8 @@ from scipy.ndimage import gaussian_filter
 
 from spray.analysis.preprocess import cell_pixels, preprocess
 from spray.verdict.evidence import difference, top_cells
-from spray.verdict.members import join_by_pattern, lower_fence, upper_fence
-from spray.verdict.patterns import InputPatterns
+from spray.verdict.members import join_by_pattern, join_where_looked, lower_fence, upper_fence
+from spray.verdict.patterns import InputPatterns, _PeakWindows, hot_region
 from spray.verdict.result import ClusterEvidence
 
 PRE = {"channel_sum": True, "transform": "none", "pool": [8, 8], "normalize": "l1"}
@@ -236,3 +236,122 @@ def test_features_that_are_not_places_have_no_patterns(pre):
     assert InputPatterns.of(x, pre) is None
     assert InputPatterns.of(x, {**PRE, "pool": None}).grid is None
     assert InputPatterns.of(x, {}).grid == (20, 20)          # the preset's defaults
+
+
+# ---------------------------------------------------------------- where the model looks
+
+RING = np.array([[0, 1, 1, 1, 0],
+                 [1, 0, 0, 0, 1],
+                 [1, 0, 1, 0, 1],
+                 [1, 0, 0, 0, 1],
+                 [0, 1, 1, 1, 0]], dtype=bool)       # a logo, 5 × 5 px
+CORNERS = [(1, 1), (1, 26), (26, 1), (26, 26)]       # its top-left corner, per place
+
+
+def _logo_class(seed: int = 0, n: int = 240, stamped: int = 60, lookalikes: int = 20,
+                unseen: int = 0, logo: bool = True):
+    """RGB 32 × 32 smooth colour fields. The first ``stamped`` carry a red ring in one of four
+    corners (15 in each; corner 0 first) and the model's relevance sits on it, except for the
+    last ``unseen`` of them, whose relevance sits on an object blob like everyone else's. The
+    next ``lookalikes`` have relevance on a corner too, over a bright patch without the ring.
+    Cluster 1 holds the stamped samples of corner 0 (the suspect), cluster 0 the rest. Without
+    ``logo`` nobody carries the ring (a group the model looks at a corner for).
+
+    Returns inputs ``(n, 3, 32, 32)``, relevance maps ``(n, 32, 32)``, features (8 × 8),
+    labels, clusters, stamped."""
+    rng = np.random.default_rng(seed)
+    x = rng.uniform(0.1, 0.6, (n, 3, 1, 1)) + gaussian_filter(
+        rng.normal(0, 0.2, (n, 3, 32, 32)), (0, 0, 2, 2))
+    x = np.clip(x, 0, 1).astype(np.float32)
+    rel = rng.uniform(0, 0.05, (n, 32, 32)).astype(np.float32)
+    corner = np.full(n, -1)
+    corner[:stamped] = np.repeat(np.arange(4), stamped // 4)
+    for i in range(n):
+        if i < stamped:
+            y0, x0 = CORNERS[corner[i]]
+            if logo:
+                x[i, :, y0:y0 + 5, x0:x0 + 5][:, RING] = np.array([0.9, 0.1, 0.1])[:, None]
+            if i < stamped - unseen:
+                rel[i, y0:y0 + 5, x0:x0 + 5] += 1.0
+                continue
+        elif i < stamped + lookalikes:
+            y0, x0 = CORNERS[i % 4]
+            x[i, :, y0:y0 + 5, x0:x0 + 5] = np.clip(x[i, :, y0:y0 + 5, x0:x0 + 5] + 0.3, 0, 1)
+            rel[i, y0:y0 + 5, x0:x0 + 5] += 1.0
+            continue
+        cy, cx = rng.integers(9, 23, 2)                       # the object, somewhere inside
+        rel[i, cy - 3:cy + 3, cx - 3:cx + 3] += 0.5
+    feats = preprocess(rel, PRE)
+    labels = np.zeros(n, dtype=np.int64)
+    labels[:stamped // 4] = 1
+    clusters = [ClusterEvidence.of(labels == c, id=c) for c in (0, 1)]
+    truth = np.zeros(n, bool)
+    truth[:stamped] = logo
+    return x, rel, feats, labels, clusters, truth
+
+
+def test_the_logo_in_other_corners_joins_where_the_model_looks():
+    """The suspect holds the logos of one corner; those of the other three join by the pattern
+    at their own relevance peak, and no bright corner without the ring does."""
+    x, rel, feats, labels, clusters, truth = _logo_class()
+    patterns = InputPatterns.of(x, PRE, maps=rel)
+    r, share = patterns.peak_correlation(difference(feats, labels == 1), labels == 1, 2000)
+    assert r[truth].min() > 0.6 > 0.45 > r[~truth].max()
+    out = join_where_looked(labels, clusters, [1], feats, 1.0, patterns, 2000)
+    joins = (labels == 0) & (out == 1)
+    assert (joins <= truth).all() and joins.sum() >= 40                # of the 45 outside
+    assert ((labels == 0) & (r >= lower_fence(r[labels == 1], 1.0)) == joins).all()
+    assert clusters[1].peak_joined == joins.sum() and clusters[1].size == 15 + joins.sum()
+    assert clusters[0].size == len(labels) - 15 - joins.sum()
+    # without the relevance maps nothing is read and nothing moves
+    plain = InputPatterns.of(x, PRE)
+    assert (join_where_looked(labels, clusters, [1], feats, 1.0, plain, 2000) == labels).all()
+
+
+def test_a_logo_the_model_does_not_look_at_stays_outside():
+    """Stamped samples whose relevance lies on the object: the pattern is at their corner, but
+    their relevance is not concentrated on it, so they do not join."""
+    x, rel, feats, labels, clusters, truth = _logo_class(unseen=8)
+    out = join_where_looked(labels, clusters, [1], feats, 1.0, InputPatterns.of(x, PRE, maps=rel),
+                            2000)
+    joins = (labels == 0) & (out == 1)
+    assert not joins[52:60].any() and (joins <= truth).all()
+    assert joins.sum() >= 33 and clusters[1].peak_joined == joins.sum()   # of the 37 seen
+
+
+def test_no_join_for_members_without_a_common_pattern():
+    """A group the model looks at a corner for, with nothing stamped there: the members'
+    correlations fall below the upper fence of the rest's, and nobody joins (the guard)."""
+    x, rel, feats, labels, clusters, _ = _logo_class(logo=False)
+    out = join_where_looked(labels, clusters, [1], feats, 1.0, InputPatterns.of(x, PRE, maps=rel),
+                            2000)
+    assert (out == labels).all() and clusters[1].peak_joined == 0
+
+
+def test_the_window_is_the_hot_region_in_pixels():
+    """The window's side is the larger side of the region around the peak difference that
+    holds at least half of it, scaled from the feature grid to pixels."""
+    diff = np.zeros((8, 8))
+    diff[1:3, 5:8] = [[0.6, 1.0, 0.5], [0.2, 0.7, 0.6]]
+    diff[6, 0] = 0.9                      # another region: not connected to the peak
+    assert hot_region(diff) == (2, 3)
+    assert hot_region(-np.ones((4, 4))) is None
+    x, rel, feats, labels, *_ = _logo_class()
+    seen = {}
+
+    class Spy(_PeakWindows):
+        def __init__(self, side, H, W):
+            seen["side"] = side
+            super().__init__(side, H, W)
+
+    import spray.verdict.patterns as patterns_module
+
+    original = patterns_module._PeakWindows
+    patterns_module._PeakWindows = Spy
+    try:
+        InputPatterns.of(x, PRE, maps=rel).peak_correlation(difference(feats, labels == 1),
+                                                            labels == 1, 2000)
+    finally:
+        patterns_module._PeakWindows = original
+    region = hot_region(difference(feats, labels == 1).reshape(8, 8))
+    assert seen["side"] == round(max(region) * 32 / 8)

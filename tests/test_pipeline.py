@@ -88,6 +88,7 @@ def test_suspect_members_by_pattern_read_the_stored_inputs(small_problem, small_
     flags = cg.attrs["analysis"]["flags"]
     suspect = next(c for c in flags["clusters"] if c["id"] == flags["suspect_cluster"])
     assert isinstance(suspect.get("pattern_joined"), int), suspect
+    assert isinstance(suspect.get("peak_joined"), int), suspect
     assert suspect["size"] == int((cg["labels"][:] == suspect["id"]).sum())
 
     from spray.data.sources import open_source
@@ -96,9 +97,11 @@ def test_suspect_members_by_pattern_read_the_stored_inputs(small_problem, small_
     cfg, base = load_config(small_problem["config"])
     index = cg["index"][:]
     patterns = class_patterns(open_source(cfg.data.model_dump(), str(base)), index,
-                              {"channel_sum": True, "pool": [20, 20]}, 64)
-    rows = np.array([0, 5, len(index) - 1])
-    np.testing.assert_array_equal(patterns.load(rows), small_problem["x"][index[rows]])
+                              {"channel_sum": True, "pool": [20, 20]}, 64, cg["relevance"])
+    stored = cg["relevance"][:]
+    for rows in (np.array([0, 5, len(index) - 1]), np.arange(3, 9)):   # scattered, consecutive
+        np.testing.assert_array_equal(patterns.load(rows), small_problem["x"][index[rows]])
+        np.testing.assert_array_equal(patterns.relevance(rows), stored[rows])
 
 
 def test_check_exit_codes_and_ci_files(small_run, tmp_path):

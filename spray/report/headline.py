@@ -10,10 +10,9 @@ their own once the patch is masked; well below 1: they are a sub-group of the da
 from __future__ import annotations
 
 import numpy as np
-from scipy import ndimage
 
-#: a difference this share of its peak still belongs to the patch
-PATCH_LEVEL = 0.5
+from spray.verdict.patterns import hot_region_cells
+
 #: below this concentration the relevance difference is called spread out, not a patch
 MIN_CONCENTRATION = 0.3
 #: input randomness at or above this: the inputs look like the rest of the class
@@ -24,11 +23,10 @@ def patch_extent(diff: np.ndarray) -> tuple[int, int, str] | None:
     """Height, width and position words of the region where ``diff`` (cluster − rest mean
     relevance, ``(H, W)``) is largest; ``None`` when the cluster has no positive difference."""
     d = np.asarray(diff, dtype=np.float64)
-    if d.ndim != 2 or not np.isfinite(d).all() or d.max() <= 0:
+    found = hot_region_cells(d)
+    if found is None:
         return None
-    regions, _ = ndimage.label(d >= PATCH_LEVEL * d.max())
-    peak = np.unravel_index(np.argmax(d), d.shape)
-    rows, cols = np.nonzero(regions == regions[peak])
+    rows, cols = found
     h, w = int(rows.max() - rows.min() + 1), int(cols.max() - cols.min() + 1)
     cy = (rows.min() + rows.max() + 1) / 2 / d.shape[0]
     cx = (cols.min() + cols.max() + 1) / 2 / d.shape[1]

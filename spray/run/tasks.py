@@ -275,15 +275,24 @@ def class_features(cg, c: int, source, params: dict,
             np.concatenate(edge_feats) if edges else None)
 
 
-def class_patterns(source, indices: np.ndarray, preprocess: dict, chunk: int):
+def class_patterns(source, indices: np.ndarray, preprocess: dict, chunk: int, relevance=None):
     """The raw inputs of a class for the members by their pattern
     (:class:`~spray.verdict.patterns.InputPatterns`): position ``i`` of the class is the
     dataset sample ``indices[i]``, read from ``source`` before normalization, ``chunk`` at a
-    time."""
+    time; ``relevance`` (the class's stored ``(n, H, W)`` maps) is read by the same rows."""
     from spray.verdict.patterns import InputPatterns
 
+    maps = None if relevance is None else (lambda rows: _read_rows(relevance, rows))
     return InputPatterns.for_pipeline(lambda rows: source.load_display(indices[rows]),
-                                      len(indices), preprocess, chunk)
+                                      len(indices), preprocess, chunk, maps)
+
+
+def _read_rows(array, rows: np.ndarray) -> np.ndarray:
+    """``array[rows]`` of a Zarr array: one slice for consecutive rows, else by coordinates."""
+    rows = np.asarray(rows)
+    if len(rows) and rows[-1] - rows[0] + 1 == len(rows):
+        return np.asarray(array[int(rows[0]):int(rows[-1]) + 1])
+    return np.asarray(array.get_orthogonal_selection((rows,)))
 
 
 def pipeline_hash(pipeline: dict) -> str:
@@ -397,7 +406,7 @@ def analyze_stored_class(run_dir: str, c: int, pipeline: dict, data_cfg: dict,
     if result.embedding is not None:
         write_array(cg, "tsne", result.embedding.astype(np.float32))
     patterns = class_patterns(source, indices, pipeline["preprocess"],
-                              int(cg.attrs.get("chunk_size", 4096)))
+                              int(cg.attrs.get("chunk_size", 4096)), cg["relevance"])
     verdict = clever_hans_score(result, input_features, pipeline, features=features,
                                 edge_features=edge_features, patterns=patterns)
     # the analysis' clusters, with any suspect half the score split off (verdict["splits"])

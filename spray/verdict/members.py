@@ -40,6 +40,13 @@ the members' (``pattern_joined``). Its own guard: the members' lower fence lies 
 upper fence of the samples outside (a suspect whose members share no pattern takes no one in).
 No relevance condition: a sample that carries the pattern belongs to the list a user cleans.
 Measured in docs/verdict-eval.md, "Members by their pattern".
+
+An artefact at one of several places (a logo in one of four corners) makes a suspect of one
+place; the stamped samples of the others are neither at its hot spot nor near it in the graph.
+With the relevance maps too, the last step compares the pattern *where each sample's relevance
+peaks* with the members' there (:meth:`~spray.verdict.patterns.InputPatterns.peak_correlation`):
+a sample outside joins when that correlation and the share of its relevance in the window are
+at or above the members' lower fences, under the same guard (``peak_joined``).
 """
 
 from __future__ import annotations
@@ -114,13 +121,58 @@ def decide_members(labels: np.ndarray, clusters: list[ClusterEvidence], suspects
                    patterns: InputPatterns | None = None, max_template: int = 2000) -> np.ndarray:
     """Who of the suspects is reported: :func:`join_suspects`, then :func:`trim_suspects` (the
     samples outside that carry the pattern would lower the AUC that decides the trim), then
-    with the raw inputs :func:`join_by_pattern` (from the members the trim kept)."""
+    with the raw inputs :func:`join_by_pattern` (from the members the trim kept) and, with the
+    relevance maps too, :func:`join_where_looked`."""
     labels = join_suspects(labels, clusters, suspects, input_features, features, area, min_auc,
                            fence_iqr)
     labels = trim_suspects(labels, clusters, suspects, W, input_features, features, area,
                            min_auc, fence_iqr)
-    return join_by_pattern(labels, clusters, suspects, features, area, fence_iqr, patterns,
-                           max_template)
+    labels = join_by_pattern(labels, clusters, suspects, features, area, fence_iqr, patterns,
+                             max_template)
+    return join_where_looked(labels, clusters, suspects, features, fence_iqr, patterns,
+                             max_template)
+
+
+def join_where_looked(labels: np.ndarray, clusters: list[ClusterEvidence], suspects: list[int],
+                      features: np.ndarray | None, fence_iqr: float,
+                      patterns: InputPatterns | None, max_template: int) -> np.ndarray:
+    """Move the samples outside every suspect that carry its members' pattern where their own
+    relevance peaks, and whose relevance is as concentrated there, into that suspect.
+
+    A sample joins when its peak correlation
+    (:meth:`~spray.verdict.patterns.InputPatterns.peak_correlation`) is at or above the
+    lower fence of the members' and the share of its |relevance| in its peak window is at or
+    above the lower fence of theirs (the model looks at the pattern as it does for the members).
+    The guard of :func:`join_by_pattern` holds here too: the members' lower fence of the
+    correlation lies at or above the upper fence of the samples outside. Fills in
+    ``peak_joined`` and updates sizes and fractions. Nothing moves (and nothing is read)
+    without relevance maps in ``patterns``, relevance features or samples outside.
+
+    Returns
+    -------
+    numpy.ndarray
+        The labels after the moves (a new array when anything moved).
+    """
+    if patterns is None or patterns.relevance is None or features is None or not suspects:
+        return labels
+    labels = np.array(labels, copy=True)
+    for entry, mask in _suspect_groups(labels, clusters, suspects):
+        entry.peak_joined = 0
+        outside = ~np.isin(labels, suspects)
+        if not outside.any():
+            continue
+        found = patterns.peak_correlation(difference(features, mask), mask, max_template)
+        if found is None:
+            continue
+        r, share = found
+        fence = lower_fence(r[mask], fence_iqr)
+        if fence < upper_fence(r[outside], fence_iqr):
+            continue
+        join = outside & (r >= fence) & (share >= lower_fence(share[mask], fence_iqr))
+        entry.peak_joined = int(join.sum())
+        labels[join] = entry.id
+    resize_entries(clusters, labels)
+    return labels
 
 
 def join_by_pattern(labels: np.ndarray, clusters: list[ClusterEvidence], suspects: list[int],

@@ -17,6 +17,17 @@ pattern").
 Inputs are read in chunks through a ``load(rows)`` function: per suspect, one pass over at most
 ``max_template`` members for the template, then one over the whole class; memory holds one
 chunk of whole inputs and the template's ``max_template`` × C·P hot-spot values.
+
+**A pattern where the model looks** (:meth:`InputPatterns.peak_correlation`, with the relevance
+maps at the inputs' resolution). An artefact that sits at one of several places (a logo in one
+of four corners) makes a suspect of one place: its hot spot holds none of the others. Each
+sample's own *peak* is instead the S × S window holding the largest share of its |relevance|,
+S the side of the region where the members' mean relevance exceeds the rest's by at least half
+its peak (the artefact's extent as the model sees it). The pattern there, each channel centred,
+is compared with the members' median pattern at their peaks, the window moved by up to S / 2
+pixels to align it; the *peak correlation* is the best cosine. On the corner logos of the
+evaluation, the stamped samples of the other corners correlate like the members (docs/verdict.md,
+"Members where the model looks").
 """
 
 from __future__ import annotations
@@ -39,32 +50,35 @@ class InputPatterns:
     n : the number of samples of the class.
     grid : the feature grid the relevance was pooled to (``preprocess.pool``; None: the pixels).
     chunk : samples read at a time.
+    relevance : like ``load``, the relevance maps summed over the colour channels, ``(len, H,
+        W)`` at the inputs' resolution (None: :meth:`peak_correlation` is not available).
     """
 
     def __init__(self, load: Callable[[np.ndarray], np.ndarray], n: int, grid,
-                 chunk: int = 4096):
+                 chunk: int = 4096,
+                 relevance: Callable[[np.ndarray], np.ndarray] | None = None):
         self.load, self.n, self.grid, self.chunk = load, int(n), grid, int(chunk)
+        self.relevance = relevance
 
     @classmethod
     def for_pipeline(cls, load: Callable[[np.ndarray], np.ndarray], n: int, preprocess: dict,
-                     chunk: int = 4096) -> InputPatterns | None:
+                     chunk: int = 4096,
+                     relevance: Callable[[np.ndarray], np.ndarray] | None = None
+                     ) -> InputPatterns | None:
         """Patterns for relevance features made by the ``preprocess`` section, or None where
         a feature cell is not a place in the input (``transform: fft``; channels kept apart)."""
         p = PreprocessSection.coerce(preprocess)
         if p.transform == "fft" or not p.channel_sum:
             return None
-        return cls(load, n, None if p.pool is None else tuple(p.pool), chunk)
+        return cls(load, n, None if p.pool is None else tuple(p.pool), chunk, relevance)
 
     @classmethod
-    def of(cls, inputs: np.ndarray, preprocess: dict, chunk: int = 4096) -> InputPatterns | None:
-        """:meth:`for_pipeline` for inputs already in memory, ``(n, C, H, W)`` or ``(n, H, W)``."""
-        def load(rows: np.ndarray) -> np.ndarray:
-            # a run of consecutive rows is a view: no copy of whole images
-            if len(rows) and rows[-1] - rows[0] + 1 == len(rows):
-                return inputs[rows[0]:rows[-1] + 1]
-            return inputs[rows]
-
-        return cls.for_pipeline(load, len(inputs), preprocess, chunk)
+    def of(cls, inputs: np.ndarray, preprocess: dict, chunk: int = 4096,
+           maps: np.ndarray | None = None) -> InputPatterns | None:
+        """:meth:`for_pipeline` for inputs already in memory, ``(n, C, H, W)`` or ``(n, H, W)``,
+        and their relevance ``maps`` (``(n, H, W)``, optional)."""
+        return cls.for_pipeline(_rows_of(inputs), len(inputs), preprocess, chunk,
+                                None if maps is None else _rows_of(maps))
 
     def _pixels(self, rows: np.ndarray, pixels: np.ndarray | None, cells: np.ndarray):
         """The centred hot-spot pixels of ``rows`` (``(len, C·P)`` float32) and the pixel mask
@@ -108,3 +122,182 @@ class InputPatterns:
             out[rows] = np.where(lengths > 0, V @ template / np.maximum(lengths, 1e-30) / norm,
                                  0.0)
         return out
+
+    def peak_correlation(self, diff: np.ndarray, mask: np.ndarray, max_template: int
+                         ) -> tuple[np.ndarray, np.ndarray] | None:
+        """Each sample's peak correlation with the members ``mask``, and the share of its
+        |relevance| in its peak window (see the module notes).
+
+        ``diff`` is the members' mean relevance feature minus the rest's (flat, on the feature
+        grid); the window's side is the larger side of :func:`hot_region` of it, in pixels.
+        The template is the median centred pattern of at most ``max_template`` members at their
+        own peaks. Returns ``((n,) cosines, (n,) shares)``, or None without relevance maps,
+        without a region or with a flat template.
+        """
+        if self.relevance is None:
+            return None
+        members = np.flatnonzero(mask)
+        if len(members) > max_template:
+            members = members[np.linspace(0, len(members) - 1, max_template).astype(np.intp)]
+        first = np.asarray(self.relevance(members[:1]))
+        H, W = first.shape[-2:]
+        grid = (H, W) if self.grid is None else (int(self.grid[0]), int(self.grid[1]))
+        region = hot_region(np.asarray(diff, dtype=np.float64).reshape(grid))
+        if region is None:
+            return None
+        h, w = region
+        side = int(min(H, W, max(1, round(max(h * H / grid[0], w * W / grid[1])))))
+        window = _PeakWindows(side, H, W)
+        parts = []
+        for start in range(0, len(members), self.chunk):
+            rows = members[start:start + self.chunk]
+            parts.append(window.at_peak(self.load(rows), self.relevance(rows))[0])
+        template = np.median(np.concatenate(parts), axis=0).reshape(-1, window.side ** 2)
+        template = (template - template.mean(axis=1, keepdims=True)).ravel()
+        norm = float(np.linalg.norm(template))
+        if norm <= 0:
+            return None
+        template /= norm
+        r, share = np.empty(self.n), np.empty(self.n)
+        for start in range(0, self.n, self.chunk):
+            rows = np.arange(start, min(start + self.chunk, self.n))
+            r[rows], share[rows] = window.best_match(self.load(rows), self.relevance(rows),
+                                                     template)
+        return r, share
+
+
+def _rows_of(array: np.ndarray) -> Callable[[np.ndarray], np.ndarray]:
+    """``load(rows)`` of an array in memory (a run of consecutive rows is a view, not a copy)."""
+    def load(rows: np.ndarray) -> np.ndarray:
+        if len(rows) and rows[-1] - rows[0] + 1 == len(rows):
+            return array[rows[0]:rows[-1] + 1]
+        return array[rows]
+
+    return load
+
+
+#: a cell belongs to a hot region while its difference is at least this share of the peak's
+REGION_LEVEL = 0.5
+
+
+def hot_region(diff: np.ndarray) -> tuple[int, int] | None:
+    """Height and width (in cells) of the connected region around the largest value of ``diff``
+    (``(h, w)``) where it is at least :data:`REGION_LEVEL` of that value; None when ``diff``
+    has no positive, finite value."""
+    rows_cols = hot_region_cells(diff)
+    if rows_cols is None:
+        return None
+    rows, cols = rows_cols
+    return int(rows.max() - rows.min() + 1), int(cols.max() - cols.min() + 1)
+
+
+def hot_region_cells(diff: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+    """Row and column indices of the cells of :func:`hot_region`."""
+    from scipy import ndimage
+
+    d = np.asarray(diff, dtype=np.float64)
+    if d.ndim != 2 or not np.isfinite(d).all() or d.max() <= 0:
+        return None
+    regions, _ = ndimage.label(d >= REGION_LEVEL * d.max())
+    peak = np.unravel_index(np.argmax(d), d.shape)
+    return np.nonzero(regions == regions[peak])
+
+
+#: the widest window compared at full resolution (pixels); a wider one is compared on images
+#: averaged over blocks, which keeps the cost of a 224-pixel class near that of a 32-pixel one
+MAX_SIDE = 12
+
+
+class _PeakWindows:
+    """S × S windows of images at each one's relevance peak, centred per channel.
+
+    Beyond the border the edge pixels repeat (up to ``slack`` pixels), so that a window can
+    move as far towards an image border as away from it: a pattern next to one border is
+    aligned as well as the same pattern next to the opposite one. The window moves in steps of
+    ``step`` = S // 8 pixels (at most 15 × 15 places).
+    """
+
+    def __init__(self, side: int, H: int, W: int):
+        # a window wider than MAX_SIDE pixels is compared on images averaged over f × f blocks
+        self.factor = f = max(1, -(-side // MAX_SIDE))
+        self.side, self.H, self.W = max(1, round(side / f)), H // f, W // f
+        self.slack = self.side // 2
+        self.step = max(1, self.side // 8)
+
+    def _down(self, a: np.ndarray) -> np.ndarray:
+        """``a`` (``(len, …, h·f, w·f)``, or a whole image whose last partial blocks are cut)
+        averaged over f × f blocks."""
+        f = self.factor
+        a = np.asarray(a, dtype=np.float32)
+        if f == 1:
+            return a
+        h, w = a.shape[-2] // f, a.shape[-1] // f
+        a = a[..., :h * f, :w * f]
+        lead = a.shape[:-2]
+        # the columns of each block first (contiguous), then its rows
+        a = a.reshape(*lead, h * f, w, f).sum(axis=-1)
+        return a.reshape(*lead, h, f, w).sum(axis=-2) / (f * f)
+
+    def _peaks(self, relevance: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Top-left corner of each map's S × S window of largest |relevance| and its share."""
+        a = np.abs(np.asarray(relevance, dtype=np.float32))
+        if a.ndim == 4:
+            a = a.sum(axis=1)
+        a = self._down(a).astype(np.float64)
+        S = self.side
+        c = np.zeros((a.shape[0], self.H + 1, self.W + 1))
+        c[:, 1:, 1:] = a.cumsum(1).cumsum(2)
+        sums = c[:, S:, S:] - c[:, :-S, S:] - c[:, S:, :-S] + c[:, :-S, :-S]
+        flat = sums.reshape(len(a), -1)
+        best = flat.argmax(axis=1)
+        py, px = np.unravel_index(best, sums.shape[1:])
+        total = a.reshape(len(a), -1).sum(axis=1)
+        return py, px, flat[np.arange(len(a)), best] / np.maximum(total, 1e-30)
+
+    def _patches(self, x: np.ndarray, py: np.ndarray, px: np.ndarray) -> np.ndarray:
+        """``(len, C, L, L)`` float32 patches, L = S + 2 · slack, each holding every window
+        within ``slack`` of the window at ``(py, px)``; pixels beyond the border repeat the edge
+        (indices clipped). Only the patches are read at full resolution and averaged."""
+        x = np.asarray(x)
+        if x.ndim == 3:
+            x = x[:, None]
+        f, m, L = self.factor, self.slack, self.side + 2 * self.slack
+        ys = np.clip((py - m)[:, None] * f + np.arange(L * f), 0, self.H * f - 1)
+        xs = np.clip((px - m)[:, None] * f + np.arange(L * f), 0, self.W * f - 1)
+        v = x[np.arange(len(x))[:, None, None, None], np.arange(x.shape[1])[None, :, None, None],
+              ys[:, None, :, None], xs[:, None, None, :]]
+        return self._down(v)
+
+    def at_peak(self, x: np.ndarray, relevance: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Unit, per-channel centred windows ``(len, C·S·S)`` at the peaks, and the peaks'
+        shares of |relevance|."""
+        py, px, share = self._peaks(relevance)
+        m, S = self.slack, self.side
+        v = self._patches(x, py, px)[:, :, m:m + S, m:m + S]
+        v = v - v.mean(axis=(2, 3), keepdims=True)
+        v = v.reshape(len(v), -1)
+        return v / np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-30), share
+
+    def best_match(self, x: np.ndarray, relevance: np.ndarray,
+                   template: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The best cosine with ``template`` (unit, centred per channel) of the per-channel
+        centred windows within ``slack`` pixels of each peak (every ``step``-th), and the peaks'
+        shares of |relevance|. The template's channels have mean 0, so a window's dot product
+        with it needs no centring; its centred norm comes from its sums."""
+        py, px, share = self._peaks(relevance)
+        P = self._patches(x, py, px)
+        S = self.side
+        T = template.reshape(P.shape[1], S, S).astype(np.float32)
+        best = np.full(len(py), -1.0)
+        ahead = np.arange(0, self.slack + 1, self.step)
+        offsets = self.slack + np.unique(np.concatenate([-ahead, ahead]))
+        for dy in offsets:
+            for dx in offsets:
+                v = P[:, :, dy:dy + S, dx:dx + S]
+                dot = np.einsum("ncab,cab->n", v, T, dtype=np.float64)
+                sums = v.sum(axis=(2, 3), dtype=np.float64)
+                squares = np.einsum("ncab,ncab->nc", v, v, dtype=np.float64)
+                norm = np.sqrt(np.maximum((squares - sums ** 2 / (S * S)).sum(axis=1), 0.0))
+                best = np.maximum(best, np.where(norm > 1e-12, dot / np.maximum(norm, 1e-30),
+                                                 0.0))
+        return best, share

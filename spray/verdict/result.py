@@ -17,7 +17,7 @@ _EVIDENCE_KEYS = ("id", "half_of", "cut_along", "n_clusters", "cluster", "size",
                   "edge_randomness", "edge_penalty", "hot_spot_separation", "hot_spot_penalty",
                   "concentration", "peak", "peak_sign", "size_penalty",
                   "excluded", "resampled", "contrast_stable", "score", "split_from",
-                  "hot_spot_auc", "trimmed", "joined", "pattern_joined")
+                  "hot_spot_auc", "trimmed", "joined", "pattern_joined", "peak_joined")
 
 
 @dataclass
@@ -49,6 +49,8 @@ class ClusterEvidence:
     joined : for a suspect, the samples from outside that carry its pattern and joined it.
     pattern_joined : for a suspect, the samples from outside whose raw inputs at its hot spot
         carry its members' pattern and joined it (with the raw inputs only).
+    peak_joined : for a suspect, the samples from outside that carry its members' pattern where
+        their own relevance peaks and joined it (with the raw inputs and relevance maps only).
     score_from_k : the group of another K whose score this cluster took, with ``jaccard``.
     inputs : the input features the contrast was measured on (not serialized).
     """
@@ -85,6 +87,7 @@ class ClusterEvidence:
     trimmed: int | None = None
     joined: int | None = None
     pattern_joined: int | None = None
+    peak_joined: int | None = None
     score_from_k: ClusterEvidence | None = field(default=None, repr=False)
     jaccard: float | None = None
     inputs: np.ndarray | None = field(default=None, repr=False, compare=False)

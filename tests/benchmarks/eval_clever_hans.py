@@ -265,7 +265,8 @@ def score_setting(setting, data, pipe) -> list[dict]:
         result = analyze(feats, pipeline=pipe, embed=False)
         more = {} if edges is None else {"edge_features": edges}
         verdict = clever_hans_score(result, in_feats, pipe, features=feats, **more,
-                                    patterns=InputPatterns.of(inputs, pipe["preprocess"]))
+                                    patterns=InputPatterns.of(inputs, pipe["preprocess"],
+                                                              maps=maps))
         seconds = time.perf_counter() - t0
         truth = data["poisoned"][sel]
         row = {"setting": setting_name(setting), "dataset": ds, "artefact": art, "fraction": p,
