@@ -13,7 +13,7 @@ from conftest import run_cli
 from spray.ci import check as chk
 from spray.ci import evidence
 from spray.errors import IncompleteRunError
-from spray.verdict.skill import chance_test
+from spray.skill import chance_test
 
 
 def _entry(c, score, flagged, members=None, size=None, status="ok", name=None):
@@ -303,7 +303,8 @@ def test_the_chance_level_is_the_presets(tmp_path):
         assert len(chk.skill_problems(summary)) == problems, level
     del summary["model_skill"]
     assert chk.skill_problems(summary) == [
-        "the summary records no model skill (made by an older spray); rerun 'spray run'"]
+        "the summary records no model skill (made by an older spray); rebuild it with "
+        "'spray report'"]
     one_class = chance_test(np.zeros(50, int), np.zeros(50, int))
     summary["model_skill"] = one_class  # one class: the question cannot be asked
     assert one_class["p_value"] is None and chk.skill_problems(summary) == []

@@ -18,7 +18,7 @@ refused (exit 2) unless ``baseline_any``.
 
 The check fails closed: a run that did not finish, a class whose analysis failed or is missing,
 a model that does not beat chance on the analysed samples (``health.max_chance_p``,
-:mod:`spray.verdict.skill`) and a summary that is not the one of the store's last run exit with
+:mod:`spray.skill`) and a summary that is not the one of the store's last run exit with
 code 3
 (:class:`~spray.errors.IncompleteRunError`) unless ``allow_incomplete``. Classes within the watch
 margin below the threshold are listed as ``watch`` and never fail.
@@ -47,7 +47,7 @@ from spray.ci.outputs import (
     table,
 )
 from spray.errors import IncompleteRunError, SprayError, StoreError
-from spray.verdict.skill import learnt, max_chance_p, skill_text
+from spray.skill import learnt, max_chance_p, skill_text
 
 #: score rise (in score units) above which an accepted flag counts as worse
 DEFAULT_MARGIN = 0.5
@@ -137,6 +137,24 @@ def _validate_summary(summary, path: Path) -> None:
                                  f"({e.get(key)!r}); the summary is damaged or not spray's")
         if not all(isinstance(cl, dict) for cl in e["clusters"]):
             raise StoreError(f"{where}: key 'clusters' holds a non-mapping entry")
+    if "model_skill" in summary and not _skill_ok(summary["model_skill"]):
+        raise StoreError(f"{path}: key 'model_skill' is invalid ({summary['model_skill']!r}); "
+                         f"the summary is damaged or not spray's (rebuild it with 'spray "
+                         f"report')")
+
+
+def _skill_ok(skill) -> bool:
+    """A ``model_skill`` record the gate can read: none (:func:`skill_problems` names it), or
+    counts and either no test (``p_value`` None) or finite accuracy, chance, kappa and p-value."""
+    if skill is None:
+        return True
+    if not isinstance(skill, dict) or not all(
+            isinstance(skill.get(k), int) and not isinstance(skill.get(k), bool)
+            for k in ("samples", "classes")):
+        return False
+    if skill.get("p_value") is None:
+        return True
+    return all(_finite(skill.get(k)) for k in ("accuracy", "chance", "kappa", "p_value"))
 
 
 def gate_problems(summary: dict, run_dir: str | Path | None = None) -> list[str]:
@@ -174,9 +192,10 @@ def gate_problems(summary: dict, run_dir: str | Path | None = None) -> list[str]
 def skill_problems(summary: dict) -> list[str]:
     """The model does not beat chance on the analysed samples (``health.max_chance_p``), or the
     summary does not say (made by an older spray). None when it cannot be asked: fewer than
-    two classes with known predictions (:mod:`spray.verdict.skill`)."""
-    if "model_skill" not in summary:
-        return ["the summary records no model skill (made by an older spray); rerun 'spray run'"]
+    two classes with known predictions (:mod:`spray.skill`)."""
+    if not summary.get("model_skill"):
+        return ["the summary records no model skill (made by an older spray); rebuild it with "
+                "'spray report'"]
     skill, max_p = summary["model_skill"], max_chance_p(summary.get("health_limits"))
     if learnt(skill, max_p) is False:
         return [f"the model has not learnt: {skill_text(skill)}, above health.max_chance_p "
@@ -367,7 +386,8 @@ def check(run_dir: str | Path, junit_path: str | None = None, markdown_path: str
         text = "; ".join(problems)
         if not allow_incomplete:
             raise IncompleteRunError(f"the gate cannot vouch for {run_dir}: {text}. Pass "
-                                     f"--allow-incomplete to check the finished classes only")
+                                     f"--allow-incomplete to check the finished classes anyway "
+                                     f"(a model at chance included)")
         print(f"incomplete (allowed): {text}")
     unhealthy = _print_health(summary) if "health" in fail_on else []
     if fails or unhealthy:

@@ -295,7 +295,7 @@ class HealthSection(_Section):
     max_nonfinite: int = Field(default=0, ge=0)
     max_zero_maps: int = Field(default=0, ge=0)
     #: the gate refuses (exit 3) a run whose model does not beat chance on the analysed samples
-    #: at this one-sided binomial p-value (:mod:`spray.verdict.skill`); checked without
+    #: at this one-sided binomial p-value (:mod:`spray.skill`); checked without
     #: ``--fail-on``
     max_chance_p: float = Field(default=1e-3, gt=0, le=1)
 

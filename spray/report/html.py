@@ -33,8 +33,8 @@ from spray.report.figures import (
 from spray.report.headline import headline
 from spray.report.markup import PAGE, STYLE, _esc, _fmt, _name, _shown_cluster, _verdict_word
 from spray.report.summary import class_fingerprints, read_class_entries, write_summary
+from spray.skill import learnt, max_chance_p, skill_text
 from spray.store import open_class
-from spray.verdict.skill import learnt, max_chance_p, skill_text
 
 log = logging.getLogger(__name__)
 
@@ -110,7 +110,7 @@ def _run_header(run_dir: Path, summary: dict, cfg: dict) -> str:
 
 def _skill_html(summary: dict) -> str:
     """The model's accuracy on the analysed samples against chance, and whether the gate takes
-    it as learnt (:mod:`spray.verdict.skill`)."""
+    it as learnt (:mod:`spray.skill`)."""
     skill = summary.get("model_skill")
     if not skill or skill.get("p_value") is None:
         return "not measured (fewer than two classes with known predictions)"

@@ -194,13 +194,25 @@ def build_summary(run_dir: Path, reuse: dict[str, dict] | None = None) -> dict:
     return {"run_state": group.attrs.get("run_state"), "run_id": group.attrs.get("run_id"),
             "watch_margin": margin, "watch": [e["class"] for e in entries if e.get("watch")],
             "health_limits": limits,
-            "model_skill": group.attrs.get("model_skill"),
+            "model_skill": _model_skill(group),
             "spray_version": group.attrs.get("spray_version"),
             "config_hash": group.attrs.get("config_hash"),
             "fingerprints": dict(group.attrs.get("fingerprints", {})),
             "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
             "classes": entries,
             "flagged": [e["class"] for e in entries if e["flagged"]]}
+
+
+def _model_skill(group) -> dict:
+    """The run's record of the model's skill; computed from the stored predictions when the
+    store was made before runs recorded it."""
+    skill = group.attrs.get("model_skill")
+    if isinstance(skill, dict):
+        return dict(skill)
+    from spray.skill import model_skill
+
+    classes = group["classes"] if "classes" in group else {}  # noqa: SIM401 - a Zarr group
+    return model_skill(classes, group.attrs.get("classes"))
 
 
 def mark_watch(entries: list[dict]) -> float:

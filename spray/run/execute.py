@@ -18,8 +18,6 @@ import uuid
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import numpy as np
-
 from spray import __version__
 from spray.config.run_config import (
     RunConfig,
@@ -35,6 +33,7 @@ from spray.run.dask_cluster import dashboard_text, dask_client, runtime_settings
 from spray.run.plan import RunPlan, _clear_run_dir, plan_run
 from spray.run.signals import interrupt_on_signals
 from spray.run.tasks import analysis_current, analyze_class, lrp_chunk
+from spray.skill import model_skill
 from spray.store import (
     OwnedFiles,
     RunLock,
@@ -285,26 +284,6 @@ def _slurm_jobs(results: dict) -> dict[str, list[str]]:
                            if r.get("slurm_job")}, key=lambda j: (len(j), j))
             for stage, key in (("lrp", "lrp_done"), ("analysis", "analysis_done"))}
     return {stage: ids for stage, ids in jobs.items() if ids}
-
-
-def model_skill(classes, current) -> dict:
-    """:func:`~spray.verdict.skill.chance_test` of the stored predictions of the run's classes
-    (``current``; all stored ones when None) whose LRP chunks are all written."""
-    from spray.verdict.skill import chance_test
-
-    labels, predictions = [], []
-    for key in sorted(classes, key=int):
-        if current is not None and int(key) not in current:
-            continue
-        cg = classes[key]
-        if "prediction" not in cg or not np.all(cg["done"][:]):
-            continue
-        pred = np.asarray(cg["prediction"][:])
-        labels.append(np.full(len(pred), int(key)))
-        predictions.append(pred)
-    if not labels:
-        return chance_test(np.zeros(0, np.int64), np.zeros(0, np.int64))
-    return chance_test(np.concatenate(labels), np.concatenate(predictions))
 
 
 def _finish_store(run_dir: Path, failures: dict, incomplete: bool) -> None:

@@ -244,9 +244,9 @@ def edge_features(inputs: np.ndarray, pipe: dict) -> np.ndarray | None:
 def score_setting(setting, data, pipe) -> list[dict]:
     from spray.analysis.analyze import analyze
     from spray.analysis.preprocess import preprocess
+    from spray.skill import chance_test, learnt, max_chance_p
     from spray.verdict.patterns import InputPatterns
     from spray.verdict.score import clever_hans_score
-    from spray.verdict.skill import chance_test, learnt, max_chance_p
 
     ds, planted, art, p, seed = setting
     rows = []

@@ -6,7 +6,7 @@
 
 Each ``CACHE_DIR`` is a ``cache/`` folder of ``eval_clever_hans.py`` (one ``.npz`` per setting:
 labels, predictions, the test split). For every cached model it reports the test accuracy, and
-:func:`spray.verdict.skill.chance_test` on what ``spray run`` would analyse: the whole explained
+:func:`spray.skill.chance_test` on what ``spray run`` would analyse: the whole explained
 set (``kappa``, ``p``) and the eval's random draws of ``--draw-size`` samples per class (the
 largest p over the draws, and in how many draws the gate refuses the model at
 ``health.max_chance_p`` of ``spray-default``). With ``--scores RESULT_DIR ...`` (``--out``
@@ -31,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from eval_clever_hans import draw  # noqa: E402
 
 from spray.config.presets import load_pipeline  # noqa: E402
-from spray.verdict.skill import chance_test, learnt, max_chance_p  # noqa: E402
+from spray.skill import chance_test, learnt, max_chance_p  # noqa: E402
 
 log = logging.getLogger("model_skill")
 

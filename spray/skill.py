@@ -13,7 +13,13 @@ turns every class into one) does not. The test is one-sided binomial on the numb
 predictions (:func:`scipy.stats.binomtest`); ``kappa`` is ``(accuracy − chance) / (1 −
 chance)``. Samples without a prediction (attribution files that hold none, stored as −1) are
 left out; with fewer than two classes of known predictions the question cannot be asked (a
-one-class run: every prediction share equals the accuracy).
+one-class run: every prediction share equals the accuracy), nor with so few samples that a
+model right on all of them would not reach the level.
+
+:func:`model_skill` reads the predictions a run stored per class; the run records it in the
+store, and the summary computes it from the store when a store made before the record lacks
+it. The module lives outside the analysis and verdict code: a change here does not make a
+resumed run analyse its classes again.
 """
 
 from __future__ import annotations
@@ -56,6 +62,24 @@ def chance_test(labels: np.ndarray, predictions: np.ndarray) -> dict:
     return out
 
 
+def model_skill(classes, current) -> dict:
+    """:func:`~spray.skill.chance_test` of the stored predictions of the run's classes
+    (``current``; all stored ones when None) whose LRP chunks are all written."""
+    labels, predictions = [], []
+    for key in sorted(classes, key=int):
+        if current is not None and int(key) not in current:
+            continue
+        cg = classes[key]
+        if "prediction" not in cg or not np.all(cg["done"][:]):
+            continue
+        pred = np.asarray(cg["prediction"][:])
+        labels.append(np.full(len(pred), int(key)))
+        predictions.append(pred)
+    if not labels:
+        return chance_test(np.zeros(0, np.int64), np.zeros(0, np.int64))
+    return chance_test(np.concatenate(labels), np.concatenate(predictions))
+
+
 def _p_above(correct: int, n: int, chance: float) -> float:
     """P(X ≥ correct) for X ~ Binomial(n, chance)."""
     if chance <= 0.0:
@@ -77,10 +101,16 @@ def max_chance_p(limits: dict | None) -> float:
 
 def learnt(skill: dict | None, max_p: float) -> bool | None:
     """True when the model beats chance at level ``max_p``, False when not, None when the
-    record cannot tell (no record, or fewer than two classes with known predictions)."""
+    record cannot tell: no record, fewer than two classes with known predictions, or too few
+    samples for even a model right on all of them to reach ``max_p`` (``chance ** samples``
+    above it, e.g. two classes of four samples)."""
     if not skill or skill.get("p_value") is None:
         return None
-    return bool(skill["p_value"] <= max_p)
+    if skill["p_value"] <= max_p:
+        return True
+    if float(skill["chance"]) ** int(skill["samples"]) > max_p:
+        return None
+    return False
 
 
 def skill_text(skill: dict) -> str:
