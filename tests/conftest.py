@@ -33,6 +33,21 @@ def build():
 """
 
 
+def train_smallnet(build, x: np.ndarray, y: np.ndarray, epochs: int = 15):
+    """The model ``build()`` trained with Adam on ``(x, y)`` (seeded), in eval mode."""
+    torch.manual_seed(0)
+    model = build()
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    xt, yt = torch.as_tensor(x), torch.as_tensor(y)
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(epochs):
+        for batch in torch.randperm(len(xt), generator=gen).split(64):
+            opt.zero_grad()
+            torch.nn.functional.cross_entropy(model(xt[batch]), yt[batch]).backward()
+            opt.step()
+    return model.eval()
+
+
 @pytest.fixture(scope="session")
 def small_problem(tmp_path_factory):
     """Digits (32×32) with a planted stamp in 30 % of class 2, a CNN trained on them, a config."""
@@ -49,17 +64,7 @@ def small_problem(tmp_path_factory):
     (root / "smallnet.py").write_text(SMALLNET)
     namespace: dict = {}
     exec(SMALLNET, namespace)  # the same factory the config names
-    torch.manual_seed(0)
-    model = namespace["build"]()
-    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
-    xt, yt = torch.as_tensor(x), torch.as_tensor(y)
-    gen = torch.Generator().manual_seed(0)
-    for _ in range(15):
-        for batch in torch.randperm(len(xt), generator=gen).split(64):
-            opt.zero_grad()
-            torch.nn.functional.cross_entropy(model(xt[batch]), yt[batch]).backward()
-            opt.step()
-    torch.save(model.eval().state_dict(), root / "weights.pt")
+    torch.save(train_smallnet(namespace["build"], x, y).state_dict(), root / "weights.pt")
     np.savez(root / "data.npz", x=x, y=y)
     config = {
         "data": {"source": "npz", "path": "data.npz"},

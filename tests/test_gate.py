@@ -18,7 +18,7 @@ import pytest
 import torch
 import yaml
 import zarr
-from conftest import run_cli
+from conftest import run_cli, train_smallnet
 
 from spray.ci import check as chk
 from spray.cli.main import main
@@ -80,18 +80,8 @@ def test_a_model_trained_on_shuffled_labels_is_refused(finished, small_problem, 
     x, y = small_problem["x"], small_problem["y"]
     namespace: dict = {}
     exec((root / "smallnet.py").read_text(), namespace)
-    torch.manual_seed(0)
-    model = namespace["build"]()
-    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
     shuffled = np.random.default_rng(5).permutation(y)
-    xt, yt = torch.as_tensor(x), torch.as_tensor(shuffled)
-    gen = torch.Generator().manual_seed(0)
-    for _ in range(15):
-        for batch in torch.randperm(len(xt), generator=gen).split(64):
-            opt.zero_grad()
-            torch.nn.functional.cross_entropy(model(xt[batch]), yt[batch]).backward()
-            opt.step()
-    torch.save(model.eval().state_dict(), root / "weights.pt")
+    torch.save(train_smallnet(namespace["build"], x, shuffled).state_dict(), root / "weights.pt")
     code, out = _run(root, capsys=capsys)
     assert code == 0, out  # the run itself finishes
     skill = _summary(root / "out")["model_skill"]

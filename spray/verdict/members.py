@@ -155,21 +155,44 @@ def join_where_looked(labels: np.ndarray, clusters: list[ClusterEvidence], suspe
     """
     if patterns is None or patterns.relevance is None or features is None or not suspects:
         return labels
+
+    def carriers(mask: np.ndarray, outside: np.ndarray) -> np.ndarray | None:
+        found = patterns.peak_correlation(difference(features, mask), mask, max_template)
+        if found is None:
+            return None
+        r, share = found
+        join = _guarded_join(r, mask, outside, fence_iqr)
+        return None if join is None else join & (share >= lower_fence(share[mask], fence_iqr))
+
+    return _join_carriers(labels, clusters, suspects, "peak_joined", carriers)
+
+
+def _guarded_join(r: np.ndarray, mask: np.ndarray, outside: np.ndarray,
+                  reach: float) -> np.ndarray | None:
+    """The samples ``outside`` whose ``r`` is at or above the lower fence of the members'
+    (``mask``); None when that fence lies below the upper fence of the samples outside (the
+    members share no pattern that sets them apart)."""
+    fence = lower_fence(r[mask], reach)
+    if fence < upper_fence(r[outside], reach):
+        return None
+    return outside & (r >= fence)
+
+
+def _join_carriers(labels: np.ndarray, clusters: list[ClusterEvidence], suspects: list[int],
+                   field: str, carriers) -> np.ndarray:
+    """For each suspect in turn, move the samples outside every suspect that
+    ``carriers(members, outside)`` returns (a mask, or None for none) into it; its count goes
+    to the entry's ``field``. Sizes and fractions are updated."""
     labels = np.array(labels, copy=True)
     for entry, mask in _suspect_groups(labels, clusters, suspects):
-        entry.peak_joined = 0
+        setattr(entry, field, 0)
         outside = ~np.isin(labels, suspects)
         if not outside.any():
             continue
-        found = patterns.peak_correlation(difference(features, mask), mask, max_template)
-        if found is None:
+        join = carriers(mask, outside)
+        if join is None:
             continue
-        r, share = found
-        fence = lower_fence(r[mask], fence_iqr)
-        if fence < upper_fence(r[outside], fence_iqr):
-            continue
-        join = outside & (r >= fence) & (share >= lower_fence(share[mask], fence_iqr))
-        entry.peak_joined = int(join.sum())
+        setattr(entry, field, int(join.sum()))
         labels[join] = entry.id
     resize_entries(clusters, labels)
     return labels
@@ -198,24 +221,13 @@ def join_by_pattern(labels: np.ndarray, clusters: list[ClusterEvidence], suspect
     """
     if patterns is None or features is None or area <= 0 or not suspects:
         return labels
-    labels = np.array(labels, copy=True)
-    for entry, mask in _suspect_groups(labels, clusters, suspects):
-        entry.pattern_joined = 0
-        outside = ~np.isin(labels, suspects)
-        if not outside.any():
-            continue
+
+    def carriers(mask: np.ndarray, outside: np.ndarray) -> np.ndarray | None:
         cells = top_cells(np.abs(difference(features, mask)), area)
         r = patterns.correlation(cells, mask, max_template)
-        if r is None:
-            continue
-        fence = lower_fence(r[mask], fence_iqr)
-        if fence < upper_fence(r[outside], fence_iqr):
-            continue
-        join = outside & (r >= fence)
-        entry.pattern_joined = int(join.sum())
-        labels[join] = entry.id
-    resize_entries(clusters, labels)
-    return labels
+        return None if r is None else _guarded_join(r, mask, outside, fence_iqr)
+
+    return _join_carriers(labels, clusters, suspects, "pattern_joined", carriers)
 
 
 def join_suspects(labels: np.ndarray, clusters: list[ClusterEvidence], suspects: list[int],
