@@ -355,3 +355,169 @@ def test_the_window_is_the_hot_region_in_pixels():
         patterns_module._PeakWindows = original
     region = hot_region(difference(feats, labels == 1).reshape(8, 8))
     assert seen["side"] == round(max(region) * 32 / 8)
+
+
+def _brute_force(side, x, rel, template):
+    """Each sample's best cosine and peak share, by looping over every window: the S × S
+    window of largest |relevance| (first of ties, on images averaged over f × f blocks), then
+    every shift within S // 2 of it (the full-resolution edge pixels repeated, then averaged),
+    per-channel centred windows."""
+    x = x if x.ndim == 4 else x[:, None]
+    a = np.abs(rel.astype(np.float32))
+    a = a.sum(axis=1) if a.ndim == 4 else a
+    f = max(1, -(-side // 12))
+    H, W = x.shape[-2] // f, x.shape[-1] // f
+    S = max(1, min(round(side / f), H, W))
+    m = S // 2
+
+    def down(v):
+        h, w = v.shape[-2] // f, v.shape[-1] // f
+        v = v[..., :h * f, :w * f].astype(np.float64)
+        return v.reshape(*v.shape[:-2], h, f, w, f).mean(axis=(-3, -1))
+
+    crop = x[..., :H * f, :W * f]
+    a, xd = down(a), down(np.pad(crop, ((0, 0), (0, 0), (m * f, m * f), (m * f, m * f)),
+                                 mode="edge"))
+    T = template.reshape(x.shape[1], S, S)
+    r, share = np.empty(len(x)), np.empty(len(x))
+    for i in range(len(x)):
+        sums = {(py, px): a[i, py:py + S, px:px + S].sum()
+                for py in range(H - S + 1) for px in range(W - S + 1)}
+        py, px = max(sums, key=lambda k: (sums[k], -k[0], -k[1]))
+        share[i] = sums[py, px] / a[i].sum()
+        best = -1.0
+        for dy in range(-m, m + 1):
+            for dx in range(-m, m + 1):
+                v = xd[i, :, py + dy + m:py + dy + m + S, px + dx + m:px + dx + m + S]
+                v = v - v.mean(axis=(1, 2), keepdims=True)
+                norm = np.linalg.norm(v)
+                best = max(best, float((v * T).sum() / norm) if norm > 1e-9 else 0.0)
+        r[i] = best
+    return r, share
+
+
+@pytest.mark.parametrize("side, C, H, W, grey, channels", [
+    (5, 3, 17, 11, False, False), (7, 1, 9, 23, True, False), (4, 2, 6, 6, False, True),
+    (6, 3, 8, 30, False, False), (13, 1, 27, 31, True, False), (30, 3, 64, 50, False, True)])
+def test_the_peak_match_is_the_best_cosine_of_every_window(side, C, H, W, grey, channels):
+    """Against a loop over every window: non-square images, grey inputs, relevance per channel,
+    windows averaged over blocks (side above 12), shifts up to half the window."""
+    rng = np.random.default_rng(side * 100 + H)
+    x = rng.random((6, H, W) if grey else (6, C, H, W)).astype(np.float32)
+    rel = rng.normal(size=(6, C, H, W) if channels else (6, H, W)).astype(np.float32)
+    windows = _PeakWindows(side, H, W)
+    T = rng.normal(size=(1 if grey else C, windows.side, windows.side))
+    T -= T.mean(axis=(1, 2), keepdims=True)
+    T = (T / np.linalg.norm(T)).ravel()
+    r, share = windows.best_match(x, rel, T)
+    want_r, want_share = _brute_force(side, x, rel, T)
+    np.testing.assert_allclose(r, want_r, atol=1e-5)
+    np.testing.assert_allclose(share, want_share, atol=1e-6)
+
+
+def test_the_window_at_the_peak_holds_the_pixels_there():
+    x = np.random.default_rng(0).random((2, 3, 10, 12)).astype(np.float32)
+    rel = np.zeros((2, 10, 12), np.float32)
+    rel[0, 6:10, 8:12] = 1.0                                  # the bottom right corner
+    rel[1, 2:6, 3:7] = 1.0
+    v, share = _PeakWindows(4, 10, 12).at_peak(x, rel)
+    for i, (y0, x0) in enumerate([(6, 8), (2, 3)]):
+        w = x[i, :, y0:y0 + 4, x0:x0 + 4].astype(np.float64)
+        w -= w.mean(axis=(1, 2), keepdims=True)
+        np.testing.assert_allclose(v[i], (w / np.linalg.norm(w)).ravel(), atol=1e-6)
+    np.testing.assert_allclose(share, 1.0)
+
+
+def _window_side(x, rel, diff, mask) -> int:
+    """The window side :meth:`InputPatterns.peak_correlation` chooses."""
+    import spray.verdict.patterns as patterns_module
+
+    seen = {}
+
+    class Spy(_PeakWindows):
+        def __init__(self, side, H, W):
+            seen["side"] = side
+            super().__init__(side, H, W)
+
+    original, patterns_module._PeakWindows = patterns_module._PeakWindows, Spy
+    try:
+        InputPatterns.of(x, PRE, maps=rel).peak_correlation(diff, mask, 100)
+    finally:
+        patterns_module._PeakWindows = original
+    return seen["side"]
+
+
+def test_each_grid_axis_scales_to_its_own_image_axis():
+    """A region of 1 × 2 cells on the 8 × 8 grid of 32 × 64 images: 2 cells of 8 pixels."""
+    rng = np.random.default_rng(0)
+    diff = np.zeros((8, 8))
+    diff[3, 2:4] = 1.0
+    side = _window_side(rng.random((20, 3, 32, 64)).astype(np.float32),
+                        rng.random((20, 32, 64)).astype(np.float32), diff.ravel(),
+                        np.arange(20) < 5)
+    assert side == 16
+
+
+@pytest.mark.parametrize("H", [26, 32, 64, 224])
+def test_a_hot_region_as_wide_as_the_image(H):
+    """A difference spread over the whole grid: the window is the whole image (it used to be
+    wider than the averaged image, and the run failed)."""
+    rng = np.random.default_rng(H)
+    x = rng.random((12, 3, H, H)).astype(np.float32)
+    rel = rng.random((12, H, H)).astype(np.float32)
+    diff = np.ones(64)
+    diff[0] = 1.5
+    found = InputPatterns.of(x, PRE, maps=rel).peak_correlation(diff, np.arange(12) < 4, 100)
+    assert found is None or np.isfinite(found[0]).all()
+
+
+def test_flat_windows_carry_no_pattern():
+    """Most members looked at a flat grey patch (0.3 is not exact in float32): their windows
+    are no pattern, not unit vectors of rounding residue; every cosine stays in [−1, 1]."""
+    x, rel, feats, labels, *_ = _logo_class()
+    x = x.copy()
+    x[:15, :, :12, :12] = 0.3
+    found = InputPatterns.of(x, PRE, maps=rel).peak_correlation(difference(feats, labels == 1),
+                                                                labels == 1, 2000)
+    assert found is None or np.abs(found[0]).max() <= 1.0
+    v, _ = _PeakWindows(5, 32, 32).at_peak(x[:3], rel[:3])
+    assert not v.any()
+
+
+def test_a_copy_of_the_only_member_joins():
+    """Ties at both fences join (at or above): a sample outside identical to the member."""
+    x, rel, feats, labels, clusters, _ = _logo_class()
+    labels = np.zeros(len(labels), np.int64)
+    labels[0] = 1
+    x, rel = x.copy(), rel.copy()
+    x[100], rel[100] = x[0], rel[0]
+    feats = preprocess(rel, PRE)
+    clusters = [ClusterEvidence.of(labels == c, id=c) for c in (0, 1)]
+    out = join_where_looked(labels, clusters, [1], feats, 1.0, InputPatterns.of(x, PRE, maps=rel),
+                            2000)
+    assert out[100] == 1
+
+
+def test_a_logo_under_spread_relevance_stays_outside():
+    """Stamped samples whose peak is on the logo but whose relevance is spread over the image:
+    the model does not look at the pattern as it does for the members, so they stay out."""
+    x, rel, _, labels, clusters, _ = _logo_class(unseen=8)
+    rel = rel.copy()
+    for i in range(52, 60):
+        y0, x0 = CORNERS[i // 15]
+        rel[i] = 0.2
+        rel[i, y0:y0 + 5, x0:x0 + 5] += 0.3
+    feats = preprocess(rel, PRE)
+    out = join_where_looked(labels, clusters, [1], feats, 1.0, InputPatterns.of(x, PRE, maps=rel),
+                            2000)
+    joins = (labels == 0) & (out == 1)
+    assert not joins[52:60].any() and joins.sum() >= 30
+
+
+def test_rows_are_one_slice_only_when_consecutive():
+    from spray.verdict.patterns import consecutive
+
+    assert consecutive(np.array([3, 4, 5])) and not consecutive(np.array([4, 4, 6]))
+    assert not consecutive(np.array([], dtype=int)) and not consecutive(np.array([5, 4, 3]))
+    rows = InputPatterns.of(np.arange(10.0)[:, None, None], PRE).load(np.array([4, 4, 6]))
+    assert rows.ravel().tolist() == [4.0, 4.0, 6.0]

@@ -289,8 +289,10 @@ def class_patterns(source, indices: np.ndarray, preprocess: dict, chunk: int, re
 
 def _read_rows(array, rows: np.ndarray) -> np.ndarray:
     """``array[rows]`` of a Zarr array: one slice for consecutive rows, else by coordinates."""
+    from spray.verdict.patterns import consecutive
+
     rows = np.asarray(rows)
-    if len(rows) and rows[-1] - rows[0] + 1 == len(rows):
+    if consecutive(rows):
         return np.asarray(array[int(rows[0]):int(rows[-1]) + 1])
     return np.asarray(array.get_orthogonal_selection((rows,)))
 

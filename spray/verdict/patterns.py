@@ -129,7 +129,10 @@ class InputPatterns:
         |relevance| in its peak window (see the module notes).
 
         ``diff`` is the members' mean relevance feature minus the rest's (flat, on the feature
-        grid); the window's side is the larger side of :func:`hot_region` of it, in pixels.
+        grid); the window's side is the larger side of :func:`hot_region` of it, in pixels
+        (at most the image's). The region is that of the largest *positive* difference: a
+        suspect whose members the model looks at less than at the rest, everywhere, gets None
+        (nobody joins by this step).
         The template is the median centred pattern of at most ``max_template`` members at their
         own peaks. Returns ``((n,) cosines, (n,) shares)``, or None without relevance maps,
         without a region or with a flat template.
@@ -153,9 +156,10 @@ class InputPatterns:
             rows = members[start:start + self.chunk]
             parts.append(window.at_peak(self.load(rows), self.relevance(rows))[0])
         template = np.median(np.concatenate(parts), axis=0).reshape(-1, window.side ** 2)
+        scale = float(np.linalg.norm(template))
         template = (template - template.mean(axis=1, keepdims=True)).ravel()
         norm = float(np.linalg.norm(template))
-        if norm <= 0:
+        if norm <= 1e-6 * scale or norm <= 0:
             return None
         template /= norm
         r, share = np.empty(self.n), np.empty(self.n)
@@ -169,11 +173,17 @@ class InputPatterns:
 def _rows_of(array: np.ndarray) -> Callable[[np.ndarray], np.ndarray]:
     """``load(rows)`` of an array in memory (a run of consecutive rows is a view, not a copy)."""
     def load(rows: np.ndarray) -> np.ndarray:
-        if len(rows) and rows[-1] - rows[0] + 1 == len(rows):
+        if consecutive(rows):
             return array[rows[0]:rows[-1] + 1]
         return array[rows]
 
     return load
+
+
+def consecutive(rows: np.ndarray) -> bool:
+    """``rows`` is a non-empty run of consecutive increasing indices (read as one slice)."""
+    rows = np.asarray(rows)
+    return bool(len(rows)) and bool(np.all(np.diff(rows) == 1))
 
 
 #: a cell belongs to a hot region while its difference is at least this share of the peak's
@@ -214,13 +224,18 @@ class _PeakWindows:
     Beyond the border the edge pixels repeat (up to ``slack`` pixels), so that a window can
     move as far towards an image border as away from it: a pattern next to one border is
     aligned as well as the same pattern next to the opposite one. The window moves in steps of
-    ``step`` = S // 8 pixels (at most 15 × 15 places).
+    ``step`` = S // 8 pixels (S is at most 12 after averaging, so every pixel: at most
+    13 × 13 places). The patches read per sample are (S + 2 · slack) · f pixels wide, up to
+    twice the window: a chunk of wide-window patches can take more memory than the chunk of
+    images it is read from.
     """
 
     def __init__(self, side: int, H: int, W: int):
         # a window wider than MAX_SIDE pixels is compared on images averaged over f × f blocks
         self.factor = f = max(1, -(-side // MAX_SIDE))
-        self.side, self.H, self.W = max(1, round(side / f)), H // f, W // f
+        self.H, self.W = H // f, W // f
+        # never wider than the averaged image (round(side / f) can exceed H // f)
+        self.side = max(1, min(round(side / f), self.H, self.W))
         self.slack = self.side // 2
         self.step = max(1, self.side // 8)
 
@@ -273,10 +288,12 @@ class _PeakWindows:
         shares of |relevance|."""
         py, px, share = self._peaks(relevance)
         m, S = self.slack, self.side
-        v = self._patches(x, py, px)[:, :, m:m + S, m:m + S]
-        v = v - v.mean(axis=(2, 3), keepdims=True)
-        v = v.reshape(len(v), -1)
-        return v / np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-30), share
+        raw = self._patches(x, py, px)[:, :, m:m + S, m:m + S].astype(np.float64)
+        v = (raw - raw.mean(axis=(2, 3), keepdims=True)).reshape(len(raw), -1)
+        norm = np.linalg.norm(v, axis=1, keepdims=True)
+        # a flat window (centred norm at rounding level) carries no pattern: 0, not noise
+        flat = norm <= 1e-6 * np.linalg.norm(raw.reshape(len(raw), -1), axis=1, keepdims=True)
+        return np.where(flat, 0.0, v / np.maximum(norm, 1e-300)), share
 
     def best_match(self, x: np.ndarray, relevance: np.ndarray,
                    template: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -287,7 +304,7 @@ class _PeakWindows:
         py, px, share = self._peaks(relevance)
         P = self._patches(x, py, px)
         S = self.side
-        T = template.reshape(P.shape[1], S, S).astype(np.float32)
+        T = template.reshape(P.shape[1], S, S).astype(np.float64)
         best = np.full(len(py), -1.0)
         ahead = np.arange(0, self.slack + 1, self.step)
         offsets = self.slack + np.unique(np.concatenate([-ahead, ahead]))
@@ -300,4 +317,4 @@ class _PeakWindows:
                 norm = np.sqrt(np.maximum((squares - sums ** 2 / (S * S)).sum(axis=1), 0.0))
                 best = np.maximum(best, np.where(norm > 1e-12, dot / np.maximum(norm, 1e-30),
                                                  0.0))
-        return best, share
+        return np.clip(best, -1.0, 1.0), share
