@@ -43,10 +43,12 @@ Measured in docs/verdict-eval.md, "Members by their pattern".
 
 An artefact at one of several places (a logo in one of four corners) makes a suspect of one
 place; the stamped samples of the others are neither at its hot spot nor near it in the graph.
-With the relevance maps too, the last step compares the pattern *where each sample's relevance
-peaks* with the members' there (:meth:`~spray.verdict.patterns.InputPatterns.peak_correlation`):
-a sample outside joins when that correlation and the share of its relevance in the window are
-at or above the members' lower fences, under the same guard (``peak_joined``).
+With the relevance maps too, the last step takes the members' pattern *where their relevance
+peaks*, aligned, and looks for it anywhere in every image
+(:meth:`~spray.verdict.patterns.InputPatterns.peak_correlation`): a sample outside joins when
+its best match is at or above the members' lower fence, under the same guard
+(``peak_joined``). As in the step before, no relevance condition: a stamped sample whose
+relevance peaks on its object carries the stamp all the same.
 """
 
 from __future__ import annotations
@@ -136,17 +138,15 @@ def decide_members(labels: np.ndarray, clusters: list[ClusterEvidence], suspects
 def join_where_looked(labels: np.ndarray, clusters: list[ClusterEvidence], suspects: list[int],
                       features: np.ndarray | None, fence_iqr: float,
                       patterns: InputPatterns | None, max_template: int) -> np.ndarray:
-    """Move the samples outside every suspect that carry its members' pattern where their own
-    relevance peaks, and whose relevance is as concentrated there, into that suspect.
+    """Move the samples outside every suspect that carry its members' pattern, taken where the
+    model looks at the members and found anywhere in their own image, into that suspect.
 
-    A sample joins when its peak correlation
+    A sample joins when its best match
     (:meth:`~spray.verdict.patterns.InputPatterns.peak_correlation`) is at or above the
-    lower fence of the members' and the share of its |relevance| in its peak window is at or
-    above the lower fence of theirs (the model looks at the pattern as it does for the members).
-    The guard of :func:`join_by_pattern` holds here too: the members' lower fence of the
-    correlation lies at or above the upper fence of the samples outside. Fills in
-    ``peak_joined`` and updates sizes and fractions. Nothing moves (and nothing is read)
-    without relevance maps in ``patterns``, relevance features or samples outside.
+    lower fence of the members'. The guard of :func:`join_by_pattern` holds here too: that
+    fence lies at or above the upper fence of the samples outside. Fills in ``peak_joined``
+    and updates sizes and fractions. Nothing moves (and nothing is read) without relevance
+    maps in ``patterns``, relevance features or samples outside.
 
     Returns
     -------
@@ -157,12 +157,8 @@ def join_where_looked(labels: np.ndarray, clusters: list[ClusterEvidence], suspe
         return labels
 
     def carriers(mask: np.ndarray, outside: np.ndarray) -> np.ndarray | None:
-        found = patterns.peak_correlation(difference(features, mask), mask, max_template)
-        if found is None:
-            return None
-        r, share = found
-        join = _guarded_join(r, mask, outside, fence_iqr)
-        return None if join is None else join & (share >= lower_fence(share[mask], fence_iqr))
+        r = patterns.peak_correlation(difference(features, mask), mask, max_template)
+        return None if r is None else _guarded_join(r, mask, outside, fence_iqr)
 
     return _join_carriers(labels, clusters, suspects, "peak_joined", carriers)
 

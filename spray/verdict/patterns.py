@@ -20,14 +20,23 @@ chunk of whole inputs and the template's ``max_template`` × C·P hot-spot value
 
 **A pattern where the model looks** (:meth:`InputPatterns.peak_correlation`, with the relevance
 maps at the inputs' resolution). An artefact that sits at one of several places (a logo in one
-of four corners) makes a suspect of one place: its hot spot holds none of the others. Each
-sample's own *peak* is instead the S × S window holding the largest share of its |relevance|,
-S the side of the region where the members' mean relevance exceeds the rest's by at least half
-its peak (the artefact's extent as the model sees it). The pattern there, each channel centred,
-is compared with the members' median pattern at their peaks, the window moved by up to S / 2
-pixels to align it; the *peak correlation* is the best cosine. On the corner logos of the
-evaluation, the stamped samples of the other corners correlate like the members (docs/verdict.md,
-"Members where the model looks").
+of four corners) makes a suspect of one place: its hot spot holds none of the others. The
+members' pattern is instead taken where each member's relevance peaks: the S × S window holding
+the largest share of its |relevance|, S the side of the region where the members' mean
+relevance exceeds the rest's by at least half its peak (the artefact's extent as the model
+sees it). The median of those windows, each channel centred, is a first template; the median of
+the members' windows that match it best is the template (the members' pattern aligned: a window
+at a peak may hold only part of the stamp). Every sample's *peak correlation* is the best
+cosine of any of its windows with the template, found for all windows at once by FFT. A
+stamped sample whose relevance peaks on its object still carries the stamp where it is
+(docs/verdict.md, "Members where the model looks"). Windows wider than :data:`MAX_SIDE` pixels
+are compared on block-averaged images.
+
+*Why written here:* a normalized cross-correlation over every window of a batch of
+multi-channel images with one template (per-channel centring, edge padding, block averaging)
+is not in scikit-image (``match_template`` takes one image and centres the whole window, not
+each channel) nor in OpenCV (not a dependency); scipy's ``fftconvolve`` and integral images
+give it in a few lines. ``tests/test_patterns.py`` checks it against a loop over every window.
 """
 
 from __future__ import annotations
@@ -124,18 +133,19 @@ class InputPatterns:
         return out
 
     def peak_correlation(self, diff: np.ndarray, mask: np.ndarray, max_template: int
-                         ) -> tuple[np.ndarray, np.ndarray] | None:
-        """Each sample's peak correlation with the members ``mask``, and the share of its
-        |relevance| in its peak window (see the module notes).
+                         ) -> np.ndarray | None:
+        """Each sample's best cosine, anywhere in its image, with the members' pattern where
+        the model looks (see the module notes).
 
         ``diff`` is the members' mean relevance feature minus the rest's (flat, on the feature
         grid); the window's side is the larger side of :func:`hot_region` of it, in pixels
         (at most the image's). The region is that of the largest *positive* difference: a
         suspect whose members the model looks at less than at the rest, everywhere, gets None
         (nobody joins by this step).
-        The template is the median centred pattern of at most ``max_template`` members at their
-        own peaks. Returns ``((n,) cosines, (n,) shares)``, or None without relevance maps,
-        without a region or with a flat template.
+        The first template is the median centred pattern of at most ``max_template`` members at
+        their own relevance peaks; the template is that of the same members at their best
+        match with it (the members' pattern aligned). Returns ``(n,)`` cosines in [−1, 1], or
+        None without relevance maps, without a region or with a flat template.
         """
         if self.relevance is None:
             return None
@@ -151,23 +161,34 @@ class InputPatterns:
         h, w = region
         side = int(min(H, W, max(1, round(max(h * H / grid[0], w * W / grid[1])))))
         window = _PeakWindows(side, H, W)
+        template = self._template(window, members, lambda x, rows: window.at_peak(
+            x, self.relevance(rows)))
+        if template is not None:       # aligned: the members' windows at their best match
+            template = self._template(window, members, lambda x, rows: window.best_match(
+                x, template, windows=True))
+        if template is None:
+            return None
+        r = np.empty(self.n)
+        for start in range(0, self.n, self.chunk):
+            rows = np.arange(start, min(start + self.chunk, self.n))
+            r[rows] = window.best_match(self.load(rows), template)
+        return r
+
+    def _template(self, window: _PeakWindows, members: np.ndarray, windows_of
+                  ) -> np.ndarray | None:
+        """The unit, per-channel centred median of the members' windows (``windows_of(inputs,
+        rows)`` gives ``(len, C·S·S)`` centred windows), or None when it is flat."""
         parts = []
         for start in range(0, len(members), self.chunk):
             rows = members[start:start + self.chunk]
-            parts.append(window.at_peak(self.load(rows), self.relevance(rows))[0])
+            parts.append(windows_of(self.load(rows), rows))
         template = np.median(np.concatenate(parts), axis=0).reshape(-1, window.side ** 2)
         scale = float(np.linalg.norm(template))
         template = (template - template.mean(axis=1, keepdims=True)).ravel()
         norm = float(np.linalg.norm(template))
         if norm <= 1e-6 * scale or norm <= 0:
             return None
-        template /= norm
-        r, share = np.empty(self.n), np.empty(self.n)
-        for start in range(0, self.n, self.chunk):
-            rows = np.arange(start, min(start + self.chunk, self.n))
-            r[rows], share[rows] = window.best_match(self.load(rows), self.relevance(rows),
-                                                     template)
-        return r, share
+        return template / norm
 
 
 def _rows_of(array: np.ndarray) -> Callable[[np.ndarray], np.ndarray]:
@@ -219,15 +240,13 @@ MAX_SIDE = 12
 
 
 class _PeakWindows:
-    """S × S windows of images at each one's relevance peak, centred per channel.
+    """S × S windows of images, centred per channel: at each one's relevance peak, or the one
+    that best matches a template anywhere in the image.
 
-    Beyond the border the edge pixels repeat (up to ``slack`` pixels), so that a window can
-    move as far towards an image border as away from it: a pattern next to one border is
-    aligned as well as the same pattern next to the opposite one. The window moves in steps of
-    ``step`` = S // 8 pixels (S is at most 12 after averaging, so every pixel: at most
-    13 × 13 places). The patches read per sample are (S + 2 · slack) · f pixels wide, up to
-    twice the window: a chunk of wide-window patches can take more memory than the chunk of
-    images it is read from.
+    Beyond the border the edge pixels repeat (up to ``slack`` = S // 2 pixels), so that a
+    window can reach as far past an image border as into it: a pattern next to one border is
+    matched as well as the same pattern next to the opposite one. Images are compared in
+    sub-chunks of at most :data:`SUB_ELEMENTS` float64 values (padded image times samples).
     """
 
     def __init__(self, side: int, H: int, W: int):
@@ -237,7 +256,6 @@ class _PeakWindows:
         # never wider than the averaged image (round(side / f) can exceed H // f)
         self.side = max(1, min(round(side / f), self.H, self.W))
         self.slack = self.side // 2
-        self.step = max(1, self.side // 8)
 
     def _down(self, a: np.ndarray) -> np.ndarray:
         """``a`` (``(len, …, h·f, w·f)``, or a whole image whose last partial blocks are cut)
@@ -253,8 +271,8 @@ class _PeakWindows:
         a = a.reshape(*lead, h * f, w, f).sum(axis=-1)
         return a.reshape(*lead, h, f, w).sum(axis=-2) / (f * f)
 
-    def _peaks(self, relevance: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Top-left corner of each map's S × S window of largest |relevance| and its share."""
+    def _peaks(self, relevance: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Top-left corner of each map's S × S window of largest |relevance|."""
         a = np.abs(np.asarray(relevance, dtype=np.float32))
         if a.ndim == 4:
             a = a.sum(axis=1)
@@ -265,56 +283,86 @@ class _PeakWindows:
         sums = c[:, S:, S:] - c[:, :-S, S:] - c[:, S:, :-S] + c[:, :-S, :-S]
         flat = sums.reshape(len(a), -1)
         best = flat.argmax(axis=1)
-        py, px = np.unravel_index(best, sums.shape[1:])
-        total = a.reshape(len(a), -1).sum(axis=1)
-        return py, px, flat[np.arange(len(a)), best] / np.maximum(total, 1e-30)
+        return np.unravel_index(best, sums.shape[1:])
 
-    def _patches(self, x: np.ndarray, py: np.ndarray, px: np.ndarray) -> np.ndarray:
-        """``(len, C, L, L)`` float32 patches, L = S + 2 · slack, each holding every window
-        within ``slack`` of the window at ``(py, px)``; pixels beyond the border repeat the edge
-        (indices clipped). Only the patches are read at full resolution and averaged."""
+    def _padded(self, x: np.ndarray) -> np.ndarray:
+        """``(len, C, H + 2 · slack, W + 2 · slack)`` float64 images averaged over f × f blocks,
+        the full-resolution edge pixels repeated ``slack`` blocks beyond the border first."""
         x = np.asarray(x)
         if x.ndim == 3:
             x = x[:, None]
-        f, m, L = self.factor, self.slack, self.side + 2 * self.slack
-        ys = np.clip((py - m)[:, None] * f + np.arange(L * f), 0, self.H * f - 1)
-        xs = np.clip((px - m)[:, None] * f + np.arange(L * f), 0, self.W * f - 1)
-        v = x[np.arange(len(x))[:, None, None, None], np.arange(x.shape[1])[None, :, None, None],
-              ys[:, None, :, None], xs[:, None, None, :]]
-        return self._down(v)
+        f, m = self.factor, self.slack
+        x = x[..., :self.H * f, :self.W * f]
+        x = np.pad(x, ((0, 0), (0, 0), (m * f, m * f), (m * f, m * f)), mode="edge")
+        return self._down(x).astype(np.float64)
 
-    def at_peak(self, x: np.ndarray, relevance: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Unit, per-channel centred windows ``(len, C·S·S)`` at the peaks, and the peaks'
-        shares of |relevance|."""
-        py, px, share = self._peaks(relevance)
-        m, S = self.slack, self.side
-        raw = self._patches(x, py, px)[:, :, m:m + S, m:m + S].astype(np.float64)
-        v = (raw - raw.mean(axis=(2, 3), keepdims=True)).reshape(len(raw), -1)
-        norm = np.linalg.norm(v, axis=1, keepdims=True)
-        # a flat window (centred norm at rounding level) carries no pattern: 0, not noise
-        flat = norm <= 1e-6 * np.linalg.norm(raw.reshape(len(raw), -1), axis=1, keepdims=True)
-        return np.where(flat, 0.0, v / np.maximum(norm, 1e-300)), share
+    def at_peak(self, x: np.ndarray, relevance: np.ndarray) -> np.ndarray:
+        """Unit, per-channel centred windows ``(len, C·S·S)`` at the relevance peaks."""
+        py, px = self._peaks(relevance)
+        m = self.slack
+        return np.concatenate([self._windows(self._padded(x[part]), py[part] + m, px[part] + m)
+                               for part in self._parts(x)])
 
-    def best_match(self, x: np.ndarray, relevance: np.ndarray,
-                   template: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """The best cosine with ``template`` (unit, centred per channel) of the per-channel
-        centred windows within ``slack`` pixels of each peak (every ``step``-th), and the peaks'
-        shares of |relevance|. The template's channels have mean 0, so a window's dot product
-        with it needs no centring; its centred norm comes from its sums."""
-        py, px, share = self._peaks(relevance)
-        P = self._patches(x, py, px)
+    def _parts(self, x: np.ndarray) -> list[slice]:
+        """Slices of ``x``'s samples whose padded images hold at most :data:`SUB_ELEMENTS`
+        values together (at least one sample each)."""
+        x = np.asarray(x)
+        C = x.shape[1] if x.ndim == 4 else 1
+        per = C * (self.H + 2 * self.slack) * (self.W + 2 * self.slack)
+        step = max(1, SUB_ELEMENTS // per)
+        return [slice(i, i + step) for i in range(0, len(x), step)]
+
+    def _windows(self, P: np.ndarray, py: np.ndarray, px: np.ndarray) -> np.ndarray:
+        """The unit centred S × S windows of the padded images ``P`` at ``(py, px)``."""
         S = self.side
-        T = template.reshape(P.shape[1], S, S).astype(np.float64)
-        best = np.full(len(py), -1.0)
-        ahead = np.arange(0, self.slack + 1, self.step)
-        offsets = self.slack + np.unique(np.concatenate([-ahead, ahead]))
-        for dy in offsets:
-            for dx in offsets:
-                v = P[:, :, dy:dy + S, dx:dx + S]
-                dot = np.einsum("ncab,cab->n", v, T, dtype=np.float64)
-                sums = v.sum(axis=(2, 3), dtype=np.float64)
-                squares = np.einsum("ncab,ncab->nc", v, v, dtype=np.float64)
-                norm = np.sqrt(np.maximum((squares - sums ** 2 / (S * S)).sum(axis=1), 0.0))
-                best = np.maximum(best, np.where(norm > 1e-12, dot / np.maximum(norm, 1e-30),
-                                                 0.0))
-        return np.clip(best, -1.0, 1.0), share
+        rows = np.arange(len(P))[:, None, None, None]
+        ys = py[:, None, None, None] + np.arange(S)[None, None, :, None]
+        xs = px[:, None, None, None] + np.arange(S)[None, None, None, :]
+        return _unit(P[rows, np.arange(P.shape[1])[None, :, None, None], ys, xs])
+
+    def best_match(self, x: np.ndarray, template: np.ndarray, windows: bool = False):
+        """The best cosine with ``template`` (unit, centred per channel) of every per-channel
+        centred S × S window of each image (edge pixels repeated up to ``slack`` beyond the
+        border), by FFT; with ``windows``, the unit centred windows
+        ``(len, C·S·S)`` of the best matches instead."""
+        from scipy.signal import fftconvolve
+
+        S, out = self.side, []
+        for part in self._parts(x):
+            P = self._padded(x[part])
+            T = np.asarray(template, dtype=np.float64).reshape(P.shape[1], S, S)
+            dot = fftconvolve(P, T[None, :, ::-1, ::-1], mode="valid", axes=(2, 3)).sum(axis=1)
+            sums, squares = _box_sums(P, S), _box_sums(P * P, S)
+            var = np.maximum(squares - sums ** 2 / (S * S), 0.0)
+            norm = np.sqrt(var.sum(axis=1))
+            # a flat window (centred norm at rounding level) carries no pattern: 0, not noise
+            flat = norm <= 1e-6 * np.sqrt(squares.sum(axis=1))
+            cos = np.where(flat, 0.0, dot / np.maximum(norm, 1e-300)).reshape(len(P), -1)
+            best = np.clip(cos.max(axis=1), -1.0, 1.0)
+            if not windows:
+                out.append(best)
+                continue
+            out.append(self._windows(P, *np.unravel_index(cos.argmax(axis=1), dot.shape[1:])))
+        return np.concatenate(out)
+
+
+#: float64 values of padded images compared at a time (bounds the copies an FFT match makes)
+SUB_ELEMENTS = 4_000_000
+
+
+def _unit(raw: np.ndarray) -> np.ndarray:
+    """``(len, C, S, S)`` windows centred per channel and scaled to unit length, flat
+    (rounding-level) ones 0, as ``(len, C·S·S)``."""
+    raw = np.asarray(raw, dtype=np.float64)
+    v = (raw - raw.mean(axis=(2, 3), keepdims=True)).reshape(len(raw), -1)
+    norm = np.linalg.norm(v, axis=1, keepdims=True)
+    flat = norm <= 1e-6 * np.linalg.norm(raw.reshape(len(raw), -1), axis=1, keepdims=True)
+    return np.where(flat, 0.0, v / np.maximum(norm, 1e-300))
+
+
+def _box_sums(a: np.ndarray, S: int) -> np.ndarray:
+    """Sums of ``a`` (``(n, C, h, w)``) over every S × S window, ``(n, C, h − S + 1, w − S +
+    1)`` (integral images)."""
+    c = np.zeros(a.shape[:2] + (a.shape[2] + 1, a.shape[3] + 1))
+    c[:, :, 1:, 1:] = a.cumsum(axis=2).cumsum(axis=3)
+    return c[:, :, S:, S:] - c[:, :, :-S, S:] - c[:, :, S:, :-S] + c[:, :, :-S, :-S]
