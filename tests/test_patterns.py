@@ -537,3 +537,18 @@ def test_rows_are_one_slice_only_when_consecutive():
     assert not consecutive(np.array([], dtype=int)) and not consecutive(np.array([5, 4, 3]))
     rows = InputPatterns.of(np.arange(10.0)[:, None, None], PRE).load(np.array([4, 4, 6]))
     assert rows.ravel().tolist() == [4.0, 4.0, 6.0]
+
+
+def test_black_windows_match_nothing():
+    """Windows of exact zeros (a black background) carry no pattern: cosine 0, never the
+    rounding residue of the integral images divided by a zero norm."""
+    rng = np.random.default_rng(2)
+    x = np.zeros((4, 1, 28, 28), np.float32)
+    x[:, :, 8:20, 8:20] = rng.random((4, 1, 12, 12))
+    windows = _PeakWindows(5, 28, 28)
+    T = rng.normal(size=(1, 5, 5))
+    T -= T.mean()
+    T = (T / np.linalg.norm(T)).ravel()
+    want, _ = _brute_force(5, x, T)
+    np.testing.assert_allclose(windows.best_match(x, T), want, atol=1e-9)
+    assert windows.best_match(np.zeros((2, 1, 28, 28), np.float32), T).tolist() == [0.0, 0.0]

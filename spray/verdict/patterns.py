@@ -336,7 +336,7 @@ class _PeakWindows:
             var = np.maximum(squares - sums ** 2 / (S * S), 0.0)
             norm = np.sqrt(var.sum(axis=1))
             # a flat window (centred norm at rounding level) carries no pattern: 0, not noise
-            flat = norm <= 1e-6 * np.sqrt(squares.sum(axis=1))
+            flat = norm <= 1e-6 * np.sqrt(np.maximum(squares.sum(axis=1), 0.0))
             cos = np.where(flat, 0.0, dot / np.maximum(norm, 1e-300)).reshape(len(P), -1)
             best = np.clip(cos.max(axis=1), -1.0, 1.0)
             if not windows:
