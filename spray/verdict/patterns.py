@@ -325,13 +325,10 @@ class _PeakWindows:
         centred S × S window of each image (edge pixels repeated up to ``slack`` beyond the
         border), by FFT; with ``windows``, the unit centred windows
         ``(len, C·S·S)`` of the best matches instead."""
-        from scipy.signal import fftconvolve
-
         S, out = self.side, []
         for part in self._parts(x):
             P = self._padded(x[part])
-            T = np.asarray(template, dtype=np.float64).reshape(P.shape[1], S, S)
-            dot = fftconvolve(P, T[None, :, ::-1, ::-1], mode="valid", axes=(2, 3)).sum(axis=1)
+            dot = _correlate(P, np.asarray(template, dtype=np.float64).reshape(P.shape[1], S, S))
             sums, squares = _box_sums(P, S), _box_sums(P * P, S)
             var = np.maximum(squares - sums ** 2 / (S * S), 0.0)
             norm = np.sqrt(var.sum(axis=1))
@@ -358,6 +355,19 @@ def _unit(raw: np.ndarray) -> np.ndarray:
     norm = np.linalg.norm(v, axis=1, keepdims=True)
     flat = norm <= 1e-6 * np.linalg.norm(raw.reshape(len(raw), -1), axis=1, keepdims=True)
     return np.where(flat, 0.0, v / np.maximum(norm, 1e-300))
+
+
+def _correlate(P: np.ndarray, T: np.ndarray) -> np.ndarray:
+    """``(n, h − S + 1, w − S + 1)``: the dot product of ``T`` (``(C, S, S)``) with every
+    S × S window of the images ``P`` (``(n, C, h, w)``), summed over the channels. By FFT of the
+    images' own size: a window that fits does not wrap around, and the channels are summed
+    before the one inverse transform per image."""
+    from scipy import fft
+
+    h, w = P.shape[-2:]
+    S = T.shape[-1]
+    spectrum = fft.rfft2(P, axes=(2, 3)) * np.conj(fft.rfft2(T, s=(h, w), axes=(1, 2)))[None]
+    return fft.irfft2(spectrum.sum(axis=1), s=(h, w), axes=(1, 2))[:, :h - S + 1, :w - S + 1]
 
 
 def _box_sums(a: np.ndarray, S: int) -> np.ndarray:

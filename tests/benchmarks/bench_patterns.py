@@ -13,8 +13,9 @@ CPU and wall seconds.
 
 ``peak_cpu_seconds``: the same class with relevance maps (random, the suspect's members with a
 hot 3 × 3-cell square) and :meth:`~spray.verdict.patterns.InputPatterns.peak_correlation`, the
-pattern where each sample's relevance peaks (a window of 3 cells' side in pixels: 5 px at 32,
-34 px at 224; inputs and maps read twice).
+members' pattern where their relevance peaks, aligned, matched anywhere in every image (a
+window of 3 cells' side in pixels: 5 px at 32, 34 px at 224, compared on 3 × 3 blocks; the
+members' inputs read twice and their maps once, every sample's inputs once).
 """
 
 from __future__ import annotations
