@@ -49,8 +49,9 @@ class ClusterEvidence:
     joined : for a suspect, the samples from outside that carry its pattern and joined it.
     pattern_joined : for a suspect, the samples from outside whose raw inputs at its hot spot
         carry its members' pattern and joined it (with the raw inputs only).
-    peak_joined : for a suspect, the samples from outside that carry its members' pattern where
-        their own relevance peaks and joined it (with the raw inputs and relevance maps only).
+    peak_joined : for a suspect, the samples from outside that carry, anywhere in their image,
+        its members' pattern where the members' relevance peaks, and joined it (with the raw
+        inputs and relevance maps only).
     score_from_k : the group of another K whose score this cluster took, with ``jaccard``.
     inputs : the input features the contrast was measured on (not serialized).
     """
