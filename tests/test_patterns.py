@@ -8,7 +8,13 @@ from scipy.ndimage import gaussian_filter
 
 from spray.analysis.preprocess import cell_pixels, preprocess
 from spray.verdict.evidence import difference, top_cells
-from spray.verdict.members import join_by_pattern, join_where_looked, lower_fence, upper_fence
+from spray.verdict.members import (
+    _guarded_join,
+    join_by_pattern,
+    join_where_looked,
+    lower_fence,
+    upper_fence,
+)
 from spray.verdict.patterns import InputPatterns, _PeakWindows, hot_region
 from spray.verdict.result import ClusterEvidence
 
@@ -540,8 +546,9 @@ def test_rows_are_one_slice_only_when_consecutive():
 
 
 def test_black_windows_match_nothing():
-    """Windows of exact zeros (a black background) carry no pattern: cosine 0, never the
-    rounding residue of the integral images divided by a zero norm."""
+    """Windows of exact zeros (a black background) carry no pattern: a cosine at rounding level
+    (0 when the whole image is black), never the rounding residue of the integral images
+    divided by a zero norm."""
     rng = np.random.default_rng(2)
     x = np.zeros((4, 1, 28, 28), np.float32)
     x[:, :, 8:20, 8:20] = rng.random((4, 1, 12, 12))
@@ -552,3 +559,107 @@ def test_black_windows_match_nothing():
     want, _ = _brute_force(5, x, T)
     np.testing.assert_allclose(windows.best_match(x, T), want, atol=1e-9)
     assert windows.best_match(np.zeros((2, 1, 28, 28), np.float32), T).tolist() == [0.0, 0.0]
+
+
+def _unit_template(rng, C, S):
+    T = rng.normal(size=(C, S, S))
+    T -= T.mean(axis=(1, 2), keepdims=True)
+    return T / np.linalg.norm(T)
+
+
+def test_a_low_contrast_stamp_is_still_a_pattern():
+    """A stamp 1e-4 over a grey of 0.5 (centred norm ~2e-5 of the window's) is no rounding
+    residue: it matches its own template."""
+    rng = np.random.default_rng(0)
+    T = _unit_template(rng, 3, 5)
+    x = np.full((2, 3, 20, 20), 0.5)
+    x[:, :, 7:12, 7:12] += 1e-4 * T
+    np.testing.assert_allclose(_PeakWindows(5, 20, 20).best_match(x, T.ravel()), 1.0, atol=1e-3)
+
+
+def test_cosines_never_exceed_one_on_large_bright_images():
+    """The integral images of a 224-pixel image of values up to 255 round; the exact stamp
+    still gives at most 1."""
+    rng = np.random.default_rng(0)
+    x = np.full((2, 3, 224, 224), 200.0, np.float32)
+    x[:, :, :100] = rng.integers(0, 256, (2, 3, 100, 224))
+    pat = rng.standard_normal((3, 12, 12))
+    x[:, :, 180:192, 100:112] += (0.01 * pat).astype(np.float32)
+    w = x[0, :, 180:192, 100:112].astype(np.float64)
+    T = w - w.mean(axis=(1, 2), keepdims=True)
+    r = _PeakWindows(12, 224, 224).best_match(x, (T / np.linalg.norm(T)).ravel())
+    assert r.max() <= 1.0 and r.min() > 0.999
+
+
+def test_a_template_constant_per_channel_is_flat():
+    p = InputPatterns.of(np.zeros((3, 1, 10, 10), np.float32), PRE)
+    window = _PeakWindows(5, 10, 10)
+    d = np.random.default_rng(0).normal(size=25)
+    V = np.stack([0.7 + d, 0.7 - d, np.full(25, 0.7)])        # median: 0.7 everywhere
+    assert p._template(window, np.arange(3), lambda x, rows: V[rows]) is None
+
+
+def test_the_template_is_the_median_not_the_mean():
+    rng = np.random.default_rng(1)
+    p = InputPatterns.of(np.zeros((5, 1, 10, 10), np.float32), PRE)
+    window = _PeakWindows(5, 10, 10)
+    u, v = (_unit_template(rng, 1, 5).ravel() for _ in range(2))
+    V = np.stack([u, u, u, v, v])
+    np.testing.assert_allclose(p._template(window, np.arange(5), lambda x, rows: V[rows]), u,
+                               atol=1e-12)
+
+
+def test_the_guard_lets_in_at_equal_fences():
+    """'None when that fence lies *below* the upper fence': equal fences join."""
+    r = np.ones(4)
+    mask = np.array([True, False, False, False])
+    assert _guarded_join(r, mask, ~mask, 1.0).tolist() == [False, True, True, True]
+
+
+def test_rounding_level_textures_are_flat():
+    """A grey of 0.3 whose pixels differ by one float32 ulp: no pattern, at the peak and in
+    the match."""
+    rng = np.random.default_rng(2)
+    x = np.full((2, 3, 12, 12), 0.3, np.float32)
+    x += np.spacing(np.float32(0.3)) * rng.integers(0, 2, x.shape).astype(np.float32)
+    rel = rng.random((2, 12, 12)).astype(np.float32)
+    windows = _PeakWindows(5, 12, 12)
+    assert not windows.at_peak(x, rel).any()
+    assert windows.best_match(x, _unit_template(rng, 3, 5).ravel()).tolist() == [0.0, 0.0]
+
+def test_a_nan_pixel_does_not_open_the_guard():
+    """One NaN pixel in one image outside makes its cosine NaN; the guard still compares the
+    finite ones, and a group without a common pattern takes no one in."""
+    x, rel, feats, labels, clusters, _ = _logo_class(logo=False)
+    x = x.copy()
+    x[200, 0, 20, 20] = np.nan
+    out = join_where_looked(labels, clusters, [1], feats, 1.0, InputPatterns.of(x, PRE, maps=rel),
+                            2000)
+    assert (out == labels).all() and clusters[1].peak_joined == 0
+
+
+def test_near_black_windows_of_large_images_match_nothing():
+    """A busy bright half and a near-black half (noise of 1e-7) in 224-pixel images: the
+    near-black windows' variance is below the rounding of the integral images, not a pattern
+    (they used to give cosines of 1)."""
+    rng = np.random.default_rng(7)
+    x = np.zeros((3, 3, 224, 224), np.float32)
+    x[:, :, :112] = rng.random((3, 3, 112, 224))
+    x[:, :, 112:] = 1e-7 * rng.random((3, 3, 112, 224))
+    windows = _PeakWindows(12, 224, 224)
+    T = _unit_template(rng, 3, windows.side).ravel()
+    assert windows.best_match(x, T).max() < 0.5
+
+
+def test_sub_chunks_hold_the_full_resolution_copies():
+    """Windows averaged over f × f blocks: a sub-chunk's padded images are made at full
+    resolution first, and the bound counts them."""
+    import spray.verdict.patterns as patterns_module
+
+    windows = _PeakWindows(224, 224, 224)
+    x = np.zeros((3000, 3, 224, 224), np.float32)[:, :, :1, :1]        # only the shape counts
+    x = np.broadcast_to(x, (3000, 3, 224, 224))
+    per = 3 * (windows.H + 2 * windows.slack) * (windows.W + 2 * windows.slack) \
+        * windows.factor ** 2
+    step = windows._parts(x)[0].stop
+    assert step * per <= max(patterns_module.SUB_ELEMENTS, per)

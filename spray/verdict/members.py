@@ -168,10 +168,13 @@ def _guarded_join(r: np.ndarray, mask: np.ndarray, outside: np.ndarray,
     """The samples ``outside`` whose ``r`` is at or above the lower fence of the members'
     (``mask``); None when that fence lies below the upper fence of the samples outside (the
     members share no pattern that sets them apart)."""
-    fence = lower_fence(r[mask], reach)
-    if fence < upper_fence(r[outside], reach):
+    finite = np.isfinite(r)     # a NaN (an input with a NaN) must not disable the guard
+    if not (mask & finite).any() or not (outside & finite).any():
         return None
-    return outside & (r >= fence)
+    fence = lower_fence(r[mask & finite], reach)
+    if fence < upper_fence(r[outside & finite], reach):
+        return None
+    return outside & finite & (r >= fence)
 
 
 def _join_carriers(labels: np.ndarray, clusters: list[ClusterEvidence], suspects: list[int],

@@ -35,7 +35,7 @@ are compared on block-averaged images.
 *Why written here:* a normalized cross-correlation over every window of a batch of
 multi-channel images with one template (per-channel centring, edge padding, block averaging)
 is not in scikit-image (``match_template`` takes one image and centres the whole window, not
-each channel) nor in OpenCV (not a dependency); scipy's ``fftconvolve`` and integral images
+each channel) nor in OpenCV (not a dependency); ``scipy.fft`` and integral images
 give it in a few lines. ``tests/test_patterns.py`` checks it against a loop over every window.
 """
 
@@ -59,8 +59,9 @@ class InputPatterns:
     n : the number of samples of the class.
     grid : the feature grid the relevance was pooled to (``preprocess.pool``; None: the pixels).
     chunk : samples read at a time.
-    relevance : like ``load``, the relevance maps summed over the colour channels, ``(len, H,
-        W)`` at the inputs' resolution (None: :meth:`peak_correlation` is not available).
+    relevance : like ``load``, the relevance maps at the inputs' resolution, ``(len, H, W)``
+        (summed over the colour channels) or ``(len, C, H, W)`` (then the sum of |relevance|
+        over the channels is used); None: :meth:`peak_correlation` is not available.
     """
 
     def __init__(self, load: Callable[[np.ndarray], np.ndarray], n: int, grid,
@@ -144,7 +145,8 @@ class InputPatterns:
         (nobody joins by this step).
         The first template is the median centred pattern of at most ``max_template`` members at
         their own relevance peaks; the template is that of the same members at their best
-        match with it (the members' pattern aligned). Returns ``(n,)`` cosines in [−1, 1], or
+        match with it (the members' pattern aligned). Returns ``(n,)`` cosines in [−1, 1] (NaN
+        for an image with a non-finite value), or
         None without relevance maps, without a region or with a flat template.
         """
         if self.relevance is None:
@@ -235,7 +237,8 @@ def hot_region_cells(diff: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
 
 
 #: the widest window compared at full resolution (pixels); a wider one is compared on images
-#: averaged over blocks, which keeps the cost of a 224-pixel class near that of a 32-pixel one
+#: averaged over f × f blocks (f = ⌈side / 12⌉). The cost of a match grows with the averaged
+#: image's area: a small window on 224-pixel images is searched at full resolution
 MAX_SIDE = 12
 
 
@@ -246,7 +249,8 @@ class _PeakWindows:
     Beyond the border the edge pixels repeat (up to ``slack`` = S // 2 pixels), so that a
     window can reach as far past an image border as into it: a pattern next to one border is
     matched as well as the same pattern next to the opposite one. Images are compared in
-    sub-chunks of at most :data:`SUB_ELEMENTS` float64 values (padded image times samples).
+    sub-chunks of at most :data:`SUB_ELEMENTS` values of the full-resolution padded images (the
+    copies before averaging are the largest).
     """
 
     def __init__(self, side: int, H: int, W: int):
@@ -308,7 +312,8 @@ class _PeakWindows:
         values together (at least one sample each)."""
         x = np.asarray(x)
         C = x.shape[1] if x.ndim == 4 else 1
-        per = C * (self.H + 2 * self.slack) * (self.W + 2 * self.slack)
+        # the padded images are made at full resolution first: f² values per averaged one
+        per = C * (self.H + 2 * self.slack) * (self.W + 2 * self.slack) * self.factor ** 2
         step = max(1, SUB_ELEMENTS // per)
         return [slice(i, i + step) for i in range(0, len(x), step)]
 
@@ -333,7 +338,10 @@ class _PeakWindows:
             var = np.maximum(squares - sums ** 2 / (S * S), 0.0)
             norm = np.sqrt(var.sum(axis=1))
             # a flat window (centred norm at rounding level) carries no pattern: 0, not noise
-            flat = norm <= 1e-6 * np.sqrt(np.maximum(squares.sum(axis=1), 0.0))
+            # ... or at the rounding level of the integral images (relative to the whole image)
+            floor = 64 * np.finfo(np.float64).eps * (P * P).sum(axis=(1, 2, 3))[:, None, None]
+            flat = (norm <= 1e-6 * np.sqrt(np.maximum(squares.sum(axis=1), 0.0))) | (
+                norm * norm <= floor)
             cos = np.where(flat, 0.0, dot / np.maximum(norm, 1e-300)).reshape(len(P), -1)
             best = np.clip(cos.max(axis=1), -1.0, 1.0)
             if not windows:
@@ -343,7 +351,7 @@ class _PeakWindows:
         return np.concatenate(out)
 
 
-#: float64 values of padded images compared at a time (bounds the copies an FFT match makes)
+#: values of full-resolution padded images compared at a time (bounds the copies a match makes)
 SUB_ELEMENTS = 4_000_000
 
 
