@@ -380,7 +380,18 @@ def _correlate(P: np.ndarray, T: np.ndarray) -> np.ndarray:
 
 def _box_sums(a: np.ndarray, S: int) -> np.ndarray:
     """Sums of ``a`` (``(n, C, h, w)``) over every S × S window, ``(n, C, h − S + 1, w − S +
-    1)`` (integral images)."""
-    c = np.zeros(a.shape[:2] + (a.shape[2] + 1, a.shape[3] + 1))
-    c[:, :, 1:, 1:] = a.cumsum(axis=2).cumsum(axis=3)
-    return c[:, :, S:, S:] - c[:, :, :-S, S:] - c[:, :, S:, :-S] + c[:, :, :-S, :-S]
+    1)``: running sums along the columns, then along the rows (each a cumulative sum less
+    itself S places back)."""
+    out = np.asarray(a, dtype=np.float64)
+    for axis in (3, 2):
+        c = np.cumsum(out, axis=axis)
+        head = [slice(None)] * 4
+        head[axis] = slice(S - 1, None)
+        box = c[tuple(head)]                     # sums of the first S, S + 1, … values
+        back = [slice(None)] * 4
+        back[axis] = slice(None, -S) if c.shape[axis] > S else slice(0, 0)
+        lead = [slice(None)] * 4
+        lead[axis] = slice(1, None)
+        box[tuple(lead)] -= c[tuple(back)]       # less the sums S places back
+        out = box
+    return out
