@@ -334,14 +334,16 @@ class _PeakWindows:
         for part in self._parts(x):
             P = self._padded(x[part])
             dot = _correlate(P, np.asarray(template, dtype=np.float64).reshape(P.shape[1], S, S))
-            sums, squares = _box_sums(P, S), _box_sums(P * P, S)
-            var = np.maximum(squares - sums ** 2 / (S * S), 0.0)
-            norm = np.sqrt(var.sum(axis=1))
+            # the centred norm of every window: its squares (summed over the channels first)
+            # less each channel's squared sum over S²
+            energy = (P * P).sum(axis=1, keepdims=True)
+            squares = _box_sums(energy, S)[:, 0]
+            centred = squares - (_box_sums(P, S) ** 2).sum(axis=1) / (S * S)
+            norm = np.sqrt(np.maximum(centred, 0.0))
             # a flat window (centred norm at rounding level) carries no pattern: 0, not noise
-            # ... or at the rounding level of the integral images (relative to the whole image)
-            floor = 64 * np.finfo(np.float64).eps * (P * P).sum(axis=(1, 2, 3))[:, None, None]
-            flat = (norm <= 1e-6 * np.sqrt(np.maximum(squares.sum(axis=1), 0.0))) | (
-                norm * norm <= floor)
+            # ... or at the rounding level of the running sums (relative to the whole image)
+            floor = 64 * np.finfo(np.float64).eps * energy.sum(axis=(1, 2, 3))[:, None, None]
+            flat = (norm <= 1e-6 * np.sqrt(np.maximum(squares, 0.0))) | (norm * norm <= floor)
             cos = np.where(flat, 0.0, dot / np.maximum(norm, 1e-300)).reshape(len(P), -1)
             best = np.clip(cos.max(axis=1), -1.0, 1.0)
             if not windows:
