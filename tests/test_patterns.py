@@ -547,7 +547,7 @@ def test_rows_are_one_slice_only_when_consecutive():
 
 def test_black_windows_match_nothing():
     """Windows of exact zeros (a black background) carry no pattern: a cosine at rounding level
-    (0 when the whole image is black), never the rounding residue of the integral images
+    (0 when the whole image is black), never the rounding residue of the running sums
     divided by a zero norm."""
     rng = np.random.default_rng(2)
     x = np.zeros((4, 1, 28, 28), np.float32)
@@ -578,7 +578,7 @@ def test_a_low_contrast_stamp_is_still_a_pattern():
 
 
 def test_cosines_never_exceed_one_on_large_bright_images():
-    """The integral images of a 224-pixel image of values up to 255 round; the exact stamp
+    """The running sums of a 224-pixel image of values up to 255 round; the exact stamp
     still gives at most 1."""
     rng = np.random.default_rng(0)
     x = np.full((2, 3, 224, 224), 200.0, np.float32)
@@ -640,7 +640,7 @@ def test_a_nan_pixel_does_not_open_the_guard():
 
 def test_near_black_windows_of_large_images_match_nothing():
     """A busy bright half and a near-black half (noise of 1e-7) in 224-pixel images: the
-    near-black windows' variance is below the rounding of the integral images, not a pattern
+    near-black windows' variance is below the rounding of the running sums, not a pattern
     (they used to give cosines of 1)."""
     rng = np.random.default_rng(7)
     x = np.zeros((3, 3, 224, 224), np.float32)

@@ -35,7 +35,7 @@ are compared on block-averaged images.
 *Why written here:* a normalized cross-correlation over every window of a batch of
 multi-channel images with one template (per-channel centring, edge padding, block averaging)
 is not in scikit-image (``match_template`` takes one image and centres the whole window, not
-each channel) nor in OpenCV (not a dependency); ``scipy.fft`` and integral images
+each channel) nor in OpenCV (not a dependency); ``scipy.fft`` and running sums
 give it in a few lines. ``tests/test_patterns.py`` checks it against a loop over every window.
 """
 
