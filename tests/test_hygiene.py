@@ -159,6 +159,9 @@ def _interrupt_sync_before_it_starts() -> None:
 
     from distributed.utils import LoopRunner, sync
 
+    # Ctrl-C raises KeyboardInterrupt whatever the test runner inherited: a shell's background
+    # job starts with SIGINT ignored, and Python then installs no handler of its own
+    inherited = signal.signal(signal.SIGINT, signal.default_int_handler)
     runner = LoopRunner(asynchronous=False)
     runner.start()
     busy, main = threading.Event(), threading.get_ident()
@@ -171,6 +174,7 @@ def _interrupt_sync_before_it_starts() -> None:
         busy.set()  # the loop now runs sync's call and its cancel callback
         sync(runner.loop, asyncio.sleep, 0)  # queued after them: returns once they have run
         runner.stop()
+        signal.signal(signal.SIGINT, inherited)
 
 
 def test_ctrl_c_before_a_dask_call_starts_logs_nothing(caplog):
