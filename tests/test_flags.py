@@ -978,7 +978,7 @@ def test_stamped_samples_outside_do_not_keep_look_alikes_in_the_suspect(
     labels[np.flatnonzero(planted)[:5]] = 0
     clusters = [ClusterEvidence.of(labels == c, id=c) for c in (0, 1)]
     W = sp.csr_matrix(analyze(feats, pipeline=_pipe(), embed=False).affinity)
-    out = decide_members(labels, clusters, [1], W, inputs, feats, 0.1, 0.99, 1.0)
+    out = decide_members(labels, clusters, [1], W, inputs, feats, 0.1, 0.99, 1.0, 1.5)
     assert ((out == 1) == planted).all()
     assert clusters[1].joined == 5 and clusters[1].trimmed == int(lookalike.sum())
 

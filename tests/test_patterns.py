@@ -303,7 +303,7 @@ def test_the_logo_in_other_corners_joins_where_the_model_looks():
     patterns = InputPatterns.of(x, PRE, maps=rel)
     r = patterns.peak_correlation(difference(feats, labels == 1), labels == 1, 2000)
     assert r[truth].min() > 0.6 > 0.5 > r[~truth].max()
-    out = join_where_looked(labels, clusters, [1], feats, 1.0, patterns, 2000)
+    out = join_where_looked(labels, clusters, [1], feats, 1.0, 1.5, patterns, 2000)
     joins = (labels == 0) & (out == 1)
     assert (joins <= truth).all() and joins.sum() >= 40                # of the 45 outside
     assert ((labels == 0) & (r >= lower_fence(r[labels == 1], 1.0)) == joins).all()
@@ -311,14 +311,14 @@ def test_the_logo_in_other_corners_joins_where_the_model_looks():
     assert clusters[0].size == len(labels) - 15 - joins.sum()
     # without the relevance maps nothing is read and nothing moves
     plain = InputPatterns.of(x, PRE)
-    assert (join_where_looked(labels, clusters, [1], feats, 1.0, plain, 2000) == labels).all()
+    assert (join_where_looked(labels, clusters, [1], feats, 1.0, 1.5, plain, 2000) == labels).all()
 
 
 def test_a_logo_whose_relevance_peaks_on_the_object_joins():
     """Stamped samples whose relevance lies on their object: the ring is at their corner all
     the same, and the members' pattern is found there; no bright corner without it joins."""
     x, rel, feats, labels, clusters, truth = _logo_class(unseen=8)
-    out = join_where_looked(labels, clusters, [1], feats, 1.0, InputPatterns.of(x, PRE, maps=rel),
+    out = join_where_looked(labels, clusters, [1], feats, 1.0, 1.5, InputPatterns.of(x, PRE, maps=rel),
                             2000)
     joins = (labels == 0) & (out == 1)
     assert joins[52:60].all() and (joins <= truth).all()
@@ -342,7 +342,7 @@ def test_members_that_look_at_part_of_the_stamp_are_aligned():
     r = InputPatterns.of(x, PRE, maps=rel).peak_correlation(difference(feats, labels == 1),
                                                             labels == 1, 2000)
     assert r[:15].min() > r[60:].max()
-    out = join_where_looked(labels, clusters, [1], feats, 1.0, InputPatterns.of(x, PRE, maps=rel),
+    out = join_where_looked(labels, clusters, [1], feats, 1.0, 1.5, InputPatterns.of(x, PRE, maps=rel),
                             2000)
     joins = (labels == 0) & (out == 1)
     assert (joins <= truth).all() and joins.sum() >= 40                 # of the 45 outside
@@ -352,7 +352,7 @@ def test_no_join_for_members_without_a_common_pattern():
     """A group the model looks at a corner for, with nothing stamped there: the members'
     correlations fall below the upper fence of the rest's, and nobody joins (the guard)."""
     x, rel, feats, labels, clusters, _ = _logo_class(logo=False)
-    out = join_where_looked(labels, clusters, [1], feats, 1.0, InputPatterns.of(x, PRE, maps=rel),
+    out = join_where_looked(labels, clusters, [1], feats, 1.0, 1.5, InputPatterns.of(x, PRE, maps=rel),
                             2000)
     assert (out == labels).all() and clusters[1].peak_joined == 0
 
@@ -531,7 +531,7 @@ def test_a_copy_of_the_only_member_joins():
     x[100], rel[100] = x[0], rel[0]
     feats = preprocess(rel, PRE)
     clusters = [ClusterEvidence.of(labels == c, id=c) for c in (0, 1)]
-    out = join_where_looked(labels, clusters, [1], feats, 1.0, InputPatterns.of(x, PRE, maps=rel),
+    out = join_where_looked(labels, clusters, [1], feats, 1.0, 1.5, InputPatterns.of(x, PRE, maps=rel),
                             2000)
     assert out[100] == 1
 
@@ -616,6 +616,17 @@ def test_the_guard_lets_in_at_equal_fences():
     assert _guarded_join(r, mask, ~mask, 1.0).tolist() == [False, True, True, True]
 
 
+def test_the_guard_reaches_further_for_the_samples_outside():
+    """Members at 0.70-0.76, the samples outside at 0.4-0.58 and one carrier at 0.95: the
+    members' lower fence (0.685 at reach 1) passes the outside's upper fence at reach 1 (0.65),
+    not at 1.5 (0.70)."""
+    r = np.array([0.7, 0.72, 0.74, 0.76, 0.4, 0.42, 0.45, 0.48, 0.5, 0.52, 0.55, 0.58, 0.95])
+    mask = np.arange(13) < 4
+    assert _guarded_join(r, mask, ~mask, 1.0).tolist() == [False] * 12 + [True]
+    assert _guarded_join(r, mask, ~mask, 1.0, 1.0) is not None
+    assert _guarded_join(r, mask, ~mask, 1.0, 1.5) is None
+
+
 def test_rounding_level_textures_are_flat():
     """A grey of 0.3 whose pixels differ by one float32 ulp: no pattern, at the peak and in
     the match."""
@@ -633,7 +644,7 @@ def test_a_nan_pixel_does_not_open_the_guard():
     x, rel, feats, labels, clusters, _ = _logo_class(logo=False)
     x = x.copy()
     x[200, 0, 20, 20] = np.nan
-    out = join_where_looked(labels, clusters, [1], feats, 1.0, InputPatterns.of(x, PRE, maps=rel),
+    out = join_where_looked(labels, clusters, [1], feats, 1.0, 1.5, InputPatterns.of(x, PRE, maps=rel),
                             2000)
     assert (out == labels).all() and clusters[1].peak_joined == 0
 

@@ -268,6 +268,10 @@ class FlagsSection(_Section):
     #: and of the members outside the core, only those below Q1 − ``trim_fence_iqr`` × IQR of
     #: the core's projections leave (a stamp on objects of varied brightness keeps its members)
     trim_fence_iqr: float = Field(default=1.0, ge=0)
+    #: members matched anywhere join only when the members' lower fence lies at or above
+    #: Q3 + ``peak_guard_iqr`` × IQR of the samples outside (1 joined 11 unstamped samples of
+    #: a frame at equality; docs/verdict-eval.md, "The guard of the last member step")
+    peak_guard_iqr: float = Field(default=1.5, ge=0)
     candidates: Literal["analysis", "all-k"] = "analysis"
     bisect_clusters: bool = True
     other_k_min_jaccard: float = Field(default=0.5, ge=0, le=1)

@@ -46,8 +46,8 @@ place; the stamped samples of the others are neither at its hot spot nor near it
 With the relevance maps too, the last step takes the members' pattern *where their relevance
 peaks*, aligned, and looks for it anywhere in every image
 (:meth:`~spray.verdict.patterns.InputPatterns.peak_correlation`): a sample outside joins when
-its best match is at or above the members' lower fence, under the same guard
-(``peak_joined``). As in the step before, no relevance condition: a stamped sample whose
+its best match is at or above the members' lower fence, under the same guard with a longer
+reach for the samples outside (``peak_guard_iqr``; ``peak_joined``). As in the step before, no relevance condition: a stamped sample whose
 relevance peaks on its object carries the stamp all the same.
 """
 
@@ -119,7 +119,7 @@ def trim_suspects(labels: np.ndarray, clusters: list[ClusterEvidence], suspects:
 
 def decide_members(labels: np.ndarray, clusters: list[ClusterEvidence], suspects: list[int],
                    W: sp.csr_matrix, input_features: np.ndarray, features: np.ndarray | None,
-                   area: float, min_auc: float, fence_iqr: float,
+                   area: float, min_auc: float, fence_iqr: float, guard_iqr: float,
                    patterns: InputPatterns | None = None, max_template: int = 2000) -> np.ndarray:
     """Who of the suspects is reported: :func:`join_suspects`, then :func:`trim_suspects` (the
     samples outside that carry the pattern would lower the AUC that decides the trim), then
@@ -131,20 +131,22 @@ def decide_members(labels: np.ndarray, clusters: list[ClusterEvidence], suspects
                            min_auc, fence_iqr)
     labels = join_by_pattern(labels, clusters, suspects, features, area, fence_iqr, patterns,
                              max_template)
-    return join_where_looked(labels, clusters, suspects, features, fence_iqr, patterns,
-                             max_template)
+    return join_where_looked(labels, clusters, suspects, features, fence_iqr, guard_iqr,
+                             patterns, max_template)
 
 
 def join_where_looked(labels: np.ndarray, clusters: list[ClusterEvidence], suspects: list[int],
-                      features: np.ndarray | None, fence_iqr: float,
+                      features: np.ndarray | None, fence_iqr: float, guard_iqr: float,
                       patterns: InputPatterns | None, max_template: int) -> np.ndarray:
     """Move the samples outside every suspect that carry its members' pattern, taken where the
     model looks at the members and found anywhere in their own image, into that suspect.
 
     A sample joins when its best match
     (:meth:`~spray.verdict.patterns.InputPatterns.peak_correlation`) is at or above the
-    lower fence of the members'. The guard of :func:`join_by_pattern` holds here too: that
-    fence lies at or above the upper fence of the samples outside. Fills in ``peak_joined``
+    lower fence of the members' (reach ``fence_iqr``). Its guard is the one of
+    :func:`join_by_pattern` with a longer reach for the samples outside: that fence lies at or
+    above their upper fence Q3 + ``guard_iqr`` × IQR (a match anywhere lifts every sample's
+    correlation, and a weak template's members pass at equality). Fills in ``peak_joined``
     and updates sizes and fractions. Nothing moves (and nothing is read) without relevance
     maps in ``patterns``, relevance features or samples outside.
 
@@ -158,21 +160,23 @@ def join_where_looked(labels: np.ndarray, clusters: list[ClusterEvidence], suspe
 
     def carriers(mask: np.ndarray, outside: np.ndarray) -> np.ndarray | None:
         r = patterns.peak_correlation(difference(features, mask), mask, max_template)
-        return None if r is None else _guarded_join(r, mask, outside, fence_iqr)
+        return None if r is None else _guarded_join(r, mask, outside, fence_iqr, guard_iqr)
 
     return _join_carriers(labels, clusters, suspects, "peak_joined", carriers)
 
 
-def _guarded_join(r: np.ndarray, mask: np.ndarray, outside: np.ndarray,
-                  reach: float) -> np.ndarray | None:
+def _guarded_join(r: np.ndarray, mask: np.ndarray, outside: np.ndarray, reach: float,
+                  outside_reach: float | None = None) -> np.ndarray | None:
     """The samples ``outside`` whose ``r`` is at or above the lower fence of the members'
-    (``mask``); None when that fence lies below the upper fence of the samples outside (the
-    members share no pattern that sets them apart)."""
+    (``mask``, at ``reach``); None when that fence lies below the upper fence of the samples
+    outside (at ``outside_reach``, by default ``reach``: the members share no pattern that sets
+    them apart)."""
     finite = np.isfinite(r)     # a NaN (an input with a NaN) must not disable the guard
     if not (mask & finite).any() or not (outside & finite).any():
         return None
     fence = lower_fence(r[mask & finite], reach)
-    if fence < upper_fence(r[outside & finite], reach):
+    if fence < upper_fence(r[outside & finite],
+                           reach if outside_reach is None else outside_reach):
         return None
     return outside & finite & (r >= fence)
 
