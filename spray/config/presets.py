@@ -272,6 +272,10 @@ class FlagsSection(_Section):
     #: Q3 + ``peak_guard_iqr`` × IQR of the samples outside (1 joined 11 unstamped samples of
     #: a frame at equality; docs/verdict-eval.md, "The guard of the last member step")
     peak_guard_iqr: float = Field(default=1.5, ge=0)
+    #: score a class the rule does not flag in the folded view too (each map mirrored so that
+    #: its peak lies in the top-left quadrant: an artefact in one of several corners on one
+    #: place) and keep the view that scores higher (:mod:`spray.verdict.fold`)
+    fold: bool = True
     candidates: Literal["analysis", "all-k"] = "analysis"
     bisect_clusters: bool = True
     other_k_min_jaccard: float = Field(default=0.5, ge=0, le=1)

@@ -22,6 +22,7 @@ from spray.verdict.bootstrap import Resamples, stabilize, stabilize_cuts, verify
 from spray.verdict.calibration import clean_rate, threshold_for
 from spray.verdict.candidates import candidate_groups, sweep_cuts
 from spray.verdict.evidence import ClassGraphs, measure
+from spray.verdict.fold import Fold, extend_by_neighbours
 from spray.verdict.halves import lift_by_other_k, split_off_sweep, split_suspect_halves
 from spray.verdict.members import decide_members
 from spray.verdict.patterns import InputPatterns
@@ -95,6 +96,29 @@ def score_class(result, input_features: np.ndarray, pipeline: dict,
         more (:mod:`~spray.verdict.subsample`; ``scored_on`` says how many).
     """
     params = flag_params(pipeline)
+    verdict = _score_view(result, input_features, pipeline, params, features, edge_features,
+                          patterns)
+    fold = (Fold.of(features, pipeline["preprocess"])
+            if features is not None and params.fold and not verdict.flagged else None)
+    if fold is None:
+        return verdict
+    folded = _score_folded(result, fold, input_features, pipeline, params, features,
+                           edge_features, patterns)
+    if _rank(folded) > _rank(verdict):
+        folded.view = "folded"
+        return folded
+    return verdict
+
+
+def _rank(verdict: Verdict) -> float:
+    """A verdict's score, −inf without a scored candidate (its 0 is no score)."""
+    return -np.inf if verdict.candidate_cluster is None else verdict.score
+
+
+def _score_view(result, input_features, pipeline: dict, params: FlagsSection, features,
+                edge_features, patterns: InputPatterns | None) -> Verdict:
+    """:func:`_score` on the class, or on a subsample when it has more than
+    ``score_max_samples`` samples (:func:`_score_subsample`)."""
     n = len(np.asarray(result.labels))
     if features is None or n <= params.score_max_samples:
         return _score(result, input_features, pipeline, params, features, edge_features,
@@ -113,19 +137,52 @@ def _score_subsample(result, input_features, pipeline: dict, params: FlagsSectio
     inputs = np.asarray(input_features, dtype=np.float32)
     verdict = _score(sub, inputs[rows], pipeline, params, features[rows], edges, trim=False)
     labels = extend_labels(np.asarray(result.labels), rows, verdict.labels, result.affinity)
-    resize_entries(verdict.clusters, labels)
     # who of a suspect carries its pattern is decided on the whole class: the samples that
     # leave a suspect are near it in the relevance graph, so the labels must be extended first
-    area = float(params.input_mask_area)
-    verdict.labels = decide_members(labels, verdict.clusters, verdict.suspect_clusters,
-                                    sp.csr_matrix(result.affinity), inputs,
-                                    np.ascontiguousarray(features, dtype=np.float32), area,
-                                    params.trim_min_auc, params.trim_fence_iqr,
-                                    params.peak_guard_iqr, patterns, params.score_max_samples)
-    verdict.scored_on = int(len(rows))
+    return _members_of_class(verdict, labels, sp.csr_matrix(result.affinity), inputs, features,
+                             params, patterns, len(rows))
+
+
+def _members_of_class(verdict: Verdict, labels: np.ndarray, W: sp.csr_matrix,
+                      inputs: np.ndarray, features: np.ndarray, params: FlagsSection,
+                      patterns: InputPatterns | None, scored_on: int) -> Verdict:
+    """The verdict of a subsample with its ``labels`` extended to the class (relevance graph
+    ``W``) and the suspects' members decided on the whole class."""
+    resize_entries(verdict.clusters, labels)
+    verdict.labels = decide_members(labels, verdict.clusters, verdict.suspect_clusters, W,
+                                    inputs, np.ascontiguousarray(features, dtype=np.float32),
+                                    float(params.input_mask_area), params.trim_min_auc,
+                                    params.trim_fence_iqr, params.peak_guard_iqr, patterns,
+                                    params.score_max_samples)
+    verdict.scored_on = int(scored_on)
     log.info("class of %d samples scored on a subsample of %d (score_max_samples)",
-             len(verdict.labels), len(rows))
+             len(verdict.labels), scored_on)
     return verdict
+
+
+def _score_folded(result, fold: Fold, input_features, pipeline: dict, params: FlagsSection,
+                  features, edge_features, patterns: InputPatterns | None) -> Verdict:
+    """The rule on the folded view (:mod:`~spray.verdict.fold`), analysed afresh on the
+    samples the class is scored on; on a subsample, the labels are extended through the
+    nearest drawn samples."""
+    from spray.analysis.analyze import analyze
+
+    feats = fold.apply(np.asarray(features, dtype=np.float32))
+    inputs = fold.apply(np.asarray(input_features, dtype=np.float32))
+    edges = fold.apply(None if edge_features is None else np.asarray(edge_features))
+    patterns = fold.patterns(patterns)
+    n = len(feats)
+    if n <= params.score_max_samples:
+        return _score(analyze(feats, pipeline=pipeline, embed=False), inputs, pipeline, params,
+                      feats, edges, patterns=patterns)
+    rows = stratified_sample(np.asarray(result.labels), params.score_max_samples, params.seed)
+    sub = analyze(feats[rows], pipeline=pipeline, embed=False)
+    verdict = _score(sub, inputs[rows], pipeline, params, feats[rows],
+                     None if edges is None else edges[rows], trim=False)
+    labels, W = extend_by_neighbours(feats, rows, verdict.labels, int(sub.k))
+    drawn = sp.csr_matrix(sub.affinity).tocoo()
+    W = W + sp.csr_matrix((drawn.data, (rows[drawn.row], rows[drawn.col])), shape=W.shape)
+    return _members_of_class(verdict, labels, W, inputs, feats, params, patterns, len(rows))
 
 
 def _score(result, input_features: np.ndarray, pipeline: dict, params: FlagsSection,
