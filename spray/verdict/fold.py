@@ -23,8 +23,8 @@ view because the fold can split a group at one fixed place: a stamp the relevanc
 some of its samples only (a faint top row on a bright object) folds onto two places, and a
 third of the group then outscores the whole (the test of a visible top row: 12 of 45 members
 at 6.89 against all 45 at 6.71). Objects at varied places fold onto one quadrant, where their
-relevance no longer tells them apart by place. The fold needs a feature grid whose cells are places in the input: not with
-``transform: fft`` or without a pooling grid.
+relevance no longer tells them apart by place. The fold needs a feature grid whose cells are
+places in the input: not with ``transform: fft`` or without a pooling grid.
 
 The view is scored on the samples the class is scored on (all of them up to
 ``score_max_samples``, else the stratified subsample), analysed afresh

@@ -46,9 +46,10 @@ place; the stamped samples of the others are neither at its hot spot nor near it
 With the relevance maps too, the last step takes the members' pattern *where their relevance
 peaks*, aligned, and looks for it anywhere in every image
 (:meth:`~spray.verdict.patterns.InputPatterns.peak_correlation`): a sample outside joins when
-its best match is at or above the members' lower fence, under the same guard with a longer
-reach for the samples outside (``peak_guard_iqr``; ``peak_joined``). As in the step before, no relevance condition: a stamped sample whose
-relevance peaks on its object carries the stamp all the same.
+its best match is at or above the members' lower fence, under the same guard with a longer reach
+for the samples outside (``peak_guard_iqr``; ``peak_joined``). As in the step before, no
+relevance condition: a stamped sample whose relevance peaks on its object carries the stamp all
+the same.
 """
 
 from __future__ import annotations
