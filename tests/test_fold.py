@@ -113,7 +113,7 @@ def test_a_flagged_class_keeps_its_own_view():
     result = analyze(feats, pipeline=_pipe(), embed=False)
     own = clever_hans_score(result, inputs, _pipe(fold=False), features=feats)
     v = clever_hans_score(result, inputs, _pipe(), features=feats)
-    assert own["flagged"] and v["flagged"] and "view" not in v
+    assert own["flagged"] and v["flagged"] and "view" not in v and "folded_score" not in v
     assert v["score"] == own["score"]
     assert (v["labels"] == own["labels"]).all()
 
@@ -137,3 +137,13 @@ def test_extend_by_neighbours_votes_and_links():
     assert labels.tolist() == [7, 7, 9, 9, 7, 9, 9]
     assert W.shape == (7, 7) and (W != W.T).nnz == 0
     assert sorted(W[4].indices.tolist()) == [0, 1] and W[0, 1] == 0
+
+
+def test_an_unflagged_class_keeps_its_own_score_and_records_the_folded_one():
+    feats, inputs, _ = _corner_class(seed=4, size=0)
+    result = analyze(feats, pipeline=_pipe(), embed=False)
+    own = clever_hans_score(result, inputs, _pipe(fold=False), features=feats)
+    v = clever_hans_score(result, inputs, _pipe(), features=feats)
+    assert not v["flagged"] and "view" not in v and "folded_score" not in own
+    assert v["score"] == own["score"] and isinstance(v["folded_score"], float)
+    assert v["folded_score"] < v["threshold"]

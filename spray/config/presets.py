@@ -274,7 +274,7 @@ class FlagsSection(_Section):
     peak_guard_iqr: float = Field(default=1.5, ge=0)
     #: score a class the rule does not flag in the folded view too (each map mirrored so that
     #: its peak lies in the top-left quadrant: an artefact in one of several corners on one
-    #: place) and keep the view that scores higher (:mod:`spray.verdict.fold`)
+    #: place), whose verdict is taken when it flags the class (:mod:`spray.verdict.fold`)
     fold: bool = True
     candidates: Literal["analysis", "all-k"] = "analysis"
     bisect_clusters: bool = True

@@ -149,6 +149,8 @@ class Verdict:
         apply to ``params``.
     view : ``"folded"`` when the verdict is the folded view's (:mod:`spray.verdict.fold`:
         its clusters come from an analysis of the folded relevance); None: the class's own.
+    folded_score : the folded view's score of a class neither view flags (None: not scored
+        folded).
     """
 
     score: float
@@ -166,6 +168,7 @@ class Verdict:
     scored_on: int | None = None
     clean_rate: dict | None = None
     view: str | None = None
+    folded_score: float | None = None
 
     def cluster(self, cid: int) -> ClusterEvidence:
         """The entry of cluster ``cid``."""
@@ -178,7 +181,8 @@ class Verdict:
         out["other_k"] = [c.to_dict() for c in self.other_k]
         order = ("rule", "score", "threshold", "flagged", "suspect_cluster", "suspect_clusters",
                  "candidate_cluster", "clusters", "splits", "labels", "other_k", "params")
-        optional = {k: out[k] for k in ("scored_on", "clean_rate", "view")
+        optional = {k: out[k] for k in ("scored_on", "clean_rate", "view",
+                                                  "folded_score")
                     if out[k] is not None}
         return {**{k: out[k] for k in order}, **optional}
 

@@ -93,7 +93,9 @@ def score_class(result, input_features: np.ndarray, pipeline: dict,
     -------
     Verdict
         Measured on a stratified subsample of ``score_max_samples`` samples when the class has
-        more (:mod:`~spray.verdict.subsample`; ``scored_on`` says how many).
+        more (:mod:`~spray.verdict.subsample`; ``scored_on`` says how many). A class this
+        does not flag is scored in the folded view too (``flags.fold``,
+        :mod:`~spray.verdict.fold`); when that flags it, the verdict is the folded view's.
     """
     params = flag_params(pipeline)
     verdict = _score_view(result, input_features, pipeline, params, features, edge_features,
@@ -104,15 +106,11 @@ def score_class(result, input_features: np.ndarray, pipeline: dict,
         return verdict
     folded = _score_folded(result, fold, input_features, pipeline, params, features,
                            edge_features, patterns)
-    if _rank(folded) > _rank(verdict):
-        folded.view = "folded"
-        return folded
-    return verdict
-
-
-def _rank(verdict: Verdict) -> float:
-    """A verdict's score, −inf without a scored candidate (its 0 is no score)."""
-    return -np.inf if verdict.candidate_cluster is None else verdict.score
+    if not folded.flagged:
+        verdict.folded_score = folded.score
+        return verdict
+    folded.view = "folded"
+    return folded
 
 
 def _score_view(result, input_features, pipeline: dict, params: FlagsSection, features,
@@ -140,49 +138,56 @@ def _score_subsample(result, input_features, pipeline: dict, params: FlagsSectio
     # who of a suspect carries its pattern is decided on the whole class: the samples that
     # leave a suspect are near it in the relevance graph, so the labels must be extended first
     return _members_of_class(verdict, labels, sp.csr_matrix(result.affinity), inputs, features,
-                             params, patterns, len(rows))
+                             params, patterns, int(len(rows)))
 
 
 def _members_of_class(verdict: Verdict, labels: np.ndarray, W: sp.csr_matrix,
                       inputs: np.ndarray, features: np.ndarray, params: FlagsSection,
-                      patterns: InputPatterns | None, scored_on: int) -> Verdict:
-    """The verdict of a subsample with its ``labels`` extended to the class (relevance graph
-    ``W``) and the suspects' members decided on the whole class."""
+                      patterns: InputPatterns | None, scored_on: int | None) -> Verdict:
+    """A verdict scored without deciding its suspects' members, with its ``labels`` extended
+    to the class (relevance graph ``W``) and the members decided on the whole class;
+    ``scored_on``: the size of the subsample it was scored on (None: the class)."""
     resize_entries(verdict.clusters, labels)
     verdict.labels = decide_members(labels, verdict.clusters, verdict.suspect_clusters, W,
                                     inputs, np.ascontiguousarray(features, dtype=np.float32),
                                     float(params.input_mask_area), params.trim_min_auc,
                                     params.trim_fence_iqr, params.peak_guard_iqr, patterns,
                                     params.score_max_samples)
-    verdict.scored_on = int(scored_on)
-    log.info("class of %d samples scored on a subsample of %d (score_max_samples)",
-             len(verdict.labels), scored_on)
+    verdict.scored_on = scored_on
+    if scored_on is not None:
+        log.info("class of %d samples scored on a subsample of %d (score_max_samples)",
+                 len(verdict.labels), scored_on)
     return verdict
 
 
 def _score_folded(result, fold: Fold, input_features, pipeline: dict, params: FlagsSection,
                   features, edge_features, patterns: InputPatterns | None) -> Verdict:
     """The rule on the folded view (:mod:`~spray.verdict.fold`), analysed afresh on the
-    samples the class is scored on; on a subsample, the labels are extended through the
-    nearest drawn samples."""
+    samples the class is scored on. Only a verdict that flags the class is carried on to the
+    whole class (on a subsample, its labels through the nearest drawn samples) and its
+    suspects' members decided."""
     from spray.analysis.analyze import analyze
 
     feats = fold.apply(np.asarray(features, dtype=np.float32))
     inputs = fold.apply(np.asarray(input_features, dtype=np.float32))
     edges = fold.apply(None if edge_features is None else np.asarray(edge_features))
-    patterns = fold.patterns(patterns)
     n = len(feats)
-    if n <= params.score_max_samples:
-        return _score(analyze(feats, pipeline=pipeline, embed=False), inputs, pipeline, params,
-                      feats, edges, patterns=patterns)
-    rows = stratified_sample(np.asarray(result.labels), params.score_max_samples, params.seed)
+    whole = n <= params.score_max_samples
+    rows = (np.arange(n) if whole else
+            stratified_sample(np.asarray(result.labels), params.score_max_samples, params.seed))
     sub = analyze(feats[rows], pipeline=pipeline, embed=False)
     verdict = _score(sub, inputs[rows], pipeline, params, feats[rows],
                      None if edges is None else edges[rows], trim=False)
-    labels, W = extend_by_neighbours(feats, rows, verdict.labels, int(sub.k))
-    drawn = sp.csr_matrix(sub.affinity).tocoo()
-    W = W + sp.csr_matrix((drawn.data, (rows[drawn.row], rows[drawn.col])), shape=W.shape)
-    return _members_of_class(verdict, labels, W, inputs, feats, params, patterns, len(rows))
+    if not verdict.flagged:
+        return verdict
+    if whole:
+        labels, W = np.asarray(verdict.labels), sp.csr_matrix(sub.affinity)
+    else:
+        labels, W = extend_by_neighbours(feats, rows, verdict.labels, int(sub.k))
+        drawn = sp.csr_matrix(sub.affinity).tocoo()
+        W = W + sp.csr_matrix((drawn.data, (rows[drawn.row], rows[drawn.col])), shape=W.shape)
+    return _members_of_class(verdict, labels, W, inputs, feats, params,
+                             fold.patterns(patterns), None if whole else len(rows))
 
 
 def _score(result, input_features: np.ndarray, pipeline: dict, params: FlagsSection,
