@@ -18,19 +18,22 @@ member step reads the folded view as it reads the class.
 
 A class the rule does not flag in its own view is scored in the folded view too
 (:func:`spray.verdict.score.score_class`); when the folded view flags it, the verdict is the
-folded view's (``view``), otherwise the class's own stays (its ``folded_score`` recorded). The
-fold can add a detection and changes nothing else: a flagged class keeps its own view because
-the fold can split a group at one fixed place (a stamp the relevance peaks on for some of its
-samples only, a faint top row on a bright object, folds onto two places, and a third of the
-group then outscores the whole: in the test of a visible top row, 12 of 45 members at 6.89
-against all 45 at 6.71), and an unflagged class keeps its own view and score because only a flag
-needs the folded labels carried to the whole class. Objects at varied places fold onto one
-quadrant, where their relevance no longer tells them apart by place. The fold needs a feature
-grid whose cells are places in the input: not with ``transform: fft`` or without a pooling grid.
+folded view's (``view``), otherwise the class's own stays (with ``folded_score``, the best
+folded candidate that could reach the threshold). The fold can add a detection and changes
+nothing else. A flagged class keeps its own view because the fold can split a group at one
+fixed place: a stamp the relevance peaks on for some of its samples only (a faint top row on a
+bright object) folds onto two places, and a third of the group then outscores the whole (in the
+test of a visible top row, 12 of 45 members at 6.89 against all 45 at 6.71). An unflagged class
+keeps its own view and score because only a flag needs the folded labels carried to the whole
+class. Objects at varied places fold onto one quadrant, where their relevance no longer tells
+them apart by place. The fold needs a feature grid whose cells are places in the input: not
+with ``transform: fft`` or without a pooling grid.
+
 The view is scored on the samples the class is scored on (all of them up to
 ``score_max_samples``, else the stratified subsample), analysed afresh
-(:func:`spray.analysis.analyze.analyze`, no embedding). When it flags a class scored on a
-subsample, the samples not drawn take the verdict label that weighs most among their ``k``
+(:func:`spray.analysis.analyze.analyze`, no embedding); a candidate that cannot reach the
+threshold is not measured (only a flag is asked of this view). When it flags a class scored on
+a subsample, the samples not drawn take the verdict label that weighs most among their ``k``
 nearest drawn samples in the folded relevance (:func:`extend_by_neighbours`): a folded view has
 no whole-class graph to propagate along.
 """

@@ -149,8 +149,8 @@ class Verdict:
         apply to ``params``.
     view : ``"folded"`` when the verdict is the folded view's (:mod:`spray.verdict.fold`:
         its clusters come from an analysis of the folded relevance); None: the class's own.
-    folded_score : the folded view's score of a class neither view flags (None: not scored
-        folded).
+    folded_score : the folded view's score of a class neither view flags: the best of its
+        candidates that could reach the threshold (None: none could, or not scored folded).
     """
 
     score: float

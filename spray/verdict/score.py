@@ -107,7 +107,8 @@ def score_class(result, input_features: np.ndarray, pipeline: dict,
     folded = _score_folded(result, fold, input_features, pipeline, params, features,
                            edge_features, patterns)
     if not folded.flagged:
-        verdict.folded_score = folded.score
+        if folded.candidate_cluster is not None:    # a candidate that could reach the bar
+            verdict.folded_score = folded.score
         return verdict
     folded.view = "folded"
     return folded
@@ -176,8 +177,11 @@ def _score_folded(result, fold: Fold, input_features, pipeline: dict, params: Fl
     rows = (np.arange(n) if whole else
             stratified_sample(np.asarray(result.labels), params.score_max_samples, params.seed))
     sub = analyze(feats[rows], pipeline=pipeline, embed=False)
+    # only a flag matters here: a candidate that cannot reach the threshold is not measured
+    # (with groups of other K, whose lift needs every cluster's score, all of them are)
     verdict = _score(sub, inputs[rows], pipeline, params, feats[rows],
-                     None if edges is None else edges[rows], trim=False)
+                     None if edges is None else edges[rows], trim=False,
+                     prune=params.candidates == "analysis")
     if not verdict.flagged:
         return verdict
     if whole:
@@ -192,9 +196,11 @@ def _score_folded(result, fold: Fold, input_features, pipeline: dict, params: Fl
 
 def _score(result, input_features: np.ndarray, pipeline: dict, params: FlagsSection,
            features=None, edge_features=None, trim: bool = True,
-           patterns: InputPatterns | None = None) -> Verdict:
+           patterns: InputPatterns | None = None, prune: bool = False) -> Verdict:
     """The rule on the samples of ``result`` (see :func:`score_class`); ``trim``: decide the
-    suspects' members (:func:`~spray.verdict.members.decide_members`)."""
+    suspects' members (:func:`~spray.verdict.members.decide_members`); ``prune``: leave every
+    candidate that cannot reach the threshold unmeasured (only whether the class is flagged,
+    and by whom, is asked; the score is the best of the candidates that could reach it)."""
     if features is not None:
         features = np.asarray(features)
         relevance = np.ascontiguousarray(features, dtype=np.float32)   # what is graphed
@@ -202,7 +208,7 @@ def _score(result, input_features: np.ndarray, pipeline: dict, params: FlagsSect
                                edge_features)
     clusters, halves, other_k = candidate_groups(result, pipeline, params, graphs.W)
     for entry in clusters + halves + other_k:
-        measure(entry, graphs)
+        measure(entry, graphs, prune=prune)
     candidates = [e for e in clusters + halves + other_k if e.measured]
     resamples = (Resamples(relevance, pipeline, int(result.k), params, graphs.cache)
                  if features is not None and candidates else None)
@@ -217,7 +223,8 @@ def _score(result, input_features: np.ndarray, pipeline: dict, params: FlagsSect
         if resamples is None and features is not None:
             resamples = Resamples(relevance, pipeline, int(result.k), params,
                                   graphs.cache)
-        labels, clusters, more = _split_off_sweep(result, graphs, labels, clusters, resamples)
+        labels, clusters, more = _split_off_sweep(result, graphs, labels, clusters, resamples,
+                                                  prune)
         splits = splits + more
     decide = flag_threshold(params, pipeline)
     suspects = [c.id for c in clusters if c.score is not None and c.score >= decide]
@@ -229,7 +236,8 @@ def _score(result, input_features: np.ndarray, pipeline: dict, params: FlagsSect
     return _verdict(clusters, labels, splits, other_k, params, pipeline, decide)
 
 
-def _split_off_sweep(result, graphs: ClassGraphs, labels, clusters, resamples):
+def _split_off_sweep(result, graphs: ClassGraphs, labels, clusters, resamples,
+                     prune: bool = False):
     """Score the sweep cuts along the leading eigenvectors; the best one that outscores every
     cluster and reaches the threshold becomes a cluster (the clusters it takes members from are
     measured and scored again). Cuts holding a whole cluster are left out."""
@@ -244,7 +252,8 @@ def _split_off_sweep(result, graphs: ClassGraphs, labels, clusters, resamples):
     stabilize_cuts(cuts, resamples, params, bar)
     labels, clusters, splits, changed = split_off_sweep(labels, clusters, cuts, params.threshold,
                                                         params.sweep_min_jaccard)
-    stabilize([e for e in changed if measure(e, graphs).measured], resamples, params)
+    stabilize([e for e in changed if measure(e, graphs, prune=prune).measured], resamples,
+              params)
     return labels, clusters, splits
 
 
