@@ -149,3 +149,16 @@ def test_an_unflagged_class_keeps_its_own_score():
     assert not v["flagged"] and "view" not in v and "folded_score" not in own
     assert v["score"] == own["score"] and (v["labels"] == own["labels"]).all()
     assert v.get("folded_score") is None or v["folded_score"] < v["threshold"]
+
+
+def test_the_report_names_the_folded_view(corner_class):
+    """The class page's evidence says the verdict is the folded view's."""
+    from spray.report.class_page import _evidence
+
+    feats, inputs, _ = corner_class
+    result = analyze(feats, pipeline=_pipe(), embed=False)
+    v = clever_hans_score(result, inputs, _pipe(), features=feats)
+    entry = {k: v[k] for k in ("flagged", "suspect_cluster", "candidate_cluster", "threshold",
+                               "clusters", "view")}
+    assert "folded view" in _evidence(entry)
+    assert "folded view" not in _evidence({**entry, "view": None})
