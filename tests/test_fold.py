@@ -119,11 +119,12 @@ def test_a_flagged_class_keeps_its_own_view():
 
 
 def test_a_large_class_extends_the_folded_labels_through_its_nearest_drawn_samples():
-    """A class above ``score_max_samples``: the folded view is scored on a subsample and every
-    sample gets a label; the marked ones end up in the suspect."""
+    """A class above ``fold_max_samples``: the folded view is scored on a subsample of that
+    many and every sample gets a label; the marked ones end up in the suspect."""
     feats, inputs, group = _corner_class(seed=3, n=600, size=48)
-    result = analyze(feats, pipeline=_pipe(score_max_samples=300), embed=False)
-    v = clever_hans_score(result, inputs, _pipe(score_max_samples=300), features=feats)
+    pipe = _pipe(score_max_samples=300, fold_max_samples=300)
+    result = analyze(feats, pipeline=pipe, embed=False)
+    v = clever_hans_score(result, inputs, pipe, features=feats)
     assert v["view"] == "folded" and v["scored_on"] == 300 and len(v["labels"]) == 600
     members = v["labels"] == v["suspect_cluster"]
     assert v["flagged"] and (members & group).sum() / group.sum() >= 0.9

@@ -276,6 +276,9 @@ class FlagsSection(_Section):
     #: its peak lies in the top-left quadrant: an artefact in one of several corners on one
     #: place), whose verdict is taken when it flags the class (:mod:`spray.verdict.fold`)
     fold: bool = True
+    #: the folded view of a larger class is scored on a stratified subsample of this many
+    #: samples (at most ``score_max_samples``; its cost is that of a second score)
+    fold_max_samples: int = Field(default=1000, ge=100)
     candidates: Literal["analysis", "all-k"] = "analysis"
     bisect_clusters: bool = True
     other_k_min_jaccard: float = Field(default=0.5, ge=0, le=1)

@@ -29,8 +29,8 @@ class. Objects at varied places fold onto one quadrant, where their relevance no
 them apart by place. The fold needs a feature grid whose cells are places in the input: not
 with ``transform: fft`` or without a pooling grid.
 
-The view is scored on the samples the class is scored on (all of them up to
-``score_max_samples``, else the stratified subsample), analysed afresh
+The view is scored on the class, or on a stratified subsample of ``fold_max_samples`` (1 000;
+at most ``score_max_samples``) of a larger one, analysed afresh
 (:func:`spray.analysis.analyze.analyze`, no embedding); a candidate that cannot reach the
 threshold is not measured (only a flag is asked of this view). When it flags a class scored on
 a subsample, the samples not drawn take the verdict label that weighs most among their ``k``

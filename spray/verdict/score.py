@@ -164,7 +164,8 @@ def _members_of_class(verdict: Verdict, labels: np.ndarray, W: sp.csr_matrix,
 def _score_folded(result, fold: Fold, input_features, pipeline: dict, params: FlagsSection,
                   features, edge_features, patterns: InputPatterns | None) -> Verdict:
     """The rule on the folded view (:mod:`~spray.verdict.fold`), analysed afresh on the
-    samples the class is scored on. Only a verdict that flags the class is carried on to the
+    class, or on a stratified subsample of ``fold_max_samples`` (at most
+    ``score_max_samples``) of a larger one. Only a verdict that flags the class is carried on to the
     whole class (on a subsample, its labels through the nearest drawn samples) and its
     suspects' members decided."""
     from spray.analysis.analyze import analyze
@@ -173,9 +174,10 @@ def _score_folded(result, fold: Fold, input_features, pipeline: dict, params: Fl
     inputs = fold.apply(np.asarray(input_features, dtype=np.float32))
     edges = fold.apply(None if edge_features is None else np.asarray(edge_features))
     n = len(feats)
-    whole = n <= params.score_max_samples
-    rows = (np.arange(n) if whole else
-            stratified_sample(np.asarray(result.labels), params.score_max_samples, params.seed))
+    cap = min(params.score_max_samples, params.fold_max_samples)
+    whole = n <= cap
+    rows = np.arange(n) if whole else stratified_sample(np.asarray(result.labels), cap,
+                                                         params.seed)
     sub = analyze(feats[rows], pipeline=pipeline, embed=False)
     # only a flag matters here: a candidate that cannot reach the threshold is not measured
     # (with groups of other K, whose lift needs every cluster's score, all of them are)
