@@ -740,10 +740,11 @@ def test_sweep_cuts_below_the_bar_skip_their_randomness_graph(artefact_class, na
         merged[np.flatnonzero(~planted)[:120]] = 0
         cases.append((replace(result, labels=merged, n_clusters=2), feats, inputs))
     for result, feats, inputs in cases:
+        # the class's own view (the folded view's pruning: tests/test_fold.py)
         monkeypatch.setattr(evidence, "_below", lambda *a: skipped.append(below(*a)) or skipped[-1])
-        fast = clever_hans_score(result, inputs, _pipe(), features=feats)
+        fast = clever_hans_score(result, inputs, _pipe(fold=False), features=feats)
         monkeypatch.setattr(evidence, "_below", lambda *a: False)
-        full = clever_hans_score(result, inputs, _pipe(), features=feats)
+        full = clever_hans_score(result, inputs, _pipe(fold=False), features=feats)
         assert _same_verdict(fast, full)
     assert any(skipped) and not all(skipped), skipped
 

@@ -54,6 +54,17 @@ def corner_class():
     return _corner_class()
 
 
+def test_a_peak_in_the_middle_is_not_mirrored():
+    """Only a peak in the far quarter along an axis is mirrored along it."""
+    maps = np.zeros((3, GRID, GRID), np.float32)
+    maps[0, 4:6, 7:9] = 1.0          # middle rows, right columns: left-right only
+    maps[1, 5:7, 5:7] = 1.0          # the middle: neither
+    maps[2, 8:10, 3:5] = 1.0         # bottom rows, middle columns: up-down only
+    fold = Fold.of(maps.reshape(3, -1), PRE)
+    assert fold.flip_y.tolist() == [False, False, True]
+    assert fold.flip_x.tolist() == [True, False, False]
+
+
 def test_the_fold_puts_each_peak_in_the_top_left_quadrant():
     maps = np.zeros((4, GRID, GRID), np.float32)
     for i, (r, c) in enumerate([(1, 1), (1, 8), (8, 1), (8, 8)]):
@@ -72,9 +83,12 @@ def test_features_and_pixels_fold_alike():
     mirrored with their row's fold."""
     rng = np.random.default_rng(1)
     maps = rng.standard_normal((6, 2, 25, 25)).astype(np.float32)
+    for i, (r, c) in enumerate([(1, 1), (1, 22), (22, 1), (22, 22), (12, 22), (12, 12)]):
+        maps[i, :, r:r + 3, c:c + 3] += 30.0           # a peak in each corner, two elsewhere
     feats = preprocess(maps, PRE)
     fold = Fold.of(feats, PRE)
-    assert fold.flip_y.any() and fold.flip_x.any() and not (fold.flip_y & fold.flip_x).all()
+    assert fold.flip_y.tolist() == [False, False, True, True, False, False]
+    assert fold.flip_x.tolist() == [False, True, False, True, True, False]
     mirrored = maps.copy()
     mirrored[fold.flip_y] = mirrored[fold.flip_y][..., ::-1, :]
     mirrored[fold.flip_x] = mirrored[fold.flip_x][..., :, ::-1]
@@ -163,3 +177,22 @@ def test_the_report_names_the_folded_view(corner_class):
                                "clusters", "view")}
     assert "folded view" in _evidence(entry)
     assert "folded view" not in _evidence({**entry, "view": None})
+
+
+def test_pruning_the_folded_view_keeps_its_flag_and_members(corner_class, monkeypatch):
+    """The folded view measures only candidates that can reach the threshold; measuring all of
+    them gives the same flag, score and labels (an unflagged class: the same verdict)."""
+    import spray.verdict.evidence as evidence
+
+    below = evidence._below
+    calls = []
+    for feats, inputs, _ in (corner_class, _corner_class(seed=4, size=0)):
+        result = analyze(feats, pipeline=_pipe(), embed=False)
+        monkeypatch.setattr(evidence, "_below", lambda *a: calls.append(below(*a)) or calls[-1])
+        fast = clever_hans_score(result, inputs, _pipe(), features=feats)
+        monkeypatch.setattr(evidence, "_below", lambda *a: False)
+        full = clever_hans_score(result, inputs, _pipe(), features=feats)
+        assert fast["flagged"] == full["flagged"] and fast["score"] == full["score"]
+        assert (fast["labels"] == full["labels"]).all()
+        assert fast.get("view") == full.get("view")
+    assert any(calls)          # something was pruned
