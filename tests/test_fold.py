@@ -145,6 +145,29 @@ def test_a_large_class_extends_the_folded_labels_through_its_nearest_drawn_sampl
     assert (members & group).sum() / members.sum() >= 0.9
 
 
+def test_the_fold_of_a_grid_that_is_not_square():
+    """8 × 16 cells, channels kept apart: folding the features is folding the maps."""
+    rng = np.random.default_rng(5)
+    maps = rng.random((3, 2, 16, 32)).astype(np.float32)
+    maps[0, :, 14:16, 28:32] += 20.0        # bottom right
+    maps[1, :, 0:2, 28:32] += 20.0          # top right
+    pre = {"pool": [8, 16], "channel_sum": False}
+    feats = preprocess(maps, pre)
+    fold = Fold.of(feats, pre)
+    assert fold.flip_y.tolist() == [True, False, False]
+    assert fold.flip_x.tolist() == [True, True, False]
+    mirrored = maps.copy()
+    mirrored[fold.flip_y] = mirrored[fold.flip_y][..., ::-1, :]
+    mirrored[fold.flip_x] = mirrored[fold.flip_x][..., :, ::-1]
+    np.testing.assert_allclose(fold.apply(feats), preprocess(mirrored, pre), atol=1e-6)
+
+
+def test_extend_by_neighbours_takes_the_majority_of_the_nearest():
+    feats = np.array([[0.0], [0.3], [0.35], [5.0], [0.1]])
+    labels, _ = extend_by_neighbours(feats, np.array([0, 1, 2, 3]), np.array([1, 2, 2, 3]), k=3)
+    assert labels[4] == 2          # nearest is 0 (label 1), but two of three say 2
+
+
 def test_extend_by_neighbours_votes_and_links():
     feats = np.array([[0.0], [0.1], [10.0], [10.1], [0.05], [9.9], [10.05]])
     rows = np.array([0, 1, 2, 3])

@@ -209,8 +209,12 @@ def _score(result, input_features: np.ndarray, pipeline: dict, params: FlagsSect
     graphs = ClassGraphs.build(result, input_features, pipeline, params, features,
                                edge_features)
     clusters, halves, other_k = candidate_groups(result, pipeline, params, graphs.W)
+    # a pruned cluster must not reach the score that decides the flag (which a false-flag
+    # rate can set below the threshold); a half or a cut splits off at the threshold only
+    decide = flag_threshold(params, pipeline)
+    keep = min(params.threshold, decide)
     for entry in clusters + halves + other_k:
-        measure(entry, graphs, prune=prune)
+        measure(entry, graphs, None if entry.split_only else keep, prune=prune)
     candidates = [e for e in clusters + halves + other_k if e.measured]
     resamples = (Resamples(relevance, pipeline, int(result.k), params, graphs.cache)
                  if features is not None and candidates else None)
@@ -226,9 +230,8 @@ def _score(result, input_features: np.ndarray, pipeline: dict, params: FlagsSect
             resamples = Resamples(relevance, pipeline, int(result.k), params,
                                   graphs.cache)
         labels, clusters, more = _split_off_sweep(result, graphs, labels, clusters, resamples,
-                                                  prune)
+                                                  keep if prune else None)
         splits = splits + more
-    decide = flag_threshold(params, pipeline)
     suspects = [c.id for c in clusters if c.score is not None and c.score >= decide]
     if trim:
         labels = decide_members(labels, clusters, suspects, graphs.W, graphs.input_features,
@@ -239,10 +242,11 @@ def _score(result, input_features: np.ndarray, pipeline: dict, params: FlagsSect
 
 
 def _split_off_sweep(result, graphs: ClassGraphs, labels, clusters, resamples,
-                     prune: bool = False):
+                     prune_bar: float | None = None):
     """Score the sweep cuts along the leading eigenvectors; the best one that outscores every
     cluster and reaches the threshold becomes a cluster (the clusters it takes members from are
-    measured and scored again). Cuts holding a whole cluster are left out."""
+    measured and scored again, pruned at ``prune_bar`` when given). Cuts holding a whole
+    cluster are left out."""
     params = graphs.params
     best = max((c.score for c in clusters if c.score is not None), default=-np.inf)
     bar = max(params.threshold, best + 1e-9)     # what a cut must reach to matter
@@ -254,8 +258,9 @@ def _split_off_sweep(result, graphs: ClassGraphs, labels, clusters, resamples,
     stabilize_cuts(cuts, resamples, params, bar)
     labels, clusters, splits, changed = split_off_sweep(labels, clusters, cuts, params.threshold,
                                                         params.sweep_min_jaccard)
-    stabilize([e for e in changed if measure(e, graphs, prune=prune).measured], resamples,
-              params)
+    stabilize([e for e in changed
+               if measure(e, graphs, prune_bar, prune=prune_bar is not None).measured],
+              resamples, params)
     return labels, clusters, splits
 
 
