@@ -740,11 +740,10 @@ def test_sweep_cuts_below_the_bar_skip_their_randomness_graph(artefact_class, na
         merged[np.flatnonzero(~planted)[:120]] = 0
         cases.append((replace(result, labels=merged, n_clusters=2), feats, inputs))
     for result, feats, inputs in cases:
-        # the class's own view (the folded view's pruning: tests/test_fold.py)
         monkeypatch.setattr(evidence, "_below", lambda *a: skipped.append(below(*a)) or skipped[-1])
-        fast = clever_hans_score(result, inputs, _pipe(fold=False), features=feats)
+        fast = clever_hans_score(result, inputs, _pipe(), features=feats)
         monkeypatch.setattr(evidence, "_below", lambda *a: False)
-        full = clever_hans_score(result, inputs, _pipe(fold=False), features=feats)
+        full = clever_hans_score(result, inputs, _pipe(), features=feats)
         assert _same_verdict(fast, full)
     assert any(skipped) and not all(skipped), skipped
 
@@ -785,15 +784,12 @@ def test_edge_randomness_lowers_a_group_the_inputs_edges_do_not_tell_apart():
         # without the edge term the colocation of the regions its hot spot touches lifts a
         # half of the unmarked group (objects at the corner: random without their footprint)
         # to 2.4; with it the class scores as with the hot spot alone
-        # the class's own view (an unflagged class is also scored folded, with other groups)
         off = clever_hans_score(result, inputs, _pipe(edge_randomness_weight=0.0,
-                                                      colocation_region_share=0.0, fold=False),
+                                                      colocation_region_share=0.0),
                                 features=feats, edge_features=edges)
-        alone = clever_hans_score(result, inputs, _pipe(colocation_region_share=0.0,
-                                                        fold=False),
+        alone = clever_hans_score(result, inputs, _pipe(colocation_region_share=0.0),
                                   features=feats, edge_features=edges)
-        on = clever_hans_score(result, inputs, _pipe(fold=False), features=feats,
-                               edge_features=edges)
+        on = clever_hans_score(result, inputs, with_edges, features=feats, edge_features=edges)
         assert off["flagged"] and on["score"] == alone["score"]
         assert all("edge_randomness" not in c for c in off["clusters"])   # weight 0: unmeasured
         cl = next(c for c in on["clusters"] if c["id"] == on["candidate_cluster"])
@@ -1370,7 +1366,7 @@ def test_artefact_larger_than_the_mask_is_flagged():
     assert params.input_mask_max_area >= 0.28 > params.input_mask_area
     result = analyze(feats, pipeline=pipe, embed=False)
     before = clever_hans_score(result, inputs, _pipe(input_mask_max_area=0.1,
-                                                     colocation_region_share=0.0, fold=False),
+                                                     colocation_region_share=0.0),
                                features=feats)
     v = clever_hans_score(result, inputs, pipe, features=feats)
     assert not before["flagged"]

@@ -272,13 +272,6 @@ class FlagsSection(_Section):
     #: Q3 + ``peak_guard_iqr`` × IQR of the samples outside (1 joined 11 unstamped samples of
     #: a frame at equality; docs/verdict-eval.md, "The guard of the last member step")
     peak_guard_iqr: float = Field(default=1.5, ge=0)
-    #: score a class the rule does not flag in the folded view too (each map mirrored so that
-    #: its peak lies in the top-left quadrant: an artefact in one of several corners on one
-    #: place), whose verdict is taken when it flags the class (:mod:`spray.verdict.fold`)
-    fold: bool = True
-    #: the folded view of a larger class is scored on a stratified subsample of this many
-    #: samples (at most ``score_max_samples``; its cost is that of a second score)
-    fold_max_samples: int = Field(default=1000, ge=100)
     candidates: Literal["analysis", "all-k"] = "analysis"
     bisect_clusters: bool = True
     other_k_min_jaccard: float = Field(default=0.5, ge=0, le=1)

@@ -88,11 +88,6 @@ def _evidence(entry: dict) -> str:
                      f"subsample of {_fmt(entry['scored_on'])} samples "
                      f"(<code>score_max_samples</code>); sizes and members count the whole "
                      f"class.")
-    if entry.get("view") == "folded":
-        parts.append("The class was scored in its <em>folded view</em>: each sample mirrored so "
-                     "that its relevance peak lies in the top-left quadrant (an artefact in one "
-                     "of several corners on one place); the clusters are those of the folded "
-                     "relevance, not the analysis' (docs/verdict.md, \"The folded view\").")
     if cl.get("split_from") is not None:
         parent = next((c for c in entry["clusters"] if c["id"] == cl["split_from"]), {})
         if cl.get("cut_along") is not None:

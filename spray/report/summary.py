@@ -90,9 +90,6 @@ def _class_entry(cg, c: int, limits: dict | None = None) -> dict:
         entry["flag_params"] = dict(flags["params"])
     if flags.get("scored_on") is not None:
         entry["scored_on"] = int(flags["scored_on"])
-    for key in ("view", "folded_score"):      # the folded view (spray.verdict.fold)
-        if flags.get(key) is not None:
-            entry[key] = flags[key]
     if flags.get("clean_rate") is not None:
         entry["clean_rate"] = dict(flags["clean_rate"])
     return entry

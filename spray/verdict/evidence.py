@@ -449,15 +449,14 @@ def eligible(entry: ClusterEvidence, n: int, params: FlagsSection) -> bool:
 
 
 def measure(entry: ClusterEvidence, graphs: ClassGraphs,
-            bar: float | None = None, prune: bool = False) -> ClusterEvidence:
+            bar: float | None = None) -> ClusterEvidence:
     """Fill in the evidence of a candidate (conductances, contrast, randomness, concentration).
 
     A half or a sweep cut whose score cannot reach ``bar`` (default: the threshold) even with
     φ_input = 1 is left unmeasured (no input graphs are built for it); a sweep cut also when
     its size, colocation and edge penalties (measured first: they need no input graph) keep it
-    below ``bar`` with φ_input = 1 and a randomness penalty of 0. With ``prune``, every
-    candidate is treated like a sweep cut (for a view that only asks whether the class is
-    flagged). Returns ``entry``; ``entry.measured`` says whether it is a candidate.
+    below ``bar`` with φ_input = 1 and a randomness penalty of 0. Returns ``entry``;
+    ``entry.measured`` says whether it is a candidate.
     """
     params = graphs.params
     mask = entry.mask
@@ -466,7 +465,7 @@ def measure(entry: ClusterEvidence, graphs: ClassGraphs,
     phi_rel = mask_conductance(graphs.W, graphs.degree, mask)
     floor = params.conductance_floor
     bar = params.threshold if bar is None else bar
-    if (prune or entry.split_only) and (contrast(1.0, phi_rel, floor)
+    if entry.split_only and (contrast(1.0, phi_rel, floor)
                              - size_penalty(entry.size / graphs.n, params) < bar):
         return entry       # φ_input ≤ 1: it cannot reach the threshold
     both = graphs.colocation(mask) if graphs.mask_area > 0 else None
@@ -478,14 +477,13 @@ def measure(entry: ClusterEvidence, graphs: ClassGraphs,
     spot_pen = round(hot_spot_penalty(spot, params), 4) if spot is not None else None
     size_pen = round(size_penalty(entry.fraction, params), 4)
     free = (edge_pen or 0.0) + (spot_pen or 0.0)    # the other penalties without an input graph
-    cut = prune or entry.cut_along is not None
-    if cut and _below(contrast(1.0, phi_rel, floor), size_pen,
+    if entry.cut_along is not None and _below(contrast(1.0, phi_rel, floor), size_pen,
                                               co_penalty, bar, free):
         return entry       # nor with the penalties that need no input graph
     X_in = graphs.inputs_for(mask)
     phi_in = graphs.input_conductance(X_in, mask)
     plain = round(contrast(phi_in, phi_rel, floor), 4)
-    if cut and _below(plain, size_pen, co_penalty, bar, free):
+    if entry.cut_along is not None and _below(plain, size_pen, co_penalty, bar, free):
         return entry       # its score stays below the bar whatever its randomness
     randomness = graphs.input_randomness(mask)
     entry.inputs = X_in

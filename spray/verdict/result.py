@@ -147,10 +147,6 @@ class Verdict:
     clean_rate : how unusual the score is among the evaluation's clean class checks
         (:func:`spray.verdict.calibration.clean_rate`); None where that reference does not
         apply to ``params``.
-    view : ``"folded"`` when the verdict is the folded view's (:mod:`spray.verdict.fold`:
-        its clusters come from an analysis of the folded relevance); None: the class's own.
-    folded_score : the folded view's score of a class neither view flags: the best of its
-        candidates that could reach the threshold (None: none could, or not scored folded).
     """
 
     score: float
@@ -167,8 +163,6 @@ class Verdict:
     rule: str = "input-contrast"
     scored_on: int | None = None
     clean_rate: dict | None = None
-    view: str | None = None
-    folded_score: float | None = None
 
     def cluster(self, cid: int) -> ClusterEvidence:
         """The entry of cluster ``cid``."""
@@ -181,9 +175,7 @@ class Verdict:
         out["other_k"] = [c.to_dict() for c in self.other_k]
         order = ("rule", "score", "threshold", "flagged", "suspect_cluster", "suspect_clusters",
                  "candidate_cluster", "clusters", "splits", "labels", "other_k", "params")
-        optional = {k: out[k] for k in ("scored_on", "clean_rate", "view",
-                                                  "folded_score")
-                    if out[k] is not None}
+        optional = {k: out[k] for k in ("scored_on", "clean_rate") if out[k] is not None}
         return {**{k: out[k] for k in order}, **optional}
 
 

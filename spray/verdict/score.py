@@ -22,7 +22,6 @@ from spray.verdict.bootstrap import Resamples, stabilize, stabilize_cuts, verify
 from spray.verdict.calibration import clean_rate, threshold_for
 from spray.verdict.candidates import candidate_groups, sweep_cuts
 from spray.verdict.evidence import ClassGraphs, measure
-from spray.verdict.fold import Fold, extend_by_neighbours
 from spray.verdict.halves import lift_by_other_k, split_off_sweep, split_suspect_halves
 from spray.verdict.members import decide_members
 from spray.verdict.patterns import InputPatterns
@@ -93,31 +92,9 @@ def score_class(result, input_features: np.ndarray, pipeline: dict,
     -------
     Verdict
         Measured on a stratified subsample of ``score_max_samples`` samples when the class has
-        more (:mod:`~spray.verdict.subsample`; ``scored_on`` says how many). A class this
-        does not flag is scored in the folded view too (``flags.fold``,
-        :mod:`~spray.verdict.fold`); when that flags it, the verdict is the folded view's.
+        more (:mod:`~spray.verdict.subsample`; ``scored_on`` says how many).
     """
     params = flag_params(pipeline)
-    verdict = _score_view(result, input_features, pipeline, params, features, edge_features,
-                          patterns)
-    fold = (Fold.of(features, pipeline["preprocess"])
-            if features is not None and params.fold and not verdict.flagged else None)
-    if fold is None:
-        return verdict
-    folded = _score_folded(result, fold, input_features, pipeline, params, features,
-                           edge_features, patterns)
-    if not folded.flagged:
-        if folded.candidate_cluster is not None:    # a candidate that could reach the bar
-            verdict.folded_score = folded.score
-        return verdict
-    folded.view = "folded"
-    return folded
-
-
-def _score_view(result, input_features, pipeline: dict, params: FlagsSection, features,
-                edge_features, patterns: InputPatterns | None) -> Verdict:
-    """:func:`_score` on the class, or on a subsample when it has more than
-    ``score_max_samples`` samples (:func:`_score_subsample`)."""
     n = len(np.asarray(result.labels))
     if features is None or n <= params.score_max_samples:
         return _score(result, input_features, pipeline, params, features, edge_features,
@@ -136,85 +113,34 @@ def _score_subsample(result, input_features, pipeline: dict, params: FlagsSectio
     inputs = np.asarray(input_features, dtype=np.float32)
     verdict = _score(sub, inputs[rows], pipeline, params, features[rows], edges, trim=False)
     labels = extend_labels(np.asarray(result.labels), rows, verdict.labels, result.affinity)
+    resize_entries(verdict.clusters, labels)
     # who of a suspect carries its pattern is decided on the whole class: the samples that
     # leave a suspect are near it in the relevance graph, so the labels must be extended first
-    return _members_of_class(verdict, labels, sp.csr_matrix(result.affinity), inputs, features,
-                             params, patterns, int(len(rows)))
-
-
-def _members_of_class(verdict: Verdict, labels: np.ndarray, W: sp.csr_matrix,
-                      inputs: np.ndarray, features: np.ndarray, params: FlagsSection,
-                      patterns: InputPatterns | None, scored_on: int | None) -> Verdict:
-    """A verdict scored without deciding its suspects' members, with its ``labels`` extended
-    to the class (relevance graph ``W``) and the members decided on the whole class;
-    ``scored_on``: the size of the subsample it was scored on (None: the class)."""
-    resize_entries(verdict.clusters, labels)
-    verdict.labels = decide_members(labels, verdict.clusters, verdict.suspect_clusters, W,
-                                    inputs, np.ascontiguousarray(features, dtype=np.float32),
-                                    float(params.input_mask_area), params.trim_min_auc,
-                                    params.trim_fence_iqr, params.peak_guard_iqr, patterns,
-                                    params.score_max_samples)
-    verdict.scored_on = scored_on
-    if scored_on is not None:
-        log.info("class of %d samples scored on a subsample of %d (score_max_samples)",
-                 len(verdict.labels), scored_on)
+    area = float(params.input_mask_area)
+    verdict.labels = decide_members(labels, verdict.clusters, verdict.suspect_clusters,
+                                    sp.csr_matrix(result.affinity), inputs,
+                                    np.ascontiguousarray(features, dtype=np.float32), area,
+                                    params.trim_min_auc, params.trim_fence_iqr,
+                                    params.peak_guard_iqr, patterns, params.score_max_samples)
+    verdict.scored_on = int(len(rows))
+    log.info("class of %d samples scored on a subsample of %d (score_max_samples)",
+             len(verdict.labels), len(rows))
     return verdict
-
-
-def _score_folded(result, fold: Fold, input_features, pipeline: dict, params: FlagsSection,
-                  features, edge_features, patterns: InputPatterns | None) -> Verdict:
-    """The rule on the folded view (:mod:`~spray.verdict.fold`), analysed afresh on the
-    class, or on a stratified subsample of ``fold_max_samples`` (at most
-    ``score_max_samples``) of a larger one. Only a verdict that flags the class is carried on to the
-    whole class (on a subsample, its labels through the nearest drawn samples) and its
-    suspects' members decided."""
-    from spray.analysis.analyze import analyze
-
-    feats = fold.apply(np.asarray(features, dtype=np.float32))
-    inputs = fold.apply(np.asarray(input_features, dtype=np.float32))
-    edges = fold.apply(None if edge_features is None else np.asarray(edge_features))
-    n = len(feats)
-    cap = min(params.score_max_samples, params.fold_max_samples)
-    whole = n <= cap
-    rows = np.arange(n) if whole else stratified_sample(np.asarray(result.labels), cap,
-                                                         params.seed)
-    sub = analyze(feats[rows], pipeline=pipeline, embed=False)
-    # only a flag matters here: a candidate that cannot reach the threshold is not measured
-    # (with groups of other K, whose lift needs every cluster's score, all of them are)
-    verdict = _score(sub, inputs[rows], pipeline, params, feats[rows],
-                     None if edges is None else edges[rows], trim=False,
-                     prune=params.candidates == "analysis")
-    if not verdict.flagged:
-        return verdict
-    if whole:
-        labels, W = np.asarray(verdict.labels), sp.csr_matrix(sub.affinity)
-    else:
-        labels, W = extend_by_neighbours(feats, rows, verdict.labels, int(sub.k))
-        drawn = sp.csr_matrix(sub.affinity).tocoo()
-        W = W + sp.csr_matrix((drawn.data, (rows[drawn.row], rows[drawn.col])), shape=W.shape)
-    return _members_of_class(verdict, labels, W, inputs, feats, params,
-                             fold.patterns(patterns), None if whole else len(rows))
 
 
 def _score(result, input_features: np.ndarray, pipeline: dict, params: FlagsSection,
            features=None, edge_features=None, trim: bool = True,
-           patterns: InputPatterns | None = None, prune: bool = False) -> Verdict:
+           patterns: InputPatterns | None = None) -> Verdict:
     """The rule on the samples of ``result`` (see :func:`score_class`); ``trim``: decide the
-    suspects' members (:func:`~spray.verdict.members.decide_members`); ``prune``: leave every
-    candidate that cannot reach the threshold unmeasured (only whether the class is flagged,
-    and by whom, is asked; the score is the best of the candidates that could reach it)."""
+    suspects' members (:func:`~spray.verdict.members.decide_members`)."""
     if features is not None:
         features = np.asarray(features)
         relevance = np.ascontiguousarray(features, dtype=np.float32)   # what is graphed
     graphs = ClassGraphs.build(result, input_features, pipeline, params, features,
                                edge_features)
     clusters, halves, other_k = candidate_groups(result, pipeline, params, graphs.W)
-    # a pruned cluster must not reach the score that decides the flag (which a false-flag
-    # rate can set below the threshold); a half or a cut splits off at the threshold only
-    decide = flag_threshold(params, pipeline)
-    keep = min(params.threshold, decide)
     for entry in clusters + halves + other_k:
-        measure(entry, graphs, None if entry.split_only else keep, prune=prune)
+        measure(entry, graphs)
     candidates = [e for e in clusters + halves + other_k if e.measured]
     resamples = (Resamples(relevance, pipeline, int(result.k), params, graphs.cache)
                  if features is not None and candidates else None)
@@ -229,9 +155,9 @@ def _score(result, input_features: np.ndarray, pipeline: dict, params: FlagsSect
         if resamples is None and features is not None:
             resamples = Resamples(relevance, pipeline, int(result.k), params,
                                   graphs.cache)
-        labels, clusters, more = _split_off_sweep(result, graphs, labels, clusters, resamples,
-                                                  keep if prune else None)
+        labels, clusters, more = _split_off_sweep(result, graphs, labels, clusters, resamples)
         splits = splits + more
+    decide = flag_threshold(params, pipeline)
     suspects = [c.id for c in clusters if c.score is not None and c.score >= decide]
     if trim:
         labels = decide_members(labels, clusters, suspects, graphs.W, graphs.input_features,
@@ -241,12 +167,10 @@ def _score(result, input_features: np.ndarray, pipeline: dict, params: FlagsSect
     return _verdict(clusters, labels, splits, other_k, params, pipeline, decide)
 
 
-def _split_off_sweep(result, graphs: ClassGraphs, labels, clusters, resamples,
-                     prune_bar: float | None = None):
+def _split_off_sweep(result, graphs: ClassGraphs, labels, clusters, resamples):
     """Score the sweep cuts along the leading eigenvectors; the best one that outscores every
     cluster and reaches the threshold becomes a cluster (the clusters it takes members from are
-    measured and scored again, pruned at ``prune_bar`` when given). Cuts holding a whole
-    cluster are left out."""
+    measured and scored again). Cuts holding a whole cluster are left out."""
     params = graphs.params
     best = max((c.score for c in clusters if c.score is not None), default=-np.inf)
     bar = max(params.threshold, best + 1e-9)     # what a cut must reach to matter
@@ -258,9 +182,7 @@ def _split_off_sweep(result, graphs: ClassGraphs, labels, clusters, resamples,
     stabilize_cuts(cuts, resamples, params, bar)
     labels, clusters, splits, changed = split_off_sweep(labels, clusters, cuts, params.threshold,
                                                         params.sweep_min_jaccard)
-    stabilize([e for e in changed
-               if measure(e, graphs, prune_bar, prune=prune_bar is not None).measured],
-              resamples, params)
+    stabilize([e for e in changed if measure(e, graphs).measured], resamples, params)
     return labels, clusters, splits
 
 

@@ -278,9 +278,6 @@ def score_setting(setting, data, pipe) -> list[dict]:
                "model_kappa": skill["kappa"], "model_p": skill["p_value"], "refused": refused,
                "evidence": {k: verdict.get(k) for k in ("contrast", "null", "concentration",
                                                         "size_prior") if k in verdict}}
-        for key in ("view", "folded_score"):       # the folded view (spray.verdict.fold)
-            if verdict.get(key) is not None:
-                row[key] = verdict[key]
         if "flip_rates" in data:
             # reliance by intervention: other-class images turned to this class by each artefact
             row["flip_rates"] = {kind: float(data["flip_rates"][i, c])
