@@ -1472,19 +1472,21 @@ def test_cluster_views_have_a_row_per_verdict_cluster(tmp_path):
 
 def test_the_pipelines_peak_guard_reaches_the_member_step(artefact_class, monkeypatch):
     """``flags.peak_guard_iqr`` is what the last member step's guard gets (not the trim's
-    fence), on a class scored whole and on one scored on a subsample."""
+    fence), and ``flags.peak_window_doublings`` its doublings, on a class scored whole and on
+    one scored on a subsample."""
     import spray.verdict.score as score
 
     seen = []
     real = score.decide_members
 
     def spy(*args, **kwargs):
-        seen.append(args[9])
+        seen.append((args[9], args[12]))
         return real(*args, **kwargs)
 
     monkeypatch.setattr(score, "decide_members", spy)
     feats, inputs, _ = artefact_class
-    for flags in ({"peak_guard_iqr": 2.5}, {"peak_guard_iqr": 2.5, "score_max_samples": 200}):
+    for flags in ({"peak_guard_iqr": 2.5, "peak_window_doublings": 3},
+                  {"peak_guard_iqr": 2.5, "peak_window_doublings": 3, "score_max_samples": 200}):
         result = analyze(feats, pipeline=_pipe(**flags), embed=False)
         clever_hans_score(result, inputs, _pipe(**flags), features=feats)
-    assert seen == [2.5, 2.5]
+    assert seen == [(2.5, 3), (2.5, 3)]

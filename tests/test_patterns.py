@@ -674,3 +674,87 @@ def test_sub_chunks_hold_the_full_resolution_copies():
         * windows.factor ** 2
     step = windows._parts(x)[0].stop
     assert step * per <= max(patterns_module.SUB_ELEMENTS, per)
+
+
+PRE16 = dict(PRE, pool=[16, 16])
+
+
+def _textured_logo_class(seed: int, logo: bool = True):
+    """The logo class of :func:`_logo_class` on a fine texture (every pixel ± 0.3, the ring
+    itself left clean), the relevance of the stamped samples and the look-alikes on 2 × 2
+    pixels inside the ring (a ViT's one-patch peak; on the 16 × 16 grid they straddle 2 × 2
+    cells): the window of 4 pixels is smaller than the ring, and some 4 × 4 patch of every
+    textured image matches it."""
+    x, _, _, labels, clusters, truth = _logo_class(seed=seed, logo=logo)
+    rng = np.random.default_rng(5 + seed)
+    noise = rng.uniform(-0.3, 0.3, x.shape).astype(np.float32)
+    rel = rng.uniform(0, 0.05, (len(x), 32, 32)).astype(np.float32)
+    for i in range(80):
+        y0, x0 = CORNERS[i // 15 if i < 60 else i % 4]
+        if i < 60:
+            noise[i, :, y0:y0 + 5, x0:x0 + 5][:, RING] = 0
+        rel[i, y0 + 2:y0 + 4, x0 + 2:x0 + 4] += 1.0
+    for i in range(80, len(x)):
+        cy, cx = rng.integers(9, 23, 2)
+        rel[i, cy - 3:cy + 3, cx - 3:cx + 3] += 0.5
+    x = np.clip(x + noise, 0, 1)
+    return x, rel, preprocess(rel, PRE16), labels, clusters, truth
+
+
+def _sides_tried(monkeypatch) -> list:
+    import spray.verdict.patterns as patterns_module
+
+    seen = []
+
+    class Spy(_PeakWindows):
+        def __init__(self, side, H, W):
+            seen.append(side)
+            super().__init__(side, H, W)
+
+    monkeypatch.setattr(patterns_module, "_PeakWindows", Spy)
+    return seen
+
+
+def test_a_one_cell_hot_spot_widens_until_the_guard_passes(monkeypatch):
+    """A 4-pixel window matches part of every textured image: the guard refuses, and without
+    doublings nobody joins. Doubled once (8 pixels), the ring's pattern sets the members apart,
+    the guard passes and the rings of the other corners join; no look-alike does, and no wider
+    window is tried."""
+    x, rel, feats, labels, _, truth = _textured_logo_class(0)
+    patterns = InputPatterns.of(x, PRE16, maps=rel)
+    clusters = [ClusterEvidence.of(labels == c, id=c) for c in (0, 1)]
+    assert (join_where_looked(labels, clusters, [1], feats, 1.0, 1.5, patterns, 2000, 0)
+            == labels).all()
+    sides = _sides_tried(monkeypatch)
+    clusters = [ClusterEvidence.of(labels == c, id=c) for c in (0, 1)]
+    out = join_where_looked(labels, clusters, [1], feats, 1.0, 1.5, patterns, 2000, 2)
+    joins = (labels == 0) & (out == 1)
+    assert (joins <= truth).all() and joins.sum() >= 40                  # of the 45 outside
+    assert clusters[1].peak_joined == joins.sum()
+    assert sides == [4, 8]
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_widening_takes_no_one_in_without_a_pattern(seed):
+    """The same class with no ring: no window of 4, 8 or 16 pixels lets anyone in."""
+    x, rel, feats, labels, _, _ = _textured_logo_class(seed, logo=False)
+    clusters = [ClusterEvidence.of(labels == c, id=c) for c in (0, 1)]
+    out = join_where_looked(labels, clusters, [1], feats, 1.0, 1.5,
+                            InputPatterns.of(x, PRE16, maps=rel), 2000, 2)
+    assert (out == labels).all() and clusters[1].peak_joined == 0
+
+
+def test_a_window_as_wide_as_the_image_is_not_widened():
+    """A region as wide as the grid gives a window of the whole image: doubled, it is no wider,
+    and nothing is computed again (None)."""
+    rng = np.random.default_rng(0)
+    x = rng.random((12, 3, 32, 32)).astype(np.float32)
+    rel = rng.random((12, 32, 32)).astype(np.float32)
+    diff = np.ones(64)
+    diff[0] = 1.5
+    patterns = InputPatterns.of(x, PRE, maps=rel)
+    assert patterns.peak_correlation(diff, np.arange(12) < 4, 100, scale=2) is None
+    diff = np.zeros(64)
+    diff[9] = 1.0                               # one cell of 4 pixels: 8 and 16 are wider
+    for scale in (1, 2, 4):
+        assert patterns.peak_correlation(diff, np.arange(12) < 4, 100, scale=scale) is not None

@@ -44,7 +44,8 @@ REFERENCE = Path(__file__).with_name("clean_scores.json")
 #: flags that do not change a class's score (how it is read, or who of a suspect is reported,
 #: not what it is). ``threshold`` does: it is also the bar a half or sweep cut must reach to
 #: split off while a class is scored
-NOT_SCORING = frozenset({"watch_margin", "false_flag_rate", "peak_guard_iqr"})
+NOT_SCORING = frozenset({"watch_margin", "false_flag_rate", "peak_guard_iqr",
+                         "peak_window_doublings"})
 
 #: the pipeline sections that change scores besides the flags (the embedding does not)
 SECTIONS = ("preprocess", "affinity", "spectral", "clustering")

@@ -47,7 +47,9 @@ With the relevance maps too, the last step takes the members' pattern *where the
 peaks*, aligned, and looks for it anywhere in every image
 (:meth:`~spray.verdict.patterns.InputPatterns.peak_correlation`): a sample outside joins when
 its best match is at or above the members' lower fence, under the same guard with a longer reach
-for the samples outside (``peak_guard_iqr``; ``peak_joined``). As in the step before, no
+for the samples outside (``peak_guard_iqr``; ``peak_joined``); while the guard refuses, the
+window is widened (``peak_window_doublings``: a one-cell hot spot makes a window smaller than the
+stamp). As in the step before, no
 relevance condition: a stamped sample whose relevance peaks on its object carries the stamp all
 the same.
 """
@@ -121,7 +123,8 @@ def trim_suspects(labels: np.ndarray, clusters: list[ClusterEvidence], suspects:
 def decide_members(labels: np.ndarray, clusters: list[ClusterEvidence], suspects: list[int],
                    W: sp.csr_matrix, input_features: np.ndarray, features: np.ndarray | None,
                    area: float, min_auc: float, fence_iqr: float, guard_iqr: float,
-                   patterns: InputPatterns | None = None, max_template: int = 2000) -> np.ndarray:
+                   patterns: InputPatterns | None = None, max_template: int = 2000,
+                   doublings: int = 0) -> np.ndarray:
     """Who of the suspects is reported: :func:`join_suspects`, then :func:`trim_suspects` (the
     samples outside that carry the pattern would lower the AUC that decides the trim), then
     with the raw inputs :func:`join_by_pattern` (from the members the trim kept) and, with the
@@ -133,12 +136,13 @@ def decide_members(labels: np.ndarray, clusters: list[ClusterEvidence], suspects
     labels = join_by_pattern(labels, clusters, suspects, features, area, fence_iqr, patterns,
                              max_template)
     return join_where_looked(labels, clusters, suspects, features, fence_iqr, guard_iqr,
-                             patterns, max_template)
+                             patterns, max_template, doublings)
 
 
 def join_where_looked(labels: np.ndarray, clusters: list[ClusterEvidence], suspects: list[int],
                       features: np.ndarray | None, fence_iqr: float, guard_iqr: float,
-                      patterns: InputPatterns | None, max_template: int) -> np.ndarray:
+                      patterns: InputPatterns | None, max_template: int,
+                      doublings: int = 0) -> np.ndarray:
     """Move the samples outside every suspect that carry its members' pattern, taken where the
     model looks at the members and found anywhere in their own image, into that suspect.
 
@@ -147,7 +151,10 @@ def join_where_looked(labels: np.ndarray, clusters: list[ClusterEvidence], suspe
     lower fence of the members' (reach ``fence_iqr``). Its guard is the one of
     :func:`join_by_pattern` with a longer reach for the samples outside: that fence lies at or
     above their upper fence Q3 + ``guard_iqr`` × IQR (a match anywhere lifts every sample's
-    correlation, and a weak template's members pass at equality). Fills in ``peak_joined``
+    correlation, and a weak template's members pass at equality). While the guard refuses, the
+    window's side is doubled, at most ``doublings`` times: a hot spot of one cell (a sharp
+    relevance peak, as a ViT's on one patch) gives a window smaller than the stamp, whose
+    pattern a few pixels of any image match. Fills in ``peak_joined``
     and updates sizes and fractions. Nothing moves (and nothing is read) without relevance
     maps in ``patterns``, relevance features or samples outside.
 
@@ -160,8 +167,13 @@ def join_where_looked(labels: np.ndarray, clusters: list[ClusterEvidence], suspe
         return labels
 
     def carriers(mask: np.ndarray, outside: np.ndarray) -> np.ndarray | None:
-        r = patterns.peak_correlation(difference(features, mask), mask, max_template)
-        return None if r is None else _guarded_join(r, mask, outside, fence_iqr, guard_iqr)
+        diff = difference(features, mask)
+        for step in range(int(doublings) + 1):
+            r = patterns.peak_correlation(diff, mask, max_template, scale=2 ** step)
+            join = None if r is None else _guarded_join(r, mask, outside, fence_iqr, guard_iqr)
+            if join is not None:
+                return join
+        return None
 
     return _join_carriers(labels, clusters, suspects, "peak_joined", carriers)
 

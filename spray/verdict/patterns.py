@@ -133,21 +133,22 @@ class InputPatterns:
                                  0.0)
         return out
 
-    def peak_correlation(self, diff: np.ndarray, mask: np.ndarray, max_template: int
-                         ) -> np.ndarray | None:
+    def peak_correlation(self, diff: np.ndarray, mask: np.ndarray, max_template: int,
+                         scale: int = 1) -> np.ndarray | None:
         """Each sample's best cosine, anywhere in its image, with the members' pattern where
         the model looks (see the module notes).
 
         ``diff`` is the members' mean relevance feature minus the rest's (flat, on the feature
-        grid); the window's side is the larger side of :func:`hot_region` of it, in pixels
-        (at most the image's). The region is that of the largest *positive* difference: a
-        suspect whose members the model looks at less than at the rest, everywhere, gets None
-        (nobody joins by this step).
+        grid); the window's side is ``scale`` (a power of 2) times the larger side of
+        :func:`hot_region` of it, in pixels, at most the image's. The region is that of the
+        largest *positive* difference: a suspect whose members the model looks at less than at
+        the rest, everywhere, gets None (nobody joins by this step).
         The first template is the median centred pattern of at most ``max_template`` members at
         their own relevance peaks; the template is that of the same members at their best
         match with it (the members' pattern aligned). Returns ``(n,)`` cosines in [−1, 1] (NaN
         for an image with a non-finite value), or
-        None without relevance maps, without a region or with a flat template.
+        None without relevance maps, without a region, with a flat template or when the
+        window at ``scale`` is no wider than at ``scale / 2`` (the image's side reached).
         """
         if self.relevance is None:
             return None
@@ -161,7 +162,10 @@ class InputPatterns:
         if region is None:
             return None
         h, w = region
-        side = int(min(H, W, max(1, round(max(h * H / grid[0], w * W / grid[1])))))
+        base = max(1, round(max(h * H / grid[0], w * W / grid[1])))
+        side = int(min(H, W, scale * base))
+        if scale > 1 and side <= min(H, W, scale // 2 * base):
+            return None             # no wider than the window at half the scale
         window = _PeakWindows(side, H, W)
         template = self._template(window, members, lambda x, rows: window.at_peak(
             x, self.relevance(rows)))

@@ -16,6 +16,9 @@ hot 3 × 3-cell square) and :meth:`~spray.verdict.patterns.InputPatterns.peak_co
 members' pattern where their relevance peaks, aligned, matched anywhere in every image (a
 window of 3 cells' side in pixels: 5 px at 32, 34 px at 224, compared on 3 × 3 blocks; the
 members' inputs read twice and their maps once, every sample's inputs once).
+``peak_x2_cpu_seconds`` and ``peak_x4_cpu_seconds``: the same with the window twice and four
+times as wide (10 and 20 px at 32, 68 and 136 px at 224), the passes a suspect pays while the
+guard refuses (``flags.peak_window_doublings``).
 """
 
 from __future__ import annotations
@@ -53,6 +56,10 @@ def measure(n: int, side: int, chunk: int) -> dict:
     patterns.peak_correlation(diff.ravel(), mask, 2000)
     row.update(peak_cpu_seconds=round(time.process_time() - cpu, 3),
                peak_wall_seconds=round(time.perf_counter() - wall, 3))
+    for scale in (2, 4):        # the wider windows tried while the guard refuses
+        cpu = time.process_time()
+        patterns.peak_correlation(diff.ravel(), mask, 2000, scale=scale)
+        row[f"peak_x{scale}_cpu_seconds"] = round(time.process_time() - cpu, 3)
     return row
 
 
@@ -68,7 +75,9 @@ def main(argv=None) -> int:
         rows.append(measure(n, side, args.chunk))
         print(f"n = {n}, {side}×{side} RGB: {rows[-1]['cpu_seconds']:.2f} CPU s, "
               f"{rows[-1]['wall_seconds']:.2f} s wall; at the peaks "
-              f"{rows[-1]['peak_cpu_seconds']:.2f} CPU s, {rows[-1]['peak_wall_seconds']:.2f} s wall")
+              f"{rows[-1]['peak_cpu_seconds']:.2f} CPU s, {rows[-1]['peak_wall_seconds']:.2f} s wall"
+              f" (widened ×2 / ×4: {rows[-1]['peak_x2_cpu_seconds']:.2f} / "
+              f"{rows[-1]['peak_x4_cpu_seconds']:.2f} CPU s)")
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=1) + "\n")
     return 0
