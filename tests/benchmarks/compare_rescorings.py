@@ -9,6 +9,8 @@ draws flagged, the draws detected (flagged, suspect precision and recall ≥ 0.9
 after, the lowest precision and median recall of the flagged draws, and how many stamped and
 unstamped samples the suspects gained or lost (from each draw's precision, recall and planted
 count). A change to who is reported (``spray.verdict.members``) must leave every score alone.
+With ``--common`` the two may hold different class checks (one rescored with ``--only``): only
+the checks and draws both hold are compared, and their number is reported.
 """
 
 from __future__ import annotations
@@ -34,14 +36,24 @@ def _members(draw: dict) -> tuple[int, int]:
     return hits, size - hits
 
 
-def compare(before: Path, after: Path) -> dict:
-    """The comparison of one pair of rescorings (see the module docstring)."""
+def compare(before: Path, after: Path, common: bool = False) -> dict:
+    """The comparison of one pair of rescorings (see the module docstring); with ``common``,
+    of the class checks and draws both hold."""
     rows_a, draws_a, threshold = _load(before)
     rows_b, draws_b, _ = _load(after)
     key = lambda r: (r["setting"], r["draw"], r["class"])   # noqa: E731
     a, b = {key(r): r for r in rows_a}, {key(r): r for r in rows_b}
-    if a.keys() != b.keys():
+    if a.keys() != b.keys() and not common:
         raise SystemExit(f"{before} and {after} hold different class checks")
+    keys = [k for k in a if k in b]
+    if not keys:
+        raise SystemExit(f"{before} and {after} hold no class check in common")
+    a, b = {k: a[k] for k in keys}, {k: b[k] for k in keys}
+    if common:
+        shared = {(d["setting"], d["draw"]) for d in draws_a} & {(d["setting"], d["draw"])
+                                                                 for d in draws_b}
+        draws_a, draws_b = ([d for d in ds if (d["setting"], d["draw"]) in shared]
+                            for ds in (draws_a, draws_b))
     changed = [k for k in a if a[k]["score"] != b[k]["score"] or a[k]["flagged"] != b[k]["flagged"]]
     settings: dict[str, dict] = {}
     for x, y in zip(draws_a, draws_b):
@@ -94,11 +106,13 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("dirs", nargs="+", help="BEFORE AFTER pairs of rescoring --out directories")
     ap.add_argument("--json", help="write the comparison here")
+    ap.add_argument("--common", action="store_true",
+                    help="compare only the class checks and draws both hold")
     args = ap.parse_args(argv)
     if len(args.dirs) % 2:
         ap.error("give BEFORE AFTER pairs")
     pairs = list(zip(args.dirs[::2], args.dirs[1::2]))
-    results = [compare(Path(a), Path(b)) for a, b in pairs]
+    results = [compare(Path(a), Path(b), args.common) for a, b in pairs]
     print(table(results))
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=1) + "\n")
