@@ -10,6 +10,7 @@ from spray.analysis.preprocess import cell_pixels, preprocess
 from spray.verdict.evidence import difference, top_cells
 from spray.verdict.members import (
     _guarded_join,
+    decide_members,
     join_by_pattern,
     join_where_looked,
     lower_fence,
@@ -735,13 +736,65 @@ def test_a_one_cell_hot_spot_widens_until_the_guard_passes(monkeypatch):
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
-def test_widening_takes_no_one_in_without_a_pattern(seed):
-    """The same class with no ring: no window of 4, 8 or 16 pixels lets anyone in."""
+def test_widening_takes_no_one_in_without_a_pattern(seed, monkeypatch):
+    """The same class with no ring: windows of 4, 8 and 16 pixels are tried (doubled each
+    time), and none lets anyone in."""
     x, rel, feats, labels, _, _ = _textured_logo_class(seed, logo=False)
     clusters = [ClusterEvidence.of(labels == c, id=c) for c in (0, 1)]
+    sides = _sides_tried(monkeypatch)
     out = join_where_looked(labels, clusters, [1], feats, 1.0, 1.5,
                             InputPatterns.of(x, PRE16, maps=rel), 2000, 2)
     assert (out == labels).all() and clusters[1].peak_joined == 0
+    assert sides == [4, 8, 16]
+
+
+def test_decide_members_widens_as_configured():
+    """``decide_members`` hands its doublings to the last step: with none, the rings of the
+    other corners stay outside; with two, they join."""
+    x, rel, feats, labels, _, truth = _textured_logo_class(0)
+    patterns = InputPatterns.of(x, PRE16, maps=rel)
+    inputs = preprocess(x, PRE16)
+    W = np.ones((len(x), len(x))) - np.eye(len(x))
+    joined = []
+    for doublings in (0, 2):
+        clusters = [ClusterEvidence.of(labels == c, id=c) for c in (0, 1)]
+        out = decide_members(labels, clusters, [1], W, inputs, feats, 0.1, 0.99, 1.0, 1.5,
+                             patterns, 2000, doublings)
+        joined.append(int(((out == 1) & (labels == 0) & truth).sum()))
+        assert not ((out == 1) & ~truth).any()
+    assert joined[0] < 10 and joined[1] >= 40
+
+
+def test_a_window_without_a_pattern_is_widened():
+    """On the pixel grid a one-pixel hot spot gives a 1-pixel window, flat once centred (no
+    template, None); the wider windows are still tried."""
+    rng = np.random.default_rng(1)
+    x = rng.random((12, 3, 16, 16)).astype(np.float32)
+    rel = rng.random((12, 16, 16)).astype(np.float32)
+    pre = dict(PRE, pool=None)
+    diff = np.zeros(256)
+    diff[5 * 16 + 5] = 1.0
+    patterns = InputPatterns.of(x, pre, maps=rel)
+    assert patterns.peak_correlation(diff, np.arange(12) < 4, 100) is None
+    for scale in (2, 4):
+        assert patterns.peak_correlation(diff, np.arange(12) < 4, 100, scale=scale) is not None
+
+
+def test_a_doubled_window_of_the_same_blocks_is_not_tried():
+    """Near the image's side a doubled window can span the same blocks (30 and 32 pixels of a
+    32-pixel image are both 10 blocks of 3) or fewer pixels (216 and 224 of 224): not tried."""
+    from spray.verdict.patterns import _span
+
+    assert _span(30, 32, 32) == _span(32, 32, 32) == 30
+    assert _span(224, 224, 224) < _span(216, 224, 224)
+    rng = np.random.default_rng(2)
+    x = rng.random((8, 3, 32, 32)).astype(np.float32)
+    rel = rng.random((8, 32, 32)).astype(np.float32)
+    diff = np.full((16, 16), 0.1)
+    diff[0:15, 0] = 1.0                      # 15 cells of 2 pixels: 30 at scale 1, 32 at 2
+    patterns = InputPatterns.of(x, PRE16, maps=rel)
+    assert patterns.peak_correlation(diff.ravel(), np.arange(8) < 3, 100) is not None
+    assert patterns.peak_correlation(diff.ravel(), np.arange(8) < 3, 100, scale=2) is None
 
 
 def test_a_window_as_wide_as_the_image_is_not_widened():

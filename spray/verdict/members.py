@@ -47,11 +47,10 @@ With the relevance maps too, the last step takes the members' pattern *where the
 peaks*, aligned, and looks for it anywhere in every image
 (:meth:`~spray.verdict.patterns.InputPatterns.peak_correlation`): a sample outside joins when
 its best match is at or above the members' lower fence, under the same guard with a longer reach
-for the samples outside (``peak_guard_iqr``; ``peak_joined``); while the guard refuses, the
-window is widened (``peak_window_doublings``: a one-cell hot spot makes a window smaller than the
-stamp). As in the step before, no
-relevance condition: a stamped sample whose relevance peaks on its object carries the stamp all
-the same.
+for the samples outside (``peak_guard_iqr``; ``peak_joined``); while the guard refuses or the
+pattern is flat, the window is widened (``peak_window_doublings``: a one-cell hot spot makes a
+window smaller than the stamp). As in the step before, no relevance condition: a stamped sample
+whose relevance peaks on its object carries the stamp all the same.
 """
 
 from __future__ import annotations
@@ -151,12 +150,12 @@ def join_where_looked(labels: np.ndarray, clusters: list[ClusterEvidence], suspe
     lower fence of the members' (reach ``fence_iqr``). Its guard is the one of
     :func:`join_by_pattern` with a longer reach for the samples outside: that fence lies at or
     above their upper fence Q3 + ``guard_iqr`` × IQR (a match anywhere lifts every sample's
-    correlation, and a weak template's members pass at equality). While the guard refuses, the
-    window's side is doubled, at most ``doublings`` times: a hot spot of one cell (a sharp
-    relevance peak, as a ViT's on one patch) gives a window smaller than the stamp, whose
-    pattern a few pixels of any image match. Fills in ``peak_joined``
-    and updates sizes and fractions. Nothing moves (and nothing is read) without relevance
-    maps in ``patterns``, relevance features or samples outside.
+    correlation, and a weak template's members pass at equality). While the guard refuses (or
+    the window's pattern is flat), the window's side is doubled, at most ``doublings`` times:
+    a hot spot of one cell (a sharp relevance peak, as a ViT's on one patch) gives a window
+    smaller than the stamp, whose pattern a few pixels of any image match. Fills in
+    ``peak_joined`` and updates sizes and fractions. Nothing moves (and nothing is read)
+    without relevance maps in ``patterns``, relevance features or samples outside.
 
     Returns
     -------

@@ -140,7 +140,8 @@ class InputPatterns:
 
         ``diff`` is the members' mean relevance feature minus the rest's (flat, on the feature
         grid); the window's side is ``scale`` (a power of 2) times the larger side of
-        :func:`hot_region` of it, in pixels, at most the image's. The region is that of the
+        :func:`hot_region` of it, in pixels, at most the image's (compared on blocks when wider
+        than :data:`MAX_SIDE`). The region is that of the
         largest *positive* difference: a suspect whose members the model looks at less than at
         the rest, everywhere, gets None (nobody joins by this step).
         The first template is the median centred pattern of at most ``max_template`` members at
@@ -148,7 +149,8 @@ class InputPatterns:
         match with it (the members' pattern aligned). Returns ``(n,)`` cosines in [−1, 1] (NaN
         for an image with a non-finite value), or
         None without relevance maps, without a region, with a flat template or when the
-        window at ``scale`` is no wider than at ``scale / 2`` (the image's side reached).
+        window compared at ``scale`` spans no more pixels than at ``scale / 2`` (the image's
+        side reached, or the same number of blocks).
         """
         if self.relevance is None:
             return None
@@ -164,7 +166,7 @@ class InputPatterns:
         h, w = region
         base = max(1, round(max(h * H / grid[0], w * W / grid[1])))
         side = int(min(H, W, scale * base))
-        if scale > 1 and side <= min(H, W, scale // 2 * base):
+        if scale > 1 and _span(side, H, W) <= _span(int(min(H, W, scale // 2 * base)), H, W):
             return None             # no wider than the window at half the scale
         window = _PeakWindows(side, H, W)
         template = self._template(window, members, lambda x, rows: window.at_peak(
@@ -246,6 +248,20 @@ def hot_region_cells(diff: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
 MAX_SIDE = 12
 
 
+def _blocks(side: int, H: int, W: int) -> tuple[int, int]:
+    """``(f, s)``: a window of ``side`` pixels on H × W images is compared as s × s blocks of
+    f × f pixels (f > 1 when ``side`` is wider than :data:`MAX_SIDE`; s never wider than the
+    averaged image, which ``round(side / f)`` can exceed)."""
+    f = max(1, -(-side // MAX_SIDE))
+    return f, max(1, min(round(side / f), H // f, W // f))
+
+
+def _span(side: int, H: int, W: int) -> int:
+    """The pixels a window of ``side`` spans as it is compared (:func:`_blocks`)."""
+    f, s = _blocks(side, H, W)
+    return f * s
+
+
 class _PeakWindows:
     """S × S windows of images, centred per channel: at each one's relevance peak, or the one
     that best matches a template anywhere in the image.
@@ -258,11 +274,8 @@ class _PeakWindows:
     """
 
     def __init__(self, side: int, H: int, W: int):
-        # a window wider than MAX_SIDE pixels is compared on images averaged over f × f blocks
-        self.factor = f = max(1, -(-side // MAX_SIDE))
-        self.H, self.W = H // f, W // f
-        # never wider than the averaged image (round(side / f) can exceed H // f)
-        self.side = max(1, min(round(side / f), self.H, self.W))
+        self.factor, self.side = _blocks(side, H, W)
+        self.H, self.W = H // self.factor, W // self.factor
         self.slack = self.side // 2
 
     def _down(self, a: np.ndarray) -> np.ndarray:
