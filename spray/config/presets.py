@@ -274,7 +274,8 @@ class FlagsSection(_Section):
     peak_guard_iqr: float = Field(default=1.5, ge=0)
     #: while that guard refuses, the window matched anywhere is taken twice as wide, at most
     #: this many times (a ViT's one-cell hot spot gives a 2-pixel window that matches part of
-    #: any image; docs/verdict-eval.md, "A window wider than a one-cell hot spot"). 0: never
+    #: any image; docs/verdict-eval.md, "Results: a window wider than a one-cell hot spot").
+    #: 0: never
     peak_window_doublings: int = Field(default=2, ge=0, le=6)
     candidates: Literal["analysis", "all-k"] = "analysis"
     bisect_clusters: bool = True
