@@ -1480,13 +1480,14 @@ def test_the_pipelines_peak_guard_reaches_the_member_step(artefact_class, monkey
     real = score.decide_members
 
     def spy(*args, **kwargs):
-        seen.append((args[9], args[12]))
+        seen.append((args[9], args[12], args[13]))
         return real(*args, **kwargs)
 
     monkeypatch.setattr(score, "decide_members", spy)
     feats, inputs, _ = artefact_class
-    for flags in ({"peak_guard_iqr": 2.5, "peak_window_doublings": 3},
-                  {"peak_guard_iqr": 2.5, "peak_window_doublings": 3, "score_max_samples": 200}):
+    for flags in ({"peak_guard_iqr": 2.5, "peak_window_doublings": 3, "peak_carrier_gap": 0.3},
+                  {"peak_guard_iqr": 2.5, "peak_window_doublings": 3, "peak_carrier_gap": 0.3,
+                   "score_max_samples": 200}):
         result = analyze(feats, pipeline=_pipe(**flags), embed=False)
         clever_hans_score(result, inputs, _pipe(**flags), features=feats)
-    assert seen == [(2.5, 3), (2.5, 3)]
+    assert seen == [(2.5, 3, 0.3), (2.5, 3, 0.3)]

@@ -10,6 +10,7 @@ from spray.analysis.preprocess import cell_pixels, preprocess
 from spray.verdict.evidence import difference, top_cells
 from spray.verdict.members import (
     _guarded_join,
+    carriers_apart,
     decide_members,
     join_by_pattern,
     join_where_looked,
@@ -811,3 +812,64 @@ def test_a_window_as_wide_as_the_image_is_not_widened():
     diff[9] = 1.0                               # one cell of 4 pixels: 8 and 16 are wider
     for scale in (1, 2, 4):
         assert patterns.peak_correlation(diff, np.arange(12) < 4, 100, scale=scale) is not None
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_carriers_outside_no_longer_shut_the_guard(seed):
+    """A ring on 80 of 240 samples, 20 in the suspect: the 60 stamped samples outside (27 % of
+    them) lift the outside's upper fence above the members' lower fence, and the plain guard
+    lets nobody in. Left out of that fence (they stand apart, with a gap below them), they join;
+    no bright corner without the ring does."""
+    x, rel, feats, labels, _, truth = _logo_class(seed=seed, stamped=80)
+    patterns = InputPatterns.of(x, PRE, maps=rel)
+    joined = []
+    for gap in (0.0, 0.1):
+        clusters = [ClusterEvidence.of(labels == c, id=c) for c in (0, 1)]
+        out = join_where_looked(labels, clusters, [1], feats, 1.0, 1.5, patterns, 2000, 2, gap)
+        joins = (labels == 0) & (out == 1)
+        assert (joins <= truth).all()
+        joined.append(int(joins.sum()))
+    assert joined[0] == 0 and joined[1] >= 40                          # of the 60 outside
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_no_carriers_apart_without_a_pattern(seed):
+    """The same class with nothing stamped: no window lets anyone in, gap or not."""
+    x, rel, feats, labels, _, _ = _logo_class(seed=seed, stamped=120, logo=False)
+    clusters = [ClusterEvidence.of(labels == c, id=c) for c in (0, 1)]
+    out = join_where_looked(labels, clusters, [1], feats, 1.0, 1.5,
+                            InputPatterns.of(x, PRE, maps=rel), 2000, 2, 0.1)
+    assert (out == labels).all() and clusters[1].peak_joined == 0
+
+
+def test_carriers_stand_apart_only_above_a_gap():
+    """Candidates above the fence stand apart when fewer than half, the rest's upper fence is
+    at or below the fence and few of the rest lie just below it; a tail that thins out into the
+    fence (a pattern shared by degrees) does not."""
+    rng = np.random.default_rng(0)
+    rest = rng.normal(0.4, 0.05, 200)
+    carriers = rng.normal(0.9, 0.03, 50)
+    assert carriers_apart(np.concatenate([rest, carriers]), 0.8, 1.5, 0.1)
+    assert not carriers_apart(np.concatenate([rest, carriers]), 0.8, 1.5, 0.0)
+    tail = np.linspace(0.55, 0.95, 60)                      # no gap under the fence
+    assert not carriers_apart(np.concatenate([rest, tail]), 0.8, 1.5, 0.1)
+    many = rng.normal(0.9, 0.03, 250)                       # the candidates are most of them
+    assert not carriers_apart(np.concatenate([rest, many]), 0.8, 1.5, 0.1)
+    near = np.concatenate([rest, carriers, np.full(30, 0.75)])    # 30 just below, 50 above
+    assert not carriers_apart(near, 0.8, 1.5, 0.1)
+
+
+def test_decide_members_hands_the_gap_on():
+    """``decide_members`` passes its gap to the last step: the carriers of the class above join
+    only with it."""
+    x, rel, feats, labels, _, truth = _logo_class(seed=0, stamped=80)
+    patterns = InputPatterns.of(x, PRE, maps=rel)
+    W = np.ones((len(x), len(x))) - np.eye(len(x))
+    joined = []
+    for gap in (0.0, 0.1):
+        clusters = [ClusterEvidence.of(labels == c, id=c) for c in (0, 1)]
+        out = decide_members(labels, clusters, [1], W, preprocess(x, PRE), feats, 0.1, 0.99,
+                             1.0, 1.5, patterns, 2000, 2, gap)
+        joined.append(clusters[1].peak_joined)
+        assert not ((out == 1) & ~truth).any()
+    assert joined[0] == 0 and joined[1] >= 40

@@ -277,6 +277,11 @@ class FlagsSection(_Section):
     #: any image; docs/verdict-eval.md, "Results: a window wider than a one-cell hot spot").
     #: 0: never
     peak_window_doublings: int = Field(default=2, ge=0, le=6)
+    #: and a guard that refuses still lets the candidates in when they stand apart from the
+    #: rest of the samples outside: fewer than half, the rest's upper fence at or below the
+    #: members' lower fence, and fewer of the rest within this gap (in cosine) below that fence
+    #: than half the candidates (carriers outside lift the outside's fence themselves). 0: never
+    peak_carrier_gap: float = Field(default=0.1, ge=0, le=1)
     candidates: Literal["analysis", "all-k"] = "analysis"
     bisect_clusters: bool = True
     other_k_min_jaccard: float = Field(default=0.5, ge=0, le=1)

@@ -123,7 +123,7 @@ def decide_members(labels: np.ndarray, clusters: list[ClusterEvidence], suspects
                    W: sp.csr_matrix, input_features: np.ndarray, features: np.ndarray | None,
                    area: float, min_auc: float, fence_iqr: float, guard_iqr: float,
                    patterns: InputPatterns | None = None, max_template: int = 2000,
-                   doublings: int = 0) -> np.ndarray:
+                   doublings: int = 0, gap: float = 0.0) -> np.ndarray:
     """Who of the suspects is reported: :func:`join_suspects`, then :func:`trim_suspects` (the
     samples outside that carry the pattern would lower the AUC that decides the trim), then
     with the raw inputs :func:`join_by_pattern` (from the members the trim kept) and, with the
@@ -135,13 +135,13 @@ def decide_members(labels: np.ndarray, clusters: list[ClusterEvidence], suspects
     labels = join_by_pattern(labels, clusters, suspects, features, area, fence_iqr, patterns,
                              max_template)
     return join_where_looked(labels, clusters, suspects, features, fence_iqr, guard_iqr,
-                             patterns, max_template, doublings)
+                             patterns, max_template, doublings, gap)
 
 
 def join_where_looked(labels: np.ndarray, clusters: list[ClusterEvidence], suspects: list[int],
                       features: np.ndarray | None, fence_iqr: float, guard_iqr: float,
                       patterns: InputPatterns | None, max_template: int,
-                      doublings: int = 0) -> np.ndarray:
+                      doublings: int = 0, gap: float = 0.0) -> np.ndarray:
     """Move the samples outside every suspect that carry its members' pattern, taken where the
     model looks at the members and found anywhere in their own image, into that suspect.
 
@@ -169,7 +169,8 @@ def join_where_looked(labels: np.ndarray, clusters: list[ClusterEvidence], suspe
         diff = difference(features, mask)
         for step in range(int(doublings) + 1):
             r = patterns.peak_correlation(diff, mask, max_template, scale=2 ** step)
-            join = None if r is None else _guarded_join(r, mask, outside, fence_iqr, guard_iqr)
+            join = None if r is None else _guarded_join(r, mask, outside, fence_iqr, guard_iqr,
+                                                        gap)
             if join is not None:
                 return join
         return None
@@ -178,19 +179,36 @@ def join_where_looked(labels: np.ndarray, clusters: list[ClusterEvidence], suspe
 
 
 def _guarded_join(r: np.ndarray, mask: np.ndarray, outside: np.ndarray, reach: float,
-                  outside_reach: float | None = None) -> np.ndarray | None:
+                  outside_reach: float | None = None, gap: float = 0.0) -> np.ndarray | None:
     """The samples ``outside`` whose ``r`` is at or above the lower fence of the members'
     (``mask``, at ``reach``); None when that fence lies below the upper fence of the samples
     outside (at ``outside_reach``, by default ``reach``: the members share no pattern that sets
-    them apart)."""
+    them apart), unless the candidates stand apart from the rest (:func:`carriers_apart`, with
+    ``gap`` above 0)."""
     finite = np.isfinite(r)     # a NaN (an input with a NaN) must not disable the guard
     if not (mask & finite).any() or not (outside & finite).any():
         return None
     fence = lower_fence(r[mask & finite], reach)
-    if fence < upper_fence(r[outside & finite],
-                           reach if outside_reach is None else outside_reach):
+    reach_out = reach if outside_reach is None else outside_reach
+    if (fence < upper_fence(r[outside & finite], reach_out)
+            and not carriers_apart(r[outside & finite], fence, reach_out, gap)):
         return None
     return outside & finite & (r >= fence)
+
+
+def carriers_apart(r: np.ndarray, fence: float, reach: float, gap: float) -> bool:
+    """Whether the samples outside at or above ``fence`` (the candidates) stand apart from the
+    rest as a group of their own: fewer than half of them, the rest's upper fence (Q3 +
+    ``reach`` × IQR) at or below ``fence``, and fewer of the rest within ``gap`` below the fence
+    than half the candidates (a gap in the density under the fence, where a pattern the rest
+    shares by degrees has its bulk). Carriers outside lift the upper fence of all samples
+    outside; they are left out of it here. False with ``gap`` 0."""
+    above = r >= fence
+    rest = r[~above]
+    if gap <= 0 or 2 * above.sum() >= len(r) or len(rest) < 4:
+        return False
+    near = int((rest >= fence - gap).sum())
+    return upper_fence(rest, reach) <= fence and 2 * near < above.sum()
 
 
 def _join_carriers(labels: np.ndarray, clusters: list[ClusterEvidence], suspects: list[int],

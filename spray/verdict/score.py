@@ -122,7 +122,7 @@ def _score_subsample(result, input_features, pipeline: dict, params: FlagsSectio
                                     np.ascontiguousarray(features, dtype=np.float32), area,
                                     params.trim_min_auc, params.trim_fence_iqr,
                                     params.peak_guard_iqr, patterns, params.score_max_samples,
-                                    params.peak_window_doublings)
+                                    params.peak_window_doublings, params.peak_carrier_gap)
     verdict.scored_on = int(len(rows))
     log.info("class of %d samples scored on a subsample of %d (score_max_samples)",
              len(verdict.labels), len(rows))
@@ -164,7 +164,8 @@ def _score(result, input_features: np.ndarray, pipeline: dict, params: FlagsSect
         labels = decide_members(labels, clusters, suspects, graphs.W, graphs.input_features,
                                 graphs.features, graphs.mask_area, params.trim_min_auc,
                                 params.trim_fence_iqr, params.peak_guard_iqr, patterns,
-                                params.score_max_samples, params.peak_window_doublings)
+                                params.score_max_samples, params.peak_window_doublings,
+                                params.peak_carrier_gap)
     return _verdict(clusters, labels, splits, other_k, params, pipeline, decide)
 
 
