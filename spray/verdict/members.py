@@ -49,7 +49,9 @@ peaks*, aligned, and looks for it anywhere in every image
 its best match is at or above the members' lower fence, under the same guard with a longer reach
 for the samples outside (``peak_guard_iqr``; ``peak_joined``); while the guard refuses or the
 pattern is flat, the window is widened (``peak_window_doublings``: a one-cell hot spot makes a
-window smaller than the stamp). As in the step before, no relevance condition: a stamped sample
+window smaller than the stamp), and a refused guard still lets the candidates in when they stand
+apart from the rest of the samples outside (``peak_carrier_gap``: the carriers outside lift the
+outside's fence themselves). As in the step before, no relevance condition: a stamped sample
 whose relevance peaks on its object carries the stamp all the same.
 """
 
@@ -153,8 +155,9 @@ def join_where_looked(labels: np.ndarray, clusters: list[ClusterEvidence], suspe
     correlation, and a weak template's members pass at equality). While the guard refuses (or
     the window's pattern is flat), the window's side is doubled, at most ``doublings`` times:
     a hot spot of one cell (a sharp relevance peak, as a ViT's on one patch) gives a window
-    smaller than the stamp, whose pattern a few pixels of any image match. Fills in
-    ``peak_joined`` and updates sizes and fractions. Nothing moves (and nothing is read)
+    smaller than the stamp, whose pattern a few pixels of any image match. With ``gap`` above
+    0 a refused guard still lets the candidates in when they stand apart
+    (:func:`carriers_apart`). Fills in ``peak_joined`` and updates sizes and fractions. Nothing moves (and nothing is read)
     without relevance maps in ``patterns``, relevance features or samples outside.
 
     Returns
