@@ -157,8 +157,9 @@ def join_where_looked(labels: np.ndarray, clusters: list[ClusterEvidence], suspe
     a hot spot of one cell (a sharp relevance peak, as a ViT's on one patch) gives a window
     smaller than the stamp, whose pattern a few pixels of any image match. With ``gap`` above
     0 a refused guard still lets the candidates in when they stand apart
-    (:func:`carriers_apart`). Fills in ``peak_joined`` and updates sizes and fractions. Nothing moves (and nothing is read)
-    without relevance maps in ``patterns``, relevance features or samples outside.
+    (:func:`carriers_apart`). Fills in ``peak_joined`` and updates sizes and fractions.
+    Nothing moves (and nothing is read) without relevance maps in ``patterns``, relevance
+    features or samples outside.
 
     Returns
     -------
