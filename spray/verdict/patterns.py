@@ -141,9 +141,9 @@ class InputPatterns:
         ``diff`` is the members' mean relevance feature minus the rest's (flat, on the feature
         grid); the window's side is ``scale`` (a power of 2) times the larger side of
         :func:`hot_region` of it, in pixels, at most the image's (compared on blocks when wider
-        than :data:`MAX_SIDE`). The region is that of the
-        largest *positive* difference: a suspect whose members the model looks at less than at
-        the rest, everywhere, gets None (nobody joins by this step).
+        than :data:`MAX_SIDE`). The region is that of the largest *positive* difference: a
+        suspect whose members the model looks at less than at the rest, everywhere, gets None
+        (nobody joins by this step).
         The first template is the median centred pattern of at most ``max_template`` members at
         their own relevance peaks; the template is that of the same members at their best
         match with it (the members' pattern aligned). Returns ``(n,)`` cosines in [−1, 1] (NaN
