@@ -34,7 +34,10 @@ def _serves_dashboard(port: int) -> bool | None:
     bytes it cannot parse), or gave no answer yet (None: a server still starting)."""
     try:
         with socket.create_connection(("127.0.0.1", port), timeout=3) as sock:
-            sock.settimeout(1.0)
+            # a comm speaks within milliseconds on loopback; a longer wait per port left a
+            # short run's dashboard unprobed before the run ended (the test failed on an idle
+            # machine with a 1 s wait)
+            sock.settimeout(0.3)
             try:
                 if sock.recv(1):
                     return False  # a Dask comm handshake
