@@ -970,6 +970,7 @@ def test_stamped_samples_outside_do_not_keep_look_alikes_in_the_suspect(
         artefact_with_lookalikes):
     """A few stamped samples the cut left outside lower the AUC that decides the trim: they join
     first, so the look-alikes inside still leave."""
+    from spray.config.presets import FlagsSection
     from spray.verdict.members import decide_members
     from spray.verdict.result import ClusterEvidence
 
@@ -978,7 +979,8 @@ def test_stamped_samples_outside_do_not_keep_look_alikes_in_the_suspect(
     labels[np.flatnonzero(planted)[:5]] = 0
     clusters = [ClusterEvidence.of(labels == c, id=c) for c in (0, 1)]
     W = sp.csr_matrix(analyze(feats, pipeline=_pipe(), embed=False).affinity)
-    out = decide_members(labels, clusters, [1], W, inputs, feats, 0.1, 0.99, 1.0, 1.5)
+    flags = FlagsSection(trim_min_auc=0.99, trim_fence_iqr=1.0, peak_guard_iqr=1.5)
+    out = decide_members(labels, clusters, [1], W, inputs, feats, 0.1, flags)
     assert ((out == 1) == planted).all()
     assert clusters[1].joined == 5 and clusters[1].trimmed == int(lookalike.sum())
 
@@ -1480,7 +1482,8 @@ def test_the_pipelines_peak_guard_reaches_the_member_step(artefact_class, monkey
     real = score.decide_members
 
     def spy(*args, **kwargs):
-        seen.append((args[9], args[12], args[13]))
+        flags = args[7]
+        seen.append((flags.peak_guard_iqr, flags.peak_window_doublings, flags.peak_carrier_gap))
         return real(*args, **kwargs)
 
     monkeypatch.setattr(score, "decide_members", spy)

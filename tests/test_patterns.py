@@ -7,6 +7,7 @@ import pytest
 from scipy.ndimage import gaussian_filter
 
 from spray.analysis.preprocess import cell_pixels, preprocess
+from spray.config.presets import FlagsSection
 from spray.verdict.evidence import difference, top_cells
 from spray.verdict.members import (
     _guarded_join,
@@ -305,7 +306,7 @@ def test_the_logo_in_other_corners_joins_where_the_model_looks():
     patterns = InputPatterns.of(x, PRE, maps=rel)
     r = patterns.peak_correlation(difference(feats, labels == 1), labels == 1, 2000)
     assert r[truth].min() > 0.6 > 0.5 > r[~truth].max()
-    out = join_where_looked(labels, clusters, [1], feats, 1.0, 1.5, patterns, 2000)
+    out = join_where_looked(labels, clusters, [1], feats, 1.0, 1.5, patterns, 2000, 0, 0.0)
     joins = (labels == 0) & (out == 1)
     assert (joins <= truth).all() and joins.sum() >= 40                # of the 45 outside
     assert ((labels == 0) & (r >= lower_fence(r[labels == 1], 1.0)) == joins).all()
@@ -313,7 +314,7 @@ def test_the_logo_in_other_corners_joins_where_the_model_looks():
     assert clusters[0].size == len(labels) - 15 - joins.sum()
     # without the relevance maps nothing is read and nothing moves
     plain = InputPatterns.of(x, PRE)
-    assert (join_where_looked(labels, clusters, [1], feats, 1.0, 1.5, plain, 2000) == labels).all()
+    assert (join_where_looked(labels, clusters, [1], feats, 1.0, 1.5, plain, 2000, 0, 0.0) == labels).all()
 
 
 def test_a_logo_whose_relevance_peaks_on_the_object_joins():
@@ -321,7 +322,7 @@ def test_a_logo_whose_relevance_peaks_on_the_object_joins():
     the same, and the members' pattern is found there; no bright corner without it joins."""
     x, rel, feats, labels, clusters, truth = _logo_class(unseen=8)
     out = join_where_looked(labels, clusters, [1], feats, 1.0, 1.5, InputPatterns.of(x, PRE, maps=rel),
-                            2000)
+                            2000, 0, 0.0)
     joins = (labels == 0) & (out == 1)
     assert joins[52:60].all() and (joins <= truth).all()
     assert joins.sum() >= 43 and clusters[1].peak_joined == joins.sum()   # of the 45 outside
@@ -345,7 +346,7 @@ def test_members_that_look_at_part_of_the_stamp_are_aligned():
                                                             labels == 1, 2000)
     assert r[:15].min() > r[60:].max()
     out = join_where_looked(labels, clusters, [1], feats, 1.0, 1.5, InputPatterns.of(x, PRE, maps=rel),
-                            2000)
+                            2000, 0, 0.0)
     joins = (labels == 0) & (out == 1)
     assert (joins <= truth).all() and joins.sum() >= 40                 # of the 45 outside
 
@@ -355,7 +356,7 @@ def test_no_join_for_members_without_a_common_pattern():
     correlations fall below the upper fence of the rest's, and nobody joins (the guard)."""
     x, rel, feats, labels, clusters, _ = _logo_class(logo=False)
     out = join_where_looked(labels, clusters, [1], feats, 1.0, 1.5, InputPatterns.of(x, PRE, maps=rel),
-                            2000)
+                            2000, 0, 0.0)
     assert (out == labels).all() and clusters[1].peak_joined == 0
 
 
@@ -534,7 +535,7 @@ def test_a_copy_of_the_only_member_joins():
     feats = preprocess(rel, PRE)
     clusters = [ClusterEvidence.of(labels == c, id=c) for c in (0, 1)]
     out = join_where_looked(labels, clusters, [1], feats, 1.0, 1.5, InputPatterns.of(x, PRE, maps=rel),
-                            2000)
+                            2000, 0, 0.0)
     assert out[100] == 1
 
 
@@ -647,8 +648,50 @@ def test_a_nan_pixel_does_not_open_the_guard():
     x = x.copy()
     x[200, 0, 20, 20] = np.nan
     out = join_where_looked(labels, clusters, [1], feats, 1.0, 1.5, InputPatterns.of(x, PRE, maps=rel),
-                            2000)
+                            2000, 0, 0.0)
     assert (out == labels).all() and clusters[1].peak_joined == 0
+
+
+def test_a_member_with_a_nan_is_left_out_of_the_template():
+    """A NaN pixel in the window of one member (at its ring) used to make the median template
+    NaN, every correlation NaN, and the step took no one in. Left out of the template, that
+    member's own correlation is NaN and the rings of the other corners join as before."""
+    x, rel, feats, labels, _, truth = _logo_class()
+    x = x.copy()
+    x[3, 1, 3, 3] = np.nan                              # inside member 3's ring
+    patterns = InputPatterns.of(x, PRE, maps=rel)
+    r = patterns.peak_correlation(difference(feats, labels == 1), labels == 1, 2000)
+    assert np.isnan(r[3]) and np.isfinite(np.delete(r, 3)).all()
+    clusters = [ClusterEvidence.of(labels == c, id=c) for c in (0, 1)]
+    out = join_where_looked(labels, clusters, [1], feats, 1.0, 1.5, patterns, 2000, 0, 0.0)
+    joins = (labels == 0) & (out == 1)
+    assert (joins <= truth).all() and joins.sum() >= 40                # of the 45 outside
+
+
+def test_a_member_with_a_nan_at_the_hot_spot_is_left_out_of_its_pattern():
+    """The step before (the pixels at the hot spot): a member with a NaN there is left out of
+    the median pattern; its own correlation is NaN, everyone else's as without the NaN."""
+    x, rel, feats, labels, _, _ = _logo_class()
+    mask = labels == 1
+    cells = top_cells(np.abs(difference(feats, mask)), 0.05)
+    clean = InputPatterns.of(x, PRE).correlation(cells, mask, 2000)
+    x = x.copy()
+    x[3, 0, 3, 3] = np.nan
+    r = InputPatterns.of(x, PRE).correlation(cells, mask, 2000)
+    assert np.isnan(r[3]) and np.isfinite(np.delete(r, 3)).all()
+    assert np.abs(np.delete(r - clean, 3)).max() < 0.05
+
+
+def test_the_window_and_the_guard_are_on_the_class_page():
+    """The class page names the window side and how the guard passed for the samples that
+    joined where the model looks."""
+    from spray.report.class_page import _member_notes
+
+    for guard, said in (("fences", False), ("apart", True)):
+        cl = {"id": 1, "size": 60, "peak_joined": 45, "peak_window": 8, "peak_guard": guard}
+        text = " ".join(_member_notes(cl))
+        assert "45 samples outside carry" in text and "window of 8 pixels" in text
+        assert ("peak_carrier_gap" in text) is said
 
 
 def test_near_black_windows_of_large_images_match_nothing():
@@ -725,15 +768,16 @@ def test_a_one_cell_hot_spot_widens_until_the_guard_passes(monkeypatch):
     x, rel, feats, labels, _, truth = _textured_logo_class(0)
     patterns = InputPatterns.of(x, PRE16, maps=rel)
     clusters = [ClusterEvidence.of(labels == c, id=c) for c in (0, 1)]
-    assert (join_where_looked(labels, clusters, [1], feats, 1.0, 1.5, patterns, 2000, 0)
+    assert (join_where_looked(labels, clusters, [1], feats, 1.0, 1.5, patterns, 2000, 0, 0.0)
             == labels).all()
     sides = _sides_tried(monkeypatch)
     clusters = [ClusterEvidence.of(labels == c, id=c) for c in (0, 1)]
-    out = join_where_looked(labels, clusters, [1], feats, 1.0, 1.5, patterns, 2000, 2)
+    out = join_where_looked(labels, clusters, [1], feats, 1.0, 1.5, patterns, 2000, 2, 0.0)
     joins = (labels == 0) & (out == 1)
     assert (joins <= truth).all() and joins.sum() >= 40                  # of the 45 outside
     assert clusters[1].peak_joined == joins.sum()
     assert sides == [4, 8]
+    assert (clusters[1].peak_window, clusters[1].peak_guard) == (8, "fences")
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
@@ -744,9 +788,15 @@ def test_widening_takes_no_one_in_without_a_pattern(seed, monkeypatch):
     clusters = [ClusterEvidence.of(labels == c, id=c) for c in (0, 1)]
     sides = _sides_tried(monkeypatch)
     out = join_where_looked(labels, clusters, [1], feats, 1.0, 1.5,
-                            InputPatterns.of(x, PRE16, maps=rel), 2000, 2)
+                            InputPatterns.of(x, PRE16, maps=rel), 2000, 2, 0.0)
     assert (out == labels).all() and clusters[1].peak_joined == 0
     assert sides == [4, 8, 16]
+    assert clusters[1].peak_window is None and clusters[1].peak_guard is None
+
+
+def _flags(**given) -> FlagsSection:
+    """The flags section of these tests: the trim's AUC 0.99, fences at 1 and 1.5 IQR."""
+    return FlagsSection(trim_min_auc=0.99, trim_fence_iqr=1.0, peak_guard_iqr=1.5, **given)
 
 
 def test_decide_members_widens_as_configured():
@@ -759,8 +809,9 @@ def test_decide_members_widens_as_configured():
     joined = []
     for doublings in (0, 2):
         clusters = [ClusterEvidence.of(labels == c, id=c) for c in (0, 1)]
-        out = decide_members(labels, clusters, [1], W, inputs, feats, 0.1, 0.99, 1.0, 1.5,
-                             patterns, 2000, doublings)
+        out = decide_members(labels, clusters, [1], W, inputs, feats, 0.1,
+                             _flags(peak_window_doublings=doublings, peak_carrier_gap=0.0),
+                             patterns)
         joined.append(int(((out == 1) & (labels == 0) & truth).sum()))
         assert not ((out == 1) & ~truth).any()
     assert joined[0] < 10 and joined[1] >= 40
@@ -829,6 +880,7 @@ def test_carriers_outside_no_longer_shut_the_guard(seed):
         joins = (labels == 0) & (out == 1)
         assert (joins <= truth).all()
         joined.append(int(joins.sum()))
+        assert gap == 0 or clusters[1].peak_guard == "apart"
     assert joined[0] == 0 and joined[1] >= 40                          # of the 60 outside
 
 
@@ -868,8 +920,8 @@ def test_decide_members_hands_the_gap_on():
     joined = []
     for gap in (0.0, 0.1):
         clusters = [ClusterEvidence.of(labels == c, id=c) for c in (0, 1)]
-        out = decide_members(labels, clusters, [1], W, preprocess(x, PRE), feats, 0.1, 0.99,
-                             1.0, 1.5, patterns, 2000, 2, gap)
+        out = decide_members(labels, clusters, [1], W, preprocess(x, PRE), feats, 0.1,
+                             _flags(peak_window_doublings=2, peak_carrier_gap=gap), patterns)
         joined.append(clusters[1].peak_joined)
         assert not ((out == 1) & ~truth).any()
     assert joined[0] == 0 and joined[1] >= 40

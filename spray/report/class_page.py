@@ -54,6 +54,36 @@ def _cluster_rows(entry: dict) -> str:
     return "".join(rows)
 
 
+def _member_notes(cl: dict) -> list[str]:
+    """What the member steps did to a suspect (:mod:`spray.verdict.members`): who left it, who
+    joined it and by which step."""
+    notes: list[str] = []
+    if cl.get("trimmed"):
+        notes.append(f"{_fmt(cl['trimmed'])} samples the relevance graph put in this group do "
+                     f"not carry its pattern at the hot spot (their inputs there are closer to "
+                     f"the rest of the class; AUC {_fmt(cl.get('hot_spot_auc'), 2)}) and were "
+                     f"moved to the cluster their graph edges weigh most: the {_fmt(cl['size'])} "
+                     f"shown are the members that carry it.")
+    if cl.get("joined"):
+        notes.append(f"{_fmt(cl['joined'])} samples the relevance graph put elsewhere carry its "
+                     f"pattern at the hot spot, and their relevance there is like its members' "
+                     f"(both above the lower fence of the members that carry it): they were "
+                     f"added to it.")
+    if cl.get("pattern_joined"):
+        notes.append(f"{_fmt(cl['pattern_joined'])} samples outside carry its members' pattern "
+                     f"in their own pixels at the hot spot (pattern correlation at or above the "
+                     f"lower fence of the members'): they were added to it.")
+    if cl.get("peak_joined"):
+        apart = (" (the samples outside were not below that fence as a whole, but these stand "
+                 "apart from the rest of them: <code>peak_carrier_gap</code>)"
+                 if cl.get("peak_guard") == "apart" else "")
+        notes.append(f"{_fmt(cl['peak_joined'])} samples outside carry, somewhere in their "
+                     f"image, its members' pattern where the model looks at them (best match "
+                     f"with a window of {_fmt(cl.get('peak_window'))} pixels at or above the "
+                     f"lower fence of the members'{apart}): they were added to it.")
+    return notes
+
+
 def _evidence(entry: dict) -> str:
     cl = _shown_cluster(entry)
     if cl is None or "contrast" not in cl:
@@ -100,21 +130,7 @@ def _evidence(entry: dict) -> str:
                    "(<code>bisect_clusters</code>).")
         parts.append(f"The analysis had it in cluster {_esc(cl['split_from'])} together with "
                      f"{_fmt(parent.get('size'))} other samples; {how}")
-    if cl.get("trimmed"):
-        parts.append(f"{_fmt(cl['trimmed'])} samples the relevance graph put in this group do "
-                     f"not carry its pattern at the hot spot (their inputs there are closer to "
-                     f"the rest of the class; AUC {_fmt(cl.get('hot_spot_auc'), 2)}) and were "
-                     f"moved to the cluster their graph edges weigh most: the {_fmt(cl['size'])} "
-                     f"shown are the members that carry it.")
-    if cl.get("joined"):
-        parts.append(f"{_fmt(cl['joined'])} samples the relevance graph put elsewhere carry its "
-                     f"pattern at the hot spot, and their relevance there is like its members' "
-                     f"(both above the lower fence of the members that carry it): they were "
-                     f"added to it.")
-    if cl.get("pattern_joined"):
-        parts.append(f"{_fmt(cl['pattern_joined'])} samples outside carry its members' pattern "
-                     f"in their own pixels at the hot spot (pattern correlation at or above the "
-                     f"lower fence of the members'): they were added to it.")
+    parts += _member_notes(cl)
     if cl.get("input_randomness") is not None:
         where = _footprint_text(params, mask_area)
         parts.append(f"Its inputs, {where}, have {_fmt(cl['input_randomness'], 2)} × the "

@@ -60,6 +60,7 @@ from __future__ import annotations
 import numpy as np
 import scipy.sparse as sp
 
+from spray.config.presets import FlagsSection
 from spray.verdict.evidence import auc, difference, hot_spot_side, top_cells
 from spray.verdict.patterns import InputPatterns
 from spray.verdict.result import ClusterEvidence, resize_entries
@@ -123,27 +124,32 @@ def trim_suspects(labels: np.ndarray, clusters: list[ClusterEvidence], suspects:
 
 def decide_members(labels: np.ndarray, clusters: list[ClusterEvidence], suspects: list[int],
                    W: sp.csr_matrix, input_features: np.ndarray, features: np.ndarray | None,
-                   area: float, min_auc: float, fence_iqr: float, guard_iqr: float,
-                   patterns: InputPatterns | None = None, max_template: int = 2000,
-                   doublings: int = 0, gap: float = 0.0) -> np.ndarray:
+                   area: float, flags: FlagsSection,
+                   patterns: InputPatterns | None = None) -> np.ndarray:
     """Who of the suspects is reported: :func:`join_suspects`, then :func:`trim_suspects` (the
     samples outside that carry the pattern would lower the AUC that decides the trim), then
     with the raw inputs :func:`join_by_pattern` (from the members the trim kept) and, with the
-    relevance maps too, :func:`join_where_looked`."""
+    relevance maps too, :func:`join_where_looked`.
+
+    The member flags come from ``flags`` (their one definition): ``trim_min_auc``,
+    ``trim_fence_iqr``, ``peak_guard_iqr``, ``peak_window_doublings``, ``peak_carrier_gap``,
+    and ``score_max_samples`` as the most members a template is taken from."""
+    min_auc, fence = flags.trim_min_auc, flags.trim_fence_iqr
     labels = join_suspects(labels, clusters, suspects, input_features, features, area, min_auc,
-                           fence_iqr)
+                           fence)
     labels = trim_suspects(labels, clusters, suspects, W, input_features, features, area,
-                           min_auc, fence_iqr)
-    labels = join_by_pattern(labels, clusters, suspects, features, area, fence_iqr, patterns,
-                             max_template)
-    return join_where_looked(labels, clusters, suspects, features, fence_iqr, guard_iqr,
-                             patterns, max_template, doublings, gap)
+                           min_auc, fence)
+    labels = join_by_pattern(labels, clusters, suspects, features, area, fence, patterns,
+                             flags.score_max_samples)
+    return join_where_looked(labels, clusters, suspects, features, fence, flags.peak_guard_iqr,
+                             patterns, flags.score_max_samples, flags.peak_window_doublings,
+                             flags.peak_carrier_gap)
 
 
 def join_where_looked(labels: np.ndarray, clusters: list[ClusterEvidence], suspects: list[int],
                       features: np.ndarray | None, fence_iqr: float, guard_iqr: float,
                       patterns: InputPatterns | None, max_template: int,
-                      doublings: int = 0, gap: float = 0.0) -> np.ndarray:
+                      doublings: int, gap: float) -> np.ndarray:
     """Move the samples outside every suspect that carry its members' pattern, taken where the
     model looks at the members and found anywhere in their own image, into that suspect.
 
@@ -153,13 +159,14 @@ def join_where_looked(labels: np.ndarray, clusters: list[ClusterEvidence], suspe
     :func:`join_by_pattern` with a longer reach for the samples outside: that fence lies at or
     above their upper fence Q3 + ``guard_iqr`` × IQR (a match anywhere lifts every sample's
     correlation, and a weak template's members pass at equality). While the guard refuses (or
-    the window's pattern is flat), the window's side is doubled, at most ``doublings`` times:
-    a hot spot of one cell (a sharp relevance peak, as a ViT's on one patch) gives a window
-    smaller than the stamp, whose pattern a few pixels of any image match. With ``gap`` above
-    0 a refused guard still lets the candidates in when they stand apart
-    (:func:`carriers_apart`). Fills in ``peak_joined`` and updates sizes and fractions.
-    Nothing moves (and nothing is read) without relevance maps in ``patterns``, relevance
-    features or samples outside.
+    the window's pattern is flat), the window's side is doubled, at most ``doublings`` times
+    (0: one window): a hot spot of one cell (a sharp relevance peak, as a ViT's on one patch)
+    gives a window smaller than the stamp, whose pattern a few pixels of any image match. With
+    ``gap`` above 0 a refused guard still lets the candidates in when they stand apart
+    (:func:`carriers_apart`; 0: never). Fills in ``peak_joined`` and, where a window passed,
+    ``peak_window`` (its side in pixels as compared) and ``peak_guard`` (``"fences"`` or
+    ``"apart"``, how it passed); updates sizes and fractions. Nothing moves (and nothing is
+    read) without relevance maps in ``patterns``, relevance features or samples outside.
 
     Returns
     -------
@@ -169,35 +176,47 @@ def join_where_looked(labels: np.ndarray, clusters: list[ClusterEvidence], suspe
     if patterns is None or patterns.relevance is None or features is None or not suspects:
         return labels
 
-    def carriers(mask: np.ndarray, outside: np.ndarray) -> np.ndarray | None:
+    def carriers(entry: ClusterEvidence, mask: np.ndarray,
+                 outside: np.ndarray) -> np.ndarray | None:
         diff = difference(features, mask)
         for step in range(int(doublings) + 1):
             r = patterns.peak_correlation(diff, mask, max_template, scale=2 ** step)
-            join = None if r is None else _guarded_join(r, mask, outside, fence_iqr, guard_iqr,
-                                                        gap)
-            if join is not None:
-                return join
+            passed = None if r is None else _guard(r, mask, outside, fence_iqr, guard_iqr, gap)
+            if passed is not None:
+                entry.peak_window = patterns.peak_window(diff, 2 ** step)
+                entry.peak_guard = passed[1]
+                return outside & np.isfinite(r) & (r >= passed[0])
         return None
 
     return _join_carriers(labels, clusters, suspects, "peak_joined", carriers)
 
 
-def _guarded_join(r: np.ndarray, mask: np.ndarray, outside: np.ndarray, reach: float,
-                  outside_reach: float | None = None, gap: float = 0.0) -> np.ndarray | None:
-    """The samples ``outside`` whose ``r`` is at or above the lower fence of the members'
-    (``mask``, at ``reach``); None when that fence lies below the upper fence of the samples
-    outside (at ``outside_reach``, by default ``reach``: the members share no pattern that sets
-    them apart), unless the candidates stand apart from the rest (:func:`carriers_apart`, with
-    ``gap`` above 0)."""
-    finite = np.isfinite(r)     # a NaN (an input with a NaN) must not disable the guard
+def _guard(r: np.ndarray, mask: np.ndarray, outside: np.ndarray, reach: float,
+           outside_reach: float | None = None, gap: float = 0.0) -> tuple[float, str] | None:
+    """The lower fence of the members' ``r`` (``mask``, at ``reach``) and how the guard let it
+    pass: ``"fences"`` when it lies at or above the upper fence of the samples ``outside`` (at
+    ``outside_reach``, by default ``reach``), ``"apart"`` when it does not but the candidates
+    stand apart from the rest (:func:`carriers_apart`, with ``gap`` above 0). None when it
+    refuses (the members share no pattern that sets them apart) or no finite value is left on
+    either side. NaNs (an input with a NaN) are left out: they must not disable the guard."""
+    finite = np.isfinite(r)
     if not (mask & finite).any() or not (outside & finite).any():
         return None
     fence = lower_fence(r[mask & finite], reach)
     reach_out = reach if outside_reach is None else outside_reach
-    if (fence < upper_fence(r[outside & finite], reach_out)
-            and not carriers_apart(r[outside & finite], fence, reach_out, gap)):
-        return None
-    return outside & finite & (r >= fence)
+    if fence >= upper_fence(r[outside & finite], reach_out):
+        return fence, "fences"
+    if carriers_apart(r[outside & finite], fence, reach_out, gap):
+        return fence, "apart"
+    return None
+
+
+def _guarded_join(r: np.ndarray, mask: np.ndarray, outside: np.ndarray, reach: float,
+                  outside_reach: float | None = None, gap: float = 0.0) -> np.ndarray | None:
+    """The samples ``outside`` whose ``r`` is at or above the lower fence of the members'
+    (``mask``, at ``reach``); None when :func:`_guard` refuses."""
+    passed = _guard(r, mask, outside, reach, outside_reach, gap)
+    return None if passed is None else outside & np.isfinite(r) & (r >= passed[0])
 
 
 def carriers_apart(r: np.ndarray, fence: float, reach: float, gap: float) -> bool:
@@ -218,15 +237,15 @@ def carriers_apart(r: np.ndarray, fence: float, reach: float, gap: float) -> boo
 def _join_carriers(labels: np.ndarray, clusters: list[ClusterEvidence], suspects: list[int],
                    field: str, carriers) -> np.ndarray:
     """For each suspect in turn, move the samples outside every suspect that
-    ``carriers(members, outside)`` returns (a mask, or None for none) into it; its count goes
-    to the entry's ``field``. Sizes and fractions are updated."""
+    ``carriers(entry, members, outside)`` returns (a mask, or None for none) into it; its count
+    goes to the entry's ``field``. Sizes and fractions are updated."""
     labels = np.array(labels, copy=True)
     for entry, mask in _suspect_groups(labels, clusters, suspects):
         setattr(entry, field, 0)
         outside = ~np.isin(labels, suspects)
         if not outside.any():
             continue
-        join = carriers(mask, outside)
+        join = carriers(entry, mask, outside)
         if join is None:
             continue
         setattr(entry, field, int(join.sum()))
@@ -259,7 +278,8 @@ def join_by_pattern(labels: np.ndarray, clusters: list[ClusterEvidence], suspect
     if patterns is None or features is None or area <= 0 or not suspects:
         return labels
 
-    def carriers(mask: np.ndarray, outside: np.ndarray) -> np.ndarray | None:
+    def carriers(entry: ClusterEvidence, mask: np.ndarray,
+                 outside: np.ndarray) -> np.ndarray | None:
         cells = top_cells(np.abs(difference(features, mask)), area)
         r = patterns.correlation(cells, mask, max_template)
         return None if r is None else _guarded_join(r, mask, outside, fence_iqr)

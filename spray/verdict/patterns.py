@@ -108,19 +108,21 @@ class InputPatterns:
         """Each sample's pattern correlation with the members ``mask`` at the feature ``cells``.
 
         The template is the median centred pattern of at most ``max_template`` members (evenly
-        spaced in their order). Returns ``(n,)`` cosines in [−1, 1], or None when the template
-        is flat (no pattern to carry) or no pixel lies at least half in the cells.
+        spaced in their order; members with a non-finite value there are left out of it).
+        Returns ``(n,)`` cosines in [−1, 1] (NaN for a sample with a NaN there), or None when
+        the template is flat (no pattern to carry), no member is finite there or no pixel lies
+        at least half in the cells.
         """
-        members = np.flatnonzero(mask)
-        if len(members) > max_template:
-            members = members[np.linspace(0, len(members) - 1, max_template).astype(np.intp)]
+        members = _evenly(np.flatnonzero(mask), max_template)
         pixels, parts = None, []
         for start in range(0, len(members), self.chunk):
             V, pixels = self._pixels(members[start:start + self.chunk], pixels, cells)
             parts.append(V)
         if pixels is None or not pixels.any():
             return None
-        template = np.median(np.concatenate(parts), axis=0)
+        template = _median_of_finite(np.concatenate(parts))
+        if template is None:
+            return None
         norm = float(np.linalg.norm(template))
         if norm <= 0:
             return None
@@ -130,7 +132,7 @@ class InputPatterns:
             V = self._pixels(rows, pixels, cells)[0]
             lengths = np.linalg.norm(V, axis=1)
             out[rows] = np.where(lengths > 0, V @ template / np.maximum(lengths, 1e-30) / norm,
-                                 0.0)
+                                 np.where(np.isnan(lengths), np.nan, 0.0))
         return out
 
     def peak_correlation(self, diff: np.ndarray, mask: np.ndarray, max_template: int,
@@ -146,28 +148,18 @@ class InputPatterns:
         (nobody joins by this step).
         The first template is the median centred pattern of at most ``max_template`` members at
         their own relevance peaks; the template is that of the same members at their best
-        match with it (the members' pattern aligned). Returns ``(n,)`` cosines in [−1, 1] (NaN
+        match with it (the members' pattern aligned); members whose window holds a non-finite
+        value are left out of both. Returns ``(n,)`` cosines in [−1, 1] (NaN
         for an image with a non-finite value), or
         None without relevance maps, without a region, with a flat template or when the
         window compared at ``scale`` spans no more pixels than at ``scale / 2`` (the image's
         side reached, or the same number of blocks).
         """
-        if self.relevance is None:
+        side = self._peak_side(diff, scale)
+        if side is None:
             return None
-        members = np.flatnonzero(mask)
-        if len(members) > max_template:
-            members = members[np.linspace(0, len(members) - 1, max_template).astype(np.intp)]
-        first = np.asarray(self.relevance(members[:1]))
-        H, W = first.shape[-2:]
-        grid = (H, W) if self.grid is None else (int(self.grid[0]), int(self.grid[1]))
-        region = hot_region(np.asarray(diff, dtype=np.float64).reshape(grid))
-        if region is None:
-            return None
-        h, w = region
-        base = max(1, round(max(h * H / grid[0], w * W / grid[1])))
-        side = int(min(H, W, scale * base))
-        if scale > 1 and _span(side, H, W) <= _span(int(min(H, W, scale // 2 * base)), H, W):
-            return None             # no wider than the window at half the scale
+        members = _evenly(np.flatnonzero(mask), max_template)
+        H, W = self._shape()
         window = _PeakWindows(side, H, W)
         template = self._template(window, members, lambda x, rows: window.at_peak(
             x, self.relevance(rows)))
@@ -182,6 +174,33 @@ class InputPatterns:
             r[rows] = window.best_match(self.load(rows), template)
         return r
 
+    def peak_window(self, diff: np.ndarray, scale: int = 1) -> int | None:
+        """The side in pixels of the window :meth:`peak_correlation` compares at ``scale``
+        (block-averaged windows count the pixels they span), or None where it compares none."""
+        side = self._peak_side(diff, scale)
+        return None if side is None else _span(side, *self._shape())
+
+    def _shape(self) -> tuple[int, int]:
+        """Height and width of the relevance maps (read from the first sample's)."""
+        return tuple(np.asarray(self.relevance(np.arange(1))).shape[-2:])
+
+    def _peak_side(self, diff: np.ndarray, scale: int) -> int | None:
+        """The window side of :meth:`peak_correlation` at ``scale`` (see there), or None: no
+        relevance maps, no hot region, or no wider than at ``scale / 2``."""
+        if self.relevance is None:
+            return None
+        H, W = self._shape()
+        grid = (H, W) if self.grid is None else (int(self.grid[0]), int(self.grid[1]))
+        region = hot_region(np.asarray(diff, dtype=np.float64).reshape(grid))
+        if region is None:
+            return None
+        h, w = region
+        base = max(1, round(max(h * H / grid[0], w * W / grid[1])))
+        side = int(min(H, W, scale * base))
+        if scale > 1 and _span(side, H, W) <= _span(int(min(H, W, scale // 2 * base)), H, W):
+            return None             # no wider than the window at half the scale
+        return side
+
     def _template(self, window: _PeakWindows, members: np.ndarray, windows_of
                   ) -> np.ndarray | None:
         """The unit, per-channel centred median of the members' windows (``windows_of(inputs,
@@ -190,13 +209,30 @@ class InputPatterns:
         for start in range(0, len(members), self.chunk):
             rows = members[start:start + self.chunk]
             parts.append(windows_of(self.load(rows), rows))
-        template = np.median(np.concatenate(parts), axis=0).reshape(-1, window.side ** 2)
+        template = _median_of_finite(np.concatenate(parts))
+        if template is None:
+            return None
+        template = template.reshape(-1, window.side ** 2)
         scale = float(np.linalg.norm(template))
         template = (template - template.mean(axis=1, keepdims=True)).ravel()
         norm = float(np.linalg.norm(template))
         if norm <= 1e-6 * scale or norm <= 0:
             return None
         return template / norm
+
+
+def _evenly(rows: np.ndarray, most: int) -> np.ndarray:
+    """At most ``most`` of ``rows``, evenly spaced in their order."""
+    if len(rows) <= most:
+        return rows
+    return rows[np.linspace(0, len(rows) - 1, most).astype(np.intp)]
+
+
+def _median_of_finite(values: np.ndarray) -> np.ndarray | None:
+    """The median over the rows of ``values`` that are finite throughout (a member whose
+    inputs or relevance hold a NaN would make the whole template NaN), or None without one."""
+    finite = np.isfinite(values).all(axis=1)
+    return np.median(values[finite], axis=0) if finite.any() else None
 
 
 def _rows_of(array: np.ndarray) -> Callable[[np.ndarray], np.ndarray]:

@@ -17,7 +17,8 @@ _EVIDENCE_KEYS = ("id", "half_of", "cut_along", "n_clusters", "cluster", "size",
                   "edge_randomness", "edge_penalty", "hot_spot_separation", "hot_spot_penalty",
                   "concentration", "peak", "peak_sign", "size_penalty",
                   "excluded", "resampled", "contrast_stable", "score", "split_from",
-                  "hot_spot_auc", "trimmed", "joined", "pattern_joined", "peak_joined")
+                  "hot_spot_auc", "trimmed", "joined", "pattern_joined", "peak_joined",
+                  "peak_window", "peak_guard")
 
 
 @dataclass
@@ -52,6 +53,12 @@ class ClusterEvidence:
     peak_joined : for a suspect, the samples from outside that carry, anywhere in their image,
         its members' pattern where the members' relevance peaks, and joined it (with the raw
         inputs and relevance maps only).
+    peak_window, peak_guard : for a suspect where a window passed that step's guard (whether or
+        not anyone outside reached the members' fence), the side in pixels of the window it
+        compared (widened from the hot spot's while the guard refused,
+        ``peak_window_doublings``) and how the guard passed: ``"fences"`` (the members' lower
+        fence at or above the upper fence of the samples outside) or ``"apart"`` (the
+        candidates stand apart from the rest outside, ``peak_carrier_gap``).
     score_from_k : the group of another K whose score this cluster took, with ``jaccard``.
     inputs : the input features the contrast was measured on (not serialized).
     """
@@ -89,6 +96,8 @@ class ClusterEvidence:
     joined: int | None = None
     pattern_joined: int | None = None
     peak_joined: int | None = None
+    peak_window: int | None = None
+    peak_guard: str | None = None
     score_from_k: ClusterEvidence | None = field(default=None, repr=False)
     jaccard: float | None = None
     inputs: np.ndarray | None = field(default=None, repr=False, compare=False)

@@ -103,15 +103,6 @@ def score_class(result, input_features: np.ndarray, pipeline: dict,
                             patterns)
 
 
-def _members(labels, clusters, suspects, W, inputs, features, area: float,
-             params: FlagsSection, patterns: InputPatterns | None) -> np.ndarray:
-    """:func:`~spray.verdict.members.decide_members` with the member flags of ``params``."""
-    return decide_members(labels, clusters, suspects, W, inputs, features, area,
-                          params.trim_min_auc, params.trim_fence_iqr, params.peak_guard_iqr,
-                          patterns, params.score_max_samples, params.peak_window_doublings,
-                          params.peak_carrier_gap)
-
-
 def _score_subsample(result, input_features, pipeline: dict, params: FlagsSection, features,
                      edge_features, patterns: InputPatterns | None) -> Verdict:
     """:func:`_score` on a stratified subsample, its labels extended to the whole class."""
@@ -125,10 +116,10 @@ def _score_subsample(result, input_features, pipeline: dict, params: FlagsSectio
     resize_entries(verdict.clusters, labels)
     # who of a suspect carries its pattern is decided on the whole class: the samples that
     # leave a suspect are near it in the relevance graph, so the labels must be extended first
-    verdict.labels = _members(labels, verdict.clusters, verdict.suspect_clusters,
-                              sp.csr_matrix(result.affinity), inputs,
-                              np.ascontiguousarray(features, dtype=np.float32),
-                              float(params.input_mask_area), params, patterns)
+    verdict.labels = decide_members(labels, verdict.clusters, verdict.suspect_clusters,
+                                    sp.csr_matrix(result.affinity), inputs,
+                                    np.ascontiguousarray(features, dtype=np.float32),
+                                    float(params.input_mask_area), params, patterns)
     verdict.scored_on = int(len(rows))
     log.info("class of %d samples scored on a subsample of %d (score_max_samples)",
              len(verdict.labels), len(rows))
@@ -167,8 +158,8 @@ def _score(result, input_features: np.ndarray, pipeline: dict, params: FlagsSect
     decide = flag_threshold(params, pipeline)
     suspects = [c.id for c in clusters if c.score is not None and c.score >= decide]
     if trim:
-        labels = _members(labels, clusters, suspects, graphs.W, graphs.input_features,
-                          graphs.features, graphs.mask_area, params, patterns)
+        labels = decide_members(labels, clusters, suspects, graphs.W, graphs.input_features,
+                                graphs.features, graphs.mask_area, params, patterns)
     return _verdict(clusters, labels, splits, other_k, params, pipeline, decide)
 
 
