@@ -925,3 +925,28 @@ def test_decide_members_hands_the_gap_on():
         joined.append(clusters[1].peak_joined)
         assert not ((out == 1) & ~truth).any()
     assert joined[0] == 0 and joined[1] >= 40
+
+
+@pytest.mark.parametrize("side,H,W,C", [(5, 32, 32, 3), (34, 224, 224, 3), (68, 224, 200, 1),
+                                        (1, 12, 12, 3), (13, 40, 29, 3), (136, 224, 224, 3)])
+def test_padded_images_equal_the_padded_then_averaged_ones(side, H, W, C):
+    """The images a match compares (edge pixels repeated ``slack`` blocks beyond the border,
+    averaged over blocks) are, bit for bit, the full-resolution padded images averaged by
+    numpy's reductions, for block factors summed by strided additions (below 8) and by those
+    reductions alike; and within float32 rounding of the exact block means."""
+    rng = np.random.default_rng(side)
+    x = (rng.random((3, C, H, W), dtype=np.float32) * rng.choice([1e-6, 1.0, 300.0])
+         ).astype(np.float32)
+    windows = _PeakWindows(side, H, W)
+    f, m = windows.factor, windows.slack
+    full = np.pad(x[..., :windows.H * f, :windows.W * f],
+                  ((0, 0), (0, 0), (m * f, m * f), (m * f, m * f)), mode="edge")
+    h, w = full.shape[-2] // f, full.shape[-1] // f
+    # numpy's reductions over each block's columns, then its rows (the sums before strided
+    # additions replaced them below 8), in float32
+    reduced = full.reshape(3, C, h * f, w, f).sum(axis=-1).reshape(3, C, h, f, w).sum(axis=-2)
+    got = windows._padded(x)
+    assert got.shape == reduced.shape
+    assert np.array_equal(got, (reduced / np.float32(f * f)).astype(np.float64))
+    exact = full.reshape(3, C, h, f, w, f).sum(axis=(3, 5), dtype=np.float64) / f ** 2
+    assert np.allclose(got, exact, rtol=1e-5, atol=0)

@@ -324,9 +324,17 @@ class _PeakWindows:
         h, w = a.shape[-2] // f, a.shape[-1] // f
         a = a[..., :h * f, :w * f]
         lead = a.shape[:-2]
-        # the columns of each block first (contiguous), then its rows
-        a = a.reshape(*lead, h * f, w, f).sum(axis=-1)
-        return a.reshape(*lead, h, f, w).sum(axis=-2) / (f * f)
+        if f >= _STRIDED_BELOW:
+            # the columns of each block first (contiguous), then its rows
+            a = a.reshape(*lead, h * f, w, f).sum(axis=-1)
+            return a.reshape(*lead, h, f, w).sum(axis=-2) / (f * f)
+        cols = a[..., 0::f].copy()
+        for j in range(1, f):
+            cols += a[..., j::f]
+        out = cols[..., 0::f, :].copy()
+        for i in range(1, f):
+            out += cols[..., i::f, :]
+        return out / (f * f)
 
     def _peaks(self, relevance: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Top-left corner of each map's S × S window of largest |relevance|."""
@@ -350,8 +358,21 @@ class _PeakWindows:
             x = x[:, None]
         f, m = self.factor, self.slack
         x = x[..., :self.H * f, :self.W * f]
-        x = np.pad(x, ((0, 0), (0, 0), (m * f, m * f), (m * f, m * f)), mode="edge")
-        return self._down(x).astype(np.float64)
+        if m == 0 or f >= _STRIDED_BELOW:     # numpy's reduction adds by the array's shape
+            pad = ((0, 0), (0, 0), (m * f, m * f), (m * f, m * f))
+            return self._down(np.pad(x, pad, mode="edge")).astype(np.float64)
+        out = np.empty((*x.shape[:2], self.H + 2 * m, self.W + 2 * m))
+        out[..., m:-m, m:-m] = self._down(x)
+        # the blocks beyond the border average repeated edge pixels: each band of them is one
+        # block-wide strip of the edge row (or column), averaged as the whole padded image
+        # would be (the same sums, bit for bit), without padding every image at full resolution
+        beside = ((0, 0), (0, 0), (0, 0), (m * f, m * f))
+        for rows, band in ((slice(None, 1), slice(None, m)), (slice(-1, None), slice(-m, None))):
+            strip = np.pad(np.repeat(x[..., rows, :], f, axis=2), beside, mode="edge")
+            out[..., band, :] = self._down(strip)
+        for cols, band in ((slice(None, 1), slice(None, m)), (slice(-1, None), slice(-m, None))):
+            out[..., m:-m, band] = self._down(np.repeat(x[..., cols], f, axis=3))
+        return out
 
     def at_peak(self, x: np.ndarray, relevance: np.ndarray) -> np.ndarray:
         """Unit, per-channel centred windows ``(len, C·S·S)`` at the relevance peaks."""
@@ -405,6 +426,11 @@ class _PeakWindows:
             out.append(self._windows(P, *np.unravel_index(cos.argmax(axis=1), dot.shape[1:])))
         return np.concatenate(out)
 
+
+#: block factors below this are summed by strided additions, about 2.7 times faster than
+#: numpy's reduction over a short last axis and equal to it bit for bit (its pairwise
+#: summation adds in another order from 8 values on)
+_STRIDED_BELOW = 8
 
 #: values of full-resolution padded images compared at a time (bounds the copies a match makes)
 SUB_ELEMENTS = 4_000_000
