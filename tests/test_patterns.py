@@ -16,6 +16,8 @@ from spray.verdict.members import (
     join_by_pattern,
     join_where_looked,
     lower_fence,
+    pattern_outliers,
+    trim_by_pattern,
     upper_fence,
 )
 from spray.verdict.patterns import InputPatterns, _PeakWindows, hot_region
@@ -102,6 +104,62 @@ def test_stamped_samples_outside_join_and_look_alikes_do_not():
     assert (joins <= stamped).all() and joins.sum() >= 10           # of the 12 outside
     assert clusters[1].pattern_joined == joins.sum()
     assert clusters[1].size == 30 + joins.sum() and clusters[0].size == len(labels) - 30 - joins.sum()
+
+
+def test_look_alikes_inside_leave_and_the_stamped_outside_then_join():
+    """The relevance graph put the 15 look-alikes in the suspect with the 30 stamped samples (a
+    third without the glyph): the members' lower fence falls below the rest's upper fence and
+    the pattern join takes no one in. The pattern trim moves the look-alikes out (they are
+    not carriers: below the outside's upper fence), and the stamped samples outside join."""
+    import scipy.sparse as sp
+
+    x, feats, labels, _, stamped, look = _scene_class()
+    labels = labels.copy()
+    labels[look] = 1
+    patterns = InputPatterns.of(x, PRE)
+    W = sp.csr_matrix(np.ones((len(x), len(x))) - np.eye(len(x)))
+    clusters = [ClusterEvidence.of(labels == c, id=c) for c in (0, 1)]
+    assert (join_by_pattern(labels, clusters, [1], feats, 0.1, 1.0, patterns, 2000)
+            == labels).all()
+    clusters = [ClusterEvidence.of(labels == c, id=c) for c in (0, 1)]
+    trimmed = trim_by_pattern(labels, clusters, [1], W, feats, 0.1, 1.0, 1.5, patterns, 2000)
+    assert ((trimmed == 1) == (labels == 1) & stamped).all()
+    assert clusters[1].pattern_trimmed == 15 and clusters[1].size == 30
+    out = join_by_pattern(trimmed, clusters, [1], feats, 0.1, 1.0, patterns, 2000)
+    assert ((out == 1) <= stamped).all() and clusters[1].pattern_joined >= 10   # of the 12
+    # off: nothing moves
+    assert trim_by_pattern(labels, clusters, [1], W, feats, 0.1, 1.0, None, patterns,
+                           2000) is labels
+
+
+def test_no_pattern_trim_without_a_pattern_most_members_carry():
+    """Nobody carries the glyph: the members that lie above the outside's upper fence are
+    fewer than half of them, and no one leaves."""
+    import scipy.sparse as sp
+
+    x, feats, labels, _, _, look = _scene_class(stamp=False)
+    labels = labels.copy()
+    labels[look] = 1
+    W = sp.csr_matrix(np.ones((len(x), len(x))) - np.eye(len(x)))
+    clusters = [ClusterEvidence.of(labels == c, id=c) for c in (0, 1)]
+    out = trim_by_pattern(labels, clusters, [1], W, feats, 0.1, 1.0, 1.5,
+                          InputPatterns.of(x, PRE), 2000)
+    assert (out == labels).all() and clusters[1].pattern_trimmed == 0
+
+
+def test_pattern_outliers_are_the_non_carriers_below_the_carriers_fence():
+    outside = np.r_[np.zeros(8, bool), np.ones(40, bool)]
+    rest = np.linspace(-0.2, 0.2, 40)                     # upper fence at 1.5: 0.4
+    members = np.array([0.9, 0.92, 0.95, 0.97, 0.93, 0.35, 0.1, np.nan])
+    r = np.r_[members, rest]
+    mask = ~outside
+    assert pattern_outliers(r, mask, outside, 1.0, 1.5).tolist() == [5, 6]
+    # 0.35 is not a carrier, but above the carriers' lower fence at a long reach (0.32)
+    assert pattern_outliers(r, mask, outside, 20.0, 1.5).tolist() == [6]
+    # carriers fewer than half the members: none leave
+    few = np.r_[[0.9, 0.92, 0.95, 0.1, 0.0, -0.1, 0.05, 0.02], rest]
+    assert pattern_outliers(few, mask, outside, 1.0, 1.5).tolist() == []
+    assert pattern_outliers(r, mask, np.zeros(48, bool), 1.0, 1.5).tolist() == []
 
 
 @pytest.mark.parametrize("sign", [1.0, -1.0])
@@ -692,6 +750,8 @@ def test_the_window_and_the_guard_are_on_the_class_page():
         text = " ".join(_member_notes(cl))
         assert "45 samples outside carry" in text and "window of 8 pixels" in text
         assert ("peak_carrier_gap" in text) is said
+    assert "12 samples the relevance graph put in this group do not carry" in " ".join(
+        _member_notes({"id": 1, "size": 30, "pattern_trimmed": 12}))
 
 
 def test_near_black_windows_of_large_images_match_nothing():

@@ -64,6 +64,12 @@ def _member_notes(cl: dict) -> list[str]:
                      f"the rest of the class; AUC {_fmt(cl.get('hot_spot_auc'), 2)}) and were "
                      f"moved to the cluster their graph edges weigh most: the {_fmt(cl['size'])} "
                      f"shown are the members that carry it.")
+    if cl.get("pattern_trimmed"):
+        notes.append(f"{_fmt(cl['pattern_trimmed'])} samples the relevance graph put in this "
+                     f"group do not carry, in their own pixels at the hot spot, the pattern "
+                     f"most of its members carry (pattern correlation as low as the rest of the "
+                     f"class's) and were moved to the cluster their graph edges weigh most "
+                     f"(<code>pattern_trim_iqr</code>).")
     if cl.get("joined"):
         notes.append(f"{_fmt(cl['joined'])} samples the relevance graph put elsewhere carry its "
                      f"pattern at the hot spot, and their relevance there is like its members' "

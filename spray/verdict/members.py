@@ -128,17 +128,20 @@ def decide_members(labels: np.ndarray, clusters: list[ClusterEvidence], suspects
                    patterns: InputPatterns | None = None) -> np.ndarray:
     """Who of the suspects is reported: :func:`join_suspects`, then :func:`trim_suspects` (the
     samples outside that carry the pattern would lower the AUC that decides the trim), then
-    with the raw inputs :func:`join_by_pattern` (from the members the trim kept) and, with the
-    relevance maps too, :func:`join_where_looked`.
+    with the raw inputs :func:`trim_by_pattern` and :func:`join_by_pattern` (from the members
+    the trims kept) and, with the relevance maps too, :func:`join_where_looked`.
 
     The member flags come from ``flags`` (their one definition): ``trim_min_auc``,
-    ``trim_fence_iqr``, ``peak_guard_iqr``, ``peak_window_doublings``, ``peak_carrier_gap``,
-    and ``score_max_samples`` as the most members a template is taken from."""
+    ``trim_fence_iqr``, ``pattern_trim_iqr``, ``peak_guard_iqr``, ``peak_window_doublings``,
+    ``peak_carrier_gap``, and ``score_max_samples`` as the most members a template is taken
+    from."""
     min_auc, fence = flags.trim_min_auc, flags.trim_fence_iqr
     labels = join_suspects(labels, clusters, suspects, input_features, features, area, min_auc,
                            fence)
     labels = trim_suspects(labels, clusters, suspects, W, input_features, features, area,
                            min_auc, fence)
+    labels = trim_by_pattern(labels, clusters, suspects, W, features, area, fence,
+                             flags.pattern_trim_iqr, patterns, flags.score_max_samples)
     labels = join_by_pattern(labels, clusters, suspects, features, area, fence, patterns,
                              flags.score_max_samples)
     return join_where_looked(labels, clusters, suspects, features, fence, flags.peak_guard_iqr,
@@ -252,6 +255,65 @@ def _join_carriers(labels: np.ndarray, clusters: list[ClusterEvidence], suspects
         labels[join] = entry.id
     resize_entries(clusters, labels)
     return labels
+
+
+def trim_by_pattern(labels: np.ndarray, clusters: list[ClusterEvidence], suspects: list[int],
+                    W: sp.csr_matrix, features: np.ndarray | None, area: float,
+                    fence_iqr: float, outside_iqr: float | None,
+                    patterns: InputPatterns | None, max_template: int) -> np.ndarray:
+    """Move the members of every suspect whose raw inputs at its hot spot do not carry its
+    members' pattern to the non-suspect cluster their edges in ``W`` weigh most.
+
+    With the pattern correlations of :meth:`~spray.verdict.patterns.InputPatterns.correlation`
+    (the template from at most ``max_template`` members), the *carriers* are the members at
+    or above the upper fence (Q3 + ``outside_iqr`` × IQR) of the samples outside every
+    suspect. When they are at least half the members, the others that also lie below the
+    carriers' lower fence (Q1 − ``fence_iqr`` × IQR) leave (:func:`pattern_outliers`). A
+    suspect the relevance graph cut with look-alikes (a quarter of its members without the
+    stamp) has a lower fence below the outside's upper fence, and the joins after this step
+    take no one in; the trim of :func:`trim_suspects` needs an AUC a stamp over photographs
+    does not reach with pooled inputs. Fills in ``pattern_trimmed`` and updates sizes and
+    fractions. Nothing moves with ``outside_iqr`` None, without ``patterns`` or relevance
+    features, with ``area`` 0, or when every cluster is a suspect.
+
+    Returns
+    -------
+    numpy.ndarray
+        The labels after the moves (a new array when anything moved).
+    """
+    keep = [c.id for c in clusters if c.id is not None and c.id not in suspects and c.size]
+    if outside_iqr is None or patterns is None or features is None or area <= 0 or not keep:
+        return labels
+    labels = np.array(labels, copy=True)
+    for entry, mask in _suspect_groups(labels, clusters, suspects):
+        entry.pattern_trimmed = 0
+        outside = ~np.isin(labels, suspects)
+        cells = top_cells(np.abs(difference(features, mask)), area)
+        r = patterns.correlation(cells, mask, max_template)
+        if r is None or not outside.any():
+            continue
+        out = pattern_outliers(r, mask, outside, fence_iqr, outside_iqr)
+        entry.pattern_trimmed = int(len(out))
+        if len(out):
+            labels[out] = _nearest_cluster(W, out, labels, keep)
+    resize_entries(clusters, labels)
+    return labels
+
+
+def pattern_outliers(r: np.ndarray, mask: np.ndarray, outside: np.ndarray, reach: float,
+                     outside_reach: float) -> np.ndarray:
+    """Indices of the members (``mask``) that do not carry the pattern ``r`` measures: below
+    the upper fence of the samples ``outside`` (at ``outside_reach``) and below the lower
+    fence of the members above it, the carriers (at ``reach``); none unless the carriers are
+    at least half the members. A NaN (an input with a NaN) is neither a carrier nor left."""
+    finite = np.isfinite(r)
+    none = np.empty(0, dtype=np.intp)
+    if not (outside & finite).any():
+        return none
+    carriers = mask & finite & (r >= upper_fence(r[outside & finite], outside_reach))
+    if not carriers.any() or 2 * carriers.sum() < mask.sum():
+        return none
+    return np.flatnonzero(mask & ~carriers & finite & (r < lower_fence(r[carriers], reach)))
 
 
 def join_by_pattern(labels: np.ndarray, clusters: list[ClusterEvidence], suspects: list[int],

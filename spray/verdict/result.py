@@ -13,12 +13,11 @@ import numpy as np
 # the keys of a cluster entry, in the order they are written (None = not written)
 _EVIDENCE_KEYS = ("id", "half_of", "cut_along", "n_clusters", "cluster", "size", "fraction",
                   "conductance_relevance", "conductance_input", "contrast", "input_randomness",
-                  "randomness_penalty", "colocation", "colocation_penalty",
-                  "edge_randomness", "edge_penalty", "hot_spot_separation", "hot_spot_penalty",
-                  "concentration", "peak", "peak_sign", "size_penalty",
-                  "excluded", "resampled", "contrast_stable", "score", "split_from",
-                  "hot_spot_auc", "trimmed", "joined", "pattern_joined", "peak_joined",
-                  "peak_window", "peak_guard")
+                  "randomness_penalty", "colocation", "colocation_penalty", "edge_randomness",
+                  "edge_penalty", "hot_spot_separation", "hot_spot_penalty", "concentration",
+                  "peak", "peak_sign", "size_penalty", "excluded", "resampled", "contrast_stable",
+                  "score", "split_from", "hot_spot_auc", "trimmed", "pattern_trimmed", "joined",
+                  "pattern_joined", "peak_joined", "peak_window", "peak_guard")
 
 
 @dataclass
@@ -47,6 +46,8 @@ class ClusterEvidence:
     hot_spot_auc, trimmed : for a suspect, how well its inputs at its relevance hot spot tell
         it from the rest (ROC AUC) and how many members left it for not carrying that pattern
         (:mod:`~spray.verdict.members`; ``size`` counts the members reported).
+    pattern_trimmed : for a suspect, the members that left it because their raw inputs at its
+        hot spot do not carry the pattern the others do (with the raw inputs only).
     joined : for a suspect, the samples from outside that carry its pattern and joined it.
     pattern_joined : for a suspect, the samples from outside whose raw inputs at its hot spot
         carry its members' pattern and joined it (with the raw inputs only).
@@ -93,6 +94,7 @@ class ClusterEvidence:
     split_from: int | None = None
     hot_spot_auc: float | None = None
     trimmed: int | None = None
+    pattern_trimmed: int | None = None
     joined: int | None = None
     pattern_joined: int | None = None
     peak_joined: int | None = None
