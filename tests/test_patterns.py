@@ -148,6 +148,9 @@ def test_no_pattern_trim_without_a_pattern_most_members_carry():
 
 
 def test_pattern_outliers_are_the_non_carriers_below_the_carriers_fence():
+    """Members leave below the outside's upper fence, the carriers' lower fence and the
+    midpoint between the outside's median and the carriers'; none unless the carriers are
+    at least half the members."""
     outside = np.r_[np.zeros(8, bool), np.ones(40, bool)]
     rest = np.linspace(-0.2, 0.2, 40)                     # upper fence at 1.5: 0.4
     members = np.array([0.9, 0.92, 0.95, 0.97, 0.93, 0.35, 0.1, np.nan])
@@ -160,6 +163,15 @@ def test_pattern_outliers_are_the_non_carriers_below_the_carriers_fence():
     few = np.r_[[0.9, 0.92, 0.95, 0.1, 0.0, -0.1, 0.05, 0.02], rest]
     assert pattern_outliers(few, mask, outside, 1.0, 1.5).tolist() == []
     assert pattern_outliers(r, mask, np.zeros(48, bool), 1.0, 1.5).tolist() == []
+    # every member stamped, the weakest at 0.5; stamped samples outside lift the outside's
+    # upper fence to 0.53 and 0.5 lies below the carriers' lower fence (0.625) too, but not
+    # below the midpoint between the outside's median and the carriers' (0.40): it stays
+    members = np.array([0.5, 0.55, 0.7, 0.8, 0.85, 0.85, 0.9, 0.9])
+    others = np.r_[np.linspace(-0.45, 0.2, 40), np.linspace(0.55, 0.77, 8)]
+    inside = np.r_[np.ones(8, bool), np.zeros(48, bool)]
+    assert pattern_outliers(np.r_[members, others], inside, ~inside, 1.0, 1.0).tolist() == []
+    assert pattern_outliers(np.r_[members[:7], 0.3, others], inside, ~inside, 1.0,
+                            1.0).tolist() == [7]
 
 
 @pytest.mark.parametrize("sign", [1.0, -1.0])

@@ -268,7 +268,10 @@ def trim_by_pattern(labels: np.ndarray, clusters: list[ClusterEvidence], suspect
     (the template from at most ``max_template`` members), the *carriers* are the members at
     or above the upper fence (Q3 + ``outside_iqr`` × IQR) of the samples outside every
     suspect. When they are at least half the members, the others that also lie below the
-    carriers' lower fence (Q1 − ``fence_iqr`` × IQR) leave (:func:`pattern_outliers`). A
+    carriers' lower fence (Q1 − ``fence_iqr`` × IQR) and below the midpoint between the
+    outside's median and the carriers' leave (:func:`pattern_outliers`; stamped samples outside
+    lift the outside's upper fence, and without the midpoint a ViT's weakest stamped members
+    left). A
     suspect the relevance graph cut with look-alikes (a quarter of its members without the
     stamp) has a lower fence below the outside's upper fence, and the joins after this step
     take no one in; the trim of :func:`trim_suspects` needs an AUC a stamp over photographs
@@ -303,9 +306,11 @@ def trim_by_pattern(labels: np.ndarray, clusters: list[ClusterEvidence], suspect
 def pattern_outliers(r: np.ndarray, mask: np.ndarray, outside: np.ndarray, reach: float,
                      outside_reach: float) -> np.ndarray:
     """Indices of the members (``mask``) that do not carry the pattern ``r`` measures: below
-    the upper fence of the samples ``outside`` (at ``outside_reach``) and below the lower
-    fence of the members above it, the carriers (at ``reach``); none unless the carriers are
-    at least half the members. A NaN (an input with a NaN) is neither a carrier nor left."""
+    the upper fence of the samples ``outside`` (at ``outside_reach``), below the lower fence
+    of the members above it, the carriers (at ``reach``), and below the midpoint between the
+    medians of the outside and of the carriers (closer to the rest than to the carriers);
+    none unless the carriers are at least half the members. A NaN (an input with a NaN) is
+    neither a carrier nor left."""
     finite = np.isfinite(r)
     none = np.empty(0, dtype=np.intp)
     if not (outside & finite).any():
@@ -313,7 +318,9 @@ def pattern_outliers(r: np.ndarray, mask: np.ndarray, outside: np.ndarray, reach
     carriers = mask & finite & (r >= upper_fence(r[outside & finite], outside_reach))
     if not carriers.any() or 2 * carriers.sum() < mask.sum():
         return none
-    return np.flatnonzero(mask & ~carriers & finite & (r < lower_fence(r[carriers], reach)))
+    below = np.minimum(lower_fence(r[carriers], reach),
+                       (np.median(r[outside & finite]) + np.median(r[carriers])) / 2)
+    return np.flatnonzero(mask & ~carriers & finite & (r < below))
 
 
 def join_by_pattern(labels: np.ndarray, clusters: list[ClusterEvidence], suspects: list[int],
