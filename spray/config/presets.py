@@ -284,10 +284,11 @@ class FlagsSection(_Section):
     peak_carrier_gap: float = Field(default=0.1, ge=0, le=1)
     #: with the raw inputs, before the pattern join: a suspect's members whose pattern
     #: correlation at its hot spot lies below Q3 + this × IQR of the samples outside's (they do
-    #: not carry the pattern) and below the lower fence of the members that do
-    #: (``trim_fence_iqr``) leave it, when those that do are at least half the members (look-
-    #: alikes the relevance graph put in kept the members' fence too low for anyone to join).
-    #: None: never
+    #: not carry the pattern), below the lower fence of the members that do
+    #: (``trim_fence_iqr``) and below the midpoint between the two groups' medians leave it,
+    #: when those that do are at least half the members (look-alikes the relevance graph put
+    #: in kept the members' fence too low for anyone to join; docs/verdict-eval.md, "Results:
+    #: look-alikes inside a suspect"). None: never
     pattern_trim_iqr: float | None = Field(default=1.0, ge=0)
     candidates: Literal["analysis", "all-k"] = "analysis"
     bisect_clusters: bool = True

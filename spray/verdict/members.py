@@ -271,13 +271,12 @@ def trim_by_pattern(labels: np.ndarray, clusters: list[ClusterEvidence], suspect
     carriers' lower fence (Q1 − ``fence_iqr`` × IQR) and below the midpoint between the
     outside's median and the carriers' leave (:func:`pattern_outliers`; stamped samples outside
     lift the outside's upper fence, and without the midpoint a ViT's weakest stamped members
-    left). A
-    suspect the relevance graph cut with look-alikes (a quarter of its members without the
-    stamp) has a lower fence below the outside's upper fence, and the joins after this step
-    take no one in; the trim of :func:`trim_suspects` needs an AUC a stamp over photographs
-    does not reach with pooled inputs. Fills in ``pattern_trimmed`` and updates sizes and
-    fractions. Nothing moves with ``outside_iqr`` None, without ``patterns`` or relevance
-    features, with ``area`` 0, or when every cluster is a suspect.
+    left). A suspect the relevance graph cut with look-alikes (a quarter of its members
+    without the stamp) has a lower fence below the outside's upper fence, and the joins after
+    this step take no one in; the trim of :func:`trim_suspects` needs an AUC a stamp over
+    photographs does not reach with pooled inputs. Fills in ``pattern_trimmed`` and updates
+    sizes and fractions. Nothing moves with ``outside_iqr`` None, without ``patterns`` or
+    relevance features, with ``area`` 0, or when every cluster is a suspect.
 
     Returns
     -------
