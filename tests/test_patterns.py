@@ -132,6 +132,58 @@ def test_look_alikes_inside_leave_and_the_stamped_outside_then_join():
                            2000) is labels
 
 
+def test_decide_members_trims_look_alikes_only_with_the_flag():
+    """Through ``decide_members``: with ``pattern_trim_iqr`` (1) most look-alikes the graph
+    put in the suspect leave it, no stamped member does, and the stamped samples outside are
+    in it at the end; without it (None) the look-alikes stay."""
+    import scipy.sparse as sp
+
+    x, feats, labels, _, stamped, look = _scene_class()
+    labels = labels.copy()
+    labels[look] = 1
+    W = sp.csr_matrix(np.ones((len(x), len(x))) - np.eye(len(x)))
+    reported = {}
+    for reach in (None, 1.0):
+        clusters = [ClusterEvidence.of(labels == c, id=c) for c in (0, 1)]
+        out = decide_members(labels, clusters, [1], W, preprocess(x, PRE), feats, 0.1,
+                             _flags(pattern_trim_iqr=reach), InputPatterns.of(x, PRE))
+        reported[reach] = (out == 1, clusters[1])
+    kept, entry = reported[None]
+    assert kept[look].all() and not entry.pattern_trimmed
+    trimmed, entry = reported[1.0]
+    # the look-alikes are built to be as bright as the glyph: a few correlate about 0.5 and
+    # stay at this reach (at 1.5 all leave: the test above); no stamped member leaves
+    left = look & ~trimmed
+    assert left.sum() >= 12 and entry.pattern_trimmed == left.sum()
+    assert trimmed[(labels == 1) & stamped].all() and (trimmed & stamped).sum() >= 40
+
+
+def test_the_window_recorded_is_the_span_compared_on_blocks():
+    """A hot region of 3 × 3 cells of a 20 × 20 grid on 224-pixel maps is a 34-pixel window,
+    compared as 11 blocks of 3 pixels: 33 pixels; doubled, 11 blocks of 6: 66."""
+    maps = np.zeros((2, 224, 224), np.float32)
+    patterns = InputPatterns.of(np.zeros((2, 3, 224, 224), np.float32),
+                                {"channel_sum": True, "transform": "none", "pool": [20, 20]},
+                                maps=maps)
+    diff = np.zeros((20, 20))
+    diff[:3, :3] = 1.0
+    assert patterns.peak_window(diff.ravel()) == 33
+    assert patterns.peak_window(diff.ravel(), 2) == 66
+
+
+def test_an_image_with_a_nan_has_no_best_window():
+    """An image with a NaN outside the window that would match: every cosine is NaN, and its
+    window is NaN (left out of an aligned template), not the top-left one."""
+    rng = np.random.default_rng(5)
+    x = rng.random((2, 3, 32, 32)).astype(np.float32)
+    x[1, 0, 31, 31] = np.nan
+    windows = _PeakWindows(5, 32, 32)
+    template = _unit_template(rng, 3, 5).ravel()
+    found = windows.best_match(x, template, windows=True)
+    assert np.isfinite(found[0]).all() and np.isnan(found[1]).all()
+    assert np.isnan(windows.best_match(x, template)[1])
+
+
 def test_no_pattern_trim_without_a_pattern_most_members_carry():
     """Nobody carries the glyph: the members that lie above the outside's upper fence are
     fewer than half of them, and no one leaves."""
@@ -159,6 +211,14 @@ def test_pattern_outliers_are_the_non_carriers_below_the_carriers_fence():
     assert pattern_outliers(r, mask, outside, 1.0, 1.5).tolist() == [5, 6]
     # 0.35 is not a carrier, but above the carriers' lower fence at a long reach (0.32)
     assert pattern_outliers(r, mask, outside, 20.0, 1.5).tolist() == [6]
+    # at the outside's upper fence a member is a carrier; at the bar it stays
+    at_fence = upper_fence(rest, 1.5)
+    edge = np.r_[[0.9, 0.92, 0.95, 0.97, at_fence, 0.35, 0.1, np.nan], rest]
+    assert 4 not in pattern_outliers(edge, mask, outside, 1.0, 1.5).tolist()
+    carriers = np.r_[0.9, 0.92, 0.95, 0.97, at_fence]
+    bar = min(lower_fence(carriers, 1.0), (np.median(rest) + np.median(carriers)) / 2)
+    edge[5] = bar
+    assert pattern_outliers(edge, mask, outside, 1.0, 1.5).tolist() == [6]
     # carriers fewer than half the members: none leave
     few = np.r_[[0.9, 0.92, 0.95, 0.1, 0.0, -0.1, 0.05, 0.02], rest]
     assert pattern_outliers(few, mask, outside, 1.0, 1.5).tolist() == []

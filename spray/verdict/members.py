@@ -181,6 +181,7 @@ def join_where_looked(labels: np.ndarray, clusters: list[ClusterEvidence], suspe
 
     def carriers(entry: ClusterEvidence, mask: np.ndarray,
                  outside: np.ndarray) -> np.ndarray | None:
+        entry.peak_window = entry.peak_guard = None
         diff = difference(features, mask)
         for step in range(int(doublings) + 1):
             r = patterns.peak_correlation(diff, mask, max_template, scale=2 ** step)
@@ -290,9 +291,11 @@ def trim_by_pattern(labels: np.ndarray, clusters: list[ClusterEvidence], suspect
     for entry, mask in _suspect_groups(labels, clusters, suspects):
         entry.pattern_trimmed = 0
         outside = ~np.isin(labels, suspects)
+        if not outside.any():
+            continue
         cells = top_cells(np.abs(difference(features, mask)), area)
         r = patterns.correlation(cells, mask, max_template)
-        if r is None or not outside.any():
+        if r is None:
             continue
         out = pattern_outliers(r, mask, outside, fence_iqr, outside_iqr)
         entry.pattern_trimmed = int(len(out))

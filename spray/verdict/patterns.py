@@ -423,13 +423,15 @@ class _PeakWindows:
             if not windows:
                 out.append(best)
                 continue
-            out.append(self._windows(P, *np.unravel_index(cos.argmax(axis=1), dot.shape[1:])))
+            found = self._windows(P, *np.unravel_index(cos.argmax(axis=1), dot.shape[1:]))
+            found[np.isnan(best)] = np.nan     # no best match: not the top-left window
+            out.append(found)
         return np.concatenate(out)
 
 
 #: block factors below this are summed by strided additions, about 2.7 times faster than
-#: numpy's reduction over a short last axis and equal to it bit for bit (its pairwise
-#: summation adds in another order from 8 values on)
+#: numpy's reduction over a short last axis and equal to it bit for bit but for the sign of
+#: a zero sum (its pairwise summation adds in another order from 8 values on)
 _STRIDED_BELOW = 8
 
 #: values of full-resolution padded images compared at a time (bounds the copies a match makes)
