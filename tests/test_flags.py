@@ -1484,14 +1484,14 @@ def test_the_pipelines_peak_guard_reaches_the_member_step(artefact_class, monkey
     def spy(*args, **kwargs):
         flags = args[7]
         seen.append((flags.peak_guard_iqr, flags.peak_window_doublings, flags.peak_carrier_gap,
-                     flags.pattern_trim_iqr))
+                     flags.pattern_trim_iqr, flags.pattern_join_iqr))
         return real(*args, **kwargs)
 
     monkeypatch.setattr(score, "decide_members", spy)
     feats, inputs, _ = artefact_class
     given = {"peak_guard_iqr": 2.5, "peak_window_doublings": 3, "peak_carrier_gap": 0.3,
-             "pattern_trim_iqr": 0.7}
+             "pattern_trim_iqr": 0.7, "pattern_join_iqr": 2.5}
     for flags in (given, {**given, "score_max_samples": 200}):
         result = analyze(feats, pipeline=_pipe(**flags), embed=False)
         clever_hans_score(result, inputs, _pipe(**flags), features=feats)
-    assert seen == [(2.5, 3, 0.3, 0.7), (2.5, 3, 0.3, 0.7)]
+    assert seen == [(2.5, 3, 0.3, 0.7, 2.5), (2.5, 3, 0.3, 0.7, 2.5)]

@@ -13,6 +13,7 @@ from spray.verdict.members import (
     _guarded_join,
     carriers_apart,
     decide_members,
+    join_bar,
     join_by_pattern,
     join_where_looked,
     lower_fence,
@@ -182,6 +183,40 @@ def test_an_image_with_a_nan_has_no_best_window():
     found = windows.best_match(x, template, windows=True)
     assert np.isfinite(found[0]).all() and np.isnan(found[1]).all()
     assert np.isnan(windows.best_match(x, template)[1])
+def test_a_fainter_stamp_outside_joins_from_the_widened_bar():
+    """The 30 members carry the glyph at 75 %; 12 samples outside carry it at 35 % (a fainter
+    stamp), below the members' tight lower fence but far above the rest. From the members'
+    fence alone few of them join; from the widened bar (the larger of the outside's upper
+    fence and the midpoint to the members) all do, and no look-alike does."""
+    x, feats, labels, clusters, stamped, look = _scene_class(outside=0)
+    x = x.copy()
+    faint = np.arange(30, 42)
+    box = x[:, :, BOX[0], BOX[1]]
+    box[faint] = box[faint] * (1 - 0.35 * GLYPH) + 0.35 * GLYPH
+    x[:, :, BOX[0], BOX[1]] = box
+    patterns = InputPatterns.of(x, PRE)
+    joined = []
+    for reach in (None, 1.5):
+        clusters = [ClusterEvidence.of(labels == c, id=c) for c in (0, 1)]
+        out = join_by_pattern(labels, clusters, [1], feats, 0.1, 1.0, patterns, 2000, reach)
+        joins = (labels == 0) & (out == 1)
+        assert not joins[~np.isin(np.arange(len(x)), faint)].any()
+        joined.append(int(joins.sum()))
+    assert joined[0] <= 6 and joined[1] == 12
+
+
+def test_the_join_bar_is_never_above_the_members_fence():
+    rng = np.random.default_rng(0)
+    rest = rng.normal(0.0, 0.15, 200)
+    members = rng.uniform(0.85, 0.95, 30)
+    r = np.r_[members, rest]
+    mask = np.r_[np.ones(30, bool), np.zeros(200, bool)]
+    fence = lower_fence(members, 1.0)
+    bar = join_bar(r, mask, ~mask, fence, 1.5)
+    assert upper_fence(rest, 1.5) <= bar < fence
+    assert bar >= (np.median(rest) + np.median(members)) / 2
+    # a fence below the widened bar stays the bar
+    assert join_bar(r, mask, ~mask, 0.2, 1.5) == 0.2
 
 
 def test_no_pattern_trim_without_a_pattern_most_members_carry():

@@ -290,6 +290,11 @@ class FlagsSection(_Section):
     #: in kept the members' fence too low for anyone to join; docs/verdict-eval.md, "Results:
     #: look-alikes inside a suspect"). None: never
     pattern_trim_iqr: float | None = Field(default=1.0, ge=0)
+    #: the pattern join takes in, once its guard passes, the samples outside at or above the
+    #: larger of Q3 + this × IQR of the samples outside's correlations and the midpoint between
+    #: their median and the members' (when lower than the members' lower fence). None: only
+    #: from the members' lower fence
+    pattern_join_iqr: float | None = Field(default=1.5, ge=0)
     candidates: Literal["analysis", "all-k"] = "analysis"
     bisect_clusters: bool = True
     other_k_min_jaccard: float = Field(default=0.5, ge=0, le=1)

@@ -143,7 +143,7 @@ def decide_members(labels: np.ndarray, clusters: list[ClusterEvidence], suspects
     labels = trim_by_pattern(labels, clusters, suspects, W, features, area, fence,
                              flags.pattern_trim_iqr, patterns, flags.score_max_samples)
     labels = join_by_pattern(labels, clusters, suspects, features, area, fence, patterns,
-                             flags.score_max_samples)
+                             flags.score_max_samples, flags.pattern_join_iqr)
     return join_where_looked(labels, clusters, suspects, features, fence, flags.peak_guard_iqr,
                              patterns, flags.score_max_samples, flags.peak_window_doublings,
                              flags.peak_carrier_gap)
@@ -327,7 +327,8 @@ def pattern_outliers(r: np.ndarray, mask: np.ndarray, outside: np.ndarray, reach
 
 def join_by_pattern(labels: np.ndarray, clusters: list[ClusterEvidence], suspects: list[int],
                     features: np.ndarray | None, area: float, fence_iqr: float,
-                    patterns: InputPatterns | None, max_template: int) -> np.ndarray:
+                    patterns: InputPatterns | None, max_template: int,
+                    outside_iqr: float | None = None) -> np.ndarray:
     """Move the samples outside every suspect whose raw inputs at its hot spot carry its
     members' pattern as closely as the members do into that suspect.
 
@@ -337,9 +338,12 @@ def join_by_pattern(labels: np.ndarray, clusters: list[ClusterEvidence], suspect
     members' correlations. Only for a suspect whose pattern sets its members apart:
     that lower fence must lie at or above the upper fence (Q3 + ``fence_iqr`` × IQR) of the
     correlations of the samples outside every suspect (members without a common pattern
-    correlate about as little as the rest, and their fence falls below 0). Fills in
-    ``pattern_joined`` and updates sizes and fractions. Nothing moves (and nothing is read)
-    without ``patterns``, relevance features, with ``area`` 0 or without samples outside.
+    correlate about as little as the rest, and their fence falls below 0). With
+    ``outside_iqr``, a sample joins from the lower :func:`join_bar` instead (down to the
+    outside's upper fence at that reach, or the midpoint between the outside's median and the
+    members'). Fills in ``pattern_joined`` and updates sizes and fractions. Nothing moves (and
+    nothing is read) without ``patterns``, relevance features, with ``area`` 0 or without
+    samples outside.
 
     Returns
     -------
@@ -353,9 +357,28 @@ def join_by_pattern(labels: np.ndarray, clusters: list[ClusterEvidence], suspect
                  outside: np.ndarray) -> np.ndarray | None:
         cells = top_cells(np.abs(difference(features, mask)), area)
         r = patterns.correlation(cells, mask, max_template)
-        return None if r is None else _guarded_join(r, mask, outside, fence_iqr)
+        passed = None if r is None else _guard(r, mask, outside, fence_iqr)
+        if passed is None:
+            return None
+        bar = passed[0] if outside_iqr is None else join_bar(r, mask, outside, passed[0],
+                                                             outside_iqr)
+        return outside & np.isfinite(r) & (r >= bar)
 
     return _join_carriers(labels, clusters, suspects, "pattern_joined", carriers)
+
+
+def join_bar(r: np.ndarray, mask: np.ndarray, outside: np.ndarray, fence: float,
+             outside_reach: float) -> float:
+    """The correlation from which a sample outside joins once the guard has passed: the
+    members' lower ``fence``, or lower, down to the larger of the outside's upper fence (at
+    ``outside_reach``) and the midpoint between the outside's median and the members' (a
+    sample closer to the members than to the rest, and beyond the rest's bulk). Members that
+    all carry a crisp pattern have a fence above stamped samples outside whose stamp is
+    fainter (text over bright backgrounds)."""
+    finite = np.isfinite(r)
+    rest, members = r[outside & finite], r[mask & finite]
+    return min(fence, max(upper_fence(rest, outside_reach),
+                          (float(np.median(rest)) + float(np.median(members))) / 2))
 
 
 def join_suspects(labels: np.ndarray, clusters: list[ClusterEvidence], suspects: list[int],
