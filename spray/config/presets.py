@@ -18,7 +18,14 @@ from pathlib import Path
 from typing import Any, Literal, Self
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from spray.errors import ConfigError
 
@@ -300,7 +307,20 @@ class FlagsSection(_Section):
     other_k_min_jaccard: float = Field(default=0.5, ge=0, le=1)
     sweep_eigenvectors: int = Field(default=10, ge=0)
     sweep_min_jaccard: float = Field(default=0.9, ge=0, le=1)
+    #: sweep cuts along this many leading eigenvectors of the kNN graph of the inputs' edge
+    #: energy are candidates too, their contrast measured against that graph instead of the
+    #: relevance graph (a stamp the model attends to beside the object: the relevance graph
+    #: does not separate its samples, their edges do). 0: off (needs
+    #: ``edge_randomness_weight`` above 0, which builds that graph)
+    edge_sweep_eigenvectors: int = Field(default=0, ge=0)
     seed: int = 0
+
+    @model_validator(mode="after")
+    def _edge_graph(self):
+        if self.edge_sweep_eigenvectors and self.edge_randomness_weight <= 0:
+            raise ValueError("edge_sweep_eigenvectors needs edge_randomness_weight above 0 "
+                             "(the edge graph is built only then)")
+        return self
 
 
 class HealthSection(_Section):

@@ -66,7 +66,7 @@ def candidate_groups(result, pipeline: dict, params: FlagsSection,
 
 
 def sweep_cuts(W: sp.csr_matrix, degree: np.ndarray, eigenvectors: np.ndarray, count: int,
-               params: FlagsSection) -> list[ClusterEvidence]:
+               params: FlagsSection, graph: str | None = None) -> list[ClusterEvidence]:
     """Sweep cuts along the leading eigenvectors of the class graph, whatever K was chosen.
 
     For each of the ``count`` eigenvectors after the first (scaled by D^-1/2, as the random-walk
@@ -97,5 +97,19 @@ def sweep_cuts(W: sp.csr_matrix, degree: np.ndarray, eigenvectors: np.ndarray, c
             key = np.packbits(mask).tobytes()
             if key not in keys:
                 keys.add(key)
-                out.append(ClusterEvidence.of(mask, cut_along=sign * i))
+                out.append(ClusterEvidence.of(mask, cut_along=sign * i, cut_graph=graph))
     return out
+
+
+def edge_cuts(edges: tuple, count: int, params: FlagsSection) -> list[ClusterEvidence]:
+    """Sweep cuts along the leading ``count`` eigenvectors of the kNN graph of the inputs' edge
+    energy (``edges``: the graph and its degrees, :attr:`~spray.verdict.evidence.ClassGraphs.
+    edges`): groups that share edges the rest lacks (a stamp, whatever is around it), found
+    whether or not the relevance graph separates them (``cut_graph`` ``"edges"``)."""
+    from spray.analysis.spectral import smallest_eigenpairs
+
+    W, degree = edges
+    if count <= 0 or W.shape[0] < 3:
+        return []
+    _, vectors = smallest_eigenpairs(W, count + 1, seed=params.seed)
+    return sweep_cuts(W, degree, vectors, count, params, graph="edges")

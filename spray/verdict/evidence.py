@@ -254,6 +254,7 @@ class ClassGraphs:
         ``GRAM_MAX_SAMPLES``; above, every masked input array is searched on its own).
     edges : the kNN graph of the inputs' edge energy (``edge_features``), or None (not given,
         or ``edge_randomness_weight`` 0).
+    edge_features : the edge energy that graph was built from (None with it).
     """
 
     W: sp.csr_matrix
@@ -268,6 +269,7 @@ class ClassGraphs:
     cache: GraphCache | None = None
     search: MaskedSearch | None = None
     edges: tuple | None = None
+    edge_features: np.ndarray | None = None
     _float64: dict | None = None
     _input_totals: tuple | None = None
     _by_cells: dict | None = None
@@ -298,6 +300,7 @@ class ClassGraphs:
             # never subsampled: lists of k, from blocks of E Eᵀ (as the resamples' relevance)
             graphs.edges = NeighbourLists(edges, affinity, affinity["k"],
                                           unmasked_search(edges)).whole()
+            graphs.edge_features = edges
         return graphs
 
     def difference(self, X: np.ndarray, mask: np.ndarray) -> np.ndarray:
@@ -452,6 +455,10 @@ def measure(entry: ClusterEvidence, graphs: ClassGraphs,
             bar: float | None = None) -> ClusterEvidence:
     """Fill in the evidence of a candidate (conductances, contrast, randomness, concentration).
 
+    The contrast compares the group's conductance in the input graph with that in the graph
+    that separates it: the relevance graph, or for a cut of the edge graph (``cut_graph``
+    ``"edges"``) the edge graph (``conductance_edges``).
+
     A half or a sweep cut whose score cannot reach ``bar`` (default: the threshold) even with
     φ_input = 1 is left unmeasured (no input graphs are built for it); a sweep cut also when
     its size, colocation and edge penalties (measured first: they need no input graph) keep it
@@ -463,9 +470,11 @@ def measure(entry: ClusterEvidence, graphs: ClassGraphs,
     if not eligible(entry, graphs.n, params):
         return entry
     phi_rel = mask_conductance(graphs.W, graphs.degree, mask)
+    # what separates the group: the relevance graph, or the edge graph for an edge cut
+    phi_sep = mask_conductance(*graphs.edges, mask) if entry.cut_graph == "edges" else phi_rel
     floor = params.conductance_floor
     bar = params.threshold if bar is None else bar
-    if entry.split_only and (contrast(1.0, phi_rel, floor)
+    if entry.split_only and (contrast(1.0, phi_sep, floor)
                              - size_penalty(entry.size / graphs.n, params) < bar):
         return entry       # φ_input ≤ 1: it cannot reach the threshold
     both = graphs.colocation(mask) if graphs.mask_area > 0 else None
@@ -477,17 +486,19 @@ def measure(entry: ClusterEvidence, graphs: ClassGraphs,
     spot_pen = round(hot_spot_penalty(spot, params), 4) if spot is not None else None
     size_pen = round(size_penalty(entry.fraction, params), 4)
     free = (edge_pen or 0.0) + (spot_pen or 0.0)    # the other penalties without an input graph
-    if entry.cut_along is not None and _below(contrast(1.0, phi_rel, floor), size_pen,
+    if entry.cut_along is not None and _below(contrast(1.0, phi_sep, floor), size_pen,
                                               co_penalty, bar, free):
         return entry       # nor with the penalties that need no input graph
     X_in = graphs.inputs_for(mask)
     phi_in = graphs.input_conductance(X_in, mask)
-    plain = round(contrast(phi_in, phi_rel, floor), 4)
+    plain = round(contrast(phi_in, phi_sep, floor), 4)
     if entry.cut_along is not None and _below(plain, size_pen, co_penalty, bar, free):
         return entry       # its score stays below the bar whatever its randomness
     randomness = graphs.input_randomness(mask)
     entry.inputs = X_in
     entry.conductance_relevance = round(phi_rel, 6)
+    if entry.cut_graph == "edges":
+        entry.conductance_edges = round(phi_sep, 6)
     entry.conductance_input = round(phi_in, 6)
     entry.contrast = plain
     entry.input_randomness = round(randomness, 4)

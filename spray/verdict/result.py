@@ -11,13 +11,13 @@ from dataclasses import dataclass, field, fields
 import numpy as np
 
 # the keys of a cluster entry, in the order they are written (None = not written)
-_EVIDENCE_KEYS = ("id", "half_of", "cut_along", "n_clusters", "cluster", "size", "fraction",
-                  "conductance_relevance", "conductance_input", "contrast", "input_randomness",
-                  "randomness_penalty", "colocation", "colocation_penalty", "edge_randomness",
-                  "edge_penalty", "hot_spot_separation", "hot_spot_penalty", "concentration",
-                  "peak", "peak_sign", "size_penalty", "excluded", "resampled", "contrast_stable",
-                  "score", "split_from", "hot_spot_auc", "trimmed", "pattern_trimmed", "joined",
-                  "pattern_joined", "peak_joined", "peak_window", "peak_guard")
+_EVIDENCE_KEYS = ("id", "half_of", "cut_along", "cut_graph", "n_clusters", "cluster", "size", "fraction",
+                  "conductance_relevance", "conductance_edges", "conductance_input", "contrast",
+                  "input_randomness", "randomness_penalty", "colocation", "colocation_penalty",
+                  "edge_randomness", "edge_penalty", "hot_spot_separation", "hot_spot_penalty",
+                  "concentration", "peak", "peak_sign", "size_penalty", "excluded", "resampled",
+                  "contrast_stable", "score", "split_from", "hot_spot_auc", "trimmed", "pattern_trimmed",
+                  "joined", "pattern_joined", "peak_joined", "peak_window", "peak_guard")
 
 
 @dataclass
@@ -32,6 +32,9 @@ class ClusterEvidence:
     half_of : for a half, the cluster it was cut from.
     cut_along : for a sweep cut, the eigenvector of the class graph it was cut along (1 = the
         Fiedler vector; negative: the cut from the other end).
+    cut_graph : ``"edges"`` for a sweep cut of the kNN graph of the inputs' edge energy
+        (``edge_sweep_eigenvectors``), whose contrast is measured against that graph
+        (``conductance_edges``) instead of the relevance graph; None: the relevance graph.
     n_clusters, cluster : for a group of another K, that K and its cluster id there.
     size, fraction : members and their share of the class.
     conductance_relevance, conductance_input, contrast, input_randomness, randomness_penalty,
@@ -68,11 +71,13 @@ class ClusterEvidence:
     id: int | None = None
     half_of: int | None = None
     cut_along: int | None = None
+    cut_graph: str | None = None
     n_clusters: int | None = None
     cluster: int | None = None
     size: int = 0
     fraction: float = 0.0
     conductance_relevance: float | None = None
+    conductance_edges: float | None = None
     conductance_input: float | None = None
     contrast: float | None = None
     input_randomness: float | None = None

@@ -20,7 +20,7 @@ import scipy.sparse as sp
 from spray.config.presets import FlagsSection
 from spray.verdict.bootstrap import Resamples, stabilize, stabilize_cuts, verify
 from spray.verdict.calibration import clean_rate, threshold_for
-from spray.verdict.candidates import candidate_groups, sweep_cuts
+from spray.verdict.candidates import candidate_groups, edge_cuts, sweep_cuts
 from spray.verdict.evidence import ClassGraphs, measure
 from spray.verdict.halves import lift_by_other_k, split_off_sweep, split_suspect_halves
 from spray.verdict.members import decide_members
@@ -149,11 +149,13 @@ def _score(result, input_features: np.ndarray, pipeline: dict, params: FlagsSect
                                                     params.threshold)
     for c in clusters:
         verify(c, resamples, params)
-    if params.sweep_eigenvectors and getattr(result, "eigenvectors", None) is not None:
+    sweeps = params.sweep_eigenvectors and getattr(result, "eigenvectors", None) is not None
+    if sweeps or (params.edge_sweep_eigenvectors and graphs.edges is not None):
         if resamples is None and features is not None:
             resamples = Resamples(relevance, pipeline, int(result.k), params,
                                   graphs.cache)
-        labels, clusters, more = _split_off_sweep(result, graphs, labels, clusters, resamples)
+        labels, clusters, more = _split_off_sweep(result, graphs, labels, clusters, resamples,
+                                                  pipeline)
         splits = splits + more
     decide = flag_threshold(params, pipeline)
     suspects = [c.id for c in clusters if c.score is not None and c.score >= decide]
@@ -163,23 +165,54 @@ def _score(result, input_features: np.ndarray, pipeline: dict, params: FlagsSect
     return _verdict(clusters, labels, splits, other_k, params, pipeline, decide)
 
 
-def _split_off_sweep(result, graphs: ClassGraphs, labels, clusters, resamples):
-    """Score the sweep cuts along the leading eigenvectors; the best one that outscores every
-    cluster and reaches the threshold becomes a cluster (the clusters it takes members from are
+def _split_off_sweep(result, graphs: ClassGraphs, labels, clusters, resamples, pipeline: dict):
+    """Score the sweep cuts along the leading eigenvectors of the relevance graph and (with
+    ``edge_sweep_eigenvectors``) of the edge graph; the best one that outscores every cluster
+    and reaches the threshold becomes a cluster (the clusters it takes members from are
     measured and scored again). Cuts holding a whole cluster are left out."""
     params = graphs.params
     best = max((c.score for c in clusters if c.score is not None), default=-np.inf)
     bar = max(params.threshold, best + 1e-9)     # what a cut must reach to matter
-    # a cut that holds a whole cluster would remove it from the report: not a candidate
-    cuts = [e for e in sweep_cuts(graphs.W, graphs.degree, result.eigenvectors,
-                                  params.sweep_eigenvectors, params)
-            if not any(c.size and not (c.mask & ~e.mask).any() for c in clusters)
-            and measure(e, graphs, bar).measured]
-    stabilize_cuts(cuts, resamples, params, bar)
-    labels, clusters, splits, changed = split_off_sweep(labels, clusters, cuts, params.threshold,
+    found = []
+    for cuts, again in ((_relevance_cuts(result, graphs), resamples),
+                        (_edge_cuts(graphs), _edge_resamples(result, graphs, pipeline))):
+        # a cut that holds a whole cluster would remove it from the report: not a candidate
+        cuts = [e for e in cuts if not any(c.size and not (c.mask & ~e.mask).any()
+                                           for c in clusters)
+                and measure(e, graphs, bar).measured]
+        stabilize_cuts(cuts, again, params, bar)
+        bar = max([bar] + [e.score + 1e-9 for e in cuts if e.score >= bar])
+        found += cuts
+    labels, clusters, splits, changed = split_off_sweep(labels, clusters, found,
+                                                        params.threshold,
                                                         params.sweep_min_jaccard)
     stabilize([e for e in changed if measure(e, graphs).measured], resamples, params)
     return labels, clusters, splits
+
+
+def _relevance_cuts(result, graphs: ClassGraphs) -> list:
+    """Sweep cuts along the relevance graph's leading eigenvectors (``sweep_eigenvectors``)."""
+    params = graphs.params
+    if not params.sweep_eigenvectors or getattr(result, "eigenvectors", None) is None:
+        return []
+    return sweep_cuts(graphs.W, graphs.degree, result.eigenvectors, params.sweep_eigenvectors,
+                      params)
+
+
+def _edge_cuts(graphs: ClassGraphs) -> list:
+    """Sweep cuts along the edge graph's leading eigenvectors (``edge_sweep_eigenvectors``)."""
+    if graphs.edges is None:
+        return []
+    return edge_cuts(graphs.edges, graphs.params.edge_sweep_eigenvectors, graphs.params)
+
+
+def _edge_resamples(result, graphs: ClassGraphs, pipeline: dict) -> Resamples | None:
+    """The bootstrap's subsamples with the edge graph in place of the relevance graph (the
+    contrast of an edge cut is stable when its edge graph separates it in the subsamples too);
+    the same subsets as the relevance's (same seed and size)."""
+    if graphs.edge_features is None or not graphs.params.edge_sweep_eigenvectors:
+        return None
+    return Resamples(graphs.edge_features, pipeline, int(result.k), graphs.params, graphs.cache)
 
 
 def _verdict(clusters: list[ClusterEvidence], labels, splits, other_k,
