@@ -1495,3 +1495,55 @@ def test_the_pipelines_peak_guard_reaches_the_member_step(artefact_class, monkey
         result = analyze(feats, pipeline=_pipe(**flags), embed=False)
         clever_hans_score(result, inputs, _pipe(**flags), features=feats)
     assert seen == [(2.5, 3, 0.3, 0.7, 2.5), (2.5, 3, 0.3, 0.7, 2.5)]
+
+
+def _edge_cut_class(seed: int, stamp: bool, attention: float):
+    """300 blurry objects; 60 of them carry a stamp (a bright 2×2 block at the top-left: new
+    edges) when ``stamp``. The relevance follows each object as it was before the stamp, and
+    the model adds ``attention`` of a sample's total relevance at the stamp's place for the 60
+    (0: the model ignores it). The object's relevance dominates: the relevance graph does not
+    separate the 60. Returns (relevance, inputs, edge energy, group)."""
+    from spray.analysis.preprocess import edge_energy, preprocess
+
+    rng = np.random.default_rng(seed)
+    x = _inputs(rng, 300)
+    group = np.zeros(300, dtype=bool)
+    group[rng.choice(300, size=60, replace=False)] = True
+    rel = x * (1 + 0.3 * rng.standard_normal(x.shape))
+    rel[group, 0:2, 0:2] += attention * rel[group].sum(axis=(1, 2))[:, None, None] / 4
+    if stamp:
+        x[group, 0:2, 0:2] += 1.0
+    edges = preprocess(edge_energy(x), _pipe()["preprocess"])
+    return _normalize(rel), _normalize(x), edges, group
+
+
+@pytest.mark.parametrize("stamp, attention, found", [
+    (True, 0.05, True),      # a stamp the model attends to: found only by the edge graph
+    (True, 0.0, False),      # a stamp the model ignores: its relevance has no hot spot there
+    (False, 0.05, False),    # the model looks at the corner of unmarked samples: no edges
+])
+def test_edge_cuts_find_a_stamp_the_relevance_graph_does_not_separate(stamp, attention, found):
+    feats, inputs, edges, group = _edge_cut_class(21 if stamp else 22, stamp, attention)
+    result = analyze(feats, pipeline=_pipe(), embed=False)
+    verdicts = {n: clever_hans_score(result, inputs, _pipe(edge_sweep_eigenvectors=n),
+                                     features=feats, edge_features=edges) for n in (0, 10)}
+    assert not verdicts[0]["flagged"]
+    on = verdicts[10]
+    assert on["flagged"] is found
+    if not found:
+        assert on["score"] == verdicts[0]["score"]
+        return
+    cl = next(c for c in on["clusters"] if c["id"] == on["suspect_cluster"])
+    members = on["labels"] == cl["id"]
+    assert (members & group).sum() / members.sum() >= 0.9
+    assert (members & group).sum() / group.sum() >= 0.9
+    # the contrast is the edge graph's: the relevance graph barely separates the group
+    assert cl["cut_graph"] == "edges" and cl["split_from"] is not None
+    assert cl["conductance_edges"] < 0.1 < cl["conductance_relevance"]
+    assert cl["contrast"] == pytest.approx(
+        np.log(cl["conductance_input"] / max(cl["conductance_edges"], 1e-3)), abs=1e-3)
+
+
+def test_edge_cuts_need_the_edge_graph():
+    with pytest.raises(ConfigError, match="edge_sweep_eigenvectors"):
+        _pipe(edge_sweep_eigenvectors=10, edge_randomness_weight=0.0)
