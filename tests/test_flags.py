@@ -1542,6 +1542,17 @@ def test_edge_cuts_find_a_stamp_the_relevance_graph_does_not_separate(stamp, att
     assert cl["conductance_edges"] < 0.1 < cl["conductance_relevance"]
     assert cl["contrast"] == pytest.approx(
         np.log(cl["conductance_input"] / max(cl["conductance_edges"], 1e-3)), abs=1e-3)
+    # what the class page and the CI reason say of it
+    from spray.ci.evidence import _reason
+    from spray.report.class_page import _evidence
+
+    page = _evidence(on)
+    on = {**on, "name": "T-shirt", "class": 0,            # as summary.json lists the class
+          "clusters": [{**c, "suspect": c["id"] in on["suspect_clusters"]}
+                       for c in on["clusters"]]}
+    assert "log(φ_input/φ_edges)" in page and "edge_sweep_eigenvectors" in page
+    reason = _reason(on)
+    assert "of the edge graph" in reason and "conductance edges" in reason
 
 
 def test_edge_cuts_need_the_edge_graph():

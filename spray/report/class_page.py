@@ -90,6 +90,18 @@ def _member_notes(cl: dict) -> list[str]:
     return notes
 
 
+
+def _contrast_text(cl: dict, graph: str) -> str:
+    """The contrast sentence: against the relevance graph, or the edge graph for an edge cut."""
+    if cl.get("cut_graph") == "edges":
+        return (f"Its conductance is {_fmt(cl.get('conductance_edges'), 4)} in the graph of its "
+                f"inputs' edge energy ({_fmt(cl['conductance_relevance'], 4)} in the relevance "
+                f"graph) and {_fmt(cl['conductance_input'], 4)} in {graph}: contrast "
+                f"log(φ_input/φ_edges) = {_fmt(cl['contrast'], 2)}")
+    return (f"Its conductance is {_fmt(cl['conductance_relevance'], 4)} in the relevance graph "
+            f"and {_fmt(cl['conductance_input'], 4)} in {graph}: contrast "
+            f"log(φ_input/φ_relevance) = {_fmt(cl['contrast'], 2)}")
+
 def _evidence(entry: dict) -> str:
     cl = _shown_cluster(entry)
     if cl is None or "contrast" not in cl:
@@ -104,9 +116,7 @@ def _evidence(entry: dict) -> str:
              else "the input graph")
     parts = [f"<b>{what}: cluster {_esc(cid)}</b>, {_fmt(cl['size'])} samples "
              f"({100 * float(cl['fraction']):.1f} % of the class).",
-             f"Its conductance is {_fmt(cl['conductance_relevance'], 4)} in the relevance graph "
-             f"and {_fmt(cl['conductance_input'], 4)} in {graph}: contrast "
-             f"log(φ_input/φ_relevance) = {_fmt(cl['contrast'], 2)}",
+             _contrast_text(cl, graph),
              f"(bootstrap-stable value {_fmt(cl.get('contrast_stable'), 2)}, size penalty "
              f"{_fmt(cl.get('size_penalty'), 2)}, randomness penalty "
              f"{_fmt(cl.get('randomness_penalty'), 2)}, colocation penalty "
@@ -127,9 +137,13 @@ def _evidence(entry: dict) -> str:
     if cl.get("split_from") is not None:
         parent = next((c for c in entry["clusters"] if c["id"] == cl["split_from"]), {})
         if cl.get("cut_along") is not None:
-            how = (f"a sweep cut along eigenvector {_esc(cl['cut_along'])} separates them, and "
-                   f"the cut scores higher than the clusters it takes samples from, so it is "
-                   f"shown as a cluster of its own (<code>sweep_eigenvectors</code>).")
+            edges = cl.get("cut_graph") == "edges"
+            how = (f"a sweep cut along eigenvector {_esc(cl['cut_along'])} of the "
+                   + ("inputs' edge graph" if edges else "relevance graph")
+                   + " separates them, and the cut scores higher than the clusters it takes "
+                   "samples from, so it is shown as a cluster of its own (<code>"
+                   + ("edge_sweep_eigenvectors" if edges else "sweep_eigenvectors")
+                   + "</code>).")
         else:
             how = ("the spectral bisection of that cluster separates them, and this side scores "
                    "higher than the whole cluster, so it is shown as a cluster of its own "
