@@ -5,10 +5,14 @@
 Each BEFORE/AFTER is an ``--out`` directory of ``eval_clever_hans.py --cache-from CACHE
 --rescore --draws N`` run on the same cache by the two rules (e.g. two worktrees). Prints, and
 with ``--json`` writes: the class checks whose score or flag differ, and per planted setting the
-draws flagged, the draws detected (flagged, suspect precision and recall ≥ 0.9) before and
-after, the lowest precision and median recall of the flagged draws, and how many stamped and
-unstamped samples the suspects gained or lost (from each draw's precision, recall and planted
-count). A change to who is reported (``spray.verdict.members``) must leave every score alone.
+draws flagged and detected (flagged, suspect precision and recall ≥ 0.9) before and after,
+the lowest precision and median recall of the flagged draws, the planted scores (min / p10 /
+median) before and after, and how many stamped and unstamped samples the suspects gained or
+lost in the draws flagged both times (from each draw's precision, recall and planted count);
+over all checks, the highest score of the classes without a planted artefact (clean models'
+and the other classes) before and after, and how many of them changed score or flag. A change
+to who is reported (``spray.verdict.members``) must leave every score alone; a change to the
+score is judged by the detections it gains and the non-planted scores it raises.
 With ``--common`` the two may hold different class checks (one rescored with ``--only``): only
 the checks and draws both hold are compared, and their number is reported.
 """
@@ -61,25 +65,43 @@ def compare(before: Path, after: Path, common: bool = False) -> dict:
             raise SystemExit(f"{before} and {after} list their draws in another order")
         if "precision" not in x:
             continue
-        s = settings.setdefault(x["setting"], {"draws": 0, "flagged": 0, "detected": [0, 0],
+        s = settings.setdefault(x["setting"], {"draws": 0, "flagged": [0, 0], "detected": [0, 0],
                                                "lowest_precision": [None, None],
-                                               "recalls": [[], []], "gained": [0, 0]})
+                                               "recalls": [[], []], "scores": [[], []],
+                                               "gained": [0, 0]})
         s["draws"] += 1
-        if x["planted_score"] < threshold:
-            continue
-        s["flagged"] += 1
         for i, d in enumerate((x, y)):
+            s["scores"][i].append(d["planted_score"])
+            if d["planted_score"] < threshold:
+                continue
+            s["flagged"][i] += 1
             s["detected"][i] += d["precision"] >= DETECT and d["recall"] >= DETECT
             low = s["lowest_precision"][i]
             s["lowest_precision"][i] = d["precision"] if low is None else min(low, d["precision"])
             s["recalls"][i].append(d["recall"])
-        (sa, ua), (sb, ub) = _members(x), _members(y)
-        s["gained"][0] += sb - sa
-        s["gained"][1] += ub - ua
+        if min(x["planted_score"], y["planted_score"]) >= threshold:
+            (sa, ua), (sb, ub) = _members(x), _members(y)
+            s["gained"][0] += sb - sa
+            s["gained"][1] += ub - ua
     for s in settings.values():
         s["median_recall"] = [float(np.median(r)) if r else None for r in s.pop("recalls")]
+        s["planted_scores"] = [_quantiles(v) for v in s.pop("scores")]
+    others = [k for k in keys if not a[k]["planted"]]
     return {"before": str(before), "after": str(after), "checks": len(a),
-            "score_or_flag_changed": len(changed), "settings": settings}
+            "score_or_flag_changed": len(changed), "settings": settings,
+            "non_planted": {"checks": len(others),
+                            "changed": sum(k in set(changed) for k in others),
+                            "highest": [max((a[k]["score"] for k in others), default=None),
+                                        max((b[k]["score"] for k in others), default=None)],
+                            "flagged": [sum(a[k]["flagged"] for k in others),
+                                        sum(b[k]["flagged"] for k in others)]}}
+
+
+def _quantiles(scores: list[float]) -> dict:
+    """Min, 10th percentile and median of a setting's planted scores."""
+    v = np.asarray(scores, dtype=float)
+    return {"min": round(float(v.min()), 2), "p10": round(float(np.percentile(v, 10)), 2),
+            "median": round(float(np.median(v)), 2)}
 
 
 def _fmt(v) -> str:
@@ -88,17 +110,28 @@ def _fmt(v) -> str:
 
 def table(results: list[dict]) -> str:
     """A Markdown table of :func:`compare` results."""
-    lines = ["| setting | flagged | detected before → after | lowest P | median R "
-             "| stamped / unstamped gained |", "|---|---|---|---|---|---|"]
+    lines = ["| setting | flagged | detected | planted scores min / p10 / median | lowest P "
+             "| median R | stamped / unstamped gained |", "|---|---|---|---|---|---|---|"]
     for res in results:
         for name, s in res["settings"].items():
-            lines.append(f"| {name} | {s['flagged']}/{s['draws']} | {s['detected'][0]} → "
-                         f"{s['detected'][1]} | {_fmt(s['lowest_precision'][0])} → "
-                         f"{_fmt(s['lowest_precision'][1])} | {_fmt(s['median_recall'][0])} → "
-                         f"{_fmt(s['median_recall'][1])} | {s['gained'][0]} / {s['gained'][1]} |")
+            q = [f"{p['min']:.2f} / {p['p10']:.2f} / {p['median']:.2f}"
+                 for p in s["planted_scores"]]
+            lines.append(f"| {name} | {s['flagged'][0]} → {s['flagged'][1]} of {s['draws']} | "
+                         f"{s['detected'][0]} → {s['detected'][1]} | {q[0]} → {q[1]} | "
+                         f"{_fmt(s['lowest_precision'][0])} → {_fmt(s['lowest_precision'][1])} | "
+                         f"{_fmt(s['median_recall'][0])} → {_fmt(s['median_recall'][1])} | "
+                         f"{s['gained'][0]} / {s['gained'][1]} |")
     checks = sum(r["checks"] for r in results)
     changed = sum(r["score_or_flag_changed"] for r in results)
-    lines.append(f"\n{checks} class checks; score or flag changed in {changed}.")
+    others = [r["non_planted"] for r in results]
+    highest = [max((o["highest"][i] for o in others if o["highest"][i] is not None),
+                   default=None) for i in (0, 1)]
+    lines.append(f"\n{checks} class checks; score or flag changed in {changed}. "
+                 f"Non-planted checks: {sum(o['checks'] for o in others)}, changed "
+                 f"{sum(o['changed'] for o in others)}, flagged "
+                 f"{sum(o['flagged'][0] for o in others)} → "
+                 f"{sum(o['flagged'][1] for o in others)}, highest score {_fmt(highest[0])} → "
+                 f"{_fmt(highest[1])}.")
     return "\n".join(lines)
 
 
