@@ -1558,3 +1558,21 @@ def test_edge_cuts_find_a_stamp_the_relevance_graph_does_not_separate(stamp, att
 def test_edge_cuts_need_the_edge_graph():
     with pytest.raises(ConfigError, match="edge_sweep_eigenvectors"):
         _pipe(edge_sweep_eigenvectors=10, edge_randomness_weight=0.0)
+
+
+def test_edge_cuts_leave_a_suspect_of_the_relevance_graph_alone(monkeypatch):
+    """A stamp the model attends to strongly enough for the relevance graph to flag it: the
+    edge graph's cuts are not tried (its suspect keeps its members and score), and the
+    verdict is the one without them but for the flags it names (an edge cut would score
+    5.1 here, the relevance graph's suspect 2.3)."""
+    import spray.verdict.score as score
+
+    tried, cuts = [], score._edge_cuts
+    monkeypatch.setattr(score, "_edge_cuts", lambda graphs: tried.append(1) or cuts(graphs))
+    feats, inputs, edges, group = _edge_cut_class(23, True, 0.1)
+    result = analyze(feats, pipeline=_pipe(), embed=False)
+    off, on = (clever_hans_score(result, inputs, _pipe(edge_sweep_eigenvectors=n),
+                                 features=feats, edge_features=edges) for n in (0, 10))
+    assert off["flagged"] and not tried
+    assert all(c.get("cut_graph") is None for c in on["clusters"])
+    assert _same_verdict({**off, "params": None}, {**on, "params": None})

@@ -166,28 +166,34 @@ def _score(result, input_features: np.ndarray, pipeline: dict, params: FlagsSect
 
 
 def _split_off_sweep(result, graphs: ClassGraphs, labels, clusters, resamples, pipeline: dict):
-    """Score the sweep cuts along the leading eigenvectors of the relevance graph and (with
-    ``edge_sweep_eigenvectors``) of the edge graph; the best one that outscores every cluster
-    and reaches the threshold becomes a cluster (the clusters it takes members from are
-    measured and scored again). Cuts holding a whole cluster are left out."""
+    """Score the sweep cuts along the leading eigenvectors of the relevance graph and, when
+    neither a cluster nor such a cut reaches the threshold, of the edge graph
+    (``edge_sweep_eigenvectors``); the best one that outscores every cluster and reaches the
+    threshold becomes a cluster (the clusters it takes members from are measured and scored
+    again). Cuts holding a whole cluster are left out."""
     params = graphs.params
     best = max((c.score for c in clusters if c.score is not None), default=-np.inf)
     bar = max(params.threshold, best + 1e-9)     # what a cut must reach to matter
-    found = []
-    for cuts, again in ((_relevance_cuts(result, graphs), resamples),
-                        (_edge_cuts(graphs), _edge_resamples(result, graphs, pipeline))):
-        # a cut that holds a whole cluster would remove it from the report: not a candidate
-        cuts = [e for e in cuts if not any(c.size and not (c.mask & ~e.mask).any()
-                                           for c in clusters)
-                and measure(e, graphs, bar).measured]
-        stabilize_cuts(cuts, again, params, bar)
-        bar = max([bar] + [e.score + 1e-9 for e in cuts if e.score >= bar])
-        found += cuts
+    found = _scored_cuts(_relevance_cuts(result, graphs), graphs, clusters, resamples, bar)
+    if max([best] + [e.score for e in found]) < params.threshold:
+        # the relevance graph gives no suspect: a stamp it does not separate may still be
+        # a group of the edge graph (a suspect it gives keeps its members and score)
+        found += _scored_cuts(_edge_cuts(graphs), graphs, clusters,
+                              _edge_resamples(result, graphs, pipeline), bar)
     labels, clusters, splits, changed = split_off_sweep(labels, clusters, found,
                                                         params.threshold,
                                                         params.sweep_min_jaccard)
     stabilize([e for e in changed if measure(e, graphs).measured], resamples, params)
     return labels, clusters, splits
+
+
+def _scored_cuts(cuts: list, graphs: ClassGraphs, clusters, resamples, bar: float) -> list:
+    """The cuts that are candidates (none holds a whole cluster: it would remove it from the
+    report), measured and scored (resampled while they can reach ``bar``)."""
+    cuts = [e for e in cuts if not any(c.size and not (c.mask & ~e.mask).any() for c in clusters)
+            and measure(e, graphs, bar).measured]
+    stabilize_cuts(cuts, resamples, graphs.params, bar)
+    return cuts
 
 
 def _relevance_cuts(result, graphs: ClassGraphs) -> list:
