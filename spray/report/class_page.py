@@ -90,7 +90,6 @@ def _member_notes(cl: dict) -> list[str]:
     return notes
 
 
-
 def _contrast_text(cl: dict, graph: str) -> str:
     """The contrast sentence: against the relevance graph, or the edge graph for an edge cut."""
     if cl.get("cut_graph") == "edges":
@@ -101,6 +100,7 @@ def _contrast_text(cl: dict, graph: str) -> str:
     return (f"Its conductance is {_fmt(cl['conductance_relevance'], 4)} in the relevance graph "
             f"and {_fmt(cl['conductance_input'], 4)} in {graph}: contrast "
             f"log(φ_input/φ_relevance) = {_fmt(cl['contrast'], 2)}")
+
 
 def _evidence(entry: dict) -> str:
     cl = _shown_cluster(entry)
