@@ -1556,8 +1556,14 @@ def test_edge_cuts_find_a_stamp_the_relevance_graph_does_not_separate(stamp, att
 
 
 def test_edge_cuts_need_the_edge_graph():
-    with pytest.raises(ConfigError, match="edge_sweep_eigenvectors"):
-        _pipe(edge_sweep_eigenvectors=10, edge_randomness_weight=0.0)
+    """Without the edge graph (``edge_randomness_weight`` 0, or no edge features) there are no
+    edge cuts: the stamp the relevance graph does not separate stays unflagged."""
+    feats, inputs, edges, group = _edge_cut_class(21, True, 0.05)
+    result = analyze(feats, pipeline=_pipe(), embed=False)
+    for pipe, more in ((_pipe(edge_sweep_eigenvectors=10, edge_randomness_weight=0.0),
+                        {"edge_features": edges}), (_pipe(edge_sweep_eigenvectors=10), {})):
+        v = clever_hans_score(result, inputs, pipe, features=feats, **more)
+        assert not v["flagged"] and all(c.get("cut_graph") is None for c in v["clusters"])
 
 
 def test_edge_cuts_leave_a_suspect_of_the_relevance_graph_alone(monkeypatch):

@@ -18,14 +18,7 @@ from pathlib import Path
 from typing import Any, Literal, Self
 
 import yaml
-from pydantic import (
-    BaseModel,
-    ConfigDict,
-    Field,
-    ValidationError,
-    field_validator,
-    model_validator,
-)
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from spray.errors import ConfigError
 
@@ -310,17 +303,11 @@ class FlagsSection(_Section):
     #: sweep cuts along this many leading eigenvectors of the kNN graph of the inputs' edge
     #: energy are candidates too, their contrast measured against that graph instead of the
     #: relevance graph (a stamp the model attends to beside the object: the relevance graph
-    #: does not separate its samples, their edges do). 0: off (needs
-    #: ``edge_randomness_weight`` above 0, which builds that graph)
+    #: does not separate its samples, their edges do); tried only when no cluster or relevance
+    #: sweep cut reaches the threshold. 0: off; none either without the edge graph (no edge
+    #: features, or ``edge_randomness_weight`` 0)
     edge_sweep_eigenvectors: int = Field(default=0, ge=0)
     seed: int = 0
-
-    @model_validator(mode="after")
-    def _edge_graph(self):
-        if self.edge_sweep_eigenvectors and self.edge_randomness_weight <= 0:
-            raise ValueError("edge_sweep_eigenvectors needs edge_randomness_weight above 0 "
-                             "(the edge graph is built only then)")
-        return self
 
 
 class HealthSection(_Section):
