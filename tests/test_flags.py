@@ -1544,9 +1544,10 @@ def test_edge_cuts_find_a_stamp_the_relevance_graph_does_not_separate(stamp, att
         np.log(cl["conductance_input"] / max(cl["conductance_edges"], 1e-3)), abs=1e-3)
     # what the class page and the CI reason say of it
     from spray.ci.evidence import _reason
-    from spray.report.class_page import _evidence
+    from spray.report.class_page import _cluster_rows, _evidence
 
     page = _evidence(on)
+    assert "(edge graph)" in _cluster_rows(on)
     on = {**on, "name": "T-shirt", "class": 0,            # as summary.json lists the class
           "clusters": [{**c, "suspect": c["id"] in on["suspect_clusters"]}
                        for c in on["clusters"]]}
@@ -1582,3 +1583,29 @@ def test_edge_cuts_leave_a_suspect_of_the_relevance_graph_alone(monkeypatch):
     assert off["flagged"] and not tried
     assert all(c.get("cut_graph") is None for c in on["clusters"])
     assert _same_verdict({**off, "params": None}, {**on, "params": None})
+
+
+def test_edge_cuts_are_resampled_on_the_edge_graphs_of_the_subsamples():
+    """The bootstrap of an edge cut rebuilds, on every subsample, the input graph and the edge
+    graph (not the relevance graph) as a kNN search of that subsample alone would."""
+    from spray.verdict.evidence import ClassGraphs, contrast
+    from spray.verdict.graphs import knn_graph, mask_conductance
+    from spray.verdict.score import _edge_resamples
+
+    feats, inputs, edges, group = _edge_cut_class(21, True, 0.05)
+    pipe = _pipe(edge_sweep_eigenvectors=10)
+    params = flag_params(pipe)
+    result = analyze(feats, pipeline=pipe, embed=False)
+    graphs = ClassGraphs.build(result, inputs, pipe, params, feats, edges)
+    X = graphs.inputs_for(group)
+    resamples = _edge_resamples(result, graphs, pipe)
+    got = resamples.contrasts(X, group)
+    aff = {**pipe["affinity"], "k": resamples.k}
+
+    def by_hand(separating):
+        return [contrast(mask_conductance(*knn_graph(X[idx], aff), group[idx]),
+                         mask_conductance(*knn_graph(separating[idx], aff), group[idx]),
+                         params.conductance_floor) for idx in resamples.subsets]
+
+    assert len(got) == params.bootstrap == len(resamples.subsets)
+    assert np.allclose(got, by_hand(edges)) and not np.allclose(got, by_hand(feats))

@@ -41,7 +41,7 @@ def _cluster_rows(entry: dict) -> str:
             f"<tr{cls}><td>{_esc(cl['id'])}{' (suspect)' if cl.get('suspect') else ''}"
             f"{_split_note(cl)}</td>"
             f"<td>{_fmt(cl['size'])}</td><td>{_fmt(cl['fraction'])}</td>"
-            f"<td>{_fmt(cl.get('conductance_relevance'), 4)}</td>"
+            f"<td>{_separating_conductance(cl)}</td>"
             f"<td>{_fmt(cl.get('conductance_input'), 4)}</td><td>{_fmt(cl.get('contrast'), 2)}</td>"
             f"<td>{stable}</td><td>{_fmt(cl.get('size_penalty'), 2)}</td>"
             f"<td>{_fmt(cl.get('input_randomness'), 2)}</td>"
@@ -52,6 +52,14 @@ def _cluster_rows(entry: dict) -> str:
             f"<td>{_esc(peak) if peak is not None else ''}</td>"
             f"<td>{_fmt(cl.get('score'), 2)}{excluded}</td></tr>")
     return "".join(rows)
+
+
+def _separating_conductance(cl: dict) -> str:
+    """The conductance the contrast divides by: the relevance graph's, or for an edge cut the
+    edge graph's (said so)."""
+    if cl.get("cut_graph") == "edges":
+        return f"{_fmt(cl.get('conductance_edges'), 4)} (edge graph)"
+    return _fmt(cl.get("conductance_relevance"), 4)
 
 
 def _member_notes(cl: dict) -> list[str]:

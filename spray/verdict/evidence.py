@@ -297,7 +297,8 @@ class ClassGraphs:
             edges = np.asarray(edge_features, dtype=np.float32)
             if edges.shape[0] != n:
                 raise ValueError(f"edge_features has {edges.shape[0]} rows, the inputs {n}")
-            # never subsampled: lists of k, from blocks of E Eᵀ (as the resamples' relevance)
+            # lists of k, from blocks of E Eᵀ (as the resamples' relevance); the resamples of
+            # edge cuts search the edge features again (GraphCache, extended k)
             graphs.edges = NeighbourLists(edges, affinity, affinity["k"],
                                           unmasked_search(edges)).whole()
             graphs.edge_features = edges
