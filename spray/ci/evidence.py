@@ -54,14 +54,15 @@ def _suspect_members(entry: dict) -> list | None:
 def _reason(entry: dict) -> str:
     cl = _suspect(entry) or {}
     size = cl.get("size")
+    edges = cl.get("cut_graph") == "edges"      # an edge cut: separated by its inputs' edges
     bits = [f"class {_plain(entry['name'])} ({entry['class']}): score {entry['score']:.2f} ≥ threshold "
             f"{entry.get('threshold')}; suspect cluster {cl.get('id')} of {size} samples "
             f"({100 * float(cl.get('fraction', 0)):.0f} %) whose "
             + ("inputs' edges group them where the model looks, although the rest of their "
-               "inputs do not" if cl.get("cut_graph") == "edges"
+               "inputs do not" if edges
                else "relevance groups them although their inputs do not")]
     ev = []
-    if cl.get("cut_graph") == "edges":
+    if edges:
         ev.append(f"conductance edges {cl.get('conductance_edges', float('nan')):.3g} vs input "
                   f"{cl.get('conductance_input', float('nan')):.3g}")
     elif "conductance_relevance" in cl:
@@ -78,7 +79,7 @@ def _reason(entry: dict) -> str:
                   f"{100 * float((entry.get('flag_params') or {}).get('concentration_area', 0.1)):.0f}"
                   f" % of the area")
     if cl.get("split_from") is not None:
-        graph = " of the edge graph" if cl.get("cut_graph") == "edges" else ""
+        graph = " of the edge graph" if edges else ""
         how = (f"a sweep cut along eigenvector {cl['cut_along']}{graph}"
                if cl.get("cut_along") is not None else "its spectral bisection")
         ev.append(f"split off cluster {cl['split_from']} by {how}")
