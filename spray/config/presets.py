@@ -306,7 +306,7 @@ class FlagsSection(_Section):
     #: does not separate its samples, their edges do); tried only when no cluster or relevance
     #: sweep cut reaches the threshold. 0: off; none either without the edge graph (no edge
     #: features, or ``edge_randomness_weight`` 0)
-    edge_sweep_eigenvectors: int = Field(default=0, ge=0)
+    edge_sweep_eigenvectors: int = Field(default=10, ge=0)
     seed: int = 0
 
 

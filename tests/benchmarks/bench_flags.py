@@ -16,7 +16,9 @@ the dearest case; the edges of the independent inputs lower every cluster by abo
 the best cluster is resampled), ``cap_1000`` (``score_max_samples: 1000``: the evidence measured
 on a stratified subsample of 1 000; the default, 2 000, scores larger classes on 2 000),
 ``cap_10000`` (``score_max_samples: 10000``, the default before 2026-12-02: n ≤ 10 000 whole),
-``edge_cuts`` (``edge_sweep_eigenvectors: 10``: sweep cuts of the edge graph as candidates too).
+``edge_cuts`` (``edge_sweep_eigenvectors: 10``: sweep cuts of the edge graph as candidates
+too; the default since 2026-12-03), ``no_edge_cuts`` (``edge_sweep_eigenvectors: 0``: the
+default before).
 Prints wall and CPU times in seconds (CPU: of this process, all threads), the number of
 candidate clusters and the ratio score / analysis; ``--json`` writes the rows.
 """
@@ -38,7 +40,8 @@ VARIANTS = {"default": {}, "whole": {"input_mask_area": 0.0},
             "no_halves": {"bisect_clusters": False}, "no_sweeps": {"sweep_eigenvectors": 0},
             "no_edges": {}, "cap_1000": {"score_max_samples": 1000},
             "cap_10000": {"score_max_samples": 10000},
-            "edge_cuts": {"edge_sweep_eigenvectors": 10}}
+            "edge_cuts": {"edge_sweep_eigenvectors": 10},
+            "no_edge_cuts": {"edge_sweep_eigenvectors": 0}}
 
 
 def edge_inputs(inputs: np.ndarray, preprocess_params: dict) -> np.ndarray:
