@@ -1292,6 +1292,40 @@ def test_hot_spot_separation_lowers_a_group_whose_inputs_there_are_no_group():
             assert on["score"] < off["score"] - 0.5
 
 
+def test_hot_spot_mass_is_the_extra_share_of_relevance_at_the_hot_spot():
+    """A group that puts 20 % more of its relevance at a stamp's cells has a hot-spot mass
+    of at most 0.2/1.2 (its share there minus the rest's), one that draws 1 % there near 0.01, one
+    set apart by having less relevance somewhere a negative mass, and a random subset about 0;
+    with weight 0 no penalty, with a weight the penalty is linear below the knee."""
+    from spray.config.presets import FlagsSection
+    from spray.verdict.evidence import ClassGraphs, hot_spot_mass_penalty
+
+    rng = np.random.default_rng(5)
+    x = _normalize(_inputs(rng, 300)).astype(np.float32)
+    base = _inputs(rng, 300)
+    group = np.zeros(300, dtype=bool)
+    group[rng.choice(300, 60, replace=False)] = True
+
+    def mass(extra: float, cells=(slice(0, 2), slice(0, 2))) -> float:
+        rel = base.copy()
+        rel[group, cells[0], cells[1]] += extra * rel[group].sum(axis=(1, 2))[:, None, None] / 4
+        rel = np.clip(rel, 0, None)
+        graphs = ClassGraphs(sp.csr_matrix((300, 300)), np.ones(300), x, _normalize(rel), {},
+                             FlagsSection(), "l1", [GRID, GRID])
+        return graphs.hot_spot_mass(group)
+
+    # at most 0.2/1.2 (less what the rest already puts there, diluted by the group's gain)
+    assert 0.1 < mass(0.2) <= 0.2 / 1.2
+    assert 0.0 < mass(0.01) < 0.02
+    assert abs(mass(0.0)) < 0.02                            # a random subset
+    centre = (slice(GRID // 2 - 2, GRID // 2 + 2), slice(GRID // 2 - 2, GRID // 2 + 2))
+    assert mass(-0.5, centre) < -0.05                        # less relevance at the centre
+    off, on = FlagsSection(), FlagsSection(hot_spot_mass_weight=50.0, hot_spot_mass_knee=0.03)
+    assert off.hot_spot_mass_weight == 0.0 and hot_spot_mass_penalty(-0.2, off) == 0.0
+    assert hot_spot_mass_penalty(0.01, on) == pytest.approx(1.0)
+    assert hot_spot_mass_penalty(0.05, on) == 0.0
+
+
 def test_hot_spot_separation_of_a_random_subset_is_chance():
     """The separation of random subsets of a class with one population is near that of chance
     (0.5; the projection's line is fitted to the group, so a little above it), and a stamp at

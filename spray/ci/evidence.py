@@ -74,6 +74,8 @@ def _reason(entry: dict) -> str:
         ev.append(f"colocation {cl['colocation']:.2f}")
     if cl.get("hot_spot_separation") is not None:
         ev.append(f"hot-spot separation {cl['hot_spot_separation']:.2f}")
+    if cl.get("hot_spot_mass") is not None:
+        ev.append(f"hot-spot mass {cl['hot_spot_mass']:.3f}")
     if cl.get("concentration") is not None:
         ev.append(f"{100 * cl['concentration']:.0f} % of its relevance difference in "
                   f"{100 * float((entry.get('flag_params') or {}).get('concentration_area', 0.1)):.0f}"

@@ -135,6 +135,9 @@ def _evidence(entry: dict) -> str:
              + (f", hot-spot separation {_fmt(cl['hot_spot_separation'], 2)} and its penalty "
                 f"{_fmt(cl.get('hot_spot_penalty'), 2)}"
                 if cl.get("hot_spot_separation") is not None else "")
+             + (f", hot-spot mass {_fmt(cl['hot_spot_mass'], 3)} and its penalty "
+                f"{_fmt(cl.get('hot_spot_mass_penalty'), 2)}"
+                if cl.get("hot_spot_mass") is not None else "")
              + f") → score {_fmt(cl.get('score'), 2)} "
              f"against the threshold {_fmt(entry.get('threshold'), 2)}."]
     if entry.get("scored_on") is not None:

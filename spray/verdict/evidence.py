@@ -229,6 +229,11 @@ def hot_spot_penalty(separation: float, params: FlagsSection) -> float:
     return params.hot_spot_weight * max(0.0, params.hot_spot_knee - separation)
 
 
+def hot_spot_mass_penalty(mass: float, params: FlagsSection) -> float:
+    """Linear penalty below the knee: ``hot_spot_mass_weight`` per unit of hot-spot mass."""
+    return params.hot_spot_mass_weight * max(0.0, params.hot_spot_mass_knee - mass)
+
+
 def randomness_penalty(randomness: float, params: FlagsSection) -> float:
     """Linear penalty below the knee: ``input_randomness_weight`` per unit of randomness."""
     return params.input_randomness_weight * max(0.0, params.input_randomness_knee - randomness)
@@ -273,6 +278,7 @@ class ClassGraphs:
     _float64: dict | None = None
     _input_totals: tuple | None = None
     _by_cells: dict | None = None
+    _shares: np.ndarray | None = None
 
     @classmethod
     def build(cls, result, input_features, pipeline: dict, params: FlagsSection, features=None,
@@ -430,6 +436,23 @@ class ClassGraphs:
         side = hot_spot_side(self.input_features, self.features, mask, self.mask_area)
         return 0.5 if side is None else auc(side, mask)
 
+    def hot_spot_mass(self, mask: np.ndarray) -> float | None:
+        """The members' mean share of |relevance| at the hot spot of ``mask`` (the
+        ``input_mask_area`` of cells where its relevance differs most from the rest's) minus the
+        rest's mean share there, each sample's |relevance| summed to 1: how much more of the
+        model's attention the group's distinguishing cells draw in the group. Clearly positive
+        when the model looks at a mark the group carries; near 0 when the cells differ but hold
+        little relevance (a stamp the model barely uses); negative when the group is set apart
+        by less relevance there. None without relevance features or with ``input_mask_area`` 0."""
+        if self.features is None or self.mask_area <= 0:
+            return None
+        if self._shares is None:
+            A = np.abs(np.asarray(self.features, dtype=np.float64))
+            total = A.sum(axis=1, keepdims=True)
+            self._shares = A / np.where(total > 0, total, 1.0)
+        at = self._shares[:, self.hot_spot(mask)].sum(axis=1)
+        return float(at[mask].mean() - at[~mask].mean())
+
     def edge_randomness(self, mask: np.ndarray) -> float | None:
         """Conductance of ``mask`` in the kNN graph of the inputs' edge energy over that of a
         random subset of its size (None without that graph): well below 1 when the members
@@ -485,8 +508,11 @@ def measure(entry: ClusterEvidence, graphs: ClassGraphs,
     edge_pen = round(edge_penalty(edge, params), 4) if edge is not None else None
     spot = graphs.hot_spot_separation(mask)
     spot_pen = round(hot_spot_penalty(spot, params), 4) if spot is not None else None
+    mass = graphs.hot_spot_mass(mask)
+    mass_pen = round(hot_spot_mass_penalty(mass, params), 4) if mass is not None else None
     size_pen = round(size_penalty(entry.fraction, params), 4)
-    free = (edge_pen or 0.0) + (spot_pen or 0.0)    # the other penalties without an input graph
+    # the other penalties without an input graph
+    free = (edge_pen or 0.0) + (spot_pen or 0.0) + (mass_pen or 0.0)
     if entry.cut_along is not None and _below(contrast(1.0, phi_sep, floor), size_pen,
                                               co_penalty, bar, free):
         return entry       # nor with the penalties that need no input graph
@@ -520,6 +546,9 @@ def measure(entry: ClusterEvidence, graphs: ClassGraphs,
     if spot is not None:
         entry.hot_spot_separation = round(spot, 4)
         entry.hot_spot_penalty = spot_pen
+    if mass is not None:
+        entry.hot_spot_mass = round(mass, 4)
+        entry.hot_spot_mass_penalty = mass_pen
     return entry
 
 

@@ -15,7 +15,8 @@ _EVIDENCE_KEYS = ("id", "half_of", "cut_along", "cut_graph", "n_clusters", "clus
                   "conductance_relevance", "conductance_edges", "conductance_input", "contrast",
                   "input_randomness", "randomness_penalty", "colocation", "colocation_penalty",
                   "edge_randomness", "edge_penalty", "hot_spot_separation", "hot_spot_penalty",
-                  "concentration", "peak", "peak_sign", "size_penalty", "excluded", "resampled",
+                  "hot_spot_mass", "hot_spot_mass_penalty", "concentration", "peak", "peak_sign",
+                  "size_penalty", "excluded", "resampled",
                   "contrast_stable", "score", "split_from", "hot_spot_auc", "trimmed", "pattern_trimmed",
                   "joined", "pattern_joined", "peak_joined", "peak_window", "peak_guard")
 
@@ -39,9 +40,10 @@ class ClusterEvidence:
     size, fraction : members and their share of the class.
     conductance_relevance, conductance_input, contrast, input_randomness, randomness_penalty,
     colocation, colocation_penalty, edge_randomness, edge_penalty, hot_spot_separation,
-    hot_spot_penalty, concentration, peak, peak_sign, size_penalty : the evidence (candidates
-        only; the edge terms with edge features and ``edge_randomness_weight`` above 0, the
-        hot-spot terms with relevance features and ``hot_spot_weight`` above 0).
+    hot_spot_penalty, hot_spot_mass, hot_spot_mass_penalty, concentration, peak, peak_sign,
+        size_penalty : the evidence (candidates only; the edge terms with edge features and
+        ``edge_randomness_weight`` above 0, the hot-spot separation with relevance features and
+        ``hot_spot_weight`` above 0, the hot-spot mass with relevance features).
     excluded : why a candidate was not scored (``min_concentration``).
     resampled : False when the bootstrap was skipped because it could not change the verdict.
     contrast_stable, score : the bootstrap's stable contrast and the candidate's score.
@@ -88,6 +90,8 @@ class ClusterEvidence:
     edge_penalty: float | None = None
     hot_spot_separation: float | None = None
     hot_spot_penalty: float | None = None
+    hot_spot_mass: float | None = None
+    hot_spot_mass_penalty: float | None = None
     concentration: float | None = None
     peak: list | None = None
     peak_sign: int | None = None
@@ -128,7 +132,8 @@ class ClusterEvidence:
     @property
     def penalty(self) -> float:
         return (self.size_penalty + self.randomness_penalty + (self.colocation_penalty or 0.0)
-                + (self.edge_penalty or 0.0) + (self.hot_spot_penalty or 0.0))
+                + (self.edge_penalty or 0.0) + (self.hot_spot_penalty or 0.0)
+                + (self.hot_spot_mass_penalty or 0.0))
 
     def to_dict(self) -> dict:
         """The JSON-ready entry: the keys that were measured, nothing private."""

@@ -5,15 +5,18 @@
     python tests/benchmarks/probe_knees.py collect OUT.jsonl --draws 5 STORE[:SETTINGS] ...
     # rescore those candidates with other knees and print / write the table
     python tests/benchmarks/probe_knees.py whatif OUT.jsonl ... --knees 0.6/0.6/0.75 ... [--json F]
+    # the same with a weight on the hot-spot mass (knee/weight after the three knees)
+    python tests/benchmarks/probe_knees.py whatif OUT.jsonl ... --knees 0.5/0.6/0.75/0.03/100
 
 A STORE is an ``--out`` (or ``--cache-from``) folder of ``eval_clever_hans.py`` holding
 ``cache/``; its settings are read from ``STORE/settings.txt`` or from the SETTINGS file named
 after the colon. Draws are those of ``eval_clever_hans.py --draws`` (seeds 10 000 + d).
 
 A candidate's score with other knees (``colocation_knee / edge_randomness_knee /
-hot_spot_knee``) is its score plus its penalties at the default knees minus its penalties at
-the new ones, computed with :mod:`spray.verdict.evidence`: the contrast and its bootstrap do
-not depend on these knees. The class takes its best candidate. What the what-if cannot see:
+hot_spot_knee``, and optionally ``hot_spot_mass_knee / hot_spot_mass_weight``) is its score
+plus its penalties at the default knees minus its penalties at the new ones, computed
+with :mod:`spray.verdict.evidence`: the contrast and its bootstrap do not depend on these
+knees. The class takes its best candidate. What the what-if cannot see:
 which candidates split off or are left unmeasured by the early exits (those can only score
 lower with tighter knees), and who the suspect's members are (a draw counts as detected when
 it is flagged and its reported suspect, assumed unchanged, had precision and recall ≥ 0.9).
@@ -74,6 +77,8 @@ def penalties(cluster: dict, params: FlagsSection) -> float:
         total += evidence.edge_penalty(cluster["edge_randomness"], params)
     if cluster.get("hot_spot_separation") is not None:
         total += evidence.hot_spot_penalty(cluster["hot_spot_separation"], params)
+    if cluster.get("hot_spot_mass") is not None:
+        total += evidence.hot_spot_mass_penalty(cluster["hot_spot_mass"], params)
     return total
 
 
@@ -91,30 +96,36 @@ def relied_on(row: dict, min_flip: float) -> bool:
 
 
 def whatif(rows: list[dict], knees: str, min_flip: float) -> dict:
-    """One table row: the clean tail and the planted flags with ``knees`` (co/edge/hot)."""
-    co, edge, hot = map(float, knees.split("/"))
+    """One table row: the clean tail and the planted flags with ``knees``
+    (co/edge/hot[/mass knee/mass weight])."""
+    values = list(map(float, knees.split("/")))
     base = FlagsSection()
-    params = FlagsSection(colocation_knee=co, edge_randomness_knee=edge, hot_spot_knee=hot)
+    params = FlagsSection(**dict(zip(("colocation_knee", "edge_randomness_knee", "hot_spot_knee",
+                                      "hot_spot_mass_knee", "hot_spot_mass_weight"), values)))
     t = base.threshold
-    grey, scene, flagged, detected, lost = [], [], 0, 0, {}
+    grey, scene, flagged, detected, lost, unused = [], [], 0, 0, {}, 0
     for row in rows:
         score = class_score(row, base, params)
         if not row["planted"]:
             (grey if row["dataset"] in GREY else scene).append(score)
-        elif relied_on(row, min_flip):
+        elif not relied_on(row, min_flip):
+            unused += score >= t
+        else:
             flagged += score >= t
             detected += bool(score >= t and row.get("precision", 0) >= DETECT
                              and row.get("recall", 0) >= DETECT)
             if row["score"] >= t > score:
                 lost[row["artefact"]] = lost.get(row["artefact"], 0) + 1
     planted = sum(1 for r in rows if r["planted"] and relied_on(r, min_flip))
-    return {"knees: colocation / edge randomness / hot-spot": knees.replace("/", " / "),
+    return {"knees: colocation / edge randomness / hot-spot [/ mass knee / mass weight]":
+            knees.replace("/", " / "),
             "grey non-planted: highest": round(max(grey), 2) if grey else None,
             "grey non-planted ≥ 0.7": int(np.sum(np.array(grey) >= 0.7)),
             "scene non-planted: highest": round(max(scene), 2) if scene else None,
             "planted flagged": f"{flagged} of {planted}", "detected (est.)": detected,
             "flags lost, by artefact": ", ".join(f"{k} {v}" for k, v in sorted(lost.items()))
-            or "—"}
+            or "—",
+            "planted, not relied on: flagged": f"{unused} of {len(rows) - len(grey) - len(scene) - planted}"}
 
 
 def main(argv=None) -> int:
