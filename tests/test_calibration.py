@@ -145,11 +145,11 @@ def test_false_flag_rate_moves_the_decision_only():
     rel, x = _artefact_class(m=12)
     plain = load_pipeline("spray-default", overrides={"embedding": {"method": "none"}})
     rated = load_pipeline("spray-default", overrides={"embedding": {"method": "none"},
-                                                      "flags": {"false_flag_rate": 0.2}})
+                                                      "flags": {"false_flag_rate": 0.3}})
     result = analyze(rel, pipeline=plain, embed=False)
     a = clever_hans_score(result, x, plain, features=rel)
     b = clever_hans_score(result, x, rated, features=rel)
-    t = threshold_for(0.2, DEFAULTS, PIPE)
+    t = threshold_for(0.3, DEFAULTS, PIPE)
     assert b["threshold"] == t < a["threshold"] == 1.7
     lowered = load_pipeline("spray-default", overrides={"embedding": {"method": "none"},
                                                         "flags": {"threshold": t}})

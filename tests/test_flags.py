@@ -259,7 +259,9 @@ def test_resampling_skips_only_candidates_that_cannot_win(natural_class, halves)
     resamples = Resamples(feats.astype(np.float32), pipe, int(result.k), params)
     for c in skipped:
         mask = v["labels"] == c["id"]
-        penalty = c["size_penalty"] + c["randomness_penalty"] + c["colocation_penalty"]
+        penalty = sum(c.get(k) or 0.0 for k in (
+            "size_penalty", "randomness_penalty", "colocation_penalty", "edge_penalty",
+            "hot_spot_penalty", "hot_spot_mass_penalty"))
         assert c["score"] == pytest.approx(c["contrast"] - penalty)
         X = masked_inputs(inputs, feats, mask, params.input_mask_area, "l1")
         stable = min(np.quantile(resamples.contrasts(X, mask), params.bootstrap_quantile),
@@ -1320,10 +1322,38 @@ def test_hot_spot_mass_is_the_extra_share_of_relevance_at_the_hot_spot():
     assert abs(mass(0.0)) < 0.02                            # a random subset
     centre = (slice(GRID // 2 - 2, GRID // 2 + 2), slice(GRID // 2 - 2, GRID // 2 + 2))
     assert mass(-0.5, centre) < -0.05                        # less relevance at the centre
-    off, on = FlagsSection(), FlagsSection(hot_spot_mass_weight=50.0, hot_spot_mass_knee=0.03)
-    assert off.hot_spot_mass_weight == 0.0 and hot_spot_mass_penalty(-0.2, off) == 0.0
+    off, on = FlagsSection(hot_spot_mass_weight=0.0), FlagsSection(hot_spot_mass_knee=0.03)
+    assert hot_spot_mass_penalty(-0.2, off) == 0.0 and on.hot_spot_mass_weight == 50.0
     assert hot_spot_mass_penalty(0.01, on) == pytest.approx(1.0)
     assert hot_spot_mass_penalty(0.05, on) == 0.0
+
+
+@pytest.mark.parametrize("seed, attention, lowered", [
+    (21, 0.01, True),    # an edge cut of a stamp the model barely looks at: lowered
+    (23, 0.1, False),    # a stamp that draws a tenth of the relevance: left as it is
+])
+def test_hot_spot_mass_lowers_a_stamp_the_model_barely_looks_at(seed, attention, lowered):
+    """By default a candidate whose hot spot draws less extra relevance than
+    ``hot_spot_mass_knee`` loses ``hot_spot_mass_weight`` per unit below it; weight 0 leaves
+    the score as it was (the term measured, not scored)."""
+    feats, inputs, edges, _ = _edge_cut_class(seed, True, attention)
+    result = analyze(feats, pipeline=_pipe(), embed=False)
+    params = flag_params(_pipe())
+    assert params.hot_spot_mass_knee == 0.05 and params.hot_spot_mass_weight == 50.0
+    on = clever_hans_score(result, inputs, _pipe(edge_sweep_eigenvectors=10), features=feats,
+                           edge_features=edges)
+    off = clever_hans_score(result, inputs, _pipe(edge_sweep_eigenvectors=10,
+                                                  hot_spot_mass_weight=0.0),
+                            features=feats, edge_features=edges)
+    cl = next(c for c in on["clusters"] if c["id"] == on["candidate_cluster"])
+    assert cl["hot_spot_mass_penalty"] == pytest.approx(
+        50.0 * max(0.0, 0.05 - cl["hot_spot_mass"]), abs=1e-3)
+    if lowered:
+        assert cl["hot_spot_mass"] < 0.02 and cl["hot_spot_mass_penalty"] > 1.5
+        assert on["score"] < off["score"] - 1.5
+    else:
+        assert cl["hot_spot_mass"] > 0.05 and cl["hot_spot_mass_penalty"] == 0.0
+        assert on["flagged"] and on["score"] == pytest.approx(off["score"], abs=1e-3)
 
 
 def test_hot_spot_separation_of_a_random_subset_is_chance():

@@ -297,9 +297,14 @@ def test_split_off_clusters_in_store_summary_and_page(report_run):
         assert {int(i) for i in set(labels)} == set(sizes)
         assert all(int((labels == cid).sum()) == size for cid, size in sizes.items())
         split = next(cl for cl in e["clusters"] if cl["id"] == s["cluster"])
-        assert split["split_from"] == s["from"] and split["suspect"] and split["members"]
+        assert split["split_from"] == s["from"]
         page = (rep / f"class_{e['class']}.html").read_text()
         assert f"split off cluster {s['from']}" in page
+        if split["size"] < 5:
+            # a later split took most of its members: too small to be a candidate any more
+            assert split.get("score") is None and not split["suspect"]
+        else:
+            assert split["suspect"] and split["members"]
 
 
 def _open_session(cdp: _CDP) -> str:

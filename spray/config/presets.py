@@ -264,9 +264,9 @@ class FlagsSection(_Section):
     #: relevance to it (0.06-0.47 on detections); a stamp it barely uses, cut by its edges
     #: (a digit top line: 0.015), or a group set apart by *less* relevance somewhere (negative)
     #: loses ``hot_spot_mass_weight`` per unit below the knee (docs/verdict-eval.md, "Hot-spot
-    #: mass"). Weight 0: measured, not scored.
+    #: mass"). Weight 0: measured, not scored (the default before 2026-12-03).
     hot_spot_mass_knee: float = Field(default=0.05, ge=-1, le=1)
-    hot_spot_mass_weight: float = Field(default=0.0, ge=0)
+    hot_spot_mass_weight: float = Field(default=50.0, ge=0)
     #: suspect members: when a suspect's inputs at its relevance hot spot (the
     #: ``input_mask_area`` of cells where its relevance differs most) tell it from the rest of
     #: the class with ROC AUC at least this, the members that do not carry the group's pattern
