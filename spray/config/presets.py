@@ -261,8 +261,9 @@ class FlagsSection(_Section):
     hot_spot_weight: float = Field(default=10.0, ge=0)
     #: hot-spot mass: the group's mean share of |relevance| at its hot spot minus the rest's
     #: share there (each sample's |relevance| summed to 1). A stamp the model uses draws
-    #: relevance to it (0.06-0.47 on detections); a stamp it barely uses, cut by its edges
-    #: (a digit top line: 0.015), or a group set apart by *less* relevance somewhere (negative)
+    #: relevance to it (0.08-0.62 on the design draws' detections); a stamp it barely uses,
+    #: cut by its edges (a digit top line: 0.015), or a group set apart by *less* relevance
+    #: somewhere (negative)
     #: loses ``hot_spot_mass_weight`` per unit below the knee (docs/verdict-eval.md, "Hot-spot
     #: mass"). Weight 0: measured, not scored (the default before 2026-12-03).
     hot_spot_mass_knee: float = Field(default=0.05, ge=-1, le=1)
