@@ -850,9 +850,26 @@ def test_edge_energy_sums_the_channels_gradient_magnitudes():
     x[0, 2, 3:, :] = 2.0              # a horizontal edge in blue, twice as strong
     e = edge_energy(x)
     assert e.shape == (1, 6, 6)
-    assert e[0, 0, 2] == pytest.approx(0.5) and e[0, 0, 0] == 0.0
-    assert e[0, 2, 0] == pytest.approx(1.0) and e[0, 2, 2] == pytest.approx(1.5)
+    # the pixels beside an edge: the mean squared step to their two neighbours, 1/2 and 4/2
+    assert e[0, 0, 2] == pytest.approx(np.sqrt(0.5)) and e[0, 0, 0] == 0.0
+    assert e[0, 2, 0] == pytest.approx(np.sqrt(2.0))
+    assert e[0, 2, 2] == pytest.approx(np.sqrt(0.5) + np.sqrt(2.0))
     assert np.array_equal(edge_energy(x[:, 0]), edge_energy(x[:, :1]))
+    ramp = np.tile(np.arange(8, dtype=np.float32) * 0.1, (8, 1))[None]
+    assert np.allclose(edge_energy(ramp), 0.1)            # a smooth image: its gradient magnitude
+
+
+def test_edge_energy_sees_a_checkerboard_inside():
+    """A texture of period two pixels has no central difference inside it (np.gradient sees only
+    its outline); its edge energy is the same in every pixel inside it, as strong as its steps."""
+    from spray.analysis.preprocess import edge_energy
+
+    yy, xx = np.mgrid[0:8, 0:8]
+    x = np.zeros((1, 12, 12), dtype=np.float32)
+    x[0, 2:10, 2:10] = ((yy + xx) % 2) * 0.6
+    e = edge_energy(x)[0]
+    assert np.allclose(e[3:9, 3:9], 0.6 * np.sqrt(2.0))
+    assert e[0, 0] == 0.0
 
 
 def _class_with_lookalikes(n: int, stamped: int, lookalikes: int):
