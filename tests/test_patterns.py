@@ -1117,3 +1117,139 @@ def test_padded_images_equal_the_padded_then_averaged_ones(side, H, W, C):
     assert np.array_equal(got, (reduced / np.float32(f * f)).astype(np.float64))
     exact = full.reshape(3, C, h, f, w, f).sum(axis=(3, 5), dtype=np.float64) / f ** 2
     assert np.allclose(got, exact, rtol=1e-5, atol=0)
+
+
+def _flat_stamp_class(seed: int = 0, n: int = 200, suspects: int = 30, outside: int = 12,
+                      lookalikes: int = 15):
+    """RGB 16 × 16 smooth colour fields; the first ``suspects + outside`` carry an opaque white
+    box (a flat stamp: no centred pattern of its own). The suspects' relevance lies on the box
+    and, less, on an object region; the stamped samples outside look at the object only (their
+    relevance graph neighbours are elsewhere), and the look-alikes have the box as bright on
+    average (0.8), with a third of the rest's texture. Returns inputs, features, labels (suspects: 1),
+    clusters, stamped, look-alike."""
+    rng = np.random.default_rng(seed)
+    x = rng.uniform(0.1, 0.6, (n, 3, 1, 1)) + gaussian_filter(rng.normal(0, 0.15, (n, 3, 16, 16)),
+                                                              (0, 0, 2, 2))
+    x = np.clip(x, 0, 1).astype(np.float32)
+    stamped = np.zeros(n, bool)
+    stamped[:suspects + outside] = True
+    look = np.zeros(n, bool)
+    look[suspects + outside:suspects + outside + lookalikes] = True
+    x[stamped, :, BOX[0], BOX[1]] = 1.0
+    box = x[:, :, BOX[0], BOX[1]]
+    box[look] = np.clip(0.8 + 0.3 * (box[look] - box[look].mean(axis=(1, 2, 3), keepdims=True)),
+                        0, 1)
+    rel = rng.uniform(0, 0.2, (n, 16, 16)).astype(np.float32)
+    rel[:suspects, BOX[0], BOX[1]] += 2.0
+    rel[suspects:, 2:8, 8:14] += 1.0              # the object, where the others look
+    feats = preprocess(rel, PRE)
+    labels = np.zeros(n, dtype=np.int64)
+    labels[:suspects] = 1
+    clusters = [ClusterEvidence.of(labels == c, id=c) for c in (0, 1)]
+    return x, feats, labels, clusters, stamped, look
+
+
+def test_a_flat_stamp_outside_joins_by_what_the_members_agree_on():
+    from spray.verdict.members import join_by_agreement
+
+    x, feats, labels, clusters, stamped, look = _flat_stamp_class()
+    patterns = InputPatterns.of(x, PRE)
+    cells = _hot_spot(feats, labels == 1)
+    d = patterns.agreement(cells, labels == 1, 0.1, 2000)
+    assert d[stamped].max() < 0.05 < 0.1 < d[look].min() and d[~stamped & ~look].min() > 0.3
+    out = join_by_agreement(labels, clusters, [1], feats, 0.1, patterns, 2000, 0.1, 1.5)
+    assert ((out == 1) == stamped).all()
+    assert clusters[1].agreed_joined == 12 and clusters[1].size == 42
+    # the same class without the agreement: a centred correlation has nothing to read in a
+    # flat box, and the pattern join takes no stamped sample in
+    clusters = [ClusterEvidence.of(labels == c, id=c) for c in (0, 1)]
+    before = join_by_pattern(labels, clusters, [1], feats, 0.1, 1.0, patterns, 2000, 1.5)
+    assert not ((before == 1) & (labels == 0)).any()
+    # off: nothing moves, nothing is read
+    for spread, reach in ((None, 1.5), (0.0, 1.5), (0.1, None)):
+        assert join_by_agreement(labels, clusters, [1], feats, 0.1, patterns, 2000, spread,
+                                 reach) is labels
+
+
+def test_no_one_joins_a_pattern_the_class_shares_by_degrees():
+    """The box's brightness runs evenly over the class, and the suspects are its brightest 30:
+    they agree more than the rest, but the next brightest are no group apart from the others
+    (the guard: the members' upper fence must lie below the lower fence of the samples outside
+    that do not join), and no one joins."""
+    from spray.verdict.members import join_by_agreement
+
+    rng = np.random.default_rng(1)
+    n = 200
+    x = np.clip(rng.uniform(0.1, 0.6, (n, 3, 1, 1)) + rng.normal(0, 0.05, (n, 3, 16, 16)), 0, 1)
+    level = np.linspace(0, 1, n) ** 0.02          # dense near 1: the members are near-identical
+    x[:, :, BOX[0], BOX[1]] = level[:, None, None, None]
+    x = x.astype(np.float32)
+    rel = rng.uniform(0, 0.2, (n, 16, 16)).astype(np.float32)
+    labels = (level >= level[-30]).astype(np.int64)
+    rel[labels == 1, BOX[0], BOX[1]] += 2.0
+    feats = preprocess(rel, PRE)
+    clusters = [ClusterEvidence.of(labels == c, id=c) for c in (0, 1)]
+    patterns = InputPatterns.of(x, PRE)
+    d = patterns.agreement(_hot_spot(feats, labels == 1), labels == 1, 0.1, 2000)
+    fence = upper_fence(d[labels == 1], 1.5)
+    assert d is not None and fence <= 0.1 and (d[labels == 0] <= fence).any()
+    out = join_by_agreement(labels, clusters, [1], feats, 0.1, patterns, 2000, 0.1, 1.5)
+    assert (out == labels).all() and clusters[1].agreed_joined == 0
+
+
+def test_agreement_needs_pixels_the_rest_varies_on():
+    x, feats, labels, _, _, _ = _flat_stamp_class()
+    x = x.copy()
+    x[:, :, BOX[0], BOX[1]] = 1.0                  # every sample has the box: nothing to agree on
+    cells = _hot_spot(feats, labels == 1)
+    rest = cells[np.isin(cells, top_cells(np.abs(difference(feats, labels == 1)), 0.02))]
+    assert InputPatterns.of(x, PRE).agreement(rest, labels == 1, 0.1, 2000) is None
+
+
+def test_the_member_steps_take_the_flat_stamp_in_by_default():
+    import scipy.sparse as sp
+
+    x, feats, labels, _, stamped, _ = _flat_stamp_class()
+    W = sp.csr_matrix(np.ones((len(x), len(x))) - np.eye(len(x)))
+    inputs = preprocess(x, PRE)
+    found = {}
+    for spread in (0.1, None):
+        clusters = [ClusterEvidence.of(labels == c, id=c) for c in (0, 1)]
+        flags = FlagsSection(agreement_spread=spread)
+        out = decide_members(labels, clusters, [1], W, inputs, feats, 0.1, flags,
+                             InputPatterns.of(x, PRE))
+        found[spread] = int(((out == 1) & stamped).sum())
+        assert ((out == 1) <= stamped).all()
+    assert FlagsSection().agreement_spread == 0.1
+    assert found[0.1] == 42 and found[None] < 42
+
+
+def test_a_half_transparent_stamp_is_left_to_the_correlation():
+    """A stamp at 70 % over backgrounds of any brightness (the rest of the class is dark): its
+    members' values there vary with the background (their distances have an upper fence above
+    ``agreement_spread``), and unstamped samples whose own box is as bright are as close to the
+    members' median as they are. No one joins by agreement (the correlation, which reads the
+    stamp's shape, is the step for such a stamp)."""
+    from spray.verdict.members import join_by_agreement
+
+    rng = np.random.default_rng(2)
+    n, suspects, outside, bright = 200, 30, 12, 15
+    stamped = np.arange(n) < suspects + outside
+    level = np.where(stamped, rng.uniform(0.1, 0.9, n), rng.uniform(0.1, 0.3, n))
+    x = np.clip(level[:, None, None, None] + rng.normal(0, 0.02, (n, 3, 16, 16)), 0, 1)
+    box = x[:, :, BOX[0], BOX[1]]
+    box[stamped] = 0.7 + 0.3 * box[stamped]
+    look = (np.arange(n) >= suspects + outside) & (np.arange(n) < suspects + outside + bright)
+    box[look] = rng.uniform(0.83, 0.87, (bright, 1, 1, 1)) + rng.normal(0, 0.005, box[look].shape)
+    x = x.astype(np.float32)
+    rel = rng.uniform(0, 0.2, (n, 16, 16)).astype(np.float32)
+    rel[:suspects, BOX[0], BOX[1]] += 2.0
+    feats = preprocess(rel, PRE)
+    labels = (np.arange(n) < suspects).astype(np.int64)
+    patterns = InputPatterns.of(x, PRE)
+    d = patterns.agreement(_hot_spot(feats, labels == 1), labels == 1, 0.1, 2000)
+    fence = upper_fence(d[labels == 1], 1.5)
+    assert fence > 0.1 and (d[look] <= fence).sum() >= 10       # look-alikes as close
+    clusters = [ClusterEvidence.of(labels == c, id=c) for c in (0, 1)]
+    out = join_by_agreement(labels, clusters, [1], feats, 0.1, patterns, 2000, 0.1, 1.5)
+    assert (out == labels).all() and clusters[1].agreed_joined == 0

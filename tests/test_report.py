@@ -513,3 +513,12 @@ def test_watched_class_is_shown_with_its_headline(report_run):
     finally:
         cg.attrs["analysis"] = original
         report_html.write_report(report_run)
+
+
+def test_class_page_says_who_joined_by_agreement():
+    from spray.report.class_page import _member_notes
+
+    notes = _member_notes({"agreed_joined": 7, "pattern_joined": 0})
+    assert len(notes) == 1 and notes[0].startswith("7 samples outside")
+    assert "agreement_spread" in notes[0]
+    assert _member_notes({"agreed_joined": 0}) == []

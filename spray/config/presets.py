@@ -304,6 +304,16 @@ class FlagsSection(_Section):
     #: their median and the members' (when lower than the members' lower fence). None: only
     #: from the members' lower fence
     pattern_join_iqr: float | None = Field(default=1.5, ge=0)
+    #: with the raw inputs, after the pattern join: the pixels of a suspect's hot spot where
+    #: its members deviate from their median at most this times as much as the samples
+    #: outside do are what the members agree on (a stamp); when the members' distances there
+    #: (in units of the outside's deviation) have their upper fence at most this too (an
+    #: opaque stamp), a sample outside as close to the members' values joins (fences at
+    #: ``pattern_join_iqr``; none without it). Stamped samples whose relevance lies on the
+    #: object stay outside the graph's cut, and the correlation misses them where the hot spot
+    #: holds object cells too (docs/verdict-eval.md, "Members by what they agree on"). None:
+    #: never
+    agreement_spread: float | None = Field(default=0.1, ge=0, le=1)
     candidates: Literal["analysis", "all-k"] = "analysis"
     bisect_clusters: bool = True
     other_k_min_jaccard: float = Field(default=0.5, ge=0, le=1)

@@ -41,6 +41,14 @@ upper fence of the samples outside (a suspect whose members share no pattern tak
 No relevance condition: a sample that carries the pattern belongs to the list a user cleans.
 Measured in docs/verdict-eval.md, "Members by their pattern".
 
+The correlation reads every pixel of the hot spot, centred: where the hot spot also holds cells
+of the object (stamped samples have less relevance there), those dilute it, and a flat stamp (a
+white square) has no centred pattern of its own. The next step reads only the pixels where the
+members *agree* (deviate from their median far less than the rest of the class does there): a
+sample outside joins when its distance to the members' values there is within the members' own
+(``agreed_joined``), under a guard that the members' fence lies below the lower fence of the
+other samples outside. Measured in docs/verdict-eval.md, "Members by what they agree on".
+
 An artefact at one of several places (a logo in one of four corners) makes a suspect of one
 place; the stamped samples of the others are neither at its hot spot nor near it in the graph.
 With the relevance maps too, the last step takes the members' pattern *where their relevance
@@ -128,11 +136,13 @@ def decide_members(labels: np.ndarray, clusters: list[ClusterEvidence], suspects
                    patterns: InputPatterns | None = None) -> np.ndarray:
     """Who of the suspects is reported: :func:`join_suspects`, then :func:`trim_suspects` (the
     samples outside that carry the pattern would lower the AUC that decides the trim), then
-    with the raw inputs :func:`trim_by_pattern` and :func:`join_by_pattern` (from the members
-    the trims kept) and, with the relevance maps too, :func:`join_where_looked`.
+    with the raw inputs :func:`trim_by_pattern`, :func:`join_by_pattern` (from the members
+    the trims kept) and :func:`join_by_agreement` and, with the relevance maps too,
+    :func:`join_where_looked`.
 
     The member flags come from ``flags`` (their one definition): ``trim_min_auc``,
-    ``trim_fence_iqr``, ``pattern_trim_iqr``, ``peak_guard_iqr``, ``peak_window_doublings``,
+    ``trim_fence_iqr``, ``pattern_trim_iqr``, ``pattern_join_iqr``, ``agreement_spread``,
+    ``peak_guard_iqr``, ``peak_window_doublings``,
     ``peak_carrier_gap``, and ``score_max_samples`` as the most members a template is taken
     from."""
     min_auc, fence = flags.trim_min_auc, flags.trim_fence_iqr
@@ -144,6 +154,9 @@ def decide_members(labels: np.ndarray, clusters: list[ClusterEvidence], suspects
                              flags.pattern_trim_iqr, patterns, flags.score_max_samples)
     labels = join_by_pattern(labels, clusters, suspects, features, area, fence, patterns,
                              flags.score_max_samples, flags.pattern_join_iqr)
+    labels = join_by_agreement(labels, clusters, suspects, features, area, patterns,
+                               flags.score_max_samples, flags.agreement_spread,
+                               flags.pattern_join_iqr)
     return join_where_looked(labels, clusters, suspects, features, fence, flags.peak_guard_iqr,
                              patterns, flags.score_max_samples, flags.peak_window_doublings,
                              flags.peak_carrier_gap)
@@ -365,6 +378,58 @@ def join_by_pattern(labels: np.ndarray, clusters: list[ClusterEvidence], suspect
         return outside & np.isfinite(r) & (r >= bar)
 
     return _join_carriers(labels, clusters, suspects, "pattern_joined", carriers)
+
+
+def join_by_agreement(labels: np.ndarray, clusters: list[ClusterEvidence], suspects: list[int],
+                      features: np.ndarray | None, area: float, patterns: InputPatterns | None,
+                      max_template: int, spread: float | None,
+                      reach: float | None) -> np.ndarray:
+    """Move the samples outside every suspect that carry, pixel for pixel, what its members
+    agree on at its hot spot into that suspect.
+
+    The distance is :meth:`~spray.verdict.patterns.InputPatterns.agreement` (pixels where the
+    members' deviation is at most ``spread`` times the outside's). The candidates are the
+    samples outside at or below the upper fence (Q3 + ``reach`` × IQR) of the members'
+    distances; they join when that fence is at most ``spread`` (the members are as close to
+    their values there as a whole as each pixel had to be: an opaque stamp, not a
+    half-transparent one whose members vary with the background and whose values a bright
+    background matches — the correlation of :func:`join_by_pattern` reads those by their
+    shape), when they are fewer than the members, and when that fence lies below the lower
+    fence (Q1 − ``reach`` × IQR) of the other samples outside: the members' pattern sets them
+    apart, and the candidates are no tail of a pattern the class shares by degrees. A stamp
+    the relevance graph split (stamped samples whose relevance lies on the object) is joined
+    whatever their relevance, and whatever the other pixels of the hot spot show (the
+    correlation of :func:`join_by_pattern` is diluted by them, and a flat stamp has no
+    centred pattern at all). Fills in ``agreed_joined``; nothing moves without ``patterns``,
+    relevance features, ``spread`` or ``reach``, or with ``area`` 0.
+
+    Returns
+    -------
+    numpy.ndarray
+        The labels after the moves (a new array when anything moved).
+    """
+    if (patterns is None or features is None or area <= 0 or not suspects or not spread
+            or reach is None):
+        return labels
+
+    def carriers(entry: ClusterEvidence, mask: np.ndarray,
+                 outside: np.ndarray) -> np.ndarray | None:
+        cells = top_cells(np.abs(difference(features, mask)), area)
+        d = patterns.agreement(cells, mask, spread, max_template)
+        if d is None:
+            return None
+        finite = np.isfinite(d)
+        if not (mask & finite).any():
+            return None
+        fence = upper_fence(d[mask & finite], reach)
+        join = outside & finite & (d <= fence)
+        rest = outside & finite & ~join
+        if (fence > spread or rest.sum() < 4 or join.sum() >= mask.sum()
+                or lower_fence(d[rest], reach) <= fence):
+            return None
+        return join
+
+    return _join_carriers(labels, clusters, suspects, "agreed_joined", carriers)
 
 
 def join_bar(r: np.ndarray, mask: np.ndarray, outside: np.ndarray, fence: float,

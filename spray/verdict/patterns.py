@@ -48,6 +48,10 @@ import numpy as np
 from spray.analysis.preprocess import cell_pixels
 from spray.config.presets import PreprocessSection
 
+#: the fewest pixel values (pixels × colour channels) where a suspect's members must agree for
+#: :meth:`InputPatterns.agreement` to measure anything
+AGREED_MIN = 4
+
 
 class InputPatterns:
     """The raw inputs of one class's samples, read in chunks.
@@ -133,6 +137,64 @@ class InputPatterns:
             lengths = np.linalg.norm(V, axis=1)
             out[rows] = np.where(lengths > 0, V @ template / np.maximum(lengths, 1e-30) / norm,
                                  np.where(np.isnan(lengths), np.nan, 0.0))
+        return out
+
+    def _raw(self, rows: np.ndarray, pixels: np.ndarray | None, cells: np.ndarray):
+        """The hot-spot pixels of ``rows`` as they are (``(len, C·P)`` float64) and the pixel
+        mask (made from ``cells`` on the first read)."""
+        x = np.asarray(self.load(rows))
+        if x.ndim == 3:
+            x = x[:, None]
+        if pixels is None:
+            pixels = cell_pixels(cells, self.grid, x.shape[-2], x.shape[-1])
+        v = np.take(x.reshape(x.shape[0], x.shape[1], -1), np.flatnonzero(pixels), axis=2)
+        return v.astype(np.float64).reshape(len(rows), -1), pixels
+
+    def _rows_read(self, rows: np.ndarray, pixels: np.ndarray | None, cells: np.ndarray):
+        """:meth:`_raw` of ``rows`` in chunks, concatenated."""
+        parts = []
+        for start in range(0, len(rows), self.chunk):
+            V, pixels = self._raw(rows[start:start + self.chunk], pixels, cells)
+            parts.append(V)
+        return np.concatenate(parts), pixels
+
+    def agreement(self, cells: np.ndarray, mask: np.ndarray, spread: float,
+                  max_template: int) -> np.ndarray | None:
+        """Each sample's distance to the members' own pixels where the members agree.
+
+        At the feature ``cells``, the members' median value per pixel (and colour channel) is
+        taken from at most ``max_template`` members (evenly spaced); a pixel counts where the
+        members' mean absolute deviation from it is at most ``spread`` times that of as many
+        samples outside ``mask`` (a stamp: the same value in every member, whatever the others
+        show there). A sample's distance is its mean absolute deviation from the members'
+        medians over those pixels, each in units of the outside's deviation there: about 1 for
+        a sample without the pattern, near 0 for one that carries it, whatever its
+        relevance. Unlike :meth:`correlation` nothing is centred: a flat stamp (a white
+        square) is a pattern too. Returns ``(n,)`` (NaN for a sample with a NaN there), or
+        None when fewer than :data:`AGREED_MIN` pixels agree, no member or no sample outside
+        is there, or no pixel lies at least half in the cells.
+        """
+        members = _evenly(np.flatnonzero(mask), max_template)
+        others = _evenly(np.flatnonzero(~mask), max_template)
+        if not len(members) or not len(others):
+            return None
+        M, pixels = self._rows_read(members, None, cells)
+        if not pixels.any():
+            return None
+        rest = self._rows_read(others, pixels, cells)[0]
+        with np.errstate(all="ignore"):
+            median = np.nanmedian(M, axis=0)
+            inside = np.nanmean(np.abs(M - median), axis=0)
+            outside = np.nanmean(np.abs(rest - median), axis=0)
+        agreed = np.isfinite(inside) & (outside > 0) & (inside <= spread * outside)
+        if agreed.sum() < AGREED_MIN:
+            return None
+        median, outside = median[agreed], outside[agreed]
+        out = np.empty(self.n, dtype=np.float64)
+        for start in range(0, self.n, self.chunk):
+            rows = np.arange(start, min(start + self.chunk, self.n))
+            V = self._raw(rows, pixels, cells)[0][:, agreed]
+            out[rows] = np.mean(np.abs(V - median) / outside, axis=1)
         return out
 
     def peak_correlation(self, diff: np.ndarray, mask: np.ndarray, max_template: int,

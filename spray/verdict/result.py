@@ -18,7 +18,8 @@ _EVIDENCE_KEYS = ("id", "half_of", "cut_along", "cut_graph", "n_clusters", "clus
                   "hot_spot_mass", "hot_spot_mass_penalty", "concentration", "peak", "peak_sign",
                   "size_penalty", "excluded", "resampled",
                   "contrast_stable", "score", "split_from", "hot_spot_auc", "trimmed", "pattern_trimmed",
-                  "joined", "pattern_joined", "peak_joined", "peak_window", "peak_guard")
+                  "joined", "pattern_joined", "agreed_joined", "peak_joined", "peak_window",
+                  "peak_guard")
 
 
 @dataclass
@@ -56,6 +57,8 @@ class ClusterEvidence:
     joined : for a suspect, the samples from outside that carry its pattern and joined it.
     pattern_joined : for a suspect, the samples from outside whose raw inputs at its hot spot
         carry its members' pattern and joined it (with the raw inputs only).
+    agreed_joined : for a suspect, the samples from outside whose raw inputs equal its members'
+        where the members agree, at its hot spot, and joined it (with the raw inputs only).
     peak_joined : for a suspect, the samples from outside that carry, anywhere in their image,
         its members' pattern where the members' relevance peaks, and joined it (with the raw
         inputs and relevance maps only).
@@ -106,6 +109,7 @@ class ClusterEvidence:
     pattern_trimmed: int | None = None
     joined: int | None = None
     pattern_joined: int | None = None
+    agreed_joined: int | None = None
     peak_joined: int | None = None
     peak_window: int | None = None
     peak_guard: str | None = None

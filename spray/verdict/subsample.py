@@ -21,9 +21,9 @@ the same analysis cluster (the drawn ones first, then outwards in rounds; a samp
 such a path: the label most common among the drawn members of its cluster). Who of a suspect
 carries its pattern (:mod:`spray.verdict.members`) is decided afterwards on the whole class:
 the members that leave a suspect are near it in the relevance graph, so propagating labels
-after that step would bring them back. Sizes, fractions, ``trimmed``, ``joined`` and
-``pattern_joined`` count the whole class; the conductances, contrasts and penalties are the
-subsample's, and the verdict says how many samples they were measured on (``scored_on``).
+after that step would bring them back. Sizes, fractions, ``trimmed``, ``joined``,
+``pattern_joined`` and ``agreed_joined`` count the whole class; the conductances, contrasts and
+penalties are the subsample's, and the verdict says how many samples they were measured on (``scored_on``).
 """
 
 from __future__ import annotations

@@ -19,6 +19,10 @@ members' inputs read twice and their maps once, every sample's inputs once).
 ``peak_x2_cpu_seconds`` and ``peak_x4_cpu_seconds``: the same with the window twice and four
 times as wide (10 and 20 px at 32, 68 and 136 px at 224), the passes a suspect pays while the
 guard refuses (``flags.peak_window_doublings``).
+
+``agreement_cpu_seconds``: :meth:`~spray.verdict.patterns.InputPatterns.agreement` at the same
+hot spot, the members' pixels there set to one value (a flat stamp, so that pixels agree and
+every sample is read: the members and as many others once, then every sample).
 """
 
 from __future__ import annotations
@@ -45,6 +49,11 @@ def measure(n: int, side: int, chunk: int) -> dict:
     row = {"n": n, "side": side, "chunk": chunk,
            "cpu_seconds": round(time.process_time() - cpu, 3),
            "wall_seconds": round(time.perf_counter() - wall, 3)}
+    x[: n // 10, :, : (2 * side) // 20 + 1, :] = 1.0        # the hot spot's rows: a flat stamp
+    cpu = time.process_time()
+    agreed = patterns.agreement(np.arange(40), mask, 0.25, 2000)
+    row["agreement_cpu_seconds"] = round(time.process_time() - cpu, 3)
+    assert agreed is not None
     maps = np.random.default_rng(1).random((n, side, side), dtype=np.float32)
     hot = slice(0, (3 * side) // 20)
     maps[: n // 10, hot, hot] += 5.0
@@ -77,7 +86,8 @@ def main(argv=None) -> int:
               f"{rows[-1]['wall_seconds']:.2f} s wall; at the peaks "
               f"{rows[-1]['peak_cpu_seconds']:.2f} CPU s, {rows[-1]['peak_wall_seconds']:.2f} s wall"
               f" (widened ×2 / ×4: {rows[-1]['peak_x2_cpu_seconds']:.2f} / "
-              f"{rows[-1]['peak_x4_cpu_seconds']:.2f} CPU s)")
+              f"{rows[-1]['peak_x4_cpu_seconds']:.2f} CPU s; agreement "
+              f"{rows[-1]['agreement_cpu_seconds']:.2f} CPU s)")
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=1) + "\n")
     return 0
