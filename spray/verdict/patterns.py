@@ -139,24 +139,26 @@ class InputPatterns:
                                  np.where(np.isnan(lengths), np.nan, 0.0))
         return out
 
-    def _raw(self, rows: np.ndarray, pixels: np.ndarray | None, cells: np.ndarray):
-        """The hot-spot pixels of ``rows`` as they are (``(len, C·P)`` float64) and the pixel
-        mask (made from ``cells`` on the first read)."""
+    def _values(self, rows: np.ndarray, cells: np.ndarray, index: np.ndarray | None = None):
+        """The values of ``rows`` as they are (float64), at the flat positions ``index`` of
+        their ``C·H·W`` values, by default every colour channel of the pixels at least half in
+        ``cells``; returns the values, ``(len, len(index))``, and ``index``."""
         x = np.asarray(self.load(rows))
         if x.ndim == 3:
             x = x[:, None]
-        if pixels is None:
-            pixels = cell_pixels(cells, self.grid, x.shape[-2], x.shape[-1])
-        v = np.take(x.reshape(x.shape[0], x.shape[1], -1), np.flatnonzero(pixels), axis=2)
-        return v.astype(np.float64).reshape(len(rows), -1), pixels
+        if index is None:
+            pixels = np.flatnonzero(cell_pixels(cells, self.grid, x.shape[-2], x.shape[-1]))
+            plane = x.shape[-2] * x.shape[-1]
+            index = (np.arange(x.shape[1])[:, None] * plane + pixels).ravel()
+        return np.asarray(np.take(x.reshape(len(x), -1), index, axis=1), dtype=np.float64), index
 
-    def _rows_read(self, rows: np.ndarray, pixels: np.ndarray | None, cells: np.ndarray):
-        """:meth:`_raw` of ``rows`` in chunks, concatenated."""
+    def _read(self, rows: np.ndarray, cells: np.ndarray, index: np.ndarray | None = None):
+        """:meth:`_values` of ``rows`` in chunks, concatenated."""
         parts = []
         for start in range(0, len(rows), self.chunk):
-            V, pixels = self._raw(rows[start:start + self.chunk], pixels, cells)
+            V, index = self._values(rows[start:start + self.chunk], cells, index)
             parts.append(V)
-        return np.concatenate(parts), pixels
+        return np.concatenate(parts), index
 
     def agreement(self, cells: np.ndarray, mask: np.ndarray, spread: float,
                   max_template: int) -> np.ndarray | None:
@@ -178,23 +180,23 @@ class InputPatterns:
         others = _evenly(np.flatnonzero(~mask), max_template)
         if not len(members) or not len(others):
             return None
-        M, pixels = self._rows_read(members, None, cells)
-        if not pixels.any():
+        M, index = self._read(members, cells)
+        if not len(index):
             return None
-        rest = self._rows_read(others, pixels, cells)[0]
+        rest = self._read(others, cells, index)[0]
         with np.errstate(all="ignore"):
-            median = np.nanmedian(M, axis=0)
+            median = np.nanmedian(M, axis=0) if np.isnan(M).any() else np.median(M, axis=0)
             inside = np.nanmean(np.abs(M - median), axis=0)
             outside = np.nanmean(np.abs(rest - median), axis=0)
         agreed = np.isfinite(inside) & (outside > 0) & (inside <= spread * outside)
         if agreed.sum() < AGREED_MIN:
             return None
-        median, outside = median[agreed], outside[agreed]
+        index, median, scale = index[agreed], median[agreed], 1.0 / outside[agreed]
         out = np.empty(self.n, dtype=np.float64)
         for start in range(0, self.n, self.chunk):
             rows = np.arange(start, min(start + self.chunk, self.n))
-            V = self._raw(rows, pixels, cells)[0][:, agreed]
-            out[rows] = np.mean(np.abs(V - median) / outside, axis=1)
+            V = self._values(rows, cells, index)[0]
+            out[rows] = np.abs(V - median) @ scale / len(index)
         return out
 
     def peak_correlation(self, diff: np.ndarray, mask: np.ndarray, max_template: int,
