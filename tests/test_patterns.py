@@ -33,6 +33,18 @@ GLYPH = np.array([[1, 0, 0, 0, 0, 0, 1],
 BOX = (slice(10, 15), slice(2, 9))
 
 
+def _colour_fields(seed: int, n: int, stamped: int, lookalikes: int):
+    """RGB 16 × 16 smooth colour fields, the mask of the first ``stamped`` and that of the
+    ``lookalikes`` after them, and the generator to go on with."""
+    rng = np.random.default_rng(seed)
+    x = rng.uniform(0.1, 0.6, (n, 3, 1, 1)) + gaussian_filter(rng.normal(0, 0.15, (n, 3, 16, 16)),
+                                                              (0, 0, 2, 2))
+    x = np.clip(x, 0, 1).astype(np.float32)
+    first = np.arange(n) < stamped
+    look = (np.arange(n) >= stamped) & (np.arange(n) < stamped + lookalikes)
+    return rng, x, first, look
+
+
 def _scene_class(seed: int = 0, n: int = 200, suspects: int = 30, outside: int = 12,
                  lookalikes: int = 15, sign: float = 1.0, stamp: bool = True,
                  seen: int | None = None):
@@ -45,14 +57,7 @@ def _scene_class(seed: int = 0, n: int = 200, suspects: int = 30, outside: int =
     ``seen`` stamped samples have their relevance there.
 
     Returns inputs ``(n, 3, 16, 16)``, features, labels, clusters, stamped, lookalike."""
-    rng = np.random.default_rng(seed)
-    x = rng.uniform(0.1, 0.6, (n, 3, 1, 1)) + gaussian_filter(rng.normal(0, 0.15, (n, 3, 16, 16)),
-                                                              (0, 0, 2, 2))
-    x = np.clip(x, 0, 1).astype(np.float32)
-    stamped = np.zeros(n, bool)
-    stamped[:suspects + outside] = True
-    look = np.zeros(n, bool)
-    look[suspects + outside:suspects + outside + lookalikes] = True
+    rng, x, stamped, look = _colour_fields(seed, n, suspects + outside, lookalikes)
     box = x[:, :, BOX[0], BOX[1]]
     alpha = 0.75 * GLYPH * stamp
     box[stamped] = box[stamped] * (1 - alpha) + alpha
@@ -1125,16 +1130,9 @@ def _flat_stamp_class(seed: int = 0, n: int = 200, suspects: int = 30, outside: 
     box (a flat stamp: no centred pattern of its own). The suspects' relevance lies on the box
     and, less, on an object region; the stamped samples outside look at the object only (their
     relevance graph neighbours are elsewhere), and the look-alikes have the box as bright on
-    average (0.8), with a third of the rest's texture. Returns inputs, features, labels (suspects: 1),
-    clusters, stamped, look-alike."""
-    rng = np.random.default_rng(seed)
-    x = rng.uniform(0.1, 0.6, (n, 3, 1, 1)) + gaussian_filter(rng.normal(0, 0.15, (n, 3, 16, 16)),
-                                                              (0, 0, 2, 2))
-    x = np.clip(x, 0, 1).astype(np.float32)
-    stamped = np.zeros(n, bool)
-    stamped[:suspects + outside] = True
-    look = np.zeros(n, bool)
-    look[suspects + outside:suspects + outside + lookalikes] = True
+    average (0.8), with a third of the rest's texture. Returns inputs, features, labels
+    (suspects: 1), clusters, stamped, look-alike."""
+    rng, x, stamped, look = _colour_fields(seed, n, suspects + outside, lookalikes)
     x[stamped, :, BOX[0], BOX[1]] = 1.0
     box = x[:, :, BOX[0], BOX[1]]
     box[look] = np.clip(0.8 + 0.3 * (box[look] - box[look].mean(axis=(1, 2, 3), keepdims=True)),
