@@ -45,6 +45,13 @@ def _colour_fields(seed: int, n: int, stamped: int, lookalikes: int):
     return rng, x, first, look
 
 
+def _first_as_cluster(rel: np.ndarray, suspects: int):
+    """The features of relevance maps ``rel``, labels with the first ``suspects`` in cluster 1
+    and the rest in 0, and the two clusters."""
+    labels = (np.arange(len(rel)) < suspects).astype(np.int64)
+    return preprocess(rel, PRE), labels, [ClusterEvidence.of(labels == c, id=c) for c in (0, 1)]
+
+
 def _scene_class(seed: int = 0, n: int = 200, suspects: int = 30, outside: int = 12,
                  lookalikes: int = 15, sign: float = 1.0, stamp: bool = True,
                  seen: int | None = None):
@@ -67,11 +74,7 @@ def _scene_class(seed: int = 0, n: int = 200, suspects: int = 30, outside: int =
     if seen is not None:
         looked[seen:] = False
     rel[looked, BOX[0], BOX[1]] += sign * 2.0
-    feats = preprocess(rel, PRE)
-    labels = np.zeros(n, dtype=np.int64)
-    labels[:suspects] = 1
-    clusters = [ClusterEvidence.of(labels == c, id=c) for c in (0, 1)]
-    return x, feats, labels, clusters, stamped, look
+    return (x, *_first_as_cluster(rel, suspects), stamped, look)
 
 
 def test_cell_pixels_takes_the_pixels_mostly_in_the_cells():
@@ -1140,11 +1143,7 @@ def _flat_stamp_class(seed: int = 0, n: int = 200, suspects: int = 30, outside: 
     rel = rng.uniform(0, 0.2, (n, 16, 16)).astype(np.float32)
     rel[:suspects, BOX[0], BOX[1]] += 2.0
     rel[suspects:, 2:8, 8:14] += 1.0              # the object, where the others look
-    feats = preprocess(rel, PRE)
-    labels = np.zeros(n, dtype=np.int64)
-    labels[:suspects] = 1
-    clusters = [ClusterEvidence.of(labels == c, id=c) for c in (0, 1)]
-    return x, feats, labels, clusters, stamped, look
+    return (x, *_first_as_cluster(rel, suspects), stamped, look)
 
 
 def test_a_flat_stamp_outside_joins_by_what_the_members_agree_on():
