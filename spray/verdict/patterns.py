@@ -94,18 +94,28 @@ class InputPatterns:
         return cls.for_pipeline(_rows_of(inputs), len(inputs), preprocess, chunk,
                                 None if maps is None else _rows_of(maps))
 
-    def _pixels(self, rows: np.ndarray, pixels: np.ndarray | None, cells: np.ndarray):
-        """The centred hot-spot pixels of ``rows`` (``(len, C·P)`` float32) and the pixel mask
-        (made from ``cells`` on the first read)."""
+    def _values(self, rows: np.ndarray, cells: np.ndarray, index: np.ndarray | None = None,
+                dtype=np.float64):
+        """The values of ``rows`` as they are, at the flat positions ``index`` of their
+        ``C·H·W`` values; by default ``(C, P)``: every colour channel of the P pixels at least
+        half in ``cells``. Returns the values, ``(len, *index.shape)``, and ``index``."""
         x = np.asarray(self.load(rows))
         if x.ndim == 3:
             x = x[:, None]
-        if pixels is None:
-            pixels = cell_pixels(cells, self.grid, x.shape[-2], x.shape[-1])
-        v = np.take(x.reshape(x.shape[0], x.shape[1], -1), np.flatnonzero(pixels), axis=2)
-        v = v.astype(np.float32)
-        v = v - v.mean(axis=-1, keepdims=True)
-        return v.reshape(len(rows), -1), pixels
+        if index is None:
+            pixels = np.flatnonzero(cell_pixels(cells, self.grid, x.shape[-2], x.shape[-1]))
+            plane = x.shape[-2] * x.shape[-1]
+            index = np.arange(x.shape[1])[:, None] * plane + pixels
+        return np.asarray(np.take(x.reshape(len(x), -1), index, axis=1), dtype=dtype), index
+
+    def _read(self, rows: np.ndarray, cells: np.ndarray, index: np.ndarray | None = None,
+              dtype=np.float64):
+        """:meth:`_values` of ``rows`` (at least one) in chunks, concatenated."""
+        parts = []
+        for start in range(0, len(rows), self.chunk):
+            V, index = self._values(rows[start:start + self.chunk], cells, index, dtype)
+            parts.append(V)
+        return np.concatenate(parts), index
 
     def correlation(self, cells: np.ndarray, mask: np.ndarray,
                     max_template: int) -> np.ndarray | None:
@@ -118,13 +128,12 @@ class InputPatterns:
         at least half in the cells.
         """
         members = _evenly(np.flatnonzero(mask), max_template)
-        pixels, parts = None, []
-        for start in range(0, len(members), self.chunk):
-            V, pixels = self._pixels(members[start:start + self.chunk], pixels, cells)
-            parts.append(V)
-        if pixels is None or not pixels.any():
+        if not len(members):
             return None
-        template = _median_of_finite(np.concatenate(parts))
+        M, index = self._read(members, cells, dtype=np.float32)
+        if not index.size:
+            return None
+        template = _median_of_finite(_centred(M))
         if template is None:
             return None
         norm = float(np.linalg.norm(template))
@@ -133,32 +142,11 @@ class InputPatterns:
         out = np.empty(self.n, dtype=np.float64)
         for start in range(0, self.n, self.chunk):
             rows = np.arange(start, min(start + self.chunk, self.n))
-            V = self._pixels(rows, pixels, cells)[0]
+            V = _centred(self._values(rows, cells, index, np.float32)[0])
             lengths = np.linalg.norm(V, axis=1)
             out[rows] = np.where(lengths > 0, V @ template / np.maximum(lengths, 1e-30) / norm,
                                  np.where(np.isnan(lengths), np.nan, 0.0))
         return out
-
-    def _values(self, rows: np.ndarray, cells: np.ndarray, index: np.ndarray | None = None):
-        """The values of ``rows`` as they are (float64), at the flat positions ``index`` of
-        their ``C·H·W`` values, by default every colour channel of the pixels at least half in
-        ``cells``; returns the values, ``(len, len(index))``, and ``index``."""
-        x = np.asarray(self.load(rows))
-        if x.ndim == 3:
-            x = x[:, None]
-        if index is None:
-            pixels = np.flatnonzero(cell_pixels(cells, self.grid, x.shape[-2], x.shape[-1]))
-            plane = x.shape[-2] * x.shape[-1]
-            index = (np.arange(x.shape[1])[:, None] * plane + pixels).ravel()
-        return np.asarray(np.take(x.reshape(len(x), -1), index, axis=1), dtype=np.float64), index
-
-    def _read(self, rows: np.ndarray, cells: np.ndarray, index: np.ndarray | None = None):
-        """:meth:`_values` of ``rows`` in chunks, concatenated."""
-        parts = []
-        for start in range(0, len(rows), self.chunk):
-            V, index = self._values(rows[start:start + self.chunk], cells, index)
-            parts.append(V)
-        return np.concatenate(parts), index
 
     def agreement(self, cells: np.ndarray, mask: np.ndarray, spread: float,
                   max_template: int) -> np.ndarray | None:
@@ -181,8 +169,9 @@ class InputPatterns:
         if not len(members) or not len(others):
             return None
         M, index = self._read(members, cells)
-        if not len(index):
+        if not index.size:
             return None
+        M, index = M.reshape(len(M), -1), index.ravel()
         rest = self._read(others, cells, index)[0]
         with np.errstate(all="ignore"):
             median = np.nanmedian(M, axis=0) if np.isnan(M).any() else np.median(M, axis=0)
@@ -290,6 +279,12 @@ def _evenly(rows: np.ndarray, most: int) -> np.ndarray:
     if len(rows) <= most:
         return rows
     return rows[np.linspace(0, len(rows) - 1, most).astype(np.intp)]
+
+
+def _centred(values: np.ndarray) -> np.ndarray:
+    """Hot-spot values ``(len, C, P)``, each channel's centred on its mean over the pixels, as
+    ``(len, C·P)``."""
+    return (values - values.mean(axis=-1, keepdims=True)).reshape(len(values), -1)
 
 
 def _median_of_finite(values: np.ndarray) -> np.ndarray | None:
