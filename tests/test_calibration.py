@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -232,3 +233,42 @@ def test_report_and_ci_reason_say_the_rate():
     judged = _threshold_text({"threshold": 1.7, "false_flag_rate": 0.001},
                              [{"threshold": 0.258}])
     assert "<code>0.258</code>" in judged and "false_flag_rate" in judged
+
+
+def _scored_folder(path, settings, params=None):
+    """An evaluation folder as ``eval_clever_hans.py --draws`` writes it: clean checks of
+    ``settings`` (one class, 15 draws each) and the rule they were scored with."""
+    path.mkdir()
+    rows = [{"setting": s, "class": 0, "draw": d, "planted": False, "score": -1.0 - d / 10}
+            for s in settings for d in range(15)]
+    rows.append({"setting": settings[0], "class": 1, "draw": 0, "planted": True, "score": 3.0})
+    (path / "draws.json").write_text(json.dumps(rows))
+    (path / "rule.json").write_text(json.dumps({
+        "params": {**DEFAULTS, **(params or {})}, "sections": calibration.scoring_sections(PIPE),
+        "commit": "abc"}))
+    return path
+
+
+def test_extend_adds_clean_checks_of_new_settings_only(tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parent / "benchmarks"))
+    import verdict_calibration as vc
+
+    ref = tmp_path / "ref.json"
+    vc.build([str(_scored_folder(tmp_path / "a", ["s1", "s2"]))], ref, trust_tree=False)
+    before = json.loads(ref.read_text())
+    assert before["checks"] == 30
+    vc.extend([str(_scored_folder(tmp_path / "b", ["s3"]))], ref, trust_tree=False)
+    after = json.loads(ref.read_text())
+    assert after["checks"] == 45 == len(after["scores"])                    # planted left out
+    assert sorted(after["scores"]) == sorted(before["scores"] + before["scores"][::2])
+    assert [s["setting"] for s in after["sources"]] == ["s1", "s2", "s3"]
+    assert after["command"].endswith("; extend b")
+    with pytest.raises(SystemExit, match="already in the reference: s3"):      # no check twice
+        vc.extend([str(_scored_folder(tmp_path / "c", ["s3"]))], ref, trust_tree=False)
+    with pytest.raises(SystemExit, match="other flags"):                       # another rule
+        vc.extend([str(_scored_folder(tmp_path / "d", ["s4"], {"threshold": 2.0}))], ref,
+                  trust_tree=False)
+    stale = {**after, "params": {**after["params"], "colocation_knee": 0.9}}
+    ref.write_text(json.dumps(stale))
+    with pytest.raises(SystemExit, match="build it again"):                     # old reference
+        vc.extend([str(_scored_folder(tmp_path / "e", ["s5"]))], ref, trust_tree=False)

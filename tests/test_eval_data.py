@@ -132,3 +132,29 @@ def test_margin_summary_separates_settings_the_model_ignores():
     assert set(g["not_relied"]) == {"ignored"}           # 0.02 above the clean model
     assert g["other_checks"] == 3 and g["highest_other"] == 2.2
     assert "ignored (reliance 0.02" in es.margin_table(rows, 2.0)
+
+
+def test_criteria_count_relied_settings_of_five_percent_and_more():
+    import eval_summary as es
+
+    def row(setting, art, c, planted, score, flips, fraction=0.1, **extra):
+        return {"setting": setting, "dataset": "natf.cnn.adam", "artefact": art, "class": c,
+                "planted": planted, "score": score, "flip_rates": {"text": flips},
+                "fraction": fraction, **extra}
+
+    hit = {"precision": 0.95, "recall": 0.92}
+    rows = [row("clean", None, 4, False, 0.5, 0.02), row("clean", None, 3, False, 0.2, 0.01)]
+    rows += [row("used", "text", 4, True, s, 0.30, **hit) for s in (3.0, 3.2, 2.9, 3.5)]
+    rows += [row("used", "text", 3, False, 0.9, 0.0)]
+    rows += [row("rare", "text", 4, True, 0.0, 0.40, fraction=0.03)]    # below 5 %: not counted
+    table = {r["criterion"]: r for r in es.criteria(rows, threshold=1.7)}
+    assert table["detected, natf"]["measured"] == "4/4 (100%)"
+    assert table["detected, natf"]["met"] == "yes"
+    assert table["planted scores, 10th percentile"]["met"] == "yes"        # 2.93 ≥ 2.7
+    clean = table["clean and non-planted checks, highest score"]
+    assert clean["measured"] == "0.90 (3 checks)" and clean["met"] == "no"  # too few checks
+    assert table["settings detected in ≥ 9 of 10 draws"]["measured"] == "1/1"
+    rows[2]["precision"] = 0.5                                             # one draw missed
+    table = {r["criterion"]: r for r in es.criteria(rows, threshold=1.7)}
+    assert table["detected, natf"]["met"] == "no"
+    assert table["settings detected in ≥ 9 of 10 draws"]["met"] == "no"

@@ -7,13 +7,28 @@ than on the clean models of the same generator, architecture and recipe), their 
 of their planted scores (min, 10th percentile, median), the planted settings the model does not
 rely on (reported apart, not counted as misses) and the highest score over every clean-model and
 non-planted class check.
+
+:func:`criteria` scores the same draws against the verdict's acceptance criteria (detection of
+relied-on settings with p ≥ 5 % on every generator, the planted 10th percentile and the highest
+clean score each at least ``MARGIN`` from the threshold, detection in ≥ 9 of 10 draws)::
+
+    python tests/benchmarks/eval_summary.py RESULTS ... --json docs/benchmarks/FILE.json
+
+(``RESULTS``: ``--out`` folders of ``eval_clever_hans.py --draws N``, scored with one rule.)
 """
 
 from __future__ import annotations
 
+import argparse
+import json
+import sys
+from pathlib import Path
+
 import numpy as np
 
 RELIED = 0.05   # reliance (flip rate above the clean models') from which a setting counts
+#: acceptance criteria: smallest fraction counted, detected share, margin, draws per setting
+MIN_FRACTION, DETECTED_SHARE, MARGIN, STABLE_DRAWS = 0.05, 0.95, 1.0, 0.9
 
 
 def group_of(dataset: str) -> tuple[str, str]:
@@ -110,3 +125,87 @@ def margin_table(rows: list[dict], threshold: float) -> str:
 
 def _reliance_text(value: float | None) -> str:
     return "reliance unknown" if value is None else f"reliance {value:.2f}"
+
+
+def _criterion(name: str, goal: str, measured: str, met: bool | None) -> dict:
+    return {"criterion": name, "goal": goal, "measured": measured,
+            "met": "—" if met is None else ("yes" if met else "no")}
+
+
+def criteria(rows: list[dict], threshold: float) -> list[dict]:
+    """The draws against the acceptance criteria, one row per criterion (and generator).
+
+    Counted: the settings the model relies on (:data:`RELIED`) whose artefact is on at least
+    :data:`MIN_FRACTION` of the class; a detection is a draw scored at the threshold whose
+    suspect has precision and recall ≥ 0.9; the clean side is every clean-model and
+    non-planted class check.
+    """
+    s = summarize(rows, threshold)
+    fraction = {r["setting"]: r.get("fraction", 1.0) for r in rows}
+    out, settings, planted = [], {}, []
+    for g in s["groups"]:
+        for name, e in g["relied_settings"].items():
+            if fraction[name] >= MIN_FRACTION:
+                settings[name] = e
+                planted += e["scores"]
+    by_gen: dict[str, list[int]] = {}
+    for g in s["groups"]:
+        counted = [e for k, e in g["relied_settings"].items() if k in settings]
+        acc = by_gen.setdefault(g["generator"], [0, 0])
+        acc[0] += sum(e["detected"] for e in counted)
+        acc[1] += sum(e["draws"] for e in counted)
+    for gen, (det, n) in sorted(by_gen.items()):
+        if n:
+            out.append(_criterion(f"detected, {gen}", f"≥ {DETECTED_SHARE:.0%} of draws",
+                                  f"{det}/{n} ({det / n:.0%})", det >= DETECTED_SHARE * n))
+    if planted:
+        p10 = float(np.percentile(planted, 10))
+        out.append(_criterion("planted scores, 10th percentile",
+                              f"≥ {threshold + MARGIN:.2f} (threshold + {MARGIN:g})",
+                              f"{p10:.2f} ({len(planted)} draws)", p10 >= threshold + MARGIN))
+    n_other = sum(g["other_checks"] for g in s["groups"])
+    highest = max((g["highest_other"] for g in s["groups"] if g["highest_other"] is not None),
+                  default=None)
+    if highest is not None:
+        out.append(_criterion("clean and non-planted checks, highest score",
+                              f"≤ {threshold - MARGIN:.2f} (threshold − {MARGIN:g}), "
+                              "≥ 2 000 checks", f"{highest:.2f} ({n_other} checks)",
+                              highest <= threshold - MARGIN and n_other >= 2000))
+    if settings:
+        stable = [k for k, e in settings.items() if e["detected"] >= STABLE_DRAWS * e["draws"]]
+        out.append(_criterion("settings detected in ≥ 9 of 10 draws", "all",
+                              f"{len(stable)}/{len(settings)}", len(stable) == len(settings)))
+    return out
+
+
+def _threshold(folder: Path) -> float:
+    return float(json.loads((folder / "draws_summary.json").read_text())["threshold"])
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("results", nargs="+", type=Path,
+                    help="--out folders of eval_clever_hans.py --draws N (one rule)")
+    ap.add_argument("--json", type=Path, help="write the criteria here (a tables.py table)")
+    args = ap.parse_args(argv)
+    thresholds = {_threshold(d) for d in args.results}
+    if len(thresholds) != 1:
+        raise SystemExit(f"the folders were scored at different thresholds: {thresholds}")
+    (threshold,) = thresholds
+    rows = [r for d in args.results for r in json.loads((d / "draws.json").read_text())]
+    table = criteria(rows, threshold)
+    print(margin_table(rows, threshold))
+    print()
+    for r in table:
+        print(f"{r['criterion']}: {r['measured']} (goal {r['goal']}): {r['met']}")
+    if args.json:
+        args.json.write_text(json.dumps({
+            "command": "python tests/benchmarks/eval_summary.py "
+                       + " ".join(d.as_posix() for d in args.results) + " --json FILE",
+            "columns": ["criterion", "goal", "measured", "met"], "rows": table},
+            indent=1) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -6,13 +6,18 @@ held-out data.
     python tests/benchmarks/verdict_calibration.py build DIR ... [--trust-tree]
     # how the reference's rates hold on held-out draws scored with the same rule
     python tests/benchmarks/verdict_calibration.py check DIR ... [--out FILE.json]
+    # once a held-out round is reported: add its clean checks to the reference
+    python tests/benchmarks/verdict_calibration.py extend DIR ...
 
 Every clean-model and non-planted class check of the folders' ``draws.json`` is a reference
 check. A folder's ``rule.json`` (written by ``eval_clever_hans.py`` when it scores) must name the
 flags of this tree; folders scored before that file existed are taken only with
 ``--trust-tree`` (their rule is then the reader's word). ``check`` compares, for the scores at
 which the reference puts the rate at 10 %, 3 %, 1 %, 0.3 % and 0.1 %, the share of held-out
-clean checks at or above them, with a two-sided 95 % interval of that share.
+clean checks at or above them, with a two-sided 95 % interval of that share. ``extend`` adds
+the clean checks of further folders (scored with this tree's rule, settings not yet in it) to
+the reference without rescoring the folders it was built from; it refuses a reference whose
+flags or sections are not this tree's.
 """
 
 from __future__ import annotations
@@ -93,10 +98,41 @@ def build(dirs: list[str], out: Path, trust_tree: bool) -> dict:
            "sections": calibration.scoring_sections(load_pipeline("spray-default")),
            "sources": sources, "scores": sorted(scores, reverse=True)}
     out.write_text(json.dumps(ref, indent=1) + "\n")
-    r = calibration._load(out)
+    _log_reference(out)
+    return ref
+
+
+def _log_reference(path: Path) -> None:
+    r = calibration._load(path)
     log.info("%d reference checks, highest %.3f; tail scale %.3f; threshold 1.7 → rate %.2g "
              "(counts: ≤ %.2g); false_flag_rate 1e-3 → threshold %.3f", r.n, r.scores[0],
              r.scale, r.rate(1.7), r.upper(1.7), r.threshold(1e-3))
+
+
+def extend(dirs: list[str], path: Path, trust_tree: bool) -> dict:
+    """Add the clean checks of ``dirs`` to the reference file at ``path``."""
+    ref = json.loads(path.read_text())
+    mine = _tree_rule()
+    theirs = {**calibration.scoring_params(ref["params"]), **ref["sections"]}
+    differ = sorted(k for k in set(mine) | set(theirs) if mine.get(k) != theirs.get(k))
+    if differ:
+        raise SystemExit(f"{path}: built with other flags or sections ({', '.join(differ)}); "
+                         "build it again instead")
+    scores, sources = clean_checks(dirs, trust_tree)
+    known = {s["setting"] for s in ref["sources"]}
+    again = sorted(known & {s["setting"] for s in sources})
+    if again:
+        raise SystemExit(f"already in the reference: {', '.join(again)}")
+    commits = {json.loads((Path(d) / "rule.json").read_text()).get("commit") or "?"
+               for d in dirs if (Path(d) / "rule.json").is_file()}
+    ref.update(generated=datetime.date.today().isoformat(),
+               command=ref["command"] + "; extend " + " ".join(Path(d).name for d in dirs),
+               commits=sorted(set(ref["commits"]) | commits),
+               checks=ref["checks"] + len(scores),
+               sources=sorted(ref["sources"] + sources, key=lambda s: s["setting"]),
+               scores=sorted(ref["scores"] + scores, reverse=True))
+    path.write_text(json.dumps(ref, indent=1) + "\n")
+    _log_reference(path)
     return ref
 
 
@@ -125,16 +161,18 @@ def check(dirs: list[str], trust_tree: bool, path: Path = calibration.REFERENCE)
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("what", choices=["build", "check"])
+    ap.add_argument("what", choices=["build", "check", "extend"])
     ap.add_argument("dirs", nargs="+")
     ap.add_argument("--trust-tree", action="store_true",
                     help="take folders without rule.json as scored with this tree's flags")
-    ap.add_argument("--out", type=Path, help="build: the reference file (default: the "
-                    "package's); check: a JSON file for the comparison")
+    ap.add_argument("--out", type=Path, help="build, extend: the reference file "
+                    "(default: the package's); check: a JSON file for the comparison")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     if args.what == "build":
         build(args.dirs, args.out or calibration.REFERENCE, args.trust_tree)
+    elif args.what == "extend":
+        extend(args.dirs, args.out or calibration.REFERENCE, args.trust_tree)
     else:
         rows = check(args.dirs, args.trust_tree)
         if args.out:   # the shape of tests/benchmarks/tables.py
