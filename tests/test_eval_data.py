@@ -90,7 +90,7 @@ def test_text_watermark_is_the_bitmap_font():
     assert m.shape[0] <= 12 and 8 <= m.shape[1] <= 16 and 0.1 < m.mean() < 0.7
 
 
-@pytest.mark.parametrize("arch", ["cnn", "resnet", "vit"])
+@pytest.mark.parametrize("arch", ["cnn", "resnet", "vit", "vitc"])
 def test_architectures_explain_rgb(arch):
     from spray.lrp import attribute
 
