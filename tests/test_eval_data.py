@@ -158,3 +158,21 @@ def test_criteria_count_relied_settings_of_five_percent_and_more():
     table = {r["criterion"]: r for r in es.criteria(rows, threshold=1.7)}
     assert table["detected, natf"]["met"] == "no"
     assert table["settings detected in ≥ 9 of 10 draws"]["met"] == "no"
+
+
+def test_setting_rows_say_which_settings_count():
+    import eval_summary as es
+
+    def row(setting, art, c, planted, score, flips, fraction=0.1, **extra):
+        return {"setting": setting, "dataset": "natf.cnn.adam", "artefact": art, "class": c,
+                "planted": planted, "score": score, "flip_rates": {"text": flips},
+                "fraction": fraction, **extra}
+
+    rows = [row("clean", None, 4, False, 0.5, 0.02),
+            row("used", "text", 4, True, 3.0, 0.30, precision=1.0, recall=0.5),
+            row("used", "text", 4, True, 1.0, 0.30, precision=1.0, recall=1.0),
+            row("rare", "text", 4, True, 2.0, 0.40, fraction=0.03, precision=1.0, recall=1.0)]
+    used, rare = es.setting_rows(rows, threshold=1.7)
+    assert used["counted"] == "yes" and rare["counted"] == "no"     # 3 % is below 5 %
+    assert used["flagged"] == "1/2" and used["detected"] == "0/2"    # flagged with recall 0.5
+    assert rare["detected"] == "1/1"

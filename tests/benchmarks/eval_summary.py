@@ -178,6 +178,27 @@ def criteria(rows: list[dict], threshold: float) -> list[dict]:
     return out
 
 
+def setting_rows(rows: list[dict], threshold: float) -> list[dict]:
+    """One row per planted setting: reliance, draws flagged and detected, planted scores and
+    the suspects' median precision and recall."""
+    out = []
+    for name in dict.fromkeys(r["setting"] for r in rows if r["planted"]):
+        pl = [r for r in rows if r["setting"] == name and r["planted"]]
+        rel = reliance(rows, pl[0])
+        scores = [r["score"] for r in pl]
+        out.append({
+            "setting": name, "reliance": None if rel is None else round(rel, 2),
+            "counted": "yes" if rel is not None and rel >= RELIED
+            and pl[0].get("fraction", 1.0) >= MIN_FRACTION else "no",
+            "flagged": f"{sum(s >= threshold for s in scores)}/{len(pl)}",
+            "detected": f"{sum(_detected(r, threshold) for r in pl)}/{len(pl)}",
+            "score min / median / max": f"{min(scores):.2f} / {np.median(scores):.2f} / "
+                                        f"{max(scores):.2f}",
+            "P / R (median)": f"{np.median([r.get('precision', 0) for r in pl]):.2f} / "
+                              f"{np.median([r.get('recall', 0) for r in pl]):.2f}"})
+    return out
+
+
 def _threshold(folder: Path) -> float:
     return float(json.loads((folder / "draws_summary.json").read_text())["threshold"])
 
@@ -187,6 +208,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("results", nargs="+", type=Path,
                     help="--out folders of eval_clever_hans.py --draws N (one rule)")
     ap.add_argument("--json", type=Path, help="write the criteria here (a tables.py table)")
+    ap.add_argument("--settings-json", type=Path,
+                    help="write one row per planted setting here (a tables.py table)")
     args = ap.parse_args(argv)
     thresholds = {_threshold(d) for d in args.results}
     if len(thresholds) != 1:
@@ -198,12 +221,17 @@ def main(argv: list[str] | None = None) -> int:
     print()
     for r in table:
         print(f"{r['criterion']}: {r['measured']} (goal {r['goal']}): {r['met']}")
+    command = ("python tests/benchmarks/eval_summary.py "
+               + " ".join(d.as_posix() for d in args.results))
     if args.json:
         args.json.write_text(json.dumps({
-            "command": "python tests/benchmarks/eval_summary.py "
-                       + " ".join(d.as_posix() for d in args.results) + " --json FILE",
+            "command": command + " --json FILE",
             "columns": ["criterion", "goal", "measured", "met"], "rows": table},
             indent=1) + "\n")
+    if args.settings_json:
+        args.settings_json.write_text(json.dumps({
+            "command": command + " --settings-json FILE",
+            "rows": setting_rows(rows, threshold)}, indent=1) + "\n")
     return 0
 
 
