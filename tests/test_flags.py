@@ -1637,6 +1637,24 @@ def test_edge_cuts_find_a_stamp_the_relevance_graph_does_not_separate(stamp, att
     assert "of the edge graph" in reason and "conductance edges" in reason
 
 
+def test_edge_lift_scores_a_cluster_an_edge_cut_matches_by_the_edge_graph():
+    """The analysis' own cluster is the stamped group (the model attends to the stamp enough),
+    below a threshold of 3; the edge cut that matches it cannot split off. ``edge_lift``
+    measures the cluster against the edge graph: same members, the edge graph's score."""
+    feats, inputs, edges, group = _edge_cut_class(23, True, 0.1)
+    result = analyze(feats, pipeline=_pipe(), embed=False)
+    off, on = (clever_hans_score(result, inputs, _pipe(threshold=3.0, edge_lift=lift),
+                                 features=feats, edge_features=edges) for lift in (False, True))
+    assert not off["flagged"] and on["flagged"]
+    assert (on["labels"] == off["labels"]).all() and not on["splits"]     # nobody moves
+    cl = next(c for c in on["clusters"] if c["id"] == on["suspect_cluster"])
+    assert (on["labels"] == cl["id"]).sum() == (on["labels"] == cl["id"])[group].sum() == 60
+    assert cl["cut_graph"] == "edges" and cl.get("split_from") is None
+    assert cl["conductance_edges"] < cl["conductance_relevance"]
+    before = next(c for c in off["clusters"] if c["id"] == cl["id"])
+    assert before.get("cut_graph") is None and before["score"] < 3.0 <= cl["score"]
+
+
 def test_edge_cuts_need_the_edge_graph():
     """Without the edge graph (``edge_randomness_weight`` 0, or no edge features) there are no
     edge cuts: the stamp the relevance graph does not separate stays unflagged."""

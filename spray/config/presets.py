@@ -326,6 +326,12 @@ class FlagsSection(_Section):
     #: sweep cut reaches the threshold. 0: off; none either without the edge graph (no edge
     #: features, or ``edge_randomness_weight`` 0)
     edge_sweep_eigenvectors: int = Field(default=10, ge=0)
+    #: a cluster that already holds such an edge cut (Jaccard ≥ ``sweep_min_jaccard``, so the
+    #: cut cannot split off) is measured against the edge graph too and keeps the better score
+    #: (a frame whose relevance cluster is the stamped group exactly: docs/verdict-eval.md,
+    #: "Scoring a cluster by the edge graph"). Off by default: the clean-score reference was
+    #: scored without it, so a run with it gets no ``clean_rate``
+    edge_lift: bool = False
     seed: int = 0
 
 

@@ -178,13 +178,40 @@ def _split_off_sweep(result, graphs: ClassGraphs, labels, clusters, resamples, p
     if max([best] + [e.score for e in found]) < params.threshold:
         # the relevance graph gives no suspect: a stamp it does not separate may still be
         # a group of the edge graph (a suspect it gives keeps its members and score)
-        found += _scored_cuts(_edge_cuts(graphs), graphs, clusters,
-                              _edge_resamples(result, graphs, pipeline), bar)
+        edge_resamples = _edge_resamples(result, graphs, pipeline)
+        cuts = _edge_cuts(graphs)
+        if params.edge_lift:
+            clusters = _lift_by_edge_cut(clusters, cuts, graphs, edge_resamples, bar)
+        found += _scored_cuts(cuts, graphs, clusters, edge_resamples, bar)
     labels, clusters, splits, changed = split_off_sweep(labels, clusters, found,
                                                         params.threshold,
                                                         params.sweep_min_jaccard)
     stabilize([e for e in changed if measure(e, graphs).measured], resamples, params)
     return labels, clusters, splits
+
+
+def _lift_by_edge_cut(clusters: list[ClusterEvidence], cuts: list[ClusterEvidence],
+                      graphs: ClassGraphs, resamples: Resamples | None,
+                      bar: float) -> list[ClusterEvidence]:
+    """``edge_lift``: a cluster that an edge cut matches (Jaccard ≥ ``sweep_min_jaccard``: the
+    cut could not split off) is measured against the edge graph too, with its own members, and
+    keeps the better score. Without it such a group is scored by the relevance graph alone,
+    although the same group differing by a few members would be scored by the edge graph."""
+    params = graphs.params
+    out = list(clusters)
+    for i, c in enumerate(out):
+        if not c.size or c.cut_graph == "edges" or not any(
+                (c.mask & e.mask).sum() / (c.mask | e.mask).sum() >= params.sweep_min_jaccard
+                for e in cuts):
+            continue
+        entry = ClusterEvidence.of(c.mask, id=c.id, split_from=c.split_from, cut_graph="edges")
+        if measure(entry, graphs, bar).measured:
+            stabilize_cuts([entry], resamples, params, bar)
+            if c.score is None or entry.score > c.score:
+                log.debug("cluster %d scored by the edge graph: %.3f (relevance graph: %s)",
+                          c.id, entry.score, c.score)
+                out[i] = entry
+    return out
 
 
 def _scored_cuts(cuts: list, graphs: ClassGraphs, clusters, resamples, bar: float) -> list:
