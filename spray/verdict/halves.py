@@ -10,6 +10,11 @@ import numpy as np
 from spray.verdict.result import ClusterEvidence
 
 
+def jaccard(a: ClusterEvidence, b: ClusterEvidence) -> float:
+    """Jaccard index of two groups' member masks."""
+    return float((a.mask & b.mask).sum() / (a.mask | b.mask).sum())
+
+
 def _as_cluster(half: ClusterEvidence, cid: int) -> ClusterEvidence:
     return replace(half, id=int(cid), half_of=None)
 
@@ -60,7 +65,7 @@ def lift_by_other_k(clusters: list[ClusterEvidence], other_k: list[ClusterEviden
         for o in other_k:
             if o.score is None or o.score <= c.score:
                 continue
-            jac = float((c.mask & o.mask).sum() / (c.mask | o.mask).sum())
+            jac = jaccard(c, o)
             if jac >= min_jaccard:
                 c.score = o.score
                 c.score_from_k, c.jaccard = o, round(jac, 4)
@@ -83,8 +88,7 @@ def split_off_sweep(labels: np.ndarray, clusters: list[ClusterEvidence],
     best = max((s for s in sweeps if s.score is not None), key=lambda s: s.score, default=None)
     if best is None or best.score < threshold or best.score <= best_cluster:
         return labels, clusters, [], []
-    if any((c.mask & best.mask).sum() / (c.mask | best.mask).sum() >= min_jaccard
-           for c in clusters):
+    if any(jaccard(c, best) >= min_jaccard for c in clusters):
         return labels, clusters, [], []
     labels = np.array(labels)
     new_id = int(labels.max()) + 1 if labels.size else 0

@@ -22,7 +22,7 @@ from spray.verdict.bootstrap import Resamples, stabilize, stabilize_cuts, verify
 from spray.verdict.calibration import clean_rate, threshold_for
 from spray.verdict.candidates import candidate_groups, edge_cuts, sweep_cuts
 from spray.verdict.evidence import ClassGraphs, measure
-from spray.verdict.halves import lift_by_other_k, split_off_sweep, split_suspect_halves
+from spray.verdict.halves import jaccard, lift_by_other_k, split_off_sweep, split_suspect_halves
 from spray.verdict.members import decide_members
 from spray.verdict.patterns import InputPatterns
 from spray.verdict.result import ClusterEvidence, Verdict, resize_entries
@@ -201,8 +201,7 @@ def _lift_by_edge_cut(clusters: list[ClusterEvidence], cuts: list[ClusterEvidenc
     out = list(clusters)
     for i, c in enumerate(out):
         if not c.size or c.cut_graph == "edges" or not any(
-                (c.mask & e.mask).sum() / (c.mask | e.mask).sum() >= params.sweep_min_jaccard
-                for e in cuts):
+                jaccard(c, e) >= params.sweep_min_jaccard for e in cuts):
             continue
         entry = ClusterEvidence.of(c.mask, id=c.id, split_from=c.split_from, cut_graph="edges")
         if measure(entry, graphs, bar).measured:
