@@ -127,9 +127,13 @@ def _reliance_text(value: float | None) -> str:
     return "reliance unknown" if value is None else f"reliance {value:.2f}"
 
 
-def _criterion(name: str, goal: str, measured: str, met: bool | None) -> dict:
-    return {"criterion": name, "goal": goal, "measured": measured,
-            "met": "—" if met is None else ("yes" if met else "no")}
+def _criterion(name: str, goal: str, measured: str, met: bool) -> dict:
+    return {"criterion": name, "goal": goal, "measured": measured, "met": "yes" if met else "no"}
+
+
+def _counted(reliance_value: float | None, fraction: float) -> bool:
+    """Whether a planted setting counts for the criteria: relied on, on ≥ MIN_FRACTION."""
+    return reliance_value is not None and reliance_value >= RELIED and fraction >= MIN_FRACTION
 
 
 def criteria(rows: list[dict], threshold: float) -> list[dict]:
@@ -145,7 +149,7 @@ def criteria(rows: list[dict], threshold: float) -> list[dict]:
     out, settings, planted = [], {}, []
     for g in s["groups"]:
         for name, e in g["relied_settings"].items():
-            if fraction[name] >= MIN_FRACTION:
+            if _counted(e["reliance"], fraction[name]):
                 settings[name] = e
                 planted += e["scores"]
     by_gen: dict[str, list[int]] = {}
@@ -188,8 +192,7 @@ def setting_rows(rows: list[dict], threshold: float) -> list[dict]:
         scores = [r["score"] for r in pl]
         out.append({
             "setting": name, "reliance": None if rel is None else round(rel, 2),
-            "counted": "yes" if rel is not None and rel >= RELIED
-            and pl[0].get("fraction", 1.0) >= MIN_FRACTION else "no",
+            "counted": "yes" if _counted(rel, pl[0].get("fraction", 1.0)) else "no",
             "flagged": f"{sum(s >= threshold for s in scores)}/{len(pl)}",
             "detected": f"{sum(_detected(r, threshold) for r in pl)}/{len(pl)}",
             "score min / median / max": f"{min(scores):.2f} / {np.median(scores):.2f} / "
