@@ -98,10 +98,14 @@ def test_workers_compile_the_knn_kernels_of_the_real_search_at_start():
         assert event["state"] == "done", event
         counts = next(iter(client.run(_compiled_kernels).values()))
     assert counts["nn_descent_before"] >= 1 and counts["pair_distances_before"] >= 1
-    assert counts["scan_pair_before"] >= 1
+    # both product kinds' scans (the pinned torch has int8 products): the kind is timed per
+    # feature width, so a class may take the kind the warm-up's timing did not pick
+    assert counts["scan_pair_before"] >= 2
     # the searches of the analysis found every kernel compiled for their argument types
-    assert all(counts[k] == counts[f"{k}_before"]
-               for k in ("nn_descent", "scan_pair", "pair_distances")), counts
+    compiled_again = {k: (counts[f"{k}_before"], counts[k])
+                      for k in ("nn_descent", "scan_pair", "pair_distances")
+                      if counts[k] != counts[f"{k}_before"]}
+    assert not compiled_again, compiled_again
     assert counts["same_neighbours"]
 
 
