@@ -10,6 +10,7 @@ from spray.analysis.preprocess import cell_pixels, preprocess
 from spray.config.presets import FlagsSection
 from spray.verdict.evidence import difference, top_cells
 from spray.verdict.members import (
+    _guard,
     _guarded_join,
     carriers_apart,
     decide_members,
@@ -955,17 +956,66 @@ def test_a_one_cell_hot_spot_widens_until_the_guard_passes(monkeypatch):
     assert (clusters[1].peak_window, clusters[1].peak_guard) == (8, "fences")
 
 
+def _object_first_logo_class(seed: int, logo: bool = True):
+    """The logo class of :func:`_logo_class` where the model looks hardest at the object: every
+    sample's relevance peaks on an object blob at a random place, the stamped samples' (and
+    the look-alikes') relevance on their corner is 0.4 of that peak. The suspect (the stamped
+    samples of corner 0) differs from the rest at its corner, while its members' peaks lie
+    on objects that every sample of the class has (a cross): a pattern that does not set
+    them apart."""
+    x, _, _, labels, clusters, truth = _logo_class(seed=seed, logo=logo)
+    rng = np.random.default_rng(11 + seed)
+    rel = rng.uniform(0, 0.05, (len(x), 32, 32)).astype(np.float32)
+    cross = np.zeros((6, 6), bool)
+    cross[2:4, :] = cross[:, 2:4] = True
+    for i in range(len(x)):
+        cy, cx = rng.integers(9, 23, 2)           # the object: a cross of a random colour
+        x[i, :, cy - 3:cy + 3, cx - 3:cx + 3][:, cross] = rng.uniform(0, 1, (3, 1))
+        rel[i, cy - 3:cy + 3, cx - 3:cx + 3] += 1.0
+        if i < 80:
+            y0, x0 = CORNERS[i // 15 if i < 60 else i % 4]
+            rel[i, y0:y0 + 5, x0:x0 + 5] += 0.4
+    return x, rel, preprocess(rel, PRE), labels, clusters, truth
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_a_suspect_whose_model_looks_at_the_object_takes_the_pattern_at_its_place(seed):
+    """At the members' relevance peaks (on their objects) no window passes the guard; the
+    template at the suspect's hot region (its corner) is the ring, and the rings of the other
+    three corners join (not the bright look-alikes without it)."""
+    x, rel, feats, labels, clusters, truth = _object_first_logo_class(seed)
+    patterns = InputPatterns.of(x, PRE, maps=rel)
+    diff = difference(feats, labels == 1)
+    assert all(_guard(r, labels == 1, labels == 0, 1.0, 1.5) is None for r in (
+        patterns.peak_correlation(diff, labels == 1, 2000, scale=2 ** s) for s in range(3))
+        if r is not None)
+    out = join_where_looked(labels, clusters, [1], feats, 1.0, 1.5, patterns, 2000, 2, 0.0)
+    joins = (labels == 0) & (out == 1)
+    assert (joins <= truth).all() and joins.sum() >= 30                  # of the 45 outside
+    assert clusters[1].peak_at == "region" and clusters[1].peak_joined == joins.sum()
+
+
+def test_the_place_of_the_hot_region_takes_no_one_in_without_a_pattern():
+    """The same class with no ring: neither template lets anyone in."""
+    x, rel, feats, labels, clusters, _ = _object_first_logo_class(0, logo=False)
+    out = join_where_looked(labels, clusters, [1], feats, 1.0, 1.5,
+                            InputPatterns.of(x, PRE, maps=rel), 2000, 2, 0.0)
+    assert (out == labels).all() and clusters[1].peak_joined == 0
+    assert clusters[1].peak_at is None
+
+
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_widening_takes_no_one_in_without_a_pattern(seed, monkeypatch):
     """The same class with no ring: windows of 4, 8 and 16 pixels are tried (doubled each
-    time), and none lets anyone in."""
+    time), at the members' peaks and then at the hot region's place, and none lets anyone
+    in."""
     x, rel, feats, labels, _, _ = _textured_logo_class(seed, logo=False)
     clusters = [ClusterEvidence.of(labels == c, id=c) for c in (0, 1)]
     sides = _sides_tried(monkeypatch)
     out = join_where_looked(labels, clusters, [1], feats, 1.0, 1.5,
                             InputPatterns.of(x, PRE16, maps=rel), 2000, 2, 0.0)
     assert (out == labels).all() and clusters[1].peak_joined == 0
-    assert sides == [4, 8, 16]
+    assert sides == [4, 8, 16] * 2
     assert clusters[1].peak_window is None and clusters[1].peak_guard is None
 
 

@@ -95,8 +95,10 @@ def _member_notes(cl: dict) -> list[str]:
         apart = (" (the samples outside were not below that fence as a whole, but these stand "
                  "apart from the rest of them: <code>peak_carrier_gap</code>)"
                  if cl.get("peak_guard") == "apart" else "")
+        where = ("at the place where their relevance differs from the rest's"
+                 if cl.get("peak_at") == "region" else "where the model looks at them")
         notes.append(f"{_fmt(cl['peak_joined'])} samples outside carry, somewhere in their "
-                     f"image, its members' pattern where the model looks at them (best match "
+                     f"image, its members' pattern {where} (best match "
                      f"with a window of {_fmt(cl.get('peak_window'))} pixels at or above the "
                      f"lower fence of the members'{apart}): they were added to it.")
     return notes

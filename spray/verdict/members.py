@@ -60,7 +60,11 @@ pattern is flat, the window is widened (``peak_window_doublings``: a one-cell ho
 window smaller than the stamp), and a refused guard still lets the candidates in when they stand
 apart from the rest of the samples outside (``peak_carrier_gap``: the carriers outside lift the
 outside's fence themselves). As in the step before, no relevance condition: a stamped sample
-whose relevance peaks on its object carries the stamp all the same.
+whose relevance peaks on its object carries the stamp all the same. Where the members' own peaks
+hold no common pattern (a model that looks hardest at the object, and at the logo less but
+differently from the rest), no window at the peaks passes the guard; the same search is then
+made with the first template taken at the hot region's place, which every member of a suspect
+of one place shares (``peak_at`` ``"region"``).
 """
 
 from __future__ import annotations
@@ -194,15 +198,17 @@ def join_where_looked(labels: np.ndarray, clusters: list[ClusterEvidence], suspe
 
     def carriers(entry: ClusterEvidence, mask: np.ndarray,
                  outside: np.ndarray) -> np.ndarray | None:
-        entry.peak_window = entry.peak_guard = None
+        entry.peak_window = entry.peak_guard = entry.peak_at = None
         diff = difference(features, mask)
-        for step in range(int(doublings) + 1):
-            r = patterns.peak_correlation(diff, mask, max_template, scale=2 ** step)
-            passed = None if r is None else _guard(r, mask, outside, fence_iqr, guard_iqr, gap)
-            if passed is not None:
-                entry.peak_window = patterns.peak_window(diff, 2 ** step)
-                entry.peak_guard = passed[1]
-                return outside & np.isfinite(r) & (r >= passed[0])
+        for at in ("peak", "region"):
+            for step in range(int(doublings) + 1):
+                r = patterns.peak_correlation(diff, mask, max_template, scale=2 ** step, at=at)
+                passed = None if r is None else _guard(r, mask, outside, fence_iqr, guard_iqr,
+                                                       gap)
+                if passed is not None:
+                    entry.peak_window = patterns.peak_window(diff, 2 ** step)
+                    entry.peak_guard, entry.peak_at = passed[1], at
+                    return outside & np.isfinite(r) & (r >= passed[0])
         return None
 
     return _join_carriers(labels, clusters, suspects, "peak_joined", carriers)

@@ -189,7 +189,7 @@ class InputPatterns:
         return out
 
     def peak_correlation(self, diff: np.ndarray, mask: np.ndarray, max_template: int,
-                         scale: int = 1) -> np.ndarray | None:
+                         scale: int = 1, at: str = "peak") -> np.ndarray | None:
         """Each sample's best cosine, anywhere in its image, with the members' pattern where
         the model looks (see the module notes).
 
@@ -200,10 +200,12 @@ class InputPatterns:
         suspect whose members the model looks at less than at the rest, everywhere, gets None
         (nobody joins by this step).
         The first template is the median centred pattern of at most ``max_template`` members at
-        their own relevance peaks; the template is that of the same members at their best
-        match with it (the members' pattern aligned); members whose window holds a non-finite
-        value are left out of both. Returns ``(n,)`` cosines in [−1, 1] (NaN
-        for an image with a non-finite value), or
+        their own relevance peaks (``at`` ``"peak"``) or at the hot region's place, the same
+        for every member (``at`` ``"region"``: a suspect of one place whose model looks hardest
+        at the object, so that the members' peaks hold no common pattern); the template is
+        that of the same members at their best match with it (the members' pattern aligned);
+        members whose window holds a non-finite value are left out of both. Returns ``(n,)``
+        cosines in [−1, 1] (NaN for an image with a non-finite value), or
         None without relevance maps, without a region, with a flat template or when the
         window compared at ``scale`` spans no more pixels than at ``scale / 2`` (the image's
         side reached, or the same number of blocks).
@@ -214,8 +216,13 @@ class InputPatterns:
         members = _evenly(np.flatnonzero(mask), max_template)
         H, W = self._shape()
         window = _PeakWindows(side, H, W)
-        template = self._template(window, members, lambda x, rows: window.at_peak(
-            x, self.relevance(rows)))
+        if at == "region":
+            place = self._region_place(diff, window)
+            template = self._template(window, members, lambda x, rows: window.at_place(
+                x, *place))
+        else:
+            template = self._template(window, members, lambda x, rows: window.at_peak(
+                x, self.relevance(rows)))
         if template is not None:       # aligned: the members' windows at their best match
             template = self._template(window, members, lambda x, rows: window.best_match(
                 x, template, windows=True))
@@ -232,6 +239,16 @@ class InputPatterns:
         (block-averaged windows count the pixels they span), or None where it compares none."""
         side = self._peak_side(diff, scale)
         return None if side is None else _span(side, *self._shape())
+
+    def _region_place(self, diff: np.ndarray, window: _PeakWindows) -> tuple[int, int]:
+        """Top-left corner, in ``window``'s (block-averaged) pixels, of the window centred on
+        the centre of :func:`hot_region` of ``diff``."""
+        H, W = self._shape()
+        grid = (H, W) if self.grid is None else (int(self.grid[0]), int(self.grid[1]))
+        rows, cols = hot_region_cells(np.asarray(diff, dtype=np.float64).reshape(grid))
+        cy = (rows.mean() + 0.5) * H / grid[0] / window.factor
+        cx = (cols.mean() + 0.5) * W / grid[1] / window.factor
+        return int(round(cy - window.side / 2)), int(round(cx - window.side / 2))
 
     def _shape(self) -> tuple[int, int]:
         """Height and width of the relevance maps (read from the first sample's)."""
@@ -439,6 +456,16 @@ class _PeakWindows:
         m = self.slack
         return np.concatenate([self._windows(self._padded(x[part]), py[part] + m, px[part] + m)
                                for part in self._parts(x)])
+
+    def at_place(self, x: np.ndarray, y: int, x0: int) -> np.ndarray:
+        """Unit, per-channel centred windows ``(len, C·S·S)`` of every image at one place (top
+        left ``(y, x0)``, in averaged pixels; up to ``slack`` beyond the border)."""
+        m = self.slack
+        y, x0 = int(np.clip(y, -m, self.H + m - self.side)), int(
+            np.clip(x0, -m, self.W + m - self.side))
+        return np.concatenate([
+            self._windows(self._padded(x[part]), np.full(len(x[part]), y + m),
+                          np.full(len(x[part]), x0 + m)) for part in self._parts(x)])
 
     def _parts(self, x: np.ndarray) -> list[slice]:
         """Slices of ``x``'s samples whose padded images hold at most :data:`SUB_ELEMENTS`

@@ -19,7 +19,7 @@ _EVIDENCE_KEYS = ("id", "half_of", "cut_along", "cut_graph", "n_clusters", "clus
                   "size_penalty", "excluded", "resampled",
                   "contrast_stable", "score", "split_from", "hot_spot_auc", "trimmed", "pattern_trimmed",
                   "joined", "pattern_joined", "agreed_joined", "peak_joined", "peak_window",
-                  "peak_guard")
+                  "peak_guard", "peak_at")
 
 
 @dataclass
@@ -68,6 +68,9 @@ class ClusterEvidence:
         ``peak_window_doublings``) and how the guard passed: ``"fences"`` (the members' lower
         fence at or above the upper fence of the samples outside) or ``"apart"`` (the
         candidates stand apart from the rest outside, ``peak_carrier_gap``).
+    peak_at : where that step took the members' first template: ``"peak"`` (at each member's
+        relevance peak) or ``"region"`` (at the hot region's place, tried when no window at
+        the peaks passed).
     score_from_k : the group of another K whose score this cluster took, with ``jaccard``.
     inputs : the input features the contrast was measured on (not serialized).
     """
@@ -113,6 +116,7 @@ class ClusterEvidence:
     peak_joined: int | None = None
     peak_window: int | None = None
     peak_guard: str | None = None
+    peak_at: str | None = None
     score_from_k: ClusterEvidence | None = field(default=None, repr=False)
     jaccard: float | None = None
     inputs: np.ndarray | None = field(default=None, repr=False, compare=False)
