@@ -991,7 +991,7 @@ def test_a_suspect_whose_model_looks_at_the_object_takes_the_pattern_at_its_plac
         if r is not None)
     out = join_where_looked(labels, clusters, [1], feats, 1.0, 1.5, patterns, 2000, 2, 0.0)
     joins = (labels == 0) & (out == 1)
-    assert (joins <= truth).all() and joins.sum() >= 30                  # of the 45 outside
+    assert (joins <= truth).all() and joins.sum() >= 43                  # of the 45 outside
     assert clusters[1].peak_at == "region" and clusters[1].peak_joined == joins.sum()
 
 

@@ -64,7 +64,9 @@ whose relevance peaks on its object carries the stamp all the same. Where the me
 hold no common pattern (a model that looks hardest at the object, and at the logo less but
 differently from the rest), no window at the peaks passes the guard; the same search is then
 made with the first template taken at the hot region's place, which every member of a suspect
-of one place shares (``peak_at`` ``"region"``).
+of one place shares (``peak_at`` ``"region"``). There the members all carry the stamp at the
+same place, crisper than a carrier elsewhere matches it (another crop around the stamp, another
+border beside it): a sample outside joins from :func:`join_bar` down, as in the pattern join.
 """
 
 from __future__ import annotations
@@ -208,7 +210,9 @@ def join_where_looked(labels: np.ndarray, clusters: list[ClusterEvidence], suspe
                 if passed is not None:
                     entry.peak_window = patterns.peak_window(diff, 2 ** step)
                     entry.peak_guard, entry.peak_at = passed[1], at
-                    return outside & np.isfinite(r) & (r >= passed[0])
+                    bar = passed[0] if at == "peak" else join_bar(r, mask, outside,
+                                                                  passed[0], guard_iqr)
+                    return outside & np.isfinite(r) & (r >= bar)
         return None
 
     return _join_carriers(labels, clusters, suspects, "peak_joined", carriers)
