@@ -989,17 +989,33 @@ def test_a_suspect_whose_model_looks_at_the_object_takes_the_pattern_at_its_plac
     assert all(_guard(r, labels == 1, labels == 0, 1.0, 1.5) is None for r in (
         patterns.peak_correlation(diff, labels == 1, 2000, scale=2 ** s) for s in range(3))
         if r is not None)
-    out = join_where_looked(labels, clusters, [1], feats, 1.0, 1.5, patterns, 2000, 2, 0.0)
+    out = join_where_looked(labels, clusters, [1], feats, 1.0, 1.5, patterns, 2000, 2, 0.1)
     joins = (labels == 0) & (out == 1)
     assert (joins <= truth).all() and joins.sum() >= 43                  # of the 45 outside
     assert clusters[1].peak_at == "region" and clusters[1].peak_joined == joins.sum()
+
+
+def test_the_region_path_lowers_its_bar_only_for_carriers_that_stand_apart():
+    """Carriers at other places match the ring less crisply than the members at theirs: with
+    a gap in the density under the members' fence (``peak_carrier_gap``) they join from the
+    lower bar; without (gap 0) only those at the members' fence do."""
+    x, rel, feats, labels, clusters, truth = _object_first_logo_class(2)
+    patterns = InputPatterns.of(x, PRE, maps=rel)
+    joined = {}
+    for gap in (0.0, 0.1):
+        clusters = [ClusterEvidence.of(labels == c, id=c) for c in (0, 1)]
+        out = join_where_looked(labels, clusters, [1], feats, 1.0, 1.5, patterns, 2000, 2, gap)
+        joins = (labels == 0) & (out == 1)
+        assert (joins <= truth).all()
+        joined[gap] = int(joins.sum())
+    assert joined[0.0] < joined[0.1] == 45
 
 
 def test_the_place_of_the_hot_region_takes_no_one_in_without_a_pattern():
     """The same class with no ring: neither template lets anyone in."""
     x, rel, feats, labels, clusters, _ = _object_first_logo_class(0, logo=False)
     out = join_where_looked(labels, clusters, [1], feats, 1.0, 1.5,
-                            InputPatterns.of(x, PRE, maps=rel), 2000, 2, 0.0)
+                            InputPatterns.of(x, PRE, maps=rel), 2000, 2, 0.1)
     assert (out == labels).all() and clusters[1].peak_joined == 0
     assert clusters[1].peak_at is None
 

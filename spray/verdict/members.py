@@ -66,7 +66,9 @@ differently from the rest), no window at the peaks passes the guard; the same se
 made with the first template taken at the hot region's place, which every member of a suspect
 of one place shares (``peak_at`` ``"region"``). There the members all carry the stamp at the
 same place, crisper than a carrier elsewhere matches it (another crop around the stamp, another
-border beside it): a sample outside joins from :func:`join_bar` down, as in the pattern join.
+border beside it): a sample outside joins from :func:`join_bar` down, as in the pattern join,
+where the samples above that bar stand apart from the rest (:func:`carriers_apart`), else from
+the members' fence.
 """
 
 from __future__ import annotations
@@ -210,12 +212,24 @@ def join_where_looked(labels: np.ndarray, clusters: list[ClusterEvidence], suspe
                 if passed is not None:
                     entry.peak_window = patterns.peak_window(diff, 2 ** step)
                     entry.peak_guard, entry.peak_at = passed[1], at
-                    bar = passed[0] if at == "peak" else join_bar(r, mask, outside,
-                                                                  passed[0], guard_iqr)
+                    bar = passed[0] if at == "peak" else _region_bar(r, mask, outside,
+                                                                     passed[0], guard_iqr, gap)
                     return outside & np.isfinite(r) & (r >= bar)
         return None
 
     return _join_carriers(labels, clusters, suspects, "peak_joined", carriers)
+
+
+def _region_bar(r: np.ndarray, mask: np.ndarray, outside: np.ndarray, fence: float,
+                reach: float, gap: float) -> float:
+    """The bar of a template taken at the hot region's place: :func:`join_bar` where the
+    samples outside at or above it stand apart from the rest (:func:`carriers_apart`, ``gap``:
+    carriers of the stamp at other places, matched less crisply than the members at theirs),
+    else the members' lower ``fence`` (a bar lowered into the rest's tail takes its highest
+    samples in, whether or not anyone carries the stamp)."""
+    low = join_bar(r, mask, outside, fence, reach)
+    rest = r[outside & np.isfinite(r)]
+    return low if low < fence and carriers_apart(rest, low, reach, gap) else fence
 
 
 def _guard(r: np.ndarray, mask: np.ndarray, outside: np.ndarray, reach: float,
