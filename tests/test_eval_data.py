@@ -176,3 +176,42 @@ def test_setting_rows_say_which_settings_count():
     assert used["counted"] == "yes" and rare["counted"] == "no"     # 3 % is below 5 %
     assert used["flagged"] == "1/2" and used["detected"] == "0/2"    # flagged with recall 0.5
     assert rare["detected"] == "1/1"
+
+
+def _rescoring(out: Path, draws: list[tuple]) -> Path:
+    """An ``eval_clever_hans.py --rescore`` folder: ``draws`` of (setting, draw, planted
+    score, precision, recall) plus one clean class check per draw."""
+    import json
+
+    out.mkdir()
+    rows, summary = [], []
+    for setting, d, score, precision, recall in draws:
+        rows += [{"setting": setting, "draw": d, "class": 1, "planted": True, "score": score,
+                  "flagged": score >= 1.7},
+                 {"setting": setting, "draw": d, "class": 2, "planted": False, "score": -1.0,
+                  "flagged": False}]
+        summary.append({"setting": setting, "draw": d, "planted_score": score,
+                        "precision": precision, "recall": recall, "n_planted": 40})
+    (out / "draws.json").write_text(json.dumps(rows))
+    (out / "draws_summary.json").write_text(json.dumps({"threshold": 1.7, "draws": summary}))
+    return out
+
+
+def test_rescorings_compared_say_which_settings_changed(tmp_path):
+    """Members that join change detections, not scores: the setting whose recall rose is a
+    row of the docs table, the unchanged one is not, and no score counts as changed."""
+    import compare_rescorings as cr
+
+    before = _rescoring(tmp_path / "before", [("logo", 0, 2.5, 1.0, 0.3),
+                                              ("logo", 1, 1.0, 1.0, 0.3),
+                                              ("text", 0, 3.0, 1.0, 1.0)])
+    after = _rescoring(tmp_path / "after", [("logo", 0, 2.5, 1.0, 1.0),
+                                            ("logo", 1, 1.0, 1.0, 1.0),
+                                            ("text", 0, 3.0, 1.0, 1.0)])
+    results = [cr.compare(before, after)]
+    assert results[0]["score_or_flag_changed"] == 0
+    rows = cr.setting_rows(results, changed_only=True)
+    assert [r["setting"] for r in rows] == ["logo"]
+    assert rows[0]["detected"] == "0 → 1" and rows[0]["flagged"] == "1 → 1 of 2"
+    assert rows[0]["stamped / unstamped gained"] == "28 / 0"    # 12 → 40 of 40 stamped
+    assert len(cr.setting_rows(results)) == 2

@@ -13,7 +13,9 @@ over all checks, the highest score of the classes without a planted artefact (cl
 and the other classes) before and after, and how many of them changed score or flag. A change
 to who is reported (``spray.verdict.members``) must leave every score alone; a change to the
 score is judged by the detections it gains and the non-planted scores it raises.
-With ``--common`` the two may hold different class checks (one rescored with ``--only``): only
+With ``--table-json F`` the settings that changed are written as a table for docs/
+(``tables.py``). With ``--common`` the two may hold different class checks (one rescored with
+``--only``): only
 the checks and draws both hold are compared, and their number is reported.
 """
 
@@ -108,31 +110,53 @@ def _fmt(v) -> str:
     return "—" if v is None else f"{v:.2f}"
 
 
-def table(results: list[dict]) -> str:
-    """A Markdown table of :func:`compare` results."""
-    lines = ["| setting | flagged | detected | planted scores min / p10 / median | lowest P "
-             "| median R | stamped / unstamped gained |", "|---|---|---|---|---|---|---|"]
+COLUMNS = ["setting", "flagged", "detected", "planted scores min / p10 / median", "lowest P",
+           "median R", "stamped / unstamped gained"]
+
+
+def setting_rows(results: list[dict], changed_only: bool = False) -> list[dict]:
+    """One row per planted setting of :func:`compare` results (``COLUMNS``, each cell "before
+    → after"); with ``changed_only``, the settings whose flags, detections, lowest precision,
+    median recall or members changed."""
+    rows = []
     for res in results:
         for name, s in res["settings"].items():
+            moved = (s["flagged"][0] != s["flagged"][1] or s["detected"][0] != s["detected"][1]
+                     or s["lowest_precision"][0] != s["lowest_precision"][1]
+                     or s["median_recall"][0] != s["median_recall"][1] or any(s["gained"]))
+            if changed_only and not moved:
+                continue
             q = [f"{p['min']:.2f} / {p['p10']:.2f} / {p['median']:.2f}"
                  for p in s["planted_scores"]]
-            lines.append(f"| {name} | {s['flagged'][0]} → {s['flagged'][1]} of {s['draws']} | "
-                         f"{s['detected'][0]} → {s['detected'][1]} | {q[0]} → {q[1]} | "
-                         f"{_fmt(s['lowest_precision'][0])} → {_fmt(s['lowest_precision'][1])} | "
-                         f"{_fmt(s['median_recall'][0])} → {_fmt(s['median_recall'][1])} | "
-                         f"{s['gained'][0]} / {s['gained'][1]} |")
+            rows.append(dict(zip(COLUMNS, [
+                name, f"{s['flagged'][0]} → {s['flagged'][1]} of {s['draws']}",
+                f"{s['detected'][0]} → {s['detected'][1]}", f"{q[0]} → {q[1]}",
+                f"{_fmt(s['lowest_precision'][0])} → {_fmt(s['lowest_precision'][1])}",
+                f"{_fmt(s['median_recall'][0])} → {_fmt(s['median_recall'][1])}",
+                f"{s['gained'][0]} / {s['gained'][1]}"])))
+    return rows
+
+
+def summary(results: list[dict]) -> str:
+    """The class checks compared, and what changed of the non-planted ones."""
     checks = sum(r["checks"] for r in results)
     changed = sum(r["score_or_flag_changed"] for r in results)
     others = [r["non_planted"] for r in results]
     highest = [max((o["highest"][i] for o in others if o["highest"][i] is not None),
                    default=None) for i in (0, 1)]
-    lines.append(f"\n{checks} class checks; score or flag changed in {changed}. "
-                 f"Non-planted checks: {sum(o['checks'] for o in others)}, changed "
-                 f"{sum(o['changed'] for o in others)}, flagged "
-                 f"{sum(o['flagged'][0] for o in others)} → "
-                 f"{sum(o['flagged'][1] for o in others)}, highest score {_fmt(highest[0])} → "
-                 f"{_fmt(highest[1])}.")
-    return "\n".join(lines)
+    return (f"{checks} class checks; score or flag changed in {changed}. "
+            f"Non-planted checks: {sum(o['checks'] for o in others)}, changed "
+            f"{sum(o['changed'] for o in others)}, flagged "
+            f"{sum(o['flagged'][0] for o in others)} → "
+            f"{sum(o['flagged'][1] for o in others)}, highest score {_fmt(highest[0])} → "
+            f"{_fmt(highest[1])}.")
+
+
+def table(results: list[dict]) -> str:
+    """A Markdown table of :func:`compare` results."""
+    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+    lines += ["| " + " | ".join(row[c] for c in COLUMNS) + " |" for row in setting_rows(results)]
+    return "\n".join(lines) + "\n\n" + summary(results)
 
 
 def main(argv=None) -> int:
@@ -141,6 +165,8 @@ def main(argv=None) -> int:
     ap.add_argument("--json", help="write the comparison here")
     ap.add_argument("--common", action="store_true",
                     help="compare only the class checks and draws both hold")
+    ap.add_argument("--table-json",
+                    help="write the settings that changed as a table for docs (tables.py)")
     args = ap.parse_args(argv)
     if len(args.dirs) % 2:
         ap.error("give BEFORE AFTER pairs")
@@ -149,6 +175,11 @@ def main(argv=None) -> int:
     print(table(results))
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=1) + "\n")
+    if args.table_json:
+        spec = {"columns": COLUMNS, "rows": setting_rows(results, changed_only=True),
+                "command": "python tests/benchmarks/compare_rescorings.py "
+                           + " ".join(args.dirs) + " --table-json F"}
+        Path(args.table_json).write_text(json.dumps(spec, indent=1) + "\n")
     return 0
 
 
