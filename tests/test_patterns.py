@@ -1011,6 +1011,39 @@ def test_the_region_path_lowers_its_bar_only_for_carriers_that_stand_apart():
     assert joined[0.0] < joined[0.1] == 45
 
 
+def test_the_region_bar_drops_below_the_fence_only_across_an_empty_band():
+    """Carriers apart from the rest by an empty band of at least the gap: the bar is the lowest
+    of them. A tail of the rest thinning out up to the members' fence: the members' fence."""
+    from spray.verdict.members import _region_bar
+
+    rng = np.random.default_rng(0)
+    rest = rng.normal(0.4, 0.05, 250)
+    mask = np.r_[np.zeros(280, bool), np.ones(20, bool)]
+    carriers = np.r_[rest, np.linspace(0.80, 0.90, 30), np.full(20, 0.97)]
+    bar = _region_bar(carriers, mask, ~mask, 0.95, 1.5, 0.1)
+    assert bar == pytest.approx(0.80)
+    tail = np.r_[rest, np.linspace(0.55, 0.94, 30), np.full(20, 0.97)]     # no band ≥ 0.1
+    assert _region_bar(tail, mask, ~mask, 0.95, 1.5, 0.1) == 0.95
+    assert _region_bar(carriers, mask, ~mask, 0.95, 1.5, 0.0) == 0.95      # gap 0: never
+
+
+def test_a_match_away_from_a_place_leaves_that_place_out():
+    """``best_match`` with ``away``: an image whose only copy of the pattern is at that place
+    has no match there (NaN where no window is left, else a lower one); a copy elsewhere is
+    found in full. Rows not ``rows_away`` are matched everywhere."""
+    rng = np.random.default_rng(1)
+    x = rng.uniform(0.3, 0.5, (3, 3, 32, 32)).astype(np.float32)
+    x[:2, :, 1:6, 1:6][:, :, RING] = np.array([0.9, 0.1, 0.1])[:, None]     # at the place
+    x[2, :, 26:31, 26:31][:, RING] = np.array([0.9, 0.1, 0.1])[:, None]     # elsewhere
+    window = _PeakWindows(5, 32, 32)
+    template = window.at_place(x[:1], 1, 1)[0]
+    everywhere = window.best_match(x, template)
+    away = window.best_match(x, template, away=(1, 1),
+                             rows_away=np.array([True, False, True]))
+    assert (everywhere > 0.95).all()
+    assert away[0] < 0.9 and away[1] == everywhere[1] and away[2] == everywhere[2]
+
+
 def test_the_place_of_the_hot_region_takes_no_one_in_without_a_pattern():
     """The same class with no ring: neither template lets anyone in."""
     x, rel, feats, labels, clusters, _ = _object_first_logo_class(0, logo=False)

@@ -66,9 +66,10 @@ differently from the rest), no window at the peaks passes the guard; the same se
 made with the first template taken at the hot region's place, which every member of a suspect
 of one place shares (``peak_at`` ``"region"``). There the members all carry the stamp at the
 same place, crisper than a carrier elsewhere matches it (another crop around the stamp, another
-border beside it): a sample outside joins from :func:`join_bar` down, as in the pattern join,
-where the samples above that bar stand apart from the rest (:func:`carriers_apart`), else from
-the members' fence.
+border beside it): a sample outside is matched only away from the members' place (there the
+hot-spot steps before decided), and joins from below the members' fence where an empty band of
+the correlations outside at least ``peak_carrier_gap`` wide sets the carriers apart from the
+rest (:func:`_region_bar`), else from the members' fence.
 """
 
 from __future__ import annotations
@@ -222,14 +223,25 @@ def join_where_looked(labels: np.ndarray, clusters: list[ClusterEvidence], suspe
 
 def _region_bar(r: np.ndarray, mask: np.ndarray, outside: np.ndarray, fence: float,
                 reach: float, gap: float) -> float:
-    """The bar of a template taken at the hot region's place: :func:`join_bar` where the
-    samples outside at or above it stand apart from the rest (:func:`carriers_apart`, ``gap``:
-    carriers of the stamp at other places, matched less crisply than the members at theirs),
-    else the members' lower ``fence`` (a bar lowered into the rest's tail takes its highest
-    samples in, whether or not anyone carries the stamp)."""
-    low = join_bar(r, mask, outside, fence, reach)
-    rest = r[outside & np.isfinite(r)]
-    return low if low < fence and carriers_apart(rest, low, reach, gap) else fence
+    """The bar of a template taken at the hot region's place. Carriers of the stamp at other
+    places match it less crisply than the members at theirs (another crop around the stamp,
+    another border beside it), so the bar may lie below the members' lower ``fence``: at the
+    lowest sample above the widest empty band of the correlations outside between their upper
+    fence (Q3 + ``reach`` × IQR) and ``fence``, when that band is at least ``gap`` wide (the
+    carriers stand apart from the rest). Else the members' fence: a tail of the rest that
+    thins out above its upper fence is no group of carriers."""
+    rest = np.sort(r[outside & np.isfinite(r)])
+    if gap <= 0 or not len(rest):
+        return fence
+    low = upper_fence(rest, reach)
+    below = rest[rest < low]
+    points = np.concatenate([below[-1:] if len(below) else [low],
+                             rest[(rest >= low) & (rest <= fence)]])
+    if len(points) < 2:
+        return fence
+    widths = np.diff(points)
+    i = int(np.argmax(widths))
+    return float(points[i + 1]) if widths[i] >= gap else fence
 
 
 def _guard(r: np.ndarray, mask: np.ndarray, outside: np.ndarray, reach: float,

@@ -204,7 +204,10 @@ class InputPatterns:
         for every member (``at`` ``"region"``: a suspect of one place whose model looks hardest
         at the object, so that the members' peaks hold no common pattern); the template is
         that of the same members at their best match with it (the members' pattern aligned);
-        members whose window holds a non-finite value are left out of both. Returns ``(n,)``
+        members whose window holds a non-finite value are left out of both. At the region, a
+        sample outside ``mask`` is matched only by windows that do not overlap the members'
+        place (a carrier at *another* place: at the place itself the hot-spot steps before
+        decided; NaN where no such window is left). Returns ``(n,)``
         cosines in [−1, 1] (NaN for an image with a non-finite value), or
         None without relevance maps, without a region, with a flat template or when the
         window compared at ``scale`` spans no more pixels than at ``scale / 2`` (the image's
@@ -228,10 +231,12 @@ class InputPatterns:
                 x, template, windows=True))
         if template is None:
             return None
+        away = place if at == "region" else None
         r = np.empty(self.n)
         for start in range(0, self.n, self.chunk):
             rows = np.arange(start, min(start + self.chunk, self.n))
-            r[rows] = window.best_match(self.load(rows), template)
+            r[rows] = window.best_match(self.load(rows), template, away=away,
+                                        rows_away=None if away is None else ~mask[rows])
         return r
 
     def peak_window(self, diff: np.ndarray, scale: int = 1) -> int | None:
@@ -457,15 +462,20 @@ class _PeakWindows:
         return np.concatenate([self._windows(self._padded(x[part]), py[part] + m, px[part] + m)
                                for part in self._parts(x)])
 
+    def _place(self, y: int, x0: int) -> tuple[int, int]:
+        """The window with top left ``(y, x0)`` (averaged pixels) in the padded images'
+        coordinates, moved inside them (up to ``slack`` beyond the border)."""
+        m = self.slack
+        return (int(np.clip(y, -m, self.H + m - self.side)) + m,
+                int(np.clip(x0, -m, self.W + m - self.side)) + m)
+
     def at_place(self, x: np.ndarray, y: int, x0: int) -> np.ndarray:
         """Unit, per-channel centred windows ``(len, C·S·S)`` of every image at one place (top
         left ``(y, x0)``, in averaged pixels; up to ``slack`` beyond the border)."""
-        m = self.slack
-        y, x0 = int(np.clip(y, -m, self.H + m - self.side)), int(
-            np.clip(x0, -m, self.W + m - self.side))
+        py, px = self._place(y, x0)
         return np.concatenate([
-            self._windows(self._padded(x[part]), np.full(len(x[part]), y + m),
-                          np.full(len(x[part]), x0 + m)) for part in self._parts(x)])
+            self._windows(self._padded(x[part]), np.full(len(x[part]), py),
+                          np.full(len(x[part]), px)) for part in self._parts(x)])
 
     def _parts(self, x: np.ndarray) -> list[slice]:
         """Slices of ``x``'s samples whose padded images hold at most :data:`SUB_ELEMENTS`
@@ -485,12 +495,18 @@ class _PeakWindows:
         xs = px[:, None, None, None] + np.arange(S)[None, None, None, :]
         return _unit(P[rows, np.arange(P.shape[1])[None, :, None, None], ys, xs])
 
-    def best_match(self, x: np.ndarray, template: np.ndarray, windows: bool = False):
+    def best_match(self, x: np.ndarray, template: np.ndarray, windows: bool = False,
+                   away: tuple[int, int] | None = None, rows_away: np.ndarray | None = None):
         """The best cosine with ``template`` (unit, centred per channel) of every per-channel
         centred S × S window of each image (edge pixels repeated up to ``slack`` beyond the
         border), by FFT; with ``windows``, the unit centred windows
-        ``(len, C·S·S)`` of the best matches instead."""
+        ``(len, C·S·S)`` of the best matches instead. With ``away`` (a top left in averaged
+        pixels, as :meth:`at_place` takes it), the images ``rows_away`` (all by default) are
+        matched only by the windows that do not overlap the window there (NaN where none is
+        left)."""
         S, out = self.side, []
+        rows_away = (np.ones(len(x), dtype=bool) if rows_away is None
+                     else np.asarray(rows_away, dtype=bool))
         for part in self._parts(x):
             P = self._padded(x[part])
             dot = _correlate(P, np.asarray(template, dtype=np.float64).reshape(P.shape[1], S, S))
@@ -504,8 +520,13 @@ class _PeakWindows:
             # ... or at the rounding level of the running sums (relative to the whole image)
             floor = 64 * np.finfo(np.float64).eps * energy.sum(axis=(1, 2, 3))[:, None, None]
             flat = (norm <= 1e-6 * np.sqrt(np.maximum(squares, 0.0))) | (norm * norm <= floor)
-            cos = np.where(flat, 0.0, dot / np.maximum(norm, 1e-300)).reshape(len(P), -1)
-            best = np.clip(cos.max(axis=1), -1.0, 1.0)
+            cos = np.where(flat, 0.0, dot / np.maximum(norm, 1e-300))
+            if away is not None and rows_away[part].any():
+                cos[rows_away[part]] = np.where(self._overlaps(away, dot.shape[1:]), -np.inf,
+                                                cos[rows_away[part]])
+            cos = cos.reshape(len(P), -1)
+            top = cos.max(axis=1)
+            best = np.where(np.isneginf(top), np.nan, np.clip(top, -1.0, 1.0))
             if not windows:
                 out.append(best)
                 continue
@@ -513,6 +534,13 @@ class _PeakWindows:
             found[np.isnan(best)] = np.nan     # no best match: not the top-left window
             out.append(found)
         return np.concatenate(out)
+
+    def _overlaps(self, away: tuple[int, int], shape: tuple) -> np.ndarray:
+        """``shape`` (the padded images' window positions): which windows overlap the one at
+        ``away`` (top left in averaged pixels)."""
+        py, px = self._place(*away)
+        ys, xs = np.arange(shape[0])[:, None], np.arange(shape[1])[None, :]
+        return (np.abs(ys - py) < self.side) & (np.abs(xs - px) < self.side)
 
 
 #: block factors below this are summed by strided additions, about 2.7 times faster than
