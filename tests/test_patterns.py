@@ -1028,9 +1028,10 @@ def test_the_region_bar_drops_below_the_fence_only_across_an_empty_band():
 
 
 def test_a_match_away_from_a_place_leaves_that_place_out():
-    """``best_match`` with ``away``: an image whose only copy of the pattern is at that place
-    has no match there (NaN where no window is left, else a lower one); a copy elsewhere is
-    found in full. Rows not ``rows_away`` are matched everywhere."""
+    """``best_match`` with ``away``: the best matches anywhere, and away from that place: an
+    image whose only copy of the pattern is at the place has no match there away from it (a
+    lower one); a copy elsewhere is found in full. Rows not ``rows_away`` are matched
+    everywhere in both."""
     rng = np.random.default_rng(1)
     x = rng.uniform(0.3, 0.5, (3, 3, 32, 32)).astype(np.float32)
     x[:2, :, 1:6, 1:6][:, :, RING] = np.array([0.9, 0.1, 0.1])[:, None]     # at the place
@@ -1038,9 +1039,9 @@ def test_a_match_away_from_a_place_leaves_that_place_out():
     window = _PeakWindows(5, 32, 32)
     template = window.at_place(x[:1], 1, 1)[0]
     everywhere = window.best_match(x, template)
-    away = window.best_match(x, template, away=(1, 1),
-                             rows_away=np.array([True, False, True]))
-    assert (everywhere > 0.95).all()
+    anywhere, away = window.best_match(x, template, away=(1, 1),
+                                       rows_away=np.array([True, False, True]))
+    assert (everywhere > 0.95).all() and (anywhere == everywhere).all()
     assert away[0] < 0.9 and away[1] == everywhere[1] and away[2] == everywhere[2]
 
 

@@ -66,10 +66,11 @@ differently from the rest), no window at the peaks passes the guard; the same se
 made with the first template taken at the hot region's place, which every member of a suspect
 of one place shares (``peak_at`` ``"region"``). There the members all carry the stamp at the
 same place, crisper than a carrier elsewhere matches it (another crop around the stamp, another
-border beside it): a sample outside is matched only away from the members' place (there the
-hot-spot steps before decided), and joins from below the members' fence where an empty band of
-the correlations outside at least ``peak_carrier_gap`` wide sets the carriers apart from the
-rest (:func:`_region_bar`), else from the members' fence.
+border beside it): the guard and the bar compare the members' matches with the best matches
+of the samples outside anywhere, and the bar drops below the members' fence where an empty band
+of those at least ``peak_carrier_gap`` wide sets the carriers apart from the rest
+(:func:`_region_bar`); a sample outside joins when its best match *away* from the members' place
+reaches the bar (at the place itself the hot-spot steps before decided).
 """
 
 from __future__ import annotations
@@ -208,6 +209,9 @@ def join_where_looked(labels: np.ndarray, clusters: list[ClusterEvidence], suspe
         for at in ("peak", "region"):
             for step in range(int(doublings) + 1):
                 r = patterns.peak_correlation(diff, mask, max_template, scale=2 ** step, at=at)
+                # at the region: matched anywhere (the guard, the bar), and away from the
+                # members' place (who joins)
+                r, r_join = (r, r) if r is None or at == "peak" else (r[0], r[1])
                 passed = None if r is None else _guard(r, mask, outside, fence_iqr, guard_iqr,
                                                        gap)
                 if passed is not None:
@@ -215,7 +219,7 @@ def join_where_looked(labels: np.ndarray, clusters: list[ClusterEvidence], suspe
                     entry.peak_guard, entry.peak_at = passed[1], at
                     bar = passed[0] if at == "peak" else _region_bar(r, mask, outside,
                                                                      passed[0], guard_iqr, gap)
-                    return outside & np.isfinite(r) & (r >= bar)
+                    return outside & np.isfinite(r_join) & (r_join >= bar)
         return None
 
     return _join_carriers(labels, clusters, suspects, "peak_joined", carriers)

@@ -204,11 +204,11 @@ class InputPatterns:
         for every member (``at`` ``"region"``: a suspect of one place whose model looks hardest
         at the object, so that the members' peaks hold no common pattern); the template is
         that of the same members at their best match with it (the members' pattern aligned);
-        members whose window holds a non-finite value are left out of both. At the region, a
-        sample outside ``mask`` is matched only by windows that do not overlap the members'
-        place (a carrier at *another* place: at the place itself the hot-spot steps before
-        decided; NaN where no such window is left). Returns ``(n,)``
-        cosines in [−1, 1] (NaN for an image with a non-finite value), or
+        members whose window holds a non-finite value are left out of both. Returns ``(n,)``
+        cosines in [−1, 1] (NaN for an image with a non-finite value); at the region
+        ``(2, n)``: those, and for the samples outside ``mask`` the best cosine of the windows
+        that do not overlap the members' place (a carrier at *another* place; NaN where no
+        such window is left; the members' own as in the first row), or
         None without relevance maps, without a region, with a flat template or when the
         window compared at ``scale`` spans no more pixels than at ``scale / 2`` (the image's
         side reached, or the same number of blocks).
@@ -232,12 +232,13 @@ class InputPatterns:
         if template is None:
             return None
         away = place if at == "region" else None
-        r = np.empty(self.n)
+        r = np.empty((2, self.n))
         for start in range(0, self.n, self.chunk):
             rows = np.arange(start, min(start + self.chunk, self.n))
-            r[rows] = window.best_match(self.load(rows), template, away=away,
-                                        rows_away=None if away is None else ~mask[rows])
-        return r
+            found = window.best_match(self.load(rows), template, away=away,
+                                      rows_away=None if away is None else ~mask[rows])
+            r[:, rows] = found if away is not None else found[None]
+        return r if away is not None else r[0]
 
     def peak_window(self, diff: np.ndarray, scale: int = 1) -> int | None:
         """The side in pixels of the window :meth:`peak_correlation` compares at ``scale``
@@ -501,10 +502,10 @@ class _PeakWindows:
         centred S × S window of each image (edge pixels repeated up to ``slack`` beyond the
         border), by FFT; with ``windows``, the unit centred windows
         ``(len, C·S·S)`` of the best matches instead. With ``away`` (a top left in averaged
-        pixels, as :meth:`at_place` takes it), the images ``rows_away`` (all by default) are
-        matched only by the windows that do not overlap the window there (NaN where none is
-        left)."""
-        S, out = self.side, []
+        pixels, as :meth:`at_place` takes it), ``(2, len)``: the best cosines, and those of
+        the images ``rows_away`` (all by default) matched only by the windows that do not
+        overlap the window there (NaN where none is left; the others' best cosines)."""
+        S, out, out_away = self.side, [], []
         rows_away = (np.ones(len(x), dtype=bool) if rows_away is None
                      else np.asarray(rows_away, dtype=bool))
         for part in self._parts(x):
@@ -521,18 +522,21 @@ class _PeakWindows:
             floor = 64 * np.finfo(np.float64).eps * energy.sum(axis=(1, 2, 3))[:, None, None]
             flat = (norm <= 1e-6 * np.sqrt(np.maximum(squares, 0.0))) | (norm * norm <= floor)
             cos = np.where(flat, 0.0, dot / np.maximum(norm, 1e-300))
-            if away is not None and rows_away[part].any():
-                cos[rows_away[part]] = np.where(self._overlaps(away, dot.shape[1:]), -np.inf,
-                                                cos[rows_away[part]])
+            if away is not None:
+                elsewhere = np.where(self._overlaps(away, dot.shape[1:]), -np.inf, cos)
+                top = np.where(rows_away[part], elsewhere.reshape(len(P), -1).max(axis=1),
+                               cos.reshape(len(P), -1).max(axis=1))
+                out_away.append(np.where(np.isneginf(top), np.nan, np.clip(top, -1.0, 1.0)))
             cos = cos.reshape(len(P), -1)
-            top = cos.max(axis=1)
-            best = np.where(np.isneginf(top), np.nan, np.clip(top, -1.0, 1.0))
+            best = np.clip(cos.max(axis=1), -1.0, 1.0)
             if not windows:
                 out.append(best)
                 continue
             found = self._windows(P, *np.unravel_index(cos.argmax(axis=1), dot.shape[1:]))
             found[np.isnan(best)] = np.nan     # no best match: not the top-left window
             out.append(found)
+        if away is not None and not windows:
+            return np.stack([np.concatenate(out), np.concatenate(out_away)])
         return np.concatenate(out)
 
     def _overlaps(self, away: tuple[int, int], shape: tuple) -> np.ndarray:

@@ -123,7 +123,10 @@ def main(argv=None) -> int:
     draws = [int(d) for d in args.draws.split(",")]
     rows = [r for path in args.caches for r in probe_setting(path, draws, args.k)]
     if args.json:
-        args.json.write_text(json.dumps(rows, indent=1) + "\n")
+        command = ("python tests/benchmarks/probe_place_varying.py "
+                   + " ".join(f"runs/…/{p.name}" for p in args.caches)
+                   + f" --draws {args.draws} --k {args.k} --json F")
+        args.json.write_text(json.dumps({"rows": rows, "command": command}, indent=1) + "\n")
     return 0
 
 
