@@ -29,8 +29,11 @@ the members' windows that match it best is the template (the members' pattern al
 at a peak may hold only part of the stamp). Every sample's *peak correlation* is the best
 cosine of any of its windows with the template, found for all windows at once by FFT. A
 stamped sample whose relevance peaks on its object still carries the stamp where it is
-(docs/verdict.md, "Members where the model looks"). Windows wider than :data:`MAX_SIDE` pixels
-are compared on block-averaged images.
+(docs/verdict.md, "Members where the model looks"). Where the members' peaks hold no common
+pattern (the model looks hardest at the object), the first template is taken at the hot
+region's place instead, the same window in every member, and the samples outside are matched
+anywhere and away from that place too (``at="region"``). Windows wider than :data:`MAX_SIDE`
+pixels are compared on block-averaged images.
 
 *Why written here:* a normalized cross-correlation over every window of a batch of
 multi-channel images with one template (per-channel centring, edge padding, block averaging)
