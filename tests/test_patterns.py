@@ -1020,11 +1020,11 @@ def test_the_region_bar_drops_below_the_fence_only_across_an_empty_band():
     rest = rng.normal(0.4, 0.05, 250)
     mask = np.r_[np.zeros(280, bool), np.ones(20, bool)]
     carriers = np.r_[rest, np.linspace(0.80, 0.90, 30), np.full(20, 0.97)]
-    bar = _region_bar(carriers, mask, ~mask, 0.95, 1.5, 0.1)
+    bar = _region_bar(carriers, ~mask, 0.95, 1.5, 0.1)
     assert bar == pytest.approx(0.80)
     tail = np.r_[rest, np.linspace(0.55, 0.94, 30), np.full(20, 0.97)]     # no band ≥ 0.1
-    assert _region_bar(tail, mask, ~mask, 0.95, 1.5, 0.1) == 0.95
-    assert _region_bar(carriers, mask, ~mask, 0.95, 1.5, 0.0) == 0.95      # gap 0: never
+    assert _region_bar(tail, ~mask, 0.95, 1.5, 0.1) == 0.95
+    assert _region_bar(carriers, ~mask, 0.95, 1.5, 0.0) == 0.95      # gap 0: never
 
 
 def test_a_match_away_from_a_place_leaves_that_place_out():

@@ -217,16 +217,16 @@ def join_where_looked(labels: np.ndarray, clusters: list[ClusterEvidence], suspe
                 if passed is not None:
                     entry.peak_window = patterns.peak_window(diff, 2 ** step)
                     entry.peak_guard, entry.peak_at = passed[1], at
-                    bar = passed[0] if at == "peak" else _region_bar(r, mask, outside,
-                                                                     passed[0], guard_iqr, gap)
+                    bar = passed[0] if at == "peak" else _region_bar(r, outside, passed[0],
+                                                                     guard_iqr, gap)
                     return outside & np.isfinite(r_join) & (r_join >= bar)
         return None
 
     return _join_carriers(labels, clusters, suspects, "peak_joined", carriers)
 
 
-def _region_bar(r: np.ndarray, mask: np.ndarray, outside: np.ndarray, fence: float,
-                reach: float, gap: float) -> float:
+def _region_bar(r: np.ndarray, outside: np.ndarray, fence: float, reach: float,
+                gap: float) -> float:
     """The bar of a template taken at the hot region's place. Carriers of the stamp at other
     places match it less crisply than the members at theirs (another crop around the stamp,
     another border beside it), so the bar may lie below the members' lower ``fence``: at the

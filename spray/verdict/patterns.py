@@ -235,13 +235,12 @@ class InputPatterns:
         if template is None:
             return None
         away = place if at == "region" else None
-        r = np.empty((2, self.n))
+        r = np.empty((2, self.n) if away is not None else self.n)
         for start in range(0, self.n, self.chunk):
             rows = np.arange(start, min(start + self.chunk, self.n))
-            found = window.best_match(self.load(rows), template, away=away,
-                                      rows_away=None if away is None else ~mask[rows])
-            r[:, rows] = found if away is not None else found[None]
-        return r if away is not None else r[0]
+            r[..., rows] = window.best_match(self.load(rows), template, away=away,
+                                             rows_away=None if away is None else ~mask[rows])
+        return r
 
     def peak_window(self, diff: np.ndarray, scale: int = 1) -> int | None:
         """The side in pixels of the window :meth:`peak_correlation` compares at ``scale``
