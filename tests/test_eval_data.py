@@ -215,3 +215,10 @@ def test_rescorings_compared_say_which_settings_changed(tmp_path):
     assert rows[0]["detected"] == "0 → 1" and rows[0]["flagged"] == "1 → 1 of 2"
     assert rows[0]["stamped / unstamped gained"] == "28 / 0"    # 12 → 40 of 40 stamped
     assert len(cr.setting_rows(results)) == 2
+
+
+def test_a_label_the_generator_lacks_is_refused_before_training():
+    """Merged digits have 5 labels: a stamp on label 7 is refused by name, before any model is
+    trained (it would have sampled from no members)."""
+    with pytest.raises(ValueError, match="labels 0–4"):
+        em.collect_scenes(("natdm.cnn.adam", 7, "text", 0.15, 0), None)

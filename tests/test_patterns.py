@@ -12,6 +12,7 @@ from spray.verdict.evidence import difference, top_cells
 from spray.verdict.members import (
     _guard,
     _guarded_join,
+    carrier_bar,
     carriers_apart,
     decide_members,
     join_bar,
@@ -26,6 +27,8 @@ from spray.verdict.patterns import InputPatterns, _PeakWindows, hot_region
 from spray.verdict.result import ClusterEvidence
 
 PRE = {"channel_sum": True, "transform": "none", "pool": [8, 8], "normalize": "l1"}
+#: the far fence of the last member step's bar, as configured by default
+FAR = FlagsSection().peak_far_iqr
 GLYPH = np.array([[1, 0, 0, 0, 0, 0, 1],
                   [1, 0, 0, 1, 0, 0, 1],
                   [1, 0, 1, 0, 1, 0, 1],
@@ -480,15 +483,17 @@ def test_the_logo_in_other_corners_joins_where_the_model_looks():
     patterns = InputPatterns.of(x, PRE, maps=rel)
     r = patterns.peak_correlation(difference(feats, labels == 1), labels == 1, 2000)
     assert r[truth].min() > 0.6 > 0.5 > r[~truth].max()
-    out = join_where_looked(labels, clusters, [1], feats, 1.0, 1.5, patterns, 2000, 0, 0.0)
+    out = join_where_looked(labels, clusters, [1], feats, 1.0, 1.5, patterns, 2000, 0, 0.0, FAR)
     joins = (labels == 0) & (out == 1)
     assert (joins <= truth).all() and joins.sum() >= 40                # of the 45 outside
-    assert ((labels == 0) & (r >= lower_fence(r[labels == 1], 1.0)) == joins).all()
+    bar = carrier_bar(r, labels == 1, labels == 0, lower_fence(r[labels == 1], 1.0), FAR)
+    assert ((labels == 0) & (r >= bar) == joins).all()
     assert clusters[1].peak_joined == joins.sum() and clusters[1].size == 15 + joins.sum()
     assert clusters[0].size == len(labels) - 15 - joins.sum()
     # without the relevance maps nothing is read and nothing moves
     plain = InputPatterns.of(x, PRE)
-    assert (join_where_looked(labels, clusters, [1], feats, 1.0, 1.5, plain, 2000, 0, 0.0) == labels).all()
+    assert (join_where_looked(labels, clusters, [1], feats, 1.0, 1.5, plain, 2000, 0, 0.0, FAR)
+            == labels).all()
 
 
 def test_a_logo_whose_relevance_peaks_on_the_object_joins():
@@ -496,7 +501,7 @@ def test_a_logo_whose_relevance_peaks_on_the_object_joins():
     the same, and the members' pattern is found there; no bright corner without it joins."""
     x, rel, feats, labels, clusters, truth = _logo_class(unseen=8)
     out = join_where_looked(labels, clusters, [1], feats, 1.0, 1.5, InputPatterns.of(x, PRE, maps=rel),
-                            2000, 0, 0.0)
+                            2000, 0, 0.0, FAR)
     joins = (labels == 0) & (out == 1)
     assert joins[52:60].all() and (joins <= truth).all()
     assert joins.sum() >= 43 and clusters[1].peak_joined == joins.sum()   # of the 45 outside
@@ -520,7 +525,7 @@ def test_members_that_look_at_part_of_the_stamp_are_aligned():
                                                             labels == 1, 2000)
     assert r[:15].min() > r[60:].max()
     out = join_where_looked(labels, clusters, [1], feats, 1.0, 1.5, InputPatterns.of(x, PRE, maps=rel),
-                            2000, 0, 0.0)
+                            2000, 0, 0.0, FAR)
     joins = (labels == 0) & (out == 1)
     assert (joins <= truth).all() and joins.sum() >= 40                 # of the 45 outside
 
@@ -530,7 +535,7 @@ def test_no_join_for_members_without_a_common_pattern():
     correlations fall below the upper fence of the rest's, and nobody joins (the guard)."""
     x, rel, feats, labels, clusters, _ = _logo_class(logo=False)
     out = join_where_looked(labels, clusters, [1], feats, 1.0, 1.5, InputPatterns.of(x, PRE, maps=rel),
-                            2000, 0, 0.0)
+                            2000, 0, 0.0, FAR)
     assert (out == labels).all() and clusters[1].peak_joined == 0
 
 
@@ -709,7 +714,7 @@ def test_a_copy_of_the_only_member_joins():
     feats = preprocess(rel, PRE)
     clusters = [ClusterEvidence.of(labels == c, id=c) for c in (0, 1)]
     out = join_where_looked(labels, clusters, [1], feats, 1.0, 1.5, InputPatterns.of(x, PRE, maps=rel),
-                            2000, 0, 0.0)
+                            2000, 0, 0.0, FAR)
     assert out[100] == 1
 
 
@@ -822,7 +827,7 @@ def test_a_nan_pixel_does_not_open_the_guard():
     x = x.copy()
     x[200, 0, 20, 20] = np.nan
     out = join_where_looked(labels, clusters, [1], feats, 1.0, 1.5, InputPatterns.of(x, PRE, maps=rel),
-                            2000, 0, 0.0)
+                            2000, 0, 0.0, FAR)
     assert (out == labels).all() and clusters[1].peak_joined == 0
 
 
@@ -837,7 +842,7 @@ def test_a_member_with_a_nan_is_left_out_of_the_template():
     r = patterns.peak_correlation(difference(feats, labels == 1), labels == 1, 2000)
     assert np.isnan(r[3]) and np.isfinite(np.delete(r, 3)).all()
     clusters = [ClusterEvidence.of(labels == c, id=c) for c in (0, 1)]
-    out = join_where_looked(labels, clusters, [1], feats, 1.0, 1.5, patterns, 2000, 0, 0.0)
+    out = join_where_looked(labels, clusters, [1], feats, 1.0, 1.5, patterns, 2000, 0, 0.0, FAR)
     joins = (labels == 0) & (out == 1)
     assert (joins <= truth).all() and joins.sum() >= 40                # of the 45 outside
 
@@ -857,15 +862,15 @@ def test_a_member_with_a_nan_at_the_hot_spot_is_left_out_of_its_pattern():
 
 
 def test_the_window_and_the_guard_are_on_the_class_page():
-    """The class page names the window side and how the guard passed for the samples that
-    joined where the model looks."""
+    """The class page names the window side, how the guard passed and the bar (the members'
+    fence or the far fence of the rest) for the samples that joined where the model looks."""
     from spray.report.class_page import _member_notes
 
     for guard, said in (("fences", False), ("apart", True)):
         cl = {"id": 1, "size": 60, "peak_joined": 45, "peak_window": 8, "peak_guard": guard}
         text = " ".join(_member_notes(cl))
         assert "45 samples outside carry" in text and "window of 8 pixels" in text
-        assert ("peak_carrier_gap" in text) is said
+        assert ("peak_carrier_gap" in text) is said and "peak_far_iqr" in text
     assert "12 samples the relevance graph put in this group do not carry" in " ".join(
         _member_notes({"id": 1, "size": 30, "pattern_trimmed": 12}))
 
@@ -944,11 +949,11 @@ def test_a_one_cell_hot_spot_widens_until_the_guard_passes(monkeypatch):
     x, rel, feats, labels, _, truth = _textured_logo_class(0)
     patterns = InputPatterns.of(x, PRE16, maps=rel)
     clusters = [ClusterEvidence.of(labels == c, id=c) for c in (0, 1)]
-    assert (join_where_looked(labels, clusters, [1], feats, 1.0, 1.5, patterns, 2000, 0, 0.0)
+    assert (join_where_looked(labels, clusters, [1], feats, 1.0, 1.5, patterns, 2000, 0, 0.0, FAR)
             == labels).all()
     sides = _sides_tried(monkeypatch)
     clusters = [ClusterEvidence.of(labels == c, id=c) for c in (0, 1)]
-    out = join_where_looked(labels, clusters, [1], feats, 1.0, 1.5, patterns, 2000, 2, 0.0)
+    out = join_where_looked(labels, clusters, [1], feats, 1.0, 1.5, patterns, 2000, 2, 0.0, FAR)
     joins = (labels == 0) & (out == 1)
     assert (joins <= truth).all() and joins.sum() >= 40                  # of the 45 outside
     assert clusters[1].peak_joined == joins.sum()
@@ -989,42 +994,74 @@ def test_a_suspect_whose_model_looks_at_the_object_takes_the_pattern_at_its_plac
     assert all(_guard(r, labels == 1, labels == 0, 1.0, 1.5) is None for r in (
         patterns.peak_correlation(diff, labels == 1, 2000, scale=2 ** s) for s in range(3))
         if r is not None)
-    out = join_where_looked(labels, clusters, [1], feats, 1.0, 1.5, patterns, 2000, 2, 0.1)
+    out = join_where_looked(labels, clusters, [1], feats, 1.0, 1.5, patterns, 2000, 2, 0.1, FAR)
     joins = (labels == 0) & (out == 1)
     assert (joins <= truth).all() and joins.sum() >= 43                  # of the 45 outside
     assert clusters[1].peak_at == "region" and clusters[1].peak_joined == joins.sum()
 
 
-def test_the_region_path_lowers_its_bar_only_for_carriers_that_stand_apart():
+def test_the_region_path_lowers_its_bar_to_the_far_fence_of_the_rest():
     """Carriers at other places match the ring less crisply than the members at theirs: with
-    a gap in the density under the members' fence (``peak_carrier_gap``) they join from the
-    lower bar; without (gap 0) only those at the members' fence do."""
+    the far fence of the rest (``peak_far_iqr``) they join from below the members' fence;
+    without (None) only those at the members' fence do."""
     x, rel, feats, labels, clusters, truth = _object_first_logo_class(2)
     patterns = InputPatterns.of(x, PRE, maps=rel)
     joined = {}
-    for gap in (0.0, 0.1):
+    for far in (None, FAR):
         clusters = [ClusterEvidence.of(labels == c, id=c) for c in (0, 1)]
-        out = join_where_looked(labels, clusters, [1], feats, 1.0, 1.5, patterns, 2000, 2, gap)
+        out = join_where_looked(labels, clusters, [1], feats, 1.0, 1.5, patterns, 2000, 2, 0.1,
+                                far)
         joins = (labels == 0) & (out == 1)
         assert (joins <= truth).all()
-        joined[gap] = int(joins.sum())
-    assert joined[0.0] < joined[0.1] == 45
+        joined[far] = int(joins.sum())
+    assert joined[None] < joined[FAR] == 45
 
 
-def test_the_region_bar_drops_below_the_fence_only_across_an_empty_band():
-    """Carriers apart from the rest by an empty band of at least the gap: the bar is the lowest
-    of them. A tail of the rest thinning out up to the members' fence: the members' fence."""
-    from spray.verdict.members import _region_bar
+def _rest_and_carriers(seed: int, centre: float, spread: float, carriers: np.ndarray,
+                       n: int = 250) -> tuple[np.ndarray, np.ndarray]:
+    """Correlations outside (a rest of ``n`` normal in Fisher z around ``centre``, then
+    ``carriers``, then 20 at 0.97) and 20 members from 0.96 to 1 (a mask); the members' fence
+    is taken as 0.95."""
+    rest = np.tanh(np.random.default_rng(seed).normal(np.arctanh(centre), spread, n))
+    r = np.r_[rest, carriers, np.full(20, 0.97), np.linspace(0.96, 1.0, 20)]
+    mask = np.r_[np.zeros(len(r) - 20, bool), np.ones(20, bool)]
+    return r, mask
 
-    rng = np.random.default_rng(0)
-    rest = rng.normal(0.4, 0.05, 250)
-    mask = np.r_[np.zeros(280, bool), np.ones(20, bool)]
-    carriers = np.r_[rest, np.linspace(0.80, 0.90, 30), np.full(20, 0.97)]
-    bar = _region_bar(carriers, ~mask, 0.95, 1.5, 0.1)
-    assert bar == pytest.approx(0.80)
-    tail = np.r_[rest, np.linspace(0.55, 0.94, 30), np.full(20, 0.97)]     # no band ≥ 0.1
-    assert _region_bar(tail, ~mask, 0.95, 1.5, 0.1) == 0.95
-    assert _region_bar(carriers, ~mask, 0.95, 1.5, 0.0) == 0.95      # gap 0: never
+
+@pytest.mark.parametrize("centre,spread,carriers", [
+    (0.3, 0.08, np.linspace(0.75, 0.90, 30)),           # a CNN's: the rest far below
+    (0.7, 0.08, np.linspace(0.91, 0.94, 30)),           # a ViT's: every image matches at 0.7
+])
+def test_the_carrier_bar_lies_between_the_rest_and_carriers_below_the_fence(centre, spread,
+                                                                              carriers):
+    """The bar lies above every one of 250 samples of the rest (its far fence in z) and at
+    or below every carrier; it never rises above the members' fence, which it is with None,
+    and with no carriers nobody of the rest reaches it."""
+    for seed in range(5):
+        r, mask = _rest_and_carriers(seed, centre, spread, carriers)
+        bar = carrier_bar(r, mask, ~mask, 0.95, FAR)
+        assert r[:250].max() < bar <= carriers.min()
+        assert carrier_bar(r, mask, ~mask, 0.95, None) == 0.95
+        alone = np.r_[r[:250], r[-20:]]
+        lone = np.r_[np.zeros(250, bool), np.ones(20, bool)]
+        assert (alone[:250] < carrier_bar(alone, lone, ~lone, 0.95, FAR)).all()
+    high = np.r_[np.linspace(0.5, 0.9, 250), np.full(20, 0.97)]
+    members = np.r_[np.zeros(250, bool), np.ones(20, bool)]
+    assert carrier_bar(high, members, ~members, 0.6, FAR) == 0.6
+
+
+def test_members_that_all_match_alike_leave_no_room_below_their_fence():
+    """A one-pixel line: every member matches its template at 1, and 15 garments with a bright
+    edge sit in the rest's tail (0.79–0.98, above its far fence): the bar stays at the members'
+    fence (but for the clip of 1 before the Fisher z) and none of them joins; members of a
+    logo, spread from 0.9 to 1, let it drop below their fence."""
+    rest = np.tanh(np.random.default_rng(0).normal(np.arctanh(0.5), 0.08, 250))
+    r = np.r_[rest, np.linspace(0.79, 0.98, 15), np.ones(40)]
+    mask = np.r_[np.zeros(265, bool), np.ones(40, bool)]
+    bar = carrier_bar(r, mask, ~mask, 1.0, FAR)
+    assert bar > 0.9999 and (r[~mask] < bar).all()
+    r[mask] = np.linspace(0.9, 1.0, 40)
+    assert carrier_bar(r, mask, ~mask, 0.9, FAR) < 0.85
 
 
 def test_a_match_away_from_a_place_leaves_that_place_out():
@@ -1049,7 +1086,7 @@ def test_the_place_of_the_hot_region_takes_no_one_in_without_a_pattern():
     """The same class with no ring: neither template lets anyone in."""
     x, rel, feats, labels, clusters, _ = _object_first_logo_class(0, logo=False)
     out = join_where_looked(labels, clusters, [1], feats, 1.0, 1.5,
-                            InputPatterns.of(x, PRE, maps=rel), 2000, 2, 0.1)
+                            InputPatterns.of(x, PRE, maps=rel), 2000, 2, 0.1, FAR)
     assert (out == labels).all() and clusters[1].peak_joined == 0
     assert clusters[1].peak_at is None
 
@@ -1063,7 +1100,7 @@ def test_widening_takes_no_one_in_without_a_pattern(seed, monkeypatch):
     clusters = [ClusterEvidence.of(labels == c, id=c) for c in (0, 1)]
     sides = _sides_tried(monkeypatch)
     out = join_where_looked(labels, clusters, [1], feats, 1.0, 1.5,
-                            InputPatterns.of(x, PRE16, maps=rel), 2000, 2, 0.0)
+                            InputPatterns.of(x, PRE16, maps=rel), 2000, 2, 0.0, FAR)
     assert (out == labels).all() and clusters[1].peak_joined == 0
     assert sides == [4, 8, 16] * 2
     assert clusters[1].peak_window is None and clusters[1].peak_guard is None
@@ -1151,7 +1188,7 @@ def test_carriers_outside_no_longer_shut_the_guard(seed):
     joined = []
     for gap in (0.0, 0.1):
         clusters = [ClusterEvidence.of(labels == c, id=c) for c in (0, 1)]
-        out = join_where_looked(labels, clusters, [1], feats, 1.0, 1.5, patterns, 2000, 2, gap)
+        out = join_where_looked(labels, clusters, [1], feats, 1.0, 1.5, patterns, 2000, 2, gap, FAR)
         joins = (labels == 0) & (out == 1)
         assert (joins <= truth).all()
         joined.append(int(joins.sum()))
@@ -1165,7 +1202,7 @@ def test_no_carriers_apart_without_a_pattern(seed):
     x, rel, feats, labels, _, _ = _logo_class(seed=seed, stamped=120, logo=False)
     clusters = [ClusterEvidence.of(labels == c, id=c) for c in (0, 1)]
     out = join_where_looked(labels, clusters, [1], feats, 1.0, 1.5,
-                            InputPatterns.of(x, PRE, maps=rel), 2000, 2, 0.1)
+                            InputPatterns.of(x, PRE, maps=rel), 2000, 2, 0.1, FAR)
     assert (out == labels).all() and clusters[1].peak_joined == 0
 
 
@@ -1200,6 +1237,22 @@ def test_decide_members_hands_the_gap_on():
         joined.append(clusters[1].peak_joined)
         assert not ((out == 1) & ~truth).any()
     assert joined[0] == 0 and joined[1] >= 40
+
+
+def test_decide_members_passes_the_far_fence_to_the_last_step():
+    """``decide_members`` passes ``peak_far_iqr`` to the last step: the carriers of the other
+    corners that match below the members' fence join only with it."""
+    x, rel, feats, labels, _, truth = _object_first_logo_class(2)
+    patterns = InputPatterns.of(x, PRE, maps=rel)
+    W = np.ones((len(x), len(x))) - np.eye(len(x))
+    joined = []
+    for far in (None, FAR):
+        clusters = [ClusterEvidence.of(labels == c, id=c) for c in (0, 1)]
+        out = decide_members(labels, clusters, [1], W, preprocess(x, PRE), feats, 0.1,
+                             _flags(peak_window_doublings=2, peak_far_iqr=far), patterns)
+        joined.append(clusters[1].peak_joined)
+        assert not ((out == 1) & ~truth).any()
+    assert joined[0] < joined[1]
 
 
 @pytest.mark.parametrize("side,H,W,C", [(5, 32, 32, 3), (34, 224, 224, 3), (68, 224, 200, 1),

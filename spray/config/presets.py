@@ -291,6 +291,13 @@ class FlagsSection(_Section):
     #: members' lower fence, and fewer of the rest within this gap (in cosine) below that fence
     #: than half the candidates (carriers outside lift the outside's fence themselves). 0: never
     peak_carrier_gap: float = Field(default=0.1, ge=0, le=1)
+    #: once that guard passes, a sample outside joins from the members' lower fence or, lower,
+    #: from the far fences of both sides in Fisher z (artanh): above Q3 + this × IQR of the
+    #: samples outside below the members' fence and within Q1 − this × IQR of the members'
+    #: (carriers at another place match less crisply than the members at theirs; 3 took
+    #: unstamped samples into 10 of 58 logo suspects; docs/verdict-eval.md, "Results: carriers
+    #: below the members' fence"). None: from the members' lower fence only
+    peak_far_iqr: float | None = Field(default=4.0, ge=0)
     #: with the raw inputs, before the pattern join: a suspect's members whose pattern
     #: correlation at its hot spot lies below Q3 + this × IQR of the samples outside's (they do
     #: not carry the pattern), below the lower fence of the members that do

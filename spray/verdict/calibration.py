@@ -45,8 +45,8 @@ REFERENCE = Path(__file__).with_name("clean_scores.json")
 #: not what it is). ``threshold`` does: it is also the bar a half or sweep cut must reach to
 #: split off while a class is scored
 NOT_SCORING = frozenset({"watch_margin", "false_flag_rate", "peak_guard_iqr",
-                         "peak_window_doublings", "peak_carrier_gap", "pattern_trim_iqr",
-                         "pattern_join_iqr", "agreement_spread"})
+                         "peak_window_doublings", "peak_carrier_gap", "peak_far_iqr",
+                         "pattern_trim_iqr", "pattern_join_iqr", "agreement_spread"})
 
 #: the pipeline sections that change scores besides the flags (the embedding does not)
 SECTIONS = ("preprocess", "affinity", "spectral", "clustering")

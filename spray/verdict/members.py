@@ -65,12 +65,18 @@ hold no common pattern (a model that looks hardest at the object, and at the log
 differently from the rest), no window at the peaks passes the guard; the same search is then
 made with the first template taken at the hot region's place, which every member of a suspect
 of one place shares (``peak_at`` ``"region"``). There the members all carry the stamp at the
-same place, crisper than a carrier elsewhere matches it (another crop around the stamp, another
-border beside it): the guard and the bar compare the members' matches with the best matches
-of the samples outside anywhere, and the bar drops below the members' fence where an empty band
-of those at least ``peak_carrier_gap`` wide sets the carriers apart from the rest
-(:func:`_region_bar`); a sample outside joins when its best match *away* from the members' place
-reaches the bar (at the place itself the hot-spot steps before decided).
+same place: the guard and the bar compare the members' matches with the best matches of the
+samples outside anywhere, and a sample outside joins when its best match *away* from the
+members' place reaches the bar (at the place itself the hot-spot steps before decided).
+
+On either path, carriers elsewhere match the members' template less crisply than the members
+at their own place (another crop around the stamp, another border beside it), so the bar is
+not the members' fence: it may drop below it to the *far fences* of both sides
+(:func:`carrier_bar`), measured in Fisher z, where correlations that crowd below 1 are spread
+evenly — above the rest's (Q3 + ``peak_far_iqr`` × IQR, far enough out for the long upper tail
+of a best match, the most of many correlations) and within the members' (Q1 − the same ×
+IQR: members that all match alike, a one-pixel line, leave no room for look-alikes below
+their fence). Measured in docs/verdict-eval.md, "Results: carriers below the members' fence".
 """
 
 from __future__ import annotations
@@ -82,6 +88,9 @@ from spray.config.presets import FlagsSection
 from spray.verdict.evidence import auc, difference, hot_spot_side, top_cells
 from spray.verdict.patterns import InputPatterns
 from spray.verdict.result import ClusterEvidence, resize_entries
+
+#: correlations are clipped to ±this before their Fisher z (1 has none)
+_Z_CLIP = 1 - 1e-6
 
 
 def lower_fence(values: np.ndarray, reach: float) -> float:
@@ -169,13 +178,13 @@ def decide_members(labels: np.ndarray, clusters: list[ClusterEvidence], suspects
                                flags.pattern_join_iqr)
     return join_where_looked(labels, clusters, suspects, features, fence, flags.peak_guard_iqr,
                              patterns, flags.score_max_samples, flags.peak_window_doublings,
-                             flags.peak_carrier_gap)
+                             flags.peak_carrier_gap, flags.peak_far_iqr)
 
 
 def join_where_looked(labels: np.ndarray, clusters: list[ClusterEvidence], suspects: list[int],
                       features: np.ndarray | None, fence_iqr: float, guard_iqr: float,
                       patterns: InputPatterns | None, max_template: int,
-                      doublings: int, gap: float) -> np.ndarray:
+                      doublings: int, gap: float, far_iqr: float | None) -> np.ndarray:
     """Move the samples outside every suspect that carry its members' pattern, taken where the
     model looks at the members and found anywhere in their own image, into that suspect.
 
@@ -189,10 +198,12 @@ def join_where_looked(labels: np.ndarray, clusters: list[ClusterEvidence], suspe
     (0: one window): a hot spot of one cell (a sharp relevance peak, as a ViT's on one patch)
     gives a window smaller than the stamp, whose pattern a few pixels of any image match. With
     ``gap`` above 0 a refused guard still lets the candidates in when they stand apart
-    (:func:`carriers_apart`; 0: never). Fills in ``peak_joined`` and, where a window passed,
-    ``peak_window`` (its side in pixels as compared) and ``peak_guard`` (``"fences"`` or
-    ``"apart"``, how it passed); updates sizes and fractions. Nothing moves (and nothing is
-    read) without relevance maps in ``patterns``, relevance features or samples outside.
+    (:func:`carriers_apart`; 0: never). Once the guard passes, a sample outside joins from
+    :func:`carrier_bar` (with ``far_iqr``; None: the members' fence). Fills in ``peak_joined``
+    and, where a window passed, ``peak_window`` (its side in pixels as compared) and
+    ``peak_guard`` (``"fences"`` or ``"apart"``, how it passed); updates sizes and fractions.
+    Nothing moves (and nothing is read) without relevance maps in ``patterns``, relevance
+    features or samples outside.
 
     Returns
     -------
@@ -217,35 +228,40 @@ def join_where_looked(labels: np.ndarray, clusters: list[ClusterEvidence], suspe
                 if passed is not None:
                     entry.peak_window = patterns.peak_window(diff, 2 ** step)
                     entry.peak_guard, entry.peak_at = passed[1], at
-                    bar = passed[0] if at == "peak" else _region_bar(r, outside, passed[0],
-                                                                     guard_iqr, gap)
+                    bar = carrier_bar(r, mask, outside, passed[0], far_iqr)
                     return outside & np.isfinite(r_join) & (r_join >= bar)
         return None
 
     return _join_carriers(labels, clusters, suspects, "peak_joined", carriers)
 
 
-def _region_bar(r: np.ndarray, outside: np.ndarray, fence: float, reach: float,
-                gap: float) -> float:
-    """The bar of a template taken at the hot region's place. Carriers of the stamp at other
-    places match it less crisply than the members at theirs (another crop around the stamp,
-    another border beside it), so the bar may lie below the members' lower ``fence``: at the
-    lowest sample above the widest empty band of the correlations outside between their upper
-    fence (Q3 + ``reach`` × IQR) and ``fence``, when that band is at least ``gap`` wide (the
-    carriers stand apart from the rest). Else the members' fence: a tail of the rest that
-    thins out above its upper fence is no group of carriers."""
-    rest = np.sort(r[outside & np.isfinite(r)])
-    if gap <= 0 or not len(rest):
+def carrier_bar(r: np.ndarray, mask: np.ndarray, outside: np.ndarray, fence: float,
+                far_iqr: float | None) -> float:
+    """The correlation from which a sample ``outside`` joins, once the guard passed: the
+    members' lower ``fence``, or lower, down to the far fences of both sides in Fisher z
+    (artanh), back in correlation — above the rest's (Q3 + ``far_iqr`` × IQR of the samples
+    outside below ``fence``) and within the members' (``mask``; Q1 − ``far_iqr`` × IQR).
+
+    Carriers of the stamp elsewhere (another corner, another crop around it, another border
+    beside it) match the members' template less crisply than the members at their own place,
+    and fall below the members' fence while still far above the rest. Correlations crowd
+    below 1 (a ViT's template matches every image at 0.7), so both spreads are measured where
+    they are even: in z. Samples that match as well as the members are left out of the rest
+    (they would lift its fence); members that all match alike (a one-pixel line, every one at
+    1) leave no room below their fence for a look-alike. None (or no rest): the members'
+    fence."""
+    finite = np.isfinite(r)
+    rest = r[outside & finite & (r < fence)]
+    if far_iqr is None or len(rest) < 4 or not (mask & finite).any():
         return fence
-    low = upper_fence(rest, reach)
-    below = rest[rest < low]
-    points = np.concatenate([below[-1:] if len(below) else [low],
-                             rest[(rest >= low) & (rest <= fence)]])
-    if len(points) < 2:
-        return fence
-    widths = np.diff(points)
-    i = int(np.argmax(widths))
-    return float(points[i + 1]) if widths[i] >= gap else fence
+    rest_far = upper_fence(_fisher_z(rest), far_iqr)
+    members_far = lower_fence(_fisher_z(r[mask & finite]), far_iqr)
+    return min(fence, float(np.tanh(max(rest_far, members_far))))
+
+
+def _fisher_z(r: np.ndarray) -> np.ndarray:
+    """The Fisher z (artanh) of correlations, clipped to ±``_Z_CLIP`` first."""
+    return np.arctanh(np.clip(r, -_Z_CLIP, _Z_CLIP))
 
 
 def _guard(r: np.ndarray, mask: np.ndarray, outside: np.ndarray, reach: float,

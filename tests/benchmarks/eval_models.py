@@ -206,6 +206,10 @@ def collect_scenes(setting: tuple, args) -> dict:
 
     ds, planted, art, p, seed = setting
     gen, arch, recipe = ds.split(".")
+    labels = GENERATORS[gen].n_classes()
+    if art is not None and not 0 <= planted < labels:
+        raise ValueError(f"{ds}: no label {planted} to stamp (the generator {gen!r} has "
+                         f"labels 0–{labels - 1})")
     data = make_scenes(GENERATORS[gen], seed)
     rng = np.random.default_rng([seed, 3])
     x_te_clean = data["x_test"].copy()
