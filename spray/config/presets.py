@@ -297,7 +297,7 @@ class FlagsSection(_Section):
     #: (carriers at another place match less crisply than the members at theirs; 3 took
     #: unstamped samples into 10 of 58 logo suspects; docs/verdict-eval.md, "Results: carriers
     #: below the members' fence"). None: from the members' lower fence only
-    peak_far_iqr: float | None = Field(default=4.0, ge=0)
+    peak_far_iqr: float | None = Field(default=4.0, ge=0, allow_inf_nan=False)
     #: with the raw inputs, before the pattern join: a suspect's members whose pattern
     #: correlation at its hot spot lies below Q3 + this × IQR of the samples outside's (they do
     #: not carry the pattern), below the lower fence of the members that do

@@ -100,8 +100,9 @@ def _member_notes(cl: dict) -> list[str]:
         notes.append(f"{_fmt(cl['peak_joined'])} samples outside carry, somewhere in their "
                      f"image, its members' pattern {where} (best match "
                      f"with a window of {_fmt(cl.get('peak_window'))} pixels at or above the "
-                     f"lower fence of the members' or, where lower, the far fence of the rest "
-                     f"outside, <code>peak_far_iqr</code>{apart}): they were added to it.")
+                     f"lower fence of the members' or, where lower, the far fences of the rest "
+                     f"outside and of the members, <code>peak_far_iqr</code>{apart}): they "
+                     f"were added to it.")
     return notes
 
 

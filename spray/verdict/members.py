@@ -162,7 +162,7 @@ def decide_members(labels: np.ndarray, clusters: list[ClusterEvidence], suspects
     The member flags come from ``flags`` (their one definition): ``trim_min_auc``,
     ``trim_fence_iqr``, ``pattern_trim_iqr``, ``pattern_join_iqr``, ``agreement_spread``,
     ``peak_guard_iqr``, ``peak_window_doublings``,
-    ``peak_carrier_gap``, and ``score_max_samples`` as the most members a template is taken
+    ``peak_carrier_gap``, ``peak_far_iqr``, and ``score_max_samples`` as the most members a template is taken
     from."""
     min_auc, fence = flags.trim_min_auc, flags.trim_fence_iqr
     labels = join_suspects(labels, clusters, suspects, input_features, features, area, min_auc,
@@ -189,8 +189,9 @@ def join_where_looked(labels: np.ndarray, clusters: list[ClusterEvidence], suspe
     model looks at the members and found anywhere in their own image, into that suspect.
 
     A sample joins when its best match
-    (:meth:`~spray.verdict.patterns.InputPatterns.peak_correlation`) is at or above the
-    lower fence of the members' (reach ``fence_iqr``). Its guard is the one of
+    (:meth:`~spray.verdict.patterns.InputPatterns.peak_correlation`) is at or above
+    :func:`carrier_bar`: the lower fence of the members' (reach ``fence_iqr``) or, lower, the
+    far fences at ``far_iqr`` (None: the members' fence). Its guard is the one of
     :func:`join_by_pattern` with a longer reach for the samples outside: that fence lies at or
     above their upper fence Q3 + ``guard_iqr`` × IQR (a match anywhere lifts every sample's
     correlation, and a weak template's members pass at equality). While the guard refuses (or
@@ -198,8 +199,7 @@ def join_where_looked(labels: np.ndarray, clusters: list[ClusterEvidence], suspe
     (0: one window): a hot spot of one cell (a sharp relevance peak, as a ViT's on one patch)
     gives a window smaller than the stamp, whose pattern a few pixels of any image match. With
     ``gap`` above 0 a refused guard still lets the candidates in when they stand apart
-    (:func:`carriers_apart`; 0: never). Once the guard passes, a sample outside joins from
-    :func:`carrier_bar` (with ``far_iqr``; None: the members' fence). Fills in ``peak_joined``
+    (:func:`carriers_apart`; 0: never). Fills in ``peak_joined``
     and, where a window passed, ``peak_window`` (its side in pixels as compared) and
     ``peak_guard`` (``"fences"`` or ``"apart"``, how it passed); updates sizes and fractions.
     Nothing moves (and nothing is read) without relevance maps in ``patterns``, relevance
@@ -248,15 +248,23 @@ def carrier_bar(r: np.ndarray, mask: np.ndarray, outside: np.ndarray, fence: flo
     below 1 (a ViT's template matches every image at 0.7), so both spreads are measured where
     they are even: in z. Samples that match as well as the members are left out of the rest
     (they would lift its fence); members that all match alike (a one-pixel line, every one at
-    1) leave no room below their fence for a look-alike. None (or no rest): the members'
-    fence."""
+    1) leave no room below their fence for a look-alike. The members' fence with ``far_iqr``
+    None, fewer than 4 of the rest or no finite member's correlation, and where the far fences
+    reach it."""
     finite = np.isfinite(r)
     rest = r[outside & finite & (r < fence)]
     if far_iqr is None or len(rest) < 4 or not (mask & finite).any():
         return fence
-    rest_far = upper_fence(_fisher_z(rest), far_iqr)
+    z = _fisher_z(rest)
+    rest_far = upper_fence(z, far_iqr)
     members_far = lower_fence(_fisher_z(r[mask & finite]), far_iqr)
-    return min(fence, float(np.tanh(max(rest_far, members_far))))
+    if max(rest_far, members_far) >= _fisher_z(np.float64(fence)):
+        return fence                     # also members all at 1, whose z the clip sets
+    # strictly above every sample of the rest within its far fence (a rest of ties has the
+    # fence at its own value, which tanh(artanh(·)) may round either way)
+    within = float(max(np.tanh(rest_far), rest[z <= rest_far].max(initial=-1.0)))
+    bar = max(float(np.nextafter(within, np.inf)), float(np.tanh(members_far)))
+    return min(fence, bar)
 
 
 def _fisher_z(r: np.ndarray) -> np.ndarray:
