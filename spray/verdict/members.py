@@ -161,9 +161,8 @@ def decide_members(labels: np.ndarray, clusters: list[ClusterEvidence], suspects
 
     The member flags come from ``flags`` (their one definition): ``trim_min_auc``,
     ``trim_fence_iqr``, ``pattern_trim_iqr``, ``pattern_join_iqr``, ``agreement_spread``,
-    ``peak_guard_iqr``, ``peak_window_doublings``,
-    ``peak_carrier_gap``, ``peak_far_iqr``, and ``score_max_samples`` as the most members a template is taken
-    from."""
+    ``peak_guard_iqr``, ``peak_window_doublings``, ``peak_carrier_gap``, ``peak_far_iqr``, and
+    ``score_max_samples`` as the most members a template is taken from."""
     min_auc, fence = flags.trim_min_auc, flags.trim_fence_iqr
     labels = join_suspects(labels, clusters, suspects, input_features, features, area, min_auc,
                            fence)
@@ -199,11 +198,10 @@ def join_where_looked(labels: np.ndarray, clusters: list[ClusterEvidence], suspe
     (0: one window): a hot spot of one cell (a sharp relevance peak, as a ViT's on one patch)
     gives a window smaller than the stamp, whose pattern a few pixels of any image match. With
     ``gap`` above 0 a refused guard still lets the candidates in when they stand apart
-    (:func:`carriers_apart`; 0: never). Fills in ``peak_joined``
-    and, where a window passed, ``peak_window`` (its side in pixels as compared) and
-    ``peak_guard`` (``"fences"`` or ``"apart"``, how it passed); updates sizes and fractions.
-    Nothing moves (and nothing is read) without relevance maps in ``patterns``, relevance
-    features or samples outside.
+    (:func:`carriers_apart`; 0: never). Fills in ``peak_joined`` and, where a window passed,
+    ``peak_window`` (its side in pixels as compared) and ``peak_guard`` (``"fences"`` or
+    ``"apart"``, how it passed); updates sizes and fractions. Nothing moves (and nothing is
+    read) without relevance maps in ``patterns``, relevance features or samples outside.
 
     Returns
     -------
