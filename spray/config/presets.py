@@ -339,6 +339,26 @@ class FlagsSection(_Section):
     #: "Scoring a cluster by the edge graph"). Off by default: the clean-score reference was
     #: scored without it, so a run with it gets no ``clean_rate``
     edge_lift: bool = False
+    #: window cuts: sweep cuts along this many leading eigenvectors of the kNN graph of *peak
+    #: windows* (each sample's raw input window, per channel centred, where its |relevance|
+    #: is densest, wherever that is) are candidates too, their contrast measured against that
+    #: graph (``log(φ_input / φ_windows)``) and their place-bound penalties (colocation,
+    #: hot-spot separation and mass, edges) replaced by the window mass below: an artefact
+    #: that moves with the object (a colour patch) or sits at one of several places puts
+    #: the same pattern under every stamped sample's peak, wherever it is
+    #: (docs/verdict-eval.md, "Window cuts"). Tried only when no cluster, relevance or edge
+    #: cut reaches the threshold. 0 (the default): off; none either without the relevance
+    #: maps at the inputs' resolution. Opt-in: the clean-score reference was scored without
+    #: them, so a run with them gets no ``clean_rate``
+    window_sweep_eigenvectors: int = Field(default=0, ge=0)
+    #: the peak window's side as a share of the inputs' shorter side (at least 3 pixels)
+    window_side: float = Field(default=0.22, gt=0, le=1, allow_inf_nan=False)
+    #: window mass: a window cut's median share of |relevance| in its members' peak windows
+    #: minus the rest's; a group the model looks at more narrowly there (a patch it uses:
+    #: 0.16-0.56 on the design draws) keeps its score, a group whose windows merely look
+    #: alike loses ``window_mass_weight`` per unit below the knee
+    window_mass_knee: float = Field(default=0.1, ge=-1, le=1, allow_inf_nan=False)
+    window_mass_weight: float = Field(default=10.0, ge=0, allow_inf_nan=False)
     seed: int = 0
 
 

@@ -101,15 +101,18 @@ def sweep_cuts(W: sp.csr_matrix, degree: np.ndarray, eigenvectors: np.ndarray, c
     return out
 
 
-def edge_cuts(edges: tuple, count: int, params: FlagsSection) -> list[ClusterEvidence]:
+def edge_cuts(edges: tuple, count: int, params: FlagsSection,
+              graph: str = "edges") -> list[ClusterEvidence]:
     """Sweep cuts along the leading ``count`` eigenvectors of the kNN graph of the inputs' edge
     energy (``edges``: the graph and its degrees, :attr:`~spray.verdict.evidence.ClassGraphs.
     edges`): groups that share edges the rest lacks (a stamp, whatever is around it), found
-    whether or not the relevance graph separates them (``cut_graph`` ``"edges"``)."""
+    whether or not the relevance graph separates them (``cut_graph`` ``"edges"``). The same
+    for another graph of the class's samples (``graph`` names it: ``"windows"``, the peak
+    windows' graph)."""
     from spray.analysis.spectral import smallest_eigenpairs
 
     W, degree = edges
     if count <= 0 or W.shape[0] < 3:
         return []
     _, vectors = smallest_eigenpairs(W, count + 1, seed=params.seed)
-    return sweep_cuts(W, degree, vectors, count, params, graph="edges")
+    return sweep_cuts(W, degree, vectors, count, params, graph=graph)

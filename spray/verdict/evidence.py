@@ -234,6 +234,11 @@ def hot_spot_mass_penalty(mass: float, params: FlagsSection) -> float:
     return params.hot_spot_mass_weight * max(0.0, params.hot_spot_mass_knee - mass)
 
 
+def window_mass_penalty(mass: float, params: FlagsSection) -> float:
+    """Linear penalty below the knee: ``window_mass_weight`` per unit of window mass."""
+    return params.window_mass_weight * max(0.0, params.window_mass_knee - mass)
+
+
 def randomness_penalty(randomness: float, params: FlagsSection) -> float:
     """Linear penalty below the knee: ``input_randomness_weight`` per unit of randomness."""
     return params.input_randomness_weight * max(0.0, params.input_randomness_knee - randomness)
@@ -260,6 +265,11 @@ class ClassGraphs:
     edges : the kNN graph of the inputs' edge energy (``edge_features``), or None (not given,
         or ``edge_randomness_weight`` 0).
     edge_features : the edge energy that graph was built from (None with it).
+    windows : the kNN graph of the samples' peak windows (``window_features``), or None (not
+        given, or ``window_sweep_eigenvectors`` 0).
+    window_features, window_share : the peak windows that graph was built from and each
+        window's share of its sample's |relevance|
+        (:meth:`~spray.verdict.patterns.InputPatterns.peak_windows`; None with it).
     """
 
     W: sp.csr_matrix
@@ -275,6 +285,9 @@ class ClassGraphs:
     search: MaskedSearch | None = None
     edges: tuple | None = None
     edge_features: np.ndarray | None = None
+    windows: tuple | None = None
+    window_features: np.ndarray | None = None
+    window_share: np.ndarray | None = None
     _float64: dict | None = None
     _input_totals: tuple | None = None
     _by_cells: dict | None = None
@@ -282,9 +295,10 @@ class ClassGraphs:
 
     @classmethod
     def build(cls, result, input_features, pipeline: dict, params: FlagsSection, features=None,
-              edge_features=None):
+              edge_features=None, windows=None):
         """The graphs of a class from its analysis result and its inputs (and the edge energy
-        of its inputs, preprocessed like them, for ``edge_randomness``)."""
+        of its inputs, preprocessed like them, for ``edge_randomness``; and its peak windows
+        with their relevance shares, ``(windows, shares)``, for window cuts)."""
         affinity = dict(pipeline["affinity"])
         affinity["k"] = int(result.k)
         W, degree = with_degree(result.affinity)
@@ -308,7 +322,21 @@ class ClassGraphs:
             graphs.edges = NeighbourLists(edges, affinity, affinity["k"],
                                           unmasked_search(edges)).whole()
             graphs.edge_features = edges
+        if windows is not None and params.window_sweep_eigenvectors > 0:
+            X, share = np.asarray(windows[0], dtype=np.float32), np.asarray(windows[1])
+            if X.shape[0] != n or share.shape != (n,):
+                raise ValueError(f"windows have {X.shape[0]} rows and {share.shape} shares, "
+                                 f"the inputs {n}")
+            graphs.windows = NeighbourLists(X, affinity, affinity["k"],
+                                            unmasked_search(X)).whole()
+            graphs.window_features, graphs.window_share = X, share.astype(np.float64)
         return graphs
+
+    def window_mass(self, mask: np.ndarray) -> float:
+        """The members' median share of |relevance| in their peak windows minus the rest's:
+        how much more narrowly the model looks at what the group's windows hold."""
+        share = self.window_share
+        return float(np.median(share[mask]) - np.median(share[~mask]))
 
     def difference(self, X: np.ndarray, mask: np.ndarray) -> np.ndarray:
         """:func:`difference` of ``X`` (the inputs or the relevance features) and ``mask``,
@@ -481,7 +509,9 @@ def measure(entry: ClusterEvidence, graphs: ClassGraphs,
 
     The contrast compares the group's conductance in the input graph with that in the graph
     that separates it: the relevance graph, or for a cut of the edge graph (``cut_graph``
-    ``"edges"``) the edge graph (``conductance_edges``).
+    ``"edges"``) the edge graph (``conductance_edges``), for a cut of the peak windows' graph
+    (``"windows"``) that graph (``conductance_windows``; its penalties are the size, the input
+    randomness and the window mass: what the others measure is a fixed place).
 
     A half or a sweep cut whose score cannot reach ``bar`` (default: the threshold) even with
     φ_input = 1 is left unmeasured (no input graphs are built for it); a sweep cut also when
@@ -494,25 +524,35 @@ def measure(entry: ClusterEvidence, graphs: ClassGraphs,
     if not eligible(entry, graphs.n, params):
         return entry
     phi_rel = mask_conductance(graphs.W, graphs.degree, mask)
-    # what separates the group: the relevance graph, or the edge graph for an edge cut
-    phi_sep = mask_conductance(*graphs.edges, mask) if entry.cut_graph == "edges" else phi_rel
+    # what separates the group: the relevance graph, or the graph it was cut from
+    windows = entry.cut_graph == "windows"
+    phi_sep = (mask_conductance(*graphs.edges, mask) if entry.cut_graph == "edges" else
+               mask_conductance(*graphs.windows, mask) if windows else phi_rel)
     floor = params.conductance_floor
     bar = params.threshold if bar is None else bar
     if entry.split_only and (contrast(1.0, phi_sep, floor)
                              - size_penalty(entry.size / graphs.n, params) < bar):
         return entry       # φ_input ≤ 1: it cannot reach the threshold
-    both = graphs.colocation(mask) if graphs.mask_area > 0 else None
-    # the least colocation penalty it can have (its randomness is not measured yet)
-    co_penalty = round(colocation_penalty(both[1], params), 4) if both is not None else None
-    edge = graphs.edge_randomness(mask)
-    edge_pen = round(edge_penalty(edge, params), 4) if edge is not None else None
-    spot = graphs.hot_spot_separation(mask)
-    spot_pen = round(hot_spot_penalty(spot, params), 4) if spot is not None else None
-    mass = graphs.hot_spot_mass(mask)
-    mass_pen = round(hot_spot_mass_penalty(mass, params), 4) if mass is not None else None
+    if windows:
+        # a window cut's pattern need not be at one place: the terms that measure a place
+        # (colocation, hot-spot separation and mass, edges) give way to the window mass
+        both = edge = spot = mass = co_penalty = edge_pen = spot_pen = mass_pen = None
+        window = graphs.window_mass(mask)
+        window_pen = round(window_mass_penalty(window, params), 4)
+    else:
+        window = window_pen = None
+        both = graphs.colocation(mask) if graphs.mask_area > 0 else None
+        # the least colocation penalty it can have (its randomness is not measured yet)
+        co_penalty = round(colocation_penalty(both[1], params), 4) if both is not None else None
+        edge = graphs.edge_randomness(mask)
+        edge_pen = round(edge_penalty(edge, params), 4) if edge is not None else None
+        spot = graphs.hot_spot_separation(mask)
+        spot_pen = round(hot_spot_penalty(spot, params), 4) if spot is not None else None
+        mass = graphs.hot_spot_mass(mask)
+        mass_pen = round(hot_spot_mass_penalty(mass, params), 4) if mass is not None else None
     size_pen = round(size_penalty(entry.fraction, params), 4)
     # the other penalties without an input graph
-    free = (edge_pen or 0.0) + (spot_pen or 0.0) + (mass_pen or 0.0)
+    free = (edge_pen or 0.0) + (spot_pen or 0.0) + (mass_pen or 0.0) + (window_pen or 0.0)
     if entry.cut_along is not None and _below(contrast(1.0, phi_sep, floor), size_pen,
                                               co_penalty, bar, free):
         return entry       # nor with the penalties that need no input graph
@@ -526,6 +566,9 @@ def measure(entry: ClusterEvidence, graphs: ClassGraphs,
     entry.conductance_relevance = round(phi_rel, 6)
     if entry.cut_graph == "edges":
         entry.conductance_edges = round(phi_sep, 6)
+    if windows:
+        entry.conductance_windows = round(phi_sep, 6)
+        entry.window_mass, entry.window_mass_penalty = round(window, 4), window_pen
     entry.conductance_input = round(phi_in, 6)
     entry.contrast = plain
     entry.input_randomness = round(randomness, 4)

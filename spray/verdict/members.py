@@ -177,13 +177,14 @@ def decide_members(labels: np.ndarray, clusters: list[ClusterEvidence], suspects
                                flags.pattern_join_iqr)
     return join_where_looked(labels, clusters, suspects, features, fence, flags.peak_guard_iqr,
                              patterns, flags.score_max_samples, flags.peak_window_doublings,
-                             flags.peak_carrier_gap, flags.peak_far_iqr)
+                             flags.peak_carrier_gap, flags.peak_far_iqr, flags.window_side)
 
 
 def join_where_looked(labels: np.ndarray, clusters: list[ClusterEvidence], suspects: list[int],
                       features: np.ndarray | None, fence_iqr: float, guard_iqr: float,
                       patterns: InputPatterns | None, max_template: int,
-                      doublings: int, gap: float, far_iqr: float | None) -> np.ndarray:
+                      doublings: int, gap: float, far_iqr: float | None,
+                      window_side: float | None = None) -> np.ndarray:
     """Move the samples outside every suspect that carry its members' pattern, taken where the
     model looks at the members and found anywhere in their own image, into that suspect.
 
@@ -202,6 +203,9 @@ def join_where_looked(labels: np.ndarray, clusters: list[ClusterEvidence], suspe
     ``peak_window`` (its side in pixels as compared) and ``peak_guard`` (``"fences"`` or
     ``"apart"``, how it passed); updates sizes and fractions. Nothing moves (and nothing is
     read) without relevance maps in ``patterns``, relevance features or samples outside.
+    A window cut (``cut_graph`` ``"windows"``) is a group by its peak windows, not by a place:
+    its window starts at the peak windows' side (``window_side``, a share of the shorter side
+    of the maps) instead of its hot region's, and only at the members' peaks.
 
     Returns
     -------
@@ -215,16 +219,18 @@ def join_where_looked(labels: np.ndarray, clusters: list[ClusterEvidence], suspe
                  outside: np.ndarray) -> np.ndarray | None:
         entry.peak_window = entry.peak_guard = entry.peak_at = None
         diff = difference(features, mask)
-        for at in ("peak", "region"):
+        share = window_side if entry.cut_graph == "windows" else None
+        for at in ("peak",) if share is not None else ("peak", "region"):
             for step in range(int(doublings) + 1):
-                r = patterns.peak_correlation(diff, mask, max_template, scale=2 ** step, at=at)
+                r = patterns.peak_correlation(diff, mask, max_template, scale=2 ** step, at=at,
+                                              side_share=share)
                 # at the region: matched anywhere (the guard, the bar), and away from the
                 # members' place (who joins)
                 r, r_join = (r, r) if r is None or at == "peak" else (r[0], r[1])
                 passed = None if r is None else _guard(r, mask, outside, fence_iqr, guard_iqr,
                                                        gap)
                 if passed is not None:
-                    entry.peak_window = patterns.peak_window(diff, 2 ** step)
+                    entry.peak_window = patterns.peak_window(diff, 2 ** step, share)
                     entry.peak_guard, entry.peak_at = passed[1], at
                     bar = carrier_bar(r, mask, outside, passed[0], far_iqr)
                     return outside & np.isfinite(r_join) & (r_join >= bar)

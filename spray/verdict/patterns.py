@@ -192,7 +192,8 @@ class InputPatterns:
         return out
 
     def peak_correlation(self, diff: np.ndarray, mask: np.ndarray, max_template: int,
-                         scale: int = 1, at: str = "peak") -> np.ndarray | None:
+                         scale: int = 1, at: str = "peak",
+                         side_share: float | None = None) -> np.ndarray | None:
         """Each sample's best cosine, anywhere in its image, with the members' pattern where
         the model looks (see the module notes).
 
@@ -215,8 +216,12 @@ class InputPatterns:
         None without relevance maps, without a region, with a flat template or when the
         window compared at ``scale`` spans no more pixels than at ``scale / 2`` (the image's
         side reached, or the same number of blocks).
+        With ``side_share`` the window's side at scale 1 is that share of the maps' shorter
+        side (as :meth:`peak_windows` takes it) instead of the hot region's: for a group whose
+        members' relevance peaks at varying places (a window cut), the mean difference spreads
+        over the object and its hot region is no measure of the pattern.
         """
-        side = self._peak_side(diff, scale)
+        side = self._peak_side(diff, scale, side_share)
         if side is None:
             return None
         members = _evenly(np.flatnonzero(mask), max_template)
@@ -242,10 +247,38 @@ class InputPatterns:
                                              rows_away=None if away is None else ~mask[rows])
         return r
 
-    def peak_window(self, diff: np.ndarray, scale: int = 1) -> int | None:
+    def peak_windows(self, side_share: float, rows: np.ndarray | None = None
+                     ) -> tuple[np.ndarray, np.ndarray] | None:
+        """What each sample looks like where the model looks hardest, wherever that is.
+
+        For each of ``rows`` (default: every sample) the unit, per-channel centred window of
+        side ``side_share`` × the maps' shorter side (at least 3 pixels; compared on blocks when
+        wider than :data:`MAX_SIDE`) at its relevance peak (the window of largest |relevance|),
+        and that window's share of the sample's |relevance|. Returns ``(windows (len, C·S·S)
+        float32, shares (len,))``, or None without relevance maps. A sample whose window or
+        map holds a non-finite value gets a window of zeros and a share of 0 (it matches
+        nobody's pattern)."""
+        if self.relevance is None:
+            return None
+        rows = np.arange(self.n) if rows is None else np.asarray(rows)
+        H, W = self._shape()
+        window = _PeakWindows(_share_side(side_share, H, W), H, W)
+        parts, shares = [], []
+        for start in range(0, len(rows), self.chunk):
+            chunk = rows[start:start + self.chunk]
+            X, mass = window.at_peak(self.load(chunk), self.relevance(chunk), share=True)
+            parts.append(X.astype(np.float32))
+            shares.append(mass)
+        X, share = np.concatenate(parts), np.concatenate(shares)
+        bad = ~(np.isfinite(X).all(axis=1) & np.isfinite(share))
+        X[bad], share[bad] = 0.0, 0.0
+        return X, share
+
+    def peak_window(self, diff: np.ndarray, scale: int = 1,
+                    side_share: float | None = None) -> int | None:
         """The side in pixels of the window :meth:`peak_correlation` compares at ``scale``
         (block-averaged windows count the pixels they span), or None where it compares none."""
-        side = self._peak_side(diff, scale)
+        side = self._peak_side(diff, scale, side_share)
         return None if side is None else _span(side, *self._shape())
 
     def _region_place(self, diff: np.ndarray, window: _PeakWindows) -> tuple[int, int]:
@@ -262,18 +295,22 @@ class InputPatterns:
         """Height and width of the relevance maps (read from the first sample's)."""
         return tuple(np.asarray(self.relevance(np.arange(1))).shape[-2:])
 
-    def _peak_side(self, diff: np.ndarray, scale: int) -> int | None:
+    def _peak_side(self, diff: np.ndarray, scale: int,
+                   side_share: float | None = None) -> int | None:
         """The window side of :meth:`peak_correlation` at ``scale`` (see there), or None: no
         relevance maps, no hot region, or no wider than at ``scale / 2``."""
         if self.relevance is None:
             return None
         H, W = self._shape()
-        grid = (H, W) if self.grid is None else (int(self.grid[0]), int(self.grid[1]))
-        region = hot_region(np.asarray(diff, dtype=np.float64).reshape(grid))
-        if region is None:
-            return None
-        h, w = region
-        base = max(1, round(max(h * H / grid[0], w * W / grid[1])))
+        if side_share is not None:
+            base = _share_side(side_share, H, W)
+        else:
+            grid = (H, W) if self.grid is None else (int(self.grid[0]), int(self.grid[1]))
+            region = hot_region(np.asarray(diff, dtype=np.float64).reshape(grid))
+            if region is None:
+                return None
+            h, w = region
+            base = max(1, round(max(h * H / grid[0], w * W / grid[1])))
         side = int(min(H, W, scale * base))
         if scale > 1 and _span(side, H, W) <= _span(int(min(H, W, scale // 2 * base)), H, W):
             return None             # no wider than the window at half the scale
@@ -368,6 +405,12 @@ def hot_region_cells(diff: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
 MAX_SIDE = 12
 
 
+def _share_side(share: float, H: int, W: int) -> int:
+    """A window side of ``share`` × the shorter side of H × W maps, at least 3 pixels (at most
+    the shorter side)."""
+    return int(min(H, W, max(3, round(share * min(H, W)))))
+
+
 def _blocks(side: int, H: int, W: int) -> tuple[int, int]:
     """``(f, s)``: a window of ``side`` pixels on H × W images is compared as s × s blocks of
     f × f pixels (f > 1 when ``side`` is wider than :data:`MAX_SIDE`; s never wider than the
@@ -420,8 +463,9 @@ class _PeakWindows:
             out += cols[..., i::f, :]
         return out / (f * f)
 
-    def _peaks(self, relevance: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Top-left corner of each map's S × S window of largest |relevance|."""
+    def _peaks(self, relevance: np.ndarray, share: bool = False):
+        """Top-left corner of each map's S × S window of largest |relevance|; with ``share``
+        also that window's share of the map's |relevance| (0 for an all-zero map)."""
         a = np.abs(np.asarray(relevance, dtype=np.float32))
         if a.ndim == 4:
             a = a.sum(axis=1)
@@ -432,7 +476,12 @@ class _PeakWindows:
         sums = c[:, S:, S:] - c[:, :-S, S:] - c[:, S:, :-S] + c[:, :-S, :-S]
         flat = sums.reshape(len(a), -1)
         best = flat.argmax(axis=1)
-        return np.unravel_index(best, sums.shape[1:])
+        peaks = np.unravel_index(best, sums.shape[1:])
+        if not share:
+            return peaks
+        total = c[:, -1, -1]
+        top = flat[np.arange(len(a)), best]
+        return peaks, np.where(total > 0, top / np.where(total > 0, total, 1.0), 0.0)
 
     def _padded(self, x: np.ndarray) -> np.ndarray:
         """``(len, C, H + 2 · slack, W + 2 · slack)`` float64 images averaged over f × f blocks,
@@ -458,12 +507,14 @@ class _PeakWindows:
             out[..., m:-m, band] = self._down(np.repeat(x[..., cols], f, axis=3))
         return out
 
-    def at_peak(self, x: np.ndarray, relevance: np.ndarray) -> np.ndarray:
-        """Unit, per-channel centred windows ``(len, C·S·S)`` at the relevance peaks."""
-        py, px = self._peaks(relevance)
+    def at_peak(self, x: np.ndarray, relevance: np.ndarray, share: bool = False):
+        """Unit, per-channel centred windows ``(len, C·S·S)`` at the relevance peaks; with
+        ``share`` also each window's share of its map's |relevance| (``(len,)``)."""
+        (py, px), mass = self._peaks(relevance, share=True)
         m = self.slack
-        return np.concatenate([self._windows(self._padded(x[part]), py[part] + m, px[part] + m)
-                               for part in self._parts(x)])
+        windows = np.concatenate([self._windows(self._padded(x[part]), py[part] + m,
+                                                px[part] + m) for part in self._parts(x)])
+        return (windows, mass) if share else windows
 
     def _place(self, y: int, x0: int) -> tuple[int, int]:
         """The window with top left ``(y, x0)`` (averaged pixels) in the padded images'

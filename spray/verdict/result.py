@@ -12,10 +12,12 @@ import numpy as np
 
 # the keys of a cluster entry, in the order they are written (None = not written)
 _EVIDENCE_KEYS = ("id", "half_of", "cut_along", "cut_graph", "n_clusters", "cluster", "size", "fraction",
-                  "conductance_relevance", "conductance_edges", "conductance_input", "contrast",
+                  "conductance_relevance", "conductance_edges", "conductance_windows",
+                  "conductance_input", "contrast",
                   "input_randomness", "randomness_penalty", "colocation", "colocation_penalty",
                   "edge_randomness", "edge_penalty", "hot_spot_separation", "hot_spot_penalty",
-                  "hot_spot_mass", "hot_spot_mass_penalty", "concentration", "peak", "peak_sign",
+                  "hot_spot_mass", "hot_spot_mass_penalty", "window_mass", "window_mass_penalty",
+                  "concentration", "peak", "peak_sign",
                   "size_penalty", "excluded", "resampled",
                   "contrast_stable", "score", "split_from", "hot_spot_auc", "trimmed", "pattern_trimmed",
                   "joined", "pattern_joined", "agreed_joined", "peak_joined", "peak_window",
@@ -36,7 +38,10 @@ class ClusterEvidence:
         Fiedler vector; negative: the cut from the other end).
     cut_graph : ``"edges"`` for a sweep cut of the kNN graph of the inputs' edge energy
         (``edge_sweep_eigenvectors``), whose contrast is measured against that graph
-        (``conductance_edges``) instead of the relevance graph; None: the relevance graph.
+        (``conductance_edges``) instead of the relevance graph; ``"windows"`` for one of the
+        kNN graph of the samples' peak windows (``window_sweep_eigenvectors``,
+        ``conductance_windows``; scored with ``window_mass`` in place of the colocation, edge
+        and hot-spot terms, which measure a fixed place); None: the relevance graph.
     n_clusters, cluster : for a group of another K, that K and its cluster id there.
     size, fraction : members and their share of the class.
     conductance_relevance, conductance_input, contrast, input_randomness, randomness_penalty,
@@ -45,6 +50,8 @@ class ClusterEvidence:
         size_penalty : the evidence (candidates only; the edge terms with edge features and
         ``edge_randomness_weight`` above 0, the hot-spot separation with relevance features and
         ``hot_spot_weight`` above 0, the hot-spot mass with relevance features).
+    window_mass, window_mass_penalty : for a window cut, the members' median share of
+        |relevance| in their peak windows minus the rest's, and its penalty.
     excluded : why a candidate was not scored (``min_concentration``).
     resampled : False when the bootstrap was skipped because it could not change the verdict.
     contrast_stable, score : the bootstrap's stable contrast and the candidate's score.
@@ -86,6 +93,7 @@ class ClusterEvidence:
     fraction: float = 0.0
     conductance_relevance: float | None = None
     conductance_edges: float | None = None
+    conductance_windows: float | None = None
     conductance_input: float | None = None
     contrast: float | None = None
     input_randomness: float | None = None
@@ -98,6 +106,8 @@ class ClusterEvidence:
     hot_spot_penalty: float | None = None
     hot_spot_mass: float | None = None
     hot_spot_mass_penalty: float | None = None
+    window_mass: float | None = None
+    window_mass_penalty: float | None = None
     concentration: float | None = None
     peak: list | None = None
     peak_sign: int | None = None
@@ -141,7 +151,7 @@ class ClusterEvidence:
     def penalty(self) -> float:
         return (self.size_penalty + self.randomness_penalty + (self.colocation_penalty or 0.0)
                 + (self.edge_penalty or 0.0) + (self.hot_spot_penalty or 0.0)
-                + (self.hot_spot_mass_penalty or 0.0))
+                + (self.hot_spot_mass_penalty or 0.0) + (self.window_mass_penalty or 0.0))
 
     def to_dict(self) -> dict:
         """The JSON-ready entry: the keys that were measured, nothing private."""

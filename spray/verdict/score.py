@@ -98,9 +98,18 @@ def score_class(result, input_features: np.ndarray, pipeline: dict,
     n = len(np.asarray(result.labels))
     if features is None or n <= params.score_max_samples:
         return _score(result, input_features, pipeline, params, features, edge_features,
-                      patterns=patterns)
+                      patterns=patterns, windows=_windows(patterns, params))
     return _score_subsample(result, input_features, pipeline, params, features, edge_features,
                             patterns)
+
+
+def _windows(patterns: InputPatterns | None, params: FlagsSection,
+             rows: np.ndarray | None = None) -> tuple | None:
+    """The peak windows of ``rows`` of the class and their relevance shares, for window cuts
+    (``window_sweep_eigenvectors``; None when off or without the raw inputs and maps)."""
+    if params.window_sweep_eigenvectors <= 0 or patterns is None:
+        return None
+    return patterns.peak_windows(params.window_side, rows)
 
 
 def _score_subsample(result, input_features, pipeline: dict, params: FlagsSection, features,
@@ -111,7 +120,8 @@ def _score_subsample(result, input_features, pipeline: dict, params: FlagsSectio
     sub = restrict(result, rows, features, pipeline)
     edges = None if edge_features is None else np.asarray(edge_features)[rows]
     inputs = np.asarray(input_features, dtype=np.float32)
-    verdict = _score(sub, inputs[rows], pipeline, params, features[rows], edges, trim=False)
+    verdict = _score(sub, inputs[rows], pipeline, params, features[rows], edges, trim=False,
+                     windows=_windows(patterns, params, rows))
     labels = extend_labels(np.asarray(result.labels), rows, verdict.labels, result.affinity)
     resize_entries(verdict.clusters, labels)
     # who of a suspect carries its pattern is decided on the whole class: the samples that
@@ -128,14 +138,15 @@ def _score_subsample(result, input_features, pipeline: dict, params: FlagsSectio
 
 def _score(result, input_features: np.ndarray, pipeline: dict, params: FlagsSection,
            features=None, edge_features=None, trim: bool = True,
-           patterns: InputPatterns | None = None) -> Verdict:
+           patterns: InputPatterns | None = None, windows: tuple | None = None) -> Verdict:
     """The rule on the samples of ``result`` (see :func:`score_class`); ``trim``: decide the
-    suspects' members (:func:`~spray.verdict.members.decide_members`)."""
+    suspects' members (:func:`~spray.verdict.members.decide_members`); ``windows``: the peak
+    windows of its samples and their shares (:func:`_windows`)."""
     if features is not None:
         features = np.asarray(features)
         relevance = np.ascontiguousarray(features, dtype=np.float32)   # what is graphed
     graphs = ClassGraphs.build(result, input_features, pipeline, params, features,
-                               edge_features)
+                               edge_features, windows)
     clusters, halves, other_k = candidate_groups(result, pipeline, params, graphs.W)
     for entry in clusters + halves + other_k:
         measure(entry, graphs)
@@ -150,7 +161,8 @@ def _score(result, input_features: np.ndarray, pipeline: dict, params: FlagsSect
     for c in clusters:
         verify(c, resamples, params)
     sweeps = params.sweep_eigenvectors and getattr(result, "eigenvectors", None) is not None
-    if sweeps or (params.edge_sweep_eigenvectors and graphs.edges is not None):
+    if sweeps or (params.edge_sweep_eigenvectors and graphs.edges is not None) \
+            or graphs.windows is not None:
         if resamples is None and features is not None:
             resamples = Resamples(relevance, pipeline, int(result.k), params,
                                   graphs.cache)
@@ -168,7 +180,8 @@ def _score(result, input_features: np.ndarray, pipeline: dict, params: FlagsSect
 def _split_off_sweep(result, graphs: ClassGraphs, labels, clusters, resamples, pipeline: dict):
     """Score the sweep cuts along the leading eigenvectors of the relevance graph and, when
     neither a cluster nor such a cut reaches the threshold, of the edge graph
-    (``edge_sweep_eigenvectors``); the best one that outscores every cluster and reaches the
+    (``edge_sweep_eigenvectors``), and when none of those does either, of the peak windows'
+    graph (``window_sweep_eigenvectors``); the best one that outscores every cluster and reaches the
     threshold becomes a cluster (the clusters it takes members from are measured and scored
     again). Cuts holding a whole cluster are left out."""
     params = graphs.params
@@ -183,6 +196,14 @@ def _split_off_sweep(result, graphs: ClassGraphs, labels, clusters, resamples, p
         if params.edge_lift:
             clusters = _lift_by_edge_cut(clusters, cuts, graphs, edge_resamples, bar)
         found += _scored_cuts(cuts, graphs, clusters, edge_resamples, bar)
+    if graphs.windows is not None and max([best] + [e.score for e in found]) < params.threshold:
+        # nor the edge graph: a pattern at varying places (a patch on a moving object) may
+        # still be a group of the peak windows' graph
+        cuts = edge_cuts(graphs.windows, params.window_sweep_eigenvectors, params,
+                         graph="windows")
+        window_resamples = Resamples(graphs.window_features, pipeline, int(result.k), params,
+                                     graphs.cache)
+        found += _scored_cuts(cuts, graphs, clusters, window_resamples, bar)
     labels, clusters, splits, changed = split_off_sweep(labels, clusters, found,
                                                         params.threshold,
                                                         params.sweep_min_jaccard)
