@@ -648,6 +648,34 @@ def test_the_window_at_the_peak_holds_the_pixels_there():
         np.testing.assert_allclose(v[i], (w / np.linalg.norm(w)).ravel(), atol=1e-6)
 
 
+def test_peak_windows_of_every_sample_and_their_relevance_share():
+    """:meth:`InputPatterns.peak_windows`: each sample's window of ``window_side`` of the
+    shorter side at its relevance peak, read in chunks, with that window's share of its
+    |relevance|; a sample with a non-finite value gets zeros and share 0."""
+    rng = np.random.default_rng(1)
+    x = rng.random((5, 3, 20, 24)).astype(np.float32)
+    rel = 0.01 * rng.random((5, 20, 24)).astype(np.float32)
+    corners = [(0, 0), (15, 19), (7, 9), (3, 12), (10, 2)]
+    for i, (y0, x0) in enumerate(corners):
+        rel[i, y0:y0 + 5, x0:x0 + 5] += 1.0
+    x[4, 1, 11, 3] = np.nan                                  # inside its window
+    patterns = InputPatterns.of(x, PRE, chunk=2, maps=rel)
+    windows, share = patterns.peak_windows(0.25)             # 5 pixels of 20
+    assert windows.shape == (5, 3 * 25) and windows.dtype == np.float32
+    for i, (y0, x0) in enumerate(corners[:4]):
+        w = x[i, :, y0:y0 + 5, x0:x0 + 5].astype(np.float64)
+        w -= w.mean(axis=(1, 2), keepdims=True)
+        np.testing.assert_allclose(windows[i], (w / np.linalg.norm(w)).ravel(), atol=1e-5)
+        expected = np.abs(rel[i, y0:y0 + 5, x0:x0 + 5]).sum() / np.abs(rel[i]).sum()
+        assert share[i] == pytest.approx(expected, rel=1e-5)
+    assert not windows[4].any() and share[4] == 0
+    rows = np.array([3, 1])
+    some, some_share = patterns.peak_windows(0.25, rows)
+    np.testing.assert_array_equal(some, windows[rows])
+    np.testing.assert_array_equal(some_share, share[rows])
+    assert InputPatterns.of(x, PRE).peak_windows(0.25) is None      # no relevance maps
+
+
 def _window_side(x, rel, diff, mask) -> int:
     """The window side :meth:`InputPatterns.peak_correlation` chooses."""
     import spray.verdict.patterns as patterns_module

@@ -51,22 +51,31 @@ def _suspect_members(entry: dict) -> list | None:
     return [m for members in found for m in members] if found else None
 
 
+def _separated_by(cl: dict) -> tuple[str, str, str, str]:
+    """What separates a suspect, in the CI reason's words: what groups its samples, the graph a
+    sweep cut was cut from (" of …", empty for the relevance graph), the conductance's key and
+    its name."""
+    if cl.get("cut_graph") == "edges":          # an edge cut: separated by its inputs' edges
+        return ("inputs' edges group them where the model looks, although the rest of their "
+                "inputs do not", " of the edge graph", "conductance_edges", "edges")
+    if cl.get("cut_graph") == "windows":        # a window cut: by what lies under their peaks
+        return ("inputs where the model looks hardest (wherever that is) group them, although "
+                "the rest of their inputs do not", " of the peak windows' graph",
+                "conductance_windows", "peak windows")
+    return ("relevance groups them although their inputs do not", "",
+            "conductance_relevance", "relevance")
+
+
 def _reason(entry: dict) -> str:
     cl = _suspect(entry) or {}
     size = cl.get("size")
-    edges = cl.get("cut_graph") == "edges"      # an edge cut: separated by its inputs' edges
+    whose, graph, key, name = _separated_by(cl)
     bits = [f"class {_plain(entry['name'])} ({entry['class']}): score {entry['score']:.2f} ≥ threshold "
             f"{entry.get('threshold')}; suspect cluster {cl.get('id')} of {size} samples "
-            f"({100 * float(cl.get('fraction', 0)):.0f} %) whose "
-            + ("inputs' edges group them where the model looks, although the rest of their "
-               "inputs do not" if edges
-               else "relevance groups them although their inputs do not")]
+            f"({100 * float(cl.get('fraction', 0)):.0f} %) whose {whose}"]
     ev = []
-    if edges:
-        ev.append(f"conductance edges {cl.get('conductance_edges', float('nan')):.3g} vs input "
-                  f"{cl.get('conductance_input', float('nan')):.3g}")
-    elif "conductance_relevance" in cl:
-        ev.append(f"conductance relevance {cl['conductance_relevance']:.3g} vs input "
+    if key in cl:
+        ev.append(f"conductance {name} {cl[key]:.3g} vs input "
                   f"{cl.get('conductance_input', float('nan')):.3g}")
     if cl.get("input_randomness") is not None:
         ev.append(f"input conductance {cl['input_randomness']:.2f} x random")
@@ -76,12 +85,13 @@ def _reason(entry: dict) -> str:
         ev.append(f"hot-spot separation {cl['hot_spot_separation']:.2f}")
     if cl.get("hot_spot_mass") is not None:
         ev.append(f"hot-spot mass {cl['hot_spot_mass']:.3f}")
+    if cl.get("window_mass") is not None:
+        ev.append(f"window mass {cl['window_mass']:.3f}")
     if cl.get("concentration") is not None:
         ev.append(f"{100 * cl['concentration']:.0f} % of its relevance difference in "
                   f"{100 * float((entry.get('flag_params') or {}).get('concentration_area', 0.1)):.0f}"
                   f" % of the area")
     if cl.get("split_from") is not None:
-        graph = " of the edge graph" if edges else ""
         how = (f"a sweep cut along eigenvector {cl['cut_along']}{graph}"
                if cl.get("cut_along") is not None else "its spectral bisection")
         ev.append(f"split off cluster {cl['split_from']} by {how}")

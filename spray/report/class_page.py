@@ -55,10 +55,12 @@ def _cluster_rows(entry: dict) -> str:
 
 
 def _separating_conductance(cl: dict) -> str:
-    """The conductance the contrast divides by: the relevance graph's, or for an edge cut the
-    edge graph's (said so)."""
+    """The conductance the contrast divides by: the relevance graph's, or for an edge or a
+    window cut the edge graph's or the peak windows' graph's (said so)."""
     if cl.get("cut_graph") == "edges":
         return f"{_fmt(cl.get('conductance_edges'), 4)} (edge graph)"
+    if cl.get("cut_graph") == "windows":
+        return f"{_fmt(cl.get('conductance_windows'), 4)} (peak windows)"
     return _fmt(cl.get("conductance_relevance"), 4)
 
 
@@ -94,7 +96,10 @@ def _member_notes(cl: dict) -> list[str]:
     if cl.get("peak_joined"):
         apart = (" (the samples outside were not below that fence as a whole, but these stand "
                  "apart from the rest of them: <code>peak_carrier_gap</code>)"
-                 if cl.get("peak_guard") == "apart" else "")
+                 if cl.get("peak_guard") == "apart" else
+                 " (most of the samples outside lie below that fence; the group was cut from "
+                 "the peak windows' graph, whose carriers are mostly outside it)"
+                 if cl.get("peak_guard") == "median" else "")
         where = ("at the place where their relevance differs from the rest's"
                  if cl.get("peak_at") == "region" else "where the model looks at them")
         notes.append(f"{_fmt(cl['peak_joined'])} samples outside carry, somewhere in their "
@@ -107,7 +112,14 @@ def _member_notes(cl: dict) -> list[str]:
 
 
 def _contrast_text(cl: dict, graph: str) -> str:
-    """The contrast sentence: against the relevance graph, or the edge graph for an edge cut."""
+    """The contrast sentence: against the relevance graph, or the edge graph for an edge cut,
+    or the peak windows' graph for a window cut."""
+    if cl.get("cut_graph") == "windows":
+        return (f"Its conductance is {_fmt(cl.get('conductance_windows'), 4)} in the graph of "
+                f"the samples' peak windows (each sample's raw input where its relevance is "
+                f"densest, wherever that is; {_fmt(cl['conductance_relevance'], 4)} in the "
+                f"relevance graph) and {_fmt(cl['conductance_input'], 4)} in {graph}: contrast "
+                f"log(φ_input/φ_windows) = {_fmt(cl['contrast'], 2)}")
     if cl.get("cut_graph") == "edges":
         return (f"Its conductance is {_fmt(cl.get('conductance_edges'), 4)} in the graph of its "
                 f"inputs' edge energy ({_fmt(cl['conductance_relevance'], 4)} in the relevance "
@@ -146,6 +158,9 @@ def _evidence(entry: dict) -> str:
              + (f", hot-spot mass {_fmt(cl['hot_spot_mass'], 3)} and its penalty "
                 f"{_fmt(cl.get('hot_spot_mass_penalty'), 2)}"
                 if cl.get("hot_spot_mass") is not None else "")
+             + (f", window mass {_fmt(cl['window_mass'], 3)} and its penalty "
+                f"{_fmt(cl.get('window_mass_penalty'), 2)}"
+                if cl.get("window_mass") is not None else "")
              + f") → score {_fmt(cl.get('score'), 2)} "
              f"against the threshold {_fmt(entry.get('threshold'), 2)}."]
     if entry.get("scored_on") is not None:
@@ -156,13 +171,13 @@ def _evidence(entry: dict) -> str:
     if cl.get("split_from") is not None:
         parent = next((c for c in entry["clusters"] if c["id"] == cl["split_from"]), {})
         if cl.get("cut_along") is not None:
-            edges = cl.get("cut_graph") == "edges"
-            how = (f"a sweep cut along eigenvector {_esc(cl['cut_along'])} of the "
-                   + ("inputs' edge graph" if edges else "relevance graph")
-                   + " separates them, and the cut scores higher than the clusters it takes "
-                   "samples from, so it is shown as a cluster of its own (<code>"
-                   + ("edge_sweep_eigenvectors" if edges else "sweep_eigenvectors")
-                   + "</code>).")
+            graph, flag = {"edges": ("inputs' edge graph", "edge_sweep_eigenvectors"),
+                           "windows": ("peak windows' graph", "window_sweep_eigenvectors")
+                           }.get(cl.get("cut_graph"), ("relevance graph", "sweep_eigenvectors"))
+            how = (f"a sweep cut along eigenvector {_esc(cl['cut_along'])} of the {graph} "
+                   "separates them, and the cut scores higher than the clusters it takes "
+                   f"samples from, so it is shown as a cluster of its own (<code>{flag}"
+                   "</code>).")
         else:
             how = ("the spectral bisection of that cluster separates them, and this side scores "
                    "higher than the whole cluster, so it is shown as a cluster of its own "

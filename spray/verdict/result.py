@@ -73,8 +73,9 @@ class ClusterEvidence:
         not anyone outside reached the members' fence), the side in pixels of the window it
         compared (widened from the hot spot's while the guard refused,
         ``peak_window_doublings``) and how the guard passed: ``"fences"`` (the members' lower
-        fence at or above the upper fence of the samples outside) or ``"apart"`` (the
-        candidates stand apart from the rest outside, ``peak_carrier_gap``).
+        fence at or above the upper fence of the samples outside), ``"apart"`` (the
+        candidates stand apart from the rest outside, ``peak_carrier_gap``) or, for a window
+        cut only, ``"median"`` (fewer than half of the samples outside reach the fence).
     peak_at : where that step took the members' first template: ``"peak"`` (at each member's
         relevance peak) or ``"region"`` (at the hot region's place, tried when no window at
         the peaks passed).
