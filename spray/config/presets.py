@@ -354,11 +354,13 @@ class FlagsSection(_Section):
     #: the peak window's side as a share of the inputs' shorter side (at least 3 pixels)
     window_side: float = Field(default=0.22, gt=0, le=1, allow_inf_nan=False)
     #: window mass: a window cut's median share of |relevance| in its members' peak windows
-    #: minus the rest's; a group the model looks at more narrowly there (a patch it uses:
-    #: 0.16-0.56 on the design draws) keeps its score, a group whose windows merely look
-    #: alike loses ``window_mass_weight`` per unit below the knee
+    #: minus the rest's; a group the model looks at more narrowly there (a colour patch it
+    #: uses: 0.13-0.56 on the design draws) keeps its score, a group whose windows merely look
+    #: alike (the same part of a digit under every peak: about 0) loses ``window_mass_weight``
+    #: per unit below the knee (the hot-spot mass's weight: at 10, such digit groups of clean
+    #: models scored up to 5.45; docs/verdict-eval.md, "Window cuts")
     window_mass_knee: float = Field(default=0.1, ge=-1, le=1, allow_inf_nan=False)
-    window_mass_weight: float = Field(default=10.0, ge=0, allow_inf_nan=False)
+    window_mass_weight: float = Field(default=50.0, ge=0, allow_inf_nan=False)
     seed: int = 0
 
 
