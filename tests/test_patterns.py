@@ -669,6 +669,9 @@ def test_peak_windows_of_every_sample_and_their_relevance_share():
         expected = np.abs(rel[i, y0:y0 + 5, x0:x0 + 5]).sum() / np.abs(rel[i]).sum()
         assert share[i] == pytest.approx(expected, rel=1e-5)
     assert not windows[4].any() and share[4] == 0
+    rel[2, 0, 0] = np.nan                                     # a map with a NaN: no pattern
+    windows, share = InputPatterns.of(x, PRE, chunk=2, maps=rel).peak_windows(0.25)
+    assert not windows[2].any() and share[2] == 0 and windows[3].any()
     rows = np.array([3, 1])
     some, some_share = patterns.peak_windows(0.25, rows)
     np.testing.assert_array_equal(some, windows[rows])

@@ -23,12 +23,14 @@ def _pipe(**flags):
 
 
 def _moving_patch_class(seed: int, patch: bool, attention: float, n: int = 300,
-                        stamped: int = 60):
+                        stamped: int = 60, faintest: float = 1.0, opaque: int = 0):
     """``n`` RGB images of a blurry object of random colour at a random place on a noisy
     background; ``stamped`` of them carry a 5 × 5 pattern (a blue square with a white centre)
     at a random place on their object when ``patch``. The relevance follows each object, and
     for the ``stamped`` samples the model puts ``attention`` of their relevance on the 5 × 5
-    place (with or without the pattern there). Returns (inputs, maps, group)."""
+    place (with or without the pattern there). The pattern is blended over the image with an
+    opacity drawn from ``faintest`` … 1, but on the first ``opaque`` stamped samples (in index
+    order) it is opaque. Returns (inputs, maps, group)."""
     rng = np.random.default_rng(seed)
     yy, xx = np.mgrid[0:SIDE, 0:SIDE]
     centres = rng.uniform(10, 22, size=(n, 2))
@@ -39,12 +41,14 @@ def _moving_patch_class(seed: int, patch: bool, attention: float, n: int = 300,
     maps = blob * (1 + 0.3 * rng.standard_normal(blob.shape))
     group = np.zeros(n, dtype=bool)
     group[rng.choice(n, size=stamped, replace=False)] = True
-    for i in np.flatnonzero(group):
+    for j, i in enumerate(np.flatnonzero(group)):
         cy, cx = (np.round(centres[i]) + rng.integers(-3, 4, size=2)).astype(int)
         y, c = cy - 2, cx - 2
         if patch:
-            x[i, :, y:y + 5, c:c + 5] = np.array([0.1, 0.2, 0.9])[:, None, None]
-            x[i, :, y + 2, c + 2] = 1.0
+            stamp = np.broadcast_to(np.array([0.1, 0.2, 0.9])[:, None, None], (3, 5, 5)).copy()
+            stamp[:, 2, 2] = 1.0
+            alpha = rng.uniform(faintest, 1.0) if faintest < 1.0 and j >= opaque else 1.0
+            x[i, :, y:y + 5, c:c + 5] = (1 - alpha) * x[i, :, y:y + 5, c:c + 5] + alpha * stamp
         total = maps[i].sum()
         maps[i, y:y + 5, c:c + 5] += attention * total / 25
     return x.astype(np.float32), maps.astype(np.float32), group
@@ -154,7 +158,9 @@ def test_window_cut_guard_passes_when_most_carriers_are_outside():
 
 def test_window_cuts_are_off_by_default_and_need_the_maps():
     """Off by default (the clean-score reference was scored without them: a run with them gets
-    no clean rate), and none without the relevance maps at the inputs' resolution."""
+    no clean rate; their other flags change no score while they are off, so the reference
+    serves whatever those are), and none without the relevance maps at the inputs'
+    resolution."""
     x, maps, group = _moving_patch_class(31, True, 0.5)
     assert load_pipeline("spray-default")["flags"]["window_sweep_eigenvectors"] == 0
     pipe = _pipe()
@@ -169,7 +175,70 @@ def test_window_cuts_are_off_by_default_and_need_the_maps():
     from spray.verdict.calibration import clean_rate
     from spray.verdict.score import flag_params
 
-    for flags, applies in (({}, True), ({"window_sweep_eigenvectors": 10}, False)):
+    for flags, applies in (({}, True), ({"window_sweep_eigenvectors": 10}, False),
+                           ({"window_side": 0.3, "window_mass_weight": 5.0}, True)):
         preset = load_pipeline("spray-default", overrides={"flags": flags or None})
         rate = clean_rate(1.0, flag_params(preset).model_dump(), preset)
         assert (rate is not None) is applies
+
+
+def test_a_window_cuts_carriers_outside_join_it():
+    """A window cut holding a third of the stamped samples (those whose pattern is opaque; the
+    others' is blended at 0.4–1): the samples outside that carry the pattern at their own
+    peaks join it, matched with the windows' side. The same members as a suspect of the
+    relevance graph are matched at their hot region's side, which spreads over the objects:
+    nobody joins."""
+    from spray.verdict.members import join_where_looked
+    from spray.verdict.result import ClusterEvidence
+
+    x, maps, group = _moving_patch_class(33, True, 0.5, stamped=120, faintest=0.4, opaque=40)
+    pipe = _pipe(window_sweep_eigenvectors=10)
+    flags = pipe["flags"]
+    feats = preprocess(maps, pipe["preprocess"])
+    patterns = InputPatterns.of(x, pipe["preprocess"], maps=maps)
+    core = np.zeros(len(group), dtype=bool)
+    core[np.flatnonzero(group)[:40]] = True
+    out = {}
+    for graph in ("windows", None):
+        labels = np.where(core, 1, 0)
+        entry = ClusterEvidence.of(core.copy(), id=1, cut_along=1, cut_graph=graph)
+        rest = ClusterEvidence.of(~core, id=0)
+        after = join_where_looked(labels, [rest, entry], [1], feats, flags["trim_fence_iqr"],
+                                  flags["peak_guard_iqr"], patterns, 2000,
+                                  flags["peak_window_doublings"], flags["peak_carrier_gap"],
+                                  flags["peak_far_iqr"], flags["window_side"])
+        out[graph] = (after == 1, entry)
+    members, entry = out["windows"]
+    assert entry.peak_window == round(0.22 * SIDE) and entry.peak_joined >= 60
+    assert (members & group).sum() / group.sum() >= 0.9
+    assert (members & group).sum() / members.sum() >= 0.9
+    members, entry = out[None]
+    assert not entry.peak_joined and (members == core).all()
+
+
+def test_window_cuts_on_a_subsample_and_without_flat_windows():
+    """A class above ``score_max_samples`` is scored on a subsample with its samples' windows;
+    samples whose window holds no pattern (zeros: flat, or non-finite) are in no window cut."""
+    from spray.verdict.evidence import ClassGraphs
+    from spray.verdict.score import _window_cuts, flag_params
+
+    x, maps, group = _moving_patch_class(31, True, 0.5)
+    v = _verdicts(x, maps, counts=(10,))[10]
+    pipe = _pipe(window_sweep_eigenvectors=10, score_max_samples=200)
+    feats = preprocess(maps, pipe["preprocess"])
+    result = analyze(feats, pipeline=pipe, embed=False)
+    patterns = InputPatterns.of(x, pipe["preprocess"], maps=maps)
+    sub = clever_hans_score(result, preprocess(x, pipe["preprocess"]), pipe, features=feats,
+                            patterns=patterns)
+    assert v["flagged"] and sub["flagged"] and sub["scored_on"] == 200
+    cl = next(c for c in sub["clusters"] if c["id"] == sub["suspect_cluster"])
+    assert cl["cut_graph"] == "windows"
+    members = sub["labels"] == cl["id"]
+    assert (members & group).sum() / members.sum() >= 0.9
+    windows, share = patterns.peak_windows(0.22)
+    flat = group & (np.arange(len(group)) % 2 == 0)          # half the stamped: no pattern
+    windows[flat], share[flat] = 0.0, 0.0
+    graphs = ClassGraphs.build(result, preprocess(x, pipe["preprocess"]), pipe,
+                               flag_params(pipe), feats, windows=(windows, share))
+    cuts = _window_cuts(graphs)
+    assert cuts and not any((c.mask & flat).any() for c in cuts)

@@ -111,20 +111,24 @@ def _member_notes(cl: dict) -> list[str]:
     return notes
 
 
+#: a sweep cut's own graph (``cut_graph``): its conductance's key, how the page names the
+#: graph and the contrast's denominator
+_CUT_GRAPHS = {"edges": ("conductance_edges", "the graph of its inputs' edge energy", "edges"),
+               "windows": ("conductance_windows", "the graph of the samples' peak windows, "
+                           "each sample's raw input where its relevance is densest, wherever "
+                           "that is,", "windows")}
+
+
 def _contrast_text(cl: dict, graph: str) -> str:
     """The contrast sentence: against the relevance graph, or the edge graph for an edge cut,
     or the peak windows' graph for a window cut."""
-    if cl.get("cut_graph") == "windows":
-        return (f"Its conductance is {_fmt(cl.get('conductance_windows'), 4)} in the graph of "
-                f"the samples' peak windows (each sample's raw input where its relevance is "
-                f"densest, wherever that is; {_fmt(cl['conductance_relevance'], 4)} in the "
-                f"relevance graph) and {_fmt(cl['conductance_input'], 4)} in {graph}: contrast "
-                f"log(φ_input/φ_windows) = {_fmt(cl['contrast'], 2)}")
-    if cl.get("cut_graph") == "edges":
-        return (f"Its conductance is {_fmt(cl.get('conductance_edges'), 4)} in the graph of its "
-                f"inputs' edge energy ({_fmt(cl['conductance_relevance'], 4)} in the relevance "
-                f"graph) and {_fmt(cl['conductance_input'], 4)} in {graph}: contrast "
-                f"log(φ_input/φ_edges) = {_fmt(cl['contrast'], 2)}")
+    own = _CUT_GRAPHS.get(cl.get("cut_graph"))
+    if own is not None:
+        key, name, short = own
+        return (f"Its conductance is {_fmt(cl.get(key), 4)} in {name} "
+                f"({_fmt(cl['conductance_relevance'], 4)} in the relevance graph) and "
+                f"{_fmt(cl['conductance_input'], 4)} in {graph}: contrast "
+                f"log(φ_input/φ_{short}) = {_fmt(cl['contrast'], 2)}")
     return (f"Its conductance is {_fmt(cl['conductance_relevance'], 4)} in the relevance graph "
             f"and {_fmt(cl['conductance_input'], 4)} in {graph}: contrast "
             f"log(φ_input/φ_relevance) = {_fmt(cl['contrast'], 2)}")
@@ -147,8 +151,9 @@ def _evidence(entry: dict) -> str:
              _contrast_text(cl, graph),
              f"(bootstrap-stable value {_fmt(cl.get('contrast_stable'), 2)}, size penalty "
              f"{_fmt(cl.get('size_penalty'), 2)}, randomness penalty "
-             f"{_fmt(cl.get('randomness_penalty'), 2)}, colocation penalty "
-             f"{_fmt(cl.get('colocation_penalty') or 0.0, 2)}"
+             f"{_fmt(cl.get('randomness_penalty'), 2)}"
+             + ("" if cl.get("cut_graph") == "windows" else
+                f", colocation penalty {_fmt(cl.get('colocation_penalty') or 0.0, 2)}")
              + (f", edge randomness {_fmt(cl['edge_randomness'], 2)} and its penalty "
                 f"{_fmt(cl.get('edge_penalty'), 2)}" if cl.get("edge_randomness") is not None
                 else "")

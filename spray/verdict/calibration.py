@@ -125,9 +125,16 @@ class Reference:
         return math.ceil(1000 * above) / 1000
 
 
+#: the flags of window cuts, which change no score while ``window_sweep_eigenvectors`` is 0
+WINDOW_FLAGS = frozenset({"window_side", "window_mass_knee", "window_mass_weight"})
+
+
 def scoring_params(params: dict) -> dict:
-    """The flags that change scores (every flag but :data:`NOT_SCORING`)."""
-    return {k: v for k, v in params.items() if k not in NOT_SCORING}
+    """The flags that change scores (every flag but :data:`NOT_SCORING`, and the
+    :data:`WINDOW_FLAGS` while window cuts are off)."""
+    off = not params.get("window_sweep_eigenvectors")
+    return {k: v for k, v in params.items()
+            if k not in NOT_SCORING and not (off and k in WINDOW_FLAGS)}
 
 
 def scoring_sections(pipeline: dict) -> dict:

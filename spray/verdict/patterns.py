@@ -256,21 +256,25 @@ class InputPatterns:
         wider than :data:`MAX_SIDE`) at its relevance peak (the window of largest |relevance|),
         and that window's share of the sample's |relevance|. Returns ``(windows (len, C·S·S)
         float32, shares (len,))``, or None without relevance maps. A sample whose window or
-        map holds a non-finite value gets a window of zeros and a share of 0 (it matches
-        nobody's pattern)."""
+        map holds a non-finite value gets a window of zeros and a share of 0, as a flat window
+        is zeros: no pattern (window cuts leave such samples out)."""
         if self.relevance is None:
             return None
         rows = np.arange(self.n) if rows is None else np.asarray(rows)
         H, W = self._shape()
         window = _PeakWindows(_share_side(side_share, H, W), H, W)
         parts, shares = [], []
+        finite = []
         for start in range(0, len(rows), self.chunk):
             chunk = rows[start:start + self.chunk]
-            X, mass = window.at_peak(self.load(chunk), self.relevance(chunk), share=True)
+            maps = np.asarray(self.relevance(chunk))
+            finite.append(np.isfinite(maps.reshape(len(chunk), -1)).all(axis=1))
+            with np.errstate(invalid="ignore"):
+                X, mass = window.at_peak(self.load(chunk), maps, share=True)
             parts.append(X.astype(np.float32))
             shares.append(mass)
         X, share = np.concatenate(parts), np.concatenate(shares)
-        bad = ~(np.isfinite(X).all(axis=1) & np.isfinite(share))
+        bad = ~(np.isfinite(X).all(axis=1) & np.isfinite(share) & np.concatenate(finite))
         X[bad], share[bad] = 0.0, 0.0
         return X, share
 

@@ -86,7 +86,8 @@ def score_class(result, input_features: np.ndarray, pipeline: dict,
         The class's raw inputs, read in chunks: the samples outside a suspect whose inputs at
         its hot spot carry its members' pattern join it
         (:func:`~spray.verdict.members.join_by_pattern`). Who is reported only; the score
-        and the flag do not use them.
+        and the flag do not use them — except with ``window_sweep_eigenvectors`` above 0,
+        where their windows at the relevance peaks make the graph of window cuts.
 
     Returns
     -------
@@ -196,14 +197,13 @@ def _split_off_sweep(result, graphs: ClassGraphs, labels, clusters, resamples, p
         if params.edge_lift:
             clusters = _lift_by_edge_cut(clusters, cuts, graphs, edge_resamples, bar)
         found += _scored_cuts(cuts, graphs, clusters, edge_resamples, bar)
-    if graphs.windows is not None and max([best] + [e.score for e in found]) < params.threshold:
-        # nor the edge graph: a pattern at varying places (a patch on a moving object) may
-        # still be a group of the peak windows' graph
-        cuts = edge_cuts(graphs.windows, params.window_sweep_eigenvectors, params,
-                         graph="windows")
-        window_resamples = Resamples(graphs.window_features, pipeline, int(result.k), params,
-                                     graphs.cache)
-        found += _scored_cuts(cuts, graphs, clusters, window_resamples, bar)
+    now = max((c.score for c in clusters if c.score is not None), default=-np.inf)
+    if graphs.windows is not None and max([now] + [e.score for e in found]) < params.threshold:
+        # nor the edge graph (nor a cluster it lifted): a pattern at varying places (a patch
+        # on a moving object) may still be a group of the peak windows' graph
+        resamples_w = Resamples(graphs.window_features, pipeline, int(result.k), params,
+                                graphs.cache)
+        found += _scored_cuts(_window_cuts(graphs), graphs, clusters, resamples_w, bar)
     labels, clusters, splits, changed = split_off_sweep(labels, clusters, found,
                                                         params.threshold,
                                                         params.sweep_min_jaccard)
@@ -257,6 +257,26 @@ def _edge_cuts(graphs: ClassGraphs) -> list:
     if graphs.edges is None:
         return []
     return edge_cuts(graphs.edges, graphs.params.edge_sweep_eigenvectors, graphs.params)
+
+
+def _window_cuts(graphs: ClassGraphs) -> list:
+    """Sweep cuts along the peak windows' graph's leading eigenvectors
+    (``window_sweep_eigenvectors``), without the samples whose window holds no pattern (flat,
+    or read from a non-finite input or map: a window of zeros, which would otherwise join any
+    group)."""
+    cuts = edge_cuts(graphs.windows, graphs.params.window_sweep_eigenvectors, graphs.params,
+                     graph="windows")
+    patterned = np.abs(graphs.window_features).sum(axis=1) > 0
+    if patterned.all():
+        return cuts
+    out, keys = [], set()
+    for c in cuts:
+        mask = c.mask & patterned
+        key = np.packbits(mask).tobytes()
+        if mask.any() and key not in keys:
+            keys.add(key)
+            out.append(ClusterEvidence.of(mask, cut_along=c.cut_along, cut_graph="windows"))
+    return out
 
 
 def _edge_resamples(result, graphs: ClassGraphs, pipeline: dict) -> Resamples | None:
