@@ -348,8 +348,10 @@ class FlagsSection(_Section):
     #: the same pattern under every stamped sample's peak, wherever it is
     #: (docs/verdict-eval.md, "Window cuts"). Tried only when no cluster, relevance or edge
     #: cut reaches the threshold. 0 (the default): off; none either without the relevance
-    #: maps at the inputs' resolution. Opt-in: the clean-score reference was scored without
-    #: them, so a run with them gets no ``clean_rate``
+    #: maps at the inputs' resolution. Experimental, opt-in: on rebuilt models they flagged
+    #: other classes of patch models (docs/verdict-eval.md, "Window cuts on rebuilt
+    #: models"), and the clean-score reference was scored without them, so a run with them
+    #: gets no ``clean_rate``
     window_sweep_eigenvectors: int = Field(default=0, ge=0)
     #: the peak window's side as a share of the inputs' shorter side (at least 3 pixels)
     window_side: float = Field(default=0.22, gt=0, le=1, allow_inf_nan=False)

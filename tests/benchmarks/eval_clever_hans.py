@@ -25,9 +25,12 @@ class (digits: the whole data set) with ``spray.lrp.attribute`` (true-class logi
 (``spray.analysis.preprocess.preprocess`` → ``spray.analysis.analyze.analyze`` →
 ``spray.verdict.score.clever_hans_score``) and the ``spray-default`` preset (``--pipeline`` to
 change it). The cache does not record ``--digits-split``: use another ``--out`` for each.
-Clean models (no artefact) measure false flags. Every model is a function of its setting alone
-(the seed fixes the data split, the weights' initialization and the batches; the thread count is
-fixed by ``--threads``), so a setting gives the same maps whether it runs alone or after others.
+Clean models (no artefact) measure false flags. On one machine every model is a function of its
+setting alone (the seed fixes the data split, the weights' initialization and the batches; the
+thread count is fixed by ``--threads``), so a setting gives the same maps whether it runs alone
+or after others. Built again on another machine (other CPU kernels, other rounding) the same
+setting trains another model: the cache is the record of a round, and a rebuilt setting is a
+new replicate (docs/verdict-eval.md, "Results: window cuts on rebuilt models").
 
 **Reliance** (ground truth for "Clever Hans", measured without relevance): a planted artefact
 is a Clever Hans only if the model uses it. For every trained model and artefact kind the script
