@@ -44,16 +44,20 @@ MEASURES = ("plain_score", "size", "window_mass", "likeness", "conductance_input
             "conductance_windows", "phi_second", "phi_ring")
 
 
-def _windows_at(inputs: np.ndarray, maps: np.ndarray, second: bool = False, shift: int = 0):
-    """Unit per-channel centred peak windows (``window_side`` 0.22) of every sample, at its
-    first or second relevance peak, moved by ``shift`` pixels in every direction
-    (``(n, (2·shift + 1)², d)``), and the peaks' corners."""
-    from spray.verdict.patterns import _PeakWindows, _share_side, _unit
+def _windows_at(inputs: np.ndarray, maps: np.ndarray, side: float, second: bool = False,
+                shift: int = 0):
+    """Unit per-channel centred peak windows (``side`` of the shorter side, as the rule's
+    ``window_side``) of every sample, at its first or second relevance peak, moved by
+    ``shift`` pixels in every direction (``(n, (2·shift + 1)², d)``), and the peaks' corners.
+    Full-resolution windows: for images whose windows the rule averages over blocks (wider
+    than ``patterns.MAX_SIDE``) the probe's measures are not the rule's."""
+    from spray.verdict.patterns import _share_side, _unit
 
     H, W = maps.shape[-2:]
-    win = _PeakWindows(_share_side(0.22, H, W), H, W)
+    S = _share_side(side, H, W)
     a = np.abs(maps).astype(np.float64)
-    S = win.side
+    if a.ndim == 4:
+        a = a.sum(axis=1)
     c = np.zeros((len(a), H + 1, W + 1))
     c[:, 1:, 1:] = a.cumsum(1).cumsum(2)
     sums = c[:, S:, S:] - c[:, :-S, S:] - c[:, S:, :-S] + c[:, :-S, :-S]
@@ -75,8 +79,12 @@ def _windows_at(inputs: np.ndarray, maps: np.ndarray, second: bool = False, shif
 
 
 def _likeness(moved: np.ndarray, mask: np.ndarray) -> float:
+    """Median over pairs of members of their windows' best correlation with one of them moved
+    (``moved`` from :func:`_windows_at`); NaN for fewer than two members."""
     centre = moved[:, moved.shape[1] // 2]
     rows = np.flatnonzero(mask)
+    if len(rows) < 2:
+        return float("nan")
     C = np.einsum("id,jkd->ijk", centre[rows], moved[rows]).max(axis=2)
     C = np.maximum(C, C.T)
     return float(np.median(C[np.triu_indices(len(rows), 1)]))
@@ -131,8 +139,9 @@ def probe_class(maps, inputs, truth, pipe: dict) -> tuple[list[dict], float]:
         return [], verdict["score"]
     k = int(result.k)
     affinity = {**pipe["affinity"], "k": k}
-    moved, peaks, S = _windows_at(inputs, maps, shift=1)
-    second = _windows_at(inputs, maps, second=True)[0][:, 0].astype(np.float32)
+    side = float(pipe["flags"]["window_side"])
+    moved, peaks, S = _windows_at(inputs, maps, side, shift=1)
+    second = _windows_at(inputs, maps, side, second=True)[0][:, 0].astype(np.float32)
     ring_f = _ring(inputs, peaks, S)
     graphs = {name: NeighbourLists(F, affinity, k, unmasked_search(F)).whole()
               for name, F in (("second", second), ("ring", ring_f))}
