@@ -30,6 +30,11 @@ def halves(W: sp.csr_matrix, clusters: list[ClusterEvidence], min_size: int,
     return out
 
 
+def mask_key(mask: np.ndarray) -> bytes:
+    """A hashable key of a group's mask: groups with the same members have the same key."""
+    return np.packbits(mask).tobytes()
+
+
 def other_k_groups(result, pipeline: dict, seen: list[np.ndarray]) -> list[ClusterEvidence]:
     """Clusters of k-means on the first K eigenvectors for every other K up to max_clusters
     (groups identical to one in ``seen``, or to an earlier one, dropped)."""
@@ -38,7 +43,7 @@ def other_k_groups(result, pipeline: dict, seen: list[np.ndarray]) -> list[Clust
     clus = dict(pipeline["clustering"])
     vec = np.asarray(result.eigenvectors)
     K_max = min(int(clus.get("max_clusters", 10)), vec.shape[1], vec.shape[0] - 1)
-    keys = {np.packbits(m).tobytes() for m in seen}
+    keys = {mask_key(m) for m in seen}
     out = []
     for K in range(2, K_max + 1):
         if int(result.n_clusters) == K:
@@ -46,7 +51,7 @@ def other_k_groups(result, pipeline: dict, seen: list[np.ndarray]) -> list[Clust
         lab = cluster(vec, K, clus, affinity=result.affinity)
         for cid in np.unique(lab):
             mask = lab == cid
-            key = np.packbits(mask).tobytes()
+            key = mask_key(mask)
             if key in keys:
                 continue
             keys.add(key)
@@ -94,7 +99,7 @@ def sweep_cuts(W: sp.csr_matrix, degree: np.ndarray, eigenvectors: np.ndarray, c
             members = order[:size] if sign > 0 else order[n - size:]
             mask = np.zeros(n, dtype=bool)
             mask[members] = True
-            key = np.packbits(mask).tobytes()
+            key = mask_key(mask)
             if key not in keys:
                 keys.add(key)
                 out.append(ClusterEvidence.of(mask, cut_along=sign * i, cut_graph=graph))

@@ -20,7 +20,7 @@ import scipy.sparse as sp
 from spray.config.presets import FlagsSection
 from spray.verdict.bootstrap import Resamples, stabilize, stabilize_cuts, verify
 from spray.verdict.calibration import clean_rate, threshold_for
-from spray.verdict.candidates import candidate_groups, edge_cuts, sweep_cuts
+from spray.verdict.candidates import candidate_groups, edge_cuts, mask_key, sweep_cuts
 from spray.verdict.evidence import ClassGraphs, measure
 from spray.verdict.halves import jaccard, lift_by_other_k, split_off_sweep, split_suspect_halves
 from spray.verdict.members import decide_members
@@ -272,7 +272,7 @@ def _window_cuts(graphs: ClassGraphs) -> list:
     out, keys = [], set()
     for c in cuts:
         mask = c.mask & patterned
-        key = np.packbits(mask).tobytes()
+        key = mask_key(mask)
         if mask.any() and key not in keys:
             keys.add(key)
             out.append(ClusterEvidence.of(mask, cut_along=c.cut_along, cut_graph="windows"))
