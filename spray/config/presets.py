@@ -363,6 +363,18 @@ class FlagsSection(_Section):
     #: models scored up to 5.45; docs/verdict-eval.md, "Window cuts")
     window_mass_knee: float = Field(default=0.1, ge=-1, le=1, allow_inf_nan=False)
     window_mass_weight: float = Field(default=50.0, ge=0, allow_inf_nan=False)
+    #: transplant test (:mod:`spray.verdict.transplant`): with the model at hand, each suspect's
+    #: inputs where its relevance differs from the rest's (the ``input_mask_area`` share of the
+    #: image) and at each member's peak window (``window_side``) are pasted onto this many
+    #: images of the other classes, and so are the rest's; a suspect stays one only when the
+    #: model follows its pieces (below), else the class is not flagged but watched. 0 (the
+    #: default): off; off too where the run has no model (precomputed attributions). It
+    #: changes no score (docs/verdict.md, "Transplant test")
+    transplant_pairs: int = Field(default=0, ge=0)
+    #: the members' pieces must turn at least this share more target images to the class
+    #: than the rest's, at a paired z of at least ``transplant_min_z``, in either region
+    transplant_min_effect: float = Field(default=0.1, ge=0, le=1, allow_inf_nan=False)
+    transplant_min_z: float = Field(default=3.0, ge=0, allow_inf_nan=False)
     seed: int = 0
 
 

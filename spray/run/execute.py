@@ -57,9 +57,10 @@ def _submit(client, cfg: RunConfig, base_dir: Path, run_dir: Path, pipeline: dic
     data_cfg, model_cfg = cfg.data.model_dump(), cfg.model.model_dump() if cfg.model else None
     attr_cfg = cfg.attribution.model_dump()
     data_cfg = {**data_cfg, "base_dir": str(base_dir)}
-    chunk_task = lrp_chunk
+    chunk_task, tested_model = lrp_chunk, model_cfg   # the model the transplant test asks
     if cfg.attribution.precomputed:  # attributions made elsewhere: copy them instead of LRP
         from spray.run.tasks import precomputed_chunk as chunk_task
+        tested_model = None
     chunk_futures, analysis_futures = {}, {}
     for c, todo in plan.items():
         futures = [client.submit(chunk_task, str(run_dir), c, chunk, data_cfg, model_cfg, attr_cfg,
@@ -71,7 +72,8 @@ def _submit(client, cfg: RunConfig, base_dir: Path, run_dir: Path, pipeline: dic
         if c in reuse:  # maps unchanged and analysed with this pipeline already: keep it
             continue
         analysis_futures[c] = client.submit(analyze_class, str(run_dir), c, pipeline, data_cfg,
-                                            futures, runtime, key=f"analysis-c{c}-{token}",
+                                            futures, runtime, tested_model, attr_cfg,
+                                            key=f"analysis-c{c}-{token}",
                                             retries=min(1, cfg.cluster.retries), pure=False)
     return chunk_futures, analysis_futures
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import logging
 import os
 import time
 import warnings
@@ -22,6 +23,8 @@ from spray.data.models import load_model
 from spray.data.sources import open_source, samples_digest
 from spray.errors import DataError, SprayError, StoreError
 from spray.store import class_samples_hash, open_class, write_array, write_health
+
+log = logging.getLogger(__name__)
 
 # scikit-learn says it falls back to n_jobs=1 in daemonic Dask workers; that is intended here
 # (one Dask thread per core), so do not repeat it for every class.
@@ -347,23 +350,58 @@ def analysis_current(previous: dict, pipeline: dict) -> bool:
 
 
 def analyze_class(run_dir: str, c: int, pipeline: dict, data_cfg: dict, _deps=None,
-                  runtime=1) -> dict:
+                  runtime=1, model_cfg: dict | None = None, attr_cfg: dict | None = None
+                  ) -> dict:
     """:func:`analyze_stored_class` once the class's LRP chunks (``_deps``) are all written.
 
     A chunk that failed leaves the class unanalysed (``{"error": ..., "dependency": True}``);
     a data error of the analysis itself is returned as ``{"error": message}`` (not retried).
+    ``model_cfg`` and ``attr_cfg``: the run's model and attribution sections, for the
+    transplant test (``flags.transplant_pairs``; None: no test).
     """
     failed = [d for d in (_deps or []) if isinstance(d, dict) and d.get("error")]
     if failed:
         return {"class": c, "error": failed[0]["error"], "dependency": True}
     try:
-        return analyze_stored_class(run_dir, c, pipeline, data_cfg, runtime)
+        return analyze_stored_class(run_dir, c, pipeline, data_cfg, runtime, model_cfg,
+                                    attr_cfg)
     except SprayError as err:
         return {"class": c, "error": str(err), "error_type": type(err).__name__}
 
 
 #: the analysis arrays a kept analysis must still be able to read (a damaged one is redone)
 ANALYSIS_ARRAYS = ("eigenvalues", "eigengaps", "eigenvectors", "labels")
+
+
+def model_test(c: int, pipeline: dict, data_cfg: dict, model_cfg: dict | None,
+               attr_cfg: dict | None, source, indices: np.ndarray, relevance, runtime=1):
+    """What the transplant test of class ``c`` needs (:class:`spray.verdict.transplant.ModelTest`):
+    the model, the class's inputs and maps by row, and ``4 × transplant_pairs`` samples of the
+    other classes drawn at random (seeded by ``flags.seed`` and the class). None when the test
+    is off, the run has no model (precomputed attributions) or its maps do not explain the
+    label's logit (``attribution.target``: the test counts turns to the class's output)."""
+    from spray.verdict.transplant import ModelTest
+
+    flags = pipeline.get("flags") or {}
+    pairs = int(flags.get("transplant_pairs") or 0)
+    if not pairs or model_cfg is None:
+        return None
+    if (attr_cfg or {}).get("target", "label") != "label":
+        log.warning("class %d: no transplant test (attribution.target is not 'label')", c)
+        return None
+    model = load_model(model_cfg, data_cfg.get("base_dir"))
+    device = _device(runtime)
+    model = model.to(device) if device.type != "cpu" else model
+
+    def predict(x: np.ndarray) -> np.ndarray:
+        with torch.no_grad():
+            return model(torch.as_tensor(x).to(device)).argmax(1).cpu().numpy()
+
+    others = np.flatnonzero(np.asarray(source.labels()) != c)
+    rng = np.random.default_rng([int(flags.get("seed") or 0), c])
+    pick = np.sort(rng.choice(others, size=min(len(others), 4 * pairs), replace=False))
+    return ModelTest(predict, lambda rows: source.load(indices[rows]),
+                     lambda rows: _read_rows(relevance, rows), source.load(pick), c)
 
 
 def _analysis_readable(cg) -> bool:
@@ -377,11 +415,13 @@ def _analysis_readable(cg) -> bool:
 
 
 def analyze_stored_class(run_dir: str, c: int, pipeline: dict, data_cfg: dict,
-                         runtime=1) -> dict:
+                         runtime=1, model_cfg: dict | None = None,
+                         attr_cfg: dict | None = None) -> dict:
     """Preprocess, analyse and score one class; write everything into its store group.
 
     Reads the class's relevance maps and inputs one chunk at a time; the analysis itself works
-    on the ``(n, d)`` feature matrix.
+    on the ``(n, d)`` feature matrix. With ``flags.transplant_pairs`` and a model the
+    suspects get the transplant test (:func:`model_test`).
     """
     from spray.analysis.analyze import analyze
     from spray.verdict.score import clever_hans_score
@@ -410,7 +450,10 @@ def analyze_stored_class(run_dir: str, c: int, pipeline: dict, data_cfg: dict,
     patterns = class_patterns(source, indices, pipeline["preprocess"],
                               int(cg.attrs.get("chunk_size", 4096)), cg["relevance"])
     verdict = clever_hans_score(result, input_features, pipeline, features=features,
-                                edge_features=edge_features, patterns=patterns)
+                                edge_features=edge_features, patterns=patterns,
+                                model_test=model_test(c, pipeline, data_cfg, model_cfg,
+                                                      attr_cfg, source, indices,
+                                                      cg["relevance"], runtime))
     # the analysis' clusters, with any suspect half the score split off (verdict["splits"])
     labels = np.asarray(verdict.pop("labels"), dtype=np.int64)
     write_array(cg, "labels", labels)

@@ -41,12 +41,13 @@ log = logging.getLogger(__name__)
 #: the reference file (package data)
 REFERENCE = Path(__file__).with_name("clean_scores.json")
 
-#: flags that do not change a class's score (how it is read, or who of a suspect is reported,
-#: not what it is). ``threshold`` does: it is also the bar a half or sweep cut must reach to
-#: split off while a class is scored
+#: flags that do not change a class's score (how it is read, who of a suspect is reported, or
+#: whether the model follows it; not what it is). ``threshold`` does: it is also the bar a half
+#: or sweep cut must reach to split off while a class is scored
 NOT_SCORING = frozenset({"watch_margin", "false_flag_rate", "peak_guard_iqr",
                          "peak_window_doublings", "peak_carrier_gap", "peak_far_iqr",
-                         "pattern_trim_iqr", "pattern_join_iqr", "agreement_spread"})
+                         "pattern_trim_iqr", "pattern_join_iqr", "agreement_spread",
+                         "transplant_pairs", "transplant_min_effect", "transplant_min_z"})
 
 #: the pipeline sections that change scores besides the flags (the embedding does not)
 SECTIONS = ("preprocess", "affinity", "spectral", "clustering")

@@ -21,7 +21,7 @@ _EVIDENCE_KEYS = ("id", "half_of", "cut_along", "cut_graph", "n_clusters", "clus
                   "size_penalty", "excluded", "resampled",
                   "contrast_stable", "score", "split_from", "hot_spot_auc", "trimmed", "pattern_trimmed",
                   "joined", "pattern_joined", "agreed_joined", "peak_joined", "peak_window",
-                  "peak_guard", "peak_at")
+                  "peak_guard", "peak_at", "transplant", "followed")
 
 
 @dataclass
@@ -56,6 +56,9 @@ class ClusterEvidence:
     resampled : False when the bootstrap was skipped because it could not change the verdict.
     contrast_stable, score : the bootstrap's stable contrast and the candidate's score.
     split_from : for a half split off as a new cluster, the cluster it came from.
+    transplant, followed : for a suspect with the transplant test on (``transplant_pairs``), the
+        test's results per region (:class:`~spray.verdict.transplant.TransplantResult` as
+        dicts) and whether the model follows the suspect's pieces (else it is no suspect).
     hot_spot_auc, trimmed : for a suspect, how well its inputs at its relevance hot spot tell
         it from the rest (ROC AUC) and how many members left it for not carrying that pattern
         (:mod:`~spray.verdict.members`; ``size`` counts the members reported).
@@ -128,6 +131,8 @@ class ClusterEvidence:
     peak_window: int | None = None
     peak_guard: str | None = None
     peak_at: str | None = None
+    transplant: list | None = None
+    followed: bool | None = None
     score_from_k: ClusterEvidence | None = field(default=None, repr=False)
     jaccard: float | None = None
     inputs: np.ndarray | None = field(default=None, repr=False, compare=False)
@@ -187,6 +192,9 @@ class Verdict:
     clean_rate : how unusual the score is among the evaluation's clean class checks
         (:func:`spray.verdict.calibration.clean_rate`); None where that reference does not
         apply to ``params``.
+    not_followed : with the transplant test, the clusters at or above the threshold whose
+        pieces the model does not follow (no suspects; the class is watched, not flagged);
+        None without the test.
     """
 
     score: float
@@ -203,6 +211,7 @@ class Verdict:
     rule: str = "input-contrast"
     scored_on: int | None = None
     clean_rate: dict | None = None
+    not_followed: list[int] | None = None
 
     def cluster(self, cid: int) -> ClusterEvidence:
         """The entry of cluster ``cid``."""
@@ -215,7 +224,8 @@ class Verdict:
         out["other_k"] = [c.to_dict() for c in self.other_k]
         order = ("rule", "score", "threshold", "flagged", "suspect_cluster", "suspect_clusters",
                  "candidate_cluster", "clusters", "splits", "labels", "other_k", "params")
-        optional = {k: out[k] for k in ("scored_on", "clean_rate") if out[k] is not None}
+        optional = {k: out[k] for k in ("scored_on", "clean_rate", "not_followed")
+                    if out[k] is not None}
         return {**{k: out[k] for k in order}, **optional}
 
 

@@ -27,6 +27,7 @@ from spray.verdict.members import decide_members
 from spray.verdict.patterns import InputPatterns
 from spray.verdict.result import ClusterEvidence, Verdict, resize_entries
 from spray.verdict.subsample import extend_labels, restrict, stratified_sample
+from spray.verdict.transplant import ModelTest, followed
 
 log = logging.getLogger(__name__)
 
@@ -63,8 +64,8 @@ def flag_threshold(params: FlagsSection, pipeline: dict) -> float:
 
 
 def score_class(result, input_features: np.ndarray, pipeline: dict,
-                features=None, edge_features=None, patterns: InputPatterns | None = None
-                ) -> Verdict:
+                features=None, edge_features=None, patterns: InputPatterns | None = None,
+                model_test: ModelTest | None = None) -> Verdict:
     """Score a class from its analysis result and the preprocessed raw inputs of its samples.
 
     Parameters
@@ -88,6 +89,10 @@ def score_class(result, input_features: np.ndarray, pipeline: dict,
         (:func:`~spray.verdict.members.join_by_pattern`). Who is reported only; the score
         and the flag do not use them — except with ``window_sweep_eigenvectors`` above 0,
         where their windows at the relevance peaks make the graph of window cuts.
+    model_test : spray.verdict.transplant.ModelTest, optional
+        The model and the class's inputs: with ``transplant_pairs`` above 0, every suspect
+        gets the transplant test and stays one only when the model follows its pieces
+        (:func:`follow_suspects`).
 
     Returns
     -------
@@ -98,10 +103,35 @@ def score_class(result, input_features: np.ndarray, pipeline: dict,
     params = flag_params(pipeline)
     n = len(np.asarray(result.labels))
     if features is None or n <= params.score_max_samples:
-        return _score(result, input_features, pipeline, params, features, edge_features,
-                      patterns=patterns, windows=_windows(patterns, params))
-    return _score_subsample(result, input_features, pipeline, params, features, edge_features,
-                            patterns)
+        verdict = _score(result, input_features, pipeline, params, features, edge_features,
+                         patterns=patterns, windows=_windows(patterns, params))
+    else:
+        verdict = _score_subsample(result, input_features, pipeline, params, features,
+                                   edge_features, patterns)
+    if params.transplant_pairs and model_test is not None:
+        follow_suspects(verdict, model_test, params)
+    return verdict
+
+
+def follow_suspects(verdict: Verdict, model_test: ModelTest, params: FlagsSection) -> None:
+    """The transplant test of every suspect (:mod:`~spray.verdict.transplant`): a suspect
+    whose pieces the model does not follow is none (``not_followed``); the class is flagged
+    when one is left. Scores stay as they are."""
+    followed_ids, not_followed = [], []
+    for cid in verdict.suspect_clusters:
+        entry = verdict.cluster(cid)
+        tests = model_test.test(np.asarray(verdict.labels) == cid, params.window_side,
+                                params.input_mask_area, params.transplant_pairs,
+                                params.seed + cid)
+        entry.transplant = [t.to_dict() for t in tests]
+        entry.followed = followed(tests, params.transplant_min_effect, params.transplant_min_z)
+        (followed_ids if entry.followed else not_followed).append(cid)
+        log.info("class %d, suspect %d: transplant %s -> %s", model_test.c, cid,
+                 entry.transplant, "followed" if entry.followed else "not followed")
+    verdict.suspect_clusters = followed_ids
+    verdict.suspect_cluster = followed_ids[0] if followed_ids else None
+    verdict.flagged = bool(followed_ids)
+    verdict.not_followed = not_followed
 
 
 def _windows(patterns: InputPatterns | None, params: FlagsSection,
@@ -312,7 +342,8 @@ def _verdict(clusters: list[ClusterEvidence], labels, splits, other_k,
 
 def clever_hans_score(result, input_features: np.ndarray, pipeline: dict,
                       features=None, edge_features=None,
-                      patterns: InputPatterns | None = None) -> dict:
+                      patterns: InputPatterns | None = None,
+                      model_test: ModelTest | None = None) -> dict:
     """:func:`score_class` as the dict the run stores (``Verdict.to_dict()``)."""
     return score_class(result, input_features, pipeline, features, edge_features,
-                       patterns).to_dict()
+                       patterns, model_test).to_dict()

@@ -230,7 +230,7 @@ def collect(setting, args) -> dict:
             "flip_rates": flips, "flip_kinds": np.array(ARTEFACTS),
             "labels": y_ex, "prediction": pred, "poisoned": poisoned, "is_test": is_test,
             "accuracy": float((pred[is_test] == y_te).mean()), "train_seconds": t_train,
-            "lrp_seconds": t_lrp}
+            "lrp_seconds": t_lrp, "model": model}
 
 
 # ------------------------------------------------------------------------------ scoring
@@ -244,7 +244,58 @@ def edge_features(inputs: np.ndarray, pipe: dict) -> np.ndarray | None:
     return preprocess(edge_energy(inputs), pipe["preprocess"])
 
 
-def score_setting(setting, data, pipe) -> list[dict]:
+def kept_model(setting, weights: Path, channels: int) -> nn.Module:
+    """A setting's model rebuilt from the weights ``--keep-models`` wrote, in eval mode."""
+    ds, _, _, _, seed = setting
+    if "." in ds:
+        import eval_models
+        from eval_data import GENERATORS
+
+        gen, arch, _ = ds.split(".")
+        model = eval_models.build(arch, GENERATORS[gen].n_classes(), channels, seed)
+    else:
+        model = build(ds, seed)
+    model.load_state_dict(torch.load(weights, weights_only=True))
+    return model.eval()
+
+
+def tested_model(setting, cache: Path, data: dict, pipe: dict) -> nn.Module | None:
+    """The model of a cached setting when the pipeline's transplant test needs it (its weights
+    kept by ``--keep-models`` next to the cache), else None."""
+    if not (pipe.get("flags") or {}).get("transplant_pairs"):
+        return None
+    weights = cache.with_suffix(".pt")
+    if not weights.is_file():
+        raise SystemExit(f"{weights}: no kept weights (build with --keep-models): the "
+                         "transplant test needs the model")
+    return kept_model(setting, weights, 1 if data["inputs"].ndim == 3 else
+                      data["inputs"].shape[1])
+
+
+def model_test_of(model: nn.Module | None, data: dict, sel: np.ndarray, c: int, pipe: dict):
+    """The transplant test's inputs for class ``c`` (rows ``sel``) as the run makes them
+    (``spray.run.tasks.model_test``): ``4 × transplant_pairs`` images of the other classes of
+    the same samples, drawn with the same seed; None without a model or with the test off."""
+    from spray.verdict.transplant import ModelTest
+
+    flags = pipe.get("flags") or {}
+    pairs = int(flags.get("transplant_pairs") or 0)
+    if model is None or not pairs:
+        return None
+    x = data["inputs"] if data["inputs"].ndim == 4 else data["inputs"][:, None]
+
+    def predict(batch: np.ndarray) -> np.ndarray:
+        with torch.no_grad():
+            return model(torch.as_tensor(batch, dtype=torch.float32)).argmax(1).numpy()
+
+    others = np.flatnonzero(data["labels"] != c)
+    rng = np.random.default_rng([int(flags.get("seed") or 0), c])
+    pick = np.sort(rng.choice(others, size=min(len(others), 4 * pairs), replace=False))
+    return ModelTest(predict, lambda rows: x[sel[rows]], lambda rows: data["relevance"][sel[rows]],
+                     x[pick], c)
+
+
+def score_setting(setting, data, pipe, model: nn.Module | None = None) -> list[dict]:
     from spray.analysis.analyze import analyze
     from spray.analysis.preprocess import preprocess
     from spray.skill import chance_test, learnt, max_chance_p
@@ -269,7 +320,8 @@ def score_setting(setting, data, pipe) -> list[dict]:
         more = {} if edges is None else {"edge_features": edges}
         verdict = clever_hans_score(result, in_feats, pipe, features=feats, **more,
                                     patterns=InputPatterns.of(inputs, pipe["preprocess"],
-                                                              maps=maps))
+                                                              maps=maps),
+                                    model_test=model_test_of(model, data, sel, c, pipe))
         seconds = time.perf_counter() - t0
         truth = data["poisoned"][sel]
         row = {"setting": setting_name(setting), "dataset": ds, "artefact": art, "fraction": p,
@@ -306,6 +358,11 @@ def score_setting(setting, data, pipe) -> list[dict]:
             row["recall"] = hit / int(truth.sum())
         row["clusters"] = [{k: v for k, v in cl.items() if k != "members"}
                            for cl in verdict["clusters"]]
+        tested = {str(cl["id"]): {"followed": cl.get("followed"), "tests": cl["transplant"]}
+                  for cl in verdict["clusters"] if cl.get("transplant") is not None}
+        if tested:   # the transplant test of the suspects (flags.transplant_pairs)
+            row["transplant"] = tested
+            row["not_followed"] = verdict.get("not_followed")
         best = next((cl for cl in verdict["clusters"] if cl["id"] == cand), {})
         if verdict.get("splits"):
             row["splits"] = verdict["splits"]
@@ -331,11 +388,12 @@ def draw(data: dict, size: int, seed: int) -> dict:
     return {k: (v[idx] if k in PER_SAMPLE else v) for k, v in data.items()}
 
 
-def score_draws(setting, data: dict, pipe: dict, draws: int, size: int) -> list[dict]:
+def score_draws(setting, data: dict, pipe: dict, draws: int, size: int,
+                model: nn.Module | None = None) -> list[dict]:
     """Score ``draws`` random draws of ``size`` samples per class (seeds 0 … draws − 1)."""
     rows = []
     for d in range(draws):
-        rs = score_setting(setting, draw(data, size, seed=10_000 + d), pipe)
+        rs = score_setting(setting, draw(data, size, seed=10_000 + d), pipe, model)
         for r in rs:
             r["draw"] = d
             r.pop("clusters", None)
@@ -561,6 +619,8 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", default="runs/eval-clever-hans")
     ap.add_argument("--rescore", action="store_true", help="only rescore cached settings")
+    ap.add_argument("--keep-models", action="store_true",
+                    help="also write each built model's weights (cache/<setting>.pt)")
     ap.add_argument("--quick", action="store_true", help="4 settings instead of all")
     ap.add_argument("--all", action="store_true", help="also the EXTRA settings")
     ap.add_argument("--merge", action="store_true",
@@ -645,6 +705,9 @@ def main(argv=None) -> int:
             continue
         else:
             data = collect(s, args)
+            model = data.pop("model")
+            if args.keep_models:    # the trained weights, for measures that need the model
+                torch.save(model.state_dict(), cache.with_suffix(".pt"))
             np.savez_compressed(cache, **{k: (v.astype(np.float16) if k in ("relevance", "inputs")
                                               else v) for k, v in data.items()})
             print(f"{name}: trained (acc {data['accuracy']:.3f}, {data['train_seconds']:.0f} s), "
@@ -653,11 +716,12 @@ def main(argv=None) -> int:
             continue
         data["relevance"] = data["relevance"].astype(np.float32)
         data["inputs"] = data["inputs"].astype(np.float32)
+        model = tested_model(s, cache, data, pipe)
         if args.draws:
-            rows.extend(score_draws(s, data, pipe, args.draws, args.draw_size))
+            rows.extend(score_draws(s, data, pipe, args.draws, args.draw_size, model))
             (out / "draws.json").write_text(json.dumps(rows, indent=1, default=float))
             continue
-        rs = score_setting(s, data, pipe)
+        rs = score_setting(s, data, pipe, model)
         pl = next((r for r in rs if r["planted"]), None)
         flagged = [r["class"] for r in rs if r["flagged"]]
         print(f"{name}: flagged {flagged}"

@@ -244,4 +244,4 @@ def collect_scenes(setting: tuple, args) -> dict:
             "prediction": pred, "poisoned": poisoned["test"], "is_test": np.ones(len(y_te), bool),
             "artefact_mask": art_mask, "types": data["type_test"],
             "accuracy": float((pred == y_te).mean()), "train_seconds": t_train,
-            "lrp_seconds": t_lrp}
+            "lrp_seconds": t_lrp, "model": model}

@@ -1,0 +1,237 @@
+"""Transplant test: does a group's input pattern, moved onto other classes' inputs, turn the
+model to the class?
+
+The spectral rule (:mod:`spray.verdict.score`) asks whether a group of a class is separated in
+the relevance graph more than in the inputs. That question cannot tell a planted patch from a
+natural look-alike when both sit under the relevance peaks (docs/verdict-eval.md, "Results:
+window cuts on rebuilt models"). This module asks the model instead, by intervention, as the
+field defines a Clever Hans (and as the evaluation measures reliance): take the inputs of the
+group's members *where the relevance says the model looks*, paste them onto images of the
+other classes, and count how many of those the model then predicts as the class; do the same
+with the rest of the class as donors. A shortcut is a small pattern that suffices on its own:
+the members' pieces turn far more images than the rest's. A natural sub-type's most relevant
+piece is class evidence like the rest's, and turns about as many.
+
+Two regions are moved for every candidate:
+
+* ``place``: the pixels where the members' mean relevance (each map divided by its total
+  |relevance|) exceeds the rest's most, the top ``area`` share of the image — one region for
+  all donors (a stamp, a border, a corner logo: an artefact at a fixed place);
+* ``peak``: each donor's own S × S window of largest |relevance| (S = ``side`` × the shorter
+  image side), pasted at the same place — a pattern that moves with the object.
+
+The test is paired: the members' and the rest's pieces go onto the same target images (images
+of other classes the model does not already predict as the class). No library offers it; it
+is a few array operations around the caller's model.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+Predict = Callable[[np.ndarray], np.ndarray]
+
+
+def _as_images(x: np.ndarray) -> np.ndarray:
+    """``(n, C, H, W)`` float32 (a ``(n, H, W)`` array gets one channel)."""
+    x = np.asarray(x, dtype=np.float32)
+    return x[:, None] if x.ndim == 3 else x
+
+
+def _abs_maps(maps: np.ndarray) -> np.ndarray:
+    """``(n, H, W)`` |relevance| (channels summed first)."""
+    a = np.asarray(maps, dtype=np.float64)
+    if a.ndim == 4:
+        a = a.sum(axis=1)
+    return np.abs(a)
+
+
+def peak_boxes(maps: np.ndarray, side: float) -> np.ndarray:
+    """Each map's S × S window of largest |relevance| as a ``(n, H, W)`` boolean mask (S =
+    ``side`` × the shorter side, at least 3 pixels)."""
+    from spray.verdict.patterns import _box_sums, _share_side
+
+    a = _abs_maps(maps)
+    n, H, W = a.shape
+    S = _share_side(side, H, W)
+    sums = _box_sums(a[:, None], S)[:, 0].reshape(n, -1)
+    best = np.unravel_index(sums.argmax(axis=1), (H - S + 1, W - S + 1))
+    out = np.zeros((n, H, W), dtype=bool)
+    for i, (y, x) in enumerate(zip(*best)):
+        out[i, y:y + S, x:x + S] = True
+    return out
+
+
+def place_mask(maps: np.ndarray, members: np.ndarray, area: float) -> np.ndarray:
+    """The ``(H, W)`` pixels where the members' mean relevance exceeds the rest's most (each map
+    divided by its total |relevance|): the top ``area`` share of the image, only pixels where it
+    exceeds at all (an empty mask when nowhere)."""
+    m = np.asarray(maps, dtype=np.float64)
+    if m.ndim == 4:
+        m = m.sum(axis=1)
+    total = np.abs(m).reshape(len(m), -1).sum(axis=1)
+    m = m / np.where(total > 0, total, 1.0)[:, None, None]
+    members = np.asarray(members, dtype=bool)
+    diff = m[members].mean(axis=0) - m[~members].mean(axis=0)
+    count = max(1, int(round(area * diff.size)))
+    cut = np.partition(diff.ravel(), -count)[-count]
+    return (diff >= cut) & (diff > 0)
+
+
+def _predict_all(predict: Predict, x: np.ndarray, batch: int) -> np.ndarray:
+    return np.concatenate([np.asarray(predict(x[i:i + batch])).reshape(-1)
+                           for i in range(0, len(x), batch)])
+
+
+def pasted_flips(predict: Predict, targets: np.ndarray, donors: np.ndarray,
+                 regions: np.ndarray, c: int, batch: int = 256) -> np.ndarray:
+    """Whether the model predicts ``c`` for each target with its donor's region pasted in.
+
+    Parameters
+    ----------
+    predict : callable
+        ``(N, C, H, W)`` float32 → ``(N,)`` predicted labels.
+    targets, donors : numpy.ndarray
+        ``(P, C, H, W)`` pairs of images (a target, the donor whose pixels it receives).
+    regions : numpy.ndarray
+        ``(P, H, W)`` or ``(H, W)`` boolean: the pixels moved.
+    """
+    regions = np.asarray(regions, dtype=bool)
+    mixed = np.where(regions[:, None] if regions.ndim == 3 else regions[None, None],
+                     donors, targets).astype(np.float32)
+    return _predict_all(predict, mixed, batch) == c
+
+
+@dataclass
+class TransplantResult:
+    """One candidate's transplant test in one region kind.
+
+    ``members`` and ``rest`` are the shares of target images turned to the class by the
+    members' and by the rest's pieces; ``effect`` their difference; ``z`` the paired
+    difference over its standard error (0 when no pair differs); ``pairs`` the targets.
+    """
+
+    region: str
+    members: float
+    rest: float
+    effect: float
+    z: float
+    pairs: int
+
+    def to_dict(self) -> dict:
+        return {k: (round(v, 4) if isinstance(v, float) else v) for k, v in asdict(self).items()}
+
+
+def _paired(region: str, a: np.ndarray, b: np.ndarray) -> TransplantResult:
+    d = a.astype(np.float64) - b.astype(np.float64)
+    se = d.std(ddof=1) / np.sqrt(len(d)) if len(d) > 1 else 0.0
+    z = float(d.mean() / se) if se > 0 else 0.0
+    return TransplantResult(region, float(a.mean()), float(b.mean()), float(d.mean()), z,
+                            int(len(d)))
+
+
+#: the most rows of the members and of the rest whose maps are averaged for the ``place`` region
+MEAN_ROWS = 1000
+
+
+def _rows_of(array: np.ndarray) -> Callable[[np.ndarray], np.ndarray]:
+    return lambda rows: np.asarray(array)[rows]
+
+
+def transplant_test(predict: Predict, inputs, maps, members: np.ndarray,
+                    targets: np.ndarray, c: int, *, side: float = 0.22, area: float = 0.1,
+                    pairs: int = 256, seed: int = 0) -> list[TransplantResult]:
+    """The transplant test of one candidate group of class ``c`` in both region kinds.
+
+    Parameters
+    ----------
+    predict : callable
+        ``(N, C, H, W)`` float32 → ``(N,)`` predicted labels (the model under test).
+    inputs, maps : numpy.ndarray or callable
+        The class's model inputs ``(n, C, H, W)`` (or ``(n, H, W)``) and relevance maps
+        ``(n, [C,] H, W)``, or functions reading them for an array of row positions.
+    members : numpy.ndarray
+        ``(n,)`` boolean: the candidate group.
+    targets : numpy.ndarray
+        Images of the other classes (model inputs); those the model already predicts as ``c``
+        are left out.
+    side, area : float
+        The ``peak`` window's side (share of the shorter side) and the ``place`` region's share.
+    pairs : int
+        Target images drawn (with their member and rest donors).
+    seed : int
+        Fixes which targets and donors are drawn.
+
+    Returns
+    -------
+    list of TransplantResult
+        ``place`` then ``peak``; empty when the group, the rest or the targets are empty.
+    """
+    load = inputs if callable(inputs) else _rows_of(inputs)
+    read_maps = maps if callable(maps) else _rows_of(maps)
+    t = _as_images(targets)
+    if len(t):
+        t = t[_predict_all(predict, t, 256) != c]
+    members = np.asarray(members, dtype=bool)
+    if not members.any() or members.all() or not len(t):
+        return []
+    rng = np.random.default_rng(seed)
+    pick_t = t[rng.integers(0, len(t), pairs)]
+    inside, outside = np.flatnonzero(members), np.flatnonzero(~members)
+    d_in = inside[rng.integers(0, len(inside), pairs)]
+    d_out = outside[rng.integers(0, len(outside), pairs)]
+    mean_in = np.sort(rng.permutation(inside)[:MEAN_ROWS])
+    mean_out = np.sort(rng.permutation(outside)[:MEAN_ROWS])
+    both = np.concatenate([mean_in, mean_out])
+    out = []
+    place = place_mask(read_maps(both), np.arange(len(both)) < len(mean_in), area)
+    donors = np.unique(np.concatenate([d_in, d_out]))
+    x = _as_images(load(donors))
+    x_in, x_out = x[np.searchsorted(donors, d_in)], x[np.searchsorted(donors, d_out)]
+    if place.any():
+        out.append(_paired("place", pasted_flips(predict, pick_t, x_in, place, c),
+                           pasted_flips(predict, pick_t, x_out, place, c)))
+    boxes = peak_boxes(read_maps(donors), side)
+    out.append(_paired("peak",
+                       pasted_flips(predict, pick_t, x_in, boxes[np.searchsorted(donors, d_in)], c),
+                       pasted_flips(predict, pick_t, x_out, boxes[np.searchsorted(donors, d_out)],
+                                    c)))
+    return out
+
+
+@dataclass
+class ModelTest:
+    """What the transplant test of one class needs from the run: the model and the inputs.
+
+    Attributes
+    ----------
+    predict : callable
+        ``(N, C, H, W)`` float32 model inputs → ``(N,)`` predicted labels.
+    inputs, maps : callable
+        Row positions of the class → its model inputs and its relevance maps.
+    targets : numpy.ndarray
+        Model inputs of other classes' samples (drawn by the caller).
+    c : int
+        The class (the model's output index).
+    """
+
+    predict: Predict
+    inputs: Callable[[np.ndarray], np.ndarray]
+    maps: Callable[[np.ndarray], np.ndarray]
+    targets: np.ndarray
+    c: int
+
+    def test(self, members: np.ndarray, side: float, area: float, pairs: int,
+             seed: int) -> list[TransplantResult]:
+        """:func:`transplant_test` of the group ``members`` of this class."""
+        return transplant_test(self.predict, self.inputs, self.maps, members, self.targets,
+                               self.c, side=side, area=area, pairs=pairs, seed=seed)
+
+
+def followed(results: list[TransplantResult], min_effect: float, min_z: float) -> bool:
+    """Whether the model follows a group's pieces: in either region they turn at least
+    ``min_effect`` more target images to the class than the rest's, at ``min_z`` or more."""
+    return any(r.effect >= min_effect and r.z >= min_z for r in results)

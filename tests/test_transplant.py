@@ -1,0 +1,191 @@
+"""The transplant test (spray.verdict.transplant) with a real trained model: the stamped group's
+pieces turn other classes' images to the class, a group of unstamped samples' do not."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from spray.verdict.transplant import pasted_flips, peak_boxes, place_mask, transplant_test
+
+
+def test_peak_boxes_cover_each_maps_largest_window():
+    maps = np.zeros((2, 10, 12))
+    maps[0, 6:9, 1:4] = 1.0
+    maps[1, 0:2, 9:12] = -2.0           # |relevance|: the sign does not matter
+    boxes = peak_boxes(maps, 0.3)       # 3 × 3
+    assert boxes.sum(axis=(1, 2)).tolist() == [9, 9]
+    assert boxes[0, 6:9, 1:4].all()
+    assert boxes[1, 0:2, 9:12].all()
+
+
+def test_place_mask_takes_where_members_exceed_the_rest():
+    maps = np.ones((6, 10, 10))
+    maps[:3, 0, :] += 9.0                # the members' relevance is on the top row
+    members = np.arange(6) < 3
+    mask = place_mask(maps, members, 0.1)
+    assert mask[0].all() and mask.sum() == 10
+    # members alike the rest (after each map is divided by its total) exceed nowhere
+    assert not place_mask(np.ones((6, 10, 10)) * np.arange(1, 7)[:, None, None], members,
+                          0.1).any()
+
+
+def test_pasted_flips_move_only_the_region():
+    seen = []
+
+    def predict(x):
+        seen.append(x.copy())
+        return np.where(x[:, 0, 0, 0] > 0.5, 1, 0)
+
+    targets, donors = np.zeros((4, 1, 3, 3)), np.ones((4, 1, 3, 3))
+    region = np.zeros((3, 3), bool)
+    region[0, 0] = True
+    assert pasted_flips(predict, targets, donors, region, 1).all()
+    assert seen[0][:, 0].sum() == 4      # one pixel of each target, nothing else
+    per_pair = np.zeros((4, 3, 3), bool)
+    per_pair[:2, 0, 0] = True
+    assert pasted_flips(predict, targets, donors, per_pair, 1).tolist() == [True, True,
+                                                                              False, False]
+
+
+@pytest.fixture(scope="module")
+def stamped(small_problem, single_torch_thread):
+    """The session's CNN (a stamp on 30 % of class 2), class 2's inputs and LRP maps."""
+    from spray.lrp import attribute
+
+    namespace: dict = {}
+    exec((small_problem["root"] / "smallnet.py").read_text(), namespace)
+    model = namespace["build"]()
+    model.load_state_dict(torch.load(small_problem["root"] / "weights.pt", weights_only=True))
+    model.eval()
+    x, y = small_problem["x"], small_problem["y"]
+    cls = np.flatnonzero(y == 2)
+    maps = attribute(model, torch.as_tensor(x[cls]), torch.as_tensor(y[cls]),
+                     composite="epsilon-plus-flat").detach().numpy()[:, 0]
+    with torch.no_grad():
+        pred = model(torch.as_tensor(x)).argmax(1).numpy()
+    targets = x[(y != 2) & (pred != 2)]
+    stamp = np.isin(cls, small_problem["poisoned"])
+
+    def predict(batch):
+        with torch.no_grad():
+            return model(torch.as_tensor(batch)).argmax(1).numpy()
+    return {"predict": predict, "x": x[cls], "maps": maps, "stamp": stamp, "targets": targets}
+
+
+def test_the_stamped_groups_pieces_turn_other_classes(stamped):
+    s = stamped
+    tests = {t.region: t for t in transplant_test(s["predict"], s["x"], s["maps"], s["stamp"],
+                                                  s["targets"], 2, pairs=200)}
+    assert set(tests) == {"place", "peak"}
+    assert tests["place"].members > 0.3 and tests["place"].rest < 0.1
+    assert tests["place"].effect > 0.3 and tests["place"].z > 5
+    assert tests["peak"].effect > 0.1 and tests["peak"].z > 3
+
+
+def test_unstamped_groups_pieces_do_not(stamped):
+    s = stamped
+    clean = np.flatnonzero(~s["stamp"])
+    group = np.zeros(len(s["stamp"]), bool)
+    group[np.random.default_rng(0).choice(clean, size=int(s["stamp"].sum()), replace=False)] = \
+        True
+    for t in transplant_test(s["predict"], s["x"], s["maps"], group, s["targets"], 2,
+                             pairs=200):
+        # the rest holds the stamped samples: their pieces turn more, never the group's
+        assert t.members < 0.2 and t.effect < 0.1
+
+
+def test_nothing_to_compare_gives_no_test(stamped):
+    s = stamped
+    none = np.zeros(len(s["stamp"]), bool)
+    assert transplant_test(s["predict"], s["x"], s["maps"], none, s["targets"], 2) == []
+    assert transplant_test(s["predict"], s["x"], s["maps"], ~none, s["targets"], 2) == []
+    assert transplant_test(s["predict"], s["x"], s["maps"], s["stamp"], s["targets"][:0],
+                           2) == []
+
+
+# ------------------------------------------------------------------ in a run of the pipeline
+
+
+def _project(small_problem, root, weights=None, pairs=128):
+    """The small problem's files and config in ``root`` with the transplant test on (and
+    other weights when given)."""
+    import copy
+    import shutil
+
+    import yaml
+
+    root.mkdir(parents=True)
+    for name in ("data.npz", "weights.pt", "smallnet.py"):
+        shutil.copy(small_problem["root"] / name, root / name)
+    if weights is not None:
+        torch.save(weights, root / "weights.pt")
+    cfg = copy.deepcopy(small_problem["raw_config"])
+    cfg["output"] = "out"
+    cfg["pipeline"] = {"preset": "spray-default", "embedding": {"method": "none"},
+                       "flags": {"transplant_pairs": pairs}}
+    (root / "config.yaml").write_text(yaml.safe_dump(cfg))
+    return root
+
+
+def _classes(root) -> dict:
+    import json
+
+    summary = json.loads((root / "out" / "report" / "summary.json").read_text())
+    return {e["class"]: e for e in summary["classes"]}
+
+
+def test_a_run_flags_the_stamp_its_model_follows(small_problem, tmp_path):
+    """The stamped class's suspect gets the transplant test in the run and stays flagged."""
+    from spray.cli.main import main
+
+    root = _project(small_problem, tmp_path / "followed")
+    assert main(["run", str(root / "config.yaml"), "--quiet"]) == 0
+    assert main(["check", str(root / "out")]) == 1
+    entry = _classes(root)[2]
+    assert entry["flagged"], entry
+    from spray.store import open_class
+
+    flags = open_class(root / "out", 2).attrs["analysis"]["flags"]
+    suspect = next(c for c in flags["clusters"] if c["id"] == flags["suspect_cluster"])
+    assert suspect["followed"] is True
+    assert {t["region"] for t in suspect["transplant"]} == {"place", "peak"}
+    assert max(t["effect"] for t in suspect["transplant"]) > 0.3
+    assert flags["not_followed"] == []
+
+
+def test_a_suspect_the_model_does_not_follow_is_watched_not_flagged(stamped):
+    """A suspect of unstamped samples (the trained CNN, its maps): the model does not follow
+    its pieces, so the class is not flagged and the suspect is listed as not followed; the
+    score stays. The stamped group in the same verdict stays a suspect."""
+    from spray.config.presets import FlagsSection
+    from spray.verdict.result import ClusterEvidence, Verdict
+    from spray.verdict.score import follow_suspects
+    from spray.verdict.transplant import ModelTest
+
+    s = stamped
+    clean = np.flatnonzero(~s["stamp"])
+    labels = np.zeros(len(s["stamp"]), dtype=np.int64)
+    labels[np.random.default_rng(1).choice(clean, size=40, replace=False)] = 1
+
+    def verdict_of(labels, suspects):
+        clusters = [ClusterEvidence.of(labels == i, id=i, score=3.0) for i in np.unique(labels)]
+        return Verdict(score=3.0, threshold=1.7, flagged=True, suspect_cluster=suspects[0],
+                       suspect_clusters=list(suspects), candidate_cluster=suspects[0],
+                       clusters=clusters, splits=[], labels=labels, other_k=[], params={})
+
+    test = ModelTest(s["predict"], lambda rows: s["x"][rows], lambda rows: s["maps"][rows],
+                     s["targets"], 2)
+    params = FlagsSection(transplant_pairs=200)
+    v = verdict_of(labels, [1])
+    follow_suspects(v, test, params)
+    assert not v.flagged and v.suspect_clusters == [] and v.not_followed == [1]
+    assert v.score == 3.0 and v.cluster(1).followed is False
+    assert v.to_dict()["not_followed"] == [1]
+    both = labels.copy()
+    both[s["stamp"]] = 2
+    v = verdict_of(both, [1, 2])
+    follow_suspects(v, test, params)
+    assert v.flagged and v.suspect_clusters == [2] and v.suspect_cluster == 2
+    assert v.not_followed == [1] and v.cluster(2).followed is True
