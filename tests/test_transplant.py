@@ -189,3 +189,26 @@ def test_a_suspect_the_model_does_not_follow_is_watched_not_flagged(stamped):
     follow_suspects(v, test, params)
     assert v.flagged and v.suspect_clusters == [2] and v.suspect_cluster == 2
     assert v.not_followed == [1] and v.cluster(2).followed is True
+
+
+def test_a_run_watches_a_suspect_the_model_is_not_shown_to_follow(small_problem, tmp_path):
+    """With a bar no test can reach (``transplant_min_effect: 1``) the stamped class's suspect
+    is not followed: the run's gate passes, the class is watched, its page says why, and its
+    score is the one without the test."""
+    import yaml
+
+    from spray.cli.main import main
+
+    root = _project(small_problem, tmp_path / "unreachable")
+    cfg = yaml.safe_load((root / "config.yaml").read_text())
+    cfg["pipeline"]["flags"]["transplant_min_effect"] = 1.0
+    (root / "config.yaml").write_text(yaml.safe_dump(cfg))
+    assert main(["run", str(root / "config.yaml"), "--quiet"]) == 0
+    assert main(["check", str(root / "out")]) == 0
+    entry = _classes(root)[2]
+    assert not entry["flagged"] and entry["watch"] and entry["score"] >= entry["threshold"]
+    assert entry["not_followed"] and entry["suspect_clusters"] == []
+    shown = next(c for c in entry["clusters"] if c["id"] == entry["not_followed"][0])
+    assert shown["followed"] is False and shown["members"]
+    page = (root / "out" / "report" / "class_2.html").read_text()
+    assert "not followed by the model" in page and "transplant test" in page

@@ -255,6 +255,11 @@ def _rate_note(entry: dict) -> str:
 def _watch_note(entry: dict) -> str:
     if entry.get("flagged") or not entry.get("watch"):
         return ""
+    if entry.get("not_followed"):
+        ids = ", ".join(str(i) for i in entry["not_followed"])
+        return (f" Watch: cluster {ids} scores at the threshold, but pasted onto other "
+                f"classes' images its pieces turn the model to this class no more than the "
+                f"rest's do (transplant test): the model does not follow it (never failing).")
     gap = float(entry["threshold"]) - float(entry["score"])
     return (f" Watch: the score is {gap:.2f} below the threshold, a near miss (never "
             f"failing).")
@@ -392,6 +397,7 @@ def _class_page(run_dir: str, out: Path, entry: dict) -> None:
     if (flagged or watch) and cl is not None:
         lead = f"<p class=headline>{_esc(headline(entry, cl, diff, name))}</p>"
     verdict = ("FLAGGED — Clever-Hans candidate" if flagged else
+               "watch — not followed by the model" if watch and entry.get("not_followed") else
                "watch — near the threshold" if watch else "not flagged")
     kind = " bad" if flagged else (" warn" if watch else "")
     warn = "".join(f"<p class=note>warning: {_esc(w)}</p>" for w in entry.get("warnings", []))

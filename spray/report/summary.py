@@ -64,7 +64,9 @@ def _class_entry(cg, c: int, limits: dict | None = None) -> dict:
     suspects = flags.get("suspect_clusters")
     if suspects is None:   # stores written before several suspects were reported
         suspects = [] if flags.get("suspect_cluster") is None else [flags["suspect_cluster"]]
-    suspicious = set(suspects) | ({flags.get("candidate_cluster")} - {None})
+    not_followed = flags.get("not_followed")
+    suspicious = (set(suspects) | ({flags.get("candidate_cluster")} - {None})
+                  | set(not_followed or []))
     clusters = []
     for cl in flags["clusters"]:
         item = dict(cl)
@@ -92,6 +94,8 @@ def _class_entry(cg, c: int, limits: dict | None = None) -> dict:
         entry["scored_on"] = int(flags["scored_on"])
     if flags.get("clean_rate") is not None:
         entry["clean_rate"] = dict(flags["clean_rate"])
+    if not_followed is not None:   # the transplant test ran (flags.transplant_pairs)
+        entry["not_followed"] = list(not_followed)
     return entry
 
 

@@ -80,6 +80,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from eval_data import FASHION_DIR, class_names, load_digits, load_fashion  # noqa: E402
 from eval_data import grey_mask as artefact_mask
 from eval_data import plant_grey as plant
+from eval_summary import gate
 
 # (dataset, planted class, artefact, fraction, seed); artefact None = clean model
 SETTINGS = [
@@ -360,9 +361,14 @@ def score_setting(setting, data, pipe, model: nn.Module | None = None) -> list[d
                            for cl in verdict["clusters"]]
         tested = {str(cl["id"]): {"followed": cl.get("followed"), "tests": cl["transplant"]}
                   for cl in verdict["clusters"] if cl.get("transplant") is not None}
-        if tested:   # the transplant test of the suspects (flags.transplant_pairs)
+        if verdict.get("not_followed") is not None:   # the transplant test of the suspects
             row["transplant"] = tested
-            row["not_followed"] = verdict.get("not_followed")
+            row["not_followed"] = verdict["not_followed"]
+            # the score the gate acts on: the best cluster the model was not shown to ignore
+            row["gate_score"] = max((cl["score"] for cl in verdict["clusters"]
+                                     if cl.get("score") is not None
+                                     and cl["id"] not in verdict["not_followed"]),
+                                    default=0.0)
         best = next((cl for cl in verdict["clusters"] if cl["id"] == cand), {})
         if verdict.get("splits"):
             row["splits"] = verdict["splits"]
@@ -398,9 +404,9 @@ def score_draws(setting, data: dict, pipe: dict, draws: int, size: int,
             r["draw"] = d
             r.pop("clusters", None)
         pl = next((r for r in rs if r["planted"]), None)
-        others = max(r["score"] for r in rs if not r["planted"])
+        others = max(gate(r) for r in rs if not r["planted"])
         print(f"{setting_name(setting)} draw {d}: "
-              + (f"planted {pl['score']:.2f} P/R {pl.get('precision', 0):.2f}/"
+              + (f"planted {gate(pl):.2f} P/R {pl.get('precision', 0):.2f}/"
                  f"{pl.get('recall', 0):.2f}; " if pl else "")
               + f"highest other class {others:.2f}"
               + (f"; the gate refuses the run (model kappa {rs[0]['model_kappa']:.3f}, p "
@@ -416,13 +422,13 @@ def draw_records(rows: list[dict]) -> list[dict]:
     for (name, d) in dict.fromkeys((r["setting"], r["draw"]) for r in rows):
         rs = [r for r in rows if r["setting"] == name and r["draw"] == d]
         pl = next((r for r in rs if r["planted"]), None)
-        top = max((r for r in rs if not r["planted"]), key=lambda r: r["score"])
-        rec = {"setting": name, "draw": d, "highest_other": top["score"],
+        top = max((r for r in rs if not r["planted"]), key=lambda r: gate(r))
+        rec = {"setting": name, "draw": d, "highest_other": gate(top),
                "n_other": len(rs) - (pl is not None),
                "highest_other_class": top["class"], "seconds": sum(r["seconds"] for r in rs),
                "refused": bool(rs[0].get("refused")), "model_kappa": rs[0].get("model_kappa")}
         if pl is not None:
-            rec.update(planted_score=pl["score"], precision=pl.get("precision"),
+            rec.update(planted_score=gate(pl), precision=pl.get("precision"),
                        recall=pl.get("recall"), n_planted=pl["n_poisoned"], n_class=pl["n"])
         out.append(rec)
     return out
@@ -435,12 +441,12 @@ def draws_summary(rows: list[dict], threshold: float) -> str:
     for name in dict.fromkeys(r["setting"] for r in rows):
         rs = [r for r in rows if r["setting"] == name]
         pl = [r for r in rs if r["planted"]]
-        det = sum(r["score"] >= threshold and r.get("precision", 0) >= 0.9
+        det = sum(gate(r) >= threshold and r.get("precision", 0) >= 0.9
                   and r.get("recall", 0) >= 0.9 for r in pl)
         n_draws = len({r["draw"] for r in rs})
-        other = max(r["score"] for r in rs if not r["planted"])
+        other = max(gate(r) for r in rs if not r["planted"])
         lines.append(f"| {name} | {n_draws} | {f'{det}/{len(pl)}' if pl else '—'} | "
-                     f"{_fmt_range([r['score'] for r in pl])} | {other:.2f} |")
+                     f"{_fmt_range([gate(r) for r in pl])} | {other:.2f} |")
     return "\n".join(lines)
 
 

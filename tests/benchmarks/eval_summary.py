@@ -37,6 +37,12 @@ def group_of(dataset: str) -> tuple[str, str]:
     return (parts[0], parts[1]) if len(parts) == 3 else (parts[0], "cnn")
 
 
+def gate(row: dict) -> float:
+    """The score the gate acts on: with the transplant test, the best cluster the model was not
+    shown to ignore (``gate_score``), else the class score."""
+    return row.get("gate_score", row["score"])
+
+
 def reliance(rows: list[dict], row: dict) -> float | None:
     """Flip rate of a planted row's artefact to its class, minus the mean over the clean models
     of the same dataset string (generator, architecture, recipe); None without clean models."""
@@ -51,7 +57,7 @@ def reliance(rows: list[dict], row: dict) -> float | None:
 
 
 def _detected(row: dict, threshold: float) -> bool:
-    return (row["score"] >= threshold and row.get("precision", 0) >= 0.9
+    return (gate(row) >= threshold and row.get("precision", 0) >= 0.9
             and row.get("recall", 0) >= 0.9)
 
 
@@ -69,7 +75,7 @@ def summarize(rows: list[dict], threshold: float) -> dict:
         g = groups.setdefault(group_of(r["dataset"]), {
             "relied": {}, "ignored": {}, "unknown": {}, "other_scores": []})
         if not r["planted"]:
-            g["other_scores"].append(r["score"])
+            g["other_scores"].append(gate(r))
             continue
         rel = reliance(rows, r)
         key = "unknown" if rel is None else ("relied" if rel >= RELIED else "ignored")
@@ -83,14 +89,14 @@ def summarize(rows: list[dict], threshold: float) -> dict:
             "relied_settings": {k: {"reliance": e["reliance"],
                                     "detected": sum(_detected(r, threshold) for r in e["rows"]),
                                     "draws": len(e["rows"]),
-                                    "scores": [r["score"] for r in e["rows"]]}
+                                    "scores": [gate(r) for r in e["rows"]]}
                                 for k, e in g["relied"].items()},
             "not_relied": {k: {"reliance": e["reliance"],
-                               "scores": [r["score"] for r in e["rows"]]}
+                               "scores": [gate(r) for r in e["rows"]]}
                            for k, e in {**g["ignored"], **g["unknown"]}.items()},
             "detected": sum(_detected(r, threshold) for r in relied_rows),
             "planted_checks": len(relied_rows),
-            "planted_scores": [r["score"] for r in relied_rows],
+            "planted_scores": [gate(r) for r in relied_rows],
             "other_checks": len(g["other_scores"]),
             "highest_other": max(g["other_scores"], default=None)})
     return out
@@ -189,7 +195,7 @@ def setting_rows(rows: list[dict], threshold: float) -> list[dict]:
     for name in dict.fromkeys(r["setting"] for r in rows if r["planted"]):
         pl = [r for r in rows if r["setting"] == name and r["planted"]]
         rel = reliance(rows, pl[0])
-        scores = [r["score"] for r in pl]
+        scores = [gate(r) for r in pl]
         out.append({
             "setting": name, "reliance": None if rel is None else round(rel, 2),
             "counted": "yes" if _counted(rel, pl[0].get("fraction", 1.0)) else "no",
