@@ -108,7 +108,8 @@ def test_other_clustering_methods(method):
         assert len(np.unique(r.labels[y == g])) == 1
 
 
-@pytest.mark.parametrize("preset", ["spray-default", "lowpass", "fft", "abs", "corelay-compat"])
+@pytest.mark.parametrize("preset", ["spray-default", "lowpass", "fft", "abs", "corelay-compat",
+                                    "followed"])
 def test_every_preset_runs_on_maps(preset):
     from spray.analysis.preprocess import preprocess
 
