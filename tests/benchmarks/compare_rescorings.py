@@ -12,7 +12,9 @@ lost in the draws flagged both times (from each draw's precision, recall and pla
 over all checks, the highest score of the classes without a planted artefact (clean models'
 and the other classes) before and after, and how many of them changed score or flag. A change
 to who is reported (``spray.verdict.members``) must leave every score alone; a change to the
-score is judged by the detections it gains and the non-planted scores it raises.
+score is judged by the detections it gains and the non-planted scores it raises. Scores are
+the gate's (``eval_summary.gate``: with the transplant test, the best cluster the model was not
+shown to ignore).
 With ``--table-json F`` the settings that changed are written as a table for docs/
 (``tables.py``). With ``--common`` the two may hold different class checks (one rescored with
 ``--only``): only
@@ -23,9 +25,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from eval_summary import gate  # noqa: E402
 
 DETECT = 0.9
 
@@ -60,7 +66,7 @@ def compare(before: Path, after: Path, common: bool = False) -> dict:
                                                                  for d in draws_b}
         draws_a, draws_b = ([d for d in ds if (d["setting"], d["draw"]) in shared]
                             for ds in (draws_a, draws_b))
-    changed = [k for k in a if a[k]["score"] != b[k]["score"] or a[k]["flagged"] != b[k]["flagged"]]
+    changed = [k for k in a if gate(a[k]) != gate(b[k]) or a[k]["flagged"] != b[k]["flagged"]]
     settings: dict[str, dict] = {}
     for x, y in zip(draws_a, draws_b):
         if (x["setting"], x["draw"]) != (y["setting"], y["draw"]):
@@ -93,8 +99,8 @@ def compare(before: Path, after: Path, common: bool = False) -> dict:
             "score_or_flag_changed": len(changed), "settings": settings,
             "non_planted": {"checks": len(others),
                             "changed": sum(k in set(changed) for k in others),
-                            "highest": [max((a[k]["score"] for k in others), default=None),
-                                        max((b[k]["score"] for k in others), default=None)],
+                            "highest": [max((gate(a[k]) for k in others), default=None),
+                                        max((gate(b[k]) for k in others), default=None)],
                             "flagged": [sum(a[k]["flagged"] for k in others),
                                         sum(b[k]["flagged"] for k in others)]}}
 
