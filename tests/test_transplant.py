@@ -31,6 +31,47 @@ def test_place_mask_takes_where_members_exceed_the_rest():
                           0.1).any()
 
 
+def _bright_corner(c):
+    """A decision rule that answers ``c`` exactly when the top-left 3 × 3 pixels are bright."""
+    return lambda x: np.where(np.asarray(x)[:, 0, :3, :3].mean(axis=(1, 2)) > 0.5, c, 0)
+
+
+def test_a_pattern_that_turns_every_target_is_followed():
+    """Members' pieces turn every target, the rest's none: the largest effect and z (McNemar:
+    √pairs), not a zero spread read as no evidence."""
+    from spray.verdict.transplant import followed
+
+    x = np.zeros((40, 1, 12, 12), np.float32)
+    x[:10, 0, :3, :3] = 1.0
+    maps = np.full((40, 12, 12), 0.01)
+    maps[:10, :3, :3] = 1.0
+    tests = transplant_test(_bright_corner(7), x, maps, np.arange(40) < 10,
+                            np.zeros((50, 1, 12, 12), np.float32), 7, side=0.25, pairs=64)
+    assert [(t.members, t.rest, t.effect, t.z) for t in tests] == [(1.0, 0.0, 1.0, 8.0)] * 2
+    assert followed(tests, 1.0, 3.0)
+
+
+def test_a_suspect_the_test_cannot_run_on_stays_flagged():
+    """Every target image is already predicted as the class: nothing to turn, no result, and
+    the suspect stays (untested, fail closed)."""
+    from spray.config.presets import FlagsSection
+    from spray.verdict.result import ClusterEvidence, Verdict
+    from spray.verdict.score import follow_suspects
+    from spray.verdict.transplant import ModelTest
+
+    x = np.random.default_rng(0).random((30, 1, 8, 8)).astype(np.float32)
+    labels = (np.arange(30) < 10).astype(np.int64)
+    v = Verdict(score=3.0, threshold=1.7, flagged=True, suspect_cluster=1, suspect_clusters=[1],
+                candidate_cluster=1,
+                clusters=[ClusterEvidence.of(labels == i, id=i, score=3.0 * i) for i in (0, 1)],
+                splits=[], labels=labels, other_k=[], params={})
+    always = ModelTest(lambda b: np.full(len(b), 4), lambda rows: x[rows],
+                       lambda rows: x[rows, 0], x, 4)
+    follow_suspects(v, always, FlagsSection(transplant_pairs=64))
+    assert v.flagged and v.suspect_clusters == [1] and v.not_followed == []
+    assert v.cluster(1).followed is None and v.cluster(1).transplant == []
+
+
 def test_pasted_flips_move_only_the_region():
     seen = []
 
@@ -90,8 +131,9 @@ def test_unstamped_groups_pieces_do_not(stamped):
     group = np.zeros(len(s["stamp"]), bool)
     group[np.random.default_rng(0).choice(clean, size=int(s["stamp"].sum()), replace=False)] = \
         True
-    for t in transplant_test(s["predict"], s["x"], s["maps"], group, s["targets"], 2,
-                             pairs=200):
+    tests = transplant_test(s["predict"], s["x"], s["maps"], group, s["targets"], 2, pairs=200)
+    assert [t.region for t in tests] == ["place", "peak"]
+    for t in tests:
         # the rest holds the stamped samples: their pieces turn more, never the group's
         assert t.members < 0.2 and t.effect < 0.1
 
@@ -108,9 +150,8 @@ def test_nothing_to_compare_gives_no_test(stamped):
 # ------------------------------------------------------------------ in a run of the pipeline
 
 
-def _project(small_problem, root, weights=None, pairs=128):
-    """The small problem's files and config in ``root`` with the transplant test on (and
-    other weights when given)."""
+def _project(small_problem, root, pairs=128):
+    """The small problem's files and config in ``root`` with the transplant test on."""
     import copy
     import shutil
 
@@ -119,8 +160,6 @@ def _project(small_problem, root, weights=None, pairs=128):
     root.mkdir(parents=True)
     for name in ("data.npz", "weights.pt", "smallnet.py"):
         shutil.copy(small_problem["root"] / name, root / name)
-    if weights is not None:
-        torch.save(weights, root / "weights.pt")
     cfg = copy.deepcopy(small_problem["raw_config"])
     cfg["output"] = "out"
     cfg["pipeline"] = {"preset": "spray-default", "embedding": {"method": "none"},
@@ -137,10 +176,16 @@ def _classes(root) -> dict:
 
 
 def test_a_run_flags_the_stamp_its_model_follows(small_problem, tmp_path):
-    """The stamped class's suspect gets the transplant test in the run and stays flagged."""
+    """The stamped class's suspect gets the transplant test in the run and stays flagged (the
+    class scored on a subsample, its labels extended to the whole class first)."""
+    import yaml
+
     from spray.cli.main import main
 
     root = _project(small_problem, tmp_path / "followed")
+    cfg = yaml.safe_load((root / "config.yaml").read_text())
+    cfg["pipeline"]["flags"]["score_max_samples"] = 100
+    (root / "config.yaml").write_text(yaml.safe_dump(cfg))
     assert main(["run", str(root / "config.yaml"), "--quiet"]) == 0
     assert main(["check", str(root / "out")]) == 1
     entry = _classes(root)[2]
@@ -152,7 +197,7 @@ def test_a_run_flags_the_stamp_its_model_follows(small_problem, tmp_path):
     assert suspect["followed"] is True
     assert {t["region"] for t in suspect["transplant"]} == {"place", "peak"}
     assert max(t["effect"] for t in suspect["transplant"]) > 0.3
-    assert flags["not_followed"] == []
+    assert flags["not_followed"] == [] and flags["scored_on"] == 100
 
 
 def test_a_suspect_the_model_does_not_follow_is_watched_not_flagged(stamped):

@@ -379,7 +379,9 @@ def model_test(c: int, pipeline: dict, data_cfg: dict, model_cfg: dict | None,
     the model, the class's inputs and maps by row, and ``4 × transplant_pairs`` samples of the
     other classes drawn at random (seeded by ``flags.seed`` and the class). None when the test
     is off, the run has no model (precomputed attributions) or its maps do not explain the
-    label's logit (``attribution.target``: the test counts turns to the class's output)."""
+    label's logit (``attribution.target``: the test counts turns to the class's output).
+    Called by the score only for a class with a suspect; on the run's device when this worker
+    has it, else on the CPU (a few thousand forward passes)."""
     from spray.verdict.transplant import ModelTest
 
     flags = pipeline.get("flags") or {}
@@ -390,7 +392,9 @@ def model_test(c: int, pipeline: dict, data_cfg: dict, model_cfg: dict | None,
         log.warning("class %d: no transplant test (attribution.target is not 'label')", c)
         return None
     model = load_model(model_cfg, data_cfg.get("base_dir"))
-    device = _device(runtime)
+    want = runtime.get("device", "cpu") if isinstance(runtime, dict) else "cpu"
+    device = torch.device("cuda" if want in ("cuda", "auto") and torch.cuda.is_available()
+                          else "cpu")
     model = model.to(device) if device.type != "cpu" else model
 
     def predict(x: np.ndarray) -> np.ndarray:
@@ -451,9 +455,9 @@ def analyze_stored_class(run_dir: str, c: int, pipeline: dict, data_cfg: dict,
                               int(cg.attrs.get("chunk_size", 4096)), cg["relevance"])
     verdict = clever_hans_score(result, input_features, pipeline, features=features,
                                 edge_features=edge_features, patterns=patterns,
-                                model_test=model_test(c, pipeline, data_cfg, model_cfg,
-                                                      attr_cfg, source, indices,
-                                                      cg["relevance"], runtime))
+                                model_test=functools.partial(
+                                    model_test, c, pipeline, data_cfg, model_cfg, attr_cfg,
+                                    source, indices, cg["relevance"], runtime))
     # the analysis' clusters, with any suspect half the score split off (verdict["splits"])
     labels = np.asarray(verdict.pop("labels"), dtype=np.int64)
     write_array(cg, "labels", labels)

@@ -58,7 +58,8 @@ class ClusterEvidence:
     split_from : for a half split off as a new cluster, the cluster it came from.
     transplant, followed : for a suspect with the transplant test on (``transplant_pairs``), the
         test's results per region (:class:`~spray.verdict.transplant.TransplantResult` as
-        dicts) and whether the model follows the suspect's pieces (else it is no suspect).
+        dicts) and whether the model follows the suspect's pieces (False: it is no suspect;
+        None with no results: the test could not run, and the suspect stays one).
     hot_spot_auc, trimmed : for a suspect, how well its inputs at its relevance hot spot tell
         it from the rest (ROC AUC) and how many members left it for not carrying that pattern
         (:mod:`~spray.verdict.members`; ``size`` counts the members reported).

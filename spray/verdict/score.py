@@ -13,6 +13,7 @@ stable contrast), :mod:`~spray.verdict.halves` (split-off halves, groups of othe
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 import numpy as np
 import scipy.sparse as sp
@@ -65,7 +66,8 @@ def flag_threshold(params: FlagsSection, pipeline: dict) -> float:
 
 def score_class(result, input_features: np.ndarray, pipeline: dict,
                 features=None, edge_features=None, patterns: InputPatterns | None = None,
-                model_test: ModelTest | None = None) -> Verdict:
+                model_test: ModelTest | Callable[[], ModelTest | None] | None = None
+                ) -> Verdict:
     """Score a class from its analysis result and the preprocessed raw inputs of its samples.
 
     Parameters
@@ -89,10 +91,11 @@ def score_class(result, input_features: np.ndarray, pipeline: dict,
         (:func:`~spray.verdict.members.join_by_pattern`). Who is reported only; the score
         and the flag do not use them — except with ``window_sweep_eigenvectors`` above 0,
         where their windows at the relevance peaks make the graph of window cuts.
-    model_test : spray.verdict.transplant.ModelTest, optional
-        The model and the class's inputs: with ``transplant_pairs`` above 0, every suspect
-        gets the transplant test and stays one only when the model follows its pieces
-        (:func:`follow_suspects`).
+    model_test : spray.verdict.transplant.ModelTest or callable, optional
+        The model and the class's inputs (or a function making them, called only when the
+        class has a suspect; it may return None): with ``transplant_pairs`` above 0, every
+        suspect gets the transplant test and stays one unless the model is shown not to
+        follow its pieces (:func:`follow_suspects`).
 
     Returns
     -------
@@ -108,15 +111,19 @@ def score_class(result, input_features: np.ndarray, pipeline: dict,
     else:
         verdict = _score_subsample(result, input_features, pipeline, params, features,
                                    edge_features, patterns)
-    if params.transplant_pairs and model_test is not None:
-        follow_suspects(verdict, model_test, params)
+    if params.transplant_pairs and model_test is not None and verdict.suspect_clusters:
+        test = model_test if isinstance(model_test, ModelTest) else model_test()
+        if test is not None:
+            follow_suspects(verdict, test, params)
     return verdict
 
 
 def follow_suspects(verdict: Verdict, model_test: ModelTest, params: FlagsSection) -> None:
     """The transplant test of every suspect (:mod:`~spray.verdict.transplant`): a suspect
     whose pieces the model does not follow is none (``not_followed``); the class is flagged
-    when one is left. Scores stay as they are."""
+    when one is left. A suspect the test cannot be run on (no target image left that the model
+    does not already predict as the class) stays one (``followed`` None: untested, fail
+    closed). Scores stay as they are."""
     followed_ids, not_followed = [], []
     for cid in verdict.suspect_clusters:
         entry = verdict.cluster(cid)
@@ -124,10 +131,12 @@ def follow_suspects(verdict: Verdict, model_test: ModelTest, params: FlagsSectio
                                 params.input_mask_area, params.transplant_pairs,
                                 params.seed + cid)
         entry.transplant = [t.to_dict() for t in tests]
-        entry.followed = followed(tests, params.transplant_min_effect, params.transplant_min_z)
-        (followed_ids if entry.followed else not_followed).append(cid)
+        entry.followed = (followed(tests, params.transplant_min_effect,
+                                   params.transplant_min_z) if tests else None)
+        (not_followed if entry.followed is False else followed_ids).append(cid)
         log.info("class %d, suspect %d: transplant %s -> %s", model_test.c, cid,
-                 entry.transplant, "followed" if entry.followed else "not followed")
+                 entry.transplant, {True: "followed", False: "not followed",
+                                    None: "untested (kept)"}[entry.followed])
     verdict.suspect_clusters = followed_ids
     verdict.suspect_cluster = followed_ids[0] if followed_ids else None
     verdict.flagged = bool(followed_ids)

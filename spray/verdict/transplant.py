@@ -110,8 +110,10 @@ class TransplantResult:
     """One candidate's transplant test in one region kind.
 
     ``members`` and ``rest`` are the shares of target images turned to the class by the
-    members' and by the rest's pieces; ``effect`` their difference; ``z`` the paired
-    difference over its standard error (0 when no pair differs); ``pairs`` the targets.
+    members' and by the rest's pieces; ``effect`` their difference; ``z`` McNemar's statistic
+    of the pairs, ``(n10 − n01) / √(n10 + n01)`` with ``n10`` the targets only a member's piece
+    turned and ``n01`` those only the rest's did (0 when no pair differs; a group whose pieces
+    turn every target and the rest's none has ``√pairs``); ``pairs`` the targets.
     """
 
     region: str
@@ -126,11 +128,11 @@ class TransplantResult:
 
 
 def _paired(region: str, a: np.ndarray, b: np.ndarray) -> TransplantResult:
-    d = a.astype(np.float64) - b.astype(np.float64)
-    se = d.std(ddof=1) / np.sqrt(len(d)) if len(d) > 1 else 0.0
-    z = float(d.mean() / se) if se > 0 else 0.0
-    return TransplantResult(region, float(a.mean()), float(b.mean()), float(d.mean()), z,
-                            int(len(d)))
+    """The paired comparison of the members' turns ``a`` with the rest's ``b`` (McNemar)."""
+    only_a, only_b = int((a & ~b).sum()), int((b & ~a).sum())
+    z = (only_a - only_b) / np.sqrt(only_a + only_b) if only_a + only_b else 0.0
+    return TransplantResult(region, float(a.mean()), float(b.mean()),
+                            float(a.mean() - b.mean()), float(z), int(len(a)))
 
 
 #: the most rows of the members and of the rest whose maps are averaged for the ``place`` region

@@ -66,7 +66,8 @@ def compare(before: Path, after: Path, common: bool = False) -> dict:
                                                                  for d in draws_b}
         draws_a, draws_b = ([d for d in ds if (d["setting"], d["draw"]) in shared]
                             for ds in (draws_a, draws_b))
-    changed = [k for k in a if gate(a[k]) != gate(b[k]) or a[k]["flagged"] != b[k]["flagged"]]
+    changed = [k for k in a if a[k]["score"] != b[k]["score"] or gate(a[k]) != gate(b[k])
+               or a[k]["flagged"] != b[k]["flagged"]]
     settings: dict[str, dict] = {}
     for x, y in zip(draws_a, draws_b):
         if (x["setting"], x["draw"]) != (y["setting"], y["draw"]):

@@ -260,15 +260,27 @@ def kept_model(setting, weights: Path, channels: int) -> nn.Module:
     return model.eval()
 
 
-def tested_model(setting, cache: Path, data: dict, pipe: dict) -> nn.Module | None:
-    """The model of a cached setting when the pipeline's transplant test needs it (its weights
-    kept by ``--keep-models`` next to the cache), else None."""
+def _digest(path: Path) -> str:
+    import hashlib
+
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def tested_model(setting, cache: Path, data: dict, pipe: dict,
+                 built: nn.Module | None = None) -> nn.Module | None:
+    """The model of a setting when the pipeline's transplant test needs it: the one just
+    ``built``, else the weights ``--keep-models`` kept next to the cache (refused unless they
+    are the ones the cache was built with); None when the test is off."""
     if not (pipe.get("flags") or {}).get("transplant_pairs"):
         return None
+    if built is not None:
+        return built.eval()
     weights = cache.with_suffix(".pt")
     if not weights.is_file():
         raise SystemExit(f"{weights}: no kept weights (build with --keep-models): the "
                          "transplant test needs the model")
+    if "weights_digest" in data and str(data["weights_digest"]) != _digest(weights):
+        raise SystemExit(f"{weights}: not the weights {cache.name} was built with")
     return kept_model(setting, weights, 1 if data["inputs"].ndim == 3 else
                       data["inputs"].shape[1])
 
@@ -350,6 +362,10 @@ def score_setting(setting, data, pipe, model: nn.Module | None = None) -> list[d
         cand = verdict.get("suspect_cluster")
         if cand is None:
             cand = verdict.get("candidate_cluster")
+        if cand in (verdict.get("not_followed") or []):   # the gate's best cluster instead
+            kept = [cl for cl in verdict["clusters"] if cl.get("score") is not None
+                    and cl["id"] not in verdict["not_followed"]]
+            cand = max(kept, key=lambda cl: cl["score"])["id"] if kept else None
         reported = verdict.get("suspect_clusters") or ([] if cand is None else [cand])
         if reported and truth.any():
             # the reported suspects (what the user sees), else the best candidate
@@ -705,15 +721,17 @@ def main(argv=None) -> int:
     for s in settings:
         name = setting_name(s)
         cache = store / "cache" / f"{name}.npz"
+        built = None
         if cache.exists():
             data = dict(np.load(cache))
         elif args.rescore:
             continue
         else:
             data = collect(s, args)
-            model = data.pop("model")
+            built = data.pop("model")
             if args.keep_models:    # the trained weights, for measures that need the model
-                torch.save(model.state_dict(), cache.with_suffix(".pt"))
+                torch.save(built.state_dict(), cache.with_suffix(".pt"))
+                data["weights_digest"] = np.array(_digest(cache.with_suffix(".pt")))
             np.savez_compressed(cache, **{k: (v.astype(np.float16) if k in ("relevance", "inputs")
                                               else v) for k, v in data.items()})
             print(f"{name}: trained (acc {data['accuracy']:.3f}, {data['train_seconds']:.0f} s), "
@@ -722,7 +740,7 @@ def main(argv=None) -> int:
             continue
         data["relevance"] = data["relevance"].astype(np.float32)
         data["inputs"] = data["inputs"].astype(np.float32)
-        model = tested_model(s, cache, data, pipe)
+        model = tested_model(s, cache, data, pipe, built)
         if args.draws:
             rows.extend(score_draws(s, data, pipe, args.draws, args.draw_size, model))
             (out / "draws.json").write_text(json.dumps(rows, indent=1, default=float))
