@@ -257,3 +257,28 @@ def test_a_run_watches_a_suspect_the_model_is_not_shown_to_follow(small_problem,
     assert shown["followed"] is False and shown["members"]
     page = (root / "out" / "report" / "class_2.html").read_text()
     assert "not followed by the model" in page and "transplant test" in page
+
+
+def test_the_probe_tests_the_measured_candidates(stamped):
+    """tests/benchmarks/probe_transplant.py on the stamped class: the verdict's suspect is
+    the stamped group, tested with a large effect; every tested candidate is one the rule
+    measured, each with its planted share."""
+    import argparse
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent / "benchmarks"))
+    from probe_transplant import probe_class
+
+    from spray.config.presets import load_pipeline
+
+    s = stamped
+    args = argparse.Namespace(top=3, top_windows=2, side=0.22, area=0.1, pairs=128)
+    rows = probe_class(s["predict"], s["maps"], s["x"], s["stamp"], s["targets"], 2,
+                       load_pipeline("spray-default"), args, seed=0)
+    assert {r["source"] for r in rows} == {"top", "verdict"}
+    suspect = next(r for r in rows if r["source"] == "verdict")
+    assert suspect["flagged"] and suspect["precision"] >= 0.9 and suspect["recall"] >= 0.9
+    assert suspect["place_effect"] > 0.3 and suspect["place_z"] > 5
+    assert all(r["planted_in"] <= r["size"] for r in rows)
+    assert len([r for r in rows if r["source"] == "top"]) <= 3

@@ -28,7 +28,8 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from eval_clever_hans import draw, edge_features, kept_model  # noqa: E402
+from eval_clever_hans import draw, kept_model  # noqa: E402
+from probe_window_cuts import scored_recording  # noqa: E402
 
 
 def predictor(model: torch.nn.Module):
@@ -39,37 +40,20 @@ def predictor(model: torch.nn.Module):
 
 
 def scored_candidates(maps, inputs, pipe: dict) -> tuple[dict, list]:
-    """The class's verdict and every group the rule measured (``(entry, plain score)``)."""
-    import spray.verdict.score as score
-    from spray.analysis.analyze import analyze
-    from spray.analysis.preprocess import preprocess
+    """The class's verdict and every group the rule measured (``(entry, plain score)``, each
+    group once, at its best plain score)."""
     from spray.verdict.candidates import mask_key
-    from spray.verdict.patterns import InputPatterns
 
     seen = {}
-    plain_measure = score.measure
 
-    def recording(entry, graphs, bar=None):
-        out = plain_measure(entry, graphs, bar)
-        if out.measured and out.contrast is not None:
-            key = mask_key(out.mask)
-            value = float(out.contrast - out.penalty)
-            if key not in seen or seen[key][1] < value:
-                seen[key] = (out, value)
-        return out
+    def record(entry):
+        if entry.contrast is None:
+            return
+        key, value = mask_key(entry.mask), float(entry.contrast - entry.penalty)
+        if key not in seen or seen[key][1] < value:
+            seen[key] = (entry, value)
 
-    feats = preprocess(maps, pipe["preprocess"])
-    in_feats = preprocess(inputs, pipe["preprocess"])
-    edges = edge_features(inputs, pipe)
-    result = analyze(feats, pipeline=pipe, embed=False)
-    score.measure = recording
-    try:
-        verdict = score.clever_hans_score(
-            result, in_feats, pipe, features=feats,
-            **({} if edges is None else {"edge_features": edges}),
-            patterns=InputPatterns.of(inputs, pipe["preprocess"], maps=maps))
-    finally:
-        score.measure = plain_measure
+    verdict, _ = scored_recording(maps, inputs, pipe, record)
     return verdict, list(seen.values())
 
 

@@ -106,21 +106,20 @@ def _ring(inputs: np.ndarray, peaks, S: int) -> np.ndarray:
     return ((F - F.mean(0)) / (F.std(0) + 1e-6)).astype(np.float32)
 
 
-def probe_class(maps, inputs, truth, pipe: dict) -> tuple[list[dict], float]:
-    """The measured window cuts of one class (and the class score)."""
+def scored_recording(maps, inputs, pipe: dict, record) -> tuple[dict, object]:
+    """Score one class with ``pipe`` as the evaluation does, calling ``record(entry)`` with
+    every candidate the rule measures; returns the verdict's dict and the analysis result."""
     import spray.verdict.score as score
     from spray.analysis.analyze import analyze
     from spray.analysis.preprocess import preprocess
-    from spray.verdict.graphs import NeighbourLists, mask_conductance, unmasked_search
     from spray.verdict.patterns import InputPatterns
 
-    measured = []
     plain_measure = score.measure
 
     def recording(entry, graphs, bar=None):
         out = plain_measure(entry, graphs, bar)
-        if out.cut_graph == "windows" and out.measured:
-            measured.append(out)
+        if out.measured:
+            record(out)
         return out
 
     feats = preprocess(maps, pipe["preprocess"])
@@ -135,6 +134,16 @@ def probe_class(maps, inputs, truth, pipe: dict) -> tuple[list[dict], float]:
             patterns=InputPatterns.of(inputs, pipe["preprocess"], maps=maps))
     finally:
         score.measure = plain_measure
+    return verdict, result
+
+
+def probe_class(maps, inputs, truth, pipe: dict) -> tuple[list[dict], float]:
+    """The measured window cuts of one class (and the class score)."""
+    from spray.verdict.graphs import NeighbourLists, mask_conductance, unmasked_search
+
+    measured = []
+    verdict, result = scored_recording(
+        maps, inputs, pipe, lambda e: measured.append(e) if e.cut_graph == "windows" else None)
     if not measured:
         return [], verdict["score"]
     k = int(result.k)
