@@ -198,6 +198,8 @@ def test_a_run_flags_the_stamp_its_model_follows(small_problem, tmp_path):
     assert {t["region"] for t in suspect["transplant"]} == {"place", "peak"}
     assert max(t["effect"] for t in suspect["transplant"]) > 0.3
     assert flags["not_followed"] == [] and flags["scored_on"] == 100
+    page = (root / "out" / "report" / "class_2.html").read_text()
+    assert "Pasted onto images of other classes" in page and "the model follows them" in page
 
 
 def test_a_suspect_the_model_does_not_follow_is_watched_not_flagged(stamped):

@@ -41,8 +41,27 @@ def patch_extent(diff: np.ndarray) -> tuple[int, int, str] | None:
     return h, w, where
 
 
+def transplant_sentence(cluster: dict) -> str:
+    """What the transplant test found for a suspect (its strongest region), or ``""``."""
+    tests = cluster.get("transplant") or []
+    if not tests:
+        return ""
+    t = max(tests, key=lambda r: r["z"])
+    where = "where their relevance differs" if t["region"] == "place" else "at their relevance peaks"
+    verdict = {True: "the model follows them", False: "the model does not follow them"}.get(
+        cluster.get("followed"), "untested")
+    return (f" Pasted onto images of other classes, their pixels {where} turn "
+            f"{100 * t['members']:.0f} % of them to this class (the rest's {100 * t['rest']:.0f} "
+            f"%): {verdict}.")
+
+
 def headline(entry: dict, cluster: dict, diff: np.ndarray | None, name: str) -> str:
-    """One or two sentences saying what the suspect (or best candidate) of a class does."""
+    """One to three sentences saying what the suspect (or best candidate) of a class does (and,
+    with the transplant test, whether the model follows it)."""
+    return _relevance_sentence(entry, cluster, diff, name) + transplant_sentence(cluster)
+
+
+def _relevance_sentence(entry: dict, cluster: dict, diff: np.ndarray | None, name: str) -> str:
     n, size = entry.get("n_samples"), cluster.get("size")
     who = f"{size} of {n} images of {name}"
     extent = patch_extent(diff) if diff is not None else None
