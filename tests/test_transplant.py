@@ -51,20 +51,28 @@ def test_a_pattern_that_turns_every_target_is_followed():
     assert followed(tests, 1.0, 3.0)
 
 
+def _verdict(labels: np.ndarray, suspects: list[int], scores: dict | None = None):
+    """A verdict at threshold 1.7 with the clusters of ``labels`` (scored 3.0 unless
+    ``scores`` says otherwise) and ``suspects`` flagged."""
+    from spray.verdict.result import ClusterEvidence, Verdict
+
+    clusters = [ClusterEvidence.of(labels == i, id=int(i), score=(scores or {}).get(i, 3.0))
+                for i in np.unique(labels)]
+    return Verdict(score=3.0, threshold=1.7, flagged=True, suspect_cluster=suspects[0],
+                   suspect_clusters=list(suspects), candidate_cluster=suspects[0],
+                   clusters=clusters, splits=[], labels=labels, other_k=[], params={})
+
+
 def test_a_suspect_the_test_cannot_run_on_stays_flagged():
     """Every target image is already predicted as the class: nothing to turn, no result, and
     the suspect stays (untested, fail closed)."""
     from spray.config.presets import FlagsSection
-    from spray.verdict.result import ClusterEvidence, Verdict
     from spray.verdict.score import follow_suspects
     from spray.verdict.transplant import ModelTest
 
     x = np.random.default_rng(0).random((30, 1, 8, 8)).astype(np.float32)
     labels = (np.arange(30) < 10).astype(np.int64)
-    v = Verdict(score=3.0, threshold=1.7, flagged=True, suspect_cluster=1, suspect_clusters=[1],
-                candidate_cluster=1,
-                clusters=[ClusterEvidence.of(labels == i, id=i, score=3.0 * i) for i in (0, 1)],
-                splits=[], labels=labels, other_k=[], params={})
+    v = _verdict(labels, [1], {0: 0.0, 1: 3.0})
     always = ModelTest(lambda b: np.full(len(b), 4), lambda rows: x[rows],
                        lambda rows: x[rows, 0], x, 4)
     follow_suspects(v, always, FlagsSection(transplant_pairs=64))
@@ -168,6 +176,20 @@ def _project(small_problem, root, pairs=128):
     return root
 
 
+def _run(small_problem, root, **flags):
+    """:func:`_project` with more ``flags``, run to the end (exit 0)."""
+    import yaml
+
+    from spray.cli.main import main
+
+    root = _project(small_problem, root)
+    cfg = yaml.safe_load((root / "config.yaml").read_text())
+    cfg["pipeline"]["flags"].update(flags)
+    (root / "config.yaml").write_text(yaml.safe_dump(cfg))
+    assert main(["run", str(root / "config.yaml"), "--quiet"]) == 0
+    return root
+
+
 def _classes(root) -> dict:
     import json
 
@@ -178,15 +200,9 @@ def _classes(root) -> dict:
 def test_a_run_flags_the_stamp_its_model_follows(small_problem, tmp_path):
     """The stamped class's suspect gets the transplant test in the run and stays flagged (the
     class scored on a subsample, its labels extended to the whole class first)."""
-    import yaml
-
     from spray.cli.main import main
 
-    root = _project(small_problem, tmp_path / "followed")
-    cfg = yaml.safe_load((root / "config.yaml").read_text())
-    cfg["pipeline"]["flags"]["score_max_samples"] = 100
-    (root / "config.yaml").write_text(yaml.safe_dump(cfg))
-    assert main(["run", str(root / "config.yaml"), "--quiet"]) == 0
+    root = _run(small_problem, tmp_path / "followed", score_max_samples=100)
     assert main(["check", str(root / "out")]) == 1
     entry = _classes(root)[2]
     assert entry["flagged"], entry
@@ -207,7 +223,6 @@ def test_a_suspect_the_model_does_not_follow_is_watched_not_flagged(stamped):
     its pieces, so the class is not flagged and the suspect is listed as not followed; the
     score stays. The stamped group in the same verdict stays a suspect."""
     from spray.config.presets import FlagsSection
-    from spray.verdict.result import ClusterEvidence, Verdict
     from spray.verdict.score import follow_suspects
     from spray.verdict.transplant import ModelTest
 
@@ -216,23 +231,17 @@ def test_a_suspect_the_model_does_not_follow_is_watched_not_flagged(stamped):
     labels = np.zeros(len(s["stamp"]), dtype=np.int64)
     labels[np.random.default_rng(1).choice(clean, size=40, replace=False)] = 1
 
-    def verdict_of(labels, suspects):
-        clusters = [ClusterEvidence.of(labels == i, id=i, score=3.0) for i in np.unique(labels)]
-        return Verdict(score=3.0, threshold=1.7, flagged=True, suspect_cluster=suspects[0],
-                       suspect_clusters=list(suspects), candidate_cluster=suspects[0],
-                       clusters=clusters, splits=[], labels=labels, other_k=[], params={})
-
     test = ModelTest(s["predict"], lambda rows: s["x"][rows], lambda rows: s["maps"][rows],
                      s["targets"], 2)
     params = FlagsSection(transplant_pairs=200)
-    v = verdict_of(labels, [1])
+    v = _verdict(labels, [1])
     follow_suspects(v, test, params)
     assert not v.flagged and v.suspect_clusters == [] and v.not_followed == [1]
     assert v.score == 3.0 and v.cluster(1).followed is False
     assert v.to_dict()["not_followed"] == [1]
     both = labels.copy()
     both[s["stamp"]] = 2
-    v = verdict_of(both, [1, 2])
+    v = _verdict(both, [1, 2])
     follow_suspects(v, test, params)
     assert v.flagged and v.suspect_clusters == [2] and v.suspect_cluster == 2
     assert v.not_followed == [1] and v.cluster(2).followed is True
@@ -242,15 +251,9 @@ def test_a_run_watches_a_suspect_the_model_is_not_shown_to_follow(small_problem,
     """With a bar no test can reach (``transplant_min_effect: 1``) the stamped class's suspect
     is not followed: the run's gate passes, the class is watched, its page says why, and its
     score is the one without the test."""
-    import yaml
-
     from spray.cli.main import main
 
-    root = _project(small_problem, tmp_path / "unreachable")
-    cfg = yaml.safe_load((root / "config.yaml").read_text())
-    cfg["pipeline"]["flags"]["transplant_min_effect"] = 1.0
-    (root / "config.yaml").write_text(yaml.safe_dump(cfg))
-    assert main(["run", str(root / "config.yaml"), "--quiet"]) == 0
+    root = _run(small_problem, tmp_path / "unreachable", transplant_min_effect=1.0)
     assert main(["check", str(root / "out")]) == 0
     entry = _classes(root)[2]
     assert not entry["flagged"] and entry["watch"] and entry["score"] >= entry["threshold"]

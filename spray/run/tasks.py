@@ -382,7 +382,7 @@ def model_test(c: int, pipeline: dict, data_cfg: dict, model_cfg: dict | None,
     label's logit (``attribution.target``: the test counts turns to the class's output).
     Called by the score only for a class with a suspect; on the run's device when this worker
     has it, else on the CPU (a few thousand forward passes)."""
-    from spray.verdict.transplant import ModelTest
+    from spray.verdict.transplant import ModelTest, target_rows
 
     flags = pipeline.get("flags") or {}
     pairs = int(flags.get("transplant_pairs") or 0)
@@ -392,18 +392,17 @@ def model_test(c: int, pipeline: dict, data_cfg: dict, model_cfg: dict | None,
         log.warning("class %d: no transplant test (attribution.target is not 'label')", c)
         return None
     model = load_model(model_cfg, data_cfg.get("base_dir"))
-    want = runtime.get("device", "cpu") if isinstance(runtime, dict) else "cpu"
-    device = torch.device("cuda" if want in ("cuda", "auto") and torch.cuda.is_available()
-                          else "cpu")
+    try:
+        device = _device(runtime)
+    except DataError:   # a GPU run's analysis on a worker without one: the CPU suffices
+        device = torch.device("cpu")
     model = model.to(device) if device.type != "cpu" else model
 
     def predict(x: np.ndarray) -> np.ndarray:
         with torch.no_grad():
             return model(torch.as_tensor(x).to(device)).argmax(1).cpu().numpy()
 
-    others = np.flatnonzero(np.asarray(source.labels()) != c)
-    rng = np.random.default_rng([int(flags.get("seed") or 0), c])
-    pick = np.sort(rng.choice(others, size=min(len(others), 4 * pairs), replace=False))
+    pick = target_rows(source.labels(), c, pairs, int(flags.get("seed") or 0))
     return ModelTest(predict, lambda rows: source.load(indices[rows]),
                      lambda rows: _read_rows(relevance, rows), source.load(pick), c)
 

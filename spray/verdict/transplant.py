@@ -27,6 +27,7 @@ is a few array operations around the caller's model.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
@@ -143,9 +144,24 @@ def _rows_of(array: np.ndarray) -> Callable[[np.ndarray], np.ndarray]:
     return lambda rows: np.asarray(array)[rows]
 
 
+def usable_targets(predict: Predict, targets: np.ndarray, c: int) -> np.ndarray:
+    """The target images the model does not already predict as ``c`` (``(m, C, H, W)``)."""
+    t = _as_images(targets)
+    return t[_predict_all(predict, t, 256) != c] if len(t) else t
+
+
+def target_rows(labels: np.ndarray, c: int, pairs: int, seed: int) -> np.ndarray:
+    """Rows of ``labels`` outside class ``c`` the transplant test draws its targets from:
+    ``4 × pairs`` of them at random (all when fewer), sorted, seeded by ``seed`` and ``c``."""
+    others = np.flatnonzero(np.asarray(labels) != c)
+    rng = np.random.default_rng([int(seed), int(c)])
+    return np.sort(rng.choice(others, size=min(len(others), 4 * pairs), replace=False))
+
+
 def transplant_test(predict: Predict, inputs, maps, members: np.ndarray,
                     targets: np.ndarray, c: int, *, side: float = 0.22, area: float = 0.1,
-                    pairs: int = 256, seed: int = 0) -> list[TransplantResult]:
+                    pairs: int = 256, seed: int = 0, filtered: bool = False
+                    ) -> list[TransplantResult]:
     """The transplant test of one candidate group of class ``c`` in both region kinds.
 
     Parameters
@@ -166,6 +182,8 @@ def transplant_test(predict: Predict, inputs, maps, members: np.ndarray,
         Target images drawn (with their member and rest donors).
     seed : int
         Fixes which targets and donors are drawn.
+    filtered : bool
+        ``targets`` are :func:`usable_targets` already (not predicted again).
 
     Returns
     -------
@@ -174,9 +192,7 @@ def transplant_test(predict: Predict, inputs, maps, members: np.ndarray,
     """
     load = inputs if callable(inputs) else _rows_of(inputs)
     read_maps = maps if callable(maps) else _rows_of(maps)
-    t = _as_images(targets)
-    if len(t):
-        t = t[_predict_all(predict, t, 256) != c]
+    t = _as_images(targets) if filtered else usable_targets(predict, targets, c)
     members = np.asarray(members, dtype=bool)
     if not members.any() or members.all() or not len(t):
         return []
@@ -191,16 +207,14 @@ def transplant_test(predict: Predict, inputs, maps, members: np.ndarray,
     out = []
     place = place_mask(read_maps(both), np.arange(len(both)) < len(mean_in), area)
     donors = np.unique(np.concatenate([d_in, d_out]))
+    i_in, i_out = np.searchsorted(donors, d_in), np.searchsorted(donors, d_out)
     x = _as_images(load(donors))
-    x_in, x_out = x[np.searchsorted(donors, d_in)], x[np.searchsorted(donors, d_out)]
     if place.any():
-        out.append(_paired("place", pasted_flips(predict, pick_t, x_in, place, c),
-                           pasted_flips(predict, pick_t, x_out, place, c)))
+        out.append(_paired("place", pasted_flips(predict, pick_t, x[i_in], place, c),
+                           pasted_flips(predict, pick_t, x[i_out], place, c)))
     boxes = peak_boxes(read_maps(donors), side)
-    out.append(_paired("peak",
-                       pasted_flips(predict, pick_t, x_in, boxes[np.searchsorted(donors, d_in)], c),
-                       pasted_flips(predict, pick_t, x_out, boxes[np.searchsorted(donors, d_out)],
-                                    c)))
+    out.append(_paired("peak", pasted_flips(predict, pick_t, x[i_in], boxes[i_in], c),
+                       pasted_flips(predict, pick_t, x[i_out], boxes[i_out], c)))
     return out
 
 
@@ -226,11 +240,17 @@ class ModelTest:
     targets: np.ndarray
     c: int
 
+    @functools.cached_property
+    def usable(self) -> np.ndarray:
+        """:func:`usable_targets` of ``targets``, predicted once for all the class's suspects."""
+        return usable_targets(self.predict, self.targets, self.c)
+
     def test(self, members: np.ndarray, side: float, area: float, pairs: int,
              seed: int) -> list[TransplantResult]:
         """:func:`transplant_test` of the group ``members`` of this class."""
-        return transplant_test(self.predict, self.inputs, self.maps, members, self.targets,
-                               self.c, side=side, area=area, pairs=pairs, seed=seed)
+        return transplant_test(self.predict, self.inputs, self.maps, members, self.usable,
+                               self.c, side=side, area=area, pairs=pairs, seed=seed,
+                               filtered=True)
 
 
 def followed(results: list[TransplantResult], min_effect: float, min_z: float) -> bool:

@@ -289,7 +289,7 @@ def model_test_of(model: nn.Module | None, data: dict, sel: np.ndarray, c: int, 
     """The transplant test's inputs for class ``c`` (rows ``sel``) as the run makes them
     (``spray.run.tasks.model_test``): ``4 × transplant_pairs`` images of the other classes of
     the same samples, drawn with the same seed; None without a model or with the test off."""
-    from spray.verdict.transplant import ModelTest
+    from spray.verdict.transplant import ModelTest, target_rows
 
     flags = pipe.get("flags") or {}
     pairs = int(flags.get("transplant_pairs") or 0)
@@ -301,9 +301,7 @@ def model_test_of(model: nn.Module | None, data: dict, sel: np.ndarray, c: int, 
         with torch.no_grad():
             return model(torch.as_tensor(batch, dtype=torch.float32)).argmax(1).numpy()
 
-    others = np.flatnonzero(data["labels"] != c)
-    rng = np.random.default_rng([int(flags.get("seed") or 0), c])
-    pick = np.sort(rng.choice(others, size=min(len(others), 4 * pairs), replace=False))
+    pick = target_rows(data["labels"], c, pairs, int(flags.get("seed") or 0))
     return ModelTest(predict, lambda rows: x[sel[rows]], lambda rows: data["relevance"][sel[rows]],
                      x[pick], c)
 
