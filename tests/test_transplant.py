@@ -39,7 +39,7 @@ def _bright_corner(c):
 def test_a_pattern_that_turns_every_target_is_followed():
     """Members' pieces turn every target, the rest's none: the largest effect and z (McNemar:
     √pairs), not a zero spread read as no evidence."""
-    from spray.verdict.transplant import followed
+    from spray.verdict.transplant import decide
 
     x = np.zeros((40, 1, 12, 12), np.float32)
     x[:10, 0, :3, :3] = 1.0
@@ -48,7 +48,7 @@ def test_a_pattern_that_turns_every_target_is_followed():
     tests = transplant_test(_bright_corner(7), x, maps, np.arange(40) < 10,
                             np.zeros((50, 1, 12, 12), np.float32), 7, side=0.25, pairs=64)
     assert [(t.members, t.rest, t.effect, t.z) for t in tests] == [(1.0, 0.0, 1.0, 8.0)] * 2
-    assert followed(tests, 1.0, 3.0)
+    assert decide(tests, 1.0, 3.0) == "followed"
 
 
 def _verdict(labels: np.ndarray, suspects: list[int], scores: dict | None = None):
@@ -77,7 +77,76 @@ def test_a_suspect_the_test_cannot_run_on_stays_flagged():
                        lambda rows: x[rows, 0], x, 4)
     follow_suspects(v, always, FlagsSection(transplant_pairs=64))
     assert v.flagged and v.suspect_clusters == [1] and v.not_followed == []
-    assert v.cluster(1).followed is None and v.cluster(1).transplant == []
+    assert v.cluster(1).decision == "untested" and v.cluster(1).transplant == []
+
+
+def _result(effect: float, z: float, se: float, region: str = "place"):
+    from spray.verdict.transplant import TransplantResult
+
+    return TransplantResult(region, effect, 0.0, effect, z, 256, se)
+
+
+def test_only_an_effect_shown_below_the_bar_clears_a_suspect():
+    """Followed: at the bar with z ≥ 3 in either region. Ignored: below the bar by 3 standard
+    errors in every region. Anything else (an effect near the bar, a region not decided)
+    stays undecided: the suspect is kept."""
+    from spray.verdict.transplant import decide
+
+    assert decide([_result(0.2, 6.0, 0.03), _result(0.0, 0.0, 0.01, "peak")],
+                  0.05, 3) == "followed"
+    assert decide([_result(0.0, 0.0, 0.01), _result(-0.1, -3.0, 0.02, "peak")],
+                  0.05, 3) == "ignored"
+    assert decide([_result(0.04, 2.5, 0.015)], 0.05, 3) == "undecided"        # 0.01 < 3 se
+    assert decide([_result(0.0, 0.0, 0.01), _result(0.03, 2.0, 0.012, "peak")],
+                  0.05, 3) == "undecided"                                     # one region open
+    assert decide([_result(0.06, 2.0, 0.03)], 0.05, 3) == "undecided"         # at the bar, z < 3
+    assert decide([], 0.05, 3) == "untested"
+
+
+def test_the_effects_error_counts_pairs_that_share_a_donor_or_a_target():
+    """Pairs drawn with replacement are not independent: when one member's piece turns every
+    target and the other members' none, the error is that of a few donors, not of N pairs;
+    when no pair differs it is still 1/N."""
+    from spray.verdict.transplant import effect_se
+
+    rng = np.random.default_rng(0)
+    n = 400
+    targets = rng.integers(0, 1000, n)
+    rest = rng.integers(0, 100, n)
+    many = rng.integers(0, 100, n)                     # 100 member donors, turns at random
+    few = rng.integers(0, 4, n)                        # 4 member donors, one of them turns all
+    a_many, a_few = rng.random(n) < 0.25, few == 0
+    b = np.zeros(n, bool)
+    paired = np.sqrt(np.var(a_few.astype(float)) / n)
+    assert effect_se(a_few, b, targets, few, rest) > 3 * paired
+    assert effect_se(a_many, b, targets, many, rest) < 1.6 * np.sqrt(
+        np.var(a_many.astype(float)) / n)
+    assert effect_se(b, b, targets, many, rest) == 1 / n
+
+
+def test_an_undecided_suspect_is_tested_again_with_more_pairs():
+    """A group whose pieces turn targets 5 points more often than the rest's (exactly the bar)
+    stays undecided through every size up to ``max_pairs``; a group far above it is decided
+    with the first pairs."""
+    from spray.verdict.transplant import ModelTest, decided_test
+
+    rng = np.random.default_rng(0)
+    x = np.zeros((400, 1, 12, 12), np.float32)
+    members = np.arange(400) < 200
+    x[np.flatnonzero(members)[:20], 0, :3, :3] = 1.0       # 10 % of the members
+    x[np.flatnonzero(~members)[:10], 0, :3, :3] = 1.0      # 5 % of the rest
+    maps = np.full((400, 12, 12), 0.01) + rng.random((400, 12, 12)) * 1e-3
+    maps[:, :3, :3] = 1.0
+    test = ModelTest(_bright_corner(7), lambda rows: x[rows], lambda rows: maps[rows],
+                     np.zeros((300, 1, 12, 12), np.float32), 7)
+    kw = dict(side=0.25, area=0.0625, seed=0, min_effect=0.05, min_z=3.0)
+    decision, results = decided_test(test, members, pairs=64, max_pairs=1024, **kw)
+    assert decision == "undecided" and {r.pairs for r in results} == {1024}
+    decision, results = decided_test(test, members, pairs=64, max_pairs=64, **kw)
+    assert decision == "undecided" and {r.pairs for r in results} == {64}
+    far = x[:, 0, 0, 0] > 0.5                               # every bright corner, no other
+    decision, results = decided_test(test, far, pairs=64, max_pairs=1024, **kw)
+    assert decision == "followed" and {r.pairs for r in results} == {64}
 
 
 def test_pasted_flips_move_only_the_region():
@@ -210,7 +279,7 @@ def test_a_run_flags_the_stamp_its_model_follows(small_problem, tmp_path):
 
     flags = open_class(root / "out", 2).attrs["analysis"]["flags"]
     suspect = next(c for c in flags["clusters"] if c["id"] == flags["suspect_cluster"])
-    assert suspect["followed"] is True
+    assert suspect["decision"] == "followed"
     assert {t["region"] for t in suspect["transplant"]} == {"place", "peak"}
     assert max(t["effect"] for t in suspect["transplant"]) > 0.3
     assert flags["not_followed"] == [] and flags["scored_on"] == 100
@@ -218,10 +287,10 @@ def test_a_run_flags_the_stamp_its_model_follows(small_problem, tmp_path):
     assert "Pasted onto images of other classes" in page and "the model follows them" in page
 
 
-def test_a_suspect_the_model_does_not_follow_is_watched_not_flagged(stamped):
-    """A suspect of unstamped samples (the trained CNN, its maps): the model does not follow
-    its pieces, so the class is not flagged and the suspect is listed as not followed; the
-    score stays. The stamped group in the same verdict stays a suspect."""
+def test_a_suspect_the_model_ignores_is_watched_not_flagged(stamped):
+    """A suspect of unstamped samples (the trained CNN, its maps): the model is shown to
+    ignore its pieces, so the class is not flagged and the suspect is listed as not followed;
+    the score stays. The stamped group in the same verdict stays a suspect."""
     from spray.config.presets import FlagsSection
     from spray.verdict.score import follow_suspects
     from spray.verdict.transplant import ModelTest
@@ -237,19 +306,19 @@ def test_a_suspect_the_model_does_not_follow_is_watched_not_flagged(stamped):
     v = _verdict(labels, [1])
     follow_suspects(v, test, params)
     assert not v.flagged and v.suspect_clusters == [] and v.not_followed == [1]
-    assert v.score == 3.0 and v.cluster(1).followed is False
+    assert v.score == 3.0 and v.cluster(1).decision == "ignored"
     assert v.to_dict()["not_followed"] == [1]
     both = labels.copy()
     both[s["stamp"]] = 2
     v = _verdict(both, [1, 2])
     follow_suspects(v, test, params)
     assert v.flagged and v.suspect_clusters == [2] and v.suspect_cluster == 2
-    assert v.not_followed == [1] and v.cluster(2).followed is True
+    assert v.not_followed == [1] and v.cluster(2).decision == "followed"
 
 
-def test_a_run_watches_a_suspect_the_model_is_not_shown_to_follow(small_problem, tmp_path):
-    """With a bar no test can reach (``transplant_min_effect: 1``) the stamped class's suspect
-    is not followed: the run's gate passes, the class is watched, its page says why, and its
+def test_a_run_watches_a_suspect_shown_below_the_bar(small_problem, tmp_path):
+    """With a bar no effect reaches (``transplant_min_effect: 1``) the stamped class's suspect
+    is shown below it: the run's gate passes, the class is watched, its page says why, and its
     score is the one without the test."""
     from spray.cli.main import main
 
@@ -259,7 +328,7 @@ def test_a_run_watches_a_suspect_the_model_is_not_shown_to_follow(small_problem,
     assert not entry["flagged"] and entry["watch"] and entry["score"] >= entry["threshold"]
     assert entry["not_followed"] and entry["suspect_clusters"] == []
     shown = next(c for c in entry["clusters"] if c["id"] == entry["not_followed"][0])
-    assert shown["followed"] is False and shown["members"]
+    assert shown["decision"] == "ignored" and shown["members"]
     page = (root / "out" / "report" / "class_2.html").read_text()
     assert "not followed by the model" in page and "transplant test" in page
 

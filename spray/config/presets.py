@@ -366,19 +366,24 @@ class FlagsSection(_Section):
     #: transplant test (:mod:`spray.verdict.transplant`): with the model at hand, each suspect's
     #: inputs where its relevance differs from the rest's (the ``input_mask_area`` share of the
     #: image) and at each member's peak window (``window_side``) are pasted onto this many
-    #: images of the other classes, and so are the rest's; a suspect stays one only when the
-    #: model follows its pieces (below), else the class is not flagged but watched. 0 (the
-    #: default): off; off too where the run has no model (precomputed attributions). It
-    #: changes no score (docs/verdict.md, "Transplant test")
+    #: images of the other classes, and so are the rest's; a suspect the model is shown to
+    #: ignore is none (the class is not flagged but watched); one it follows, or that the test
+    #: cannot decide, stays one (fail closed). 0 (the default): off; off too where the run has
+    #: no model (precomputed attributions). It changes no score (docs/verdict.md,
+    #: "Transplant test")
     transplant_pairs: int = Field(default=0, ge=0)
-    #: the members' pieces must turn at least this share more target images to the class
-    #: than the rest's, at a paired z of at least ``transplant_min_z``, in either region:
-    #: 0.05, the reliance from which the evaluation counts an artefact as relied on (at 0.1
-    #: a top line the model follows at 0.05 and half the draws of a ViT's text were not
-    #: followed; the look-alikes the test removes fail the z bar: docs/verdict-eval.md,
-    #: "Results: the transplant test")
+    #: the bar of the test: followed when the members' pieces turn at least this share more
+    #: target images to the class than the rest's at a paired z of at least
+    #: ``transplant_min_z`` in either region; ignored when in every region the effect lies
+    #: below this share by ``transplant_min_z`` standard errors. 0.05: the reliance from which
+    #: the evaluation counts an artefact as relied on (docs/verdict-eval.md, "Results: the
+    #: transplant test")
     transplant_min_effect: float = Field(default=0.05, ge=0, le=1, allow_inf_nan=False)
     transplant_min_z: float = Field(default=3.0, ge=0, allow_inf_nan=False)
+    #: an undecided suspect is tested again with four times the pairs, up to this many (new
+    #: draws of the same targets and donors; cost up to 21 times the first test): an effect
+    #: near the bar gets the pairs to tell. At most ``transplant_pairs``: no second run
+    transplant_max_pairs: int = Field(default=4096, ge=0)
     seed: int = 0
 
 

@@ -258,8 +258,9 @@ def _watch_note(entry: dict) -> str:
     if entry.get("not_followed"):
         ids = ", ".join(str(i) for i in entry["not_followed"])
         return (f" Watch: cluster {ids} scores at the threshold, but pasted onto other "
-                f"classes' images its pieces turn the model to this class no more than the "
-                f"rest's do (transplant test): the model does not follow it (never failing).")
+                f"classes' images its pieces turn the model to this class hardly more than the "
+                f"rest's do (transplant test): the model is shown to ignore it (never "
+                f"failing).")
     gap = float(entry["threshold"]) - float(entry["score"])
     return (f" Watch: the score is {gap:.2f} below the threshold, a near miss (never "
             f"failing).")

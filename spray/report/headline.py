@@ -48,8 +48,10 @@ def transplant_sentence(cluster: dict) -> str:
         return ""
     t = max(tests, key=lambda r: r["z"])
     where = "where their relevance differs" if t["region"] == "place" else "at their relevance peaks"
-    verdict = {True: "the model follows them", False: "the model does not follow them"}.get(
-        cluster.get("followed"), "untested")
+    verdict = {"followed": "the model follows them",
+               "ignored": "the model is shown to ignore them",
+               "undecided": "too close to the bar to tell, so they stay suspect"}.get(
+        cluster.get("decision"), "untested")
     return (f" Pasted onto images of other classes, their pixels {where} turn "
             f"{100 * t['members']:.0f} % of them to this class (the rest's {100 * t['rest']:.0f} "
             f"%): {verdict}.")

@@ -47,7 +47,8 @@ REFERENCE = Path(__file__).with_name("clean_scores.json")
 NOT_SCORING = frozenset({"watch_margin", "false_flag_rate", "peak_guard_iqr",
                          "peak_window_doublings", "peak_carrier_gap", "peak_far_iqr",
                          "pattern_trim_iqr", "pattern_join_iqr", "agreement_spread",
-                         "transplant_pairs", "transplant_min_effect", "transplant_min_z"})
+                         "transplant_pairs", "transplant_min_effect", "transplant_min_z",
+                         "transplant_max_pairs"})
 
 #: the pipeline sections that change scores besides the flags (the embedding does not)
 SECTIONS = ("preprocess", "affinity", "spectral", "clustering")

@@ -21,7 +21,7 @@ _EVIDENCE_KEYS = ("id", "half_of", "cut_along", "cut_graph", "n_clusters", "clus
                   "size_penalty", "excluded", "resampled",
                   "contrast_stable", "score", "split_from", "hot_spot_auc", "trimmed", "pattern_trimmed",
                   "joined", "pattern_joined", "agreed_joined", "peak_joined", "peak_window",
-                  "peak_guard", "peak_at", "transplant", "followed")
+                  "peak_guard", "peak_at", "transplant", "decision")
 
 
 @dataclass
@@ -56,10 +56,11 @@ class ClusterEvidence:
     resampled : False when the bootstrap was skipped because it could not change the verdict.
     contrast_stable, score : the bootstrap's stable contrast and the candidate's score.
     split_from : for a half split off as a new cluster, the cluster it came from.
-    transplant, followed : for a suspect with the transplant test on (``transplant_pairs``), the
-        test's results per region (:class:`~spray.verdict.transplant.TransplantResult` as
-        dicts) and whether the model follows the suspect's pieces (False: it is no suspect;
-        None with no results: the test could not run, and the suspect stays one).
+    transplant, decision : for a suspect with the transplant test on (``transplant_pairs``),
+        the test's results per region (:class:`~spray.verdict.transplant.TransplantResult` as
+        dicts, of its last run) and what they show (:func:`~spray.verdict.transplant.decide`):
+        "followed", "ignored" (then it is no suspect), "undecided" or "untested" (both stay
+        suspects).
     hot_spot_auc, trimmed : for a suspect, how well its inputs at its relevance hot spot tell
         it from the rest (ROC AUC) and how many members left it for not carrying that pattern
         (:mod:`~spray.verdict.members`; ``size`` counts the members reported).
@@ -133,7 +134,7 @@ class ClusterEvidence:
     peak_guard: str | None = None
     peak_at: str | None = None
     transplant: list | None = None
-    followed: bool | None = None
+    decision: str | None = None
     score_from_k: ClusterEvidence | None = field(default=None, repr=False)
     jaccard: float | None = None
     inputs: np.ndarray | None = field(default=None, repr=False, compare=False)
@@ -194,7 +195,7 @@ class Verdict:
         (:func:`spray.verdict.calibration.clean_rate`); None where that reference does not
         apply to ``params``.
     not_followed : with the transplant test, the clusters at or above the threshold whose
-        pieces the model does not follow (no suspects; the class is watched, not flagged);
+        pieces the model is shown to ignore (no suspects; the class is watched, not flagged);
         None without the test.
     """
 

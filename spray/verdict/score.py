@@ -28,7 +28,7 @@ from spray.verdict.members import decide_members
 from spray.verdict.patterns import InputPatterns
 from spray.verdict.result import ClusterEvidence, Verdict, resize_entries
 from spray.verdict.subsample import extend_labels, restrict, stratified_sample
-from spray.verdict.transplant import ModelTest, followed
+from spray.verdict.transplant import ModelTest, decided_test
 
 log = logging.getLogger(__name__)
 
@@ -94,8 +94,8 @@ def score_class(result, input_features: np.ndarray, pipeline: dict,
     model_test : spray.verdict.transplant.ModelTest or callable, optional
         The model and the class's inputs (or a function making them, called only when the
         class has a suspect; it may return None): with ``transplant_pairs`` above 0, every
-        suspect gets the transplant test and stays one unless the model is shown not to
-        follow its pieces (:func:`follow_suspects`).
+        suspect gets the transplant test and stays one unless the model is shown to ignore
+        its pieces (:func:`follow_suspects`).
 
     Returns
     -------
@@ -120,23 +120,23 @@ def score_class(result, input_features: np.ndarray, pipeline: dict,
 
 def follow_suspects(verdict: Verdict, model_test: ModelTest, params: FlagsSection) -> None:
     """The transplant test of every suspect (:mod:`~spray.verdict.transplant`): a suspect
-    whose pieces the model does not follow is none (``not_followed``); the class is flagged
-    when one is left. A suspect the test cannot be run on (no target image left that the model
-    does not already predict as the class) stays one (``followed`` None: untested, fail
-    closed). Scores stay as they are."""
+    whose pieces the model is shown to ignore (``decision`` "ignored") is none
+    (``not_followed``); the class is flagged when one is left. A suspect the test cannot
+    decide (an effect near the bar even with ``transplant_max_pairs`` pairs: "undecided") or
+    cannot run on (no target image left that the model does not already predict as the class:
+    "untested") stays one: fail closed. Scores stay as they are."""
     followed_ids, not_followed = [], []
     for cid in verdict.suspect_clusters:
         entry = verdict.cluster(cid)
-        tests = model_test.test(np.asarray(verdict.labels) == cid, params.window_side,
-                                params.input_mask_area, params.transplant_pairs,
-                                params.seed + cid)
+        entry.decision, tests = decided_test(
+            model_test, np.asarray(verdict.labels) == cid, side=params.window_side,
+            area=params.input_mask_area, pairs=params.transplant_pairs,
+            max_pairs=params.transplant_max_pairs, seed=params.seed + cid,
+            min_effect=params.transplant_min_effect, min_z=params.transplant_min_z)
         entry.transplant = [t.to_dict() for t in tests]
-        entry.followed = (followed(tests, params.transplant_min_effect,
-                                   params.transplant_min_z) if tests else None)
-        (not_followed if entry.followed is False else followed_ids).append(cid)
+        (not_followed if entry.decision == "ignored" else followed_ids).append(cid)
         log.info("class %d, suspect %d: transplant %s -> %s", model_test.c, cid,
-                 entry.transplant, {True: "followed", False: "not followed",
-                                    None: "untested (kept)"}[entry.followed])
+                 entry.transplant, entry.decision)
     verdict.suspect_clusters = followed_ids
     verdict.suspect_cluster = followed_ids[0] if followed_ids else None
     verdict.flagged = bool(followed_ids)

@@ -114,7 +114,8 @@ class TransplantResult:
     members' and by the rest's pieces; ``effect`` their difference; ``z`` McNemar's statistic
     of the pairs, ``(n10 − n01) / √(n10 + n01)`` with ``n10`` the targets only a member's piece
     turned and ``n01`` those only the rest's did (0 when no pair differs; a group whose pieces
-    turn every target and the rest's none has ``√pairs``); ``pairs`` the targets.
+    turn every target and the rest's none has ``√pairs``); ``pairs`` the targets; ``se`` the
+    standard error of ``effect`` (:func:`effect_se`): how surely the effect lies below a bar.
     """
 
     region: str
@@ -123,17 +124,62 @@ class TransplantResult:
     effect: float
     z: float
     pairs: int
+    se: float = float("nan")
 
     def to_dict(self) -> dict:
         return {k: (round(v, 4) if isinstance(v, float) else v) for k, v in asdict(self).items()}
 
 
-def _paired(region: str, a: np.ndarray, b: np.ndarray) -> TransplantResult:
-    """The paired comparison of the members' turns ``a`` with the rest's ``b`` (McNemar)."""
+def _cluster_var(values: np.ndarray, groups: np.ndarray) -> float:
+    """Cluster-robust variance of the mean of ``values`` in clusters ``groups``:
+    Σ_g (Σ_{k∈g} (v_k − v̄))² / N²."""
+    dev = values - values.mean()
+    sums = np.bincount(np.unique(groups, return_inverse=True)[1], weights=dev)
+    return float((sums ** 2).sum()) / len(values) ** 2
+
+
+def effect_se(a: np.ndarray, b: np.ndarray, targets: np.ndarray, d_in: np.ndarray,
+              d_out: np.ndarray) -> float:
+    """Standard error of the effect ``mean(a) − mean(b)`` of paired turns, allowing for pairs
+    that share a donor or a target.
+
+    Donors and targets are drawn with replacement, so the pairs are not independent: one
+    member whose piece turns everything, or a few easily turned targets, would make an effect
+    look surer than it is. The variance is the larger of the pairs' own (``var(a − b) / N``)
+    and the sum of the cluster-robust variances by member donor (of ``a``), by rest donor (of
+    ``b``) and by target (of ``a − b``) — each counts the pairs' own noise again, so the sum
+    errs high — and the error is never below ``1 / N`` (no pair differing out of N still leaves
+    an effect of about 1/N unseen). Erring high is the safe side: a larger error only ever
+    keeps a suspect (:func:`decide`).
+
+    Parameters
+    ----------
+    a, b : numpy.ndarray
+        ``(N,)`` boolean: the target turned by the member's piece, by the rest's.
+    targets, d_in, d_out : numpy.ndarray
+        ``(N,)`` the pairs' target, member donor and rest donor indices.
+
+    Returns
+    -------
+    float
+    """
+    a, b = a.astype(np.float64), b.astype(np.float64)
+    n = len(a)
+    pair_var = float(np.var(a - b)) / n
+    clustered = (_cluster_var(a, d_in) + _cluster_var(b, d_out)
+                 + _cluster_var(a - b, targets))
+    return float(max(np.sqrt(max(pair_var, clustered)), 1.0 / n))
+
+
+def _paired(region: str, a: np.ndarray, b: np.ndarray, targets: np.ndarray,
+            d_in: np.ndarray, d_out: np.ndarray) -> TransplantResult:
+    """The paired comparison of the members' turns ``a`` with the rest's ``b`` (McNemar), on
+    pairs of the given target and donor indices."""
     only_a, only_b = int((a & ~b).sum()), int((b & ~a).sum())
     z = (only_a - only_b) / np.sqrt(only_a + only_b) if only_a + only_b else 0.0
     return TransplantResult(region, float(a.mean()), float(b.mean()),
-                            float(a.mean() - b.mean()), float(z), int(len(a)))
+                            float(a.mean() - b.mean()), float(z), int(len(a)),
+                            effect_se(a, b, targets, d_in, d_out))
 
 
 #: the most rows of the members and of the rest whose maps are averaged for the ``place`` region
@@ -197,7 +243,8 @@ def transplant_test(predict: Predict, inputs, maps, members: np.ndarray,
     if not members.any() or members.all() or not len(t):
         return []
     rng = np.random.default_rng(seed)
-    pick_t = t[rng.integers(0, len(t), pairs)]
+    t_idx = rng.integers(0, len(t), pairs)
+    pick_t = t[t_idx]
     inside, outside = np.flatnonzero(members), np.flatnonzero(~members)
     d_in = inside[rng.integers(0, len(inside), pairs)]
     d_out = outside[rng.integers(0, len(outside), pairs)]
@@ -208,13 +255,14 @@ def transplant_test(predict: Predict, inputs, maps, members: np.ndarray,
     place = place_mask(read_maps(both), np.arange(len(both)) < len(mean_in), area)
     donors = np.unique(np.concatenate([d_in, d_out]))
     i_in, i_out = np.searchsorted(donors, d_in), np.searchsorted(donors, d_out)
+    ids = (t_idx, d_in, d_out)
     x = _as_images(load(donors))
     if place.any():
         out.append(_paired("place", pasted_flips(predict, pick_t, x[i_in], place, c),
-                           pasted_flips(predict, pick_t, x[i_out], place, c)))
+                           pasted_flips(predict, pick_t, x[i_out], place, c), *ids))
     boxes = peak_boxes(read_maps(donors), side)
     out.append(_paired("peak", pasted_flips(predict, pick_t, x[i_in], boxes[i_in], c),
-                       pasted_flips(predict, pick_t, x[i_out], boxes[i_out], c)))
+                       pasted_flips(predict, pick_t, x[i_out], boxes[i_out], c), *ids))
     return out
 
 
@@ -253,7 +301,45 @@ class ModelTest:
                                filtered=True)
 
 
-def followed(results: list[TransplantResult], min_effect: float, min_z: float) -> bool:
-    """Whether the model follows a group's pieces: in either region they turn at least
-    ``min_effect`` more target images to the class than the rest's, at ``min_z`` or more."""
-    return any(r.effect >= min_effect and r.z >= min_z for r in results)
+def decide(results: list[TransplantResult], min_effect: float, min_z: float) -> str:
+    """What a group's transplant test shows.
+
+    ``"followed"``: in either region the members' pieces turn at least ``min_effect`` more
+    target images to the class than the rest's, at a McNemar z of ``min_z`` or more.
+    ``"ignored"``: in every region the effect lies below ``min_effect`` by ``min_z`` standard
+    errors (:func:`effect_se`) — the model is shown not to follow the pieces.
+    ``"undecided"``: neither (an effect near the bar, or too few pairs to tell), and
+    ``"untested"`` without results. Only ``"ignored"`` clears a suspect: what the test cannot
+    vouch for stays suspect (fail closed).
+    """
+    if not results:
+        return "untested"
+    if any(r.effect >= min_effect and r.z >= min_z for r in results):
+        return "followed"
+    if all(min_effect - r.effect >= min_z * r.se for r in results):
+        return "ignored"
+    return "undecided"
+
+
+def decided_test(test: ModelTest, members: np.ndarray, *, side: float, area: float,
+                 pairs: int, max_pairs: int, seed: int, min_effect: float, min_z: float
+                 ) -> tuple[str, list[TransplantResult]]:
+    """The transplant test of a group with more pairs while it is undecided.
+
+    The test runs with ``pairs`` pairs; while :func:`decide` finds it undecided it runs again
+    with four times as many (new draws of the same targets and donors), up to ``max_pairs``.
+    An effect far from the bar is decided at the first size; one near it is given the pairs
+    to tell, and stays undecided (a suspect) if they do not.
+
+    Returns
+    -------
+    tuple
+        The decision and the results of the last run.
+    """
+    n = pairs
+    while True:
+        results = test.test(members, side, area, n, seed)
+        verdict = decide(results, min_effect, min_z)
+        if verdict != "undecided" or 4 * n > max(max_pairs, pairs):
+            return verdict, results
+        n *= 4

@@ -373,7 +373,7 @@ def score_setting(setting, data, pipe, model: nn.Module | None = None) -> list[d
             row["recall"] = hit / int(truth.sum())
         row["clusters"] = [{k: v for k, v in cl.items() if k != "members"}
                            for cl in verdict["clusters"]]
-        tested = {str(cl["id"]): {"followed": cl.get("followed"), "tests": cl["transplant"]}
+        tested = {str(cl["id"]): {"decision": cl.get("decision"), "tests": cl["transplant"]}
                   for cl in verdict["clusters"] if cl.get("transplant") is not None}
         if verdict.get("not_followed") is not None:   # the transplant test of the suspects
             row["transplant"] = tested
