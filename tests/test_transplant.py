@@ -105,8 +105,8 @@ def test_only_an_effect_shown_below_the_bar_clears_a_suspect():
 
 def test_the_effects_error_counts_pairs_that_share_a_donor_or_a_target():
     """Pairs drawn with replacement are not independent: when one member's piece turns every
-    target and the other members' none, the error is that of a few donors, not of N pairs;
-    when no pair differs it is still 1/N."""
+    target and the other members' none, or one target turns with every member's piece and the
+    others with none, the error is that of a few donors or targets, not of N pairs."""
     from spray.verdict.transplant import effect_se
 
     rng = np.random.default_rng(0)
@@ -121,7 +121,41 @@ def test_the_effects_error_counts_pairs_that_share_a_donor_or_a_target():
     assert effect_se(a_few, b, targets, few, rest) > 3 * paired
     assert effect_se(a_many, b, targets, many, rest) < 1.6 * np.sqrt(
         np.var(a_many.astype(float)) / n)
-    assert effect_se(b, b, targets, many, rest) == 1 / n
+    four = rng.integers(0, 4, n)                       # 4 targets, one turns with every piece
+    assert effect_se(four == 0, b, four, many, rest) > 3 * paired
+    assert effect_se(b, b, targets, many, rest) == 0.0
+
+
+def test_few_targets_or_no_error_never_clear_a_suspect():
+    """No pair differing proves little when the pairs share a few targets: one target, or a
+    handful, is never enough to clear (the floor of an effect at the bar); a NaN error decides
+    nothing."""
+    from spray.verdict.transplant import TransplantResult, decide
+
+    def none_turned(pairs: int, targets: int):
+        return [TransplantResult("place", 0.0, 0.0, 0.0, 0.0, pairs, 0.0, targets)]
+
+    assert decide(none_turned(256, 1), 0.05, 3) == "undecided"
+    assert decide(none_turned(256, 10), 0.05, 3) == "undecided"
+    assert decide(none_turned(256, 200), 0.05, 3) == "ignored"
+    assert decide(none_turned(64, 64), 0.05, 3) == "undecided"      # 3 √(0.0475 / 64) > 0.05
+    assert decide([_result(0.0, 0.0, float("nan"))], 0.05, 3) == "undecided"
+
+
+def test_one_usable_target_never_clears_a_suspect():
+    """In the test itself: every pair shares the one target the model does not already call
+    the class, and no piece turns it; the suspect is not cleared however many pairs."""
+    from spray.verdict.transplant import ModelTest, decided_test
+
+    x = np.zeros((40, 1, 12, 12), np.float32)
+    maps = np.full((40, 12, 12), 0.01)
+    maps[:, :3, :3] = 1.0
+    test = ModelTest(_bright_corner(7), lambda rows: x[rows], lambda rows: maps[rows],
+                     np.zeros((1, 1, 12, 12), np.float32), 7)
+    decision, results = decided_test(test, np.arange(40) < 10, side=0.25, area=0.0625,
+                                     pairs=256, max_pairs=1024, seed=0, min_effect=0.05,
+                                     min_z=3.0)
+    assert decision == "undecided" and {(r.pairs, r.targets) for r in results} == {(1024, 1)}
 
 
 def test_an_undecided_suspect_is_tested_again_with_more_pairs():

@@ -114,8 +114,9 @@ class TransplantResult:
     members' and by the rest's pieces; ``effect`` their difference; ``z`` McNemar's statistic
     of the pairs, ``(n10 − n01) / √(n10 + n01)`` with ``n10`` the targets only a member's piece
     turned and ``n01`` those only the rest's did (0 when no pair differs; a group whose pieces
-    turn every target and the rest's none has ``√pairs``); ``pairs`` the targets; ``se`` the
-    standard error of ``effect`` (:func:`effect_se`): how surely the effect lies below a bar.
+    turn every target and the rest's none has ``√pairs``); ``pairs`` the pairs and
+    ``targets`` the distinct target images among them; ``se`` the standard error of
+    ``effect`` (:func:`effect_se`): with :func:`decide`'s floor, how surely it lies below a bar.
     """
 
     region: str
@@ -125,17 +126,23 @@ class TransplantResult:
     z: float
     pairs: int
     se: float = float("nan")
+    targets: int = 0
 
     def to_dict(self) -> dict:
         return {k: (round(v, 4) if isinstance(v, float) else v) for k, v in asdict(self).items()}
 
 
 def _cluster_var(values: np.ndarray, groups: np.ndarray) -> float:
-    """Cluster-robust variance of the mean of ``values`` in clusters ``groups``:
-    Σ_g (Σ_{k∈g} (v_k − v̄))² / N²."""
+    """Cluster-robust variance of the mean of ``values`` in clusters ``groups`` with the
+    small-sample factor G / (G − 1) of G clusters: G / (G − 1) · Σ_g (Σ_{k∈g} (v_k − v̄))² / N²
+    (infinite for one cluster: nothing is known of the spread between clusters)."""
     dev = values - values.mean()
-    sums = np.bincount(np.unique(groups, return_inverse=True)[1], weights=dev)
-    return float((sums ** 2).sum()) / len(values) ** 2
+    index = np.unique(groups, return_inverse=True)[1]
+    g = int(index.max()) + 1
+    if g < 2:
+        return float("inf")
+    sums = np.bincount(index, weights=dev)
+    return g / (g - 1) * float((sums ** 2).sum()) / len(values) ** 2
 
 
 def effect_se(a: np.ndarray, b: np.ndarray, targets: np.ndarray, d_in: np.ndarray,
@@ -147,10 +154,10 @@ def effect_se(a: np.ndarray, b: np.ndarray, targets: np.ndarray, d_in: np.ndarra
     member whose piece turns everything, or a few easily turned targets, would make an effect
     look surer than it is. The variance is the larger of the pairs' own (``var(a − b) / N``)
     and the sum of the cluster-robust variances by member donor (of ``a``), by rest donor (of
-    ``b``) and by target (of ``a − b``) — each counts the pairs' own noise again, so the sum
-    errs high — and the error is never below ``1 / N`` (no pair differing out of N still leaves
-    an effect of about 1/N unseen). Erring high is the safe side: a larger error only ever
-    keeps a suspect (:func:`decide`).
+    ``b``) and by target (of ``a − b``), each with the small-sample factor G / (G − 1) —
+    each counts the pairs' own noise again, so the sum errs high. Erring high is the safe
+    side: a larger error only ever keeps a suspect. Where no pair differs this error is 0;
+    :func:`decide` puts a floor under it.
 
     Parameters
     ----------
@@ -168,7 +175,7 @@ def effect_se(a: np.ndarray, b: np.ndarray, targets: np.ndarray, d_in: np.ndarra
     pair_var = float(np.var(a - b)) / n
     clustered = (_cluster_var(a, d_in) + _cluster_var(b, d_out)
                  + _cluster_var(a - b, targets))
-    return float(max(np.sqrt(max(pair_var, clustered)), 1.0 / n))
+    return float(np.sqrt(max(pair_var, clustered)))
 
 
 def _paired(region: str, a: np.ndarray, b: np.ndarray, targets: np.ndarray,
@@ -179,7 +186,7 @@ def _paired(region: str, a: np.ndarray, b: np.ndarray, targets: np.ndarray,
     z = (only_a - only_b) / np.sqrt(only_a + only_b) if only_a + only_b else 0.0
     return TransplantResult(region, float(a.mean()), float(b.mean()),
                             float(a.mean() - b.mean()), float(z), int(len(a)),
-                            effect_se(a, b, targets, d_in, d_out))
+                            effect_se(a, b, targets, d_in, d_out), len(np.unique(targets)))
 
 
 #: the most rows of the members and of the rest whose maps are averaged for the ``place`` region
@@ -206,7 +213,7 @@ def target_rows(labels: np.ndarray, c: int, pairs: int, seed: int) -> np.ndarray
 
 def transplant_test(predict: Predict, inputs, maps, members: np.ndarray,
                     targets: np.ndarray, c: int, *, side: float = 0.22, area: float = 0.1,
-                    pairs: int = 256, seed: int = 0, filtered: bool = False
+                    pairs: int = 256, seed: int | list[int] = 0, filtered: bool = False
                     ) -> list[TransplantResult]:
     """The transplant test of one candidate group of class ``c`` in both region kinds.
 
@@ -226,8 +233,8 @@ def transplant_test(predict: Predict, inputs, maps, members: np.ndarray,
         The ``peak`` window's side (share of the shorter side) and the ``place`` region's share.
     pairs : int
         Target images drawn (with their member and rest donors).
-    seed : int
-        Fixes which targets and donors are drawn.
+    seed : int or list of int
+        Fixes which targets and donors are drawn (a seed for :func:`numpy.random.default_rng`).
     filtered : bool
         ``targets`` are :func:`usable_targets` already (not predicted again).
 
@@ -294,11 +301,18 @@ class ModelTest:
         return usable_targets(self.predict, self.targets, self.c)
 
     def test(self, members: np.ndarray, side: float, area: float, pairs: int,
-             seed: int) -> list[TransplantResult]:
+             seed: int | list[int]) -> list[TransplantResult]:
         """:func:`transplant_test` of the group ``members`` of this class."""
         return transplant_test(self.predict, self.inputs, self.maps, members, self.usable,
                                self.c, side=side, area=area, pairs=pairs, seed=seed,
                                filtered=True)
+
+
+def _floored(r: TransplantResult, min_effect: float) -> float:
+    """:func:`decide`'s error of a result: its own, floored (NaN stays NaN)."""
+    units = max(1, min(r.pairs, r.targets or r.pairs))
+    return max(r.se, np.sqrt(min_effect * (1 - min_effect) / units), 1.0 / units) \
+        if np.isfinite(r.se) else float("nan")
 
 
 def decide(results: list[TransplantResult], min_effect: float, min_z: float) -> str:
@@ -307,7 +321,11 @@ def decide(results: list[TransplantResult], min_effect: float, min_z: float) -> 
     ``"followed"``: in either region the members' pieces turn at least ``min_effect`` more
     target images to the class than the rest's, at a McNemar z of ``min_z`` or more.
     ``"ignored"``: in every region the effect lies below ``min_effect`` by ``min_z`` standard
-    errors (:func:`effect_se`) — the model is shown not to follow the pieces.
+    errors — the model is shown not to follow the pieces. The error is :func:`effect_se`, but
+    never below √(m (1 − m) / T), m = ``min_effect``, T the distinct targets (at most the
+    pairs): the least error an effect at the bar could show, if it lay in an m share of the
+    targets (no pair differing out of a few targets proves little); a NaN error decides
+    nothing.
     ``"undecided"``: neither (an effect near the bar, or too few pairs to tell), and
     ``"untested"`` without results. Only ``"ignored"`` clears a suspect: what the test cannot
     vouch for stays suspect (fail closed).
@@ -316,7 +334,7 @@ def decide(results: list[TransplantResult], min_effect: float, min_z: float) -> 
         return "untested"
     if any(r.effect >= min_effect and r.z >= min_z for r in results):
         return "followed"
-    if all(min_effect - r.effect >= min_z * r.se for r in results):
+    if all(min_effect - r.effect >= min_z * _floored(r, min_effect) for r in results):
         return "ignored"
     return "undecided"
 
@@ -327,7 +345,8 @@ def decided_test(test: ModelTest, members: np.ndarray, *, side: float, area: flo
     """The transplant test of a group with more pairs while it is undecided.
 
     The test runs with ``pairs`` pairs; while :func:`decide` finds it undecided it runs again
-    with four times as many (new draws of the same targets and donors), up to ``max_pairs``.
+    with four times as many (at most ``max_pairs``; new draws of targets and donors from the
+    same images, seeded by ``seed`` and the size), until ``max_pairs`` have been tried.
     An effect far from the bar is decided at the first size; one near it is given the pairs
     to tell, and stays undecided (a suspect) if they do not.
 
@@ -336,10 +355,11 @@ def decided_test(test: ModelTest, members: np.ndarray, *, side: float, area: flo
     tuple
         The decision and the results of the last run.
     """
-    n = pairs
+    n, draw = pairs, seed
     while True:
-        results = test.test(members, side, area, n, seed)
+        results = test.test(members, side, area, n, draw)
         verdict = decide(results, min_effect, min_z)
-        if verdict != "undecided" or 4 * n > max(max_pairs, pairs):
+        if verdict != "undecided" or n >= max_pairs:
             return verdict, results
-        n *= 4
+        n = min(4 * n, max_pairs)
+        draw = [seed, n]
