@@ -183,6 +183,18 @@ def test_an_undecided_suspect_is_tested_again_with_more_pairs():
     assert decision == "followed" and {r.pairs for r in results} == {64}
 
 
+
+def test_the_headline_says_what_the_test_decided():
+    from spray.report.headline import transplant_sentence
+
+    tests = [{"region": "place", "members": 0.07, "rest": 0.02, "effect": 0.05, "z": 2.0}]
+    assert "too close to the bar to tell, so they stay suspect" in transplant_sentence(
+        {"transplant": tests, "decision": "undecided"})
+    assert "shown to ignore" in transplant_sentence({"transplant": tests, "followed": False})
+    assert "turn 7 % of them to this class (the rest's 2 %)" in transplant_sentence(
+        {"transplant": tests, "decision": "followed"})
+    assert transplant_sentence({"transplant": []}) == ""
+
 def test_pasted_flips_move_only_the_region():
     seen = []
 

@@ -41,6 +41,14 @@ def patch_extent(diff: np.ndarray) -> tuple[int, int, str] | None:
     return h, w, where
 
 
+def _decision(cluster: dict) -> str | None:
+    """The transplant test's decision of a cluster entry (verdicts stored by earlier
+    development versions carry ``followed``: True or False)."""
+    if "decision" in cluster:
+        return cluster["decision"]
+    return {True: "followed", False: "ignored"}.get(cluster.get("followed"))
+
+
 def transplant_sentence(cluster: dict) -> str:
     """What the transplant test found for a suspect (its strongest region), or ``""``."""
     tests = cluster.get("transplant") or []
@@ -51,7 +59,7 @@ def transplant_sentence(cluster: dict) -> str:
     verdict = {"followed": "the model follows them",
                "ignored": "the model is shown to ignore them",
                "undecided": "too close to the bar to tell, so they stay suspect"}.get(
-        cluster.get("decision"), "untested")
+        _decision(cluster), "untested")
     return (f" Pasted onto images of other classes, their pixels {where} turn "
             f"{100 * t['members']:.0f} % of them to this class (the rest's {100 * t['rest']:.0f} "
             f"%): {verdict}.")
