@@ -381,8 +381,9 @@ class FlagsSection(_Section):
     transplant_min_effect: float = Field(default=0.05, ge=0, le=1, allow_inf_nan=False)
     transplant_min_z: float = Field(default=3.0, ge=0, allow_inf_nan=False)
     #: an undecided suspect is tested again with four times the pairs, up to this many (new
-    #: draws of the same targets and donors; cost up to 21 times the first test): an effect
-    #: near the bar gets the pairs to tell. At most ``transplant_pairs``: no second run
+    #: draws from the same target and donor images; at the defaults up to 21 times the first
+    #: run's forward passes): an effect near the bar gets the pairs to tell. At most
+    #: ``transplant_pairs``: no second run
     transplant_max_pairs: int = Field(default=4096, ge=0)
     seed: int = 0
 
