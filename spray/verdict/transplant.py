@@ -309,10 +309,12 @@ class ModelTest:
 
 
 def _floored(r: TransplantResult, min_effect: float) -> float:
-    """:func:`decide`'s error of a result: its own, floored (NaN stays NaN)."""
+    """:func:`decide`'s error of a result: its own, at least √(m (1 − m) / T) and 1 / T over
+    the T distinct targets; NaN when its own is not finite (nothing is decided on it)."""
+    if not np.isfinite(r.se):
+        return float("nan")
     units = max(1, min(r.pairs, r.targets or r.pairs))
-    return max(r.se, np.sqrt(min_effect * (1 - min_effect) / units), 1.0 / units) \
-        if np.isfinite(r.se) else float("nan")
+    return max(r.se, np.sqrt(min_effect * (1 - min_effect) / units), 1.0 / units)
 
 
 def decide(results: list[TransplantResult], min_effect: float, min_z: float) -> str:
@@ -322,8 +324,8 @@ def decide(results: list[TransplantResult], min_effect: float, min_z: float) -> 
     target images to the class than the rest's, at a McNemar z of ``min_z`` or more.
     ``"ignored"``: in every region the effect lies below ``min_effect`` by ``min_z`` standard
     errors — the model is shown not to follow the pieces. The error is :func:`effect_se`, but
-    never below √(m (1 − m) / T), m = ``min_effect``, T the distinct targets (at most the
-    pairs): the least error an effect at the bar could show, if it lay in an m share of the
+    never below √(m (1 − m) / T) nor 1 / T, m = ``min_effect``, T the distinct targets (at
+    most the pairs): the least error an effect at the bar could show, if it lay in an m share of the
     targets (no pair differing out of a few targets proves little); a NaN error decides
     nothing.
     ``"undecided"``: neither (an effect near the bar, or too few pairs to tell), and
