@@ -12,6 +12,8 @@ from spray.verdict.evidence import difference, top_cells
 from spray.verdict.members import (
     _guard,
     _guarded_join,
+    _within,
+    at_places,
     carrier_bar,
     carriers_apart,
     decide_members,
@@ -597,9 +599,14 @@ def _brute_force(side, x, template):
                 cos = float((v * T).sum() / norm) if norm > 1e-9 else 0.0
                 if cos > best:
                     best, window = cos, (v / norm if norm > 1e-9 else 0 * v).ravel()
+                    _brute_force.places[i] = ((py - m) * f, (px - m) * f)
         r[i] = best
         best_windows.append(window)
     return r, np.array(best_windows)
+
+
+#: the last :func:`_brute_force` call's best places (top left in image pixels) by sample
+_brute_force.places = {}
 
 
 @pytest.mark.parametrize("side, C, H, W, grey", [
@@ -618,6 +625,9 @@ def test_the_match_is_the_best_cosine_of_every_window(side, C, H, W, grey):
     want_r, want_windows = _brute_force(side, x, T)
     np.testing.assert_allclose(windows.best_match(x, T), want_r, atol=1e-6)   # float32 blocks
     np.testing.assert_allclose(windows.best_match(x, T, windows=True), want_windows, atol=1e-6)
+    r, places = windows.best_match(x, T, places=True)
+    np.testing.assert_allclose(r, want_r, atol=1e-6)
+    assert places.tolist() == [list(_brute_force.places[i]) for i in range(len(x))]
 
 
 def test_sub_chunks_give_the_same_matches(monkeypatch):
@@ -1130,6 +1140,12 @@ def test_a_match_away_from_a_place_leaves_that_place_out():
                                        rows_away=np.array([True, False, True]))
     assert (everywhere > 0.95).all() and (anywhere == everywhere).all()
     assert away[0] < 0.9 and away[1] == everywhere[1] and away[2] == everywhere[2]
+    # the places of the cosines that join: away from the place for rows 0 and 2, at it for 1
+    both, places = window.best_match(x, template, away=(1, 1),
+                                     rows_away=np.array([True, False, True]), places=True)
+    assert (both == np.stack([anywhere, away])).all()
+    assert places[1].tolist() == [1, 1] and places[2].tolist() == [26, 26]
+    assert np.abs(places[0] - 1).max() >= 5                    # no overlap with the place
 
 
 def test_the_place_of_the_hot_region_takes_no_one_in_without_a_pattern():
@@ -1453,3 +1469,134 @@ def test_a_half_transparent_stamp_is_left_to_the_correlation():
     clusters = [ClusterEvidence.of(labels == c, id=c) for c in (0, 1)]
     out = join_by_agreement(labels, clusters, [1], feats, 0.1, patterns, 2000, 0.1, 1.5)
     assert (out == labels).all() and clusters[1].agreed_joined == 0
+
+
+def _placed(members: list, candidates: list) -> tuple:
+    """Best-match places of members then candidates, and their masks (``(n, 2)`` places)."""
+    places = np.array(members + candidates)
+    mask = np.zeros(len(places), bool)
+    mask[:len(members)] = True
+    return places, mask, ~mask
+
+
+def test_candidates_of_a_fixed_place_join_at_a_place_of_the_artefact():
+    """Members at one place (a stamp): candidates near it or at another place three of them
+    share stay; look-alikes each at a place of their own are left out."""
+    corner = [(20, 24), (20, 25), (21, 24)]
+    alone = [(10, 12), (15, 5)]
+    near = [(3, 2)]                                           # within half the window (4)
+    places, mask, join = _placed([(0, 0)] * 10, corner + alone + near)
+    kept = at_places(join, places, mask, 8, 0.5, 3)
+    assert kept[mask].sum() == 0
+    assert kept[~mask].tolist() == [True, True, True, False, False, True]
+    # two at a place are not another place with three, but are with two
+    assert not at_places(join, places, mask, 8, 0.5, 4)[10:13].any()
+    assert at_places(join, places, mask, 8, 0.5, 2)[10:13].all()
+    # half a window: (5, 0) is beyond 8 // 2 of the members' place, (4, 0) within
+    places, mask, join = _placed([(0, 0)] * 10, [(5, 0), (4, 0)])
+    assert at_places(join, places, mask, 8, 0.5, 3)[10:].tolist() == [False, True]
+
+
+def test_candidates_of_a_moving_pattern_join_anywhere():
+    """Members at places of their own (a patch on the object), fewer than ``share`` of them at
+    a shared place, or ``share`` above 1: every candidate stays."""
+    spread = [(i, 3 * i) for i in range(10)]
+    places, mask, join = _placed(spread, [(30, 1), (2, 17)])
+    assert (at_places(join, places, mask, 8, 0.5, 3) == join).all()
+    # 4 of 10 members at one place: below half; 5: at half, fixed
+    four = [(0, 0)] * 4 + spread[4:]
+    five = [(0, 0)] * 5 + spread[5:]
+    places, mask, join = _placed(four, [(30, 1)])
+    assert at_places(join, places, mask, 8, 0.5, 3)[-1]
+    places, mask, join = _placed(five, [(30, 1)])
+    assert not at_places(join, places, mask, 8, 0.5, 3)[-1]
+    places, mask, join = _placed([(0, 0)] * 10, [(30, 1)])
+    assert at_places(join, places, mask, 8, 1.01, 3)[-1]
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_within_counts_the_places_in_reach(seed):
+    """``_within`` against a table of every pair: places within ``reach`` in both
+    coordinates, counted and as a mask, with negative coordinates."""
+    rng = np.random.default_rng(seed)
+    points = rng.integers(-4, 30, (40, 2))
+    places = rng.integers(-4, 30, (25, 2))
+    for reach in (0, 1, 3):
+        table = (np.abs(points[:, None] - places[None]).max(axis=-1) <= reach)
+        assert (_within(points, places, reach, counts=True) == table.sum(axis=1)).all()
+        assert (_within(points, places, reach) == table.any(axis=1)).all()
+    assert not _within(points, places[:0], 2).any()
+
+
+def _square_class(seed: int = 0, n: int = 160, stamped: int = 30, lookalikes: int = 8):
+    """RGB 32 × 32 smooth colour fields; the first ``stamped`` carry a white 4 × 4 square at
+    the top left (1, 1), the model's relevance on it; the next ``lookalikes`` carry the same
+    square on their object, each at a place of its own, the relevance there too. Cluster 1
+    holds the first 20 stamped samples (the suspect), cluster 0 the rest."""
+    rng = np.random.default_rng(seed)
+    x = rng.uniform(0.1, 0.6, (n, 3, 1, 1)) + gaussian_filter(
+        rng.normal(0, 0.2, (n, 3, 32, 32)), (0, 0, 2, 2))
+    x = np.clip(x, 0, 0.8).astype(np.float32)
+    rel = rng.uniform(0, 0.05, (n, 32, 32)).astype(np.float32)
+    spots = [(8, 10), (20, 14), (12, 24), (24, 22), (16, 6), (9, 17), (26, 9), (17, 27)]
+    for i in range(stamped + lookalikes):
+        y0, x0 = (1, 1) if i < stamped else spots[(i - stamped) % len(spots)]
+        x[i, :, y0:y0 + 4, x0:x0 + 4] = 1.0
+        rel[i, y0:y0 + 4, x0:x0 + 4] += 1.0
+    for i in range(stamped + lookalikes, n):
+        cy, cx = rng.integers(9, 23, 2)
+        rel[i, cy - 3:cy + 3, cx - 3:cx + 3] += 0.5
+    labels = np.zeros(n, dtype=np.int64)
+    labels[:20] = 1
+    truth = np.zeros(n, bool)
+    truth[:stamped] = True
+    return x, rel, preprocess(rel, PRE), labels, truth
+
+
+def test_look_alikes_of_a_fixed_stamp_elsewhere_stay_out():
+    """A square at a fixed place: the stamped samples outside join; the same square at places
+    of their own on the object joins anywhere without the place rule and stays out with it
+    (counted in ``peak_off_place``)."""
+    x, rel, feats, labels, truth = _square_class()
+    patterns = InputPatterns.of(x, PRE, maps=rel)
+    joined = {}
+    for share in (2.0, 0.5):
+        clusters = [ClusterEvidence.of(labels == c, id=c) for c in (0, 1)]
+        out = join_where_looked(labels, clusters, [1], feats, 1.0, 1.5, patterns, 2000, 2,
+                                0.0, FAR, None, share, 3)
+        joined[share] = (labels == 0) & (out == 1)
+        assert joined[share][20:30].all()                    # the stamped outside
+        assert clusters[1].peak_joined == joined[share].sum()
+    assert joined[2.0][30:38].all() and not joined[0.5][30:38].any()
+    assert clusters[1].peak_off_place == 8
+    assert not (joined[0.5] & ~truth).any()
+
+
+def test_the_logo_in_other_corners_joins_at_its_places():
+    """A logo in one of four corners: its members match at one place, and the carriers of the
+    other three corners (15 each) join at theirs with the place rule as without it."""
+    x, rel, feats, labels, clusters, truth = _logo_class()
+    patterns = InputPatterns.of(x, PRE, maps=rel)
+    out = join_where_looked(labels, clusters, [1], feats, 1.0, 1.5, patterns, 2000, 0, 0.0,
+                            FAR, None, 0.5, 3)
+    joins = (labels == 0) & (out == 1)
+    assert (joins <= truth).all() and joins.sum() >= 40
+    assert clusters[1].peak_off_place == 0
+
+
+def test_decide_members_hands_the_place_rule_on():
+    """``decide_members`` passes ``peak_place_share`` and ``peak_place_carriers``: by default
+    the look-alikes of a fixed square stay out; with the share above 1, or with another place
+    needing fewer candidates than each look-alike alone, they join."""
+    x, rel, feats, labels, truth = _square_class()
+    patterns = InputPatterns.of(x, PRE, maps=rel)
+    W = np.ones((len(x), len(x))) - np.eye(len(x))
+    members = {}
+    for given in ({}, {"peak_place_share": 1.5}, {"peak_place_carriers": 1}):
+        clusters = [ClusterEvidence.of(labels == c, id=c) for c in (0, 1)]
+        out = decide_members(labels, clusters, [1], W, preprocess(x, PRE), feats, 0.1,
+                             _flags(**given), patterns)
+        members[tuple(given)] = out == 1
+    assert not (members[()] & ~truth).any() and members[()][:30].all()
+    assert members[("peak_place_share",)][30:38].all()
+    assert members[("peak_place_carriers",)][30:38].all()

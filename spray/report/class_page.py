@@ -108,6 +108,10 @@ def _member_notes(cl: dict) -> list[str]:
                      f"lower fence of the members' or, where lower, the far fences of the rest "
                      f"outside and of the members, <code>peak_far_iqr</code>{apart}): they "
                      f"were added to it.")
+    if cl.get("peak_off_place"):
+        notes.append(f"{_fmt(cl['peak_off_place'])} more samples outside reached that bar but "
+                     f"matched at a place of their own, while its members match at fixed "
+                     f"places: look-alikes, left out (<code>peak_place_share</code>).")
     return notes
 
 

@@ -46,6 +46,7 @@ REFERENCE = Path(__file__).with_name("clean_scores.json")
 #: or sweep cut must reach to split off while a class is scored
 NOT_SCORING = frozenset({"watch_margin", "false_flag_rate", "peak_guard_iqr",
                          "peak_window_doublings", "peak_carrier_gap", "peak_far_iqr",
+                         "peak_place_share", "peak_place_carriers",
                          "pattern_trim_iqr", "pattern_join_iqr", "agreement_spread",
                          "transplant_pairs", "transplant_min_effect", "transplant_min_z",
                          "transplant_max_pairs"})

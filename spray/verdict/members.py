@@ -161,8 +161,9 @@ def decide_members(labels: np.ndarray, clusters: list[ClusterEvidence], suspects
 
     The member flags come from ``flags`` (their one definition): ``trim_min_auc``,
     ``trim_fence_iqr``, ``pattern_trim_iqr``, ``pattern_join_iqr``, ``agreement_spread``,
-    ``peak_guard_iqr``, ``peak_window_doublings``, ``peak_carrier_gap``, ``peak_far_iqr``, and
-    ``score_max_samples`` as the most members a template is taken from."""
+    ``peak_guard_iqr``, ``peak_window_doublings``, ``peak_carrier_gap``, ``peak_far_iqr``,
+    ``peak_place_share``, ``peak_place_carriers``, and ``score_max_samples`` as the most
+    members a template is taken from."""
     min_auc, fence = flags.trim_min_auc, flags.trim_fence_iqr
     labels = join_suspects(labels, clusters, suspects, input_features, features, area, min_auc,
                            fence)
@@ -177,14 +178,16 @@ def decide_members(labels: np.ndarray, clusters: list[ClusterEvidence], suspects
                                flags.pattern_join_iqr)
     return join_where_looked(labels, clusters, suspects, features, fence, flags.peak_guard_iqr,
                              patterns, flags.score_max_samples, flags.peak_window_doublings,
-                             flags.peak_carrier_gap, flags.peak_far_iqr, flags.window_side)
+                             flags.peak_carrier_gap, flags.peak_far_iqr, flags.window_side,
+                             flags.peak_place_share, flags.peak_place_carriers)
 
 
 def join_where_looked(labels: np.ndarray, clusters: list[ClusterEvidence], suspects: list[int],
                       features: np.ndarray | None, fence_iqr: float, guard_iqr: float,
                       patterns: InputPatterns | None, max_template: int,
                       doublings: int, gap: float, far_iqr: float | None,
-                      window_side: float | None = None) -> np.ndarray:
+                      window_side: float | None = None, place_share: float = 2.0,
+                      place_carriers: int = 1) -> np.ndarray:
     """Move the samples outside every suspect that carry its members' pattern, taken where the
     model looks at the members and found anywhere in their own image, into that suspect.
 
@@ -208,6 +211,9 @@ def join_where_looked(labels: np.ndarray, clusters: list[ClusterEvidence], suspe
     of the maps) instead of its hot region's, only at the members' peaks, and its guard passes
     too when fewer than half of the samples outside reach the members' fence (``"median"``:
     most carriers of a window cut are outside it, see :func:`_guard`).
+    A suspect whose members match at fixed places takes a candidate in only at such a place
+    (:func:`at_places`, with ``place_share`` and ``place_carriers``; above 1, the default:
+    anywhere); ``peak_off_place`` counts the candidates it leaves out.
 
     Returns
     -------
@@ -219,13 +225,14 @@ def join_where_looked(labels: np.ndarray, clusters: list[ClusterEvidence], suspe
 
     def carriers(entry: ClusterEvidence, mask: np.ndarray,
                  outside: np.ndarray) -> np.ndarray | None:
-        entry.peak_window = entry.peak_guard = entry.peak_at = None
+        entry.peak_window = entry.peak_guard = entry.peak_at = entry.peak_off_place = None
         diff = difference(features, mask)
         share = window_side if entry.cut_graph == "windows" else None
         for at in ("peak",) if share is not None else ("peak", "region"):
             for step in range(int(doublings) + 1):
-                r = patterns.peak_correlation(diff, mask, max_template, scale=2 ** step, at=at,
-                                              side_share=share)
+                found = patterns.peak_correlation(diff, mask, max_template, scale=2 ** step,
+                                                  at=at, side_share=share, places=True)
+                r, places = (None, None) if found is None else found
                 # at the region: matched anywhere (the guard, the bar), and away from the
                 # members' place (who joins)
                 r, r_join = (r, r) if r is None or at == "peak" else (r[0], r[1])
@@ -235,10 +242,64 @@ def join_where_looked(labels: np.ndarray, clusters: list[ClusterEvidence], suspe
                     entry.peak_window = patterns.peak_window(diff, 2 ** step, share)
                     entry.peak_guard, entry.peak_at = passed[1], at
                     bar = carrier_bar(r, mask, outside, passed[0], far_iqr)
-                    return outside & np.isfinite(r_join) & (r_join >= bar)
+                    join = outside & np.isfinite(r_join) & (r_join >= bar)
+                    kept = at_places(join, places, mask & np.isfinite(r_join),
+                                     entry.peak_window, place_share, place_carriers)
+                    entry.peak_off_place = int((join & ~kept).sum())
+                    return kept
         return None
 
     return _join_carriers(labels, clusters, suspects, "peak_joined", carriers)
+
+
+def at_places(join: np.ndarray, places: np.ndarray, members: np.ndarray, span: int,
+              share: float, carriers: int) -> np.ndarray:
+    """The candidates ``join`` that match at a place of the artefact, when its members match
+    at fixed places; all of them otherwise.
+
+    ``places`` are the samples' best-match places (top-left corners in pixels, ``(n, 2)``) and
+    ``span`` the window's side in pixels. The members (``members``) match at fixed places when
+    at least ``share`` of them match at exactly the place of another member's best match (a
+    stamp, a frame, text or a logo at one corner: on the design rounds at least 0.45, mostly
+    1; a colour patch that moves with its object at most 0.2); above 1 never. Then a candidate
+    stays only where its own best match lies within half a window of a place two members
+    share, or within a quarter window (at least a pixel) of the best matches of at least
+    ``carriers`` − 1 other candidates (another place of the artefact: a logo in another
+    corner). A look-alike of a fixed-place artefact (an edge on the object like a frame's
+    border, a bright fold like a square) matches at a place of its own, where no other
+    candidate does. Measured in docs/verdict-eval.md, "Results: carriers at a place".
+    """
+    if share > 1 or not join.any() or members.sum() < 2:
+        return join
+    here, counts = np.unique(places[members], axis=0, return_counts=True)
+    shared = here[counts >= 2]
+    if counts[counts >= 2].sum() < share * members.sum():
+        return join
+    candidates = np.flatnonzero(join)
+    at = places[candidates]
+    near_members = _within(at, shared, span // 2)
+    near_others = _within(at, at, max(1, span // 4), counts=True) - 1 >= carriers - 1
+    kept = np.zeros_like(join)
+    kept[candidates[near_members | near_others]] = True
+    return kept
+
+
+def _within(points: np.ndarray, places: np.ndarray, reach: int,
+            counts: bool = False) -> np.ndarray:
+    """For each of ``points`` (``(m, 2)`` integers): whether any of ``places`` lies within
+    ``reach`` in both coordinates, or with ``counts`` how many do; by a grid of the places'
+    counts and its box sums (no m × len(places) table)."""
+    if not len(places):
+        return np.zeros(len(points), dtype=np.intp if counts else bool)
+    low = np.minimum(points.min(axis=0), places.min(axis=0)) - reach
+    high = np.maximum(points.max(axis=0), places.max(axis=0)) + reach
+    grid = np.zeros(tuple(high - low + 2), dtype=np.intp)
+    np.add.at(grid, tuple((places - low + 1).T), 1)
+    sums = grid.cumsum(axis=0).cumsum(axis=1)
+    y, x = (points - low + 1).T
+    y0, y1, x0, x1 = y - reach - 1, y + reach, x - reach - 1, x + reach
+    total = sums[y1, x1] - sums[y0, x1] - sums[y1, x0] + sums[y0, x0]
+    return total if counts else total > 0
 
 
 def carrier_bar(r: np.ndarray, mask: np.ndarray, outside: np.ndarray, fence: float,

@@ -193,7 +193,7 @@ class InputPatterns:
 
     def peak_correlation(self, diff: np.ndarray, mask: np.ndarray, max_template: int,
                          scale: int = 1, at: str = "peak",
-                         side_share: float | None = None) -> np.ndarray | None:
+                         side_share: float | None = None, places: bool = False):
         """Each sample's best cosine, anywhere in its image, with the members' pattern where
         the model looks (see the module notes).
 
@@ -220,6 +220,9 @@ class InputPatterns:
         side (as :meth:`peak_windows` takes it) instead of the hot region's: for a group whose
         members' relevance peaks at varying places (a window cut), the mean difference spreads
         over the object and its hot region is no measure of the pattern.
+        With ``places``, ``(cosines, places)``: also each sample's place of the best match
+        that gives the joining cosine (the last row at the region), ``(n, 2)`` top-left
+        corners in the image's pixels (negative up to half a window beyond the border).
         """
         side = self._peak_side(diff, scale, side_share)
         if side is None:
@@ -241,11 +244,13 @@ class InputPatterns:
             return None
         away = place if at == "region" else None
         r = np.empty((2, self.n) if away is not None else self.n)
+        found = np.empty((self.n, 2), dtype=np.intp)
         for start in range(0, self.n, self.chunk):
             rows = np.arange(start, min(start + self.chunk, self.n))
-            r[..., rows] = window.best_match(self.load(rows), template, away=away,
-                                             rows_away=None if away is None else ~mask[rows])
-        return r
+            r[..., rows], found[rows] = window.best_match(
+                self.load(rows), template, away=away,
+                rows_away=None if away is None else ~mask[rows], places=True)
+        return (r, found) if places else r
 
     def peak_windows(self, side_share: float, rows: np.ndarray | None = None
                      ) -> tuple[np.ndarray, np.ndarray] | None:
@@ -554,15 +559,19 @@ class _PeakWindows:
         return _unit(P[rows, np.arange(P.shape[1])[None, :, None, None], ys, xs])
 
     def best_match(self, x: np.ndarray, template: np.ndarray, windows: bool = False,
-                   away: tuple[int, int] | None = None, rows_away: np.ndarray | None = None):
+                   away: tuple[int, int] | None = None, rows_away: np.ndarray | None = None,
+                   places: bool = False):
         """The best cosine with ``template`` (unit, centred per channel) of every per-channel
         centred S × S window of each image (edge pixels repeated up to ``slack`` beyond the
         border), by FFT; with ``windows``, the unit centred windows
         ``(len, C·S·S)`` of the best matches instead. With ``away`` (a top left in averaged
         pixels, as :meth:`at_place` takes it), ``(2, len)``: the best cosines, and those of
         the images ``rows_away`` (all by default) matched only by the windows that do not
-        overlap the window there (NaN where none is left; the others' best cosines)."""
-        S, out, out_away = self.side, [], []
+        overlap the window there (NaN where none is left; the others' best cosines). With
+        ``places`` (not with ``windows``), ``(cosines, places)``: also the top-left corner, in
+        image pixels, of the window whose cosine is returned (of the last row with ``away``),
+        ``(len, 2)``."""
+        S, out, out_away, found_at = self.side, [], [], []
         rows_away = (np.ones(len(x), dtype=bool) if rows_away is None
                      else np.asarray(rows_away, dtype=bool))
         for part in self._parts(x):
@@ -579,11 +588,15 @@ class _PeakWindows:
             floor = 64 * np.finfo(np.float64).eps * energy.sum(axis=(1, 2, 3))[:, None, None]
             flat = (norm <= 1e-6 * np.sqrt(np.maximum(squares, 0.0))) | (norm * norm <= floor)
             cos = np.where(flat, 0.0, dot / np.maximum(norm, 1e-300))
+            joined = cos.reshape(len(P), -1)
             if away is not None:
                 elsewhere = np.where(self._overlaps(away, dot.shape[1:]), -np.inf, cos)
-                top = np.where(rows_away[part], elsewhere.reshape(len(P), -1).max(axis=1),
-                               cos.reshape(len(P), -1).max(axis=1))
+                elsewhere = elsewhere.reshape(len(P), -1)
+                joined = np.where(rows_away[part][:, None], elsewhere, joined)
+                top = joined.max(axis=1)
                 out_away.append(np.where(np.isneginf(top), np.nan, np.clip(top, -1.0, 1.0)))
+            if places:
+                found_at.append(self._pixels(joined.argmax(axis=1), dot.shape[1:]))
             cos = cos.reshape(len(P), -1)
             best = np.clip(cos.max(axis=1), -1.0, 1.0)
             if not windows:
@@ -593,8 +606,16 @@ class _PeakWindows:
             found[np.isnan(best)] = np.nan     # no best match: not the top-left window
             out.append(found)
         if away is not None and not windows:
-            return np.stack([np.concatenate(out), np.concatenate(out_away)])
-        return np.concatenate(out)
+            out = np.stack([np.concatenate(out), np.concatenate(out_away)])
+        else:
+            out = np.concatenate(out)
+        return (out, np.concatenate(found_at)) if places and not windows else out
+
+    def _pixels(self, flat: np.ndarray, shape: tuple) -> np.ndarray:
+        """Flat indices into ``shape`` (the padded images' window positions) as ``(len, 2)``
+        top-left corners in image pixels (negative beyond the top or left border)."""
+        py, px = np.unravel_index(flat, shape)
+        return np.stack([py - self.slack, px - self.slack], axis=1) * self.factor
 
     def _overlaps(self, away: tuple[int, int], shape: tuple) -> np.ndarray:
         """``shape`` (the padded images' window positions): which windows overlap the one at

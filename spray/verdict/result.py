@@ -21,7 +21,7 @@ _EVIDENCE_KEYS = ("id", "half_of", "cut_along", "cut_graph", "n_clusters", "clus
                   "size_penalty", "excluded", "resampled",
                   "contrast_stable", "score", "split_from", "hot_spot_auc", "trimmed", "pattern_trimmed",
                   "joined", "pattern_joined", "agreed_joined", "peak_joined", "peak_window",
-                  "peak_guard", "peak_at", "transplant", "decision")
+                  "peak_guard", "peak_at", "peak_off_place", "transplant", "decision")
 
 
 @dataclass
@@ -84,6 +84,9 @@ class ClusterEvidence:
     peak_at : where that step took the members' first template: ``"peak"`` (at each member's
         relevance peak) or ``"region"`` (at the hot region's place, tried when no window at
         the peaks passed).
+    peak_off_place : for a suspect whose members match at fixed places, the samples outside
+        that reached the bar of that step but matched at no place of the artefact, left out
+        (``peak_place_share``, ``peak_place_carriers``).
     score_from_k : the group of another K whose score this cluster took, with ``jaccard``.
     inputs : the input features the contrast was measured on (not serialized).
     """
@@ -133,6 +136,7 @@ class ClusterEvidence:
     peak_window: int | None = None
     peak_guard: str | None = None
     peak_at: str | None = None
+    peak_off_place: int | None = None
     transplant: list | None = None
     decision: str | None = None
     score_from_k: ClusterEvidence | None = field(default=None, repr=False)
