@@ -1526,6 +1526,7 @@ def test_within_counts_the_places_in_reach(seed):
         assert (_within(points, places, reach, counts=True) == table.sum(axis=1)).all()
         assert (_within(points, places, reach) == table.any(axis=1)).all()
     assert not _within(points, places[:0], 2).any()
+    assert _within(points[:0], places, 2).shape == (0,)
 
 
 def _square_class(seed: int = 0, n: int = 160, stamped: int = 30, lookalikes: int = 8):

@@ -289,7 +289,7 @@ def _within(points: np.ndarray, places: np.ndarray, reach: int,
     """For each of ``points`` (``(m, 2)`` integers): whether any of ``places`` lies within
     ``reach`` in both coordinates, or with ``counts`` how many do; by a grid of the places'
     counts and its box sums (no m × len(places) table)."""
-    if not len(places):
+    if not len(places) or not len(points):
         return np.zeros(len(points), dtype=np.intp if counts else bool)
     low = np.minimum(points.min(axis=0), places.min(axis=0)) - reach
     high = np.maximum(points.max(axis=0), places.max(axis=0)) + reach
