@@ -14,6 +14,7 @@ from spray.verdict.members import (
     _guarded_join,
     _within,
     at_places,
+    fixed_places,
     carrier_bar,
     carriers_apart,
     decide_members,
@@ -599,13 +600,13 @@ def _brute_force(side, x, template):
                 cos = float((v * T).sum() / norm) if norm > 1e-9 else 0.0
                 if cos > best:
                     best, window = cos, (v / norm if norm > 1e-9 else 0 * v).ravel()
-                    _brute_force.places[i] = ((py - m) * f, (px - m) * f)
+                    _brute_force.places[i] = (py - m, px - m)
         r[i] = best
         best_windows.append(window)
     return r, np.array(best_windows)
 
 
-#: the last :func:`_brute_force` call's best places (top left in image pixels) by sample
+#: the last :func:`_brute_force` call's best places (top left, in blocks) by sample
 _brute_force.places = {}
 
 
@@ -914,6 +915,14 @@ def test_the_window_and_the_guard_are_on_the_class_page():
         assert ("peak_carrier_gap" in text) is said and "peak_far_iqr" in text
     assert "12 samples the relevance graph put in this group do not carry" in " ".join(
         _member_notes({"id": 1, "size": 30, "pattern_trimmed": 12}))
+    # look-alikes left out by the place rule: said on their own, also when nobody joined
+    for joined in (0, 5):
+        text = " ".join(_member_notes({"id": 1, "size": 30, "peak_joined": joined,
+                                       "peak_off_place": 7, "peak_window": 6}))
+        assert "7 samples outside carry its members' pattern" in text
+        assert "peak_place_share" in text and "look-alikes" in text
+    assert "peak_place_share" not in " ".join(
+        _member_notes({"id": 1, "size": 30, "peak_joined": 5, "peak_off_place": 0}))
 
 
 def test_near_black_windows_of_large_images_match_nothing():
@@ -1495,6 +1504,91 @@ def test_candidates_of_a_fixed_place_join_at_a_place_of_the_artefact():
     # half a window: (5, 0) is beyond 8 // 2 of the members' place, (4, 0) within
     places, mask, join = _placed([(0, 0)] * 10, [(5, 0), (4, 0)])
     assert at_places(join, places, mask, 8, 0.5, 3)[10:].tolist() == [False, True]
+
+
+def test_a_place_one_member_holds_is_not_the_artefact_s():
+    """Only places two members share count: a candidate beside a lone member's place is
+    left out; a second shared place counts as much as the first (together half the
+    members); members left out (no finite correlation) count for nothing."""
+    places, mask, join = _placed([(0, 0)] * 9 + [(20, 20)], [(20, 21)])
+    assert not at_places(join, places, mask, 8, 0.5, 3)[-1]
+    members = [(0, 0)] * 3 + [(20, 20)] * 3 + [(i, 9 + 2 * i) for i in range(6)]
+    places, mask, join = _placed(members, [(20, 22), (10, 3)])
+    assert at_places(join, places, mask, 8, 0.5, 3)[-2:].tolist() == [True, False]
+    places, mask, join = _placed([(0, 0)] * 10 + [(i, 3 * i) for i in range(6)], [(30, 30)])
+    assert not at_places(join, places, mask, 8, 0.5, 3)[-1]
+    finite = mask.copy()
+    finite[:8] = False                       # 2 of the 8 left at (0, 0): a quarter
+    assert at_places(join, places, finite, 8, 0.5, 3)[-1]
+
+
+def test_another_place_is_a_quarter_window_of_at_least_a_block():
+    """Three candidates within a quarter window of each other make a place; a window of 2 or
+    3 blocks still reaches one block; candidates two quarters apart do not."""
+    places, mask, join = _placed([(0, 0)] * 10, [(20, 20), (21, 21), (20, 22)])
+    # reach 1: only (21, 21) has both others within a block; (20, 20) and (20, 22) are 2 apart
+    assert at_places(join, places, mask, 3, 0.5, 3)[-3:].tolist() == [False, True, False]
+    assert at_places(join, places, mask, 8, 0.5, 3)[-3:].all()         # reach 2
+    places, mask, join = _placed([(0, 0)] * 10, [(20, 20), (21, 21), (21, 20)])
+    assert at_places(join, places, mask, 2, 0.5, 3)[-3:].all()         # reach 1, not 0
+    places, mask, join = _placed([(0, 0)] * 10, [(20, 20), (23, 20), (26, 20)])
+    assert not at_places(join, places, mask, 8, 0.5, 3)[-3:].any()     # 3 apart, reach 2
+
+
+def test_members_sharing_places_by_chance_are_not_fixed():
+    """More members than places a moving pattern covers share places by chance, but have as
+    many pairs a block apart: not fixed. A frame's members sliding along one border are."""
+    rng = np.random.default_rng(0)
+    jitter = rng.integers(-2, 3, (200, 2)) + 9                # ±2 blocks around one spot
+    here, counts = np.unique(jitter, axis=0, return_counts=True)
+    assert counts[counts >= 2].sum() >= 0.5 * len(jitter)      # the share alone passes
+    assert fixed_places(jitter, 0.5) is None
+    border = np.stack([np.full(40, 3), rng.integers(2, 28, 40)], axis=1)
+    assert fixed_places(border, 0.5) is not None
+    corner = np.repeat([[1, 1]], 12, axis=0)
+    assert fixed_places(corner, 0.5).tolist() == [[1, 1]]
+    assert fixed_places(corner[:1], 0.5) is None
+    # pairs at one place against one pair a block apart in each axis: four pass, three not
+    apart = [[20, 20], [21, 20], [20, 21]]
+    four = np.array([[0, 0]] * 2 + [[5, 5]] * 2 + [[9, 9]] * 2 + [[12, 12]] * 2 + apart)
+    assert fixed_places(four, 0.4) is not None and fixed_places(four[2:], 0.4) is None
+    assert fixed_places(four[:-1], 0.4) is not None       # no pair across: at least once
+
+
+@pytest.mark.parametrize("nan_members", [0, 40])
+def test_a_disc_that_moves_a_little_keeps_its_carriers(nan_members):
+    """A colour disc within ±2 pixels of one spot on 60 members, 15 carriers outside at other
+    spots: the members share places by chance, the rule does not apply, every carrier joins
+    as without it. Members with a NaN pixel (no correlation, their best match nowhere) do
+    not make the others' places fixed."""
+    rng = np.random.default_rng(3)
+    n, members, carriers = 240, 60, 15
+    x = rng.uniform(0.1, 0.6, (n, 3, 1, 1)) + gaussian_filter(
+        rng.normal(0, 0.2, (n, 3, 32, 32)), (0, 0, 2, 2))
+    x = np.clip(x, 0, 0.8).astype(np.float32)
+    rel = rng.uniform(0, 0.05, (n, 32, 32)).astype(np.float32)
+    yy, xx = np.mgrid[:32, :32]
+    for i in range(members + carriers):
+        c = (np.array((9, 9)) + rng.integers(-2, 3, 2) if i < members
+             else rng.integers(6, 26, 2))
+        disc = (yy - c[0]) ** 2 + (xx - c[1]) ** 2 <= 6
+        x[i][:, disc] = np.array([0.95, 0.05, 0.05])[:, None]
+        rel[i][disc] += 1.0
+    for i in range(members + carriers, n):
+        cy, cx = rng.integers(9, 23, 2)
+        rel[i, cy - 3:cy + 3, cx - 3:cx + 3] += 0.5
+    x[:nan_members, 0, 31, 31] = np.nan
+    labels = np.zeros(n, np.int64)
+    labels[:members] = 1
+    feats = preprocess(rel, PRE)
+    patterns = InputPatterns.of(x, PRE, maps=rel)
+    joined = []
+    for share in (2.0, 0.5):
+        clusters = [ClusterEvidence.of(labels == k, id=k) for k in (0, 1)]
+        out = join_where_looked(labels, clusters, [1], feats, 1.0, 1.5, patterns, 2000, 2,
+                                0.0, FAR, None, share, 3)
+        joined.append(int((out[members:members + carriers] == 1).sum()))
+    assert joined[0] >= 13 and joined[1] == joined[0]
 
 
 def test_candidates_of_a_moving_pattern_join_anywhere():

@@ -299,12 +299,13 @@ class FlagsSection(_Section):
     #: below the members' fence"). None: from the members' lower fence only
     peak_far_iqr: float | None = Field(default=4.0, ge=0, allow_inf_nan=False)
     #: when at least this share of a suspect's members match at exactly the place of another
-    #: member's best match (a stamp, frame, text or logo at fixed places; a colour patch that
-    #: moves with its object does not), a candidate of that step joins only where its best
-    #: match lies within half a window of a place two members share, or within a quarter
-    #: window of the best matches of ``peak_place_carriers`` − 1 other candidates (a logo in
-    #: another corner): look-alikes of a frame or a square match at a place of their own
-    #: (docs/verdict-eval.md, "Results: carriers at a place"). Above 1: anywhere
+    #: member's best match, and not by chance (``members.fixed_places``: a stamp, frame, text
+    #: or logo at fixed places; a colour patch that moves with its object does not), a
+    #: candidate of that step joins only where its best match lies within half a window of a
+    #: place two members share, or within a quarter window of the best matches of
+    #: ``peak_place_carriers`` − 1 other candidates (a logo in another corner): look-alikes of
+    #: a frame or a square match at a place of their own (docs/verdict-eval.md, "Results:
+    #: carriers at a place"). Above 1: anywhere
     peak_place_share: float = Field(default=0.5, ge=0)
     #: the fewest candidates, counting itself, that make another place of the artefact
     peak_place_carriers: int = Field(default=3, ge=1)

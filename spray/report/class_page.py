@@ -109,9 +109,12 @@ def _member_notes(cl: dict) -> list[str]:
                      f"outside and of the members, <code>peak_far_iqr</code>{apart}): they "
                      f"were added to it.")
     if cl.get("peak_off_place"):
-        notes.append(f"{_fmt(cl['peak_off_place'])} more samples outside reached that bar but "
-                     f"matched at a place of their own, while its members match at fixed "
-                     f"places: look-alikes, left out (<code>peak_place_share</code>).")
+        notes.append(f"{_fmt(cl['peak_off_place'])} samples outside carry its members' "
+                     f"pattern somewhere in their image as closely as that step asks, but its "
+                     f"members match at fixed places and these match elsewhere — neither near "
+                     f"a place two members share nor where two more such samples match: "
+                     f"look-alikes, left out (<code>peak_place_share</code>, "
+                     f"<code>peak_place_carriers</code>).")
     return notes
 
 

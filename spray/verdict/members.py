@@ -232,7 +232,7 @@ def join_where_looked(labels: np.ndarray, clusters: list[ClusterEvidence], suspe
             for step in range(int(doublings) + 1):
                 found = patterns.peak_correlation(diff, mask, max_template, scale=2 ** step,
                                                   at=at, side_share=share, places=True)
-                r, places = (None, None) if found is None else found
+                r = None if found is None else found.r
                 # at the region: matched anywhere (the guard, the bar), and away from the
                 # members' place (who joins)
                 r, r_join = (r, r) if r is None or at == "peak" else (r[0], r[1])
@@ -243,8 +243,8 @@ def join_where_looked(labels: np.ndarray, clusters: list[ClusterEvidence], suspe
                     entry.peak_guard, entry.peak_at = passed[1], at
                     bar = carrier_bar(r, mask, outside, passed[0], far_iqr)
                     join = outside & np.isfinite(r_join) & (r_join >= bar)
-                    kept = at_places(join, places, mask & np.isfinite(r_join),
-                                     entry.peak_window, place_share, place_carriers)
+                    kept = at_places(join, found.places, mask & np.isfinite(r_join),
+                                     found.side, place_share, place_carriers)
                     entry.peak_off_place = int((join & ~kept).sum())
                     return kept
         return None
@@ -252,43 +252,83 @@ def join_where_looked(labels: np.ndarray, clusters: list[ClusterEvidence], suspe
     return _join_carriers(labels, clusters, suspects, "peak_joined", carriers)
 
 
-def at_places(join: np.ndarray, places: np.ndarray, members: np.ndarray, span: int,
+def at_places(join: np.ndarray, places: np.ndarray, members: np.ndarray, side: int,
               share: float, carriers: int) -> np.ndarray:
     """The candidates ``join`` that match at a place of the artefact, when its members match
     at fixed places; all of them otherwise.
 
-    ``places`` are the samples' best-match places (top-left corners in pixels, ``(n, 2)``) and
-    ``span`` the window's side in pixels. The members (``members``) match at fixed places when
-    at least ``share`` of them match at exactly the place of another member's best match (a
-    stamp, a frame, text or a logo at one corner: on the design rounds at least 0.45, mostly
-    1; a colour patch that moves with its object at most 0.2); above 1 never. Then a candidate
-    stays only where its own best match lies within half a window of a place two members
-    share, or within a quarter window (at least a pixel) of the best matches of at least
-    ``carriers`` − 1 other candidates (another place of the artefact: a logo in another
-    corner). A look-alike of a fixed-place artefact (an edge on the object like a frame's
-    border, a bright fold like a square) matches at a place of its own, where no other
-    candidate does. Measured in docs/verdict-eval.md, "Results: carriers at a place".
+    ``places`` are the samples' best-match places (top-left corners in blocks, ``(n, 2)``) and
+    ``side`` the window's side in blocks. The members (``members``, those with a finite
+    correlation) match at fixed places (:func:`fixed_places`) when at least ``share`` of them
+    match at exactly the place of another member's best match and those coincidences are not
+    chance; ``share`` above 1: never. Then a candidate stays only where its own best match
+    lies within half a window of a place two members share, or within a quarter window (at
+    least a block) of the best matches of at least ``carriers`` − 1 other candidates (another
+    place of the artefact: a logo in another corner). A look-alike of a fixed-place artefact
+    (an edge on the object like a frame's border, a bright fold like a square) matches at a
+    place of its own, where no other candidate does. Measured in docs/verdict-eval.md,
+    "Results: carriers at a place".
     """
-    if share > 1 or not join.any() or members.sum() < 2:
+    if share > 1 or not join.any():
         return join
-    here, counts = np.unique(places[members], axis=0, return_counts=True)
-    shared = here[counts >= 2]
-    if counts[counts >= 2].sum() < share * members.sum():
+    shared = fixed_places(places[members], share)
+    if shared is None:
         return join
     candidates = np.flatnonzero(join)
     at = places[candidates]
-    near_members = _within(at, shared, span // 2)
-    near_others = _within(at, at, max(1, span // 4), counts=True) - 1 >= carriers - 1
+    near_members = _within(at, shared, side // 2)
+    near_others = _within(at, at, max(1, side // 4), counts=True) - 1 >= carriers - 1
     kept = np.zeros_like(join)
     kept[candidates[near_members | near_others]] = True
     return kept
+
+
+#: members match at fixed places only when their pairs at one place are at least this many
+#: times their pairs one block apart (along the axis with fewer): a pattern that moves has as
+#: many of those as of these, whatever the number of members (on the design rounds fixed-place
+#: artefacts 4–1 485 times, colour patches at most 2)
+PLACE_EXCESS = 4
+
+
+def fixed_places(places: np.ndarray, share: float) -> np.ndarray | None:
+    """The places (``(k, 2)``) at least two of the members' best matches ``places`` share, when
+    the members match at fixed places; None otherwise.
+
+    Fixed: at least ``share`` of the members at a shared place, and their pairs at one place
+    at least :data:`PLACE_EXCESS` times their pairs one block apart along the axis with fewer
+    (at least once). Shared places alone are no proof: with more members than places a moving
+    pattern covers (a large class, a disc that moves a few pixels, windows on blocks), most
+    members share one by chance, but as many pairs then lie a block apart; a frame's members
+    slide along a border and have pairs a block apart along it, not across it."""
+    if len(places) < 2:
+        return None
+    here, counts = np.unique(places, axis=0, return_counts=True)
+    if counts[counts >= 2].sum() < share * len(places):
+        return None
+    same = int((counts * (counts - 1) // 2).sum())
+    apart = min(_pairs_apart(here, counts, (1, 0)), _pairs_apart(here, counts, (0, 1)))
+    if same < PLACE_EXCESS * max(1, apart):
+        return None
+    return here[counts >= 2]
+
+
+def _pairs_apart(here: np.ndarray, counts: np.ndarray, step: tuple[int, int]) -> int:
+    """Pairs of members at places ``step`` apart (``here``: distinct places in the lexical
+    order of :func:`numpy.unique`, ``counts`` members at each)."""
+    low = here.min(axis=0)
+    width = int(here[:, 1].max() - low[1]) + 2
+    keys = (here[:, 0] - low[0]) * width + (here[:, 1] - low[1])
+    wanted = keys + step[0] * width + step[1]
+    at = np.minimum(np.searchsorted(keys, wanted), len(keys) - 1)
+    found = keys[at] == wanted
+    return int((counts[found] * counts[at[found]]).sum())
 
 
 def _within(points: np.ndarray, places: np.ndarray, reach: int,
             counts: bool = False) -> np.ndarray:
     """For each of ``points`` (``(m, 2)`` integers): whether any of ``places`` lies within
     ``reach`` in both coordinates, or with ``counts`` how many do; by a grid of the places'
-    counts and its box sums (no m × len(places) table)."""
+    counts over their span and its box sums (no m × len(places) table)."""
     if not len(places) or not len(points):
         return np.zeros(len(points), dtype=np.intp if counts else bool)
     low = np.minimum(points.min(axis=0), places.min(axis=0)) - reach

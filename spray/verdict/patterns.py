@@ -45,6 +45,7 @@ give it in a few lines. ``tests/test_patterns.py`` checks it against a loop over
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import NamedTuple
 
 import numpy as np
 
@@ -220,9 +221,10 @@ class InputPatterns:
         side (as :meth:`peak_windows` takes it) instead of the hot region's: for a group whose
         members' relevance peaks at varying places (a window cut), the mean difference spreads
         over the object and its hot region is no measure of the pattern.
-        With ``places``, ``(cosines, places)``: also each sample's place of the best match
-        that gives the joining cosine (the last row at the region), ``(n, 2)`` top-left
-        corners in the image's pixels (negative up to half a window beyond the border).
+        With ``places``, a :class:`PeakMatches`: the cosines, each sample's place of the best
+        match that gives the joining cosine (the last row at the region; ``(n, 2)`` top-left
+        corners in the window's blocks, negative up to half a window beyond the border), and
+        the window's side and block factor.
         """
         side = self._peak_side(diff, scale, side_share)
         if side is None:
@@ -250,7 +252,7 @@ class InputPatterns:
             r[..., rows], found[rows] = window.best_match(
                 self.load(rows), template, away=away,
                 rows_away=None if away is None else ~mask[rows], places=True)
-        return (r, found) if places else r
+        return PeakMatches(r, found, window.side, window.factor) if places else r
 
     def peak_windows(self, side_share: float, rows: np.ndarray | None = None
                      ) -> tuple[np.ndarray, np.ndarray] | None:
@@ -434,6 +436,20 @@ def _span(side: int, H: int, W: int) -> int:
     return f * s
 
 
+class PeakMatches(NamedTuple):
+    """Best matches of every sample with a template (:meth:`InputPatterns.peak_correlation`
+    with ``places``)."""
+
+    #: the best cosines, ``(n,)``, or at the region ``(2, n)`` (anywhere; the joining ones)
+    r: np.ndarray
+    #: the top-left corner of the window of each joining cosine, in blocks, ``(n, 2)``
+    places: np.ndarray
+    #: the window's side in blocks
+    side: int
+    #: pixels per block side
+    factor: int
+
+
 class _PeakWindows:
     """S × S windows of images, centred per channel: at each one's relevance peak, or the one
     that best matches a template anywhere in the image.
@@ -569,8 +585,8 @@ class _PeakWindows:
         the images ``rows_away`` (all by default) matched only by the windows that do not
         overlap the window there (NaN where none is left; the others' best cosines). With
         ``places`` (not with ``windows``), ``(cosines, places)``: also the top-left corner, in
-        image pixels, of the window whose cosine is returned (of the last row with ``away``),
-        ``(len, 2)``."""
+        blocks of the image (``factor`` pixels; negative beyond the top or left border), of
+        the window whose cosine is returned (of the last row with ``away``), ``(len, 2)``."""
         S, out, out_away, found_at = self.side, [], [], []
         rows_away = (np.ones(len(x), dtype=bool) if rows_away is None
                      else np.asarray(rows_away, dtype=bool))
@@ -596,7 +612,8 @@ class _PeakWindows:
                 top = joined.max(axis=1)
                 out_away.append(np.where(np.isneginf(top), np.nan, np.clip(top, -1.0, 1.0)))
             if places:
-                found_at.append(self._pixels(joined.argmax(axis=1), dot.shape[1:]))
+                found_at.append(np.stack(np.unravel_index(joined.argmax(axis=1), dot.shape[1:]),
+                                         axis=1) - self.slack)
             cos = cos.reshape(len(P), -1)
             best = np.clip(cos.max(axis=1), -1.0, 1.0)
             if not windows:
@@ -610,12 +627,6 @@ class _PeakWindows:
         else:
             out = np.concatenate(out)
         return (out, np.concatenate(found_at)) if places and not windows else out
-
-    def _pixels(self, flat: np.ndarray, shape: tuple) -> np.ndarray:
-        """Flat indices into ``shape`` (the padded images' window positions) as ``(len, 2)``
-        top-left corners in image pixels (negative beyond the top or left border)."""
-        py, px = np.unravel_index(flat, shape)
-        return np.stack([py - self.slack, px - self.slack], axis=1) * self.factor
 
     def _overlaps(self, away: tuple[int, int], shape: tuple) -> np.ndarray:
         """``shape`` (the padded images' window positions): which windows overlap the one at
