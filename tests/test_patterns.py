@@ -1506,7 +1506,7 @@ def test_candidates_of_a_fixed_place_join_at_a_place_of_the_artefact():
     assert at_places(join, places, mask, 8, 0.5, 3)[10:].tolist() == [False, True]
 
 
-def test_a_place_one_member_holds_is_not_the_artefact_s():
+def test_a_place_one_member_holds_is_no_place_of_the_artefact():
     """Only places two members share count: a candidate beside a lone member's place is
     left out; a second shared place counts as much as the first (together half the
     members); members left out (no finite correlation) count for nothing."""

@@ -224,7 +224,7 @@ class InputPatterns:
         With ``places``, a :class:`PeakMatches`: the cosines, each sample's place of the best
         match that gives the joining cosine (the last row at the region; ``(n, 2)`` top-left
         corners in the window's blocks, negative up to half a window beyond the border), and
-        the window's side and block factor.
+        the window's side in blocks.
         """
         side = self._peak_side(diff, scale, side_share)
         if side is None:
@@ -252,7 +252,7 @@ class InputPatterns:
             r[..., rows], found[rows] = window.best_match(
                 self.load(rows), template, away=away,
                 rows_away=None if away is None else ~mask[rows], places=True)
-        return PeakMatches(r, found, window.side, window.factor) if places else r
+        return PeakMatches(r, found, window.side) if places else r
 
     def peak_windows(self, side_share: float, rows: np.ndarray | None = None
                      ) -> tuple[np.ndarray, np.ndarray] | None:
@@ -446,8 +446,6 @@ class PeakMatches(NamedTuple):
     places: np.ndarray
     #: the window's side in blocks
     side: int
-    #: pixels per block side
-    factor: int
 
 
 class _PeakWindows:
