@@ -229,6 +229,23 @@ def test_reason_names_a_suspect_split_off_its_cluster():
     assert "split off" not in evidence._reason(_entry(1, 3.0, True))
 
 
+def test_reason_says_a_suspect_below_the_threshold_is_followed(tmp_path):
+    """A class flagged below the threshold (the model follows its suspect): the reason says
+    so, with the transplant test's numbers, and the check fails it like any flagged class."""
+    e = _entry(1, 1.2, True)
+    assert "score 1.20 ≥ threshold 2.0" in evidence._reason(e)
+    suspect = e["clusters"][1]
+    suspect.update(followed_below=True, decision="followed", transplant=[
+        {"region": "place", "members": 0.31, "rest": 0.02, "effect": 0.29, "z": 8.9},
+        {"region": "peak", "members": 0.1, "rest": 0.05, "effect": 0.05, "z": 2.0}])
+    reason = evidence._reason(e)
+    assert "score 1.20 below threshold 2.0, flagged as the model follows the suspect" in reason
+    assert "its pieces turn 31 % of other classes' images to the class, the rest's 2 %, z 8.9" \
+        in reason
+    run = _write(tmp_path, "below", _summary([_entry(0, 0.2, False), e]))
+    assert chk.check(run) == 1
+
+
 def test_reason_names_the_hot_spot_separation_when_measured():
     e = _entry(1, 3.0, True)
     suspect = next(c for c in e["clusters"] if c["id"] == e["suspect_cluster"])

@@ -103,6 +103,25 @@ def test_only_an_effect_shown_below_the_bar_clears_a_suspect():
     assert decide([], 0.05, 3) == "untested"
 
 
+def test_a_group_below_the_threshold_needs_its_effect_clear_of_the_clustered_error():
+    """``shown_followed``: the effect at the bar and ``min_z`` clustered (floored) errors above
+    none in some region. A McNemar z that counts the pairs as independent is not enough (a few
+    donors turning many targets: a large clustered error); a NaN error shows nothing."""
+    from spray.verdict.transplant import TransplantResult, decide, shown_followed
+
+    clear = _result(0.2, 6.0, 0.05)                     # 0.2 ≥ 3.5 × 0.05
+    assert shown_followed([_result(0.0, 0.0, 0.01, "peak"), clear], 0.05, 3.5)
+    few_donors = _result(0.2, 6.0, 0.074)               # McNemar's z 6, 2.7 clustered errors
+    assert decide([few_donors], 0.05, 3) == "followed"
+    assert not shown_followed([few_donors], 0.05, 3.5)
+    assert not shown_followed([_result(0.04, 9.0, 0.001)], 0.05, 3.5)        # below the bar
+    assert not shown_followed([_result(0.2, 6.0, float("nan"))], 0.05, 3.5)
+    # the floor: no pair differing among few targets shows nothing either
+    few = TransplantResult("place", 0.3, 0.0, 0.3, 3.0, 9, 0.0, targets=9)
+    assert not shown_followed([few], 0.05, 3.5)            # floor 1/9: 0.3 < 3.5 / 9
+    assert not shown_followed([], 0.05, 3.5)
+
+
 def test_the_effects_error_counts_pairs_that_share_a_donor_or_a_target():
     """Pairs drawn with replacement are not independent: when one member's piece turns every
     target and the other members' none, or one target turns with every member's piece and the
@@ -402,3 +421,124 @@ def test_the_probe_tests_the_measured_candidates(stamped):
     assert suspect["place_effect"] > 0.3 and suspect["place_z"] > 5
     assert all(r["planted_in"] <= r["size"] for r in rows)
     assert len([r for r in rows if r["source"] == "top"]) <= 3
+
+
+# ------------------------------------------------- candidates below the threshold (transplant_reach)
+
+
+def _class_scored(stamped, rows=None, model=True, **flags):
+    """Class 2 of the trained CNN scored with the default rule and ``flags`` (the transplant
+    test on), with the model test of its samples unless ``model`` is False."""
+    from spray.analysis.analyze import analyze
+    from spray.analysis.preprocess import preprocess
+    from spray.config.presets import load_pipeline
+    from spray.verdict.score import score_class
+    from spray.verdict.transplant import ModelTest
+
+    s = stamped
+    pipe = load_pipeline("spray-default")
+    pipe["flags"] = {"transplant_pairs": 128, **flags}
+    maps, x = s["maps"], s["x"]
+    feats = preprocess(maps, pipe["preprocess"])
+    result = analyze(feats, pipeline=pipe, embed=False)
+    test = ModelTest(s["predict"], lambda r: x[r], lambda r: maps[r], s["targets"], 2)
+    return score_class(result, preprocess(x, pipe["preprocess"]), pipe, features=feats,
+                       model_test=test if model else None)
+
+
+@pytest.fixture(scope="module")
+def stamp_score(stamped):
+    """The stamped class's score by the default rule (its suspect is the stamp)."""
+    v = _class_scored(stamped, model=False)
+    assert v.flagged
+    return v.score
+
+
+def _suspect_pr(v, stamp) -> tuple[float, float]:
+    members = np.isin(v.labels, v.suspect_clusters)
+    hit = int((members & stamp).sum())
+    return hit / max(1, int(members.sum())), hit / int(stamp.sum())
+
+
+def test_a_candidate_below_the_threshold_the_model_follows_is_the_suspect(stamped, stamp_score):
+    """With the threshold above the stamp's score, the stamp's group is scored within
+    ``transplant_reach`` below it: tested, followed, the suspect (flagged, its score as it
+    was); not flagged without the reach, without the model, or with a bar no effect reaches."""
+    raised = {"threshold": stamp_score + 0.5}
+    v = _class_scored(stamped, transplant_reach=1.0, **raised)
+    assert v.flagged and v.score == stamp_score and v.score < v.threshold
+    suspect = v.cluster(v.suspect_cluster)
+    assert suspect.followed_below and suspect.decision == "followed"
+    assert min(_suspect_pr(v, stamped["stamp"])) >= 0.9
+    first = v.near_tested[0]
+    assert first["decision"] == "followed" and first["score"] < v.threshold
+    assert max(t["effect"] for t in first["tests"]) > 0.3
+    assert v.to_dict()["near_tested"][0]["members"] == first["members"]
+    for flags in ({"transplant_reach": 0.0}, {"transplant_reach": 0.4}):
+        off = _class_scored(stamped, **flags, **raised)
+        assert not off.flagged and off.near_tested is None and off.score == stamp_score
+    assert not _class_scored(stamped, model=False, transplant_reach=1.0, **raised).flagged
+    unreachable = _class_scored(stamped, transplant_reach=1.0, transplant_near_effect=1.0,
+                                **raised)
+    assert not unreachable.flagged and unreachable.near_tested
+    assert all(t["decision"] != "followed" for t in unreachable.near_tested)
+    assert not any(c.followed_below for c in unreachable.clusters)
+
+
+def test_candidates_below_the_threshold_the_model_does_not_follow_stay_unflagged(stamped,
+                                                                                 stamp_score):
+    """Groups of unstamped samples only (the stamped samples left out of the class): the best
+    candidates within reach are tested, at most ``transplant_near_tries``, best first, and
+    none is followed."""
+    from spray.analysis.analyze import analyze
+    from spray.analysis.preprocess import preprocess
+    from spray.config.presets import load_pipeline
+    from spray.verdict.score import score_class
+    from spray.verdict.transplant import ModelTest
+
+    s = stamped
+    keep = np.flatnonzero(~s["stamp"])
+    pipe = load_pipeline("spray-default")
+    pipe["flags"] = {"transplant_pairs": 128}
+    maps, x = s["maps"][keep], s["x"][keep]
+    feats = preprocess(maps, pipe["preprocess"])
+    result = analyze(feats, pipeline=pipe, embed=False)
+    test = ModelTest(s["predict"], lambda r: x[r], lambda r: maps[r], s["targets"], 2)
+    # every candidate lies below a threshold of 50 and within the reach
+    pipe["flags"].update(threshold=50.0, transplant_reach=60.0, transplant_near_tries=3)
+    v = score_class(result, preprocess(x, pipe["preprocess"]), pipe, features=feats,
+                    model_test=test)
+    assert not v.flagged and 1 <= len(v.near_tested) <= 3
+    assert [t["score"] for t in v.near_tested] == sorted(
+        (t["score"] for t in v.near_tested), reverse=True)
+    assert all(t["decision"] != "followed" for t in v.near_tested)
+
+
+def test_a_subsampled_class_tests_its_candidates_on_the_samples_drawn(stamped, stamp_score):
+    """On a subsample (``score_max_samples``) the candidate's members are the class's rows:
+    the test reads the drawn samples, the suspect is extended to the class."""
+    v = _class_scored(stamped, transplant_reach=1.5, score_max_samples=100,
+                      threshold=stamp_score + 0.5)
+    assert v.scored_on == 100 and v.flagged
+    members = np.asarray(v.near_tested[0]["members"])
+    assert len(members) < 100 and members.max() < len(stamped["stamp"])
+    assert stamped["stamp"][members].mean() >= 0.9
+    assert min(_suspect_pr(v, stamped["stamp"])) >= 0.9
+
+
+def test_a_run_flags_a_class_below_the_threshold_its_model_follows(small_problem, tmp_path,
+                                                                   stamp_score):
+    """In a run of the pipeline with the threshold raised above the stamp's score: the class
+    is flagged below it, the check fails it and says why, the class page too."""
+    from spray.cli.main import main
+
+    root = _run(small_problem, tmp_path / "below", threshold=round(stamp_score + 0.5, 3),
+                transplant_reach=1.0)
+    entry = _classes(root)[2]
+    assert entry["flagged"] and entry["score"] < entry["threshold"]
+    suspect = next(c for c in entry["clusters"] if c["id"] == entry["suspect_cluster"])
+    assert suspect["followed_below"] and suspect["decision"] == "followed"
+    assert not any(e["flagged"] for c, e in _classes(root).items() if c != 2)
+    assert main(["check", str(root / "out")]) == 1
+    page = (root / "out" / "report" / "class_2.html").read_text()
+    assert "Flagged below the threshold" in page and "the model follows them" in page

@@ -66,12 +66,25 @@ def _separated_by(cl: dict) -> tuple[str, str, str, str]:
             "conductance_relevance", "relevance")
 
 
+def _followed(cl: dict) -> str:
+    """The transplant test's strongest region of a suspect, in a few words."""
+    tests = cl.get("transplant") or []
+    if not tests:
+        return "transplant test"
+    t = max(tests, key=lambda r: r["z"])
+    return (f"transplant test: its pieces turn {100 * t['members']:.0f} % of other classes' "
+            f"images to the class, the rest's {100 * t['rest']:.0f} %, z {t['z']:.1f}")
+
+
 def _reason(entry: dict) -> str:
     cl = _suspect(entry) or {}
     size = cl.get("size")
     whose, graph, key, name = _separated_by(cl)
-    bits = [f"class {_plain(entry['name'])} ({entry['class']}): score {entry['score']:.2f} ≥ threshold "
-            f"{entry.get('threshold')}; suspect cluster {cl.get('id')} of {size} samples "
+    against = (f"below threshold {entry.get('threshold')}, flagged as the model follows the "
+               f"suspect ({_followed(cl)})" if cl.get("followed_below")
+               else f"≥ threshold {entry.get('threshold')}")
+    bits = [f"class {_plain(entry['name'])} ({entry['class']}): score {entry['score']:.2f} "
+            f"{against}; suspect cluster {cl.get('id')} of {size} samples "
             f"({100 * float(cl.get('fraction', 0)):.0f} %) whose {whose}"]
     ev = []
     if key in cl:

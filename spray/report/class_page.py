@@ -259,6 +259,18 @@ def _rate_note(entry: dict) -> str:
     return "" if rate is None else f" {_esc(rate_text(rate)).capitalize()}."
 
 
+def _below_note(entry: dict) -> str:
+    """Why a class is flagged with a score below the threshold (``transplant_reach``)."""
+    below = [cl for cl in entry.get("clusters", [])
+             if cl.get("followed_below") and cl.get("suspect")]
+    if not entry.get("flagged") or not below:
+        return ""
+    cl = below[0]
+    return (f" Flagged below the threshold: cluster {_esc(cl['id'])} scores "
+            f"{_fmt(cl.get('score'), 2)}, within the transplant test's reach of the threshold, "
+            f"and the model follows its pieces (the transplant test above).")
+
+
 def _watch_note(entry: dict) -> str:
     if entry.get("flagged") or not entry.get("watch"):
         return ""
@@ -417,7 +429,8 @@ def _class_page(run_dir: str, out: Path, entry: dict) -> None:
         f"{_fmt(entry['n_samples'])} samples, model accuracy on them "
         f"{_fmt(entry['accuracy']) or 'unknown (no predictions)'}, "
         f"kNN k = {_fmt(entry['k'])}, eigengap K = {_fmt(entry['n_clusters'])} clusters"
-        f"{_splits_note(entry)}.{_watch_note(entry)}{_rate_note(entry)}</p>{warn}"
+        f"{_splits_note(entry)}.{_below_note(entry)}{_watch_note(entry)}{_rate_note(entry)}"
+        f"</p>{warn}"
         f"{_health_note(entry)}"
         f"<h2>Evidence</h2>{_evidence(entry)}{suspect_html}"
         f"<h2>Spectrum</h2>{spectrum_svg(entry['eigenvalues'], entry['n_clusters'])}"

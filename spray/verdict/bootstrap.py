@@ -128,10 +128,12 @@ def stabilize(candidates: list[ClusterEvidence], resamples: Resamples | None,
                 stable_of[entry.id] = entry.score
 
 
-def verify(entry: ClusterEvidence, resamples: Resamples | None, params: FlagsSection) -> None:
-    """Resample a candidate that kept its plain score but now reaches the threshold (the other
-    side of a split can become a suspect)."""
-    if entry.resampled is False and entry.score >= params.threshold:
+def verify(entry: ClusterEvidence, resamples: Resamples | None, params: FlagsSection,
+           bar: float | None = None) -> None:
+    """Resample a candidate that kept its plain score but now reaches ``bar`` (default: the
+    threshold; the other side of a split can become a suspect)."""
+    bar = params.threshold if bar is None else bar
+    if entry.resampled is False and entry.score >= bar and resamples is not None:
         entry.resampled = None
         set_stable(entry, resamples.contrasts(entry.inputs, entry.mask), params)
 

@@ -49,7 +49,8 @@ NOT_SCORING = frozenset({"watch_margin", "false_flag_rate", "peak_guard_iqr",
                          "peak_place_share", "peak_place_carriers",
                          "pattern_trim_iqr", "pattern_join_iqr", "agreement_spread",
                          "transplant_pairs", "transplant_min_effect", "transplant_min_z",
-                         "transplant_max_pairs"})
+                         "transplant_max_pairs", "transplant_reach", "transplant_near_tries",
+                         "transplant_near_effect", "transplant_near_z"})
 
 #: the pipeline sections that change scores besides the flags (the embedding does not)
 SECTIONS = ("preprocess", "affinity", "spectral", "clustering")

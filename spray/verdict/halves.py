@@ -90,17 +90,29 @@ def split_off_sweep(labels: np.ndarray, clusters: list[ClusterEvidence],
         return labels, clusters, [], []
     if any(jaccard(c, best) >= min_jaccard for c in clusters):
         return labels, clusters, [], []
+    return split_cut(labels, clusters, best)
+
+
+def split_cut(labels: np.ndarray, clusters: list[ClusterEvidence], cut: ClusterEvidence):
+    """Make ``cut`` a cluster of its own: its members leave their clusters (which keep the rest
+    and must be measured again: their entries are returned in ``changed``) and take the next
+    free id; ``split_from`` names the cluster that held most of them.
+
+    Returns
+    -------
+    labels, clusters, splits, changed
+    """
     labels = np.array(labels)
     new_id = int(labels.max()) + 1 if labels.size else 0
-    held = np.bincount(labels[best.mask] - labels.min())
+    held = np.bincount(labels[cut.mask] - labels.min())
     parent = int(np.argmax(held) + labels.min())
-    labels[best.mask] = new_id
+    labels[cut.mask] = new_id
     out, changed = [], []
     for c in clusters:
-        if not (c.mask & best.mask).any():
+        if not (c.mask & cut.mask).any():
             out.append(c)
-        elif (c.mask & ~best.mask).any():
+        elif (c.mask & ~cut.mask).any():
             changed.append(ClusterEvidence.of(labels == c.id, id=c.id, split_from=c.split_from))
             out.append(changed[-1])
-    out.append(replace(best, id=new_id, split_from=parent))
+    out.append(replace(cut, id=new_id, split_from=parent))
     return labels, sorted(out, key=lambda c: c.id), [{"cluster": new_id, "from": parent}], changed

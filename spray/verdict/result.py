@@ -21,7 +21,8 @@ _EVIDENCE_KEYS = ("id", "half_of", "cut_along", "cut_graph", "n_clusters", "clus
                   "size_penalty", "excluded", "resampled",
                   "contrast_stable", "score", "split_from", "hot_spot_auc", "trimmed", "pattern_trimmed",
                   "joined", "pattern_joined", "agreed_joined", "peak_joined", "peak_window",
-                  "peak_guard", "peak_at", "peak_off_place", "transplant", "decision")
+                  "peak_guard", "peak_at", "peak_off_place", "transplant", "decision",
+                  "followed_below")
 
 
 @dataclass
@@ -61,6 +62,8 @@ class ClusterEvidence:
         dicts, of its last run) and what they show (:func:`~spray.verdict.transplant.decide`):
         "followed", "ignored" (then it is no suspect), "undecided" or "untested" (both stay
         suspects).
+    followed_below : True for a suspect scored below the threshold whose pieces the model
+        follows (``transplant_reach``: :func:`~spray.verdict.score.score_class`).
     hot_spot_auc, trimmed : for a suspect, how well its inputs at its relevance hot spot tell
         it from the rest (ROC AUC) and how many members left it for not carrying that pattern
         (:mod:`~spray.verdict.members`; ``size`` counts the members reported).
@@ -139,6 +142,7 @@ class ClusterEvidence:
     peak_off_place: int | None = None
     transplant: list | None = None
     decision: str | None = None
+    followed_below: bool | None = None
     score_from_k: ClusterEvidence | None = field(default=None, repr=False)
     jaccard: float | None = None
     inputs: np.ndarray | None = field(default=None, repr=False, compare=False)
@@ -201,6 +205,10 @@ class Verdict:
     not_followed : with the transplant test, the clusters at or above the threshold whose
         pieces the model is shown to ignore (no suspects; the class is watched, not flagged);
         None without the test.
+    near_tested : with ``transplant_reach``, the candidates below the threshold the transplant
+        test was run on, in order: ``score``, ``size``, ``id`` (a cluster) or ``cut_graph``
+        and ``cut_along`` (a cut), ``decision``, ``tests`` and ``members`` (row positions);
+        None when none was.
     """
 
     score: float
@@ -218,6 +226,7 @@ class Verdict:
     scored_on: int | None = None
     clean_rate: dict | None = None
     not_followed: list[int] | None = None
+    near_tested: list[dict] | None = None
 
     def cluster(self, cid: int) -> ClusterEvidence:
         """The entry of cluster ``cid``."""
@@ -230,7 +239,8 @@ class Verdict:
         out["other_k"] = [c.to_dict() for c in self.other_k]
         order = ("rule", "score", "threshold", "flagged", "suspect_cluster", "suspect_clusters",
                  "candidate_cluster", "clusters", "splits", "labels", "other_k", "params")
-        optional = {k: out[k] for k in ("scored_on", "clean_rate", "not_followed")
+        optional = {k: out[k] for k in ("scored_on", "clean_rate", "not_followed",
+                                         "near_tested")
                     if out[k] is not None}
         return {**{k: out[k] for k in order}, **optional}
 

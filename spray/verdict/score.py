@@ -23,12 +23,18 @@ from spray.verdict.bootstrap import Resamples, stabilize, stabilize_cuts, verify
 from spray.verdict.calibration import clean_rate, threshold_for
 from spray.verdict.candidates import candidate_groups, edge_cuts, mask_key, sweep_cuts
 from spray.verdict.evidence import ClassGraphs, measure
-from spray.verdict.halves import jaccard, lift_by_other_k, split_off_sweep, split_suspect_halves
+from spray.verdict.halves import (
+    jaccard,
+    lift_by_other_k,
+    split_cut,
+    split_off_sweep,
+    split_suspect_halves,
+)
 from spray.verdict.members import decide_members
 from spray.verdict.patterns import InputPatterns
 from spray.verdict.result import ClusterEvidence, Verdict, resize_entries
 from spray.verdict.subsample import extend_labels, restrict, stratified_sample
-from spray.verdict.transplant import ModelTest, decided_test
+from spray.verdict.transplant import ModelTest, decide, decided_test, shown_followed
 
 log = logging.getLogger(__name__)
 
@@ -105,17 +111,31 @@ def score_class(result, input_features: np.ndarray, pipeline: dict,
     """
     params = flag_params(pipeline)
     n = len(np.asarray(result.labels))
+    test = _once(model_test) if params.transplant_pairs else None
     if features is None or n <= params.score_max_samples:
         verdict = _score(result, input_features, pipeline, params, features, edge_features,
-                         patterns=patterns, windows=_windows(patterns, params))
+                         patterns=patterns, windows=_windows(patterns, params),
+                         model_test=test)
     else:
         verdict = _score_subsample(result, input_features, pipeline, params, features,
-                                   edge_features, patterns)
-    if params.transplant_pairs and model_test is not None and verdict.suspect_clusters:
-        test = model_test if isinstance(model_test, ModelTest) else model_test()
-        if test is not None:
-            follow_suspects(verdict, test, params)
+                                   edge_features, patterns, test)
+    if test is not None and verdict.suspect_clusters and test() is not None:
+        follow_suspects(verdict, test(), params)
     return verdict
+
+
+def _once(model_test: ModelTest | Callable[[], ModelTest | None] | None
+          ) -> Callable[[], ModelTest | None] | None:
+    """The model test as a function that makes it at most once (None without one)."""
+    if model_test is None or isinstance(model_test, ModelTest):
+        return None if model_test is None else (lambda: model_test)
+    made: list = []
+
+    def get() -> ModelTest | None:
+        if not made:
+            made.append(model_test())
+        return made[0]
+    return get
 
 
 def follow_suspects(verdict: Verdict, model_test: ModelTest, params: FlagsSection) -> None:
@@ -153,7 +173,8 @@ def _windows(patterns: InputPatterns | None, params: FlagsSection,
 
 
 def _score_subsample(result, input_features, pipeline: dict, params: FlagsSection, features,
-                     edge_features, patterns: InputPatterns | None) -> Verdict:
+                     edge_features, patterns: InputPatterns | None,
+                     model_test: Callable[[], ModelTest | None] | None = None) -> Verdict:
     """:func:`_score` on a stratified subsample, its labels extended to the whole class."""
     features = np.asarray(features)
     rows = stratified_sample(np.asarray(result.labels), params.score_max_samples, params.seed)
@@ -161,7 +182,11 @@ def _score_subsample(result, input_features, pipeline: dict, params: FlagsSectio
     edges = None if edge_features is None else np.asarray(edge_features)[rows]
     inputs = np.asarray(input_features, dtype=np.float32)
     verdict = _score(sub, inputs[rows], pipeline, params, features[rows], edges, trim=False,
-                     windows=_windows(patterns, params, rows))
+                     windows=_windows(patterns, params, rows),
+                     model_test=None if model_test is None else
+                     (lambda: None if model_test() is None else model_test().rows(rows)))
+    for record in verdict.near_tested or []:
+        record["members"] = rows[record["members"]].tolist()
     labels = extend_labels(np.asarray(result.labels), rows, verdict.labels, result.affinity)
     resize_entries(verdict.clusters, labels)
     # who of a suspect carries its pattern is decided on the whole class: the samples that
@@ -178,10 +203,13 @@ def _score_subsample(result, input_features, pipeline: dict, params: FlagsSectio
 
 def _score(result, input_features: np.ndarray, pipeline: dict, params: FlagsSection,
            features=None, edge_features=None, trim: bool = True,
-           patterns: InputPatterns | None = None, windows: tuple | None = None) -> Verdict:
+           patterns: InputPatterns | None = None, windows: tuple | None = None,
+           model_test: Callable[[], ModelTest | None] | None = None) -> Verdict:
     """The rule on the samples of ``result`` (see :func:`score_class`); ``trim``: decide the
     suspects' members (:func:`~spray.verdict.members.decide_members`); ``windows``: the peak
-    windows of its samples and their shares (:func:`_windows`)."""
+    windows of its samples and their shares (:func:`_windows`); ``model_test``: makes the
+    transplant test of its samples, for candidates below the threshold
+    (``transplant_reach``)."""
     if features is not None:
         features = np.asarray(features)
         relevance = np.ascontiguousarray(features, dtype=np.float32)   # what is graphed
@@ -201,53 +229,134 @@ def _score(result, input_features: np.ndarray, pipeline: dict, params: FlagsSect
     for c in clusters:
         verify(c, resamples, params)
     sweeps = params.sweep_eigenvectors and getattr(result, "eigenvectors", None) is not None
+    decide = flag_threshold(params, pipeline)
+    low = decide - params.transplant_reach if model_test is not None else None
+    near: list = []
     if sweeps or (params.edge_sweep_eigenvectors and graphs.edges is not None) \
             or graphs.windows is not None:
         if resamples is None and features is not None:
             resamples = Resamples(relevance, pipeline, int(result.k), params,
                                   graphs.cache)
-        labels, clusters, more = _split_off_sweep(result, graphs, labels, clusters, resamples,
-                                                  pipeline)
+        labels, clusters, more, near = _split_off_sweep(result, graphs, labels, clusters,
+                                                        resamples, pipeline, low)
         splits = splits + more
-    decide = flag_threshold(params, pipeline)
     suspects = [c.id for c in clusters if c.score is not None and c.score >= decide]
+    promoted, tested = None, None
+    if not suspects and low is not None and low < decide:
+        labels, clusters, more, promoted, tested = _follow_near(
+            labels, clusters, near, graphs, resamples, model_test, (low, decide))
+        splits = splits + more
+        suspects = [] if promoted is None else [promoted]
     if trim:
         labels = decide_members(labels, clusters, suspects, graphs.W, graphs.input_features,
                                 graphs.features, graphs.mask_area, params, patterns)
-    return _verdict(clusters, labels, splits, other_k, params, pipeline, decide)
+    verdict = _verdict(clusters, labels, splits, other_k, params, pipeline, decide, promoted)
+    verdict.near_tested = tested or None
+    return verdict
 
 
-def _split_off_sweep(result, graphs: ClassGraphs, labels, clusters, resamples, pipeline: dict):
+def _split_off_sweep(result, graphs: ClassGraphs, labels, clusters, resamples, pipeline: dict,
+                     low: float | None = None):
     """Score the sweep cuts along the leading eigenvectors of the relevance graph and, when
     neither a cluster nor such a cut reaches the threshold, of the edge graph
     (``edge_sweep_eigenvectors``), and when none of those does either, of the peak windows'
     graph (``window_sweep_eigenvectors``); the best one that outscores every cluster and reaches the
     threshold becomes a cluster (the clusters it takes members from are measured and scored
-    again). Cuts holding a whole cluster are left out."""
+    again). Cuts holding a whole cluster are left out.
+
+    ``low``: cuts that can reach this score are measured too (candidates below the threshold
+    for the transplant test); they are returned as ``near``, ``(cut, its resamples)`` of every
+    scored cut."""
     params = graphs.params
     best = max((c.score for c in clusters if c.score is not None), default=-np.inf)
-    bar = max(params.threshold, best + 1e-9)     # what a cut must reach to matter
+    lift = max(params.threshold, best + 1e-9)    # what a cut must reach to matter
+    bar = lift if low is None else min(lift, low)
     found = _scored_cuts(_relevance_cuts(result, graphs), graphs, clusters, resamples, bar)
+    near = [(e, resamples) for e in found]
     if max([best] + [e.score for e in found]) < params.threshold:
         # the relevance graph gives no suspect: a stamp it does not separate may still be
         # a group of the edge graph (a suspect it gives keeps its members and score)
         edge_resamples = _edge_resamples(result, graphs, pipeline)
         cuts = _edge_cuts(graphs)
         if params.edge_lift:
-            clusters = _lift_by_edge_cut(clusters, cuts, graphs, edge_resamples, bar)
-        found += _scored_cuts(cuts, graphs, clusters, edge_resamples, bar)
+            clusters = _lift_by_edge_cut(clusters, cuts, graphs, edge_resamples, lift)
+        cuts = _scored_cuts(cuts, graphs, clusters, edge_resamples, bar)
+        found += cuts
+        near += [(e, edge_resamples) for e in cuts]
     now = max((c.score for c in clusters if c.score is not None), default=-np.inf)
     if graphs.windows is not None and max([now] + [e.score for e in found]) < params.threshold:
         # nor the edge graph (nor a cluster it lifted): a pattern at varying places (a patch
         # on a moving object) may still be a group of the peak windows' graph
         resamples_w = Resamples(graphs.window_features, pipeline, int(result.k), params,
                                 graphs.cache)
-        found += _scored_cuts(_window_cuts(graphs), graphs, clusters, resamples_w, bar)
+        cuts = _scored_cuts(_window_cuts(graphs), graphs, clusters, resamples_w, bar)
+        found += cuts
+        near += [(e, resamples_w) for e in cuts]
     labels, clusters, splits, changed = split_off_sweep(labels, clusters, found,
                                                         params.threshold,
                                                         params.sweep_min_jaccard)
     stabilize([e for e in changed if measure(e, graphs).measured], resamples, params)
-    return labels, clusters, splits
+    return labels, clusters, splits, near
+
+
+def _follow_near(labels, clusters: list[ClusterEvidence], near: list, graphs: ClassGraphs,
+                 resamples: Resamples | None, model_test: Callable[[], ModelTest | None],
+                 band: tuple[float, float]):
+    """The transplant test of the candidates scored in ``band`` = [low, threshold): the
+    clusters and the cuts of ``near`` (:func:`_split_off_sweep`), best first, each resampled
+    first if it kept its plain score (a cut the same as a cluster, Jaccard ≥
+    ``sweep_min_jaccard``, counts as that cluster). The first of at most
+    ``transplant_near_tries`` tested whose pieces the model is shown to follow in one run of
+    ``transplant_pairs`` (``transplant_near_effect`` at ``transplant_near_z`` clustered
+    errors: :func:`~spray.verdict.transplant.shown_followed`) becomes the suspect: a cluster as it
+    is, a cut split off as a new cluster (:func:`~spray.verdict.halves.split_cut`). Returns
+    ``labels, clusters, splits, promoted, tested`` (the suspect's id or None; the records of
+    the candidates tested, :func:`_near_record`)."""
+    params = graphs.params
+    low, high = band
+    pool = [(c, resamples) for c in clusters if c.score is not None and c.size] + [
+        (e, r) for e, r in near if e.score is not None
+        and not any(jaccard(c, e) >= params.sweep_min_jaccard for c in clusters if c.size)]
+    tries, tested = 0, []
+    for entry, entry_resamples in sorted(pool, key=lambda p: -p[0].score):
+        if tries >= params.transplant_near_tries or entry.score < low:
+            break
+        verify(entry, entry_resamples, params, low)
+        if not low <= entry.score < high:
+            continue
+        test = model_test()
+        if test is None:
+            break
+        tries += 1
+        # one run of the test: only an effect clear at the first size makes a suspect (more
+        # pairs serve to tell a suspect's effect from the bar, which fails closed)
+        tests = test.test(entry.mask, side=params.window_side, area=params.input_mask_area,
+                          pairs=params.transplant_pairs, seed=params.seed + tries)
+        shown = shown_followed(tests, params.transplant_near_effect, params.transplant_near_z)
+        decision = decide(tests, params.transplant_near_effect, params.transplant_near_z)
+        decision = "followed" if shown else ("undecided" if decision == "followed" else decision)
+        tested.append(_near_record(entry, decision, tests))
+        log.info("class %d, candidate of score %.3f below the threshold: transplant %s -> %s",
+                 test.c, entry.score, tested[-1]["tests"], decision)
+        if decision != "followed":
+            continue
+        entry.followed_below, entry.decision = True, decision
+        entry.transplant = tested[-1]["tests"]
+        if entry.id is not None:
+            return labels, clusters, [], entry.id, tested
+        labels, clusters, split, changed = split_cut(labels, clusters, entry)
+        stabilize([e for e in changed if measure(e, graphs).measured], resamples, params)
+        return labels, clusters, split, split[0]["cluster"], tested
+    return labels, clusters, [], None, tested
+
+
+def _near_record(entry: ClusterEvidence, decision: str, tests: list) -> dict:
+    """What :attr:`Verdict.near_tested` keeps of a candidate tested below the threshold."""
+    where = ({"id": entry.id} if entry.id is not None else
+             {"cut_graph": entry.cut_graph or "relevance", "cut_along": entry.cut_along})
+    return {"score": entry.score, "size": entry.size, **where, "decision": decision,
+            "tests": [t.to_dict() for t in tests],
+            "members": np.flatnonzero(entry.mask).tolist()}
 
 
 def _lift_by_edge_cut(clusters: list[ClusterEvidence], cuts: list[ClusterEvidence],
@@ -328,18 +437,22 @@ def _edge_resamples(result, graphs: ClassGraphs, pipeline: dict) -> Resamples | 
 
 
 def _verdict(clusters: list[ClusterEvidence], labels, splits, other_k,
-             params: FlagsSection, pipeline: dict, threshold: float) -> Verdict:
+             params: FlagsSection, pipeline: dict, threshold: float,
+             promoted: int | None = None) -> Verdict:
     """The class score is the best cluster's; every cluster at or above the threshold is a
     suspect (an artefact on two sub-types of a class can come out as two clusters), best first;
-    ``threshold`` is :func:`flag_threshold`'s. A class without a scored candidate has no clean
-    rate (its 0 is no score)."""
+    ``threshold`` is :func:`flag_threshold`'s. ``promoted``: a cluster below the threshold
+    that is the suspect because the model follows its pieces (:func:`_follow_near`). A class
+    without a scored candidate has no clean rate (its 0 is no score)."""
     scored = sorted((c for c in clusters if c.score is not None), key=lambda c: -c.score)
     best = scored[0] if scored else None
     score = best.score if best else 0.0
-    flagged = bool(best is not None and score >= threshold)
+    suspects = [c.id for c in scored if c.score >= threshold] or (
+        [] if promoted is None else [promoted])
+    flagged = bool(suspects)
     return Verdict(score=float(score), threshold=threshold, flagged=flagged,
-                   suspect_cluster=best.id if flagged else None,
-                   suspect_clusters=[c.id for c in scored if c.score >= threshold],
+                   suspect_cluster=suspects[0] if flagged else None,
+                   suspect_clusters=suspects,
                    candidate_cluster=best.id if best else None, clusters=clusters,
                    splits=splits, labels=labels,
                    other_k=sorted(other_k, key=lambda c: -c.score if c.score is not None

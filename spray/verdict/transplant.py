@@ -300,6 +300,13 @@ class ModelTest:
         """:func:`usable_targets` of ``targets``, predicted once for all the class's suspects."""
         return usable_targets(self.predict, self.targets, self.c)
 
+    def rows(self, rows: np.ndarray) -> ModelTest:
+        """The test of the class's samples at positions ``rows`` (a subsample), same targets."""
+        rows = np.asarray(rows)
+        inputs, maps = self.inputs, self.maps
+        return ModelTest(self.predict, lambda r: inputs(rows[np.asarray(r)]),
+                         lambda r: maps(rows[np.asarray(r)]), self.targets, self.c)
+
     def test(self, members: np.ndarray, side: float, area: float, pairs: int,
              seed: int | list[int]) -> list[TransplantResult]:
         """:func:`transplant_test` of the group ``members`` of this class."""
@@ -339,6 +346,16 @@ def decide(results: list[TransplantResult], min_effect: float, min_z: float) -> 
     if all(min_effect - r.effect >= min_z * _floored(r, min_effect) for r in results):
         return "ignored"
     return "undecided"
+
+
+def shown_followed(results: list[TransplantResult], min_effect: float, min_z: float) -> bool:
+    """Whether in some region the members' pieces turn at least ``min_effect`` more targets
+    than the rest's, ``min_z`` of :func:`decide`'s errors (clustered by donor and target, with
+    its floor) above none. Stricter than :func:`decide`'s "followed" (McNemar's z counts the
+    pairs as independent): a group below the threshold becomes a suspect only on an effect
+    that a few donors or easily turned targets cannot make (a NaN error shows nothing)."""
+    return any(r.effect >= min_effect and r.effect >= min_z * _floored(r, min_effect)
+               for r in results)
 
 
 def decided_test(test: ModelTest, members: np.ndarray, *, side: float, area: float,

@@ -81,14 +81,14 @@ def compare(before: Path, after: Path, common: bool = False) -> dict:
         s["draws"] += 1
         for i, d in enumerate((x, y)):
             s["scores"][i].append(d["planted_score"])
-            if d["planted_score"] < threshold:
+            if d["planted_score"] < threshold and not d.get("followed_below"):
                 continue
             s["flagged"][i] += 1
             s["detected"][i] += d["precision"] >= DETECT and d["recall"] >= DETECT
             low = s["lowest_precision"][i]
             s["lowest_precision"][i] = d["precision"] if low is None else min(low, d["precision"])
             s["recalls"][i].append(d["recall"])
-        if min(x["planted_score"], y["planted_score"]) >= threshold:
+        if all(d["planted_score"] >= threshold or d.get("followed_below") for d in (x, y)):
             (sa, ua), (sb, ub) = _members(x), _members(y)
             s["gained"][0] += sb - sa
             s["gained"][1] += ub - ua

@@ -80,7 +80,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from eval_data import FASHION_DIR, class_names, load_digits, load_fashion  # noqa: E402
 from eval_data import grey_mask as artefact_mask
 from eval_data import plant_grey as plant
-from eval_summary import gate
+from eval_summary import detected, gate
 
 # (dataset, planted class, artefact, fraction, seed); artefact None = clean model
 SETTINGS = [
@@ -383,6 +383,11 @@ def score_setting(setting, data, pipe, model: nn.Module | None = None) -> list[d
                                      if cl.get("score") is not None
                                      and cl["id"] not in verdict["not_followed"]),
                                     default=0.0)
+        if any(cl.get("followed_below") for cl in verdict["clusters"]
+               if cl["id"] in (verdict.get("suspect_clusters") or [])):
+            row["followed_below"] = True     # flagged below the threshold: the model follows it
+        if verdict.get("near_tested"):
+            row["near_tested"] = [_overlap(t, truth) for t in verdict["near_tested"]]
         best = next((cl for cl in verdict["clusters"] if cl["id"] == cand), {})
         if verdict.get("splits"):
             row["splits"] = verdict["splits"]
@@ -393,6 +398,17 @@ def score_setting(setting, data, pipe, model: nn.Module | None = None) -> list[d
     for i, r in enumerate(ranked):
         r["rank"] = i + 1
     return rows
+
+
+def _overlap(record: dict, truth: np.ndarray) -> dict:
+    """A candidate tested below the threshold (``near_tested``) without its members, with its
+    precision and recall against the stamped samples (when the class has any)."""
+    out = {k: v for k, v in record.items() if k != "members"}
+    if truth.any():
+        hit = int(truth[record["members"]].sum())
+        out["precision"] = round(hit / max(1, len(record["members"])), 4)
+        out["recall"] = round(hit / int(truth.sum()), 4)
+    return out
 
 
 PER_SAMPLE = ("relevance", "inputs", "labels", "prediction", "poisoned", "is_test",
@@ -441,9 +457,14 @@ def draw_records(rows: list[dict]) -> list[dict]:
                "n_other": len(rs) - (pl is not None),
                "highest_other_class": top["class"], "seconds": sum(r["seconds"] for r in rs),
                "refused": bool(rs[0].get("refused")), "model_kappa": rs[0].get("model_kappa")}
+        below = [r["class"] for r in rs if not r["planted"] and r.get("followed_below")]
+        if below:
+            rec["other_followed_below"] = below
         if pl is not None:
             rec.update(planted_score=gate(pl), precision=pl.get("precision"),
                        recall=pl.get("recall"), n_planted=pl["n_poisoned"], n_class=pl["n"])
+            if pl.get("followed_below"):
+                rec["followed_below"] = True
         out.append(rec)
     return out
 
@@ -455,8 +476,7 @@ def draws_summary(rows: list[dict], threshold: float) -> str:
     for name in dict.fromkeys(r["setting"] for r in rows):
         rs = [r for r in rows if r["setting"] == name]
         pl = [r for r in rs if r["planted"]]
-        det = sum(gate(r) >= threshold and r.get("precision", 0) >= 0.9
-                  and r.get("recall", 0) >= 0.9 for r in pl)
+        det = sum(detected(r, threshold) for r in pl)
         n_draws = len({r["draw"] for r in rs})
         other = max(gate(r) for r in rs if not r["planted"])
         lines.append(f"| {name} | {n_draws} | {f'{det}/{len(pl)}' if pl else '—'} | "

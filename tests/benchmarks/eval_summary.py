@@ -56,8 +56,14 @@ def reliance(rows: list[dict], row: dict) -> float | None:
     return None if not base else rates[row["artefact"]] - float(np.mean(base))
 
 
-def _detected(row: dict, threshold: float) -> bool:
-    return (gate(row) >= threshold and row.get("precision", 0) >= 0.9
+def flagged(row: dict, threshold: float) -> bool:
+    """Whether the gate flags the check: its score reaches the threshold, or a suspect below
+    it is one because the model follows its pieces (``followed_below``)."""
+    return gate(row) >= threshold or bool(row.get("followed_below"))
+
+
+def detected(row: dict, threshold: float) -> bool:
+    return (flagged(row, threshold) and row.get("precision", 0) >= 0.9
             and row.get("recall", 0) >= 0.9)
 
 
@@ -73,9 +79,10 @@ def summarize(rows: list[dict], threshold: float) -> dict:
     groups: dict[tuple[str, str], dict] = {}
     for r in rows:
         g = groups.setdefault(group_of(r["dataset"]), {
-            "relied": {}, "ignored": {}, "unknown": {}, "other_scores": []})
+            "relied": {}, "ignored": {}, "unknown": {}, "other_scores": [], "below": 0})
         if not r["planted"]:
             g["other_scores"].append(gate(r))
+            g["below"] += bool(r.get("followed_below"))
             continue
         rel = reliance(rows, r)
         key = "unknown" if rel is None else ("relied" if rel >= RELIED else "ignored")
@@ -87,18 +94,19 @@ def summarize(rows: list[dict], threshold: float) -> dict:
         out["groups"].append({
             "generator": gen, "architecture": arch,
             "relied_settings": {k: {"reliance": e["reliance"],
-                                    "detected": sum(_detected(r, threshold) for r in e["rows"]),
+                                    "detected": sum(detected(r, threshold) for r in e["rows"]),
                                     "draws": len(e["rows"]),
                                     "scores": [gate(r) for r in e["rows"]]}
                                 for k, e in g["relied"].items()},
             "not_relied": {k: {"reliance": e["reliance"],
                                "scores": [gate(r) for r in e["rows"]]}
                            for k, e in {**g["ignored"], **g["unknown"]}.items()},
-            "detected": sum(_detected(r, threshold) for r in relied_rows),
+            "detected": sum(detected(r, threshold) for r in relied_rows),
             "planted_checks": len(relied_rows),
             "planted_scores": [gate(r) for r in relied_rows],
             "other_checks": len(g["other_scores"]),
-            "highest_other": max(g["other_scores"], default=None)})
+            "highest_other": max(g["other_scores"], default=None),
+            "other_flagged_below": g["below"]})
     return out
 
 
@@ -122,7 +130,8 @@ def margin_table(rows: list[dict], threshold: float) -> str:
               f"{sum(g['planted_checks'] for g in s['groups'])}; planted scores min / p10 / "
               f"median {_dist(every)}; clean + non-planted checks "
               f"{sum(g['other_checks'] for g in s['groups'])}, highest "
-              f"{max(others) if others else float('nan'):.2f}", "",
+              f"{max(others) if others else float('nan'):.2f}, flagged below the threshold "
+              f"{sum(g['other_flagged_below'] for g in s['groups'])}", "",
               "not relied on (not counted as misses): " + (", ".join(
                   f"{k} ({_reliance_text(v['reliance'])}, scores {_dist(v['scores'])})"
                   for g in s["groups"] for k, v in g["not_relied"].items()) or "none")]
@@ -176,11 +185,14 @@ def criteria(rows: list[dict], threshold: float) -> list[dict]:
     n_other = sum(g["other_checks"] for g in s["groups"])
     highest = max((g["highest_other"] for g in s["groups"] if g["highest_other"] is not None),
                   default=None)
+    below = sum(g["other_flagged_below"] for g in s["groups"])
     if highest is not None:
+        more = f", {below} flagged below the threshold" if below else ""
         out.append(_criterion("clean and non-planted checks, highest score",
                               f"≤ {threshold - MARGIN:.2f} (threshold − {MARGIN:g}), "
-                              "≥ 2 000 checks", f"{highest:.2f} ({n_other} checks)",
-                              highest <= threshold - MARGIN and n_other >= 2000))
+                              "≥ 2 000 checks", f"{highest:.2f} ({n_other} checks{more})",
+                              highest <= threshold - MARGIN and n_other >= 2000
+                              and not below))
     if settings:
         stable = [k for k, e in settings.items() if e["detected"] >= STABLE_DRAWS * e["draws"]]
         out.append(_criterion("settings detected in ≥ 9 of 10 draws", "all",
@@ -200,7 +212,7 @@ def setting_rows(rows: list[dict], threshold: float) -> list[dict]:
             "setting": name, "reliance": None if rel is None else round(rel, 2),
             "counted": "yes" if _counted(rel, pl[0].get("fraction", 1.0)) else "no",
             "flagged": f"{sum(s >= threshold for s in scores)}/{len(pl)}",
-            "detected": f"{sum(_detected(r, threshold) for r in pl)}/{len(pl)}",
+            "detected": f"{sum(detected(r, threshold) for r in pl)}/{len(pl)}",
             "score min / median / max": f"{min(scores):.2f} / {np.median(scores):.2f} / "
                                         f"{max(scores):.2f}",
             "P / R (median)": f"{np.median([r.get('precision', 0) for r in pl]):.2f} / "
