@@ -239,7 +239,8 @@ def test_reason_says_a_suspect_below_the_threshold_is_followed(tmp_path):
         {"region": "place", "members": 0.31, "rest": 0.02, "effect": 0.29, "z": 8.9},
         {"region": "peak", "members": 0.1, "rest": 0.05, "effect": 0.05, "z": 2.0}])
     reason = evidence._reason(e)
-    assert "score 1.20 below threshold 2.0, flagged as the model follows the suspect" in reason
+    assert ("score 1.20 (its suspect 1.20) below threshold 2.0, flagged as the model follows "
+            "the suspect") in reason
     assert "its pieces turn 31 % of other classes' images to the class, the rest's 2 %, z 8.9" \
         in reason
     run = _write(tmp_path, "below", _summary([_entry(0, 0.2, False), e]))

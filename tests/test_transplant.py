@@ -542,3 +542,56 @@ def test_a_run_flags_a_class_below_the_threshold_its_model_follows(small_problem
     assert main(["check", str(root / "out")]) == 1
     page = (root / "out" / "report" / "class_2.html").read_text()
     assert "Flagged below the threshold" in page and "the model follows them" in page
+
+
+def _near_setup(stamped):
+    """Class 2's graphs and its analysis clusters (all below the band), for ``_follow_near``."""
+    from spray.analysis.analyze import analyze
+    from spray.analysis.preprocess import preprocess
+    from spray.config.presets import load_pipeline
+    from spray.verdict.evidence import ClassGraphs
+    from spray.verdict.result import ClusterEvidence
+    from spray.verdict.score import flag_params
+    from spray.verdict.transplant import ModelTest
+
+    s = stamped
+    pipe = load_pipeline("spray-default")
+    pipe["flags"] = {"transplant_pairs": 128, "transplant_reach": 1.0}
+    feats = preprocess(s["maps"], pipe["preprocess"])
+    result = analyze(feats, pipeline=pipe, embed=False)
+    graphs = ClassGraphs.build(result, preprocess(s["x"], pipe["preprocess"]), pipe,
+                               flag_params(pipe), feats)
+    labels = np.zeros(len(s["stamp"]), dtype=np.int64)
+    labels[len(labels) // 2:] = 1
+    clusters = [ClusterEvidence.of(labels == i, id=i, score=-3.0) for i in (0, 1)]
+    test = ModelTest(s["predict"], lambda r: s["x"][r], lambda r: s["maps"][r], s["targets"], 2)
+    return labels, clusters, graphs, test
+
+
+def test_a_cut_the_model_follows_below_the_threshold_is_split_off(stamped):
+    """A cut within the band whose pieces the model follows becomes a cluster of its own (the
+    next id; its members leave both clusters, which are measured again); a cut that holds a
+    whole cluster is never tested (splitting it would drop that cluster)."""
+    from spray.verdict.result import ClusterEvidence
+    from spray.verdict.score import _follow_near
+
+    labels, clusters, graphs, test = _near_setup(stamped)
+    stamp = stamped["stamp"]
+    cut = ClusterEvidence.of(stamp.copy(), cut_along=2, cut_graph="edges", score=1.2)
+    out, after, splits, promoted, tested = _follow_near(labels, clusters, [(cut, None)], graphs,
+                                                        None, lambda: test, (0.7, 1.7))
+    assert promoted == 2 and splits == [{"cluster": 2, "from": int(np.bincount(
+        labels[stamp]).argmax())}]
+    assert (out == 2).tolist() == stamp.tolist() and tested[0]["decision"] == "followed"
+    entry = next(c for c in after if c.id == 2)
+    assert entry.followed_below and entry.cut_graph == "edges" and entry.score == 1.2
+    assert all(c.size == int((out == c.id).sum()) for c in after)
+    # a cut holding cluster 0 whole: left out, nothing tested or split
+    holder = ClusterEvidence.of(stamp | (labels == 0), cut_along=1, score=1.2)
+    out, after, splits, promoted, tested = _follow_near(labels, clusters, [(holder, None)],
+                                                        graphs, None, lambda: test, (0.7, 1.7))
+    assert promoted is None and tested == [] and splits == [] and len(after) == 2
+    # outside the band (or without a model): nothing tested
+    for band, get in (((1.3, 1.7), lambda: test), ((0.7, 1.7), lambda: None)):
+        assert _follow_near(labels, clusters, [(cut, None)], graphs, None, get,
+                            band)[3:] == (None, [])

@@ -80,8 +80,9 @@ def _reason(entry: dict) -> str:
     cl = _suspect(entry) or {}
     size = cl.get("size")
     whose, graph, key, name = _separated_by(cl)
-    against = (f"below threshold {entry.get('threshold')}, flagged as the model follows the "
-               f"suspect ({_followed(cl)})" if cl.get("followed_below")
+    against = (f"(its suspect {_num(cl.get('score'))}) below threshold "
+               f"{entry.get('threshold')}, flagged as the model follows the suspect "
+               f"({_followed(cl)})" if cl.get("followed_below")
                else f"≥ threshold {entry.get('threshold')}")
     bits = [f"class {_plain(entry['name'])} ({entry['class']}): score {entry['score']:.2f} "
             f"{against}; suspect cluster {cl.get('id')} of {size} samples "

@@ -181,8 +181,10 @@ def verdict_lines(summary: dict, report_dir: Path | None = None, best: int = 3) 
     flagged = [e for e in summary["classes"] if e.get("flagged")]
     lines = []
     for e in flagged:
-        lines.append(f"flagged: {_plain(e['name'])} ({e['class']}): score {_num(e['score'])} ≥ "
-                     f"{e.get('threshold')}, suspect group of {_suspect_size(e)} of "
+        against = ("below" if e.get("score") is not None and e.get("threshold") is not None
+                   and e["score"] < e["threshold"] else "≥")
+        lines.append(f"flagged: {_plain(e['name'])} ({e['class']}): score {_num(e['score'])} "
+                     f"{against} {e.get('threshold')}, suspect group of {_suspect_size(e)} of "
                      f"{e.get('n_samples')} samples{page(e)}")
     for e in summary["classes"]:
         if e.get("watch"):

@@ -276,7 +276,7 @@ def _watch_note(entry: dict) -> str:
         return ""
     if entry.get("not_followed"):
         ids = ", ".join(str(i) for i in entry["not_followed"])
-        return (f" Watch: cluster {ids} scores at the threshold, but pasted onto other "
+        return (f" Watch: cluster {ids} was a suspect, but pasted onto other "
                 f"classes' images its pieces turn the model to this class hardly more than the "
                 f"rest's do (transplant test): the model is shown to ignore it (never "
                 f"failing).")

@@ -200,7 +200,9 @@ def _index_page(run_dir: Path, out: Path, summary: dict, header: str, headlines:
             f"raw-input kNN graph over that in the relevance kNN graph (details on the class "
             f"pages), minus a size penalty for near-even splits and a randomness penalty for "
             f"clusters whose inputs form a group of the data even without the cells where "
-            f"they differ most; flagged at or above the threshold. Machine-readable: "
+            f"they differ most; flagged at or above the threshold (or, with the opt-in "
+            f"transplant_reach, below it when the model is shown to follow the suspect's "
+            f"pieces). Machine-readable: "
             f"<a href='summary.json'>summary.json</a>.</p>"
             + (_overview_spectra(ok) if ok else ""))
     (out / "index.html").write_text(PAGE.format(title="spray report", style=STYLE, body=body),

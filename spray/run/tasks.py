@@ -380,7 +380,8 @@ def model_test(c: int, pipeline: dict, data_cfg: dict, model_cfg: dict | None,
     other classes drawn at random (seeded by ``flags.seed`` and the class). None when the test
     is off, the run has no model (precomputed attributions) or its maps do not explain the
     label's logit (``attribution.target``: the test counts turns to the class's output).
-    Called by the score only for a class with a suspect; on the run's device when this worker
+    Called by the score only for a class with a suspect (or, with ``transplant_reach``, a
+    candidate within reach below the threshold); on the run's device when this worker
     has it, else on the CPU (a few thousand forward passes)."""
     from spray.verdict.transplant import ModelTest, target_rows
 

@@ -188,9 +188,11 @@ class Verdict:
     Attributes
     ----------
     score : the class score (best analysis candidate; 0 without candidates).
-    threshold, flagged : the threshold and whether ``score >= threshold``.
-    suspect_cluster : the best cluster when flagged; ``suspect_clusters`` every cluster at or
-        above the threshold, best first.
+    threshold, flagged : the threshold and whether a suspect is left: ``score >= threshold``,
+        or a cluster below it the model is shown to follow (``transplant_reach``), and not
+        cleared by the transplant test.
+    suspect_cluster : the first suspect when flagged; ``suspect_clusters`` every cluster at or
+        above the threshold, best first, then one followed below it.
     candidate_cluster : the best-scoring cluster, flagged or not.
     clusters : one entry per cluster of ``labels``.
     splits : halves split off as new clusters (``{"cluster": new id, "from": old id}``).

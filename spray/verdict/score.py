@@ -98,10 +98,11 @@ def score_class(result, input_features: np.ndarray, pipeline: dict,
         and the flag do not use them — except with ``window_sweep_eigenvectors`` above 0,
         where their windows at the relevance peaks make the graph of window cuts.
     model_test : spray.verdict.transplant.ModelTest or callable, optional
-        The model and the class's inputs (or a function making them, called only when the
-        class has a suspect; it may return None): with ``transplant_pairs`` above 0, every
-        suspect gets the transplant test and stays one unless the model is shown to ignore
-        its pieces (:func:`follow_suspects`).
+        The model and the class's inputs (or a function making them, called at most once,
+        only when the class has a suspect or, with ``transplant_reach``, a candidate within
+        reach; it may return None): with ``transplant_pairs`` above 0, every suspect gets the
+        transplant test and stays one unless the model is shown to ignore its pieces
+        (:func:`follow_suspects`).
 
     Returns
     -------
@@ -154,6 +155,8 @@ def follow_suspects(verdict: Verdict, model_test: ModelTest, params: FlagsSectio
             max_pairs=params.transplant_max_pairs, seed=params.seed + cid,
             min_effect=params.transplant_min_effect, min_z=params.transplant_min_z)
         entry.transplant = [t.to_dict() for t in tests]
+        if entry.decision == "ignored":
+            entry.followed_below = None      # a suspect below the threshold, cleared after all
         (not_followed if entry.decision == "ignored" else followed_ids).append(cid)
         log.info("class %d, suspect %d: transplant %s -> %s", model_test.c, cid,
                  entry.transplant, entry.decision)
@@ -184,7 +187,7 @@ def _score_subsample(result, input_features, pipeline: dict, params: FlagsSectio
     verdict = _score(sub, inputs[rows], pipeline, params, features[rows], edges, trim=False,
                      windows=_windows(patterns, params, rows),
                      model_test=None if model_test is None else
-                     (lambda: None if model_test() is None else model_test().rows(rows)))
+                     _once(lambda: None if model_test() is None else model_test().rows(rows)))
     for record in verdict.near_tested or []:
         record["members"] = rows[record["members"]].tolist()
     labels = extend_labels(np.asarray(result.labels), rows, verdict.labels, result.affinity)
@@ -230,7 +233,8 @@ def _score(result, input_features: np.ndarray, pipeline: dict, params: FlagsSect
         verify(c, resamples, params)
     sweeps = params.sweep_eigenvectors and getattr(result, "eigenvectors", None) is not None
     decide = flag_threshold(params, pipeline)
-    low = decide - params.transplant_reach if model_test is not None else None
+    low = (decide - params.transplant_reach
+           if model_test is not None and params.transplant_reach > 0 else None)
     near: list = []
     if sweeps or (params.edge_sweep_eigenvectors and graphs.edges is not None) \
             or graphs.windows is not None:
@@ -242,11 +246,12 @@ def _score(result, input_features: np.ndarray, pipeline: dict, params: FlagsSect
         splits = splits + more
     suspects = [c.id for c in clusters if c.score is not None and c.score >= decide]
     promoted, tested = None, None
-    if not suspects and low is not None and low < decide:
+    if not suspects and low is not None:
         labels, clusters, more, promoted, tested = _follow_near(
             labels, clusters, near, graphs, resamples, model_test, (low, decide))
         splits = splits + more
-        suspects = [] if promoted is None else [promoted]
+        # a cluster that lost members to the split may reach the threshold now
+        suspects = _suspects(clusters, decide, promoted)
     if trim:
         labels = decide_members(labels, clusters, suspects, graphs.W, graphs.input_features,
                                 graphs.features, graphs.mask_area, params, patterns)
@@ -303,41 +308,40 @@ def _follow_near(labels, clusters: list[ClusterEvidence], near: list, graphs: Cl
                  resamples: Resamples | None, model_test: Callable[[], ModelTest | None],
                  band: tuple[float, float]):
     """The transplant test of the candidates scored in ``band`` = [low, threshold): the
-    clusters and the cuts of ``near`` (:func:`_split_off_sweep`), best first, each resampled
-    first if it kept its plain score (a cut the same as a cluster, Jaccard ≥
-    ``sweep_min_jaccard``, counts as that cluster). The first of at most
+    clusters and the cuts of ``near`` (:func:`_split_off_sweep`; none equal to a cluster,
+    Jaccard ≥ ``sweep_min_jaccard``, nor holding a whole one), best first by their stable
+    score (one that kept its plain score is resampled first; one scored by another graph than
+    its resamples', an edge-lifted cluster, is left out then). The first of at most
     ``transplant_near_tries`` tested whose pieces the model is shown to follow in one run of
-    ``transplant_pairs`` (``transplant_near_effect`` at ``transplant_near_z`` clustered
-    errors: :func:`~spray.verdict.transplant.shown_followed`) becomes the suspect: a cluster as it
-    is, a cut split off as a new cluster (:func:`~spray.verdict.halves.split_cut`). Returns
-    ``labels, clusters, splits, promoted, tested`` (the suspect's id or None; the records of
-    the candidates tested, :func:`_near_record`)."""
+    ``transplant_pairs`` (:func:`_near_test`) becomes the suspect: a cluster as it is, a cut
+    split off as a new cluster (:func:`~spray.verdict.halves.split_cut`). Returns ``labels,
+    clusters, splits, promoted, tested`` (the suspect's id or None; the records of the
+    candidates tested, :func:`_near_record`)."""
     params = graphs.params
     low, high = band
-    pool = [(c, resamples) for c in clusters if c.score is not None and c.size] + [
+    whole = [c for c in clusters if c.size]
+    pool = [(c, resamples if c.cut_graph is None else None) for c in whole
+            if c.score is not None] + [
         (e, r) for e, r in near if e.score is not None
-        and not any(jaccard(c, e) >= params.sweep_min_jaccard for c in clusters if c.size)]
-    tries, tested = 0, []
-    for entry, entry_resamples in sorted(pool, key=lambda p: -p[0].score):
-        if tries >= params.transplant_near_tries or entry.score < low:
-            break
-        verify(entry, entry_resamples, params, low)
-        if not low <= entry.score < high:
+        and not any(jaccard(c, e) >= params.sweep_min_jaccard
+                    or not (c.mask & ~e.mask).any() for c in whole)]
+    pool = [p for p in pool if p[0].score >= low]
+    test = model_test() if pool else None
+    tested: list[dict] = []
+    while test is not None and pool and len(tested) < params.transplant_near_tries:
+        entry, entry_resamples = max(pool, key=lambda p: p[0].score)
+        pool.remove((entry, entry_resamples))
+        if entry.resampled is False:          # a plain score: resample it, then rank it again
+            if entry_resamples is not None:
+                verify(entry, entry_resamples, params, low)
+                pool.append((entry, None))
             continue
-        test = model_test()
-        if test is None:
+        if entry.score < low:
             break
-        tries += 1
-        # one run of the test: only an effect clear at the first size makes a suspect (more
-        # pairs serve to tell a suspect's effect from the bar, which fails closed)
-        tests = test.test(entry.mask, side=params.window_side, area=params.input_mask_area,
-                          pairs=params.transplant_pairs, seed=params.seed + tries)
-        shown = shown_followed(tests, params.transplant_near_effect, params.transplant_near_z)
-        decision = decide(tests, params.transplant_near_effect, params.transplant_near_z)
-        decision = "followed" if shown else ("undecided" if decision == "followed" else decision)
+        if entry.score >= high:
+            continue
+        decision, tests = _near_test(test, entry.mask, params, len(tested) + 1)
         tested.append(_near_record(entry, decision, tests))
-        log.info("class %d, candidate of score %.3f below the threshold: transplant %s -> %s",
-                 test.c, entry.score, tested[-1]["tests"], decision)
         if decision != "followed":
             continue
         entry.followed_below, entry.decision = True, decision
@@ -348,6 +352,21 @@ def _follow_near(labels, clusters: list[ClusterEvidence], near: list, graphs: Cl
         stabilize([e for e in changed if measure(e, graphs).measured], resamples, params)
         return labels, clusters, split, split[0]["cluster"], tested
     return labels, clusters, [], None, tested
+
+
+def _near_test(test: ModelTest, mask: np.ndarray, params: FlagsSection, attempt: int):
+    """One run of the transplant test of a candidate below the threshold and what it shows:
+    "followed" only when the model is shown to follow it
+    (:func:`~spray.verdict.transplant.shown_followed`); more pairs serve to tell a suspect's
+    effect from the bar, which fails closed, not to make a suspect."""
+    tests = test.test(mask, side=params.window_side, area=params.input_mask_area,
+                      pairs=params.transplant_pairs, seed=params.seed + attempt)
+    shown = shown_followed(tests, params.transplant_near_effect, params.transplant_near_z)
+    decision = decide(tests, params.transplant_near_effect, params.transplant_near_z)
+    decision = "followed" if shown else ("undecided" if decision == "followed" else decision)
+    log.info("class %d, candidate below the threshold: transplant %s -> %s", test.c,
+             [t.to_dict() for t in tests], decision)
+    return decision, tests
 
 
 def _near_record(entry: ClusterEvidence, decision: str, tests: list) -> dict:
@@ -436,6 +455,15 @@ def _edge_resamples(result, graphs: ClassGraphs, pipeline: dict) -> Resamples | 
     return Resamples(graphs.edge_features, pipeline, int(result.k), graphs.params, graphs.cache)
 
 
+def _suspects(clusters: list[ClusterEvidence], threshold: float, promoted: int | None
+              ) -> list[int]:
+    """The clusters at or above the threshold, best first, then ``promoted`` (a cluster below
+    it the model is shown to follow, :func:`_follow_near`) if it is not among them."""
+    scored = sorted((c for c in clusters if c.score is not None), key=lambda c: -c.score)
+    out = [c.id for c in scored if c.score >= threshold]
+    return out + ([promoted] if promoted is not None and promoted not in out else [])
+
+
 def _verdict(clusters: list[ClusterEvidence], labels, splits, other_k,
              params: FlagsSection, pipeline: dict, threshold: float,
              promoted: int | None = None) -> Verdict:
@@ -447,8 +475,7 @@ def _verdict(clusters: list[ClusterEvidence], labels, splits, other_k,
     scored = sorted((c for c in clusters if c.score is not None), key=lambda c: -c.score)
     best = scored[0] if scored else None
     score = best.score if best else 0.0
-    suspects = [c.id for c in scored if c.score >= threshold] or (
-        [] if promoted is None else [promoted])
+    suspects = _suspects(clusters, threshold, promoted)
     flagged = bool(suspects)
     return Verdict(score=float(score), threshold=threshold, flagged=flagged,
                    suspect_cluster=suspects[0] if flagged else None,

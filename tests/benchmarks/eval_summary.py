@@ -211,7 +211,7 @@ def setting_rows(rows: list[dict], threshold: float) -> list[dict]:
         out.append({
             "setting": name, "reliance": None if rel is None else round(rel, 2),
             "counted": "yes" if _counted(rel, pl[0].get("fraction", 1.0)) else "no",
-            "flagged": f"{sum(s >= threshold for s in scores)}/{len(pl)}",
+            "flagged": f"{sum(flagged(r, threshold) for r in pl)}/{len(pl)}",
             "detected": f"{sum(detected(r, threshold) for r in pl)}/{len(pl)}",
             "score min / median / max": f"{min(scores):.2f} / {np.median(scores):.2f} / "
                                         f"{max(scores):.2f}",
