@@ -12,6 +12,7 @@ stable contrast), :mod:`~spray.verdict.halves` (split-off halves, groups of othe
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Callable
 
@@ -130,13 +131,7 @@ def _once(model_test: ModelTest | Callable[[], ModelTest | None] | None
     """The model test as a function that makes it at most once (None without one)."""
     if model_test is None or isinstance(model_test, ModelTest):
         return None if model_test is None else (lambda: model_test)
-    made: list = []
-
-    def get() -> ModelTest | None:
-        if not made:
-            made.append(model_test())
-        return made[0]
-    return get
+    return functools.cache(model_test)
 
 
 def follow_suspects(verdict: Verdict, model_test: ModelTest, params: FlagsSection) -> None:
@@ -329,8 +324,7 @@ def _follow_near(labels, clusters: list[ClusterEvidence], near: list, graphs: Cl
     test = model_test() if pool else None
     tested: list[dict] = []
     while test is not None and pool and len(tested) < params.transplant_near_tries:
-        entry, entry_resamples = max(pool, key=lambda p: p[0].score)
-        pool.remove((entry, entry_resamples))
+        entry, entry_resamples = pool.pop(max(range(len(pool)), key=lambda i: pool[i][0].score))
         if entry.resampled is False:          # a plain score: resample it, then rank it again
             if entry_resamples is not None:
                 verify(entry, entry_resamples, params, low)

@@ -301,11 +301,14 @@ class ModelTest:
         return usable_targets(self.predict, self.targets, self.c)
 
     def rows(self, rows: np.ndarray) -> ModelTest:
-        """The test of the class's samples at positions ``rows`` (a subsample), same targets."""
+        """The test of the class's samples at positions ``rows`` (a subsample), same targets
+        (their predictions shared: :attr:`usable` is made once)."""
         rows = np.asarray(rows)
         inputs, maps = self.inputs, self.maps
-        return ModelTest(self.predict, lambda r: inputs(rows[np.asarray(r)]),
-                         lambda r: maps(rows[np.asarray(r)]), self.targets, self.c)
+        sub = ModelTest(self.predict, lambda r: inputs(rows[np.asarray(r)]),
+                        lambda r: maps(rows[np.asarray(r)]), self.targets, self.c)
+        sub.__dict__["usable"] = self.usable
+        return sub
 
     def test(self, members: np.ndarray, side: float, area: float, pairs: int,
              seed: int | list[int]) -> list[TransplantResult]:

@@ -48,6 +48,11 @@ def _members(draw: dict) -> tuple[int, int]:
     return hits, size - hits
 
 
+def _flagged(draw: dict, threshold: float) -> bool:
+    """A draw's planted class flagged: at the threshold, or below it followed by the model."""
+    return draw["planted_score"] >= threshold or bool(draw.get("followed_below"))
+
+
 def compare(before: Path, after: Path, common: bool = False) -> dict:
     """The comparison of one pair of rescorings (see the module docstring); with ``common``,
     of the class checks and draws both hold."""
@@ -81,14 +86,14 @@ def compare(before: Path, after: Path, common: bool = False) -> dict:
         s["draws"] += 1
         for i, d in enumerate((x, y)):
             s["scores"][i].append(d["planted_score"])
-            if d["planted_score"] < threshold and not d.get("followed_below"):
+            if not _flagged(d, threshold):
                 continue
             s["flagged"][i] += 1
             s["detected"][i] += d["precision"] >= DETECT and d["recall"] >= DETECT
             low = s["lowest_precision"][i]
             s["lowest_precision"][i] = d["precision"] if low is None else min(low, d["precision"])
             s["recalls"][i].append(d["recall"])
-        if all(d["planted_score"] >= threshold or d.get("followed_below") for d in (x, y)):
+        if _flagged(x, threshold) and _flagged(y, threshold):
             (sa, ua), (sb, ub) = _members(x), _members(y)
             s["gained"][0] += sb - sa
             s["gained"][1] += ub - ua

@@ -457,9 +457,6 @@ def draw_records(rows: list[dict]) -> list[dict]:
                "n_other": len(rs) - (pl is not None),
                "highest_other_class": top["class"], "seconds": sum(r["seconds"] for r in rs),
                "refused": bool(rs[0].get("refused")), "model_kappa": rs[0].get("model_kappa")}
-        below = [r["class"] for r in rs if not r["planted"] and r.get("followed_below")]
-        if below:
-            rec["other_followed_below"] = below
         if pl is not None:
             rec.update(planted_score=gate(pl), precision=pl.get("precision"),
                        recall=pl.get("recall"), n_planted=pl["n_poisoned"], n_class=pl["n"])
