@@ -51,6 +51,39 @@ def test_a_pattern_that_turns_every_target_is_followed():
     assert decide(tests, 1.0, 3.0) == "followed"
 
 
+def test_place_agreement_counts_where_the_members_pieces_are_alike():
+    """A stamp's pixels agree in every member whatever the rest show there; pieces that differ
+    among the members as much as from the rest agree nowhere; values where the rest do not
+    deviate from the members' median count for nothing."""
+    from spray.verdict.transplant import place_agreement
+
+    rng = np.random.default_rng(0)
+    rest = rng.random((50, 8))
+    stamp = np.tile([1.0, 0.0, 1.0, 0.0], (20, 2)) + rng.normal(0, 0.01, (20, 8))
+    assert place_agreement(stamp, rest, 0.5) == 1.0
+    assert place_agreement(rng.random((20, 8)), rest, 0.5) == 0.0
+    half = np.hstack([stamp[:, :4], rng.random((20, 4))])       # the stamp on half the values
+    assert place_agreement(half, rest, 0.5) == 0.5
+    assert place_agreement(half, rest, 0.001) == 0.0            # no spread that tight
+    flat = np.hstack([np.zeros((20, 4)), rng.random((20, 4))])
+    rest_flat = np.hstack([np.zeros((50, 4)), rng.random((50, 4))])
+    assert place_agreement(flat, rest_flat, 0.5) == 0.0         # the zeros count for nothing
+    assert np.isnan(place_agreement(np.zeros((5, 3)), np.zeros((5, 3)), 0.5))
+    assert np.isnan(place_agreement(stamp[:0], rest, 0.5))
+
+
+def test_pieces_are_alike_only_where_the_place_was_measured_at_the_bar():
+    from spray.verdict.transplant import TransplantResult, pieces_alike
+
+    def results(agreed):
+        return [TransplantResult("place", 0.3, 0.0, 0.3, 5.0, 256, agreed=agreed),
+                TransplantResult("peak", 0.3, 0.0, 0.3, 5.0, 256)]
+    assert pieces_alike(results(0.3), 0.15) and pieces_alike(results(0.15), 0.15)
+    assert not pieces_alike(results(0.1), 0.15)
+    assert not pieces_alike(results(None), 0.15) and not pieces_alike(results(np.nan), 0.0)
+    assert not pieces_alike(results(0.3)[1:], 0.0)               # no place region
+
+
 def _verdict(labels: np.ndarray, suspects: list[int], scores: dict | None = None):
     """A verdict at threshold 1.7 with the clusters of ``labels`` (scored 3.0 unless
     ``scores`` says otherwise) and ``suspects`` flagged."""
@@ -473,6 +506,8 @@ def test_a_candidate_below_the_threshold_the_model_follows_is_the_suspect(stampe
     first = v.near_tested[0]
     assert first["decision"] == "followed" and first["score"] < v.threshold
     assert max(t["effect"] for t in first["tests"]) > 0.3
+    place = next(t for t in first["tests"] if t["region"] == "place")
+    assert place["agreed"] >= 0.15                      # the stamp: the same pixels in each
     assert v.to_dict()["near_tested"][0]["members"] == first["members"]
     for flags in ({"transplant_reach": 0.0}, {"transplant_reach": 0.4}):
         off = _class_scored(stamped, **flags, **raised)
@@ -483,6 +518,11 @@ def test_a_candidate_below_the_threshold_the_model_follows_is_the_suspect(stampe
     assert not unreachable.flagged and unreachable.near_tested
     assert all(t["decision"] != "followed" for t in unreachable.near_tested)
     assert not any(c.followed_below for c in unreachable.clusters)
+    # followed, but pieces held to be alike in every value: class evidence, not a suspect
+    unlike = _class_scored(stamped, transplant_reach=1.0, transplant_near_agreed=1.0,
+                           **raised)
+    assert not unlike.flagged and unlike.near_tested[0]["decision"] == "unlike"
+    assert not any(c.followed_below for c in unlike.clusters)
 
 
 def test_candidates_below_the_threshold_the_model_does_not_follow_stay_unflagged(stamped,

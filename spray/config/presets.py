@@ -409,6 +409,13 @@ class FlagsSection(_Section):
     transplant_near_tries: int = Field(default=2, ge=1)
     transplant_near_effect: float = Field(default=0.05, ge=0, le=1, allow_inf_nan=False)
     transplant_near_z: float = Field(default=3.5, ge=0, allow_inf_nan=False)
+    #: and the members' pieces must be alike at their place: in at least
+    #: ``transplant_near_agreed`` of the place's pixel values the members lie within
+    #: ``transplant_near_spread`` times the rest's deviation of their median (a logo, a frame,
+    #: stripes: 0.28-0.48 on the design draws; clean digit strokes on plain backgrounds the
+    #: model follows as class evidence: at most 0.08)
+    transplant_near_spread: float = Field(default=0.5, gt=0, le=1, allow_inf_nan=False)
+    transplant_near_agreed: float = Field(default=0.15, ge=0, le=1, allow_inf_nan=False)
     seed: int = 0
 
 

@@ -35,7 +35,7 @@ from spray.verdict.members import decide_members
 from spray.verdict.patterns import InputPatterns
 from spray.verdict.result import ClusterEvidence, Verdict, resize_entries
 from spray.verdict.subsample import extend_labels, restrict, stratified_sample
-from spray.verdict.transplant import ModelTest, decide, decided_test, shown_followed
+from spray.verdict.transplant import ModelTest, decide, decided_test, pieces_alike, shown_followed
 
 log = logging.getLogger(__name__)
 
@@ -351,13 +351,20 @@ def _follow_near(labels, clusters: list[ClusterEvidence], near: list, graphs: Cl
 def _near_test(test: ModelTest, mask: np.ndarray, params: FlagsSection, attempt: int):
     """One run of the transplant test of a candidate below the threshold and what it shows:
     "followed" only when the model is shown to follow it
-    (:func:`~spray.verdict.transplant.shown_followed`); more pairs serve to tell a suspect's
-    effect from the bar, which fails closed, not to make a suspect."""
+    (:func:`~spray.verdict.transplant.shown_followed`) and the members' pieces at their place
+    are alike (:func:`~spray.verdict.transplant.pieces_alike`: a pattern, not class evidence
+    the members share; "unlike" when only the first holds); more pairs serve to tell a
+    suspect's effect from the bar, which fails closed, not to make a suspect."""
     tests = test.test(mask, side=params.window_side, area=params.input_mask_area,
-                      pairs=params.transplant_pairs, seed=params.seed + attempt)
+                      pairs=params.transplant_pairs, seed=params.seed + attempt,
+                      spread=params.transplant_near_spread)
     shown = shown_followed(tests, params.transplant_near_effect, params.transplant_near_z)
     decision = decide(tests, params.transplant_near_effect, params.transplant_near_z)
-    decision = "followed" if shown else ("undecided" if decision == "followed" else decision)
+    if shown:
+        decision = ("followed" if pieces_alike(tests, params.transplant_near_agreed)
+                    else "unlike")
+    elif decision == "followed":
+        decision = "undecided"
     log.info("class %d, candidate below the threshold: transplant %s -> %s", test.c,
              [t.to_dict() for t in tests], decision)
     return decision, tests

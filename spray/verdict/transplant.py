@@ -116,7 +116,9 @@ class TransplantResult:
     turned and ``n01`` those only the rest's did (0 when no pair differs; a group whose pieces
     turn every target and the rest's none has ``√pairs``); ``pairs`` the pairs and
     ``targets`` the distinct target images among them; ``se`` the standard error of
-    ``effect`` (:func:`effect_se`): with :func:`decide`'s floor, how surely it lies below a bar.
+    ``effect`` (:func:`effect_se`): with :func:`decide`'s floor, how surely it lies below a bar;
+    ``agreed`` (the ``place`` region, when asked for) :func:`place_agreement` of the members'
+    pieces there, None when not measured.
     """
 
     region: str
@@ -127,6 +129,7 @@ class TransplantResult:
     pairs: int
     se: float = float("nan")
     targets: int = 0
+    agreed: float | None = None
 
     def to_dict(self) -> dict:
         return {k: (round(v, 4) if isinstance(v, float) else v) for k, v in asdict(self).items()}
@@ -193,6 +196,41 @@ def _paired(region: str, a: np.ndarray, b: np.ndarray, targets: np.ndarray,
 MEAN_ROWS = 1000
 
 
+def place_agreement(members: np.ndarray, rest: np.ndarray, spread: float) -> float:
+    """The share of a region's values where the members' pieces are alike.
+
+    A value (a pixel in one colour channel) counts where the rest deviate from the members'
+    median at all; of those, the share where the members' mean absolute deviation from their
+    median is at most ``spread`` times the rest's. A stamp, a logo or a frame at a fixed place
+    is the same in every member: its pixels agree, whatever the rest show there. Class
+    evidence the members share without a common pattern (strokes of differently coloured
+    digits on plain backgrounds) agrees nowhere: the members differ there about as much as
+    from the rest (docs/verdict.md, "Suspects the model follows below the threshold").
+
+    Parameters
+    ----------
+    members, rest : numpy.ndarray
+        ``(m, D)`` and ``(k, D)``: the region's D values of members and of the rest.
+    spread : float
+        How much more closely than the rest the members must lie to their median.
+
+    Returns
+    -------
+    float
+        The share in [0, 1]; NaN when no value counts (or a side is empty).
+    """
+    members, rest = np.asarray(members, dtype=np.float64), np.asarray(rest, dtype=np.float64)
+    if not len(members) or not len(rest) or not members.shape[1]:
+        return float("nan")
+    median = np.median(members, axis=0)
+    inside = np.abs(members - median).mean(axis=0)
+    outside = np.abs(rest - median).mean(axis=0)
+    counted = outside > 0
+    if not counted.any():
+        return float("nan")
+    return float((inside[counted] <= spread * outside[counted]).mean())
+
+
 def _rows_of(array: np.ndarray) -> Callable[[np.ndarray], np.ndarray]:
     return lambda rows: np.asarray(array)[rows]
 
@@ -213,8 +251,8 @@ def target_rows(labels: np.ndarray, c: int, pairs: int, seed: int) -> np.ndarray
 
 def transplant_test(predict: Predict, inputs, maps, members: np.ndarray,
                     targets: np.ndarray, c: int, *, side: float = 0.22, area: float = 0.1,
-                    pairs: int = 256, seed: int | list[int] = 0, filtered: bool = False
-                    ) -> list[TransplantResult]:
+                    pairs: int = 256, seed: int | list[int] = 0, filtered: bool = False,
+                    spread: float | None = None) -> list[TransplantResult]:
     """The transplant test of one candidate group of class ``c`` in both region kinds.
 
     Parameters
@@ -237,6 +275,9 @@ def transplant_test(predict: Predict, inputs, maps, members: np.ndarray,
         Fixes which targets and donors are drawn (a seed for :func:`numpy.random.default_rng`).
     filtered : bool
         ``targets`` are :func:`usable_targets` already (not predicted again).
+    spread : float, optional
+        Also measure :func:`place_agreement` of the ``place`` region (the members' and the
+        rest's inputs of the rows its mean maps are taken from) with this spread.
 
     Returns
     -------
@@ -267,6 +308,10 @@ def transplant_test(predict: Predict, inputs, maps, members: np.ndarray,
     if place.any():
         out.append(_paired("place", pasted_flips(predict, pick_t, x[i_in], place, c),
                            pasted_flips(predict, pick_t, x[i_out], place, c), *ids))
+        if spread is not None:
+            pieces = _as_images(load(both))[:, :, place].reshape(len(both), -1)
+            out[-1].agreed = place_agreement(pieces[:len(mean_in)], pieces[len(mean_in):],
+                                             spread)
     boxes = peak_boxes(read_maps(donors), side)
     out.append(_paired("peak", pasted_flips(predict, pick_t, x[i_in], boxes[i_in], c),
                        pasted_flips(predict, pick_t, x[i_out], boxes[i_out], c), *ids))
@@ -311,11 +356,11 @@ class ModelTest:
         return sub
 
     def test(self, members: np.ndarray, side: float, area: float, pairs: int,
-             seed: int | list[int]) -> list[TransplantResult]:
+             seed: int | list[int], spread: float | None = None) -> list[TransplantResult]:
         """:func:`transplant_test` of the group ``members`` of this class."""
         return transplant_test(self.predict, self.inputs, self.maps, members, self.usable,
                                self.c, side=side, area=area, pairs=pairs, seed=seed,
-                               filtered=True)
+                               filtered=True, spread=spread)
 
 
 def _floored(r: TransplantResult, min_effect: float) -> float:
@@ -359,6 +404,13 @@ def shown_followed(results: list[TransplantResult], min_effect: float, min_z: fl
     that a few donors or easily turned targets cannot make (a NaN error shows nothing)."""
     return any(r.effect >= min_effect and r.effect >= min_z * _floored(r, min_effect)
                for r in results)
+
+
+def pieces_alike(results: list[TransplantResult], bar: float) -> bool:
+    """Whether the ``place`` region's :func:`place_agreement` is at least ``bar`` (False
+    where it was not measured or is NaN: nothing shows the pieces alike)."""
+    agreed = next((r.agreed for r in results if r.region == "place"), None)
+    return agreed is not None and bool(agreed >= bar)
 
 
 def decided_test(test: ModelTest, members: np.ndarray, *, side: float, area: float,
