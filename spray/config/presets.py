@@ -402,13 +402,16 @@ class FlagsSection(_Section):
     #: pieces the model is shown to follow (an effect of at least ``transplant_near_effect``,
     #: ``transplant_near_z`` of the test's clustered errors above none) becomes the suspect; its
     #: score stays as it is. One corner of a logo on several corners is too small a group for
-    #: the graphs to separate far; but clean strokes of a class's own digits on plain
-    #: backgrounds are followed as surely (docs/verdict.md, "Suspects the model follows below
-    #: the threshold"). 0 (the default): off; off too without the transplant test
+    #: the graphs to separate far; clean strokes of a class's own digits on plain backgrounds
+    #: are followed as surely, but their pieces are not alike (``transplant_near_agreed``;
+    #: docs/verdict.md, "Suspects the model follows below the threshold"). 0 (the default):
+    #: off; off too without the transplant test
     transplant_reach: float = Field(default=0.0, ge=0, allow_inf_nan=False)
     transplant_near_tries: int = Field(default=2, ge=1)
     transplant_near_effect: float = Field(default=0.05, ge=0, le=1, allow_inf_nan=False)
-    transplant_near_z: float = Field(default=3.5, ge=0, allow_inf_nan=False)
+    #: 3.0 clustered errors: the suspect test's own z; of the design candidates without an
+    #: artefact whose pieces are alike (below) none reached 2.2
+    transplant_near_z: float = Field(default=3.0, ge=0, allow_inf_nan=False)
     #: and the members' pieces must be alike at their place: in at least
     #: ``transplant_near_agreed`` of the place's pixel values the members lie within
     #: ``transplant_near_spread`` times the rest's deviation of their median (a logo, a frame,

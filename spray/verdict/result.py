@@ -209,8 +209,10 @@ class Verdict:
         None without the test.
     near_tested : with ``transplant_reach``, the candidates below the threshold the transplant
         test was run on, in order: ``score``, ``size``, ``id`` (a cluster) or ``cut_graph``
-        and ``cut_along`` (a cut), ``decision``, ``tests`` and ``members`` (row positions);
-        None when none was.
+        and ``cut_along`` (a cut), ``decision`` ("followed": the suspect; "unlike": the model
+        follows the pieces but they are not alike at their place, class evidence rather than
+        a pattern; "undecided" or "ignored"), ``tests`` (the ``place`` test with the
+        members' ``agreed`` share) and ``members`` (row positions); None when none was.
     """
 
     score: float
