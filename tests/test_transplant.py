@@ -343,14 +343,16 @@ def _project(small_problem, root, pairs=128):
     return root
 
 
-def _run(small_problem, root, **flags):
-    """:func:`_project` with more ``flags``, run to the end (exit 0)."""
+def _run(small_problem, root, preset="spray-default", **flags):
+    """:func:`_project` with the pipeline ``preset`` and more ``flags``, run to the end
+    (exit 0)."""
     import yaml
 
     from spray.cli.main import main
 
     root = _project(small_problem, root)
     cfg = yaml.safe_load((root / "config.yaml").read_text())
+    cfg["pipeline"]["preset"] = preset
     cfg["pipeline"]["flags"].update(flags)
     (root / "config.yaml").write_text(yaml.safe_dump(cfg))
     assert main(["run", str(root / "config.yaml"), "--quiet"]) == 0
@@ -568,12 +570,13 @@ def test_a_subsampled_class_tests_its_candidates_on_the_samples_drawn(stamped, s
 
 def test_a_run_flags_a_class_below_the_threshold_its_model_follows(small_problem, tmp_path,
                                                                    stamp_score):
-    """In a run of the pipeline with the threshold raised above the stamp's score: the class
-    is flagged below it, the check fails it and says why, the class page too."""
+    """In a run of the preset ``followed`` (which asks about candidates below the threshold)
+    with the threshold raised above the stamp's score: the class is flagged below it, the
+    check fails it and says why, the class page too."""
     from spray.cli.main import main
 
-    root = _run(small_problem, tmp_path / "below", threshold=round(stamp_score + 0.5, 3),
-                transplant_reach=1.0)
+    root = _run(small_problem, tmp_path / "below", preset="followed",
+                threshold=round(stamp_score + 0.5, 3))
     entry = _classes(root)[2]
     assert entry["flagged"] and entry["score"] < entry["threshold"]
     suspect = next(c for c in entry["clusters"] if c["id"] == entry["suspect_cluster"])

@@ -396,9 +396,9 @@ class FlagsSection(_Section):
     #: run's forward passes): an effect near the bar gets the pairs to tell. At most
     #: ``transplant_pairs``: no second run
     transplant_max_pairs: int = Field(default=4096, ge=0)
-    #: candidates below the threshold the model is asked about (opt-in, experimental): when the
-    #: spectral rule finds no suspect, the clusters and cuts scored within this much below the
-    #: threshold are tested (best first, at most ``transplant_near_tries``), and the first whose
+    #: candidates below the threshold the model is asked about (on in the preset ``followed``):
+    #: when the spectral rule finds no suspect, the clusters and cuts scored within this much
+    #: below the threshold are tested (best first, at most ``transplant_near_tries``), and the first whose
     #: pieces the model is shown to follow (an effect of at least ``transplant_near_effect``,
     #: ``transplant_near_z`` of the test's clustered errors above none) becomes the suspect; its
     #: score stays as it is. One corner of a logo on several corners is too small a group for
