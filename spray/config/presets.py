@@ -398,14 +398,14 @@ class FlagsSection(_Section):
     transplant_max_pairs: int = Field(default=4096, ge=0)
     #: candidates below the threshold the model is asked about (on in the preset ``followed``):
     #: when the spectral rule finds no suspect, the clusters and cuts scored within this much
-    #: below the threshold are tested (best first, at most ``transplant_near_tries``), and the first whose
-    #: pieces the model is shown to follow (an effect of at least ``transplant_near_effect``,
-    #: ``transplant_near_z`` of the test's clustered errors above none) becomes the suspect; its
-    #: score stays as it is. One corner of a logo on several corners is too small a group for
-    #: the graphs to separate far; clean strokes of a class's own digits on plain backgrounds
-    #: are followed as surely, but their pieces are not alike (``transplant_near_agreed``;
-    #: docs/verdict.md, "Suspects the model follows below the threshold"). 0 (the default):
-    #: off; off too without the transplant test
+    #: below the threshold are tested (best first, at most ``transplant_near_tries``), and the
+    #: first whose pieces at their place the model is shown to follow (an effect of at least
+    #: ``transplant_near_effect``, ``transplant_near_z`` of the test's clustered errors above
+    #: none) becomes the suspect; its score stays as it is. One corner of a logo on several
+    #: corners is too small a group for the graphs to separate far; clean strokes of a class's
+    #: own digits on plain backgrounds are followed as surely, but their pieces are not alike
+    #: (``transplant_near_agreed``; docs/verdict.md, "Suspects the model follows below the
+    #: threshold"). 0 (the default): off; off too without the transplant test
     transplant_reach: float = Field(default=0.0, ge=0, allow_inf_nan=False)
     transplant_near_tries: int = Field(default=2, ge=1)
     transplant_near_effect: float = Field(default=0.05, ge=0, le=1, allow_inf_nan=False)

@@ -268,7 +268,8 @@ def _below_note(entry: dict) -> str:
     cl = below[0]
     return (f" Flagged below the threshold: cluster {_esc(cl['id'])} scores "
             f"{_fmt(cl.get('score'), 2)}, within the transplant test's reach of the threshold, "
-            f"and the model follows its pieces (the transplant test above).")
+            f"and the model follows its pieces, which are alike at their place (the transplant "
+            f"test above).")
 
 
 def _watch_note(entry: dict) -> str:

@@ -148,7 +148,8 @@ def follow_suspects(verdict: Verdict, model_test: ModelTest, params: FlagsSectio
             model_test, np.asarray(verdict.labels) == cid, side=params.window_side,
             area=params.input_mask_area, pairs=params.transplant_pairs,
             max_pairs=params.transplant_max_pairs, seed=params.seed + cid,
-            min_effect=params.transplant_min_effect, min_z=params.transplant_min_z)
+            min_effect=params.transplant_min_effect, min_z=params.transplant_min_z,
+            spread=params.transplant_near_spread if entry.followed_below else None)
         entry.transplant = [t.to_dict() for t in tests]
         if entry.decision == "ignored":
             entry.followed_below = None      # a suspect below the threshold, cleared after all
@@ -307,9 +308,10 @@ def _follow_near(labels, clusters: list[ClusterEvidence], near: list, graphs: Cl
     Jaccard ≥ ``sweep_min_jaccard``, nor holding a whole one), best first by their stable
     score (one that kept its plain score is resampled first; one scored by another graph than
     its resamples', an edge-lifted cluster, is left out then). The first of at most
-    ``transplant_near_tries`` tested whose pieces the model is shown to follow in one run of
-    ``transplant_pairs`` (:func:`_near_test`) becomes the suspect: a cluster as it is, a cut
-    split off as a new cluster (:func:`~spray.verdict.halves.split_cut`). Returns ``labels,
+    ``transplant_near_tries`` tested whose pieces at their place the model is shown to follow
+    in one run of ``transplant_pairs`` and are alike there (:func:`_near_test`) becomes the
+    suspect: a cluster as it is, a cut split off as a new cluster
+    (:func:`~spray.verdict.halves.split_cut`). Returns ``labels,
     clusters, splits, promoted, tested`` (the suspect's id or None; the records of the
     candidates tested, :func:`_near_record`)."""
     params = graphs.params
@@ -350,15 +352,17 @@ def _follow_near(labels, clusters: list[ClusterEvidence], near: list, graphs: Cl
 
 def _near_test(test: ModelTest, mask: np.ndarray, params: FlagsSection, attempt: int):
     """One run of the transplant test of a candidate below the threshold and what it shows:
-    "followed" only when the model is shown to follow it
-    (:func:`~spray.verdict.transplant.shown_followed`) and the members' pieces at their place
-    are alike (:func:`~spray.verdict.transplant.pieces_alike`: a pattern, not class evidence
-    the members share; "unlike" when only the first holds); more pairs serve to tell a
-    suspect's effect from the bar, which fails closed, not to make a suspect."""
+    "followed" only when the model is shown to follow its pieces at their place
+    (:func:`~spray.verdict.transplant.shown_followed` of the ``place`` region) and those
+    pieces are alike (:func:`~spray.verdict.transplant.pieces_alike`: a pattern at a fixed
+    place, not class evidence the members share; "unlike" when only the first holds, or the
+    agreement could not be measured); more pairs serve to tell a suspect's effect from the
+    bar, which fails closed, not to make a suspect."""
     tests = test.test(mask, side=params.window_side, area=params.input_mask_area,
                       pairs=params.transplant_pairs, seed=params.seed + attempt,
                       spread=params.transplant_near_spread)
-    shown = shown_followed(tests, params.transplant_near_effect, params.transplant_near_z)
+    shown = shown_followed([t for t in tests if t.region == "place"],
+                           params.transplant_near_effect, params.transplant_near_z)
     decision = decide(tests, params.transplant_near_effect, params.transplant_near_z)
     if shown:
         decision = ("followed" if pieces_alike(tests, params.transplant_near_agreed)

@@ -132,7 +132,9 @@ class TransplantResult:
     agreed: float | None = None
 
     def to_dict(self) -> dict:
-        return {k: (round(v, 4) if isinstance(v, float) else v) for k, v in asdict(self).items()}
+        """The fields, floats rounded to 4 places (a NaN, not valid JSON, as None)."""
+        return {k: (round(v, 4) if np.isfinite(v) else None) if isinstance(v, float) else v
+                for k, v in asdict(self).items()}
 
 
 def _cluster_var(values: np.ndarray, groups: np.ndarray) -> float:
@@ -235,6 +237,15 @@ def _rows_of(array: np.ndarray) -> Callable[[np.ndarray], np.ndarray]:
     return lambda rows: np.asarray(array)[rows]
 
 
+def _place_values(load: Callable[[np.ndarray], np.ndarray], rows: np.ndarray,
+                  place: np.ndarray, chunk: int = 256) -> np.ndarray:
+    """``(len(rows), C·P)``: the inputs of ``rows`` at the P pixels of ``place``, read
+    ``chunk`` rows at a time (whole inputs of a thousand rows need not fit in memory)."""
+    parts = [_as_images(load(rows[i:i + chunk]))[:, :, place].reshape(len(rows[i:i + chunk]), -1)
+             for i in range(0, len(rows), chunk)]
+    return np.concatenate(parts) if parts else np.zeros((0, 0), np.float32)
+
+
 def usable_targets(predict: Predict, targets: np.ndarray, c: int) -> np.ndarray:
     """The target images the model does not already predict as ``c`` (``(m, C, H, W)``)."""
     t = _as_images(targets)
@@ -309,7 +320,7 @@ def transplant_test(predict: Predict, inputs, maps, members: np.ndarray,
         out.append(_paired("place", pasted_flips(predict, pick_t, x[i_in], place, c),
                            pasted_flips(predict, pick_t, x[i_out], place, c), *ids))
         if spread is not None:
-            pieces = _as_images(load(both))[:, :, place].reshape(len(both), -1)
+            pieces = _place_values(load, both, place)
             out[-1].agreed = place_agreement(pieces[:len(mean_in)], pieces[len(mean_in):],
                                              spread)
     boxes = peak_boxes(read_maps(donors), side)
@@ -414,15 +425,16 @@ def pieces_alike(results: list[TransplantResult], bar: float) -> bool:
 
 
 def decided_test(test: ModelTest, members: np.ndarray, *, side: float, area: float,
-                 pairs: int, max_pairs: int, seed: int, min_effect: float, min_z: float
-                 ) -> tuple[str, list[TransplantResult]]:
+                 pairs: int, max_pairs: int, seed: int, min_effect: float, min_z: float,
+                 spread: float | None = None) -> tuple[str, list[TransplantResult]]:
     """The transplant test of a group with more pairs while it is undecided.
 
     The test runs with ``pairs`` pairs; while :func:`decide` finds it undecided it runs again
     with four times as many (at most ``max_pairs``; new draws of targets and donors from the
     same images, seeded by ``seed`` and the size), until ``max_pairs`` have been tried.
     An effect far from the bar is decided at the first size; one near it is given the pairs
-    to tell, and stays undecided (a suspect) if they do not.
+    to tell, and stays undecided (a suspect) if they do not. With ``spread``, the ``place``
+    results carry their :func:`place_agreement`.
 
     Returns
     -------
@@ -431,7 +443,7 @@ def decided_test(test: ModelTest, members: np.ndarray, *, side: float, area: flo
     """
     n, draw = pairs, seed
     while True:
-        results = test.test(members, side, area, n, draw)
+        results = test.test(members, side, area, n, draw, spread)
         verdict = decide(results, min_effect, min_z)
         if verdict != "undecided" or n >= max_pairs:
             return verdict, results
