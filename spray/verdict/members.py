@@ -156,8 +156,8 @@ def decide_members(labels: np.ndarray, clusters: list[ClusterEvidence], suspects
     """Who of the suspects is reported: :func:`join_suspects`, then :func:`trim_suspects` (the
     samples outside that carry the pattern would lower the AUC that decides the trim), then
     with the raw inputs :func:`trim_by_pattern`, :func:`join_by_pattern` (from the members
-    the trims kept) and :func:`join_by_agreement` and, with the relevance maps too,
-    :func:`join_where_looked`.
+    the trims kept), :func:`join_by_agreement`, with ``agreement_anywhere``
+    :func:`join_anywhere` and, with the relevance maps too, :func:`join_where_looked`.
 
     The member flags come from ``flags`` (their one definition): ``trim_min_auc``,
     ``trim_fence_iqr``, ``pattern_trim_iqr``, ``pattern_join_iqr``, ``agreement_spread``,
@@ -176,6 +176,10 @@ def decide_members(labels: np.ndarray, clusters: list[ClusterEvidence], suspects
     labels = join_by_agreement(labels, clusters, suspects, features, area, patterns,
                                flags.score_max_samples, flags.agreement_spread,
                                flags.pattern_join_iqr)
+    if flags.agreement_anywhere:
+        labels = join_anywhere(labels, clusters, suspects, features, area, patterns,
+                               flags.score_max_samples, flags.agreement_spread,
+                               flags.pattern_join_iqr, flags.peak_place_carriers)
     return join_where_looked(labels, clusters, suspects, features, fence, flags.peak_guard_iqr,
                              patterns, flags.score_max_samples, flags.peak_window_doublings,
                              flags.peak_carrier_gap, flags.peak_far_iqr, flags.window_side,
@@ -613,6 +617,60 @@ def join_by_agreement(labels: np.ndarray, clusters: list[ClusterEvidence], suspe
         return join
 
     return _join_carriers(labels, clusters, suspects, "agreed_joined", carriers)
+
+
+def join_anywhere(labels: np.ndarray, clusters: list[ClusterEvidence], suspects: list[int],
+                  features: np.ndarray | None, area: float, patterns: InputPatterns | None,
+                  max_template: int, spread: float | None, reach: float | None,
+                  least: int) -> np.ndarray:
+    """Move the samples outside every suspect that carry what its members agree on at its hot
+    spot, *somewhere else* in their images, into that suspect (``agreement_anywhere``).
+
+    A logo in one of four corners makes a suspect of one corner: what its members agree on
+    there (the logo's pixels, not the photograph around them) is the template, and every
+    sample's distance is that of its best place
+    (:meth:`~spray.verdict.patterns.InputPatterns.agreement_anywhere`). The candidates, the
+    bar and the guard are those of :func:`join_by_agreement` (at or below the members' upper
+    fence, which is at most ``spread``; below the lower fence of the other samples outside);
+    and a candidate joins only at a place that at least ``least``
+    candidates share, or at the members' own (an artefact sits at a few fixed places; a
+    look-alike of a flat stamp, a bright region, at a place of its own). Unlike there, the
+    candidates may outnumber the members (three corners besides theirs), not the other
+    samples outside. Fills in
+    ``anywhere_joined``; nothing moves without ``patterns``, relevance features, ``spread``
+    or ``reach``, or with ``area`` 0.
+
+    Returns
+    -------
+    numpy.ndarray
+        The labels after the moves (a new array when anything moved).
+    """
+    if (patterns is None or features is None or area <= 0 or not suspects or not spread
+            or reach is None):
+        return labels
+
+    def carriers(entry: ClusterEvidence, mask: np.ndarray,
+                 outside: np.ndarray) -> np.ndarray | None:
+        cells = top_cells(np.abs(difference(features, mask)), area)
+        found = patterns.agreement_anywhere(cells, mask, spread, max_template)
+        if found is None:
+            return None
+        d, places = found.distance, found.places
+        finite = np.isfinite(d)
+        if not (mask & finite).any():
+            return None
+        fence = upper_fence(d[mask & finite], reach)
+        join = outside & finite & (d <= fence)
+        rest = outside & finite & ~join
+        if (fence > spread or rest.sum() < 4 or join.sum() >= rest.sum()
+                or lower_fence(d[rest], reach) <= fence):
+            return None
+        spots, counts = np.unique(places[join], axis=0, return_counts=True)
+        shared = [tuple(p) for p, k in zip(spots.tolist(), counts) if k >= least]
+        at = {found.home, *shared}
+        return join & np.array([tuple(p) in at for p in places.tolist()])
+
+    return _join_carriers(labels, clusters, suspects, "anywhere_joined", carriers)
 
 
 def join_bar(r: np.ndarray, mask: np.ndarray, outside: np.ndarray, fence: float,

@@ -192,6 +192,69 @@ class InputPatterns:
             out[rows] = np.abs(V - median) @ scale / len(index)
         return out
 
+    def agreement_anywhere(self, cells: np.ndarray, mask: np.ndarray, spread: float,
+                           max_template: int) -> AgreedPlaces | None:
+        """Each sample's distance to what the members agree on at the feature ``cells``, at
+        the best place in its image: a logo in one of several corners carried elsewhere.
+
+        The agreed values are those of :meth:`agreement` (pixel and colour channel where the
+        members' deviation from their median is at most ``spread`` times the outside's); in
+        their bounding box they are the template. A sample's distance at a place is the root
+        mean square of its differences from the template there, each in units of the outside's
+        deviation at that value: about 0 for a sample that carries the members' pixels there,
+        about 1 or more for one without. Every place is compared at once by FFT
+        (``scipy.signal.fftconvolve``; Σ w (x − t)² = Σ w x² − 2 Σ w t x + Σ w t²). Returns
+        :class:`AgreedPlaces`, or None where :meth:`agreement` measures nothing (fewer than
+        :data:`AGREED_MIN` agreed values, no member or no sample outside, no pixel in the
+        cells). A sample with a non-finite input gets NaN.
+        """
+        from scipy.signal import fftconvolve
+
+        members = _evenly(np.flatnonzero(mask), max_template)
+        others = _evenly(np.flatnonzero(~mask), max_template)
+        if not len(members) or not len(others):
+            return None
+        M, index = self._read(members, cells)
+        if not index.size:
+            return None
+        M, index = M.reshape(len(M), -1), index.ravel()
+        rest = self._read(others, cells, index)[0]
+        with np.errstate(all="ignore"):
+            median = np.nanmedian(M, axis=0) if np.isnan(M).any() else np.median(M, axis=0)
+            inside = np.nanmean(np.abs(M - median), axis=0)
+            outside = np.nanmean(np.abs(rest - median), axis=0)
+        agreed = np.isfinite(inside) & (outside > 0) & (inside <= spread * outside)
+        if agreed.sum() < AGREED_MIN:
+            return None
+        first = np.asarray(self.load(np.arange(1)))
+        C, (H, W) = (1 if first.ndim == 3 else first.shape[1]), first.shape[-2:]
+        c, rest_of = np.divmod(index[agreed], H * W)
+        y, x = np.divmod(rest_of, W)
+        home = (int(y.min()), int(x.min()))
+        h, w = int(y.max()) - home[0] + 1, int(x.max()) - home[1] + 1
+        T, weight = np.zeros((C, h, w)), np.zeros((C, h, w))
+        T[c, y - home[0], x - home[1]] = median[agreed]
+        weight[c, y - home[0], x - home[1]] = 1.0 / outside[agreed] ** 2
+        total, const = float(agreed.sum()), float((weight * T ** 2).sum())
+        distance = np.empty(self.n)
+        places = np.zeros((self.n, 2), dtype=np.intp)
+        for start in range(0, self.n, self.chunk):
+            rows = np.arange(start, min(start + self.chunk, self.n))
+            X = np.asarray(self.load(rows), dtype=np.float64)
+            X = X[:, None] if X.ndim == 3 else X
+            finite = np.isfinite(X).all(axis=(1, 2, 3))
+            X = np.where(finite[:, None, None, None], X, 0.0)
+            acc = np.zeros((len(rows), H - h + 1, W - w + 1))
+            for ch in np.flatnonzero(weight.reshape(C, -1).any(axis=1)):
+                k = weight[ch][::-1, ::-1][None]
+                acc += fftconvolve(X[:, ch] ** 2, k, mode="valid") - 2 * fftconvolve(
+                    X[:, ch], (weight[ch] * T[ch])[::-1, ::-1][None], mode="valid")
+            flat = np.maximum(acc + const, 0.0).reshape(len(rows), -1) / total
+            best = flat.argmin(axis=1)
+            distance[rows] = np.where(finite, np.sqrt(flat[np.arange(len(rows)), best]), np.nan)
+            places[rows] = np.column_stack(np.unravel_index(best, acc.shape[1:]))
+        return AgreedPlaces(distance, places, home)
+
     def peak_correlation(self, diff: np.ndarray, mask: np.ndarray, max_template: int,
                          scale: int = 1, at: str = "peak",
                          side_share: float | None = None, places: bool = False):
@@ -434,6 +497,18 @@ def _span(side: int, H: int, W: int) -> int:
     """The pixels a window of ``side`` spans as it is compared (:func:`_blocks`)."""
     f, s = _blocks(side, H, W)
     return f * s
+
+
+class AgreedPlaces(NamedTuple):
+    """Best places of every sample for what a suspect's members agree on
+    (:meth:`InputPatterns.agreement_anywhere`)."""
+
+    #: each sample's distance at its best place, ``(n,)`` (NaN for a non-finite input)
+    distance: np.ndarray
+    #: the top-left corner of that place in pixels, ``(n, 2)``
+    places: np.ndarray
+    #: the template's own corner, at the members' hot spot
+    home: tuple[int, int]
 
 
 class PeakMatches(NamedTuple):

@@ -20,8 +20,8 @@ _EVIDENCE_KEYS = ("id", "half_of", "cut_along", "cut_graph", "n_clusters", "clus
                   "concentration", "peak", "peak_sign",
                   "size_penalty", "excluded", "resampled",
                   "contrast_stable", "score", "split_from", "hot_spot_auc", "trimmed", "pattern_trimmed",
-                  "joined", "pattern_joined", "agreed_joined", "peak_joined", "peak_window",
-                  "peak_guard", "peak_at", "peak_off_place", "transplant", "decision",
+                  "joined", "pattern_joined", "agreed_joined", "anywhere_joined", "peak_joined",
+                  "peak_window", "peak_guard", "peak_at", "peak_off_place", "transplant", "decision",
                   "followed_below")
 
 
@@ -74,6 +74,9 @@ class ClusterEvidence:
         carry its members' pattern and joined it (with the raw inputs only).
     agreed_joined : for a suspect, the samples from outside whose raw inputs equal its members'
         where the members agree, at its hot spot, and joined it (with the raw inputs only).
+    anywhere_joined : with ``agreement_anywhere``, for a suspect, the samples from outside
+        whose raw inputs equal its members' where they agree at another place of their image
+        (one that several such samples share) and joined it.
     peak_joined : for a suspect, the samples from outside that carry, anywhere in their image,
         its members' pattern where the members' relevance peaks, and joined it (with the raw
         inputs and relevance maps only).
@@ -135,6 +138,7 @@ class ClusterEvidence:
     joined: int | None = None
     pattern_joined: int | None = None
     agreed_joined: int | None = None
+    anywhere_joined: int | None = None
     peak_joined: int | None = None
     peak_window: int | None = None
     peak_guard: str | None = None
