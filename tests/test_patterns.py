@@ -1695,3 +1695,79 @@ def test_decide_members_hands_the_place_rule_on():
     assert not (members[()] & ~truth).any() and members[()][:30].all()
     assert members[("peak_place_share",)][30:38].all()
     assert members[("peak_place_carriers",)][30:38].all()
+
+
+# ------------------------------------------- what the members agree on, anywhere (opt-in)
+
+
+def test_what_the_members_agree_on_is_found_at_every_corner():
+    """The ring of one corner's suspect is its members' agreed pixels: every carrier matches it
+    exactly at its own corner, a bright corner without the ring or an unstamped sample does
+    not; the best place and distance are those of every window compared one by one."""
+    x, rel, feats, labels, *_ = _logo_class()
+    mask = labels == 1
+    found = InputPatterns.of(x, PRE, chunk=64).agreement_anywhere(
+        _hot_spot(feats, mask), mask, 0.1, 2000)
+    d, places = found.distance, found.places
+    assert d[:60].max() < 1e-3 < 0.3 < d[60:].min()
+    home = np.array(found.home)
+    corner = np.repeat(np.arange(4), 15)
+    offset = home - np.array(CORNERS[0])                 # the template's box against the ring's
+    assert (places[:60] == np.array(CORNERS)[corner] + offset).all()
+    # the FFT against a loop over every place, for a few samples
+    V = x.reshape(len(x), -1).astype(np.float64)
+    M = V[mask]
+    med = np.median(M, axis=0)
+    inside, outside = np.abs(M - med).mean(0), np.abs(V[~mask] - med).mean(0)
+    cells = _hot_spot(feats, mask)
+    at = np.flatnonzero(np.tile(cell_pixels(cells, (8, 8), 32, 32).ravel(), 3))
+    agreed = at[(outside[at] > 0) & (inside[at] <= 0.1 * outside[at])]
+    c, rest = np.divmod(agreed, 32 * 32)
+    y, xx = np.divmod(rest, 32)
+    assert tuple(found.home) == (y.min(), xx.min())
+    for i in (0, 20, 70, 150):
+        best = min(
+            np.sqrt(np.mean(((x[i, c, y - y.min() + oy, xx - xx.min() + ox] - med[agreed])
+                             / outside[agreed]) ** 2))
+            for oy in range(33 - (y.max() - y.min() + 1))
+            for ox in range(33 - (xx.max() - xx.min() + 1)))
+        assert d[i] == pytest.approx(best, abs=1e-6)
+
+
+def test_the_other_corners_join_at_the_places_they_share():
+    """The carriers of the three other corners join the one-corner suspect, no look-alike does;
+    a carrier alone at a place of its own joins only at a place enough candidates share."""
+    from spray.verdict.members import join_anywhere
+
+    x, rel, feats, labels, clusters, truth = _logo_class()
+    x[200, :, 12:17, 14:19][:, RING] = np.array([0.9, 0.1, 0.1])[:, None]   # a stray ring
+    patterns = InputPatterns.of(x, PRE)
+    out = join_anywhere(labels, clusters, [1], feats, 0.1, patterns, 2000, 0.1, 1.5, 3)
+    joins = (labels == 0) & (out == 1)
+    assert (joins == (truth & (labels == 0))).all() and clusters[1].anywhere_joined == 45
+    # no place shared by 16 candidates: only carriers at the members' own corner join
+    labels2 = labels.copy()
+    labels2[[13, 14]] = 0                                  # two of corner 0 left outside
+    clusters2 = [ClusterEvidence.of(labels2 == c, id=c) for c in (0, 1)]
+    alone = join_anywhere(labels2, clusters2, [1], feats, 0.1, patterns, 2000, 0.1, 1.5, 16)
+    assert ((alone == 1) == (labels == 1)).all() and clusters2[1].anywhere_joined == 2
+    # nothing read without the raw inputs, the spread or the reach
+    for args in ((None, 0.1, 1.5), (patterns, None, 1.5), (patterns, 0.1, None)):
+        assert (join_anywhere(labels, clusters, [1], feats, 0.1, args[0], 2000, args[1],
+                              args[2], 3) == labels).all()
+
+
+def test_decide_members_looks_anywhere_only_with_the_flag():
+    x, rel, feats, labels, clusters, truth = _logo_class()
+    import scipy.sparse as sp
+
+    W = sp.csr_matrix((len(labels), len(labels)))
+    patterns = InputPatterns.of(x, PRE)
+    inputs = preprocess(x.sum(axis=1), PRE)
+    for flag in (False, True):
+        fresh = [ClusterEvidence.of(labels == c, id=c) for c in (0, 1)]
+        out = decide_members(labels, fresh, [1], W, inputs, feats, 0.1,
+                             FlagsSection(agreement_anywhere=flag), patterns)
+        assert (fresh[1].anywhere_joined == 45) if flag else fresh[1].anywhere_joined is None
+        if flag:
+            assert ((out == 1) == truth).all()
