@@ -525,3 +525,6 @@ def test_class_page_says_who_joined_by_agreement():
     assert len(notes) == 1 and notes[0].startswith("7 samples outside")
     assert "agreement_spread" in notes[0]
     assert _member_notes({"agreed_joined": 0}) == []
+    anywhere = _member_notes({"anywhere_joined": 45, "agreed_joined": 0})
+    assert len(anywhere) == 1 and anywhere[0].startswith("45 samples outside")
+    assert "another place" in anywhere[0] and "agreement_anywhere" in anywhere[0]
