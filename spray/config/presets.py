@@ -332,7 +332,8 @@ class FlagsSection(_Section):
     #: holds object cells too (docs/verdict-eval.md, "Members by what they agree on"). None:
     #: never
     agreement_spread: float | None = Field(default=0.1, ge=0, le=1)
-    #: what a suspect's members agree on is also looked for anywhere in every image (opt-in):
+    #: what a suspect's members agree on is also looked for anywhere in every image (on in
+    #: the preset ``followed``):
     #: a sample outside that carries it at a place ``peak_place_carriers`` candidates share,
     #: or at the members' own, joins (a logo in one of several corners; docs/verdict.md,
     #: "Members by what they agree on, anywhere")
