@@ -603,20 +603,29 @@ def join_by_agreement(labels: np.ndarray, clusters: list[ClusterEvidence], suspe
                  outside: np.ndarray) -> np.ndarray | None:
         cells = top_cells(np.abs(difference(features, mask)), area)
         d = patterns.agreement(cells, mask, spread, max_template)
-        if d is None:
-            return None
-        finite = np.isfinite(d)
-        if not (mask & finite).any():
-            return None
-        fence = upper_fence(d[mask & finite], reach)
-        join = outside & finite & (d <= fence)
-        rest = outside & finite & ~join
-        if (fence > spread or rest.sum() < 4 or join.sum() >= mask.sum()
-                or lower_fence(d[rest], reach) <= fence):
-            return None
-        return join
+        return None if d is None else _close_carriers(d, mask, outside, spread, reach, False)
 
     return _join_carriers(labels, clusters, suspects, "agreed_joined", carriers)
+
+
+def _close_carriers(d: np.ndarray, mask: np.ndarray, outside: np.ndarray, spread: float,
+                    reach: float, beyond_members: bool) -> np.ndarray | None:
+    """The samples ``outside`` whose distance ``d`` to what the members agree on lies at or
+    below the members' upper fence (Q3 + ``reach`` × IQR), or None when that fence exceeds
+    ``spread``, fewer than 4 others are left, the candidates are as many as the members (as
+    many as the others, with ``beyond_members``) or the others' lower fence is not above it
+    (:func:`join_by_agreement`)."""
+    finite = np.isfinite(d)
+    if not (mask & finite).any():
+        return None
+    fence = upper_fence(d[mask & finite], reach)
+    join = outside & finite & (d <= fence)
+    rest = outside & finite & ~join
+    most = rest.sum() if beyond_members else mask.sum()
+    if (fence > spread or rest.sum() < 4 or join.sum() >= most
+            or lower_fence(d[rest], reach) <= fence):
+        return None
+    return join
 
 
 def join_anywhere(labels: np.ndarray, clusters: list[ClusterEvidence], suspects: list[int],
@@ -631,14 +640,13 @@ def join_anywhere(labels: np.ndarray, clusters: list[ClusterEvidence], suspects:
     sample's distance is that of its best place
     (:meth:`~spray.verdict.patterns.InputPatterns.agreement_anywhere`). The candidates, the
     bar and the guard are those of :func:`join_by_agreement` (at or below the members' upper
-    fence, which is at most ``spread``; below the lower fence of the other samples outside);
-    and a candidate joins only at a place that at least ``least``
-    candidates share, or at the members' own (an artefact sits at a few fixed places; a
-    look-alike of a flat stamp, a bright region, at a place of its own). Unlike there, the
-    candidates may outnumber the members (three corners besides theirs), not the other
-    samples outside. Fills in
-    ``anywhere_joined``; nothing moves without ``patterns``, relevance features, ``spread``
-    or ``reach``, or with ``area`` 0.
+    fence, which is at most ``spread``; below the lower fence of the other samples outside;
+    :func:`_close_carriers`), except that the candidates may outnumber the members (three
+    corners besides theirs), not the other samples outside; and a candidate joins only at a
+    place that at least ``least`` candidates share, or at the members' own (an artefact sits
+    at a few fixed places; a look-alike of a flat stamp, a bright region, at a place of its
+    own). Fills in ``anywhere_joined``; nothing moves without ``patterns``, relevance
+    features, ``spread`` or ``reach``, or with ``area`` 0.
 
     Returns
     -------
@@ -655,16 +663,10 @@ def join_anywhere(labels: np.ndarray, clusters: list[ClusterEvidence], suspects:
         found = patterns.agreement_anywhere(cells, mask, spread, max_template)
         if found is None:
             return None
-        d, places = found.distance, found.places
-        finite = np.isfinite(d)
-        if not (mask & finite).any():
+        join = _close_carriers(found.distance, mask, outside, spread, reach, True)
+        if join is None:
             return None
-        fence = upper_fence(d[mask & finite], reach)
-        join = outside & finite & (d <= fence)
-        rest = outside & finite & ~join
-        if (fence > spread or rest.sum() < 4 or join.sum() >= rest.sum()
-                or lower_fence(d[rest], reach) <= fence):
-            return None
+        places = found.places
         spots, counts = np.unique(places[join], axis=0, return_counts=True)
         shared = [tuple(p) for p, k in zip(spots.tolist(), counts) if k >= least]
         at = {found.home, *shared}

@@ -152,22 +152,11 @@ class InputPatterns:
                                  np.where(np.isnan(lengths), np.nan, 0.0))
         return out
 
-    def agreement(self, cells: np.ndarray, mask: np.ndarray, spread: float,
-                  max_template: int) -> np.ndarray | None:
-        """Each sample's distance to the members' own pixels where the members agree.
-
-        At the feature ``cells``, the members' median value per pixel (and colour channel) is
-        taken from at most ``max_template`` members (evenly spaced); a pixel counts where the
-        members' mean absolute deviation from it is at most ``spread`` times that of as many
-        samples outside ``mask`` (a stamp: the same value in every member, whatever the others
-        show there). A sample's distance is its mean absolute deviation from the members'
-        medians over those pixels, each in units of the outside's deviation there: about 1 for
-        a sample without the pattern, near 0 for one that carries it, whatever its
-        relevance. Unlike :meth:`correlation` nothing is centred: a flat stamp (a white
-        square) is a pattern too. Returns ``(n,)`` (NaN for a sample with a NaN there), or
-        None when fewer than :data:`AGREED_MIN` pixels agree, no member or no sample outside
-        is there, or no pixel lies at least half in the cells.
-        """
+    def _agreed(self, cells: np.ndarray, mask: np.ndarray, spread: float, max_template: int
+                ) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+        """What the members ``mask`` agree on at the feature ``cells`` (:meth:`agreement`):
+        the flat positions of the agreed values in ``C·H·W``, the members' medians there and
+        the outside's mean absolute deviations from them; None where nothing is measured."""
         members = _evenly(np.flatnonzero(mask), max_template)
         others = _evenly(np.flatnonzero(~mask), max_template)
         if not len(members) or not len(others):
@@ -184,7 +173,29 @@ class InputPatterns:
         agreed = np.isfinite(inside) & (outside > 0) & (inside <= spread * outside)
         if agreed.sum() < AGREED_MIN:
             return None
-        index, median, scale = index[agreed], median[agreed], 1.0 / outside[agreed]
+        return index[agreed], median[agreed], outside[agreed]
+
+    def agreement(self, cells: np.ndarray, mask: np.ndarray, spread: float,
+                  max_template: int) -> np.ndarray | None:
+        """Each sample's distance to the members' own pixels where the members agree.
+
+        At the feature ``cells``, the members' median value per pixel (and colour channel) is
+        taken from at most ``max_template`` members (evenly spaced); a pixel counts where the
+        members' mean absolute deviation from it is at most ``spread`` times that of as many
+        samples outside ``mask`` (a stamp: the same value in every member, whatever the others
+        show there). A sample's distance is its mean absolute deviation from the members'
+        medians over those pixels, each in units of the outside's deviation there: about 1 for
+        a sample without the pattern, near 0 for one that carries it, whatever its
+        relevance. Unlike :meth:`correlation` nothing is centred: a flat stamp (a white
+        square) is a pattern too. Returns ``(n,)`` (NaN for a sample with a NaN there), or
+        None when fewer than :data:`AGREED_MIN` pixels agree, no member or no sample outside
+        is there, or no pixel lies at least half in the cells.
+        """
+        found = self._agreed(cells, mask, spread, max_template)
+        if found is None:
+            return None
+        index, median, outside = found
+        scale = 1.0 / outside
         out = np.empty(self.n, dtype=np.float64)
         for start in range(0, self.n, self.chunk):
             rows = np.arange(start, min(start + self.chunk, self.n))
@@ -210,32 +221,20 @@ class InputPatterns:
         """
         from scipy.signal import fftconvolve
 
-        members = _evenly(np.flatnonzero(mask), max_template)
-        others = _evenly(np.flatnonzero(~mask), max_template)
-        if not len(members) or not len(others):
+        found = self._agreed(cells, mask, spread, max_template)
+        if found is None:
             return None
-        M, index = self._read(members, cells)
-        if not index.size:
-            return None
-        M, index = M.reshape(len(M), -1), index.ravel()
-        rest = self._read(others, cells, index)[0]
-        with np.errstate(all="ignore"):
-            median = np.nanmedian(M, axis=0) if np.isnan(M).any() else np.median(M, axis=0)
-            inside = np.nanmean(np.abs(M - median), axis=0)
-            outside = np.nanmean(np.abs(rest - median), axis=0)
-        agreed = np.isfinite(inside) & (outside > 0) & (inside <= spread * outside)
-        if agreed.sum() < AGREED_MIN:
-            return None
+        index, median, outside = found
         first = np.asarray(self.load(np.arange(1)))
         C, (H, W) = (1 if first.ndim == 3 else first.shape[1]), first.shape[-2:]
-        c, rest_of = np.divmod(index[agreed], H * W)
+        c, rest_of = np.divmod(index, H * W)
         y, x = np.divmod(rest_of, W)
         home = (int(y.min()), int(x.min()))
         h, w = int(y.max()) - home[0] + 1, int(x.max()) - home[1] + 1
         T, weight = np.zeros((C, h, w)), np.zeros((C, h, w))
-        T[c, y - home[0], x - home[1]] = median[agreed]
-        weight[c, y - home[0], x - home[1]] = 1.0 / outside[agreed] ** 2
-        total, const = float(agreed.sum()), float((weight * T ** 2).sum())
+        T[c, y - home[0], x - home[1]] = median
+        weight[c, y - home[0], x - home[1]] = 1.0 / outside ** 2
+        total, const = float(len(index)), float((weight * T ** 2).sum())
         distance = np.empty(self.n)
         places = np.zeros((self.n, 2), dtype=np.intp)
         for start in range(0, self.n, self.chunk):
