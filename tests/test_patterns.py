@@ -1771,3 +1771,37 @@ def test_decide_members_looks_anywhere_only_with_the_flag():
         assert (fresh[1].anywhere_joined == 45) if flag else fresh[1].anywhere_joined is None
         if flag:
             assert ((out == 1) == truth).all()
+
+
+def test_carriers_at_the_members_own_place_join_only_while_fewer_than_the_members():
+    """40 more samples carry the ring at the suspect's own corner (15 members): the agreement
+    step's guard holds there, none of them joins; the other corners still do. The template's
+    place is that of the members' corner (an asymmetric one here)."""
+    from spray.verdict.members import join_anywhere
+
+    x, rel, feats, labels, clusters, truth = _logo_class()
+    labels = np.zeros(len(labels), dtype=np.int64)
+    labels[30:45] = 1                                      # corner 2, at (26, 1): the suspect
+    extra = np.arange(100, 140)
+    for i in extra:
+        x[i, :, 26:31, 1:6][:, RING] = np.array([0.9, 0.1, 0.1])[:, None]
+    clusters = [ClusterEvidence.of(labels == c, id=c) for c in (0, 1)]
+    patterns = InputPatterns.of(x, PRE)
+    found = patterns.agreement_anywhere(_hot_spot(feats, labels == 1), labels == 1, 0.1, 2000)
+    assert (found.places[30:45] == np.asarray(found.home)).all()
+    assert found.home[0] > found.home[1]                   # row 26 and more, column 1 and more
+    out = join_anywhere(labels, clusters, [1], feats, 0.1, patterns, 2000, 0.1, 1.5, 3)
+    joins = (labels == 0) & (out == 1)
+    assert not joins[extra].any() and joins[:60].sum() == 45
+
+
+def test_an_image_with_a_nan_has_no_distance_and_does_not_join():
+    from spray.verdict.members import join_anywhere
+
+    x, rel, feats, labels, clusters, truth = _logo_class()
+    x[20, 1, 30, 30] = np.nan                              # a carrier of corner 1
+    patterns = InputPatterns.of(x, PRE)
+    found = patterns.agreement_anywhere(_hot_spot(feats, labels == 1), labels == 1, 0.1, 2000)
+    assert np.isnan(found.distance[20]) and np.isfinite(np.delete(found.distance, 20)).all()
+    out = join_anywhere(labels, clusters, [1], feats, 0.1, patterns, 2000, 0.1, 1.5, 3)
+    assert out[20] == 0 and ((labels == 0) & (out == 1)).sum() == 44

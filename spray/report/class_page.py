@@ -95,8 +95,8 @@ def _member_notes(cl: dict) -> list[str]:
                      f"members are; <code>agreement_spread</code>): they were added to it.")
     if cl.get("anywhere_joined"):
         notes.append(f"{_fmt(cl['anywhere_joined'])} samples outside have the values its members "
-                     f"agree on at another place of their image, one that several of them share "
-                     f"(<code>agreement_anywhere</code>): they were added to it.")
+                     f"agree on at another place of their image, one that several of them share, or "
+                     f"at the members' own (<code>agreement_anywhere</code>): they were added to it.")
     if cl.get("peak_joined"):
         apart = (" (the samples outside were not below that fence as a whole, but these stand "
                  "apart from the rest of them: <code>peak_carrier_gap</code>)"

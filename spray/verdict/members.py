@@ -643,9 +643,10 @@ def join_anywhere(labels: np.ndarray, clusters: list[ClusterEvidence], suspects:
     fence, which is at most ``spread``; below the lower fence of the other samples outside;
     :func:`_close_carriers`), except that the candidates may outnumber the members (three
     corners besides theirs), not the other samples outside; and a candidate joins only at a
-    place that at least ``least`` candidates share, or at the members' own (an artefact sits
-    at a few fixed places; a look-alike of a flat stamp, a bright region, at a place of its
-    own). Fills in ``anywhere_joined``; nothing moves without ``patterns``, relevance
+    place (its best, to the pixel) that at least ``least`` candidates share, or at the
+    members' own while fewer than the members match there (the agreement step's guard: an
+    artefact sits at a few fixed places; a look-alike of a flat stamp, a bright region, at a
+    place of its own). Fills in ``anywhere_joined``; nothing moves without ``patterns``, relevance
     features, ``spread`` or ``reach``, or with ``area`` 0.
 
     Returns
@@ -668,8 +669,12 @@ def join_anywhere(labels: np.ndarray, clusters: list[ClusterEvidence], suspects:
             return None
         places = found.places
         spots, counts = np.unique(places[join], axis=0, return_counts=True)
-        shared = [tuple(p) for p, k in zip(spots.tolist(), counts) if k >= least]
-        at = {found.home, *shared}
+        at = {tuple(p) for p, k in zip(spots.tolist(), counts) if k >= least}
+        home = join & (places == np.asarray(found.home)).all(axis=1)
+        if home.sum() < mask.sum():        # at the members' own place, fewer than they
+            at.add(found.home)
+        else:                              # (the agreement step's guard there)
+            at.discard(found.home)
         return join & np.array([tuple(p) in at for p in places.tolist()])
 
     return _join_carriers(labels, clusters, suspects, "anywhere_joined", carriers)

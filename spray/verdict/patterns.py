@@ -55,6 +55,9 @@ from spray.config.presets import PreprocessSection
 #: the fewest pixel values (pixels × colour channels) where a suspect's members must agree for
 #: :meth:`InputPatterns.agreement` to measure anything
 AGREED_MIN = 4
+#: the most input values :meth:`InputPatterns.agreement_anywhere` holds at once (a chunk of
+#: images in float64 and its FFT buffers: about 0.2 GB each at this size)
+ANYWHERE_VALUES = 2 ** 25
 
 
 class InputPatterns:
@@ -237,8 +240,9 @@ class InputPatterns:
         total, const = float(len(index)), float((weight * T ** 2).sum())
         distance = np.empty(self.n)
         places = np.zeros((self.n, 2), dtype=np.intp)
-        for start in range(0, self.n, self.chunk):
-            rows = np.arange(start, min(start + self.chunk, self.n))
+        step = max(1, min(self.chunk, ANYWHERE_VALUES // (C * H * W)))
+        for start in range(0, self.n, step):
+            rows = np.arange(start, min(start + step, self.n))
             X = np.asarray(self.load(rows), dtype=np.float64)
             X = X[:, None] if X.ndim == 3 else X
             finite = np.isfinite(X).all(axis=(1, 2, 3))

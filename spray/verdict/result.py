@@ -75,8 +75,8 @@ class ClusterEvidence:
     agreed_joined : for a suspect, the samples from outside whose raw inputs equal its members'
         where the members agree, at its hot spot, and joined it (with the raw inputs only).
     anywhere_joined : with ``agreement_anywhere``, for a suspect, the samples from outside
-        whose raw inputs equal its members' where they agree at another place of their image
-        (one that several such samples share) and joined it.
+        whose raw inputs equal its members' where they agree, at a place of their image that
+        several such samples share (or the members' own), and joined it.
     peak_joined : for a suspect, the samples from outside that carry, anywhere in their image,
         its members' pattern where the members' relevance peaks, and joined it (with the raw
         inputs and relevance maps only).
