@@ -595,17 +595,12 @@ def join_by_agreement(labels: np.ndarray, clusters: list[ClusterEvidence], suspe
     numpy.ndarray
         The labels after the moves (a new array when anything moved).
     """
-    if (patterns is None or features is None or area <= 0 or not suspects or not spread
-            or reach is None):
-        return labels
-
-    def carriers(entry: ClusterEvidence, mask: np.ndarray,
-                 outside: np.ndarray) -> np.ndarray | None:
-        cells = top_cells(np.abs(difference(features, mask)), area)
+    def carriers(cells: np.ndarray, mask: np.ndarray, outside: np.ndarray):
         d = patterns.agreement(cells, mask, spread, max_template)
         return None if d is None else _close_carriers(d, mask, outside, spread, reach, False)
 
-    return _join_carriers(labels, clusters, suspects, "agreed_joined", carriers)
+    return _join_agreeing(labels, clusters, suspects, features, area, patterns, spread, reach,
+                          "agreed_joined", carriers)
 
 
 def _close_carriers(d: np.ndarray, mask: np.ndarray, outside: np.ndarray, spread: float,
@@ -646,38 +641,56 @@ def join_anywhere(labels: np.ndarray, clusters: list[ClusterEvidence], suspects:
     place (its best, to the pixel) that at least ``least`` candidates share, or at the
     members' own while fewer than the members match there (the agreement step's guard: an
     artefact sits at a few fixed places; a look-alike of a flat stamp, a bright region, at a
-    place of its own). Fills in ``anywhere_joined``; nothing moves without ``patterns``, relevance
-    features, ``spread`` or ``reach``, or with ``area`` 0.
+    place of its own). Fills in ``anywhere_joined``; nothing moves without ``patterns``,
+    relevance features, ``spread`` or ``reach``, or with ``area`` 0.
 
     Returns
     -------
     numpy.ndarray
         The labels after the moves (a new array when anything moved).
     """
+    def carriers(cells: np.ndarray, mask: np.ndarray, outside: np.ndarray):
+        found = patterns.agreement_anywhere(cells, mask, spread, max_template)
+        join = (None if found is None else
+                _close_carriers(found.distance, mask, outside, spread, reach, True))
+        return None if join is None else _at_shared_places(join, found, mask, least)
+
+    return _join_agreeing(labels, clusters, suspects, features, area, patterns, spread, reach,
+                          "anywhere_joined", carriers)
+
+
+def _join_agreeing(labels: np.ndarray, clusters: list[ClusterEvidence], suspects: list[int],
+                   features: np.ndarray | None, area: float, patterns: InputPatterns | None,
+                   spread: float | None, reach: float | None, field: str,
+                   carriers) -> np.ndarray:
+    """:func:`_join_carriers` of ``carriers(cells, members, outside)`` at each suspect's hot
+    spot (its ``area`` share of feature cells), for the steps by what the members agree on;
+    nothing moves without ``patterns``, relevance features, ``spread`` or ``reach``, or with
+    ``area`` 0."""
     if (patterns is None or features is None or area <= 0 or not suspects or not spread
             or reach is None):
         return labels
 
-    def carriers(entry: ClusterEvidence, mask: np.ndarray,
-                 outside: np.ndarray) -> np.ndarray | None:
-        cells = top_cells(np.abs(difference(features, mask)), area)
-        found = patterns.agreement_anywhere(cells, mask, spread, max_template)
-        if found is None:
-            return None
-        join = _close_carriers(found.distance, mask, outside, spread, reach, True)
-        if join is None:
-            return None
-        places = found.places
-        spots, counts = np.unique(places[join], axis=0, return_counts=True)
-        at = {tuple(p) for p, k in zip(spots.tolist(), counts) if k >= least}
-        home = join & (places == np.asarray(found.home)).all(axis=1)
-        if home.sum() < mask.sum():        # at the members' own place, fewer than they
-            at.add(found.home)
-        else:                              # (the agreement step's guard there)
-            at.discard(found.home)
-        return join & np.array([tuple(p) in at for p in places.tolist()])
+    def at_hot_spot(entry: ClusterEvidence, mask: np.ndarray,
+                    outside: np.ndarray) -> np.ndarray | None:
+        return carriers(top_cells(np.abs(difference(features, mask)), area), mask, outside)
 
-    return _join_carriers(labels, clusters, suspects, "anywhere_joined", carriers)
+    return _join_carriers(labels, clusters, suspects, field, at_hot_spot)
+
+
+def _at_shared_places(join: np.ndarray, found, mask: np.ndarray, least: int) -> np.ndarray:
+    """The candidates ``join`` whose best place (:class:`~spray.verdict.patterns.AgreedPlaces`
+    ``found``) at least ``least`` of them share, or the members' own while fewer than the
+    members match there (the agreement step's guard)."""
+    places = found.places
+    spots, counts = np.unique(places[join], axis=0, return_counts=True)
+    at = {tuple(p) for p, k in zip(spots.tolist(), counts) if k >= least}
+    home = join & (places == np.asarray(found.home)).all(axis=1)
+    if home.sum() < mask.sum():
+        at.add(found.home)
+    else:
+        at.discard(found.home)
+    return join & np.array([tuple(p) in at for p in places.tolist()])
 
 
 def join_bar(r: np.ndarray, mask: np.ndarray, outside: np.ndarray, fence: float,

@@ -168,12 +168,7 @@ class InputPatterns:
         if not index.size:
             return None
         M, index = M.reshape(len(M), -1), index.ravel()
-        rest = self._read(others, cells, index)[0]
-        with np.errstate(all="ignore"):
-            median = np.nanmedian(M, axis=0) if np.isnan(M).any() else np.median(M, axis=0)
-            inside = np.nanmean(np.abs(M - median), axis=0)
-            outside = np.nanmean(np.abs(rest - median), axis=0)
-        agreed = np.isfinite(inside) & (outside > 0) & (inside <= spread * outside)
+        median, outside, agreed = agreeing(M, self._read(others, cells, index)[0], spread)
         if agreed.sum() < AGREED_MIN:
             return None
         return index[agreed], median[agreed], outside[agreed]
@@ -411,6 +406,24 @@ class InputPatterns:
         if norm <= 1e-6 * scale or norm <= 0:
             return None
         return template / norm
+
+
+def agreeing(members: np.ndarray, rest: np.ndarray, spread: float
+             ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Where a group's members agree, value by value (pixel and colour channel).
+
+    ``members`` ``(m, D)`` and ``rest`` ``(k, D)``: the members' median per value, the rest's
+    mean absolute deviation from it, and whether the members agree there — their own mean
+    absolute deviation at most ``spread`` times the rest's, where the rest deviate at all (a
+    stamp: the same value in every member, whatever the others show). NaN values are left out
+    of the medians and means; a value no member has is not agreed.
+    """
+    with np.errstate(all="ignore"):
+        median = (np.nanmedian(members, axis=0) if np.isnan(members).any()
+                  else np.median(members, axis=0))
+        inside = np.nanmean(np.abs(members - median), axis=0)
+        outside = np.nanmean(np.abs(rest - median), axis=0)
+    return median, outside, np.isfinite(inside) & (outside > 0) & (inside <= spread * outside)
 
 
 def _evenly(rows: np.ndarray, most: int) -> np.ndarray:

@@ -33,6 +33,8 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from spray.verdict.patterns import _box_sums, _share_side, agreeing
+
 Predict = Callable[[np.ndarray], np.ndarray]
 
 
@@ -53,8 +55,6 @@ def _abs_maps(maps: np.ndarray) -> np.ndarray:
 def peak_boxes(maps: np.ndarray, side: float) -> np.ndarray:
     """Each map's S × S window of largest |relevance| as a ``(n, H, W)`` boolean mask (S =
     ``side`` × the shorter side, at least 3 pixels)."""
-    from spray.verdict.patterns import _box_sums, _share_side
-
     a = _abs_maps(maps)
     n, H, W = a.shape
     S = _share_side(side, H, W)
@@ -203,7 +203,8 @@ def place_agreement(members: np.ndarray, rest: np.ndarray, spread: float) -> flo
 
     A value (a pixel in one colour channel) counts where the rest deviate from the members'
     median at all; of those, the share where the members' mean absolute deviation from their
-    median is at most ``spread`` times the rest's. A stamp, a logo or a frame at a fixed place
+    median is at most ``spread`` times the rest's (:func:`~spray.verdict.patterns.agreeing`,
+    as the member steps read a stamp). A stamp, a logo or a frame at a fixed place
     is the same in every member: its pixels agree, whatever the rest show there. Class
     evidence the members share without a common pattern (strokes of differently coloured
     digits on plain backgrounds) agrees nowhere: the members differ there about as much as
@@ -224,13 +225,9 @@ def place_agreement(members: np.ndarray, rest: np.ndarray, spread: float) -> flo
     members, rest = np.asarray(members, dtype=np.float64), np.asarray(rest, dtype=np.float64)
     if not len(members) or not len(rest) or not members.shape[1]:
         return float("nan")
-    median = np.median(members, axis=0)
-    inside = np.abs(members - median).mean(axis=0)
-    outside = np.abs(rest - median).mean(axis=0)
-    counted = outside > 0
-    if not counted.any():
-        return float("nan")
-    return float((inside[counted] <= spread * outside[counted]).mean())
+    _, outside, agreed = agreeing(members, rest, spread)
+    counted = int((outside > 0).sum())
+    return float(agreed.sum() / counted) if counted else float("nan")
 
 
 def _rows_of(array: np.ndarray) -> Callable[[np.ndarray], np.ndarray]:

@@ -36,13 +36,13 @@ import eval_clever_hans as E  # noqa: E402
 
 
 def z_clustered(test: dict, min_effect: float = 0.05) -> float:
-    """A test's effect in units of its error with the floor of
-    :func:`spray.verdict.transplant.shown_followed` (NaN without a finite error)."""
-    units = max(1, min(test["pairs"], test.get("targets") or test["pairs"]))
-    se = test.get("se")
-    if se is None or not np.isfinite(se):
-        return float("nan")
-    return test["effect"] / max(se, np.sqrt(min_effect * (1 - min_effect) / units), 1 / units)
+    """A test's effect (a ``TransplantResult.to_dict()``) in units of the floored error that
+    :func:`spray.verdict.transplant.shown_followed` bars (NaN without a finite error)."""
+    from spray.verdict.transplant import TransplantResult, _floored
+
+    r = TransplantResult(**{**test, "se": float("nan") if test.get("se") is None
+                            else test["se"]})
+    return r.effect / _floored(r, min_effect)
 
 
 def agreed_of(record: dict) -> float | None:
