@@ -259,6 +259,16 @@ class FlagsSection(_Section):
     #: (docs/verdict.md, step 3). Weight 0: not measured.
     hot_spot_knee: float = Field(default=0.75, ge=0, le=1)
     hot_spot_weight: float = Field(default=10.0, ge=0)
+    #: the hot-spot separation measured in the pixels too: with the raw inputs, the separation
+    #: is the larger of the pooled one and how well what half the members agree on there (pixel
+    #: and colour values within this spread times the rest's deviation) tells the other half
+    #: from the rest of the class (:meth:`~spray.verdict.patterns.InputPatterns.
+    #: agreement_separation`). Pooling blurs fine stripes into the photograph beneath them
+    #: (stamped groups 0.63-0.72, random subsets 0.54-0.66); in the pixels they separate at
+    #: 0.99-1.0 while clean clusters agree on nothing (0.5; docs/verdict-eval.md, "Results: the
+    #: hot spot in its pixels"). None: pooled only (the default rule)
+    hot_spot_agreement_spread: float | None = Field(default=None, gt=0, le=1,
+                                                    allow_inf_nan=False)
     #: hot-spot mass: the group's mean share of |relevance| at its hot spot minus the rest's
     #: share there (each sample's |relevance| summed to 1). A stamp the model uses draws
     #: relevance to it (0.08-0.62 on the design draws' detections); a stamp it barely uses,

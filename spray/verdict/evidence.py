@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import scipy.sparse as sp
@@ -25,6 +26,9 @@ from spray.verdict.graphs import (
     with_degree,
 )
 from spray.verdict.result import ClusterEvidence
+
+if TYPE_CHECKING:
+    from spray.verdict.patterns import InputPatterns
 
 
 def contrast(phi_in: float, phi_rel: float, floor: float) -> float:
@@ -270,6 +274,8 @@ class ClassGraphs:
     window_features, window_share : the peak windows that graph was built from and each
         window's share of its sample's |relevance|
         (:meth:`~spray.verdict.patterns.InputPatterns.peak_windows`; None with it).
+    patterns : the class's raw inputs (:class:`~spray.verdict.patterns.InputPatterns`), for the
+        hot-spot separation in the pixels (``hot_spot_agreement_spread``), or None.
     """
 
     W: sp.csr_matrix
@@ -288,6 +294,7 @@ class ClassGraphs:
     windows: tuple | None = None
     window_features: np.ndarray | None = None
     window_share: np.ndarray | None = None
+    patterns: InputPatterns | None = None
     _float64: dict | None = None
     _input_totals: tuple | None = None
     _by_cells: dict | None = None
@@ -295,16 +302,19 @@ class ClassGraphs:
 
     @classmethod
     def build(cls, result, input_features, pipeline: dict, params: FlagsSection, features=None,
-              edge_features=None, windows=None):
+              edge_features=None, windows=None, patterns=None):
         """The graphs of a class from its analysis result and its inputs (and the edge energy
-        of its inputs, preprocessed like them, for ``edge_randomness``; and its peak windows
-        with their relevance shares, ``(windows, shares)``, for window cuts)."""
+        of its inputs, preprocessed like them, for ``edge_randomness``; its peak windows
+        with their relevance shares, ``(windows, shares)``, for window cuts; its raw inputs,
+        :class:`~spray.verdict.patterns.InputPatterns`, for the hot spot in the pixels)."""
         affinity = dict(pipeline["affinity"])
         affinity["k"] = int(result.k)
         W, degree = with_degree(result.affinity)
         preprocess = pipeline.get("preprocess") or {}
         graphs = cls(W, degree, np.asarray(input_features, dtype=np.float32), features,
                      affinity, params, preprocess.get("normalize", "l1"), preprocess.get("pool"))
+        if params.hot_spot_agreement_spread is not None:
+            graphs.patterns = patterns
         n = len(graphs.input_features)
         graphs.cache = GraphCache(affinity, extended_k(affinity["k"], n,
                                                        subsample_size(n, params),
@@ -458,11 +468,22 @@ class ClassGraphs:
         own where the model looks differently (a stamp); about that of a random subset
         (0.5-0.65) when the inputs there are no more alike within the group than across the
         class (an object on one side of varied photographs, in a random colour). None without
-        relevance features, with ``input_mask_area`` 0 or ``hot_spot_weight`` 0."""
+        relevance features, with ``input_mask_area`` 0 or ``hot_spot_weight`` 0.
+
+        With the raw inputs and ``hot_spot_agreement_spread``, the larger of that and the
+        separation in the pixels (:meth:`~spray.verdict.patterns.InputPatterns.
+        agreement_separation` at the same cells: fine stripes or letters that pooling blurs)."""
         if self.features is None or self.mask_area <= 0 or self.params.hot_spot_weight <= 0:
             return None
         side = hot_spot_side(self.input_features, self.features, mask, self.mask_area)
-        return 0.5 if side is None else auc(side, mask)
+        pooled = 0.5 if side is None else auc(side, mask)
+        if self.patterns is None:
+            return pooled
+        params = self.params
+        pixels = self.patterns.agreement_separation(
+            self.hot_spot(mask), mask, float(params.hot_spot_agreement_spread),
+            params.score_max_samples, params.seed)
+        return pooled if pixels is None else max(pooled, pixels)
 
     def hot_spot_mass(self, mask: np.ndarray) -> float | None:
         """The members' mean share of |relevance| at the hot spot of ``mask`` (the

@@ -181,6 +181,7 @@ def _score_subsample(result, input_features, pipeline: dict, params: FlagsSectio
     edges = None if edge_features is None else np.asarray(edge_features)[rows]
     inputs = np.asarray(input_features, dtype=np.float32)
     verdict = _score(sub, inputs[rows], pipeline, params, features[rows], edges, trim=False,
+                     patterns=None if patterns is None else patterns.subset(rows),
                      windows=_windows(patterns, params, rows),
                      model_test=None if model_test is None else
                      _once(lambda: None if model_test() is None else model_test().rows(rows)))
@@ -213,7 +214,7 @@ def _score(result, input_features: np.ndarray, pipeline: dict, params: FlagsSect
         features = np.asarray(features)
         relevance = np.ascontiguousarray(features, dtype=np.float32)   # what is graphed
     graphs = ClassGraphs.build(result, input_features, pipeline, params, features,
-                               edge_features, windows)
+                               edge_features, windows, patterns)
     clusters, halves, other_k = candidate_groups(result, pipeline, params, graphs.W)
     for entry in clusters + halves + other_k:
         measure(entry, graphs)
