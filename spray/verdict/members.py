@@ -160,7 +160,8 @@ def decide_members(labels: np.ndarray, clusters: list[ClusterEvidence], suspects
     :func:`join_anywhere` and, with the relevance maps too, :func:`join_where_looked`.
 
     The member flags come from ``flags`` (their one definition): ``trim_min_auc``,
-    ``trim_fence_iqr``, ``pattern_trim_iqr``, ``pattern_join_iqr``, ``agreement_spread``,
+    ``trim_fence_iqr``, ``pattern_trim_iqr``, ``agreement_trim_spread``, ``pattern_join_iqr``,
+    ``agreement_spread``,
     ``peak_guard_iqr``, ``peak_window_doublings``, ``peak_carrier_gap``, ``peak_far_iqr``,
     ``peak_place_share``, ``peak_place_carriers``, and ``score_max_samples`` as the most
     members a template is taken from."""
@@ -170,7 +171,8 @@ def decide_members(labels: np.ndarray, clusters: list[ClusterEvidence], suspects
     labels = trim_suspects(labels, clusters, suspects, W, input_features, features, area,
                            min_auc, fence)
     labels = trim_by_pattern(labels, clusters, suspects, W, features, area, fence,
-                             flags.pattern_trim_iqr, patterns, flags.score_max_samples)
+                             flags.pattern_trim_iqr, patterns, flags.score_max_samples,
+                             flags.agreement_trim_spread)
     labels = join_by_pattern(labels, clusters, suspects, features, area, fence, patterns,
                              flags.score_max_samples, flags.pattern_join_iqr)
     labels = join_by_agreement(labels, clusters, suspects, features, area, patterns,
@@ -461,7 +463,8 @@ def _join_carriers(labels: np.ndarray, clusters: list[ClusterEvidence], suspects
 def trim_by_pattern(labels: np.ndarray, clusters: list[ClusterEvidence], suspects: list[int],
                     W: sp.csr_matrix, features: np.ndarray | None, area: float,
                     fence_iqr: float, outside_iqr: float | None,
-                    patterns: InputPatterns | None, max_template: int) -> np.ndarray:
+                    patterns: InputPatterns | None, max_template: int,
+                    spread: float | None = None) -> np.ndarray:
     """Move the members of every suspect whose raw inputs at its hot spot do not carry its
     members' pattern to the non-suspect cluster their edges in ``W`` weigh most.
 
@@ -479,6 +482,13 @@ def trim_by_pattern(labels: np.ndarray, clusters: list[ClusterEvidence], suspect
     sizes and fractions. Nothing moves with ``outside_iqr`` None, without ``patterns`` or
     relevance features, with ``area`` 0, or when every cluster is a suspect.
 
+    With ``spread`` (``agreement_trim_spread``), a suspect whose members agree on something
+    there (:meth:`~spray.verdict.patterns.InputPatterns.agreement` at that spread) is trimmed
+    by that distance instead (:func:`agreement_outliers`): a half-transparent stamp over a dark
+    background has little contrast for the centred correlation (stamped members of fine
+    stripes fell to the outside's correlations and left), yet its pixels are still nearer the
+    members' values than the photographs of samples without it.
+
     Returns
     -------
     numpy.ndarray
@@ -494,15 +504,36 @@ def trim_by_pattern(labels: np.ndarray, clusters: list[ClusterEvidence], suspect
         if not outside.any():
             continue
         cells = top_cells(np.abs(difference(features, mask)), area)
-        r = patterns.correlation(cells, mask, max_template)
-        if r is None:
-            continue
-        out = pattern_outliers(r, mask, outside, fence_iqr, outside_iqr)
+        d = None if spread is None else patterns.agreement(cells, mask, spread, max_template)
+        if d is not None:
+            out = agreement_outliers(d, mask, outside)
+        else:
+            r = patterns.correlation(cells, mask, max_template)
+            if r is None:
+                continue
+            out = pattern_outliers(r, mask, outside, fence_iqr, outside_iqr)
         entry.pattern_trimmed = int(len(out))
         if len(out):
             labels[out] = _nearest_cluster(W, out, labels, keep)
     resize_entries(clusters, labels)
     return labels
+
+
+def agreement_outliers(d: np.ndarray, mask: np.ndarray, outside: np.ndarray) -> np.ndarray:
+    """Indices of the members (``mask``) farther from what the members agree on (distance
+    ``d``) than the midpoint between the members' median distance and that of the samples
+    ``outside``: nearer the outside's than the members' typical value. None leave unless the
+    members' median lies below the outside's and those that stay are at least half the
+    members. A NaN is never left."""
+    finite = np.isfinite(d)
+    none = np.empty(0, dtype=np.intp)
+    if not (mask & finite).any() or not (outside & finite).any():
+        return none
+    inside, rest = float(np.median(d[mask & finite])), float(np.median(d[outside & finite]))
+    if not inside < rest:
+        return none
+    out = mask & finite & (d > (inside + rest) / 2)
+    return none if 2 * out.sum() > mask.sum() else np.flatnonzero(out)
 
 
 def pattern_outliers(r: np.ndarray, mask: np.ndarray, outside: np.ndarray, reach: float,
