@@ -119,3 +119,23 @@ def test_the_preset_followed_measures_the_pixels():
     flags = load_pipeline("followed")["flags"]
     assert flags["hot_spot_agreement_spread"] == 0.5
     assert load_pipeline("spray-default")["flags"]["hot_spot_agreement_spread"] is None
+
+
+def test_a_half_that_agrees_on_few_values_counts_half():
+    """Stripes cover a third of their square: both halves agree on about a quarter of the hot
+    spot's values. Asked for more than that share, nothing counts."""
+    x, feats, stamped = _stripes_class()
+    cells = _hot_spot(feats, stamped)
+    patterns = InputPatterns.of(x, PRE)
+    assert patterns.agreement_separation(cells, stamped, 0.5, 2000, least=0.15) > 0.97
+    assert patterns.agreement_separation(cells, stamped, 0.5, 2000, least=0.6) == 0.5
+
+
+def test_the_share_changes_no_score_while_the_pixels_are_off():
+    from spray.verdict.calibration import scoring_params
+
+    flags = FlagsSection().model_dump()
+    off = scoring_params(flags)
+    assert "hot_spot_agreed_share" not in off and "hot_spot_agreement_spread" in off
+    on = scoring_params({**flags, "hot_spot_agreement_spread": 0.5})
+    assert on["hot_spot_agreed_share"] == 0.15

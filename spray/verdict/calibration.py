@@ -135,13 +135,18 @@ class Reference:
 #: the flags of window cuts, which change no score while ``window_sweep_eigenvectors`` is 0
 WINDOW_FLAGS = frozenset({"window_side", "window_mass_knee", "window_mass_weight"})
 
+#: the flags of the hot spot in its pixels, which change no score while
+#: ``hot_spot_agreement_spread`` is None
+PIXEL_FLAGS = frozenset({"hot_spot_agreed_share"})
+
 
 def scoring_params(params: dict) -> dict:
-    """The flags that change scores (every flag but :data:`NOT_SCORING`, and the
-    :data:`WINDOW_FLAGS` while window cuts are off)."""
-    off = not params.get("window_sweep_eigenvectors")
-    return {k: v for k, v in params.items()
-            if k not in NOT_SCORING and not (off and k in WINDOW_FLAGS)}
+    """The flags that change scores (every flag but :data:`NOT_SCORING`, the
+    :data:`WINDOW_FLAGS` while window cuts are off and the :data:`PIXEL_FLAGS` while the hot
+    spot is not measured in its pixels)."""
+    idle = ((WINDOW_FLAGS if not params.get("window_sweep_eigenvectors") else frozenset())
+            | (PIXEL_FLAGS if params.get("hot_spot_agreement_spread") is None else frozenset()))
+    return {k: v for k, v in params.items() if k not in NOT_SCORING and k not in idle}
 
 
 def scoring_sections(pipeline: dict) -> dict:

@@ -482,7 +482,7 @@ class ClassGraphs:
         params = self.params
         pixels = self.patterns.agreement_separation(
             self.hot_spot(mask), mask, float(params.hot_spot_agreement_spread),
-            params.score_max_samples, params.seed)
+            params.score_max_samples, params.seed, params.hot_spot_agreed_share)
         return pooled if pixels is None else max(pooled, pixels)
 
     def hot_spot_mass(self, mask: np.ndarray) -> float | None:

@@ -213,7 +213,8 @@ class InputPatterns:
         return out
 
     def agreement_separation(self, cells: np.ndarray, mask: np.ndarray, spread: float,
-                             max_template: int, seed: int = 0) -> float | None:
+                             max_template: int, seed: int = 0,
+                             least: float = 0.0) -> float | None:
         """How well what the members ``mask`` agree on at the feature ``cells`` tells them from
         the rest of the class, measured out of sample: ROC AUC in [0, 1].
 
@@ -222,7 +223,9 @@ class InputPatterns:
         half, at most ``spread`` times the rest's deviation from it) is the template; the other
         half and every sample outside ``mask`` are ranked by their distance to it, and the AUC
         says how much closer that other half is. The two AUCs (each half the template once)
-        are averaged; a half that agrees on fewer than :data:`AGREED_MIN` values counts 0.5.
+        are averaged; a half that agrees on fewer than :data:`AGREED_MIN` values, or on less
+        than the share ``least`` of the values there, counts 0.5 (members of a sub-type whose
+        object covers the hot spot agree on a few values by chance: a tenth of them or less).
         A stamp, the same pixels in every stamped image, scores near 1 however little of the
         region it covers (fine stripes, thin letters that pooling to the feature grid blurs
         into the background); a group whose members share nothing value by value — a sub-type
@@ -239,7 +242,8 @@ class InputPatterns:
             inside = np.zeros(self.n, dtype=bool)
             inside[template] = True
             found = self._agreed(cells, inside, spread, max_template, others=rest)
-            if found is None:
+            if found is None or len(found[0]) < least * self._values(
+                    template[:1], cells)[1].size:
                 aucs.append(0.5)
                 continue
             index, median, outside = found

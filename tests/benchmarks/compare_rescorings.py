@@ -74,9 +74,11 @@ def compare(before: Path, after: Path, common: bool = False) -> dict:
     changed = [k for k in a if a[k]["score"] != b[k]["score"] or gate(a[k]) != gate(b[k])
                or a[k]["flagged"] != b[k]["flagged"]]
     settings: dict[str, dict] = {}
+    by_draw = {(d["setting"], d["draw"]): d for d in draws_b}
+    if by_draw.keys() != {(d["setting"], d["draw"]) for d in draws_a}:
+        raise SystemExit(f"{before} and {after} hold different draws")
+    draws_b = [by_draw[d["setting"], d["draw"]] for d in draws_a]   # in the first's order
     for x, y in zip(draws_a, draws_b):
-        if (x["setting"], x["draw"]) != (y["setting"], y["draw"]):
-            raise SystemExit(f"{before} and {after} list their draws in another order")
         if "precision" not in x:
             continue
         s = settings.setdefault(x["setting"], {"draws": 0, "flagged": [0, 0], "detected": [0, 0],
