@@ -269,9 +269,11 @@ class FlagsSection(_Section):
     #: hot spot in its pixels"). None: pooled only (the default rule)
     hot_spot_agreement_spread: float | None = Field(default=None, gt=0, le=1,
                                                     allow_inf_nan=False)
-    #: and a half counts (else 0.5) only where it agrees on at least this share of the hot
-    #: spot's values: stripes that cover a third of their pixels 0.28, members of a clean ViT
-    #: cluster whose objects cover the hot spot 0.02-0.12 (their separation 0.81 otherwise)
+    #: and a half counts (else 0.5) only where it agrees, in every colour channel of a pixel,
+    #: on at least this share of the hot spot's values: stripes that cover a third of their
+    #: pixels about 0.25; members of a clean ViT cluster whose objects cover the hot spot
+    #: agreed on 0.02-0.12 of the values (their separation 0.81 otherwise), clusters of green
+    #: objects on the green channel alone (0.82-0.90 otherwise)
     hot_spot_agreed_share: float = Field(default=0.15, ge=0, le=1)
     #: hot-spot mass: the group's mean share of |relevance| at its hot spot minus the rest's
     #: share there (each sample's |relevance| summed to 1). A stamp the model uses draws

@@ -223,8 +223,10 @@ class InputPatterns:
         half, at most ``spread`` times the rest's deviation from it) is the template; the other
         half and every sample outside ``mask`` are ranked by their distance to it, and the AUC
         says how much closer that other half is. The two AUCs (each half the template once)
-        are averaged; a half that agrees on fewer than :data:`AGREED_MIN` values, or on less
-        than the share ``least`` of the values there, counts 0.5 (members of a sub-type whose
+        are averaged. Only pixels where the half agrees in every colour channel count (a stamp
+        is one colour in every member; a cluster of green objects agrees on the green channel
+        alone), and a half that agrees on fewer than :data:`AGREED_MIN` values, or on less than
+        the share ``least`` of the values there, counts 0.5 (members of a sub-type whose
         object covers the hot spot agree on a few values by chance: a tenth of them or less).
         A stamp, the same pixels in every stamped image, scores near 1 however little of the
         region it covers (fine stripes, thin letters that pooling to the feature grid blurs
@@ -242,11 +244,15 @@ class InputPatterns:
             inside = np.zeros(self.n, dtype=bool)
             inside[template] = True
             found = self._agreed(cells, inside, spread, max_template, others=rest)
-            if found is None or len(found[0]) < least * self._values(
-                    template[:1], cells)[1].size:
+            whole = self._values(template[:1], cells)[1]          # (C, P) positions
+            # the pixels where every colour channel agrees: a stamp is one colour in every
+            # member; objects of one colour family agree on a channel at most
+            keep = None if found is None else np.isin(
+                found[0], whole[:, np.isin(whole, found[0]).all(axis=0)])
+            if keep is None or keep.sum() < max(AGREED_MIN, least * whole.size):
                 aucs.append(0.5)
                 continue
-            index, median, outside = found
+            index, median, outside = (a[keep] for a in found)
             rows = np.concatenate([held, rest])
             V = self._read(rows, cells, index)[0]
             with np.errstate(invalid="ignore"):

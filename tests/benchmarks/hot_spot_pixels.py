@@ -9,7 +9,8 @@ spot (the ``input_mask_area`` of cells where their relevance differs most):
   :func:`spray.verdict.evidence.hot_spot_side`), measured in sample;
 - ``pixels``: :meth:`spray.verdict.patterns.InputPatterns.agreement_separation` at each
   ``--spreads`` value (what half the members agree on, pixel and colour, tells the other half
-  from the rest; out of sample).
+  from the rest; out of sample; a half counts where it agrees on at least
+  ``hot_spot_agreed_share`` of the values).
 
 ``record`` writes one JSON line per group; ``summary`` counts, per kind of group, how the
 measures spread and how many reach the hot-spot knee, and how much the larger of pooled and
@@ -59,7 +60,8 @@ def record(args) -> int:
     from spray.verdict.patterns import InputPatterns
 
     pipe = load_pipeline(args.pipeline)
-    area = float(FlagsSection.coerce(pipe["flags"]).input_mask_area)
+    flags = FlagsSection.coerce(pipe["flags"])
+    area = float(flags.input_mask_area)
     data = dict(np.load(Path(args.cache_from) / "cache" / f"{args.setting}.npz"))
     with open(args.out, "a") as out:
         for d in map(int, args.draws.split(",")):
@@ -86,7 +88,8 @@ def record(args) -> int:
                         if truth.any() else None,
                         "pooled": 0.5 if side is None else auc(side, mask),
                         "pixels": {str(s): patterns.agreement_separation(
-                            cells, mask, s, 10 ** 6, seed=7) for s in args.spreads}}) + "\n")
+                            cells, mask, s, 10 ** 6, seed=7, least=flags.hot_spot_agreed_share)
+                            for s in args.spreads}}) + "\n")
                 print(f"{args.setting} draw {d} class {c}", flush=True)
     return 0
 
