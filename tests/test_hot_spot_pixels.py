@@ -139,3 +139,26 @@ def test_the_share_changes_no_score_while_the_pixels_are_off():
     assert "hot_spot_agreed_share" not in off and "hot_spot_agreement_spread" in off
     on = scoring_params({**flags, "hot_spot_agreement_spread": 0.5})
     assert on["hot_spot_agreed_share"] == 0.15
+
+
+@pytest.mark.parametrize("most", [2000, 120])
+def test_the_score_of_a_stripes_class_rises_on_the_whole_class_and_a_subsample(most):
+    """Both paths of the score (the whole class, and a subsample of a large one) hand the raw
+    inputs to the graphs: the stamped group's cluster loses its hot-spot penalty, and no other
+    score falls."""
+    from spray.analysis.analyze import analyze
+    from spray.verdict.score import score_class
+
+    x, feats, stamped = _stripes_class()
+    scores = {}
+    for spread in (None, 0.5):
+        pipe = load_pipeline("spray-default", overrides={
+            "preprocess": PRE, "embedding": {"method": "none"},
+            "flags": {"hot_spot_agreement_spread": spread, "score_max_samples": most}})
+        result = analyze(feats, pipeline=pipe, embed=False)
+        verdict = score_class(result, preprocess(x, PRE), pipe, features=feats,
+                              patterns=InputPatterns.of(x, PRE))
+        scores[spread] = {c.id: c for c in verdict.clusters if c.score is not None}
+    lifted = [i for i in scores[0.5] if scores[0.5][i].score > scores[None][i].score + 0.5]
+    assert lifted and all(scores[0.5][i].hot_spot_penalty == 0 for i in lifted)
+    assert all(scores[0.5][i].score >= scores[None][i].score - 1e-9 for i in scores[None])
