@@ -117,7 +117,7 @@ def test_the_flag_lifts_the_separation_of_stripes_only(spread):
 
 def test_the_preset_followed_measures_the_pixels():
     flags = load_pipeline("followed")["flags"]
-    assert flags["hot_spot_agreement_spread"] == 0.5
+    assert flags["hot_spot_agreement_spread"] == flags["agreement_trim_spread"] == 0.5
     assert load_pipeline("spray-default")["flags"]["hot_spot_agreement_spread"] is None
 
 
