@@ -162,3 +162,39 @@ def test_the_score_of_a_stripes_class_rises_on_the_whole_class_and_a_subsample(m
     lifted = [i for i in scores[0.5] if scores[0.5][i].score > scores[None][i].score + 0.5]
     assert lifted and all(scores[0.5][i].hot_spot_penalty == 0 for i in lifted)
     assert all(scores[0.5][i].score >= scores[None][i].score - 1e-9 for i in scores[None])
+
+
+def _mixed_suspect(cut_graph=None):
+    """The stripes class with the stamped samples and 20 unstamped ones as suspect 1."""
+    from spray.verdict.result import ClusterEvidence
+
+    x, feats, stamped = _stripes_class()
+    labels = np.where(stamped | (np.arange(N) < STAMPED + 20), 1, 0)
+    clusters = [ClusterEvidence.of(labels == c, id=c) for c in (0, 1)]
+    clusters[1].cut_graph = cut_graph
+    return x, feats, stamped, labels, clusters
+
+
+def test_members_are_trimmed_by_what_they_agree_on_except_in_a_window_cut():
+    import scipy.sparse as sp
+
+    from spray.verdict.members import trim_by_pattern
+
+    W = sp.csr_matrix(np.ones((N, N)) - np.eye(N))
+    x, feats, stamped, labels, clusters = _mixed_suspect()
+    out = trim_by_pattern(labels, clusters, [1], W, feats, 0.1, 1.0, 1.0,
+                          InputPatterns.of(x, PRE), 2000, spread=0.5)
+    assert ((out == 1) == stamped).all() and clusters[1].pattern_trimmed == 20
+    # the correlation trim keeps 3 unstamped members and lets a stamped one go here
+    x, feats, stamped, labels, clusters = _mixed_suspect()
+    plain = trim_by_pattern(labels, clusters, [1], W, feats, 0.1, 1.0, 1.0,
+                            InputPatterns.of(x, PRE), 2000, spread=None)
+    assert ((plain == 1) != stamped).sum() >= 2
+    for spread, cut in ((None, None), (0.5, "windows")):
+        x, feats, stamped, labels, clusters = _mixed_suspect(cut)
+        by_correlation = trim_by_pattern(labels, clusters, [1], W, feats, 0.1, 1.0, 1.0,
+                                         InputPatterns.of(x, PRE), 2000, spread=None)
+        x, feats, stamped, labels, clusters = _mixed_suspect(cut)
+        assert (trim_by_pattern(labels, clusters, [1], W, feats, 0.1, 1.0, 1.0,
+                                InputPatterns.of(x, PRE), 2000, spread=spread)
+                == by_correlation).all()

@@ -484,7 +484,8 @@ def trim_by_pattern(labels: np.ndarray, clusters: list[ClusterEvidence], suspect
 
     With ``spread`` (``agreement_trim_spread``), a suspect whose members agree on something
     there (:meth:`~spray.verdict.patterns.InputPatterns.agreement` at that spread) is trimmed
-    by that distance instead (:func:`agreement_outliers`): a half-transparent stamp over a dark
+    by that distance instead (:func:`agreement_outliers`; not a window cut, whose pattern need
+    not be at one place): a half-transparent stamp over a dark
     background has little contrast for the centred correlation (stamped members of fine
     stripes fell to the outside's correlations and left), yet its pixels are still nearer the
     members' values than the photographs of samples without it.
@@ -504,7 +505,10 @@ def trim_by_pattern(labels: np.ndarray, clusters: list[ClusterEvidence], suspect
         if not outside.any():
             continue
         cells = top_cells(np.abs(difference(features, mask)), area)
-        d = None if spread is None else patterns.agreement(cells, mask, spread, max_template)
+        # a window cut's pattern need not be at one place (its score has no place terms):
+        # its members are not trimmed by what they agree on at one
+        by_place = spread is not None and entry.cut_graph != "windows"
+        d = patterns.agreement(cells, mask, spread, max_template) if by_place else None
         if d is not None:
             out = agreement_outliers(d, mask, outside)
         else:
