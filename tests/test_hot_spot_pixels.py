@@ -136,9 +136,9 @@ def test_the_share_changes_no_score_while_the_pixels_are_off():
 
     flags = FlagsSection().model_dump()
     off = scoring_params(flags)
-    assert "hot_spot_agreed_share" not in off and "hot_spot_agreement_spread" in off
+    assert "hot_spot_agreed_share" not in off and "hot_spot_agreement_spread" not in off
     on = scoring_params({**flags, "hot_spot_agreement_spread": 0.5})
-    assert on["hot_spot_agreed_share"] == 0.15
+    assert on["hot_spot_agreed_share"] == 0.15 and on["hot_spot_agreement_spread"] == 0.5
 
 
 @pytest.mark.parametrize("most", [2000, 120])

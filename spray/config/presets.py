@@ -338,8 +338,8 @@ class FlagsSection(_Section):
     #: member nearer the outside's median distance than the members' leaves (fine stripes at
     #: 70 % over photographs: the correlation trim let stamped members with a dark background
     #: go, recall 0.84-0.87; by agreement none left and precision rose to 0.97-0.99;
-    #: docs/verdict-eval.md, "Results: the hot spot in its pixels"). None: the correlation
-    #: trim only (the default)
+    #: docs/verdict-eval.md, "Results: the hot spot in its pixels"). Not for window cuts, and
+    #: nothing without ``pattern_trim_iqr``. None: the correlation trim only (the default)
     agreement_trim_spread: float | None = Field(default=None, gt=0, le=1, allow_inf_nan=False)
     #: the pattern join takes in, once its guard passes, the samples outside at or above the
     #: larger of Q3 + this × IQR of the samples outside's correlations and the midpoint between

@@ -136,8 +136,9 @@ class Reference:
 WINDOW_FLAGS = frozenset({"window_side", "window_mass_knee", "window_mass_weight"})
 
 #: the flags of the hot spot in its pixels, which change no score while
-#: ``hot_spot_agreement_spread`` is None
-PIXEL_FLAGS = frozenset({"hot_spot_agreed_share"})
+#: ``hot_spot_agreement_spread`` is None (nor does that switch itself then: the reference,
+#: scored before it existed, holds none of them)
+PIXEL_FLAGS = frozenset({"hot_spot_agreement_spread", "hot_spot_agreed_share"})
 
 
 def scoring_params(params: dict) -> dict:

@@ -472,14 +472,16 @@ class ClassGraphs:
 
         With the raw inputs and ``hot_spot_agreement_spread``, the larger of that and the
         separation in the pixels (:meth:`~spray.verdict.patterns.InputPatterns.
-        agreement_separation` at the same cells: fine stripes or letters that pooling blurs)."""
+        agreement_separation` at the same cells: fine stripes or letters that pooling blurs),
+        measured only while the pooled one lies below ``hot_spot_knee`` (above it the penalty
+        is 0 either way)."""
         if self.features is None or self.mask_area <= 0 or self.params.hot_spot_weight <= 0:
             return None
         side = hot_spot_side(self.input_features, self.features, mask, self.mask_area)
         pooled = 0.5 if side is None else auc(side, mask)
-        if self.patterns is None:
-            return pooled
         params = self.params
+        if self.patterns is None or pooled >= params.hot_spot_knee:
+            return pooled              # (at the knee the larger of the two has no penalty)
         pixels = self.patterns.agreement_separation(
             self.hot_spot(mask), mask, float(params.hot_spot_agreement_spread),
             params.score_max_samples, params.seed, params.hot_spot_agreed_share)
