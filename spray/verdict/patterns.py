@@ -168,15 +168,13 @@ class InputPatterns:
                                  np.where(np.isnan(lengths), np.nan, 0.0))
         return out
 
-    def _agreed(self, cells: np.ndarray, mask: np.ndarray, spread: float, max_template: int,
-                others: np.ndarray | None = None
+    def _agreed(self, cells: np.ndarray, mask: np.ndarray, spread: float, max_template: int
                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
         """What the members ``mask`` agree on at the feature ``cells`` (:meth:`agreement`):
         the flat positions of the agreed values in ``C·H·W``, the members' medians there and
-        the outside's mean absolute deviations from them; None where nothing is measured.
-        ``others``: the rows the members are compared with (default: every row outside)."""
+        the outside's mean absolute deviations from them; None where nothing is measured."""
         members = _evenly(np.flatnonzero(mask), max_template)
-        others = _evenly(np.flatnonzero(~mask) if others is None else others, max_template)
+        others = _evenly(np.flatnonzero(~mask), max_template)
         if not len(members) or not len(others):
             return None
         M, index = self._read(members, cells)
@@ -257,16 +255,16 @@ class InputPatterns:
         for template, held in (halves, halves[::-1]):
             median, outside, agreed = agreeing(
                 X[_evenly(np.sort(template), max_template)], others, spread)
-            # the pixels where every colour channel agrees: a stamp is one colour in every
-            # member; objects of one colour family agree on a channel at most
-            keep = agreed & agreed.reshape(C, -1).all(axis=0)[None].repeat(C, 0).ravel()
-            if agreed.sum() < AGREED_MIN or keep.sum() < max(AGREED_MIN, least * keep.size):
+            # the values of the pixels where every colour channel agrees: a stamp is one
+            # colour in every member; objects of one colour family agree on a channel at most
+            keep = np.flatnonzero(np.tile(agreed.reshape(C, -1).all(axis=0), C))
+            if len(keep) < max(AGREED_MIN, least * agreed.size):
                 aucs.append(0.5)
                 continue
             rows = np.concatenate([held, rest])
             with np.errstate(invalid="ignore"):
-                distance = (np.abs(X[rows][:, keep] - median[keep]) @ (1.0 / outside[keep])
-                            / int(keep.sum()))
+                distance = (np.abs(X[np.ix_(rows, keep)] - median[keep]) @ (1.0 / outside[keep])
+                            / len(keep))
             carried = np.zeros(len(rows), dtype=bool)
             carried[:len(held)] = True
             finite = np.isfinite(distance)
