@@ -310,7 +310,7 @@ def _follow_near(labels, clusters: list[ClusterEvidence], near: list, graphs: Cl
     score (one that kept its plain score is resampled first; one scored by another graph than
     its resamples', an edge-lifted cluster, is left out then). The first of at most
     ``transplant_near_tries`` tested whose pieces at their place the model is shown to follow
-    in one run of ``transplant_pairs`` and are alike there (:func:`_near_test`) becomes the
+    and are alike there (:func:`_near_test`) becomes the
     suspect: a cluster as it is, a cut split off as a new cluster
     (:func:`~spray.verdict.halves.split_cut`). Returns ``labels,
     clusters, splits, promoted, tested`` (the suspect's id or None; the records of the
@@ -352,22 +352,35 @@ def _follow_near(labels, clusters: list[ClusterEvidence], near: list, graphs: Cl
 
 
 def _near_test(test: ModelTest, mask: np.ndarray, params: FlagsSection, attempt: int):
-    """One run of the transplant test of a candidate below the threshold and what it shows:
+    """The transplant test of a candidate below the threshold and what it shows:
     "followed" only when the model is shown to follow its pieces at their place
     (:func:`~spray.verdict.transplant.shown_followed` of the ``place`` region) and those
     pieces are alike (:func:`~spray.verdict.transplant.pieces_alike`: a pattern at a fixed
     place, not class evidence the members share; "unlike" when only the first holds, or the
-    agreement could not be measured); more pairs serve to tell a suspect's effect from the
-    bar, which fails closed, not to make a suspect."""
-    tests = test.test(mask, side=params.window_side, area=params.input_mask_area,
-                      pairs=params.transplant_pairs, seed=params.seed + attempt,
-                      spread=params.transplant_near_spread)
-    shown = shown_followed([t for t in tests if t.region == "place"],
-                           params.transplant_near_effect, params.transplant_near_z)
+    agreement could not be measured).
+
+    One run of ``transplant_pairs`` pairs; with ``transplant_near_max_pairs`` above that, a
+    candidate whose pieces are alike and whose ``place`` effect reaches
+    ``transplant_near_effect`` without being shown yet is tested again with four times the
+    pairs (new draws of targets and donors), up to that many: the same bar on a surer
+    estimate (the error is clustered by donor and target, so more pairs of the same few
+    donors show no more than they hold)."""
+    pairs, seed = params.transplant_pairs, params.seed + attempt
+    most = max(pairs, params.transplant_near_max_pairs)
+    while True:
+        tests = test.test(mask, side=params.window_side, area=params.input_mask_area,
+                          pairs=pairs, seed=seed, spread=params.transplant_near_spread)
+        place = [t for t in tests if t.region == "place"]
+        shown = shown_followed(place, params.transplant_near_effect, params.transplant_near_z)
+        alike = pieces_alike(tests, params.transplant_near_agreed)
+        if shown or not alike or pairs >= most or not any(
+                t.effect >= params.transplant_near_effect for t in place):
+            break
+        pairs = min(4 * pairs, most)
+        seed = [params.seed + attempt, pairs]
     decision = decide(tests, params.transplant_near_effect, params.transplant_near_z)
     if shown:
-        decision = ("followed" if pieces_alike(tests, params.transplant_near_agreed)
-                    else "unlike")
+        decision = "followed" if alike else "unlike"
     elif decision == "followed":
         decision = "undecided"
     log.info("class %d, candidate below the threshold: transplant %s -> %s", test.c,
