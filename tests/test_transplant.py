@@ -121,6 +121,41 @@ def test_a_candidate_below_the_threshold_needs_its_pieces_alike_at_the_spread():
     assert _near_test(test, members, tight, 1)[0] == "unlike"
 
 
+def test_a_candidate_below_the_threshold_gets_more_pairs_only_to_sharpen_a_real_effect():
+    """Alike pieces the model follows on 8 % of the targets: one run of 64 pairs cannot show
+    it (undecided), four times the pairs can (``transplant_near_max_pairs``); pieces that are
+    not alike are not tested again, and pieces that turn nothing only until that is shown
+    (below the bar by three errors: "ignored")."""
+    from spray.config.presets import FlagsSection
+    from spray.verdict.score import _near_test
+    from spray.verdict.transplant import ModelTest
+
+    x, maps, members, corner = _corner_class(np.random.default_rng(3), 0.8, 0.8)
+    targets = np.random.default_rng(4).random((400, 3, 12, 12)).astype(np.float32) * 0.4
+    targets[:32, 1, 11, 11] = 1.0                   # 8 % of the targets can be turned
+
+    def predict(b):
+        return np.where((corner(b) == 7) & (np.asarray(b)[:, 1, 11, 11] > 0.5), 7, 0)
+
+    test = ModelTest(predict, lambda r: x[r], lambda r: maps[r], targets, 7)
+    flags = {"transplant_pairs": 64, "window_side": 0.25}
+    decision, tests = _near_test(test, members, FlagsSection(**flags), 1)
+    assert decision == "undecided" and {t.pairs for t in tests} == {64}
+    more = FlagsSection(**flags, transplant_near_max_pairs=1024)
+    decision, tests = _near_test(test, members, more, 1)
+    assert decision == "followed" and {t.pairs for t in tests} == {1024}
+    assert 0.05 <= tests[0].effect <= 0.12 and tests[0].agreed >= 1 / 3
+    unlike = FlagsSection(**flags, transplant_near_max_pairs=1024, transplant_near_spread=0.05,
+                          transplant_near_agreed=0.5)
+    decision, tests = _near_test(test, members, unlike, 1)
+    assert decision == "undecided" and {t.pairs for t in tests} == {64}
+    dark = x.copy()
+    dark[:10, 0, :3, :3] = 0.2                      # alike, but the model ignores them
+    test = ModelTest(predict, lambda r: dark[r], lambda r: maps[r], targets, 7)
+    decision, tests = _near_test(test, members, more, 1)
+    assert decision == "ignored" and {t.pairs for t in tests} == {256}
+
+
 def test_pieces_are_alike_only_where_the_place_was_measured_at_the_bar():
     from spray.verdict.transplant import TransplantResult, pieces_alike
 
