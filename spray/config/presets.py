@@ -438,6 +438,10 @@ class FlagsSection(_Section):
     #: threshold"). 0 (the default): off; off too without the transplant test
     transplant_reach: float = Field(default=0.0, ge=0, allow_inf_nan=False)
     transplant_near_tries: int = Field(default=2, ge=1)
+    #: 0.1 in the preset ``followed``, where ``transplant_near_max_pairs`` estimates the effect
+    #: surely enough that a sub-type's pieces followed as class evidence reach 0.05 (bags of a
+    #: garment CNN: 0.065 at 1 024 pairs; docs/verdict.md, "More pairs for a candidate below
+    #: the threshold")
     transplant_near_effect: float = Field(default=0.05, ge=0, le=1, allow_inf_nan=False)
     #: 3.0 clustered errors: the suspect test's own z; of the design candidates without an
     #: artefact whose pieces are alike (below) none reached 2.2
