@@ -141,13 +141,19 @@ WINDOW_FLAGS = frozenset({"window_side", "window_mass_knee", "window_mass_weight
 #: scored before it existed, holds none of them)
 PIXEL_FLAGS = frozenset({"hot_spot_agreement_spread", "hot_spot_agreed_share"})
 
+#: the colocation in the pixels: off (False) it changes no score, and the reference, scored
+#: before it existed, holds no such flag
+COLOCATION_FLAGS = frozenset({"colocation_pixels"})
+
 
 def scoring_params(params: dict) -> dict:
     """The flags that change scores (every flag but :data:`NOT_SCORING`, the
-    :data:`WINDOW_FLAGS` while window cuts are off and the :data:`PIXEL_FLAGS` while the hot
-    spot is not measured in its pixels)."""
+    :data:`WINDOW_FLAGS` while window cuts are off, the :data:`PIXEL_FLAGS` while the hot
+    spot is not measured in its pixels and the :data:`COLOCATION_FLAGS` while the colocation
+    is not)."""
     idle = ((WINDOW_FLAGS if not params.get("window_sweep_eigenvectors") else frozenset())
-            | (PIXEL_FLAGS if params.get("hot_spot_agreement_spread") is None else frozenset()))
+            | (PIXEL_FLAGS if params.get("hot_spot_agreement_spread") is None else frozenset())
+            | (COLOCATION_FLAGS if not params.get("colocation_pixels") else frozenset()))
     return {k: v for k, v in params.items() if k not in NOT_SCORING and k not in idle}
 
 

@@ -181,11 +181,18 @@ def input_excess(X: np.ndarray, mask: np.ndarray, noise: float,
     gives the |difference of the means| itself. ``totals`` (the per-cell sum and sum of squares
     of ``X`` over all rows, float64) spare the copy of the rest's rows."""
     a = np.asarray(X[mask], dtype=np.float64)
-    s, n = len(a), len(mask)
     if totals is None:
         X64 = np.asarray(X, dtype=np.float64)
         totals = (X64.sum(axis=0), np.square(X64).sum(axis=0))
-    sum_a, sq_a = a.sum(axis=0), np.square(a).sum(axis=0)
+    return excess_of_sums((a.sum(axis=0), np.square(a).sum(axis=0)), len(a), totals,
+                          len(mask), noise)
+
+
+def excess_of_sums(group: tuple, s: int, totals: tuple, n: int, noise: float) -> np.ndarray:
+    """:func:`input_excess` from the per-cell sums and sums of squares of a group of ``s``
+    samples and of all ``n`` (float64): what a caller that reads the inputs in chunks can
+    add up."""
+    sum_a, sq_a = group
     sum_b, sq_b = totals[0] - sum_a, totals[1] - sq_a
     delta = np.abs(sum_a / s - sum_b / (n - s))
     if noise <= 0 or s < 2 or n - s < 2:
@@ -275,7 +282,8 @@ class ClassGraphs:
         window's share of its sample's |relevance|
         (:meth:`~spray.verdict.patterns.InputPatterns.peak_windows`; None with it).
     patterns : the class's raw inputs (:class:`~spray.verdict.patterns.InputPatterns`), for the
-        hot-spot separation in the pixels (``hot_spot_agreement_spread``), or None.
+        hot-spot separation and the colocation in the pixels (``hot_spot_agreement_spread``,
+        ``colocation_pixels``), or None.
     """
 
     W: sp.csr_matrix
@@ -313,7 +321,7 @@ class ClassGraphs:
         preprocess = pipeline.get("preprocess") or {}
         graphs = cls(W, degree, np.asarray(input_features, dtype=np.float32), features,
                      affinity, params, preprocess.get("normalize", "l1"), preprocess.get("pool"))
-        if params.hot_spot_agreement_spread is not None:
+        if params.hot_spot_agreement_spread is not None or params.colocation_pixels:
             graphs.patterns = patterns
         n = len(graphs.input_features)
         graphs.cache = GraphCache(affinity, extended_k(affinity["k"], n,
@@ -436,7 +444,12 @@ class ClassGraphs:
         difference they touch (:func:`touched_regions`; the model may look at part of a
         pattern: the top side of a frame), at least the first. Both 1 when the inputs differ
         nowhere beyond chance. Which one scores depends on the input randomness
-        (:func:`colocation_of`)."""
+        (:func:`colocation_of`).
+
+        With the raw inputs and ``colocation_pixels``, each is at least the same share
+        measured in the pixels (:meth:`~spray.verdict.patterns.InputPatterns.colocation`: fine
+        stripes that pooling to the feature grid averages into the photograph), measured only
+        while the hot spot's share lies below ``colocation_knee``."""
         cells = self.hot_spot(mask)
         if self._input_totals is None:
             X64 = np.asarray(self.input_features, dtype=np.float64)
@@ -447,7 +460,13 @@ class ClassGraphs:
         if total <= 0:
             return 1.0, 1.0
         regions = touched_regions(excess, cells, self.grid, self.params.colocation_region_share)
-        return float(excess[cells].sum() / total), float(excess[regions].sum() / total)
+        hot, touched = float(excess[cells].sum() / total), float(excess[regions].sum() / total)
+        if (self.params.colocation_pixels and self.patterns is not None
+                and hot < self.params.colocation_knee):
+            pixels = self.patterns.colocation(cells, mask, self.params.colocation_noise)
+            if pixels is not None:
+                hot, touched = max(hot, pixels), max(touched, pixels)
+        return hot, touched
 
     def input_randomness(self, mask: np.ndarray) -> float:
         """Conductance of ``mask`` in the kNN graph of the inputs without its input footprint

@@ -51,7 +51,7 @@ import numpy as np
 
 from spray.analysis.preprocess import cell_pixels
 from spray.config.presets import PreprocessSection
-from spray.verdict.evidence import auc
+from spray.verdict.evidence import auc, excess_of_sums
 
 #: the fewest pixel values (pixels × colour channels) where a suspect's members must agree for
 #: :meth:`InputPatterns.agreement` to measure anything
@@ -85,6 +85,7 @@ class InputPatterns:
                  relevance: Callable[[np.ndarray], np.ndarray] | None = None):
         self.load, self.n, self.grid, self.chunk = load, int(n), grid, int(chunk)
         self.relevance = relevance
+        self._class_sums: tuple | None = None
 
     def subset(self, rows: np.ndarray) -> InputPatterns:
         """The patterns of the samples at positions ``rows`` of this class (a subsample),
@@ -136,6 +137,49 @@ class InputPatterns:
             V, index = self._values(rows[start:start + self.chunk], cells, index, dtype)
             parts.append(V)
         return np.concatenate(parts), index
+
+    def colocation(self, cells: np.ndarray, mask: np.ndarray, noise: float) -> float | None:
+        """The share of how the members ``mask`` differ from the rest beyond chance, pixel by
+        pixel and colour by colour (:func:`~spray.verdict.evidence.excess_of_sums` at
+        ``noise``), that lies in the pixels at least half in the feature ``cells``: the
+        colocation of the pooled inputs measured in the pixels. Fine stripes over photographs
+        pool into a faint darker patch whose excess falls below chance while textures elsewhere
+        do not (pooled 0.0–0.14 for stamped groups of the design draws); in the pixels the
+        stripes' lines are the members' difference (0.5–0.6). Every sample is read once for the
+        class's sums (kept) and the members once per call. None with fewer than two samples on
+        a side or without a pixel in the cells; 1 when the members differ nowhere beyond
+        chance."""
+        members = np.flatnonzero(mask)
+        if len(members) < 2 or self.n - len(members) < 2:
+            return None
+        totals, shape = self._sums(np.arange(self.n))
+        group = self._sums(members)[0]
+        excess = excess_of_sums(group, len(members), totals, self.n, noise).reshape(shape)
+        pixels = cell_pixels(cells, self.grid, shape[-2], shape[-1])
+        total = excess.sum()
+        if not pixels.any():
+            return None
+        return 1.0 if total <= 0 else float(excess[:, pixels].sum() / total)
+
+    def _sums(self, rows: np.ndarray) -> tuple[tuple[np.ndarray, np.ndarray], tuple]:
+        """The sum and sum of squares of the ``rows``' values (float64, ``(C·H·W,)``) and their
+        shape ``(C, H, W)``; those of the whole class are kept after the first call."""
+        whole = len(rows) == self.n
+        if whole and self._class_sums is not None:
+            return self._class_sums
+        total = squares = None
+        shape: tuple = ()
+        for start in range(0, len(rows), self.chunk):
+            x = np.asarray(self.load(rows[start:start + self.chunk]), dtype=np.float64)
+            x = x[:, None] if x.ndim == 3 else x
+            shape = x.shape[1:]
+            x = x.reshape(len(x), -1)
+            part, sq = x.sum(axis=0), np.einsum("ij,ij->j", x, x)
+            total, squares = (part, sq) if total is None else (total + part, squares + sq)
+        out = ((total, squares), shape)
+        if whole:
+            self._class_sums = out
+        return out
 
     def correlation(self, cells: np.ndarray, mask: np.ndarray,
                     max_template: int) -> np.ndarray | None:
