@@ -81,9 +81,10 @@ def test_the_class_sums_are_read_once_and_small_groups_give_nothing():
     cells = _hot_spot(feats, stamped)
     first = patterns.colocation(cells, stamped, 2.0)
     assert first == pytest.approx(InputPatterns.of(x, PRE).colocation(cells, stamped, 2.0))
-    assert sum(reads) == N + STAMPED                      # the class in chunks, the members
+    # one row for the shape, then the class in chunks, then the members
+    assert reads == [1, 100, 100, 40, 1, STAMPED]
     assert patterns.colocation(cells, stamped, 2.0) == first
-    assert sum(reads) == N + 2 * STAMPED                  # the class's sums kept
+    assert reads[6:] == [1, STAMPED]                      # the class's sums kept
     one = np.zeros(N, bool)
     one[0] = True
     assert patterns.colocation(cells, one, 2.0) is None
@@ -120,3 +121,21 @@ def test_the_switch_changes_no_score_while_off():
     flags = FlagsSection().model_dump()
     assert "colocation_pixels" not in scoring_params(flags)
     assert scoring_params({**flags, "colocation_pixels": True})["colocation_pixels"] is True
+
+
+def test_whole_images_are_summed_within_the_byte_budget(monkeypatch):
+    from spray.verdict import patterns as patterns_module
+
+    x, feats, stamped = _class()
+    cells = _hot_spot(feats, stamped)
+    whole = InputPatterns.of(x, PRE).colocation(cells, stamped, 2.0)
+    reads = []
+
+    def load(rows):
+        reads.append(len(rows))
+        return x[rows]
+
+    monkeypatch.setattr(patterns_module, "SUM_BYTES", 8 * 3 * 32 * 32 * 7)    # 7 images
+    small = InputPatterns(load, N, (8, 8)).colocation(cells, stamped, 2.0)
+    assert small == pytest.approx(whole) and max(reads) == 7
+

@@ -167,12 +167,13 @@ class InputPatterns:
         whole = len(rows) == self.n
         if whole and self._class_sums is not None:
             return self._class_sums
+        first = np.asarray(self.load(rows[:1]))
+        shape = (first.shape[1:] if first.ndim == 4 else (1, *first.shape[1:]))
+        # whole images in float64: at most SUM_BYTES a chunk (111 rows of 3 × 224 × 224)
+        step = max(1, min(self.chunk, SUM_BYTES // (8 * int(np.prod(shape)))))
         total = squares = None
-        shape: tuple = ()
-        for start in range(0, len(rows), self.chunk):
-            x = np.asarray(self.load(rows[start:start + self.chunk]), dtype=np.float64)
-            x = x[:, None] if x.ndim == 3 else x
-            shape = x.shape[1:]
+        for start in range(0, len(rows), step):
+            x = np.asarray(self.load(rows[start:start + step]), dtype=np.float64)
             x = x.reshape(len(x), -1)
             part, sq = x.sum(axis=0), np.einsum("ij,ij->j", x, x)
             total, squares = (part, sq) if total is None else (total + part, squares + sq)
@@ -539,6 +540,10 @@ def agreeing(members: np.ndarray, rest: np.ndarray, spread: float
         inside = np.nanmean(np.abs(members - median), axis=0)
         outside = np.nanmean(np.abs(rest - median), axis=0)
     return median, outside, np.isfinite(inside) & (outside > 0) & (inside <= spread * outside)
+
+
+#: the most bytes of whole images (float64) :meth:`InputPatterns.colocation` holds at a time
+SUM_BYTES = 1 << 27
 
 
 def _evenly(rows: np.ndarray, most: int) -> np.ndarray:
