@@ -96,7 +96,7 @@ def _graphs(on: bool, x, feats):
 
     pipe = load_pipeline("spray-default", overrides={
         "preprocess": PRE, "embedding": {"method": "none"},
-        "flags": {"colocation_pixels": on}})
+        "flags": {"colocation_pixels": on, "hot_spot_agreement_spread": 0.5}})
     result = analyze(feats, pipeline=pipe, embed=False)
     params = FlagsSection.coerce(pipe["flags"])
     return ClassGraphs.build(result, preprocess(x, PRE), pipe, params, feats,
@@ -106,7 +106,6 @@ def _graphs(on: bool, x, feats):
 def test_the_flag_lifts_the_colocation_of_stripes_only():
     x, feats, stamped = _class()
     off, on = _graphs(False, x, feats), _graphs(True, x, feats)
-    assert off.patterns is None
     hot, touched = off.colocation(stamped)
     lifted = on.colocation(stamped)
     assert hot < 0.1 and min(lifted) > 0.6 and lifted[1] >= touched
@@ -138,4 +137,21 @@ def test_whole_images_are_summed_within_the_byte_budget(monkeypatch):
     monkeypatch.setattr(patterns_module, "SUM_BYTES", 8 * 3 * 32 * 32 * 7)    # 7 images
     small = InputPatterns(load, N, (8, 8)).colocation(cells, stamped, 2.0)
     assert small == pytest.approx(whole) and max(reads) == 7
+
+
+def test_only_members_that_agree_at_the_hot_spot_colocate_in_the_pixels():
+    """Members redder and less green at the square, each over its own texture: the channel sum
+    is unchanged (nothing pooled), the pixels differ on average (the members' excess lies
+    there), but the members share no pattern value by value — a sub-type's colour, not a mark
+    — so the colocation stays the pooled one."""
+    x, feats, group = _class(subtype=True)
+    y = x.copy()
+    y[:, :, :, 16:] = x[0, :, :, 16:]        # no brighter half: the same right half for all
+    y[group, 0, REGION[0], REGION[1]] += 0.3
+    y[group, 1, REGION[0], REGION[1]] -= 0.3
+    cells = _hot_spot(feats, group)
+    assert InputPatterns.of(y, PRE).colocation(cells, group, 2.0) > 0.5
+    off, on = _graphs(False, y, feats), _graphs(True, y, feats)
+    assert on.pixel_separation(group) < 0.75
+    assert on.colocation(group) == off.colocation(group)
 

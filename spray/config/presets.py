@@ -243,10 +243,12 @@ class FlagsSection(_Section):
     #: difference it touches: 8-connected cells whose excess is at least this share of the
     #: largest (a frame whose top side the model looks at counts whole). 0: the hot spot alone.
     colocation_region_share: float = Field(default=0.3, ge=0, le=1)
-    #: with the class's raw inputs: the colocation is at least the same share measured in the
-    #: pixels (each colour channel), while the pooled hot spot's lies below the knee — fine
-    #: stripes that pooling averages into a photograph (docs/verdict.md, "The colocation in
-    #: the pixels"). Off by default (the clean-score reference was scored without it)
+    #: with the class's raw inputs and ``hot_spot_agreement_spread``: for a group whose
+    #: members carry a pattern of their own at the hot spot (separation in the pixels at least
+    #: ``hot_spot_knee``), the colocation is at least the same share measured in the pixels
+    #: (each colour channel), while the pooled hot spot's lies below the knee — fine stripes
+    #: that pooling averages into a photograph (docs/verdict.md, "The colocation in the
+    #: pixels"). Off by default (the clean-score reference was scored without it)
     colocation_pixels: bool = False
     #: edge randomness: the group's conductance in the kNN graph of the inputs' edge energy
     #: (:func:`spray.analysis.preprocess.edge_energy`, preprocessed like the inputs) over a

@@ -307,6 +307,7 @@ class ClassGraphs:
     _input_totals: tuple | None = None
     _by_cells: dict | None = None
     _shares: np.ndarray | None = None
+    _pixel_separations: dict | None = None
 
     @classmethod
     def build(cls, result, input_features, pipeline: dict, params: FlagsSection, features=None,
@@ -448,8 +449,11 @@ class ClassGraphs:
 
         With the raw inputs and ``colocation_pixels``, each is at least the same share
         measured in the pixels (:meth:`~spray.verdict.patterns.InputPatterns.colocation`: fine
-        stripes that pooling to the feature grid averages into the photograph), measured only
-        while the hot spot's share lies below ``colocation_knee``."""
+        stripes that pooling to the feature grid averages into the photograph) for a group
+        whose members carry a pattern of their own at the hot spot (:meth:`pixel_separation`
+        at least ``hot_spot_knee``: a fine pattern is the same pixels in every member; a
+        sub-type's members agree on nothing there), measured only while the hot spot's share
+        lies below ``colocation_knee``."""
         cells = self.hot_spot(mask)
         if self._input_totals is None:
             X64 = np.asarray(self.input_features, dtype=np.float64)
@@ -461,12 +465,29 @@ class ClassGraphs:
             return 1.0, 1.0
         regions = touched_regions(excess, cells, self.grid, self.params.colocation_region_share)
         hot, touched = float(excess[cells].sum() / total), float(excess[regions].sum() / total)
-        if (self.params.colocation_pixels and self.patterns is not None
-                and hot < self.params.colocation_knee):
-            pixels = self.patterns.colocation(cells, mask, self.params.colocation_noise)
-            if pixels is not None:
-                hot, touched = max(hot, pixels), max(touched, pixels)
+        if self.params.colocation_pixels and hot < self.params.colocation_knee:
+            separation = self.pixel_separation(mask)
+            if separation is not None and separation >= self.params.hot_spot_knee:
+                pixels = self.patterns.colocation(cells, mask, self.params.colocation_noise)
+                if pixels is not None:
+                    hot, touched = max(hot, pixels), max(touched, pixels)
         return hot, touched
+
+    def pixel_separation(self, mask: np.ndarray) -> float | None:
+        """:meth:`~spray.verdict.patterns.InputPatterns.agreement_separation` of ``mask`` at
+        its hot spot (``hot_spot_agreement_spread``, ``hot_spot_agreed_share``), once per group;
+        None without the raw inputs or that spread."""
+        params = self.params
+        if self.patterns is None or params.hot_spot_agreement_spread is None:
+            return None
+        if self._pixel_separations is None:
+            self._pixel_separations = {}
+        key = np.packbits(mask).tobytes()
+        if key not in self._pixel_separations:
+            self._pixel_separations[key] = self.patterns.agreement_separation(
+                self.hot_spot(mask), mask, float(params.hot_spot_agreement_spread),
+                params.score_max_samples, params.seed, params.hot_spot_agreed_share)
+        return self._pixel_separations[key]
 
     def input_randomness(self, mask: np.ndarray) -> float:
         """Conductance of ``mask`` in the kNN graph of the inputs without its input footprint
@@ -499,11 +520,9 @@ class ClassGraphs:
         side = hot_spot_side(self.input_features, self.features, mask, self.mask_area)
         pooled = 0.5 if side is None else auc(side, mask)
         params = self.params
-        if self.patterns is None or pooled >= params.hot_spot_knee:
+        if pooled >= params.hot_spot_knee:
             return pooled              # (at the knee the larger of the two has no penalty)
-        pixels = self.patterns.agreement_separation(
-            self.hot_spot(mask), mask, float(params.hot_spot_agreement_spread),
-            params.score_max_samples, params.seed, params.hot_spot_agreed_share)
+        pixels = self.pixel_separation(mask)
         return pooled if pixels is None else max(pooled, pixels)
 
     def hot_spot_mass(self, mask: np.ndarray) -> float | None:
