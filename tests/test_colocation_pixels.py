@@ -155,3 +155,9 @@ def test_only_members_that_agree_at_the_hot_spot_colocate_in_the_pixels():
     assert on.pixel_separation(group) < 0.75
     assert on.colocation(group) == off.colocation(group)
 
+
+
+def test_the_preset_followed_measures_the_colocation_in_the_pixels():
+    flags = load_pipeline("followed")["flags"]
+    assert flags["colocation_pixels"] is True and flags["hot_spot_agreement_spread"] == 0.5
+    assert load_pipeline("spray-default")["flags"]["colocation_pixels"] is False
