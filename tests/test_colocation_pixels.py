@@ -82,13 +82,26 @@ def test_the_class_sums_are_read_once_and_small_groups_give_nothing():
     first = patterns.colocation(cells, stamped, 2.0)
     assert first == pytest.approx(InputPatterns.of(x, PRE).colocation(cells, stamped, 2.0))
     # one row for the shape, then the class in chunks, then the members
-    assert reads == [1, 100, 100, 40, 1, STAMPED]
+    assert reads == [1, 100, 100, 40, STAMPED]
     assert patterns.colocation(cells, stamped, 2.0) == first
-    assert reads[6:] == [1, STAMPED]                      # the class's sums kept
+    assert reads[5:] == [STAMPED]                         # the class's sums and shape kept
     one = np.zeros(N, bool)
     one[0] = True
     assert patterns.colocation(cells, one, 2.0) is None
     assert patterns.colocation(cells, np.ones(N, bool), 2.0) is None
+    with pytest.raises(ValueError):
+        patterns.colocation(cells, stamped[:-1], 2.0)
+
+
+def test_no_excess_and_a_nan_measure_nothing():
+    """Members that differ nowhere beyond chance give no evidence of a place (None, not the
+    best colocation); a NaN input leaves the measure undefined (None), never a silent max."""
+    x, feats, stamped = _class()
+    cells = _hot_spot(feats, stamped)
+    same = np.repeat(x[:1], N, axis=0)
+    assert InputPatterns.of(same, PRE).colocation(cells, stamped, 2.0) is None
+    x[5, 0, 5, 5] = np.nan
+    assert InputPatterns.of(x, PRE).colocation(cells, stamped, 2.0) is None
 
 
 def _graphs(on: bool, x, feats):
@@ -108,7 +121,8 @@ def test_the_flag_lifts_the_colocation_of_stripes_only():
     off, on = _graphs(False, x, feats), _graphs(True, x, feats)
     hot, touched = off.colocation(stamped)
     lifted = on.colocation(stamped)
-    assert hot < 0.1 and min(lifted) > 0.6 and lifted[1] >= touched
+    pixels = InputPatterns.of(x, PRE).colocation(_hot_spot(feats, stamped), stamped, 2.0)
+    assert hot < 0.1 and lifted == (pixels, max(touched, pixels)) and pixels > 0.6
     group = np.zeros(N, bool)
     group[np.random.default_rng(4).choice(N, STAMPED, replace=False)] = True
     assert max(on.colocation(group)) < 0.5
@@ -119,7 +133,9 @@ def test_the_switch_changes_no_score_while_off():
 
     flags = FlagsSection().model_dump()
     assert "colocation_pixels" not in scoring_params(flags)
-    assert scoring_params({**flags, "colocation_pixels": True})["colocation_pixels"] is True
+    assert "colocation_pixels" not in scoring_params({**flags, "colocation_pixels": True})
+    on = {**flags, "colocation_pixels": True, "hot_spot_agreement_spread": 0.5}
+    assert scoring_params(on)["colocation_pixels"] is True
 
 
 def test_whole_images_are_summed_within_the_byte_budget(monkeypatch):
@@ -152,9 +168,9 @@ def test_only_members_that_agree_at_the_hot_spot_colocate_in_the_pixels():
     cells = _hot_spot(feats, group)
     assert InputPatterns.of(y, PRE).colocation(cells, group, 2.0) > 0.5
     off, on = _graphs(False, y, feats), _graphs(True, y, feats)
-    assert on.pixel_separation(group) < 0.75
+    assert off.colocation(group)[0] < on.params.colocation_knee        # the gate is reached
+    assert on.pixel_separation(group) < on.params.hot_spot_knee
     assert on.colocation(group) == off.colocation(group)
-
 
 
 def test_the_preset_followed_measures_the_colocation_in_the_pixels():

@@ -460,8 +460,8 @@ class FlagsSection(_Section):
     #: model follows as class evidence: at most 0.08)
     transplant_near_spread: float = Field(default=0.5, gt=0, le=1, allow_inf_nan=False)
     transplant_near_agreed: float = Field(default=0.15, ge=0, le=1, allow_inf_nan=False)
-    #: a candidate below the threshold whose pieces are alike and whose ``place`` effect
-    #: reaches ``transplant_near_effect`` but is not shown yet (one run of
+    #: a candidate below the threshold whose pieces are alike and whose ``place`` effect is
+    #: neither shown nor shown below ``transplant_near_effect`` (one run of
     #: ``transplant_pairs``) is tested again with four times the pairs, up to this many (on in
     #: the preset ``followed``: 4096). The bar stays; its error is clustered by donor and
     #: target, so the pairs sharpen the estimate, not the claim. At most ``transplant_pairs``

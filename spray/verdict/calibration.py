@@ -141,8 +141,9 @@ WINDOW_FLAGS = frozenset({"window_side", "window_mass_knee", "window_mass_weight
 #: scored before it existed, holds none of them)
 PIXEL_FLAGS = frozenset({"hot_spot_agreement_spread", "hot_spot_agreed_share"})
 
-#: the colocation in the pixels: off (False) it changes no score, and the reference, scored
-#: before it existed, holds no such flag
+#: the colocation in the pixels: off (False), or without the pixel separation that gates it
+#: (``hot_spot_agreement_spread`` None), it changes no score, and the reference, scored before
+#: it existed, holds no such flag
 COLOCATION_FLAGS = frozenset({"colocation_pixels"})
 
 
@@ -153,7 +154,8 @@ def scoring_params(params: dict) -> dict:
     is not)."""
     idle = ((WINDOW_FLAGS if not params.get("window_sweep_eigenvectors") else frozenset())
             | (PIXEL_FLAGS if params.get("hot_spot_agreement_spread") is None else frozenset())
-            | (COLOCATION_FLAGS if not params.get("colocation_pixels") else frozenset()))
+            | (COLOCATION_FLAGS if not params.get("colocation_pixels")
+               or params.get("hot_spot_agreement_spread") is None else frozenset()))
     return {k: v for k, v in params.items() if k not in NOT_SCORING and k not in idle}
 
 

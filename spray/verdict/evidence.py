@@ -322,7 +322,7 @@ class ClassGraphs:
         preprocess = pipeline.get("preprocess") or {}
         graphs = cls(W, degree, np.asarray(input_features, dtype=np.float32), features,
                      affinity, params, preprocess.get("normalize", "l1"), preprocess.get("pool"))
-        if params.hot_spot_agreement_spread is not None or params.colocation_pixels:
+        if params.hot_spot_agreement_spread is not None:
             graphs.patterns = patterns
         n = len(graphs.input_features)
         graphs.cache = GraphCache(affinity, extended_k(affinity["k"], n,

@@ -86,6 +86,7 @@ class InputPatterns:
         self.load, self.n, self.grid, self.chunk = load, int(n), grid, int(chunk)
         self.relevance = relevance
         self._class_sums: tuple | None = None
+        self._input_shape: tuple | None = None
 
     def subset(self, rows: np.ndarray) -> InputPatterns:
         """The patterns of the samples at positions ``rows`` of this class (a subsample),
@@ -145,42 +146,52 @@ class InputPatterns:
         colocation of the pooled inputs measured in the pixels. Fine stripes over photographs
         pool into a faint darker patch whose excess falls below chance while textures elsewhere
         do not (pooled 0.0–0.14 for stamped groups of the design draws); in the pixels the
-        stripes' lines are the members' difference (0.5–0.6). Every sample is read once for the
-        class's sums (kept) and the members once per call. None with fewer than two samples on
-        a side or without a pixel in the cells; 1 when the members differ nowhere beyond
-        chance."""
+        stripes' lines are the members' difference (0.5–0.6). The class's sums are read once
+        and kept (one more row, once, for the images' shape), the members' once per call.
+        None — nothing measured — with fewer than two samples on a side, without a pixel in
+        the cells, where the members differ nowhere beyond chance (no evidence of a place) or
+        where a value is not finite."""
+        mask = np.asarray(mask, dtype=bool)
+        if len(mask) != self.n:
+            raise ValueError(f"the mask has {len(mask)} samples, the patterns {self.n}")
         members = np.flatnonzero(mask)
         if len(members) < 2 or self.n - len(members) < 2:
             return None
-        totals, shape = self._sums(np.arange(self.n))
-        group = self._sums(members)[0]
+        totals = self._class_totals()
+        shape = self._image_shape()
+        group = self._sums(members)
         excess = excess_of_sums(group, len(members), totals, self.n, noise).reshape(shape)
         pixels = cell_pixels(cells, self.grid, shape[-2], shape[-1])
-        total = excess.sum()
-        if not pixels.any():
+        total = float(excess.sum())
+        if not pixels.any() or not np.isfinite(total) or total <= 0:
             return None
-        return 1.0 if total <= 0 else float(excess[:, pixels].sum() / total)
+        return float(excess[:, pixels].sum() / total)
 
-    def _sums(self, rows: np.ndarray) -> tuple[tuple[np.ndarray, np.ndarray], tuple]:
-        """The sum and sum of squares of the ``rows``' values (float64, ``(C·H·W,)``) and their
-        shape ``(C, H, W)``; those of the whole class are kept after the first call."""
-        whole = len(rows) == self.n
-        if whole and self._class_sums is not None:
-            return self._class_sums
-        first = np.asarray(self.load(rows[:1]))
-        shape = (first.shape[1:] if first.ndim == 4 else (1, *first.shape[1:]))
-        # whole images in float64: at most SUM_BYTES a chunk (111 rows of 3 × 224 × 224)
-        step = max(1, min(self.chunk, SUM_BYTES // (8 * int(np.prod(shape)))))
+    def _image_shape(self) -> tuple:
+        """``(C, H, W)`` of the inputs (``C`` 1 for ``(n, H, W)``), read from one row once."""
+        if self._input_shape is None:
+            first = np.asarray(self.load(np.arange(1)))
+            self._input_shape = (tuple(first.shape[1:]) if first.ndim == 4
+                                 else (1, *first.shape[1:]))
+        return self._input_shape
+
+    def _class_totals(self) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`_sums` of every sample of the class, kept after the first call."""
+        if self._class_sums is None:
+            self._class_sums = self._sums(np.arange(self.n))
+        return self._class_sums
+
+    def _sums(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The sum and sum of squares of the ``rows``' values (float64, ``(C·H·W,)``), read in
+        chunks of at most :data:`SUM_BYTES` of float64 (111 images of 3 × 224 × 224)."""
+        step = max(1, min(self.chunk, SUM_BYTES // (8 * int(np.prod(self._image_shape())))))
         total = squares = None
         for start in range(0, len(rows), step):
             x = np.asarray(self.load(rows[start:start + step]), dtype=np.float64)
             x = x.reshape(len(x), -1)
             part, sq = x.sum(axis=0), np.einsum("ij,ij->j", x, x)
             total, squares = (part, sq) if total is None else (total + part, squares + sq)
-        out = ((total, squares), shape)
-        if whole:
-            self._class_sums = out
-        return out
+        return total, squares
 
     def correlation(self, cells: np.ndarray, mask: np.ndarray,
                     max_template: int) -> np.ndarray | None:

@@ -360,11 +360,12 @@ def _near_test(test: ModelTest, mask: np.ndarray, params: FlagsSection, attempt:
     agreement could not be measured).
 
     One run of ``transplant_pairs`` pairs; with ``transplant_near_max_pairs`` above that, a
-    candidate whose pieces are alike and whose ``place`` effect is neither shown nor shown
-    below the bar (:func:`~spray.verdict.transplant.decide` of the ``place`` region:
-    "undecided") is tested again with four times the pairs (new draws of targets and donors),
-    up to that many: the same bar on a surer estimate (the error is clustered by donor and
-    target, so more pairs of the same few donors show no more than they hold)."""
+    candidate whose pieces are alike and whose ``place`` effect is neither shown
+    (:func:`~spray.verdict.transplant.shown_followed`) nor shown below the bar by three errors
+    (:func:`~spray.verdict.transplant.decide` of the ``place`` region: "ignored") is tested
+    again with four times the pairs (new draws of targets and donors), up to that many: the
+    same bar on a surer estimate (the error is clustered by donor and target, so more pairs of
+    the same few donors show no more than they hold)."""
     bar, z = params.transplant_near_effect, params.transplant_near_z
     pairs, seed = params.transplant_pairs, params.seed + attempt
     most = max(pairs, params.transplant_near_max_pairs)
@@ -376,7 +377,7 @@ def _near_test(test: ModelTest, mask: np.ndarray, params: FlagsSection, attempt:
         alike = pieces_alike(tests, params.transplant_near_agreed)
         if shown or not alike or pairs >= most or decide(place, bar, z) == "ignored":
             break
-        pairs = min(4 * pairs, most)
+        pairs = min(max(4 * pairs, 1), most)
         seed = [params.seed + attempt, pairs]
     decision = decide(tests, bar, z)
     if shown:
