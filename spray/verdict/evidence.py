@@ -14,6 +14,7 @@ import scipy.sparse as sp
 from scipy.stats import rankdata
 
 from spray.config.presets import FlagsSection
+from spray.verdict.candidates import mask_key
 from spray.verdict.graphs import (
     GRAM_MAX_SAMPLES,
     GraphCache,
@@ -482,7 +483,7 @@ class ClassGraphs:
             return None
         if self._pixel_separations is None:
             self._pixel_separations = {}
-        key = np.packbits(mask).tobytes()
+        key = mask_key(mask)
         if key not in self._pixel_separations:
             self._pixel_separations[key] = self.patterns.agreement_separation(
                 self.hot_spot(mask), mask, float(params.hot_spot_agreement_spread),
