@@ -528,3 +528,7 @@ def test_class_page_says_who_joined_by_agreement():
     anywhere = _member_notes({"anywhere_joined": 45, "agreed_joined": 0})
     assert len(anywhere) == 1 and anywhere[0].startswith("45 samples outside")
     assert "another place" in anywhere[0] and "agreement_anywhere" in anywhere[0]
+    aligned = _member_notes({"aligned_joined": 19, "aligned_trimmed": 3, "peak_joined": 0})
+    assert len(aligned) == 1 and "19 samples outside" in aligned[0]
+    assert "3 members far from it left" in aligned[0] and "aligned_agreement" in aligned[0]
+    assert _member_notes({"aligned_joined": 0, "aligned_trimmed": 0}) == []

@@ -119,6 +119,12 @@ def _member_notes(cl: dict) -> list[str]:
                      f"a place two members share nor where two more such samples match: "
                      f"look-alikes, left out (<code>peak_place_share</code>, "
                      f"<code>peak_place_carriers</code>).")
+    if cl.get("aligned_joined") or cl.get("aligned_trimmed"):
+        notes.append(f"Where the model looks at its members, aligned on their best match, they "
+                     f"agree value by value on a pattern; {_fmt(cl.get('aligned_joined') or 0)} "
+                     f"samples outside carry it somewhere in their image and were added, "
+                     f"{_fmt(cl.get('aligned_trimmed') or 0)} members far from it left "
+                     f"(<code>aligned_agreement</code>).")
     return notes
 
 

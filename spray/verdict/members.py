@@ -77,6 +77,17 @@ evenly — above the rest's (Q3 + ``peak_far_iqr`` × IQR, far enough out for th
 of a best match, the most of many correlations) and within the members' (Q1 − the same ×
 IQR: members that all match alike, a one-pixel line, leave no room for look-alikes below
 their fence). Measured in docs/verdict-eval.md, "Results: carriers below the members' fence".
+
+A stamp that moves with the object (a colour patch) is matched there by a cosine over the
+whole window, diluted by the object around the stamp: stamped samples outside a window cut
+matched at 0.63–0.98, samples without it up to 0.77, and a third of the stamped samples stayed
+outside. With ``aligned_agreement`` a last step (:func:`align_members`) reads only the values
+the members agree on in their aligned windows where the model looks — the stamp's pixels, one
+colour in every stamped image — and looks for them anywhere in every image
+(:meth:`~spray.verdict.patterns.InputPatterns.aligned_agreement`): the samples outside as close
+to them as each value had to be to count as agreed join, and members of a window cut far from
+them leave, under the guard of the agreement steps. Measured in docs/verdict-eval.md,
+"Results: members by what they agree on where the model looks".
 """
 
 from __future__ import annotations
@@ -157,7 +168,8 @@ def decide_members(labels: np.ndarray, clusters: list[ClusterEvidence], suspects
     samples outside that carry the pattern would lower the AUC that decides the trim), then
     with the raw inputs :func:`trim_by_pattern`, :func:`join_by_pattern` (from the members
     the trims kept), :func:`join_by_agreement`, with ``agreement_anywhere``
-    :func:`join_anywhere` and, with the relevance maps too, :func:`join_where_looked`.
+    :func:`join_anywhere` and, with the relevance maps too, :func:`join_where_looked` and,
+    with ``aligned_agreement``, :func:`align_members`.
 
     The member flags come from ``flags`` (their one definition): ``trim_min_auc``,
     ``trim_fence_iqr``, ``pattern_trim_iqr``, ``agreement_trim_spread``, ``pattern_join_iqr``,
@@ -182,10 +194,104 @@ def decide_members(labels: np.ndarray, clusters: list[ClusterEvidence], suspects
         labels = join_anywhere(labels, clusters, suspects, features, area, patterns,
                                flags.score_max_samples, flags.agreement_spread,
                                flags.pattern_join_iqr, flags.peak_place_carriers)
-    return join_where_looked(labels, clusters, suspects, features, fence, flags.peak_guard_iqr,
-                             patterns, flags.score_max_samples, flags.peak_window_doublings,
-                             flags.peak_carrier_gap, flags.peak_far_iqr, flags.window_side,
-                             flags.peak_place_share, flags.peak_place_carriers)
+    labels = join_where_looked(labels, clusters, suspects, features, fence,
+                               flags.peak_guard_iqr, patterns, flags.score_max_samples,
+                               flags.peak_window_doublings, flags.peak_carrier_gap,
+                               flags.peak_far_iqr, flags.window_side, flags.peak_place_share,
+                               flags.peak_place_carriers)
+    if not flags.aligned_agreement:
+        return labels
+    return align_members(labels, clusters, suspects, W, features, patterns,
+                         flags.score_max_samples, flags.agreement_spread,
+                         flags.pattern_join_iqr, flags.window_side, flags.peak_place_share,
+                         flags.peak_place_carriers)
+
+
+def align_members(labels: np.ndarray, clusters: list[ClusterEvidence], suspects: list[int],
+                  W: sp.csr_matrix, features: np.ndarray | None,
+                  patterns: InputPatterns | None, max_template: int, spread: float | None,
+                  reach: float | None, window_side: float | None = None,
+                  place_share: float = 2.0, place_carriers: int = 1) -> np.ndarray:
+    """Members by what they agree on where the model looks, found anywhere: the samples
+    outside every suspect that carry it join, the members that do not leave.
+
+    The distance is :meth:`~spray.verdict.patterns.InputPatterns.aligned_agreement` (a window
+    cut's window at ``window_side`` of the maps' shorter side, as in
+    :func:`join_where_looked`). Its guard is that of :func:`join_anywhere`
+    (:func:`_close_carriers`, with the carriers — the better half of the members, whose windows
+    made the template — as the members: their upper fence at most ``spread``, candidates fewer
+    than the other samples outside, and those others' lower fence above the bar); a sample
+    outside joins at a distance of at most ``spread`` (as close as each value had to be for the
+    carriers to agree on it: the carriers' own distances are in-sample, and their fence is
+    rounding noise for a pixel-identical stamp), and, when the members match at fixed places,
+    only at such a place (:func:`at_places`, ``place_share``, ``place_carriers``: a
+    look-alike of a flat stamp, an overexposed region, matches at a place of its own). When it
+    passes and the suspect is a window cut (``cut_graph``
+    ``"windows"``), the members farther from the template than that bar, the carriers' upper
+    fence and the midpoint between the carriers' median distance and the others' (nearer the rest
+    than the carriers) leave for the non-suspect cluster their edges in ``W`` weigh most — at
+    most the half the template was not taken from. Other suspects are trimmed by what they
+    agree on at their hot spot (:func:`trim_by_pattern`); a stamp at a fixed place aligns with
+    what surrounds it there, and on the design rounds this trim took stamped members of a
+    white square whose garments reach its corner out of such a suspect. A stamp
+    that moves with the object (a colour patch) has one value per pixel and channel in every
+    stamped image; the window cut that finds it holds a part of them (and, where the graph
+    cut them together, look-alikes), and the cosine of :func:`join_where_looked` is diluted by
+    the object around the stamp. Fills in ``aligned_joined`` and ``aligned_trimmed``; nothing
+    moves without ``patterns`` with relevance maps, relevance features, ``spread`` or
+    ``reach``.
+
+    Returns
+    -------
+    numpy.ndarray
+        The labels after the moves (a new array when anything moved).
+    """
+    if (patterns is None or patterns.relevance is None or features is None or not suspects
+            or not spread or reach is None):
+        return labels
+    labels = np.array(labels, copy=True)
+    for entry, mask in _suspect_groups(labels, clusters, suspects):
+        entry.aligned_joined = entry.aligned_trimmed = 0
+        outside = ~np.isin(labels, suspects)
+        if not outside.any():
+            continue
+        share = window_side if entry.cut_graph == "windows" else None
+        found = patterns.aligned_agreement(difference(features, mask), mask, spread,
+                                           max_template, share)
+        join = (None if found is None else
+                _close_carriers(found.distance, found.carriers, outside, spread, reach, True,
+                                bar_at_spread=True))
+        if join is None:
+            continue
+        join = at_places(join, found.places, mask & np.isfinite(found.distance), found.side,
+                         place_share, place_carriers)
+        # a window cut only: the other suspects are trimmed by what they agree on at their hot
+        # spot (trim_by_pattern), and a stamp at a fixed place aligns with its surroundings
+        leave = (_far_members(found.distance, mask, found.carriers, outside & ~join, reach,
+                              spread)
+                 if entry.cut_graph == "windows" else np.empty(0, dtype=np.intp))
+        keep = [c.id for c in clusters if c.id is not None and c.id not in suspects and c.size]
+        if len(leave) and keep:
+            labels[leave] = _nearest_cluster(W, leave, labels, keep)
+            entry.aligned_trimmed = int(len(leave))
+        labels[join] = entry.id
+        entry.aligned_joined = int(join.sum())
+    resize_entries(clusters, labels)
+    return labels
+
+
+def _far_members(d: np.ndarray, mask: np.ndarray, carriers: np.ndarray, rest: np.ndarray,
+                 reach: float, spread: float) -> np.ndarray:
+    """Indices of the members (``mask``, not ``carriers``) whose distance ``d`` lies above
+    ``spread`` (the join's bar), the carriers' upper fence (Q3 + ``reach`` × IQR) and the
+    midpoint between the carriers' median and that of the samples ``rest``; a NaN never
+    leaves."""
+    finite = np.isfinite(d)
+    if not (carriers & finite).any() or not (rest & finite).any():
+        return np.empty(0, dtype=np.intp)
+    near, far = np.median(d[carriers & finite]), np.median(d[rest & finite])
+    bar = max(spread, upper_fence(d[carriers & finite], reach), (near + far) / 2)
+    return np.flatnonzero(mask & ~carriers & finite & (d > bar))
 
 
 def join_where_looked(labels: np.ndarray, clusters: list[ClusterEvidence], suspects: list[int],
@@ -639,21 +745,23 @@ def join_by_agreement(labels: np.ndarray, clusters: list[ClusterEvidence], suspe
 
 
 def _close_carriers(d: np.ndarray, mask: np.ndarray, outside: np.ndarray, spread: float,
-                    reach: float, beyond_members: bool) -> np.ndarray | None:
+                    reach: float, beyond_members: bool,
+                    bar_at_spread: bool = False) -> np.ndarray | None:
     """The samples ``outside`` whose distance ``d`` to what the members agree on lies at or
-    below the members' upper fence (Q3 + ``reach`` × IQR), or None when that fence exceeds
-    ``spread``, fewer than 4 others are left, the candidates are as many as the members (as
-    many as the others, with ``beyond_members``) or the others' lower fence is not above it
-    (:func:`join_by_agreement`)."""
+    below the members' upper fence (Q3 + ``reach`` × IQR; with ``bar_at_spread``, at or below
+    ``spread``), or None when that fence exceeds ``spread``, fewer than 4 others are left, the
+    candidates are as many as the members (as many as the others, with ``beyond_members``) or
+    the others' lower fence is not above the bar (:func:`join_by_agreement`)."""
     finite = np.isfinite(d)
     if not (mask & finite).any():
         return None
     fence = upper_fence(d[mask & finite], reach)
-    join = outside & finite & (d <= fence)
+    bar = spread if bar_at_spread else fence
+    join = outside & finite & (d <= bar)
     rest = outside & finite & ~join
     most = rest.sum() if beyond_members else mask.sum()
     if (fence > spread or rest.sum() < 4 or join.sum() >= most
-            or lower_fence(d[rest], reach) <= fence):
+            or lower_fence(d[rest], reach) <= bar):
         return None
     return join
 

@@ -60,8 +60,9 @@ AGREED_MIN = 4
 #: :meth:`InputPatterns.agreement_separation` to measure anything (random halves of 1–3
 #: members agree on values by chance: AUCs of random groups of 2 reach 0.95)
 HALF_MIN = 5
-#: the most input values :meth:`InputPatterns.agreement_anywhere` holds at once (a chunk of
-#: images in float64 and its FFT buffers: about 0.2 GB each at this size)
+#: the most input values :meth:`InputPatterns.agreement_anywhere` and
+#: :meth:`InputPatterns.aligned_agreement` hold at once (a chunk of images in float64 and its
+#: FFT buffers: about 0.2 GB each at this size)
 ANYWHERE_VALUES = 2 ** 25
 
 
@@ -344,8 +345,6 @@ class InputPatterns:
         :data:`AGREED_MIN` agreed values, no member or no sample outside, no pixel in the
         cells). A sample with a non-finite input gets NaN.
         """
-        from scipy.signal import fftconvolve
-
         found = self._agreed(cells, mask, spread, max_template)
         if found is None:
             return None
@@ -359,26 +358,103 @@ class InputPatterns:
         T, weight = np.zeros((C, h, w)), np.zeros((C, h, w))
         T[c, y - home[0], x - home[1]] = median
         weight[c, y - home[0], x - home[1]] = 1.0 / outside ** 2
-        total, const = float(len(index)), float((weight * T ** 2).sum())
         distance = np.empty(self.n)
         places = np.zeros((self.n, 2), dtype=np.intp)
         step = max(1, min(self.chunk, ANYWHERE_VALUES // (C * H * W)))
         for start in range(0, self.n, step):
             rows = np.arange(start, min(start + step, self.n))
             X = np.asarray(self.load(rows), dtype=np.float64)
-            X = X[:, None] if X.ndim == 3 else X
-            finite = np.isfinite(X).all(axis=(1, 2, 3))
-            X = np.where(finite[:, None, None, None], X, 0.0)
-            acc = np.zeros((len(rows), H - h + 1, W - w + 1))
-            for ch in np.flatnonzero(weight.reshape(C, -1).any(axis=1)):
-                k = weight[ch][::-1, ::-1][None]
-                acc += fftconvolve(X[:, ch] ** 2, k, mode="valid") - 2 * fftconvolve(
-                    X[:, ch], (weight[ch] * T[ch])[::-1, ::-1][None], mode="valid")
-            flat = np.maximum(acc + const, 0.0).reshape(len(rows), -1) / total
-            best = flat.argmin(axis=1)
-            distance[rows] = np.where(finite, np.sqrt(flat[np.arange(len(rows)), best]), np.nan)
-            places[rows] = np.column_stack(np.unravel_index(best, acc.shape[1:]))
+            distance[rows], places[rows] = _nearest_place(X[:, None] if X.ndim == 3 else X,
+                                                          T, weight, len(index))
         return AgreedPlaces(distance, places, home)
+
+    def aligned_agreement(self, diff: np.ndarray, mask: np.ndarray, spread: float,
+                          max_template: int, side_share: float | None = None
+                          ) -> AlignedAgreement | None:
+        """Each sample's distance, at the best place in its image, to what the members agree
+        on where the model looks: a stamp that moves with the object (a colour patch).
+        With the best places (``places``, ``side``) for :func:`~spray.verdict.members.at_places`.
+
+        :meth:`peak_correlation` (``side_share`` as there) aligns the members' windows where
+        the model looks at them and finds every sample's best match. The *carriers* are the
+        members whose best cosine is at least the members' median (the better half: a suspect
+        the graph cut with look-alikes still has a template of the stamp). At their best
+        matches, the raw windows (block-averaged as compared, not centred) of at most
+        ``max_template`` carriers give their median per pixel and colour channel; a pixel
+        counts where in every channel
+        the carriers' mean absolute deviation from it is at most ``spread`` times that of as
+        many samples outside ``mask`` at their best matches (:func:`agreeing`; the pixels
+        of the stamp, not the object or photograph around it), and where in at least one
+        channel that median lies farther from the outside's median than the outside's mean
+        absolute deviation, the outside's windows taken at the carriers' places in turn
+        (:func:`_unlike`: what the rest shows where the stamp is; the carriers also agree on a
+        background most images share there — a grey garment's black corner around a white
+        square — and a member whose garment reaches under it would be far from a stamp it
+        carries). A sample's
+        distance is the root mean square of its differences from those values at its best place, each in
+        units of the outside's deviation (as :meth:`agreement_anywhere`, every place at once
+        by FFT): near 0 for a sample that carries the stamp anywhere, about 1 or more for
+        one without. The cosine alone is diluted by the window's other pixels, which vary
+        with the object (on the design draws of a colour patch the stamped samples outside a
+        suspect matched at 0.63–0.98, the others up to 0.77; their distances were 0 and at
+        least 0.37). Returns :class:`AlignedAgreement`, or None where
+        :meth:`peak_correlation` gives nothing, no member or no sample outside has a finite
+        match, or fewer than :data:`AGREED_MIN` values are left at pixels that agree in every
+        channel (a channel in which the carriers and the outside all hold one value counts as
+        agreeing, with no weight) and are unlike the rest in one. NaN for a non-finite input.
+        """
+        found = self.peak_correlation(diff, mask, max_template, side_share=side_share,
+                                      places=True)
+        if found is None or np.ndim(found.r) != 1:
+            return None
+        finite = np.isfinite(found.r)
+        members = np.flatnonzero(mask & finite)
+        others = _evenly(np.flatnonzero(~mask & finite), max_template)
+        if not len(members) or not len(others):
+            return None
+        carriers = members[found.r[members] >= np.median(found.r[members])]
+        H, W = self._shape()
+        window = _PeakWindows(self._peak_side(diff, 1, side_share), H, W)
+        template = _evenly(carriers, max_template)
+        rest = self._raw_windows(window, others, found.places[others])
+        inside = self._raw_windows(window, template, found.places[template])
+        median, outside, agreed = agreeing(inside, rest, spread)
+        # what the rest shows where the carriers carry it (their places in turn)
+        there = self._raw_windows(window, others,
+                                  found.places[template][np.arange(len(others)) % len(template)])
+        with np.errstate(all="ignore"):
+            # a channel nobody varies in (one value inside and out) neither agrees nor refuses
+            flat = (outside == 0) & (np.nanmean(np.abs(inside - median), axis=0) == 0)
+        C = len(agreed) // window.side ** 2
+        # a stamp is one colour, every channel, and unlike what the rest shows there in one
+        pixels = ((agreed | flat).reshape(C, -1).all(axis=0)
+                  & (agreed & _unlike(median, there)).reshape(C, -1).any(axis=0))
+        used = np.tile(pixels, C) & agreed
+        if int(used.sum()) < AGREED_MIN:
+            return None
+        shape = (C, window.side, window.side)
+        weight = np.where(used, 1.0 / np.where(used, outside, 1.0) ** 2, 0.0).reshape(shape)
+        T = np.where(used, median, 0.0).reshape(shape)
+        distance = np.empty(self.n)
+        places = np.zeros((self.n, 2), dtype=np.intp)
+        step = max(1, min(self.chunk, ANYWHERE_VALUES // (C * H * W)))
+        for start in range(0, self.n, step):
+            rows = np.arange(start, min(start + step, self.n))
+            distance[rows], places[rows] = _nearest_place(window.padded(self.load(rows)), T,
+                                                          weight)
+        held = np.zeros(self.n, dtype=bool)
+        held[carriers] = True
+        return AlignedAgreement(distance, held, places - window.slack, window.side)
+
+    def _raw_windows(self, window: _PeakWindows, rows: np.ndarray, places: np.ndarray
+                     ) -> np.ndarray:
+        """The raw S × S windows ``(len, C·S·S)`` of ``rows`` at ``places`` (one per row,
+        top-left corners in blocks, as :meth:`peak_correlation` finds them)."""
+        parts = []
+        for start in range(0, len(rows), self.chunk):
+            part = slice(start, start + self.chunk)
+            parts.append(window.raw_at(self.load(rows[part]), places[part]))
+        return np.concatenate(parts)
 
     def peak_correlation(self, diff: np.ndarray, mask: np.ndarray, max_template: int,
                          scale: int = 1, at: str = "peak",
@@ -553,6 +629,41 @@ def agreeing(members: np.ndarray, rest: np.ndarray, spread: float
     return median, outside, np.isfinite(inside) & (outside > 0) & (inside <= spread * outside)
 
 
+def _nearest_place(X: np.ndarray, T: np.ndarray, weight: np.ndarray,
+                   count: float | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """The weighted root mean square distance of images ``X`` ``(len, C, H, W)`` to the
+    template ``T`` ``(C, h, w)`` at each image's best place, and that place (top-left corner,
+    ``(len, 2)``): Σ w (x − t)² = Σ w x² − 2 Σ w t x + Σ w t² for every place at once by FFT
+    (``scipy.signal.fftconvolve``), divided by ``count`` (default: the weighted values'
+    count). NaN for an image with a non-finite value."""
+    from scipy.signal import fftconvolve
+
+    X = np.asarray(X, dtype=np.float64)
+    finite = np.isfinite(X).all(axis=(1, 2, 3))
+    X = np.where(finite[:, None, None, None], X, 0.0)
+    (C, h, w), (H, W) = T.shape, X.shape[-2:]
+    acc = np.zeros((len(X), H - h + 1, W - w + 1))
+    for ch in np.flatnonzero(weight.reshape(C, -1).any(axis=1)):
+        acc += fftconvolve(X[:, ch] ** 2, weight[ch][::-1, ::-1][None], mode="valid") - 2 * \
+            fftconvolve(X[:, ch], (weight[ch] * T[ch])[::-1, ::-1][None], mode="valid")
+    const = float((weight * T ** 2).sum())
+    total = float((weight > 0).sum() if count is None else count)
+    flat = np.maximum(acc + const, 0.0).reshape(len(X), -1) / total
+    best = flat.argmin(axis=1)
+    distance = np.where(finite, np.sqrt(flat[np.arange(len(X)), best]), np.nan)
+    return distance, np.column_stack(np.unravel_index(best, acc.shape[1:]))
+
+
+def _unlike(values: np.ndarray, rest: np.ndarray) -> np.ndarray:
+    """Whether each of ``values`` (``(D,)``) lies farther from the median of ``rest``
+    (``(k, D)``) than the rest's mean absolute deviation from that median (NaNs left out): a
+    value the rest shows too (a background most images share) is no mark of a group."""
+    with np.errstate(all="ignore"):
+        centre = np.nanmedian(rest, axis=0) if np.isnan(rest).any() else np.median(rest, axis=0)
+        spread = np.nanmean(np.abs(rest - centre), axis=0)
+    return np.abs(values - centre) > spread
+
+
 #: the most bytes of whole images (float64) :meth:`InputPatterns.colocation` holds at a time
 SUM_BYTES = 1 << 27
 
@@ -658,6 +769,21 @@ class AgreedPlaces(NamedTuple):
     home: tuple[int, int]
 
 
+class AlignedAgreement(NamedTuple):
+    """What a suspect's members agree on where the model looks, found anywhere
+    (:meth:`InputPatterns.aligned_agreement`)."""
+
+    #: each sample's distance at its best place, ``(n,)`` (NaN for a non-finite input)
+    distance: np.ndarray
+    #: the carriers: the better half of the members by their best cosine (the template is
+    #: taken from at most ``max_template`` of them, evenly spaced)
+    carriers: np.ndarray
+    #: each sample's best place, top-left corner in blocks (as :class:`PeakMatches`'), ``(n, 2)``
+    places: np.ndarray
+    #: the window's side in blocks
+    side: int
+
+
 class PeakMatches(NamedTuple):
     """Best matches of every sample with a template (:meth:`InputPatterns.peak_correlation`
     with ``places``)."""
@@ -760,6 +886,26 @@ class _PeakWindows:
         windows = np.concatenate([self._windows(self._padded(x[part]), py[part] + m,
                                                 px[part] + m) for part in self._parts(x)])
         return (windows, mass) if share else windows
+
+    def padded(self, x: np.ndarray) -> np.ndarray:
+        """:meth:`_padded` of ``x`` in sub-chunks (the copies a padding makes are bounded)."""
+        return np.concatenate([self._padded(np.asarray(x)[part]) for part in self._parts(x)])
+
+    def raw_at(self, x: np.ndarray, places: np.ndarray) -> np.ndarray:
+        """The raw (not centred) S × S windows ``(len, C·S·S)`` of images ``x`` with top-left
+        corners ``places`` (``(len, 2)`` in blocks, up to ``slack`` beyond the border)."""
+        S, out = self.side, []
+        places = np.asarray(places)
+        for part in self._parts(x):
+            P = self._padded(np.asarray(x)[part])
+            py, px = (np.clip(places[part, k], -self.slack, (self.H, self.W)[k] + self.slack - S)
+                      + self.slack for k in (0, 1))
+            rows = np.arange(len(P))[:, None, None, None]
+            ys = py[:, None, None, None] + np.arange(S)[None, None, :, None]
+            xs = px[:, None, None, None] + np.arange(S)[None, None, None, :]
+            out.append(P[rows, np.arange(P.shape[1])[None, :, None, None], ys, xs]
+                       .reshape(len(P), -1))
+        return np.concatenate(out)
 
     def _place(self, y: int, x0: int) -> tuple[int, int]:
         """The window with top left ``(y, x0)`` (averaged pixels) in the padded images'

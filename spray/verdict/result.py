@@ -21,6 +21,7 @@ _EVIDENCE_KEYS = ("id", "half_of", "cut_along", "cut_graph", "n_clusters", "clus
                   "size_penalty", "excluded", "resampled",
                   "contrast_stable", "score", "split_from", "hot_spot_auc", "trimmed", "pattern_trimmed",
                   "joined", "pattern_joined", "agreed_joined", "anywhere_joined", "peak_joined",
+                  "aligned_joined", "aligned_trimmed",
                   "peak_window", "peak_guard", "peak_at", "peak_off_place", "transplant", "decision",
                   "followed_below")
 
@@ -93,6 +94,10 @@ class ClusterEvidence:
     peak_off_place : for a suspect whose members match at fixed places, the samples outside
         that reached the bar of that step but matched at no place of the artefact, left out
         (``peak_place_share``, ``peak_place_carriers``).
+    aligned_joined, aligned_trimmed : with ``aligned_agreement``, for a suspect, the samples
+        from outside that carry, anywhere in their image, what its members agree on where the
+        model looks (aligned on their best match), and joined it; and the members far from it
+        that left (:func:`~spray.verdict.members.align_members`).
     score_from_k : the group of another K whose score this cluster took, with ``jaccard``.
     inputs : the input features the contrast was measured on (not serialized).
     """
@@ -144,6 +149,8 @@ class ClusterEvidence:
     peak_guard: str | None = None
     peak_at: str | None = None
     peak_off_place: int | None = None
+    aligned_joined: int | None = None
+    aligned_trimmed: int | None = None
     transplant: list | None = None
     decision: str | None = None
     followed_below: bool | None = None
