@@ -371,11 +371,11 @@ class FlagsSection(_Section):
     agreement_anywhere: bool = False
     #: with the raw inputs and relevance maps, last: what a suspect's members agree on (value
     #: by value, ``agreement_spread``) in their windows where the model looks, aligned on
-    #: their best match, is looked for anywhere in every image; a sample outside that carries
-    #: it joins, and a member of a window cut far from it leaves (fences at
-    #: ``pattern_join_iqr``) — a colour patch that moves with the object, which a window cut
-    #: holds only in part (on in the preset ``followed``; docs/verdict.md, "Members by what
-    #: they agree on where the model looks")
+    #: their best match, is looked for anywhere in every image; a sample outside within
+    #: ``agreement_spread`` of it joins, and a member of a window cut far from it leaves (the
+    #: guard's and the trim's fences at ``pattern_join_iqr``) — a colour patch that moves with
+    #: the object, which a window cut holds only in part (on in the preset ``followed``;
+    #: docs/verdict.md, "Members by what they agree on where the model looks")
     aligned_agreement: bool = False
     candidates: Literal["analysis", "all-k"] = "analysis"
     bisect_clusters: bool = True

@@ -224,8 +224,9 @@ def align_members(labels: np.ndarray, clusters: list[ClusterEvidence], suspects:
     outside joins at a distance of at most ``spread`` (as close as each value had to be for the
     carriers to agree on it: the carriers' own distances are in-sample, and their fence is
     rounding noise for a pixel-identical stamp), and, when the members match at fixed places,
-    only at such a place (:func:`at_places`, ``place_share``, ``place_carriers``: a
-    look-alike of a flat stamp, an overexposed region, matches at a place of its own). When it
+    only near such a place or where ``place_carriers`` − 1 other candidates match too
+    (:func:`at_places`, ``place_share``: a look-alike of a flat stamp, an overexposed region,
+    matches at a place of its own). When it
     passes and the suspect is a window cut (``cut_graph``
     ``"windows"``), the members farther from the template than that bar, the carriers' upper
     fence and the midpoint between the carriers' median distance and the others' (nearer the rest

@@ -398,10 +398,10 @@ class InputPatterns:
         with the object (on the design draws of a colour patch the stamped samples outside a
         suspect matched at 0.63–0.98, the others up to 0.77; their distances were 0 and at
         least 0.37). Returns :class:`AlignedAgreement`, or None where
-        :meth:`peak_correlation` gives nothing, no member or no sample outside has a finite
-        match, or fewer than :data:`AGREED_MIN` values are left at pixels that agree in every
-        channel (a channel in which the carriers and the outside all hold one value counts as
-        agreeing, with no weight) and are unlike the rest in one. NaN for a non-finite input.
+        :meth:`peak_correlation` gives nothing, fewer than :data:`HALF_MIN` carriers or no
+        sample outside has a finite match, or fewer than :data:`AGREED_MIN` values are left at
+        pixels that agree in every channel (a channel in which the carriers and the outside
+        all hold one value counts as agreeing, with no weight) and are unlike the rest in one. NaN for a non-finite input.
         """
         found = self.peak_correlation(diff, mask, max_template, side_share=side_share,
                                       places=True)
@@ -413,6 +413,8 @@ class InputPatterns:
         if not len(members) or not len(others):
             return None
         carriers = members[found.r[members] >= np.median(found.r[members])]
+        if len(carriers) < HALF_MIN:         # one image agrees with itself, a few by chance
+            return None
         H, W = self._shape()
         window = _PeakWindows(self._peak_side(diff, 1, side_share), H, W)
         template = _evenly(carriers, max_template)
