@@ -401,7 +401,8 @@ class InputPatterns:
         :meth:`peak_correlation` gives nothing, fewer than :data:`HALF_MIN` carriers or no
         sample outside has a finite match, or fewer than :data:`AGREED_MIN` values are left at
         pixels that agree in every channel (a channel in which the carriers and the outside
-        all hold one value counts as agreeing, with no weight) and are unlike the rest in one. NaN for a non-finite input.
+        all hold one value counts as agreeing, with no weight) and are unlike the rest in one.
+        NaN for a non-finite input.
         """
         found = self.peak_correlation(diff, mask, max_template, side_share=side_share,
                                       places=True)
