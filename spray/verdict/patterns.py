@@ -659,11 +659,10 @@ def _nearest_place(X: np.ndarray, T: np.ndarray, weight: np.ndarray,
 
 def _unlike(values: np.ndarray, rest: np.ndarray) -> np.ndarray:
     """Whether each of ``values`` (``(D,)``) lies farther from the median of ``rest``
-    (``(k, D)``) than the rest's mean absolute deviation from that median (NaNs left out): a
-    value the rest shows too (a background most images share) is no mark of a group."""
-    with np.errstate(all="ignore"):
-        centre = np.nanmedian(rest, axis=0) if np.isnan(rest).any() else np.median(rest, axis=0)
-        spread = np.nanmean(np.abs(rest - centre), axis=0)
+    (``(k, D)``) than the rest's mean absolute deviation from that median (:func:`agreeing` of
+    the rest with itself; NaNs left out): a value the rest shows too (a background most images
+    share) is no mark of a group."""
+    centre, spread, _ = agreeing(rest, rest, 1.0)
     return np.abs(values - centre) > spread
 
 
@@ -903,11 +902,7 @@ class _PeakWindows:
             P = self._padded(np.asarray(x)[part])
             py, px = (np.clip(places[part, k], -self.slack, (self.H, self.W)[k] + self.slack - S)
                       + self.slack for k in (0, 1))
-            rows = np.arange(len(P))[:, None, None, None]
-            ys = py[:, None, None, None] + np.arange(S)[None, None, :, None]
-            xs = px[:, None, None, None] + np.arange(S)[None, None, None, :]
-            out.append(P[rows, np.arange(P.shape[1])[None, :, None, None], ys, xs]
-                       .reshape(len(P), -1))
+            out.append(self._cut(P, py, px).reshape(len(P), -1))
         return np.concatenate(out)
 
     def _place(self, y: int, x0: int) -> tuple[int, int]:
@@ -937,11 +932,16 @@ class _PeakWindows:
 
     def _windows(self, P: np.ndarray, py: np.ndarray, px: np.ndarray) -> np.ndarray:
         """The unit centred S × S windows of the padded images ``P`` at ``(py, px)``."""
+        return _unit(self._cut(P, py, px))
+
+    def _cut(self, P: np.ndarray, py: np.ndarray, px: np.ndarray) -> np.ndarray:
+        """The raw S × S windows ``(len, C, S, S)`` of the padded images ``P`` with top-left
+        corners ``(py, px)`` (padded coordinates, one per image)."""
         S = self.side
         rows = np.arange(len(P))[:, None, None, None]
         ys = py[:, None, None, None] + np.arange(S)[None, None, :, None]
         xs = px[:, None, None, None] + np.arange(S)[None, None, None, :]
-        return _unit(P[rows, np.arange(P.shape[1])[None, :, None, None], ys, xs])
+        return P[rows, np.arange(P.shape[1])[None, :, None, None], ys, xs]
 
     def best_match(self, x: np.ndarray, template: np.ndarray, windows: bool = False,
                    away: tuple[int, int] | None = None, rows_away: np.ndarray | None = None,
