@@ -532,3 +532,15 @@ def test_class_page_says_who_joined_by_agreement():
     assert len(aligned) == 1 and "19 samples outside" in aligned[0]
     assert "3 members far from it left" in aligned[0] and "aligned_agreement" in aligned[0]
     assert _member_notes({"aligned_joined": 0, "aligned_trimmed": 0}) == []
+
+
+def test_class_page_says_why_a_carried_group_is_flagged_below_the_threshold():
+    from spray.report.class_page import _below_note
+
+    cluster = {"id": 4, "score": -5.4, "followed_below": True, "suspect": True}
+    placed = _below_note({"flagged": True, "clusters": [cluster]})
+    carried = _below_note({"flagged": True, "clusters": [{**cluster, "carried": True}]})
+    assert "alike at their place" in placed and "carried_candidates" not in placed
+    assert "cluster 4" in carried and "-5.40" in carried
+    assert "anywhere in the image" in carried and "carried_candidates" in carried
+    assert _below_note({"flagged": False, "clusters": [{**cluster, "carried": True}]}) == ""

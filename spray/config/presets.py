@@ -475,6 +475,17 @@ class FlagsSection(_Section):
     #: target, so the pairs sharpen the estimate, not the claim. At most ``transplant_pairs``
     #: (0, the default): one run
     transplant_near_max_pairs: int = Field(default=0, ge=0)
+    #: with the transplant test of candidates below the threshold (``transplant_reach``) and
+    #: window cuts: when none of those candidates is shown followed, the samples that carry
+    #: what a window cut's members agree on where the model looks (value by value within
+    #: ``agreement_spread``, anywhere in the image; any score) are candidates too, largest
+    #: first, at most ``transplant_near_tries`` of them, and the first whose members' peak
+    #: windows the model is shown to follow (``transplant_near_effect``,
+    #: ``transplant_near_z``) becomes the suspect, split off as a cluster of its own (the
+    #: class's score is then its best cluster's, as after any split; unflagged classes keep
+    #: theirs). A colour patch on the object that no candidate brings near the threshold (on
+    #: in the preset ``followed``; docs/verdict.md, "Candidates by what their members carry")
+    carried_candidates: bool = False
     seed: int = 0
 
 

@@ -276,6 +276,12 @@ def _below_note(entry: dict) -> str:
     if not entry.get("flagged") or not below:
         return ""
     cl = below[0]
+    if cl.get("carried"):
+        return (f" Flagged below the threshold: cluster {_esc(cl['id'])} (score "
+                f"{_fmt(cl.get('score'), 2)}) holds the samples that carry, anywhere in the "
+                f"image, what a window cut's members agree on where the model looks, and the "
+                f"model follows those pieces where it looks at them (the transplant test above;"
+                f" <code>carried_candidates</code>).")
     return (f" Flagged below the threshold: cluster {_esc(cl['id'])} scores "
             f"{_fmt(cl.get('score'), 2)}, within the transplant test's reach of the threshold, "
             f"and the model follows its pieces, which are alike at their place (the transplant "

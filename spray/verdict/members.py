@@ -97,7 +97,7 @@ import scipy.sparse as sp
 
 from spray.config.presets import FlagsSection
 from spray.verdict.evidence import auc, difference, hot_spot_side, top_cells
-from spray.verdict.patterns import InputPatterns
+from spray.verdict.patterns import AlignedAgreement, InputPatterns
 from spray.verdict.result import ClusterEvidence, resize_entries
 
 #: correlations are clipped to ±this before their Fisher z (1 has none)
@@ -176,7 +176,37 @@ def decide_members(labels: np.ndarray, clusters: list[ClusterEvidence], suspects
     ``agreement_spread``,
     ``peak_guard_iqr``, ``peak_window_doublings``, ``peak_carrier_gap``, ``peak_far_iqr``,
     ``peak_place_share``, ``peak_place_carriers``, and ``score_max_samples`` as the most
-    members a template is taken from."""
+    members a template is taken from.
+
+    A suspect promoted as carried (``carried``, :mod:`~spray.verdict.carried`: the samples
+    that carry what a window cut's members agree on where the model looks, or the cluster
+    that matched them) is a group by that agreement, not by a place: it goes through
+    :func:`align_members` only (at the window cuts' window; on the whole class after a
+    subsample), and the steps that read a hot spot at a place neither trim it nor take its
+    members for another suspect."""
+    carried = [c.id for c in clusters if c.carried and c.id in suspects]
+    placed = [s for s in suspects if s not in carried]
+    held = np.isin(labels, carried)
+    before = labels
+    labels = _placed_members(labels, clusters, placed, W, input_features, features, area,
+                             flags, patterns)
+    if held.any() and (labels[held] != before[held]).any():
+        labels = np.array(labels, copy=True)
+        labels[held] = before[held]
+        resize_entries(clusters, labels)
+    if not flags.aligned_agreement:
+        return labels
+    return align_members(labels, clusters, suspects, W, features, patterns,
+                         flags.score_max_samples, flags.agreement_spread,
+                         flags.pattern_join_iqr, flags.window_side, flags.peak_place_share,
+                         flags.peak_place_carriers)
+
+
+def _placed_members(labels: np.ndarray, clusters: list[ClusterEvidence], suspects: list[int],
+                    W: sp.csr_matrix, input_features: np.ndarray, features: np.ndarray | None,
+                    area: float, flags: FlagsSection,
+                    patterns: InputPatterns | None) -> np.ndarray:
+    """:func:`decide_members`' steps before :func:`align_members`."""
     min_auc, fence = flags.trim_min_auc, flags.trim_fence_iqr
     labels = join_suspects(labels, clusters, suspects, input_features, features, area, min_auc,
                            fence)
@@ -199,12 +229,7 @@ def decide_members(labels: np.ndarray, clusters: list[ClusterEvidence], suspects
                                flags.peak_window_doublings, flags.peak_carrier_gap,
                                flags.peak_far_iqr, flags.window_side, flags.peak_place_share,
                                flags.peak_place_carriers)
-    if not flags.aligned_agreement:
-        return labels
-    return align_members(labels, clusters, suspects, W, features, patterns,
-                         flags.score_max_samples, flags.agreement_spread,
-                         flags.pattern_join_iqr, flags.window_side, flags.peak_place_share,
-                         flags.peak_place_carriers)
+    return labels
 
 
 def align_members(labels: np.ndarray, clusters: list[ClusterEvidence], suspects: list[int],
@@ -228,7 +253,7 @@ def align_members(labels: np.ndarray, clusters: list[ClusterEvidence], suspects:
     (:func:`at_places`, ``place_share``: a look-alike of a flat stamp, an overexposed region,
     matches at a place of its own). When it
     passes and the suspect is a window cut (``cut_graph``
-    ``"windows"``), the members farther from the template than that bar, the carriers' upper
+    ``"windows"``) or carried (:mod:`~spray.verdict.carried`), the members farther from the template than that bar, the carriers' upper
     fence and the midpoint between the carriers' median distance and the others' (nearer the rest
     than the carriers) leave for the non-suspect cluster their edges in ``W`` weigh most — at
     most the half the template was not taken from. Other suspects are trimmed by what they
@@ -256,21 +281,17 @@ def align_members(labels: np.ndarray, clusters: list[ClusterEvidence], suspects:
         outside = ~np.isin(labels, suspects)
         if not outside.any():
             continue
-        share = window_side if entry.cut_graph == "windows" else None
-        found = patterns.aligned_agreement(difference(features, mask), mask, spread,
-                                           max_template, share)
-        join = (None if found is None else
-                _close_carriers(found.distance, found.carriers, outside, spread, reach, True,
-                                bar_at_spread=True))
-        if join is None:
+        share = window_side if entry.cut_graph == "windows" or entry.carried else None
+        aligned = aligned_join(mask, outside, features, patterns, max_template, spread, reach,
+                               share, place_share, place_carriers)
+        if aligned is None:
             continue
-        join = at_places(join, found.places, mask & np.isfinite(found.distance), found.side,
-                         place_share, place_carriers)
+        found, join = aligned
         # a window cut only: the other suspects are trimmed by what they agree on at their hot
         # spot (trim_by_pattern), and a stamp at a fixed place aligns with its surroundings
         leave = (_far_members(found.distance, mask, found.carriers, outside & ~join, reach,
                               spread)
-                 if entry.cut_graph == "windows" else np.empty(0, dtype=np.intp))
+                 if share is not None else np.empty(0, dtype=np.intp))
         keep = [c.id for c in clusters if c.id is not None and c.id not in suspects and c.size]
         if len(leave) and keep:
             labels[leave] = _nearest_cluster(W, leave, labels, keep)
@@ -279,6 +300,28 @@ def align_members(labels: np.ndarray, clusters: list[ClusterEvidence], suspects:
         entry.aligned_joined = int(join.sum())
     resize_entries(clusters, labels)
     return labels
+
+
+def aligned_join(mask: np.ndarray, outside: np.ndarray, features: np.ndarray,
+                 patterns: InputPatterns, max_template: int, spread: float, reach: float,
+                 window_side: float | None, place_share: float, place_carriers: int
+                 ) -> tuple[AlignedAgreement, np.ndarray] | None:
+    """What the members ``mask`` agree on where the model looks
+    (:meth:`~spray.verdict.patterns.InputPatterns.aligned_agreement`, the window at
+    ``window_side`` or, None, at the members' hot region) and the samples ``outside`` that
+    carry it: :func:`align_members`' guard and bar (:func:`_close_carriers` on the carriers,
+    at ``spread``) and place rule (:func:`at_places`). None where the members agree on nothing
+    or the guard refuses."""
+    found = patterns.aligned_agreement(difference(features, mask), mask, spread, max_template,
+                                       window_side)
+    join = (None if found is None else
+            _close_carriers(found.distance, found.carriers, outside, spread, reach, True,
+                            bar_at_spread=True))
+    if join is None:
+        return None
+    join = at_places(join, found.places, mask & np.isfinite(found.distance), found.side,
+                     place_share, place_carriers)
+    return found, join
 
 
 def _far_members(d: np.ndarray, mask: np.ndarray, carriers: np.ndarray, rest: np.ndarray,

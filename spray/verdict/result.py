@@ -23,7 +23,7 @@ _EVIDENCE_KEYS = ("id", "half_of", "cut_along", "cut_graph", "n_clusters", "clus
                   "joined", "pattern_joined", "agreed_joined", "anywhere_joined", "peak_joined",
                   "aligned_joined", "aligned_trimmed",
                   "peak_window", "peak_guard", "peak_at", "peak_off_place", "transplant", "decision",
-                  "followed_below")
+                  "followed_below", "carried")
 
 
 @dataclass
@@ -65,6 +65,9 @@ class ClusterEvidence:
         suspects).
     followed_below : True for a suspect scored below the threshold whose pieces the model
         follows (``transplant_reach``: :func:`~spray.verdict.score.score_class`).
+    carried : True for such a suspect made of the samples that carry what a window cut's
+        members agree on where the model looks, whose peak windows the model follows
+        (``carried_candidates``: :mod:`~spray.verdict.carried`).
     hot_spot_auc, trimmed : for a suspect, how well its inputs at its relevance hot spot tell
         it from the rest (ROC AUC) and how many members left it for not carrying that pattern
         (:mod:`~spray.verdict.members`; ``size`` counts the members reported).
@@ -154,6 +157,7 @@ class ClusterEvidence:
     transplant: list | None = None
     decision: str | None = None
     followed_below: bool | None = None
+    carried: bool | None = None
     score_from_k: ClusterEvidence | None = field(default=None, repr=False)
     jaccard: float | None = None
     inputs: np.ndarray | None = field(default=None, repr=False, compare=False)

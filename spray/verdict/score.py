@@ -23,6 +23,7 @@ from spray.config.presets import FlagsSection
 from spray.verdict.bootstrap import Resamples, stabilize, stabilize_cuts, verify
 from spray.verdict.calibration import clean_rate, threshold_for
 from spray.verdict.candidates import candidate_groups, edge_cuts, mask_key, sweep_cuts
+from spray.verdict.carried import carried_groups
 from spray.verdict.evidence import ClassGraphs, measure
 from spray.verdict.halves import (
     jaccard,
@@ -247,6 +248,11 @@ def _score(result, input_features: np.ndarray, pipeline: dict, params: FlagsSect
         labels, clusters, more, promoted, tested = _follow_near(
             labels, clusters, near, graphs, resamples, model_test, (low, decide))
         splits = splits + more
+        if promoted is None and params.carried_candidates and patterns is not None \
+                and graphs.windows is not None and graphs.features is not None:
+            labels, clusters, more, promoted, carried = _follow_carried(
+                labels, clusters, graphs, resamples, model_test, patterns, len(tested))
+            splits, tested = splits + more, tested + carried
         # a cluster that lost members to the split may reach the threshold now
         suspects = _suspects(clusters, decide, promoted)
     if trim:
@@ -341,23 +347,77 @@ def _follow_near(labels, clusters: list[ClusterEvidence], near: list, graphs: Cl
         tested.append(_near_record(entry, decision, tests))
         if decision != "followed":
             continue
-        entry.followed_below, entry.decision = True, decision
-        entry.transplant = tested[-1]["tests"]
-        if entry.id is not None:
-            return labels, clusters, [], entry.id, tested
-        labels, clusters, split, changed = split_cut(labels, clusters, entry)
-        stabilize([e for e in changed if measure(e, graphs).measured], resamples, params)
-        return labels, clusters, split, split[0]["cluster"], tested
+        return (*_promote(labels, clusters, entry, decision, tested[-1], graphs, resamples),
+                tested)
     return labels, clusters, [], None, tested
 
 
-def _near_test(test: ModelTest, mask: np.ndarray, params: FlagsSection, attempt: int):
+def _promote(labels, clusters: list[ClusterEvidence], entry: ClusterEvidence, decision: str,
+             record: dict, graphs: ClassGraphs, resamples: Resamples | None):
+    """Make ``entry``, a candidate below the threshold the model is shown to follow, the
+    suspect: a cluster as it is, a cut split off as a new cluster
+    (:func:`~spray.verdict.halves.split_cut`; the clusters it took members from are measured
+    and scored again). Returns ``labels, clusters, splits, promoted`` (the suspect's id)."""
+    entry.followed_below, entry.decision = True, decision
+    entry.transplant = record["tests"]
+    if entry.id is not None:
+        return labels, clusters, [], entry.id
+    labels, clusters, split, changed = split_cut(labels, clusters, entry)
+    stabilize([e for e in changed if measure(e, graphs).measured], resamples, graphs.params)
+    return labels, clusters, split, split[0]["cluster"]
+
+
+def _follow_carried(labels, clusters: list[ClusterEvidence], graphs: ClassGraphs,
+                    resamples: Resamples | None,
+                    model_test: Callable[[], ModelTest | None], patterns: InputPatterns,
+                    attempt: int):
+    """``carried_candidates``: when no candidate below the threshold was shown followed
+    (:func:`_follow_near`), the groups that carry what a window cut's members agree on where
+    the model looks (:func:`~spray.verdict.carried.carried_groups`, any score; a group
+    matching a cluster, Jaccard ≥ ``sweep_min_jaccard``, is that cluster, each cluster once,
+    and one holding a whole cluster is left out), largest first, at most
+    ``transplant_near_tries`` of them: the first whose pieces where the model looks at them
+    (the ``peak`` region) the model is shown to follow (:func:`_near_test`) becomes the
+    suspect (:func:`_promote`: a cluster as it is, a group split off as a new cluster, its
+    evidence measured whatever it scores and its plain score kept, not resampled, so that
+    the report shows a score). ``attempt``:
+    the candidates tested before (the seeds go on from there). Returns ``labels, clusters,
+    splits, promoted, tested``."""
+    params = graphs.params
+    whole = [c for c in clusters if c.size]
+    pool: list[ClusterEvidence] = []
+    for group in carried_groups(_window_cuts(graphs), graphs.features, patterns, params):
+        same = next((c for c in whole if jaccard(c, group) >= params.sweep_min_jaccard), None)
+        if same is not None:
+            if all(e is not same for e in pool):
+                pool.append(same)
+        elif not any(not (c.mask & ~group.mask).any() for c in whole):
+            pool.append(group)
+    test = model_test() if pool else None
+    tested: list[dict] = []
+    for entry in pool[:params.transplant_near_tries] if test is not None else []:
+        if entry.id is None and measure(entry, graphs, -np.inf).measured:
+            stabilize_cuts([entry], None, params, np.inf)     # its plain score, to show
+        decision, tests = _near_test(test, entry.mask, params, attempt + len(tested) + 1,
+                                     region="peak")
+        tested.append({**_near_record(entry, decision, tests), "carried": True})
+        if decision == "followed":
+            entry.carried = True
+            return (*_promote(labels, clusters, entry, decision, tested[-1], graphs, resamples),
+                    tested)
+    return labels, clusters, [], None, tested
+
+
+def _near_test(test: ModelTest, mask: np.ndarray, params: FlagsSection, attempt: int,
+               region: str = "place"):
     """The transplant test of a candidate below the threshold and what it shows:
     "followed" only when the model is shown to follow its pieces at their place
     (:func:`~spray.verdict.transplant.shown_followed` of the ``place`` region) and those
     pieces are alike (:func:`~spray.verdict.transplant.pieces_alike`: a pattern at a fixed
     place, not class evidence the members share; "unlike" when only the first holds, or the
-    agreement could not be measured).
+    agreement could not be measured). With ``region`` ``"peak"`` (a group by what its members
+    carry where the model looks, :func:`_follow_carried`: alike by how it was made), the
+    pieces are each member's peak window and their agreement is not asked.
 
     One run of ``transplant_pairs`` pairs; with ``transplant_near_max_pairs`` above that, a
     candidate whose pieces are alike and whose ``place`` effect is neither shown
@@ -370,11 +430,13 @@ def _near_test(test: ModelTest, mask: np.ndarray, params: FlagsSection, attempt:
     pairs, seed = params.transplant_pairs, params.seed + attempt
     most = max(pairs, params.transplant_near_max_pairs)
     while True:
+        by_place = region == "place"
         tests = test.test(mask, side=params.window_side, area=params.input_mask_area,
-                          pairs=pairs, seed=seed, spread=params.transplant_near_spread)
-        place = [t for t in tests if t.region == "place"]
+                          pairs=pairs, seed=seed,
+                          spread=params.transplant_near_spread if by_place else None)
+        place = [t for t in tests if t.region == region]
         shown = shown_followed(place, bar, z)
-        alike = pieces_alike(tests, params.transplant_near_agreed)
+        alike = pieces_alike(tests, params.transplant_near_agreed) if by_place else True
         if shown or not alike or pairs >= most or decide(place, bar, z) == "ignored":
             break
         pairs = min(max(4 * pairs, 1), most)
