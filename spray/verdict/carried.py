@@ -8,8 +8,8 @@ of candidates below it (:func:`spray.verdict.score._follow_near`) is never asked
 such a cut's members agree on where the model looks
 (:meth:`~spray.verdict.patterns.InputPatterns.aligned_agreement`) is the stamp itself: on the
 design draws of a merged-garment CNN every stamped sample lay at distance 0 from it, wherever
-the stamp was, and the other samples' 5th percentile at 0.54–0.62, while no candidate of
-the class scored above −3 (docs/verdict.md, "Candidates by what their members carry").
+the stamp was, and the other samples' 5th percentile at 0.54–0.62, while the class scored
+−5.7 to −1.3 (docs/verdict.md, "Candidates by what their members carry").
 
 This module makes one candidate per window cut (any score): the samples that carry what the
 cut's members agree on — the members within ``agreement_spread`` of it and the samples outside
@@ -21,7 +21,7 @@ against the rest's; :func:`spray.verdict.score._follow_carried`). The window hol
 pixels and what surrounds them; the test does not isolate the agreed pixels, so a group that
 agrees on something (a flat colour) and whose windows are stronger class evidence than the
 rest's would pass it: the guard of the agreement is what keeps natural sub-types out (on the
-design and held-out rounds no group formed in a class without an artefact).
+design and held-out rounds no carried group was tested in a class without an artefact).
 """
 
 from __future__ import annotations

@@ -251,11 +251,11 @@ def align_members(labels: np.ndarray, clusters: list[ClusterEvidence], suspects:
     rounding noise for a pixel-identical stamp), and, when the members match at fixed places,
     only near such a place or where ``place_carriers`` − 1 other candidates match too
     (:func:`at_places`, ``place_share``: a look-alike of a flat stamp, an overexposed region,
-    matches at a place of its own). When it
-    passes and the suspect is a window cut (``cut_graph``
-    ``"windows"``) or carried (:mod:`~spray.verdict.carried`), the members farther from the template than that bar, the carriers' upper
-    fence and the midpoint between the carriers' median distance and the others' (nearer the rest
-    than the carriers) leave for the non-suspect cluster their edges in ``W`` weigh most — at
+    matches at a place of its own). When it passes and the suspect is a window cut
+    (``cut_graph`` ``"windows"``) or carried (:mod:`~spray.verdict.carried`), the members
+    farther from the template than that bar, the carriers' upper fence and the midpoint
+    between the carriers' median distance and the others' (nearer the rest than the
+    carriers) leave for the non-suspect cluster their edges in ``W`` weigh most — at
     most the half the template was not taken from. Other suspects are trimmed by what they
     agree on at their hot spot (:func:`trim_by_pattern`); a stamp at a fixed place aligns with
     what surrounds it there, and on the design rounds this trim took stamped members of a
