@@ -218,16 +218,16 @@ def test_kept_images_match_as_fresh_ones(relied, monkeypatch):
     truth = s["stamp"]
     groups = [truth, ~truth & (np.arange(len(truth)) % 3 == 0), truth | (np.arange(len(truth)) < 40)]
 
-    def matches(keep):
+    def matches():
         p = pat.InputPatterns.of(s["x"], pipe["preprocess"], maps=s["maps"], chunk=100)
         out = [p.peak_correlation(feats[g].mean(0) - feats[~g].mean(0), g, 2000,
                                   side_share=0.22, places=True) for g in groups]
         return out, p._prepared_at
 
-    kept, held = matches(True)
+    kept, held = matches()
     assert held is not None and len(held[1]) == -(-len(truth) // 100)
     monkeypatch.setattr(pat, "KEPT_BYTES", 0)
-    cold, none = matches(False)
+    cold, none = matches()
     assert none is not None and none[1] == {}
     for a, b in zip(kept, cold):
         assert np.array_equal(a.r, b.r, equal_nan=True) and np.array_equal(a.places, b.places)

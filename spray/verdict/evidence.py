@@ -282,6 +282,8 @@ class ClassGraphs:
     window_features, window_share : the peak windows that graph was built from and each
         window's share of its sample's |relevance|
         (:meth:`~spray.verdict.patterns.InputPatterns.peak_windows`; None with it).
+    window_cuts : the sweep cuts of that graph once made (``spray.verdict.score._window_cuts``:
+        the window cuts and the carried candidates read the same eigenvectors), or None.
     patterns : the class's raw inputs (:class:`~spray.verdict.patterns.InputPatterns`), for the
         hot-spot separation and the colocation in the pixels (``hot_spot_agreement_spread``,
         ``colocation_pixels``), or None.
@@ -303,6 +305,7 @@ class ClassGraphs:
     windows: tuple | None = None
     window_features: np.ndarray | None = None
     window_share: np.ndarray | None = None
+    window_cuts: list | None = None
     patterns: InputPatterns | None = None
     _float64: dict | None = None
     _input_totals: tuple | None = None

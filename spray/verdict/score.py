@@ -429,8 +429,8 @@ def _near_test(test: ModelTest, mask: np.ndarray, params: FlagsSection, attempt:
     bar, z = params.transplant_near_effect, params.transplant_near_z
     pairs, seed = params.transplant_pairs, params.seed + attempt
     most = max(pairs, params.transplant_near_max_pairs)
+    by_place = region == "place"
     while True:
-        by_place = region == "place"
         tests = test.test(mask, side=params.window_side, area=params.input_mask_area,
                           pairs=pairs, seed=seed,
                           spread=params.transplant_near_spread if by_place else None)
@@ -512,7 +512,14 @@ def _window_cuts(graphs: ClassGraphs) -> list:
     """Sweep cuts along the peak windows' graph's leading eigenvectors
     (``window_sweep_eigenvectors``), without the samples whose window holds no pattern (flat,
     or read from a non-finite input or map: a window of zeros, which would otherwise join any
-    group)."""
+    group). Made once per class (``graphs.window_cuts``)."""
+    if graphs.window_cuts is None:
+        graphs.window_cuts = _patterned_cuts(graphs)
+    return graphs.window_cuts
+
+
+def _patterned_cuts(graphs: ClassGraphs) -> list:
+    """:func:`_window_cuts`, made."""
     cuts = edge_cuts(graphs.windows, graphs.params.window_sweep_eigenvectors, graphs.params,
                      graph="windows")
     patterned = np.abs(graphs.window_features).sum(axis=1) > 0
