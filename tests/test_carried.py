@@ -9,6 +9,8 @@ import pytest
 import torch
 from conftest import SMALLNET, train_smallnet
 
+from spray.verdict.transplant import TransplantResult, shown_margin
+
 #: a 5 × 5 ring with a bright centre (no digit stroke has it)
 STAMP = np.ones((5, 5), np.float32)
 STAMP[1:4, 1:4] = 0.0
@@ -122,6 +124,13 @@ def test_a_moving_stamp_the_model_follows_is_flagged_below_the_threshold(relied)
     peak = next(t for t in record["tests"] if t["region"] == "peak")
     assert peak["effect"] >= 0.2
     assert v.to_dict()["clusters"][[c.id for c in v.clusters].index(suspect.id)]["carried"]
+    # the gate's score: the threshold plus the peak test's errors past the bar
+    margin = suspect.followed_margin
+    bar, z = v.params["transplant_near_effect"], v.params["transplant_near_z"]
+    kept = TransplantResult(**{k: np.nan if x is None else x for k, x in peak.items()})
+    assert margin == pytest.approx(shown_margin([kept], bar, z), rel=0.02)   # kept rounded
+    assert margin >= 0 and v.gate_score == pytest.approx(v.threshold + margin)
+    assert v.to_dict()["gate_score"] == v.gate_score
 
 
 def test_carried_candidates_need_the_flag_and_the_model(relied):
@@ -133,7 +142,7 @@ def test_carried_candidates_need_the_flag_and_the_model(relied):
 def test_the_model_decides_a_carried_group(relied):
     """At a bar no effect reaches the carried group is tested and not followed: unflagged."""
     v = _scored(relied, transplant_near_effect=1.0)
-    assert not v.flagged and v.near_tested
+    assert not v.flagged and v.near_tested and v.gate_score == v.score < v.threshold
     assert all(t.get("carried") and t["decision"] != "followed" for t in v.near_tested)
 
 
@@ -146,7 +155,7 @@ def test_a_stamp_the_model_does_not_follow_stays_unflagged(ignored):
     truth = ignored["stamp"]
     assert all((g.mask & truth).sum() < 0.5 * g.size for g in groups)
     v = _scored(ignored)
-    assert not v.flagged
+    assert not v.flagged and v.gate_score < v.threshold
     assert all(t["decision"] != "followed" for t in v.near_tested or [])
     assert not any(c.followed_below for c in v.clusters)
 

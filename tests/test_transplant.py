@@ -109,16 +109,23 @@ def test_a_candidate_below_the_threshold_needs_its_pieces_alike_at_the_spread():
     far closer to their median than the rest's: alike at the spread 0.5, not at 0.05."""
     from spray.config.presets import FlagsSection
     from spray.verdict.score import _near_test
-    from spray.verdict.transplant import ModelTest
+    from spray.verdict.transplant import ModelTest, shown_margin
 
     x, maps, members, predict = _corner_class(np.random.default_rng(2), 0.6, 1.0)
     test = ModelTest(predict, lambda r: x[r], lambda r: maps[r],
                      np.zeros((50, 3, 12, 12), np.float32), 7)
     flags = {"transplant_pairs": 64, "window_side": 0.25}
-    decision, tests = _near_test(test, members, FlagsSection(**flags), 1)
+    decision, tests, _ = _near_test(test, members, FlagsSection(**flags), 1)
     assert decision == "followed" and 1 / 3 <= tests[0].agreed < 0.5
     tight = FlagsSection(**flags, transplant_near_spread=0.05)
     assert _near_test(test, members, tight, 1)[0] == "unlike"
+    # confirmed: shown with 64 pairs, decided on a run of transplant_near_max_pairs
+    sure = FlagsSection(**flags, transplant_near_max_pairs=1024, transplant_confirm=True)
+    decision, confirmed, margin = _near_test(test, members, sure, 1)
+    assert decision == "followed" and {t.pairs for t in confirmed} == {1024}
+    assert margin == pytest.approx(shown_margin([confirmed[0]], 0.05, 3.0), abs=1e-4)
+    assert {t.pairs for t in _near_test(test, members, FlagsSection(
+        **flags, transplant_near_max_pairs=1024), 1)[1]} == {64}          # not confirmed
 
 
 def test_a_candidate_below_the_threshold_gets_more_pairs_only_to_sharpen_a_real_effect():
@@ -139,20 +146,20 @@ def test_a_candidate_below_the_threshold_gets_more_pairs_only_to_sharpen_a_real_
 
     test = ModelTest(predict, lambda r: x[r], lambda r: maps[r], targets, 7)
     flags = {"transplant_pairs": 64, "window_side": 0.25}
-    decision, tests = _near_test(test, members, FlagsSection(**flags), 1)
+    decision, tests, _ = _near_test(test, members, FlagsSection(**flags), 1)
     assert decision == "undecided" and {t.pairs for t in tests} == {64}
     more = FlagsSection(**flags, transplant_near_max_pairs=1024)
-    decision, tests = _near_test(test, members, more, 1)
+    decision, tests, _ = _near_test(test, members, more, 1)
     assert decision == "followed" and {t.pairs for t in tests} == {1024}
     assert 0.05 <= tests[0].effect <= 0.12 and tests[0].agreed >= 1 / 3
     unlike = FlagsSection(**flags, transplant_near_max_pairs=1024, transplant_near_spread=0.05,
                           transplant_near_agreed=0.5)
-    decision, tests = _near_test(test, members, unlike, 1)
+    decision, tests, _ = _near_test(test, members, unlike, 1)
     assert decision == "undecided" and {t.pairs for t in tests} == {64}
     dark = x.copy()
     dark[:10, 0, :3, :3] = 0.2                      # alike, but the model ignores them
     test = ModelTest(predict, lambda r: dark[r], lambda r: maps[r], targets, 7)
-    decision, tests = _near_test(test, members, more, 1)
+    decision, tests, _ = _near_test(test, members, more, 1)
     assert decision == "ignored" and {t.pairs for t in tests} == {256}
 
 
@@ -239,6 +246,37 @@ def test_a_group_below_the_threshold_needs_its_effect_clear_of_the_clustered_err
     assert not shown_followed([], 0.05, 3.5)
 
 
+def test_the_margin_is_the_errors_past_the_nearer_bar():
+    """``shown_margin``: in errors (floored), the smaller of the effect's distance past the bar
+    and its distance past ``min_z`` errors from none, the best region's; 0 or above where
+    ``shown_followed`` holds (but for rounding at an exact tie); −inf where no error is
+    finite."""
+    from spray.verdict.transplant import TransplantResult, shown_followed, shown_margin
+
+    # 256 distinct targets: the floor √(0.05 · 0.95 / 256) = 0.0136 lies below these errors
+    wide = _result(0.2, 6.0, 0.05)                       # past the bar by 3, 4 − 3.5 = 0.5
+    assert shown_margin([wide], 0.05, 3.5) == pytest.approx(0.5)
+    sure = _result(0.2, 9.0, 0.02)                        # past the bar by 7.5, 10 − 3.5 = 6.5
+    assert shown_margin([wide, sure], 0.05, 3.5) == pytest.approx(6.5)
+    near = _result(0.06, 9.0, 0.002)                      # 0.01 / floor 0.0136: the bar binds
+    assert shown_margin([near], 0.05, 3.5) == pytest.approx(0.01 / np.sqrt(0.05 * 0.95 / 256))
+    assert shown_margin([_result(0.2, 6.0, float("nan"))], 0.05, 3.5) == -np.inf
+    assert shown_margin([], 0.05, 3.5) == -np.inf
+    # the lattice the test produces (effects of k / pairs, errors at their floors or between)
+    seen = set()
+    for pairs in (9, 64, 256):
+        for k in range(-pairs // 4, pairs + 1):
+            for se in (0.0, 1 / pairs, 0.02, 0.07, float("nan")):
+                for targets in (1, pairs // 3, pairs):
+                    r = TransplantResult("place", 0.0, 0.0, k / pairs, 0.0, pairs, se,
+                                         targets=targets)
+                    margin = shown_margin([r], 0.05, 3.5)
+                    if abs(margin) > 1e-9:                       # not a tie
+                        assert shown_followed([r], 0.05, 3.5) == (margin > 0), (k, se)
+                        seen.add(margin > 0)
+    assert seen == {True, False}
+
+
 def test_the_effects_error_counts_pairs_that_share_a_donor_or_a_target():
     """Pairs drawn with replacement are not independent: when one member's piece turns every
     target and the other members' none, or one target turns with every member's piece and the
@@ -317,6 +355,16 @@ def test_an_undecided_suspect_is_tested_again_with_more_pairs():
     far = x[:, 0, 0, 0] > 0.5                               # every bright corner, no other
     decision, results = decided_test(test, far, pairs=64, max_pairs=1024, **kw)
     assert decision == "followed" and {r.pairs for r in results} == {64}
+    # confirmed: decided on a run of max_pairs; nothing to turn is not tested again
+    decision, results = decided_test(test, far, pairs=64, max_pairs=1024, confirm=True, **kw)
+    assert decision == "followed" and {r.pairs for r in results} == {1024}
+    decision, results = decided_test(test, members, pairs=64, max_pairs=1024, confirm=True,
+                                     **kw)
+    assert decision == "undecided" and {r.pairs for r in results} == {1024}
+    dark = ModelTest(_bright_corner(7), lambda rows: x[rows], lambda rows: maps[rows],
+                     np.ones((30, 1, 12, 12), np.float32), 7)     # all predicted 7 already
+    assert decided_test(dark, far, pairs=64, max_pairs=1024, confirm=True,
+                        **kw) == ("untested", [])
 
 
 
@@ -476,7 +524,7 @@ def test_a_suspect_the_model_ignores_is_watched_not_flagged(stamped):
     ignore its pieces, so the class is not flagged and the suspect is listed as not followed;
     the score stays. The stamped group in the same verdict stays a suspect."""
     from spray.config.presets import FlagsSection
-    from spray.verdict.score import follow_suspects
+    from spray.verdict.score import follow_suspects, gate_score
     from spray.verdict.transplant import ModelTest
 
     s = stamped
@@ -487,17 +535,25 @@ def test_a_suspect_the_model_ignores_is_watched_not_flagged(stamped):
     test = ModelTest(s["predict"], lambda rows: s["x"][rows], lambda rows: s["maps"][rows],
                      s["targets"], 2)
     params = FlagsSection(transplant_pairs=200)
-    v = _verdict(labels, [1])
+    v = _verdict(labels, [1], {0: 0.5})
     follow_suspects(v, test, params)
     assert not v.flagged and v.suspect_clusters == [] and v.not_followed == [1]
     assert v.score == 3.0 and v.cluster(1).decision == "ignored"
     assert v.to_dict()["not_followed"] == [1]
+    assert v.cluster(1).followed_margin is None and gate_score(v) == 0.5   # cleared: nothing
     both = labels.copy()
     both[s["stamp"]] = 2
-    v = _verdict(both, [1, 2])
+    v = _verdict(both, [1, 2], {0: 0.5})
     follow_suspects(v, test, params)
     assert v.flagged and v.suspect_clusters == [2] and v.suspect_cluster == 2
     assert v.not_followed == [1] and v.cluster(2).decision == "followed"
+    # the stamp's margin at the suspects' bar: the gate's score is the better of the two
+    margin = v.cluster(2).followed_margin
+    assert margin > 0 and gate_score(v) == pytest.approx(max(3.0, v.threshold + margin))
+    # read at the stricter bar: the one a candidate below the threshold must pass
+    v = _verdict(both, [1, 2], {0: 0.5})
+    follow_suspects(v, test, FlagsSection(transplant_pairs=200, transplant_near_effect=0.3))
+    assert v.cluster(2).decision == "followed" and v.cluster(2).followed_margin < margin
 
 
 def test_a_run_watches_a_suspect_shown_below_the_bar(small_problem, tmp_path):
@@ -510,6 +566,7 @@ def test_a_run_watches_a_suspect_shown_below_the_bar(small_problem, tmp_path):
     assert main(["check", str(root / "out")]) == 0
     entry = _classes(root)[2]
     assert not entry["flagged"] and entry["watch"] and entry["score"] >= entry["threshold"]
+    assert entry["gate_score"] < entry["threshold"]     # the cleared suspect counts for nothing
     assert entry["not_followed"] and entry["suspect_clusters"] == []
     shown = next(c for c in entry["clusters"] if c["id"] == entry["not_followed"][0])
     assert shown["decision"] == "ignored" and shown["members"]
@@ -588,6 +645,10 @@ def test_a_candidate_below_the_threshold_the_model_follows_is_the_suspect(stampe
     assert v.flagged and v.score == stamp_score and v.score < v.threshold
     suspect = v.cluster(v.suspect_cluster)
     assert suspect.followed_below and suspect.decision == "followed"
+    # flagged: the gate's score at the threshold plus the place test's margin (kept from the
+    # test that promoted it, not from the suspects' test after it)
+    assert suspect.followed_margin >= 0
+    assert v.gate_score == pytest.approx(v.threshold + suspect.followed_margin)
     assert min(_suspect_pr(v, stamped["stamp"])) >= 0.9
     first = v.near_tested[0]
     assert first["decision"] == "followed" and first["score"] < v.threshold
@@ -602,6 +663,7 @@ def test_a_candidate_below_the_threshold_the_model_follows_is_the_suspect(stampe
     unreachable = _class_scored(stamped, transplant_reach=1.0, transplant_near_effect=1.0,
                                 **raised)
     assert not unreachable.flagged and unreachable.near_tested
+    assert unreachable.gate_score == unreachable.score < unreachable.threshold
     assert all(t["decision"] != "followed" for t in unreachable.near_tested)
     assert not any(c.followed_below for c in unreachable.clusters)
     # followed, but pieces held to be alike in every value: class evidence, not a suspect
@@ -667,8 +729,11 @@ def test_a_run_flags_a_class_below_the_threshold_its_model_follows(small_problem
     assert suspect["followed_below"] and suspect["decision"] == "followed"
     assert not any(e["flagged"] for c, e in _classes(root).items() if c != 2)
     assert main(["check", str(root / "out")]) == 1
+    assert entry["gate_score"] >= entry["threshold"]
+    assert all(e["gate_score"] < e["threshold"] for c, e in _classes(root).items() if c != 2)
     page = (root / "out" / "report" / "class_2.html").read_text()
     assert "Flagged below the threshold" in page and "the model follows them" in page
+    assert "Gate score" in page
 
 
 def _near_setup(stamped):

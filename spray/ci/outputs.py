@@ -183,9 +183,13 @@ def verdict_lines(summary: dict, report_dir: Path | None = None, best: int = 3) 
     for e in flagged:
         against = ("below" if e.get("score") is not None and e.get("threshold") is not None
                    and e["score"] < e["threshold"] else "≥")
+        gate = ("" if e.get("gate_score") is None or e.get("score") is None
+                or e["gate_score"] <= e["score"] else
+                f" (gate score {_num(e['gate_score'])}: the transplant test's effect lies "
+                f"{_num(e['gate_score'] - e['threshold'])} errors past its bar)")
         lines.append(f"flagged: {_plain(e['name'])} ({e['class']}): score {_num(e['score'])} "
-                     f"{against} {e.get('threshold')}, suspect group of {_suspect_size(e)} of "
-                     f"{e.get('n_samples')} samples{page(e)}")
+                     f"{against} {e.get('threshold')}{gate}, suspect group of "
+                     f"{_suspect_size(e)} of {e.get('n_samples')} samples{page(e)}")
     for e in summary["classes"]:
         if e.get("watch"):
             lines.append(f"watch: {_watch_line(e)}{page(e)}")

@@ -475,6 +475,13 @@ class FlagsSection(_Section):
     #: target, so the pairs sharpen the estimate, not the claim. At most ``transplant_pairs``
     #: (0, the default): one run
     transplant_near_max_pairs: int = Field(default=0, ge=0)
+    #: a group the transplant test shows followed with fewer pairs than the most it may use
+    #: (``transplant_max_pairs`` for a suspect, ``transplant_near_max_pairs`` for a candidate
+    #: below the threshold) is tested again with that many (new draws) and decided on that
+    #: run: decided on its surest estimate, so that its flag and the gate's score (docs/
+    #: verdict.md, "The gate's score") do not hang on one draw of 256 pairs (on in the preset
+    #: ``followed``)
+    transplant_confirm: bool = False
     #: with the transplant test of candidates below the threshold (``transplant_reach``) and
     #: window cuts: when none of those candidates is shown followed, the samples that carry
     #: what a window cut's members agree on where the model looks (value by value within

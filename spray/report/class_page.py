@@ -288,6 +288,20 @@ def _below_note(entry: dict) -> str:
             f"test above).")
 
 
+def _gate_note(entry: dict) -> str:
+    """The score the gate acts on, where the transplant test moved it off the class score
+    (``gate_score``: the threshold plus the test's margin for a suspect the model follows)."""
+    gate = entry.get("gate_score")
+    held = [cl for cl in entry.get("clusters", [])
+            if cl.get("suspect") and cl.get("followed_margin") is not None]
+    if gate is None or entry.get("score") is None or not held or gate <= float(entry["score"]):
+        return ""
+    return (f" Gate score {_fmt(gate, 2)}: the threshold plus "
+            f"{_fmt(max(cl['followed_margin'] for cl in held), 2)}, the errors by which the "
+            f"transplant test's effect lies past its bar for the suspect the model follows "
+            f"(how far the flag lies from falling).")
+
+
 def _watch_note(entry: dict) -> str:
     if entry.get("flagged") or not entry.get("watch"):
         return ""
@@ -446,7 +460,8 @@ def _class_page(run_dir: str, out: Path, entry: dict) -> None:
         f"{_fmt(entry['n_samples'])} samples, model accuracy on them "
         f"{_fmt(entry['accuracy']) or 'unknown (no predictions)'}, "
         f"kNN k = {_fmt(entry['k'])}, eigengap K = {_fmt(entry['n_clusters'])} clusters"
-        f"{_splits_note(entry)}.{_below_note(entry)}{_watch_note(entry)}{_rate_note(entry)}"
+        f"{_splits_note(entry)}.{_below_note(entry)}{_gate_note(entry)}{_watch_note(entry)}"
+        f"{_rate_note(entry)}"
         f"</p>{warn}"
         f"{_health_note(entry)}"
         f"<h2>Evidence</h2>{_evidence(entry)}{suspect_html}"

@@ -96,6 +96,8 @@ def _class_entry(cg, c: int, limits: dict | None = None) -> dict:
         entry["clean_rate"] = dict(flags["clean_rate"])
     if not_followed is not None:   # the transplant test ran (flags.transplant_pairs)
         entry["not_followed"] = list(not_followed)
+    if flags.get("gate_score") is not None:
+        entry["gate_score"] = float(flags["gate_score"])
     return entry
 
 
@@ -193,6 +195,7 @@ def build_summary(run_dir: Path, reuse: dict[str, dict] | None = None) -> dict:
         reason = dict(group.attrs.get("failed", {})).get(str(entry["class"]))
         if reason:
             entry.update({"status": "failed", "reason": reason, "flagged": False})
+            entry.pop("gate_score", None)       # no verdict to act on
     entries.sort(key=lambda e: e["class"])
     margin = mark_watch(entries)
     return {"run_state": group.attrs.get("run_state"), "run_id": group.attrs.get("run_id"),

@@ -54,7 +54,8 @@ NOT_SCORING = frozenset({"watch_margin", "false_flag_rate", "peak_guard_iqr",
                          "transplant_max_pairs", "transplant_reach", "transplant_near_tries",
                          "transplant_near_effect", "transplant_near_z",
                          "transplant_near_spread", "transplant_near_agreed",
-                         "transplant_near_max_pairs", "carried_candidates"})
+                         "transplant_near_max_pairs", "transplant_confirm",
+                         "carried_candidates"})
 
 #: the pipeline sections that change scores besides the flags (the embedding does not)
 SECTIONS = ("preprocess", "affinity", "spectral", "clustering")

@@ -23,7 +23,7 @@ _EVIDENCE_KEYS = ("id", "half_of", "cut_along", "cut_graph", "n_clusters", "clus
                   "joined", "pattern_joined", "agreed_joined", "anywhere_joined", "peak_joined",
                   "aligned_joined", "aligned_trimmed",
                   "peak_window", "peak_guard", "peak_at", "peak_off_place", "transplant", "decision",
-                  "followed_below", "carried")
+                  "followed_below", "carried", "followed_margin")
 
 
 @dataclass
@@ -68,6 +68,12 @@ class ClusterEvidence:
     carried : True for such a suspect made of the samples that carry what a window cut's
         members agree on where the model looks, whose peak windows the model follows
         (``carried_candidates``: :mod:`~spray.verdict.carried`).
+    followed_margin : for a suspect the model is shown to follow, by how many of the transplant
+        test's errors the effect lies past the bar that decided it
+        (:func:`~spray.verdict.transplant.shown_margin`: the ``place`` or, for a carried
+        suspect, the ``peak`` region at ``transplant_near_effect`` for one below the threshold;
+        both regions at the stricter of the two bars for one above it); what
+        :attr:`Verdict.gate_score` adds to the threshold.
     hot_spot_auc, trimmed : for a suspect, how well its inputs at its relevance hot spot tell
         it from the rest (ROC AUC) and how many members left it for not carrying that pattern
         (:mod:`~spray.verdict.members`; ``size`` counts the members reported).
@@ -158,6 +164,7 @@ class ClusterEvidence:
     decision: str | None = None
     followed_below: bool | None = None
     carried: bool | None = None
+    followed_margin: float | None = None
     score_from_k: ClusterEvidence | None = field(default=None, repr=False)
     jaccard: float | None = None
     inputs: np.ndarray | None = field(default=None, repr=False, compare=False)
@@ -228,6 +235,10 @@ class Verdict:
         follows the pieces but they are not alike at their place, class evidence rather than
         a pattern; "undecided" or "ignored"), ``tests`` (the ``place`` test with the
         members' ``agreed`` share) and ``members`` (row positions); None when none was.
+    gate_score : with the transplant test (``transplant_pairs``), the score the gate acts on
+        (:func:`spray.verdict.score.gate_score`): at or above the threshold exactly when the
+        class is flagged, with the transplant test's margin for a suspect the model follows;
+        None without the test (``transplant_pairs`` 0).
     """
 
     score: float
@@ -246,6 +257,7 @@ class Verdict:
     clean_rate: dict | None = None
     not_followed: list[int] | None = None
     near_tested: list[dict] | None = None
+    gate_score: float | None = None
 
     def cluster(self, cid: int) -> ClusterEvidence:
         """The entry of cluster ``cid``."""
@@ -259,7 +271,7 @@ class Verdict:
         order = ("rule", "score", "threshold", "flagged", "suspect_cluster", "suspect_clusters",
                  "candidate_cluster", "clusters", "splits", "labels", "other_k", "params")
         optional = {k: out[k] for k in ("scored_on", "clean_rate", "not_followed",
-                                         "near_tested")
+                                         "near_tested", "gate_score")
                     if out[k] is not None}
         return {**{k: out[k] for k in order}, **optional}
 

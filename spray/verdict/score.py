@@ -36,7 +36,14 @@ from spray.verdict.members import decide_members
 from spray.verdict.patterns import InputPatterns
 from spray.verdict.result import ClusterEvidence, Verdict, resize_entries
 from spray.verdict.subsample import extend_labels, restrict, stratified_sample
-from spray.verdict.transplant import ModelTest, decide, decided_test, pieces_alike, shown_followed
+from spray.verdict.transplant import (
+    ModelTest,
+    decide,
+    decided_test,
+    pieces_alike,
+    shown_followed,
+    shown_margin,
+)
 
 log = logging.getLogger(__name__)
 
@@ -124,7 +131,34 @@ def score_class(result, input_features: np.ndarray, pipeline: dict,
                                    edge_features, patterns, test)
     if test is not None and verdict.suspect_clusters and test() is not None:
         follow_suspects(verdict, test(), params)
+    if params.transplant_pairs:
+        verdict.gate_score = gate_score(verdict)
     return verdict
+
+
+def gate_score(verdict: Verdict) -> float:
+    """The score the gate acts on when the transplant test runs: the best over the clusters
+    the model was not shown to ignore of their score and, for a suspect the model is shown to
+    follow, the threshold plus the test's margin (``followed_margin``,
+    :func:`~spray.verdict.transplant.shown_margin`: errors past the bar that made it one).
+
+    With a positive threshold it reaches the threshold exactly when the class is flagged (a
+    suspect at or above it, or one below it the model follows; a cluster at or above it that
+    the model is shown to ignore counts for nothing). How far above it lies is how far the
+    flag lies from falling, on the scale of the evidence that holds it: a suspect stays one
+    while its relevance score stays at the threshold or the model is shown to follow it, so
+    its distance is the larger of the two — the score's for one the relevance separates, the
+    transplant test's errors for one below the threshold the model follows (a strong stamp on
+    many targets lies tens of errors past the bar). 0 without a cluster (as the class score).
+    """
+    cleared = set(verdict.not_followed or [])
+    suspects = set(verdict.suspect_clusters)
+    values = [max(-np.inf if c.score is None else c.score,
+                  verdict.threshold + c.followed_margin
+                  if c.followed_margin is not None and c.id in suspects else -np.inf)
+              for c in verdict.clusters if c.id not in cleared]
+    values = [v for v in values if np.isfinite(v)]
+    return float(max(values)) if values else 0.0
 
 
 def _once(model_test: ModelTest | Callable[[], ModelTest | None] | None
@@ -141,7 +175,10 @@ def follow_suspects(verdict: Verdict, model_test: ModelTest, params: FlagsSectio
     (``not_followed``); the class is flagged when one is left. A suspect the test cannot
     decide (an effect near the bar even with ``transplant_max_pairs`` pairs: "undecided") or
     cannot run on (no target image left that the model does not already predict as the class:
-    "untested") stays one: fail closed. Scores stay as they are."""
+    "untested") stays one: fail closed. Scores stay as they are; a suspect shown followed
+    ("followed") that was not promoted below the threshold gets its ``followed_margin``
+    (:func:`~spray.verdict.transplant.shown_margin` of both regions at :func:`_stricter_bar`;
+    it may lie below 0: McNemar's z decides here, the clustered errors there)."""
     followed_ids, not_followed = [], []
     for cid in verdict.suspect_clusters:
         entry = verdict.cluster(cid)
@@ -150,10 +187,14 @@ def follow_suspects(verdict: Verdict, model_test: ModelTest, params: FlagsSectio
             area=params.input_mask_area, pairs=params.transplant_pairs,
             max_pairs=params.transplant_max_pairs, seed=params.seed + cid,
             min_effect=params.transplant_min_effect, min_z=params.transplant_min_z,
-            spread=params.transplant_near_spread if entry.followed_below else None)
+            spread=params.transplant_near_spread if entry.followed_below else None,
+            confirm=params.transplant_confirm)
         entry.transplant = [t.to_dict() for t in tests]
+        if entry.followed_margin is None and entry.decision == "followed":
+            entry.followed_margin = _margin(shown_margin(tests, *_stricter_bar(params)))
         if entry.decision == "ignored":
             entry.followed_below = None      # a suspect below the threshold, cleared after all
+            entry.followed_margin = None
         (not_followed if entry.decision == "ignored" else followed_ids).append(cid)
         log.info("class %d, suspect %d: transplant %s -> %s", model_test.c, cid,
                  entry.transplant, entry.decision)
@@ -343,10 +384,11 @@ def _follow_near(labels, clusters: list[ClusterEvidence], near: list, graphs: Cl
             break
         if entry.score >= high:
             continue
-        decision, tests = _near_test(test, entry.mask, params, len(tested) + 1)
+        decision, tests, margin = _near_test(test, entry.mask, params, len(tested) + 1)
         tested.append(_near_record(entry, decision, tests))
         if decision != "followed":
             continue
+        entry.followed_margin = margin
         return (*_promote(labels, clusters, entry, decision, tested[-1], graphs, resamples),
                 tested)
     return labels, clusters, [], None, tested
@@ -398,11 +440,11 @@ def _follow_carried(labels, clusters: list[ClusterEvidence], graphs: ClassGraphs
     for entry in pool[:params.transplant_near_tries] if test is not None else []:
         if entry.id is None and measure(entry, graphs, -np.inf).measured:
             stabilize_cuts([entry], None, params, np.inf)     # its plain score, to show
-        decision, tests = _near_test(test, entry.mask, params, attempt + len(tested) + 1,
-                                     region="peak")
+        decision, tests, margin = _near_test(test, entry.mask, params,
+                                             attempt + len(tested) + 1, region="peak")
         tested.append({**_near_record(entry, decision, tests), "carried": True})
         if decision == "followed":
-            entry.carried = True
+            entry.carried, entry.followed_margin = True, margin
             return (*_promote(labels, clusters, entry, decision, tested[-1], graphs, resamples),
                     tested)
     return labels, clusters, [], None, tested
@@ -425,7 +467,12 @@ def _near_test(test: ModelTest, mask: np.ndarray, params: FlagsSection, attempt:
     (:func:`~spray.verdict.transplant.decide` of the ``place`` region: "ignored") is tested
     again with four times the pairs (new draws of targets and donors), up to that many: the
     same bar on a surer estimate (the error is clustered by donor and target, so more pairs of
-    the same few donors show no more than they hold)."""
+    the same few donors show no more than they hold). With ``transplant_confirm``, one
+    shown followed with fewer pairs is tested again with ``transplant_near_max_pairs`` and
+    decided on that run.
+
+    Returns ``decision, tests, margin``: the last run's results and their region's
+    :func:`~spray.verdict.transplant.shown_margin` at this bar (:func:`_margin`)."""
     bar, z = params.transplant_near_effect, params.transplant_near_z
     pairs, seed = params.transplant_pairs, params.seed + attempt
     most = max(pairs, params.transplant_near_max_pairs)
@@ -437,9 +484,10 @@ def _near_test(test: ModelTest, mask: np.ndarray, params: FlagsSection, attempt:
         place = [t for t in tests if t.region == region]
         shown = shown_followed(place, bar, z)
         alike = pieces_alike(tests, params.transplant_near_agreed) if by_place else True
-        if shown or not alike or pairs >= most or decide(place, bar, z) == "ignored":
+        settled = not alike or pairs >= most or decide(place, bar, z) == "ignored"
+        if settled or (shown and not params.transplant_confirm):
             break
-        pairs = min(max(4 * pairs, 1), most)
+        pairs = most if shown else min(max(4 * pairs, 1), most)
         seed = [params.seed + attempt, pairs]
     decision = decide(tests, bar, z)
     if shown:
@@ -448,7 +496,22 @@ def _near_test(test: ModelTest, mask: np.ndarray, params: FlagsSection, attempt:
         decision = "undecided"
     log.info("class %d, candidate below the threshold: transplant %s -> %s", test.c,
              [t.to_dict() for t in tests], decision)
-    return decision, tests
+    return decision, tests, _margin(shown_margin(place, bar, z))
+
+
+def _stricter_bar(params: FlagsSection) -> tuple[float, float]:
+    """The effect and z a suspect's margin is read at: the stricter of the suspects' bar
+    (``transplant_min_effect``, ``transplant_min_z``) and that of the candidates below the
+    threshold (``transplant_near_effect``, ``transplant_near_z``) — the bar a suspect would
+    have to pass to stay one if its relevance score fell below the threshold."""
+    return (max(params.transplant_min_effect, params.transplant_near_effect),
+            max(params.transplant_min_z, params.transplant_near_z))
+
+
+def _margin(value: float) -> float | None:
+    """A :func:`~spray.verdict.transplant.shown_margin` as stored (4 places; None when no
+    region had a finite error)."""
+    return round(float(value), 4) if np.isfinite(value) else None
 
 
 def _near_record(entry: ClusterEvidence, decision: str, tests: list) -> dict:

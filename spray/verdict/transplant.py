@@ -404,12 +404,27 @@ def decide(results: list[TransplantResult], min_effect: float, min_z: float) -> 
     return "undecided"
 
 
+def shown_margin(results: list[TransplantResult], min_effect: float, min_z: float) -> float:
+    """How far the clearest region lies past :func:`shown_followed`'s bar, in :func:`decide`'s
+    errors: the largest over ``results`` of min((effect − ``min_effect``) / e, effect / e −
+    ``min_z``), e the floored clustered error (:func:`effect_se`, at least √(m (1 − m) / T)
+    and 1 / T). At 0 or above the model is shown to follow the pieces; the value says by how
+    many errors the estimate would have to move before the nearer of the two bars (the
+    effect's size, its distance from none) flips that (at an exact tie the sign may differ
+    from :func:`shown_followed`'s by rounding). −inf without a result with a finite error.
+    """
+    margins = [min((r.effect - min_effect) / e, r.effect / e - min_z)
+               for r in results if np.isfinite(e := _floored(r, min_effect))]
+    return max((m for m in margins if np.isfinite(m)), default=-np.inf)
+
+
 def shown_followed(results: list[TransplantResult], min_effect: float, min_z: float) -> bool:
     """Whether in some region the members' pieces turn at least ``min_effect`` more targets
     than the rest's, ``min_z`` of :func:`decide`'s errors (clustered by donor and target, with
-    its floor) above none. Stricter than :func:`decide`'s "followed" (McNemar's z counts the
-    pairs as independent): a group below the threshold becomes a suspect only on an effect
-    that a few donors or easily turned targets cannot make (a NaN error shows nothing)."""
+    its floor) above none (:func:`shown_margin` at 0 or above, but for rounding at a tie).
+    Stricter than :func:`decide`'s "followed" (McNemar's z counts the pairs as independent): a
+    group below the threshold becomes a suspect only on an effect that a few donors or easily
+    turned targets cannot make (a NaN error shows nothing)."""
     return any(r.effect >= min_effect and r.effect >= min_z * _floored(r, min_effect)
                for r in results)
 
@@ -423,15 +438,17 @@ def pieces_alike(results: list[TransplantResult], bar: float) -> bool:
 
 def decided_test(test: ModelTest, members: np.ndarray, *, side: float, area: float,
                  pairs: int, max_pairs: int, seed: int, min_effect: float, min_z: float,
-                 spread: float | None = None) -> tuple[str, list[TransplantResult]]:
+                 spread: float | None = None, confirm: bool = False
+                 ) -> tuple[str, list[TransplantResult]]:
     """The transplant test of a group with more pairs while it is undecided.
 
     The test runs with ``pairs`` pairs; while :func:`decide` finds it undecided it runs again
     with four times as many (at most ``max_pairs``; new draws of targets and donors from the
     same images, seeded by ``seed`` and the size), until ``max_pairs`` have been tried.
     An effect far from the bar is decided at the first size; one near it is given the pairs
-    to tell, and stays undecided (a suspect) if they do not. With ``spread``, the ``place``
-    results carry their :func:`place_agreement`.
+    to tell, and stays undecided (a suspect) if they do not. With ``confirm``, a group found
+    "followed" with fewer than ``max_pairs`` is tested again with ``max_pairs`` and decided
+    on that run. With ``spread``, the ``place`` results carry their :func:`place_agreement`.
 
     Returns
     -------
@@ -442,7 +459,8 @@ def decided_test(test: ModelTest, members: np.ndarray, *, side: float, area: flo
     while True:
         results = test.test(members, side, area, n, draw, spread)
         verdict = decide(results, min_effect, min_z)
-        if verdict != "undecided" or n >= max_pairs:
+        if n >= max_pairs or verdict in ("ignored", "untested") \
+                or (verdict == "followed" and not confirm):
             return verdict, results
-        n = min(4 * n, max_pairs)
+        n = max_pairs if verdict == "followed" else min(4 * n, max_pairs)
         draw = [seed, n]

@@ -375,14 +375,11 @@ def score_setting(setting, data, pipe, model: nn.Module | None = None) -> list[d
                            for cl in verdict["clusters"]]
         tested = {str(cl["id"]): {"decision": cl.get("decision"), "tests": cl["transplant"]}
                   for cl in verdict["clusters"] if cl.get("transplant") is not None}
+        if verdict.get("gate_score") is not None:   # with the transplant test: the gate's
+            row["gate_score"] = verdict["gate_score"]  # score (spray.verdict.score.gate_score)
         if verdict.get("not_followed") is not None:   # the transplant test of the suspects
             row["transplant"] = tested
             row["not_followed"] = verdict["not_followed"]
-            # the score the gate acts on: the best cluster the model was not shown to ignore
-            row["gate_score"] = max((cl["score"] for cl in verdict["clusters"]
-                                     if cl.get("score") is not None
-                                     and cl["id"] not in verdict["not_followed"]),
-                                    default=0.0)
         if any(cl.get("followed_below") for cl in verdict["clusters"]
                if cl["id"] in (verdict.get("suspect_clusters") or [])):
             row["followed_below"] = True     # flagged below the threshold: the model follows it

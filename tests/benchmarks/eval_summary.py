@@ -38,8 +38,10 @@ def group_of(dataset: str) -> tuple[str, str]:
 
 
 def gate(row: dict) -> float:
-    """The score the gate acts on: with the transplant test, the best cluster the model was not
-    shown to ignore (``gate_score``), else the class score."""
+    """The score the gate acts on: with the transplant test, ``gate_score``
+    (:func:`spray.verdict.score.gate_score`: the best cluster the model was not shown to
+    ignore, a suspect it follows at the threshold plus the test's margin), else the class
+    score."""
     return row.get("gate_score", row["score"])
 
 
