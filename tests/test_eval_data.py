@@ -154,9 +154,12 @@ def test_criteria_count_relied_settings_of_five_percent_and_more():
     clean = table["clean and non-planted checks, highest score"]
     assert clean["measured"] == "0.90 (3 checks)" and clean["met"] == "no"  # too few checks
     assert table["settings detected in ≥ 9 of 10 draws"]["measured"] == "1/1"
+    found = "detected draws' scores, 10th percentile (misses aside)"
+    assert table[found]["measured"] == "2.93 (4 draws)" and table[found]["met"] == "yes"
     rows[2]["precision"] = 0.5                                             # one draw missed
     table = {r["criterion"]: r for r in es.criteria(rows, threshold=1.7)}
     assert table["detected, natf"]["met"] == "no"
+    assert table[found]["measured"] == "2.96 (3 draws)"                   # the miss aside
     assert table["settings detected in ≥ 9 of 10 draws"]["met"] == "no"
 
 

@@ -169,6 +169,8 @@ def criteria(rows: list[dict], threshold: float) -> list[dict]:
             if _counted(e["reliance"], fraction[name]):
                 settings[name] = e
                 planted += e["scores"]
+    found = [gate(r) for r in rows if r["setting"] in settings and r["planted"]
+             and detected(r, threshold)]
     by_gen: dict[str, list[int]] = {}
     for g in s["groups"]:
         counted = [e for k, e in g["relied_settings"].items() if k in settings]
@@ -184,6 +186,11 @@ def criteria(rows: list[dict], threshold: float) -> list[dict]:
         out.append(_criterion("planted scores, 10th percentile",
                               f"≥ {threshold + MARGIN:.2f} (threshold + {MARGIN:g})",
                               f"{p10:.2f} ({len(planted)} draws)", p10 >= threshold + MARGIN))
+    if found:   # how far the detections lie from falling (misses aside)
+        p10 = float(np.percentile(found, 10))
+        out.append(_criterion("detected draws' scores, 10th percentile (misses aside)",
+                              f"≥ {threshold + MARGIN:.2f} (threshold + {MARGIN:g})",
+                              f"{p10:.2f} ({len(found)} draws)", p10 >= threshold + MARGIN))
     n_other = sum(g["other_checks"] for g in s["groups"])
     highest = max((g["highest_other"] for g in s["groups"] if g["highest_other"] is not None),
                   default=None)
