@@ -145,21 +145,22 @@ def test_criteria_count_relied_settings_of_five_percent_and_more():
     hit = {"precision": 0.95, "recall": 0.92}
     rows = [row("clean", None, 4, False, 0.5, 0.02), row("clean", None, 3, False, 0.2, 0.01)]
     rows += [row("used", "text", 4, True, s, 0.30, **hit) for s in (3.0, 3.2, 2.9, 3.5)]
+    rows[4]["gate_score"] = 4.0                  # the score the gate acts on counts
     rows += [row("used", "text", 3, False, 0.9, 0.0)]
     rows += [row("rare", "text", 4, True, 0.0, 0.40, fraction=0.03)]    # below 5 %: not counted
     table = {r["criterion"]: r for r in es.criteria(rows, threshold=1.7)}
     assert table["detected, natf"]["measured"] == "4/4 (100%)"
     assert table["detected, natf"]["met"] == "yes"
-    assert table["planted scores, 10th percentile"]["met"] == "yes"        # 2.93 ≥ 2.7
+    assert table["planted scores, 10th percentile"]["met"] == "yes"        # 3.06 ≥ 2.7
     clean = table["clean and non-planted checks, highest score"]
     assert clean["measured"] == "0.90 (3 checks)" and clean["met"] == "no"  # too few checks
     assert table["settings detected in ≥ 9 of 10 draws"]["measured"] == "1/1"
     found = "detected draws' scores, 10th percentile (misses aside)"
-    assert table[found]["measured"] == "2.93 (4 draws)" and table[found]["met"] == "yes"
+    assert table[found]["measured"] == "3.06 (4 draws)" and table[found]["met"] == "yes"
     rows[2]["precision"] = 0.5                                             # one draw missed
     table = {r["criterion"]: r for r in es.criteria(rows, threshold=1.7)}
     assert table["detected, natf"]["met"] == "no"
-    assert table[found]["measured"] == "2.96 (3 draws)"                   # the miss aside
+    assert table[found]["measured"] == "3.26 (3 draws)"                   # the miss aside
     assert table["settings detected in ≥ 9 of 10 draws"]["met"] == "no"
 
 

@@ -7,7 +7,14 @@ import numpy as np
 import pytest
 import torch
 
-from spray.verdict.transplant import pasted_flips, peak_boxes, place_mask, transplant_test
+from spray.verdict.transplant import (
+    TransplantResult,
+    pasted_flips,
+    peak_boxes,
+    place_mask,
+    shown_margin,
+    transplant_test,
+)
 
 
 def test_peak_boxes_cover_each_maps_largest_window():
@@ -547,13 +554,21 @@ def test_a_suspect_the_model_ignores_is_watched_not_flagged(stamped):
     follow_suspects(v, test, params)
     assert v.flagged and v.suspect_clusters == [2] and v.suspect_cluster == 2
     assert v.not_followed == [1] and v.cluster(2).decision == "followed"
-    # the stamp's margin at the suspects' bar: the gate's score is the better of the two
-    margin = v.cluster(2).followed_margin
+    # no candidates below the threshold asked about: no margin, the gate's score is the score
+    assert v.cluster(2).followed_margin is None and gate_score(v) == 3.0
+
+    def margin_at(**flags):
+        v = _verdict(both, [1, 2], {0: 0.5})
+        follow_suspects(v, test, FlagsSection(transplant_pairs=200, transplant_reach=1.0,
+                                              **flags))
+        assert v.cluster(2).decision == "followed"
+        return v, v.cluster(2).followed_margin
+
+    # the stamp's margin at the stricter bar: the gate's score is the better of the two
+    v, margin = margin_at()
     assert margin > 0 and gate_score(v) == pytest.approx(max(3.0, v.threshold + margin))
-    # read at the stricter bar: the one a candidate below the threshold must pass
-    v = _verdict(both, [1, 2], {0: 0.5})
-    follow_suspects(v, test, FlagsSection(transplant_pairs=200, transplant_near_effect=0.3))
-    assert v.cluster(2).decision == "followed" and v.cluster(2).followed_margin < margin
+    assert margin_at(transplant_near_effect=0.3)[1] < margin     # the candidates' bar, higher
+    assert margin_at(transplant_near_effect=0.01)[1] == margin   # the suspects', higher
 
 
 def test_a_run_watches_a_suspect_shown_below_the_bar(small_problem, tmp_path):
@@ -647,6 +662,10 @@ def test_a_candidate_below_the_threshold_the_model_follows_is_the_suspect(stampe
     assert suspect.followed_below and suspect.decision == "followed"
     # flagged: the gate's score at the threshold plus the place test's margin (kept from the
     # test that promoted it, not from the suspects' test after it)
+    place = next(t for t in v.near_tested[0]["tests"] if t["region"] == "place")
+    kept = TransplantResult(**{k: np.nan if x is None else x for k, x in place.items()})
+    bar, z = v.params["transplant_near_effect"], v.params["transplant_near_z"]
+    assert suspect.followed_margin == pytest.approx(shown_margin([kept], bar, z), rel=0.02)
     assert suspect.followed_margin >= 0
     assert v.gate_score == pytest.approx(v.threshold + suspect.followed_margin)
     assert min(_suspect_pr(v, stamped["stamp"])) >= 0.9
@@ -730,7 +749,8 @@ def test_a_run_flags_a_class_below_the_threshold_its_model_follows(small_problem
     assert not any(e["flagged"] for c, e in _classes(root).items() if c != 2)
     assert main(["check", str(root / "out")]) == 1
     assert entry["gate_score"] >= entry["threshold"]
-    assert all(e["gate_score"] < e["threshold"] for c, e in _classes(root).items() if c != 2)
+    assert all(e.get("gate_score", np.inf) < e["threshold"]
+               for c, e in _classes(root).items() if c != 2)
     page = (root / "out" / "report" / "class_2.html").read_text()
     assert "Flagged below the threshold" in page and "the model follows them" in page
     assert "Gate score" in page

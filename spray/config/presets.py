@@ -475,7 +475,8 @@ class FlagsSection(_Section):
     #: target, so the pairs sharpen the estimate, not the claim. At most ``transplant_pairs``
     #: (0, the default): one run
     transplant_near_max_pairs: int = Field(default=0, ge=0)
-    #: a group the transplant test shows followed with fewer pairs than the most it may use
+    #: a group the transplant test shows followed (a candidate below the threshold: with its
+    #: pieces alike) with fewer pairs than the most it may use
     #: (``transplant_max_pairs`` for a suspect, ``transplant_near_max_pairs`` for a candidate
     #: below the threshold) is tested again with that many (new draws) and decided on that
     #: run: decided on its surest estimate, so that its flag and the gate's score (docs/

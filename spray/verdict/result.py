@@ -69,7 +69,7 @@ class ClusterEvidence:
         members agree on where the model looks, whose peak windows the model follows
         (``carried_candidates``: :mod:`~spray.verdict.carried`).
     followed_margin : for a suspect the model is shown to follow, by how many of the transplant
-        test's errors the effect lies past the bar that decided it
+        test's errors the effect lies past the bar that holds it
         (:func:`~spray.verdict.transplant.shown_margin`: the ``place`` or, for a carried
         suspect, the ``peak`` region at ``transplant_near_effect`` for one below the threshold;
         both regions at the stricter of the two bars for one above it); what

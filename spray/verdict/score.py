@@ -176,9 +176,11 @@ def follow_suspects(verdict: Verdict, model_test: ModelTest, params: FlagsSectio
     decide (an effect near the bar even with ``transplant_max_pairs`` pairs: "undecided") or
     cannot run on (no target image left that the model does not already predict as the class:
     "untested") stays one: fail closed. Scores stay as they are; a suspect shown followed
-    ("followed") that was not promoted below the threshold gets its ``followed_margin``
-    (:func:`~spray.verdict.transplant.shown_margin` of both regions at :func:`_stricter_bar`;
-    it may lie below 0: McNemar's z decides here, the clustered errors there)."""
+    ("followed") that was not promoted below the threshold gets its ``followed_margin`` when
+    candidates below the threshold are asked about (``transplant_reach``; without, a suspect
+    whose score fell would not be one): :func:`~spray.verdict.transplant.shown_margin` of
+    both regions at :func:`_stricter_bar`, which may lie below 0 (McNemar's z decides here,
+    the clustered errors there)."""
     followed_ids, not_followed = [], []
     for cid in verdict.suspect_clusters:
         entry = verdict.cluster(cid)
@@ -190,7 +192,8 @@ def follow_suspects(verdict: Verdict, model_test: ModelTest, params: FlagsSectio
             spread=params.transplant_near_spread if entry.followed_below else None,
             confirm=params.transplant_confirm)
         entry.transplant = [t.to_dict() for t in tests]
-        if entry.followed_margin is None and entry.decision == "followed":
+        if entry.followed_margin is None and entry.decision == "followed" \
+                and params.transplant_reach > 0:
             entry.followed_margin = _margin(shown_margin(tests, *_stricter_bar(params)))
         if entry.decision == "ignored":
             entry.followed_below = None      # a suspect below the threshold, cleared after all
