@@ -163,6 +163,15 @@ def test_a_candidate_below_the_threshold_gets_more_pairs_only_to_sharpen_a_real_
                           transplant_near_agreed=0.5)
     decision, tests, _ = _near_test(test, members, unlike, 1)
     assert decision == "undecided" and {t.pairs for t in tests} == {64}
+    # at twice the bar (0.1) a lucky first draw shows it (0.14 at 256 pairs); confirmed with
+    # 1 024 pairs the effect is 0.09, undecided: the flag would have hung on that draw
+    lucky = {**flags, "transplant_near_max_pairs": 1024, "transplant_near_effect": 0.1,
+             "seed": 1}
+    decision, tests, margin = _near_test(test, members, FlagsSection(**lucky), 1)
+    assert decision == "followed" and tests[0].pairs < 1024 and margin >= 0
+    decision, tests, margin = _near_test(test, members, FlagsSection(
+        **lucky, transplant_confirm=True), 1)
+    assert decision == "undecided" and {t.pairs for t in tests} == {1024} and margin < 0
     dark = x.copy()
     dark[:10, 0, :3, :3] = 0.2                      # alike, but the model ignores them
     test = ModelTest(predict, lambda r: dark[r], lambda r: maps[r], targets, 7)
