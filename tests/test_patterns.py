@@ -647,6 +647,34 @@ def test_sub_chunks_give_the_same_matches(monkeypatch):
     np.testing.assert_allclose(windows.at_peak(x, rel), peaks, atol=1e-12)
 
 
+@pytest.mark.parametrize("sub", [None, 2 * 3 * 26 * 26])
+def test_members_aligned_from_the_kept_class_images_bit_for_bit(monkeypatch, sub):
+    """A group's windows at their best match, read from the class's kept spectra (members in
+    several chunks and sub-chunks, an image with a NaN), are those of matching the members'
+    images alone; where a chunk is not kept the members are matched alone."""
+    import spray.verdict.patterns as patterns_module
+
+    if sub is not None:
+        monkeypatch.setattr(patterns_module, "SUB_ELEMENTS", sub)
+    rng = np.random.default_rng(3)
+    x = rng.random((23, 3, 20, 20)).astype(np.float32)
+    x[11, 1, 4, 4] = np.nan
+    rel = rng.random((23, 20, 20)).astype(np.float32)
+    p = InputPatterns.of(x, {"pool": None}, chunk=7, maps=rel)
+    windows = _PeakWindows(6, 20, 20)
+    T = windows.at_peak(x[:1], rel[:1])[0]
+    rows = np.array([0, 2, 3, 8, 11, 12, 13, 20, 22])
+    want = windows.best_match(x[rows], T, windows=True)
+    got = p._aligned(windows, x[rows], rows, T)
+    assert np.isnan(got[rows == 11]).all() and np.isfinite(np.delete(got, 4, axis=0)).all()
+    assert np.array_equal(got, want, equal_nan=True)
+    assert len(p._prepared_at[1]) == 4                  # every chunk kept, then read
+    monkeypatch.setattr(patterns_module, "KEPT_BYTES", 0)
+    cold = InputPatterns.of(x, {"pool": None}, chunk=7, maps=rel)
+    assert cold._gathered(windows, rows) is None
+    assert np.array_equal(cold._aligned(windows, x[rows], rows, T), want, equal_nan=True)
+
+
 def test_the_window_at_the_peak_holds_the_pixels_there():
     x = np.random.default_rng(0).random((2, 3, 10, 12)).astype(np.float32)
     rel = np.zeros((2, 10, 12), np.float32)

@@ -511,8 +511,8 @@ class InputPatterns:
             template = self._template(window, members, lambda x, rows: window.at_peak(
                 x, self.relevance(rows)))
         if template is not None:       # aligned: the members' windows at their best match
-            template = self._template(window, members, lambda x, rows: window.best_match(
-                x, template, windows=True))
+            template = self._template(window, members, lambda x, rows: self._aligned(
+                window, x, rows, template))
         if template is None:
             return None
         away = place if at == "region" else None
@@ -543,6 +543,44 @@ class InputPatterns:
             if held <= KEPT_BYTES:
                 kept[int(rows[0])] = hit
         return hit
+
+    def _gathered(self, window: _PeakWindows, rows: np.ndarray) -> list[_Prepared] | None:
+        """:meth:`_prepared` of the class's chunks that hold ``rows`` (ascending), each kept,
+        cut down to ``rows`` in their order (no images); None where a chunk is not kept (the
+        rows are then better prepared alone). Each image's spectrum, norms and flat windows
+        are its own, whatever else was prepared with it: the same values as :meth:`prepare`
+        of the rows alone."""
+        out: list[_Prepared] = []
+        done = 0
+        for start in np.unique(rows // self.chunk) * self.chunk:
+            chunk = np.arange(start, min(start + self.chunk, self.n))
+            parts = self._prepared(window, chunk)
+            if self._prepared_at[1].get(int(start)) is not parts:
+                return None
+            mine = rows[(rows >= start) & (rows < start + self.chunk)] - start
+            for p in parts:
+                idx = mine[(mine >= p.part.start) & (mine < p.part.stop)] - p.part.start
+                if len(idx):
+                    out.append(_Prepared(slice(done, done + len(idx)), None,
+                                         (len(idx), *p.shape[1:]), p.spectrum[idx],
+                                         p.norm[idx], p.flat[idx]))
+                    done += len(idx)
+        return out
+
+    def _aligned(self, window: _PeakWindows, x: np.ndarray, rows: np.ndarray,
+                 template: np.ndarray) -> np.ndarray:
+        """The unit centred windows of the images ``x`` (the samples ``rows``) at their best
+        match with ``template``: :meth:`_PeakWindows.best_match` with ``windows``, read from the
+        class's kept spectra where they are kept (the member steps and the carried candidates
+        align many groups of the same class; bit for bit the same windows)."""
+        gathered = self._gathered(window, np.asarray(rows))
+        if gathered is None:
+            return window.best_match(x, template, windows=True)
+        r, places = window.best_match(None, template, places=True, prepared=gathered)
+        m = window.slack
+        found = window._windows(window.padded(x), places[:, 0] + m, places[:, 1] + m)
+        found[np.isnan(r)] = np.nan        # no best match: not the top-left window
+        return found
 
     def peak_windows(self, side_share: float, rows: np.ndarray | None = None
                      ) -> tuple[np.ndarray, np.ndarray] | None:
