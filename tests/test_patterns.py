@@ -651,7 +651,8 @@ def test_sub_chunks_give_the_same_matches(monkeypatch):
 def test_members_aligned_from_the_kept_class_images_bit_for_bit(monkeypatch, sub):
     """A group's windows at their best match, read from the class's kept spectra (members in
     several chunks and sub-chunks, an image with a NaN), are those of matching the members'
-    images alone; where a chunk is not kept the members are matched alone."""
+    images alone; where a chunk is not kept (yet, or too large) the members are matched alone
+    and nothing is prepared for the class."""
     import spray.verdict.patterns as patterns_module
 
     if sub is not None:
@@ -665,13 +666,19 @@ def test_members_aligned_from_the_kept_class_images_bit_for_bit(monkeypatch, sub
     T = windows.at_peak(x[:1], rel[:1])[0]
     rows = np.array([0, 2, 3, 8, 11, 12, 13, 20, 22])
     want = windows.best_match(x[rows], T, windows=True)
+    assert np.array_equal(p._aligned(windows, x[rows], rows, T), want, equal_nan=True)
+    assert p._prepared_at is None                       # nothing kept: matched alone
+    for start in range(0, 23, 7):                       # the class's matches keep its chunks
+        p._prepared(windows, np.arange(start, min(start + 7, 23)))
+    assert len(p._prepared_at[1]) == 4 and p._gathered(windows, rows) is not None
     got = p._aligned(windows, x[rows], rows, T)
     assert np.isnan(got[rows == 11]).all() and np.isfinite(np.delete(got, 4, axis=0)).all()
     assert np.array_equal(got, want, equal_nan=True)
-    assert len(p._prepared_at[1]) == 4                  # every chunk kept, then read
     monkeypatch.setattr(patterns_module, "KEPT_BYTES", 0)
     cold = InputPatterns.of(x, {"pool": None}, chunk=7, maps=rel)
-    assert cold._gathered(windows, rows) is None
+    for start in range(0, 23, 7):
+        cold._prepared(windows, np.arange(start, min(start + 7, 23)))
+    assert cold._prepared_at[1] == {} and cold._gathered(windows, rows) is None
     assert np.array_equal(cold._aligned(windows, x[rows], rows, T), want, equal_nan=True)
 
 

@@ -545,17 +545,19 @@ class InputPatterns:
         return hit
 
     def _gathered(self, window: _PeakWindows, rows: np.ndarray) -> list[_Prepared] | None:
-        """:meth:`_prepared` of the class's chunks that hold ``rows`` (ascending), each kept,
-        cut down to ``rows`` in their order (no images); None where a chunk is not kept (the
-        rows are then better prepared alone). Each image's spectrum, norms and flat windows
-        are its own, whatever else was prepared with it: the same values as :meth:`prepare`
-        of the rows alone."""
+        """What :meth:`_prepared` keeps of the class's chunks that hold ``rows`` (ascending),
+        cut down to ``rows`` in their order (no images); None where a chunk is not kept yet
+        (or too large to keep: the rows are then prepared alone, nothing is prepared twice).
+        Each image's spectrum, norms and flat windows are its own, whatever else was prepared
+        with it: the same values as :meth:`prepare` of the rows alone."""
+        key = (window.side, window.factor)
+        if self._prepared_at is None or self._prepared_at[0] != key:
+            return None
         out: list[_Prepared] = []
         done = 0
         for start in np.unique(rows // self.chunk) * self.chunk:
-            chunk = np.arange(start, min(start + self.chunk, self.n))
-            parts = self._prepared(window, chunk)
-            if self._prepared_at[1].get(int(start)) is not parts:
+            parts = self._prepared_at[1].get(int(start))
+            if parts is None:
                 return None
             mine = rows[(rows >= start) & (rows < start + self.chunk)] - start
             for p in parts:

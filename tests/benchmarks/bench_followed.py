@@ -14,8 +14,9 @@ and for each size n one class of n new scenes of that label (disjoint glyphs), e
 the evaluation's LRP composite. Two cases per n: ``planted`` (the patch on ``--fraction`` of
 the n scenes, as in training: a flagged class, the dear case — transplant tests and their
 confirmation) and ``clean`` (the same scenes without it). For each case the CPU seconds (this
-process, one thread) of the analysis (:func:`spray.analysis.analyze.analyze` of the relevance
-features, no embedding) and of the verdict as a run computes it (the inputs' features and
+process, one thread; each size's analysis is run once untimed first) of the analysis
+(:func:`spray.analysis.analyze.analyze` of the relevance features, no embedding) and of the
+verdict as a run computes it (the inputs' features and
 patterns, :func:`spray.verdict.score.clever_hans_score` with the transplant test's model) with
 the preset ``followed`` and, for scale, ``spray-default``; the images the model was asked
 about (the transplant tests' forward passes) and the CPU seconds spent in the model's forward
@@ -137,6 +138,18 @@ def measure(model, others: dict, x: np.ndarray, maps: np.ndarray, truth: np.ndar
     return row
 
 
+def warm_up(maps: np.ndarray) -> None:
+    """One untimed analysis of a class of this size (the kNN index of classes above
+    ``affinity.approximate_above`` compiles its kernels once per process: tens of CPU seconds
+    that the first class of that size would otherwise pay)."""
+    from spray.analysis.analyze import analyze
+    from spray.analysis.preprocess import preprocess
+    from spray.config.presets import load_pipeline
+
+    pipe = load_pipeline("followed", overrides={"embedding": {"method": "none"}})
+    analyze(preprocess(maps, pipe["preprocess"]), pipeline=pipe, embed=False)
+
+
 def suspect_overlap(verdict: dict, truth: np.ndarray) -> dict:
     """Precision and recall of the reported suspects against the stamped samples."""
     reported = verdict.get("suspect_clusters") or []
@@ -170,6 +183,8 @@ def main(argv=None) -> int:
         clean, stamped, truth = big_class(args.planted, n, args.fraction, args.seed)
         for case, x, t in (("planted", stamped, truth), ("clean", clean, np.zeros(n, bool))):
             maps = explain(model, x, args.planted)
+            if case == "planted":
+                warm_up(maps)
             r = {"n": n, "case": case, **measure(model, others, x, maps, t, args.planted)}
             rows.append(r)
             pr = "—" if r["precision"] is None else f"{r['precision']:.2f} / {r['recall']:.2f}"
