@@ -682,6 +682,35 @@ def test_members_aligned_from_the_kept_class_images_bit_for_bit(monkeypatch, sub
     assert np.array_equal(cold._aligned(windows, x[rows], rows, T), want, equal_nan=True)
 
 
+@pytest.mark.parametrize("kept", [True, False])
+def test_matching_some_rows_gives_their_matches_of_all(monkeypatch, kept):
+    """``peak_correlation`` of a few rows gives those rows' cosines and places of matching the
+    whole class (kept chunks cut down, or the rows prepared alone), NaN elsewhere; and a match
+    is finite exactly where the image is (what ``aligned_agreement`` reads instead)."""
+    import spray.verdict.patterns as patterns_module
+
+    if not kept:
+        monkeypatch.setattr(patterns_module, "KEPT_BYTES", 0)
+    rng = np.random.default_rng(4)
+    x = rng.random((23, 3, 20, 20)).astype(np.float32)
+    x[5, 0, 3, 9] = x[17, 2, 19, 19] = np.nan              # another channel, a corner
+    rel = rng.random((23, 20, 20)).astype(np.float32)
+    mask = np.zeros(23, dtype=bool)
+    mask[[1, 2, 5, 9, 10, 16]] = True
+    diff = rel[mask].mean(0).ravel() - rel[~mask].mean(0).ravel()
+    whole = InputPatterns.of(x, {"pool": None}, chunk=7, maps=rel).peak_correlation(
+        diff, mask, 50, side_share=0.3, places=True)
+    rows = np.array([1, 2, 5, 9, 10, 16, 17, 21])
+    p = InputPatterns.of(x, {"pool": None}, chunk=7, maps=rel)
+    some = p.peak_correlation(diff, mask, 50, side_share=0.3, places=True, rows=rows)
+    assert np.array_equal(some.r[rows], whole.r[rows], equal_nan=True)
+    assert np.array_equal(some.places[rows], whole.places[rows])
+    assert np.isnan(np.delete(some.r, rows)).all()
+    assert (p._prepared_at is not None and len(p._prepared_at[1]) == 4) == kept
+    window = _PeakWindows(p._peak_side(diff, 1, 0.3), 20, 20)
+    assert np.array_equal(p._finite(window), np.isfinite(whole.r))
+
+
 def test_the_window_at_the_peak_holds_the_pixels_there():
     x = np.random.default_rng(0).random((2, 3, 10, 12)).astype(np.float32)
     rel = np.zeros((2, 10, 12), np.float32)

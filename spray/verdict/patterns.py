@@ -408,20 +408,23 @@ class InputPatterns:
         all hold one value counts as agreeing, with no weight) and are unlike the rest in one.
         NaN for a non-finite input.
         """
-        found = self.peak_correlation(diff, mask, max_template, side_share=side_share,
-                                      places=True)
-        if found is None or np.ndim(found.r) != 1:
+        side = self._peak_side(diff, 1, side_share)
+        if side is None:
             return None
-        finite = np.isfinite(found.r)
+        H, W = self._shape()
+        window = _PeakWindows(side, H, W)
+        # the members and as many others as the template: only theirs are matched (a match is
+        # finite exactly where the image compared is)
+        finite = self._finite(window)
         members = np.flatnonzero(mask & finite)
         others = _evenly(np.flatnonzero(~mask & finite), max_template)
-        if not len(members) or not len(others):
+        found = self.peak_correlation(diff, mask, max_template, side_share=side_share,
+                                      places=True, rows=np.union1d(members, others))
+        if found is None or not len(members) or not len(others):
             return None
         carriers = members[found.r[members] >= np.median(found.r[members])]
         if len(carriers) < HALF_MIN:         # one image agrees with itself, a few by chance
             return None
-        H, W = self._shape()
-        window = _PeakWindows(self._peak_side(diff, 1, side_share), H, W)
         template = _evenly(carriers, max_template)
         rest = self._raw_windows(window, others, found.places[others])
         inside = self._raw_windows(window, template, found.places[template])
@@ -453,6 +456,17 @@ class InputPatterns:
         held[carriers] = True
         return AlignedAgreement(distance, held, places - window.slack, window.side)
 
+    def _finite(self, window: _PeakWindows) -> np.ndarray:
+        """Whether each sample's image, as ``window`` compares it (whole blocks), is finite:
+        where its best match with a template is (:meth:`_PeakWindows.best_match`)."""
+        f = window.factor
+        out = np.empty(self.n, dtype=bool)
+        for start in range(0, self.n, self.chunk):
+            rows = np.arange(start, min(start + self.chunk, self.n))
+            x = np.asarray(self.load(rows))[..., :window.H * f, :window.W * f]
+            out[rows] = np.isfinite(x).reshape(len(rows), -1).all(axis=1)
+        return out
+
     def _raw_windows(self, window: _PeakWindows, rows: np.ndarray, places: np.ndarray
                      ) -> np.ndarray:
         """The raw S × S windows ``(len, C·S·S)`` of ``rows`` at ``places`` (one per row,
@@ -465,7 +479,8 @@ class InputPatterns:
 
     def peak_correlation(self, diff: np.ndarray, mask: np.ndarray, max_template: int,
                          scale: int = 1, at: str = "peak",
-                         side_share: float | None = None, places: bool = False):
+                         side_share: float | None = None, places: bool = False,
+                         rows: np.ndarray | None = None):
         """Each sample's best cosine, anywhere in its image, with the members' pattern where
         the model looks (see the module notes).
 
@@ -496,6 +511,9 @@ class InputPatterns:
         match that gives the joining cosine (the last row at the region; ``(n, 2)`` top-left
         corners in the window's blocks, negative up to half a window beyond the border), and
         the window's side in blocks.
+        With ``rows`` (ascending; at the peak only) only those samples are matched, the others'
+        cosines are NaN and their places 0: a caller that reads a few samples of a large class
+        pays for those (each sample's match is its own: the same values as matching all).
         """
         side = self._peak_side(diff, scale, side_share)
         if side is None:
@@ -516,14 +534,51 @@ class InputPatterns:
         if template is None:
             return None
         away = place if at == "region" else None
+        if rows is not None:
+            assert away is None, "rows are matched at the peak only"
+            r, found = np.full(self.n, np.nan), np.zeros((self.n, 2), dtype=np.intp)
+            for start in range(0, self.n, self.chunk):
+                chunk = np.arange(start, min(start + self.chunk, self.n))
+                want = np.intersect1d(chunk, rows)
+                if len(want):
+                    r[want], found[want] = window.best_match(
+                        None, template, places=True, prepared=self._prepared_rows(
+                            window, chunk, want))
+            return PeakMatches(r, found, window.side) if places else r
         r = np.empty((2, self.n) if away is not None else self.n)
         found = np.empty((self.n, 2), dtype=np.intp)
         for start in range(0, self.n, self.chunk):
-            rows = np.arange(start, min(start + self.chunk, self.n))
-            r[..., rows], found[rows] = window.best_match(
-                None, template, away=away, rows_away=None if away is None else ~mask[rows],
-                places=True, prepared=self._prepared(window, rows))
+            chunk = np.arange(start, min(start + self.chunk, self.n))
+            r[..., chunk], found[chunk] = window.best_match(
+                None, template, away=away, rows_away=None if away is None else ~mask[chunk],
+                places=True, prepared=self._prepared(window, chunk))
         return PeakMatches(r, found, window.side) if places else r
+
+    def _prepared_rows(self, window: _PeakWindows, chunk: np.ndarray, want: np.ndarray
+                       ) -> list[_Prepared]:
+        """What :meth:`_PeakWindows.best_match` reads of the samples ``want`` of ``chunk``: cut
+        from the chunk's kept preparation when it is kept or fits beside what is kept
+        (:meth:`_prepared`: later templates read it again), else the rows prepared alone."""
+        kept = None if self._prepared_at is None or self._prepared_at[0] != (
+            window.side, window.factor) else self._prepared_at[1]
+        if (kept is not None and int(chunk[0]) in kept) or self._fits(window, len(chunk)):
+            return _cut_prepared(self._prepared(window, chunk), want - chunk[0])
+        return window.prepare(self.load(want), images=False)
+
+    def _fits(self, window: _PeakWindows, count: int) -> bool:
+        """Whether ``count`` more images' preparations at ``window`` fit beside what is kept
+        (:data:`KEPT_BYTES`: a spectrum of complex values per channel, a norm and a flag per
+        window place)."""
+        C = self._image_shape()[0]
+        h, w = window.H + 2 * window.slack, window.W + 2 * window.slack
+        places = (h - window.side + 1) * (w - window.side + 1)
+        each = C * h * (w // 2 + 1) * 16 + places * 9
+        same = self._prepared_at is not None and self._prepared_at[0] == (window.side,
+                                                                          window.factor)
+        held = sum(p.spectrum.nbytes + p.norm.nbytes + p.flat.nbytes
+                   for parts in (self._prepared_at[1].values() if same else ())
+                   for p in parts)
+        return held + count * each <= KEPT_BYTES
 
     def _prepared(self, window: _PeakWindows, rows: np.ndarray) -> list[_Prepared]:
         """:meth:`_PeakWindows.prepare` of the samples ``rows`` (a chunk), kept for the next
@@ -554,19 +609,14 @@ class InputPatterns:
         if self._prepared_at is None or self._prepared_at[0] != key:
             return None
         out: list[_Prepared] = []
-        done = 0
         for start in np.unique(rows // self.chunk) * self.chunk:
             parts = self._prepared_at[1].get(int(start))
             if parts is None:
                 return None
             mine = rows[(rows >= start) & (rows < start + self.chunk)] - start
-            for p in parts:
-                idx = mine[(mine >= p.part.start) & (mine < p.part.stop)] - p.part.start
-                if len(idx):
-                    out.append(_Prepared(slice(done, done + len(idx)), None,
-                                         (len(idx), *p.shape[1:]), p.spectrum[idx],
-                                         p.norm[idx], p.flat[idx]))
-                    done += len(idx)
+            done = sum(p.shape[0] for p in out)
+            out += [p._replace(part=slice(p.part.start + done, p.part.stop + done))
+                    for p in _cut_prepared(parts, mine)]
         return out
 
     def _aligned(self, window: _PeakWindows, x: np.ndarray, rows: np.ndarray,
@@ -1114,6 +1164,20 @@ class _Prepared(NamedTuple):
     spectrum: np.ndarray
     norm: np.ndarray
     flat: np.ndarray
+
+
+def _cut_prepared(parts: list[_Prepared], offsets: np.ndarray) -> list[_Prepared]:
+    """The preparations ``parts`` of a chunk cut down to the images at ``offsets`` (ascending,
+    within the chunk), numbered from 0 in that order, without images."""
+    out: list[_Prepared] = []
+    done = 0
+    for p in parts:
+        idx = offsets[(offsets >= p.part.start) & (offsets < p.part.stop)] - p.part.start
+        if len(idx):
+            out.append(_Prepared(slice(done, done + len(idx)), None, (len(idx), *p.shape[1:]),
+                                 p.spectrum[idx], p.norm[idx], p.flat[idx]))
+            done += len(idx)
+    return out
 
 
 def _spectrum(P: np.ndarray) -> np.ndarray:
