@@ -40,6 +40,10 @@ import torch  # noqa: E402
 
 SETTING = "natf.cnn.adam:{planted}:patch:{fraction}:{seed}"
 COMMAND = "OMP_NUM_THREADS=1 python tests/benchmarks/bench_followed.py --sizes {sizes} --json FILE"
+#: the columns of the table in docs/verdict.md (``tables.py``)
+COLUMNS = ["n", "case", "analysis_cpu_s", "score_cpu_s_followed", "model_cpu_s",
+           "followed / analysis", "without the model / analysis", "score_cpu_s_default",
+           "asked_images", "flagged_followed", "precision", "recall"]
 
 
 def trained(planted: int, fraction: float, seed: int) -> dict:
@@ -198,7 +202,7 @@ def main(argv=None) -> int:
                     "setting": SETTING.format(planted=args.planted, fraction=args.fraction,
                                               seed=args.seed),
                     "model_accuracy": round(float(built["accuracy"]), 3),
-                    "rows": rows}, indent=1) + "\n")
+                    "columns": COLUMNS, "rows": rows}, indent=1) + "\n")
     return 0
 
 
