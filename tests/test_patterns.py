@@ -711,6 +711,31 @@ def test_matching_some_rows_gives_their_matches_of_all(monkeypatch, kept):
     assert np.array_equal(p._finite(window), np.isfinite(whole.r))
 
 
+@pytest.mark.parametrize("dtype, H, share, big", [(np.float64, 16, 0.3, [(3, 0, 8, 8, 1e39)]),
+                                                   (np.float32, 40, 0.7,
+                                                    [(4, 1, 9, 9, 3e38), (4, 1, 9, 10, 3e38)])])
+def test_a_finite_image_that_overflows_as_compared_has_no_match(dtype, H, share, big):
+    """An image finite as given but not once compared (a float64 value beyond float32's range;
+    float32 values whose block sum overflows) is left out as its NaN match would leave it; the
+    images are read once per block size."""
+    rng = np.random.default_rng(5)
+    x = rng.random((12, 3, H, H)).astype(dtype)
+    for i, c, r, q, v in big:
+        x[i, c, r, q] = v
+    rel = rng.random((12, H, H)).astype(np.float32)
+    mask = np.arange(12) < 6
+    diff = rel[mask].mean(0).ravel() - rel[~mask].mean(0).ravel()
+    reads = []
+    p = InputPatterns(lambda rows: reads.append(len(rows)) or x[rows], 12, None, 5,
+                      lambda rows: rel[rows])
+    whole = p.peak_correlation(diff, mask, 50, side_share=share)
+    assert np.isfinite(x[big[0][0]]).all() and np.isnan(whole[big[0][0]])
+    window = _PeakWindows(p._peak_side(diff, 1, share), H, H)
+    reads.clear()
+    assert np.array_equal(p._finite(window), np.isfinite(whole))
+    assert np.array_equal(p._finite(window), np.isfinite(whole)) and sum(reads) == 12
+
+
 def test_the_window_at_the_peak_holds_the_pixels_there():
     x = np.random.default_rng(0).random((2, 3, 10, 12)).astype(np.float32)
     rel = np.zeros((2, 10, 12), np.float32)

@@ -92,6 +92,7 @@ class InputPatterns:
         self._class_sums: tuple | None = None
         self._input_shape: tuple | None = None
         self._prepared_at: tuple | None = None
+        self._finite_at: tuple | None = None
 
     def subset(self, rows: np.ndarray) -> InputPatterns:
         """The patterns of the samples at positions ``rows`` of this class (a subsample),
@@ -457,14 +458,28 @@ class InputPatterns:
         return AlignedAgreement(distance, held, places - window.slack, window.side)
 
     def _finite(self, window: _PeakWindows) -> np.ndarray:
-        """Whether each sample's image, as ``window`` compares it (whole blocks), is finite:
-        where its best match with a template is (:meth:`_PeakWindows.best_match`)."""
+        """Whether each sample's image, as ``window`` compares it, is finite: where its best
+        match with a template is (:meth:`_PeakWindows.best_match`). The padded, block-averaged
+        image is made in float32 (:meth:`_PeakWindows._padded`): an image whose values all lie
+        well inside float32's range (their f² sums too) is finite there exactly when its
+        whole blocks are; any other is padded to tell (a finite value may overflow). Read
+        once per block size and kept."""
+        key = (window.factor, window.H, window.W, window.slack)
+        if self._finite_at is not None and self._finite_at[0] == key:
+            return self._finite_at[1]
         f = window.factor
+        safe = float(np.finfo(np.float32).max) / (4 * f * f)
         out = np.empty(self.n, dtype=bool)
         for start in range(0, self.n, self.chunk):
             rows = np.arange(start, min(start + self.chunk, self.n))
-            x = np.asarray(self.load(rows))[..., :window.H * f, :window.W * f]
-            out[rows] = np.isfinite(x).reshape(len(rows), -1).all(axis=1)
+            x = np.asarray(self.load(rows))
+            flat = x[..., :window.H * f, :window.W * f].reshape(len(rows), -1)
+            with np.errstate(invalid="ignore"):
+                out[rows] = (np.abs(flat) < safe).all(axis=1)   # NaN, inf and huge: False
+            with np.errstate(over="ignore", invalid="ignore"):
+                for i in np.flatnonzero(~out[rows]):
+                    out[start + i] = bool(np.isfinite(window.padded(x[i:i + 1])).all())
+        self._finite_at = (key, out)
         return out
 
     def _raw_windows(self, window: _PeakWindows, rows: np.ndarray, places: np.ndarray
@@ -1173,10 +1188,13 @@ def _cut_prepared(parts: list[_Prepared], offsets: np.ndarray) -> list[_Prepared
     done = 0
     for p in parts:
         idx = offsets[(offsets >= p.part.start) & (offsets < p.part.stop)] - p.part.start
-        if len(idx):
+        if len(idx) == p.shape[0]:           # the whole part: its arrays, not copies
+            out.append(_Prepared(slice(done, done + len(idx)), None, p.shape, p.spectrum,
+                                 p.norm, p.flat))
+        elif len(idx):
             out.append(_Prepared(slice(done, done + len(idx)), None, (len(idx), *p.shape[1:]),
                                  p.spectrum[idx], p.norm[idx], p.flat[idx]))
-            done += len(idx)
+        done += len(idx)
     return out
 
 
