@@ -574,11 +574,16 @@ class InputPatterns:
         """What :meth:`_PeakWindows.best_match` reads of the samples ``want`` of ``chunk``: cut
         from the chunk's kept preparation when it is kept or fits beside what is kept
         (:meth:`_prepared`: later templates read it again), else the rows prepared alone."""
-        kept = None if self._prepared_at is None or self._prepared_at[0] != (
-            window.side, window.factor) else self._prepared_at[1]
-        if (kept is not None and int(chunk[0]) in kept) or self._fits(window, len(chunk)):
+        kept = self._kept(window)
+        if int(chunk[0]) in kept or self._fits(window, len(chunk)):
             return _cut_prepared(self._prepared(window, chunk), want - chunk[0])
         return window.prepare(self.load(want), images=False)
+
+    def _kept(self, window: _PeakWindows) -> dict[int, list[_Prepared]]:
+        """The chunks' preparations kept at ``window`` by their first row (empty when none, or
+        when those kept are of another window)."""
+        key = (window.side, window.factor)
+        return self._prepared_at[1] if self._prepared_at and self._prepared_at[0] == key else {}
 
     def _fits(self, window: _PeakWindows, count: int) -> bool:
         """Whether ``count`` more images' preparations at ``window`` fit beside what is kept
@@ -588,12 +593,7 @@ class InputPatterns:
         h, w = window.H + 2 * window.slack, window.W + 2 * window.slack
         places = (h - window.side + 1) * (w - window.side + 1)
         each = C * h * (w // 2 + 1) * 16 + places * 9
-        same = self._prepared_at is not None and self._prepared_at[0] == (window.side,
-                                                                          window.factor)
-        held = sum(p.spectrum.nbytes + p.norm.nbytes + p.flat.nbytes
-                   for parts in (self._prepared_at[1].values() if same else ())
-                   for p in parts)
-        return held + count * each <= KEPT_BYTES
+        return _nbytes(self._kept(window).values()) + count * each <= KEPT_BYTES
 
     def _prepared(self, window: _PeakWindows, rows: np.ndarray) -> list[_Prepared]:
         """:meth:`_PeakWindows.prepare` of the samples ``rows`` (a chunk), kept for the next
@@ -608,9 +608,7 @@ class InputPatterns:
         hit = kept.get(int(rows[0]))
         if hit is None:
             hit = window.prepare(self.load(rows), images=False)
-            held = sum(p.spectrum.nbytes + p.norm.nbytes + p.flat.nbytes
-                       for parts in [*kept.values(), hit] for p in parts)
-            if held <= KEPT_BYTES:
+            if _nbytes([*kept.values(), hit]) <= KEPT_BYTES:
                 kept[int(rows[0])] = hit
         return hit
 
@@ -620,18 +618,14 @@ class InputPatterns:
         (or too large to keep: the rows are then prepared alone, nothing is prepared twice).
         Each image's spectrum, norms and flat windows are its own, whatever else was prepared
         with it: the same values as :meth:`prepare` of the rows alone."""
-        key = (window.side, window.factor)
-        if self._prepared_at is None or self._prepared_at[0] != key:
-            return None
+        kept = self._kept(window)
         out: list[_Prepared] = []
         for start in np.unique(rows // self.chunk) * self.chunk:
-            parts = self._prepared_at[1].get(int(start))
+            parts = kept.get(int(start))
             if parts is None:
                 return None
             mine = rows[(rows >= start) & (rows < start + self.chunk)] - start
-            done = sum(p.shape[0] for p in out)
-            out += [p._replace(part=slice(p.part.start + done, p.part.stop + done))
-                    for p in _cut_prepared(parts, mine)]
+            out += _cut_prepared(parts, mine, first=sum(p.shape[0] for p in out))
         return out
 
     def _aligned(self, window: _PeakWindows, x: np.ndarray, rows: np.ndarray,
@@ -1181,11 +1175,18 @@ class _Prepared(NamedTuple):
     flat: np.ndarray
 
 
-def _cut_prepared(parts: list[_Prepared], offsets: np.ndarray) -> list[_Prepared]:
+def _nbytes(groups) -> int:
+    """Bytes held by groups of preparations (lists of :class:`_Prepared`, no images)."""
+    return sum(p.spectrum.nbytes + p.norm.nbytes + p.flat.nbytes for parts in groups
+               for p in parts)
+
+
+def _cut_prepared(parts: list[_Prepared], offsets: np.ndarray, first: int = 0
+                  ) -> list[_Prepared]:
     """The preparations ``parts`` of a chunk cut down to the images at ``offsets`` (ascending,
-    within the chunk), numbered from 0 in that order, without images."""
+    within the chunk), numbered from ``first`` in that order, without images."""
     out: list[_Prepared] = []
-    done = 0
+    done = first
     for p in parts:
         idx = offsets[(offsets >= p.part.start) & (offsets < p.part.stop)] - p.part.start
         if len(idx) == p.shape[0]:           # the whole part: its arrays, not copies

@@ -156,13 +156,13 @@ def warm_up(maps: np.ndarray) -> None:
 
 def suspect_overlap(verdict: dict, truth: np.ndarray) -> dict:
     """Precision and recall of the reported suspects against the stamped samples."""
+    from eval_clever_hans import overlap
+
     reported = verdict.get("suspect_clusters") or []
     if not reported or not truth.any():
         return {"precision": None, "recall": None}
-    members = np.isin(verdict["labels"], reported)
-    hit = int((members & truth).sum())
-    return {"precision": round(hit / max(1, int(members.sum())), 3),
-            "recall": round(hit / int(truth.sum()), 3)}
+    precision, recall = overlap(verdict["labels"], reported, truth)
+    return {"precision": round(precision, 3), "recall": round(recall, 3)}
 
 
 def main(argv=None) -> int:

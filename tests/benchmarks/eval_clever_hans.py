@@ -367,10 +367,7 @@ def score_setting(setting, data, pipe, model: nn.Module | None = None) -> list[d
         reported = verdict.get("suspect_clusters") or ([] if cand is None else [cand])
         if reported and truth.any():
             # the reported suspects (what the user sees), else the best candidate
-            members = np.isin(verdict["labels"], reported)   # with any split-off half
-            hit = int((members & truth).sum())
-            row["precision"] = hit / max(1, int(members.sum()))
-            row["recall"] = hit / int(truth.sum())
+            row["precision"], row["recall"] = overlap(verdict["labels"], reported, truth)
         row["clusters"] = [{k: v for k, v in cl.items() if k != "members"}
                            for cl in verdict["clusters"]]
         tested = {str(cl["id"]): {"decision": cl.get("decision"), "tests": cl["transplant"]}
@@ -395,6 +392,14 @@ def score_setting(setting, data, pipe, model: nn.Module | None = None) -> list[d
     for i, r in enumerate(ranked):
         r["rank"] = i + 1
     return rows
+
+
+def overlap(labels, clusters: list[int], truth: np.ndarray) -> tuple[float, float]:
+    """Precision and recall of the samples in ``clusters`` (with any split-off half: every
+    sample whose label is one of them) against the stamped samples ``truth`` (any)."""
+    members = np.isin(labels, clusters)
+    hit = int((members & truth).sum())
+    return hit / max(1, int(members.sum())), hit / int(truth.sum())
 
 
 def _overlap(record: dict, truth: np.ndarray) -> dict:
