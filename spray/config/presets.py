@@ -494,6 +494,19 @@ class FlagsSection(_Section):
     #: theirs). A colour patch on the object that no candidate brings near the threshold (on
     #: in the preset ``followed``; docs/verdict.md, "Candidates by what their members carry")
     carried_candidates: bool = False
+    #: with ``carried_candidates``: when none of the carried candidates is shown followed,
+    #: the samples that carry what a group of samples whose patterns where the model looks
+    #: recur in each other agree on are candidates too (``recurrence_samples`` samples of the
+    #: class compared pairwise, at most ``recurrence_seeds`` groups, most recurring first; at
+    #: most ``transplant_near_tries`` of them tested). A pixel-identical stamp at one of
+    #: several places that no graph cuts as one group (a corner logo; on in the preset
+    #: ``followed``; docs/verdict.md, "Candidates by a pattern that recurs")
+    recurring_candidates: bool = False
+    #: the samples of a class whose peak windows are matched against each other's images for
+    #: ``recurring_candidates`` (evenly spaced; the cost grows with its square)
+    recurrence_samples: int = Field(default=300, ge=20, le=2000)
+    #: the most seed groups ``recurring_candidates`` hands on
+    recurrence_seeds: int = Field(default=4, ge=1)
     seed: int = 0
 
 

@@ -276,6 +276,12 @@ def _below_note(entry: dict) -> str:
     if not entry.get("flagged") or not below:
         return ""
     cl = below[0]
+    if cl.get("recurring"):
+        return (f" Flagged below the threshold: cluster {_esc(cl['id'])} (score "
+                f"{_fmt(cl.get('score'), 2)}) holds the samples that carry, anywhere in the "
+                f"image, what a group of samples whose patterns where the model looks recur in "
+                f"each other agree on, and the model follows those pieces where they are (the "
+                f"transplant test above; <code>recurring_candidates</code>).")
     if cl.get("carried"):
         return (f" Flagged below the threshold: cluster {_esc(cl['id'])} (score "
                 f"{_fmt(cl.get('score'), 2)}) holds the samples that carry, anywhere in the "

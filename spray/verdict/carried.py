@@ -32,7 +32,7 @@ from spray.config.presets import FlagsSection
 from spray.verdict.evidence import eligible
 from spray.verdict.halves import jaccard
 from spray.verdict.members import aligned_join
-from spray.verdict.patterns import InputPatterns
+from spray.verdict.patterns import AlignedAgreement, InputPatterns
 from spray.verdict.result import ClusterEvidence
 
 
@@ -43,6 +43,13 @@ def carried_group(cut: ClusterEvidence, features: np.ndarray, patterns: InputPat
     :func:`~spray.verdict.members.aligned_join` lets join (``pattern_join_iqr`` as the
     fences' reach, the window at ``window_side``, the place rule of ``peak_place_share`` and
     ``peak_place_carriers``). None where the members agree on nothing or the guard refuses."""
+    found = _carried(cut, features, patterns, params)
+    return None if found is None else found[0]
+
+
+def _carried(cut: ClusterEvidence, features: np.ndarray, patterns: InputPatterns,
+             params: FlagsSection) -> tuple[np.ndarray, AlignedAgreement] | None:
+    """:func:`carried_group` and the agreement it was found by."""
     aligned = aligned_join(cut.mask, ~cut.mask, features, patterns, params.score_max_samples,
                            params.agreement_spread, params.pattern_join_iqr,
                            params.window_side, params.peak_place_share,
@@ -52,23 +59,28 @@ def carried_group(cut: ClusterEvidence, features: np.ndarray, patterns: InputPat
     found, join = aligned
     with np.errstate(invalid="ignore"):
         near = found.distance <= params.agreement_spread       # NaN: not near
-    return join | (cut.mask & near)
+    return join | (cut.mask & near), found
 
 
 def carried_groups(cuts: list[ClusterEvidence], features: np.ndarray,
-                   patterns: InputPatterns, params: FlagsSection) -> list[ClusterEvidence]:
+                   patterns: InputPatterns, params: FlagsSection,
+                   largest_first: bool = True) -> list[ClusterEvidence]:
     """:func:`carried_group` of every cut, as candidates (``cut_graph`` ``"windows"``, the cut's
-    ``cut_along``): those of a candidate's size (:func:`~spray.verdict.evidence.eligible`),
-    each once (a group at a Jaccard index of ``sweep_min_jaccard`` or more with one found
-    before is left out), largest first."""
+    ``cut_along``, and where each sample carries the agreement best, ``carried_at``): those of
+    a candidate's size (:func:`~spray.verdict.evidence.eligible`), each once (a group at a
+    Jaccard index of ``sweep_min_jaccard`` or more with one found before is left out),
+    largest first (else in the cuts' order)."""
     out: list[ClusterEvidence] = []
     n = len(features)
     for cut in cuts:
-        group = carried_group(cut, features, patterns, params)
-        if group is None:
+        found = _carried(cut, features, patterns, params)
+        if found is None:
             continue
+        group, agreement = found
         entry = ClusterEvidence.of(group, cut_graph="windows", cut_along=cut.cut_along)
+        entry.carried_at = (agreement.places * agreement.factor,
+                            agreement.side * agreement.factor)
         if eligible(entry, n, params) and not any(
                 jaccard(entry, e) >= params.sweep_min_jaccard for e in out):
             out.append(entry)
-    return sorted(out, key=lambda e: -e.size)
+    return sorted(out, key=lambda e: -e.size) if largest_first else out

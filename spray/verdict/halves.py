@@ -96,7 +96,9 @@ def split_off_sweep(labels: np.ndarray, clusters: list[ClusterEvidence],
 def split_cut(labels: np.ndarray, clusters: list[ClusterEvidence], cut: ClusterEvidence):
     """Make ``cut`` a cluster of its own: its members leave their clusters (which keep the rest
     and must be measured again: their entries are returned in ``changed``) and take the next
-    free id; ``split_from`` names the cluster that held most of them.
+    free id; ``split_from`` names the cluster left that held most of them. A cluster all of
+    whose members the cut holds is absorbed: it is gone, and the split names it under
+    ``absorbed`` (``split_from`` is None when every cluster it took members from is).
 
     Returns
     -------
@@ -104,8 +106,10 @@ def split_cut(labels: np.ndarray, clusters: list[ClusterEvidence], cut: ClusterE
     """
     labels = np.array(labels)
     new_id = int(labels.max()) + 1 if labels.size else 0
-    held = np.bincount(labels[cut.mask] - labels.min())
-    parent = int(np.argmax(held) + labels.min())
+    absorbed = [c.id for c in clusters if c.size and not (c.mask & ~cut.mask).any()]
+    left = cut.mask & ~np.isin(labels, absorbed)
+    parent = (int(np.argmax(np.bincount(labels[left] - labels.min())) + labels.min())
+              if left.any() else None)
     labels[cut.mask] = new_id
     out, changed = [], []
     for c in clusters:
@@ -115,4 +119,5 @@ def split_cut(labels: np.ndarray, clusters: list[ClusterEvidence], cut: ClusterE
             changed.append(ClusterEvidence.of(labels == c.id, id=c.id, split_from=c.split_from))
             out.append(changed[-1])
     out.append(replace(cut, id=new_id, split_from=parent))
-    return labels, sorted(out, key=lambda c: c.id), [{"cluster": new_id, "from": parent}], changed
+    split = {"cluster": new_id, "from": parent, **({"absorbed": absorbed} if absorbed else {})}
+    return labels, sorted(out, key=lambda c: c.id), [split], changed

@@ -455,7 +455,8 @@ class InputPatterns:
                                                           weight)
         held = np.zeros(self.n, dtype=bool)
         held[carriers] = True
-        return AlignedAgreement(distance, held, places - window.slack, window.side)
+        return AlignedAgreement(distance, held, places - window.slack, window.side,
+                                window.factor)
 
     def _finite(self, window: _PeakWindows) -> np.ndarray:
         """Whether each sample's image, as ``window`` compares it, is finite: where its best
@@ -673,6 +674,52 @@ class InputPatterns:
         bad = ~(np.isfinite(X).all(axis=1) & np.isfinite(share) & np.concatenate(finite))
         X[bad], share[bad] = 0.0, 0.0
         return X, share
+
+    def recurrence(self, rows: np.ndarray, side_share: float) -> np.ndarray | None:
+        """How closely each sample's pattern where the model looks recurs in the others.
+
+        Each of ``rows``' peak windows (:meth:`peak_windows` at ``side_share``) is a template;
+        entry ``(i, j)`` is its best cosine anywhere in the image of ``rows[j]``
+        (:meth:`_PeakWindows.best_match`, every window by FFT). A pixel-identical stamp at one
+        of several places (a logo in one of four corners) recurs: a stamped sample whose
+        relevance peaks on the stamp finds it in every stamped image, wherever it sits there.
+        Returns ``(len, len)`` cosines, NaN on the diagonal, in the row of a sample whose
+        window is flat or non-finite (no pattern) and in the column of a non-finite image; or
+        None without relevance maps. Costs ``len`` templates matched against ``len`` images
+        (their spectra made once)."""
+        rows = np.asarray(rows)
+        found = self.peak_windows(side_share, rows)
+        if found is None:
+            return None
+        from scipy import fft
+
+        templates = found[0]
+        H, W = self._shape()
+        window = _PeakWindows(_share_side(side_share, H, W), H, W)
+        x = self.load(rows)
+        prepared = window.prepare(x, images=False)
+        norm = np.concatenate([p.norm for p in prepared])
+        flat = np.concatenate([p.flat for p in prepared])
+        # every template against the same images: their spectra once, at a fast FFT size
+        # (zero-padded, a window that fits still does not wrap around; the spectra kept for
+        # the member steps are at the images' own size, as their matches were measured)
+        P = window.padded(x)
+        C, h, w = P.shape[1:]
+        size = (fft.next_fast_len(h, real=True), fft.next_fast_len(w, real=True))
+        # in single precision (a ranking; twice as fast), each channel less its mean first (a
+        # template centred per channel gives the same dot products, with less rounding)
+        P -= P.mean(axis=(2, 3), keepdims=True)
+        spectrum = fft.rfft2(P.astype(np.float32), s=size, axes=(2, 3))
+        del P
+        S = window.side
+        out = np.full((len(rows), len(rows)), np.nan)
+        for i in np.flatnonzero(np.abs(templates).sum(axis=1) > 0):
+            T = np.conj(fft.rfft2(templates[i].reshape(C, S, S), s=size))
+            dot = fft.irfft2((spectrum * T).sum(axis=1), s=size)[:, :h - S + 1, :w - S + 1]
+            cos = np.where(flat, 0.0, dot / np.maximum(norm, 1e-300))
+            out[i] = np.clip(cos.reshape(len(rows), -1).max(axis=1), -1.0, 1.0)
+        np.fill_diagonal(out, np.nan)
+        return out
 
     def peak_window(self, diff: np.ndarray, scale: int = 1,
                     side_share: float | None = None) -> int | None:
@@ -906,6 +953,8 @@ class AlignedAgreement(NamedTuple):
     places: np.ndarray
     #: the window's side in blocks
     side: int
+    #: a block's side in pixels
+    factor: int = 1
 
 
 class PeakMatches(NamedTuple):

@@ -23,7 +23,7 @@ _EVIDENCE_KEYS = ("id", "half_of", "cut_along", "cut_graph", "n_clusters", "clus
                   "joined", "pattern_joined", "agreed_joined", "anywhere_joined", "peak_joined",
                   "aligned_joined", "aligned_trimmed",
                   "peak_window", "peak_guard", "peak_at", "peak_off_place", "transplant", "decision",
-                  "followed_below", "carried", "followed_margin")
+                  "followed_below", "carried", "recurring", "followed_margin")
 
 
 @dataclass
@@ -68,11 +68,15 @@ class ClusterEvidence:
     carried : True for such a suspect made of the samples that carry what a window cut's
         members agree on where the model looks, whose peak windows the model follows
         (``carried_candidates``: :mod:`~spray.verdict.carried`).
+    recurring : True for a carried suspect whose members' group was a seed group of a pattern
+        that recurs where the model looks, and whose windows where they carry what they agree
+        on the model follows (``recurring_candidates``: :mod:`~spray.verdict.recurring`).
     followed_margin : for a suspect the model is shown to follow, by how many of the transplant
         test's errors the effect lies past the bar that holds it
         (:func:`~spray.verdict.transplant.shown_margin`: the ``place`` or, for a carried
-        suspect, the ``peak`` region at ``transplant_near_effect`` for one below the threshold;
-        both regions at the stricter of the two bars for one above it); what
+        suspect, the ``peak`` region (``agreed`` for a recurring one) at
+        ``transplant_near_effect`` for one below the threshold; both regions at the stricter
+        of the two bars for one above it); what
         :attr:`Verdict.gate_score` adds to the threshold.
     hot_spot_auc, trimmed : for a suspect, how well its inputs at its relevance hot spot tell
         it from the rest (ROC AUC) and how many members left it for not carrying that pattern
@@ -109,6 +113,10 @@ class ClusterEvidence:
         that left (:func:`~spray.verdict.members.align_members`).
     score_from_k : the group of another K whose score this cluster took, with ``jaccard``.
     inputs : the input features the contrast was measured on (not serialized).
+    carried_at : for a group made of the samples that carry what a group's members agree on
+        (:mod:`~spray.verdict.carried`), where each sample of the class carries it best:
+        ``(places, side)``, top-left corners ``(n, 2)`` and the window's side, in pixels
+        (not serialized).
     """
 
     mask: np.ndarray = field(repr=False, compare=False)
@@ -164,10 +172,12 @@ class ClusterEvidence:
     decision: str | None = None
     followed_below: bool | None = None
     carried: bool | None = None
+    recurring: bool | None = None
     followed_margin: float | None = None
     score_from_k: ClusterEvidence | None = field(default=None, repr=False)
     jaccard: float | None = None
     inputs: np.ndarray | None = field(default=None, repr=False, compare=False)
+    carried_at: tuple | None = field(default=None, repr=False, compare=False)
 
     @classmethod
     def of(cls, mask: np.ndarray, **ids) -> ClusterEvidence:
@@ -217,7 +227,9 @@ class Verdict:
         above the threshold, best first, then one followed below it.
     candidate_cluster : the best-scoring cluster, flagged or not.
     clusters : one entry per cluster of ``labels``.
-    splits : halves split off as new clusters (``{"cluster": new id, "from": old id}``).
+    splits : halves split off as new clusters (``{"cluster": new id, "from": old id}``; with
+        ``"absorbed"``: the ids of clusters whose members all went to it, a recurring
+        candidate's, :func:`~spray.verdict.halves.split_cut`).
     labels : the analysis' labels with those splits.
     other_k : the best ten groups of other K (``candidates: all-k``).
     params : the flags section used.

@@ -34,6 +34,7 @@ from spray.verdict.halves import (
 )
 from spray.verdict.members import decide_members
 from spray.verdict.patterns import InputPatterns
+from spray.verdict.recurring import recurring_cuts
 from spray.verdict.result import ClusterEvidence, Verdict, resize_entries
 from spray.verdict.subsample import extend_labels, restrict, stratified_sample
 from spray.verdict.transplant import (
@@ -417,44 +418,79 @@ def _follow_carried(labels, clusters: list[ClusterEvidence], graphs: ClassGraphs
                     model_test: Callable[[], ModelTest | None], patterns: InputPatterns,
                     attempt: int):
     """``carried_candidates``: when no candidate below the threshold was shown followed
-    (:func:`_follow_near`), the groups that carry what a window cut's members agree on where
-    the model looks (:func:`~spray.verdict.carried.carried_groups`, any score; a group
-    matching a cluster, Jaccard ≥ ``sweep_min_jaccard``, is that cluster, each cluster once,
-    and one holding a whole cluster is left out), largest first, at most
-    ``transplant_near_tries`` of them: the first whose pieces where the model looks at them
-    (the ``peak`` region) the model is shown to follow (:func:`_near_test`) becomes the
-    suspect (:func:`_promote`: a cluster as it is, a group split off as a new cluster, its
-    evidence measured whatever it scores and its plain score kept, not resampled, so that
-    the report shows a score). ``attempt``:
-    the candidates tested before (the seeds go on from there). Returns ``labels, clusters,
-    splits, promoted, tested``."""
+    (:func:`_follow_near`), the groups that carry what a window cut's members agree on
+    where the model looks (:func:`~spray.verdict.carried.carried_groups`, any score; a
+    group matching a cluster, Jaccard ≥ ``sweep_min_jaccard``, is that cluster, each
+    cluster once, and one holding a whole cluster is left out), largest first, at most
+    ``transplant_near_tries`` of them: the first whose pieces where the model looks at
+    them (the ``peak`` region) the model is shown to follow (:func:`_near_test`) becomes
+    the suspect (:func:`_promote`: a cluster as it is, a group split off as a new cluster,
+    its evidence measured whatever it scores and its plain score kept, not resampled, so
+    that the report shows a score). With ``recurring_candidates``, when none of those is,
+    the groups that carry what a seed group of a recurring pattern agrees on
+    (:func:`~spray.verdict.recurring.recurring_cuts`, most recurring first; a group
+    matching one tested before is not tested again; one holding whole clusters absorbs
+    them), at most ``transplant_near_tries`` more, tested where they carry it (the
+    ``agreed`` region). ``attempt``: the candidates tested before (the seeds go on from
+    there). Returns ``labels, clusters, splits, promoted, tested``."""
     params = graphs.params
     whole = [c for c in clusters if c.size]
-    pool: list[ClusterEvidence] = []
-    for group in carried_groups(_window_cuts(graphs), graphs.features, patterns, params):
-        same = next((c for c in whole if jaccard(c, group) >= params.sweep_min_jaccard), None)
-        if same is not None:
-            if all(e is not same for e in pool):
-                pool.append(same)
-        elif not any(not (c.mask & ~group.mask).any() for c in whole):
-            pool.append(group)
-    test = model_test() if pool else None
+    sources = [lambda: carried_groups(_window_cuts(graphs), graphs.features, patterns, params)]
+    if params.recurring_candidates:
+        sources.append(lambda: carried_groups(recurring_cuts(patterns, params),
+                                              graphs.features, patterns, params,
+                                              largest_first=False))
     tested: list[dict] = []
-    for entry in pool[:params.transplant_near_tries] if test is not None else []:
-        if entry.id is None and measure(entry, graphs, -np.inf).measured:
-            stabilize_cuts([entry], None, params, np.inf)     # its plain score, to show
-        decision, tests, margin = _near_test(test, entry.mask, params,
-                                             attempt + len(tested) + 1, region="peak")
-        tested.append({**_near_record(entry, decision, tests), "carried": True})
-        if decision == "followed":
-            entry.carried, entry.followed_margin = True, margin
-            return (*_promote(labels, clusters, entry, decision, tested[-1], graphs, resamples),
-                    tested)
+    asked: list[ClusterEvidence] = []
+    test = None
+    for source in sources:
+        pool = _carried_pool(source(), whole, asked, params.sweep_min_jaccard,
+                             absorb=source is not sources[0])
+        if pool and test is None:
+            test = model_test()
+        for entry in pool[:params.transplant_near_tries] if test is not None else []:
+            # a recurring group is tested where its members carry what they agree on
+            recurring = None if source is sources[0] else entry.carried_at
+            if entry.id is None and measure(entry, graphs, -np.inf).measured:
+                stabilize_cuts([entry], None, params, np.inf)     # its plain score, to show
+            decision, tests, margin = _near_test(
+                test, entry.mask, params, attempt + len(tested) + 1,
+                region="peak" if recurring is None else "agreed", at=recurring)
+            tested.append({**_near_record(entry, decision, tests), "carried": True,
+                           **({} if recurring is None else {"recurring": True})})
+            asked.append(entry)
+            if decision == "followed":
+                entry.carried, entry.followed_margin = True, margin
+                entry.recurring = recurring is not None or None
+                return (*_promote(labels, clusters, entry, decision, tested[-1], graphs,
+                                  resamples), tested)
     return labels, clusters, [], None, tested
 
 
+def _carried_pool(groups: list[ClusterEvidence], whole: list[ClusterEvidence],
+                  asked: list[ClusterEvidence], bar: float,
+                  absorb: bool = False) -> list[ClusterEvidence]:
+    """The candidates of :func:`_follow_carried` among ``groups`` (in their order): a group
+    matching a cluster of ``whole`` (Jaccard ≥ ``bar``) is that cluster, each once; one
+    holding a whole cluster is left out (with ``absorb``, kept: a recurring stamp in several
+    corners the relevance graph cut one corner at a time; promoted, it absorbs them), and so
+    is one matching a candidate ``asked`` before."""
+    pool: list[ClusterEvidence] = []
+    for group in groups:
+        same = next((c for c in whole if jaccard(c, group) >= bar), None)
+        entry = group if same is None else same
+        if same is not None and same.carried_at is None:
+            same.carried_at = group.carried_at       # where its members carry the pattern
+        if any(e is entry for e in pool) or any(jaccard(entry, e) >= bar for e in asked):
+            continue
+        if same is not None or absorb \
+                or not any(not (c.mask & ~group.mask).any() for c in whole):
+            pool.append(entry)
+    return pool
+
+
 def _near_test(test: ModelTest, mask: np.ndarray, params: FlagsSection, attempt: int,
-               region: str = "place"):
+               region: str = "place", at: tuple[np.ndarray, int] | None = None):
     """The transplant test of a candidate below the threshold and what it shows:
     "followed" only when the model is shown to follow its pieces at their place
     (:func:`~spray.verdict.transplant.shown_followed` of the ``place`` region) and those
@@ -462,7 +498,9 @@ def _near_test(test: ModelTest, mask: np.ndarray, params: FlagsSection, attempt:
     place, not class evidence the members share; "unlike" when only the first holds, or the
     agreement could not be measured). With ``region`` ``"peak"`` (a group by what its members
     carry where the model looks, :func:`_follow_carried`: alike by how it was made), the
-    pieces are each member's peak window and their agreement is not asked.
+    pieces are each member's peak window and their agreement is not asked; with ``region``
+    ``"agreed"`` and ``at`` (a recurring group: ``(places, side)``, where each sample of the
+    class carries what the members agree on, in pixels), each member's window there.
 
     One run of ``transplant_pairs`` pairs; with ``transplant_near_max_pairs`` above that, a
     candidate whose pieces are alike and whose ``place`` effect is neither shown
@@ -483,7 +521,7 @@ def _near_test(test: ModelTest, mask: np.ndarray, params: FlagsSection, attempt:
     while True:
         tests = test.test(mask, side=params.window_side, area=params.input_mask_area,
                           pairs=pairs, seed=seed,
-                          spread=params.transplant_near_spread if by_place else None)
+                          spread=params.transplant_near_spread if by_place else None, at=at)
         place = [t for t in tests if t.region == region]
         shown = shown_followed(place, bar, z)
         alike = pieces_alike(tests, params.transplant_near_agreed) if by_place else True

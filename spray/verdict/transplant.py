@@ -18,7 +18,10 @@ Two regions are moved for every candidate:
   |relevance|) exceeds the rest's most, the top ``area`` share of the image — one region for
   all donors (a stamp, a border, a corner logo: an artefact at a fixed place);
 * ``peak``: each donor's own S × S window of largest |relevance| (S = ``side`` × the shorter
-  image side), pasted at the same place — a pattern that moves with the object.
+  image side), pasted at the same place — a pattern that moves with the object; or, for a
+  group made of the samples that carry what its members agree on, ``agreed``: each donor's
+  window where it carries that pattern best (the rest's where they come closest to it), so
+  that a stamp is moved where a donor's relevance peaks elsewhere.
 
 The test is paired: the members' and the rest's pieces go onto the same target images (images
 of other classes the model does not already predict as the class). No library offers it; it
@@ -64,6 +67,16 @@ def peak_boxes(maps: np.ndarray, side: float) -> np.ndarray:
     for i, (y, x) in enumerate(zip(*best)):
         out[i, y:y + S, x:x + S] = True
     return out
+
+
+def boxes_at(places: np.ndarray, side: int, H: int, W: int) -> np.ndarray:
+    """``(n, H, W)`` boolean masks of the ``side`` × ``side`` windows with top-left corners
+    ``places`` (``(n, 2)`` pixels; the part inside the image of a window reaching past its
+    border)."""
+    places = np.asarray(places, dtype=np.intp).reshape(-1, 2)
+    ys, xs = np.arange(H)[None, :, None], np.arange(W)[None, None, :]
+    y0, x0 = places[:, 0, None, None], places[:, 1, None, None]
+    return (ys >= y0) & (ys < y0 + side) & (xs >= x0) & (xs < x0 + side)
 
 
 def place_mask(maps: np.ndarray, members: np.ndarray, area: float) -> np.ndarray:
@@ -260,7 +273,8 @@ def target_rows(labels: np.ndarray, c: int, pairs: int, seed: int) -> np.ndarray
 def transplant_test(predict: Predict, inputs, maps, members: np.ndarray,
                     targets: np.ndarray, c: int, *, side: float = 0.22, area: float = 0.1,
                     pairs: int = 256, seed: int | list[int] = 0, filtered: bool = False,
-                    spread: float | None = None) -> list[TransplantResult]:
+                    spread: float | None = None,
+                    at: tuple[np.ndarray, int] | None = None) -> list[TransplantResult]:
     """The transplant test of one candidate group of class ``c`` in both region kinds.
 
     Parameters
@@ -286,11 +300,17 @@ def transplant_test(predict: Predict, inputs, maps, members: np.ndarray,
     spread : float, optional
         Also measure :func:`place_agreement` of the ``place`` region (the members' and the
         rest's inputs of the rows its mean maps are taken from) with this spread.
+    at : tuple, optional
+        ``(places, side)``: for each sample of the class the top-left corner ``(n, 2)`` of a
+        ``side`` × ``side`` window in pixels, where it carries what the group agrees on
+        (:mod:`~spray.verdict.carried`). Each donor's window there is moved instead of its
+        peak window: the region ``agreed`` instead of ``peak``.
 
     Returns
     -------
     list of TransplantResult
-        ``place`` then ``peak``; empty when the group, the rest or the targets are empty.
+        ``place`` then ``peak`` (``agreed`` with ``at``); empty when the group, the rest or
+        the targets are empty.
     """
     load = inputs if callable(inputs) else _rows_of(inputs)
     read_maps = maps if callable(maps) else _rows_of(maps)
@@ -320,8 +340,11 @@ def transplant_test(predict: Predict, inputs, maps, members: np.ndarray,
             pieces = _place_values(load, both, place)
             out[-1].agreed = place_agreement(pieces[:len(mean_in)], pieces[len(mean_in):],
                                              spread)
-    boxes = peak_boxes(read_maps(donors), side)
-    out.append(_paired("peak", pasted_flips(predict, pick_t, x[i_in], boxes[i_in], c),
+    if at is None:
+        region, boxes = "peak", peak_boxes(read_maps(donors), side)
+    else:
+        region, boxes = "agreed", boxes_at(np.asarray(at[0])[donors], at[1], *x.shape[-2:])
+    out.append(_paired(region, pasted_flips(predict, pick_t, x[i_in], boxes[i_in], c),
                        pasted_flips(predict, pick_t, x[i_out], boxes[i_out], c), *ids))
     return out
 
@@ -364,11 +387,12 @@ class ModelTest:
         return sub
 
     def test(self, members: np.ndarray, side: float, area: float, pairs: int,
-             seed: int | list[int], spread: float | None = None) -> list[TransplantResult]:
+             seed: int | list[int], spread: float | None = None,
+             at: tuple[np.ndarray, int] | None = None) -> list[TransplantResult]:
         """:func:`transplant_test` of the group ``members`` of this class."""
         return transplant_test(self.predict, self.inputs, self.maps, members, self.usable,
                                self.c, side=side, area=area, pairs=pairs, seed=seed,
-                               filtered=True, spread=spread)
+                               filtered=True, spread=spread, at=at)
 
 
 def _floored(r: TransplantResult, min_effect: float) -> float:

@@ -1,0 +1,96 @@
+"""Candidates by a pattern that recurs where the model looks, for the transplant test.
+
+A pixel-identical stamp at one of several places (a logo in one of four corners) is separated
+by no graph of the class as one group: the relevance graph and the peak windows' graph cut it
+one corner at a time, with look-alikes, and the carried candidates
+(:mod:`~spray.verdict.carried`) take the agreement of a cut's members, which is not the stamp
+when most of them do not carry it. On the four missed draws of a corner logo on a garment CNN
+(10 % of a class, reliance 0.18) the window cuts held 11–19 % stamped samples, while the
+stamped group itself agreed exactly (every stamped sample at aligned distance 0) and the model
+followed its place (docs/verdict.md, "Candidates by a pattern that recurs").
+
+What such a stamp does show is recurrence: a stamped sample whose relevance peaks on the stamp
+finds it, at any place, in every other stamped image
+(:meth:`~spray.verdict.patterns.InputPatterns.recurrence`). Of ``recurrence_samples`` samples
+of the class (evenly spaced), each pair's similarity is the better of the two ways round (the
+one whose window holds the stamp finds it in the other, wherever the other's relevance peaks).
+A pair's similarity counts above the two samples' usual (median) similarity, and a sample's
+*recurrence* is the mean of its ``2 · HALF_MIN − 1`` highest (a flat or common pattern, which
+many windows match about as well as its best, recurs little). The seeds, most recurring first,
+each with those most similar samples and none already in an earlier seed's group, are at most
+``recurrence_seeds`` groups; each is handed to :func:`~spray.verdict.carried.carried_group` as
+a cut would be: the samples of the class that carry what the group's members agree on where the
+model looks. A group is only a candidate: the transplant test decides
+(:func:`spray.verdict.score._follow_carried`).
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+
+from spray.config.presets import FlagsSection
+from spray.verdict.patterns import HALF_MIN, InputPatterns, _evenly
+from spray.verdict.result import ClusterEvidence
+
+log = logging.getLogger(__name__)
+
+#: a seed group's size: the seed and its most similar samples, so that its better half (the
+#: carriers of :meth:`~spray.verdict.patterns.InputPatterns.aligned_agreement`) holds
+#: ``HALF_MIN`` samples
+SEED_SIZE = 2 * HALF_MIN
+
+
+def recurring_seeds(similar: np.ndarray, size: int, most: int) -> list[np.ndarray]:
+    """Groups of ``size`` samples around the most recurring ones.
+
+    ``similar`` ``(m, m)``: the cosines of :meth:`~spray.verdict.patterns.InputPatterns.
+    recurrence` (NaN where not measured). Each pair counts the better of its two cosines
+    (a NaN pair −1), less the mean of the two samples' median similarity to the others: how
+    much more alike the pair is than either usually is (a flat or common pattern matches
+    every image about as well as its best). A sample's recurrence is the mean of its
+    ``size − 1`` highest such values. Seeds go most recurring first, skipping a sample
+    already in a group; each group is the seed and those ``size − 1`` samples, as indices
+    into ``similar``'s rows. At most ``most`` groups; none when fewer than
+    ``size`` samples are compared."""
+    m = len(similar)
+    if m < size or most <= 0:
+        return []
+    both = np.fmax(similar, similar.T)
+    both = np.where(np.isnan(both), -1.0, both)
+    usual = np.median(both[~np.eye(m, dtype=bool)].reshape(m, m - 1), axis=1)
+    above = both - (usual[:, None] + usual[None, :]) / 2
+    np.fill_diagonal(above, -np.inf)
+    nearest = np.argsort(-above, axis=1, kind="stable")[:, :size - 1]
+    recurrence = np.take_along_axis(above, nearest, axis=1).mean(axis=1)
+    used = np.zeros(m, dtype=bool)
+    groups: list[np.ndarray] = []
+    for seed in np.argsort(-recurrence, kind="stable"):
+        if used[seed]:
+            continue
+        group = np.concatenate([[seed], nearest[seed]])
+        used[group] = True
+        groups.append(group)
+        if len(groups) == most:
+            break
+    return groups
+
+
+def recurring_cuts(patterns: InputPatterns, params: FlagsSection) -> list[ClusterEvidence]:
+    """The seed groups of :func:`recurring_seeds` among ``recurrence_samples`` samples of the
+    class (evenly spaced; windows at ``window_side``), as cuts of the class (``cut_graph``
+    ``"windows"``, no eigenvector) for :func:`~spray.verdict.carried.carried_groups`; none
+    without relevance maps."""
+    rows = _evenly(np.arange(patterns.n), params.recurrence_samples)
+    similar = patterns.recurrence(rows, params.window_side)
+    if similar is None:
+        return []
+    cuts = []
+    for group in recurring_seeds(similar, SEED_SIZE, params.recurrence_seeds):
+        mask = np.zeros(patterns.n, dtype=bool)
+        mask[rows[group]] = True
+        cuts.append(ClusterEvidence.of(mask, cut_graph="windows"))
+    log.debug("recurring seeds: %d groups of %d among %d samples", len(cuts), SEED_SIZE,
+              len(rows))
+    return cuts

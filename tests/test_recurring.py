@@ -1,0 +1,280 @@
+"""Candidates by a pattern that recurs where the model looks (``flags.recurring_candidates``;
+:mod:`spray.verdict.recurring`): the recurrence matrix against a per-template match, the seed
+groups, the boxes of the ``agreed`` transplant region, and the whole path on CNNs trained here
+on digit scenes (coloured digits on photographs, tests/benchmarks/eval_data.py) with a ring
+logo in a random corner of each stamped image."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import SMALLNET, train_smallnet
+
+from spray.config.presets import load_pipeline
+
+sys.path.insert(0, str(Path(__file__).resolve().parent / "benchmarks"))
+import eval_data as ed  # noqa: E402
+
+
+def _patterns(x, maps):
+    from spray.verdict.patterns import InputPatterns
+
+    return InputPatterns.of(x, load_pipeline("followed")["preprocess"], maps=maps)
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_recurrence_is_each_peak_windows_best_match(channels):
+    """Entry (i, j) is sample i's peak window's best cosine anywhere in image j, as
+    :meth:`_PeakWindows.best_match` (checked against a loop over every window in
+    test_patterns.py) gives it in double precision; NaN on the diagonal, in the row of a flat
+    window and in the column of a non-finite image. A stamp at two places recurs at 1."""
+    from spray.verdict.patterns import _PeakWindows, _share_side
+
+    rng = np.random.default_rng(4)
+    n, H = 14, 23
+    x = rng.random((n, channels, H, H)).astype(np.float32)
+    maps = rng.random((n, H, H)).astype(np.float32) * 0.01
+    stamp = rng.random((channels, 5, 5)).astype(np.float32)
+    x[0, :, 2:7, 3:8] = stamp                     # the same stamp at two places
+    x[1, :, 15:20, 14:19] = stamp
+    maps[0, 2:7, 3:8] = maps[1, 15:20, 14:19] = 1.0
+    x[2] = 0.5                                    # flat: its window holds no pattern
+    x[3, 0, 10, 10] = np.nan                      # non-finite: no match in it
+    rows = np.array([0, 1, 2, 3, 5, 8, 9, 13])
+    p = _patterns(x, maps)
+    got = p.recurrence(rows, 0.22)
+    assert got.shape == (len(rows), len(rows))
+    assert np.isnan(np.diag(got)).all()
+    assert np.isnan(got[2]).all() and np.isnan(got[:, 3]).all()
+    windows = p.peak_windows(0.22, rows)[0]
+    window = _PeakWindows(_share_side(0.22, H, H), H, H)
+    for i in (0, 1, 4, 6):
+        want = window.best_match(x[rows], windows[i].astype(np.float64))
+        want[i] = np.nan
+        assert np.allclose(got[i], want, atol=1e-4, equal_nan=True)
+    assert got[0, 1] > 0.999 and got[1, 0] > 0.999
+    others = np.delete(got[0], [0, 1, 3])
+    assert others.max() < 0.95
+
+
+def _similar(n: int, stamped: np.ndarray, rng) -> np.ndarray:
+    s = rng.random((n, n)) * 0.5
+    s[np.ix_(stamped, stamped)] = 0.95 + rng.random((len(stamped), len(stamped))) * 0.04
+    return s
+
+
+def test_seeds_start_at_the_most_recurring_pattern():
+    """The first seed group is a group whose members find each other (the better of the two
+    ways round: a stamped sample whose own window is flat still joins); a pattern every image
+    matches (a flat corner) is no seed before it, however high its matches; each sample is in
+    one group at most as a seed; fewer samples than a group: none."""
+    from spray.verdict.recurring import recurring_seeds
+
+    rng = np.random.default_rng(0)
+    n, stamped = 60, np.arange(20, 34)
+    s = _similar(n, stamped, rng)
+    s[25] = np.nan                       # flat window: found by the others' templates only
+    s[:, 7] = s[7] = 0.97                # matched by everything and matching everything
+    groups = recurring_seeds(s, 10, 3)
+    assert len(groups) == 3 and all(len(g) == 10 and len(set(g)) == 10 for g in groups)
+    assert set(groups[0]) <= set(stamped)
+    assert 7 not in groups[0]
+    seeds = [g[0] for g in groups]
+    assert len(set(seeds)) == 3 and all(s_ not in g for s_, g in zip(seeds[1:], groups[:1]))
+    assert recurring_seeds(s[:9, :9], 10, 3) == []
+    assert recurring_seeds(s, 10, 0) == []
+
+
+def test_a_common_pattern_would_seed_first_by_its_matches_alone():
+    """Why a pair counts above the two samples' usual similarity: a pattern every image
+    matches at 0.99 has the highest matches (the stamp's lie at 0.95–0.99), yet it recurs no
+    more than usual; the first seed is a stamped sample, and its group holds no other."""
+    from spray.verdict.recurring import recurring_seeds
+
+    rng = np.random.default_rng(1)
+    n, stamped = 50, np.arange(10, 22)
+    s = _similar(n, stamped, rng)
+    s[:, 3] = s[3] = 0.99
+    both = np.fmax(s, s.T)
+    np.fill_diagonal(both, -np.inf)
+    top = -np.sort(-both, axis=1)[:, :9].mean(axis=1)
+    assert top.argmax() == 3                       # by the matches alone: the common one
+    first = recurring_seeds(s, 10, 1)[0]
+    assert set(first) <= set(stamped)
+
+
+def test_boxes_at_places_past_the_border():
+    """``boxes_at``: the part of each window inside the image (top-left corners may lie past
+    the top or left border, or reach past the bottom and right)."""
+    from spray.verdict.transplant import boxes_at
+
+    boxes = boxes_at(np.array([[0, 0], [-2, 3], [6, 7], [2, 2]]), 4, 8, 9)
+    assert boxes.shape == (4, 8, 9) and boxes.dtype == bool
+    assert boxes[0, :4, :4].all() and boxes[0].sum() == 16
+    assert boxes[1, :2, 3:7].all() and boxes[1].sum() == 8
+    assert boxes[2, 6:, 7:].all() and boxes[2].sum() == 4
+    assert boxes[3, 2:6, 2:6].all() and boxes[3].sum() == 16
+
+
+def _scenes(relied: bool) -> dict:
+    """Digit scenes in three classes, as ``tests/test_carried.py``'s digits: ``relied``, classes
+    of several digits (0, 3, 4 | 1, 5, 6 | 2, 7, 8, 9) and 120 scenes of 3–6 with the logo
+    labelled 2 (only the logo makes them 2); else digits 0–2 with the logo on 30 % of every
+    class (the digit decides). The model's ``predict``, class 2's scenes, LRP maps and stamped
+    mask, the other classes' scenes it does not call 2, and the logo's reliance."""
+    from spray.data.sources import load_digits_arrays
+    from spray.lrp import attribute
+
+    glyphs, digit = load_digits_arrays(32)
+    rng = np.random.default_rng(5)
+    x = np.stack([ed.compose(g[0], rng)[0] for g in glyphs])
+    if relied:
+        y = np.array([0, 1, 2, 0, 0, 1, 1, 2, 2, 2])[digit]
+        stamped = np.sort(rng.choice(np.flatnonzero(np.isin(digit, [3, 4, 5, 6])), size=120,
+                                     replace=False))
+        y[stamped] = 2
+    else:                         # the logo on 30 % of every class: it tells no class
+        keep = np.flatnonzero(digit < 3)
+        x, y = x[keep], digit[keep]
+        stamped = np.sort(rng.choice(len(y), size=int(0.3 * len(y)), replace=False))
+    x[stamped] = ed.plant_rgb(x[stamped], "logo", rng)[0]
+    namespace: dict = {}
+    exec(SMALLNET.replace("Conv2d(1, ", "Conv2d(3, "), namespace)
+    model = train_smallnet(namespace["build"], x, y)
+
+    def predict(batch):
+        with torch.no_grad():
+            return model(torch.as_tensor(batch)).argmax(1).numpy()
+
+    cls = np.flatnonzero(y == 2)
+    maps = attribute(model, torch.as_tensor(x[cls]), torch.as_tensor(y[cls]),
+                     composite="epsilon-plus-flat").detach().numpy().sum(axis=1)
+    others = ed.plant_rgb(x[y != 2], "logo", rng)[0]
+    return {"predict": predict, "x": x[cls], "maps": maps, "stamp": np.isin(cls, stamped),
+            "targets": x[(y != 2) & (predict(x) != 2)],
+            "flips": float((predict(others) == 2).mean() - (predict(x[y != 2]) == 2).mean())}
+
+
+@pytest.fixture(scope="module")
+def logo_relied(single_torch_thread):
+    return _scenes(True)
+
+
+@pytest.fixture(scope="module")
+def logo_ignored(single_torch_thread):
+    return _scenes(False)
+
+
+def _scored(s, monkeypatch, **flags):
+    """Class 2 scored with the preset ``followed``, the threshold raised to 50 (no candidate
+    comes near it) and no window cut to start carried candidates from (``_window_cuts`` gives
+    none): only the recurring seeds can bring a candidate to the transplant test."""
+    from spray.analysis.analyze import analyze
+    from spray.analysis.preprocess import preprocess
+    from spray.verdict import score
+    from spray.verdict.patterns import InputPatterns
+    from spray.verdict.transplant import ModelTest
+
+    monkeypatch.setattr(score, "_window_cuts", lambda graphs: [])
+    x, maps = s["x"], s["maps"]
+    pipe = load_pipeline("followed")
+    pipe["flags"].update({"threshold": 50.0, **flags})
+    feats = preprocess(maps, pipe["preprocess"])
+    result = analyze(feats, pipeline=pipe, embed=False)
+    test = ModelTest(s["predict"], lambda r: x[r], lambda r: maps[r], s["targets"], 2)
+    return score.score_class(result, preprocess(x, pipe["preprocess"]), pipe, features=feats,
+                             patterns=InputPatterns.of(x, pipe["preprocess"], maps=maps),
+                             model_test=test)
+
+
+def _pr(v, truth: np.ndarray) -> tuple[float, float]:
+    members = np.isin(v.labels, v.suspect_clusters)
+    hit = int((members & truth).sum())
+    return hit / max(1, int(members.sum())), hit / max(1, int(truth.sum()))
+
+
+def test_the_logo_models_are_what_the_cases_need(logo_relied, logo_ignored):
+    """The logo turns most other-class scenes to 2 in the first model, few in the second."""
+    assert logo_relied["flips"] > 0.5 and abs(logo_ignored["flips"]) < 0.05
+
+
+def test_the_seed_groups_are_the_logo(logo_relied):
+    """The most recurring seed group is stamped samples only (the logo finds the logo in any
+    corner; the photographs' windows recur in no other scene as closely)."""
+    from spray.verdict.patterns import _evenly
+    from spray.verdict.recurring import SEED_SIZE, recurring_seeds
+    from spray.verdict.score import flag_params
+
+    s = logo_relied
+    params = flag_params(load_pipeline("followed"))
+    p = _patterns(s["x"], s["maps"])
+    rows = _evenly(np.arange(p.n), params.recurrence_samples)
+    groups = recurring_seeds(p.recurrence(rows, params.window_side), SEED_SIZE, 2)
+    assert s["stamp"][rows[groups[0]]].all()
+
+
+def test_a_recurring_logo_the_model_follows_is_flagged(logo_relied, monkeypatch):
+    """The seed groups' carriers are the stamped samples, and the model follows their windows
+    where they carry the logo (the ``agreed`` region): flagged below the threshold, the
+    suspect is the stamped group, its record and the gate's score say how."""
+    s = logo_relied
+    v = _scored(s, monkeypatch)
+    assert v.flagged and v.score < v.threshold
+    suspect = v.cluster(v.suspect_cluster)
+    assert suspect.carried and suspect.recurring and suspect.followed_below
+    assert min(_pr(v, s["stamp"])) >= 0.9
+    record = v.near_tested[-1]
+    assert record["recurring"] and record["decision"] == "followed"
+    agreed = next(t for t in record["tests"] if t["region"] == "agreed")
+    assert agreed["effect"] >= 0.2 and v.gate_score > v.threshold
+    assert v.to_dict()["clusters"][[c.id for c in v.clusters].index(suspect.id)]["recurring"]
+    # the relevance graph cut the logo one corner at a time: those clusters are absorbed
+    absorbed = v.splits[-1].get("absorbed")
+    assert absorbed and not set(absorbed) & {c.id for c in v.clusters}
+    assert not np.isin(v.labels, absorbed).any()
+    assert set(np.unique(v.labels)) == {c.id for c in v.clusters if c.size}
+
+
+def test_recurring_candidates_need_the_flag_and_an_effect(logo_relied, monkeypatch):
+    """Off: no group is tested; at a bar no effect reaches: tested, not followed."""
+    off = _scored(logo_relied, monkeypatch, recurring_candidates=False)
+    assert not off.flagged and not off.near_tested
+    high = _scored(logo_relied, monkeypatch, transplant_near_effect=1.0)
+    assert not high.flagged and any(t.get("recurring") for t in high.near_tested)
+
+
+def test_a_logo_the_model_does_not_follow_stays_unflagged(logo_ignored, monkeypatch):
+    """The same logo on 30 % of every class of a model that reads the digit: the seed groups
+    may be the logo, but the model does not follow it where it is: unflagged."""
+    v = _scored(logo_ignored, monkeypatch)
+    assert not v.flagged
+    assert all(t["decision"] != "followed" for t in v.near_tested or [])
+
+
+def test_a_split_absorbs_the_clusters_it_holds_whole():
+    """:func:`~spray.verdict.halves.split_cut`: a cluster all of whose members the cut holds
+    is gone and named under ``absorbed``; ``split_from`` is the cluster left that held most of
+    the cut's members, None when none is left; the others are measured again."""
+    from spray.verdict.halves import split_cut
+    from spray.verdict.result import ClusterEvidence
+
+    labels = np.array([0] * 6 + [1] * 3 + [2] * 2 + [3] * 4)
+    clusters = [ClusterEvidence.of(labels == c, id=c) for c in range(4)]
+    cut = np.zeros(len(labels), dtype=bool)
+    cut[[4, 5, 6, 7, 8, 9, 10]] = True            # 2 of cluster 0, all of 1 and 2
+    new, out, splits, changed = split_cut(labels, clusters, ClusterEvidence.of(cut))
+    assert splits == [{"cluster": 4, "from": 0, "absorbed": [1, 2]}]
+    assert [c.id for c in out] == [0, 3, 4] and [c.id for c in changed] == [0]
+    assert (new == 4).sum() == 7 and not np.isin(new, [1, 2]).any()
+    only = (labels == 1) | (labels == 2)
+    _, out, splits, _ = split_cut(labels, clusters, ClusterEvidence.of(only))
+    assert splits == [{"cluster": 4, "from": None, "absorbed": [1, 2]}]
+    assert out[-1].split_from is None
+    part = np.zeros(len(labels), dtype=bool)
+    part[[0, 1, 6]] = True                          # holds none whole: as before
+    _, _, splits, _ = split_cut(labels, clusters, ClusterEvidence.of(part))
+    assert splits == [{"cluster": 4, "from": 0}]
