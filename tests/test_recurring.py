@@ -231,6 +231,9 @@ def test_a_recurring_logo_the_model_follows_is_flagged(logo_relied, monkeypatch)
     assert record["recurring"] and record["decision"] == "followed"
     agreed = next(t for t in record["tests"] if t["region"] == "agreed")
     assert agreed["effect"] >= 0.2 and v.gate_score > v.threshold
+    # the suspects' test moves the same windows (the peak windows would miss the logo)
+    assert [t["region"] for t in suspect.transplant] == ["place", "agreed"]
+    assert suspect.decision == "followed"
     assert v.to_dict()["clusters"][[c.id for c in v.clusters].index(suspect.id)]["recurring"]
     # the relevance graph cut the logo one corner at a time: those clusters are absorbed
     absorbed = v.splits[-1].get("absorbed")
@@ -278,3 +281,30 @@ def test_a_split_absorbs_the_clusters_it_holds_whole():
     part[[0, 1, 6]] = True                          # holds none whole: as before
     _, _, splits, _ = split_cut(labels, clusters, ClusterEvidence.of(part))
     assert splits == [{"cluster": 4, "from": 0}]
+
+
+def test_each_candidate_is_tested_where_its_own_group_carries_the_pattern():
+    """``_carried_pool``: a group that matches a cluster is that cluster, with the places of
+    the group (its ``carried_at``), not those of another source's group that matched it
+    before; a cluster's own entry is not changed by pooling."""
+    from spray.verdict.result import ClusterEvidence
+    from spray.verdict.score import _carried_pool
+
+    n = 100
+    labels = np.repeat([0, 1, 2, 3], 25)
+    clusters = [ClusterEvidence.of(labels == c, id=c) for c in range(4)]
+
+    def group(rows, tag):
+        mask = np.zeros(n, dtype=bool)
+        mask[rows] = True
+        entry = ClusterEvidence.of(mask, cut_graph="windows")
+        entry.carried_at = (np.full((n, 2), tag), 7)
+        return entry
+
+    first = _carried_pool([group(np.arange(0, 20), 1), group(np.arange(30, 48), 2),
+                           group(np.arange(50, 74), 3)], clusters, [], 0.5)
+    assert [(e.id, at[0][0, 0]) for e, at in first] == [(0, 1), (1, 2), (2, 3)]
+    second = _carried_pool([group(np.arange(50, 75), 4)], clusters,
+                           [e for e, _ in first[:2]], 0.5, absorb=True)
+    assert [(e.id, at[0][0, 0]) for e, at in second] == [(2, 4)]
+    assert all(c.carried_at is None for c in clusters)

@@ -696,21 +696,25 @@ class InputPatterns:
         templates = found[0]
         H, W = self._shape()
         window = _PeakWindows(_share_side(side_share, H, W), H, W)
-        x = self.load(rows)
-        prepared = window.prepare(x, images=False)
-        norm = np.concatenate([p.norm for p in prepared])
-        flat = np.concatenate([p.flat for p in prepared])
-        # every template against the same images: their spectra once, at a fast FFT size
-        # (zero-padded, a window that fits still does not wrap around; the spectra kept for
-        # the member steps are at the images' own size, as their matches were measured)
-        P = window.padded(x)
-        C, h, w = P.shape[1:]
+        h, w = window.H + 2 * window.slack, window.W + 2 * window.slack
         size = (fft.next_fast_len(h, real=True), fft.next_fast_len(w, real=True))
-        # in single precision (a ranking; twice as fast), each channel less its mean first (a
-        # template centred per channel gives the same dot products, with less rounding)
-        P -= P.mean(axis=(2, 3), keepdims=True)
-        spectrum = fft.rfft2(P.astype(np.float32), s=size, axes=(2, 3))
-        del P
+        norms, flats, spectra = [], [], []
+        for start in range(0, len(rows), self.chunk):
+            x = self.load(rows[start:start + self.chunk])
+            prepared = window.prepare(x, images=False)
+            norms += [p.norm for p in prepared]
+            flats += [p.flat for p in prepared]
+            # every template against the same images: their spectra once, at a fast FFT size
+            # (zero-padded, a window that fits still does not wrap around; the spectra kept
+            # for the member steps are at the images' own size, as their matches were
+            # measured), in single precision (a ranking; twice as fast), each channel less its
+            # mean first (a template centred per channel gives the same dot products, with
+            # less rounding)
+            P = window.padded(x)
+            P -= P.mean(axis=(2, 3), keepdims=True)
+            spectra.append(fft.rfft2(P.astype(np.float32), s=size, axes=(2, 3)))
+        norm, flat, spectrum = (np.concatenate(a) for a in (norms, flats, spectra))
+        C = spectrum.shape[1]
         S = window.side
         out = np.full((len(rows), len(rows)), np.nan)
         for i in np.flatnonzero(np.abs(templates).sum(axis=1) > 0):

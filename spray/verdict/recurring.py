@@ -53,9 +53,9 @@ def recurring_seeds(similar: np.ndarray, size: int, most: int) -> list[np.ndarra
     ``size − 1`` highest such values. Seeds go most recurring first, skipping a sample
     already in a group; each group is the seed and those ``size − 1`` samples, as indices
     into ``similar``'s rows. At most ``most`` groups; none when fewer than
-    ``size`` samples are compared."""
+    ``size`` samples are compared or no pair was measured."""
     m = len(similar)
-    if m < size or most <= 0:
+    if m < size or most <= 0 or not np.isfinite(similar).any():
         return []
     both = np.fmax(similar, similar.T)
     both = np.where(np.isnan(both), -1.0, both)

@@ -185,13 +185,14 @@ def follow_suspects(verdict: Verdict, model_test: ModelTest, params: FlagsSectio
     followed_ids, not_followed = [], []
     for cid in verdict.suspect_clusters:
         entry = verdict.cluster(cid)
+        members = np.asarray(verdict.labels) == cid
         entry.decision, tests = decided_test(
-            model_test, np.asarray(verdict.labels) == cid, side=params.window_side,
+            model_test, members, side=params.window_side,
             area=params.input_mask_area, pairs=params.transplant_pairs,
             max_pairs=params.transplant_max_pairs, seed=params.seed + cid,
             min_effect=params.transplant_min_effect, min_z=params.transplant_min_z,
             spread=params.transplant_near_spread if entry.followed_below else None,
-            confirm=params.transplant_confirm)
+            confirm=params.transplant_confirm, at=_agreed_at(entry, len(members)))
         entry.transplant = [t.to_dict() for t in tests]
         if entry.followed_margin is None and entry.decision == "followed" \
                 and params.transplant_reach > 0:
@@ -206,6 +207,14 @@ def follow_suspects(verdict: Verdict, model_test: ModelTest, params: FlagsSectio
     verdict.suspect_cluster = followed_ids[0] if followed_ids else None
     verdict.flagged = bool(followed_ids)
     verdict.not_followed = not_followed
+
+
+def _agreed_at(entry: ClusterEvidence, n: int) -> tuple[np.ndarray, int] | None:
+    """Where a recurring suspect's members carry what they agree on (``carried_at``), for its
+    transplant test's ``agreed`` region, when it covers the ``n`` samples tested (a class
+    scored on a subsample found it on the subsample only: its ``peak`` region then)."""
+    at = entry.carried_at if entry.recurring else None
+    return at if at is not None and len(at[0]) == n else None
 
 
 def _windows(patterns: InputPatterns | None, params: FlagsSection,
@@ -448,9 +457,9 @@ def _follow_carried(labels, clusters: list[ClusterEvidence], graphs: ClassGraphs
                              absorb=source is not sources[0])
         if pool and test is None:
             test = model_test()
-        for entry in pool[:params.transplant_near_tries] if test is not None else []:
+        for entry, at in pool[:params.transplant_near_tries] if test is not None else []:
             # a recurring group is tested where its members carry what they agree on
-            recurring = None if source is sources[0] else entry.carried_at
+            recurring = None if source is sources[0] else at
             if entry.id is None and measure(entry, graphs, -np.inf).measured:
                 stabilize_cuts([entry], None, params, np.inf)     # its plain score, to show
             decision, tests, margin = _near_test(
@@ -461,7 +470,8 @@ def _follow_carried(labels, clusters: list[ClusterEvidence], graphs: ClassGraphs
             asked.append(entry)
             if decision == "followed":
                 entry.carried, entry.followed_margin = True, margin
-                entry.recurring = recurring is not None or None
+                if recurring is not None:
+                    entry.recurring, entry.carried_at = True, recurring
                 return (*_promote(labels, clusters, entry, decision, tested[-1], graphs,
                                   resamples), tested)
     return labels, clusters, [], None, tested
@@ -469,23 +479,22 @@ def _follow_carried(labels, clusters: list[ClusterEvidence], graphs: ClassGraphs
 
 def _carried_pool(groups: list[ClusterEvidence], whole: list[ClusterEvidence],
                   asked: list[ClusterEvidence], bar: float,
-                  absorb: bool = False) -> list[ClusterEvidence]:
-    """The candidates of :func:`_follow_carried` among ``groups`` (in their order): a group
+                  absorb: bool = False) -> list[tuple[ClusterEvidence, tuple | None]]:
+    """The candidates of :func:`_follow_carried` among ``groups`` (in their order), each with
+    where the group's samples carry what it agrees on (its ``carried_at``): a group
     matching a cluster of ``whole`` (Jaccard ≥ ``bar``) is that cluster, each once; one
     holding a whole cluster is left out (with ``absorb``, kept: a recurring stamp in several
     corners the relevance graph cut one corner at a time; promoted, it absorbs them), and so
     is one matching a candidate ``asked`` before."""
-    pool: list[ClusterEvidence] = []
+    pool: list[tuple[ClusterEvidence, tuple | None]] = []
     for group in groups:
         same = next((c for c in whole if jaccard(c, group) >= bar), None)
         entry = group if same is None else same
-        if same is not None and same.carried_at is None:
-            same.carried_at = group.carried_at       # where its members carry the pattern
-        if any(e is entry for e in pool) or any(jaccard(entry, e) >= bar for e in asked):
+        if any(e is entry for e, _ in pool) or any(jaccard(entry, e) >= bar for e in asked):
             continue
         if same is not None or absorb \
                 or not any(not (c.mask & ~group.mask).any() for c in whole):
-            pool.append(entry)
+            pool.append((entry, group.carried_at))
     return pool
 
 

@@ -462,7 +462,8 @@ def pieces_alike(results: list[TransplantResult], bar: float) -> bool:
 
 def decided_test(test: ModelTest, members: np.ndarray, *, side: float, area: float,
                  pairs: int, max_pairs: int, seed: int, min_effect: float, min_z: float,
-                 spread: float | None = None, confirm: bool = False
+                 spread: float | None = None, confirm: bool = False,
+                 at: tuple[np.ndarray, int] | None = None
                  ) -> tuple[str, list[TransplantResult]]:
     """The transplant test of a group with more pairs while it is undecided.
 
@@ -472,7 +473,9 @@ def decided_test(test: ModelTest, members: np.ndarray, *, side: float, area: flo
     An effect far from the bar is decided at the first size; one near it is given the pairs
     to tell, and stays undecided (a suspect) if they do not. With ``confirm``, a group found
     "followed" with fewer than ``max_pairs`` is tested again with ``max_pairs`` and decided
-    on that run. With ``spread``, the ``place`` results carry their :func:`place_agreement`.
+    on that run. With ``spread``, the ``place`` results carry their :func:`place_agreement`;
+    with ``at``, the ``agreed`` region is moved instead of the ``peak`` one
+    (:func:`transplant_test`).
 
     Returns
     -------
@@ -481,7 +484,7 @@ def decided_test(test: ModelTest, members: np.ndarray, *, side: float, area: flo
     """
     n, draw = pairs, seed
     while True:
-        results = test.test(members, side, area, n, draw, spread)
+        results = test.test(members, side, area, n, draw, spread, at=at)
         verdict = decide(results, min_effect, min_z)
         if n >= max_pairs or verdict in ("ignored", "untested") \
                 or (verdict == "followed" and not confirm):

@@ -192,7 +192,8 @@ def main(argv=None) -> int:
     if args.table_json:
         spec = {"columns": COLUMNS, "rows": setting_rows(results, changed_only=True),
                 "command": "python tests/benchmarks/compare_rescorings.py "
-                           + " ".join(args.dirs) + " --table-json F"}
+                           + " ".join(args.dirs) + (" --common" if args.common else "")
+                           + " --table-json F"}
         Path(args.table_json).write_text(json.dumps(spec, indent=1) + "\n")
     return 0
 
