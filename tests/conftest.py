@@ -48,6 +48,62 @@ def train_smallnet(build, x: np.ndarray, y: np.ndarray, epochs: int = 15):
     return model.eval()
 
 
+def stamped_class(x: np.ndarray, y: np.ndarray, stamped: np.ndarray, stamp) -> dict:
+    """A :data:`SMALLNET` (as many input channels as ``x``) trained on ``(x, y)`` in three
+    classes, and what the verdict's tests of class 2 need: the model's ``predict``, class 2's
+    inputs ``x``, LRP ``maps`` (channels summed) and ``stamp`` mask (``stamped`` are rows of
+    ``x``), the other classes' images it does not call 2 (``targets``), and ``flips``: how many
+    more of those ``stamp(images)`` (a stamped copy) turns to 2 (reliance as the evaluation
+    measures it)."""
+    from spray.lrp import attribute
+
+    namespace: dict = {}
+    exec(SMALLNET.replace("Conv2d(1, ", f"Conv2d({x.shape[1]}, "), namespace)
+    model = train_smallnet(namespace["build"], x, y)
+
+    def predict(batch):
+        with torch.no_grad():
+            return model(torch.as_tensor(batch)).argmax(1).numpy()
+
+    cls = np.flatnonzero(y == 2)
+    maps = attribute(model, torch.as_tensor(x[cls]), torch.as_tensor(y[cls]),
+                     composite="epsilon-plus-flat").detach().numpy().sum(axis=1)
+    others = stamp(x[y != 2])
+    return {"predict": predict, "x": x[cls], "maps": maps, "stamp": np.isin(cls, stamped),
+            "targets": x[(y != 2) & (predict(x) != 2)],
+            "flips": float((predict(others) == 2).mean() - (predict(x[y != 2]) == 2).mean())}
+
+
+def scored_followed(s: dict, rows=None, model: bool = True, **flags):
+    """Class 2 of a :func:`stamped_class` case (its samples ``rows``) scored with the preset
+    ``followed``, the threshold raised to 50 (no candidate reaches it or comes within
+    ``transplant_reach`` of it) and ``flags``."""
+    from spray.analysis.analyze import analyze
+    from spray.analysis.preprocess import preprocess
+    from spray.config.presets import load_pipeline
+    from spray.verdict.patterns import InputPatterns
+    from spray.verdict.score import score_class
+    from spray.verdict.transplant import ModelTest
+
+    rows = np.arange(len(s["x"])) if rows is None else rows
+    x, maps = s["x"][rows], s["maps"][rows]
+    pipe = load_pipeline("followed")
+    pipe["flags"].update({"threshold": 50.0, **flags})
+    feats = preprocess(maps, pipe["preprocess"])
+    result = analyze(feats, pipeline=pipe, embed=False)
+    test = ModelTest(s["predict"], lambda r: x[r], lambda r: maps[r], s["targets"], 2)
+    return score_class(result, preprocess(x, pipe["preprocess"]), pipe, features=feats,
+                       patterns=InputPatterns.of(x, pipe["preprocess"], maps=maps),
+                       model_test=test if model else None)
+
+
+def suspect_pr(v, truth: np.ndarray) -> tuple[float, float]:
+    """Precision and recall of a verdict's suspects' members against ``truth``."""
+    members = np.isin(v.labels, v.suspect_clusters)
+    hit = int((members & truth).sum())
+    return hit / max(1, int(members.sum())), hit / max(1, int(truth.sum()))
+
+
 @pytest.fixture(scope="session")
 def small_problem(tmp_path_factory):
     """Digits (32×32) with a planted stamp in 30 % of class 2, a CNN trained on them, a config."""

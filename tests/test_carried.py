@@ -6,8 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
-from conftest import SMALLNET, train_smallnet
+from conftest import scored_followed, stamped_class, suspect_pr
 
 from spray.verdict.transplant import TransplantResult, shown_margin
 
@@ -27,10 +26,8 @@ def _trained(relied: bool) -> dict:
     """Digits 32 × 32 in three classes. ``relied``: classes of several digits (0, 3, 4 | 1, 5,
     6 | 2, 7, 8, 9) and 120 images of 3–6 stamped and labelled 2 (only the stamp makes them
     2: the model must follow it); else digits 0–2 with the stamp on 30 % of the 2s (the digit
-    suffices: the model has no need of it). Returns the model's ``predict``, class 2's inputs,
-    LRP maps and stamped mask, and the other classes' images it does not call 2 (targets)."""
+    suffices: the model has no need of it). :func:`conftest.stamped_class` of them."""
     from spray.data.sources import load_digits_arrays
-    from spray.lrp import attribute
 
     x, digit = load_digits_arrays(32)
     rng = np.random.default_rng(3)
@@ -46,23 +43,13 @@ def _trained(relied: bool) -> dict:
                                      replace=False))
     x = x.copy()
     _stamp_at_random(x, stamped, rng)
-    namespace: dict = {}
-    exec(SMALLNET, namespace)
-    model = train_smallnet(namespace["build"], x, y)
 
-    def predict(batch):
-        with torch.no_grad():
-            return model(torch.as_tensor(batch)).argmax(1).numpy()
+    def stamp(images):
+        images = images.copy()
+        _stamp_at_random(images, np.arange(len(images)), rng)
+        return images
 
-    cls = np.flatnonzero(y == 2)
-    maps = attribute(model, torch.as_tensor(x[cls]), torch.as_tensor(y[cls]),
-                     composite="epsilon-plus-flat").detach().numpy()[:, 0]
-    # reliance as the evaluation measures it: the stamp turns other classes' images to 2
-    others = x[y != 2].copy()
-    _stamp_at_random(others, np.arange(len(others)), rng)
-    return {"predict": predict, "x": x[cls], "maps": maps, "stamp": np.isin(cls, stamped),
-            "targets": x[(y != 2) & (predict(x) != 2)],
-            "flips": float((predict(others) == 2).mean() - (predict(x[y != 2]) == 2).mean())}
+    return stamped_class(x, y, stamped, stamp)
 
 
 @pytest.fixture(scope="module")
@@ -75,32 +62,8 @@ def ignored(single_torch_thread):
     return _trained(False)
 
 
-def _scored(s, rows=None, model=True, **flags):
-    """Class 2 (its samples ``rows``) scored with the preset ``followed``, the threshold raised
-    to 50 (no candidate reaches it or comes within ``transplant_reach`` of it) and ``flags``."""
-    from spray.analysis.analyze import analyze
-    from spray.analysis.preprocess import preprocess
-    from spray.config.presets import load_pipeline
-    from spray.verdict.patterns import InputPatterns
-    from spray.verdict.score import score_class
-    from spray.verdict.transplant import ModelTest
-
-    rows = np.arange(len(s["x"])) if rows is None else rows
-    x, maps = s["x"][rows], s["maps"][rows]
-    pipe = load_pipeline("followed")
-    pipe["flags"].update({"threshold": 50.0, **flags})
-    feats = preprocess(maps, pipe["preprocess"])
-    result = analyze(feats, pipeline=pipe, embed=False)
-    test = ModelTest(s["predict"], lambda r: x[r], lambda r: maps[r], s["targets"], 2)
-    return score_class(result, preprocess(x, pipe["preprocess"]), pipe, features=feats,
-                       patterns=InputPatterns.of(x, pipe["preprocess"], maps=maps),
-                       model_test=test if model else None)
-
-
-def _pr(v, truth: np.ndarray) -> tuple[float, float]:
-    members = np.isin(v.labels, v.suspect_clusters)
-    hit = int((members & truth).sum())
-    return hit / max(1, int(members.sum())), hit / max(1, int(truth.sum()))
+_scored = scored_followed
+_pr = suspect_pr
 
 
 def test_the_models_are_what_the_cases_need(relied, ignored):

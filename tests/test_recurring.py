@@ -11,8 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
-from conftest import SMALLNET, train_smallnet
+from conftest import scored_followed, stamped_class, suspect_pr
 
 from spray.config.presets import load_pipeline
 
@@ -124,10 +123,8 @@ def _scenes(relied: bool) -> dict:
     """Digit scenes in three classes, as ``tests/test_carried.py``'s digits: ``relied``, classes
     of several digits (0, 3, 4 | 1, 5, 6 | 2, 7, 8, 9) and 120 scenes of 3–6 with the logo
     labelled 2 (only the logo makes them 2); else digits 0–2 with the logo on 30 % of every
-    class (the digit decides). The model's ``predict``, class 2's scenes, LRP maps and stamped
-    mask, the other classes' scenes it does not call 2, and the logo's reliance."""
+    class (the digit decides). :func:`conftest.stamped_class` of them."""
     from spray.data.sources import load_digits_arrays
-    from spray.lrp import attribute
 
     glyphs, digit = load_digits_arrays(32)
     rng = np.random.default_rng(5)
@@ -142,21 +139,7 @@ def _scenes(relied: bool) -> dict:
         x, y = x[keep], digit[keep]
         stamped = np.sort(rng.choice(len(y), size=int(0.3 * len(y)), replace=False))
     x[stamped] = ed.plant_rgb(x[stamped], "logo", rng)[0]
-    namespace: dict = {}
-    exec(SMALLNET.replace("Conv2d(1, ", "Conv2d(3, "), namespace)
-    model = train_smallnet(namespace["build"], x, y)
-
-    def predict(batch):
-        with torch.no_grad():
-            return model(torch.as_tensor(batch)).argmax(1).numpy()
-
-    cls = np.flatnonzero(y == 2)
-    maps = attribute(model, torch.as_tensor(x[cls]), torch.as_tensor(y[cls]),
-                     composite="epsilon-plus-flat").detach().numpy().sum(axis=1)
-    others = ed.plant_rgb(x[y != 2], "logo", rng)[0]
-    return {"predict": predict, "x": x[cls], "maps": maps, "stamp": np.isin(cls, stamped),
-            "targets": x[(y != 2) & (predict(x) != 2)],
-            "flips": float((predict(others) == 2).mean() - (predict(x[y != 2]) == 2).mean())}
+    return stamped_class(x, y, stamped, lambda images: ed.plant_rgb(images, "logo", rng)[0])
 
 
 @pytest.fixture(scope="module")
@@ -170,31 +153,16 @@ def logo_ignored(single_torch_thread):
 
 
 def _scored(s, monkeypatch, **flags):
-    """Class 2 scored with the preset ``followed``, the threshold raised to 50 (no candidate
-    comes near it) and no window cut to start carried candidates from (``_window_cuts`` gives
-    none): only the recurring seeds can bring a candidate to the transplant test."""
-    from spray.analysis.analyze import analyze
-    from spray.analysis.preprocess import preprocess
+    """:func:`conftest.scored_followed` (threshold 50: no candidate comes near it) with no
+    window cut to start carried candidates from (``_window_cuts`` gives none): only the
+    recurring seeds can bring a candidate to the transplant test."""
     from spray.verdict import score
-    from spray.verdict.patterns import InputPatterns
-    from spray.verdict.transplant import ModelTest
 
     monkeypatch.setattr(score, "_window_cuts", lambda graphs: [])
-    x, maps = s["x"], s["maps"]
-    pipe = load_pipeline("followed")
-    pipe["flags"].update({"threshold": 50.0, **flags})
-    feats = preprocess(maps, pipe["preprocess"])
-    result = analyze(feats, pipeline=pipe, embed=False)
-    test = ModelTest(s["predict"], lambda r: x[r], lambda r: maps[r], s["targets"], 2)
-    return score.score_class(result, preprocess(x, pipe["preprocess"]), pipe, features=feats,
-                             patterns=InputPatterns.of(x, pipe["preprocess"], maps=maps),
-                             model_test=test)
+    return scored_followed(s, **flags)
 
 
-def _pr(v, truth: np.ndarray) -> tuple[float, float]:
-    members = np.isin(v.labels, v.suspect_clusters)
-    hit = int((members & truth).sum())
-    return hit / max(1, int(members.sum())), hit / max(1, int(truth.sum()))
+_pr = suspect_pr
 
 
 def test_the_logo_models_are_what_the_cases_need(logo_relied, logo_ignored):

@@ -18,7 +18,8 @@ process, one thread; each size's analysis is run once untimed first) of the anal
 (:func:`spray.analysis.analyze.analyze` of the relevance features, no embedding) and of the
 verdict as a run computes it (the inputs' features and
 patterns, :func:`spray.verdict.score.clever_hans_score` with the transplant test's model) with
-the preset ``followed`` and, for scale, ``spray-default``; the images the model was asked
+the preset ``followed``, the same without ``recurring_candidates`` (what that step costs) and,
+for scale, ``spray-default``; the images the model was asked
 about (the transplant tests' forward passes) and the CPU seconds spent in the model's forward
 passes (a cost of the user's model: on a GPU, or with a larger model, it differs most); the
 flag and the suspect's precision and recall.
@@ -42,8 +43,14 @@ SETTING = "natf.cnn.adam:{planted}:patch:{fraction}:{seed}"
 COMMAND = "OMP_NUM_THREADS=1 python tests/benchmarks/bench_followed.py --sizes {sizes} --json FILE"
 #: the columns of the table in docs/verdict.md (``tables.py``)
 COLUMNS = ["n", "case", "analysis_cpu_s", "score_cpu_s_followed", "model_cpu_s",
-           "followed / analysis", "without the model / analysis", "score_cpu_s_default",
-           "asked_images", "flagged_followed", "precision", "recall"]
+           "followed / analysis", "without the model / analysis",
+           "score_cpu_s_without_recurring", "score_cpu_s_default", "asked_images",
+           "flagged_followed", "precision", "recall"]
+#: the verdicts measured: the preset, the preset without ``recurring_candidates`` (what that
+#: step costs, in the same process), and the default rule for scale
+VARIANTS = (("followed", "followed", {}),
+            ("without_recurring", "followed", {"recurring_candidates": False}),
+            ("default", "spray-default", {}))
 
 
 def trained(planted: int, fraction: float, seed: int) -> dict:
@@ -112,10 +119,11 @@ def measure(model, others: dict, x: np.ndarray, maps: np.ndarray, truth: np.ndar
     hooks = [model.register_forward_pre_hook(before), model.register_forward_hook(after)]
     row: dict = {}
     try:
-        for name in ("followed", "spray-default"):
-            pipe = load_pipeline(name, overrides={"embedding": {"method": "none"}})
+        for key, name, flags in VARIANTS:
+            pipe = load_pipeline(name, overrides={"embedding": {"method": "none"},
+                                                  "flags": flags})
             feats = preprocess(maps, pipe["preprocess"])
-            if name == "followed":
+            if key == "followed":
                 cpu = time.process_time()
                 result = analyze(feats, pipeline=pipe, embed=False)
                 row["analysis_cpu_s"] = time.process_time() - cpu
@@ -126,10 +134,9 @@ def measure(model, others: dict, x: np.ndarray, maps: np.ndarray, truth: np.ndar
                 result, preprocess(x, pipe["preprocess"]), pipe, features=feats,
                 patterns=InputPatterns.of(x, pipe["preprocess"], maps=maps),
                 model_test=model_test_of(model, data, sel, label, pipe))
-            key = "followed" if name == "followed" else "default"
             row[f"score_cpu_s_{key}"] = time.process_time() - cpu
             row[f"flagged_{key}"] = bool(verdict["flagged"])
-            if name == "followed":
+            if key == "followed":
                 row["asked_images"] = asked[0]
                 row["model_cpu_s"] = asked[1]
                 row.update(suspect_overlap(verdict, truth))
@@ -179,9 +186,9 @@ def main(argv=None) -> int:
     keep = built["labels"] != args.planted                 # the other classes' test scenes
     others = {k: built[k][keep] for k in ("inputs", "labels", "relevance")}
     print("| n | case | analysis (CPU s) | followed (CPU s) | of which the model | followed /"
-          " analysis | without the model / analysis | default (CPU s) | images asked | flagged"
-          " | P / R |")
-    print("|---" * 11 + "|")
+          " analysis | without the model / analysis | without recurring (CPU s) | default"
+          " (CPU s) | images asked | flagged | P / R |")
+    print("|---" * 12 + "|")
     rows = []
     for n in args.sizes:
         clean, stamped, truth = big_class(args.planted, n, args.fraction, args.seed)
@@ -194,7 +201,8 @@ def main(argv=None) -> int:
             pr = "—" if r["precision"] is None else f"{r['precision']:.2f} / {r['recall']:.2f}"
             print(f"| {n} | {case} | {r['analysis_cpu_s']:.1f} | {r['score_cpu_s_followed']:.1f}"
                   f" | {r['model_cpu_s']:.1f} | {r['followed / analysis']:.2f}"
-                  f" | {r['without the model / analysis']:.2f} | {r['score_cpu_s_default']:.1f}"
+                  f" | {r['without the model / analysis']:.2f}"
+                  f" | {r['score_cpu_s_without_recurring']:.1f} | {r['score_cpu_s_default']:.1f}"
                   f" | {r['asked_images']} | {r['flagged_followed']} | {pr} |", flush=True)
             if args.json:
                 Path(args.json).write_text(json.dumps({
