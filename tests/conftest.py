@@ -48,6 +48,16 @@ def train_smallnet(build, x: np.ndarray, y: np.ndarray, epochs: int = 15):
     return model.eval()
 
 
+def relied_labels(digit: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Labels of three classes of several digits (0, 3, 4 | 1, 5, 6 | 2, 7, 8, 9) and 120
+    images of 3–6 relabelled 2 (``stamped``: only a stamp on them can make them 2)."""
+    y = np.array([0, 1, 2, 0, 0, 1, 1, 2, 2, 2])[digit]
+    stamped = np.sort(rng.choice(np.flatnonzero(np.isin(digit, [3, 4, 5, 6])), size=120,
+                                 replace=False))
+    y[stamped] = 2
+    return y, stamped
+
+
 def stamped_class(x: np.ndarray, y: np.ndarray, stamped: np.ndarray, stamp) -> dict:
     """A :data:`SMALLNET` (as many input channels as ``x``) trained on ``(x, y)`` in three
     classes, and what the verdict's tests of class 2 need: the model's ``predict``, class 2's

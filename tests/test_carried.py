@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import scored_followed, stamped_class, suspect_pr
+from conftest import relied_labels, scored_followed, stamped_class, suspect_pr
 
 from spray.verdict.transplant import TransplantResult, shown_margin
 
@@ -32,10 +32,7 @@ def _trained(relied: bool) -> dict:
     x, digit = load_digits_arrays(32)
     rng = np.random.default_rng(3)
     if relied:
-        y = np.array([0, 1, 2, 0, 0, 1, 1, 2, 2, 2])[digit]
-        stamped = np.sort(rng.choice(np.flatnonzero(np.isin(digit, [3, 4, 5, 6])), size=120,
-                                     replace=False))
-        y[stamped] = 2
+        y, stamped = relied_labels(digit, rng)
     else:
         keep = np.flatnonzero(digit < 3)
         x, y = x[keep], digit[keep]

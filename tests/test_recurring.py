@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import scored_followed, stamped_class, suspect_pr
+from conftest import relied_labels, scored_followed, stamped_class, suspect_pr
 
 from spray.config.presets import load_pipeline
 
@@ -130,10 +130,7 @@ def _scenes(relied: bool) -> dict:
     rng = np.random.default_rng(5)
     x = np.stack([ed.compose(g[0], rng)[0] for g in glyphs])
     if relied:
-        y = np.array([0, 1, 2, 0, 0, 1, 1, 2, 2, 2])[digit]
-        stamped = np.sort(rng.choice(np.flatnonzero(np.isin(digit, [3, 4, 5, 6])), size=120,
-                                     replace=False))
-        y[stamped] = 2
+        y, stamped = relied_labels(digit, rng)
     else:                         # the logo on 30 % of every class: it tells no class
         keep = np.flatnonzero(digit < 3)
         x, y = x[keep], digit[keep]

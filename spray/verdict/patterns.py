@@ -700,17 +700,16 @@ class InputPatterns:
         size = (fft.next_fast_len(h, real=True), fft.next_fast_len(w, real=True))
         norms, flats, spectra = [], [], []
         for start in range(0, len(rows), self.chunk):
-            x = self.load(rows[start:start + self.chunk])
-            prepared = window.prepare(x, images=False)
-            norms += [p.norm for p in prepared]
-            flats += [p.flat for p in prepared]
+            P = window.padded(self.load(rows[start:start + self.chunk]))
+            norm, flat = window.norms(P)
+            norms.append(norm)
+            flats.append(flat)
             # every template against the same images: their spectra once, at a fast FFT size
             # (zero-padded, a window that fits still does not wrap around; the spectra kept
             # for the member steps are at the images' own size, as their matches were
             # measured), in single precision (a ranking; twice as fast), each channel less its
             # mean first (a template centred per channel gives the same dot products, with
             # less rounding)
-            P = window.padded(x)
             P -= P.mean(axis=(2, 3), keepdims=True)
             spectra.append(fft.rfft2(P.astype(np.float32), s=size, axes=(2, 3)))
         norm, flat, spectrum = (np.concatenate(a) for a in (norms, flats, spectra))
@@ -1125,20 +1124,26 @@ class _PeakWindows:
         out = []
         for part in self._parts(x):
             P = self._padded(x[part])
-            S = self.side
-            # the centred norm of every window: its squares (summed over the channels first)
-            # less each channel's squared sum over S²
-            energy = (P * P).sum(axis=1, keepdims=True)
-            squares = _box_sums(energy, S)[:, 0]
-            centred = squares - (_box_sums(P, S) ** 2).sum(axis=1) / (S * S)
-            norm = np.sqrt(np.maximum(centred, 0.0))
-            # a flat window (centred norm at rounding level) carries no pattern: 0, not noise
-            # ... or at the rounding level of the running sums (relative to the whole image)
-            floor = 64 * np.finfo(np.float64).eps * energy.sum(axis=(1, 2, 3))[:, None, None]
-            flat = (norm <= 1e-6 * np.sqrt(np.maximum(squares, 0.0))) | (norm * norm <= floor)
+            norm, flat = self.norms(P)
             out.append(_Prepared(part, P if images else None, P.shape, _spectrum(P), norm,
                                  flat))
         return out
+
+    def norms(self, P: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Every S × S window's centred norm in the padded images ``P`` and whether it is
+        flat (each image's own, whatever else is in ``P``)."""
+        S = self.side
+        # the centred norm of every window: its squares (summed over the channels first)
+        # less each channel's squared sum over S²
+        energy = (P * P).sum(axis=1, keepdims=True)
+        squares = _box_sums(energy, S)[:, 0]
+        centred = squares - (_box_sums(P, S) ** 2).sum(axis=1) / (S * S)
+        norm = np.sqrt(np.maximum(centred, 0.0))
+        # a flat window (centred norm at rounding level) carries no pattern: 0, not noise
+        # ... or at the rounding level of the running sums (relative to the whole image)
+        floor = 64 * np.finfo(np.float64).eps * energy.sum(axis=(1, 2, 3))[:, None, None]
+        flat = (norm <= 1e-6 * np.sqrt(np.maximum(squares, 0.0))) | (norm * norm <= floor)
+        return norm, flat
 
     def best_match(self, x: np.ndarray | None, template: np.ndarray, windows: bool = False,
                    away: tuple[int, int] | None = None, rows_away: np.ndarray | None = None,

@@ -444,22 +444,23 @@ def _follow_carried(labels, clusters: list[ClusterEvidence], graphs: ClassGraphs
     there). Returns ``labels, clusters, splits, promoted, tested``."""
     params = graphs.params
     whole = [c for c in clusters if c.size]
-    sources = [lambda: carried_groups(_window_cuts(graphs), graphs.features, patterns, params)]
+    # (groups, whether they are recurring ones): window cuts' first, recurring seeds' next
+    sources = [(lambda: carried_groups(_window_cuts(graphs), graphs.features, patterns,
+                                       params), False)]
     if params.recurring_candidates:
-        sources.append(lambda: carried_groups(recurring_cuts(patterns, params),
-                                              graphs.features, patterns, params,
-                                              largest_first=False))
+        sources.append((lambda: carried_groups(recurring_cuts(patterns, params),
+                                               graphs.features, patterns, params,
+                                               largest_first=False), True))
     tested: list[dict] = []
     asked: list[ClusterEvidence] = []
     test = None
-    for source in sources:
-        pool = _carried_pool(source(), whole, asked, params.sweep_min_jaccard,
-                             absorb=source is not sources[0])
+    for groups, of_seeds in sources:
+        pool = _carried_pool(groups(), whole, asked, params.sweep_min_jaccard, absorb=of_seeds)
         if pool and test is None:
             test = model_test()
         for entry, at in pool[:params.transplant_near_tries] if test is not None else []:
             # a recurring group is tested where its members carry what they agree on
-            recurring = None if source is sources[0] else at
+            recurring = at if of_seeds else None
             if entry.id is None and measure(entry, graphs, -np.inf).measured:
                 stabilize_cuts([entry], None, params, np.inf)     # its plain score, to show
             decision, tests, margin = _near_test(
