@@ -13,6 +13,7 @@ from spray.verdict.members import (
     _guard,
     _guarded_join,
     _within,
+    apart_bar,
     at_places,
     carrier_bar,
     carriers_apart,
@@ -146,6 +147,48 @@ def test_look_alikes_inside_leave_and_the_stamped_outside_then_join():
     # off: nothing moves
     assert trim_by_pattern(labels, clusters, [1], W, feats, 0.1, 1.0, None, patterns,
                            2000) is labels
+
+
+def test_carriers_outside_that_outnumber_the_members_join_where_they_stand_apart():
+    """The suspect holds 20 of 80 stamped samples: the 60 outside lift the outside's upper fence
+    above the members' lower fence and the guard refuses. With the gap the stamped samples
+    outside join (they stand apart from the rest above a bar), the look-alikes do not."""
+    x, feats, labels, clusters, stamped, look = _scene_class(suspects=20, outside=60)
+    patterns = InputPatterns.of(x, PRE)
+    outside = labels == 0
+    r = patterns.correlation(_hot_spot(feats, labels == 1), labels == 1, 2000)
+    assert lower_fence(r[labels == 1], 1.0) < upper_fence(r[outside], 1.0)      # refused
+    assert (join_by_pattern(labels, clusters, [1], feats, 0.1, 1.0, patterns, 2000)
+            == labels).all() and clusters[1].pattern_joined == 0
+    clusters = [ClusterEvidence.of(labels == c, id=c) for c in (0, 1)]
+    out = join_by_pattern(labels, clusters, [1], feats, 0.1, 1.0, patterns, 2000, 1.5, 0.1)
+    joined = outside & (out == 1)
+    assert (joined <= stamped).all() and joined.sum() >= 55 and not (joined & look).any()
+    assert clusters[1].pattern_joined == joined.sum() == (outside & (r >= apart_bar(
+        r, labels == 1, outside, 1.0, 0.1))).sum()
+
+
+def test_the_apart_bar_is_the_lowest_where_carriers_apart_holds():
+    rng = np.random.default_rng(3)
+    for _ in range(40):
+        rest = np.concatenate([rng.normal(0, 0.08, rng.integers(20, 200)),
+                               rng.normal(rng.uniform(0.1, 0.7), 0.1, rng.integers(0, 80))])
+        members = rng.normal(rng.uniform(0.3, 0.8), rng.uniform(0.05, 0.3), 30)
+        r = np.concatenate([members, rest])
+        mask = np.arange(len(r)) < len(members)
+        low, high = lower_fence(members, 1.0), float(np.median(members))
+        tried = np.unique(rest[(rest >= low) & (rest <= high)])
+        want = next((float(b) for b in tried if carriers_apart(rest, b, 1.0, 0.1)), None)
+        assert apart_bar(r, mask, ~mask, 1.0, 0.1) == want
+    # a pattern the rest shares by degrees has no gap; gap 0: never
+    rest = np.linspace(-0.2, 0.8, 300)
+    members = np.linspace(0.5, 0.9, 30)
+    r, mask = np.concatenate([members, rest]), np.arange(330) < 30
+    assert apart_bar(r, mask, ~mask, 1.0, 0.1) is None
+    two = np.concatenate([members, np.zeros(200), np.full(40, 0.7)])
+    m2 = np.arange(len(two)) < 30
+    assert apart_bar(two, m2, ~m2, 1.0, 0.1) == 0.7
+    assert apart_bar(two, m2, ~m2, 1.0, 0.0) is None
 
 
 def test_decide_members_trims_look_alikes_only_with_the_flag():

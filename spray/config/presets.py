@@ -353,6 +353,14 @@ class FlagsSection(_Section):
     #: their median and the members' (when lower than the members' lower fence). None: only
     #: from the members' lower fence
     pattern_join_iqr: float | None = Field(default=1.5, ge=0)
+    #: and when its guard refuses, the samples outside still join from the lowest bar between
+    #: the members' lower fence and their median at which they stand apart from the rest:
+    #: fewer than half, the rest's upper fence at or below the bar, and fewer of the rest
+    #: within this gap (in correlation) below it than half of them — a suspect that holds a
+    #: part of a half-transparent stamp's carriers, the rest outside lifting the outside's
+    #: fence (on in the preset ``followed``; docs/verdict.md, "Members that stand apart").
+    #: 0: never
+    pattern_join_gap: float = Field(default=0.0, ge=0, le=1)
     #: with the raw inputs, after the pattern join: the pixels of a suspect's hot spot where
     #: its members deviate from their median at most this times as much as the samples
     #: outside do are what the members agree on (a stamp); when the members' distances there

@@ -173,7 +173,7 @@ def decide_members(labels: np.ndarray, clusters: list[ClusterEvidence], suspects
 
     The member flags come from ``flags`` (their one definition): ``trim_min_auc``,
     ``trim_fence_iqr``, ``pattern_trim_iqr``, ``agreement_trim_spread``, ``pattern_join_iqr``,
-    ``agreement_spread``,
+    ``pattern_join_gap``, ``agreement_spread``,
     ``peak_guard_iqr``, ``peak_window_doublings``, ``peak_carrier_gap``, ``peak_far_iqr``,
     ``peak_place_share``, ``peak_place_carriers``, and ``score_max_samples`` as the most
     members a template is taken from.
@@ -216,7 +216,8 @@ def _placed_members(labels: np.ndarray, clusters: list[ClusterEvidence], suspect
                              flags.pattern_trim_iqr, patterns, flags.score_max_samples,
                              flags.agreement_trim_spread)
     labels = join_by_pattern(labels, clusters, suspects, features, area, fence, patterns,
-                             flags.score_max_samples, flags.pattern_join_iqr)
+                             flags.score_max_samples, flags.pattern_join_iqr,
+                             flags.pattern_join_gap)
     labels = join_by_agreement(labels, clusters, suspects, features, area, patterns,
                                flags.score_max_samples, flags.agreement_spread,
                                flags.pattern_join_iqr)
@@ -590,6 +591,45 @@ def carriers_apart(r: np.ndarray, fence: float, reach: float, gap: float) -> boo
     return upper_fence(rest, reach) <= fence and 2 * near < above.sum()
 
 
+def apart_bar(r: np.ndarray, mask: np.ndarray, outside: np.ndarray, reach: float,
+              gap: float) -> float | None:
+    """The lowest correlation from the members' lower fence (``mask``, Q1 − ``reach`` × IQR) up
+    to their median at which the samples ``outside`` at or above it stand apart from the rest
+    (:func:`carriers_apart` at ``reach`` and ``gap``), or None (also with ``gap`` 0).
+
+    For a suspect that holds a part of the stamped samples only: the carriers outside are many
+    then, they lift the outside's upper fence above the members' lower fence and the guard of
+    :func:`join_by_pattern` refuses; and members whose stamp barely shows (a half-transparent
+    stamp over a background of its own colour) drag their lower fence into the rest's bulk.
+    The candidates stand apart at a bar between the two: the correlations outside are a group
+    of carriers above a gap and the rest below it. Every value outside in that range is tried
+    as the bar (sorted once; the rest's quartiles below each bar are read off the sorted
+    values, as :func:`numpy.percentile` takes them)."""
+    finite = np.isfinite(r)
+    members, rest = r[mask & finite], np.sort(r[outside & finite])
+    if gap <= 0 or not len(members) or len(rest) < 4:
+        return None
+    low, high = lower_fence(members, reach), float(np.median(members))
+    bars = np.unique(rest[(rest >= low) & (rest <= high)])
+    below = np.searchsorted(rest, bars, side="left")          # the rest under each bar
+    above = len(rest) - below
+    near = below - np.searchsorted(rest, bars - gap, side="left")
+    ok = (2 * above < len(rest)) & (below >= 4) & (2 * near < above)
+    for bar, k in zip(bars[ok], below[ok]):
+        q1, q3 = _sorted_quantile(rest[:k], 0.25), _sorted_quantile(rest[:k], 0.75)
+        if q3 + reach * (q3 - q1) <= bar:
+            return float(bar)
+    return None
+
+
+def _sorted_quantile(values: np.ndarray, q: float) -> float:
+    """The ``q`` quantile of sorted ``values`` by linear interpolation (numpy's default)."""
+    at = (len(values) - 1) * q
+    i = int(np.floor(at))
+    j = min(i + 1, len(values) - 1)
+    return float(values[i] + (at - i) * (values[j] - values[i]))
+
+
 def _join_carriers(labels: np.ndarray, clusters: list[ClusterEvidence], suspects: list[int],
                    field: str, carriers) -> np.ndarray:
     """For each suspect in turn, move the samples outside every suspect that
@@ -713,7 +753,7 @@ def pattern_outliers(r: np.ndarray, mask: np.ndarray, outside: np.ndarray, reach
 def join_by_pattern(labels: np.ndarray, clusters: list[ClusterEvidence], suspects: list[int],
                     features: np.ndarray | None, area: float, fence_iqr: float,
                     patterns: InputPatterns | None, max_template: int,
-                    outside_iqr: float | None = None) -> np.ndarray:
+                    outside_iqr: float | None = None, gap: float = 0.0) -> np.ndarray:
     """Move the samples outside every suspect whose raw inputs at its hot spot carry its
     members' pattern as closely as the members do into that suspect.
 
@@ -726,9 +766,12 @@ def join_by_pattern(labels: np.ndarray, clusters: list[ClusterEvidence], suspect
     correlate about as little as the rest, and their fence falls below 0). With
     ``outside_iqr``, a sample joins from the lower :func:`join_bar` instead (down to the
     outside's upper fence at that reach, or the midpoint between the outside's median and the
-    members'). Fills in ``pattern_joined`` and updates sizes and fractions. Nothing moves (and
-    nothing is read) without ``patterns``, relevance features, with ``area`` 0 or without
-    samples outside.
+    members'). With ``gap`` above 0 (``pattern_join_gap``), a guard that refuses still lets
+    in the samples outside that stand apart from the rest above a bar between the members'
+    lower fence and their median (:func:`apart_bar`; the bar is then that one): a suspect that
+    holds a part of a half-transparent stamp's carriers. Fills in ``pattern_joined`` and
+    updates sizes and fractions. Nothing moves (and nothing is read) without ``patterns``,
+    relevance features, with ``area`` 0 or without samples outside.
 
     Returns
     -------
@@ -744,7 +787,8 @@ def join_by_pattern(labels: np.ndarray, clusters: list[ClusterEvidence], suspect
         r = patterns.correlation(cells, mask, max_template)
         passed = None if r is None else _guard(r, mask, outside, fence_iqr)
         if passed is None:
-            return None
+            bar = None if r is None else apart_bar(r, mask, outside, fence_iqr, gap)
+            return None if bar is None else outside & np.isfinite(r) & (r >= bar)
         bar = passed[0] if outside_iqr is None else join_bar(r, mask, outside, passed[0],
                                                              outside_iqr)
         return outside & np.isfinite(r) & (r >= bar)
