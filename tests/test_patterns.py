@@ -165,7 +165,17 @@ def test_carriers_outside_that_outnumber_the_members_join_where_they_stand_apart
     joined = outside & (out == 1)
     assert (joined <= stamped).all() and joined.sum() >= 55 and not (joined & look).any()
     assert clusters[1].pattern_joined == joined.sum() == (outside & (r >= apart_bar(
-        r, labels == 1, outside, 1.0, 0.1))).sum()
+        r, labels == 1, outside, 1.0, 0.1, 1.5))).sum()
+    # through decide_members: only with the flag (the later steps take no look-alike either)
+    import scipy.sparse as sp
+
+    W = sp.csr_matrix(np.ones((len(x), len(x))) - np.eye(len(x)))
+    for gap in (0.0, 0.1):
+        clusters = [ClusterEvidence.of(labels == c, id=c) for c in (0, 1)]
+        out = decide_members(labels, clusters, [1], W, preprocess(x, PRE), feats, 0.1,
+                             _flags(pattern_join_gap=gap), patterns)
+        assert (clusters[1].pattern_joined >= 55) == (gap > 0)
+        assert not (out[look] == 1).any()
 
 
 def test_the_apart_bar_is_the_lowest_where_carriers_apart_holds():

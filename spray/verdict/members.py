@@ -592,10 +592,11 @@ def carriers_apart(r: np.ndarray, fence: float, reach: float, gap: float) -> boo
 
 
 def apart_bar(r: np.ndarray, mask: np.ndarray, outside: np.ndarray, reach: float,
-              gap: float) -> float | None:
-    """The lowest correlation from the members' lower fence (``mask``, Q1 − ``reach`` × IQR) up
-    to their median at which the samples ``outside`` at or above it stand apart from the rest
-    (:func:`carriers_apart` at ``reach`` and ``gap``), or None (also with ``gap`` 0).
+              gap: float, floor_reach: float | None = None) -> float | None:
+    """The lowest correlation from the members' lower fence (``mask``, Q1 − ``floor_reach`` ×
+    IQR; None: ``reach``) up to their median at which the samples ``outside`` at or above it
+    stand apart from the rest (:func:`carriers_apart` at ``reach`` and ``gap``), or None (also
+    with ``gap`` 0).
 
     For a suspect that holds a part of the stamped samples only: the carriers outside are many
     then, they lift the outside's upper fence above the members' lower fence and the guard of
@@ -609,7 +610,8 @@ def apart_bar(r: np.ndarray, mask: np.ndarray, outside: np.ndarray, reach: float
     members, rest = r[mask & finite], np.sort(r[outside & finite])
     if gap <= 0 or not len(members) or len(rest) < 4:
         return None
-    low, high = lower_fence(members, reach), float(np.median(members))
+    low = lower_fence(members, reach if floor_reach is None else floor_reach)
+    high = float(np.median(members))
     bars = np.unique(rest[(rest >= low) & (rest <= high)])
     below = np.searchsorted(rest, bars, side="left")          # the rest under each bar
     above = len(rest) - below
@@ -768,8 +770,9 @@ def join_by_pattern(labels: np.ndarray, clusters: list[ClusterEvidence], suspect
     outside's upper fence at that reach, or the midpoint between the outside's median and the
     members'). With ``gap`` above 0 (``pattern_join_gap``), a guard that refuses still lets
     in the samples outside that stand apart from the rest above a bar between the members'
-    lower fence and their median (:func:`apart_bar`; the bar is then that one): a suspect that
-    holds a part of a half-transparent stamp's carriers. Fills in ``pattern_joined`` and
+    lower fence (at ``outside_iqr`` when given, the reach the join's bar may go down to) and
+    their median (:func:`apart_bar`; the bar is then that one): a suspect that holds a part of
+    a half-transparent stamp's carriers. Fills in ``pattern_joined`` and
     updates sizes and fractions. Nothing moves (and nothing is read) without ``patterns``,
     relevance features, with ``area`` 0 or without samples outside.
 
@@ -787,7 +790,8 @@ def join_by_pattern(labels: np.ndarray, clusters: list[ClusterEvidence], suspect
         r = patterns.correlation(cells, mask, max_template)
         passed = None if r is None else _guard(r, mask, outside, fence_iqr)
         if passed is None:
-            bar = None if r is None else apart_bar(r, mask, outside, fence_iqr, gap)
+            bar = None if r is None else apart_bar(r, mask, outside, fence_iqr, gap,
+                                                   outside_iqr)
             return None if bar is None else outside & np.isfinite(r) & (r >= bar)
         bar = passed[0] if outside_iqr is None else join_bar(r, mask, outside, passed[0],
                                                              outside_iqr)
