@@ -39,7 +39,11 @@ each suspect's hot spot themselves, in colour: a sample outside every suspect jo
 the members' (``pattern_joined``). Its own guard: the members' lower fence lies at or above the
 upper fence of the samples outside (a suspect whose members share no pattern takes no one in).
 No relevance condition: a sample that carries the pattern belongs to the list a user cleans.
-Measured in docs/verdict-eval.md, "Members by their pattern".
+Measured in docs/verdict-eval.md, "Members by their pattern". A suspect that holds only a part
+of the carriers (the graph cut a half-transparent stamp where the model looks hardest) fails
+that guard by the carriers outside, who lift the outside's fence; with ``pattern_join_gap``
+they still join where they stand apart from the rest above a bar between the members' fence
+and median (:func:`apart_bar`; docs/verdict.md, "Members that stand apart").
 
 The correlation reads every pixel of the hot spot, centred: where the hot spot also holds cells
 of the object (stamped samples have less relevance there), those dilute it, and a flat stamp (a
