@@ -199,6 +199,21 @@ def test_the_apart_bar_is_the_lowest_where_carriers_apart_holds():
     m2 = np.arange(len(two)) < 30
     assert apart_bar(two, m2, ~m2, 1.0, 0.1) == 0.7
     assert apart_bar(two, m2, ~m2, 1.0, 0.0) is None
+    # the floor: members Q1 0.6, IQR 0.2; carriers at 0.35 lie between the fences at 1.0 (0.4)
+    # and 1.5 (0.3)
+    members = np.linspace(0.5, 0.9, 41)
+    r = np.concatenate([members, np.zeros(200), np.full(40, 0.35)])
+    mask = np.arange(len(r)) < len(members)
+    assert apart_bar(r, mask, ~mask, 1.0, 0.1) is None
+    assert apart_bar(r, mask, ~mask, 1.0, 0.1, 1.5) == 0.35
+    # a tie of the rest's fence with a bar decides as carriers_apart does (the fence read off
+    # the sorted values may differ from numpy's percentile in the last digit)
+    below = np.array([-0.16, -0.08, -0.08, -0.01, 0.03, 0.08, 0.14, 0.17, 0.22, 0.25, 0.26])
+    rest = np.append(below, 0.435)
+    r = np.concatenate([[0.385, 0.435, 0.535, 0.635], rest])
+    mask = np.arange(len(r)) < 4
+    want = 0.435 if carriers_apart(rest, 0.435, 1.0, 0.005) else None
+    assert apart_bar(r, mask, ~mask, 1.0, 0.005) == want
 
 
 def test_decide_members_trims_look_alikes_only_with_the_flag():

@@ -608,8 +608,7 @@ def apart_bar(r: np.ndarray, mask: np.ndarray, outside: np.ndarray, reach: float
     stamp over a background of its own colour) drag their lower fence into the rest's bulk.
     The candidates stand apart at a bar between the two: the correlations outside are a group
     of carriers above a gap and the rest below it. Every value outside in that range is tried
-    as the bar (sorted once; the rest's quartiles below each bar are read off the sorted
-    values, as :func:`numpy.percentile` takes them)."""
+    as the bar (sorted once; the counts and the rest's quartiles of every bar at once)."""
     finite = np.isfinite(r)
     members, rest = r[mask & finite], np.sort(r[outside & finite])
     if gap <= 0 or not len(members) or len(rest) < 4:
@@ -621,19 +620,25 @@ def apart_bar(r: np.ndarray, mask: np.ndarray, outside: np.ndarray, reach: float
     above = len(rest) - below
     near = below - np.searchsorted(rest, bars - gap, side="left")
     ok = (2 * above < len(rest)) & (below >= 4) & (2 * near < above)
-    for bar, k in zip(bars[ok], below[ok]):
-        q1, q3 = _sorted_quantile(rest[:k], 0.25), _sorted_quantile(rest[:k], 0.75)
-        if q3 + reach * (q3 - q1) <= bar:
+    bars, below = bars[ok], below[ok]
+    # the rest's fence below each bar, read off the sorted values (linear interpolation, as
+    # numpy's percentile up to rounding), sifts the bars; each one left is confirmed with
+    # upper_fence itself (as carriers_apart takes it), so that a tie decides as there
+    q1, q3 = _prefix_quantile(rest, below, 0.25), _prefix_quantile(rest, below, 0.75)
+    close = q3 + reach * (q3 - q1) <= bars + 1e-9 * (1.0 + np.abs(bars))
+    for bar, k in zip(bars[close], below[close]):
+        if upper_fence(rest[:k], reach) <= bar:
             return float(bar)
     return None
 
 
-def _sorted_quantile(values: np.ndarray, q: float) -> float:
-    """The ``q`` quantile of sorted ``values`` by linear interpolation (numpy's default)."""
-    at = (len(values) - 1) * q
-    i = int(np.floor(at))
-    j = min(i + 1, len(values) - 1)
-    return float(values[i] + (at - i) * (values[j] - values[i]))
+def _prefix_quantile(values: np.ndarray, counts: np.ndarray, q: float) -> np.ndarray:
+    """The ``q`` quantile of each prefix ``values[:k]`` of sorted ``values``, ``k`` in
+    ``counts`` (each at least 1), by linear interpolation."""
+    at = (counts - 1) * q
+    i = np.floor(at).astype(np.intp)
+    j = np.minimum(i + 1, counts - 1)
+    return values[i] + (at - i) * (values[j] - values[i])
 
 
 def _join_carriers(labels: np.ndarray, clusters: list[ClusterEvidence], suspects: list[int],
