@@ -622,14 +622,12 @@ def apart_bar(r: np.ndarray, mask: np.ndarray, outside: np.ndarray, reach: float
     ok = (2 * above < len(rest)) & (below >= 4) & (2 * near < above)
     bars, below = bars[ok], below[ok]
     # the rest's fence below each bar, read off the sorted values (linear interpolation, as
-    # numpy's percentile up to rounding), sifts the bars; each one left is confirmed with
-    # upper_fence itself (as carriers_apart takes it), so that a tie decides as there
+    # numpy's percentile up to rounding), sifts the bars; carriers_apart, the one definition,
+    # decides each one left (a tie in the last digit decides as there)
     q1, q3 = _prefix_quantile(rest, below, 0.25), _prefix_quantile(rest, below, 0.75)
     close = q3 + reach * (q3 - q1) <= bars + 1e-9 * (1.0 + np.abs(bars))
-    for bar, k in zip(bars[close], below[close]):
-        if upper_fence(rest[:k], reach) <= bar:
-            return float(bar)
-    return None
+    return next((float(bar) for bar in bars[close] if carriers_apart(rest, bar, reach, gap)),
+                None)
 
 
 def _prefix_quantile(values: np.ndarray, counts: np.ndarray, q: float) -> np.ndarray:
@@ -797,14 +795,16 @@ def join_by_pattern(labels: np.ndarray, clusters: list[ClusterEvidence], suspect
                  outside: np.ndarray) -> np.ndarray | None:
         cells = top_cells(np.abs(difference(features, mask)), area)
         r = patterns.correlation(cells, mask, max_template)
-        passed = None if r is None else _guard(r, mask, outside, fence_iqr)
+        if r is None:
+            return None
+        passed = _guard(r, mask, outside, fence_iqr)
         if passed is None:
-            bar = None if r is None else apart_bar(r, mask, outside, fence_iqr, gap,
-                                                   outside_iqr)
-            return None if bar is None else outside & np.isfinite(r) & (r >= bar)
-        bar = passed[0] if outside_iqr is None else join_bar(r, mask, outside, passed[0],
-                                                             outside_iqr)
-        return outside & np.isfinite(r) & (r >= bar)
+            bar = apart_bar(r, mask, outside, fence_iqr, gap, outside_iqr)
+        elif outside_iqr is None:
+            bar = passed[0]
+        else:
+            bar = join_bar(r, mask, outside, passed[0], outside_iqr)
+        return None if bar is None else outside & np.isfinite(r) & (r >= bar)
 
     return _join_carriers(labels, clusters, suspects, "pattern_joined", carriers)
 
