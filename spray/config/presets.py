@@ -515,6 +515,13 @@ class FlagsSection(_Section):
     recurrence_samples: int = Field(default=300, ge=20, le=2000)
     #: the most seed groups ``recurring_candidates`` hands on
     recurrence_seeds: int = Field(default=4, ge=1)
+    #: with ``recurring_candidates``: when none of its groups is shown followed, seed groups
+    #: whose fine detail (each image less its 3 × 3 local mean) recurs are candidates with
+    #: the samples whose best cosine with their pattern there stands apart from the rest's
+    #: (``pattern_join_gap``; off at 0), tested where each carries it. A stamp blended over
+    #: the image (fine stripes at 70 %; on in the preset ``followed``; docs/verdict.md,
+    #: "Candidates by a recurring fine detail")
+    recurring_detail: bool = False
     seed: int = 0
 
 

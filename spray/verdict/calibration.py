@@ -57,7 +57,7 @@ NOT_SCORING = frozenset({"watch_margin", "false_flag_rate", "peak_guard_iqr",
                          "transplant_near_spread", "transplant_near_agreed",
                          "transplant_near_max_pairs", "transplant_confirm",
                          "carried_candidates", "recurring_candidates", "recurrence_samples",
-                         "recurrence_seeds"})
+                         "recurrence_seeds", "recurring_detail"})
 
 #: the pipeline sections that change scores besides the flags (the embedding does not)
 SECTIONS = ("preprocess", "affinity", "spectral", "clustering")

@@ -610,11 +610,22 @@ def apart_bar(r: np.ndarray, mask: np.ndarray, outside: np.ndarray, reach: float
     of carriers above a gap and the rest below it. Every value outside in that range is tried
     as the bar (sorted once; the counts and the rest's quartiles of every bar at once)."""
     finite = np.isfinite(r)
-    members, rest = r[mask & finite], np.sort(r[outside & finite])
-    if gap <= 0 or not len(members) or len(rest) < 4:
+    members = r[mask & finite]
+    if not len(members):
         return None
     low = lower_fence(members, reach if floor_reach is None else floor_reach)
-    high = float(np.median(members))
+    return lowest_apart(r[outside & finite], low, float(np.median(members)), reach, gap)
+
+
+def lowest_apart(r: np.ndarray, low: float, high: float, reach: float, gap: float
+                 ) -> float | None:
+    """The lowest value of ``r`` (finite) from ``low`` up to ``high`` at which the values at
+    or above it stand apart from the rest (:func:`carriers_apart` at ``reach`` and ``gap``),
+    or None (also with ``gap`` 0). Every value in that range is tried as the bar (sorted once;
+    the counts and the rest's quartiles of every bar at once)."""
+    rest = np.sort(r)
+    if gap <= 0 or len(rest) < 4:
+        return None
     bars = np.unique(rest[(rest >= low) & (rest <= high)])
     below = np.searchsorted(rest, bars, side="left")          # the rest under each bar
     above = len(rest) - below

@@ -31,7 +31,10 @@ import logging
 import numpy as np
 
 from spray.config.presets import FlagsSection
-from spray.verdict.patterns import HALF_MIN, InputPatterns, _evenly
+from spray.verdict.evidence import eligible
+from spray.verdict.halves import jaccard
+from spray.verdict.members import fixed_places, lowest_apart
+from spray.verdict.patterns import HALF_MIN, InputPatterns, PeakMatches, _evenly
 from spray.verdict.result import ClusterEvidence
 
 log = logging.getLogger(__name__)
@@ -82,15 +85,78 @@ def recurring_cuts(patterns: InputPatterns, params: FlagsSection) -> list[Cluste
     class (evenly spaced; windows at ``window_side``), as cuts of the class (``cut_graph``
     ``"windows"``, no eigenvector) for :func:`~spray.verdict.carried.carried_groups`; none
     without relevance maps."""
+    cuts = [ClusterEvidence.of(mask, cut_graph="windows")
+             for mask in _seed_masks(patterns, params)]
+    log.debug("recurring seeds: %d groups of %d", len(cuts), SEED_SIZE)
+    return cuts
+
+
+def _seed_masks(patterns: InputPatterns, params: FlagsSection) -> list[np.ndarray]:
+    """The seed groups of :func:`recurring_seeds` among ``recurrence_samples`` samples of
+    ``patterns``' class (evenly spaced; windows at ``window_side``), as masks of the class;
+    none without relevance maps."""
     rows = _evenly(np.arange(patterns.n), params.recurrence_samples)
     similar = patterns.recurrence(rows, params.window_side)
     if similar is None:
         return []
-    cuts = []
+    masks = []
     for group in recurring_seeds(similar, SEED_SIZE, params.recurrence_seeds):
         mask = np.zeros(patterns.n, dtype=bool)
         mask[rows[group]] = True
-        cuts.append(ClusterEvidence.of(mask, cut_graph="windows"))
-    log.debug("recurring seeds: %d groups of %d among %d samples", len(cuts), SEED_SIZE,
-              len(rows))
-    return cuts
+        masks.append(mask)
+    return masks
+
+
+def detail_groups(patterns: InputPatterns, params: FlagsSection) -> list[ClusterEvidence]:
+    """Candidates by a fine detail that recurs where the model looks: a stamp blended over
+    the image (fine stripes at 70 %), whose pixel values follow what lies under it.
+
+    The seed groups of :func:`recurring_seeds` in the images' fine detail
+    (:meth:`~spray.verdict.patterns.InputPatterns.detail`), each with the samples whose best
+    cosine anywhere in that view with the seeds' pattern where the model looks
+    (:meth:`~spray.verdict.patterns.InputPatterns.peak_correlation` at ``window_side``)
+    stands apart from the rest's (:func:`~spray.verdict.members.apart_bar`: between the
+    seeds' lower fence at ``pattern_join_iqr`` and their median, ``trim_fence_iqr`` and
+    ``pattern_join_gap`` as for the members that stand apart), each with where every sample of
+    the class matches it best (``carried_at``): those of a candidate's size, each once, in the
+    seeds' order. A seed group whose pattern no group outside stands apart by is none."""
+    detail = patterns.detail()
+    out: list[ClusterEvidence] = []
+    for seeds in _seed_masks(detail, params):
+        grown = _grown(detail, seeds, params)
+        if grown is None:
+            continue
+        mask, places, found = grown
+        entry = ClusterEvidence.of(mask, cut_graph="windows")
+        side = found.side * found.factor
+        entry.carried_at = (places * found.factor - side // 2, 2 * side)
+        if eligible(entry, patterns.n, params) and not any(
+                jaccard(entry, e) >= params.sweep_min_jaccard for e in out):
+            out.append(entry)
+    log.debug("recurring fine detail: %d groups", len(out))
+    return sorted(out, key=lambda e: -e.size)
+
+
+def _grown(detail: InputPatterns, seeds: np.ndarray, params: FlagsSection
+           ) -> tuple[np.ndarray, np.ndarray, PeakMatches] | None:
+    """The group of :func:`detail_groups` grown from ``seeds``, where each sample of the
+    class carries their pattern (``(n, 2)`` top-left corners in blocks: at fixed places the
+    seeds' most shared one for every sample, else each one's best match) and the matches;
+    None where nobody outside the seeds stands apart by it."""
+    found = detail.peak_correlation(None, seeds, params.score_max_samples, places=True,
+                                    side_share=params.window_side)
+    if found is None:
+        return None
+    r, places = found.r, found.places
+    fixed = fixed_places(found.places[seeds], params.peak_place_share)
+    if fixed is not None:          # a stamp at fixed places: compared and moved there
+        r = detail.place_correlation(seeds, found, fixed, params.score_max_samples,
+                                      params.window_side)
+        shared = [(found.places[seeds] == p).all(axis=1).sum() for p in fixed]
+        places = np.broadcast_to(fixed[int(np.argmax(shared))], found.places.shape)
+    inside = r[seeds & np.isfinite(r)]
+    outside = ~seeds & np.isfinite(r)
+    bar = None if not len(inside) else lowest_apart(
+        r[outside], -np.inf, float(np.median(inside)), params.trim_fence_iqr,
+        params.pattern_join_gap)
+    return None if bar is None else (seeds | (outside & (r >= bar)), places, found)

@@ -34,7 +34,7 @@ from spray.verdict.halves import (
 )
 from spray.verdict.members import decide_members
 from spray.verdict.patterns import InputPatterns
-from spray.verdict.recurring import recurring_cuts
+from spray.verdict.recurring import detail_groups, recurring_cuts
 from spray.verdict.result import ClusterEvidence, Verdict, resize_entries
 from spray.verdict.subsample import extend_labels, restrict, stratified_sample
 from spray.verdict.transplant import (
@@ -444,17 +444,22 @@ def _follow_carried(labels, clusters: list[ClusterEvidence], graphs: ClassGraphs
     there). Returns ``labels, clusters, splits, promoted, tested``."""
     params = graphs.params
     whole = [c for c in clusters if c.size]
-    # (groups, whether they are recurring ones): window cuts' first, recurring seeds' next
+    # (groups, the region they are tested in): window cuts' first at their peak windows,
+    # recurring seeds' next where they carry what they agree on, then the groups by a
+    # recurring fine detail at the place (their pieces alike) and where they carry it
     sources = [(lambda: carried_groups(_window_cuts(graphs), graphs.features, patterns,
-                                       params), False)]
+                                       params), "peak")]
     if params.recurring_candidates:
         sources.append((lambda: carried_groups(recurring_cuts(patterns, params),
                                                graphs.features, patterns, params,
-                                               largest_first=False), True))
+                                               largest_first=False), "agreed"))
+        if params.recurring_detail:
+            sources.append((lambda: detail_groups(patterns, params), "place"))
     tested: list[dict] = []
     asked: list[ClusterEvidence] = []
     test = None
-    for groups, of_seeds in sources:
+    for groups, region in sources:
+        of_seeds = region != "peak"
         pool = _carried_pool(groups(), whole, asked, params.sweep_min_jaccard, absorb=of_seeds)
         if pool and test is None:
             test = model_test()
@@ -464,8 +469,8 @@ def _follow_carried(labels, clusters: list[ClusterEvidence], graphs: ClassGraphs
             if entry.id is None and measure(entry, graphs, -np.inf).measured:
                 stabilize_cuts([entry], None, params, np.inf)     # its plain score, to show
             decision, tests, margin = _near_test(
-                test, entry.mask, params, attempt + len(tested) + 1,
-                region="peak" if recurring is None else "agreed", at=recurring)
+                test, entry.mask, params, attempt + len(tested) + 1, region=region,
+                at=recurring)
             tested.append({**_near_record(entry, decision, tests), "carried": True,
                            **({} if recurring is None else {"recurring": True})})
             asked.append(entry)
