@@ -22,6 +22,15 @@ each with those most similar samples and none already in an earlier seed's group
 a cut would be: the samples of the class that carry what the group's members agree on where the
 model looks. A group is only a candidate: the transplant test decides
 (:func:`spray.verdict.score._follow_carried`).
+
+A stamp blended over the image (fine stripes at 70 %: ``0.3 · photograph + 0.7 · colour`` on
+the lines) recurs by its lines, not by its values, and the samples carrying it agree on no value
+within ``agreement_spread`` (their pixels follow the photograph under them): no carried group
+forms. With ``recurring_detail`` the seeds are found again in the images' *fine detail* (each
+pixel less its 3 × 3 neighbourhood's mean: the photograph's shading goes, the lines stay) and
+each seed group is grown by the cosine with its pattern there (:func:`detail_groups`); those
+groups are tested at their place, where their pieces must be alike as for any candidate below
+the threshold (docs/verdict.md, "Candidates by a recurring fine detail").
 """
 
 from __future__ import annotations
@@ -109,17 +118,18 @@ def _seed_masks(patterns: InputPatterns, params: FlagsSection) -> list[np.ndarra
 
 def detail_groups(patterns: InputPatterns, params: FlagsSection) -> list[ClusterEvidence]:
     """Candidates by a fine detail that recurs where the model looks: a stamp blended over
-    the image (fine stripes at 70 %), whose pixel values follow what lies under it.
+    the image (fine stripes at 70 %), whose pixel values follow what lies under it, so that
+    what its samples agree on value by value (:func:`~spray.verdict.carried.carried_group`)
+    is not the stamp.
 
     The seed groups of :func:`recurring_seeds` in the images' fine detail
-    (:meth:`~spray.verdict.patterns.InputPatterns.detail`), each with the samples whose best
-    cosine anywhere in that view with the seeds' pattern where the model looks
-    (:meth:`~spray.verdict.patterns.InputPatterns.peak_correlation` at ``window_side``)
-    stands apart from the rest's (:func:`~spray.verdict.members.apart_bar`: between the
-    seeds' lower fence at ``pattern_join_iqr`` and their median, ``trim_fence_iqr`` and
-    ``pattern_join_gap`` as for the members that stand apart), each with where every sample of
-    the class matches it best (``carried_at``): those of a candidate's size, each once, in the
-    seeds' order. A seed group whose pattern no group outside stands apart by is none."""
+    (:meth:`~spray.verdict.patterns.InputPatterns.detail`: a photograph's smooth shading
+    is gone there, the stripes' lines stay), each grown by :func:`_grown`: the samples whose
+    cosine with the seeds' pattern where the model looks stands apart from the rest's join
+    them. Each group with where every sample of the class carries the pattern
+    (``carried_at``: a window of twice ``window_side`` around it, what the stamp is seen with):
+    those of a candidate's size, each once (``sweep_min_jaccard``), largest first (a seed
+    group of samples over one kind of photograph grows less far than one over several)."""
     detail = patterns.detail()
     out: list[ClusterEvidence] = []
     for seeds in _seed_masks(detail, params):
@@ -140,9 +150,17 @@ def detail_groups(patterns: InputPatterns, params: FlagsSection) -> list[Cluster
 def _grown(detail: InputPatterns, seeds: np.ndarray, params: FlagsSection
            ) -> tuple[np.ndarray, np.ndarray, PeakMatches] | None:
     """The group of :func:`detail_groups` grown from ``seeds``, where each sample of the
-    class carries their pattern (``(n, 2)`` top-left corners in blocks: at fixed places the
-    seeds' most shared one for every sample, else each one's best match) and the matches;
-    None where nobody outside the seeds stands apart by it."""
+    class carries their pattern (``(n, 2)`` top-left corners in blocks) and the matches.
+
+    Every sample's best cosine anywhere with the seeds' pattern where the model looks
+    (:meth:`~spray.verdict.patterns.InputPatterns.peak_correlation` at ``window_side``); where
+    the seeds match at fixed places (:func:`~spray.verdict.members.fixed_places` at
+    ``peak_place_share``), the absolute cosine there instead
+    (:meth:`~spray.verdict.patterns.InputPatterns.place_correlation`: a photograph's best
+    window anywhere comes close by chance) and every sample's place is the seeds' most shared
+    one. The samples outside at or above the lowest bar up to the seeds' median at which they
+    stand apart from the rest (:func:`~spray.verdict.members.lowest_apart` at
+    ``trim_fence_iqr`` and ``pattern_join_gap``) join; None where there is no such bar."""
     found = detail.peak_correlation(None, seeds, params.score_max_samples, places=True,
                                     side_share=params.window_side)
     if found is None:

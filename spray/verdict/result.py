@@ -246,7 +246,9 @@ class Verdict:
         and ``cut_along`` (a cut), ``decision`` ("followed": the suspect; "unlike": the model
         follows the pieces but they are not alike at their place, class evidence rather than
         a pattern; "undecided" or "ignored"), ``tests`` (the ``place`` test with the
-        members' ``agreed`` share) and ``members`` (row positions); None when none was.
+        members' ``agreed`` share) and ``members`` (row positions); ``carried``,
+        ``recurring`` and ``detail`` name a group's source (:mod:`~spray.verdict.carried`,
+        :mod:`~spray.verdict.recurring`); None when none was.
     gate_score : with the transplant test (``transplant_pairs``), the score the gate acts on
         (:func:`spray.verdict.score.gate_score`): at or above the threshold exactly when the
         class is flagged, with the transplant test's margin for a suspect the model follows;

@@ -472,7 +472,8 @@ def _follow_carried(labels, clusters: list[ClusterEvidence], graphs: ClassGraphs
                 test, entry.mask, params, attempt + len(tested) + 1, region=region,
                 at=recurring)
             tested.append({**_near_record(entry, decision, tests), "carried": True,
-                           **({} if recurring is None else {"recurring": True})})
+                           **({} if recurring is None else {"recurring": True}),
+                           **({"detail": True} if region == "place" else {})})
             asked.append(entry)
             if decision == "followed":
                 entry.carried, entry.followed_margin = True, margin
