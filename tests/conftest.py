@@ -84,6 +84,40 @@ def stamped_class(x: np.ndarray, y: np.ndarray, stamped: np.ndarray, stamp) -> d
             "flips": float((predict(others) == 2).mean() - (predict(x[y != 2]) == 2).mean())}
 
 
+def digit_scenes(kind: str, relied: bool) -> dict:
+    """Digit scenes (coloured digits on photographs, tests/benchmarks/eval_data.py) in three
+    classes with the RGB stamp ``kind`` (``eval_data.plant_rgb``): ``relied``, classes of
+    several digits (:func:`relied_labels`) and 120 scenes of 3–6 with the stamp labelled 2
+    (only the stamp makes them 2); else digits 0–2 with the stamp on 30 % of every class (the
+    digit decides). :func:`stamped_class` of them."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent / "benchmarks"))
+    import eval_data as ed
+
+    from spray.data.sources import load_digits_arrays
+
+    glyphs, digit = load_digits_arrays(32)
+    rng = np.random.default_rng(5)
+    x = np.stack([ed.compose(g[0], rng)[0] for g in glyphs])
+    if relied:
+        y, stamped = relied_labels(digit, rng)
+    else:                         # the stamp on 30 % of every class: it tells no class
+        keep = np.flatnonzero(digit < 3)
+        x, y = x[keep], digit[keep]
+        stamped = np.sort(rng.choice(len(y), size=int(0.3 * len(y)), replace=False))
+    x[stamped] = ed.plant_rgb(x[stamped], kind, rng)[0]
+    return stamped_class(x, y, stamped, lambda images: ed.plant_rgb(images, kind, rng)[0])
+
+
+def scored_without_cuts(s: dict, monkeypatch, **flags):
+    """:func:`scored_followed` (threshold 50: no candidate comes near it) with no window cut
+    to start carried candidates from (``_window_cuts`` gives none): only the recurring steps
+    can bring a candidate to the transplant test."""
+    from spray.verdict import score
+
+    monkeypatch.setattr(score, "_window_cuts", lambda graphs: [])
+    return scored_followed(s, **flags)
+
+
 def scored_followed(s: dict, rows=None, model: bool = True, **flags):
     """Class 2 of a :func:`stamped_class` case (its samples ``rows``) scored with the preset
     ``followed``, the threshold raised to 50 (no candidate reaches it or comes within

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import relied_labels, scored_followed, stamped_class, suspect_pr
+from conftest import digit_scenes, scored_without_cuts, suspect_pr
 
 from spray.config.presets import load_pipeline
 
@@ -118,42 +118,14 @@ def test_lowest_apart_is_the_lowest_bar_a_loop_over_carriers_apart_finds():
     assert lowest_apart(r, -np.inf, 1.0, 1.0, 0.0) is None
 
 
-def _scenes(relied: bool) -> dict:
-    """Digit scenes in three classes (``tests/test_recurring.py``'s, with stripes blended at
-    70 % instead of a logo): ``relied``, 120 scenes of 3–6 labelled 2 that only the stripes
-    make 2; else digits 0–2 with the stripes on 30 % of every class."""
-    from spray.data.sources import load_digits_arrays
-
-    glyphs, digit = load_digits_arrays(32)
-    rng = np.random.default_rng(5)
-    x = np.stack([ed.compose(g[0], rng)[0] for g in glyphs])
-    if relied:
-        y, stamped = relied_labels(digit, rng)
-    else:
-        keep = np.flatnonzero(digit < 3)
-        x, y = x[keep], digit[keep]
-        stamped = np.sort(rng.choice(len(y), size=int(0.3 * len(y)), replace=False))
-    x[stamped] = ed.plant_rgb(x[stamped], "stripes", rng)[0]
-    return stamped_class(x, y, stamped, lambda images: ed.plant_rgb(images, "stripes", rng)[0])
-
-
 @pytest.fixture(scope="module")
 def stripes_relied(single_torch_thread):
-    return _scenes(True)
+    return digit_scenes("stripes", True)
 
 
 @pytest.fixture(scope="module")
 def stripes_ignored(single_torch_thread):
-    return _scenes(False)
-
-
-def _scored(s, monkeypatch, **flags):
-    """:func:`conftest.scored_followed` (threshold 50) with no window cut (``_window_cuts``
-    gives none): only recurring groups can bring a candidate to the transplant test."""
-    from spray.verdict import score
-
-    monkeypatch.setattr(score, "_window_cuts", lambda graphs: [])
-    return scored_followed(s, **flags)
+    return digit_scenes("stripes", False)
 
 
 def test_the_stripes_models_are_what_the_cases_need(stripes_relied, stripes_ignored):
@@ -168,7 +140,7 @@ def test_blended_stripes_the_model_follows_are_flagged(stripes_relied, monkeypat
     follows their pieces at the place: flagged below the threshold, the suspect is the
     stamped group. Without the flag nothing is tested."""
     s = stripes_relied
-    v = _scored(s, monkeypatch)
+    v = scored_without_cuts(s, monkeypatch)
     assert v.flagged and v.score < v.threshold
     assert min(suspect_pr(v, s["stamp"])) >= 0.9
     suspect = v.cluster(v.suspect_cluster)
@@ -177,12 +149,12 @@ def test_blended_stripes_the_model_follows_are_flagged(stripes_relied, monkeypat
     assert record["recurring"] and record["decision"] == "followed"
     place = next(t for t in record["tests"] if t["region"] == "place")
     assert place["effect"] >= 0.2 and place["agreed"] >= 0.15
-    off = _scored(s, monkeypatch, recurring_detail=False)
+    off = scored_without_cuts(s, monkeypatch, recurring_detail=False)
     assert not off.flagged and not off.near_tested
 
 
 def test_blended_stripes_the_model_ignores_stay_unflagged(stripes_ignored, monkeypatch):
     """The same stripes on 30 % of every class of a model that reads the digit: unflagged."""
-    v = _scored(stripes_ignored, monkeypatch)
+    v = scored_without_cuts(stripes_ignored, monkeypatch)
     assert not v.flagged
     assert all(t["decision"] != "followed" for t in v.near_tested or [])

@@ -6,17 +6,11 @@ logo in a random corner of each stamped image."""
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import numpy as np
 import pytest
-from conftest import relied_labels, scored_followed, stamped_class, suspect_pr
+from conftest import digit_scenes, scored_without_cuts, suspect_pr
 
 from spray.config.presets import load_pipeline
-
-sys.path.insert(0, str(Path(__file__).resolve().parent / "benchmarks"))
-import eval_data as ed  # noqa: E402
 
 
 def _patterns(x, maps):
@@ -119,44 +113,14 @@ def test_boxes_at_places_past_the_border():
     assert boxes[3, 2:6, 2:6].all() and boxes[3].sum() == 16
 
 
-def _scenes(relied: bool) -> dict:
-    """Digit scenes in three classes, as ``tests/test_carried.py``'s digits: ``relied``, classes
-    of several digits (0, 3, 4 | 1, 5, 6 | 2, 7, 8, 9) and 120 scenes of 3–6 with the logo
-    labelled 2 (only the logo makes them 2); else digits 0–2 with the logo on 30 % of every
-    class (the digit decides). :func:`conftest.stamped_class` of them."""
-    from spray.data.sources import load_digits_arrays
-
-    glyphs, digit = load_digits_arrays(32)
-    rng = np.random.default_rng(5)
-    x = np.stack([ed.compose(g[0], rng)[0] for g in glyphs])
-    if relied:
-        y, stamped = relied_labels(digit, rng)
-    else:                         # the logo on 30 % of every class: it tells no class
-        keep = np.flatnonzero(digit < 3)
-        x, y = x[keep], digit[keep]
-        stamped = np.sort(rng.choice(len(y), size=int(0.3 * len(y)), replace=False))
-    x[stamped] = ed.plant_rgb(x[stamped], "logo", rng)[0]
-    return stamped_class(x, y, stamped, lambda images: ed.plant_rgb(images, "logo", rng)[0])
-
-
 @pytest.fixture(scope="module")
 def logo_relied(single_torch_thread):
-    return _scenes(True)
+    return digit_scenes("logo", True)
 
 
 @pytest.fixture(scope="module")
 def logo_ignored(single_torch_thread):
-    return _scenes(False)
-
-
-def _scored(s, monkeypatch, **flags):
-    """:func:`conftest.scored_followed` (threshold 50: no candidate comes near it) with no
-    window cut to start carried candidates from (``_window_cuts`` gives none): only the
-    recurring seeds can bring a candidate to the transplant test."""
-    from spray.verdict import score
-
-    monkeypatch.setattr(score, "_window_cuts", lambda graphs: [])
-    return scored_followed(s, **flags)
+    return digit_scenes("logo", False)
 
 
 _pr = suspect_pr
@@ -187,7 +151,7 @@ def test_a_recurring_logo_the_model_follows_is_flagged(logo_relied, monkeypatch)
     where they carry the logo (the ``agreed`` region): flagged below the threshold, the
     suspect is the stamped group, its record and the gate's score say how."""
     s = logo_relied
-    v = _scored(s, monkeypatch)
+    v = scored_without_cuts(s, monkeypatch)
     assert v.flagged and v.score < v.threshold
     suspect = v.cluster(v.suspect_cluster)
     assert suspect.carried and suspect.recurring and suspect.followed_below
@@ -209,16 +173,16 @@ def test_a_recurring_logo_the_model_follows_is_flagged(logo_relied, monkeypatch)
 
 def test_recurring_candidates_need_the_flag_and_an_effect(logo_relied, monkeypatch):
     """Off: no group is tested; at a bar no effect reaches: tested, not followed."""
-    off = _scored(logo_relied, monkeypatch, recurring_candidates=False)
+    off = scored_without_cuts(logo_relied, monkeypatch, recurring_candidates=False)
     assert not off.flagged and not off.near_tested
-    high = _scored(logo_relied, monkeypatch, transplant_near_effect=1.0)
+    high = scored_without_cuts(logo_relied, monkeypatch, transplant_near_effect=1.0)
     assert not high.flagged and any(t.get("recurring") for t in high.near_tested)
 
 
 def test_a_logo_the_model_does_not_follow_stays_unflagged(logo_ignored, monkeypatch):
     """The same logo on 30 % of every class of a model that reads the digit: the seed groups
     may be the logo, but the model does not follow it where it is: unflagged."""
-    v = _scored(logo_ignored, monkeypatch)
+    v = scored_without_cuts(logo_ignored, monkeypatch)
     assert not v.flagged
     assert all(t["decision"] != "followed" for t in v.near_tested or [])
 
