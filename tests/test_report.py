@@ -544,3 +544,7 @@ def test_class_page_says_why_a_carried_group_is_flagged_below_the_threshold():
     assert "cluster 4" in carried and "-5.40" in carried
     assert "anywhere in the image" in carried and "carried_candidates" in carried
     assert _below_note({"flagged": False, "clusters": [{**cluster, "carried": True}]}) == ""
+    detail = _below_note({"flagged": True, "clusters": [
+        {**cluster, "carried": True, "recurring": True, "detail": True}]})
+    assert "fine detail" in detail and "recurring_detail" in detail
+    assert "recurring_candidates" not in detail

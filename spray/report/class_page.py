@@ -276,6 +276,12 @@ def _below_note(entry: dict) -> str:
     if not entry.get("flagged") or not below:
         return ""
     cl = below[0]
+    if cl.get("detail"):
+        return (f" Flagged below the threshold: cluster {_esc(cl['id'])} (score "
+                f"{_fmt(cl.get('score'), 2)}) holds the samples whose fine detail (each pixel "
+                f"less its neighbourhood's mean) carries the pattern a group of samples recurring "
+                f"in it share, where the model looks, and the model follows their pieces at "
+                f"their place (the transplant test above; <code>recurring_detail</code>).")
     if cl.get("recurring"):
         return (f" Flagged below the threshold: cluster {_esc(cl['id'])} (score "
                 f"{_fmt(cl.get('score'), 2)}) holds the samples that carry, anywhere in the "

@@ -827,9 +827,9 @@ def fine_detail(x: np.ndarray) -> np.ndarray:
     A stamp blended over the image (``(1 − a) · x + a · c``) keeps its fine structure here
     whatever lies under it: what varies with the background is mostly its smooth part, and a
     cosine ignores the strength of the rest. On a design model's draws (stripes at 70 % over
-    garment scenes) the stamped windows' median absolute cosine with the stripes' own pattern
-    was 0.70–0.82 in this view, 95 % of the other images' windows at most 0.08
-    (docs/verdict.md, "Candidates by a recurring fine detail")."""
+    merged-garment scenes, seed 73) the stamped windows' median absolute cosine with the
+    stripes' own pattern was 0.70–0.82 in this view, 95 % of the other images' windows at most
+    0.08 (docs/verdict.md, "Candidates by a recurring fine detail")."""
     from scipy.ndimage import uniform_filter
 
     x = np.asarray(x, dtype=np.float32)

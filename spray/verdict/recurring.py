@@ -130,6 +130,8 @@ def detail_groups(patterns: InputPatterns, params: FlagsSection) -> list[Cluster
     (``carried_at``: a window of twice ``window_side`` around it, what the stamp is seen with):
     those of a candidate's size, each once (``sweep_min_jaccard``), largest first (a seed
     group of samples over one kind of photograph grows less far than one over several)."""
+    if params.pattern_join_gap <= 0:          # no bar stands apart without a gap
+        return []
     detail = patterns.detail()
     out: list[ClusterEvidence] = []
     for seeds in _seed_masks(detail, params):

@@ -23,7 +23,7 @@ _EVIDENCE_KEYS = ("id", "half_of", "cut_along", "cut_graph", "n_clusters", "clus
                   "joined", "pattern_joined", "agreed_joined", "anywhere_joined", "peak_joined",
                   "aligned_joined", "aligned_trimmed",
                   "peak_window", "peak_guard", "peak_at", "peak_off_place", "transplant", "decision",
-                  "followed_below", "carried", "recurring", "followed_margin")
+                  "followed_below", "carried", "recurring", "detail", "followed_margin")
 
 
 @dataclass
@@ -71,6 +71,10 @@ class ClusterEvidence:
     recurring : True for a carried suspect whose members' group was a seed group of a pattern
         that recurs where the model looks, and whose windows where they carry what they agree
         on the model follows (``recurring_candidates``: :mod:`~spray.verdict.recurring`).
+    detail : True for a recurring suspect grown from a seed group of the images' fine detail
+        by the cosine with its pattern (``recurring_detail``:
+        :func:`~spray.verdict.recurring.detail_groups`), whose pieces at their place the model
+        follows (its margin is the ``place`` region's).
     followed_margin : for a suspect the model is shown to follow, by how many of the transplant
         test's errors the effect lies past the bar that holds it
         (:func:`~spray.verdict.transplant.shown_margin`: the ``place`` or, for a carried
@@ -173,6 +177,7 @@ class ClusterEvidence:
     followed_below: bool | None = None
     carried: bool | None = None
     recurring: bool | None = None
+    detail: bool | None = None
     followed_margin: float | None = None
     score_from_k: ClusterEvidence | None = field(default=None, repr=False)
     jaccard: float | None = None

@@ -440,8 +440,12 @@ def _follow_carried(labels, clusters: list[ClusterEvidence], graphs: ClassGraphs
     (:func:`~spray.verdict.recurring.recurring_cuts`, most recurring first; a group
     matching one tested before is not tested again; one holding whole clusters absorbs
     them), at most ``transplant_near_tries`` more, tested where they carry it (the
-    ``agreed`` region). ``attempt``: the candidates tested before (the seeds go on from
-    there). Returns ``labels, clusters, splits, promoted, tested``."""
+    ``agreed`` region); with ``recurring_detail``, when none of those is either, the groups
+    grown from seed groups of the images' fine detail
+    (:func:`~spray.verdict.recurring.detail_groups`, largest first), at most
+    ``transplant_near_tries`` more, tested at their ``place`` (their pieces alike).
+    ``attempt``: the candidates tested before (the seeds go on from there). Returns ``labels,
+    clusters, splits, promoted, tested``."""
     params = graphs.params
     whole = [c for c in clusters if c.size]
     # (groups, the region they are tested in): window cuts' first at their peak windows,
@@ -479,6 +483,8 @@ def _follow_carried(labels, clusters: list[ClusterEvidence], graphs: ClassGraphs
                 entry.carried, entry.followed_margin = True, margin
                 if recurring is not None:
                     entry.recurring, entry.carried_at = True, recurring
+                if region == "place":
+                    entry.detail = True
                 return (*_promote(labels, clusters, entry, decision, tested[-1], graphs,
                                   resamples), tested)
     return labels, clusters, [], None, tested
