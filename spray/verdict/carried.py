@@ -80,6 +80,18 @@ def carried_groups(cuts: list[ClusterEvidence], features: np.ndarray,
         entry = ClusterEvidence.of(group, cut_graph="windows", cut_along=cut.cut_along)
         entry.carried_at = (agreement.places * agreement.factor,
                             agreement.side * agreement.factor)
+        out.append(entry)
+    return distinct_candidates(out, n, params, largest_first)
+
+
+def distinct_candidates(groups: list[ClusterEvidence], n: int, params: FlagsSection,
+                        largest_first: bool = True) -> list[ClusterEvidence]:
+    """Of ``groups`` (of a class of ``n``), those of a candidate's size
+    (:func:`~spray.verdict.evidence.eligible`), each once (a group at a Jaccard index of
+    ``sweep_min_jaccard`` or more with one kept before it is left out), largest first (else
+    in their order)."""
+    out: list[ClusterEvidence] = []
+    for entry in groups:
         if eligible(entry, n, params) and not any(
                 jaccard(entry, e) >= params.sweep_min_jaccard for e in out):
             out.append(entry)

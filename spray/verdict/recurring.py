@@ -40,8 +40,7 @@ import logging
 import numpy as np
 
 from spray.config.presets import FlagsSection
-from spray.verdict.evidence import eligible
-from spray.verdict.halves import jaccard
+from spray.verdict.carried import distinct_candidates
 from spray.verdict.members import fixed_places, lowest_apart
 from spray.verdict.patterns import HALF_MIN, InputPatterns, PeakMatches, _evenly
 from spray.verdict.result import ClusterEvidence
@@ -142,11 +141,10 @@ def detail_groups(patterns: InputPatterns, params: FlagsSection) -> list[Cluster
         entry = ClusterEvidence.of(mask, cut_graph="windows")
         side = found.side * found.factor
         entry.carried_at = (places * found.factor - side // 2, 2 * side)
-        if eligible(entry, patterns.n, params) and not any(
-                jaccard(entry, e) >= params.sweep_min_jaccard for e in out):
-            out.append(entry)
+        out.append(entry)
+    out = distinct_candidates(out, patterns.n, params)
     log.debug("recurring fine detail: %d groups", len(out))
-    return sorted(out, key=lambda e: -e.size)
+    return out
 
 
 def _grown(detail: InputPatterns, seeds: np.ndarray, params: FlagsSection
